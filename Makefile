@@ -1,0 +1,34 @@
+# The README's two commands live here: `make demo` (the main job) and `make test` (everything CI runs).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.s2s-installed
+
+.PHONY: test lint typecheck unit bench system-deps clean
+
+## test: install what is missing, then lint, type-check and run the whole test suite
+test: system-deps $(STAMP)
+	$(BIN)/ruff check s2s tests bench
+	$(BIN)/ruff format --check s2s tests bench
+	$(BIN)/mypy s2s
+	$(BIN)/pytest
+
+## unit: only the fast unit tests (no servers)
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+## bench: every benchmark, each figure beside its baseline from the same run
+bench: system-deps $(STAMP)
+	$(BIN)/python -m bench
+
+system-deps:
+	@sh scripts/system-deps
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .hypothesis build *.egg-info
