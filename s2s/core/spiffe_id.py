@@ -54,7 +54,9 @@ class TrustDomain:
         return SpiffeId(self, path)
 
     def child(self, *segments: str) -> SpiffeId:
-        """The SPIFFE ID made of ``segments`` in this trust domain."""
+        """The SPIFFE ID made of ``segments`` in this trust domain (each one segment, no '/')."""
+        if any("/" in s for s in segments):
+            raise InvalidSpiffeId("a path segment must not contain '/'", value="/".join(segments))
         return self.id("".join("/" + s for s in segments))
 
     def __str__(self) -> str:
