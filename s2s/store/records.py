@@ -1,0 +1,232 @@
+"""The records the CA keeps in its store (besides registration entries and revocation records).
+
+All are frozen values. Datetimes are aware (UTC); constructors refuse naive ones, so a backend can
+store them as exact integers (microseconds since the epoch) and give back equal values.
+Serials are Python ints up to 2**160 - 1 (RFC 5280 4.1.2.2 allows 20 octets).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+from s2s.core.errors import InvalidRequest
+from s2s.core.spiffe_id import SpiffeId
+
+__all__ = [
+    "AgentRecord",
+    "AuthorityKind",
+    "AuthorityRecord",
+    "AuthorityState",
+    "IssuedKind",
+    "IssuedSerial",
+    "JoinTokenRecord",
+    "MAX_SERIAL",
+    "PruneResult",
+    "Setting",
+    "Topic",
+    "check_aware",
+]
+
+MAX_SERIAL = 2**160 - 1
+_E = TypeVar("_E", bound=StrEnum)
+
+
+class Topic(StrEnum):
+    """What a change notification is about."""
+
+    ENTRIES = "entries"
+    AGENTS = "agents"
+    REVOCATIONS = "revocations"
+    AUTHORITIES = "authorities"
+
+
+class Setting(StrEnum):
+    """Well-known trust domain settings (values are text)."""
+
+    TRUST_DOMAIN = "trust_domain"
+    CREATED_AT = "created_at"  # ISO 8601
+    X509_SVID_TTL_CAP = "x509_svid_ttl_cap"  # seconds
+    JWT_SVID_TTL_CAP = "jwt_svid_ttl_cap"  # seconds
+    DATA_DIR_ID = "data_dir_id"  # random id written by `s2s-ca init`, checked on start
+
+
+class AuthorityKind(StrEnum):
+    X509_ROOT = "x509-root"
+    X509_INTERMEDIATE = "x509-intermediate"
+    JWT = "jwt"
+
+
+class AuthorityState(StrEnum):
+    """SPIRE's local authority states; the CA decides which transitions are legal."""
+
+    PREPARED = "prepared"
+    ACTIVE = "active"
+    OLD = "old"
+    TAINTED = "tainted"
+    REVOKED = "revoked"
+
+
+class IssuedKind(StrEnum):
+    """What an issued serial belongs to."""
+
+    X509_SVID = "x509-svid"
+    AGENT_SVID = "agent-svid"
+    CA_SVID = "ca-svid"
+    X509_INTERMEDIATE = "x509-intermediate"
+    X509_ROOT = "x509-root"
+
+
+def check_aware(name: str, value: object) -> None:
+    """Raise :class:`InvalidRequest` unless ``value`` is an aware datetime."""
+    if not isinstance(value, dt.datetime) or value.tzinfo is None:
+        raise InvalidRequest(f"{name} must be an aware datetime (UTC)")
+
+
+def _enum(cls: type[_E], name: str, value: object) -> _E:
+    if isinstance(value, str):
+        try:
+            return cls(value)
+        except ValueError:
+            pass
+    allowed = ", ".join(m.value for m in cls)
+    raise InvalidRequest(f"{name} must be one of: {allowed}")
+
+
+def _check_serial(value: object) -> None:
+    if type(value) is not int or not 0 < value <= MAX_SERIAL:
+        raise InvalidRequest("a serial must be a positive integer of at most 20 octets")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityRecord:
+    """A signing authority: the root, a replica's intermediate, or a replica's JWT key.
+
+    ``public_der`` is the certificate DER for X.509 kinds and the SubjectPublicKeyInfo DER for JWT
+    keys. ``encrypted_key`` is the private key sealed under the key-encryption key (never plain).
+    ``owner`` is the replica name that signs with it ("" for the root). ``issuer_id`` is the id of
+    the authority that signed this one ("" for a root and for JWT keys).
+    """
+
+    id: str
+    kind: AuthorityKind
+    state: AuthorityState
+    public_der: bytes
+    encrypted_key: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+    owner: str = ""
+    issuer_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id or len(self.id) > 128:
+            raise InvalidRequest("authority id must be 1-128 characters")
+        object.__setattr__(self, "kind", _enum(AuthorityKind, "authority kind", self.kind))
+        object.__setattr__(self, "state", _enum(AuthorityState, "authority state", self.state))
+        if not isinstance(self.public_der, bytes) or not self.public_der:
+            raise InvalidRequest("authority public_der must be non-empty bytes")
+        if not isinstance(self.encrypted_key, bytes):
+            raise InvalidRequest("authority encrypted_key must be bytes")
+        check_aware("authority not_before", self.not_before)
+        check_aware("authority not_after", self.not_after)
+        if self.not_after <= self.not_before:
+            raise InvalidRequest("authority not_after must be after not_before")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    """An attested agent. ``serial`` is its current SVID; ``next_serial`` a renewal not yet seen
+    in use (SPIRE's "new serial"); ``bundle_sequence`` the last bundle sequence it reported.
+    ``revision`` is set by the store (1 on create, +1 on each update)."""
+
+    spiffe_id: SpiffeId
+    attestation_type: str
+    serial: int
+    not_after: dt.datetime
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    next_serial: int | None = None
+    banned: bool = False
+    bundle_sequence: int = 0
+    revision: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spiffe_id, SpiffeId):
+            raise InvalidRequest("agent spiffe_id must be a SpiffeId")
+        if not isinstance(self.attestation_type, str) or not self.attestation_type:
+            raise InvalidRequest("agent attestation_type must be non-empty text")
+        _check_serial(self.serial)
+        if self.next_serial is not None:
+            _check_serial(self.next_serial)
+        for name in ("not_after", "created_at", "updated_at"):
+            check_aware(f"agent {name}", getattr(self, name))
+        if type(self.banned) is not bool:
+            raise InvalidRequest("agent banned must be a bool")
+        for name in ("bundle_sequence", "revision"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise InvalidRequest(f"agent {name} must be a non-negative integer")
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTokenRecord:
+    """A single-use join token, kept only as a hash (e.g. SHA-256 of the token text).
+
+    ``id`` is public: it names the agent that attests with the token
+    (``spiffe://<td>/s2s/agent/join_token/<id>``); the token itself is never stored.
+    """
+
+    id: str
+    token_hash: bytes
+    expires_at: dt.datetime
+    created_at: dt.datetime
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id or len(self.id) > 128:
+            raise InvalidRequest("join token id must be 1-128 characters")
+        if not isinstance(self.token_hash, bytes) or not 16 <= len(self.token_hash) <= 64:
+            raise InvalidRequest("join token hash must be 16-64 bytes")
+        check_aware("join token expires_at", self.expires_at)
+        check_aware("join token created_at", self.created_at)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSerial:
+    """One certificate the CA issued, kept until it expires (to expand ID/agent revocations)."""
+
+    serial: int
+    kind: IssuedKind
+    spiffe_id: SpiffeId
+    issuer_id: str
+    issued_at: dt.datetime
+    not_after: dt.datetime
+    agent_id: SpiffeId | None = None  # the agent that requested it, if any
+
+    def __post_init__(self) -> None:
+        _check_serial(self.serial)
+        object.__setattr__(self, "kind", _enum(IssuedKind, "issued kind", self.kind))
+        if not isinstance(self.spiffe_id, SpiffeId):
+            raise InvalidRequest("issued spiffe_id must be a SpiffeId")
+        if self.agent_id is not None and not isinstance(self.agent_id, SpiffeId):
+            raise InvalidRequest("issued agent_id must be a SpiffeId or None")
+        if not isinstance(self.issuer_id, str):
+            raise InvalidRequest("issued issuer_id must be text")
+        check_aware("issued issued_at", self.issued_at)
+        check_aware("issued not_after", self.not_after)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """How many expired records ``prune`` removed, by kind."""
+
+    join_tokens: int = 0
+    revocations: int = 0
+    issued: int = 0
+    agents: int = 0
+    authorities: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.join_tokens + self.revocations + self.issued + self.agents + self.authorities

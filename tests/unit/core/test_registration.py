@@ -1,0 +1,164 @@
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pytest
+
+from s2s.core.errors import InvalidRequest
+from s2s.core.registration import (
+    DEFAULT_SVID_TTL,
+    MAX_SELECTORS,
+    RegistrationEntry,
+    new_entry_id,
+)
+from s2s.core.selectors import Selector, parse_selectors
+from s2s.core.spiffe_id import SpiffeId
+
+AGENT = "spiffe://example.org/s2s/agent/join_token/a1"
+
+
+def _doc(**overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": "e1",
+        "spiffe_id": "spiffe://example.org/billing",
+        "parent_id": AGENT,
+        "selectors": ["unix:uid:1001", "unix:gid:50"],
+    }
+    doc.update(overrides)
+    return doc
+
+
+def test_minimal_json_gets_defaults() -> None:
+    e = RegistrationEntry.from_json(_doc())
+    assert e.spiffe_id == SpiffeId.parse("spiffe://example.org/billing")
+    assert e.parent_id == SpiffeId.parse(AGENT)
+    assert e.selectors == parse_selectors(["unix:gid:50", "unix:uid:1001"])
+    assert e.x509_svid_ttl == e.jwt_svid_ttl == DEFAULT_SVID_TTL
+    assert (e.dns_names, e.hint, e.revision, e.created_at) == ((), "", 0, None)
+
+
+def test_full_round_trip_through_json_text() -> None:
+    created = dt.datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
+    e = RegistrationEntry.from_json(
+        _doc(
+            x509_svid_ttl=120,
+            jwt_svid_ttl=60,
+            dns_names=["billing.internal", "*.billing.example.org"],
+            hint="external",
+            revision=7,
+            created_at=created.isoformat(),
+        )
+    )
+    again = RegistrationEntry.from_json(json.loads(json.dumps(e.to_json())))
+    assert again == e
+    assert again.created_at == created
+    assert again.x509_svid_ttl == dt.timedelta(seconds=120)
+    assert e.to_json()["selectors"] == ["unix:gid:50", "unix:uid:1001"]
+
+
+def test_created_at_with_other_offset_is_normalised_to_utc() -> None:
+    e = RegistrationEntry.from_json(_doc(created_at="2030-01-01T02:00:00+02:00"))
+    assert e.created_at == dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    assert e.created_at is not None
+    assert e.created_at.utcoffset() == dt.timedelta(0)
+
+
+def test_key_is_spiffe_id_parent_and_selectors() -> None:
+    a = RegistrationEntry.from_json(_doc())
+    b = RegistrationEntry.from_json(_doc(id="other", hint="x"))
+    c = RegistrationEntry.from_json(_doc(selectors=["unix:uid:1001"]))
+    assert a.key == b.key
+    assert a.key != c.key
+
+
+def test_new_entry_id_is_url_safe_and_usable() -> None:
+    eid = new_entry_id(bytes(range(16)))
+    assert len(eid) == 22
+    assert "=" not in eid
+    RegistrationEntry.from_json(_doc(id=eid))
+    assert new_entry_id(bytes(range(16))) != new_entry_id(bytes(range(1, 17)))
+    with pytest.raises(InvalidRequest, match="16 random bytes"):
+        new_entry_id(b"short")
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        (_doc(extra=1), "unknown registration entry field"),
+        ({k: v for k, v in _doc().items() if k != "selectors"}, "missing: selectors"),
+        ({k: v for k, v in _doc().items() if k != "id"}, "missing: id"),
+        (_doc(id=""), "entry id"),
+        (_doc(id="has space"), "entry id"),
+        (_doc(id="x" * 65), "entry id"),
+        (_doc(id=5), "id must be a string"),
+        (_doc(spiffe_id="spiffe://Example.org/x"), "spiffe_id: invalid SPIFFE ID"),
+        (_doc(spiffe_id=None), "spiffe_id: invalid SPIFFE ID"),
+        (_doc(parent_id="https://example.org/a"), "parent_id: invalid SPIFFE ID"),
+        (_doc(selectors=[]), "selectors must be a non-empty list"),
+        (_doc(selectors="unix:uid:1"), "selectors must be a non-empty list"),
+        (_doc(selectors=["nocolon"]), "selectors: selector"),
+        (_doc(selectors=[f"unix:uid:{i}" for i in range(MAX_SELECTORS + 1)]), "at most"),
+        (_doc(x509_svid_ttl=0), "x509_svid_ttl must be a positive"),
+        (_doc(x509_svid_ttl=-5), "x509_svid_ttl must be a positive"),
+        (_doc(jwt_svid_ttl=True), "jwt_svid_ttl must be a positive"),
+        (_doc(jwt_svid_ttl=1.5), "jwt_svid_ttl must be a positive"),
+        (_doc(jwt_svid_ttl="300"), "jwt_svid_ttl must be a positive"),
+        (_doc(x509_svid_ttl=10**12), "x509_svid_ttl must be a positive"),
+        (_doc(dns_names="a.example"), "dns_names must be a list"),
+        (_doc(dns_names=["Upper.example"]), "invalid DNS name"),
+        (_doc(dns_names=["bad_label.example"]), "invalid DNS name"),
+        (_doc(dns_names=["-a.example"]), "invalid DNS name"),
+        (_doc(dns_names=["*.com"]), "invalid DNS name"),
+        (_doc(dns_names=["a.*.example"]), "invalid DNS name"),
+        (_doc(dns_names=["a.example", "a.example"]), "duplicates"),
+        (_doc(hint="x" * 257), "hint"),
+        (_doc(hint="a\nb"), "control characters"),
+        (_doc(revision=-1), "revision must be a non-negative"),
+        (_doc(revision="1"), "revision must be an integer"),
+        (_doc(created_at="yesterday"), "not an ISO 8601"),
+        (_doc(created_at="2030-01-01T00:00:00"), "UTC offset"),
+        (_doc(created_at=12345), "created_at must be"),
+    ],
+)
+def test_bad_json_is_refused_with_the_field_named(doc: Any, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message):
+        RegistrationEntry.from_json(doc)
+
+
+@pytest.mark.parametrize("doc", [None, [], "entry", 3])
+def test_non_object_is_refused(doc: Any) -> None:
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        RegistrationEntry.from_json(doc)
+
+
+def test_constructor_refuses_bad_values() -> None:
+    sid = SpiffeId.parse("spiffe://example.org/x")
+    sel = frozenset({Selector.parse("unix:uid:1")})
+    with pytest.raises(InvalidRequest, match="SpiffeId"):
+        RegistrationEntry(id="e", spiffe_id="spiffe://example.org/x", parent_id=sid, selectors=sel)  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="at least one selector"):
+        RegistrationEntry(id="e", spiffe_id=sid, parent_id=sid, selectors=frozenset())
+    with pytest.raises(InvalidRequest, match="frozenset"):
+        RegistrationEntry(id="e", spiffe_id=sid, parent_id=sid, selectors={"unix:uid:1"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidRequest, match="whole seconds"):
+        RegistrationEntry(
+            id="e",
+            spiffe_id=sid,
+            parent_id=sid,
+            selectors=sel,
+            x509_svid_ttl=dt.timedelta(seconds=1.5),
+        )
+    with pytest.raises(InvalidRequest, match="aware"):
+        RegistrationEntry(
+            id="e", spiffe_id=sid, parent_id=sid, selectors=sel, created_at=dt.datetime(2030, 1, 1)
+        )
+    with pytest.raises(InvalidRequest, match="tuple"):
+        RegistrationEntry(id="e", spiffe_id=sid, parent_id=sid, selectors=sel, dns_names=["a"])  # type: ignore[arg-type]
+
+
+def test_entries_are_immutable() -> None:
+    e = RegistrationEntry.from_json(_doc())
+    with pytest.raises(AttributeError):
+        e.hint = "changed"  # type: ignore[misc]
