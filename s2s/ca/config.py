@@ -1,0 +1,114 @@
+"""The CA's configuration: one frozen value, built once at the edge (CLI flags, TOML, env).
+
+Defaults are ARCHITECTURE.md section 2 "Lifetimes". The SVID cap (``max_svid_ttl``) bounds every
+X509-SVID and JWT-SVID the CA issues, whatever an entry or an admin asks for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from s2s.core.errors import InvalidConfig
+from s2s.core.spiffe_id import TrustDomain
+
+__all__ = [
+    "DEFAULT_AGENT_SVID_TTL",
+    "DEFAULT_BACKDATE",
+    "DEFAULT_INTERMEDIATE_TTL",
+    "DEFAULT_JOIN_TOKEN_TTL",
+    "DEFAULT_JWT_KEY_TTL",
+    "DEFAULT_JWT_SVID_TTL",
+    "DEFAULT_MAX_SVID_TTL",
+    "DEFAULT_ROOT_TTL",
+    "DEFAULT_SERVER_SVID_TTL",
+    "DEFAULT_X509_SVID_TTL",
+    "KEK_FILENAME",
+    "STORE_FILENAME",
+    "CaConfig",
+]
+
+DEFAULT_X509_SVID_TTL = timedelta(minutes=5)
+DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
+DEFAULT_MAX_SVID_TTL = timedelta(minutes=5)
+DEFAULT_AGENT_SVID_TTL = timedelta(hours=1)
+DEFAULT_SERVER_SVID_TTL = timedelta(hours=1)
+DEFAULT_INTERMEDIATE_TTL = timedelta(hours=24)
+DEFAULT_JWT_KEY_TTL = timedelta(hours=24)
+DEFAULT_ROOT_TTL = timedelta(days=365)
+DEFAULT_BACKDATE = timedelta(seconds=30)
+DEFAULT_JOIN_TOKEN_TTL = timedelta(minutes=10)
+
+KEK_FILENAME = "kek.bin"
+STORE_FILENAME = "s2s.db"
+
+# A replica name becomes a SPIFFE ID path segment (spiffe://<td>/s2s/ca/<name>).
+_REPLICA_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class CaConfig:
+    """Everything the CA services need to know, fixed for the life of the process.
+
+    >>> cfg = CaConfig(trust_domain=TrustDomain.parse("example.org"), data_dir=Path("/d"))
+    >>> cfg.x509_svid_ttl, cfg.kek_path.name
+    (datetime.timedelta(seconds=300), 'kek.bin')
+    """
+
+    trust_domain: TrustDomain
+    data_dir: Path
+    replica_name: str = "ca-0"
+    x509_svid_ttl: timedelta = DEFAULT_X509_SVID_TTL
+    jwt_svid_ttl: timedelta = DEFAULT_JWT_SVID_TTL
+    max_svid_ttl: timedelta = DEFAULT_MAX_SVID_TTL
+    agent_svid_ttl: timedelta = DEFAULT_AGENT_SVID_TTL
+    server_svid_ttl: timedelta = DEFAULT_SERVER_SVID_TTL
+    intermediate_ttl: timedelta = DEFAULT_INTERMEDIATE_TTL
+    jwt_key_ttl: timedelta = DEFAULT_JWT_KEY_TTL
+    root_ttl: timedelta = DEFAULT_ROOT_TTL
+    backdate: timedelta = DEFAULT_BACKDATE
+    join_token_ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL
+    kek_file: Path | None = field(default=None)
+    store_file: Path | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trust_domain, TrustDomain):
+            raise InvalidConfig("trust_domain must be a TrustDomain (parse it at the edge)")
+        if _REPLICA_NAME.fullmatch(self.replica_name) is None:
+            raise InvalidConfig(
+                f"replica name {self.replica_name!r} must be 1-64 letters, digits, '.', '_' or '-'"
+            )
+        for name in (
+            "x509_svid_ttl",
+            "jwt_svid_ttl",
+            "max_svid_ttl",
+            "agent_svid_ttl",
+            "server_svid_ttl",
+            "intermediate_ttl",
+            "jwt_key_ttl",
+            "root_ttl",
+            "join_token_ttl",
+        ):
+            if getattr(self, name) <= timedelta(0):
+                raise InvalidConfig(f"{name} must be positive")
+        if self.backdate < timedelta(0) or self.backdate > timedelta(minutes=10):
+            raise InvalidConfig("backdate must be between 0 and 10 minutes")
+        for name in ("x509_svid_ttl", "jwt_svid_ttl"):
+            if getattr(self, name) > self.max_svid_ttl:
+                raise InvalidConfig(f"{name} is above max_svid_ttl; raise the cap explicitly")
+        if self.intermediate_ttl >= self.root_ttl:
+            raise InvalidConfig("intermediate_ttl must be shorter than root_ttl")
+        if self.agent_svid_ttl > self.intermediate_ttl / 2:
+            raise InvalidConfig("agent_svid_ttl must be at most half of intermediate_ttl")
+
+    @property
+    def kek_path(self) -> Path:
+        """The key-encryption key file (``<data_dir>/kek.bin`` unless set)."""
+        return self.kek_file if self.kek_file is not None else self.data_dir / KEK_FILENAME
+
+    @property
+    def store_path(self) -> Path:
+        """The SQLite store file (``<data_dir>/s2s.db`` unless set)."""
+        return self.store_file if self.store_file is not None else self.data_dir / STORE_FILENAME
