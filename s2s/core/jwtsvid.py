@@ -1,0 +1,232 @@
+"""JWT-SVID header and claim checks (JWT-SVID.md sections 2-3), pure: no clock, no crypto.
+
+The verifier decodes a token, checks the header with :func:`check_jwt_header`, verifies the
+signature with the bundle key for (trust domain of ``sub``, ``kid``), then checks the claims with
+:func:`check_jwt_claims`. Every failure is an :class:`InvalidToken` whose ``reason`` is a short tag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from s2s.core.errors import InvalidRequest, InvalidSpiffeId, InvalidToken
+from s2s.core.spiffe_id import SpiffeId
+
+__all__ = [
+    "ALLOWED_ALGORITHMS",
+    "ALLOWED_TYPES",
+    "DEFAULT_LEEWAY",
+    "FORBIDDEN_HEADERS",
+    "MAX_LEEWAY",
+    "JwtSvidClaims",
+    "algorithms_for_key",
+    "build_jwt_claims",
+    "check_jwt_claims",
+    "check_jwt_header",
+]
+
+# JWT-SVID.md 2.1: RFC 7518 3.3-3.5 only; "none", HS*, EdDSA must be rejected.
+ALLOWED_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"}
+)
+ALLOWED_TYPES = frozenset({"JWT", "JOSE"})  # JWT-SVID.md 2.3
+# Headers that would let the token choose its own key (jku, jwk, x5u, x5c), demand extensions we
+# do not implement (crit), or change what is signed (b64, RFC 7797).
+FORBIDDEN_HEADERS = frozenset({"crit", "jku", "jwk", "x5u", "x5c", "b64"})
+DEFAULT_LEEWAY = timedelta(seconds=30)
+MAX_LEEWAY = timedelta(minutes=1)
+MIN_RSA_BITS = 2048
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+# datetime cannot hold instants after 9999-12-31; such a claim is malformed, not "valid forever".
+_MAX_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvidClaims:
+    """The checked claims of a JWT-SVID."""
+
+    spiffe_id: SpiffeId
+    audience: tuple[str, ...]
+    expiry: datetime
+    issued_at: datetime | None
+    jti: str | None
+    claims: Mapping[str, Any] = field(hash=False)  # all claims as decoded (read-only)
+
+
+def check_jwt_header(header: Mapping[str, Any]) -> str:
+    """Check a decoded JOSE header; return its ``alg``.
+
+    ``kid`` is required: a JWT-SVID key is chosen by (trust domain, kid) and we never guess.
+    """
+    if not isinstance(header, Mapping):
+        raise InvalidToken("the token header is not a JSON object", reason="malformed")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise InvalidToken(
+            f"the token algorithm {_show(alg)} is not allowed (use RS*, PS* or ES*)", reason="alg"
+        )
+    forbidden = sorted(FORBIDDEN_HEADERS.intersection(header))
+    if forbidden:
+        raise InvalidToken(f"the token header must not contain {forbidden}", reason="header")
+    typ = header.get("typ", "JWT")
+    if not isinstance(typ, str) or typ not in ALLOWED_TYPES:
+        raise InvalidToken(f"the token type {_show(typ)} is not JWT or JOSE", reason="typ")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidToken("the token header has no key id (kid)", reason="kid")
+    return alg
+
+
+def check_jwt_claims(
+    claims: Mapping[str, Any],
+    *,
+    audience: str,
+    now: datetime,
+    leeway: timedelta = DEFAULT_LEEWAY,
+) -> JwtSvidClaims:
+    """Check the claims of a JWT-SVID whose signature is already verified.
+
+    ``audience`` must be among the token's ``aud`` values; ``exp`` must not be past (``now`` minus
+    ``leeway``); ``nbf`` and ``iat`` must not be later than ``now`` plus ``leeway``.
+    Raises ``ValueError`` for bad arguments (a programming error) and :class:`InvalidToken` for
+    a token that must be rejected.
+    """
+    _check_arguments(audience, now, leeway)
+    if not isinstance(claims, Mapping):
+        raise InvalidToken("the token claims are not a JSON object", reason="malformed")
+    spiffe_id = _subject(claims)
+    token_audience = _audience(claims, audience)
+    now_ts, slack = now.timestamp(), leeway.total_seconds()
+    exp = _timestamp(claims, "exp")
+    if exp is None:
+        raise InvalidToken("the token has no exp claim", reason="exp")
+    if exp <= now_ts - slack:
+        raise InvalidToken("the token has expired", reason="exp")
+    nbf = _timestamp(claims, "nbf")
+    if nbf is not None and nbf > now_ts + slack:
+        raise InvalidToken("the token is not valid yet (nbf is in the future)", reason="exp")
+    iat = _timestamp(claims, "iat")
+    if iat is not None and iat > now_ts + slack:
+        raise InvalidToken("the token was issued in the future (iat)", reason="exp")
+    jti = claims.get("jti")
+    if jti is not None and (not isinstance(jti, str) or not jti):
+        raise InvalidToken("the jti claim must be a non-empty string", reason="malformed")
+    return JwtSvidClaims(
+        spiffe_id=spiffe_id,
+        audience=token_audience,
+        expiry=datetime.fromtimestamp(exp, UTC),
+        issued_at=None if iat is None else datetime.fromtimestamp(iat, UTC),
+        jti=jti,
+        claims=MappingProxyType(dict(claims)),
+    )
+
+
+def algorithms_for_key(public_key: object) -> frozenset[str]:
+    """The JWT-SVID algorithms a key can sign or verify; InvalidToken(reason='alg') if none."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
+        alg = _EC_ALGORITHMS.get(public_key.curve.name)
+        if alg is not None:
+            return frozenset({alg})
+        raise InvalidToken(f"EC curve {public_key.curve.name} cannot sign JWT-SVIDs", reason="alg")
+    if isinstance(public_key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
+        if public_key.key_size >= MIN_RSA_BITS:
+            return _RSA_ALGORITHMS
+        raise InvalidToken(f"RSA keys under {MIN_RSA_BITS} bits are not allowed", reason="alg")
+    raise InvalidToken(f"a {type(public_key).__name__} cannot sign JWT-SVIDs", reason="alg")
+
+
+def build_jwt_claims(
+    *,
+    spiffe_id: SpiffeId,
+    audience: Sequence[str],
+    now: datetime,
+    ttl: timedelta,
+    jti: str | None = None,
+) -> dict[str, Any]:
+    """The claims of a new JWT-SVID (``sub``, ``aud``, ``exp``, ``iat``, optional ``jti``).
+
+    A single audience is written as a string, several as a list (as SPIRE does).
+    Raises :class:`InvalidRequest` for an empty audience or a non-positive ttl.
+    """
+    if not isinstance(spiffe_id, SpiffeId):
+        raise InvalidRequest("spiffe_id must be a SpiffeId")
+    if isinstance(audience, str):
+        raise InvalidRequest("audience must be a sequence of strings, not one string")
+    auds = list(dict.fromkeys(audience))
+    if not auds or not all(isinstance(a, str) and a for a in auds):
+        raise InvalidRequest("a JWT-SVID needs at least one non-empty audience")
+    if ttl <= timedelta(0):
+        raise InvalidRequest("the JWT-SVID ttl must be positive")
+    if now.utcoffset() is None:
+        raise InvalidRequest("now must be an aware datetime")
+    issued = math.floor(now.timestamp())
+    claims: dict[str, Any] = {
+        "sub": str(spiffe_id),
+        "aud": auds[0] if len(auds) == 1 else auds,
+        "exp": math.floor((now + ttl).timestamp()),
+        "iat": issued,
+    }
+    if jti is not None:
+        if not isinstance(jti, str) or not jti:
+            raise InvalidRequest("jti must be a non-empty string")
+        claims["jti"] = jti
+    return claims
+
+
+def _check_arguments(audience: str, now: datetime, leeway: timedelta) -> None:
+    if not isinstance(audience, str) or not audience:
+        raise ValueError("the expected audience must be a non-empty string")
+    if not isinstance(now, datetime) or now.utcoffset() is None:
+        raise ValueError("now must be an aware datetime")
+    if not isinstance(leeway, timedelta) or not timedelta(0) <= leeway <= MAX_LEEWAY:
+        raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY}")
+
+
+def _subject(claims: Mapping[str, Any]) -> SpiffeId:
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        raise InvalidToken("the token has no sub claim (the SPIFFE ID)", reason="sub")
+    try:
+        return SpiffeId.parse(sub)
+    except InvalidSpiffeId as exc:
+        raise InvalidToken(f"the token subject is not a SPIFFE ID: {exc}", reason="sub") from None
+
+
+def _audience(claims: Mapping[str, Any], expected: str) -> tuple[str, ...]:
+    aud = claims.get("aud")
+    values: tuple[Any, ...]
+    if isinstance(aud, str):
+        values = (aud,)
+    elif isinstance(aud, list):
+        values = tuple(aud)
+    else:
+        raise InvalidToken("the token has no aud claim", reason="aud")
+    if not values or not all(isinstance(v, str) and v for v in values):
+        raise InvalidToken("the aud claim must hold non-empty strings", reason="aud")
+    if expected not in values:
+        raise InvalidToken("the token is not meant for this audience", reason="aud")
+    return values
+
+
+def _timestamp(claims: Mapping[str, Any], name: str) -> float | None:
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidToken(f"the {name} claim must be a number", reason="exp")
+    if not math.isfinite(value) or not 0 <= value <= _MAX_TIMESTAMP:
+        raise InvalidToken(f"the {name} claim is out of range", reason="exp")
+    return float(value)
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
