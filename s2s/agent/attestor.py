@@ -1,0 +1,224 @@
+"""Workload attestation from the kernel: who is on the other end of a Unix socket.
+
+``SO_PEERCRED`` gives the caller's pid, uid and gid as of ``connect()``. :func:`peer_credentials`
+reads them together with the process start time (``/proc/<pid>/stat`` field 22). Later,
+:meth:`UnixAttestor.attest` derives the ``unix`` selectors from ``/proc/<pid>`` and then checks
+that the pid still names the same process (same start time, same effective uid/gid): a caller that
+exited and had its pid reused, or that changed its uid after connecting, fails attestation rather
+than lending its identity to someone else (SPIRE's peertracker does the same).
+
+Selectors: ``unix:uid:<n>``, ``unix:user:<name>``, ``unix:gid:<n>``, ``unix:group:<name>``,
+``unix:supplementary_gid:<n>``, ``unix:supplementary_group:<name>`` (names only when the account
+exists), ``unix:path:<exe>`` (``readlink /proc/<pid>/exe``) and ``unix:sha256:<hex>`` (of the
+running binary, read through ``/proc/<pid>/exe`` so a replaced file cannot fool it; skipped when the
+binary is larger than the configured limit, which can only match fewer entries, never more).
+
+Interpreted programs share their interpreter's path and hash (see ARCHITECTURE.md section 1).
+"""
+
+from __future__ import annotations
+
+import grp
+import hashlib
+import logging
+import os
+import pwd
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from s2s.core.errors import AttestationFailed, InvalidConfig
+from s2s.core.selectors import Selector
+
+__all__ = [
+    "DEFAULT_SHA256_MAX_BYTES",
+    "AttestorConfig",
+    "PeerCredentials",
+    "UnixAttestor",
+    "peer_credentials",
+    "process_start_time",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHA256_MAX_BYTES = 128 * 1024 * 1024
+_PEERCRED = struct.Struct("3i")
+_HASH_CHUNK = 1 << 20
+_HASH_CACHE_SIZE = 256
+_START_TIME_FIELD = 22  # proc(5): (22) starttime, in clock ticks since boot
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """The kernel's view of a Unix-socket peer at connect time."""
+
+    pid: int
+    uid: int
+    gid: int
+    start_time: int  # /proc/<pid>/stat field 22, read when the connection was accepted
+
+
+@dataclass(frozen=True, slots=True)
+class AttestorConfig:
+    """What :class:`UnixAttestor` derives.
+
+    ``sha256_max_bytes`` bounds the binary size that is hashed (0 = no limit).
+    """
+
+    discover_path: bool = True
+    sha256: bool = True
+    sha256_max_bytes: int = DEFAULT_SHA256_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if self.sha256_max_bytes < 0:
+            raise InvalidConfig("sha256_max_bytes must be 0 (no limit) or a positive size")
+        if self.sha256 and not self.discover_path:
+            raise InvalidConfig("the sha256 selector needs discover_path (it hashes that binary)")
+
+
+def process_start_time(pid: int, *, proc_root: str = "/proc") -> int:
+    """Field 22 of ``/proc/<pid>/stat``; :class:`AttestationFailed` if the process is gone."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+        # Field 2 (comm) is parenthesised and may hold spaces or ')': split after the last ')'.
+        rest = text[text.rindex(")") + 2 :].split()
+        return int(rest[_START_TIME_FIELD - 3])
+    except (OSError, ValueError, IndexError) as exc:
+        raise AttestationFailed(f"cannot read the start time of process {pid}: {exc}") from exc
+
+
+def peer_credentials(sock: socket.socket, *, proc_root: str = "/proc") -> PeerCredentials:
+    """``SO_PEERCRED`` of a connected Unix socket plus the peer's start time."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except OSError as exc:
+        raise AttestationFailed(f"cannot read the caller's credentials: {exc}") from exc
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    if pid <= 0:
+        raise AttestationFailed("the caller's pid is not visible here (another pid namespace?)")
+    return PeerCredentials(pid, uid, gid, process_start_time(pid, proc_root=proc_root))
+
+
+class UnixAttestor:
+    """Derives ``unix:*`` selectors for a caller; thread-safe (runs in worker threads)."""
+
+    def __init__(
+        self,
+        config: AttestorConfig | None = None,
+        *,
+        proc_root: str = "/proc",
+        user_name: Callable[[int], str | None] | None = None,
+        group_name: Callable[[int], str | None] | None = None,
+    ) -> None:
+        self._config = config or AttestorConfig()
+        self._proc = proc_root
+        self._user_name = user_name or _user_name
+        self._group_name = group_name or _group_name
+        self._hashes: dict[tuple[int, ...], str] = {}
+        self._lock = threading.Lock()
+
+    def attest(self, peer: PeerCredentials) -> frozenset[Selector]:
+        """The caller's selectors; :class:`AttestationFailed` if it cannot be established."""
+        status = self._status(peer.pid)
+        out = [Selector("unix", f"uid:{peer.uid}"), Selector("unix", f"gid:{peer.gid}")]
+        if (user := self._user_name(peer.uid)) is not None:
+            out.append(Selector("unix", f"user:{user}"))
+        if (group := self._group_name(peer.gid)) is not None:
+            out.append(Selector("unix", f"group:{group}"))
+        for gid in _groups(status):
+            out.append(Selector("unix", f"supplementary_gid:{gid}"))
+            if (name := self._group_name(gid)) is not None:
+                out.append(Selector("unix", f"supplementary_group:{name}"))
+        if self._config.discover_path:
+            out.extend(self._binary_selectors(peer.pid))
+        self._check_same_process(peer)
+        return frozenset(out)
+
+    def _status(self, pid: int) -> dict[str, str]:
+        try:
+            with open(f"{self._proc}/{pid}/status", "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError as exc:
+            raise AttestationFailed(f"cannot read the status of process {pid}: {exc}") from exc
+        return dict(line.partition(":")[::2] for line in lines)
+
+    def _binary_selectors(self, pid: int) -> list[Selector]:
+        exe = f"{self._proc}/{pid}/exe"
+        try:
+            path = os.readlink(exe)
+        except OSError as exc:
+            raise AttestationFailed(f"cannot read the binary path of process {pid}: {exc}") from exc
+        out = [Selector("unix", f"path:{path}")]
+        if self._config.sha256:
+            digest = self._sha256(exe, pid)
+            if digest is not None:
+                out.append(Selector("unix", f"sha256:{digest}"))
+        return out
+
+    def _sha256(self, exe: str, pid: int) -> str | None:
+        """Hash of the running binary, cached by inode and change times."""
+        limit = self._config.sha256_max_bytes
+        try:
+            with open(exe, "rb") as f:
+                before = _file_key(os.fstat(f.fileno()))
+                with self._lock:
+                    cached = self._hashes.get(before)
+                if cached is not None:
+                    return cached
+                if limit and before[2] > limit:
+                    log.info("attest.sha256_skipped", extra={"pid": pid, "size": before[2]})
+                    return None
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                after = _file_key(os.fstat(f.fileno()))
+        except OSError as exc:
+            raise AttestationFailed(f"cannot hash the binary of process {pid}: {exc}") from exc
+        if after != before:
+            raise AttestationFailed(f"the binary of process {pid} changed while it was hashed")
+        with self._lock:
+            if len(self._hashes) >= _HASH_CACHE_SIZE:
+                self._hashes.clear()
+            self._hashes[before] = digest
+        return digest
+
+    def _check_same_process(self, peer: PeerCredentials) -> None:
+        """Pid-reuse guard: the process we read must be the one that connected."""
+        if process_start_time(peer.pid, proc_root=self._proc) != peer.start_time:
+            raise AttestationFailed(f"process {peer.pid} exited; its pid now names another process")
+        status = self._status(peer.pid)
+        if _effective(status, "Uid") != peer.uid or _effective(status, "Gid") != peer.gid:
+            raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
+
+
+def _effective(status: dict[str, str], key: str) -> int:
+    try:
+        return int(status[key].split()[1])  # real, effective, saved, filesystem
+    except (KeyError, IndexError, ValueError) as exc:
+        raise AttestationFailed(f"malformed {key} line in /proc status") from exc
+
+
+def _groups(status: dict[str, str]) -> tuple[int, ...]:
+    try:
+        return tuple(sorted({int(g) for g in status.get("Groups", "").split()}))
+    except ValueError as exc:
+        raise AttestationFailed("malformed Groups line in /proc status") from exc
+
+
+def _file_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None

@@ -1,0 +1,1 @@
+"""Generated SPIFFE Workload API messages (packaged copy; see README.md)."""

@@ -1,0 +1,164 @@
+"""A small in-memory :class:`~s2s.agent.workload_api.IdentityProvider` for tests and benchmarks.
+
+Identities are put in by hand (``put(key, selectors, svid)``) instead of coming from a CA; bundles
+and CRLs are set whole. Every change bumps :attr:`version` and wakes the Workload API streams.
+JWT-SVIDs come from an injected signer and are cached per (SPIFFE ID, audience set) until half of
+their lifetime has passed, as the agent's cache does. Mutate it from the event loop's thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+
+from s2s.core.bundle import BundleSet
+from s2s.core.clock import Clock, SystemClock
+from s2s.core.errors import InvalidSpiffeId, InvalidToken, Unavailable
+from s2s.core.jwtsvid import algorithms_for_key, check_jwt_claims, check_jwt_header
+from s2s.core.selectors import Selector, matches
+from s2s.core.spiffe_id import SpiffeId
+from s2s.core.x509svid import X509Svid
+
+__all__ = ["MAX_TOKEN_BYTES", "JwtSigner", "JwtValidatorFn", "StaticIdentityProvider"]
+
+MAX_TOKEN_BYTES = 16 * 1024
+JwtSigner = Callable[[SpiffeId, tuple[str, ...]], str]
+JwtValidatorFn = Callable[[str, str, BundleSet], tuple[SpiffeId, Mapping[str, Any]]]
+
+
+class StaticIdentityProvider:
+    """Identities, bundles and CRLs held in memory."""
+
+    def __init__(
+        self,
+        *,
+        bundles: BundleSet | None = None,
+        jwt_signer: JwtSigner | None = None,
+        validator: JwtValidatorFn | None = None,
+        clock: Clock | None = None,
+        crls: Iterable[bytes] = (),
+    ) -> None:
+        self._entries: dict[str, tuple[frozenset[Selector], X509Svid]] = {}
+        self._bundles = bundles if bundles is not None else BundleSet()
+        self._crls = tuple(crls)
+        self._signer = jwt_signer
+        self._validator = validator
+        self._clock = clock or SystemClock()
+        self._jwt_cache: dict[tuple[SpiffeId, frozenset[str]], tuple[str, datetime]] = {}
+        self._version = 0
+        self._changed = asyncio.Event()
+
+    # -- mutation ---------------------------------------------------------------------------
+
+    def put(self, key: str, selectors: Iterable[Selector | str], svid: X509Svid) -> None:
+        """Add or replace the identity ``key``: ``svid`` for callers with all ``selectors``."""
+        parsed = frozenset(s if isinstance(s, Selector) else Selector.parse(s) for s in selectors)
+        self._entries[key] = (parsed, svid)
+        self._bump()
+
+    def remove(self, key: str) -> None:
+        del self._entries[key]
+        self._jwt_cache.clear()
+        self._bump()
+
+    def set_bundles(self, bundles: BundleSet) -> None:
+        self._bundles = bundles
+        self._bump()
+
+    def set_crls(self, crls: Iterable[bytes]) -> None:
+        self._crls = tuple(crls)
+        self._bump()
+
+    def _bump(self) -> None:
+        self._version += 1
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+
+    # -- IdentityProvider -------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    async def wait_for_update(self, after_version: int) -> int:
+        while self._version == after_version:
+            await self._changed.wait()
+        return self._version
+
+    def svids_for(self, selectors: frozenset[Selector]) -> tuple[X509Svid, ...]:
+        return tuple(svid for sel, svid in self._entries.values() if matches(sel, selectors))
+
+    def bundles(self) -> BundleSet:
+        return self._bundles
+
+    def crls(self) -> tuple[bytes, ...]:
+        return self._crls
+
+    async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
+        if self._signer is None:
+            raise Unavailable("this provider has no JWT signer")
+        key = (spiffe_id, frozenset(audience))
+        now = self._clock.now()
+        cached = self._jwt_cache.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        token = self._signer(spiffe_id, audience)
+        self._jwt_cache[key] = (token, _half_life(token))
+        return token
+
+    def validate_jwt(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
+        if self._validator is not None:
+            return self._validator(token, audience, self._bundles)
+        return validate_jwt_svid(token, audience, self._bundles, now=self._clock.now())
+
+
+def validate_jwt_svid(
+    token: str, audience: str, bundles: BundleSet, *, now: datetime
+) -> tuple[SpiffeId, Mapping[str, Any]]:
+    """Minimal JWT-SVID validation with the core checks (the verifier's validator replaces it)."""
+    if len(token) > MAX_TOKEN_BYTES:
+        raise InvalidToken("the token is too large", reason="too-large")
+    try:
+        header = jwt.get_unverified_header(token)
+        unverified = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"the token is not a JWT: {exc}", reason="malformed") from exc
+    alg = check_jwt_header(header)
+    try:
+        sid = SpiffeId.parse(str(unverified.get("sub", "")))
+    except InvalidSpiffeId as exc:
+        raise InvalidToken(f"the token subject is not a SPIFFE ID: {exc}", reason="sub") from exc
+    bundle = bundles.get(sid.trust_domain)
+    if bundle is None:
+        raise InvalidToken(f"no bundle for trust domain {sid.trust_domain}", reason="untrusted")
+    authority = bundle.jwt_authority(str(header.get("kid")))
+    if authority is None:
+        raise InvalidToken("the token's kid is not in its trust domain's bundle", reason="kid")
+    if alg not in algorithms_for_key(authority.public_key):
+        raise InvalidToken(f"{alg} does not match the key type", reason="alg")
+    try:
+        claims = jwt.decode(
+            token,
+            authority.public_key,  # type: ignore[arg-type]
+            algorithms=[alg],
+            options={"verify_aud": False, "verify_exp": False, "verify_iat": False},
+        )
+    except jwt.PyJWTError as exc:
+        raise InvalidToken(f"the token signature is invalid: {exc}", reason="signature") from exc
+    checked = check_jwt_claims(claims, audience=audience, now=now)
+    return checked.spiffe_id, checked.claims
+
+
+def _half_life(token: str) -> datetime:
+    """When a cached token should be replaced: halfway between ``iat`` and ``exp``."""
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    exp = float(claims["exp"])
+    iat = float(claims.get("iat", exp))
+    return datetime.fromtimestamp(iat + (exp - iat) / 2, tz=UTC)
