@@ -1,0 +1,398 @@
+"""JWT-SVID validation (JWT-SVID.md): strict compact JWS, keys bound to algorithms, a result cache.
+
+A token is checked in this order, cheapest and least trusting first: size, the result cache,
+compact form (exactly three strict base64url parts), the JOSE header (:func:`check_jwt_header`),
+the key chosen by ``kid`` within the bundle of the ``sub`` trust domain, the algorithm bound to that
+key's type (never taken from the token alone), the signature (``cryptography`` directly), the
+claims (:func:`check_jwt_claims`) and revocation by ``jti`` and by SPIFFE ID.
+
+Successful validations are cached by token string in a bounded LRU: an entry is dropped at the
+token's ``exp`` and the whole cache is cleared whenever the bundle set or the revocation set
+changes (both are immutable snapshots swapped whole, so identity tells a change).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.registry import REGISTRY
+
+from s2s.core.bundle import BundleSet
+from s2s.core.clock import Clock, SystemClock
+from s2s.core.errors import InvalidConfig, InvalidSpiffeId, InvalidToken
+from s2s.core.jwtsvid import (
+    DEFAULT_LEEWAY,
+    MAX_LEEWAY,
+    JwtSvidClaims,
+    algorithms_for_key,
+    check_jwt_claims,
+    check_jwt_header,
+)
+from s2s.core.revocation import RevocationLookup, RevocationSet
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+
+__all__ = [
+    "DEFAULT_CACHE_SIZE",
+    "DEFAULT_MAX_TOKEN_BYTES",
+    "REJECTION_REASONS",
+    "BundleLookup",
+    "CompactJws",
+    "JwtMetrics",
+    "JwtValidator",
+    "ValidatedJwt",
+    "parse_compact",
+    "verify_signature",
+]
+
+DEFAULT_MAX_TOKEN_BYTES = 8 * 1024  # a JWT-SVID is ~300-1000 bytes; anything near this is abuse
+DEFAULT_CACHE_SIZE = 10_000
+REJECTION_REASONS = (
+    "malformed", "alg", "typ", "header", "kid", "sub", "aud",
+    "exp", "signature", "revoked", "too-large", "untrusted",
+)  # fmt: skip
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64_VALUE = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
+# alg -> (family, hash). The key decides which of these it may verify (algorithms_for_key).
+_ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
+    "ES256": ("ec", hashes.SHA256), "ES384": ("ec", hashes.SHA384), "ES512": ("ec", hashes.SHA512),
+    "RS256": ("rs", hashes.SHA256), "RS384": ("rs", hashes.SHA384), "RS512": ("rs", hashes.SHA512),
+    "PS256": ("ps", hashes.SHA256), "PS384": ("ps", hashes.SHA384), "PS512": ("ps", hashes.SHA512),
+}  # fmt: skip
+
+
+class BundleLookup(Protocol):
+    """Anything that holds the current bundle set (a ``JwtSource``, for one)."""
+
+    def current(self) -> BundleSet: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedJwt:
+    """A JWT-SVID that passed every check."""
+
+    spiffe_id: SpiffeId
+    claims: JwtSvidClaims
+
+    @property
+    def expiry(self) -> datetime:
+        return self.claims.expiry
+
+
+@dataclass(frozen=True, slots=True)
+class CompactJws:
+    """A JWS compact serialization split and decoded, not yet verified."""
+
+    header: Mapping[str, Any]
+    payload: bytes
+    signing_input: bytes
+    signature: bytes
+
+
+class JwtMetrics:
+    """``s2s_verifier_jwt_rejections_total{reason}`` and ``s2s_verifier_jwts_accepted_total``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = REGISTRY if registry is None else registry
+        self.rejections = Counter(
+            "s2s_verifier_jwt_rejections",
+            "JWT-SVIDs rejected by the s2s verifier, by reason",
+            ["reason"],
+            registry=reg,
+        )
+        self.accepted = Counter(
+            "s2s_verifier_jwts_accepted",
+            "JWT-SVIDs validated (cache misses that passed every check)",
+            registry=reg,
+        )
+        self._by_reason = {reason: self.rejections.labels(reason) for reason in REJECTION_REASONS}
+
+    def rejected(self, reason: str) -> None:
+        child = self._by_reason.get(reason)
+        (child if child is not None else self.rejections.labels(reason)).inc()
+
+    def rejection_count(self, reason: str) -> float:
+        """The current count for ``reason`` (tests and diagnostics)."""
+        return float(self.rejections.labels(reason)._value.get())
+
+
+_default_metrics: JwtMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def default_jwt_metrics() -> JwtMetrics:
+    """The process-wide instance, registered with the global registry once."""
+    global _default_metrics  # noqa: PLW0603 (one registration per process)
+    if _default_metrics is None:
+        with _metrics_lock:
+            if _default_metrics is None:
+                _default_metrics = JwtMetrics()
+    return _default_metrics
+
+
+def parse_compact(token: object, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> CompactJws:
+    """Split a JWS compact serialization (RFC 7515 section 7.1) strictly.
+
+    Exactly three parts of unpadded, canonical base64url (RFC 4648 section 5; no padding, no
+    whitespace, no non-zero trailing bits); the header a JSON object without duplicate names.
+    """
+    if not isinstance(token, str):
+        raise InvalidToken("the token must be text", reason="malformed")
+    if len(token) > max_bytes:
+        raise InvalidToken(f"the token is longer than {max_bytes} bytes", reason="too-large")
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise InvalidToken(
+            "the token is not a compact JWS (three dot-separated parts)", reason="malformed"
+        )
+    head, body, sig = parts
+    if not head:  # an empty signature is left to the checks that name why (alg none, length)
+        raise InvalidToken("the token header is empty", reason="malformed")
+    header = _json_object(_b64decode(head), "header")
+    return CompactJws(header, _b64decode(body), f"{head}.{body}".encode("ascii"), _b64decode(sig))
+
+
+def verify_signature(
+    alg: str,
+    public_key: PublicKeyTypes,
+    signing_input: bytes,
+    signature: bytes,
+    *,
+    pinned: frozenset[str] | None = None,
+) -> None:
+    """Verify a JWS signature with ``public_key``; ``alg`` must be one the key is bound to.
+
+    Raises InvalidToken(reason='alg') if the key cannot verify ``alg`` (an EC P-256 key verifies
+    ES256 only; RSA keys RS*/PS*, or only ``pinned`` when the key is pinned to some algorithms)
+    and InvalidToken(reason='signature') if the signature is bad.
+    """
+    allowed = algorithms_for_key(public_key)
+    if alg not in allowed or alg not in _ALGORITHMS or (pinned is not None and alg not in pinned):
+        raise InvalidToken(f"the token algorithm {alg} does not match the key", reason="alg")
+    family, hash_type = _ALGORITHMS[alg]
+    try:
+        if family == "ec" and isinstance(public_key, ec.EllipticCurvePublicKey):
+            size = (public_key.curve.key_size + 7) // 8
+            if len(signature) != 2 * size:  # RFC 7518 3.4: exactly R || S, each the curve size
+                raise InvalidSignature
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            der = encode_dss_signature(r, s)
+            public_key.verify(der, signing_input, ec.ECDSA(hash_type()))
+        elif isinstance(public_key, rsa.RSAPublicKey):
+            if len(signature) != (public_key.key_size + 7) // 8:  # RFC 8017 8.2.2 step 1
+                raise InvalidSignature
+            pad: padding.AsymmetricPadding = padding.PKCS1v15()
+            if family == "ps":  # RFC 7518 3.5: MGF1 with the same hash, salt of the hash size
+                digest = hash_type()
+                pad = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
+            public_key.verify(signature, signing_input, pad, hash_type())
+        else:
+            raise InvalidSignature
+    except InvalidSignature:
+        raise InvalidToken("the token signature is not valid", reason="signature") from None
+
+
+class JwtValidator:
+    """Validates JWT-SVIDs for one audience against a bundle set; thread-safe.
+
+    ``bundles`` is a :class:`BundleSet` or anything with ``current() -> BundleSet`` (a
+    ``JwtSource``); ``revocations`` anything with ``current() -> RevocationSet``.
+    """
+
+    def __init__(
+        self,
+        bundles: BundleSet | BundleLookup,
+        audience: str,
+        *,
+        revocations: RevocationLookup | None = None,
+        leeway: timedelta = DEFAULT_LEEWAY,
+        clock: Clock | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        metrics: JwtMetrics | None = None,
+    ) -> None:
+        if not isinstance(audience, str) or not audience:
+            raise InvalidConfig("the audience must be a non-empty string")
+        if not isinstance(leeway, timedelta) or not timedelta(0) <= leeway <= MAX_LEEWAY:
+            raise InvalidConfig(f"leeway must be between 0 and {MAX_LEEWAY}")
+        if cache_size < 0 or max_token_bytes < 64:
+            raise InvalidConfig("cache_size must be >= 0 and max_token_bytes >= 64")
+        self._bundles = _StaticBundles(bundles) if isinstance(bundles, BundleSet) else bundles
+        self._revocations = revocations if revocations is not None else _NoRevocations()
+        self.audience = audience
+        self.leeway = leeway
+        self._clock = clock if clock is not None else SystemClock()
+        self._cache_size = cache_size
+        self._max_bytes = max_token_bytes
+        self._metrics = metrics if metrics is not None else default_jwt_metrics()
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, ValidatedJwt] = OrderedDict()
+        self._keys: dict[tuple[TrustDomain, str], tuple[PublicKeyTypes, datetime | None]] = {}
+        self._seen: tuple[object, object] = (None, None)
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def validate(self, token: str) -> ValidatedJwt:
+        """The SPIFFE ID and claims of ``token``; InvalidToken (with ``.reason``) if rejected."""
+        try:
+            return self._validate(token)
+        except InvalidToken as exc:
+            self._metrics.rejected(exc.reason)
+            raise
+
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+    def _validate(self, token: str) -> ValidatedJwt:
+        if not isinstance(token, str):
+            raise InvalidToken("the token must be text", reason="malformed")
+        if len(token) > self._max_bytes:
+            raise InvalidToken(
+                f"the token is longer than {self._max_bytes} bytes", reason="too-large"
+            )
+        now = self._clock.now()
+        bundles, revocations = self._bundles.current(), self._revocations.current()
+        with self._lock:
+            if bundles is not self._seen[0] or revocations is not self._seen[1]:
+                self._cache.clear()
+                self._keys.clear()
+                self._seen = (bundles, revocations)
+            hit = self._cache.get(token)
+            if hit is not None:
+                if now < hit.claims.expiry:
+                    self._cache.move_to_end(token)
+                    self.cache_hits += 1
+                    return hit
+                del self._cache[token]  # past exp: validate afresh (leeway may still allow it)
+        self.cache_misses += 1
+        result = self._validate_uncached(token, now, bundles, revocations)
+        self._metrics.accepted.inc()
+        if self._cache_size and now < result.claims.expiry:
+            self._remember(token, result, bundles, revocations)
+        return result
+
+    def _validate_uncached(
+        self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet
+    ) -> ValidatedJwt:
+        jws = parse_compact(token, max_bytes=self._max_bytes)
+        alg = check_jwt_header(jws.header)
+        claims = _json_object(jws.payload, "claims")
+        public_key = self._key_for(bundles, _trust_domain_of(claims), jws.header["kid"], now)
+        verify_signature(alg, public_key, jws.signing_input, jws.signature)
+        checked = check_jwt_claims(claims, audience=self.audience, now=now, leeway=self.leeway)
+        _check_revocation(revocations, checked)
+        return ValidatedJwt(checked.spiffe_id, checked)
+
+    def _key_for(
+        self, bundles: BundleSet, td: TrustDomain, kid: str, now: datetime
+    ) -> PublicKeyTypes:
+        entry = self._keys.get((td, kid))
+        if entry is None:
+            bundle = bundles.get(td)
+            if bundle is None:
+                raise InvalidToken(f"no bundle for trust domain {td}", reason="untrusted")
+            authority = bundle.jwt_authority(kid)
+            if authority is None:
+                # A kid of another trust domain is unknown here: keys never cross trust domains.
+                raise InvalidToken(
+                    f"no JWT authority {kid[:64]!r} in the bundle of {td}", reason="kid"
+                )
+            entry = (authority.public_key, authority.not_after)
+            with self._lock:
+                if bundles is self._seen[0]:
+                    self._keys[(td, kid)] = entry
+        if entry[1] is not None and now > entry[1]:
+            raise InvalidToken(f"the JWT authority {kid[:64]!r} of {td} has expired", reason="kid")
+        return entry[0]
+
+    def _remember(
+        self, token: str, result: ValidatedJwt, bundles: BundleSet, revocations: RevocationSet
+    ) -> None:
+        with self._lock:
+            if self._seen[0] is not bundles or self._seen[1] is not revocations:
+                return  # the snapshots changed while we validated: do not cache a stale answer
+            self._cache[token] = result
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+
+
+class _StaticBundles:
+    def __init__(self, bundles: BundleSet) -> None:
+        self._bundles = bundles
+
+    def current(self) -> BundleSet:
+        return self._bundles
+
+
+class _NoRevocations:
+    def current(self) -> RevocationSet:
+        return RevocationSet.EMPTY
+
+
+def _check_revocation(revocations: RevocationSet, claims: JwtSvidClaims) -> None:
+    if claims.jti is not None and revocations.is_jti_revoked(claims.jti):
+        raise InvalidToken("the token (jti) has been revoked", reason="revoked")
+    # No iat: the token may have been issued at any time, so any record for the ID covers it.
+    issued_at = claims.issued_at if claims.issued_at is not None else _EARLIEST
+    if revocations.is_spiffe_id_revoked(claims.spiffe_id, issued_at):
+        raise InvalidToken(f"the SPIFFE ID {claims.spiffe_id} has been revoked", reason="revoked")
+
+
+def _trust_domain_of(claims: Mapping[str, Any]) -> TrustDomain:
+    sub = claims.get("sub")
+    if not isinstance(sub, str):
+        raise InvalidToken("the token has no sub claim (the SPIFFE ID)", reason="sub")
+    try:
+        return SpiffeId.parse(sub).trust_domain
+    except InvalidSpiffeId as exc:
+        raise InvalidToken(f"the token subject is not a SPIFFE ID: {exc}", reason="sub") from None
+
+
+def _b64decode(part: str) -> bytes:
+    if _B64URL.fullmatch(part) is None or len(part) % 4 == 1:
+        raise InvalidToken("the token is not unpadded base64url", reason="malformed")
+    rem = len(part) % 4
+    # RFC 4648 3.5: the unused low bits of the last character must be zero (canonical encoding).
+    if rem and _B64_VALUE[part[-1]] & (0x0F if rem == 2 else 0x03):
+        raise InvalidToken("the token is not canonical base64url", reason="malformed")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _json_object(raw: bytes, what: str) -> dict[str, Any]:
+    try:
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
+        )
+    except (ValueError, RecursionError):
+        raise InvalidToken(f"the token {what} is not JSON", reason="malformed") from None
+    if not isinstance(value, dict):
+        raise InvalidToken(f"the token {what} is not a JSON object", reason="malformed")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):  # RFC 7515 4: duplicate names are rejected, never "last wins"
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
