@@ -6,13 +6,15 @@ import base64
 import contextlib
 import datetime as dt
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
+import jwt
 import pytest
 import spiffe
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
@@ -24,31 +26,40 @@ from hypothesis import strategies as st
 from s2s.core.bundle import MAX_BUNDLE_BYTES, Bundle, BundleSet, JwtAuthority
 from s2s.core.errors import InvalidBundle
 from s2s.core.spiffe_id import TrustDomain
+from s2s.core.x509svid import root_template, serial_from_entropy, sign_certificate
+from s2s.testing import TestAuthority
 
 TD = TrustDomain.parse("example.org")
 OTHER_TD = TrustDomain.parse("other.org")
 NOW = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 
 
-def make_root(key: CertificateIssuerPrivateKeyTypes, name: str = "root") -> x509.Certificate:
-    """A minimal self-signed SPIFFE CA certificate for ``TD``."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    builder = (
+def make_root(key: CertificateIssuerPrivateKeyTypes) -> x509.Certificate:
+    """A root CA for ``TD`` from the production template (P-256, P-384, RSA keys)."""
+    template = root_template(
+        trust_domain=TD,
+        public_key=key.public_key(),
+        now=NOW,
+        ttl=dt.timedelta(days=1),
+        serial=serial_from_entropy(os.urandom(16)),
+    )
+    return sign_certificate(template, key)
+
+
+def make_ed25519_root(key: ed25519.Ed25519PrivateKey) -> x509.Certificate:
+    """A foreign trust domain's Ed25519 root (s2s does not issue these, but may federate)."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ed25519 root")])
+    return (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - dt.timedelta(hours=1))
+        .not_valid_before(NOW)
         .not_valid_after(NOW + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://example.org")]),
-            critical=False,
-        )
+        .sign(key, None)
     )
-    return builder.sign(key, algorithm)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +78,8 @@ def keys() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def roots(keys: dict[str, Any]) -> dict[str, x509.Certificate]:
-    return {name: make_root(keys[name], name) for name in ("p256", "p384", "rsa", "ed25519")}
+    made = {name: make_root(keys[name]) for name in ("p256", "p384", "rsa")}
+    return {**made, "ed25519": make_ed25519_root(keys["ed25519"])}
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +169,30 @@ def test_jwt_authority_lookup(full_bundle: Bundle, keys: dict[str, Any]) -> None
 def test_bundle_is_immutable(full_bundle: Bundle) -> None:
     with pytest.raises(AttributeError):
         full_bundle.sequence = 9  # type: ignore[misc]
+
+
+def test_test_authority_bundle_round_trips_and_verifies_its_jwt_svids() -> None:
+    ca = TestAuthority("example.org", now=NOW)
+    bundle = Bundle.decode(TD, ca.bundle().encode())
+    assert bundle == ca.bundle()
+    assert bundle.x509_authorities == (ca.root,)
+    token = ca.issue_jwt_svid("spiffe://example.org/web", "aud", now=NOW)
+    kid = jwt.get_unverified_header(token)["kid"]
+    authority = bundle.jwt_authority(kid)
+    assert authority is not None
+    assert isinstance(authority.public_key, ec.EllipticCurvePublicKey)
+    claims = jwt.decode(
+        token,
+        authority.public_key,
+        algorithms=["ES256"],
+        audience="aud",
+        options={"verify_exp": False, "verify_iat": False},
+    )
+    assert claims["sub"] == "spiffe://example.org/web"
+    # the twin: another authority's bundle has no key for this token
+    other = Bundle.decode(TD, TestAuthority("example.org", now=NOW).bundle().encode())
+    assert other.jwt_authority(kid) is None
+    assert other != bundle
 
 
 # --- interoperability with py-spiffe ------------------------------------------------------------
