@@ -1,0 +1,175 @@
+"""Revocation inputs for the verifier: anything with ``current() -> RevocationSet``.
+
+:class:`InMemoryRevocations` holds a set its owner replaces. :class:`CrlFileRevocations` follows
+a CRL file (PEM with one or more CRLs, or one DER CRL): it is re-read when its size, mtime or
+inode changes, each CRL's signature must verify with a trusted CA certificate whose subject is the
+CRL's issuer, and a file that stops parsing or verifying keeps the last good set.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from s2s.core.errors import InvalidConfig, InvalidRequest
+from s2s.core.revocation import (
+    RevocationKind,
+    RevocationRecord,
+    RevocationSet,
+    StaticRevocations,
+)
+
+__all__ = ["CrlFileRevocations", "InMemoryRevocations", "parse_crls", "revocation_set_from_crls"]
+
+log = logging.getLogger(__name__)
+_FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
+_MAX_CRL_BYTES = 16 * 1024 * 1024
+
+
+class InMemoryRevocations(StaticRevocations):
+    """A revocation set replaced whole by its owner (:meth:`replace`); readers need no lock."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, initial: RevocationSet | None = None) -> None:
+        super().__init__(initial)
+        self._lock = threading.Lock()
+
+    def add(self, *records: RevocationRecord) -> RevocationSet:
+        """Add records (a new set with a bumped version) and return it."""
+        with self._lock:
+            old = self.current()
+            new = RevocationSet.of((*old.records(), *records), version=old.version + 1)
+            self.replace(new)
+            return new
+
+
+def parse_crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """One DER CRL, or every CRL in a PEM file; InvalidRequest if nothing parses."""
+    try:
+        if b"-----BEGIN X509 CRL-----" in data:
+            blocks = data.split(b"-----END X509 CRL-----")[:-1]
+            return [x509.load_pem_x509_crl(b + b"-----END X509 CRL-----\n") for b in blocks]
+        return [x509.load_der_x509_crl(data)]
+    except ValueError as exc:
+        raise InvalidRequest(f"not a CRL (PEM or DER): {exc}") from exc
+
+
+def revocation_set_from_crls(
+    crls: Iterable[x509.CertificateRevocationList],
+    trusted: Iterable[x509.Certificate],
+    *,
+    version: int = 0,
+) -> RevocationSet:
+    """The serials revoked by ``crls``, each CRL checked against a trusted issuer's signature."""
+    issuers = list(trusted)
+    records: list[RevocationRecord] = []
+    for crl in crls:
+        _check_signature(crl, issuers)
+        expires = crl.next_update_utc or _FAR_FUTURE
+        for entry in crl:
+            records.append(
+                RevocationRecord(
+                    kind=RevocationKind.SERIAL,
+                    value=f"{entry.serial_number:x}",
+                    revoked_at=entry.revocation_date_utc,
+                    expires_at=expires,
+                    reason="crl",
+                )
+            )
+    return RevocationSet.of(records, version=version)
+
+
+def _check_signature(crl: x509.CertificateRevocationList, issuers: list[x509.Certificate]) -> None:
+    for ca in issuers:
+        if ca.subject != crl.issuer:
+            continue
+        try:
+            if crl.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+                return
+        except (InvalidSignature, TypeError, ValueError):
+            continue
+    raise InvalidRequest(
+        f"the CRL of {crl.issuer.rfc4514_string()} is not signed by a trusted CA certificate"
+    )
+
+
+class CrlFileRevocations:
+    """Revocations read from a CRL file and followed as the file changes.
+
+    ``trusted`` returns the CA certificates allowed to sign CRLs (typically the bundle's roots
+    and the intermediates of our own SVID chain). The file is checked for changes at most every
+    ``check_interval`` seconds, inside :meth:`current`; :meth:`refresh` forces a check.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        trusted: Callable[[], Iterable[x509.Certificate]],
+        check_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.path = Path(path)
+        self._trusted = trusted
+        self._interval = check_interval
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._version = 0
+        self._stamp: tuple[int, int, int] | None = None
+        self._next_check = 0.0
+        self.error: str | None = None
+        try:
+            self._current = self._load()
+        except InvalidRequest as exc:
+            raise InvalidConfig(f"CRL file {self.path}: {exc}") from exc
+
+    def current(self) -> RevocationSet:
+        if self._monotonic() >= self._next_check:
+            self.refresh()
+        return self._current
+
+    def refresh(self) -> bool:
+        """Re-read the file if it changed; True when a new set was installed."""
+        with self._lock:
+            self._next_check = self._monotonic() + self._interval
+            try:
+                if self._file_stamp() == self._stamp:
+                    return False
+                self._current = self._load()
+            except InvalidRequest as exc:
+                self.error = str(exc)
+                log.error("crl.reload_failed", extra={"path": str(self.path), "error": str(exc)})
+                return False
+            self.error = None
+            log.info("crl.reloaded", extra={"path": str(self.path), "entries": len(self._current)})
+            return True
+
+    def _file_stamp(self) -> tuple[int, int, int]:
+        try:
+            st = self.path.stat()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot stat {self.path}: {exc.strerror}") from exc
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _load(self) -> RevocationSet:
+        stamp = self._file_stamp()
+        try:
+            with self.path.open("rb") as f:
+                data = f.read(_MAX_CRL_BYTES + 1)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {self.path}: {exc.strerror}") from exc
+        if len(data) > _MAX_CRL_BYTES:
+            raise InvalidRequest(f"{self.path} is larger than {_MAX_CRL_BYTES} bytes")
+        self._version += 1
+        result = revocation_set_from_crls(parse_crls(data), self._trusted(), version=self._version)
+        self._stamp = stamp
+        return result

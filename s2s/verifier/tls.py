@@ -1,0 +1,221 @@
+"""stdlib ``ssl`` contexts for SPIFFE mTLS that follow an X.509 source.
+
+Both contexts require TLS 1.2+, a peer certificate (``CERT_REQUIRED``) and do no hostname check
+(identities are SPIFFE IDs). Their handshakes are verified by :class:`PeerVerifier` inside
+``do_handshake``: a rejected peer makes the handshake itself fail, so asyncio, aiohttp and
+blocking sockets never hand the connection to the application.
+
+Rotation: a server context swaps in a context built for the newest snapshot from its
+``sni_callback`` (OpenSSL calls it for every ClientHello, with or without SNI). That is how trust
+anchors can be *removed* (``load_verify_locations`` only adds) and how nothing is mutated under a
+handshake. ``verify_mode`` is read from the front context, so the front keeps ``CERT_REQUIRED``.
+A client context is reloaded in place (new SVID, added roots); a root removed from the bundle is
+still refused after the handshake, and ``ctx.s2s.current()`` builds a clean context.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from s2s.core.clock import Clock
+from s2s.core.revocation import RevocationLookup
+from s2s.core.spiffe_id import SpiffeId
+from s2s.verifier.authorize import authorize_any
+from s2s.verifier.memcert import load_cert_chain_from_memory
+from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.peer import PeerVerifier
+from s2s.verifier.x509context import X509Context, X509SourceLike
+
+__all__ = ["SpiffeSSLContext", "TlsState", "client_context", "peer_spiffe_id_of", "server_context"]
+
+log = logging.getLogger(__name__)
+_WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class _VerifyingSSLObject(ssl.SSLObject):
+    """An SSLObject (asyncio, aiohttp) whose handshake ends with the SPIFFE peer check."""
+
+    _s2s_verifier: ClassVar[PeerVerifier]
+    peer_spiffe_id: SpiffeId | None = None
+
+    def do_handshake(self) -> None:
+        try:
+            super().do_handshake()
+        except _WANT:
+            raise
+        except ssl.SSLError as exc:
+            raise self._s2s_verifier.handshake_failed(exc) from exc
+        self.peer_spiffe_id = self._s2s_verifier.verify(self)
+
+
+class _VerifyingSSLSocket(ssl.SSLSocket):
+    """An SSLSocket (blocking code) whose handshake ends with the SPIFFE peer check."""
+
+    _s2s_verifier: ClassVar[PeerVerifier]
+    peer_spiffe_id: SpiffeId | None = None
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except _WANT:
+            raise
+        except ssl.SSLError as exc:
+            raise self._s2s_verifier.handshake_failed(exc) from exc
+        self.peer_spiffe_id = self._s2s_verifier.verify(self)
+
+
+class SpiffeSSLContext(ssl.SSLContext):
+    """An :class:`ssl.SSLContext` driven by an X.509 source; ``s2s`` holds its state."""
+
+    s2s: TlsState
+
+
+class TlsState:
+    """What keeps a context current: the source subscription, the verifier, the built context."""
+
+    def __init__(
+        self, source: X509SourceLike, verifier: PeerVerifier, *, server_side: bool
+    ) -> None:
+        self.source = source
+        self.verifier = verifier
+        self.server_side = server_side
+        self._snapshot = source.current()
+        self._built = _build(self._snapshot, server_side=server_side, verifier=verifier)
+        self._unsubscribe = source.subscribe(self._changed)
+        self.front: SpiffeSSLContext | None = None
+
+    def current(self) -> SpiffeSSLContext:
+        """A context built for the newest snapshot (a new object after each change)."""
+        return self._built
+
+    def close(self) -> None:
+        """Stop following the source (the contexts keep their last certificates)."""
+        self._unsubscribe()
+
+    def _changed(self, snapshot: X509Context) -> None:
+        try:
+            built = _build(snapshot, server_side=self.server_side, verifier=self.verifier)
+            if not self.server_side and self.front is not None:
+                _reload_client(self.front, self._snapshot, snapshot)
+        except Exception:
+            log.exception("tls.reload_failed", extra={"server_side": self.server_side})
+            return  # keep the last good context
+        self._snapshot, self._built = snapshot, built
+        log.info("tls.reloaded", extra={"serial": f"{snapshot.default_svid.serial:x}"})
+
+    def _select(self, ssl_obj: Any, server_name: str | None, front: ssl.SSLContext) -> None:
+        ssl_obj.context = self._built
+
+
+def server_context(
+    source: X509SourceLike,
+    *,
+    authorize: Callable[[SpiffeId], bool] | None = None,
+    revocations: RevocationLookup | None = None,
+    clock: Clock | None = None,
+    metrics: PeerMetrics | None = None,
+) -> SpiffeSSLContext:
+    """A server context that requires client SVIDs and follows ``source``.
+
+    ``authorize`` defaults to :func:`authorize_any` (any SVID that verifies to the bundle of its
+    own trust domain). Rejected clients fail the handshake; see :func:`peer_spiffe_id_of`.
+    """
+    return _context(
+        source,
+        server_side=True,
+        authorize=authorize,
+        revocations=revocations,
+        clock=clock,
+        metrics=metrics,
+    )
+
+
+def client_context(
+    source: X509SourceLike,
+    *,
+    authorize: Callable[[SpiffeId], bool] | None = None,
+    revocations: RevocationLookup | None = None,
+    clock: Clock | None = None,
+    metrics: PeerMetrics | None = None,
+) -> SpiffeSSLContext:
+    """A client context that presents our SVID and checks the server's SPIFFE ID.
+
+    Pass ``authorize=authorize_id(...)`` to pin the server; the default accepts any server
+    whose SVID verifies to the bundle of its own trust domain.
+    """
+    return _context(
+        source,
+        server_side=False,
+        authorize=authorize,
+        revocations=revocations,
+        clock=clock,
+        metrics=metrics,
+    )
+
+
+def peer_spiffe_id_of(ssl_object: object) -> SpiffeId | None:
+    """The SPIFFE ID verified during the handshake of ``ssl_object`` (None if not verified)."""
+    value = getattr(ssl_object, "peer_spiffe_id", None)
+    return value if isinstance(value, SpiffeId) else None
+
+
+def _context(
+    source: X509SourceLike,
+    *,
+    server_side: bool,
+    authorize: Callable[[SpiffeId], bool] | None,
+    revocations: RevocationLookup | None,
+    clock: Clock | None,
+    metrics: PeerMetrics | None,
+) -> SpiffeSSLContext:
+    verifier = PeerVerifier(
+        lambda: source.current().bundles,
+        authorize=authorize or authorize_any(),
+        revocations=revocations,
+        clock=clock,
+        metrics=metrics,
+    )
+    state = TlsState(source, verifier, server_side=server_side)
+    front = _build(source.current(), server_side=server_side, verifier=verifier)
+    front.s2s = state
+    state.front = front
+    if server_side:
+        front.sni_callback = state._select
+    return front
+
+
+def _build(snapshot: X509Context, *, server_side: bool, verifier: PeerVerifier) -> SpiffeSSLContext:
+    ctx = SpiffeSSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if server_side:
+        # A resumed session has no verified chain to re-check; always do a full handshake.
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
+    bound = {"_s2s_verifier": verifier}
+    ctx.sslobject_class = type("SpiffeSSLObject", (_VerifyingSSLObject,), bound)
+    ctx.sslsocket_class = type("SpiffeSSLSocket", (_VerifyingSSLSocket,), bound)
+    svid = snapshot.default_svid
+    load_cert_chain_from_memory(ctx, svid.chain_pem(), svid.key_pem())
+    roots = _roots_pem(snapshot)
+    if roots:
+        ctx.load_verify_locations(cadata=roots)
+    return ctx
+
+
+def _roots_pem(snapshot: X509Context) -> str:
+    return "".join(b.x509_pem().decode() for b in snapshot.bundles if b.x509_authorities)
+
+
+def _reload_client(ctx: ssl.SSLContext, old: X509Context, new: X509Context) -> None:
+    if new.default_svid != old.default_svid:
+        svid = new.default_svid
+        load_cert_chain_from_memory(ctx, svid.chain_pem(), svid.key_pem())
+    if new.bundles != old.bundles:
+        roots = _roots_pem(new)
+        if roots:
+            ctx.load_verify_locations(cadata=roots)  # adds; removed roots fail verify_peer
