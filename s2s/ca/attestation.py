@@ -1,7 +1,8 @@
 """Agent attestation: join token + CSR -> agent SVID + bundle, and renewal of an agent SVID.
 
 The agent SVID (``spiffe://<td>/s2s/agent/join_token/<id>``, 1 h) is issued from the agent's CSR;
-its key never leaves the node. Renewal issues a new SVID and stages its serial as the agent's
+its key never leaves the node. The CSR is checked before the token is burnt, so a typo in a CSR
+does not cost the operator a token. Renewal issues a new SVID and stages its serial as the agent's
 ``next_serial``; the first call made with it promotes it (SPIRE does the same), so a renewal whose
 response is lost does not lock the agent out.
 """
@@ -10,13 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from s2s.ca.audit import AuditLog
+from s2s.ca.audit import AuditEvent, AuditLog
 from s2s.ca.authority import Authority
-from s2s.ca.config import CaConfig
-from s2s.ca.issuance import Issuer
-from s2s.ca.registry import AgentRecord, Registry
+from s2s.ca.issuance import Issuer, parse_csr
+from s2s.ca.registry import JOIN_TOKEN_ATTESTATION, AgentRecord, Registry
 from s2s.core.bundle import Bundle
-from s2s.core.clock import Clock
+from s2s.core.errors import NotAuthorized
 from s2s.core.x509svid import X509Svid
 
 __all__ = ["AgentAttestor", "AgentSvidResult"]
@@ -37,14 +37,15 @@ class AgentAttestor:
     def __init__(
         self,
         *,
-        config: CaConfig,
         authority: Authority,
         registry: Registry,
         issuer: Issuer,
-        clock: Clock,
         audit: AuditLog | None = None,
     ) -> None:
-        raise NotImplementedError
+        self._authority = authority
+        self._registry = registry
+        self._issuer = issuer
+        self._audit = audit if audit is not None else AuditLog()
 
     async def attest_join_token(self, token: str, csr_der: bytes) -> AgentSvidResult:
         """Consume ``token``, sign the CSR as the agent SVID and record the agent.
@@ -52,8 +53,33 @@ class AgentAttestor:
         :class:`AttestationFailed` for an unknown/used/expired token; :class:`InvalidRequest` for
         a bad CSR (checked before the token is burnt); :class:`NotAuthorized` if banned.
         """
-        raise NotImplementedError
+        public_key = parse_csr(csr_der)
+        agent_id = await self._registry.consume_join_token(token)
+        svid = await self._issuer.issue_agent_svid(agent_id, public_key)
+        agent = await self._registry.register_agent(
+            agent_id,
+            serial=svid.serial,
+            not_after=svid.not_after,
+            attestation_type=JOIN_TOKEN_ATTESTATION,
+        )
+        self._audit.agent_event(AuditEvent.AGENT_ATTESTED, agent_id=agent_id, serial=svid.serial)
+        return AgentSvidResult(agent=agent, svid=svid, bundle=self._authority.bundle)
 
     async def renew_agent(self, agent: AgentRecord, csr_der: bytes) -> AgentSvidResult:
-        """Issue a new agent SVID to an agent already authorized with its current SVID."""
-        raise NotImplementedError
+        """Issue a new agent SVID to an agent authorized with its current SVID.
+
+        ``agent`` is the record :meth:`Registry.authorize_agent` returned for this call.
+        :class:`NotAuthorized` if it was banned meanwhile; :class:`Conflict` if the record
+        changed concurrently (the agent retries).
+        """
+        if agent.banned:
+            raise NotAuthorized(f"agent {agent.spiffe_id} is banned")
+        public_key = parse_csr(csr_der)
+        svid = await self._issuer.issue_agent_svid(agent.spiffe_id, public_key)
+        staged = await self._registry.stage_agent_serial(
+            agent, next_serial=svid.serial, not_after=svid.not_after
+        )
+        self._audit.agent_event(
+            AuditEvent.AGENT_RENEWED, agent_id=agent.spiffe_id, serial=svid.serial
+        )
+        return AgentSvidResult(agent=staged, svid=svid, bundle=self._authority.bundle)

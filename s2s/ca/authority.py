@@ -11,27 +11,37 @@ signed stays verifiable until it expires. The bundle's ``spiffe_sequence`` grows
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
-from s2s.core.bundle import Bundle
-from s2s.core.clock import Clock
+from s2s.core.bundle import Bundle, JwtAuthority
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import Conflict, InvalidConfig, NotFound, Unavailable
 from s2s.core.spiffe_id import TrustDomain
-from s2s.store.records import AuthorityKind, AuthorityState
-
-if TYPE_CHECKING:
-    from s2s.store.base import Store
+from s2s.core.x509svid import (
+    intermediate_template,
+    root_template,
+    serial_from_entropy,
+    sign_certificate,
+)
+from s2s.store.base import Store
+from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, Setting
 
 __all__ = [
+    "BUNDLE_STATE_KEY",
     "Authority",
     "AuthorityInfo",
     "AuthorityKind",
@@ -39,6 +49,15 @@ __all__ = [
     "JwtSigner",
     "X509Signer",
 ]
+
+log = logging.getLogger(__name__)
+
+BUNDLE_STATE_KEY = "bundle.sequence"
+JWT_ALGORITHM = "ES256"
+# States whose public keys are published (roots, JWT keys): everything not revoked.
+_PUBLISHED = frozenset(
+    {AuthorityState.PREPARED, AuthorityState.ACTIVE, AuthorityState.OLD, AuthorityState.TAINTED}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,9 +77,38 @@ class AuthorityInfo:
     public_key: PublicKeyTypes
     certificate: x509.Certificate | None = None
 
+    @classmethod
+    def from_record(cls, record: AuthorityRecord) -> AuthorityInfo:
+        cert: x509.Certificate | None = None
+        if record.kind is AuthorityKind.JWT:
+            public_key = serialization.load_der_public_key(record.public_der)
+        else:
+            cert = x509.load_der_x509_certificate(record.public_der)
+            public_key = cert.public_key()
+        return cls(
+            id=record.id,
+            kind=record.kind,
+            state=record.state,
+            owner=record.owner,
+            not_before=record.not_before,
+            not_after=record.not_after,
+            public_key=public_key,
+            certificate=cert,
+        )
+
     def to_json(self) -> dict[str, str]:
-        """JSON-ready fields for the admin API (no key material beyond the public key id)."""
-        raise NotImplementedError
+        """JSON-ready fields for the admin API (no key material)."""
+        out = {
+            "id": self.id,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "owner": self.owner,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+        }
+        if self.certificate is not None:
+            out["serial"] = format(self.certificate.serial_number, "x")
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +157,19 @@ class Authority:
         clock: Clock,
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        raise NotImplementedError
+        self._config = config
+        self._store = store
+        self._kek = kek
+        self._clock = clock
+        self._entropy = entropy
+        self._root: x509.Certificate | None = None
+        self._root_id = ""
+        self._root_key: SigningKey | None = None
+        self._x509: X509Signer | None = None
+        self._jwt: JwtSigner | None = None
+        self._bundle: Bundle | None = None
+
+    # -- init and start ----------------------------------------------------------------------
 
     @classmethod
     async def initialize(
@@ -122,7 +182,30 @@ class Authority:
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> AuthorityInfo:
         """Create the trust domain's root (``s2s-ca init``); :class:`Conflict` if one exists."""
-        raise NotImplementedError
+        td = str(config.trust_domain)
+        existing = await store.get_setting(Setting.TRUST_DOMAIN)
+        if existing is not None:
+            raise Conflict(f"this data dir is already initialized for trust domain {existing}")
+        now = utc(clock.now())
+        await store.set_setting(Setting.TRUST_DOMAIN, td, only_if_absent=True)
+        await store.set_setting(Setting.CREATED_AT, now.isoformat(), only_if_absent=True)
+        data_dir_id = base64.urlsafe_b64encode(entropy(16)).decode().rstrip("=")
+        await store.set_setting(Setting.DATA_DIR_ID, data_dir_id, only_if_absent=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = root_template(
+            trust_domain=config.trust_domain,
+            public_key=key.public_key(),
+            now=now,
+            ttl=config.root_ttl,
+            serial=serial_from_entropy(entropy(16)),
+        )
+        cert = sign_certificate(builder, key)
+        record = _x509_record(
+            cert, key=key, kek=kek, kind=AuthorityKind.X509_ROOT, state=AuthorityState.ACTIVE
+        )
+        await store.create_authority(record)
+        log.info("authority.root_created", extra={"authority_id": record.id, "trust_domain": td})
+        return AuthorityInfo.from_record(record)
 
     async def start(self) -> None:
         """Load the root and this replica's authorities, creating them if missing.
@@ -130,49 +213,314 @@ class Authority:
         Raises :class:`InvalidConfig` when the store belongs to another trust domain, has no
         root (not initialized), or its keys do not open with this KEK.
         """
-        raise NotImplementedError
+        await self._check_trust_domain()
+        roots = await self._store.list_authorities(kind=AuthorityKind.X509_ROOT)
+        active = [r for r in roots if r.state is AuthorityState.ACTIVE]
+        if not active:
+            raise InvalidConfig("the store has no active root; run 's2s-ca init' first")
+        record = active[-1]
+        self._root = x509.load_der_x509_certificate(record.public_der)
+        self._root_id = record.id
+        self._root_key = self._kek.open_private_key(record.encrypted_key, authority_id=record.id)
+        if self._root_key.public_key() != self._root.public_key():
+            raise InvalidConfig(f"root {record.id}: the stored key does not match its certificate")
+        await self._load_active()
+        await self.rotate_if_due()
+        await self.refresh_bundle()
+
+    async def _check_trust_domain(self) -> None:
+        stored = await self._store.get_setting(Setting.TRUST_DOMAIN)
+        if stored is None:
+            raise InvalidConfig("the data dir is not initialized; run 's2s-ca init' first")
+        if stored != str(self._config.trust_domain):
+            raise InvalidConfig(
+                f"the data dir belongs to trust domain {stored}, not {self._config.trust_domain}"
+            )
+
+    async def _load_active(self) -> None:
+        now = utc(self._clock.now())
+        for kind in (AuthorityKind.X509_INTERMEDIATE, AuthorityKind.JWT):
+            record = await self._active(kind)
+            if record is not None and record.not_after > now:
+                self._install(record)
+
+    # -- snapshots -----------------------------------------------------------------------------
 
     @property
     def trust_domain(self) -> TrustDomain:
-        raise NotImplementedError
+        return self._config.trust_domain
 
     @property
     def root(self) -> x509.Certificate:
         """The active root certificate."""
-        raise NotImplementedError
+        if self._root is None:
+            raise Unavailable("the authority is not started")
+        return self._root
 
     @property
     def x509_signer(self) -> X509Signer:
         """The active intermediate with its key (raises :class:`Unavailable` before start)."""
-        raise NotImplementedError
+        if self._x509 is None:
+            raise Unavailable("the CA has no active intermediate yet")
+        return self._x509
 
     @property
     def jwt_signer(self) -> JwtSigner:
         """The active JWT signing key (raises :class:`Unavailable` before start)."""
-        raise NotImplementedError
+        if self._jwt is None:
+            raise Unavailable("the CA has no active JWT signing key yet")
+        return self._jwt
 
     @property
     def bundle(self) -> Bundle:
         """The current trust bundle: roots + JWT public keys of non-revoked authorities."""
-        raise NotImplementedError
+        if self._bundle is None:
+            raise Unavailable("the authority is not started")
+        return self._bundle
 
     @property
     def ready(self) -> bool:
-        """True once :meth:`start` succeeded."""
-        raise NotImplementedError
+        """True once :meth:`start` succeeded and both signers are loaded."""
+        return None not in (self._x509, self._jwt, self._bundle)
+
+    # -- bundle --------------------------------------------------------------------------------
 
     async def refresh_bundle(self) -> Bundle:
-        """Rebuild the bundle from the store (picks up other replicas' JWT keys)."""
-        raise NotImplementedError
+        """Rebuild the bundle from the store (picks up other replicas' JWT keys).
+
+        The sequence lives in the store and grows (compare-and-swap) whenever the published set
+        of keys differs from the one it was last bumped for, so replicas agree on it.
+        """
+        now = utc(self._clock.now())
+        records = await self._store.list_authorities()
+        published = [r for r in records if r.state in _PUBLISHED and r.not_after > now]
+        roots = [r for r in published if r.kind is AuthorityKind.X509_ROOT]
+        jwts = [r for r in published if r.kind is AuthorityKind.JWT]
+        digest = hashlib.sha256(
+            "\n".join(sorted(f"{r.kind}:{r.id}" for r in roots + jwts)).encode()
+        ).hexdigest()
+        sequence = await self._bump_sequence(digest)
+        bundle = Bundle(
+            trust_domain=self.trust_domain,
+            x509_authorities=tuple(x509.load_der_x509_certificate(r.public_der) for r in roots),
+            jwt_authorities=tuple(
+                JwtAuthority(
+                    kid=r.id,
+                    public_key=serialization.load_der_public_key(r.public_der),
+                    not_after=r.not_after,
+                )
+                for r in jwts
+            ),
+            sequence=sequence,
+            refresh_hint=int(self._config.max_svid_ttl.total_seconds() // 2) or 1,
+        )
+        self._bundle = bundle
+        return bundle
+
+    async def _bump_sequence(self, digest: str) -> int:
+        for _ in range(16):
+            raw = await self._store.get_state(BUNDLE_STATE_KEY)
+            sequence, stored_digest = _parse_sequence(raw)
+            if stored_digest == digest:
+                return sequence
+            new = json.dumps({"sequence": sequence + 1, "digest": digest})
+            try:
+                await self._store.cas_state(BUNDLE_STATE_KEY, raw, new)
+            except Conflict:
+                continue  # another replica bumped it; re-read
+            log.info("bundle.changed", extra={"bundle_sequence": sequence + 1})
+            return sequence + 1
+        raise Unavailable("could not update the bundle sequence (too much contention)")
+
+    # -- rotation ------------------------------------------------------------------------------
 
     async def rotate_if_due(self, now: datetime | None = None) -> bool:
         """Prepare, activate and retire authorities that are due; True if anything changed."""
-        raise NotImplementedError
+        if self._root is None:
+            raise Unavailable("the authority is not started")
+        now = utc(now if now is not None else self._clock.now())
+        changed = False
+        for kind in (AuthorityKind.X509_INTERMEDIATE, AuthorityKind.JWT):
+            changed |= await self._rotate_kind(kind, now)
+        if changed:
+            await self.refresh_bundle()
+        return changed
+
+    async def _rotate_kind(self, kind: AuthorityKind, now: datetime) -> bool:
+        active = await self._active(kind)
+        if active is None or active.not_after <= now:
+            record = await self._create(kind, AuthorityState.ACTIVE, now)
+            if active is not None:
+                await self._retire(active)
+            self._install(record)
+            return True
+        life = active.not_after - active.not_before
+        prepared = await self._prepared(kind)
+        if now >= active.not_after - life / 6:
+            if prepared is None or prepared.not_after <= now:
+                prepared = await self._create(kind, AuthorityState.PREPARED, now)
+            record = await self._store.cas_authority_state(
+                prepared.id, AuthorityState.PREPARED, AuthorityState.ACTIVE
+            )
+            await self._retire(active)
+            self._install(record)
+            log.info("authority.activated", extra={"authority_id": record.id, "kind": kind.value})
+            return True
+        if prepared is None and now >= active.not_before + life / 2:
+            record = await self._create(kind, AuthorityState.PREPARED, now)
+            log.info("authority.prepared", extra={"authority_id": record.id, "kind": kind.value})
+            return True
+        return False
+
+    async def _retire(self, record: AuthorityRecord) -> None:
+        try:
+            await self._store.cas_authority_state(
+                record.id, AuthorityState.ACTIVE, AuthorityState.OLD
+            )
+        except (Conflict, NotFound):
+            log.warning("authority.retire_skipped", extra={"authority_id": record.id})
+
+    async def _active(self, kind: AuthorityKind) -> AuthorityRecord | None:
+        return await self._one(kind, AuthorityState.ACTIVE)
+
+    async def _prepared(self, kind: AuthorityKind) -> AuthorityRecord | None:
+        return await self._one(kind, AuthorityState.PREPARED)
+
+    async def _one(self, kind: AuthorityKind, state: AuthorityState) -> AuthorityRecord | None:
+        records = await self._store.list_authorities(kind=kind, owner=self._config.replica_name)
+        matching = [r for r in records if r.state is state]
+        return matching[-1] if matching else None  # ordered by not_before: the newest
+
+    async def _create(
+        self, kind: AuthorityKind, state: AuthorityState, now: datetime
+    ) -> AuthorityRecord:
+        if kind is AuthorityKind.JWT:
+            record = self._new_jwt_record(state, now)
+        else:
+            record = self._new_intermediate_record(state, now)
+        await self._store.create_authority(record)
+        return record
+
+    def _new_intermediate_record(self, state: AuthorityState, now: datetime) -> AuthorityRecord:
+        assert self._root is not None
+        assert self._root_key is not None
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = intermediate_template(
+            trust_domain=self.trust_domain,
+            public_key=key.public_key(),
+            issuer=self._root,
+            now=now,
+            ttl=self._config.intermediate_ttl,
+            serial=serial_from_entropy(self._entropy(16)),
+        )
+        cert = sign_certificate(builder, self._root_key)
+        return _x509_record(
+            cert,
+            key=key,
+            kek=self._kek,
+            kind=AuthorityKind.X509_INTERMEDIATE,
+            state=state,
+            owner=self._config.replica_name,
+            issuer_id=self._root_id,
+        )
+
+    def _new_jwt_record(self, state: AuthorityState, now: datetime) -> AuthorityRecord:
+        key = ec.generate_private_key(ec.SECP256R1())
+        kid = base64.urlsafe_b64encode(self._entropy(18)).decode()
+        not_after = now + self._config.jwt_key_ttl
+        if self._root is not None:
+            not_after = min(not_after, self._root.not_valid_after_utc)
+        return AuthorityRecord(
+            id=kid,
+            kind=AuthorityKind.JWT,
+            state=state,
+            public_der=key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            encrypted_key=self._kek.seal_private_key(key, authority_id=kid),
+            not_before=now,
+            not_after=not_after,
+            owner=self._config.replica_name,
+        )
+
+    def _install(self, record: AuthorityRecord) -> None:
+        """Open an active record's key and swap it in as the current signer."""
+        key = self._kek.open_private_key(record.encrypted_key, authority_id=record.id)
+        if record.kind is AuthorityKind.JWT:
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise InvalidConfig(f"JWT authority {record.id} does not hold an EC key")
+            self._jwt = JwtSigner(
+                kid=record.id, private_key=key, algorithm=JWT_ALGORITHM, not_after=record.not_after
+            )
+            return
+        cert = x509.load_der_x509_certificate(record.public_der)
+        if cert.public_key() != key.public_key():
+            raise InvalidConfig(f"authority {record.id}: the stored key does not match its cert")
+        self._x509 = X509Signer(
+            authority_id=record.id, certificate=cert, private_key=key, chain=(cert,)
+        )
 
     def next_rotation_check(self) -> datetime:
         """The earliest instant at which :meth:`rotate_if_due` may have work to do."""
-        raise NotImplementedError
+        times: list[datetime] = []
+        for signer_start, signer_end in self._lifetimes():
+            life = signer_end - signer_start
+            times += [signer_start + life / 2, signer_end - life / 6]
+        now = utc(self._clock.now())
+        future = [t for t in times if t > now]
+        return min(future) if future else now
+
+    def _lifetimes(self) -> list[tuple[datetime, datetime]]:
+        out: list[tuple[datetime, datetime]] = []
+        if self._x509 is not None:
+            cert = self._x509.certificate
+            out.append((cert.not_valid_before_utc, cert.not_valid_after_utc))
+        if self._jwt is not None:
+            out.append((self._jwt.not_after - self._config.jwt_key_ttl, self._jwt.not_after))
+        return out
 
     async def list_authorities(self) -> tuple[AuthorityInfo, ...]:
         """Every authority in the store, all replicas, roots first."""
-        raise NotImplementedError
+        records = await self._store.list_authorities()
+        order = {
+            AuthorityKind.X509_ROOT: 0,
+            AuthorityKind.X509_INTERMEDIATE: 1,
+            AuthorityKind.JWT: 2,
+        }
+        ordered = sorted(records, key=lambda r: (order[r.kind], r.owner, r.not_before, r.id))
+        return tuple(AuthorityInfo.from_record(r) for r in ordered)
+
+
+def _x509_record(
+    cert: x509.Certificate,
+    *,
+    key: SigningKey,
+    kek: KeyEncryptionKey,
+    kind: AuthorityKind,
+    state: AuthorityState,
+    owner: str = "",
+    issuer_id: str = "",
+) -> AuthorityRecord:
+    authority_id = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    aid = authority_id.hex()
+    return AuthorityRecord(
+        id=aid,
+        kind=kind,
+        state=state,
+        public_der=cert.public_bytes(serialization.Encoding.DER),
+        encrypted_key=kek.seal_private_key(key, authority_id=aid),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        owner=owner,
+        issuer_id=issuer_id,
+    )
+
+
+def _parse_sequence(raw: str | None) -> tuple[int, str]:
+    if raw is None:
+        return 0, ""
+    try:
+        doc = json.loads(raw)
+        return int(doc["sequence"]), str(doc["digest"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InvalidConfig(f"the stored bundle sequence is corrupt: {exc}") from exc

@@ -4,30 +4,33 @@ Rules (issue 3, item 3): an entry's SPIFFE ID is in the trust domain, has a path
 the reserved ``/s2s/`` path; its parent is in the trust domain; TTLs are positive and at most the
 configured cap. Join tokens are random, only their SHA-256 is stored, and consuming one is a
 compare-and-swap. An agent attested with a join token gets
-``spiffe://<td>/s2s/agent/join_token/<sha256(token)[:32]>``, so the operator learns the agent ID
-(the parent ID of its entries) when the token is generated. Every agent call is authorized against
+``spiffe://<td>/s2s/agent/join_token/<id>`` where ``<id>`` is a random public id stored with the
+token's hash, so the operator learns the agent ID (the parent ID of its entries) when the token is
+generated. Every agent call is authorized against
 the agent's record (:meth:`Registry.authorize_agent`). ``AgentRecord`` is the store's record
 (``s2s.store.records``), re-exported here.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import Any
 
 from s2s.ca.audit import AuditLog
 from s2s.ca.config import CaConfig
-from s2s.core.clock import Clock
-from s2s.core.registration import RegistrationEntry
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import AttestationFailed, Conflict, InvalidRequest, NotAuthorized, NotFound
+from s2s.core.registration import RegistrationEntry, new_entry_id
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
-from s2s.store.records import AgentRecord
-
-if TYPE_CHECKING:
-    from s2s.store.base import Store
+from s2s.store.base import Store
+from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
 __all__ = [
     "AGENT_PATH_PREFIX",
@@ -36,10 +39,14 @@ __all__ = [
     "EntrySnapshot",
     "JoinToken",
     "Registry",
+    "agent_to_json",
 ]
 
 RESERVED_PATH = "/s2s"
 AGENT_PATH_PREFIX = "/s2s/agent/join_token/"
+JOIN_TOKEN_ATTESTATION = "join_token"  # noqa: S105 - a type name, not a secret
+MAX_JOIN_TOKEN_TTL = timedelta(days=7)
+_MAX_TOKEN_CHARS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +78,11 @@ class Registry:
         audit: AuditLog | None = None,
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        raise NotImplementedError
+        self._config = config
+        self._store = store
+        self._clock = clock
+        self._audit = audit if audit is not None else AuditLog()
+        self._entropy = entropy
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -87,7 +98,21 @@ class Registry:
         hint: str = "",
     ) -> RegistrationEntry:
         """Validate and store a new entry (TTLs default to the config). :class:`InvalidRequest`."""
-        raise NotImplementedError
+        entry = RegistrationEntry(
+            id=new_entry_id(self._entropy(16)),
+            spiffe_id=spiffe_id,
+            parent_id=parent_id,
+            selectors=_selector_set(selectors),
+            x509_svid_ttl=self._config.x509_svid_ttl if x509_svid_ttl is None else x509_svid_ttl,
+            jwt_svid_ttl=self._config.jwt_svid_ttl if jwt_svid_ttl is None else jwt_svid_ttl,
+            dns_names=_names(dns_names),
+            hint=hint,
+            created_at=utc(self._clock.now()),
+        )
+        self.check_entry(entry)
+        stored = await self._store.create_entry(entry)
+        self._audit_entry("entry.create", stored)
+        return stored
 
     async def update_entry(
         self,
@@ -104,41 +129,123 @@ class Registry:
     ) -> RegistrationEntry:
         """Change the given fields (None = keep). :class:`NotFound`, :class:`Conflict` on a
         stale ``expected_revision``, :class:`InvalidRequest` on bad values."""
-        raise NotImplementedError
+        current = await self._store.get_entry(entry_id)
+        if expected_revision is not None and expected_revision != current.revision:
+            raise Conflict(
+                f"entry {entry_id} is at revision {current.revision}, not {expected_revision}"
+            )
+        changes: dict[str, Any] = {
+            "spiffe_id": spiffe_id,
+            "parent_id": parent_id,
+            "selectors": None if selectors is None else _selector_set(selectors),
+            "x509_svid_ttl": x509_svid_ttl,
+            "jwt_svid_ttl": jwt_svid_ttl,
+            "dns_names": None if dns_names is None else _names(dns_names),
+            "hint": hint,
+        }
+        updated = dataclasses.replace(
+            current, **{k: v for k, v in changes.items() if v is not None}
+        )
+        self.check_entry(updated)
+        stored = await self._store.update_entry(updated, expected_revision=current.revision)
+        self._audit_entry("entry.update", stored)
+        return stored
 
     async def delete_entry(self, entry_id: str) -> None:
         """Delete an entry; :class:`NotFound` if there is none."""
-        raise NotImplementedError
+        deleted = await self._store.delete_entry(entry_id)
+        self._audit_entry("entry.delete", deleted)
 
     async def get_entry(self, entry_id: str) -> RegistrationEntry:
         """One entry; :class:`NotFound` if unknown."""
-        raise NotImplementedError
+        return await self._store.get_entry(entry_id)
 
     async def list_entries(self) -> EntrySnapshot:
         """All entries with the entries revision."""
-        raise NotImplementedError
+        revision = await self._store.revision(Topic.ENTRIES)
+        return EntrySnapshot(await self._store.list_entries(), revision)
 
     async def entries_for_agent(self, agent_id: SpiffeId) -> EntrySnapshot:
         """Entries whose parent is ``agent_id``, with the entries revision."""
-        raise NotImplementedError
+        revision = await self._store.revision(Topic.ENTRIES)  # read first: no missed change
+        return EntrySnapshot(await self._store.list_entries(parent_id=agent_id), revision)
 
     async def wait_for_entries(self, after_revision: int, timeout: float) -> int:
         """Wait until the entries revision exceeds ``after_revision`` or ``timeout`` seconds pass;
         return the current revision (long-poll support)."""
-        raise NotImplementedError
+        return await self._store.wait_for_change(Topic.ENTRIES, after_revision, timeout)
+
+    def check_entry(self, entry: RegistrationEntry) -> None:
+        """The CA's policy for entries; :class:`InvalidRequest` says which rule failed."""
+        td = self._config.trust_domain
+        self.check_workload_id(entry.spiffe_id)
+        if not entry.parent_id.is_member_of(td):
+            raise InvalidRequest(f"parent ID {entry.parent_id} is not in trust domain {td}")
+        if entry.parent_id == entry.spiffe_id:
+            raise InvalidRequest("an entry cannot be its own parent")
+        cap = self._config.max_svid_ttl
+        for name in ("x509_svid_ttl", "jwt_svid_ttl"):
+            ttl: timedelta = getattr(entry, name)
+            if ttl > cap:
+                raise InvalidRequest(
+                    f"{name} of {_seconds(ttl)} is above the cap of {_seconds(cap)}"
+                    " (the operator can raise the cap in the CA configuration)"
+                )
+
+    def check_workload_id(self, spiffe_id: SpiffeId) -> None:
+        """A workload ID: in the trust domain, with a path, outside the reserved ``/s2s/``."""
+        td = self._config.trust_domain
+        if not isinstance(spiffe_id, SpiffeId):
+            raise InvalidRequest("the SPIFFE ID must be parsed first")
+        if not spiffe_id.is_member_of(td):
+            raise InvalidRequest(f"SPIFFE ID {spiffe_id} is not in trust domain {td}")
+        if spiffe_id.is_root():
+            raise InvalidRequest(f"SPIFFE ID {spiffe_id} needs a path (a workload is not the TD)")
+        if spiffe_id.segments[0] == RESERVED_PATH[1:]:
+            raise InvalidRequest(
+                f"SPIFFE ID {spiffe_id} is under the reserved path {RESERVED_PATH}/"
+                " (used for agents and CA servers)"
+            )
+
+    def _audit_entry(self, action: str, entry: RegistrationEntry) -> None:
+        self._audit.admin_change(
+            action, target=entry.id, entry_id=entry.id, spiffe_id=entry.spiffe_id
+        )
 
     # -- join tokens -----------------------------------------------------------------------
 
     async def generate_join_token(self, *, ttl: timedelta | None = None) -> JoinToken:
         """A new single-use join token (default TTL from the config, 10 min)."""
-        raise NotImplementedError
+        ttl = self._config.join_token_ttl if ttl is None else ttl
+        if not timedelta(0) < ttl <= MAX_JOIN_TOKEN_TTL:
+            raise InvalidRequest(
+                f"a join token TTL must be positive and at most {_seconds(MAX_JOIN_TOKEN_TTL)}"
+            )
+        token = _b64(self._entropy(32))
+        token_id = _b64(self._entropy(16))
+        now = utc(self._clock.now())
+        record = JoinTokenRecord(
+            id=token_id, token_hash=_token_hash(token), expires_at=now + ttl, created_at=now
+        )
+        await self._store.create_join_token(record)
+        agent_id = self._config.trust_domain.id(AGENT_PATH_PREFIX + token_id)
+        self._audit.admin_change("token.generate", target=token_id, agent_id=agent_id)
+        return JoinToken(token=token, agent_id=agent_id, expires_at=record.expires_at)
 
     async def consume_join_token(self, token: str) -> SpiffeId:
         """Burn ``token`` (compare-and-swap) and return the agent ID it grants.
 
         :class:`AttestationFailed` if it is unknown, already used or expired.
         """
-        raise NotImplementedError
+        if not isinstance(token, str) or not 0 < len(token) <= _MAX_TOKEN_CHARS:
+            raise AttestationFailed("the join token is missing or malformed")
+        try:
+            record = await self._store.consume_join_token(
+                _token_hash(token), now=utc(self._clock.now())
+            )
+        except NotFound as exc:
+            raise AttestationFailed(str(exc)) from exc
+        return self._config.trust_domain.id(AGENT_PATH_PREFIX + record.id)
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -148,17 +255,35 @@ class Registry:
         *,
         serial: int,
         not_after: datetime,
-        attestation_type: str = "join_token",
+        attestation_type: str = JOIN_TOKEN_ATTESTATION,
     ) -> AgentRecord:
-        """Create (or re-attest) an agent's record; :class:`NotAuthorized` if it is banned."""
-        raise NotImplementedError
+        """Create an agent's record; :class:`NotAuthorized` if one exists and is banned."""
+        now = utc(self._clock.now())
+        record = AgentRecord(
+            spiffe_id=agent_id,
+            attestation_type=attestation_type,
+            serial=serial,
+            not_after=not_after,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            return await self._store.create_agent(record)
+        except Conflict:
+            existing = await self._store.get_agent(agent_id)
+            if existing.banned:
+                raise NotAuthorized(f"agent {agent_id} is banned") from None
+            raise
 
     async def stage_agent_serial(
         self, agent: AgentRecord, *, next_serial: int, not_after: datetime
     ) -> AgentRecord:
         """Record a renewed agent SVID's serial as ``next_serial`` (compare-and-swap on the
         record the caller was authorized with; :class:`Conflict` if it changed)."""
-        raise NotImplementedError
+        updated = dataclasses.replace(
+            agent, next_serial=next_serial, not_after=not_after, updated_at=utc(self._clock.now())
+        )
+        return await self._store.update_agent(updated, expected_revision=agent.revision)
 
     async def authorize_agent(self, spiffe_id: SpiffeId, serial: int) -> AgentRecord:
         """The agent's record if it may call the CA with the SVID of this serial.
@@ -166,19 +291,96 @@ class Registry:
         ``serial == next_serial`` promotes it to ``serial``. :class:`NotAuthorized` for an unknown
         (evicted) agent, a banned one, or any other serial.
         """
-        raise NotImplementedError
+        for _ in range(3):
+            try:
+                record = await self._store.get_agent(spiffe_id)
+            except NotFound:
+                raise NotAuthorized(
+                    f"agent {spiffe_id} is not attested (unknown or evicted); attest again"
+                ) from None
+            if record.banned:
+                raise NotAuthorized(f"agent {spiffe_id} is banned")
+            if serial == record.serial:
+                return record
+            if serial != record.next_serial:
+                raise NotAuthorized(
+                    f"the SVID serial {serial:x} is not the current SVID of agent {spiffe_id}"
+                )
+            promoted = dataclasses.replace(
+                record, serial=serial, next_serial=None, updated_at=utc(self._clock.now())
+            )
+            try:
+                return await self._store.update_agent(promoted, expected_revision=record.revision)
+            except Conflict:
+                continue  # a concurrent call promoted or changed it: re-read
+        raise NotAuthorized(f"agent {spiffe_id} changed while being authorized; retry")
 
     async def get_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
         """One agent; :class:`NotFound` if unknown."""
-        raise NotImplementedError
+        return await self._store.get_agent(spiffe_id)
 
     async def list_agents(self) -> tuple[AgentRecord, ...]:
-        raise NotImplementedError
+        """Every attested agent, ordered by SPIFFE ID."""
+        return await self._store.list_agents()
 
     async def evict_agent(self, spiffe_id: SpiffeId) -> None:
         """Forget an agent: its SVID stops working at once; it may re-attest with a new token."""
-        raise NotImplementedError
+        await self._store.delete_agent(spiffe_id)
+        self._audit.admin_change("agent.evict", target=str(spiffe_id), agent_id=spiffe_id)
 
     async def ban_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
         """Ban an agent: every call is refused and it cannot re-attest under this ID."""
-        raise NotImplementedError
+        for _ in range(3):
+            record = await self._store.get_agent(spiffe_id)
+            if record.banned:
+                return record
+            banned = dataclasses.replace(record, banned=True, updated_at=utc(self._clock.now()))
+            try:
+                stored = await self._store.update_agent(banned, expected_revision=record.revision)
+            except Conflict:
+                continue
+            self._audit.admin_change("agent.ban", target=str(spiffe_id), agent_id=spiffe_id)
+            return stored
+        raise Conflict(f"agent {spiffe_id} kept changing; retry the ban")
+
+
+def agent_to_json(agent: AgentRecord) -> dict[str, object]:
+    """JSON-ready fields of an agent record (serials as lowercase hex) for the admin API."""
+    return {
+        "spiffe_id": str(agent.spiffe_id),
+        "attestation_type": agent.attestation_type,
+        "serial": format(agent.serial, "x"),
+        "next_serial": None if agent.next_serial is None else format(agent.next_serial, "x"),
+        "banned": agent.banned,
+        "not_after": agent.not_after.isoformat(),
+        "created_at": agent.created_at.isoformat(),
+        "updated_at": agent.updated_at.isoformat(),
+        "bundle_sequence": agent.bundle_sequence,
+    }
+
+
+def _token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _seconds(ttl: timedelta) -> str:
+    return f"{int(ttl.total_seconds())}s"
+
+
+def _selector_set(selectors: Iterable[Selector]) -> frozenset[Selector]:
+    if isinstance(selectors, str):
+        raise InvalidRequest("selectors must be a collection of selectors, not one string")
+    out = frozenset(selectors)
+    if not all(isinstance(s, Selector) for s in out):
+        raise InvalidRequest("selectors must be parsed Selector values")
+    return out
+
+
+def _names(dns_names: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(dns_names, str):
+        raise InvalidRequest("dns_names must be a sequence of names, not one string")
+    return tuple(dns_names)
