@@ -1,0 +1,316 @@
+"""The admin API: JSON over HTTP on a Unix socket in the data dir (mode 0600, owner only).
+
+File permissions are the authorization (ARCHITECTURE.md section 2); as a second fence the server
+refuses peers whose uid (SO_PEERCRED) is neither its own nor root. Routes mirror ``s2s-ca``
+commands; handlers parse, call one service method and encode, like ``http.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import stat
+import struct
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from s2s.ca.http import (
+    SERVICES,
+    ApiServices,
+    error_middleware,
+    field,
+    get_healthz,
+    get_readyz,
+    json_response,
+    jwt_json,
+    optional_ttl,
+    read_json,
+    svid_json,
+)
+from s2s.ca.registry import AgentRecord
+from s2s.core.errors import InvalidConfig, InvalidRequest, NotAuthorized
+from s2s.core.selectors import parse_selectors
+from s2s.core.spiffe_id import SpiffeId
+from s2s.log import F
+
+__all__ = ["admin_app", "agent_json", "bind_admin_socket", "entry_fields"]
+
+log = logging.getLogger(__name__)
+
+SOCKET_MODE: Final = 0o600
+_ENTRY_FIELDS: Final = frozenset(
+    {"spiffe_id", "parent_id", "selectors", "x509_svid_ttl", "jwt_svid_ttl", "dns_names", "hint"}
+)
+
+
+def bind_admin_socket(path: Path) -> socket.socket:
+    """A listening Unix socket at ``path``, 0600, created race-free.
+
+    The socket is chmod-ed after ``bind`` and before ``listen``: nobody can connect before the
+    mode is final. A stale socket file (no one listening) is replaced; a live one is a Conflict.
+    """
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+        else:
+            raise InvalidConfig(f"another CA is already serving on {path}")
+        finally:
+            probe.close()
+    elif path.exists():
+        raise InvalidConfig(f"{path} exists and is not a socket; refusing to replace it")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(str(path))
+        os.chmod(path, SOCKET_MODE)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise InvalidConfig(f"cannot listen on admin socket {path}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    return sock
+
+
+def socket_mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _peer_uid(request: web.Request) -> int | None:
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+@web.middleware
+async def owner_only(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Refuse any peer that is neither this process's user nor root."""
+    uid = _peer_uid(request)
+    if uid is not None and uid not in (0, os.getuid()):
+        log.warning("admin.refused", extra={F.UID: uid})
+        raise NotAuthorized("the admin API answers only the CA's own user")
+    response: web.StreamResponse = await handler(request)
+    return response
+
+
+# ---- encoders -----------------------------------------------------------------------------
+
+
+def agent_json(agent: AgentRecord) -> dict[str, Any]:
+    """An agent record as JSON (serials in lowercase hex)."""
+    return {
+        "spiffe_id": str(agent.spiffe_id),
+        "attestation_type": agent.attestation_type,
+        "serial": format(agent.serial, "x"),
+        "next_serial": None if agent.next_serial is None else format(agent.next_serial, "x"),
+        "not_after": agent.not_after.isoformat(),
+        "created_at": agent.created_at.isoformat(),
+        "updated_at": agent.updated_at.isoformat(),
+        "banned": agent.banned,
+        "bundle_sequence": agent.bundle_sequence,
+    }
+
+
+def entry_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """Typed keyword arguments for ``Registry.create_entry``/``update_entry`` from JSON."""
+    unknown = sorted(set(body) - _ENTRY_FIELDS - {"revision"})
+    if unknown:
+        raise InvalidRequest(f"unknown entry field(s): {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name in ("spiffe_id", "parent_id"):
+        if name in body:
+            out[name] = SpiffeId.parse(field(body, name))
+    if "selectors" in body:
+        out["selectors"] = parse_selectors(_strings(body, "selectors"))
+    for name in ("x509_svid_ttl", "jwt_svid_ttl"):
+        if name in body:
+            seconds = field(body, name, int)
+            if seconds <= 0:
+                raise InvalidRequest(f"{name!r} must be a positive number of seconds")
+            out[name] = timedelta(seconds=seconds)
+    if "dns_names" in body:
+        out["dns_names"] = tuple(_strings(body, "dns_names"))
+    if "hint" in body:
+        out["hint"] = field(body, "hint")
+    return out
+
+
+def _strings(body: Mapping[str, Any], name: str) -> list[str]:
+    values: list[str] = field(body, name, list)
+    if not all(isinstance(v, str) for v in values):
+        raise InvalidRequest(f"{name!r} must be a list of strings")
+    return values
+
+
+def _spiffe_id_arg(value: object, name: str = "spiffe_id") -> SpiffeId:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{name!r} is required")
+    return SpiffeId.parse(value)
+
+
+def _services(request: web.Request) -> ApiServices:
+    return request.app[SERVICES]
+
+
+# ---- entries ------------------------------------------------------------------------------
+
+
+async def list_entries(request: web.Request) -> web.Response:
+    snapshot = await _services(request).registry.list_entries()
+    entries: Iterable[Any] = snapshot.entries
+    if parent := request.query.get("parent_id"):
+        entries = [e for e in entries if str(e.parent_id) == parent]
+    if sid := request.query.get("spiffe_id"):
+        entries = [e for e in entries if str(e.spiffe_id) == sid]
+    return json_response({"revision": snapshot.revision, "entries": [e.to_json() for e in entries]})
+
+
+async def create_entry(request: web.Request) -> web.Response:
+    fields = entry_fields(await read_json(request))
+    for required in ("spiffe_id", "parent_id", "selectors"):
+        if required not in fields:
+            raise InvalidRequest(f"missing field {required!r}")
+    entry = await _services(request).registry.create_entry(**fields)
+    return json_response(entry.to_json(), status=201)
+
+
+async def show_entry(request: web.Request) -> web.Response:
+    entry = await _services(request).registry.get_entry(unquote(request.match_info["id"]))
+    return json_response(entry.to_json())
+
+
+async def update_entry(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    expected = body.get("revision")
+    if expected is not None and (type(expected) is not int or expected < 0):
+        raise InvalidRequest("'revision' must be a non-negative integer")
+    fields = entry_fields(body)
+    if not fields:
+        raise InvalidRequest("nothing to update")
+    registry = _services(request).registry
+    entry = await registry.update_entry(
+        unquote(request.match_info["id"]), expected_revision=expected, **fields
+    )
+    return json_response(entry.to_json())
+
+
+async def delete_entry(request: web.Request) -> web.Response:
+    entry_id = unquote(request.match_info["id"])
+    await _services(request).registry.delete_entry(entry_id)
+    return json_response({"id": entry_id, "deleted": True})
+
+
+# ---- tokens and agents --------------------------------------------------------------------
+
+
+async def generate_token(request: web.Request) -> web.Response:
+    ttl = optional_ttl(await read_json(request))
+    token = await _services(request).registry.generate_join_token(ttl=ttl)
+    return json_response(
+        {
+            "token": token.token,
+            "agent_id": str(token.agent_id),
+            "expires_at": token.expires_at.isoformat(),
+        },
+        status=201,
+    )
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    agents = await _services(request).registry.list_agents()
+    return json_response({"agents": [agent_json(a) for a in agents]})
+
+
+async def show_agent(request: web.Request) -> web.Response:
+    spiffe_id = _spiffe_id_arg(request.query.get("spiffe_id"))
+    return json_response(agent_json(await _services(request).registry.get_agent(spiffe_id)))
+
+
+async def evict_agent(request: web.Request) -> web.Response:
+    spiffe_id = _spiffe_id_arg((await read_json(request)).get("spiffe_id"))
+    await _services(request).registry.evict_agent(spiffe_id)
+    return json_response({"spiffe_id": str(spiffe_id), "evicted": True})
+
+
+async def ban_agent(request: web.Request) -> web.Response:
+    spiffe_id = _spiffe_id_arg((await read_json(request)).get("spiffe_id"))
+    return json_response(agent_json(await _services(request).registry.ban_agent(spiffe_id)))
+
+
+# ---- bundle, authorities, minting ---------------------------------------------------------
+
+
+async def show_bundle(request: web.Request) -> web.Response:
+    bundle = _services(request).authority.bundle
+    fmt = request.query.get("format", "spiffe")
+    if fmt == "pem":
+        return web.Response(body=bundle.x509_pem(), content_type="application/x-pem-file")
+    if fmt == "spiffe":
+        return web.Response(body=bundle.encode(), content_type="application/json")
+    raise InvalidRequest("format must be 'pem' or 'spiffe'")
+
+
+async def list_authorities(request: web.Request) -> web.Response:
+    found = await _services(request).authority.list_authorities()
+    return json_response({"authorities": [a.to_json() for a in found]})
+
+
+async def mint_x509(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    spiffe_id = _spiffe_id_arg(body.get("spiffe_id"))
+    dns_names = tuple(_strings(body, "dns_names")) if "dns_names" in body else ()
+    services = _services(request)
+    svid = await services.issuer.mint_x509_svid(
+        spiffe_id, ttl=optional_ttl(body), dns_names=dns_names
+    )
+    services.metrics.count_issued("x509")
+    out = svid_json(svid)
+    out["chain_pem"] = out.pop("svid_chain")
+    out["key_pem"] = svid.key_pem().decode("ascii")  # owner-only socket; never logged
+    out["bundle_pem"] = services.authority.bundle.x509_pem().decode("ascii")
+    return json_response(out, status=201)
+
+
+async def mint_jwt(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    spiffe_id = _spiffe_id_arg(body.get("spiffe_id"))
+    audience = _strings(body, "audience")
+    services = _services(request)
+    svid = await services.issuer.mint_jwt_svid_for(spiffe_id, audience, ttl=optional_ttl(body))
+    services.metrics.count_issued("jwt")
+    return json_response(jwt_json(svid), status=201)
+
+
+def admin_app(services: ApiServices) -> web.Application:
+    """The admin application (serve it on :func:`bind_admin_socket`)."""
+    app = web.Application(middlewares=[error_middleware(services.metrics), owner_only])
+    app[SERVICES] = services
+    r = app.router
+    r.add_get("/healthz", get_healthz)
+    r.add_get("/readyz", get_readyz)
+    r.add_get("/v1/entries", list_entries)
+    r.add_post("/v1/entries", create_entry)
+    r.add_get("/v1/entries/{id}", show_entry)
+    r.add_patch("/v1/entries/{id}", update_entry)
+    r.add_delete("/v1/entries/{id}", delete_entry)
+    r.add_post("/v1/tokens", generate_token)
+    r.add_get("/v1/agents", list_agents)
+    r.add_get("/v1/agents/show", show_agent)
+    r.add_post("/v1/agents/evict", evict_agent)
+    r.add_post("/v1/agents/ban", ban_agent)
+    r.add_get("/v1/bundle", show_bundle)
+    r.add_get("/v1/authorities", list_authorities)
+    r.add_post("/v1/x509/mint", mint_x509)
+    r.add_post("/v1/jwt/mint", mint_jwt)
+    return app

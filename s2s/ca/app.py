@@ -1,0 +1,411 @@
+"""The CA's composition root: builds every object once and runs the process.
+
+``init_data_dir`` is ``s2s-ca init``. ``CaServer.open`` builds config, store, KEK, authority,
+registry, issuer, attestor and both servers (HTTPS with the CA's own SVID; the admin Unix
+socket); ``CaServer.run`` runs the loops (authority rotation and TLS reload, pruning, metrics)
+under one ``asyncio.TaskGroup`` until ``stop`` is set. ``serve_forever`` adds logging and signals.
+Nothing else in ``s2s.ca`` constructs its collaborators.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from s2s.ca.admin import admin_app, bind_admin_socket
+from s2s.ca.attestation import AgentAttestor
+from s2s.ca.audit import AUDIT_FIELDS, AuditLog
+from s2s.ca.authority import Authority
+from s2s.ca.client import ADMIN_SOCKET_NAME
+from s2s.ca.config import CaConfig
+from s2s.ca.http import ApiServices, public_app
+from s2s.ca.issuance import Issuer
+from s2s.ca.keys import KeyEncryptionKey
+from s2s.ca.metrics import CaMetrics
+from s2s.ca.registry import Registry
+from s2s.core.clock import Clock, SystemClock
+from s2s.core.errors import InvalidConfig, S2SError, Unavailable
+from s2s.core.spiffe_id import TrustDomain
+from s2s.core.x509svid import X509Svid
+from s2s.log import F, configure_logging
+from s2s.store.base import Store
+from s2s.store.records import Setting, Topic
+from s2s.store.sqlite import SqliteStore
+from s2s.verifier.memcert import load_cert_chain_from_memory
+
+__all__ = [
+    "CaServer",
+    "ServeOptions",
+    "init_data_dir",
+    "init_trust_domain",
+    "run",
+    "serve_forever",
+]
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_TIMEOUT: Final = 5.0
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What ``s2s-ca serve`` was asked to do (flags and environment, parsed at the edge)."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:8443"
+    replica_name: str = "ca-0"
+    socket_path: Path | None = None
+    log_level: str = "INFO"
+    json_logs: bool = True
+    tick: float = 5.0  # longest sleep of the authority loop (seconds)
+    prune_interval: float = 60.0
+    metrics_interval: float = 15.0
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.socket_path or self.data_dir / ADMIN_SOCKET_NAME
+
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not host or int(port) > 65535:
+            raise InvalidConfig(f"--listen must be HOST:PORT, got {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+
+# ---- s2s-ca init --------------------------------------------------------------------------
+
+
+def init_data_dir(
+    data_dir: Path, trust_domain: str, *, clock: Clock | None = None
+) -> dict[str, str]:
+    """Create a trust domain in ``data_dir``: KEK file (0600), store, root CA."""
+    return asyncio.run(init_trust_domain(data_dir, trust_domain, clock=clock))
+
+
+async def init_trust_domain(
+    data_dir: Path, trust_domain: str, *, clock: Clock | None = None
+) -> dict[str, str]:
+    """The async body of :func:`init_data_dir` (for callers already in an event loop)."""
+    td = TrustDomain.parse(trust_domain)
+    config = CaConfig(trust_domain=td, data_dir=data_dir)
+    if config.store_path.exists() or config.kek_path.exists():
+        raise InvalidConfig(f"{data_dir} already holds a trust domain; refusing to overwrite it")
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidConfig(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
+    kek = KeyEncryptionKey.create(config.kek_path)
+    store = await SqliteStore.open(config.store_path, create=True)
+    try:
+        root = await Authority.initialize(
+            config=config, store=store, kek=kek, clock=clock or SystemClock()
+        )
+    finally:
+        await store.close()
+    return {
+        "trust_domain": td.name,
+        "data_dir": str(data_dir),
+        "root_id": root.id,
+        "not_after": root.not_after.isoformat(),
+    }
+
+
+# ---- s2s-ca serve -------------------------------------------------------------------------
+
+
+async def _open_store(data_dir: Path) -> tuple[SqliteStore, KeyEncryptionKey, TrustDomain]:
+    probe = CaConfig(trust_domain=TrustDomain("invalid"), data_dir=data_dir)
+    if not data_dir.is_dir():
+        raise InvalidConfig(f"data dir {data_dir} does not exist; run 's2s-ca init' first")
+    if not probe.store_path.exists():
+        raise InvalidConfig(f"{data_dir} holds no s2s store; run 's2s-ca init' first")
+    kek = KeyEncryptionKey.load(probe.kek_path)
+    store = await SqliteStore.open(probe.store_path, create=False)
+    try:
+        name = await store.get_setting(Setting.TRUST_DOMAIN)
+        if name is None:
+            raise InvalidConfig(
+                f"the store in {data_dir} has no trust domain; it is not initialized"
+            )
+        return store, kek, TrustDomain.parse(name)
+    except BaseException:
+        await store.close()
+        raise
+
+
+class CaServer:
+    """One running CA replica: the objects, the servers and the loops."""
+
+    def __init__(self, options: ServeOptions, *, clock: Clock) -> None:
+        self.options = options
+        self.clock = clock
+        self.metrics = CaMetrics()
+        self._store: Store | None = None
+        self._runners: list[web.AppRunner] = []
+        self._server_svid: X509Svid | None = None
+        self._trusted: set[bytes] = set()
+        self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.ssl_context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
+        self.port = 0
+
+    @classmethod
+    async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
+        """Build everything and start listening; raises ``S2SError`` on a bad data dir."""
+        server = cls(options, clock=clock or SystemClock())
+        try:
+            await server._build()
+            await server._listen()
+        except BaseException:
+            await server.close()
+            raise
+        return server
+
+    async def _build(self) -> None:
+        store, kek, td = await _open_store(self.options.data_dir)
+        self._store = store
+        config = CaConfig(
+            trust_domain=td,
+            data_dir=self.options.data_dir,
+            replica_name=self.options.replica_name,
+            **self.options.config_overrides,
+        )
+        audit = AuditLog()
+        self.authority = Authority(config=config, store=store, kek=kek, clock=self.clock)
+        await self.authority.start()
+        self.registry = Registry(config=config, store=store, clock=self.clock, audit=audit)
+        self.issuer = Issuer(
+            config=config,
+            authority=self.authority,
+            registry=self.registry,
+            store=store,
+            clock=self.clock,
+            audit=audit,
+        )
+        self.attestor = AgentAttestor(
+            authority=self.authority, registry=self.registry, issuer=self.issuer, audit=audit
+        )
+        self.services = ApiServices(
+            authority=self.authority,
+            registry=self.registry,
+            attestor=self.attestor,
+            issuer=self.issuer,
+            metrics=self.metrics,
+            readiness=self.readiness,
+        )
+        await self.reload_tls(force=True)
+
+    async def _listen(self) -> None:
+        host, port = self.options.host_port()
+        public = web.AppRunner(
+            public_app(self.services),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        await public.setup()
+        self._runners.append(public)
+        site = web.TCPSite(public, host, port, ssl_context=self.ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise InvalidConfig(f"cannot listen on {self.options.listen}: {exc.strerror}") from exc
+        self.port = int(public.addresses[0][1])
+        admin = web.AppRunner(
+            admin_app(self.services),
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+        )
+        await admin.setup()
+        self._runners.append(admin)
+        sock = bind_admin_socket(self.options.admin_socket)
+        await web.SockSite(admin, sock).start()
+        self.metrics.ready.set(1)
+        log.info(
+            "ca.started",
+            extra={
+                F.TRUST_DOMAIN: str(self.authority.trust_domain),
+                F.ADDRESS: f"{host}:{self.port}",
+                F.SOCKET: str(self.options.admin_socket),
+            },
+        )
+
+    @property
+    def server_svid(self) -> X509Svid:
+        """The SVID the HTTPS listener presents now."""
+        if self._server_svid is None:
+            raise Unavailable("the CA has no server certificate yet")
+        return self._server_svid
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, why not): the authority can sign and the HTTPS certificate is current."""
+        if not self.authority.ready:
+            return False, "authority not started"
+        svid = self._server_svid
+        if svid is None or svid.not_after <= self.clock.now():
+            return False, "no current server certificate"
+        return True, ""
+
+    async def reload_tls(self, *, force: bool = False) -> bool:
+        """Trust new bundle roots; reissue the server SVID at half-life or on a new intermediate."""
+        for root in self.authority.bundle.x509_authorities:
+            der = root.public_bytes(Encoding.DER)
+            if der not in self._trusted:
+                self.ssl_context.load_verify_locations(cadata=der)
+                self._trusted.add(der)
+        svid = self._server_svid
+        if not force and svid is not None and not self._server_svid_due(svid):
+            return False
+        fresh = await self.issuer.issue_server_svid(dns_names=self._dns_names())
+        load_cert_chain_from_memory(self.ssl_context, fresh.chain_pem(), fresh.key_pem())
+        self._server_svid = fresh
+        log.info("ca.server_svid.loaded", extra={F.SERIAL: format(fresh.serial, "x")})
+        return True
+
+    def _server_svid_due(self, svid: X509Svid) -> bool:
+        half_life = svid.not_before + (svid.not_after - svid.not_before) / 2
+        signer = self.authority.x509_signer.certificate
+        return self.clock.now() >= half_life or svid.cert_chain[1:2] != (signer,)
+
+    def _dns_names(self) -> tuple[str, ...]:
+        host, _port = self.options.host_port()
+        return ("localhost",) if host in _LOOPBACK else ()
+
+    # -- loops --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run every loop under one TaskGroup until ``stop`` is set or a loop crashes."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._authority_loop(), name="authority")
+                group.create_task(
+                    self._every(self.options.prune_interval, self.prune), name="prune"
+                )
+                group.create_task(
+                    self._every(self.options.metrics_interval, self.refresh_gauges), name="metrics"
+                )
+                group.create_task(_raise_when(stop), name="stop")
+        except* _Shutdown:
+            pass
+
+    async def _authority_loop(self) -> None:
+        assert self._store is not None
+        revision = await self._store.revision(Topic.AUTHORITIES)
+        while True:
+            await self._retrying("authority", self._authority_step)
+            wait = (self.authority.next_rotation_check() - self.clock.now()).total_seconds()
+            revision = await self._store.wait_for_change(
+                Topic.AUTHORITIES, revision, min(max(wait, 0.05), self.options.tick)
+            )
+
+    async def _authority_step(self) -> None:
+        changed = await self.authority.rotate_if_due()
+        await self.authority.refresh_bundle()
+        await self.reload_tls(force=changed)
+
+    async def prune(self) -> None:
+        assert self._store is not None
+        result = await self._store.prune(self.clock.now())
+        if result.total:
+            log.info("ca.pruned", extra={F.COUNT: result.total})
+
+    async def refresh_gauges(self) -> None:
+        authorities = await self.authority.list_authorities()
+        self.metrics.set_authorities(
+            {(str(a.kind), a.id): a.not_after.timestamp() for a in authorities}
+        )
+        entries = await self.registry.list_entries()
+        agents = await self.registry.list_agents()
+        banned = sum(1 for a in agents if a.banned)
+        self.metrics.set_counts(
+            entries=len(entries.entries), agents={"active": len(agents) - banned, "banned": banned}
+        )
+
+    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await self._retrying(getattr(step, "__name__", "loop"), step)
+            await asyncio.sleep(interval)
+
+    async def _retrying(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run ``step``; retry ``Unavailable`` with capped exponential backoff; others crash."""
+        delay = 0.1
+        while True:
+            try:
+                await step()
+                return
+            except Unavailable as exc:
+                log.warning("ca.loop.retry", extra={F.LOOP: name, F.ERROR: str(exc)})
+                await asyncio.sleep(delay * (0.5 + _jitter()))
+                delay = min(delay * 2, 30.0)
+
+    async def close(self) -> None:
+        """Stop the servers (in-flight requests get ``SHUTDOWN_TIMEOUT``) and close the store."""
+        self.metrics.ready.set(0)
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        with contextlib.suppress(FileNotFoundError):
+            if self.port or self.options.admin_socket.is_socket():
+                self.options.admin_socket.unlink()
+        if self._store is not None:
+            await self._store.close()
+            self._store = None
+
+
+class _Shutdown(Exception):
+    """Raised inside the TaskGroup to stop every loop."""
+
+
+async def _raise_when(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise _Shutdown
+
+
+def _jitter() -> float:
+    return int.from_bytes(os.urandom(2), "big") / 65536
+
+
+async def run(options: ServeOptions, stop: asyncio.Event, *, clock: Clock | None = None) -> None:
+    """Open the CA, run it until ``stop`` is set, close it."""
+    server = await CaServer.open(options, clock=clock)
+    try:
+        await server.run(stop)
+    finally:
+        await server.close()
+        log.info("ca.stopped")
+
+
+def serve_forever(options: ServeOptions) -> None:
+    """``s2s-ca serve``: JSON logs, SIGTERM/SIGINT stop the CA cleanly."""
+    configure_logging(
+        level=options.log_level, json_format=options.json_logs, extra_fields=AUDIT_FIELDS
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(options, stop)
+
+    try:
+        asyncio.run(main())
+    except* S2SError as group:
+        raise group.exceptions[0] from None
+    except* Exception as group:
+        log.critical("ca.crashed", exc_info=group.exceptions[0])
+        raise SystemExit(1) from None

@@ -1,0 +1,143 @@
+"""A small synchronous client for the CA's admin API on its Unix socket (used by the CLI).
+
+Errors come back as the ``S2SError`` subclass named by the response's ``error`` code, so the CLI
+maps them to exit codes without knowing HTTP. A CA that is not running raises ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlencode
+
+from s2s.core import errors
+from s2s.core.errors import S2SError, Unavailable
+
+__all__ = ["ADMIN_SOCKET_NAME", "AdminClient", "error_from_code"]
+
+ADMIN_SOCKET_NAME: Final = "admin.sock"
+_MAX_RESPONSE: Final = 16 * 1024 * 1024
+
+_BY_CODE: Final[dict[str, type[S2SError]]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidRequest,
+        errors.InvalidSelector,
+        errors.InvalidBundle,
+        errors.NotAuthorized,
+        errors.AttestationFailed,
+        errors.InvalidConfig,
+        errors.NotFound,
+        errors.Conflict,
+        errors.Unavailable,
+        errors.StoreError,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> S2SError:
+    """Rebuild the error a server reported (codes with extra constructor data become their base)."""
+    if code == "invalid_spiffe_id":
+        return errors.InvalidRequest(message)
+    if code == "invalid_token":
+        return errors.InvalidToken(message, reason="server")
+    if code == "revoked":
+        return errors.Revoked(message)
+    if code == "invalid_svid":
+        return errors.InvalidSvid(message, rule="server")
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = S2SError(message)
+        err.code = code
+        return err
+    return cls(message)
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class AdminClient:
+    """Calls the admin API at ``socket_path``; one short connection per call."""
+
+    def __init__(self, socket_path: Path, *, timeout: float = 30.0) -> None:
+        self.socket_path = socket_path
+        self._timeout = timeout
+
+    def get(self, path: str, **query: str) -> Any:
+        return self.call("GET", path, query=query)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.call("POST", path, body=body or {})
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> Any:
+        """Send one request; return the decoded JSON (or text for non-JSON answers)."""
+        status, content_type, data = self._send(method, path, body, query)
+        if content_type.startswith("application/json"):
+            try:
+                decoded = json.loads(data)
+            except ValueError as exc:
+                raise Unavailable(f"the CA sent malformed JSON: {exc}") from exc
+        else:
+            decoded = data.decode("utf-8", "replace")
+        if status >= 400:
+            if isinstance(decoded, dict) and "error" in decoded:
+                raise error_from_code(str(decoded["error"]), str(decoded.get("message", "")))
+            raise Unavailable(f"the CA answered HTTP {status}")
+        return decoded
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        query: dict[str, str] | None,
+    ) -> tuple[int, str, bytes]:
+        target = path + ("?" + urlencode(query) if query else "")
+        headers = {"Accept": "application/json"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        conn = _UnixConnection(self.socket_path, self._timeout)
+        try:
+            conn.request(method, target, body=payload, headers=headers)
+            response = conn.getresponse()
+            data = response.read(_MAX_RESPONSE)
+            return response.status, response.getheader("Content-Type", ""), data
+        except FileNotFoundError as exc:
+            raise Unavailable(
+                f"no CA admin socket at {self.socket_path}; is `s2s-ca serve` running?"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise Unavailable(f"the CA at {self.socket_path} refused the connection") from exc
+        except PermissionError as exc:
+            raise errors.NotAuthorized(
+                f"no permission to open {self.socket_path}; run as the CA's user"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise Unavailable(f"cannot talk to the CA at {self.socket_path}: {exc}") from exc
+        finally:
+            conn.close()

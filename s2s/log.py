@@ -1,0 +1,136 @@
+"""Structured logging shared by the CA and the agent: one JSON object per line.
+
+Field names are defined once here (``F``) and used as keys in ``extra=``; the formatter copies
+every known field from the record into the line. Messages are event names (``svid.issued``).
+Secrets never go in a field: callers pass IDs, serials and counts, not keys or tokens.
+
+>>> import io, json, logging
+>>> stream = io.StringIO()
+>>> handler = logging.StreamHandler(stream)
+>>> handler.setFormatter(JsonFormatter(clock=lambda: 0.0))
+>>> log = logging.getLogger("s2s.doctest"); log.propagate = False; log.addHandler(handler)
+>>> log.warning("svid.issued", extra={F.SPIFFE_ID: "spiffe://example.org/a", F.SERIAL: "0a"})
+>>> line = json.loads(stream.getvalue())
+>>> line["ts"], line["event"], line["spiffe_id"], line["serial"]
+('1970-01-01T00:00:00.000Z', 'svid.issued', 'spiffe://example.org/a', '0a')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Final, TextIO
+
+__all__ = ["F", "FIELDS", "JsonFormatter", "configure_logging"]
+
+
+class F:
+    """Log field names: the only place they are spelled."""
+
+    SPIFFE_ID: Final = "spiffe_id"
+    SERIAL: Final = "serial"
+    AGENT_ID: Final = "agent_id"
+    ENTRY_ID: Final = "entry_id"
+    ISSUER: Final = "issuer"
+    KIND: Final = "kind"
+    AUDIENCE: Final = "audience"
+    NOT_AFTER: Final = "not_after"
+    JTI: Final = "jti"
+    KID: Final = "kid"
+    TRUST_DOMAIN: Final = "trust_domain"
+    ACTION: Final = "action"
+    ACTOR: Final = "actor"
+    COUNT: Final = "count"
+    REVISION: Final = "revision"
+    METHOD: Final = "method"
+    PATH: Final = "path"
+    STATUS: Final = "status"
+    DURATION_MS: Final = "duration_ms"
+    PEER: Final = "peer"
+    ERROR: Final = "error"
+    REASON: Final = "reason"
+    ADDRESS: Final = "address"
+    SOCKET: Final = "socket"
+    DATA_DIR: Final = "data_dir"
+    LOOP: Final = "loop"
+    PID: Final = "pid"
+    UID: Final = "uid"
+    STATE: Final = "state"
+    AUTHORITY_ID: Final = "authority_id"
+
+
+FIELDS: Final[tuple[str, ...]] = tuple(
+    value for name, value in vars(F).items() if name.isupper() and isinstance(value, str)
+)
+
+
+def _iso_millis(seconds: float) -> str:
+    stamp = dt.datetime.fromtimestamp(seconds, dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple | frozenset | set):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON line: ts, level, logger, event, then the known fields."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] | None = None, extra_fields: Iterable[str] = ()
+    ) -> None:
+        super().__init__()
+        self._clock = clock
+        self._fields = FIELDS + tuple(f for f in extra_fields if f not in FIELDS)
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = self._clock() if self._clock is not None else record.created
+        line: dict[str, Any] = {
+            "ts": _iso_millis(seconds),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for name in self._fields:
+            if name in record.__dict__:
+                line[name] = _jsonable(record.__dict__[name])
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            line["exception"] = f"{type(exc).__name__}: {exc}"
+        return json.dumps(line, separators=(", ", ": "))
+
+
+def configure_logging(
+    *,
+    level: str | int = "INFO",
+    json_format: bool = True,
+    stream: TextIO | None = None,
+    extra_fields: Iterable[str] = (),
+) -> None:
+    """Route the ``s2s`` loggers to ``stream`` (stderr) with the JSON (or plain) formatter.
+
+    Called once by a composition root (``ca/app.py``, ``agent/app.py``); libraries never call it.
+    ``extra_fields`` names module-specific ``extra=`` keys to keep (e.g. the audit fields).
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if json_format:
+        handler.setFormatter(JsonFormatter(extra_fields=extra_fields))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger("s2s")
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    logging.Formatter.converter = time.gmtime
