@@ -3,16 +3,23 @@
 All are frozen values. Datetimes are aware (UTC); constructors refuse naive ones, so a backend can
 store them as exact integers (microseconds since the epoch) and give back equal values.
 Serials are Python ints up to 2**160 - 1 (RFC 5280 4.1.2.2 allows 20 octets).
+
+Each record has ``to_json()``/``from_json()`` (what a backend stores, and what the admin API may
+show): datetimes as ISO 8601 with offset, bytes as base64 (the join token hash as hex), serials as
+lowercase hex. ``from_json`` raises :class:`InvalidRequest` naming the field.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from s2s.core.errors import InvalidRequest
+from s2s.core.errors import InvalidRequest, InvalidSpiffeId
 from s2s.core.spiffe_id import SpiffeId
 
 __all__ = [
@@ -100,6 +107,75 @@ def _check_serial(value: object) -> None:
         raise InvalidRequest("a serial must be a positive integer of at most 20 octets")
 
 
+def _check_name(what: str, value: object) -> None:
+    if not isinstance(value, str) or not value or len(value) > 128:
+        raise InvalidRequest(f"{what} must be 1-128 characters")
+
+
+# -- JSON field readers: each names the field it could not read --
+
+
+def _obj(d: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(d, Mapping):
+        raise InvalidRequest(f"{what} must be a JSON object")
+    return d
+
+
+def _field(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = d.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise InvalidRequest(f"field {key!r} is missing or has the wrong type")
+    return value
+
+
+def _time(d: Mapping[str, Any], key: str) -> dt.datetime:
+    text = _field(d, key, str)
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"field {key!r} is not an ISO 8601 timestamp") from None
+    check_aware(f"field {key!r}", value)
+    return value.astimezone(dt.UTC)
+
+
+def _sid(d: Mapping[str, Any], key: str) -> SpiffeId:
+    try:
+        return SpiffeId.parse(_field(d, key, str))
+    except InvalidSpiffeId as exc:
+        raise InvalidRequest(f"field {key!r}: {exc}") from exc
+
+
+def _opt_sid(d: Mapping[str, Any], key: str) -> SpiffeId | None:
+    return None if d.get(key) is None else _sid(d, key)
+
+
+def _b64(d: Mapping[str, Any], key: str) -> bytes:
+    try:
+        return base64.b64decode(_field(d, key, str), validate=True)
+    except binascii.Error:
+        raise InvalidRequest(f"field {key!r} is not base64") from None
+
+
+def _hex_int(d: Mapping[str, Any], key: str) -> int:
+    text = _field(d, key, str)
+    try:
+        return int(text, 16)
+    except ValueError:
+        raise InvalidRequest(f"field {key!r} is not a hex serial") from None
+
+
+def _opt_hex_int(d: Mapping[str, Any], key: str) -> int | None:
+    return None if d.get(key) is None else _hex_int(d, key)
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat()
+
+
+def _b64s(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
 @dataclass(frozen=True, slots=True)
 class AuthorityRecord:
     """A signing authority: the root, a replica's intermediate, or a replica's JWT key.
@@ -121,8 +197,7 @@ class AuthorityRecord:
     issuer_id: str = ""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id or len(self.id) > 128:
-            raise InvalidRequest("authority id must be 1-128 characters")
+        _check_name("authority id", self.id)
         object.__setattr__(self, "kind", _enum(AuthorityKind, "authority kind", self.kind))
         object.__setattr__(self, "state", _enum(AuthorityState, "authority state", self.state))
         if not isinstance(self.public_der, bytes) or not self.public_der:
@@ -133,6 +208,35 @@ class AuthorityRecord:
         check_aware("authority not_after", self.not_after)
         if self.not_after <= self.not_before:
             raise InvalidRequest("authority not_after must be after not_before")
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON form; the private key stays encrypted (base64 of the sealed bytes)."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "public_der": _b64s(self.public_der),
+            "encrypted_key": _b64s(self.encrypted_key),
+            "not_before": _iso(self.not_before),
+            "not_after": _iso(self.not_after),
+            "owner": self.owner,
+            "issuer_id": self.issuer_id,
+        }
+
+    @classmethod
+    def from_json(cls, d: object) -> AuthorityRecord:
+        d = _obj(d, "an authority record")
+        return cls(
+            id=_field(d, "id", str),
+            kind=_field(d, "kind", str),
+            state=_field(d, "state", str),
+            public_der=_b64(d, "public_der"),
+            encrypted_key=_b64(d, "encrypted_key"),
+            not_before=_time(d, "not_before"),
+            not_after=_time(d, "not_after"),
+            owner=_field(d, "owner", str),
+            issuer_id=_field(d, "issuer_id", str),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +273,36 @@ class AgentRecord:
             if type(value) is not int or value < 0:
                 raise InvalidRequest(f"agent {name} must be a non-negative integer")
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spiffe_id": str(self.spiffe_id),
+            "attestation_type": self.attestation_type,
+            "serial": f"{self.serial:x}",
+            "next_serial": None if self.next_serial is None else f"{self.next_serial:x}",
+            "not_after": _iso(self.not_after),
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "banned": self.banned,
+            "bundle_sequence": self.bundle_sequence,
+            "revision": self.revision,
+        }
+
+    @classmethod
+    def from_json(cls, d: object) -> AgentRecord:
+        d = _obj(d, "an agent record")
+        return cls(
+            spiffe_id=_sid(d, "spiffe_id"),
+            attestation_type=_field(d, "attestation_type", str),
+            serial=_hex_int(d, "serial"),
+            next_serial=_opt_hex_int(d, "next_serial"),
+            not_after=_time(d, "not_after"),
+            created_at=_time(d, "created_at"),
+            updated_at=_time(d, "updated_at"),
+            banned=_field(d, "banned", bool),
+            bundle_sequence=_field(d, "bundle_sequence", int),
+            revision=_field(d, "revision", int),
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class JoinTokenRecord:
@@ -184,12 +318,33 @@ class JoinTokenRecord:
     created_at: dt.datetime
 
     def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not self.id or len(self.id) > 128:
-            raise InvalidRequest("join token id must be 1-128 characters")
+        _check_name("join token id", self.id)
         if not isinstance(self.token_hash, bytes) or not 16 <= len(self.token_hash) <= 64:
             raise InvalidRequest("join token hash must be 16-64 bytes")
         check_aware("join token expires_at", self.expires_at)
         check_aware("join token created_at", self.created_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "token_hash": self.token_hash.hex(),
+            "expires_at": _iso(self.expires_at),
+            "created_at": _iso(self.created_at),
+        }
+
+    @classmethod
+    def from_json(cls, d: object) -> JoinTokenRecord:
+        d = _obj(d, "a join token record")
+        try:
+            token_hash = bytes.fromhex(_field(d, "token_hash", str))
+        except ValueError:
+            raise InvalidRequest("field 'token_hash' is not hex") from None
+        return cls(
+            id=_field(d, "id", str),
+            token_hash=token_hash,
+            expires_at=_time(d, "expires_at"),
+            created_at=_time(d, "created_at"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +370,30 @@ class IssuedSerial:
             raise InvalidRequest("issued issuer_id must be text")
         check_aware("issued issued_at", self.issued_at)
         check_aware("issued not_after", self.not_after)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "serial": f"{self.serial:x}",
+            "kind": self.kind.value,
+            "spiffe_id": str(self.spiffe_id),
+            "issuer_id": self.issuer_id,
+            "issued_at": _iso(self.issued_at),
+            "not_after": _iso(self.not_after),
+            "agent_id": None if self.agent_id is None else str(self.agent_id),
+        }
+
+    @classmethod
+    def from_json(cls, d: object) -> IssuedSerial:
+        d = _obj(d, "an issued serial record")
+        return cls(
+            serial=_hex_int(d, "serial"),
+            kind=_field(d, "kind", str),
+            spiffe_id=_sid(d, "spiffe_id"),
+            issuer_id=_field(d, "issuer_id", str),
+            issued_at=_time(d, "issued_at"),
+            not_after=_time(d, "not_after"),
+            agent_id=_opt_sid(d, "agent_id"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
