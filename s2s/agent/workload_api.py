@@ -48,6 +48,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 
 __all__ = [
+    "REASON_TRAILER",
     "SECURITY_HEADER",
     "SERVICE_NAME",
     "Attestor",
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "SpiffeWorkloadAPI"  # upstream proto has no package (ARCHITECTURE.md section 2)
 SECURITY_HEADER = "workload.spiffe.io"
+REASON_TRAILER = "s2s-reason"  # InvalidToken.reason of a rejected ValidateJWTSVID
 MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -329,7 +331,8 @@ class WorkloadApiServer:
             details = f"workload attestation failed: {exc}"
         else:
             details = str(exc)
-        await ctx.abort(code, details)
+        trailer = ((REASON_TRAILER, exc.reason),) if isinstance(exc, InvalidToken) else ()
+        await ctx.abort(code, details, trailing_metadata=trailer)
 
     def _done(self, name: str, code: grpc.StatusCode, start: float) -> None:
         if self._observe is not None:

@@ -1,0 +1,502 @@
+"""The Workload API server against the official ``spiffe`` client and raw gRPC, on a real socket.
+
+The spiffe client is synchronous: it runs in a worker thread (``asyncio.to_thread``) or, for
+callers of another uid, in a subprocess that drops to uid 65534 before connecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket as socketlib
+import stat
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from spiffe import JwtSource, WorkloadApiClient, X509Source
+from spiffe.errors import PySpiffeError
+
+from s2s.agent.attestor import UnixAttestor
+from s2s.agent.proto import workload_pb2 as pb
+from s2s.agent.static_provider import StaticIdentityProvider
+from s2s.agent.workload_api import WorkloadApiServer
+from s2s.core.bundle import BundleSet
+from s2s.core.clock import FakeClock
+from s2s.core.errors import InvalidConfig
+from s2s.testing import TestAuthority
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run workloads as 65534")
+
+ME = f"unix:uid:{os.getuid()}"
+NOBODY = 65534
+HEADER = (("workload.spiffe.io", "true"),)
+
+
+def uri(server: WorkloadApiServer) -> str:
+    return f"unix://{server.socket_path}"
+
+
+def spiffe_client(server: WorkloadApiServer) -> WorkloadApiClient:
+    return WorkloadApiClient(socket_path=uri(server), default_timeout=10)
+
+
+async def wait_for(event: threading.Event, what: str, timeout: float = 10.0) -> None:
+    if not await asyncio.to_thread(event.wait, timeout):
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- the official client ----------------------------------------------------------------------
+
+
+async def test_spiffe_client_fetches_svids_and_bundles(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    provider.put("db", [ME, "unix:gid:0"], authority.issue_x509_svid("spiffe://example.org/db"))
+    provider.put("other", ["unix:uid:4242"], authority.issue_x509_svid("spiffe://example.org/x"))
+
+    def fetch() -> tuple[Any, Any]:
+        with spiffe_client(server) as client:
+            return client.fetch_x509_context(), client.fetch_x509_bundles()
+
+    context, bundles = await asyncio.to_thread(fetch)
+    ids = [str(s.spiffe_id) for s in context.x509_svids]
+    assert ids == ["spiffe://example.org/web", "spiffe://example.org/db"]
+    assert str(context.default_svid.spiffe_id) == "spiffe://example.org/web"
+    root = authority.root.public_bytes(serialization_der())
+    for bundle_set in (context.x509_bundle_set, bundles):
+        (bundle,) = bundle_set._bundles.values()
+        assert [c.public_bytes(serialization_der()) for c in bundle.x509_authorities] == [root]
+
+
+def serialization_der() -> Any:
+    return Encoding.DER
+
+
+async def test_spiffe_client_jwt_fetch_bundles_and_validate(
+    server: WorkloadApiServer,
+    provider: StaticIdentityProvider,
+    authority: TestAuthority,
+    fake_clock: FakeClock,
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    foreign = TestAuthority("example.org")  # same trust domain name, other keys
+
+    def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with spiffe_client(server) as client:
+            svid = client.fetch_jwt_svid({"billing"})
+            out["sub"], out["aud"] = str(svid.spiffe_id), svid.audience
+            jwt_bundles = client.fetch_jwt_bundles()
+            bundle = jwt_bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
+            out["kids"] = sorted(bundle.jwt_authorities)
+            out["valid"] = str(client.validate_jwt_svid(svid.token, "billing").spiffe_id)
+            out["again"] = client.fetch_jwt_svid({"billing"}).token == svid.token  # cached
+            for name, token, aud in (
+                ("wrong_aud", svid.token, "payments"),
+                (
+                    "foreign",
+                    foreign.issue_jwt_svid("spiffe://example.org/web", "billing"),
+                    "billing",
+                ),
+                (
+                    "tampered",
+                    svid.token[:-4] + ("AAAA" if not svid.token.endswith("AAAA") else "BBBB"),
+                    "billing",
+                ),
+            ):
+                try:
+                    client.validate_jwt_svid(token, aud)
+                    out[name] = "accepted"
+                except PySpiffeError as exc:
+                    out[name] = exc.__cause__.code().name  # type: ignore[union-attr]
+        return out
+
+    out = await asyncio.to_thread(run)
+    assert out["sub"] == "spiffe://example.org/web"
+    assert out["aud"] == {"billing"}
+    assert out["kids"] == [authority.jwt_kid]
+    assert out["valid"] == "spiffe://example.org/web"
+    assert out["again"] is True
+    assert out["wrong_aud"] == out["foreign"] == out["tampered"] == "INVALID_ARGUMENT"
+
+
+async def test_validate_rejects_expired_token(
+    server: WorkloadApiServer,
+    provider: StaticIdentityProvider,
+    authority: TestAuthority,
+    fake_clock: FakeClock,
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    token = authority.issue_jwt_svid("spiffe://example.org/web", "billing")
+    request = pb.ValidateJWTSVIDRequest(audience="billing", svid=token)
+    ok = await raw_unary(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+    assert ok.spiffe_id == "spiffe://example.org/web"
+    assert ok.claims["aud"] == "billing"
+    fake_clock.advance(seconds=3600)
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw_unary(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("s2s-reason", "exp") in tuple(err.value.trailing_metadata() or ())
+
+
+async def test_x509_source_sees_rotation(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    first = authority.issue_x509_svid("spiffe://example.org/web")
+    provider.put("web", [ME], first)
+    source = await asyncio.to_thread(X509Source, socket_path=uri(server), timeout_in_seconds=10)
+    try:
+        assert source.get_x509_context().default_svid.leaf.serial_number == first.serial
+        rotated = threading.Event()
+        source.subscribe_for_updates(rotated.set)
+        second = authority.issue_x509_svid("spiffe://example.org/web")
+        provider.put("web", [ME], second)
+        await wait_for(rotated, "the X509Source to see the rotation")
+        assert source.get_x509_context().default_svid.leaf.serial_number == second.serial
+    finally:
+        await asyncio.to_thread(source.close)
+
+
+async def test_jwt_source_fetches_svid(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+
+    def run() -> str:
+        source = JwtSource(socket_path=uri(server), timeout_in_seconds=10)
+        try:
+            return str(source.fetch_svid({"orders"}).spiffe_id)
+        finally:
+            source.close()
+
+    assert await asyncio.to_thread(run) == "spiffe://example.org/web"
+
+
+# -- callers of another uid (subprocesses) ------------------------------------------------------
+
+WORKLOAD = r"""
+import json, os, sys, grpc
+from spiffe import WorkloadApiClient
+from spiffe.errors import PySpiffeError
+path, mode = sys.argv[1], sys.argv[2]
+client = WorkloadApiClient(socket_path="unix://" + path, default_timeout=10)
+def fetch():
+    try:
+        return {"ids": [str(s.spiffe_id) for s in client.fetch_x509_svids()]}
+    except PySpiffeError as exc:
+        return {"code": exc.__cause__.code().name, "details": exc.__cause__.details()}
+out = {}
+if mode == "late-setuid":
+    out["before"] = fetch()
+os.setgroups([]); os.setgid(65534); os.setuid(65534)
+out["after"] = fetch()
+print(json.dumps(out))
+"""
+
+
+async def run_workload(server: WorkloadApiServer, mode: str = "setuid") -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        WORKLOAD,
+        server.socket_path,
+        mode,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+async def test_other_uid_gets_its_own_identity(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("root", [ME], authority.issue_x509_svid("spiffe://example.org/root"))
+    provider.put(
+        "nobody", [f"unix:uid:{NOBODY}"], authority.issue_x509_svid("spiffe://example.org/nobody")
+    )
+    result = await run_workload(server)
+    assert result["after"] == {"ids": ["spiffe://example.org/nobody"]}
+
+
+async def test_other_uid_without_entry_is_denied(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("root", [ME], authority.issue_x509_svid("spiffe://example.org/root"))
+    result = await run_workload(server)
+    assert result["after"]["code"] == "PERMISSION_DENIED"
+
+
+async def test_caller_that_changes_uid_after_connecting_fails_attestation(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("root", [ME], authority.issue_x509_svid("spiffe://example.org/root"))
+    provider.put(
+        "nobody", [f"unix:uid:{NOBODY}"], authority.issue_x509_svid("spiffe://example.org/nobody")
+    )
+    result = await run_workload(server, "late-setuid")
+    assert result["before"] == {"ids": ["spiffe://example.org/root"]}
+    # Same connection, now uid 65534: neither root's identity nor nobody's.
+    assert result["after"]["code"] == "UNAVAILABLE"
+    assert "changed its uid or gid after connecting" in result["after"]["details"]
+
+
+# -- protocol rules (raw gRPC) ----------------------------------------------------------------
+
+
+async def raw_unary(
+    server: WorkloadApiServer,
+    method: str,
+    request: Any,
+    response_type: Any,
+    metadata: tuple[tuple[str, str], ...] = HEADER,
+) -> Any:
+    async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as channel:
+        call = channel.unary_unary(
+            f"/SpiffeWorkloadAPI/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )
+        return await call(request, metadata=metadata, timeout=10)
+
+
+async def raw_first(
+    server: WorkloadApiServer,
+    method: str,
+    request: Any,
+    response_type: Any,
+    metadata: tuple[tuple[str, str], ...] = HEADER,
+) -> Any:
+    async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as channel:
+        call = channel.unary_stream(
+            f"/SpiffeWorkloadAPI/{method}",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=response_type.FromString,
+        )(request, metadata=metadata, timeout=10)
+        try:
+            return await call.read()
+        finally:
+            call.cancel()
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("workload.spiffe.io", "false"),), (("workload.spiffe.io", "True"),)],
+    ids=["missing", "false", "wrong-case"],
+)
+async def test_security_header_required(
+    server: WorkloadApiServer,
+    provider: StaticIdentityProvider,
+    authority: TestAuthority,
+    metadata: tuple[tuple[str, str], ...],
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    ok = await raw_first(server, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
+    assert [s.spiffe_id for s in ok.svids] == ["spiffe://example.org/web"]
+    for method, req, resp in (
+        ("FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse),
+        ("FetchJWTBundles", pb.JWTBundlesRequest(), pb.JWTBundlesResponse),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw_first(server, method, req, resp, metadata=metadata)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    request = pb.JWTSVIDRequest(audience=["a"])
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw_unary(server, "FetchJWTSVID", request, pb.JWTSVIDResponse, metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_fetch_jwt_svid_arguments(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    provider.put("api", [ME], authority.issue_x509_svid("spiffe://example.org/api"))
+    both = await raw_unary(
+        server, "FetchJWTSVID", pb.JWTSVIDRequest(audience=["a"]), pb.JWTSVIDResponse
+    )
+    assert [s.spiffe_id for s in both.svids] == [
+        "spiffe://example.org/web",
+        "spiffe://example.org/api",
+    ]
+    named = pb.JWTSVIDRequest(audience=["a", "b"], spiffe_id="spiffe://example.org/api")
+    one = await raw_unary(server, "FetchJWTSVID", named, pb.JWTSVIDResponse)
+    assert [s.spiffe_id for s in one.svids] == ["spiffe://example.org/api"]
+    for request, code in (
+        (pb.JWTSVIDRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (pb.JWTSVIDRequest(audience=[""]), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            pb.JWTSVIDRequest(audience=["a"], spiffe_id="not-an-id"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (
+            pb.JWTSVIDRequest(audience=["a"], spiffe_id="spiffe://example.org/db"),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw_unary(server, "FetchJWTSVID", request, pb.JWTSVIDResponse)
+        assert err.value.code() == code, request
+
+
+async def test_validate_requires_arguments(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    for request in (pb.ValidateJWTSVIDRequest(svid="x"), pb.ValidateJWTSVIDRequest(audience="a")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw_unary(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("method", ["FetchWITSVID", "FetchWITBundles"])
+async def test_wit_calls_unimplemented(server: WorkloadApiServer, method: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw_first(server, method, pb.WITSVIDRequest(), pb.WITSVIDResponse)
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_no_identity_is_permission_denied_everywhere(server: WorkloadApiServer) -> None:
+    for method, req, resp in (
+        ("FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse),
+        ("FetchX509Bundles", pb.X509BundlesRequest(), pb.X509BundlesResponse),
+        ("FetchJWTBundles", pb.JWTBundlesRequest(), pb.JWTBundlesResponse),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw_first(server, method, req, resp)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+
+
+async def test_attestation_failure_is_unavailable(
+    provider: StaticIdentityProvider, authority: TestAuthority, socket_dir: Path, tmp_path: Path
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    # A /proc without our process: the peer cannot be attested.
+    async with WorkloadApiServer(
+        provider=provider,
+        attestor=UnixAttestor(proc_root=str(tmp_path)),
+        socket_path=str(socket_dir / "agent.sock"),
+        proc_root=str(tmp_path),
+    ) as srv:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw_first(srv, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "workload attestation failed" in (err.value.details() or "")
+
+
+# -- streams ----------------------------------------------------------------------------------
+
+
+async def open_stream(channel: grpc.aio.Channel, method: str, response_type: Any) -> Any:
+    return channel.unary_stream(
+        f"/SpiffeWorkloadAPI/{method}",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_type.FromString,
+    )(pb.X509SVIDRequest(), metadata=HEADER, timeout=30)
+
+
+async def test_deleting_identity_updates_open_stream(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    provider.put("api", [ME], authority.issue_x509_svid("spiffe://example.org/api"))
+    async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as channel:
+        call = await open_stream(channel, "FetchX509SVID", pb.X509SVIDResponse)
+        first = await call.read()
+        assert len(first.svids) == 2
+        provider.remove("web")
+        second = await call.read()
+        assert [s.spiffe_id for s in second.svids] == ["spiffe://example.org/api"]
+        provider.remove("api")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call.read()
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_bundle_stream_skips_identical_messages(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    other = TestAuthority("other.org")
+    async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as channel:
+        call = await open_stream(channel, "FetchJWTBundles", pb.JWTBundlesResponse)
+        first = await call.read()
+        assert list(first.bundles) == ["spiffe://example.org"]
+        # A change that leaves the bundles alone, then one that adds a trust domain: the next
+        # message must be the second (the first would have repeated the bundles unchanged).
+        provider.put("x", ["unix:uid:4242"], authority.issue_x509_svid("spiffe://example.org/x"))
+        provider.set_bundles(provider.bundles().with_bundle(other.bundle()))
+        second = await call.read()
+        assert sorted(second.bundles) == ["spiffe://example.org", "spiffe://other.org"]
+
+
+async def test_x509_stream_carries_federated_bundles_and_crls(
+    server: WorkloadApiServer, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    other = TestAuthority("other.org")
+    provider.set_bundles(BundleSet.of(authority.bundle(), other.bundle()))
+    provider.set_crls([b"crl-1"])
+    got = await raw_first(server, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
+    assert list(got.crl) == [b"crl-1"]
+    assert list(got.federated_bundles) == ["spiffe://other.org"]
+    assert got.svids[0].bundle == authority.bundle().x509_der()
+
+
+# -- the socket -------------------------------------------------------------------------------
+
+
+async def test_socket_mode_and_cleanup(server: WorkloadApiServer) -> None:
+    mode = os.stat(server.socket_path).st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o777
+    await server.stop()
+    assert not os.path.exists(server.socket_path)
+
+
+async def test_bad_socket_paths(provider: StaticIdentityProvider, socket_dir: Path) -> None:
+    regular = socket_dir / "file.sock"
+    regular.write_text("not a socket")
+    for path, message in (
+        (regular, "not a socket"),
+        (socket_dir / "missing" / "agent.sock", "does not exist"),
+        (Path("relative.sock"), "absolute"),
+    ):
+        srv = WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=str(path))
+        with pytest.raises(InvalidConfig, match=message):
+            await srv.start()
+    assert regular.read_text() == "not a socket"
+
+
+async def test_second_server_on_same_socket_is_refused(
+    server: WorkloadApiServer, provider: StaticIdentityProvider
+) -> None:
+    twin = WorkloadApiServer(
+        provider=provider, attestor=UnixAttestor(), socket_path=server.socket_path
+    )
+    with pytest.raises(InvalidConfig, match="already serving"):
+        await twin.start()
+
+
+async def test_stale_socket_is_replaced(
+    provider: StaticIdentityProvider, authority: TestAuthority, socket_dir: Path
+) -> None:
+    path = socket_dir / "agent.sock"
+    stale = socketlib.socket(socketlib.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # leaves the file with nobody listening
+    provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    async with WorkloadApiServer(
+        provider=provider, attestor=UnixAttestor(), socket_path=str(path)
+    ) as srv:
+        got = await raw_first(srv, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
+    assert len(got.svids) == 1
