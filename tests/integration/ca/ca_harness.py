@@ -6,8 +6,10 @@ serve`` runs), act as an agent (join token attestation, mTLS with the agent SVID
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.ca.app import CaServer, ServeOptions
 from s2s.ca.client import AdminClient
+from s2s.core.clock import Clock
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
 TRUST_DOMAIN = "example.org"
@@ -152,12 +155,13 @@ async def served_leaf(ca: RunningCa) -> x509.Certificate:
 
 
 async def start_ca(
-    data_dir: Path, **overrides: Any
+    data_dir: Path, *, clock: Clock | None = None, **overrides: Any
 ) -> tuple[CaServer, asyncio.Task[None], asyncio.Event]:
+    """Open a CA on 127.0.0.1:0 and run its loops in a task until the event is set."""
     options = ServeOptions(
         data_dir=data_dir, listen="127.0.0.1:0", tick=0.2, json_logs=False, **overrides
     )
-    server = await CaServer.open(options)
+    server = await CaServer.open(options, clock=clock)
     stop = asyncio.Event()
     task = asyncio.create_task(server.run(stop))
     return server, task, stop
@@ -167,3 +171,27 @@ async def stop_ca(server: CaServer, task: asyncio.Task[None], stop: asyncio.Even
     stop.set()
     await asyncio.wait_for(task, 10)
     await server.close()
+
+
+@contextlib.asynccontextmanager
+async def ca_client(server: CaServer) -> AsyncIterator[RunningCa]:
+    """A ``RunningCa`` (sessions, admin client, bundle) for a started server."""
+    admin = AdminClient(server.options.admin_socket)
+    bundle_pem = await asyncio.to_thread(admin.call, "GET", "/v1/bundle", query={"format": "pem"})
+    ctx = ssl.create_default_context(cadata=bundle_pem)
+    ctx.check_hostname = False
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx))
+    running = RunningCa(
+        server,
+        server.options.data_dir,
+        f"https://127.0.0.1:{server.port}",
+        admin,
+        bundle_pem.encode(),
+        session,
+    )
+    try:
+        yield running
+    finally:
+        for agent in running.agents:
+            await agent.close()
+        await session.close()
