@@ -304,7 +304,11 @@ def _decode_key(
         raise InvalidBundle(f"{where} must be a JSON object")
     use, kty = entry.get("use"), entry.get("kty")
     # Section 4.2.1/4.2.2: an element with an unknown use or kty is ignored, not fatal.
-    if use not in (USE_X509_SVID, USE_JWT_SVID) or kty not in _KNOWN_KTY:
+    if (
+        use not in (USE_X509_SVID, USE_JWT_SVID)
+        or not isinstance(kty, str)
+        or kty not in _KNOWN_KTY
+    ):
         return
     if "d" in entry or "p" in entry:
         raise InvalidBundle(f"{where} contains private key material")

@@ -528,10 +528,10 @@ _json = st.recursive(
 _key_entry = st.fixed_dictionaries(
     {},
     optional={
-        "use": st.sampled_from(["x509-svid", "jwt-svid", "other"]) | _scalars,
-        "kty": st.sampled_from(["EC", "RSA", "OKP", "oct"]) | _scalars,
-        "kid": _scalars,
-        "crv": st.sampled_from(["P-256", "P-384", "P-521", "Ed25519"]) | _scalars,
+        "use": st.sampled_from(["x509-svid", "jwt-svid", "other"]) | _json,
+        "kty": st.sampled_from(["EC", "RSA", "OKP", "oct"]) | _json,
+        "kid": _json,
+        "crv": st.sampled_from(["P-256", "P-384", "P-521", "Ed25519"]) | _json,
         "x": st.binary(max_size=70).map(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="))
         | _json,
         "y": st.binary(max_size=70).map(lambda b: base64.urlsafe_b64encode(b).decode()) | _json,
