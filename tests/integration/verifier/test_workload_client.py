@@ -1,0 +1,239 @@
+"""Our asyncio Workload API client against our Workload API server, on a real Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from s2s.agent.attestor import UnixAttestor
+from s2s.agent.static_provider import StaticIdentityProvider
+from s2s.agent.workload_api import WorkloadApiServer
+from s2s.core.bundle import BundleSet
+from s2s.core.clock import FakeClock
+from s2s.core.errors import (
+    InvalidConfig,
+    InvalidRequest,
+    InvalidSvid,
+    InvalidToken,
+    NotAuthorized,
+    Unavailable,
+)
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.core.x509svid import X509Svid
+from s2s.testing import TestAuthority
+from s2s.verifier.workload_client import WorkloadApiClient, resolve_endpoint
+
+ME = f"unix:uid:{os.getuid()}"
+WEB = "spiffe://example.org/web"
+API = "spiffe://example.org/api"
+
+
+@pytest.fixture
+def socket_path() -> Iterator[str]:
+    path = tempfile.mkdtemp(prefix="s2s-wlc-test-", dir="/tmp")
+    try:
+        yield os.path.join(path, "agent.sock")
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def provider(authority: TestAuthority, fake_clock: FakeClock) -> StaticIdentityProvider:
+    return StaticIdentityProvider(
+        bundles=BundleSet.of(authority.bundle()),
+        jwt_signer=authority.issue_jwt_svid,
+        clock=fake_clock,
+    )
+
+
+@pytest.fixture
+async def client(
+    provider: StaticIdentityProvider, socket_path: str
+) -> AsyncIterator[WorkloadApiClient]:
+    async with (
+        WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=socket_path),
+        WorkloadApiClient(f"unix://{socket_path}") as c,
+    ):
+        yield c
+
+
+def der(svid: X509Svid) -> bytes:
+    return svid.leaf.public_bytes(serialization.Encoding.DER)
+
+
+# -- endpoint resolution ----------------------------------------------------------------------
+
+
+def test_resolve_endpoint_accepts() -> None:
+    env = {"SPIFFE_ENDPOINT_SOCKET": "unix:///run/s2s/agent.sock"}
+    assert resolve_endpoint(environ=env) == "/run/s2s/agent.sock"
+    assert resolve_endpoint(environ={"SPIFFE_ENDPOINT_SOCKET": "unix:/run/a.sock"}) == "/run/a.sock"
+    assert resolve_endpoint("/explicit.sock", environ=env) == "/explicit.sock"
+    assert resolve_endpoint("unix:///explicit.sock", environ=env) == "/explicit.sock"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", "no Workload API socket"),
+        ("/run/agent.sock", "did you mean 'unix:///run/agent.sock'"),
+        ("tcp://127.0.0.1:8081", "TCP endpoints are not supported"),
+        ("unix://host/run/agent.sock", "must not have an authority"),
+        ("unix:///run/agent.sock?x=1", "query or fragment"),
+        ("unix:///run/agent.sock#frag", "query or fragment"),
+        ("unix:relative.sock", "absolute path"),
+        ("http:///run/agent.sock", "unix scheme"),
+    ],
+)
+def test_resolve_endpoint_rejects(value: str, message: str) -> None:
+    with pytest.raises(InvalidConfig, match=message):
+        resolve_endpoint(environ={"SPIFFE_ENDPOINT_SOCKET": value})
+
+
+async def test_missing_socket_is_unavailable(socket_path: str) -> None:
+    async with WorkloadApiClient(socket_path) as c:
+        with pytest.raises(Unavailable, match="is the agent running"):
+            await c.fetch_x509_context()
+
+
+# -- X.509 ------------------------------------------------------------------------------------
+
+
+async def test_fetch_x509_context(
+    client: WorkloadApiClient, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    web, api = authority.issue_x509_svid(WEB), authority.issue_x509_svid(API)
+    provider.put("web", [ME], web)
+    provider.put("api", [ME], api)
+    provider.set_crls([b"crl"])
+    update = await client.fetch_x509_update()
+    context = update.context
+    assert [str(s.spiffe_id) for s in context.svids] == [WEB, API]
+    assert der(context.default_svid) == der(web)
+    assert context.default_svid.key_pkcs8_der() == web.key_pkcs8_der()
+    assert context.default_svid.cert_chain == web.cert_chain
+    own = context.bundles.get(TrustDomain.parse("example.org"))
+    assert own is not None
+    assert own.x509_authorities == (authority.root,)
+    assert len(context.bundles) == 1
+    assert update.crls == (b"crl",)
+    bundles = await client.fetch_x509_bundles()
+    (bundle,) = bundles
+    assert bundle.x509_authorities == (authority.root,)
+
+
+async def test_served_svid_must_match_its_id_and_key(
+    client: WorkloadApiClient, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    web, api = authority.issue_x509_svid(WEB), authority.issue_x509_svid(API)
+    provider.put("liar", [ME], X509Svid(SpiffeId.parse(API), web.cert_chain, web.private_key))
+    with pytest.raises(InvalidSvid) as err:
+        await client.fetch_x509_context()
+    assert err.value.rule == "uri-san"
+    provider.put("liar", [ME], X509Svid(web.spiffe_id, web.cert_chain, api.private_key))
+    with pytest.raises(InvalidSvid) as err:
+        await client.fetch_x509_context()
+    assert err.value.rule == "key"
+    provider.put("liar", [ME], web)
+    assert (await client.fetch_x509_context()).default_svid.spiffe_id == web.spiffe_id
+
+
+async def test_no_identity_is_not_authorized(client: WorkloadApiClient) -> None:
+    with pytest.raises(NotAuthorized):
+        await client.fetch_x509_context()
+    with pytest.raises(NotAuthorized):
+        await client.fetch_jwt_svid("a")
+    with pytest.raises(NotAuthorized):
+        await client.fetch_jwt_bundles()
+
+
+async def test_watch_x509_sees_rotation_and_removal(
+    client: WorkloadApiClient, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    first = authority.issue_x509_svid(WEB)
+    provider.put("web", [ME], first)
+    provider.put("api", [ME], authority.issue_x509_svid(API))
+    watch = client.watch_x509_context()
+    context = await asyncio.wait_for(anext(watch), 10)
+    assert context.default_svid.serial == first.serial
+    second = authority.issue_x509_svid(WEB)
+    provider.put("web", [ME], second)
+    context = await asyncio.wait_for(anext(watch), 10)
+    assert context.default_svid.serial == second.serial
+    provider.remove("web")
+    context = await asyncio.wait_for(anext(watch), 10)
+    assert [str(s.spiffe_id) for s in context.svids] == [API]
+    provider.remove("api")
+    with pytest.raises(NotAuthorized):
+        await asyncio.wait_for(anext(watch), 10)
+
+
+# -- JWT --------------------------------------------------------------------------------------
+
+
+async def test_fetch_jwt_svids(
+    client: WorkloadApiClient, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid(WEB))
+    provider.put("api", [ME], authority.issue_x509_svid(API))
+    default = await client.fetch_jwt_svid("orders")
+    assert str(default.spiffe_id) == WEB
+    assert default.audience == ("orders",)
+    named = await client.fetch_jwt_svid(["orders", "billing"], spiffe_id=API)
+    assert str(named.spiffe_id) == API
+    assert set(named.audience) == {"orders", "billing"}
+    assert len(await client.fetch_jwt_svids("orders")) == 2
+    with pytest.raises(NotAuthorized):
+        await client.fetch_jwt_svid("orders", spiffe_id="spiffe://example.org/db")
+    with pytest.raises(InvalidRequest):
+        await client.fetch_jwt_svid([])
+
+
+async def test_jwt_bundles_fetch_and_watch(
+    client: WorkloadApiClient, provider: StaticIdentityProvider, authority: TestAuthority
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid(WEB))
+    bundles = await client.fetch_jwt_bundles()
+    (bundle,) = bundles
+    assert [a.kid for a in bundle.jwt_authorities] == [authority.jwt_kid]
+    watch = client.watch_jwt_bundles()
+    assert len(await asyncio.wait_for(anext(watch), 10)) == 1
+    provider.set_bundles(provider.bundles().with_bundle(TestAuthority("other.org").bundle()))
+    changed = await asyncio.wait_for(anext(watch), 10)
+    assert {str(td) for td in changed.trust_domains()} == {"example.org", "other.org"}
+    await watch.aclose()
+
+
+async def test_validate_jwt_svid_and_its_twins(
+    client: WorkloadApiClient,
+    provider: StaticIdentityProvider,
+    authority: TestAuthority,
+    fake_clock: FakeClock,
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid(WEB))
+    token = (await client.fetch_jwt_svid("orders")).token
+    sid, claims = await client.validate_jwt_svid(token, "orders")
+    assert str(sid) == WEB
+    assert claims["sub"] == WEB
+    assert isinstance(claims["exp"], int)
+    foreign = TestAuthority("example.org").issue_jwt_svid(WEB, "orders")
+    other_td = TestAuthority("other.org").issue_jwt_svid("spiffe://other.org/x", "orders")
+    for bad, audience, reason in (
+        (token, "billing", "aud"),
+        (foreign, "orders", "kid"),
+        (other_td, "orders", "untrusted"),
+        ("garbage", "orders", "malformed"),
+    ):
+        with pytest.raises(InvalidToken) as err:
+            await client.validate_jwt_svid(bad, audience)
+        assert err.value.reason == reason
+    fake_clock.advance(seconds=3600)
+    with pytest.raises(InvalidToken) as err:
+        await client.validate_jwt_svid(token, "orders")
+    assert err.value.reason == "exp"
