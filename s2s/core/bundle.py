@@ -157,6 +157,8 @@ class Bundle:
             raise InvalidBundle("PEM input must be bytes")
         if len(pem) > MAX_BUNDLE_BYTES:
             raise InvalidBundle(f"the PEM bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+        if b"PRIVATE KEY-----" in pem:
+            raise InvalidBundle("the PEM holds a private key; a bundle holds certificates only")
         try:
             certs = x509.load_pem_x509_certificates(pem)
         except ValueError as exc:
@@ -203,6 +205,7 @@ class BundleSet:
         return cls(mapping)
 
     def get(self, trust_domain: TrustDomain) -> Bundle | None:
+        """The bundle of ``trust_domain``, or None (that trust domain is not trusted)."""
         return self.bundles.get(trust_domain)
 
     def with_bundle(self, bundle: Bundle) -> BundleSet:
@@ -214,6 +217,7 @@ class BundleSet:
         return BundleSet({td: b for td, b in self.bundles.items() if td != trust_domain})
 
     def trust_domains(self) -> frozenset[TrustDomain]:
+        """The trust domains that have a bundle here."""
         return frozenset(self.bundles)
 
     def __iter__(self) -> Iterator[Bundle]:
@@ -221,11 +225,6 @@ class BundleSet:
 
     def __len__(self) -> int:
         return len(self.bundles)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BundleSet):
-            return NotImplemented
-        return dict(self.bundles) == dict(other.bundles)
 
     def __hash__(self) -> int:
         return hash(frozenset(self.bundles.items()))

@@ -267,6 +267,18 @@ def test_bad_pem_is_rejected(pem: bytes) -> None:
         Bundle.from_x509_pem(TD, pem)
 
 
+def test_pem_with_a_private_key_is_rejected(roots: dict[str, Any], keys: dict[str, Any]) -> None:
+    cert_pem = roots["p256"].public_bytes(serialization.Encoding.PEM)
+    assert Bundle.from_x509_pem(TD, cert_pem).x509_authorities == (roots["p256"],)
+    key_pem = keys["p256"].private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with pytest.raises(InvalidBundle, match="private key"):
+        Bundle.from_x509_pem(TD, key_pem + cert_pem)
+
+
 def test_oversize_der_and_pem_are_rejected() -> None:
     with pytest.raises(InvalidBundle, match="larger"):
         Bundle.from_x509_der(TD, b"\x30" * (MAX_BUNDLE_BYTES + 1))
