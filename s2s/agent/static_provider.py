@@ -15,19 +15,16 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import jwt
-
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import InvalidSpiffeId, InvalidToken, Unavailable
-from s2s.core.jwtsvid import algorithms_for_key, check_jwt_claims, check_jwt_header
+from s2s.core.errors import Unavailable
 from s2s.core.selectors import Selector, matches
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
+from s2s.verifier.jwt import JwtValidator
 
-__all__ = ["MAX_TOKEN_BYTES", "JwtSigner", "JwtValidatorFn", "StaticIdentityProvider"]
+__all__ = ["JwtSigner", "JwtValidatorFn", "StaticIdentityProvider", "validate_jwt_svid"]
 
-MAX_TOKEN_BYTES = 16 * 1024
 JwtSigner = Callable[[SpiffeId, tuple[str, ...]], str]
 JwtValidatorFn = Callable[[str, str, BundleSet], tuple[SpiffeId, Mapping[str, Any]]]
 
@@ -115,44 +112,15 @@ class StaticIdentityProvider:
     def validate_jwt(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
         if self._validator is not None:
             return self._validator(token, audience, self._bundles)
-        return validate_jwt_svid(token, audience, self._bundles, now=self._clock.now())
+        return validate_jwt_svid(token, audience, self._bundles, clock=self._clock)
 
 
 def validate_jwt_svid(
-    token: str, audience: str, bundles: BundleSet, *, now: datetime
+    token: str, audience: str, bundles: BundleSet, *, clock: Clock
 ) -> tuple[SpiffeId, Mapping[str, Any]]:
-    """Minimal JWT-SVID validation with the core checks (the verifier's validator replaces it)."""
-    if len(token) > MAX_TOKEN_BYTES:
-        raise InvalidToken("the token is too large", reason="too-large")
-    try:
-        header = jwt.get_unverified_header(token)
-        unverified = jwt.decode(token, options={"verify_signature": False})
-    except jwt.PyJWTError as exc:
-        raise InvalidToken(f"the token is not a JWT: {exc}", reason="malformed") from exc
-    alg = check_jwt_header(header)
-    try:
-        sid = SpiffeId.parse(str(unverified.get("sub", "")))
-    except InvalidSpiffeId as exc:
-        raise InvalidToken(f"the token subject is not a SPIFFE ID: {exc}", reason="sub") from exc
-    bundle = bundles.get(sid.trust_domain)
-    if bundle is None:
-        raise InvalidToken(f"no bundle for trust domain {sid.trust_domain}", reason="untrusted")
-    authority = bundle.jwt_authority(str(header.get("kid")))
-    if authority is None:
-        raise InvalidToken("the token's kid is not in its trust domain's bundle", reason="kid")
-    if alg not in algorithms_for_key(authority.public_key):
-        raise InvalidToken(f"{alg} does not match the key type", reason="alg")
-    try:
-        claims = jwt.decode(
-            token,
-            authority.public_key,  # type: ignore[arg-type]
-            algorithms=[alg],
-            options={"verify_aud": False, "verify_exp": False, "verify_iat": False},
-        )
-    except jwt.PyJWTError as exc:
-        raise InvalidToken(f"the token signature is invalid: {exc}", reason="signature") from exc
-    checked = check_jwt_claims(claims, audience=audience, now=now)
-    return checked.spiffe_id, checked.claims
+    """Validate with the verifier's :class:`JwtValidator` (one audience per call, no cache)."""
+    checked = JwtValidator(bundles, audience, clock=clock, cache_size=0).validate(token)
+    return checked.spiffe_id, checked.claims.claims
 
 
 def _half_life(token: str) -> datetime:
