@@ -25,7 +25,7 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from s2s.core.errors import Conflict, InvalidConfig, NotFound, S2SError, StoreError
 from s2s.core.registration import RegistrationEntry
@@ -724,3 +724,10 @@ def _check_schema(conn: sqlite3.Connection, path: Path, tables: set[str], app_id
         )
     if row[1] < SCHEMA_VERSION:  # future migrations run here, inside this transaction
         raise InvalidConfig(f"the store {path} has schema version {row[1]}, which has no upgrade")
+
+
+if TYPE_CHECKING:
+    from s2s.store.base import Store
+
+    def _conforms(store: SqliteStore) -> Store:  # mypy proves SqliteStore implements Store
+        return store

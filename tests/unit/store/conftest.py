@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ async def open_sqlite(sqlite_path: Path) -> AsyncIterator[Callable[..., Awaitabl
     sqlite_path.parent.mkdir(mode=0o700, exist_ok=True)
     handles: list[SqliteStore] = []
 
-    async def open_one(**kwargs: float) -> SqliteStore:
+    async def open_one(**kwargs: Any) -> SqliteStore:
         store = await SqliteStore.open(sqlite_path, **kwargs)
         handles.append(store)
         return store
