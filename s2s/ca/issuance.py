@@ -207,7 +207,7 @@ class Issuer:
         now = utc(self._clock.now())
         self._check_id_not_revoked(entry.spiffe_id, now)
         ttl = self._capped_ttl(ttl, default=min(entry.jwt_svid_ttl, self._config.max_svid_ttl))
-        token = self._mint_jwt(entry.spiffe_id, audience, ttl, now)
+        token = self.sign_jwt(entry.spiffe_id, audience, ttl, now)
         self._audit.jwt_issued(
             spiffe_id=token.spiffe_id,
             audience=token.audience,
@@ -347,7 +347,7 @@ class Issuer:
         ttl = self._capped_ttl(ttl, default=self._config.jwt_svid_ttl)
         now = utc(self._clock.now())
         self._check_id_not_revoked(spiffe_id, now)
-        token = self._mint_jwt(spiffe_id, audience, ttl, now)
+        token = self.sign_jwt(spiffe_id, audience, ttl, now)
         self._audit.jwt_issued(
             spiffe_id=spiffe_id,
             audience=token.audience,
@@ -372,9 +372,19 @@ class Issuer:
             )
         return ttl
 
-    def _mint_jwt(
-        self, spiffe_id: SpiffeId, audience: Sequence[str], ttl: timedelta, now: datetime
+    def sign_jwt(
+        self,
+        spiffe_id: SpiffeId,
+        audience: Sequence[str],
+        ttl: timedelta,
+        now: datetime | None = None,
     ) -> JwtSvid:
+        """Mint one JWT-SVID for an already-authorized ID (sync, in-process; no audit).
+
+        ES256 with ``kid`` and ``typ: JWT``; the TTL is clipped so the token never outlives
+        its signing key in the bundle.
+        """
+        now = utc(now if now is not None else self._clock.now())
         audiences = _audiences(audience)
         signer = self._authority.jwt_signer
         ttl = min(ttl, signer.not_after - now)  # a token never outlives its key in the bundle
