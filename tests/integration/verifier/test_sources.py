@@ -1,0 +1,365 @@
+"""Sources against a real Workload API server on a Unix socket, and PEM files on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from prometheus_client import CollectorRegistry
+
+from s2s.agent.attestor import UnixAttestor
+from s2s.agent.static_provider import StaticIdentityProvider
+from s2s.agent.workload_api import WorkloadApiServer
+from s2s.core.bundle import BundleSet
+from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
+from s2s.core.x509svid import X509Svid
+from s2s.testing import TestAuthority
+from s2s.verifier.jwt import JwtMetrics, JwtValidator
+from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
+from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_pem_source, open_x509_source
+from s2s.verifier.x509context import X509Context, X509SourceLike
+
+ME = "spiffe://example.org/me"
+AUD = "spiffe://example.org/api"
+FAST = Backoff(initial=0.01, maximum=0.05)
+_T = TypeVar("_T")
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ca() -> TestAuthority:
+    return TestAuthority("example.org")
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="s2s-src-test-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def provider(ca: TestAuthority) -> StaticIdentityProvider:
+    return StaticIdentityProvider(bundles=BundleSet.of(ca.bundle()), jwt_signer=ca.issue_jwt_svid)
+
+
+@pytest.fixture
+async def agent(
+    provider: StaticIdentityProvider, socket_dir: Path
+) -> AsyncIterator[WorkloadApiServer]:
+    server = WorkloadApiServer(
+        provider=provider, attestor=UnixAttestor(), socket_path=str(socket_dir / "agent.sock")
+    )
+    async with server:
+        yield server
+
+
+def register(provider: StaticIdentityProvider, svid: X509Svid) -> None:
+    provider.put("me", [f"unix:uid:{os.getuid()}"], svid)
+
+
+class Updates:
+    """Collects subscriber calls; ``wait`` blocks (with a deadline) until a predicate holds."""
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, value: Any) -> None:
+        with self._cond:
+            self.values.append(value)
+            self._cond.notify_all()
+
+    async def wait(self, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+        return await asyncio.to_thread(self.wait_sync, predicate, timeout)
+
+    def wait_sync(self, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
+        with self._cond:
+            ok = self._cond.wait_for(lambda: any(predicate(v) for v in self.values), timeout)
+            assert ok, f"no matching update within {timeout} s; got {len(self.values)}"
+            return next(v for v in self.values if predicate(v))
+
+
+def serial_is(serial: int) -> Callable[[X509Context], bool]:
+    return lambda ctx: ctx.default_svid.serial == serial
+
+
+# --- Backoff ------------------------------------------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
+    b = Backoff(initial=0.1, maximum=5.0, jitter=0.2)
+    assert [round(b.delay(n, 0.5), 3) for n in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert b.delay(0, 0.0) == pytest.approx(0.08)
+    assert b.delay(0, 0.999999) == pytest.approx(0.12)
+    assert b.delay(10_000, 0.999999) == 5.0
+
+
+# --- X509Source on the Workload API --------------------------------------------------------------
+
+
+async def test_x509_source_gets_the_svid_and_follows_rotation(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority
+) -> None:
+    first = ca.issue_x509_svid(ME)
+    register(provider, first)
+    async with X509Source(socket=agent.socket_path, backoff=FAST) as source:
+        assert isinstance(source, X509SourceLike)
+        assert source.current().default_svid.serial == first.serial
+        bundle = source.current().bundles.get(ca.trust_domain)
+        assert bundle is not None
+        assert bundle.x509_authorities == (ca.root,)
+        updates = Updates()
+        source.subscribe(updates)
+        second = ca.issue_x509_svid(ME)
+        register(provider, second)
+        await updates.wait(serial_is(second.serial))
+        assert source.current().default_svid.serial == second.serial
+        other = TestAuthority("other.org")
+        provider.set_bundles(BundleSet.of(ca.bundle(), other.bundle()))
+        await updates.wait(lambda ctx: len(ctx.bundles) == 2)
+
+
+async def test_x509_source_start_waits_for_the_first_identity(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority
+) -> None:
+    source = X509Source(socket=agent.socket_path, backoff=FAST)
+    starting = asyncio.create_task(source.start(timeout=5))
+    while source.reconnects < 2:  # PERMISSION_DENIED (no identity yet) is retried
+        await asyncio.sleep(0.01)
+    with pytest.raises(Unavailable):
+        source.current()
+    svid = ca.issue_x509_svid(ME)
+    register(provider, svid)
+    await starting
+    assert source.current().default_svid.serial == svid.serial
+    await source.close()
+
+
+async def test_x509_source_times_out_without_identity(agent: WorkloadApiServer) -> None:
+    source = X509Source(socket=agent.socket_path, backoff=FAST)
+    with pytest.raises(Unavailable, match=r"within 0\.3 s"):
+        await source.start(timeout=0.3)
+
+
+async def test_x509_source_times_out_without_an_agent(socket_dir: Path) -> None:
+    source = X509Source(socket=str(socket_dir / "nobody.sock"), backoff=FAST)
+    with pytest.raises(Unavailable, match="no Workload API socket"):
+        await source.start(timeout=0.2)
+
+
+async def test_x509_source_keeps_the_last_snapshot_across_an_agent_restart(
+    provider: StaticIdentityProvider, socket_dir: Path, ca: TestAuthority
+) -> None:
+    path = str(socket_dir / "agent.sock")
+    first, second = ca.issue_x509_svid(ME), ca.issue_x509_svid(ME)
+    register(provider, first)
+    server = WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=path)
+    await server.start()
+    source = X509Source(socket=path, backoff=FAST)
+    await source.start(timeout=5)
+    updates = Updates()
+    source.subscribe(updates)
+    await server.stop(grace=0)
+    reconnects = source.reconnects
+    while source.reconnects < reconnects + 2:  # the stream broke and reconnects keep failing
+        await asyncio.sleep(0.01)
+    assert source.current().default_svid.serial == first.serial  # last good snapshot kept
+    register(provider, second)
+    server = WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=path)
+    async with server:
+        await updates.wait(serial_is(second.serial))
+    await source.close()
+
+
+async def test_x509_source_follows_crls_signed_by_its_trust_domain(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority
+) -> None:
+    svid = ca.issue_x509_svid(ME)
+    register(provider, svid)
+    async with X509Source(socket=agent.socket_path, backoff=FAST) as source:
+        assert len(source.revocations.current()) == 0
+        updates = Updates()
+        source.subscribe(updates)
+        foreign = TestAuthority("example.org")
+        provider.set_crls([crl_der(foreign.intermediate, foreign.intermediate_key, 7)])
+        await wait_for(lambda: source.crls() != ())
+        assert source.revocations.error is not None  # not signed by a CA we trust: ignored
+        assert not source.revocations.current().is_serial_revoked(7)
+        provider.set_crls([crl_der(ca.intermediate, ca.intermediate_key, svid.serial)])
+        await wait_for(lambda: source.revocations.current().is_serial_revoked(svid.serial))
+        assert source.revocations.error is None
+
+
+def crl_der(issuer: x509.Certificate, key: Any, serial: int) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    revoked = x509.RevokedCertificateBuilder(serial_number=serial, revocation_date=now).build()
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=issuer.subject,
+        last_update=now,
+        next_update=now + dt.timedelta(hours=1),
+        revoked_certificates=[revoked],
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+# --- JwtSource ----------------------------------------------------------------------------------
+
+
+async def test_jwt_source_bundles_validate_the_agents_jwt_svids(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority
+) -> None:
+    register(provider, ca.issue_x509_svid(ME))
+    async with JwtSource(socket=agent.socket_path, backoff=FAST) as source:
+        validator = JwtValidator(source, AUD, metrics=JwtMetrics(CollectorRegistry()))
+        svid = await source.fetch_jwt_svid(AUD)
+        assert str(validator.validate(svid.token).spiffe_id) == ME
+        # Twin: a token signed by another authority of the same name is not trusted.
+        impostor = TestAuthority("example.org").issue_jwt_svid(ME, AUD)
+        with pytest.raises(InvalidToken) as info:
+            validator.validate(impostor)
+        assert info.value.reason == "kid"
+        # The trust domain drops its JWT key: the source follows, and the cached success goes.
+        updates = Updates()
+        source.subscribe(updates)
+        other = TestAuthority("other.org")
+        provider.set_bundles(BundleSet.of(other.bundle()))
+        await updates.wait(lambda bundles: ca.trust_domain not in bundles.trust_domains())
+        with pytest.raises(InvalidToken) as info:
+            validator.validate(svid.token)
+        assert info.value.reason == "untrusted"
+
+
+# --- PEM files ----------------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_svid(directory: Path, svid: X509Svid, bundle: bytes) -> tuple[str, str, str]:
+    paths = (directory / "svid.pem", directory / "svid.key", directory / "bundle.pem")
+    write_atomically(paths[0], svid.chain_pem())
+    write_atomically(paths[1], svid.key_pem())
+    write_atomically(paths[2], bundle)
+    return str(paths[0]), str(paths[1]), str(paths[2])
+
+
+async def test_pem_source_reloads_on_rotation_and_keeps_the_last_good_files(
+    tmp_path: Path, ca: TestAuthority
+) -> None:
+    first = ca.issue_x509_svid(ME)
+    paths = write_svid(tmp_path, first, ca.bundle_pem())
+    async with PemFileX509Source(*paths, poll_interval=0.02) as source:
+        assert source.current().default_svid.serial == first.serial
+        assert source.current().default_svid.private_key is not None
+        updates = Updates()
+        source.subscribe(updates)
+        second = ca.issue_x509_svid(ME)
+        write_svid(tmp_path, second, ca.bundle_pem())
+        await updates.wait(serial_is(second.serial))
+        # Half-written rotation: a new chain with the old key. Kept out, reported.
+        third = ca.issue_x509_svid(ME)
+        write_atomically(Path(paths[0]), third.chain_pem())
+        await wait_for(lambda: source.error is not None)
+        assert "is not the key of" in (source.error or "")
+        assert source.current().default_svid.serial == second.serial
+        write_atomically(Path(paths[1]), third.key_pem())  # the key arrives: now it loads
+        await updates.wait(serial_is(third.serial))
+        assert source.error is None
+        write_atomically(Path(paths[2]), b"garbage")
+        await wait_for(lambda: source.error is not None)
+        assert source.current().default_svid.serial == third.serial
+
+
+def test_pem_source_accepts_a_spiffe_bundle_and_refuses_bad_files(
+    tmp_path: Path, ca: TestAuthority
+) -> None:
+    svid = ca.issue_x509_svid(ME)
+    paths = write_svid(tmp_path, svid, ca.bundle().encode())
+    source = PemFileX509Source(*paths)
+    assert source.current().bundles.get(ca.trust_domain) == ca.bundle()
+    with pytest.raises(InvalidConfig, match="cannot stat"):
+        PemFileX509Source(paths[0], paths[1], str(tmp_path / "missing.pem"))
+    write_atomically(Path(paths[0]), ca.issue_x509_svid(ME, two_uri_sans=True).chain_pem())
+    with pytest.raises(InvalidConfig, match="not an X509-SVID"):
+        PemFileX509Source(*paths)
+    other = ca.issue_x509_svid(ME)
+    write_svid(tmp_path, other, b"")
+    with pytest.raises(InvalidConfig):
+        PemFileX509Source(*paths)
+
+
+# --- the synchronous facade --------------------------------------------------------------------
+
+
+def test_sync_pem_source_from_threads(tmp_path: Path, ca: TestAuthority) -> None:
+    first = ca.issue_x509_svid(ME)
+    paths = write_svid(tmp_path, first, ca.bundle_pem())
+    with open_pem_source(*paths, poll_interval=0.02) as source:
+        assert isinstance(source, X509SourceLike)
+        updates = Updates()
+        source.subscribe(updates)
+        second = ca.issue_x509_svid(ME)
+        write_svid(tmp_path, second, ca.bundle_pem())
+        updates.wait_sync(serial_is(second.serial))
+        seen: list[int] = []
+        readers = [
+            threading.Thread(target=lambda: seen.append(source.current().default_svid.serial))
+            for _ in range(8)
+        ]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+        assert seen == [second.serial] * 8
+    source.close()  # idempotent
+
+
+async def test_sync_workload_api_sources(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority
+) -> None:
+    svid = ca.issue_x509_svid(ME)
+    register(provider, svid)
+    # The sync facade blocks its caller, so it runs in a thread while this loop serves the agent.
+    x509_source = await asyncio.to_thread(open_x509_source, agent.socket_path, timeout=5)
+    jwt_source = await asyncio.to_thread(open_jwt_source, agent.socket_path, timeout=5)
+    try:
+        assert x509_source.current().default_svid.serial == svid.serial
+        token = (await asyncio.to_thread(jwt_source.fetch_jwt_svid, AUD)).token
+        validator = JwtValidator(jwt_source, AUD, metrics=JwtMetrics(CollectorRegistry()))
+        assert str(validator.validate(token).spiffe_id) == ME
+    finally:
+        await asyncio.to_thread(x509_source.close)
+        await asyncio.to_thread(jwt_source.close)
+
+
+def test_sync_source_reports_a_missing_agent(socket_dir: Path) -> None:
+    with pytest.raises(Unavailable):
+        SyncX509Source(
+            lambda: X509Source(socket=str(socket_dir / "none.sock"), backoff=FAST), timeout=0.2
+        )
