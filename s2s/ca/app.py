@@ -35,7 +35,7 @@ from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import InvalidConfig, S2SError, Unavailable
+from s2s.core.errors import Conflict, InvalidConfig, S2SError, Unavailable
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid
 from s2s.log import F, configure_logging
@@ -102,7 +102,7 @@ async def init_trust_domain(
     td = TrustDomain.parse(trust_domain)
     config = CaConfig(trust_domain=td, data_dir=data_dir)
     if config.store_path.exists() or config.kek_path.exists():
-        raise InvalidConfig(f"{data_dir} already holds a trust domain; refusing to overwrite it")
+        raise Conflict(f"{data_dir} already holds a trust domain; refusing to overwrite it")
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

@@ -1,0 +1,389 @@
+"""``s2s-ca`` driven as a user would: subprocesses for init, serve and every admin command.
+
+One CA process serves the module's read/write command tests; init, restart and refusal tests
+start their own. Pure parsing cases use click's CliRunner.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import ssl
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt as pyjwt
+import pytest
+from ca_harness import csr_pem, key_pem, load_chain, new_key
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from s2s.ca.client import AdminClient
+from s2s.cli.ca import cli
+from s2s.core.errors import Unavailable
+from s2s.core.x509svid import check_x509_svid
+from s2s.testing import TestAuthority
+from s2s.verifier.memcert import load_cert_chain_from_memory
+
+TD = "example.org"
+CLI = [sys.executable, "-m", "s2s.cli.ca"]
+needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+
+
+def s2s_ca(data_dir: Path, *args: str, check: int | None = 0) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*CLI, "--data-dir", str(data_dir), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if check is not None:
+        assert done.returncode == check, (done.returncode, done.stdout, done.stderr)
+    return done
+
+
+def as_json(done: subprocess.CompletedProcess[str]) -> object:
+    return json.loads(done.stdout)
+
+
+@dataclass
+class Served:
+    data_dir: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+    port: int
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=15)
+
+
+def serve(data_dir: Path) -> Served:
+    """Start ``s2s-ca serve`` and wait (with a deadline) for its ``ca.started`` log line."""
+    log = data_dir.parent / f"serve-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0"],
+            stdout=out, stderr=out,
+        )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if '"ca.started"' in line:
+                port = int(json.loads(line)["address"].rsplit(":", 1)[1])
+                return Served(data_dir, process, log, port)
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited {process.returncode}: {log.read_text()}")
+        time.sleep(0.02)
+    process.kill()
+    raise AssertionError(f"serve did not start in 20 s: {log.read_text()}")
+
+
+def https(served: Served, method: str, path: str, body: object = None, *,
+          cert: tuple[str, bytes] | None = None) -> tuple[int, dict]:  # fmt: skip
+    """One HTTPS call to the served CA (trusting its bundle; optional client SVID)."""
+    bundle = AdminClient(served.data_dir / "admin.sock").get("/v1/bundle", format="pem")
+    ctx = ssl.create_default_context(cadata=bundle)
+    ctx.check_hostname = False
+    if cert is not None:
+        load_cert_chain_from_memory(ctx, cert[0].encode(), cert[1])
+    conn = http.client.HTTPSConnection("127.0.0.1", served.port, context=ctx, timeout=30)
+    try:
+        headers = {"Content-Type": "application/json"}
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers=headers)  # fmt: skip
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    data_dir = tmp_path_factory.mktemp("cli") / "ca"
+    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    running = serve(data_dir)
+    yield running
+    assert running.stop() == 0
+
+
+def attest(served: Served) -> tuple[str, object, str]:
+    token = as_json(s2s_ca(served.data_dir, "token", "generate", "--json"))
+    assert isinstance(token, dict)
+    assert set(token) >= {"token", "agent_id", "expires_at"}
+    key = new_key()
+    status, body = https(
+        served, "POST", "/v1/agent/attest", {"join_token": token["token"], "csr": csr_pem(key)}
+    )
+    assert status == 200, body
+    return body["spiffe_id"], key, body["svid_chain"]
+
+
+# ---- init and serve refusals --------------------------------------------------------------
+
+
+def test_init_makes_owner_only_files_with_no_plaintext_keys(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    done = s2s_ca(data_dir, "init", "--trust-domain", TD, "--json")
+    assert as_json(done)["trust_domain"] == TD  # type: ignore[index]
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    files = list(data_dir.iterdir())
+    assert {f.name for f in files} >= {"kek.bin", "s2s.db"}
+    for f in files:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+        content = f.read_bytes()
+        assert b"PRIVATE KEY" not in content, f
+        assert b"-----BEGIN" not in content, f
+
+
+def test_init_refuses_an_initialized_dir(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    done = s2s_ca(data_dir, "init", "--trust-domain", TD, check=5)
+    assert "already holds a trust domain" in done.stderr
+
+
+def test_init_refuses_a_bad_trust_domain(tmp_path: Path) -> None:
+    done = s2s_ca(tmp_path / "ca", "init", "--trust-domain", "Example.ORG", check=2)
+    assert "trust domain" in done.stderr.lower()
+    assert "Traceback" not in done.stderr
+
+
+def _refuses_to_serve(data_dir: Path, fragment: str) -> None:
+    done = subprocess.run(
+        [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert fragment in done.stderr, done.stderr
+
+
+def test_serve_refuses_an_uninitialized_dir(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    _refuses_to_serve(tmp_path / "empty", "s2s-ca init")
+
+
+def test_serve_refuses_a_corrupt_store(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    (data_dir / "s2s.db").write_bytes(b"this is not a database" * 100)
+    _refuses_to_serve(data_dir, "error:")
+
+
+def test_serve_refuses_a_foreign_key_file(tmp_path: Path) -> None:
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    s2s_ca(mine, "init", "--trust-domain", TD)
+    s2s_ca(other, "init", "--trust-domain", TD)
+    shutil.copy2(other / "kek.bin", mine / "kek.bin")
+    _refuses_to_serve(mine, "key-encryption key")
+
+
+def test_serve_refuses_a_world_readable_key_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    os.chmod(data_dir / "kek.bin", 0o644)
+    _refuses_to_serve(data_dir, "chmod 600")
+
+
+# ---- admin commands against one running CA ------------------------------------------------
+
+
+def test_admin_socket_is_owner_only(served: Served) -> None:
+    sock = served.data_dir / "admin.sock"
+    assert stat.S_ISSOCK(sock.stat().st_mode)
+    assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+def test_healthcheck(served: Served, tmp_path: Path) -> None:
+    assert s2s_ca(served.data_dir, "healthcheck").stdout.strip() == "ready"
+    done = s2s_ca(tmp_path, "healthcheck", check=3)
+    assert "is `s2s-ca serve` running?" in done.stderr
+
+
+def test_agents_and_entries(served: Served) -> None:
+    agent_id, _key, _chain = attest(served)
+    agents = as_json(s2s_ca(served.data_dir, "agent", "list", "--json"))
+    assert agent_id in [a["spiffe_id"] for a in agents]  # type: ignore[union-attr, index]
+    assert agent_id in s2s_ca(served.data_dir, "agent", "list").stdout
+    shown = as_json(s2s_ca(served.data_dir, "agent", "show", agent_id, "--json"))
+    assert shown["banned"] is False  # type: ignore[index]
+
+    created = as_json(s2s_ca(
+        served.data_dir, "entry", "create", "--spiffe-id", f"spiffe://{TD}/billing",
+        "--parent-id", agent_id, "--selector", "unix:uid:1001", "--selector", "unix:gid:50",
+        "--x509-ttl", "2m", "--json",
+    ))  # fmt: skip
+    assert isinstance(created, dict)
+    assert created["selectors"] == ["unix:gid:50", "unix:uid:1001"]
+    assert created["x509_svid_ttl"] == 120
+    entry_id = created["id"]
+    listed = as_json(s2s_ca(served.data_dir, "entry", "list", "--parent-id", agent_id, "--json"))
+    assert [e["id"] for e in listed] == [entry_id]  # type: ignore[union-attr, index]
+    table = s2s_ca(served.data_dir, "entry", "list").stdout
+    assert "SPIFFE ID" in table
+    assert entry_id in table
+    updated = as_json(s2s_ca(
+        served.data_dir, "entry", "update", entry_id, "--hint", "primary", "--json"
+    ))  # fmt: skip
+    assert updated["hint"] == "primary"  # type: ignore[index]
+    assert updated["revision"] > created["revision"]  # type: ignore[index]
+    assert "primary" in s2s_ca(served.data_dir, "entry", "show", entry_id).stdout
+    s2s_ca(served.data_dir, "entry", "delete", entry_id)
+    s2s_ca(served.data_dir, "entry", "show", entry_id, check=4)
+
+
+def test_admin_rejections_have_meaningful_exit_codes(served: Served) -> None:
+    bad_id = s2s_ca(served.data_dir, "entry", "create", "--spiffe-id", "spiffe://other.org/x",
+                    "--parent-id", f"spiffe://{TD}/s2s/agent/join_token/a",
+                    "--selector", "unix:uid:1", check=2)  # fmt: skip
+    assert "trust domain" in bad_id.stderr
+    s2s_ca(served.data_dir, "agent", "show", f"spiffe://{TD}/s2s/agent/join_token/nope", check=4)
+    s2s_ca(served.data_dir, "agent", "evict", f"spiffe://{TD}/s2s/agent/join_token/nope", check=4)
+    s2s_ca(served.data_dir, "jwt", "mint", "--spiffe-id", f"spiffe://{TD}/w", "--audience", "a",
+           "--ttl", "1h", check=2)  # fmt: skip
+
+
+def test_ban_and_evict_cut_the_agent_off(served: Served) -> None:
+    for action in ("ban", "evict"):
+        agent_id, key, chain = attest(served)
+        cert = (chain, key_pem(key))
+        assert https(served, "GET", "/v1/agent/entries", cert=cert)[0] == 200
+        s2s_ca(served.data_dir, "agent", action, agent_id)
+        status, body = https(served, "GET", "/v1/agent/entries", cert=cert)
+        assert (status, body["error"]) == (403, "not_authorized")
+    listed = as_json(s2s_ca(served.data_dir, "agent", "list", "--json"))
+    banned = [a for a in listed if a["banned"]]  # type: ignore[union-attr, index]
+    assert len(banned) == 1
+
+
+@needs_openssl
+def test_x509_mint_writes_files_openssl_verifies(served: Served, tmp_path: Path) -> None:
+    out = tmp_path / "svid"
+    done = s2s_ca(served.data_dir, "x509", "mint", "--spiffe-id", f"spiffe://{TD}/tool",
+                  "--ttl", "60s", "--write", str(out), "--json")  # fmt: skip
+    assert len(as_json(done)["files"]) == 3  # type: ignore[index]
+    assert stat.S_IMODE((out / "svid_key.pem").stat().st_mode) == 0o600
+    chain = load_chain((out / "svid.pem").read_bytes())
+    assert len(chain) == 2
+    assert str(check_x509_svid(chain)) == f"spiffe://{TD}/tool"
+    pem = s2s_ca(served.data_dir, "bundle", "show", "--format", "pem").stdout
+    assert pem.strip() == (out / "bundle.pem").read_text().strip()
+    (tmp_path / "leaf.pem").write_bytes(chain[0].public_bytes(Encoding.PEM))
+    (tmp_path / "inter.pem").write_bytes(chain[1].public_bytes(Encoding.PEM))
+    (tmp_path / "foreign.pem").write_bytes(TestAuthority(TD).bundle_pem())
+    for roots, ok in ((out / "bundle.pem", True), (tmp_path / "foreign.pem", False)):
+        verified = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(roots), "-untrusted", str(tmp_path / "inter.pem"),
+             str(tmp_path / "leaf.pem")], capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert (verified.returncode == 0) is ok, verified.stdout + verified.stderr
+
+
+def test_jwt_mint_verifies_with_the_bundle_jwks(served: Served) -> None:
+    minted = as_json(s2s_ca(served.data_dir, "jwt", "mint", "--spiffe-id", f"spiffe://{TD}/w",
+                            "--audience", "db", "--json"))  # fmt: skip
+    token = minted["token"]  # type: ignore[index]
+    assert s2s_ca(served.data_dir, "jwt", "mint", "--spiffe-id", f"spiffe://{TD}/w",
+                  "--audience", "db").stdout.count(".") == 2  # fmt: skip
+    bundle = as_json(s2s_ca(served.data_dir, "bundle", "show", "--format", "spiffe"))
+    kid = pyjwt.get_unverified_header(token)["kid"]
+    jwk = next(k for k in bundle["keys"] if k.get("kid") == kid)  # type: ignore[index]
+    claims = pyjwt.decode(token, pyjwt.PyJWK.from_dict(jwk).key, algorithms=["ES256"],
+                          audience="db")  # fmt: skip
+    assert claims["sub"] == f"spiffe://{TD}/w"
+    with pytest.raises(pyjwt.InvalidAudienceError):
+        pyjwt.decode(token, pyjwt.PyJWK.from_dict(jwk).key, algorithms=["ES256"], audience="x")
+
+
+def test_authority_list(served: Served) -> None:
+    found = as_json(s2s_ca(served.data_dir, "authority", "list", "--json"))
+    kinds = sorted(a["kind"] for a in found)  # type: ignore[union-attr, index]
+    assert kinds == ["jwt", "x509-intermediate", "x509-root"]
+    assert "x509-root" in s2s_ca(served.data_dir, "authority", "list").stdout
+
+
+def test_explicit_socket_option(served: Served, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*CLI, "--socket", str(served.data_dir / "admin.sock"), "agent", "list", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)
+
+
+def test_env_data_dir_and_console_script(served: Served) -> None:
+    script = Path(sys.executable).with_name("s2s-ca")
+    if not script.exists():
+        pytest.skip("console script not installed")
+    done = subprocess.run(
+        [str(script), "healthcheck"], capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "S2S_DATA_DIR": str(served.data_dir)},
+    )  # fmt: skip
+    assert (done.returncode, done.stdout.strip()) == (0, "ready")
+
+
+# ---- restart ------------------------------------------------------------------------------
+
+
+def test_restart_keeps_entries_agents_and_keys(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    first = serve(data_dir)
+    try:
+        agent_id, key, chain = attest(first)
+        entry = as_json(s2s_ca(
+            data_dir, "entry", "create", "--spiffe-id", f"spiffe://{TD}/db",
+            "--parent-id", agent_id, "--selector", "unix:uid:5", "--json",
+        ))  # fmt: skip
+        bundle_before = as_json(s2s_ca(data_dir, "bundle", "show", "--format", "spiffe"))
+        authorities_before = as_json(s2s_ca(data_dir, "authority", "list", "--json"))
+    finally:
+        assert first.stop() == 0
+    assert not (data_dir / "admin.sock").exists()
+    with pytest.raises(Unavailable):
+        AdminClient(data_dir / "admin.sock").get("/readyz")
+
+    second = serve(data_dir)
+    try:
+        assert as_json(s2s_ca(data_dir, "bundle", "show", "--format", "spiffe")) == bundle_before
+        assert as_json(s2s_ca(data_dir, "authority", "list", "--json")) == authorities_before
+        agents = as_json(s2s_ca(data_dir, "agent", "list", "--json"))
+        assert [a["spiffe_id"] for a in agents] == [agent_id]  # type: ignore[union-attr, index]
+        status, listed = https(second, "GET", "/v1/agent/entries", cert=(chain, key_pem(key)))
+        assert status == 200
+        assert [e["id"] for e in listed["entries"]] == [entry["id"]]  # type: ignore[index]
+    finally:
+        assert second.stop() == 0
+
+
+# ---- pure parsing (CliRunner) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["token", "generate"],  # no --data-dir, no --socket
+        ["--data-dir", "/nonexistent", "token", "generate", "--ttl", "5x"],
+        ["--data-dir", "/nonexistent", "entry", "create", "--spiffe-id", "spiffe://a/b",
+         "--parent-id", "spiffe://a/c"],  # no selector
+        ["--data-dir", "/nonexistent", "entry", "update", "abc"],  # nothing to update
+        ["--data-dir", "/nonexistent", "bundle", "show", "--format", "der"],
+    ],
+)  # fmt: skip
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = CliRunner().invoke(cli, args, env={"S2S_DATA_DIR": ""})
+    assert result.exit_code == 2, result.output
+
+
+def test_help_lists_every_command() -> None:
+    out = CliRunner().invoke(cli, ["--help"]).output
+    for name in ("init", "serve", "entry", "token", "agent", "bundle", "authority", "x509",
+                 "jwt", "healthcheck"):  # fmt: skip
+        assert name in out
