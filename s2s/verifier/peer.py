@@ -88,6 +88,8 @@ class _ChainFacts:
 
 
 _facts: dict[tuple[bytes, ...], _ChainFacts | _Rejection] = {}
+# TLS session id -> the chain verified in the full handshake that created the session.
+_sessions: dict[bytes, tuple[bytes, ...]] = {}
 
 
 def verified_chain_der(ssl_object: Any) -> list[bytes]:
@@ -112,13 +114,22 @@ def verify_peer(
     Raises :class:`PeerRejected` naming the reason (see the module docstring).
     """
     chain = verified_chain_der(ssl_object)
-    if not chain:
-        if ssl_object.getpeercert(binary_form=True) is None:
+    session_id = _session_id(ssl_object)
+    if chain:
+        if session_id:
+            _remember_session(session_id, tuple(chain))
+    else:
+        leaf = ssl_object.getpeercert(binary_form=True)
+        if leaf is None:
             raise PeerRejected("the peer presented no certificate", reason="no-certificate")
-        # A resumed session carries no verified chain; the chain is never taken on trust.
-        raise PeerRejected(
-            "the session was resumed without a verified chain", reason="resumed-session"
-        )
+        # A resumed TLS 1.2 session carries no verified chain: use the chain verified in full
+        # when OpenSSL created the session, and run every current check on it again.
+        known = _sessions.get(session_id) if session_id else None
+        if known is None or known[0] != leaf:
+            raise PeerRejected(
+                "the session was resumed without a verified chain", reason="resumed-session"
+            )
+        chain = list(known)
     return verify_chain(
         chain, bundles=bundles, authorize=authorize, revocations=revocations, now=now
     )
@@ -150,6 +161,17 @@ def verify_chain(
     if not authorize(sid):
         raise PeerRejected(f"{sid} is not authorized", reason="unauthorized", spiffe_id=sid)
     return sid
+
+
+def _session_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> bytes:
+    session = ssl_object.session
+    return b"" if session is None else session.id
+
+
+def _remember_session(session_id: bytes, chain: tuple[bytes, ...]) -> None:
+    if len(_sessions) >= _CACHE_LIMIT:
+        _sessions.clear()  # worst case: a resumed session is refused and the client retries
+    _sessions[session_id] = chain
 
 
 def classify_ssl_error(exc: ssl.SSLError) -> str:

@@ -24,6 +24,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_id, authorize_member_of
+from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
 from s2s.verifier.revocations import InMemoryRevocations
@@ -238,3 +239,43 @@ async def test_blocking_sockets_verify_in_handshake(
         with pytest.raises(PeerRejected) as info:
             await asyncio.to_thread(connect, pinned)
         assert info.value.reason == "unauthorized"
+
+
+async def test_resumed_tls12_session_is_checked_again(
+    ca: TestAuthority, metrics: PeerMetrics
+) -> None:
+    """A resumed session has no verified chain; the chain of its full handshake is re-checked
+    (revocation, bundle, authorizer) on every resumption."""
+    revocations = InMemoryRevocations()
+    server_ctx = server_context(
+        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), revocations=revocations, metrics=metrics
+    )
+    svid = ca.issue_x509_svid(PEER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.load_verify_locations(cadata=ca.bundle_pem().decode())
+    load_cert_chain_from_memory(client, svid.chain_pem(), svid.key_pem())
+
+    async with serving(server_ctx) as served:
+
+        def connect(session: ssl.SSLSession | None) -> tuple[bytes, ssl.SSLSession | None, bool]:
+            raw = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+            with raw, client.wrap_socket(raw, session=session) as tls:
+                try:
+                    data = tls.recv(1000)
+                except (ssl.SSLError, ConnectionResetError):
+                    data = b""
+                return data, tls.session, tls.session_reused
+
+        data, session, reused = await asyncio.to_thread(connect, None)
+        assert (data, reused) == (PEER.encode(), False)
+        data, _, reused = await asyncio.to_thread(connect, session)
+        assert (data, reused) == (PEER.encode(), True)
+        now = dt.datetime.now(dt.UTC)
+        revocations.add(
+            RevocationRecord.for_serial(svid.serial, revoked_at=now, expires_at=now + HOUR)
+        )
+        data, _, reused = await asyncio.to_thread(connect, session)
+        assert (data, reused) == (b"", True)
+    assert metrics.rejection_count("revoked") == 1
