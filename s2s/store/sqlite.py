@@ -27,7 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from s2s.core.errors import Conflict, InvalidConfig, NotFound, S2SError, StoreError
+from s2s.core.errors import (
+    Conflict,
+    InvalidConfig,
+    InvalidRequest,
+    NotFound,
+    S2SError,
+    StoreError,
+)
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
@@ -426,14 +433,10 @@ class SqliteStore:
         return await self._write(run)
 
     async def get_revocation(self, kind: RevocationKind, value: str) -> RevocationRecord:
-        def run(conn: sqlite3.Connection) -> RevocationRecord:
-            query = "SELECT doc FROM revocations WHERE kind=? AND value=?"
-            found = _scalar(conn, query, str(kind), value)
-            if found is None:
-                raise NotFound(f"no revocation record for {kind} {value!r}")
-            return _decode(found, RevocationRecord.from_json)
-
-        return await self._read(run)
+        query = "SELECT doc FROM revocations WHERE kind=? AND value=?"
+        missing = f"no revocation record for {kind} {value!r}"
+        key = (str(kind), value)
+        return await self._read(lambda c: _one(c, query, key, RevocationRecord.from_json, missing))
 
     async def list_revocations(self) -> tuple[RevocationRecord, ...]:
         query = "SELECT doc FROM revocations ORDER BY kind, value"
@@ -454,13 +457,11 @@ class SqliteStore:
             await self._write(run)
 
     async def get_issued(self, serial: int) -> IssuedSerial:
-        def run(conn: sqlite3.Connection) -> IssuedSerial:
-            found = _scalar(conn, "SELECT doc FROM issued WHERE serial=?", _serial(serial))
-            if found is None:
-                raise NotFound(f"serial {serial:x} is not in the issued index")
-            return _decode(found, IssuedSerial.from_json)
-
-        return await self._read(run)
+        query = "SELECT doc FROM issued WHERE serial=?"
+        missing = f"serial {serial:x} is not in the issued index"
+        return await self._read(
+            lambda c: _one(c, query, _serial(serial), IssuedSerial.from_json, missing)
+        )
 
     async def list_issued(
         self,
@@ -573,9 +574,9 @@ def _serial(serial: int) -> str:
 
 def _check_text(what: str, key: object, value: object) -> None:
     if not isinstance(key, str) or not key:
-        raise InvalidConfig(f"a {what} key must be non-empty text")
+        raise InvalidRequest(f"a {what} key must be non-empty text")
     if value is not None and not isinstance(value, str):
-        raise InvalidConfig(f"a {what} value must be text")
+        raise InvalidRequest(f"a {what} value must be text")
 
 
 def _check_revision(what: str, current: int, expected: int) -> None:
@@ -588,11 +589,18 @@ def _put_authority(conn: sqlite3.Connection, r: AuthorityRecord) -> None:
     conn.execute("INSERT OR REPLACE INTO authorities VALUES (?, ?, ?, ?, ?, ?)", row)
 
 
-def _get_authority(conn: sqlite3.Connection, authority_id: str) -> AuthorityRecord:
-    found = _scalar(conn, "SELECT doc FROM authorities WHERE id=?", authority_id)
+def _one(conn: sqlite3.Connection, query: str, key: Any, parse: _FromJson[_T], missing: str) -> _T:
+    found = _scalar(conn, query, *(key if isinstance(key, tuple) else (key,)))
     if found is None:
-        raise NotFound(f"no authority {authority_id!r}")
-    return _decode(found, AuthorityRecord.from_json)
+        raise NotFound(missing)
+    return _decode(found, parse)
+
+
+def _get_authority(conn: sqlite3.Connection, authority_id: str) -> AuthorityRecord:
+    query = "SELECT doc FROM authorities WHERE id=?"
+    return _one(
+        conn, query, authority_id, AuthorityRecord.from_json, f"no authority {authority_id!r}"
+    )
 
 
 def _put_entry(conn: sqlite3.Connection, entry: RegistrationEntry) -> None:
@@ -610,10 +618,10 @@ def _put_entry(conn: sqlite3.Connection, entry: RegistrationEntry) -> None:
 
 
 def _get_entry(conn: sqlite3.Connection, entry_id: str) -> RegistrationEntry:
-    found = _scalar(conn, "SELECT doc FROM entries WHERE id=?", entry_id)
-    if found is None:
-        raise NotFound(f"no registration entry {entry_id!r}")
-    return _decode(found, RegistrationEntry.from_json)
+    missing = f"no registration entry {entry_id!r}"
+    return _one(
+        conn, "SELECT doc FROM entries WHERE id=?", entry_id, RegistrationEntry.from_json, missing
+    )
 
 
 def _put_agent(conn: sqlite3.Connection, r: AgentRecord) -> None:
@@ -622,10 +630,10 @@ def _put_agent(conn: sqlite3.Connection, r: AgentRecord) -> None:
 
 
 def _get_agent(conn: sqlite3.Connection, spiffe_id: SpiffeId) -> AgentRecord:
-    found = _scalar(conn, "SELECT doc FROM agents WHERE spiffe_id=?", str(spiffe_id))
-    if found is None:
-        raise NotFound(f"no attested agent {spiffe_id}")
-    return _decode(found, AgentRecord.from_json)
+    query = "SELECT doc FROM agents WHERE spiffe_id=?"
+    return _one(
+        conn, query, str(spiffe_id), AgentRecord.from_json, f"no attested agent {spiffe_id}"
+    )
 
 
 def _issued_row(r: IssuedSerial) -> tuple[Any, ...]:

@@ -5,6 +5,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from s2s.core.errors import InvalidRequest
 from s2s.core.registration import (
@@ -162,3 +164,46 @@ def test_entries_are_immutable() -> None:
     e = RegistrationEntry.from_json(_doc())
     with pytest.raises(AttributeError):
         e.hint = "changed"  # type: ignore[misc]
+
+
+_segment = st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
+_ids = st.builds(
+    lambda td, segs: SpiffeId.parse(f"spiffe://{td}" + "".join("/" + s for s in segs)),
+    st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True),
+    st.lists(_segment, max_size=4),
+)
+_selectors = st.frozensets(
+    st.builds(
+        Selector.parse,
+        st.from_regex(r"[a-z][a-z0-9_-]{0,8}:[!-~]([ -~]{0,20}[!-~])?", fullmatch=True),
+    ),
+    min_size=1,
+    max_size=8,
+)
+_entries = st.builds(
+    RegistrationEntry,
+    id=st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
+    spiffe_id=_ids,
+    parent_id=_ids,
+    selectors=_selectors,
+    x509_svid_ttl=st.integers(1, 10**6).map(lambda s: dt.timedelta(seconds=s)),
+    jwt_svid_ttl=st.integers(1, 10**6).map(lambda s: dt.timedelta(seconds=s)),
+    dns_names=st.lists(
+        st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?(\.[a-z0-9]{1,10}){0,3}", fullmatch=True),
+        unique=True,
+        max_size=4,
+    ).map(tuple),
+    hint=st.text(
+        st.characters(min_codepoint=0x20, max_codepoint=0x2FF, blacklist_characters="\x7f"),
+        max_size=40,
+    ),
+    revision=st.integers(0, 2**40),
+    created_at=st.none() | st.datetimes(timezones=st.just(dt.UTC)),
+)
+
+
+@given(_entries)
+def test_any_valid_entry_survives_json_text(e: RegistrationEntry) -> None:
+    assert RegistrationEntry.from_json(json.loads(json.dumps(e.to_json()))) == e

@@ -159,6 +159,10 @@ class StoreContract:
         with pytest.raises(Conflict, match="trust_domain"):
             await store.set_setting("trust_domain", "evil.org", only_if_absent=True)
         await store.set_setting("created_at", T0.isoformat(), only_if_absent=True)
+        with pytest.raises(InvalidRequest):
+            await store.set_setting("", "x")
+        with pytest.raises(InvalidRequest):
+            await store.set_setting("k", 5)  # type: ignore[arg-type]
         assert dict(await store.list_settings()) == {
             "trust_domain": "example.org",
             "x509_svid_ttl_cap": "600",
