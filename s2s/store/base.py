@@ -173,8 +173,9 @@ class Store(Protocol):
 
     async def revision(self, topic: Topic) -> int: ...
     async def wait_for_change(self, topic: Topic, after: int, timeout: float) -> int:
-        """Return ``revision(topic)`` as soon as it exceeds ``after``, or when ``timeout`` seconds
-        have passed (then it may equal ``after``). Never raises on timeout."""
+        """Return ``revision(topic)`` as soon as it differs from ``after`` (it grew; or it is lower,
+        because the caller's revision came from a store that was since replaced), or when
+        ``timeout`` seconds have passed (then it equals ``after``). Never raises on timeout."""
         ...
 
 
@@ -220,7 +221,7 @@ async def wait_for_revision(
         event = notifier.event(topic)
         current = await read()
         remaining = deadline - time.monotonic()
-        if current > after or remaining <= 0:
+        if current != after or remaining <= 0:
             return current
         step = remaining if poll_interval is None else min(remaining, poll_interval)
         with contextlib.suppress(TimeoutError):

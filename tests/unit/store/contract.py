@@ -562,6 +562,13 @@ class StoreContract:
         )
         assert got == current
 
+    async def test_wait_returns_at_once_when_caller_is_ahead(self, store: Store) -> None:
+        current = await store.revision(Topic.ENTRIES)
+        got = await asyncio.wait_for(
+            store.wait_for_change(Topic.ENTRIES, current + 1000, timeout=60), WAKE_DEADLINE
+        )
+        assert got == current
+
     @pytest.mark.parametrize("timeout", [0.0, 0.05])
     async def test_wait_times_out_without_change(self, store: Store, timeout: float) -> None:
         current = await store.revision(Topic.AGENTS)
