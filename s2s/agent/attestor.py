@@ -123,6 +123,8 @@ class UnixAttestor:
     def attest(self, peer: PeerCredentials) -> frozenset[Selector]:
         """The caller's selectors; :class:`AttestationFailed` if it cannot be established."""
         status = self._status(peer.pid)
+        if _effective(status, "Uid") != peer.uid or _effective(status, "Gid") != peer.gid:
+            raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
         out = [Selector("unix", f"uid:{peer.uid}"), Selector("unix", f"gid:{peer.gid}")]
         if (user := self._user_name(peer.uid)) is not None:
             out.append(Selector("unix", f"user:{user}"))
@@ -185,11 +187,10 @@ class UnixAttestor:
 
     def _check_same_process(self, peer: PeerCredentials) -> None:
         """Pid-reuse guard: the process we read must be the one that connected."""
+        # Everything above was read from /proc/<pid> after connect(); if the start time still
+        # matches, the pid named the connecting process throughout (SPIRE peertracker IsAlive).
         if process_start_time(peer.pid, proc_root=self._proc) != peer.start_time:
             raise AttestationFailed(f"process {peer.pid} exited; its pid now names another process")
-        status = self._status(peer.pid)
-        if _effective(status, "Uid") != peer.uid or _effective(status, "Gid") != peer.gid:
-            raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
 
 
 def _effective(status: dict[str, str], key: str) -> int:

@@ -190,11 +190,19 @@ def test_unreadable_proc_entries_fail_attestation(tmp_path: Path) -> None:
     with pytest.raises(AttestationFailed):
         process_start_time(8, proc_root=str(tmp_path))
     fields = " ".join(str(n) for n in range(3, 30))
-    write_proc(tmp_path, 9, stat=f"9 (x) {fields}\n", status="Groups:\tone two\n")
+    write_proc(
+        tmp_path,
+        9,
+        stat=f"9 (x) {fields}\n",
+        status="Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\tone two\n",
+    )
     attestor = UnixAttestor(
         AttestorConfig(discover_path=False, sha256=False), proc_root=str(tmp_path)
     )
     with pytest.raises(AttestationFailed, match="Groups"):
+        attestor.attest(PeerCredentials(9, 0, 0, 22))
+    (tmp_path / "9" / "status").write_text("Name:\tx\n")
+    with pytest.raises(AttestationFailed, match="Uid"):
         attestor.attest(PeerCredentials(9, 0, 0, 22))
 
 
