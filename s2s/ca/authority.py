@@ -17,16 +17,21 @@ import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
+from s2s.ca.signers import (
+    JWT_ALGORITHM,
+    AuthorityInfo,
+    JwtSigner,
+    X509Signer,
+    x509_authority_record,
+)
 from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import Conflict, InvalidConfig, NotFound, Unavailable
@@ -53,89 +58,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 BUNDLE_STATE_KEY = "bundle.sequence"
-JWT_ALGORITHM = "ES256"
 # States whose public keys are published (roots, JWT keys): everything not revoked.
 _PUBLISHED = frozenset(
     {AuthorityState.PREPARED, AuthorityState.ACTIVE, AuthorityState.OLD, AuthorityState.TAINTED}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorityInfo:
-    """Public view of one authority (``s2s-ca authority list``); never holds a private key.
-
-    ``id`` is the hex subject key identifier for X.509 authorities and the ``kid`` for JWT keys;
-    ``owner`` is the replica name ("" for the root).
-    """
-
-    id: str
-    kind: AuthorityKind
-    state: AuthorityState
-    owner: str
-    not_before: datetime
-    not_after: datetime
-    public_key: PublicKeyTypes
-    certificate: x509.Certificate | None = None
-
-    @classmethod
-    def from_record(cls, record: AuthorityRecord) -> AuthorityInfo:
-        cert: x509.Certificate | None = None
-        if record.kind is AuthorityKind.JWT:
-            public_key = serialization.load_der_public_key(record.public_der)
-        else:
-            cert = x509.load_der_x509_certificate(record.public_der)
-            public_key = cert.public_key()
-        return cls(
-            id=record.id,
-            kind=record.kind,
-            state=record.state,
-            owner=record.owner,
-            not_before=record.not_before,
-            not_after=record.not_after,
-            public_key=public_key,
-            certificate=cert,
-        )
-
-    def to_json(self) -> dict[str, str]:
-        """JSON-ready fields for the admin API (no key material)."""
-        out = {
-            "id": self.id,
-            "kind": self.kind.value,
-            "state": self.state.value,
-            "owner": self.owner,
-            "not_before": self.not_before.isoformat(),
-            "not_after": self.not_after.isoformat(),
-        }
-        if self.certificate is not None:
-            out["serial"] = format(self.certificate.serial_number, "x")
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class X509Signer:
-    """This replica's active intermediate and its key, loaded once, ready to sign leaves.
-
-    ``chain`` is what follows a leaf on the wire (the intermediate; never the root).
-    """
-
-    authority_id: str
-    certificate: x509.Certificate
-    private_key: SigningKey
-    chain: tuple[x509.Certificate, ...]
-
-    @property
-    def not_after(self) -> datetime:
-        return self.certificate.not_valid_after_utc
-
-
-@dataclass(frozen=True, slots=True)
-class JwtSigner:
-    """This replica's active JWT signing key (ES256). Tokens never outlive ``not_after``."""
-
-    kid: str
-    private_key: ec.EllipticCurvePrivateKey
-    algorithm: str
-    not_after: datetime
 
 
 class Authority:
@@ -200,7 +126,7 @@ class Authority:
             serial=serial_from_entropy(entropy(16)),
         )
         cert = sign_certificate(builder, key)
-        record = _x509_record(
+        record = x509_authority_record(
             cert, key=key, kek=kek, kind=AuthorityKind.X509_ROOT, state=AuthorityState.ACTIVE
         )
         await store.create_authority(record)
@@ -414,7 +340,7 @@ class Authority:
             serial=serial_from_entropy(self._entropy(16)),
         )
         cert = sign_certificate(builder, self._root_key)
-        return _x509_record(
+        return x509_authority_record(
             cert,
             key=key,
             kek=self._kek,
@@ -489,31 +415,6 @@ class Authority:
         }
         ordered = sorted(records, key=lambda r: (order[r.kind], r.owner, r.not_before, r.id))
         return tuple(AuthorityInfo.from_record(r) for r in ordered)
-
-
-def _x509_record(
-    cert: x509.Certificate,
-    *,
-    key: SigningKey,
-    kek: KeyEncryptionKey,
-    kind: AuthorityKind,
-    state: AuthorityState,
-    owner: str = "",
-    issuer_id: str = "",
-) -> AuthorityRecord:
-    authority_id = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    aid = authority_id.hex()
-    return AuthorityRecord(
-        id=aid,
-        kind=kind,
-        state=state,
-        public_der=cert.public_bytes(serialization.Encoding.DER),
-        encrypted_key=kek.seal_private_key(key, authority_id=aid),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        owner=owner,
-        issuer_id=issuer_id,
-    )
 
 
 def _parse_sequence(raw: str | None) -> tuple[int, str]:

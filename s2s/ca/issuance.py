@@ -17,35 +17,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import jwt
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from s2s.ca.audit import AuditLog
 from s2s.ca.authority import Authority
 from s2s.ca.config import CaConfig
 from s2s.ca.registry import AgentRecord, Registry
+from s2s.ca.signers import (
+    MAX_AUDIENCES,
+    MAX_CSR_BYTES,
+    JwtSvid,
+    check_audiences,
+    parse_csr,
+)
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import (
     InvalidRequest,
-    InvalidSvid,
     NotAuthorized,
     NotFound,
     Revoked,
     S2SError,
 )
-from s2s.core.jwtsvid import build_jwt_claims
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationLookup, StaticRevocations
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import (
     X509Svid,
-    check_public_key,
-    check_x509_svid,
-    leaf_template,
     serial_from_entropy,
-    sign_certificate,
 )
 from s2s.store.base import Store
 from s2s.store.records import IssuedKind, IssuedSerial
@@ -54,19 +53,18 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_BATCH",
+    "MAX_AUDIENCES",
     "MAX_CSR_BYTES",
-    "parse_csr",
     "CsrRequest",
     "Issuer",
     "JwtSvid",
     "RevocationLookup",
     "X509SvidResult",
+    "check_audiences",
+    "parse_csr",
 ]
 
 MAX_BATCH = 500
-MAX_CSR_BYTES = 16 * 1024
-MAX_AUDIENCES = 16
-MAX_AUDIENCE_CHARS = 512
 _YIELD_EVERY = 16  # let other requests run between CSRs of a large batch
 
 
@@ -86,21 +84,6 @@ class X509SvidResult:
     entry_id: str
     svid: X509Svid | None = None
     error: S2SError | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class JwtSvid:
-    """A minted JWT-SVID. ``token`` is a secret: never log it."""
-
-    token: str
-    spiffe_id: SpiffeId
-    audience: tuple[str, ...]
-    issued_at: datetime
-    expires_at: datetime
-    jti: str
-
-    def __repr__(self) -> str:
-        return f"JwtSvid(spiffe_id={self.spiffe_id!s}, audience={self.audience}, jti={self.jti})"
 
 
 class Issuer:
@@ -184,10 +167,10 @@ class Issuer:
     def _sign_for_entry(self, entry: RegistrationEntry, csr_der: bytes, now: datetime) -> X509Svid:
         self._check_id_not_revoked(entry.spiffe_id, now)
         ttl = min(entry.x509_svid_ttl, self._config.max_svid_ttl)  # a lowered cap applies at once
-        svid = self.sign_csr(
-            csr_der, spiffe_id=entry.spiffe_id, ttl=ttl, dns_names=entry.dns_names, now=now
+        public_key = parse_csr(csr_der)
+        return self._issue(
+            public_key, entry.spiffe_id, ttl, entry.dns_names, now=now, hint=entry.hint
         )
-        return X509Svid(svid.spiffe_id, svid.cert_chain, hint=entry.hint)
 
     async def mint_jwt_svid(
         self,
@@ -257,7 +240,7 @@ class Issuer:
         Records nothing and logs nothing: callers (the async methods) index and audit.
         """
         public_key = parse_csr(csr_der)
-        return self._issue(public_key, spiffe_id, ttl, dns_names, now)
+        return self._issue(public_key, spiffe_id, ttl, dns_names, now=now)
 
     def _issue(
         self,
@@ -265,27 +248,20 @@ class Issuer:
         spiffe_id: SpiffeId,
         ttl: timedelta,
         dns_names: Sequence[str],
+        *,
         now: datetime | None,
+        hint: str = "",
     ) -> X509Svid:
-        signer = self._authority.x509_signer
-        builder = leaf_template(
-            spiffe_id=spiffe_id,
-            public_key=public_key,
-            issuer=signer.certificate,
-            now=utc(now if now is not None else self._clock.now()),
+        return self._authority.x509_signer.issue(
+            public_key,
+            spiffe_id,
             ttl=ttl,
+            now=utc(now if now is not None else self._clock.now()),
             serial=serial_from_entropy(self._entropy(16)),
             dns_names=dns_names,
             backdate=self._config.backdate,
+            hint=hint,
         )
-        cert = sign_certificate(builder, signer.private_key)
-        chain = (cert, *signer.chain)
-        try:
-            checked = check_x509_svid(chain)
-        except InvalidSvid:
-            log.exception("issuance.profile_violation", extra={"spiffe_id": str(spiffe_id)})
-            raise
-        return X509Svid(checked, chain)
 
     async def issue_agent_svid(
         self, agent_id: SpiffeId, public_key: CertificateIssuerPublicKeyTypes
@@ -294,7 +270,7 @@ class Issuer:
 
         Auditing is the caller's (attestation records attest vs renew)."""
         now = utc(self._clock.now())
-        svid = self._issue(public_key, agent_id, self._config.agent_svid_ttl, (), now)
+        svid = self._issue(public_key, agent_id, self._config.agent_svid_ttl, (), now=now)
         await self._index([(svid, IssuedKind.AGENT_SVID, agent_id)], now)
         return svid
 
@@ -305,7 +281,7 @@ class Issuer:
         key = ec.generate_private_key(ec.SECP256R1())
         now = utc(self._clock.now())
         svid = self._issue(
-            key.public_key(), spiffe_id, self._config.server_svid_ttl, dns_names, now
+            key.public_key(), spiffe_id, self._config.server_svid_ttl, tuple(dns_names), now=now
         )
         await self._index([(svid, IssuedKind.CA_SVID, None)], now)
         self._audit.x509_issued(
@@ -328,7 +304,7 @@ class Issuer:
         now = utc(self._clock.now())
         self._check_id_not_revoked(spiffe_id, now)
         key = ec.generate_private_key(ec.SECP256R1())
-        svid = self._issue(key.public_key(), spiffe_id, ttl, tuple(dns_names), now)
+        svid = self._issue(key.public_key(), spiffe_id, ttl, tuple(dns_names), now=now)
         await self._index([(svid, IssuedKind.X509_SVID, None)], now)
         self._audit.x509_issued(
             serial=svid.serial, spiffe_id=spiffe_id, not_after=svid.not_after, kind="admin"
@@ -384,30 +360,9 @@ class Issuer:
         ES256 with ``kid`` and ``typ: JWT``; the TTL is clipped so the token never outlives
         its signing key in the bundle.
         """
-        now = utc(now if now is not None else self._clock.now())
-        audiences = _audiences(audience)
-        signer = self._authority.jwt_signer
-        ttl = min(ttl, signer.not_after - now)  # a token never outlives its key in the bundle
-        if ttl <= timedelta(0):
-            raise InvalidRequest("the JWT signing key has expired; the CA must rotate it first")
         jti = base64.urlsafe_b64encode(self._entropy(16)).decode("ascii").rstrip("=")
-        claims = build_jwt_claims(
-            spiffe_id=spiffe_id, audience=audiences, now=now, ttl=ttl, jti=jti
-        )
-        token = jwt.encode(
-            claims,
-            signer.private_key,
-            algorithm=signer.algorithm,
-            headers={"kid": signer.kid, "typ": "JWT"},
-        )
-        return JwtSvid(
-            token=token,
-            spiffe_id=spiffe_id,
-            audience=audiences,
-            issued_at=datetime.fromtimestamp(claims["iat"], tz=now.tzinfo),
-            expires_at=datetime.fromtimestamp(claims["exp"], tz=now.tzinfo),
-            jti=jti,
-        )
+        now = utc(now if now is not None else self._clock.now())
+        return self._authority.jwt_signer.mint(spiffe_id, audience, ttl=ttl, now=now, jti=jti)
 
     async def _index(
         self, items: Sequence[tuple[X509Svid, IssuedKind, SpiffeId | None]], now: datetime
@@ -429,44 +384,3 @@ class Issuer:
                 for svid, kind, agent_id in items
             ]
         )
-
-
-def parse_csr(csr_der: bytes) -> CertificateIssuerPublicKeyTypes:
-    """The public key of a DER PKCS#10 CSR whose self-signature verifies and whose key is
-    supported (``check_public_key``). Everything else in the CSR is ignored: the CA takes the
-    SPIFFE ID, DNS names and TTL from the registration entry. :class:`InvalidRequest` otherwise.
-    """
-    if not isinstance(csr_der, bytes | bytearray) or not csr_der:
-        raise InvalidRequest("the CSR is missing (expected DER bytes)")
-    if len(csr_der) > MAX_CSR_BYTES:
-        raise InvalidRequest(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
-    try:
-        csr = x509.load_der_x509_csr(bytes(csr_der))
-        public_key = csr.public_key()
-    except (ValueError, x509.UnsupportedGeneralNameType) as exc:
-        raise InvalidRequest(f"the CSR is not a valid DER PKCS#10 request: {exc}") from exc
-    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
-        raise InvalidRequest(f"the CSR key cannot be used: {exc}") from exc
-    check_public_key(public_key)
-    try:
-        valid = csr.is_signature_valid
-    except Exception as exc:
-        raise InvalidRequest(f"the CSR signature cannot be checked: {exc}") from exc
-    if not valid:
-        raise InvalidRequest("the CSR signature does not verify (it must be signed by its own key)")
-    assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-    return public_key
-
-
-def _audiences(audience: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(audience, str):
-        raise InvalidRequest("audience must be a list of strings, not one string")
-    auds = tuple(dict.fromkeys(audience))
-    if not 0 < len(auds) <= MAX_AUDIENCES:
-        raise InvalidRequest(f"a JWT-SVID needs 1 to {MAX_AUDIENCES} audiences")
-    for aud in auds:
-        if not isinstance(aud, str) or not 0 < len(aud) <= MAX_AUDIENCE_CHARS:
-            raise InvalidRequest(
-                f"each audience is a non-empty string of at most {MAX_AUDIENCE_CHARS} characters"
-            )
-    return auds

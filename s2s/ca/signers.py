@@ -1,0 +1,299 @@
+"""The CA's in-memory signers and the synchronous signing core (build, sign, check).
+
+:class:`X509Signer` (an intermediate and its key) issues leaves; :class:`JwtSigner` (a JWT key
+with its ``kid``) mints JWT-SVIDs. Both are immutable snapshots that :class:`Authority` swaps whole
+on rotation. Nothing here touches the store, the clock or the audit log: the async services do.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPublicKeyTypes,
+    PublicKeyTypes,
+)
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+from s2s.ca.keys import KeyEncryptionKey, SigningKey
+from s2s.core.errors import InvalidConfig, InvalidRequest, InvalidSvid
+from s2s.core.jwtsvid import build_jwt_claims
+from s2s.core.spiffe_id import SpiffeId
+from s2s.core.x509svid import (
+    X509Svid,
+    check_public_key,
+    check_x509_svid,
+    leaf_template,
+    sign_certificate,
+)
+from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
+
+__all__ = [
+    "JWT_ALGORITHM",
+    "MAX_AUDIENCES",
+    "MAX_AUDIENCE_CHARS",
+    "MAX_CSR_BYTES",
+    "AuthorityInfo",
+    "JwtSigner",
+    "JwtSvid",
+    "X509Signer",
+    "check_audiences",
+    "parse_csr",
+    "x509_authority_record",
+]
+
+log = logging.getLogger(__name__)
+
+JWT_ALGORITHM = "ES256"
+MAX_CSR_BYTES = 16 * 1024
+MAX_AUDIENCES = 16
+MAX_AUDIENCE_CHARS = 512
+_ES256 = ec.ECDSA(hashes.SHA256())
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityInfo:
+    """Public view of one authority (``s2s-ca authority list``); never holds a private key.
+
+    ``id`` is the hex subject key identifier for X.509 authorities and the ``kid`` for JWT keys;
+    ``owner`` is the replica name ("" for the root).
+    """
+
+    id: str
+    kind: AuthorityKind
+    state: AuthorityState
+    owner: str
+    not_before: datetime
+    not_after: datetime
+    public_key: PublicKeyTypes
+    certificate: x509.Certificate | None = None
+
+    @classmethod
+    def from_record(cls, record: AuthorityRecord) -> AuthorityInfo:
+        cert: x509.Certificate | None = None
+        if record.kind is AuthorityKind.JWT:
+            public_key = serialization.load_der_public_key(record.public_der)
+        else:
+            cert = x509.load_der_x509_certificate(record.public_der)
+            public_key = cert.public_key()
+        return cls(
+            id=record.id,
+            kind=record.kind,
+            state=record.state,
+            owner=record.owner,
+            not_before=record.not_before,
+            not_after=record.not_after,
+            public_key=public_key,
+            certificate=cert,
+        )
+
+    def to_json(self) -> dict[str, str]:
+        """JSON-ready fields for the admin API (no key material)."""
+        out = {
+            "id": self.id,
+            "kind": self.kind.value,
+            "state": self.state.value,
+            "owner": self.owner,
+            "not_before": self.not_before.isoformat(),
+            "not_after": self.not_after.isoformat(),
+        }
+        if self.certificate is not None:
+            out["serial"] = format(self.certificate.serial_number, "x")
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class X509Signer:
+    """This replica's active intermediate and its key, loaded once, ready to sign leaves.
+
+    ``chain`` is what follows a leaf on the wire (the intermediate; never the root).
+    """
+
+    authority_id: str
+    certificate: x509.Certificate
+    private_key: SigningKey
+    chain: tuple[x509.Certificate, ...]
+
+    @property
+    def not_after(self) -> datetime:
+        return self.certificate.not_valid_after_utc
+
+    def issue(
+        self,
+        public_key: CertificateIssuerPublicKeyTypes,
+        spiffe_id: SpiffeId,
+        *,
+        ttl: timedelta,
+        now: datetime,
+        serial: int,
+        dns_names: Sequence[str] = (),
+        backdate: timedelta,
+        hint: str = "",
+    ) -> X509Svid:
+        """Build, sign and check one leaf (CONVENTIONS 7). A profile violation is our bug: it is
+        logged and raised (:class:`InvalidSvid`), never returned."""
+        builder = leaf_template(
+            spiffe_id=spiffe_id,
+            public_key=public_key,
+            issuer=self.certificate,
+            now=now,
+            ttl=ttl,
+            serial=serial,
+            dns_names=dns_names,
+            backdate=backdate,
+        )
+        chain = (sign_certificate(builder, self.private_key), *self.chain)
+        try:
+            checked = check_x509_svid(chain)
+        except InvalidSvid:
+            log.exception("issuance.profile_violation", extra={"spiffe_id": str(spiffe_id)})
+            raise
+        return X509Svid(checked, chain, hint=hint)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSvid:
+    """A minted JWT-SVID. ``token`` is a secret: never log it."""
+
+    token: str
+    spiffe_id: SpiffeId
+    audience: tuple[str, ...]
+    issued_at: datetime
+    expires_at: datetime
+    jti: str
+
+    def __repr__(self) -> str:
+        return f"JwtSvid(spiffe_id={self.spiffe_id!s}, audience={self.audience}, jti={self.jti})"
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSigner:
+    """This replica's active JWT signing key (ES256, P-256). Tokens never outlive ``not_after``.
+
+    The JWS header (``alg``, ``kid``, ``typ: JWT``) is encoded once; :meth:`mint` signs the
+    compact JWS directly (RFC 7515 3.1, ES256 as RFC 7518 3.4: raw ``r || s``).
+    """
+
+    kid: str
+    private_key: ec.EllipticCurvePrivateKey
+    algorithm: str
+    not_after: datetime
+    _header: bytes = field(init=False, repr=False, compare=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if self.algorithm != JWT_ALGORITHM or not isinstance(self.private_key.curve, ec.SECP256R1):
+            raise InvalidConfig(f"JWT key {self.kid}: only ES256 with a P-256 key is supported")
+        header = {"alg": self.algorithm, "kid": self.kid, "typ": "JWT"}
+        object.__setattr__(self, "_header", _b64(_json(header)))
+
+    def mint(
+        self,
+        spiffe_id: SpiffeId,
+        audience: Sequence[str],
+        *,
+        ttl: timedelta,
+        now: datetime,
+        jti: str,
+    ) -> JwtSvid:
+        """One JWT-SVID; the TTL is clipped so the token never outlives this key."""
+        audiences = check_audiences(audience)
+        ttl = min(ttl, self.not_after - now)
+        if ttl <= timedelta(0):
+            raise InvalidRequest("the JWT signing key has expired; the CA must rotate it first")
+        claims = build_jwt_claims(
+            spiffe_id=spiffe_id, audience=audiences, now=now, ttl=ttl, jti=jti
+        )
+        signing_input = self._header + b"." + _b64(_json(claims))
+        r, s = decode_dss_signature(self.private_key.sign(signing_input, _ES256))
+        signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        return JwtSvid(
+            token=(signing_input + b"." + _b64(signature)).decode("ascii"),
+            spiffe_id=spiffe_id,
+            audience=audiences,
+            issued_at=datetime.fromtimestamp(claims["iat"], tz=UTC),
+            expires_at=datetime.fromtimestamp(claims["exp"], tz=UTC),
+            jti=jti,
+        )
+
+
+def parse_csr(csr_der: bytes) -> CertificateIssuerPublicKeyTypes:
+    """The public key of a DER PKCS#10 CSR whose self-signature verifies and whose key is
+    supported (``check_public_key``). Everything else in the CSR is ignored: the CA takes the
+    SPIFFE ID, DNS names and TTL from the registration entry. :class:`InvalidRequest` otherwise.
+    """
+    if not isinstance(csr_der, bytes | bytearray) or not csr_der:
+        raise InvalidRequest("the CSR is missing (expected DER bytes)")
+    if len(csr_der) > MAX_CSR_BYTES:
+        raise InvalidRequest(f"the CSR is larger than {MAX_CSR_BYTES} bytes")
+    try:
+        csr = x509.load_der_x509_csr(bytes(csr_der))
+        public_key = csr.public_key()
+    except ValueError as exc:
+        raise InvalidRequest(f"the CSR is not a valid DER PKCS#10 request: {exc}") from exc
+    except Exception as exc:  # cryptography raises UnsupportedAlgorithm for odd keys
+        raise InvalidRequest(f"the CSR key cannot be used: {exc}") from exc
+    check_public_key(public_key)
+    try:
+        valid = csr.is_signature_valid
+    except Exception as exc:
+        raise InvalidRequest(f"the CSR signature cannot be checked: {exc}") from exc
+    if not valid:
+        raise InvalidRequest("the CSR signature does not verify (it must be signed by its own key)")
+    assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
+    return public_key
+
+
+def check_audiences(audience: Sequence[str]) -> tuple[str, ...]:
+    """1 to MAX_AUDIENCES distinct, non-empty audience strings (order kept)."""
+    if isinstance(audience, str):
+        raise InvalidRequest("audience must be a list of strings, not one string")
+    auds = tuple(dict.fromkeys(audience))
+    if not 0 < len(auds) <= MAX_AUDIENCES:
+        raise InvalidRequest(f"a JWT-SVID needs 1 to {MAX_AUDIENCES} audiences")
+    for aud in auds:
+        if not isinstance(aud, str) or not 0 < len(aud) <= MAX_AUDIENCE_CHARS:
+            raise InvalidRequest(
+                f"each audience is a non-empty string of at most {MAX_AUDIENCE_CHARS} characters"
+            )
+    return auds
+
+
+def x509_authority_record(
+    cert: x509.Certificate,
+    *,
+    key: SigningKey,
+    kek: KeyEncryptionKey,
+    kind: AuthorityKind,
+    state: AuthorityState,
+    owner: str = "",
+    issuer_id: str = "",
+) -> AuthorityRecord:
+    """The store record of a CA certificate: id = hex SKI, key sealed under the KEK."""
+    aid = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+    return AuthorityRecord(
+        id=aid,
+        kind=kind,
+        state=state,
+        public_der=cert.public_bytes(serialization.Encoding.DER),
+        encrypted_key=kek.seal_private_key(key, authority_id=aid),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        owner=owner,
+        issuer_id=issuer_id,
+    )
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode("utf-8")
+
+
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
