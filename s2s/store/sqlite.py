@@ -646,7 +646,10 @@ def _issued_row(r: IssuedSerial) -> tuple[Any, ...]:
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
     """Open and check the file; InvalidConfig when it cannot be used as our store."""
-    _prepare_file(path, create)
+    try:
+        _prepare_file(path, create)
+    except OSError as exc:
+        raise InvalidConfig(f"cannot use the store {path}: {exc.strerror or exc}") from exc
     try:
         conn = sqlite3.connect(path, isolation_level=None, timeout=10.0)
     except sqlite3.Error as exc:
@@ -672,10 +675,7 @@ def _prepare_file(path: Path, create: bool) -> None:
     except FileNotFoundError:
         if not create:
             raise InvalidConfig(f"no store at {path}: run `s2s-ca init` first") from None
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise InvalidConfig(f"cannot create the store {path}: {exc.strerror}") from exc
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
         os.close(fd)
         return
     if not stat.S_ISREG(info.st_mode):

@@ -75,6 +75,14 @@ async def test_missing_file_without_create(tmp_path: Path) -> None:
     assert not (tmp_path / "absent.db").exists()
 
 
+async def test_unusable_path_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InvalidConfig, match="cannot use the store"):
+        await SqliteStore.open(tmp_path / "file" / "store.db")
+    with pytest.raises(InvalidConfig, match="cannot use the store"):
+        await SqliteStore.open(tmp_path / "missing-dir" / "store.db")
+
+
 async def test_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidConfig, match="not a regular file"):
         await SqliteStore.open(tmp_path)
