@@ -104,6 +104,7 @@ class Attestor(Protocol):
 
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+_AbortError: type[BaseException] = grpc.aio.AbortError
 Observer = Callable[[str, str], None]  # (method, gRPC code name) after every call
 
 
@@ -299,6 +300,11 @@ class WorkloadApiServer:
             except S2SError as exc:
                 code = _code_for(exc)
                 await self._abort(ctx, name, code, exc)
+            except _AbortError:
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                await self._internal(ctx, name)
             finally:
                 self._done(name, code, start)
 
@@ -317,6 +323,11 @@ class WorkloadApiServer:
             except S2SError as exc:
                 code = _code_for(exc)
                 await self._abort(ctx, name, code, exc)
+            except _AbortError:
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                await self._internal(ctx, name)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -333,6 +344,11 @@ class WorkloadApiServer:
             details = str(exc)
         trailer = ((REASON_TRAILER, exc.reason),) if isinstance(exc, InvalidToken) else ()
         await ctx.abort(code, details, trailing_metadata=trailer)
+
+    async def _internal(self, ctx: Ctx, name: str) -> None:
+        # A bug, not the caller's fault: log it here, never send its text to the workload.
+        log.exception("workload_api.internal_error", extra={"method": name})
+        await ctx.abort(grpc.StatusCode.INTERNAL, "internal error in the agent")
 
     def _done(self, name: str, code: grpc.StatusCode, start: float) -> None:
         if self._observe is not None:

@@ -26,10 +26,11 @@ from spiffe.errors import PySpiffeError
 from s2s.agent.attestor import UnixAttestor
 from s2s.agent.proto import workload_pb2 as pb
 from s2s.agent.static_provider import StaticIdentityProvider
+from s2s.agent.uds_proxy import PeerTaggingProxy
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
-from s2s.core.errors import InvalidConfig
+from s2s.core.errors import AttestationFailed, InvalidConfig
 from s2s.testing import TestAuthority
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run workloads as 65534")
@@ -500,3 +501,40 @@ async def test_stale_socket_is_replaced(
     ) as srv:
         got = await raw_first(srv, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
     assert len(got.svids) == 1
+
+
+class BrokenProvider(StaticIdentityProvider):
+    """A provider with a bug: its error text must not reach the workload."""
+
+    def bundles(self) -> BundleSet:
+        raise RuntimeError("secret internal detail")
+
+
+async def test_provider_bug_is_internal_without_details(
+    authority: TestAuthority, fake_clock: FakeClock, socket_dir: Path
+) -> None:
+    seen: list[tuple[str, str]] = []
+    broken = BrokenProvider(clock=fake_clock)
+    broken.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    async with WorkloadApiServer(
+        provider=broken,
+        attestor=UnixAttestor(),
+        socket_path=str(socket_dir / "agent.sock"),
+        observe=lambda method, code: seen.append((method, code)),
+    ) as srv:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw_first(srv, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
+        request = pb.JWTSVIDRequest(audience=["a"])
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await raw_unary(srv, "FetchJWTSVID", request, pb.JWTSVIDResponse)
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    assert "secret" not in (err.value.details() or "")
+    assert denied.value.code() == grpc.StatusCode.UNAVAILABLE  # no JWT signer configured
+    assert seen == [("FetchX509SVID", "INTERNAL"), ("FetchJWTSVID", "UNAVAILABLE")]
+
+
+def test_proxy_fails_closed_for_unknown_peers(socket_dir: Path) -> None:
+    proxy = PeerTaggingProxy(str(socket_dir / "agent.sock"), str(socket_dir / "inner.sock"))
+    for peer in ("unix:", "unix-abstract:s2s-wl-unknown", "ipv4:127.0.0.1:5", ""):
+        with pytest.raises(AttestationFailed):
+            proxy.credentials(peer)
