@@ -69,11 +69,12 @@ class AgentAttestor:
         """Issue a new agent SVID to an agent authorized with its current SVID.
 
         ``agent`` is the record :meth:`Registry.authorize_agent` returned for this call.
-        :class:`NotAuthorized` if it was banned meanwhile; :class:`Conflict` if the record
-        changed concurrently (the agent retries).
+        :class:`NotAuthorized` if it was banned meanwhile; :class:`Revoked` if its SVID or ID is
+        revoked; :class:`Conflict` if the record changed concurrently (the agent retries).
         """
         if agent.banned:
             raise NotAuthorized(f"agent {agent.spiffe_id} is banned")
+        await self._registry.check_agent_not_revoked(agent)  # never renew what is revoked
         public_key = parse_csr(csr_der)
         svid = await self._issuer.issue_agent_svid(agent.spiffe_id, public_key)
         staged = await self._registry.stage_agent_serial(

@@ -35,7 +35,6 @@ from s2s.core.clock import Clock, utc
 from s2s.core.errors import (
     InvalidRequest,
     NotAuthorized,
-    NotFound,
     Revoked,
     S2SError,
 )
@@ -108,6 +107,7 @@ class Issuer:
         self._clock = clock
         self._audit = audit if audit is not None else AuditLog()
         self._revocations = revocations if revocations is not None else StaticRevocations()
+        # the registry must see the same revocations: it refuses revoked agents on every call
         self._entropy = entropy
 
     # -- agent API -------------------------------------------------------------------------
@@ -126,7 +126,7 @@ class Issuer:
         """
         if not 0 < len(requests) <= MAX_BATCH:
             raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} CSRs, got {len(requests)}")
-        await self._check_agent_not_revoked(agent)
+        await self._registry.check_agent_not_revoked(agent)
         entries = {e.id: e for e in await self._store.list_entries(parent_id=agent.spiffe_id)}
         now = utc(self._clock.now())
         results: list[X509SvidResult] = []
@@ -181,7 +181,7 @@ class Issuer:
         ttl: timedelta | None = None,
     ) -> JwtSvid:
         """A JWT-SVID for an entry parented by ``agent``; TTL defaults to the entry's, capped."""
-        await self._check_agent_not_revoked(agent)
+        await self._registry.check_agent_not_revoked(agent)
         entry = await self._store.get_entry(entry_id)
         if entry.parent_id != agent.spiffe_id:
             raise NotAuthorized(
@@ -202,20 +202,6 @@ class Issuer:
         return token
 
     # -- revocation checks ---------------------------------------------------------------------
-
-    async def _check_agent_not_revoked(self, agent: AgentRecord) -> None:
-        revoked = self._revocations.current()
-        if revoked.is_serial_revoked(agent.serial):
-            raise Revoked(f"the SVID of agent {agent.spiffe_id} is revoked", serial=agent.serial)
-        # Cheap test first: nothing revoked after the agent attested means its SVIDs are fine.
-        if not revoked.is_spiffe_id_revoked(agent.spiffe_id, agent.created_at):
-            return
-        try:
-            issued_at = (await self._store.get_issued(agent.serial)).issued_at
-        except NotFound:
-            issued_at = agent.created_at
-        if revoked.is_spiffe_id_revoked(agent.spiffe_id, issued_at):
-            raise Revoked(f"agent {agent.spiffe_id} is revoked", spiffe_id=str(agent.spiffe_id))
 
     def _check_id_not_revoked(self, spiffe_id: SpiffeId, now: datetime) -> None:
         if self._revocations.current().is_spiffe_id_revoked(spiffe_id, now):

@@ -25,8 +25,16 @@ from typing import Any
 from s2s.ca.audit import AuditLog
 from s2s.ca.config import CaConfig
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import AttestationFailed, Conflict, InvalidRequest, NotAuthorized, NotFound
+from s2s.core.errors import (
+    AttestationFailed,
+    Conflict,
+    InvalidRequest,
+    NotAuthorized,
+    NotFound,
+    Revoked,
+)
 from s2s.core.registration import RegistrationEntry, new_entry_id
+from s2s.core.revocation import RevocationLookup, StaticRevocations
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.base import Store
@@ -76,12 +84,14 @@ class Registry:
         store: Store,
         clock: Clock,
         audit: AuditLog | None = None,
+        revocations: RevocationLookup | None = None,
         entropy: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self._config = config
         self._store = store
         self._clock = clock
         self._audit = audit if audit is not None else AuditLog()
+        self._revocations = revocations if revocations is not None else StaticRevocations()
         self._entropy = entropy
 
     # -- entries ---------------------------------------------------------------------------
@@ -289,7 +299,8 @@ class Registry:
         """The agent's record if it may call the CA with the SVID of this serial.
 
         ``serial == next_serial`` promotes it to ``serial``. :class:`NotAuthorized` for an unknown
-        (evicted) agent, a banned one, or any other serial.
+        (evicted) agent, a banned one, or any other serial; :class:`Revoked` when that SVID or
+        the agent is revoked.
         """
         for _ in range(3):
             try:
@@ -300,6 +311,8 @@ class Registry:
                 ) from None
             if record.banned:
                 raise NotAuthorized(f"agent {spiffe_id} is banned")
+            if serial in (record.serial, record.next_serial):
+                await self.check_agent_not_revoked(record, serial)
             if serial == record.serial:
                 return record
             if serial != record.next_serial:
@@ -314,6 +327,23 @@ class Registry:
             except Conflict:
                 continue  # a concurrent call promoted or changed it: re-read
         raise NotAuthorized(f"agent {spiffe_id} changed while being authorized; retry")
+
+    async def check_agent_not_revoked(self, agent: AgentRecord, serial: int | None = None) -> None:
+        """:class:`Revoked` if the agent SVID ``serial`` (default: the current one) is revoked,
+        by serial or by the agent's SPIFFE ID (ARCHITECTURE.md "Revocation": by agent)."""
+        serial = agent.serial if serial is None else serial
+        revoked = self._revocations.current()
+        if revoked.is_serial_revoked(serial):
+            raise Revoked(f"the SVID of agent {agent.spiffe_id} is revoked", serial=serial)
+        # Cheap test first: nothing revoked after the agent attested means its SVIDs are fine.
+        if not revoked.is_spiffe_id_revoked(agent.spiffe_id, agent.created_at):
+            return
+        try:
+            issued_at = (await self._store.get_issued(serial)).issued_at
+        except NotFound:
+            issued_at = agent.created_at
+        if revoked.is_spiffe_id_revoked(agent.spiffe_id, issued_at):
+            raise Revoked(f"agent {agent.spiffe_id} is revoked", spiffe_id=str(agent.spiffe_id))
 
     async def get_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
         """One agent; :class:`NotFound` if unknown."""

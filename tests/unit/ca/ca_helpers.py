@@ -95,8 +95,10 @@ async def build_ca(
     audit = AuditLog()
     authority = Authority(config=config, store=store, kek=kek, clock=clock)
     await authority.start()
-    registry = Registry(config=config, store=store, clock=clock, audit=audit)
     revocations = StaticRevocations()
+    registry = Registry(
+        config=config, store=store, clock=clock, audit=audit, revocations=revocations
+    )
     issuer = Issuer(
         config=config,
         authority=authority,

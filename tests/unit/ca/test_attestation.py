@@ -9,7 +9,14 @@ from ca_helpers import Ca, build_ca, make_csr
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.ca.keys import KeyEncryptionKey
-from s2s.core.errors import AttestationFailed, Conflict, InvalidRequest, NotAuthorized
+from s2s.core.errors import (
+    AttestationFailed,
+    Conflict,
+    InvalidRequest,
+    NotAuthorized,
+    Revoked,
+)
+from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.x509svid import check_x509_svid
 from s2s.store.sqlite import SqliteStore
 
@@ -107,3 +114,35 @@ async def test_restart_keeps_agents_and_keys(ca: Ca) -> None:
         assert renewed.bundle == first.bundle
     finally:
         await store.close()
+
+
+async def test_revoked_agent_svid_is_refused_and_not_renewed(ca: Ca) -> None:
+    token = await ca.registry.generate_join_token()
+    first = await ca.attestor.attest_join_token(token.token, make_csr())
+    agent = await ca.registry.authorize_agent(token.agent_id, first.svid.serial)
+    now = ca.clock.now()
+    record = RevocationRecord.for_serial(
+        first.svid.serial, revoked_at=now, expires_at=first.svid.not_after
+    )
+    ca.revocations.replace(RevocationSet.of([record]))
+    with pytest.raises(Revoked):
+        await ca.registry.authorize_agent(token.agent_id, first.svid.serial)
+    with pytest.raises(Revoked):
+        await ca.attestor.renew_agent(agent, make_csr())
+    assert (await ca.registry.get_agent(token.agent_id)).next_serial is None
+
+
+async def test_agent_revoked_by_id_only_for_svids_issued_before(ca: Ca) -> None:
+    token = await ca.registry.generate_join_token()
+    first = await ca.attestor.attest_join_token(token.token, make_csr())
+    agent = await ca.registry.authorize_agent(token.agent_id, first.svid.serial)
+    ca.clock.advance(dt.timedelta(seconds=10))
+    now = ca.clock.now()
+    record = RevocationRecord.for_spiffe_id(
+        token.agent_id, revoked_at=now, expires_at=now + dt.timedelta(hours=1)
+    )
+    ca.revocations.replace(RevocationSet.of([record]))
+    with pytest.raises(Revoked):
+        await ca.registry.authorize_agent(token.agent_id, first.svid.serial)
+    with pytest.raises(Revoked):
+        await ca.attestor.renew_agent(agent, make_csr())
