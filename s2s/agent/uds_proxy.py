@@ -66,6 +66,7 @@ class _Forward(asyncio.Protocol):
     def __init__(self, on_lost: asyncio.Future[None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.other: _Forward | None = None
+        self.got_eof = False
         self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,11 +78,17 @@ class _Forward(asyncio.Protocol):
             self.other.transport.write(data)
 
     def eof_received(self) -> bool:
-        if self.other is not None and self.other.transport is not None:
-            if self.other.transport.can_write_eof():
-                self.other.transport.write_eof()
-                return True
-            self.other.transport.close()
+        # Pass the half-close on; once both directions have ended, close both sides.
+        self.got_eof = True
+        other = self.other.transport if self.other is not None else None
+        if other is None or self.other is None or self.other.got_eof:
+            if other is not None:
+                other.close()
+            return False
+        if other.can_write_eof():
+            other.write_eof()
+            return True
+        other.close()
         return False
 
     def pause_writing(self) -> None:
@@ -126,6 +133,11 @@ class PeerTaggingProxy:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def open_connections(self) -> int:
+        """Workload connections currently proxied."""
+        return len(self._peers)
 
     def credentials(self, grpc_peer: str) -> PeerCredentials:
         """The credentials of the connection grpc names ``grpc_peer``; fails closed."""

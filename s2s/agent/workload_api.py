@@ -135,6 +135,11 @@ class WorkloadApiServer:
     def socket_path(self) -> str:
         return self._socket_path
 
+    @property
+    def open_connections(self) -> int:
+        """Workload connections currently open (for metrics)."""
+        return self._proxy.open_connections if self._proxy is not None else 0
+
     async def start(self) -> None:
         """Bind and serve; :class:`InvalidConfig` for an unusable socket path."""
         self._private_dir = tempfile.mkdtemp(prefix="s2s-wlapi-")  # 0700: only we reach grpc

@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -237,3 +237,34 @@ async def test_validate_jwt_svid_and_its_twins(
     with pytest.raises(InvalidToken) as err:
         await client.validate_jwt_svid(token, "orders")
     assert err.value.reason == "exp"
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_connections_are_released_and_stop_ends_streams(
+    provider: StaticIdentityProvider, authority: TestAuthority, socket_path: str
+) -> None:
+    provider.put("web", [ME], authority.issue_x509_svid(WEB))
+    server = WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=socket_path)
+    await server.start()
+    try:
+        for _ in range(20):
+            async with WorkloadApiClient(socket_path) as c:
+                await c.fetch_x509_context()
+        await wait_until(lambda: server.open_connections == 0, "closed connections to be released")
+        async with WorkloadApiClient(socket_path) as c:
+            watch = c.watch_x509_context()
+            await asyncio.wait_for(anext(watch), 10)
+            assert server.open_connections == 1
+            await asyncio.wait_for(server.stop(), 10)
+            with pytest.raises(Unavailable):
+                await asyncio.wait_for(anext(watch), 10)
+    finally:
+        await server.stop()
+    assert not os.path.exists(socket_path)
