@@ -31,6 +31,7 @@ class AuditField(StrEnum):
     KIND = "credential_kind"
     NOT_AFTER = "not_after"
     AUDIENCE = "audience"
+    ACTION = "action"
     ACTOR = "actor"
     TARGET = "target"
 
@@ -137,7 +138,7 @@ class AuditLog:
         self._emit(
             AuditEvent.ADMIN_CHANGE,
             {
-                AuditField.KIND: action,
+                AuditField.ACTION: action,
                 AuditField.TARGET: target,
                 AuditField.ENTRY: entry_id,
                 AuditField.SPIFFE_ID: _text(spiffe_id),

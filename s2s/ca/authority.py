@@ -113,10 +113,6 @@ class Authority:
         if existing is not None:
             raise Conflict(f"this data dir is already initialized for trust domain {existing}")
         now = utc(clock.now())
-        await store.set_setting(Setting.TRUST_DOMAIN, td, only_if_absent=True)
-        await store.set_setting(Setting.CREATED_AT, now.isoformat(), only_if_absent=True)
-        data_dir_id = base64.urlsafe_b64encode(entropy(16)).decode().rstrip("=")
-        await store.set_setting(Setting.DATA_DIR_ID, data_dir_id, only_if_absent=True)
         key = ec.generate_private_key(ec.SECP256R1())
         builder = root_template(
             trust_domain=config.trust_domain,
@@ -130,6 +126,12 @@ class Authority:
             cert, key=key, kek=kek, kind=AuthorityKind.X509_ROOT, state=AuthorityState.ACTIVE
         )
         await store.create_authority(record)
+        await store.set_setting(Setting.CREATED_AT, now.isoformat())
+        data_dir_id = base64.urlsafe_b64encode(entropy(16)).decode().rstrip("=")
+        await store.set_setting(Setting.DATA_DIR_ID, data_dir_id)
+        # Written last and only once: "initialized" means the root exists (a crashed init can
+        # be re-run; of two racing inits one gets Conflict here).
+        await store.set_setting(Setting.TRUST_DOMAIN, td, only_if_absent=True)
         log.info("authority.root_created", extra={"authority_id": record.id, "trust_domain": td})
         return AuthorityInfo.from_record(record)
 

@@ -43,7 +43,7 @@ async def test_create_entry_with_defaults_and_audit(
     assert await ca.registry.get_entry(entry.id) == entry
     record = next(r for r in caplog.records if r.name == AUDIT_LOGGER)
     assert record.entry_id == entry.id  # type: ignore[attr-defined]
-    assert record.credential_kind == "entry.create"  # type: ignore[attr-defined]
+    assert record.action == "entry.create"  # type: ignore[attr-defined]
     assert record.spiffe_id == str(BILLING)  # type: ignore[attr-defined]
 
 
