@@ -1,0 +1,453 @@
+"""The agent's HTTPS client of the CA agent API (``s2s/ca/http.py``), on aiohttp.
+
+The CA is verified during the TLS handshake, before any request byte (a join token, a CSR) is
+sent: its chain must verify to our trust domain's bundle and its SVID must be a CA server ID
+(``spiffe://<td>/s2s/ca/<replica>``), checked by :class:`s2s.verifier.peer.PeerVerifier`.
+After attestation the agent SVID is presented as the client certificate (mTLS).
+
+Each call tries the CA URLs in turn, starting with the last one that answered, and moves on when a
+replica cannot be reached, answers 5xx, or sends something that is not the documented JSON. When
+every replica failed, the call raises :class:`Unavailable`; the agent's loops retry it with
+:class:`Backoff` (capped exponential, full jitter). A CA that *answered* with an error (4xx)
+raises the ``s2s.core.errors`` class it named; an agent the CA no longer knows raises
+:class:`AgentUnknown` so the node re-attests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Final
+
+import aiohttp
+from cryptography import x509
+
+from s2s.ca.client import error_from_code
+from s2s.core.bundle import Bundle, BundleSet
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import (
+    InvalidBundle,
+    InvalidRequest,
+    InvalidSpiffeId,
+    InvalidSvid,
+    NotAuthorized,
+    S2SError,
+    Unavailable,
+)
+from s2s.core.registration import RegistrationEntry
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.core.x509svid import X509Svid, check_x509_svid
+from s2s.log import F
+from s2s.verifier.memcert import load_cert_chain_from_memory
+from s2s.verifier.peer import PeerVerifier
+
+__all__ = [
+    "CA_PATH_PREFIX",
+    "AgentSvidResponse",
+    "AgentUnknown",
+    "Backoff",
+    "CaClient",
+    "EntriesResponse",
+    "JwtResponse",
+    "X509Result",
+    "csr_pem",
+]
+
+log = logging.getLogger(__name__)
+
+CA_PATH_PREFIX: Final = "/s2s/ca/"
+MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
+DEFAULT_TIMEOUT: Final = 10.0
+# A response the CA sends for an agent record it does not hold (registry.authorize_agent).
+_UNKNOWN_AGENT_MARKER: Final = "not attested"
+
+
+class AgentUnknown(NotAuthorized):
+    """The CA does not know this agent (never attested, or evicted): attest again."""
+
+    code = "agent_unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class AgentSvidResponse:
+    """An agent SVID (chain only; the key stays with the caller) and the CA's bundle."""
+
+    svid: X509Svid
+    bundle: Bundle
+
+
+@dataclass(frozen=True, slots=True)
+class EntriesResponse:
+    """The entries parented by this agent as of ``revision``."""
+
+    revision: int
+    entries: tuple[RegistrationEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class X509Result:
+    """One item of a batch: an SVID chain (no key) or the error the CA reported for it."""
+
+    entry_id: str
+    svid: X509Svid | None
+    error: S2SError | None
+
+
+@dataclass(frozen=True, slots=True)
+class JwtResponse:
+    """A JWT-SVID minted by the CA. ``token`` is a secret: never log it."""
+
+    token: str
+    spiffe_id: SpiffeId
+    audience: tuple[str, ...]
+    expires_at: datetime
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (the AWS architecture blog's "full jitter").
+
+    >>> b = Backoff(initial=1.0, cap=8.0, rand=lambda: 0.999)
+    >>> [round(b.next_delay(), 2) for _ in range(5)]
+    [1.0, 2.0, 4.0, 7.99, 7.99]
+    """
+
+    def __init__(
+        self, *, initial: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random
+    ) -> None:
+        if not 0 < initial <= cap:
+            raise ValueError("backoff needs 0 < initial <= cap")
+        self.initial = initial
+        self.cap = cap
+        self._rand = rand
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        """The next wait: uniform in [initial/2, min(cap, initial * 2**attempt)]."""
+        ceiling = min(self.cap, self.initial * (2.0**self._attempt))
+        self._attempt = min(self._attempt + 1, 62)
+        return max(self.initial / 2, ceiling * self._rand())
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def csr_pem(csr: x509.CertificateSigningRequest) -> str:
+    """A CSR as the PEM text the CA API takes."""
+    from cryptography.hazmat.primitives.serialization import Encoding  # noqa: PLC0415
+
+    return csr.public_bytes(Encoding.PEM).decode("ascii")
+
+
+class _CaVerifyingSSLObject(ssl.SSLObject):
+    """Runs the SPIFFE check on the CA's chain as the last step of the handshake."""
+
+    _ca_verifier: ClassVar[PeerVerifier]
+
+    def do_handshake(self) -> None:
+        super().do_handshake()
+        self._ca_verifier.verify(self)
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    body: Mapping[str, Any] | None
+    query: Mapping[str, str] | None
+    timeout: float
+
+
+@dataclass(slots=True)
+class _Session:
+    session: aiohttp.ClientSession
+    users: int = 0
+    retired: bool = False
+
+
+class CaClient:
+    """Calls the CA agent API at ``urls`` (fail-over in order); use from one event loop."""
+
+    def __init__(
+        self,
+        *,
+        urls: Sequence[str],
+        trust_domain: TrustDomain,
+        clock: Clock,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not urls:
+            raise ValueError("CaClient needs at least one URL")
+        self.urls = tuple(urls)
+        self.trust_domain = trust_domain
+        self._clock = clock
+        self._timeout = timeout
+        self._preferred = 0
+        self._bundle: Bundle | None = None
+        self._svid: X509Svid | None = None
+        self._current: _Session | None = None
+        self._old: list[_Session] = []
+        self._verifier = PeerVerifier(self._bundles, authorize=self._is_ca, clock=clock)
+
+    # -- identity and trust -----------------------------------------------------------------
+
+    def set_trust(self, bundle: Bundle, svid: X509Svid | None) -> None:
+        """Use ``bundle`` to verify the CA and ``svid`` (with key, or None) as client identity.
+
+        Later requests use a new connection pool; requests in flight finish on the old one.
+        """
+        if bundle.trust_domain != self.trust_domain:
+            raise InvalidBundle(f"the bundle is for {bundle.trust_domain}, not {self.trust_domain}")
+        if bundle == self._bundle and svid == self._svid:
+            return
+        self._bundle, self._svid = bundle, svid
+        if self._current is not None:
+            self._retire(self._current)
+            self._current = None
+
+    def _bundles(self) -> BundleSet:
+        return BundleSet.of(self._bundle) if self._bundle is not None else BundleSet.of()
+
+    def _is_ca(self, sid: SpiffeId) -> bool:
+        return sid.trust_domain == self.trust_domain and sid.path.startswith(CA_PATH_PREFIX)
+
+    def _context(self) -> ssl.SSLContext:
+        if self._bundle is None or not self._bundle.x509_authorities:
+            raise Unavailable("no trust bundle to verify the CA with")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = False  # the CA is identified by its SPIFFE ID, not a host name
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cadata=self._bundle.x509_pem().decode("ascii"))
+        if self._svid is not None:
+            load_cert_chain_from_memory(ctx, self._svid.chain_pem(), self._svid.key_pem())
+        ctx.sslobject_class = type(
+            "CaSSLObject", (_CaVerifyingSSLObject,), {"_ca_verifier": self._verifier}
+        )
+        return ctx
+
+    async def _acquire(self) -> _Session:
+        idle, self._old = self._old, []
+        for old in idle:
+            await old.session.close()
+        if self._current is None:
+            connector = aiohttp.TCPConnector(ssl=self._context(), limit=32)
+            self._current = _Session(aiohttp.ClientSession(connector=connector))
+        self._current.users += 1
+        return self._current
+
+    async def _release(self, entry: _Session) -> None:
+        entry.users -= 1
+        if entry.retired and entry.users == 0:
+            await entry.session.close()
+
+    def _retire(self, entry: _Session) -> None:
+        entry.retired = True
+        if entry.users == 0:
+            self._old.append(entry)
+
+    async def close(self) -> None:
+        """Close every connection pool."""
+        pending = self._old + ([self._current] if self._current is not None else [])
+        self._old, self._current = [], None
+        for entry in pending:
+            await entry.session.close()
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def attest(
+        self, join_token: str, csr: x509.CertificateSigningRequest
+    ) -> AgentSvidResponse:
+        """POST /v1/agent/attest: burn the join token, get the agent SVID and the bundle."""
+        body = {"join_token": join_token, "csr": csr_pem(csr)}
+        return self._agent_svid(await self._call("POST", "/v1/agent/attest", body=body))
+
+    async def renew(self, csr: x509.CertificateSigningRequest) -> AgentSvidResponse:
+        """POST /v1/agent/renew (mTLS): a new agent SVID for the CSR's key."""
+        body = {"csr": csr_pem(csr)}
+        return self._agent_svid(await self._call("POST", "/v1/agent/renew", body=body))
+
+    async def entries(self, *, since: int, wait: float) -> EntriesResponse:
+        """GET /v1/agent/entries: returns at once if the revision is past ``since``, else after
+        a change or ``wait`` seconds."""
+        query = {"wait": f"{max(wait, 0.0):g}"}
+        if since >= 0:
+            query["since"] = str(since)
+        data = await self._call(
+            "GET", "/v1/agent/entries", query=query, timeout=wait + self._timeout
+        )
+        try:
+            revision = data["revision"]
+            items = data["entries"]
+            if not isinstance(revision, int) or not isinstance(items, list):
+                raise TypeError("revision must be an integer and entries a list")
+            entries = tuple(RegistrationEntry.from_json(item) for item in items)
+        except (KeyError, TypeError, InvalidRequest, InvalidSpiffeId) as exc:
+            raise _garbage("/v1/agent/entries", exc) from exc
+        return EntriesResponse(revision=revision, entries=entries)
+
+    async def sign_x509(
+        self, requests: Sequence[tuple[str, x509.CertificateSigningRequest]]
+    ) -> tuple[tuple[X509Result, ...], int | None]:
+        """POST /v1/agent/x509: one result per (entry_id, CSR), and the CA's bundle sequence."""
+        body = {"requests": [{"entry_id": eid, "csr": csr_pem(csr)} for eid, csr in requests]}
+        data = await self._call("POST", "/v1/agent/x509", body=body)
+        try:
+            results = tuple(_x509_result(item) for item in data["results"])
+            sequence = data.get("bundle_sequence")
+            if len(results) != len(requests) or not isinstance(sequence, int | None):
+                raise TypeError("one result per request and an integer bundle_sequence expected")
+        except (KeyError, TypeError, ValueError, S2SError) as exc:
+            raise _garbage("/v1/agent/x509", exc) from exc
+        return results, sequence
+
+    async def mint_jwt(self, entry_id: str, audience: Sequence[str]) -> JwtResponse:
+        """POST /v1/agent/jwt: a JWT-SVID for an entry of this agent."""
+        body = {"entry_id": entry_id, "audience": list(audience)}
+        data = await self._call("POST", "/v1/agent/jwt", body=body)
+        try:
+            token, aud = data["token"], data["audience"]
+            if not isinstance(token, str) or not token or not isinstance(aud, list):
+                raise TypeError("token must be a string and audience a list")
+            return JwtResponse(
+                token=token,
+                spiffe_id=SpiffeId.parse(data["spiffe_id"]),
+                audience=tuple(str(a) for a in aud),
+                expires_at=utc(datetime.fromisoformat(data["expires_at"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise _garbage("/v1/agent/jwt", exc) from exc
+
+    async def fetch_bundle(self) -> Bundle:
+        """GET /v1/bundle: the trust domain's current bundle."""
+        data = await self._call("GET", "/v1/bundle")
+        try:
+            return Bundle.decode(self.trust_domain, json.dumps(data))
+        except InvalidBundle as exc:
+            raise _garbage("/v1/bundle", exc) from exc
+
+    # -- transport --------------------------------------------------------------------------
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send to each URL in turn until one answers; raise what it answered or Unavailable."""
+        failures: list[str] = []
+        count = len(self.urls)
+        for step in range(count):
+            index = (self._preferred + step) % count
+            url = self.urls[index]
+            try:
+                request = _Request(method, path, body, query, timeout or self._timeout)
+                data = await self._send(url, request)
+            except Unavailable as exc:
+                failures.append(str(exc))
+                log.warning(
+                    "ca.call_failed", extra={F.ADDRESS: url, F.PATH: path, F.ERROR: str(exc)}
+                )
+                continue
+            self._preferred = index
+            return data
+        raise Unavailable("no CA replica answered: " + "; ".join(failures))
+
+    async def _send(self, base: str, req: _Request) -> Any:
+        entry = await self._acquire()
+        timeout = req.timeout
+        try:
+            async with entry.session.request(
+                req.method,
+                base + req.path,
+                json=req.body,
+                params=req.query,
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
+                headers={"Accept": "application/json"},
+            ) as response:
+                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                return _decode(base, req.path, response.status, response.content_type, raw)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise Unavailable(f"{base} failed TLS verification: {exc.certificate_error}") from exc
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            raise Unavailable(f"{base} is unreachable: {type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise Unavailable(f"{base} did not answer within {timeout:g}s") from exc
+        finally:
+            await self._release(entry)
+
+    def _agent_svid(self, data: Any) -> AgentSvidResponse:
+        try:
+            svid = _svid(data)
+            bundle = Bundle.decode(self.trust_domain, json.dumps(data["bundle"]))
+        except (KeyError, TypeError, ValueError, S2SError) as exc:
+            raise _garbage("agent SVID", exc) from exc
+        return AgentSvidResponse(svid=svid, bundle=bundle)
+
+
+def _decode(base: str, path: str, status: int, content_type: str, raw: bytes) -> Any:
+    if len(raw) > MAX_RESPONSE_BYTES:
+        raise Unavailable(f"{base}{path} sent more than {MAX_RESPONSE_BYTES} bytes")
+    data: Any = None
+    try:
+        data = json.loads(raw) if content_type == "application/json" else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    error = data if isinstance(data, dict) and isinstance(data.get("error"), str) else None
+    if status >= 500 or (status >= 400 and error is None):
+        detail = str(error.get("message", "")) if error is not None else ""
+        raise Unavailable(f"{base}{path} answered HTTP {status} {detail}".rstrip())
+    if status >= 400 and error is not None:
+        code, message = str(error["error"]), str(error.get("message", ""))
+        if code == "agent_unknown" or (
+            code == "not_authorized" and _UNKNOWN_AGENT_MARKER in message
+        ):
+            raise AgentUnknown(message)
+        raise error_from_code(code, message)
+    if not isinstance(data, dict):
+        raise Unavailable(f"{base}{path} sent a response that is not a JSON object")
+    return data
+
+
+def _garbage(what: str, exc: BaseException) -> Unavailable:
+    return Unavailable(f"the CA sent a malformed {what} response: {exc}")
+
+
+def _svid(data: Mapping[str, Any]) -> X509Svid:
+    chain_pem = data["svid_chain"]
+    if not isinstance(chain_pem, str):
+        raise TypeError("svid_chain must be PEM text")
+    chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode("ascii")))
+    sid = check_x509_svid(chain)
+    if str(sid) != data["spiffe_id"]:
+        raise InvalidSvid(f"the chain names {sid}, not {data['spiffe_id']}", rule="uri-san")
+    return X509Svid(spiffe_id=sid, cert_chain=chain)
+
+
+def _x509_result(item: Any) -> X509Result:
+    entry_id = item["entry_id"]
+    if not isinstance(entry_id, str):
+        raise TypeError("entry_id must be a string")
+    if "error" in item:
+        error = error_from_code(str(item["error"]), str(item.get("message", "")))
+        return X509Result(entry_id=entry_id, svid=None, error=error)
+    return X509Result(entry_id=entry_id, svid=_svid(item), error=None)
+
+
+async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> None:
+    """Sleep the next backoff delay (returns early when ``stop`` is set)."""
+    delay = backoff.next_delay()
+    if stop is None:
+        await asyncio.sleep(delay)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay)

@@ -1,0 +1,450 @@
+"""The SVID cache: what the Workload API serves (it implements ``IdentityProvider``).
+
+Three loops keep it current (:meth:`SvidCache.run`):
+
+* **entries** long-polls the CA for the entries parented by this agent and applies each answer
+  at once: a new entry is scheduled for issuance, a changed one is re-issued (or just re-labelled
+  when only selectors or hint changed), a deleted one disappears from every stream.
+* **rotation** generates one key per entry locally (keys never leave the node), asks the CA for
+  SVIDs in batches, and renews each at half-life with +-10% jitter. It also wakes at each expiry
+  so that an SVID that could not be renewed leaves the streams the moment it expires.
+* **bundle** re-reads the trust bundle periodically and whenever an issuance answer carries a
+  sequence other than ours.
+
+State is one immutable :class:`CacheState` that writers replace whole; readers take no lock.
+When the CA is unreachable every loop backs off and retries while the cache keeps serving what it
+holds until it expires; :meth:`health` then reports what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient, sleep_backoff
+from s2s.agent.metrics import AgentMetrics
+from s2s.agent.node import build_csr, new_key, renewal_due_at
+from s2s.core.bundle import Bundle, BundleSet
+from s2s.core.clock import Clock
+from s2s.core.errors import S2SError, Unavailable
+from s2s.core.registration import RegistrationEntry
+from s2s.core.rotation import jitter_from
+from s2s.core.selectors import Selector, matches
+from s2s.core.spiffe_id import SpiffeId
+from s2s.core.x509svid import X509Svid
+from s2s.log import F
+from s2s.verifier.jwt import JwtValidator
+
+__all__ = ["CacheState", "CachedSvid", "SvidCache"]
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE: Final = 500  # the CA's MAX_BATCH
+MAX_JWT_CACHE: Final = 10_000
+MAX_VALIDATORS: Final = 256
+_EPOCH_RETRY: Final = timedelta(seconds=5)
+
+UnknownHandler = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CachedSvid:
+    """One entry and the SVID held for it (None until the first issue succeeds)."""
+
+    entry: RegistrationEntry
+    svid: X509Svid | None = None
+    renew_at: datetime | None = None
+    retry_at: datetime | None = None  # after a per-entry error from the CA
+
+
+@dataclass(frozen=True, slots=True)
+class CacheState:
+    """Entries in serving order (oldest first: the first match is a workload's default)."""
+
+    items: tuple[CachedSvid, ...] = ()
+    bundles: BundleSet = field(default_factory=BundleSet.of)
+    revision: int = -1
+
+    def by_id(self) -> dict[str, CachedSvid]:
+        return {item.entry.id: item for item in self.items}
+
+
+class SvidCache:
+    """Follows this agent's entries and keeps a fresh SVID for each."""
+
+    def __init__(
+        self,
+        *,
+        client: CaClient,
+        bundle: Bundle,
+        clock: Clock,
+        on_unknown: UnknownHandler | None = None,
+        on_bundle: Callable[[Bundle], object] | None = None,
+        metrics: AgentMetrics | None = None,
+        rand: Callable[[], float] = random.random,
+        keygen: Callable[[], ec.EllipticCurvePrivateKey] = new_key,
+        entries_wait: float = 30.0,
+        bundle_interval: float = 30.0,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._on_unknown = on_unknown
+        self._on_bundle = on_bundle
+        self._metrics = metrics or AgentMetrics()
+        self._rand = rand
+        self._keygen = keygen
+        self._entries_wait = entries_wait
+        self._bundle_interval = bundle_interval
+        self._state = CacheState(bundles=BundleSet.of(bundle))
+        self._version = 0
+        self._changed = asyncio.Event()
+        self._wake_rotation = asyncio.Event()
+        self._wake_bundle = asyncio.Event()
+        self._jwt: dict[tuple[SpiffeId, frozenset[str]], tuple[str, datetime, datetime]] = {}
+        self._jwt_pending: dict[tuple[SpiffeId, frozenset[str]], asyncio.Future[str]] = {}
+        self._validators: dict[str, JwtValidator] = {}
+        self.synced = asyncio.Event()  # set after the first entries answer was applied
+
+    # -- IdentityProvider -------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    async def wait_for_update(self, after_version: int) -> int:
+        while self._version == after_version:
+            await self._changed.wait()
+        return self._version
+
+    def svids_for(self, selectors: frozenset[Selector]) -> tuple[X509Svid, ...]:
+        now = self._clock.now()
+        return tuple(
+            item.svid
+            for item in self._state.items
+            if item.svid is not None
+            and item.svid.not_after > now
+            and matches(item.entry.selectors, selectors)
+        )
+
+    def bundles(self) -> BundleSet:
+        return self._state.bundles
+
+    def current(self) -> BundleSet:
+        """``BundleLookup`` for the JWT validators."""
+        return self._state.bundles
+
+    def crls(self) -> tuple[bytes, ...]:
+        return ()
+
+    async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
+        key = (spiffe_id, frozenset(audience))
+        now = self._clock.now()
+        cached = self._jwt.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        pending = self._jwt_pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._mint_jwt(spiffe_id, audience))
+            self._jwt_pending[key] = pending
+            pending.add_done_callback(lambda _f: self._jwt_pending.pop(key, None))
+        try:
+            return await asyncio.shield(pending)
+        except Unavailable:
+            # The CA is down: a token past half-life but not expired is still good to serve.
+            if cached is not None and now < cached[2]:
+                return cached[0]
+            raise
+
+    def validate_jwt(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
+        validator = self._validators.get(audience)
+        if validator is None:
+            if len(self._validators) >= MAX_VALIDATORS:
+                self._validators.clear()
+            validator = JwtValidator(self, audience, clock=self._clock)
+            self._validators[audience] = validator
+        result = validator.validate(token)
+        return result.spiffe_id, result.claims.claims
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CacheState:
+        return self._state
+
+    def set_bundle(self, bundle: Bundle) -> None:
+        """Serve ``bundle`` for our trust domain (node callback after attestation/renewal)."""
+        if self._state.bundles.get(bundle.trust_domain) != bundle:
+            self._replace(
+                dataclasses.replace(self._state, bundles=self._state.bundles.with_bundle(bundle))
+            )
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why not): every entry has an unexpired SVID."""
+        now = self._clock.now()
+        if not self.synced.is_set():
+            return False, "entries not synced with the CA yet"
+        missing = [
+            item.entry.id
+            for item in self._state.items
+            if item.svid is None or item.svid.not_after <= now
+        ]
+        if missing:
+            return False, f"{len(missing)} entries have no valid SVID (e.g. {missing[0]})"
+        return True, ""
+
+    def _replace(self, state: CacheState) -> None:
+        self._state = state
+        self._version += 1
+        event, self._changed = self._changed, asyncio.Event()
+        event.set()
+        now = self._clock.now()
+        held = sum(1 for i in state.items if i.svid is not None and i.svid.not_after > now)
+        self._metrics.svids_held.set(held)
+        self._metrics.entries.set(len(state.items))
+
+    # -- loops ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run the entries, rotation and bundle loops until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._entries_loop(), name="entries")
+            group.create_task(self._rotation_loop(), name="rotation")
+            group.create_task(self._expiry_loop(), name="expiry")
+            group.create_task(self._bundle_loop(), name="bundle")
+
+    async def _entries_loop(self) -> None:
+        backoff = Backoff(rand=self._rand)
+        while True:
+            wait = self._entries_wait if self.synced.is_set() else 0.0
+            try:
+                answer = await self._client.entries(since=self._state.revision, wait=wait)
+            except S2SError as exc:
+                await self._ca_failed("entries", exc, backoff)
+                continue
+            backoff.reset()
+            self.apply_entries(answer.entries, answer.revision)
+
+    def apply_entries(self, entries: Iterable[RegistrationEntry], revision: int) -> None:
+        """Adopt the CA's entry list (as of ``revision``): keep, re-label, re-issue or drop."""
+        old = self._state.by_id()
+        ordered = sorted(entries, key=_entry_order)
+        items = tuple(_carry_over(old.get(e.id), e) for e in ordered)
+        dropped = set(old) - {e.id for e in ordered}
+        changed = dropped or any(old.get(i.entry.id) is None or old[i.entry.id] != i for i in items)
+        self.synced.set()
+        if dropped:
+            live = {i.entry.spiffe_id for i in items}
+            self._jwt = {k: v for k, v in self._jwt.items() if k[0] in live}
+            log.info("agent.entries_removed", extra={F.COUNT: len(dropped)})
+        if changed or revision != self._state.revision:
+            self._replace(dataclasses.replace(self._state, items=items, revision=revision))
+            self._wake_rotation.set()
+
+    async def _rotation_loop(self) -> None:
+        backoff = Backoff(rand=self._rand)
+        while True:
+            due = self._due(self._clock.now())
+            if due:
+                try:
+                    await self.issue(due)
+                    backoff.reset()
+                except S2SError as exc:
+                    await self._ca_failed("x509", exc, backoff)
+                continue
+            await self._sleep_until_next_event()
+
+    def _due(self, now: datetime) -> list[CachedSvid]:
+        return [
+            item
+            for item in self._state.items
+            if (item.retry_at is None or item.retry_at <= now)
+            and (item.svid is None or item.renew_at is None or item.renew_at <= now)
+        ]
+
+    async def _sleep_until_next_event(self) -> None:
+        now = self._clock.now()
+        times = [t for item in self._state.items for t in _event_times(item) if t > now]
+        delay = (min(times) - now).total_seconds() if times else 60.0
+        self._wake_rotation.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake_rotation.wait(), min(max(delay, 0.0), 60.0))
+
+    async def _expiry_loop(self) -> None:
+        """Push a fresh state to the streams the moment a held SVID expires (even while the
+        rotation loop is backing off from an unreachable CA)."""
+        while True:
+            now = self._clock.now()
+            ends = [
+                i.svid.not_after for i in self._state.items if i.svid and i.svid.not_after > now
+            ]
+            delay = (min(ends) - now).total_seconds() + 0.001 if ends else 60.0
+            version = self._version
+            try:
+                await asyncio.wait_for(self.wait_for_update(version), min(delay, 60.0))
+            except TimeoutError:
+                if ends and self._clock.now() >= min(ends):
+                    log.warning("agent.svid_expired", extra={F.COUNT: 1})
+                    self._replace(self._state)
+
+    async def issue(self, items: list[CachedSvid]) -> None:
+        """Get SVIDs for ``items`` (new keys, batched CSRs) and store them."""
+        for start in range(0, len(items), BATCH_SIZE):
+            batch = items[start : start + BATCH_SIZE]
+            keys = await asyncio.to_thread(_keys_and_csrs, self._keygen, len(batch))
+            requests = [(item.entry.id, csr) for item, (_key, csr) in zip(batch, keys, strict=True)]
+            results, sequence = await self._client.sign_x509(requests)
+            self._store_results(batch, [k for k, _ in keys], results)
+            if sequence is not None and sequence != self._own_bundle_sequence():
+                self._wake_bundle.set()
+
+    def _store_results(
+        self, batch: list[CachedSvid], keys: list[ec.EllipticCurvePrivateKey], results: Any
+    ) -> None:
+        now = self._clock.now()
+        updates: dict[str, CachedSvid] = {}
+        issued = 0
+        for item, key, result in zip(batch, keys, results, strict=True):
+            svid = result.svid
+            if svid is None or result.entry_id != item.entry.id:
+                error = result.error or S2SError("not issued")
+                log.warning(
+                    "agent.svid_refused",
+                    extra={F.ENTRY_ID: item.entry.id, F.ERROR: f"{error.code}: {error}"},
+                )
+                self._metrics.count_ca_error("x509", error.code)
+                updates[item.entry.id] = dataclasses.replace(item, retry_at=now + _EPOCH_RETRY)
+                continue
+            if svid.spiffe_id != item.entry.spiffe_id or svid.leaf.public_key() != key.public_key():
+                self._metrics.count_ca_error("x509", "mismatch")
+                updates[item.entry.id] = dataclasses.replace(item, retry_at=now + _EPOCH_RETRY)
+                continue
+            full = X509Svid(
+                spiffe_id=svid.spiffe_id,
+                cert_chain=svid.cert_chain,
+                private_key=key,
+                hint=item.entry.hint,
+            )
+            renew_at = renewal_due_at(full, now, jitter=jitter_from(self._rand), now=now)
+            updates[item.entry.id] = CachedSvid(item.entry, full, renew_at, None)
+            issued += 1
+        current = self._state
+        # Entries may have changed while the batch was out: only update those still identical.
+        items = tuple(
+            updates[i.entry.id]
+            if i.entry.id in updates and i.entry == updates[i.entry.id].entry
+            else i
+            for i in current.items
+        )
+        self._replace(dataclasses.replace(current, items=items))
+        self._metrics.count_rotation("x509", issued)
+        if issued:
+            log.info("agent.svids_issued", extra={F.COUNT: issued})
+
+    async def _bundle_loop(self) -> None:
+        backoff = Backoff(rand=self._rand)
+        while True:
+            self._wake_bundle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_bundle.wait(), self._bundle_interval)
+            while True:
+                try:
+                    bundle = await self._client.fetch_bundle()
+                    break
+                except S2SError as exc:
+                    await self._ca_failed("bundle", exc, backoff)
+            backoff.reset()
+            if self._on_bundle is not None:
+                self._on_bundle(bundle)  # the node persists it and calls set_bundle
+            else:
+                self.set_bundle(bundle)
+
+    def _own_bundle_sequence(self) -> int | None:
+        for bundle in self._state.bundles:
+            return bundle.sequence
+        return None
+
+    async def _ca_failed(self, op: str, exc: S2SError, backoff: Backoff) -> None:
+        self._metrics.count_ca_error(op, exc.code)
+        if isinstance(exc, AgentUnknown) and self._on_unknown is not None:
+            await self._on_unknown()
+            return
+        if not isinstance(exc, Unavailable):
+            log.error("agent.ca_refused", extra={F.LOOP: op, F.ERROR: f"{exc.code}: {exc}"})
+        else:
+            log.warning("agent.ca_unavailable", extra={F.LOOP: op, F.ERROR: str(exc)})
+        await sleep_backoff(backoff)
+
+    async def _mint_jwt(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
+        item = next(
+            (i for i in self._state.items if i.entry.spiffe_id == spiffe_id and i.svid is not None),
+            None,
+        )
+        if item is None:
+            raise Unavailable(f"no current entry for {spiffe_id}")
+        try:
+            answer = await self._client.mint_jwt(item.entry.id, audience)
+        except S2SError as exc:
+            self._metrics.count_ca_error("jwt", exc.code)
+            if isinstance(exc, AgentUnknown) and self._on_unknown is not None:
+                await self._on_unknown()
+            raise Unavailable(f"cannot get a JWT-SVID for {spiffe_id} now: {exc}") from exc
+        if answer.spiffe_id != spiffe_id:
+            raise Unavailable(f"the CA minted a JWT-SVID for {answer.spiffe_id}, not {spiffe_id}")
+        now = self._clock.now()
+        half_life = now + (answer.expires_at - now) / 2
+        if len(self._jwt) >= MAX_JWT_CACHE:
+            self._jwt = {k: v for k, v in self._jwt.items() if v[2] > now}
+            if len(self._jwt) >= MAX_JWT_CACHE:
+                self._jwt.clear()
+        self._jwt[(spiffe_id, frozenset(audience))] = (answer.token, half_life, answer.expires_at)
+        self._metrics.count_rotation("jwt")
+        return answer.token
+
+
+def _entry_order(entry: RegistrationEntry) -> tuple[str, str]:
+    return (entry.created_at.isoformat() if entry.created_at else "", entry.id)
+
+
+def _carry_over(old: CachedSvid | None, entry: RegistrationEntry) -> CachedSvid:
+    """The cached item for ``entry`` given what was held for its previous revision."""
+    if old is None:
+        return CachedSvid(entry)
+    if old.entry == entry:
+        return old
+    same_svid = (
+        old.entry.spiffe_id == entry.spiffe_id
+        and old.entry.dns_names == entry.dns_names
+        and old.entry.x509_svid_ttl == entry.x509_svid_ttl
+    )
+    if not same_svid or old.svid is None:
+        return CachedSvid(entry)  # re-issue at once; the old SVID no longer describes the entry
+    svid = old.svid
+    if svid.hint != entry.hint:
+        svid = dataclasses.replace(svid, hint=entry.hint)
+    return dataclasses.replace(old, entry=entry, svid=svid)
+
+
+def _event_times(item: CachedSvid) -> list[datetime]:
+    times = [t for t in (item.renew_at, item.retry_at) if t is not None]
+    if item.svid is not None:
+        times.append(item.svid.not_after)
+    return times
+
+
+def _keys_and_csrs(
+    keygen: Callable[[], ec.EllipticCurvePrivateKey], n: int
+) -> list[tuple[ec.EllipticCurvePrivateKey, Any]]:
+    out = []
+    for _ in range(n):
+        key = keygen()
+        out.append((key, build_csr(key)))
+    return out

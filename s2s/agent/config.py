@@ -1,0 +1,300 @@
+"""The agent's configuration: one frozen value, built once at the edge.
+
+Every setting comes from (highest first) a command-line flag, an ``S2S_*`` environment variable,
+the TOML file (``--config agent.toml`` or ``S2S_CONFIG``), or its default. Values are parsed here
+(``TrustDomain``, URLs, paths, sizes) so inner code only sees typed values; anything wrong raises
+:class:`InvalidConfig` naming the setting and where it came from.
+
+    trust_domain = "example.org"
+    ca_url = ["https://ca-1:8443", "https://ca-2:8443"]   # or one string
+    trust_bundle = "bootstrap.pem"        # relative paths are relative to the TOML file
+    join_token = "..."                    # only needed until the first attestation
+    data_dir = "/var/lib/s2s-agent"
+    socket = "/run/s2s/agent.sock"
+    sha256_max_bytes = "128MiB"           # biggest binary hashed for unix:sha256 (0 = no limit)
+    metrics_listen = "127.0.0.1:9988"     # "" or absent: no metrics endpoint
+    log_level = "info"
+    log_format = "json"                   # or "text"
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from s2s.agent.attestor import DEFAULT_SHA256_MAX_BYTES
+from s2s.core.errors import InvalidConfig, InvalidSpiffeId
+from s2s.core.spiffe_id import TrustDomain
+
+__all__ = [
+    "CONFIG_ENV",
+    "DEFAULT_SOCKET",
+    "ENV_VARS",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "AgentConfig",
+    "load_config",
+    "parse_listen",
+    "parse_size",
+]
+
+DEFAULT_SOCKET: Final = Path("/run/s2s/agent.sock")
+CONFIG_ENV: Final = "S2S_CONFIG"
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS: Final = ("json", "text")
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+_MAX_TOKEN_CHARS: Final = 256
+
+# setting name -> environment variable; the TOML key is the setting name (ca_urls is "ca_url").
+ENV_VARS: Final[Mapping[str, str]] = {
+    "trust_domain": "S2S_TRUST_DOMAIN",
+    "ca_urls": "S2S_CA_URL",
+    "trust_bundle": "S2S_TRUST_BUNDLE",
+    "join_token": "S2S_JOIN_TOKEN",
+    "data_dir": "S2S_DATA_DIR",
+    "socket": "S2S_SOCKET",
+    "sha256_max_bytes": "S2S_SHA256_MAX_BYTES",
+    "metrics_listen": "S2S_METRICS_LISTEN",
+    "log_level": "S2S_LOG_LEVEL",
+    "log_format": "S2S_LOG_FORMAT",
+}
+_TOML_KEYS: Final = {("ca_url" if k == "ca_urls" else k): k for k in ENV_VARS}
+_FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()}
+_SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
+_SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything the agent needs, fixed for the life of the process. ``join_token`` is a secret
+    and is left out of ``repr``."""
+
+    trust_domain: TrustDomain
+    ca_urls: tuple[str, ...]
+    data_dir: Path
+    trust_bundle: Path | None = None
+    join_token: str | None = field(default=None, repr=False)
+    socket: Path = DEFAULT_SOCKET
+    sha256_max_bytes: int = DEFAULT_SHA256_MAX_BYTES
+    metrics_listen: tuple[str, int] | None = None
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.trust_domain, TrustDomain):
+            raise InvalidConfig("trust_domain must be a TrustDomain (parse it at the edge)")
+        if not self.ca_urls:
+            raise InvalidConfig("at least one ca_url is required (--ca-url / S2S_CA_URL)")
+        for url in self.ca_urls:
+            _check_url(url)
+        if not self.socket.is_absolute():
+            raise InvalidConfig(f"socket must be an absolute path, got {str(self.socket)!r}")
+        if len(str(self.socket).encode()) > 107:
+            raise InvalidConfig("socket path is longer than 107 bytes (the Unix socket limit)")
+        if self.sha256_max_bytes < 0:
+            raise InvalidConfig("sha256_max_bytes must be 0 (no limit) or a positive size")
+        if self.log_level not in LOG_LEVELS:
+            raise InvalidConfig(f"log_level must be one of {', '.join(LOG_LEVELS).lower()}")
+        if self.log_format not in LOG_FORMATS:
+            raise InvalidConfig(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        if self.join_token is not None and not 0 < len(self.join_token) <= _MAX_TOKEN_CHARS:
+            raise InvalidConfig(f"join_token must be 1 to {_MAX_TOKEN_CHARS} characters")
+
+
+def load_config(
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> AgentConfig:
+    """Merge flags > environment > TOML file > defaults into an :class:`AgentConfig`.
+
+    ``flags`` maps setting names (``trust_domain``, ``ca_urls``, ...) to values; ``None`` or an
+    empty tuple means "not given". ``config_file`` defaults to ``$S2S_CONFIG`` when set.
+    """
+    env = dict(environ or {})
+    if config_file is None and env.get(CONFIG_ENV):
+        config_file = Path(env[CONFIG_ENV])
+    raw: dict[str, tuple[Any, str]] = {}
+    if config_file is not None:
+        for name, value in _read_toml(config_file).items():
+            raw[name] = (value, f"{config_file}")
+    for name, var in ENV_VARS.items():
+        if env.get(var, "") != "":
+            raw[name] = (env[var], f"${var}")
+    for name, value in (flags or {}).items():
+        if name not in ENV_VARS:
+            raise InvalidConfig(f"unknown setting {name!r}")
+        if value is not None and value not in ((), []):
+            raw[name] = (value, _FLAGS[name])
+    base = config_file.parent if config_file is not None else None
+    return _build(raw, base)
+
+
+def _build(raw: Mapping[str, tuple[Any, str]], base: Path | None) -> AgentConfig:
+    for required in ("trust_domain", "ca_urls", "data_dir"):
+        if required not in raw:
+            key = _FLAGS[required].removeprefix("--").replace("-", "_")
+            raise InvalidConfig(
+                f"{key} is not set: pass {_FLAGS[required]}, set {ENV_VARS[required]}, "
+                f"or put {key} in the config file"
+            )
+    values: dict[str, Any] = {}
+    for name, (value, source) in raw.items():
+        parser = _PARSERS[name]
+        try:
+            values[name] = parser(value, base if source not in _NON_FILE else None)
+        except InvalidConfig as exc:
+            raise InvalidConfig(f"{name} (from {source}): {exc}") from None
+    try:
+        return AgentConfig(**values)
+    except InvalidConfig as exc:
+        raise InvalidConfig(f"bad agent configuration: {exc}") from None
+
+
+_NON_FILE: Final = frozenset({f"${v}" for v in ENV_VARS.values()} | set(_FLAGS.values()))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidConfig(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise InvalidConfig(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise InvalidConfig(f"config file {path} is not valid TOML: {exc}") from None
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if key not in _TOML_KEYS:
+            known = ", ".join(sorted(_TOML_KEYS))
+            raise InvalidConfig(f"unknown setting {key!r} in {path} (known: {known})")
+        out[_TOML_KEYS[key]] = value
+    return out
+
+
+# ---- value parsers: (value, base dir for relative paths or None) -> typed value ------------
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidConfig(f"must be a string ({what}), got {type(value).__name__}")
+    return value.strip()
+
+
+def _trust_domain(value: Any, _base: Path | None) -> TrustDomain:
+    try:
+        return TrustDomain.parse(_text(value, "a trust domain name"))
+    except InvalidSpiffeId as exc:
+        raise InvalidConfig(str(exc)) from None
+
+
+def _urls(value: Any, _base: Path | None) -> tuple[str, ...]:
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise InvalidConfig("must be a URL or a list of URLs")
+    urls = tuple(_text(item, "an https URL").rstrip("/") for item in items)
+    if not urls or not all(urls):
+        raise InvalidConfig("must name at least one https URL and no empty ones")
+    for url in urls:
+        _check_url(url)
+    return tuple(dict.fromkeys(urls))
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidConfig(f"{url!r} is not a URL: {exc}") from None
+    if parts.scheme != "https":
+        raise InvalidConfig(f"{url!r} must be an https:// URL (the CA API is HTTPS only)")
+    if not parts.hostname or parts.query or parts.fragment or parts.username:
+        raise InvalidConfig(f"{url!r} must be https://HOST[:PORT] without user, query or fragment")
+    if port == 0:
+        raise InvalidConfig(f"{url!r} has port 0")
+
+
+def _path(value: Any, base: Path | None) -> Path:
+    text = value if isinstance(value, Path) else _text(value, "a path")
+    if not str(text):
+        raise InvalidConfig("must not be empty")
+    path = Path(text).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    return path
+
+
+def _abs_path(value: Any, base: Path | None) -> Path:
+    path = _path(value, base)
+    return path if path.is_absolute() else path.absolute()
+
+
+def _token(value: Any, _base: Path | None) -> str:
+    token = _text(value, "the join token")
+    if not token or len(token) > _MAX_TOKEN_CHARS or not token.isprintable():
+        raise InvalidConfig(f"must be 1 to {_MAX_TOKEN_CHARS} printable characters")
+    return token
+
+
+def parse_size(value: Any) -> int:
+    """``1048576``, ``"64k"``, ``"128MiB"``, ``"1G"`` -> bytes.
+
+    >>> parse_size("128MiB"), parse_size(0), parse_size("4k")
+    (134217728, 0, 4096)
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise InvalidConfig("a size must not be negative")
+        return value
+    match = _SIZE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidConfig(f"{value!r} is not a size like 1048576, 64k, 128MiB or 1G")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)[:1].lower()]
+
+
+def parse_listen(value: Any) -> tuple[str, int] | None:
+    """``"HOST:PORT"`` -> (host, port); ``""`` -> None (disabled).
+
+    >>> parse_listen("127.0.0.1:9988"), parse_listen("[::1]:0"), parse_listen("")
+    (('127.0.0.1', 9988), ('::1', 0), None)
+    """
+    text = _text(value, "HOST:PORT")
+    if not text:
+        return None
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidConfig(f"{text!r} must be HOST:PORT (e.g. 127.0.0.1:9988)")
+    return host.strip("[]"), int(port)
+
+
+def _level(value: Any, _base: Path | None) -> str:
+    return _text(value, "a log level").upper()
+
+
+def _format(value: Any, _base: Path | None) -> str:
+    return _text(value, "json or text").lower()
+
+
+_PARSERS: Final[Mapping[str, Callable[[Any, Path | None], Any]]] = {
+    "trust_domain": _trust_domain,
+    "ca_urls": _urls,
+    "trust_bundle": _abs_path,
+    "join_token": _token,
+    "data_dir": _abs_path,
+    "socket": _abs_path,
+    "sha256_max_bytes": lambda v, _b: parse_size(v),
+    "metrics_listen": lambda v, _b: parse_listen(v),
+    "log_level": _level,
+    "log_format": _format,
+}

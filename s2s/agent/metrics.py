@@ -1,0 +1,74 @@
+"""Prometheus metrics of the agent, on a registry of its own (two agents in one test process
+never clash). The cache, node and Workload API server report through the small methods below;
+``app.py`` serves :meth:`AgentMetrics.render` on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+__all__ = ["CONTENT_TYPE", "AgentMetrics"]
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass
+class AgentMetrics:
+    """The agent metrics. ``kind`` labels: x509, jwt, agent; ``op`` labels are CA API calls."""
+
+    registry: CollectorRegistry = field(
+        default_factory=lambda: CollectorRegistry(auto_describe=True)
+    )
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.svids_held = Gauge(
+            "s2s_agent_svids_held", "Valid X509-SVIDs held for workloads", registry=r
+        )
+        self.entries = Gauge(
+            "s2s_agent_registration_entries", "Entries parented by this agent", registry=r
+        )
+        self.rotations = Counter(
+            "s2s_agent_rotations",
+            "SVIDs obtained (first issue or renewal), by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.workload_calls = Counter(
+            "s2s_agent_workload_api_calls",
+            "Workload API calls, by method and gRPC code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.ca_errors = Counter(
+            "s2s_agent_ca_errors",
+            "Failed CA calls, by operation and error code",
+            ["op", "code"],
+            registry=r,
+        )
+        self.healthy = Gauge(
+            "s2s_agent_healthy",
+            "1 while every entry has a valid SVID and the agent SVID is valid",
+            registry=r,
+        )
+        self.agent_svid_expiry = Gauge(
+            "s2s_agent_svid_not_after_seconds", "Expiry (Unix time) of the agent SVID", registry=r
+        )
+
+    def observe_call(self, method: str, code: str) -> None:
+        """The Workload API server's ``observe`` hook."""
+        self.workload_calls.labels(method=method, code=code).inc()
+
+    def count_rotation(self, kind: str, n: int = 1) -> None:
+        if n:
+            self.rotations.labels(kind=kind).inc(n)
+
+    def count_ca_error(self, op: str, code: str) -> None:
+        self.ca_errors.labels(op=op, code=code).inc()
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

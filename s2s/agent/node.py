@@ -1,0 +1,375 @@
+"""Node attestation: the agent's own identity (agent SVID) and the trust bundle it follows.
+
+The agent attests once with its join token and keeps the key and SVID in the data dir (one PEM
+file, 0600, written atomically), so a restart does not re-attest and does not need the token.
+It renews at half-life with +-10% jitter (``s2s.core.rotation``), with a fresh key each time, and
+attests again only when the CA says it does not know the agent (evicted). The lifetime used for
+renewal starts when the SVID was received, not at its ``notBefore``, which the CA backdates for
+clock skew (with short TTLs the backdate would otherwise put the half-life in the past).
+
+The bundle the CA sends (at attestation, renewal, or when the cache polls it) is persisted too
+and used to verify the CA after a restart; ``--trust-bundle`` only bootstraps the first contact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import re
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from s2s.agent.ca_client import (
+    AgentSvidResponse,
+    AgentUnknown,
+    Backoff,
+    CaClient,
+    sleep_backoff,
+)
+from s2s.agent.config import AgentConfig
+from s2s.core.bundle import Bundle
+from s2s.core.clock import Clock
+from s2s.core.errors import (
+    AttestationFailed,
+    InvalidBundle,
+    InvalidConfig,
+    InvalidSvid,
+    S2SError,
+    Unavailable,
+)
+from s2s.core.rotation import jitter_from, renewal_time
+from s2s.core.x509svid import X509Svid, check_x509_svid
+from s2s.log import F
+
+__all__ = [
+    "AGENT_PATH_PREFIX",
+    "AgentIdentity",
+    "NodeAttestor",
+    "build_csr",
+    "new_key",
+    "renewal_due_at",
+]
+
+log = logging.getLogger(__name__)
+
+AGENT_PATH_PREFIX: Final = "/s2s/agent/"
+IDENTITY_FILE: Final = "agent_identity.pem"
+BUNDLE_FILE: Final = "bundle.json"
+MIN_RENEW_INTERVAL: Final = timedelta(seconds=1)
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    """A fresh ECDSA P-256 key (ARCHITECTURE.md: the default everywhere)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def build_csr(key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
+    """A CSR proving possession of ``key``; the CA takes the ID and names from its records."""
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    return builder.sign(key, hashes.SHA256())
+
+
+def renewal_due_at(
+    svid: X509Svid, received_at: datetime, *, jitter: float, now: datetime | None = None
+) -> datetime:
+    """When to renew ``svid``: half its life, counted from when it was received, +-10%."""
+    start = max(svid.not_before, min(received_at, svid.not_after - timedelta(seconds=1)))
+    due = renewal_time(start, svid.not_after, jitter=jitter)
+    if now is not None:
+        due = max(due, min(now + MIN_RENEW_INTERVAL, svid.not_after))
+    return due
+
+
+@dataclass(frozen=True, slots=True)
+class AgentIdentity:
+    """The agent SVID (with its key), the bundle it trusts, and when the SVID arrived."""
+
+    svid: X509Svid
+    bundle: Bundle
+    received_at: datetime
+
+
+IdentityCallback = Callable[[AgentIdentity], None]
+
+
+class NodeAttestor:
+    """Keeps the agent attested: load or attest at start, renew at half-life, re-attest when
+    evicted."""
+
+    def __init__(
+        self,
+        *,
+        config: AgentConfig,
+        client: CaClient,
+        clock: Clock,
+        rand: Callable[[], float] = random.random,
+        backoff: Backoff | None = None,
+        keygen: Callable[[], ec.EllipticCurvePrivateKey] = new_key,
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._clock = clock
+        self._rand = rand
+        self._backoff = backoff or Backoff(rand=rand)
+        self._keygen = keygen
+        self._identity: AgentIdentity | None = None
+        self._jitter = jitter_from(rand)
+        self._subscribers: list[IdentityCallback] = []
+        self._lock = asyncio.Lock()
+        self.attestations = 0
+        self.renewals = 0
+
+    @property
+    def identity(self) -> AgentIdentity:
+        if self._identity is None:
+            raise Unavailable("the agent is not attested yet")
+        return self._identity
+
+    def subscribe(self, callback: IdentityCallback) -> None:
+        """Call ``callback(identity)`` after every new agent SVID or bundle."""
+        self._subscribers.append(callback)
+
+    # -- start ------------------------------------------------------------------------------
+
+    async def start(self) -> AgentIdentity:
+        """Load the stored identity, or attest with the join token (retrying an unreachable CA).
+
+        Raises :class:`InvalidConfig` (no identity and no token, no bootstrap bundle, unsafe
+        files) and :class:`AttestationFailed`/``NotAuthorized`` (token refused, agent banned).
+        """
+        _ensure_data_dir(self._config.data_dir)
+        bundle = self._stored_bundle() or self._bootstrap_bundle()
+        stored = self._load_identity(bundle)
+        if stored is not None:
+            self._set(stored, persist=False)
+            log.info(
+                "agent.identity_loaded",
+                extra={F.SPIFFE_ID: str(stored.svid.spiffe_id), F.NOT_AFTER: stored.svid.not_after},
+            )
+            return stored
+        self._client.set_trust(bundle, None)
+        return await self._retrying(self.attest)
+
+    async def attest(self) -> AgentIdentity:
+        """Attest with the configured join token (one try)."""
+        token = self._config.join_token
+        if token is None:
+            raise InvalidConfig(
+                "the agent has no valid identity in its data dir and no join token: "
+                "pass --join-token (or S2S_JOIN_TOKEN) with a token from 's2s-ca token generate'"
+            )
+        key = self._keygen()
+        try:
+            response = await self._client.attest(token, build_csr(key))
+        except AttestationFailed as exc:
+            raise AttestationFailed(
+                f"the CA refused the join token ({exc}); generate a new one with "
+                "'s2s-ca token generate'"
+            ) from None
+        identity = self._accept(response, key)
+        self.attestations += 1
+        log.info("agent.attested", extra={F.SPIFFE_ID: str(identity.svid.spiffe_id)})
+        return identity
+
+    async def renew(self) -> AgentIdentity:
+        """Renew the agent SVID (one try); re-attest if the CA says the agent is unknown."""
+        key = self._keygen()
+        try:
+            response = await self._client.renew(build_csr(key))
+        except AgentUnknown as exc:
+            log.warning("agent.unknown_to_ca", extra={F.ERROR: str(exc)})
+            return await self.attest()
+        identity = self._accept(response, key)
+        self.renewals += 1
+        log.info(
+            "agent.renewed",
+            extra={
+                F.SERIAL: format(identity.svid.serial, "x"),
+                F.NOT_AFTER: identity.svid.not_after,
+            },
+        )
+        return identity
+
+    async def recover(self, failed_serial: int) -> None:
+        """Re-attest after a CA call said the agent is unknown, once however many loops saw it:
+        nothing happens if the SVID changed since the call that failed."""
+        async with self._lock:
+            if self.identity.svid.serial == failed_serial:
+                await self._retrying(self.attest)
+
+    def update_bundle(self, bundle: Bundle) -> bool:
+        """Adopt a newer bundle (same trust domain, sequence not older); True if it changed."""
+        current = self.identity
+        if bundle == current.bundle or bundle.sequence < current.bundle.sequence:
+            return False
+        if bundle.trust_domain != self._config.trust_domain or not bundle.x509_authorities:
+            log.warning("agent.bundle_rejected", extra={F.TRUST_DOMAIN: str(bundle.trust_domain)})
+            return False
+        self._set(AgentIdentity(current.svid, bundle, current.received_at), persist=True)
+        return True
+
+    # -- renewal loop -----------------------------------------------------------------------
+
+    def next_renewal(self) -> datetime:
+        identity = self.identity
+        return renewal_due_at(
+            identity.svid, identity.received_at, jitter=self._jitter, now=self._clock.now()
+        )
+
+    async def run(self) -> None:
+        """Renew at half-life forever; CA outages are retried with backoff, never fatal."""
+        while True:
+            delay = (self.next_renewal() - self._clock.now()).total_seconds()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 30.0))
+                continue
+            await self._retrying(self.renew)
+            self._jitter = jitter_from(self._rand)
+
+    async def _retrying(self, step: Callable[[], Awaitable[AgentIdentity]]) -> AgentIdentity:
+        while True:
+            try:
+                await step()
+                self._backoff.reset()
+                return self.identity
+            except Unavailable as exc:
+                log.warning("agent.ca_unavailable", extra={F.ERROR: str(exc)})
+                await sleep_backoff(self._backoff)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _accept(
+        self, response: AgentSvidResponse, key: ec.EllipticCurvePrivateKey
+    ) -> AgentIdentity:
+        svid = response.svid
+        if svid.leaf.public_key() != key.public_key():
+            raise Unavailable("the CA returned an agent SVID for another key; retrying")
+        _check_agent_id(svid, self._config)
+        full = X509Svid(spiffe_id=svid.spiffe_id, cert_chain=svid.cert_chain, private_key=key)
+        bundle = response.bundle
+        if self._identity is not None and bundle.sequence < self._identity.bundle.sequence:
+            bundle = self._identity.bundle
+        identity = AgentIdentity(full, bundle, self._clock.now())
+        self._set(identity, persist=True)
+        return identity
+
+    def _set(self, identity: AgentIdentity, *, persist: bool) -> None:
+        if persist:
+            _write_private(self._config.data_dir / IDENTITY_FILE, _identity_pem(identity.svid))
+            _write_private(self._config.data_dir / BUNDLE_FILE, identity.bundle.encode())
+        self._identity = identity
+        self._client.set_trust(identity.bundle, identity.svid)
+        for callback in tuple(self._subscribers):
+            callback(identity)
+
+    def _stored_bundle(self) -> Bundle | None:
+        path = self._config.data_dir / BUNDLE_FILE
+        if not path.exists():
+            return None
+        try:
+            return Bundle.decode(self._config.trust_domain, path.read_bytes())
+        except (OSError, InvalidBundle) as exc:
+            log.warning("agent.stored_bundle_unusable", extra={F.ERROR: str(exc)})
+            return None
+
+    def _bootstrap_bundle(self) -> Bundle:
+        path = self._config.trust_bundle
+        if path is None:
+            raise InvalidConfig(
+                "no trust bundle to verify the CA: pass --trust-bundle with the CA's root PEM "
+                "('s2s-ca bundle show --format pem')"
+            )
+        try:
+            return Bundle.from_x509_pem(self._config.trust_domain, path.read_bytes())
+        except OSError as exc:
+            raise InvalidConfig(f"cannot read trust bundle {path}: {exc.strerror}") from None
+        except InvalidBundle as exc:
+            raise InvalidConfig(f"trust bundle {path} is not a PEM bundle: {exc}") from None
+
+    def _load_identity(self, bundle: Bundle) -> AgentIdentity | None:
+        path = self._config.data_dir / IDENTITY_FILE
+        if not path.exists():
+            return None
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InvalidConfig(f"{path} is readable by group or others; chmod 600 it")
+        try:
+            svid = _parse_identity_pem(path.read_bytes())
+            _check_agent_id(svid, self._config)
+        except (OSError, ValueError, S2SError) as exc:
+            log.warning("agent.stored_identity_unusable", extra={F.ERROR: str(exc)})
+            return None
+        now = self._clock.now()
+        if now >= svid.not_after:
+            log.warning(
+                "agent.stored_identity_expired",
+                extra={F.SPIFFE_ID: str(svid.spiffe_id), F.NOT_AFTER: svid.not_after},
+            )
+            return None
+        # The file's mtime is when we received it: renewal timing survives a restart.
+        received = datetime.fromtimestamp(path.stat().st_mtime, tz=now.tzinfo)
+        return AgentIdentity(svid, bundle, min(received, now))
+
+
+def _check_agent_id(svid: X509Svid, config: AgentConfig) -> None:
+    sid = svid.spiffe_id
+    if sid.trust_domain != config.trust_domain or not sid.path.startswith(AGENT_PATH_PREFIX):
+        raise InvalidSvid(f"{sid} is not an agent ID of {config.trust_domain}", rule="agent-id")
+
+
+def _identity_pem(svid: X509Svid) -> bytes:
+    return svid.key_pem() + svid.chain_pem()
+
+
+def _parse_identity_pem(data: bytes) -> X509Svid:
+    keys = [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) == b"PRIVATE KEY"]
+    certs = [m.group(0) for m in _PEM_BLOCK.finditer(data) if m.group(1) == b"CERTIFICATE"]
+    if len(keys) != 1 or not certs:
+        raise ValueError("expected one PRIVATE KEY and the certificate chain")
+    key = serialization.load_pem_private_key(keys[0], password=None)
+    chain = tuple(x509.load_pem_x509_certificate(c) for c in certs)
+    sid = check_x509_svid(chain)
+    if chain[0].public_key() != key.public_key():
+        raise ValueError("the stored key does not match the stored SVID")
+    return X509Svid(spiffe_id=sid, cert_chain=chain, private_key=key)
+
+
+def _ensure_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidConfig(f"cannot create data dir {path}: {exc.strerror}") from None
+    if not path.is_dir():
+        raise InvalidConfig(f"data dir {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidConfig(f"data dir {path} is not writable by this user")
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically with mode 0600 (temp file, fsync, rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

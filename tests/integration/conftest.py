@@ -1,0 +1,187 @@
+"""Shared integration fixtures: a real CA (``CaServer``, what ``s2s-ca serve`` runs) that a test
+can stop and start again on the same port, and a real agent (``s2s.agent.app.Agent``) in the
+same event loop. Registration goes through the CA's own registry (the admin API's service).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from s2s.agent.app import Agent, AgentTuning, run_agent
+from s2s.agent.config import AgentConfig
+from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.core.registration import RegistrationEntry
+from s2s.core.selectors import Selector
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+
+TRUST_DOMAIN = "example.org"
+FAST = AgentTuning(
+    entries_wait=5.0,
+    bundle_interval=5.0,
+    backoff_initial=0.05,
+    backoff_cap=0.5,
+    health_interval=0.1,
+    first_sync_timeout=5.0,
+)
+
+
+@dataclass
+class CaHandle:
+    """A CA in this event loop; ``stop()`` and ``start()`` keep its data dir and port."""
+
+    data_dir: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    server: CaServer | None = None
+    port: int = 0
+    _task: asyncio.Task[None] | None = None
+    _stop: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def td(self) -> TrustDomain:
+        return TrustDomain(TRUST_DOMAIN)
+
+    async def start(self) -> None:
+        options = ServeOptions(
+            data_dir=self.data_dir,
+            listen=f"127.0.0.1:{self.port}",
+            tick=0.2,
+            json_logs=False,
+            config_overrides=self.overrides,
+        )
+        self.server = await CaServer.open(options)
+        self.port = self.server.port
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self.server.run(self._stop))
+
+    async def stop(self) -> None:
+        if self.server is None:
+            return
+        assert self._stop is not None and self._task is not None
+        self._stop.set()
+        await asyncio.wait_for(self._task, 10)
+        await self.server.close()
+        self.server = None
+
+    def _live(self) -> CaServer:
+        assert self.server is not None, "the CA is stopped"
+        return self.server
+
+    def bundle_pem(self) -> bytes:
+        return self._live().authority.bundle.x509_pem()
+
+    async def join_token(self, ttl: timedelta | None = None) -> tuple[str, SpiffeId]:
+        token = await self._live().registry.generate_join_token(ttl=ttl)
+        return token.token, token.agent_id
+
+    async def entry(
+        self,
+        parent: SpiffeId,
+        path: str,
+        selectors: list[str],
+        *,
+        ttl: timedelta | None = None,
+        **extra: Any,
+    ) -> RegistrationEntry:
+        return await self._live().registry.create_entry(
+            spiffe_id=self.td.id(path),
+            parent_id=parent,
+            selectors=[Selector.parse(s) for s in selectors],
+            x509_svid_ttl=ttl,
+            **extra,
+        )
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory under /tmp (0755) for Unix sockets: short paths, reachable by other uids."""
+    path = Path(tempfile.mkdtemp(prefix="s2s-it-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def ca(tmp_path: Path) -> AsyncIterator[CaHandle]:
+    """A running CA for ``example.org`` (SVID TTL cap raised so tests may pick short TTLs)."""
+    data_dir = tmp_path / "ca"
+    await init_trust_domain(data_dir, TRUST_DOMAIN)
+    handle = CaHandle(data_dir)
+    await handle.start()
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
+def agent_config(
+    ca: CaHandle, tmp_path: Path, socket_dir: Path, *, token: str | None, **kw: Any
+) -> AgentConfig:
+    """An agent config for ``ca``: bootstrap bundle written to ``tmp_path``."""
+    bundle = tmp_path / "bootstrap.pem"
+    if not bundle.exists():
+        bundle.write_bytes(ca.bundle_pem())
+    values: dict[str, Any] = {
+        "trust_domain": ca.td,
+        "ca_urls": (ca.url,),
+        "data_dir": tmp_path / "agent",
+        "trust_bundle": bundle,
+        "join_token": token,
+        "socket": socket_dir / "agent.sock",
+        "log_format": "text",
+        **kw,
+    }
+    return AgentConfig(**values)
+
+
+@dataclass
+class RunningAgent:
+    agent: Agent
+    task: asyncio.Task[None]
+    stop: asyncio.Event
+
+    async def shutdown(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 10)
+
+
+async def start_agent(config: AgentConfig, *, wait_ready: bool = True) -> RunningAgent:
+    """Run an agent in a task; wait until its Workload API serves (or its task fails)."""
+    agent = Agent(config, tuning=FAST)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_agent(agent, stop))
+    if wait_ready:
+        ready = asyncio.create_task(agent.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()  # raises the agent's error
+            raise AssertionError("the agent stopped before it was ready")
+        assert ready in done, "the agent did not become ready within 20 s"
+    return RunningAgent(agent, task, stop)
+
+
+async def wait_until(predicate: Any, *, timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate()`` every 20 ms until true, or fail naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
