@@ -268,3 +268,18 @@ async def test_connections_are_released_and_stop_ends_streams(
     finally:
         await server.stop()
     assert not os.path.exists(socket_path)
+
+
+async def test_endpoint_from_environment_and_hints(
+    provider: StaticIdentityProvider, authority: TestAuthority, socket_path: str
+) -> None:
+    web = authority.issue_x509_svid(WEB)
+    provider.put("web", [ME], X509Svid(web.spiffe_id, web.cert_chain, web.private_key, "internal"))
+    env = {"SPIFFE_ENDPOINT_SOCKET": f"unix://{socket_path}"}
+    async with (
+        WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=socket_path),
+        WorkloadApiClient(environ=env) as c,
+    ):
+        assert c.socket_path == socket_path
+        assert (await c.fetch_x509_context()).default_svid.hint == "internal"
+        assert (await c.fetch_jwt_svid("orders")).hint == "internal"
