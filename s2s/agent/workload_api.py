@@ -7,8 +7,10 @@ dependency (protobuf, the spiffe test client) while grpclib would add a second g
 implementation and still needs a private attribute (``stream.peer._transport``) to reach the
 socket. grpcio's one gap, that a servicer cannot learn who is on a Unix socket, is closed by the
 front proxy, which reads SO_PEERCRED on accept and tags the inner connection with a random
-abstract address. Measured on this machine (python-ecosystem.md section 4) the proxy costs about
-10 % of sequential FetchJWTSVID throughput; ``bench/workload_api.py`` keeps measuring it.
+abstract address. The price, measured by ``bench/workload_api.py`` against a bare grpc.aio server
+returning the same bytes: one client's FetchJWTSVID p50 0.9 ms instead of 0.5 ms and FetchX509SVID
+first response 1.0 ms instead of 0.8 ms (proxy hop plus per-call attestation), about 1.5x at 100
+concurrent clients. A Workload API is called once per rotation or token, so this is affordable.
 
 Handlers are thin: check the security header, attest the caller, ask the
 :class:`IdentityProvider`, encode. Errors come from ``s2s.core.errors`` and are mapped to gRPC codes
