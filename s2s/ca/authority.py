@@ -276,29 +276,30 @@ class Authority:
 
     async def _rotate_kind(self, kind: AuthorityKind, now: datetime) -> bool:
         active = await self._active(kind)
-        if active is None or active.not_after <= now:
-            record = await self._create(kind, AuthorityState.ACTIVE, now)
-            if active is not None:
-                await self._retire(active)
-            self._install(record)
-            return True
-        life = active.not_after - active.not_before
         prepared = await self._prepared(kind)
-        if now >= active.not_after - life / 6:
-            if prepared is None or prepared.not_after <= now:
-                prepared = await self._create(kind, AuthorityState.PREPARED, now)
-            record = await self._store.cas_authority_state(
-                prepared.id, AuthorityState.PREPARED, AuthorityState.ACTIVE
-            )
+        if prepared is not None and prepared.not_after <= now:
+            prepared = None  # never used and expired; prune removes it
+        if active is not None and active.not_after > now:
+            life = active.not_after - active.not_before
+            if now < active.not_after - life / 6:
+                if prepared is not None or now < active.not_before + life / 2:
+                    return False
+                record = await self._create(kind, AuthorityState.PREPARED, now)
+                log.info(
+                    "authority.prepared", extra={"authority_id": record.id, "kind": kind.value}
+                )
+                return True
+        # No usable active authority (first start, or the CA was down), or time to switch.
+        if prepared is None:
+            prepared = await self._create(kind, AuthorityState.PREPARED, now)
+        record = await self._store.cas_authority_state(
+            prepared.id, AuthorityState.PREPARED, AuthorityState.ACTIVE
+        )
+        if active is not None:
             await self._retire(active)
-            self._install(record)
-            log.info("authority.activated", extra={"authority_id": record.id, "kind": kind.value})
-            return True
-        if prepared is None and now >= active.not_before + life / 2:
-            record = await self._create(kind, AuthorityState.PREPARED, now)
-            log.info("authority.prepared", extra={"authority_id": record.id, "kind": kind.value})
-            return True
-        return False
+        self._install(record)
+        log.info("authority.activated", extra={"authority_id": record.id})
+        return True
 
     async def _retire(self, record: AuthorityRecord) -> None:
         try:

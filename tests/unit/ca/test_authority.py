@@ -211,3 +211,17 @@ async def test_two_replicas_share_one_bundle(ca: Ca) -> None:
 
 def test_td_fixture() -> None:
     assert str(TD) == "example.org"
+
+
+async def test_prepared_authority_is_used_after_downtime(ca: Ca) -> None:
+    ca.clock.advance(13 * HOUR)
+    await ca.authority.rotate_if_due()  # prepares
+    prepared = {
+        a.kind: a.id
+        for a in await ca.authority.list_authorities()
+        if a.state is AuthorityState.PREPARED
+    }
+    ca.clock.advance(12 * HOUR)  # 25 h: the active ones expired while the CA was down
+    again = await build_ca(ca.config, ca.store, ca.kek, ca.clock)
+    assert again.authority.x509_signer.authority_id == prepared[AuthorityKind.X509_INTERMEDIATE]
+    assert again.authority.jwt_signer.kid == prepared[AuthorityKind.JWT]
