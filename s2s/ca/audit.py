@@ -14,6 +14,7 @@ from enum import StrEnum
 from typing import Any
 
 from s2s.core.spiffe_id import SpiffeId
+from s2s.log import F
 
 __all__ = ["AUDIT_FIELDS", "AUDIT_LOGGER", "AuditEvent", "AuditField", "AuditLog", "serial_hex"]
 
@@ -21,19 +22,21 @@ AUDIT_LOGGER = "s2s.audit"
 
 
 class AuditField(StrEnum):
-    """Names of the ``extra=`` fields on audit records (LogRecord attributes)."""
+    """Names of the ``extra=`` fields on audit records: the shared ``s2s.log.F`` names, plus
+    ``audit_event`` and ``target`` (audit only)."""
 
     EVENT = "audit_event"
-    SERIAL = "serial"
-    SPIFFE_ID = "spiffe_id"
-    AGENT = "agent_id"
-    ENTRY = "entry_id"
-    KIND = "credential_kind"
-    NOT_AFTER = "not_after"
-    AUDIENCE = "audience"
-    ACTION = "action"
-    ACTOR = "actor"
     TARGET = "target"
+    SERIAL = F.SERIAL
+    JTI = F.JTI
+    SPIFFE_ID = F.SPIFFE_ID
+    AGENT = F.AGENT_ID
+    ENTRY = F.ENTRY_ID
+    KIND = F.KIND
+    NOT_AFTER = F.NOT_AFTER
+    AUDIENCE = F.AUDIENCE
+    ACTION = F.ACTION
+    ACTOR = F.ACTOR
 
 
 AUDIT_FIELDS: tuple[str, ...] = tuple(f.value for f in AuditField)
@@ -98,11 +101,11 @@ class AuditLog:
         entry_id: str | None = None,
         kind: str = "workload",
     ) -> None:
-        """A JWT-SVID was minted; ``jti`` stands in for the serial (never the token itself)."""
+        """A JWT-SVID was minted; its ``jti`` is logged, never the token itself."""
         self._emit(
             AuditEvent.JWT_ISSUED,
             {
-                AuditField.SERIAL: jti,
+                AuditField.JTI: jti,
                 AuditField.SPIFFE_ID: str(spiffe_id),
                 AuditField.AGENT: _text(agent_id),
                 AuditField.ENTRY: entry_id,

@@ -42,6 +42,7 @@ from s2s.core.x509svid import (
     serial_from_entropy,
     sign_certificate,
 )
+from s2s.log import F
 from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, Setting
 
@@ -132,7 +133,7 @@ class Authority:
         # Written last and only once: "initialized" means the root exists (a crashed init can
         # be re-run; of two racing inits one gets Conflict here).
         await store.set_setting(Setting.TRUST_DOMAIN, td, only_if_absent=True)
-        log.info("authority.root_created", extra={"authority_id": record.id, "trust_domain": td})
+        log.info("authority.root_created", extra={F.AUTHORITY_ID: record.id, F.TRUST_DOMAIN: td})
         return AuthorityInfo.from_record(record)
 
     async def start(self) -> None:
@@ -256,7 +257,7 @@ class Authority:
                 await self._store.cas_state(BUNDLE_STATE_KEY, raw, new)
             except Conflict:
                 continue  # another replica bumped it; re-read
-            log.info("bundle.changed", extra={"bundle_sequence": sequence + 1})
+            log.info("bundle.changed", extra={F.REVISION: sequence + 1})
             return sequence + 1
         raise Unavailable("could not update the bundle sequence (too much contention)")
 
@@ -286,7 +287,7 @@ class Authority:
                     return False
                 record = await self._create(kind, AuthorityState.PREPARED, now)
                 log.info(
-                    "authority.prepared", extra={"authority_id": record.id, "kind": kind.value}
+                    "authority.prepared", extra={F.AUTHORITY_ID: record.id, F.KIND: kind.value}
                 )
                 return True
         # No usable active authority (first start, or the CA was down), or time to switch.
@@ -298,7 +299,9 @@ class Authority:
         if active is not None:
             await self._retire(active)
         self._install(record)
-        log.info("authority.activated", extra={"authority_id": record.id})
+        log.info(
+            "authority.activated", extra={F.AUTHORITY_ID: record.id, F.KIND: record.kind.value}
+        )
         return True
 
     async def _retire(self, record: AuthorityRecord) -> None:
@@ -307,7 +310,10 @@ class Authority:
                 record.id, AuthorityState.ACTIVE, AuthorityState.OLD
             )
         except (Conflict, NotFound):
-            log.warning("authority.retire_skipped", extra={"authority_id": record.id})
+            log.warning(
+                "authority.retire_skipped",
+                extra={F.AUTHORITY_ID: record.id, F.KIND: record.kind.value},
+            )
 
     async def _active(self, kind: AuthorityKind) -> AuthorityRecord | None:
         return await self._one(kind, AuthorityState.ACTIVE)
@@ -428,3 +434,7 @@ def _parse_sequence(raw: str | None) -> tuple[int, str]:
         return int(doc["sequence"]), str(doc["digest"])
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidConfig(f"the stored bundle sequence is corrupt: {exc}") from exc
+
+
+def _fields(record: AuthorityRecord) -> dict[str, str]:
+    return {F.AUTHORITY_ID: record.id, F.KIND: record.kind.value}

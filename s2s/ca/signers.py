@@ -34,6 +34,7 @@ from s2s.core.x509svid import (
     leaf_template,
     sign_certificate,
 )
+from s2s.log import F
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 
 __all__ = [
@@ -154,7 +155,7 @@ class X509Signer:
         try:
             checked = check_x509_svid(chain)
         except InvalidSvid:
-            log.exception("issuance.profile_violation", extra={"spiffe_id": str(spiffe_id)})
+            log.exception("issuance.profile_violation", extra={F.SPIFFE_ID: str(spiffe_id)})
             raise
         return X509Svid(checked, chain, hint=hint)
 
