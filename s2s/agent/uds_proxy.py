@@ -35,8 +35,9 @@ _MAX_UNIX_PATH = 107
 def prepare_socket_path(path: str) -> None:
     """Check that a socket can be created at ``path``; remove a stale socket left there.
 
-    Raises :class:`InvalidConfig` for a relative or overlong path, a missing directory, a path
-    that is not a socket (a regular file is never deleted), or a socket another server answers on.
+    Raises :class:`InvalidConfig` for a relative or overlong path, a missing directory, one that
+    others may write to (without the sticky bit), a path that is not a socket (a regular file is
+    never deleted), or a socket another server answers on.
     """
     if not os.path.isabs(path):
         raise InvalidConfig(f"the socket path {path!r} must be absolute")
@@ -45,6 +46,10 @@ def prepare_socket_path(path: str) -> None:
     parent = os.path.dirname(path)
     if not os.path.isdir(parent):
         raise InvalidConfig(f"the directory {parent!r} of the socket {path!r} does not exist")
+    mode = os.stat(parent).st_mode
+    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
+        # Anyone who can write there can swap the socket for their own and impersonate the agent.
+        raise InvalidConfig(f"the socket directory {parent!r} is writable by others; make it 0755")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

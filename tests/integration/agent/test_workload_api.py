@@ -476,6 +476,14 @@ async def test_bad_socket_paths(provider: StaticIdentityProvider, socket_dir: Pa
         with pytest.raises(InvalidConfig, match=message):
             await srv.start()
     assert regular.read_text() == "not a socket"
+    shared = socket_dir / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    srv = WorkloadApiServer(
+        provider=provider, attestor=UnixAttestor(), socket_path=str(shared / "agent.sock")
+    )
+    with pytest.raises(InvalidConfig, match="writable by others"):
+        await srv.start()
 
 
 async def test_second_server_on_same_socket_is_refused(
