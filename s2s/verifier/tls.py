@@ -5,12 +5,15 @@ Both contexts require TLS 1.2+, a peer certificate (``CERT_REQUIRED``) and do no
 ``do_handshake``: a rejected peer makes the handshake itself fail, so asyncio, aiohttp and
 blocking sockets never hand the connection to the application.
 
-Rotation: a server context swaps in a context built for the newest snapshot from its
-``sni_callback`` (OpenSSL calls it for every ClientHello, with or without SNI). That is how trust
-anchors can be *removed* (``load_verify_locations`` only adds) and how nothing is mutated under a
-handshake. ``verify_mode`` is read from the front context, so the front keeps ``CERT_REQUIRED``.
-A client context is reloaded in place (new SVID, added roots); a root removed from the bundle is
-still refused after the handshake, and ``ctx.s2s.current()`` builds a clean context.
+Rotation: the context you hold (the *front*) stays the same object for life and keeps working;
+every change of the source builds a new, never-modified context for the newest snapshot (SVID
+and trust anchors; ``load_verify_locations`` could only *add* roots). Each new connection is
+wrapped with the newest one (``sslobject_class``/``sslsocket_class`` substitute it at wrap time),
+and a server also swaps it in from its ``sni_callback`` (OpenSSL calls it for every ClientHello,
+with or without SNI). Nothing is mutated under a handshake running in another thread (reloading a
+live ``SSLContext`` from the source's thread could hand a handshake a certificate without its
+key). ``verify_mode`` is read from the front context, so the front keeps ``CERT_REQUIRED``.
+``ctx.s2s.current()`` is the newest built context.
 """
 
 from __future__ import annotations
@@ -39,7 +42,13 @@ class _VerifyingSSLObject(ssl.SSLObject):
     """An SSLObject (asyncio, aiohttp) whose handshake ends with the SPIFFE peer check."""
 
     _s2s_verifier: ClassVar[PeerVerifier]
+    _s2s_state: ClassVar[TlsState]
     peer_spiffe_id: SpiffeId | None = None
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        kwargs["context"] = cls._s2s_state.current()  # the newest snapshot, never mutated
+        return super()._create(*args, **kwargs)  # type: ignore[misc]
 
     def do_handshake(self) -> None:
         try:
@@ -55,7 +64,13 @@ class _VerifyingSSLSocket(ssl.SSLSocket):
     """An SSLSocket (blocking code) whose handshake ends with the SPIFFE peer check."""
 
     _s2s_verifier: ClassVar[PeerVerifier]
+    _s2s_state: ClassVar[TlsState]
     peer_spiffe_id: SpiffeId | None = None
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> Any:
+        kwargs["context"] = cls._s2s_state.current()
+        return super()._create(*args, **kwargs)  # type: ignore[misc]
 
     def do_handshake(self, block: bool = False) -> None:
         try:
@@ -82,10 +97,20 @@ class TlsState:
         self.source = source
         self.verifier = verifier
         self.server_side = server_side
+        bound = {"_s2s_verifier": verifier, "_s2s_state": self}
+        self._object_class = type("SpiffeSSLObject", (_VerifyingSSLObject,), bound)
+        self._socket_class = type("SpiffeSSLSocket", (_VerifyingSSLSocket,), bound)
         self._snapshot = source.current()
-        self._built = _build(self._snapshot, server_side=server_side, verifier=verifier)
+        self._built = self.build(self._snapshot)
         self._unsubscribe = source.subscribe(self._changed)
-        self.front: SpiffeSSLContext | None = None
+
+    def build(self, snapshot: X509Context) -> SpiffeSSLContext:
+        """A verifying context for ``snapshot``; it is never modified afterwards."""
+        ctx = _build(snapshot, server_side=self.server_side)
+        ctx.s2s = self
+        ctx.sslobject_class = self._object_class
+        ctx.sslsocket_class = self._socket_class
+        return ctx
 
     def current(self) -> SpiffeSSLContext:
         """A context built for the newest snapshot (a new object after each change)."""
@@ -97,9 +122,7 @@ class TlsState:
 
     def _changed(self, snapshot: X509Context) -> None:
         try:
-            built = _build(snapshot, server_side=self.server_side, verifier=self.verifier)
-            if not self.server_side and self.front is not None:
-                _reload_client(self.front, self._snapshot, snapshot)
+            built = self.build(snapshot)
         except Exception:
             log.exception("tls.reload_failed", extra={"server_side": self.server_side})
             return  # keep the last good context
@@ -179,15 +202,13 @@ def _context(
         metrics=metrics,
     )
     state = TlsState(source, verifier, server_side=server_side)
-    front = _build(source.current(), server_side=server_side, verifier=verifier)
-    front.s2s = state
-    state.front = front
+    front = state.build(source.current())
     if server_side:
         front.sni_callback = state._select
     return front
 
 
-def _build(snapshot: X509Context, *, server_side: bool, verifier: PeerVerifier) -> SpiffeSSLContext:
+def _build(snapshot: X509Context, *, server_side: bool) -> SpiffeSSLContext:
     ctx = SpiffeSSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = False
@@ -196,9 +217,6 @@ def _build(snapshot: X509Context, *, server_side: bool, verifier: PeerVerifier) 
         # A resumed session has no verified chain to re-check; always do a full handshake.
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
-    bound = {"_s2s_verifier": verifier}
-    ctx.sslobject_class = type("SpiffeSSLObject", (_VerifyingSSLObject,), bound)
-    ctx.sslsocket_class = type("SpiffeSSLSocket", (_VerifyingSSLSocket,), bound)
     svid = snapshot.default_svid
     load_cert_chain_from_memory(ctx, svid.chain_pem(), svid.key_pem())
     roots = _roots_pem(snapshot)
@@ -209,13 +227,3 @@ def _build(snapshot: X509Context, *, server_side: bool, verifier: PeerVerifier) 
 
 def _roots_pem(snapshot: X509Context) -> str:
     return "".join(b.x509_pem().decode() for b in snapshot.bundles if b.x509_authorities)
-
-
-def _reload_client(ctx: ssl.SSLContext, old: X509Context, new: X509Context) -> None:
-    if new.default_svid != old.default_svid:
-        svid = new.default_svid
-        load_cert_chain_from_memory(ctx, svid.chain_pem(), svid.key_pem())
-    if new.bundles != old.bundles:
-        roots = _roots_pem(new)
-        if roots:
-            ctx.load_verify_locations(cadata=roots)  # adds; removed roots fail verify_peer

@@ -8,14 +8,19 @@ alone could never forget a root).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import threading
 
+import pytest
 from cryptography import x509
 from verifier_support import exchange, serving
 
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.testing import TestAuthority
+from s2s.verifier.authorize import authorize_id
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.peer import PeerRejected
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context
@@ -120,3 +125,57 @@ async def test_client_context_follows_rotation_in_place(metrics: PeerMetrics) ->
         client_ctx.s2s.close()
         client_src.set_svids(ca.issue_x509_svid("spiffe://example.org/third"))
         assert await exchange(served.port, client_ctx) == b"spiffe://example.org/renamed"
+
+
+async def test_rotation_from_another_thread_under_blocking_clients(metrics: PeerMetrics) -> None:
+    """Sources such as the sync facade call back from their own thread while other threads
+    wrap sockets: contexts are swapped, never modified, so no handshake may fail."""
+    ca = TestAuthority("example.org")
+    server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
+    client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
+    client_ctx = client_context(client_src, metrics=metrics)
+    svids = [ca.issue_x509_svid(CLIENT) for _ in range(20)]
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    answers: list[bytes] = []
+
+    async with serving(server_context(server_src, metrics=metrics)) as served:
+
+        def connect_many() -> None:
+            for _ in range(40):
+                try:
+                    raw = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+                    with raw, client_ctx.wrap_socket(raw) as tls:
+                        answers.append(tls.recv(1000))
+                except OSError as exc:
+                    failures.append(exc)
+
+        def rotate() -> None:
+            while not stop.is_set():
+                for svid in svids:
+                    client_src.set_svids(svid)
+                    server_src.set_svids(ca.issue_x509_svid(SERVER))
+
+        rotator = threading.Thread(target=rotate, daemon=True)
+        rotator.start()
+        try:
+            await asyncio.gather(*(asyncio.to_thread(connect_many) for _ in range(2)))
+        finally:
+            stop.set()
+            rotator.join(10)
+    assert failures == []
+    assert answers == [CLIENT.encode()] * 80
+    assert metrics.rejection_count("handshake-failed") == 0
+
+
+async def test_current_context_used_directly_still_verifies(metrics: PeerMetrics) -> None:
+    ca = TestAuthority("example.org")
+    server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
+    client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
+    pinned = client_context(client_src, authorize=authorize_id(SERVER), metrics=metrics)
+    wrong = client_context(client_src, authorize=authorize_id(CLIENT), metrics=metrics)
+    async with serving(server_context(server_src)) as served:
+        assert await exchange(served.port, pinned.s2s.current()) == CLIENT.encode()
+        with pytest.raises(PeerRejected):
+            await exchange(served.port, wrong.s2s.current())
+    assert metrics.rejection_count("unauthorized") == 1

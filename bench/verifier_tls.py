@@ -1,0 +1,271 @@
+"""mTLS through the verifier: new handshakes/s and aiohttp requests/s, each beside plain ``ssl``.
+
+* Handshakes: in-memory (MemoryBIO) TLS 1.3 mTLS handshakes with ECDSA P-256 SVIDs; only the
+  *server side* is timed (its ``do_handshake`` calls), once through ``server_context`` (peer check
+  in the handshake: bundle of the peer's TD, profile, validity, revocation, authorizer) and once
+  through a plain ``ssl`` context with the same certificates and trust store (no SPIFFE check).
+* ``verify_peer`` alone on a completed handshake (cached chain facts), beside ``getpeercert()``.
+* aiohttp: a server process (pinned to one core) with ``SpiffeTCPSite`` + ``server_context``
+  beside a plain ``web.TCPSite`` with the plain context; the load is aiohttp clients in this
+  process (the other core), 8 concurrent, over keep-alive connections and with a new connection
+  per request. The figure is requests per second of *server CPU* (the client, not the server, is
+  the bottleneck, and the machine is shared), i.e. the capacity of one server core.
+
+Each figure is the median of 3 runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import multiprocessing as mp
+import os
+import ssl
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bench._harness import Figure, time_per_op
+from s2s.core.bundle import Bundle, BundleSet
+from s2s.core.x509svid import X509Svid, spiffe_id_of
+from s2s.testing import TestAuthority
+from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id
+from s2s.verifier.authorize import authorize_member_of
+from s2s.verifier.memcert import load_cert_chain_from_memory
+from s2s.verifier.peer import verify_peer
+from s2s.verifier.revocations import InMemoryRevocations
+from s2s.verifier.source_static import StaticX509Source
+from s2s.verifier.tls import client_context, server_context
+from s2s.verifier.x509context import X509Context
+
+RUNS = 3
+CONCURRENCY = 8
+Pems = dict[str, bytes]
+
+
+def _pems(ca: TestAuthority, sid: str) -> Pems:
+    svid = ca.issue_x509_svid(sid, ttl=dt.timedelta(hours=1))
+    return {"chain": svid.chain_pem(), "key": svid.key_pem(), "root": ca.bundle_pem()}
+
+
+def _source(p: Pems) -> StaticX509Source:
+    chain = tuple(x509.load_pem_x509_certificates(p["chain"]))
+    key = serialization.load_pem_private_key(p["key"], None)
+    svid = X509Svid(spiffe_id_of(chain[0]), chain, key)
+    td = svid.spiffe_id.trust_domain
+    roots = tuple(x509.load_pem_x509_certificates(p["root"]))
+    return StaticX509Source(X509Context((svid,), BundleSet.of(Bundle(td, roots))))
+
+
+def _plain(p: Pems, *, server_side: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server_side else ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if server_side:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
+    load_cert_chain_from_memory(ctx, p["chain"], p["key"])
+    ctx.load_verify_locations(cadata=p["root"].decode())
+    return ctx
+
+
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[float, Any]:
+    """One in-memory handshake; returns the seconds spent in the server's do_handshake."""
+    c_in, c_out, s_in, s_out = ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    spent, c_done, s_done = 0.0, False, False
+    while not (c_done and s_done):
+        if not c_done:
+            try:
+                client.do_handshake()
+                c_done = True
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        if not s_done:
+            start = time.thread_time()  # CPU time: other processes on the machine don't count
+            try:
+                server.do_handshake()
+                s_done = True
+            except ssl.SSLWantReadError:
+                pass
+            spent += time.thread_time() - start
+        c_in.write(s_out.read())
+    return spent, server
+
+
+def _handshake_rates(
+    servers: list[ssl.SSLContext], client_ctx: ssl.SSLContext, n: int
+) -> list[float]:
+    """Median handshakes/s per server context over RUNS runs, the contexts interleaved."""
+    runs: list[list[float]] = [[] for _ in servers]
+    for _ in range(RUNS):
+        for i, server_ctx in enumerate(servers):
+            total = sum(_handshake(server_ctx, client_ctx)[0] for _ in range(n))
+            runs[i].append(n / total)
+    return [statistics.median(r) for r in runs]
+
+
+def _handshake_figures(quick: bool) -> list[Figure]:
+    ca = TestAuthority("example.org")
+    server_p, client_p = (
+        _pems(ca, "spiffe://example.org/server"),
+        _pems(ca, "spiffe://example.org/c"),
+    )
+    spiffe_server = server_context(
+        _source(server_p),
+        authorize=authorize_member_of("example.org"),
+        revocations=InMemoryRevocations(),
+    )
+    plain_server, plain_client = (
+        _plain(server_p, server_side=True),
+        _plain(client_p, server_side=False),
+    )
+    n = 60 if quick else 400
+    _handshake_rates([spiffe_server, plain_server], plain_client, 20)  # warm up caches
+    verified, plain = _handshake_rates([spiffe_server, plain_server], plain_client, n)
+    _, done = _handshake(plain_server, plain_client)
+    bundles = _source(server_p).current().bundles
+    auth = authorize_member_of("example.org")
+    now = dt.datetime.now(dt.UTC)
+    check = time_per_op(lambda: verify_peer(done, bundles=bundles, authorize=auth, now=now))
+    peercert = time_per_op(done.getpeercert)
+    return [
+        Figure(
+            "mTLS handshakes/s, server_context (server CPU)",
+            verified,
+            "hs/s",
+            "plain ssl context, same certs",
+            plain,
+        ),
+        Figure(
+            "verify_peer on a handshake (cached chain)",
+            check * 1e6,
+            "µs",
+            "getpeercert() dict",
+            peercert * 1e6,
+            higher_is_better=False,
+        ),
+    ]
+
+
+def _serve(kind: str, p: Pems, client_td: str, conn: Any) -> None:
+    async def main() -> None:
+        async def hello(request: web.Request) -> web.Response:
+            if kind == "spiffe":
+                peer_spiffe_id(request)
+            return web.Response(text="ok")
+
+        app = web.Application()
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        if kind == "spiffe":
+            ctx = server_context(_source(p), authorize=authorize_member_of(client_td))
+            site: web.TCPSite = SpiffeTCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+        else:
+            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_plain(p, server_side=True))
+        await site.start()
+        conn.send(site.port)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, conn.recv) == "cpu":
+            conn.send(time.process_time())
+        await runner.cleanup()
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+    asyncio.run(main())
+
+
+async def _load(port: int, ctx: ssl.SSLContext, seconds: float, new_conn: bool) -> int:
+    """Requests completed in ``seconds`` by CONCURRENCY clients."""
+    connector = aiohttp.TCPConnector(ssl=ctx, force_close=new_conn, limit=CONCURRENCY)
+    url = f"https://127.0.0.1:{port}/"
+    count = 0
+    async with aiohttp.ClientSession(connector=connector) as session:
+        deadline = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal count
+            while time.perf_counter() < deadline:
+                async with session.get(url) as resp:
+                    await resp.read()
+                    assert resp.status == 200
+                count += 1
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+        return count
+
+
+def _requests_rate(
+    kind: str,
+    server_p: Pems,
+    client_ctx: Callable[[], ssl.SSLContext],
+    seconds: float,
+    new_conn: bool,
+) -> float:
+    parent, child = mp.Pipe()
+    proc = mp.get_context("fork").Process(
+        target=_serve, args=(kind, server_p, "example.org", child), daemon=True
+    )
+    proc.start()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("bench server did not start")
+        port = parent.recv()
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {1 % (os.cpu_count() or 1)})
+        rates: list[float] = []
+        for _ in range(RUNS):
+            parent.send("cpu")
+            before: float = parent.recv()
+            count = asyncio.run(_load(port, client_ctx(), seconds, new_conn))
+            parent.send("cpu")
+            rates.append(count / max(parent.recv() - before, 1e-9))
+        return statistics.median(rates)
+    finally:
+        parent.send("stop")
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+
+
+def _aiohttp_figures(quick: bool) -> list[Figure]:
+    ca = TestAuthority("example.org")
+    server_p, client_p = (
+        _pems(ca, "spiffe://example.org/server"),
+        _pems(ca, "spiffe://example.org/c"),
+    )
+    seconds = 0.5 if quick else 2.0
+    out = []
+    for new_conn, label in ((False, "keep-alive"), (True, "new connection per request")):
+        spiffe = _requests_rate(
+            "spiffe", server_p, lambda: client_context(_source(client_p)), seconds, new_conn
+        )
+        plain = _requests_rate(
+            "plain", server_p, lambda: _plain(client_p, server_side=False), seconds, new_conn
+        )
+        out.append(
+            Figure(
+                f"aiohttp req/server-CPU-s, SpiffeTCPSite, {label}",
+                spiffe,
+                "req/s",
+                "plain TLS aiohttp server",
+                plain,
+            )
+        )
+    return out
+
+
+def run(quick: bool) -> list[Figure]:
+    return _handshake_figures(quick) + _aiohttp_figures(quick)
