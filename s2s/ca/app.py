@@ -161,6 +161,7 @@ class CaServer:
         self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.ssl_context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
         self.port = 0
+        self._closing = asyncio.Event()
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -205,6 +206,7 @@ class CaServer:
             issuer=self.issuer,
             metrics=self.metrics,
             readiness=self.readiness,
+            closing=self._closing,
         )
         await self.reload_tls(force=True)
 
@@ -355,6 +357,7 @@ class CaServer:
     async def close(self) -> None:
         """Stop the servers (in-flight requests get ``SHUTDOWN_TIMEOUT``) and close the store."""
         self.metrics.ready.set(0)
+        self._closing.set()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

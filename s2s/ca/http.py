@@ -7,6 +7,7 @@ as ``{"error": code, "message": ...}``. The admin API (``admin.py``) reuses the 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -15,6 +16,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as field_
 from datetime import timedelta
 from typing import Any, Final, TypeVar
 
@@ -224,6 +226,7 @@ class ApiServices:
     issuer: Issuer
     metrics: CaMetrics
     readiness: Callable[[], tuple[bool, str]]
+    closing: asyncio.Event = field_(default_factory=asyncio.Event)  # set on shutdown
 
 
 SERVICES: Final = web.AppKey("services", ApiServices)
@@ -337,10 +340,12 @@ async def get_entries(request: web.Request) -> web.Response:
     agent = await authenticate_agent(request)
     since = _query_number(request, "since", int, default=-1)
     wait = min(_query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
-    registry = request.app[SERVICES].registry
+    services = request.app[SERVICES]
+    registry = services.registry
     snapshot = await registry.entries_for_agent(agent.spiffe_id)
     if wait > 0 and snapshot.revision <= since:
-        await registry.wait_for_entries(since, wait)
+        with services.metrics.long_polls.track_inprogress():
+            await _wait_unless_closing(registry.wait_for_entries(since, wait), services.closing)
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
     entries = [entry.to_json() for entry in snapshot.entries]
     return json_response({"revision": snapshot.revision, "entries": entries})
@@ -387,6 +392,16 @@ def jwt_json(svid: JwtSvid) -> dict[str, Any]:
         "audience": list(svid.audience),
         "expires_at": svid.expires_at.isoformat(),
     }
+
+
+async def _wait_unless_closing(waiting: Awaitable[object], closing: asyncio.Event) -> None:
+    """Await ``waiting`` but give up when the CA shuts down (long-polls must not delay it)."""
+    tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(closing.wait())}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _csr_request(item: object, index: int) -> CsrRequest:

@@ -56,6 +56,9 @@ class CaMetrics:
         )
         self.entries = Gauge("s2s_ca_registration_entries", "Registration entries", registry=r)
         self.agents = Gauge("s2s_ca_agents", "Attested agents", ["state"], registry=r)
+        self.long_polls = Gauge(
+            "s2s_ca_entry_long_polls", "Agents waiting in GET /v1/agent/entries", registry=r
+        )
         self.ready = Gauge("s2s_ca_ready", "1 when the CA can issue", registry=r)
 
     @contextmanager

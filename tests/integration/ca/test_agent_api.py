@@ -7,11 +7,23 @@ import datetime as dt
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import jwt as pyjwt
 import pytest
-from ca_harness import TRUST_DOMAIN, Agent, RunningCa, csr_pem, load_chain, new_key, served_leaf
+from ca_harness import (
+    TRUST_DOMAIN,
+    Agent,
+    RunningCa,
+    ca_client,
+    csr_pem,
+    load_chain,
+    new_key,
+    served_leaf,
+    start_ca,
+    stop_ca,
+)
 from cryptography.hazmat.primitives import serialization
 
 from s2s.core.x509svid import check_x509_svid
@@ -160,3 +172,22 @@ async def test_ca_renews_its_server_certificate_in_place(ca: RunningCa, agent: A
     assert after.serial_number == ca.server.server_svid.serial
     status, _ = await agent.call("GET", "/v1/agent/entries")  # a new handshake still works
     assert status == 200
+
+
+async def test_shutdown_answers_pending_long_polls_at_once(data_dir: Path) -> None:
+    server, task, stop = await start_ca(data_dir)
+    async with ca_client(server) as ca:
+        agent = await ca.attest()
+        _, first = await agent.call("GET", "/v1/agent/entries")
+        poll = asyncio.create_task(
+            agent.call("GET", f"/v1/agent/entries?since={first['revision']}&wait=50")
+        )
+        deadline = time.monotonic() + 5
+        while not server.metrics.registry.get_sample_value("s2s_ca_entry_long_polls"):
+            assert time.monotonic() < deadline, "the long-poll never reached the CA"
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await stop_ca(server, task, stop)
+        assert time.monotonic() - started < 2.0
+        status, body = await asyncio.wait_for(poll, 5)
+        assert (status, body["revision"]) == (200, first["revision"])
