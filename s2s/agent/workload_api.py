@@ -34,7 +34,7 @@ import grpc
 from s2s.agent import workload_messages as msg
 from s2s.agent.attestor import PeerCredentials
 from s2s.agent.proto import workload_pb2 as pb
-from s2s.agent.uds_proxy import PeerTaggingProxy
+from s2s.agent.uds_proxy import PeerTaggingProxy, prepare_socket_path
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import (
     AttestationFailed,
@@ -144,15 +144,16 @@ class WorkloadApiServer:
 
     async def start(self) -> None:
         """Bind and serve; :class:`InvalidConfig` for an unusable socket path."""
+        prepare_socket_path(self._socket_path)  # fail before creating anything
         self._private_dir = tempfile.mkdtemp(prefix="s2s-wlapi-")  # 0700: only we reach grpc
         inner = os.path.join(self._private_dir, "grpc.sock")
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)])
-        server.add_generic_rpc_handlers((self._handlers(),))
-        server.add_insecure_port(f"unix:{inner}")
-        await server.start()
-        self._server = server
-        self._proxy = PeerTaggingProxy(self._socket_path, inner, proc_root=self._proc_root)
         try:
+            opts = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)]
+            self._server = grpc.aio.server(options=opts)
+            self._server.add_generic_rpc_handlers((self._handlers(),))
+            self._server.add_insecure_port(f"unix:{inner}")
+            await self._server.start()
+            self._proxy = PeerTaggingProxy(self._socket_path, inner, proc_root=self._proc_root)
             await self._proxy.start()
         except BaseException:
             await self.stop()
