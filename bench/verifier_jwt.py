@@ -1,0 +1,318 @@
+"""JWT-SVID validation: in-process rates, latency under an open-loop load, and aiohttp throughput.
+
+All in one run, each figure beside a baseline measured in the same run:
+
+* validations/s on one core (this process pinned to CPU 1 when it exists): ``JwtValidator``
+  uncached (``cache_size=0``) and cached (a hit), next to PyJWT ``decode`` alone (signature, aud,
+  exp) and to one raw ``cryptography`` ES256 verify;
+* p99 latency at an offered 10,000 validations/s, open loop: request *i* is due at ``t0 + i/rate``
+  and its latency runs from that due time (so queueing behind a slow call counts, no coordinated
+  omission). Mixes: 90% hits / 10% misses (every miss a token never seen before), and 100% misses;
+* aiohttp GET requests/s through ``jwt_middleware`` (cache hits; and ``cache_size=0``) next to the
+  same app without the middleware. The server is a child process pinned to CPU 0; the load
+  generator is a minimal keep-alive HTTP/1.1 client on asyncio streams, 32 connections, CPU 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+from aiohttp import web
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from prometheus_client import CollectorRegistry
+
+from bench._harness import Figure, median_rate, percentiles, time_per_op
+from s2s.core.bundle import Bundle, BundleSet
+from s2s.core.spiffe_id import TrustDomain
+from s2s.testing import TestAuthority
+from s2s.verifier.jwt import JwtMetrics, JwtValidator
+from s2s.verifier.jwt_aiohttp import jwt_middleware
+
+AUD = "spiffe://example.org/api"
+SUBJECT = "spiffe://example.org/billing"
+RATE = 10_000
+HIT_SHARE = 0.9
+CONNECTIONS = 32
+
+
+@contextlib.contextmanager
+def _pinned(cpu: int) -> Iterator[None]:
+    """Run on one CPU if the machine has it (single-core figures), then restore the mask."""
+    before = os.sched_getaffinity(0)
+    if cpu in before:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _validator(ca: TestAuthority, cache_size: int) -> JwtValidator:
+    return JwtValidator(
+        BundleSet.of(ca.bundle()),
+        AUD,
+        cache_size=cache_size,
+        metrics=JwtMetrics(CollectorRegistry()),
+    )
+
+
+def _rates(ca: TestAuthority, quick: bool) -> tuple[list[Figure], float]:
+    min_time = 0.05 if quick else 0.3
+    token = ca.issue_jwt_svid(SUBJECT, AUD)
+    head, body, sig = token.split(".")
+    signing_input = f"{head}.{body}".encode()
+    raw = jwt.utils.base64url_decode(sig)
+    der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+    public = ca.jwt_key.public_key()
+    uncached, cached = _validator(ca, 0), _validator(ca, 10_000)
+    cached.validate(token)
+
+    raw_rate = median_rate(
+        lambda: public.verify(der, signing_input, ec.ECDSA(hashes.SHA256())), min_time=min_time
+    )
+    pyjwt_rate = median_rate(
+        lambda: jwt.decode(token, public, algorithms=["ES256"], audience=AUD), min_time=min_time
+    )
+    uncached_s = time_per_op(lambda: uncached.validate(token), min_time=min_time)
+    cached_rate = median_rate(lambda: cached.validate(token), min_time=min_time)
+    assert cached.cache_hits > 0
+    assert uncached.cache_hits == 0
+    raw_name = "raw cryptography ES256 verify"
+    figures = [
+        Figure("JWT-SVID validate, uncached", 1 / uncached_s, "ops/s", raw_name, raw_rate),
+        Figure("PyJWT decode (sig+aud+exp) alone", pyjwt_rate, "ops/s", raw_name, raw_rate),
+        Figure("JWT-SVID validate, cached hit", cached_rate, "ops/s",
+               "JWT-SVID validate, uncached", 1 / uncached_s),
+    ]  # fmt: skip
+    return figures, uncached_s
+
+
+def _open_loop(
+    validator: JwtValidator, tokens: list[str]
+) -> tuple[list[float], list[float], float]:
+    """Validate ``tokens[i]`` when due at ``t0 + i/RATE``.
+
+    Returns latencies from the due time, service times (call start to end), and the achieved rate.
+    """
+    latencies, services = [], []
+    t0 = time.perf_counter() + 0.001
+    for i, token in enumerate(tokens):
+        due = t0 + i / RATE
+        while time.perf_counter() < due:
+            pass
+        start = time.perf_counter()
+        validator.validate(token)
+        end = time.perf_counter()
+        latencies.append(end - due)
+        services.append(end - start)
+    return latencies, services, len(tokens) / (time.perf_counter() - t0)
+
+
+def _latency(ca: TestAuthority, quick: bool, service_s: float) -> list[Figure]:
+    seconds = 0.5 if quick else 2.0
+    n = int(RATE * seconds)
+    warm = [ca.issue_jwt_svid(f"{SUBJECT}/{i}", AUD) for i in range(100)]
+    misses = iter([ca.issue_jwt_svid(f"{SUBJECT}/m{i}", AUD) for i in range(n)])
+    mixed_validator = _validator(ca, 10_000)
+    for t in warm:
+        mixed_validator.validate(t)
+    # Deterministic 9-in-10 pattern: every 10th request is a token never seen before.
+    mixed = [next(misses) if i % 10 == 9 else warm[i % len(warm)] for i in range(n)]
+    all_miss = [ca.issue_jwt_svid(f"{SUBJECT}/a{i}", AUD) for i in range(n)]
+    out = []
+    for label, validator, tokens in (
+        (f"{HIT_SHARE:.0%} hits / {1 - HIT_SHARE:.0%} misses", mixed_validator, mixed),
+        ("100% misses", _validator(ca, 10_000), all_miss),
+    ):
+        lat, service, achieved = _open_loop(validator, tokens)
+        p50, p99, p999 = percentiles(lat, 50, 99, 99.9)
+        (s99,) = percentiles(service, 99)
+        out.append(
+            Figure(
+                f"p99 latency @ {RATE:,}/s open loop, {label}",
+                p99 * 1e6,
+                "us",
+                "uncached validation service time",
+                service_s * 1e6,
+                higher_is_better=False,
+                note=f"p50 {p50 * 1e6:.0f} us, p99.9 {p999 * 1e6:.0f} us, service p99 "
+                f"{s99 * 1e6:.0f} us, achieved {achieved:,.0f}/s, n={len(lat)}",
+            )
+        )
+    return out
+
+
+# --- aiohttp ---------------------------------------------------------------------------------
+
+
+def _serve(bundle_json: bytes, trust_domain: str, ready: Any, stop: Any) -> None:
+    """Child process: three apps (plain, middleware cached, middleware uncached) on CPU 0."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, {0})
+    asyncio.run(_serve_async(bundle_json, trust_domain, ready, stop))
+
+
+async def _serve_async(bundle_json: bytes, trust_domain: str, ready: Any, stop: Any) -> None:
+    bundles = BundleSet.of(Bundle.decode(TrustDomain.parse(trust_domain), bundle_json))
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    ports, runners = [], []
+    for cache_size in (None, 10_000, 0):
+        middlewares = []
+        if cache_size is not None:
+            validator = JwtValidator(
+                bundles, AUD, cache_size=cache_size, metrics=JwtMetrics(CollectorRegistry())
+            )
+            middlewares.append(jwt_middleware(validator))
+        app = web.Application(middlewares=middlewares)
+        app.router.add_get("/", hello)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        ports.append(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        runners.append(runner)
+    ready.put(ports)
+    await asyncio.get_running_loop().run_in_executor(None, stop.wait)
+    for runner in runners:
+        await runner.cleanup()
+
+
+class _KeepAlive(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection sending the next request as each response completes."""
+
+    def __init__(self, request: bytes, until: float, done: asyncio.Future[int]) -> None:
+        self.request, self.until, self.done = request, until, done
+        self.buffer = b""
+        self.count = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end]
+            if not head.startswith(b"HTTP/1.1 200"):
+                self._finish(RuntimeError(f"unexpected response: {head[:40]!r}"))
+                return
+            length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            self.count += 1
+            if time.perf_counter() >= self.until:
+                self._finish(None)
+                return
+            assert self.transport is not None
+            self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc or RuntimeError("the server closed the connection"))
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if self.done.done():
+            return
+        if exc is not None:
+            self.done.set_exception(exc)
+        else:
+            self.done.set_result(self.count)
+        if self.transport is not None:
+            self.transport.close()
+
+
+async def _load(port: int, token: str | None, seconds: float) -> float:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    request = f"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode()
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    until = start + seconds
+    futures = []
+    for _ in range(CONNECTIONS):
+        done: asyncio.Future[int] = loop.create_future()
+        await loop.create_connection(
+            lambda d=done: _KeepAlive(request, until, d), "127.0.0.1", port
+        )
+        futures.append(done)
+    counts = await asyncio.gather(*futures)
+    return sum(counts) / (time.perf_counter() - start)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(pid: int, port: int, token: str | None, seconds: float) -> tuple[float, float]:
+    """Requests/s, and the server's CPU share meanwhile (1.0 = it was the bottleneck)."""
+    cpu, wall = _cpu_seconds(pid), time.perf_counter()
+    rate = asyncio.run(_load(port, token, seconds))
+    return rate, (_cpu_seconds(pid) - cpu) / (time.perf_counter() - wall)
+
+
+def _http(ca: TestAuthority, quick: bool) -> list[Figure]:
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    args = (ca.bundle().encode(), str(ca.trust_domain), ready, stop)
+    server = ctx.Process(target=_serve, args=args, daemon=True)
+    server.start()
+    try:
+        plain, cached, uncached = ready.get(timeout=30)
+        token = ca.issue_jwt_svid(SUBJECT, AUD)
+        seconds = 1.0 if quick else 3.0
+        assert server.pid is not None
+        with _pinned(1):
+            asyncio.run(_load(cached, token, 0.3))  # warm up (and fill the cache)
+            results = {}
+            for name, port, tok in (
+                ("plain", plain, None), ("cached", cached, token), ("uncached", uncached, token)
+            ):  # fmt: skip
+                runs = sorted(_measure(server.pid, port, tok, seconds) for _ in range(3))
+                results[name] = runs[1]  # the median run by rate
+    finally:
+        stop.set()
+        server.join(10)
+        if server.is_alive():
+            server.kill()
+    base_rate, base_cpu = results["plain"]
+    out = []
+    for name, label in (("cached", "cache hits"), ("uncached", "cache_size=0")):
+        rate, cpu = results[name]
+        out.append(
+            Figure(
+                f"aiohttp + jwt_middleware ({label})",
+                rate,
+                "req/s",
+                "aiohttp without middleware",
+                base_rate,
+                note=f"server CPU {cpu:.0%} (without: {base_cpu:.0%}), {CONNECTIONS} conns",
+            )
+        )
+    return out
+
+
+def run(quick: bool) -> list[Figure]:
+    ca = TestAuthority("example.org")
+    with _pinned(1):
+        figures, service_s = _rates(ca, quick)
+        figures += _latency(ca, quick, service_s)
+    figures += _http(ca, quick)
+    return figures
