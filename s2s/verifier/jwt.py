@@ -13,7 +13,7 @@ changes (both are immutable snapshots swapped whole, so identity tells a change)
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 import re
 import threading
@@ -33,7 +33,7 @@ from prometheus_client.registry import REGISTRY
 
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import InvalidConfig, InvalidSpiffeId, InvalidToken
+from s2s.core.errors import InvalidConfig, InvalidToken
 from s2s.core.jwtsvid import (
     DEFAULT_LEEWAY,
     MAX_LEEWAY,
@@ -64,7 +64,6 @@ REJECTION_REASONS = (
     "malformed", "alg", "typ", "header", "kid", "sub", "aud",
     "exp", "signature", "revoked", "too-large", "untrusted",
 )  # fmt: skip
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _B64_VALUE = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 }
@@ -75,6 +74,20 @@ _ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
     "RS256": ("rs", hashes.SHA256), "RS384": ("rs", hashes.SHA384), "RS512": ("rs", hashes.SHA512),
     "PS256": ("ps", hashes.SHA256), "PS384": ("ps", hashes.SHA384), "PS512": ("ps", hashes.SHA512),
 }  # fmt: skip
+_ECDSA = {alg: ec.ECDSA(h()) for alg, (family, h) in _ALGORITHMS.items() if family == "ec"}
+# RFC 7518 3.5: PSS with MGF1 over the same hash and a salt as long as the hash output.
+_RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
+    alg: padding.PKCS1v15()
+    if family == "rs"
+    else padding.PSS(mgf=padding.MGF1(h()), salt_length=h().digest_size)
+    for alg, (family, h) in _ALGORITHMS.items()
+    if family != "ec"
+}
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
+_KeyEntry = tuple[PublicKeyTypes, "datetime | None", frozenset[str]]
 
 
 class BundleLookup(Protocol):
@@ -156,14 +169,7 @@ def parse_compact(token: object, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) ->
         raise InvalidToken("the token must be text", reason="malformed")
     if len(token) > max_bytes:
         raise InvalidToken(f"the token is longer than {max_bytes} bytes", reason="too-large")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise InvalidToken(
-            "the token is not a compact JWS (three dot-separated parts)", reason="malformed"
-        )
-    head, body, sig = parts
-    if not head:  # an empty signature is left to the checks that name why (alg none, length)
-        raise InvalidToken("the token header is empty", reason="malformed")
+    head, body, sig = _split(token)
     header = _json_object(_b64decode(head), "header")
     return CompactJws(header, _b64decode(body), f"{head}.{body}".encode("ascii"), _b64decode(sig))
 
@@ -183,8 +189,19 @@ def verify_signature(
     and InvalidToken(reason='signature') if the signature is bad.
     """
     allowed = algorithms_for_key(public_key)
-    if alg not in allowed or alg not in _ALGORITHMS or (pinned is not None and alg not in pinned):
+    if pinned is not None:
+        allowed = allowed & pinned
+    _check_alg(alg, allowed)
+    _verify(alg, public_key, signing_input, signature)
+
+
+def _check_alg(alg: str, allowed: frozenset[str]) -> None:
+    if alg not in allowed or alg not in _ALGORITHMS:
         raise InvalidToken(f"the token algorithm {alg} does not match the key", reason="alg")
+
+
+def _verify(alg: str, public_key: PublicKeyTypes, signing_input: bytes, signature: bytes) -> None:
+    """Verify with an algorithm already checked against the key (see :func:`_check_alg`)."""
     family, hash_type = _ALGORITHMS[alg]
     try:
         if family == "ec" and isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -193,16 +210,11 @@ def verify_signature(
                 raise InvalidSignature
             r = int.from_bytes(signature[:size], "big")
             s = int.from_bytes(signature[size:], "big")
-            der = encode_dss_signature(r, s)
-            public_key.verify(der, signing_input, ec.ECDSA(hash_type()))
-        elif isinstance(public_key, rsa.RSAPublicKey):
+            public_key.verify(encode_dss_signature(r, s), signing_input, _ECDSA[alg])
+        elif family != "ec" and isinstance(public_key, rsa.RSAPublicKey):
             if len(signature) != (public_key.key_size + 7) // 8:  # RFC 8017 8.2.2 step 1
                 raise InvalidSignature
-            pad: padding.AsymmetricPadding = padding.PKCS1v15()
-            if family == "ps":  # RFC 7518 3.5: MGF1 with the same hash, salt of the hash size
-                digest = hash_type()
-                pad = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-            public_key.verify(signature, signing_input, pad, hash_type())
+            public_key.verify(signature, signing_input, _RSA_PADDING[alg], hash_type())
         else:
             raise InvalidSignature
     except InvalidSignature:
@@ -244,7 +256,7 @@ class JwtValidator:
         self._metrics = metrics if metrics is not None else default_jwt_metrics()
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, ValidatedJwt] = OrderedDict()
-        self._keys: dict[tuple[TrustDomain, str], tuple[PublicKeyTypes, datetime | None]] = {}
+        self._keys: dict[tuple[TrustDomain, str], _KeyEntry] = {}
         self._seen: tuple[object, object] = (None, None)
         self.cache_hits = 0
         self.cache_misses = 0
@@ -291,18 +303,23 @@ class JwtValidator:
     def _validate_uncached(
         self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet
     ) -> ValidatedJwt:
-        jws = parse_compact(token, max_bytes=self._max_bytes)
-        alg = check_jwt_header(jws.header)
-        claims = _json_object(jws.payload, "claims")
-        public_key = self._key_for(bundles, _trust_domain_of(claims), jws.header["kid"], now)
-        verify_signature(alg, public_key, jws.signing_input, jws.signature)
+        head, body, sig = _split(token)
+        header = _json_object(_b64decode(head), "header")
+        alg = check_jwt_header(header)
+        # Claims are checked before the (costly) signature: an expired or misaddressed token is
+        # refused without spending a verify. Nothing here acts on them until the signature holds.
+        claims = _json_object(_b64decode(body), "claims")
         checked = check_jwt_claims(claims, audience=self.audience, now=now, leeway=self.leeway)
+        td = checked.spiffe_id.trust_domain
+        public_key, allowed = self._key_for(bundles, td, header["kid"], now)
+        _check_alg(alg, allowed)
+        _verify(alg, public_key, f"{head}.{body}".encode("ascii"), _b64decode(sig))
         _check_revocation(revocations, checked)
         return ValidatedJwt(checked.spiffe_id, checked)
 
     def _key_for(
         self, bundles: BundleSet, td: TrustDomain, kid: str, now: datetime
-    ) -> PublicKeyTypes:
+    ) -> tuple[PublicKeyTypes, frozenset[str]]:
         entry = self._keys.get((td, kid))
         if entry is None:
             bundle = bundles.get(td)
@@ -314,13 +331,14 @@ class JwtValidator:
                 raise InvalidToken(
                     f"no JWT authority {kid[:64]!r} in the bundle of {td}", reason="kid"
                 )
-            entry = (authority.public_key, authority.not_after)
+            key = authority.public_key
+            entry = (key, authority.not_after, algorithms_for_key(key))
             with self._lock:
                 if bundles is self._seen[0]:
                     self._keys[(td, kid)] = entry
         if entry[1] is not None and now > entry[1]:
             raise InvalidToken(f"the JWT authority {kid[:64]!r} of {td} has expired", reason="kid")
-        return entry[0]
+        return entry[0], entry[2]
 
     def _remember(
         self, token: str, result: ValidatedJwt, bundles: BundleSet, revocations: RevocationSet
@@ -355,31 +373,31 @@ def _check_revocation(revocations: RevocationSet, claims: JwtSvidClaims) -> None
         raise InvalidToken(f"the SPIFFE ID {claims.spiffe_id} has been revoked", reason="revoked")
 
 
-def _trust_domain_of(claims: Mapping[str, Any]) -> TrustDomain:
-    sub = claims.get("sub")
-    if not isinstance(sub, str):
-        raise InvalidToken("the token has no sub claim (the SPIFFE ID)", reason="sub")
-    try:
-        return SpiffeId.parse(sub).trust_domain
-    except InvalidSpiffeId as exc:
-        raise InvalidToken(f"the token subject is not a SPIFFE ID: {exc}", reason="sub") from None
+def _split(token: str) -> tuple[str, str, str]:
+    match = _COMPACT.fullmatch(token)
+    if match is None:
+        raise InvalidToken(
+            "the token is not a compact JWS (three dot-separated base64url parts)",
+            reason="malformed",
+        )
+    head, body, sig = match.groups()
+    return head, body, sig
 
 
 def _b64decode(part: str) -> bytes:
-    if _B64URL.fullmatch(part) is None or len(part) % 4 == 1:
-        raise InvalidToken("the token is not unpadded base64url", reason="malformed")
+    """Decode base64url already matched against the alphabet by :data:`_COMPACT`."""
     rem = len(part) % 4
+    if rem == 1:
+        raise InvalidToken("the token is not valid base64url", reason="malformed")
     # RFC 4648 3.5: the unused low bits of the last character must be zero (canonical encoding).
     if rem and _B64_VALUE[part[-1]] & (0x0F if rem == 2 else 0x03):
         raise InvalidToken("the token is not canonical base64url", reason="malformed")
-    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+    return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + b"=" * (-rem % 4))
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant
-        )
+        value = _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, RecursionError):
         raise InvalidToken(f"the token {what} is not JSON", reason="malformed") from None
     if not isinstance(value, dict):
@@ -396,3 +414,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every call (json.loads would build a new one per call when given hooks).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

@@ -517,7 +517,9 @@ def test_wycheproof_vectors_without_a_signing_key_are_all_rejected(
     with pytest.raises(InvalidToken) as info:
         check_jwt_header(parse_compact(vector["jws"]).header)
     assert info.value.reason in ("alg", "malformed")
-    h.reject(vector["jws"], info.value.reason)
+    with pytest.raises(InvalidToken) as info:
+        h.validator.validate(vector["jws"])
+    assert info.value.reason in ("alg", "malformed")
 
 
 def _signing_groups() -> list[Any]:
