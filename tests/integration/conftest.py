@@ -20,6 +20,7 @@ import pytest
 from s2s.agent.app import Agent, AgentTuning, run_agent
 from s2s.agent.config import AgentConfig
 from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.core.clock import Clock
 from s2s.core.registration import RegistrationEntry
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
@@ -43,6 +44,7 @@ class CaHandle:
     overrides: dict[str, Any] = field(default_factory=dict)
     server: CaServer | None = None
     port: int = 0
+    clock: Clock | None = None
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event | None = None
 
@@ -62,7 +64,7 @@ class CaHandle:
             json_logs=False,
             config_overrides=self.overrides,
         )
-        self.server = await CaServer.open(options)
+        self.server = await CaServer.open(options, clock=self.clock)
         self.port = self.server.port
         self._stop = asyncio.Event()
         self._task = asyncio.create_task(self.server.run(self._stop))
@@ -70,7 +72,8 @@ class CaHandle:
     async def stop(self) -> None:
         if self.server is None:
             return
-        assert self._stop is not None and self._task is not None
+        assert self._stop is not None
+        assert self._task is not None
         self._stop.set()
         await asyncio.wait_for(self._task, 10)
         await self.server.close()
@@ -165,16 +168,10 @@ async def start_agent(config: AgentConfig, *, wait_ready: bool = True) -> Runnin
     """Run an agent in a task; wait until its Workload API serves (or its task fails)."""
     agent = Agent(config, tuning=FAST)
     stop = asyncio.Event()
-    task = asyncio.create_task(run_agent(agent, stop))
+    running = RunningAgent(agent, asyncio.create_task(run_agent(agent, stop)), stop)
     if wait_ready:
-        ready = asyncio.create_task(agent.ready.wait())
-        done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            ready.cancel()
-            task.result()  # raises the agent's error
-            raise AssertionError("the agent stopped before it was ready")
-        assert ready in done, "the agent did not become ready within 20 s"
-    return RunningAgent(agent, task, stop)
+        await _wait_ready(running)
+    return running
 
 
 async def wait_until(predicate: Any, *, timeout: float = 10.0, what: str = "condition") -> None:
@@ -185,3 +182,72 @@ async def wait_until(predicate: Any, *, timeout: float = 10.0, what: str = "cond
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class Harness:
+    """What the agent tests need: the CA, temp dirs, and agents to shut down afterwards."""
+
+    ca: CaHandle
+    tmp_path: Path
+    socket_dir: Path
+    agents: list[RunningAgent] = field(default_factory=list)
+
+    def config(self, *, token: str | None, **kw: Any) -> AgentConfig:
+        return agent_config(self.ca, self.tmp_path, self.socket_dir, token=token, **kw)
+
+    async def start_agent(self, config: AgentConfig, *, wait_ready: bool = True) -> RunningAgent:
+        running = await start_agent(config, wait_ready=False)
+        self.agents.append(running)
+        if wait_ready:
+            await _wait_ready(running)
+        return running
+
+    @staticmethod
+    async def wait_until(predicate: Any, *, timeout: float = 10.0, what: str = "it") -> None:
+        await wait_until(predicate, timeout=timeout, what=what)
+
+
+async def _wait_ready(running: RunningAgent) -> None:
+    ready = asyncio.create_task(running.agent.ready.wait())
+    done, _ = await asyncio.wait(
+        {ready, running.task}, timeout=20, return_when=asyncio.FIRST_COMPLETED
+    )
+    if running.task in done:
+        ready.cancel()
+        running.task.result()  # raises the agent's error
+        raise AssertionError("the agent stopped before it was ready")
+    assert ready in done, "the agent did not become ready within 20 s"
+
+
+@pytest.fixture
+async def harness(ca: CaHandle, tmp_path: Path, short_dir: Path) -> AsyncIterator[Harness]:
+    h = Harness(ca, tmp_path, short_dir)
+    try:
+        yield h
+    finally:
+        for running in h.agents:
+            await running.shutdown()
+
+
+@pytest.fixture
+async def make_harness(tmp_path: Path, short_dir: Path) -> AsyncIterator[Any]:
+    """``await make_harness(clock=FakeClock())``: a harness around a CA of its own."""
+    made: list[Harness] = []
+
+    async def make(*, clock: Clock | None = None, **overrides: Any) -> Harness:
+        base = tmp_path / f"h{len(made)}"
+        await init_trust_domain(base / "ca", TRUST_DOMAIN)
+        handle = CaHandle(base / "ca", overrides=overrides, clock=clock)
+        await handle.start()
+        h = Harness(handle, base, short_dir)
+        made.append(h)
+        return h
+
+    try:
+        yield make
+    finally:
+        for h in made:
+            for running in h.agents:
+                await running.shutdown()
+            await h.ca.stop()

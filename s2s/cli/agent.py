@@ -1,0 +1,286 @@
+"""``s2s-agent``: run the node agent, and talk to a running one through the Workload API.
+
+``run`` takes every setting as a flag, an ``S2S_*`` variable or a TOML key (``--config``); the
+``api`` commands and ``healthcheck`` find the agent through ``--socket`` or
+``SPIFFE_ENDPOINT_SOCKET`` and use the asyncio Workload API client. Exit codes are the CA
+CLI's: 0 ok, 1 error, 2 bad usage or input, 3 agent or CA not reachable, 6 refused (no identity,
+bad token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from s2s.cli.ca import exit_code_for
+from s2s.core.errors import InvalidConfig, NotAuthorized, S2SError
+from s2s.core.x509svid import X509Svid
+
+__all__ = ["cli", "main"]
+
+_T = TypeVar("_T")
+
+
+def fail(exc: S2SError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exit_code_for(exc))
+
+
+def call(fn: Callable[[], _T]) -> _T:
+    try:
+        return fn()
+    except S2SError as exc:
+        fail(exc)
+
+
+def run_async(factory: Callable[[], Awaitable[_T]]) -> _T:
+    async def body() -> _T:
+        return await factory()
+
+    return call(lambda: asyncio.run(body()))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """s2s node agent."""
+
+
+# ---- run ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (env S2S_CONFIG).",
+)
+@click.option("--trust-domain", help="Trust domain (env S2S_TRUST_DOMAIN).")
+@click.option(
+    "--ca-url",
+    "ca_urls",
+    multiple=True,
+    help="CA base URL, repeat for fail-over (env S2S_CA_URL, comma-separated).",
+)
+@click.option("--trust-bundle", help="Bootstrap bundle PEM file (env S2S_TRUST_BUNDLE).")
+@click.option("--join-token", help="One-time join token (env S2S_JOIN_TOKEN; prefer the env).")
+@click.option("--data-dir", help="Where the agent keeps its key and SVID (env S2S_DATA_DIR).")
+@click.option("--socket", help="Workload API socket (default /run/s2s/agent.sock; env S2S_SOCKET).")
+@click.option("--sha256-max-bytes", help="Largest binary hashed for unix:sha256 (e.g. 128MiB).")
+@click.option("--metrics-listen", help="HOST:PORT for /metrics, /healthz, /readyz.")
+@click.option("--log-level", help="debug, info, warning, error (env S2S_LOG_LEVEL).")
+@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log line format.")
+def run(config_file: Path | None, **flags: Any) -> None:
+    """Run the agent until SIGTERM or SIGINT."""
+    from s2s.agent.app import serve_forever  # noqa: PLC0415  (keeps api commands light)
+    from s2s.agent.config import load_config  # noqa: PLC0415
+
+    config = call(lambda: load_config(flags=flags, environ=os.environ, config_file=config_file))
+    call(lambda: serve_forever(config))
+
+
+# ---- api ----------------------------------------------------------------------------------
+
+
+socket_option = click.option(
+    "--socket",
+    "socket",
+    help="Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET).",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def _client(socket: str | None) -> Any:
+    from s2s.verifier.workload_client import WorkloadApiClient  # noqa: PLC0415
+
+    return WorkloadApiClient(socket)
+
+
+@cli.group()
+def api() -> None:
+    """Call a running agent's Workload API as this process."""
+
+
+@api.group()
+def fetch() -> None:
+    """Fetch SVIDs."""
+
+
+@api.group()
+def validate() -> None:
+    """Validate credentials."""
+
+
+def _svid_json(svid: X509Svid) -> dict[str, Any]:
+    return {
+        "spiffe_id": str(svid.spiffe_id),
+        "serial": format(svid.serial, "x"),
+        "not_after": svid.not_after.isoformat(),
+        "hint": svid.hint,
+    }
+
+
+@fetch.command("x509")
+@socket_option
+@click.option(
+    "--write",
+    "write_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write svid.N.pem, svid.N.key (0600) and bundle.pem into this directory.",
+)
+@json_option
+def fetch_x509(socket: str | None, write_dir: Path | None, as_json: bool) -> None:
+    """Print (and optionally write) this process's X509-SVIDs."""
+
+    async def body() -> Any:
+        async with _client(socket) as client:
+            return await client.fetch_x509_context()
+
+    context = run_async(body)
+    if write_dir is not None:
+        call(lambda: _write_x509(write_dir, context))
+    rows = [_svid_json(svid) for svid in context.svids]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {"svids": rows, "trust_domains": [str(b.trust_domain) for b in context.bundles]},
+                indent=2,
+            )
+        )
+        return
+    for row in rows:
+        click.echo(f"{row['spiffe_id']}  serial {row['serial']}  expires {row['not_after']}")
+    if write_dir is not None:
+        click.echo(f"wrote {len(rows)} SVID(s) and bundle.pem to {write_dir}")
+
+
+def _write_x509(directory: Path, context: Any) -> None:
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for index, svid in enumerate(context.svids):
+            (directory / f"svid.{index}.pem").write_bytes(svid.chain_pem())
+            _write_secret(directory / f"svid.{index}.key", svid.key_pem())
+        bundles = b"".join(b.x509_pem() for b in context.bundles if b.x509_authorities)
+        (directory / "bundle.pem").write_bytes(bundles)
+    except OSError as exc:
+        raise InvalidConfig(f"cannot write to {directory}: {exc.strerror}") from None
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(data)
+
+
+@fetch.command("jwt")
+@socket_option
+@click.option("--audience", "audience", multiple=True, required=True, help="Audience (repeat).")
+@click.option("--spiffe-id", help="Which identity (default: every identity of this process).")
+@json_option
+def fetch_jwt(
+    socket: str | None, audience: Sequence[str], spiffe_id: str | None, as_json: bool
+) -> None:
+    """Print JWT-SVIDs for the audience (the token is a secret: handle the output with care)."""
+
+    async def body() -> Any:
+        async with _client(socket) as client:
+            return await client.fetch_jwt_svids(list(audience), spiffe_id)
+
+    svids = run_async(body)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "spiffe_id": str(s.spiffe_id),
+                        "token": s.token,
+                        "expiry": s.expiry.isoformat(),
+                    }
+                    for s in svids
+                ],
+                indent=2,
+            )
+        )
+        return
+    for svid in svids:
+        click.echo(f"{svid.spiffe_id}  expires {svid.expiry.isoformat()}")
+        click.echo(svid.token)
+
+
+@validate.command("jwt")
+@socket_option
+@click.option("--audience", required=True, help="The audience the token must name.")
+@click.option("--token", required=True, help="The JWT-SVID.")
+@json_option
+def validate_jwt(socket: str | None, audience: str, token: str, as_json: bool) -> None:
+    """Have the agent validate a JWT-SVID; exit 6 if it is rejected."""
+
+    async def body() -> Any:
+        async with _client(socket) as client:
+            return await client.validate_jwt_svid(token, audience)
+
+    spiffe_id, claims = run_async(body)
+    if as_json:
+        click.echo(json.dumps({"spiffe_id": str(spiffe_id), "claims": dict(claims)}, indent=2))
+        return
+    click.echo(f"valid: {spiffe_id}")
+    for name in sorted(claims):
+        click.echo(f"  {name}: {claims[name]}")
+
+
+@api.command("watch")
+@socket_option
+@click.option("--count", type=click.IntRange(min=1), help="Exit after this many updates.")
+def watch(socket: str | None, count: int | None) -> None:
+    """Print every X.509 update (rotation, bundle change) until interrupted."""
+
+    async def body() -> None:
+        seen = 0
+        async with _client(socket) as client:
+            async for context in client.watch_x509_context():
+                for svid in context.svids:
+                    row = _svid_json(svid)
+                    click.echo(
+                        f"{row['spiffe_id']}  serial {row['serial']}  expires {row['not_after']}"
+                    )
+                click.echo(f"-- update {seen + 1}: {len(context.svids)} SVID(s)", err=False)
+                seen += 1
+                if count is not None and seen >= count:
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(body)
+
+
+# ---- healthcheck --------------------------------------------------------------------------
+
+
+@cli.command()
+@socket_option
+def healthcheck(socket: str | None) -> None:
+    """Exit 0 if the agent answers on its Workload API socket, 3 if it does not."""
+
+    async def body() -> str:
+        async with _client(socket) as client:
+            try:
+                bundles = await client.fetch_x509_bundles()
+            except NotAuthorized:
+                return "the agent is serving (no identity for this process)"
+            return f"the agent is serving ({len(bundles)} trust domain(s))"
+
+    message = run_async(body)
+    click.echo(message)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script entry point (``s2s.cli.agent:main``)."""
+    cli.main(args=argv, prog_name="s2s-agent")
