@@ -252,6 +252,33 @@ async def test_jwt_source_bundles_validate_the_agents_jwt_svids(
         assert info.value.reason == "untrusted"
 
 
+async def test_agent_jwt_svid_validates_here_and_with_the_official_spiffe_client(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority
+) -> None:
+    spiffe = pytest.importorskip("spiffe")
+    register(provider, ca.issue_x509_svid(ME))
+    async with JwtSource(socket=agent.socket_path, backoff=FAST) as source:
+        token = (await source.fetch_jwt_svid(AUD)).token
+        ours = JwtValidator(source, AUD, metrics=JwtMetrics(CollectorRegistry()))
+        assert str(ours.validate(token).spiffe_id) == ME
+        bundle = source.current().get(ca.trust_domain)
+        assert bundle is not None
+        theirs = spiffe.JwtBundle.parse(spiffe.TrustDomain("example.org"), bundle.jwt_jwks())
+        assert str(spiffe.JwtSvid.parse_and_validate(token, theirs, {AUD}).spiffe_id) == ME
+        # Twins: both refuse another audience and a token from a foreign key.
+        with pytest.raises(InvalidToken):
+            JwtValidator(
+                source, "spiffe://example.org/x", metrics=JwtMetrics(CollectorRegistry())
+            ).validate(token)
+        with pytest.raises(spiffe.svid.errors.InvalidTokenError):
+            spiffe.JwtSvid.parse_and_validate(token, theirs, {"spiffe://example.org/x"})
+        foreign = TestAuthority("example.org").issue_jwt_svid(ME, AUD, kid=ca.jwt_kid)
+        with pytest.raises(InvalidToken):
+            ours.validate(foreign)
+        with pytest.raises(spiffe.svid.errors.JwtSvidError):
+            spiffe.JwtSvid.parse_and_validate(foreign, theirs, {AUD})
+
+
 # --- PEM files ----------------------------------------------------------------------------------
 
 
