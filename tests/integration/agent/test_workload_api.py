@@ -21,6 +21,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe import JwtSource, WorkloadApiClient, X509Source
+from spiffe import JwtSvid as SpiffeJwtSvid
 from spiffe.errors import PySpiffeError
 
 from s2s.agent.attestor import UnixAttestor
@@ -98,6 +99,8 @@ async def test_spiffe_client_jwt_fetch_bundles_and_validate(
             jwt_bundles = client.fetch_jwt_bundles()
             bundle = jwt_bundles.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
             out["kids"] = sorted(bundle.jwt_authorities)
+            local = SpiffeJwtSvid.parse_and_validate(svid.token, bundle, {"billing"})
+            out["local"] = str(local.spiffe_id)
             out["valid"] = str(client.validate_jwt_svid(svid.token, "billing").spiffe_id)
             out["again"] = client.fetch_jwt_svid({"billing"}).token == svid.token  # cached
             for name, token, aud in (
@@ -124,6 +127,7 @@ async def test_spiffe_client_jwt_fetch_bundles_and_validate(
     assert out["sub"] == "spiffe://example.org/web"
     assert out["aud"] == {"billing"}
     assert out["kids"] == [authority.jwt_kid]
+    assert out["local"] == "spiffe://example.org/web"  # the spiffe library's own validator
     assert out["valid"] == "spiffe://example.org/web"
     assert out["again"] is True
     assert out["wrong_aud"] == out["foreign"] == out["tampered"] == "INVALID_ARGUMENT"
