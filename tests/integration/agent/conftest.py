@@ -6,7 +6,6 @@ would keep the uid-65534 workloads of these tests out).
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -50,8 +49,3 @@ async def server(
         provider=provider, attestor=UnixAttestor(), socket_path=str(socket_dir / "agent.sock")
     ) as srv:
         yield srv
-
-
-@pytest.fixture
-def my_uid_selector() -> str:
-    return f"unix:uid:{os.getuid()}"
