@@ -19,15 +19,22 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
-from s2s.core.errors import InvalidConfig, InvalidRequest
+from s2s.core.errors import InvalidConfig, InvalidRequest, InvalidSvid
 from s2s.core.revocation import (
     RevocationKind,
     RevocationRecord,
     RevocationSet,
     StaticRevocations,
 )
+from s2s.core.x509svid import check_ca_certificate
 
-__all__ = ["CrlFileRevocations", "InMemoryRevocations", "parse_crls", "revocation_set_from_crls"]
+__all__ = [
+    "CrlFileRevocations",
+    "InMemoryRevocations",
+    "crl_issuers",
+    "parse_crls",
+    "revocation_set_from_crls",
+]
 
 log = logging.getLogger(__name__)
 _FAR_FUTURE = datetime(9999, 1, 1, tzinfo=UTC)
@@ -61,6 +68,39 @@ def parse_crls(data: bytes) -> list[x509.CertificateRevocationList]:
         return [x509.load_der_x509_crl(data)]
     except ValueError as exc:
         raise InvalidRequest(f"not a CRL (PEM or DER): {exc}") from exc
+
+
+def crl_issuers(data: bytes, trusted: Iterable[x509.Certificate]) -> list[x509.Certificate]:
+    """``trusted`` plus the CA certificates in a PEM CRL file that a trusted one issued.
+
+    A CA with several intermediates can publish one file: each CRL next to the intermediate that
+    signed it. An intermediate counts only if a trusted certificate directly signed it and it may
+    sign (cA=true, keyCertSign); it need not be one of ours.
+    """
+    anchors = list(trusted)
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        return anchors
+    try:
+        extra = x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise InvalidRequest(f"a certificate in the CRL file does not parse: {exc}") from exc
+    accepted = list(anchors)
+    for cert in extra:
+        if any(_issued_by(cert, anchor) for anchor in anchors):
+            try:
+                check_ca_certificate(cert)
+            except InvalidSvid as exc:
+                raise InvalidRequest(f"a certificate in the CRL file cannot sign: {exc}") from exc
+            accepted.append(cert)
+    return accepted
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def revocation_set_from_crls(
@@ -106,8 +146,10 @@ class CrlFileRevocations:
     """Revocations read from a CRL file and followed as the file changes.
 
     ``trusted`` returns the CA certificates allowed to sign CRLs (typically the bundle's roots
-    and the intermediates of our own SVID chain). The file is checked for changes at most every
-    ``check_interval`` seconds, inside :meth:`current`; :meth:`refresh` forces a check.
+    and the intermediates of our own SVID chain); a PEM file may also carry the intermediates
+    that signed its CRLs, accepted when a trusted certificate issued them (:func:`crl_issuers`).
+    The file is checked for changes at most every ``check_interval`` seconds, inside
+    :meth:`current`; :meth:`refresh` forces a check.
     """
 
     def __init__(
@@ -170,6 +212,7 @@ class CrlFileRevocations:
         if len(data) > _MAX_CRL_BYTES:
             raise InvalidRequest(f"{self.path} is larger than {_MAX_CRL_BYTES} bytes")
         self._version += 1
-        result = revocation_set_from_crls(parse_crls(data), self._trusted(), version=self._version)
+        issuers = crl_issuers(data, self._trusted())
+        result = revocation_set_from_crls(parse_crls(data), issuers, version=self._version)
         self._stamp = stamp
         return result

@@ -133,3 +133,40 @@ def test_pem_file_with_several_crls(ca: TestAuthority, tmp_path: Path) -> None:
     )
     assert revs.current().is_serial_revoked(0x1)
     assert revs.current().is_serial_revoked(0x2)
+
+
+def _crl_by(cert: x509.Certificate, key: object, *serials: int) -> bytes:
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + dt.timedelta(hours=1))
+    )
+    for serial in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)  # type: ignore[arg-type]
+
+
+def test_intermediate_carried_in_the_file_is_trusted_when_the_root_issued_it(
+    ca: TestAuthority, tmp_path: Path
+) -> None:
+    """Another replica's intermediate (not in our chain) signs a CRL; the file carries it."""
+    inter, key = ca.new_intermediate()
+    pem = serialization.Encoding.PEM
+    path = tmp_path / "ca.crl"
+    path.write_bytes(inter.public_bytes(pem) + _crl_by(inter, key, 0x42))
+    revs = CrlFileRevocations(path, trusted=lambda: [ca.root], check_interval=5)
+    assert revs.current().is_serial_revoked(0x42)
+    # Twin: an intermediate of another authority (same names, other root) is not trusted.
+    stranger = TestAuthority("example.org")
+    s_inter, s_key = stranger.new_intermediate()
+    path.write_bytes(s_inter.public_bytes(pem) + _crl_by(s_inter, s_key, 0x43))
+    with pytest.raises(InvalidConfig):
+        CrlFileRevocations(path, trusted=lambda: [ca.root], check_interval=5)
+    # Twin: without the intermediate in the file, the CRL cannot be checked.
+    path.write_bytes(_crl_by(inter, key, 0x42))
+    with pytest.raises(InvalidConfig):
+        CrlFileRevocations(path, trusted=lambda: [ca.root], check_interval=5)
