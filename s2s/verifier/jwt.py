@@ -392,7 +392,10 @@ def _b64decode(part: str) -> bytes:
     # RFC 4648 3.5: the unused low bits of the last character must be zero (canonical encoding).
     if rem and _B64_VALUE[part[-1]] & (0x0F if rem == 2 else 0x03):
         raise InvalidToken("the token is not canonical base64url", reason="malformed")
-    return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + b"=" * (-rem % 4))
+    try:
+        return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + b"=" * (-rem % 4))
+    except binascii.Error:  # not reachable for text _COMPACT matched; kept as a guard
+        raise InvalidToken("the token is not valid base64url", reason="malformed") from None
 
 
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def _bearer_token(request: web.Request) -> tuple[str | None, tuple[str, str]]:
 
 
 def _reject(request: web.Request, challenge: str, reason: str, message: str) -> web.Response:
-    _log.info("jwt.rejected", extra={F.REASON: reason, F.PATH: request.path})
+    _log.debug("jwt.rejected", extra={F.REASON: reason, F.PATH: request.path})
     if reason == "missing":
         # RFC 6750 3.1: a request without credentials gets the bare challenge, no error code.
         header = challenge

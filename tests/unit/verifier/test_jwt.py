@@ -15,6 +15,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from prometheus_client import CollectorRegistry
 
@@ -25,7 +27,13 @@ from s2s.core.jwtsvid import algorithms_for_key, check_jwt_header
 from s2s.core.revocation import RevocationKind, RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.testing import TestAuthority
-from s2s.verifier.jwt import JwtMetrics, JwtValidator, parse_compact, verify_signature
+from s2s.verifier.jwt import (
+    REJECTION_REASONS,
+    JwtMetrics,
+    JwtValidator,
+    parse_compact,
+    verify_signature,
+)
 
 AUD = "spiffe://example.org/api"
 WORKLOAD = "spiffe://example.org/billing"
@@ -303,6 +311,36 @@ def test_expired_jwt_authority_is_not_used(h: Harness) -> None:
     assert h.validator.validate(h.ca.issue_jwt_svid(WORKLOAD, AUD))
     h.clock.advance(seconds=61)
     h.reject(h.ca.issue_jwt_svid(WORKLOAD, AUD), "kid")
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_fuzzed_tokens_raise_only_invalid_token(h: Harness, data: st.DataObject) -> None:
+    token = h.ca.issue_jwt_svid(WORKLOAD, AUD)
+    kind = data.draw(st.sampled_from(["text", "flip", "cut", "splice"]))
+    if kind == "text":
+        candidate = data.draw(st.text(max_size=400))
+    elif kind == "flip":
+        i = data.draw(st.integers(0, len(token) - 1))
+        candidate = token[:i] + data.draw(st.characters()) + token[i + 1 :]
+    elif kind == "cut":
+        candidate = token[: data.draw(st.integers(0, len(token) - 1))]
+    else:
+        head, body, sig = token.split(".")
+        junk = b64(data.draw(st.binary(max_size=200)))
+        candidate = data.draw(st.sampled_from([f"{junk}.{body}.{sig}", f"{head}.{junk}.{sig}"]))
+    rejection: InvalidToken | None = None
+    try:
+        result = h.validator.validate(candidate)
+    except InvalidToken as exc:  # anything else escaping fails the test
+        rejection = exc
+    if rejection is not None:
+        assert rejection.reason in REJECTION_REASONS
+        return
+    assert candidate == token  # only the untouched token is accepted
+    assert str(result.spiffe_id) == WORKLOAD
 
 
 # --- revocation --------------------------------------------------------------------------------
