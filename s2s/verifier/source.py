@@ -176,6 +176,9 @@ class _WatchedSource(Generic[_T]):
             except S2SError as exc:
                 self.last_error = exc
                 _log.warning("source.watch_failed", extra={F.ERROR: str(exc)})
+            except Exception as exc:  # a bug or a transport surprise: keep the snapshot, say so
+                self.last_error = Unavailable(f"the watch crashed: {type(exc).__name__}: {exc}")
+                _log.exception("source.watch_crashed")
             delay = self._backoff.delay(attempt, self._rand())
             attempt += 1
             self.reconnects += 1
