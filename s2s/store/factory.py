@@ -1,0 +1,58 @@
+"""Open a ``Store`` from a URL: ``sqlite:///path/to/store.db`` or ``etcd://host:port[,host:port]``.
+
+The etcd store keeps each trust domain under its own prefix, so it needs the trust domain: give it
+as the URL path (``etcd://10.0.0.1:2379,10.0.0.2:2379/example.org``) or as ``trust_domain=``.
+TLS for etcd comes as an :class:`EtcdTls` (CA, optional client certificate and key).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+
+from s2s.core.errors import InvalidConfig
+from s2s.store.base import Store
+from s2s.store.etcd import EtcdStore
+from s2s.store.etcd_client import EtcdTls
+from s2s.store.sqlite import SqliteStore
+
+__all__ = ["open_store"]
+
+
+async def open_store(
+    url: str,
+    *,
+    trust_domain: str | None = None,
+    tls: EtcdTls | None = None,
+    create: bool = True,
+) -> Store:
+    """Open the store named by ``url``; ``InvalidConfig`` for a URL that names no usable store.
+
+    ``create`` applies to SQLite (a missing file is created); an etcd prefix is always created on
+    first use. ``tls`` is refused for SQLite, where it would be silently meaningless.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise InvalidConfig(f"a store URL is sqlite:///path or etcd://host:port, not {url!r}")
+    if scheme == "sqlite":
+        if tls is not None:
+            raise InvalidConfig("TLS options apply to an etcd store, not to sqlite")
+        path = urllib.parse.unquote(rest)
+        if not path.startswith("/"):
+            raise InvalidConfig(
+                f"a sqlite store URL needs an absolute path: sqlite:///path, not {url!r}"
+            )
+        return await SqliteStore.open(path, create=create)
+    if scheme == "etcd":
+        hosts, _, path = rest.partition("/")
+        domain = path.strip("/") or None
+        if domain and trust_domain and domain != trust_domain:
+            raise InvalidConfig(
+                f"the store URL names trust domain {domain!r} but {trust_domain!r} was given"
+            )
+        domain = domain or trust_domain
+        if not domain:
+            raise InvalidConfig(
+                "an etcd store needs the trust domain: etcd://host:port/<trust-domain>"
+            )
+        return await EtcdStore.open(hosts, trust_domain=domain, tls=tls)
+    raise InvalidConfig(f"unknown store scheme {scheme!r}: use sqlite:///path or etcd://host:port")

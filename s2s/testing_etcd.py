@@ -1,0 +1,304 @@
+"""A real etcd for tests and benchmarks: free loopback ports, a temp data dir, fast elections.
+
+For tests only, never a production path::
+
+    with EtcdServer(tmp_path / "etcd") as server:       # started and healthy, killed on exit
+        store = await EtcdStore.open(server.endpoints, trust_domain="example.org")
+        server.stop()                                   # for fault tests: etcd down ...
+        server.start()                                  # ... and back, same data and ports
+
+``EtcdServer(..., tls=EtcdTlsFiles.create(dir))`` serves TLS and requires client certificates
+(plain TLS with a test CA minted at run time, not SPIFFE). A missing ``etcd`` binary raises
+:class:`EtcdMissing` telling the reader to run ``make test``, which installs Debian's etcd-server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["EtcdMissing", "EtcdServer", "EtcdTlsFiles", "etcd_binary"]
+
+_START_DEADLINE = 15.0
+_STOP_DEADLINE = 10.0
+
+
+class EtcdMissing(RuntimeError):
+    """No etcd binary on this machine."""
+
+
+def etcd_binary() -> str:
+    """The path of the etcd server binary, or :class:`EtcdMissing` saying how to get it."""
+    found = shutil.which("etcd") or ("/usr/bin/etcd" if os.path.exists("/usr/bin/etcd") else None)
+    if found is None:
+        raise EtcdMissing(
+            "the etcd server is not installed, so the etcd store tests cannot run: "
+            "run `make test` (it installs Debian's etcd-server), or "
+            "`apt-get install etcd-server`"
+        )
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTlsFiles:
+    """A throwaway CA with a server certificate (127.0.0.1, localhost) and a client certificate.
+
+    ``other_ca`` is an unrelated CA (with its own client certificate), for rejecting twins.
+    """
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path
+    other_client_cert: Path
+    other_client_key: Path
+
+    @classmethod
+    def create(cls, directory: Path) -> EtcdTlsFiles:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ca_key, ca_cert = _ca("s2s test etcd CA")
+        other_key, other_cert = _ca("unrelated CA")
+        files = cls(
+            *(directory / n for n in ("ca.pem", "server.pem", "server-key.pem")),
+            *(directory / n for n in ("client.pem", "client-key.pem", "other-ca.pem")),
+            *(directory / n for n in ("other-client.pem", "other-client-key.pem")),
+        )
+        _write(files.ca, _pem(ca_cert))
+        _write(files.other_ca, _pem(other_cert))
+        for cert_path, key_path, issuer, server in (
+            (files.server_cert, files.server_key, (ca_key, ca_cert), True),
+            (files.client_cert, files.client_key, (ca_key, ca_cert), False),
+            (files.other_client_cert, files.other_client_key, (other_key, other_cert), False),
+        ):
+            key, cert = _leaf(*issuer, server=server)
+            _write(cert_path, _pem(cert))
+            _write(key_path, _key_pem(key))
+        return files
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+    path.chmod(0o600)
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _builder(
+    subject: str, issuer: str, public: ec.EllipticCurvePublicKey
+) -> x509.CertificateBuilder:
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+
+
+def _ca(name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+    cert = (
+        _builder(name, name, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, *, server: bool
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    issuer = ca_cert.subject.rfc4514_string().removeprefix("CN=")
+    eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    sans: list[x509.GeneralName] = [
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    builder = (
+        _builder("etcd" if server else "s2s-ca", issuer, key.public_key())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    )
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+class EtcdServer:
+    """One etcd member on 127.0.0.1 with its own data dir; a context manager that kills it."""
+
+    def __init__(self, data_dir: Path, *, tls: EtcdTlsFiles | None = None) -> None:
+        self.binary = etcd_binary()
+        self.data_dir = data_dir
+        self.tls = tls
+        self.client_port = _free_port()
+        self.peer_port = _free_port()
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return (self.endpoint,)
+
+    @property
+    def url(self) -> str:
+        """The store URL: ``etcd://127.0.0.1:<port>``."""
+        return f"etcd://{self.endpoint}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _command(self) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        client = f"{scheme}://{self.endpoint}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        command = [
+            self.binary,
+            "--name=s2s-test",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client}",
+            f"--advertise-client-urls={client}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=s2s-test={peer}",
+            "--heartbeat-interval=10",
+            "--election-timeout=100",
+            "--logger=zap",
+            "--log-level=warn",
+        ]
+        if self.tls:
+            command += [
+                f"--trusted-ca-file={self.tls.ca}",
+                f"--cert-file={self.tls.server_cert}",
+                f"--key-file={self.tls.server_key}",
+                "--client-cert-auth",
+            ]
+        return command
+
+    def start(self, deadline: float = _START_DEADLINE) -> None:
+        """Start etcd (same data dir and ports as before) and return once it is healthy."""
+        if self.running:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = self.log_path.open("ab")
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 (our own etcd command line)
+                self._command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        finally:
+            log.close()
+        self.wait_healthy(deadline)
+
+    def wait_healthy(self, deadline: float = _START_DEADLINE) -> None:
+        """Poll ``/health`` until etcd is healthy; RuntimeError with its log after ``deadline``."""
+        until = time.monotonic() + deadline
+        context = self._client_ssl_context()
+        url = f"{'https' if self.tls else 'http'}://{self.endpoint}/health"
+        last = "no answer"
+        while time.monotonic() < until:
+            if self._process is None or self._process.poll() is not None:
+                raise RuntimeError(f"etcd exited while starting; log:\n{self._log_tail()}")
+            try:
+                with urllib.request.urlopen(url, timeout=1, context=context) as answer:  # noqa: S310
+                    body = answer.read()
+                if b'"health":"true"' in body:
+                    return
+                last = body.decode(errors="replace")
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            time.sleep(0.02)  # polling a subprocess with a deadline
+        raise RuntimeError(f"etcd not healthy after {deadline}s ({last}); log:\n{self._log_tail()}")
+
+    def _client_ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls is None:
+            return None
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        context.load_cert_chain(str(self.tls.client_cert), str(self.tls.client_key))
+        return context
+
+    def _log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Stop etcd gracefully (SIGTERM, then SIGKILL after a deadline); data is kept."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(_STOP_DEADLINE)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """Kill etcd at once (SIGKILL), as a crash would."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> EtcdServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
