@@ -36,7 +36,7 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.x509svid import X509Svid, spiffe_id_of
 from s2s.testing import TestAuthority
 from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id
-from s2s.verifier.authorize import authorize_member_of
+from s2s.verifier.authorize import authorize_any, authorize_member_of
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import verify_peer
 from s2s.verifier.revocations import InMemoryRevocations
@@ -250,7 +250,11 @@ def _aiohttp_figures(quick: bool) -> list[Figure]:
     out = []
     for new_conn, label in ((False, "keep-alive"), (True, "new connection per request")):
         spiffe = _requests_rate(
-            "spiffe", server_p, lambda: client_context(_source(client_p)), seconds, new_conn
+            "spiffe",
+            server_p,
+            lambda: client_context(_source(client_p), authorize=authorize_any()),
+            seconds,
+            new_conn,
         )
         plain = _requests_rate(
             "plain", server_p, lambda: _plain(client_p, server_side=False), seconds, new_conn

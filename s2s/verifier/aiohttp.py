@@ -30,6 +30,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier
 from s2s.verifier.tls import SpiffeSSLContext, client_context, peer_spiffe_id_of
+from s2s.verifier.x509context import X509SourceLike
 
 __all__ = ["SpiffeTCPSite", "guard_protocol_factory", "peer_spiffe_id", "spiffe_connector"]
 
@@ -153,9 +154,9 @@ def peer_spiffe_id(request: web.BaseRequest) -> SpiffeId:
 
 
 def spiffe_connector(
-    source: Any,
+    source: X509SourceLike,
     *,
-    authorize: Callable[[SpiffeId], bool] | None = None,
+    authorize: Callable[[SpiffeId], bool],
     revocations: RevocationLookup | None = None,
     clock: Clock | None = None,
     metrics: PeerMetrics | None = None,

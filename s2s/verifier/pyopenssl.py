@@ -21,7 +21,6 @@ from OpenSSL import SSL, crypto
 from s2s.core.clock import Clock
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
-from s2s.verifier.authorize import authorize_any
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier, verify_chain
 from s2s.verifier.x509context import X509Context, X509SourceLike
@@ -55,7 +54,7 @@ class PyOpenSSLTls:
         source: X509SourceLike,
         *,
         server_side: bool,
-        authorize: Callable[[SpiffeId], bool] | None = None,
+        authorize: Callable[[SpiffeId], bool],
         revocations: RevocationLookup | None = None,
         clock: Clock | None = None,
         metrics: PeerMetrics | None = None,
@@ -64,7 +63,7 @@ class PyOpenSSLTls:
         self.server_side = server_side
         self.verifier = PeerVerifier(
             lambda: source.current().bundles,
-            authorize=authorize or authorize_any(),
+            authorize=authorize,
             revocations=revocations,
             clock=clock,
             metrics=metrics,

@@ -26,7 +26,6 @@ from typing import Any, ClassVar
 from s2s.core.clock import Clock
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
-from s2s.verifier.authorize import authorize_any
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerVerifier
@@ -136,15 +135,16 @@ class TlsState:
 def server_context(
     source: X509SourceLike,
     *,
-    authorize: Callable[[SpiffeId], bool] | None = None,
+    authorize: Callable[[SpiffeId], bool],
     revocations: RevocationLookup | None = None,
     clock: Clock | None = None,
     metrics: PeerMetrics | None = None,
 ) -> SpiffeSSLContext:
     """A server context that requires client SVIDs and follows ``source``.
 
-    ``authorize`` defaults to :func:`authorize_any` (any SVID that verifies to the bundle of its
-    own trust domain). Rejected clients fail the handshake; see :func:`peer_spiffe_id_of`.
+    ``authorize`` is required (pass :func:`authorize_any` explicitly to accept any SVID that
+    verifies to the bundle of its own trust domain, federated ones included). Rejected clients
+    fail the handshake; :func:`peer_spiffe_id_of` reads the accepted ID.
     """
     return _context(
         source,
@@ -159,15 +159,14 @@ def server_context(
 def client_context(
     source: X509SourceLike,
     *,
-    authorize: Callable[[SpiffeId], bool] | None = None,
+    authorize: Callable[[SpiffeId], bool],
     revocations: RevocationLookup | None = None,
     clock: Clock | None = None,
     metrics: PeerMetrics | None = None,
 ) -> SpiffeSSLContext:
     """A client context that presents our SVID and checks the server's SPIFFE ID.
 
-    Pass ``authorize=authorize_id(...)`` to pin the server; the default accepts any server
-    whose SVID verifies to the bundle of its own trust domain.
+    ``authorize`` is required: ``authorize_id(...)`` pins the server.
     """
     return _context(
         source,
@@ -189,14 +188,14 @@ def _context(
     source: X509SourceLike,
     *,
     server_side: bool,
-    authorize: Callable[[SpiffeId], bool] | None,
+    authorize: Callable[[SpiffeId], bool],
     revocations: RevocationLookup | None,
     clock: Clock | None,
     metrics: PeerMetrics | None,
 ) -> SpiffeSSLContext:
     verifier = PeerVerifier(
         lambda: source.current().bundles,
-        authorize=authorize or authorize_any(),
+        authorize=authorize,
         revocations=revocations,
         clock=clock,
         metrics=metrics,

@@ -16,7 +16,7 @@ from verifier_support import source_of
 from s2s.core.errors import NotAuthorized
 from s2s.testing import TestAuthority
 from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id, spiffe_connector
-from s2s.verifier.authorize import authorize_id
+from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier
@@ -60,7 +60,11 @@ async def get(url: str, connector: aiohttp.BaseConnector) -> str:
 
 
 async def test_handler_reads_the_verified_peer_id(ca: TestAuthority, metrics: PeerMetrics) -> None:
-    ctx = server_context(source_of(ca.issue_x509_svid(SERVER), ca.bundle()), metrics=metrics)
+    ctx = server_context(
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+    )
     async with site(ctx) as (url, seen):
         text = await get(url, spiffe_connector(client_source(ca), authorize=authorize_id(SERVER)))
     assert text == CLIENT
@@ -76,7 +80,9 @@ async def test_unauthorized_client_never_reaches_the_app(
         metrics=metrics,
     )
     async with site(ctx) as (url, seen):
-        intruder = spiffe_connector(client_source(ca, "spiffe://example.org/intruder"))
+        intruder = spiffe_connector(
+            client_source(ca, "spiffe://example.org/intruder"), authorize=authorize_any()
+        )
         with pytest.raises(aiohttp.ClientError):
             await get(url, intruder)
     assert seen == []
@@ -100,11 +106,13 @@ async def test_guard_aborts_in_connection_made_with_a_plain_context(
         lambda: server_src.current().bundles, authorize=authorize_id(CLIENT), metrics=metrics
     )
     async with site(plain, verifier) as (url, seen):
-        good = await get(url, spiffe_connector(client_source(ca)))
+        good = await get(url, spiffe_connector(client_source(ca), authorize=authorize_any()))
         assert good == CLIENT
         # Raw TLS client: send a full request, get no HTTP byte back.
         port = int(url.rsplit(":", 1)[1].strip("/"))
-        ctx = client_context(client_source(ca, "spiffe://example.org/intruder"))
+        ctx = client_context(
+            client_source(ca, "spiffe://example.org/intruder"), authorize=authorize_any()
+        )
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         try:
@@ -121,7 +129,7 @@ async def test_client_rejects_impostor_server_on_each_new_connection(
     ca: TestAuthority, metrics: PeerMetrics
 ) -> None:
     server_src = source_of(ca.issue_x509_svid(SERVER), ca.bundle())
-    ctx = server_context(server_src)
+    ctx = server_context(server_src, authorize=authorize_any())
     connector = spiffe_connector(
         client_source(ca), authorize=authorize_id(SERVER), metrics=metrics, force_close=True
     )

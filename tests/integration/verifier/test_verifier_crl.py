@@ -13,6 +13,7 @@ from verifier_support import exchange, serving, source_of
 
 from s2s.core.errors import InvalidConfig
 from s2s.testing import TestAuthority, new_key
+from s2s.verifier.authorize import authorize_any
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.revocations import CrlFileRevocations
 from s2s.verifier.tls import client_context, server_context
@@ -65,12 +66,18 @@ async def test_revoked_leaf_in_crl_file_is_rejected(
         source_of(ca.issue_x509_svid("spiffe://example.org/s"), ca.bundle()),
         revocations=revs,
         metrics=metrics,
+        authorize=authorize_any(),
     )
     async with serving(server_ctx) as served:
-        assert await exchange(served.port, client_context(source_of(good, ca.bundle()))) == (
-            CLIENT.encode()
+        assert await exchange(
+            served.port, client_context(source_of(good, ca.bundle()), authorize=authorize_any())
+        ) == (CLIENT.encode())
+        assert (
+            await exchange(
+                served.port, client_context(source_of(bad, ca.bundle()), authorize=authorize_any())
+            )
+            == b""
         )
-        assert await exchange(served.port, client_context(source_of(bad, ca.bundle()))) == b""
     assert metrics.rejection_count("revoked") == 1
 
 

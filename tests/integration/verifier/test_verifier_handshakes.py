@@ -23,7 +23,7 @@ from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
-from s2s.verifier.authorize import authorize_id, authorize_member_of
+from s2s.verifier.authorize import authorize_any, authorize_id, authorize_member_of
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
@@ -124,7 +124,9 @@ async def _server_checks_client(
         server_src, authorize=case.authorize, revocations=case.revocations, metrics=metrics
     )
     client_src = source_of(case.svid, *_all_bundles(ca, other))
-    client_ctx = client_context(client_src, metrics=PeerMetrics(_registry()))
+    client_ctx = client_context(
+        client_src, metrics=PeerMetrics(_registry()), authorize=authorize_any()
+    )
     async with serving(server_ctx) as served:
         answer = await exchange(served.port, client_ctx)
     return answer, served.peers, reason
@@ -157,7 +159,11 @@ async def test_server_rejects_client(
 async def test_server_rejects_client_without_certificate(
     ca: TestAuthority, metrics: PeerMetrics
 ) -> None:
-    server_ctx = server_context(source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), metrics=metrics)
+    server_ctx = server_context(
+        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+    )
     plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     plain.check_hostname = False
     plain.load_verify_locations(cadata=ca.bundle_pem().decode())
@@ -172,7 +178,9 @@ async def _client_checks_server(
 ) -> tuple[bytes | PeerRejected, str]:
     case, reason = make_case(name, ca, other)
     server_src = source_of(case.svid, *_all_bundles(ca, other))
-    server_ctx = server_context(server_src, metrics=PeerMetrics(_registry()))
+    server_ctx = server_context(
+        server_src, metrics=PeerMetrics(_registry()), authorize=authorize_any()
+    )
     client_src = source_of(ca.issue_x509_svid(LOCAL), *case.verifier_bundles)
     client_ctx = client_context(
         client_src, authorize=case.authorize, revocations=case.revocations, metrics=metrics
@@ -208,8 +216,10 @@ async def test_injected_clock_expires_a_peer_openssl_still_accepts(
 ) -> None:
     clock = FakeClock(dt.datetime.now(dt.UTC))
     server_src = source_of(ca.issue_x509_svid(LOCAL), ca.bundle())
-    server_ctx = server_context(server_src, clock=clock, metrics=metrics)
-    client_ctx = client_context(source_of(ca.issue_x509_svid(PEER), ca.bundle()))
+    server_ctx = server_context(server_src, clock=clock, metrics=metrics, authorize=authorize_any())
+    client_ctx = client_context(
+        source_of(ca.issue_x509_svid(PEER), ca.bundle()), authorize=authorize_any()
+    )
     async with serving(server_ctx) as served:
         assert await exchange(served.port, client_ctx) == PEER.encode()
         clock.advance(seconds=6 * 60)  # past the 5-minute SVID, still valid on the wall clock
@@ -221,8 +231,12 @@ async def test_blocking_sockets_verify_in_handshake(
     ca: TestAuthority, metrics: PeerMetrics
 ) -> None:
     """sslsocket_class: a blocking client refuses an unauthorized server during connect."""
-    server_ctx = server_context(source_of(ca.issue_x509_svid(LOCAL), ca.bundle()))
-    good = client_context(source_of(ca.issue_x509_svid(PEER), ca.bundle()), metrics=metrics)
+    server_ctx = server_context(
+        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), authorize=authorize_any()
+    )
+    good = client_context(
+        source_of(ca.issue_x509_svid(PEER), ca.bundle()), metrics=metrics, authorize=authorize_any()
+    )
     pinned = client_context(
         source_of(ca.issue_x509_svid(PEER), ca.bundle()),
         authorize=authorize_id("spiffe://example.org/someone-else"),
@@ -248,7 +262,10 @@ async def test_resumed_tls12_session_is_checked_again(
     (revocation, bundle, authorizer) on every resumption."""
     revocations = InMemoryRevocations()
     server_ctx = server_context(
-        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), revocations=revocations, metrics=metrics
+        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()),
+        revocations=revocations,
+        metrics=metrics,
+        authorize=authorize_any(),
     )
     svid = ca.issue_x509_svid(PEER)
     client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -14,7 +14,7 @@ from verifier_support import serving, source_of
 
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
-from s2s.verifier.authorize import authorize_id
+from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
 from s2s.verifier.tls import client_context, server_context
@@ -68,7 +68,11 @@ async def test_s_client_with_svid_is_accepted(
     ca: TestAuthority, metrics: PeerMetrics, tmp_path: Path
 ) -> None:
     files = write_svid(tmp_path / "c", ca.issue_x509_svid(CLIENT), ca.bundle_pem())
-    ctx = server_context(source_of(ca.issue_x509_svid(SERVER), ca.bundle()), metrics=metrics)
+    ctx = server_context(
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+    )
     async with serving(ctx) as served:
         out = await s_client(served.port, files, files["roots"])
     assert CLIENT in out
@@ -79,7 +83,11 @@ async def test_s_client_without_certificate_is_rejected(
     ca: TestAuthority, metrics: PeerMetrics, tmp_path: Path
 ) -> None:
     files = write_svid(tmp_path / "c", ca.issue_x509_svid(CLIENT), ca.bundle_pem())
-    ctx = server_context(source_of(ca.issue_x509_svid(SERVER), ca.bundle()), metrics=metrics)
+    ctx = server_context(
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+    )
     async with serving(ctx) as served:
         out = await s_client(served.port, None, files["roots"])
     assert CLIENT not in out
@@ -92,7 +100,11 @@ async def test_s_client_with_svid_of_foreign_root_is_rejected(
 ) -> None:
     foreign = TestAuthority("example.org").issue_x509_svid(CLIENT)
     files = write_svid(tmp_path / "c", foreign, ca.bundle_pem())
-    ctx = server_context(source_of(ca.issue_x509_svid(SERVER), ca.bundle()), metrics=metrics)
+    ctx = server_context(
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+    )
     async with serving(ctx) as served:
         await s_client(served.port, files, files["roots"])
     assert served.peers == []

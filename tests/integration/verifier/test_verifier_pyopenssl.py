@@ -17,7 +17,7 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.revocation import RevocationRecord
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
-from s2s.verifier.authorize import authorize_id
+from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
 from s2s.verifier.pyopenssl import PyOpenSSLTls
@@ -85,12 +85,15 @@ def _revoked(svid: X509Svid) -> InMemoryRevocations:
 
 def _server(ca: TestAuthority, metrics: PeerMetrics, bundles: BundleSet, **kw: Any) -> PyOpenSSLTls:
     src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), bundles))
+    kw.setdefault("authorize", authorize_any())
     return PyOpenSSLTls(src, server_side=True, metrics=metrics, **kw)
 
 
 def test_accepts_good_client(ca: TestAuthority, metrics: PeerMetrics) -> None:
     server = BlockingServer(_server(ca, metrics, BundleSet.of(ca.bundle())))
-    client = client_context(source_of(ca.issue_x509_svid(CLIENT), ca.bundle()))
+    client = client_context(
+        source_of(ca.issue_x509_svid(CLIENT), ca.bundle()), authorize=authorize_any()
+    )
     assert talk(server.port, client) == CLIENT.encode()
     assert str(server.finish()) == CLIENT
     assert metrics.accepted_count() >= 1
@@ -120,7 +123,9 @@ def test_rejects_bad_client_in_the_handshake(
     elif case == "unauthorized":
         kw["authorize"] = authorize_id("spiffe://example.org/someone-else")
     server = BlockingServer(_server(ca, metrics, bundles, **kw))
-    client = client_context(source_of(svid, ca.bundle(), other_ca.bundle()))
+    client = client_context(
+        source_of(svid, ca.bundle(), other_ca.bundle()), authorize=authorize_any()
+    )
     assert talk(server.port, client) == b""
     outcome = server.finish()
     assert isinstance(outcome, SSL.Error), "must fail inside the handshake"
@@ -142,16 +147,20 @@ def test_rejects_client_without_certificate(ca: TestAuthority, metrics: PeerMetr
 
 def test_server_rotation_swaps_context(ca: TestAuthority, metrics: PeerMetrics) -> None:
     src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), BundleSet.of(ca.bundle())))
-    tls = PyOpenSSLTls(src, server_side=True, metrics=metrics)
+    tls = PyOpenSSLTls(src, server_side=True, metrics=metrics, authorize=authorize_any())
     new_ca = TestAuthority("example.org")
     src.set(X509Context((new_ca.issue_x509_svid(SERVER),), BundleSet.of(new_ca.bundle())))
     server = BlockingServer(tls)
     both = Bundle(trust_domain=ca.trust_domain, x509_authorities=(ca.root, new_ca.root))
-    old_client = client_context(source_of(ca.issue_x509_svid(CLIENT), both))
+    old_client = client_context(
+        source_of(ca.issue_x509_svid(CLIENT), both), authorize=authorize_any()
+    )
     assert talk(server.port, old_client) == b""  # the old root was dropped
     assert isinstance(server.finish(), SSL.Error)
     server = BlockingServer(tls)
-    new_client = client_context(source_of(new_ca.issue_x509_svid(CLIENT), new_ca.bundle()))
+    new_client = client_context(
+        source_of(new_ca.issue_x509_svid(CLIENT), new_ca.bundle()), authorize=authorize_any()
+    )
     assert talk(server.port, new_client) == CLIENT.encode()
     assert str(server.finish()) == CLIENT
 

@@ -18,7 +18,7 @@ from verifier_support import exchange, serving
 
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.testing import TestAuthority
-from s2s.verifier.authorize import authorize_id
+from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
 from s2s.verifier.source_static import StaticX509Source
@@ -54,8 +54,8 @@ async def test_rotation_during_a_stream_of_connections_fails_no_handshake(
     old, new = TestAuthority("example.org"), TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((old.issue_x509_svid(SERVER),), _bundles(old.root)))
     client_src = StaticX509Source(X509Context((old.issue_x509_svid(CLIENT),), _bundles(old.root)))
-    server_ctx = server_context(server_src, metrics=metrics)
-    client_ctx = client_context(client_src, metrics=metrics)
+    server_ctx = server_context(server_src, metrics=metrics, authorize=authorize_any())
+    client_ctx = client_context(client_src, metrics=metrics, authorize=authorize_any())
     both = _bundles(old.root, new.root)
     steps = [
         lambda: server_src.set_svids(old.issue_x509_svid(SERVER)),  # leaf rotation
@@ -103,7 +103,7 @@ async def test_rotation_during_a_stream_of_connections_fails_no_handshake(
         assert trusted == {new.root.serial_number}, "the dropped root is still in the store"
         # Rejecting twin: a client still holding an SVID of the dropped root is refused now.
         stale = StaticX509Source(X509Context((old.issue_x509_svid(CLIENT),), both))
-        assert await exchange(served.port, client_context(stale)) == b""
+        assert await exchange(served.port, client_context(stale, authorize=authorize_any())) == b""
         assert metrics.rejection_count("untrusted-root") == 1
 
 
@@ -111,9 +111,9 @@ async def test_client_context_follows_rotation_in_place(metrics: PeerMetrics) ->
     ca = TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
     client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
-    client_ctx = client_context(client_src, metrics=metrics)
+    client_ctx = client_context(client_src, metrics=metrics, authorize=authorize_any())
     first = client_ctx.s2s.current()
-    async with serving(server_context(server_src)) as served:
+    async with serving(server_context(server_src, authorize=authorize_any())) as served:
         assert await exchange(served.port, client_ctx) == CLIENT.encode()
         client_src.set_svids(ca.issue_x509_svid("spiffe://example.org/renamed"))
         assert await exchange(served.port, client_ctx) == b"spiffe://example.org/renamed"
@@ -133,13 +133,15 @@ async def test_rotation_from_another_thread_under_blocking_clients(metrics: Peer
     ca = TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
     client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
-    client_ctx = client_context(client_src, metrics=metrics)
+    client_ctx = client_context(client_src, metrics=metrics, authorize=authorize_any())
     svids = [ca.issue_x509_svid(CLIENT) for _ in range(20)]
     stop = threading.Event()
     failures: list[BaseException] = []
     answers: list[bytes] = []
 
-    async with serving(server_context(server_src, metrics=metrics)) as served:
+    async with serving(
+        server_context(server_src, metrics=metrics, authorize=authorize_any())
+    ) as served:
 
         def connect_many() -> None:
             for _ in range(40):
@@ -174,7 +176,7 @@ async def test_current_context_used_directly_still_verifies(metrics: PeerMetrics
     client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
     pinned = client_context(client_src, authorize=authorize_id(SERVER), metrics=metrics)
     wrong = client_context(client_src, authorize=authorize_id(CLIENT), metrics=metrics)
-    async with serving(server_context(server_src)) as served:
+    async with serving(server_context(server_src, authorize=authorize_any())) as served:
         assert await exchange(served.port, pinned.s2s.current()) == CLIENT.encode()
         with pytest.raises(PeerRejected):
             await exchange(served.port, wrong.s2s.current())
