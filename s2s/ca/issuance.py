@@ -189,7 +189,8 @@ class Issuer:
             )
         now = utc(self._clock.now())
         self._check_id_not_revoked(entry.spiffe_id, now)
-        ttl = self._capped_ttl(ttl, default=min(entry.jwt_svid_ttl, self._config.max_svid_ttl))
+        limit = min(entry.jwt_svid_ttl, self._config.max_svid_ttl)  # a lowered cap applies at once
+        ttl = self._capped_ttl(ttl, default=limit, entry_ttl=entry.jwt_svid_ttl)
         token = self.sign_jwt(entry.spiffe_id, audience, ttl, now)
         self._audit.jwt_issued(
             spiffe_id=token.spiffe_id,
@@ -321,16 +322,20 @@ class Issuer:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _capped_ttl(self, ttl: timedelta | None, *, default: timedelta) -> timedelta:
+    def _capped_ttl(
+        self, ttl: timedelta | None, *, default: timedelta, entry_ttl: timedelta | None = None
+    ) -> timedelta:
+        """``ttl`` if given and allowed (never silently lowered), else ``default``."""
         if ttl is None:
             return default
         if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
             raise InvalidRequest("the TTL must be a positive duration")
         cap = self._config.max_svid_ttl
         if ttl > cap:
+            raise InvalidRequest(f"a TTL of {_secs(ttl)} is above the cap of {_secs(cap)}")
+        if entry_ttl is not None and ttl > entry_ttl:
             raise InvalidRequest(
-                f"a TTL of {int(ttl.total_seconds())}s is above the cap of "
-                f"{int(cap.total_seconds())}s"
+                f"a TTL of {_secs(ttl)} is above the entry's TTL of {_secs(entry_ttl)}"
             )
         return ttl
 
@@ -370,3 +375,7 @@ class Issuer:
                 for svid, kind, agent_id in items
             ]
         )
+
+
+def _secs(ttl: timedelta) -> str:
+    return f"{int(ttl.total_seconds())}s"

@@ -266,6 +266,9 @@ async def test_jwt_svid_rejections(ca: Ca) -> None:
     agent, entry, other = await agent_with_entries(ca)
     with pytest.raises(InvalidRequest, match="above the cap"):
         await ca.issuer.mint_jwt_svid(agent, entry.id, ["a"], ttl=6 * MIN)
+    short = await ca.registry.update_entry(entry.id, jwt_svid_ttl=2 * MIN)
+    with pytest.raises(InvalidRequest, match="above the entry's TTL of 120s"):
+        await ca.issuer.mint_jwt_svid(agent, short.id, ["a"], ttl=3 * MIN)
     with pytest.raises(NotAuthorized, match="parented by"):
         await ca.issuer.mint_jwt_svid(agent, other.id, ["a"])
     with pytest.raises(NotFound):
