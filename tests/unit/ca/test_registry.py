@@ -278,3 +278,32 @@ async def test_restart_keeps_entries_and_agents(ca: Ca) -> None:
     again = await build_ca(ca.config, ca.store, ca.kek, ca.clock)
     assert (await again.registry.list_entries()).entries == (entry,)
     assert (await again.registry.authorize_agent(AGENT, 0x1001)).spiffe_id == AGENT
+
+
+async def test_admin_changes_are_audited_without_secrets(
+    ca: Ca, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        token = await ca.registry.generate_join_token()
+        agent_id = await ca.registry.consume_join_token(token.token)
+        await ca.registry.register_agent(
+            agent_id, serial=7, not_after=ca.clock.now() + dt.timedelta(hours=1)
+        )
+        await ca.registry.ban_agent(agent_id)
+        await ca.registry.evict_agent(agent_id)
+        entry = await create(ca)
+        await ca.registry.update_entry(entry.id, hint="x")
+        await ca.registry.delete_entry(entry.id)
+    audit = [r for r in caplog.records if r.name == AUDIT_LOGGER]
+    actions = [r.action for r in audit]  # type: ignore[attr-defined]
+    assert actions == [
+        "token.generate",
+        "agent.ban",
+        "agent.evict",
+        "entry.create",
+        "entry.update",
+        "entry.delete",
+    ]
+    assert audit[0].agent_id == str(token.agent_id)  # type: ignore[attr-defined]
+    assert token.token not in caplog.text
+    assert all(token.token not in str(vars(r)) for r in caplog.records)
