@@ -225,3 +225,16 @@ async def test_prepared_authority_is_used_after_downtime(ca: Ca) -> None:
     again = await build_ca(ca.config, ca.store, ca.kek, ca.clock)
     assert again.authority.x509_signer.authority_id == prepared[AuthorityKind.X509_INTERMEDIATE]
     assert again.authority.jwt_signer.kid == prepared[AuthorityKind.JWT]
+
+
+async def test_revoked_jwt_authority_leaves_the_bundle(ca: Ca) -> None:
+    old_kid = ca.authority.jwt_signer.kid
+    ca.clock.advance(21 * HOUR)
+    await ca.authority.rotate_if_due()  # prepare + activate: the old key becomes OLD
+    assert ca.authority.bundle.jwt_authority(old_kid) is not None
+    seq = ca.authority.bundle.sequence
+    await ca.store.cas_authority_state(old_kid, AuthorityState.OLD, AuthorityState.REVOKED)
+    bundle = await ca.authority.refresh_bundle()
+    assert bundle.jwt_authority(old_kid) is None
+    assert bundle.sequence == seq + 1
+    assert (await ca.authority.refresh_bundle()).sequence == seq + 1  # no change, no bump
