@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import stat
 import struct
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -34,12 +33,18 @@ from s2s.ca.http import (
     svid_json,
 )
 from s2s.ca.registry import AgentRecord
-from s2s.core.errors import InvalidConfig, InvalidRequest, NotAuthorized
+from s2s.core.errors import Conflict, InvalidConfig, InvalidRequest, NotAuthorized
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 
-__all__ = ["admin_app", "agent_json", "bind_admin_socket", "entry_fields"]
+__all__ = [
+    "admin_app",
+    "agent_json",
+    "bind_admin_socket",
+    "ensure_admin_socket_free",
+    "entry_fields",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +54,29 @@ _ENTRY_FIELDS: Final = frozenset(
 )
 
 
+def ensure_admin_socket_free(path: Path) -> None:
+    """Refuse to start when another CA answers on ``path``; remove a stale socket file."""
+    if path.is_socket():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink(missing_ok=True)
+        else:
+            raise Conflict(f"another CA is already serving this data dir (admin socket {path})")
+        finally:
+            probe.close()
+    elif path.exists() or path.is_symlink():
+        raise InvalidConfig(f"{path} exists and is not a socket; refusing to replace it")
+
+
 def bind_admin_socket(path: Path) -> socket.socket:
     """A listening Unix socket at ``path``, 0600, created race-free.
 
     The socket is chmod-ed after ``bind`` and before ``listen``: nobody can connect before the
     mode is final. A stale socket file (no one listening) is replaced; a live one is a Conflict.
     """
-    if path.is_socket():
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(str(path))
-        except OSError:
-            path.unlink()
-        else:
-            raise InvalidConfig(f"another CA is already serving on {path}")
-        finally:
-            probe.close()
-    elif path.exists():
-        raise InvalidConfig(f"{path} exists and is not a socket; refusing to replace it")
+    ensure_admin_socket_free(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
@@ -77,10 +87,6 @@ def bind_admin_socket(path: Path) -> socket.socket:
         raise InvalidConfig(f"cannot listen on admin socket {path}: {exc.strerror}") from exc
     sock.setblocking(False)
     return sock
-
-
-def socket_mode(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
 
 
 def _peer_uid(request: web.Request) -> int | None:

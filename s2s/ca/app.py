@@ -23,7 +23,7 @@ from typing import Any, Final
 from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from s2s.ca.admin import admin_app, bind_admin_socket
+from s2s.ca.admin import admin_app, bind_admin_socket, ensure_admin_socket_free
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
@@ -162,6 +162,7 @@ class CaServer:
         self.ssl_context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
         self.port = 0
         self._closing = asyncio.Event()
+        self._admin_bound = False
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -176,6 +177,7 @@ class CaServer:
         return server
 
     async def _build(self) -> None:
+        ensure_admin_socket_free(self.options.admin_socket)
         store, kek, td = await _open_store(self.options.data_dir)
         self._store = store
         config = CaConfig(
@@ -235,6 +237,7 @@ class CaServer:
         await admin.setup()
         self._runners.append(admin)
         sock = bind_admin_socket(self.options.admin_socket)
+        self._admin_bound = True
         await web.SockSite(admin, sock).start()
         self.metrics.ready.set(1)
         log.info(
@@ -361,8 +364,8 @@ class CaServer:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
-        with contextlib.suppress(FileNotFoundError):
-            if self.port or self.options.admin_socket.is_socket():
+        if self._admin_bound:  # never remove the socket of another CA we refused to replace
+            with contextlib.suppress(FileNotFoundError):
                 self.options.admin_socket.unlink()
         if self._store is not None:
             await self._store.close()

@@ -6,15 +6,19 @@ start their own. Pure parsing cases use click's CliRunner.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +26,11 @@ from pathlib import Path
 
 import jwt as pyjwt
 import pytest
-from ca_harness import csr_pem, key_pem, load_chain, new_key
+from ca_harness import csr_pem, key_pem, load_chain, new_key, start_ca, stop_ca
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from s2s.ca.app import init_data_dir, init_trust_domain
 from s2s.ca.client import AdminClient
 from s2s.cli.ca import cli
 from s2s.core.errors import Unavailable
@@ -172,22 +177,32 @@ def test_serve_refuses_an_uninitialized_dir(tmp_path: Path) -> None:
 
 def test_serve_refuses_a_corrupt_store(tmp_path: Path) -> None:
     data_dir = tmp_path / "ca"
-    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    init_data_dir(data_dir, TD)
     (data_dir / "s2s.db").write_bytes(b"this is not a database" * 100)
-    _refuses_to_serve(data_dir, "error:")
+    _refuses_to_serve(data_dir, "is not an s2s store")
+
+
+def test_serve_refuses_another_applications_database(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    init_data_dir(data_dir, TD)
+    (data_dir / "s2s.db").unlink()
+    with contextlib.closing(sqlite3.connect(data_dir / "s2s.db")) as db:
+        db.execute("CREATE TABLE notes (body TEXT)")
+        db.commit()
+    _refuses_to_serve(data_dir, "another application")
 
 
 def test_serve_refuses_a_foreign_key_file(tmp_path: Path) -> None:
     mine, other = tmp_path / "mine", tmp_path / "other"
-    s2s_ca(mine, "init", "--trust-domain", TD)
-    s2s_ca(other, "init", "--trust-domain", TD)
+    init_data_dir(mine, TD)
+    init_data_dir(other, TD)
     shutil.copy2(other / "kek.bin", mine / "kek.bin")
     _refuses_to_serve(mine, "key-encryption key")
 
 
 def test_serve_refuses_a_world_readable_key_file(tmp_path: Path) -> None:
     data_dir = tmp_path / "ca"
-    s2s_ca(data_dir, "init", "--trust-domain", TD)
+    init_data_dir(data_dir, TD)
     os.chmod(data_dir / "kek.bin", 0o644)
     _refuses_to_serve(data_dir, "chmod 600")
 
@@ -199,6 +214,11 @@ def test_admin_socket_is_owner_only(served: Served) -> None:
     sock = served.data_dir / "admin.sock"
     assert stat.S_ISSOCK(sock.stat().st_mode)
     assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+
+
+def test_second_ca_on_the_same_data_dir_is_refused(served: Served) -> None:
+    _refuses_to_serve(served.data_dir, "already serving")
+    assert s2s_ca(served.data_dir, "healthcheck").stdout.strip() == "ready"  # first one intact
 
 
 def test_healthcheck(served: Served, tmp_path: Path) -> None:
@@ -387,3 +407,52 @@ def test_help_lists_every_command() -> None:
     for name in ("init", "serve", "entry", "token", "agent", "bundle", "authority", "x509",
                  "jwt", "healthcheck"):  # fmt: skip
         assert name in out
+
+
+# ---- admin socket: only the CA's user -----------------------------------------------------
+
+_RAW_GET = """
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except PermissionError:
+    print("EACCES"); sys.exit(0)
+s.sendall(b"GET /v1/agents HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n")
+print(s.recv(65536).split(b"\\r\\n", 1)[0].decode())
+"""
+
+
+def _as_nobody(sock: Path) -> str:
+    """Run the raw GET as uid/gid 65534 with the system interpreter (stdlib only)."""
+    done = subprocess.run(
+        ["/usr/bin/python3", "-c", _RAW_GET, str(sock)], capture_output=True, text=True,
+        timeout=30, check=False, user=65534, group=65534, extra_groups=[],
+    )  # fmt: skip
+    assert not done.stderr, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root (to act as another user) and /usr/bin/python3",
+)
+async def test_other_users_are_kept_out_of_the_admin_api() -> None:
+    base = Path(tempfile.mkdtemp(prefix="s2s-admin-"))  # 0700; opened below for the probe
+    try:
+        data_dir = base / "ca"
+        await init_trust_domain(data_dir, TD)
+        server, task, stop = await start_ca(data_dir)
+        sock = server.options.admin_socket
+        try:
+            os.chmod(base, 0o755)
+            assert await asyncio.to_thread(_as_nobody, sock) == "EACCES"  # data dir 0700
+            os.chmod(data_dir, 0o711)
+            assert await asyncio.to_thread(_as_nobody, sock) == "EACCES"  # socket 0600
+            # Second fence: with the file opened up, the CA still refuses another uid.
+            os.chmod(sock, 0o666)
+            assert await asyncio.to_thread(_as_nobody, sock) == "HTTP/1.1 403 Forbidden"
+        finally:
+            await stop_ca(server, task, stop)
+    finally:
+        shutil.rmtree(base)
