@@ -329,7 +329,12 @@ class EtcdClient:
         if code == grpc.StatusCode.NOT_FOUND and "lease" in details:
             return LeaseNotFound(f"etcd {what}: the lease expired or was revoked ({details})")
         if code == grpc.StatusCode.UNAVAILABLE:
-            outcome = "nothing was written" if write else "nothing was read"
+            if not write:
+                outcome = "nothing was read"
+            elif "failed to connect" in details:
+                outcome = "nothing was written"
+            else:  # the connection broke during the call: the request may have reached etcd
+                outcome = "the write may or may not have been applied"
             return StoreError(f"etcd at {self._where} is unavailable ({details}); {outcome}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             outcome = "the write may or may not have been applied" if write else "retry"
