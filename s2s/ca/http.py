@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import logging
 import ssl
@@ -31,6 +32,7 @@ from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import AGENT_PATH_PREFIX, AgentRecord, Registry
 from s2s.core.bundle import Bundle
 from s2s.core.errors import InvalidRequest, InvalidSvid, NotAuthorized, S2SError
+from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid, spiffe_id_of
 from s2s.log import F
 
@@ -301,14 +303,21 @@ async def authenticate_agent(request: web.Request) -> AgentRecord:
     der = peer_certificate_der(request)
     if der is None:
         raise NotAuthorized("this endpoint needs the agent SVID as a TLS client certificate")
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        spiffe_id = spiffe_id_of(cert)
-    except (ValueError, InvalidSvid) as exc:
-        raise NotAuthorized("the client certificate is not an SVID") from exc
+    spiffe_id, serial = _peer_identity(der)
     if not spiffe_id.path.startswith(AGENT_PATH_PREFIX):
         raise NotAuthorized(f"{spiffe_id} is not an agent ID")
-    return await request.app[SERVICES].registry.authorize_agent(spiffe_id, cert.serial_number)
+    return await request.app[SERVICES].registry.authorize_agent(spiffe_id, serial)
+
+
+@functools.lru_cache(maxsize=4096)
+def _peer_identity(der: bytes) -> tuple[SpiffeId, int]:
+    """(SPIFFE ID, serial) of a client certificate OpenSSL already verified; cached by DER, as
+    an agent presents the same certificate on every call (authorization is never cached)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return spiffe_id_of(cert), cert.serial_number
+    except (ValueError, InvalidSvid) as exc:
+        raise NotAuthorized("the client certificate is not an SVID") from exc
 
 
 async def post_attest(request: web.Request) -> web.Response:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -173,25 +175,67 @@ def init(ctx: Ctx, trust_domain: str, as_json: bool) -> None:
         click.echo(f"root {result['root_id']} valid until {result['not_after']}")
 
 
+_TTL_KEYS = ("x509_svid", "jwt_svid", "max_svid", "agent_svid", "server_svid", "intermediate",
+             "jwt_key", "join_token")  # fmt: skip
+
+
+def load_config_file(path: Path | None) -> dict[str, Any]:
+    """The TOML file of ``serve --config``: ``listen``, ``name`` and a ``[ttl]`` table whose keys
+    are ``_TTL_KEYS`` (values: seconds or ``90s``/``5m``/``1h``/``1d``)."""
+    if path is None:
+        return {}
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise errors.InvalidConfig(f"cannot read config file {path}: {exc}") from exc
+    unknown = sorted(set(doc) - {"listen", "name", "ttl"})
+    ttl = doc.get("ttl", {})
+    if not isinstance(ttl, dict):
+        raise errors.InvalidConfig(f"{path}: [ttl] must be a table")
+    unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
+    if unknown:
+        raise errors.InvalidConfig(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    out: dict[str, Any] = {k: doc[k] for k in ("listen", "name") if k in doc}
+    for key, value in ttl.items():
+        try:
+            out[f"{key}_ttl"] = timedelta(seconds=parse_duration(str(value)))
+        except click.BadParameter as exc:
+            raise errors.InvalidConfig(f"{path}: ttl.{key}: {exc.message}") from exc
+    return out
+
+
 @cli.command()
-@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT for HTTPS.")
-@click.option("--name", "replica_name", default="ca-0", show_default=True, help="Replica name.")
+@click.option("--listen", envvar="S2S_CA_LISTEN", help="HOST:PORT for HTTPS [127.0.0.1:8443].")
+@click.option("--name", "replica_name", envvar="S2S_CA_NAME", help="Replica name [ca-0].")
+@click.option(
+    "--config", "config_file", envvar="S2S_CA_CONFIG", help="TOML file (listen, name, [ttl]).",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)  # fmt: skip
+@click.option("--max-svid-ttl", type=DURATION, help="Raise the SVID lifetime cap (default 5m).")
 @click.option("--log-level", default="INFO", show_default=True)
 @click.option(
     "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
 )
 @pass_ctx
-def serve(ctx: Ctx, listen: str, replica_name: str, log_level: str, log_format: str) -> None:
-    """Run the CA until SIGTERM or SIGINT."""
+def serve(ctx: Ctx, /, **opts: Any) -> None:
+    """Run the CA until SIGTERM or SIGINT. Flags override the --config file."""
     from s2s.ca.app import ServeOptions, serve_forever  # noqa: PLC0415
 
+    settings = call(lambda: load_config_file(opts["config_file"]))
+    if opts["max_svid_ttl"]:
+        settings["max_svid_ttl"] = timedelta(seconds=opts["max_svid_ttl"])
+    listen = opts["listen"] or settings.pop("listen", "127.0.0.1:8443")
+    name = opts["replica_name"] or settings.pop("name", "ca-0")
+    settings.pop("listen", None)
+    settings.pop("name", None)
     options = ServeOptions(
         data_dir=ctx.require_data_dir(),
         listen=listen,
-        replica_name=replica_name,
-        log_level=log_level.upper(),
-        json_logs=log_format == "json",
+        replica_name=name,
+        log_level=opts["log_level"].upper(),
+        json_logs=opts["log_format"] == "json",
         socket_path=ctx.socket_path,
+        config_overrides=settings,
     )
     call(lambda: serve_forever(options))
 

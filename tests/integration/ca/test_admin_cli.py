@@ -69,12 +69,12 @@ class Served:
         return self.process.wait(timeout=15)
 
 
-def serve(data_dir: Path) -> Served:
+def serve(data_dir: Path, *extra: str) -> Served:
     """Start ``s2s-ca serve`` and wait (with a deadline) for its ``ca.started`` log line."""
     log = data_dir.parent / f"serve-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0"],
+            [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", *extra],
             stdout=out, stderr=out,
         )  # fmt: skip
     deadline = time.monotonic() + 20
@@ -160,9 +160,9 @@ def test_init_refuses_a_bad_trust_domain(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
-def _refuses_to_serve(data_dir: Path, fragment: str) -> None:
+def _refuses_to_serve(data_dir: Path, fragment: str, *extra: str) -> None:
     done = subprocess.run(
-        [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0"],
+        [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", *extra],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode != 0
@@ -205,6 +205,39 @@ def test_serve_refuses_a_world_readable_key_file(tmp_path: Path) -> None:
     init_data_dir(data_dir, TD)
     os.chmod(data_dir / "kek.bin", 0o644)
     _refuses_to_serve(data_dir, "chmod 600")
+
+
+def test_operator_can_raise_the_ttl_cap_in_the_config_file(tmp_path: Path) -> None:
+    data_dir = tmp_path / "ca"
+    init_data_dir(data_dir, TD)
+    config = tmp_path / "ca.toml"
+    config.write_text('[ttl]\nmax_svid = "10m"\n')
+    running = serve(data_dir, "--config", str(config))
+    try:
+        parent = f"spiffe://{TD}/s2s/agent/join_token/a"
+        base = ["entry", "create", "--parent-id", parent, "--selector", "unix:uid:1"]
+        s2s_ca(data_dir, *base, "--spiffe-id", f"spiffe://{TD}/a", "--x509-ttl", "10m")
+        above = s2s_ca(data_dir, *base, "--spiffe-id", f"spiffe://{TD}/b", "--x509-ttl", "11m",
+                       check=2)  # fmt: skip
+        assert "cap" in above.stderr
+    finally:
+        assert running.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[ttl]\nx509_svid = "10m"\n', "above max_svid_ttl"),
+        ('[ttl]\nforever = "10m"\n', "unknown setting(s) ttl.forever"),
+        ('[ttl]\nmax_svid = "ten minutes"\n', "ttl.max_svid"),
+        ("listen = [", "cannot read config file"),
+    ],
+)
+def test_bad_config_files_are_refused(tmp_path: Path, text: str, fragment: str) -> None:
+    data_dir = tmp_path / "ca"
+    init_data_dir(data_dir, TD)
+    (tmp_path / "ca.toml").write_text(text)
+    _refuses_to_serve(data_dir, fragment, "--config", str(tmp_path / "ca.toml"))
 
 
 # ---- admin commands against one running CA ------------------------------------------------
