@@ -198,6 +198,13 @@ class EtcdStore:
             self._notifier.notify(topics)
         return result
 
+    async def _unchanged(self, kv: KeyValue, ops: Sequence[Any], *topics: Topic) -> None:
+        """Commit ``ops`` if ``kv`` is unchanged since it was read, else raise ``_Retry``."""
+        if not (
+            await self._commit([mod_is(kv.key, kv.mod_revision)], ops, topics=topics)
+        ).succeeded:
+            raise _Retry
+
     async def _retrying(self, attempt: Callable[[], Awaitable[_T]]) -> _T:
         """Run a read-check-commit attempt until its compares hold (``_Retry`` if not)."""
         for _ in range(_ATTEMPTS):
@@ -327,11 +334,7 @@ class EtcdStore:
                 )
             moved = dataclasses.replace(record, state=new)
             ops = [put_op(kv.key, _doc(moved))]
-            result = await self._commit(
-                [mod_is(kv.key, kv.mod_revision)], ops, topics=[Topic.AUTHORITIES]
-            )
-            if not result.succeeded:
-                raise _Retry
+            await self._unchanged(kv, ops, Topic.AUTHORITIES)
             return moved
 
         return await self._retrying(attempt)
@@ -340,11 +343,7 @@ class EtcdStore:
         async def attempt() -> bool:
             _, kv = await self._get_authority(authority_id)
             ops = [delete_op(kv.key)]
-            result = await self._commit(
-                [mod_is(kv.key, kv.mod_revision)], ops, topics=[Topic.AUTHORITIES]
-            )
-            if not result.succeeded:
-                raise _Retry
+            await self._unchanged(kv, ops, Topic.AUTHORITIES)
             return True
 
         await self._retrying(attempt)
@@ -420,11 +419,7 @@ class EtcdStore:
             if expected_revision is not None:
                 _check_revision(f"entry {entry_id}", current.revision, expected_revision)
             ops = [delete_op(kv.key), delete_op(self._entry_index(current))]
-            result = await self._commit(
-                [mod_is(kv.key, kv.mod_revision)], ops, topics=[Topic.ENTRIES]
-            )
-            if not result.succeeded:
-                raise _Retry
+            await self._unchanged(kv, ops, Topic.ENTRIES)
             return current
 
         return await self._retrying(attempt)
@@ -477,11 +472,7 @@ class EtcdStore:
                 record, revision=current.revision + 1, created_at=current.created_at
             )
             ops = [put_op(kv.key, _doc(stored))]
-            result = await self._commit(
-                [mod_is(kv.key, kv.mod_revision)], ops, topics=[Topic.AGENTS]
-            )
-            if not result.succeeded:
-                raise _Retry
+            await self._unchanged(kv, ops, Topic.AGENTS)
             return stored
 
         return await self._retrying(attempt)
@@ -490,11 +481,7 @@ class EtcdStore:
         async def attempt() -> AgentRecord:
             current, kv = await self._get_agent(spiffe_id)
             ops = [delete_op(kv.key)]
-            result = await self._commit(
-                [mod_is(kv.key, kv.mod_revision)], ops, topics=[Topic.AGENTS]
-            )
-            if not result.succeeded:
-                raise _Retry
+            await self._unchanged(kv, ops, Topic.AGENTS)
             return current
 
         return await self._retrying(attempt)
@@ -520,16 +507,16 @@ class EtcdStore:
 
     async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
         check_aware("time", now)
-        k = self.key("join-tokens", bytes(token_hash).hex())
+        if not isinstance(token_hash, bytes):
+            raise InvalidRequest("a join token hash must be bytes")
+        k = self.key("join-tokens", token_hash.hex())
 
         async def attempt() -> JoinTokenRecord:
             record, kv = await self._read(
                 k, JoinTokenRecord.from_json, "join token is unknown or was already used"
             )
             ops = [delete_op(k), delete_op(self.key("join-token-ids", record.id))]
-            result = await self._commit([mod_is(k, kv.mod_revision)], ops)
-            if not result.succeeded:
-                raise _Retry
+            await self._unchanged(kv, ops)
             return record
 
         record = await self._retrying(attempt)  # an expired token is used up as well
