@@ -374,7 +374,7 @@ class CaClient:
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
                 headers={"Accept": "application/json"},
             ) as response:
-                raw = await response.content.read(MAX_RESPONSE_BYTES + 1)
+                raw = await _read_body(response.content)
                 return _decode(base, req.path, response.status, response.content_type, raw)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise Unavailable(f"{base} failed TLS verification: {exc.certificate_error}") from exc
@@ -392,6 +392,20 @@ class CaClient:
         except (KeyError, TypeError, ValueError, S2SError) as exc:
             raise _garbage("agent SVID", exc) from exc
         return AgentSvidResponse(svid=svid, bundle=bundle)
+
+
+async def _read_body(content: aiohttp.StreamReader) -> bytes:
+    """The whole body, or the first ``MAX_RESPONSE_BYTES + 1`` bytes (``read(n)`` returns what
+    has arrived so far, not ``n`` bytes)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= MAX_RESPONSE_BYTES:
+        chunk = await content.read(MAX_RESPONSE_BYTES + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _decode(base: str, path: str, status: int, content_type: str, raw: bytes) -> Any:

@@ -284,3 +284,8 @@ def healthcheck(socket: str | None) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Console script entry point (``s2s.cli.agent:main``)."""
     cli.main(args=argv, prog_name="s2s-agent")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

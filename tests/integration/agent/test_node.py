@@ -5,6 +5,7 @@ certificates from the test authority, for what a real CA never does: a wrong ide
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -314,3 +315,15 @@ async def test_fail_over_to_the_next_ca_url(harness: Any, nodes: list[NodeAttest
     with pytest.raises(Unavailable, match=r"no CA replica answered.*unreachable"):
         await client.attest("x", build_csr(new_key()))
     await client.close()
+
+
+async def test_a_large_answer_is_read_whole(fake_client: Any) -> None:
+    # read(n) on a stream returns what has arrived; a multi-MiB answer arrives in many pieces.
+    body = json.dumps({"revision": 3, "entries": [], "padding": "x" * (3 << 20)}).encode()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
+    client = await fake_client("spiffe://example.org/s2s/ca/ca-1", handler)
+    answer = await client.entries(since=-1, wait=0)
+    assert answer.revision == 3
