@@ -351,11 +351,22 @@ class EtcdClient:
         reply = await self._call("get", self._kv.Range, rpc.RangeRequest(key=key), write=False)
         return KeyValue.of(reply.kvs[0]) if reply.kvs else None
 
-    async def get_prefix(self, prefix: bytes) -> tuple[tuple[KeyValue, ...], int]:
-        """Every key under ``prefix`` (sorted by key) and the revision of that snapshot."""
-        request = rpc.RangeRequest(key=prefix, range_end=prefix_end(prefix))
-        reply = await self._call("range", self._kv.Range, request, write=False)
-        return tuple(KeyValue.of(kv) for kv in reply.kvs), int(reply.header.revision)
+    async def get_prefix(
+        self, prefix: bytes, *, page: int = 5000
+    ) -> tuple[tuple[KeyValue, ...], int]:
+        """Every key under ``prefix`` (sorted by key) and the revision of that snapshot.
+
+        Read in pages of ``page`` keys, all at the first page's revision (one consistent view)."""
+        end, start, revision = prefix_end(prefix), prefix, 0
+        kvs: list[KeyValue] = []
+        while True:
+            request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+            reply = await self._call("range", self._kv.Range, request, write=False)
+            revision = revision or int(reply.header.revision)
+            kvs += [KeyValue.of(kv) for kv in reply.kvs]
+            if not reply.more or not reply.kvs:
+                return tuple(kvs), revision
+            start = kvs[-1].key + b"\x00"
 
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         request = rpc.PutRequest(key=key, value=value, lease=lease)

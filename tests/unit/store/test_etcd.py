@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from contract import T0, StoreContract, entry, issued, revocation, token
 
+from s2s import testing_etcd
 from s2s.core.errors import Conflict, InvalidConfig, NotFound, StoreError
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.store.etcd import SCHEMA_VERSION, EtcdStore
@@ -23,7 +24,7 @@ from s2s.store.etcd_client import EtcdClient
 from s2s.store.factory import open_store
 from s2s.store.records import Topic
 from s2s.store.sqlite import SqliteStore
-from s2s.testing_etcd import EtcdServer
+from s2s.testing_etcd import EtcdMissing, EtcdServer
 
 OpenEtcd = Callable[..., Awaitable[EtcdStore]]
 
@@ -144,6 +145,23 @@ async def test_lease_outlives_the_record_by_the_grace(
     assert kv is not None
     ttl = await raw.lease_ttl(kv.lease)
     assert 3600 + 60 <= ttl <= 3600 + 3 * 60
+
+
+async def test_prefix_reads_page_through_one_snapshot(raw: EtcdClient) -> None:
+    prefix = f"/test/{uuid.uuid4().hex}/".encode()
+    for i in range(25):
+        await raw.put(prefix + f"{i:03d}".encode(), str(i).encode())
+    await raw.put(prefix[:-1] + b"0", b"outside the prefix")
+    kvs, revision = await raw.get_prefix(prefix, page=7)
+    assert [kv.value for kv in kvs] == [str(i).encode() for i in range(25)]
+    assert revision == max(kv.mod_revision for kv in kvs) + 1  # the later outside put
+
+
+def test_missing_etcd_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(testing_etcd.shutil, "which", lambda name: None)
+    monkeypatch.setattr(testing_etcd.os.path, "exists", lambda path: False)
+    with pytest.raises(EtcdMissing, match="run `make test`"):
+        EtcdServer(Path("/nonexistent"))
 
 
 # -- what the store refuses --
