@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import shutil
+import ssl
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -16,17 +17,22 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from prometheus_client import CollectorRegistry
+from verifier_support import exchange, serving
 
 from s2s.agent.attestor import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
+from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
+from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
+from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
 from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_pem_source, open_x509_source
+from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
 ME = "spiffe://example.org/me"
@@ -223,6 +229,42 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+async def test_x509_source_drives_mtls_and_its_revocations_reject_a_revoked_client(
+    agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority, tmp_path: Path
+) -> None:
+    server_svid = ca.issue_x509_svid(ME)
+    register(provider, server_svid)
+    client_svid = ca.issue_x509_svid("spiffe://example.org/client")
+    paths = write_svid(tmp_path, client_svid, ca.bundle_pem())
+    async with X509Source(socket=agent.socket_path, backoff=FAST) as source:
+        server_ctx = server_context(
+            source, authorize=authorize_any(), revocations=source.revocations,
+            metrics=PeerMetrics(CollectorRegistry()),
+        )  # fmt: skip
+        client_ctx = client_context(
+            PemFileX509Source(*paths), authorize=authorize_id(SpiffeId.parse(ME)),
+            metrics=PeerMetrics(CollectorRegistry()),
+        )  # fmt: skip
+        async with serving(server_ctx) as served:
+            assert await exchange(served.port, client_ctx) == b"spiffe://example.org/client"
+            assert served.peers == ["spiffe://example.org/client"]
+            # Twin: a client that pins another server ID refuses this server.
+            pinned_elsewhere = client_context(
+                PemFileX509Source(*paths), authorize=authorize_id(SpiffeId.parse(AUD)),
+                metrics=PeerMetrics(CollectorRegistry()),
+            )  # fmt: skip
+            with pytest.raises(ssl.SSLError):
+                await exchange(served.port, pinned_elsewhere)
+            # The agent's CRL revokes the client's certificate: the next handshake is refused.
+            provider.set_crls([crl_der(ca.intermediate, ca.intermediate_key, client_svid.serial)])
+            await wait_for(
+                lambda: source.revocations.current().is_serial_revoked(client_svid.serial)
+            )
+            accepted = len(served.peers)
+            assert await exchange(served.port, client_ctx) == b""
+            assert len(served.peers) == accepted  # the handler never saw the revoked client
 
 
 # --- JwtSource ----------------------------------------------------------------------------------
