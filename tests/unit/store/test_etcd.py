@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,7 +18,6 @@ from typing import Any
 import pytest
 from contract import T0, StoreContract, entry, issued, revocation, token
 
-from s2s import testing_etcd
 from s2s.core.errors import Conflict, InvalidConfig, NotFound, StoreError
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.store.etcd import SCHEMA_VERSION, EtcdStore
@@ -158,8 +159,8 @@ async def test_prefix_reads_page_through_one_snapshot(raw: EtcdClient) -> None:
 
 
 def test_missing_etcd_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(testing_etcd.shutil, "which", lambda name: None)
-    monkeypatch.setattr(testing_etcd.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
     with pytest.raises(EtcdMissing, match="run `make test`"):
         EtcdServer(Path("/nonexistent"))
 
