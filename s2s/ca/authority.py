@@ -11,6 +11,7 @@ signed stays verifiable until it expires. The bundle's ``spiffe_sequence`` grows
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -95,6 +96,7 @@ class Authority:
         self._x509: X509Signer | None = None
         self._jwt: JwtSigner | None = None
         self._bundle: Bundle | None = None
+        self._rotation_lock = asyncio.Lock()  # one rotation at a time in this process
 
     # -- init and start ----------------------------------------------------------------------
 
@@ -268,12 +270,13 @@ class Authority:
         if self._root is None:
             raise Unavailable("the authority is not started")
         now = utc(now if now is not None else self._clock.now())
-        changed = False
-        for kind in (AuthorityKind.X509_INTERMEDIATE, AuthorityKind.JWT):
-            changed |= await self._rotate_kind(kind, now)
-        if changed:
-            await self.refresh_bundle()
-        return changed
+        async with self._rotation_lock:
+            changed = False
+            for kind in (AuthorityKind.X509_INTERMEDIATE, AuthorityKind.JWT):
+                changed |= await self._rotate_kind(kind, now)
+            if changed:
+                await self.refresh_bundle()
+            return changed
 
     async def _rotate_kind(self, kind: AuthorityKind, now: datetime) -> bool:
         active = await self._active(kind)

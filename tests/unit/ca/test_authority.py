@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 from pathlib import Path
@@ -238,3 +239,21 @@ async def test_revoked_jwt_authority_leaves_the_bundle(ca: Ca) -> None:
     assert bundle.jwt_authority(old_kid) is None
     assert bundle.sequence == seq + 1
     assert (await ca.authority.refresh_bundle()).sequence == seq + 1  # no change, no bump
+
+
+async def test_concurrent_rotation_checks_prepare_once(ca: Ca) -> None:
+    ca.clock.advance(13 * HOUR)
+    results = await asyncio.gather(*(ca.authority.rotate_if_due() for _ in range(4)))
+    assert results.count(True) == 1
+    prepared = [
+        a for a in await ca.authority.list_authorities() if a.state is AuthorityState.PREPARED
+    ]
+    assert len(prepared) == 2  # one intermediate, one JWT key
+
+
+async def test_next_rotation_check_is_the_next_threshold(ca: Ca) -> None:
+    start = ca.authority.x509_signer.certificate.not_valid_before_utc
+    end = ca.authority.x509_signer.not_after
+    assert ca.authority.next_rotation_check() <= start + (end - start) / 2
+    ca.clock.set(ca.authority.next_rotation_check())
+    assert await ca.authority.rotate_if_due() is True
