@@ -87,21 +87,23 @@ from s2s.core.spiffe_id import (
     TrustDomain,
 )
 from s2s.core.x509svid import (
+    MAX_CHAIN_LENGTH,
+    X509Svid,
+    check_ca_certificate,
+    check_x509_svid,
+    spiffe_id_of,
+)
+from s2s.core.x509templates import (
     CA_ORGANIZATION,
     DEFAULT_BACKDATE,
     LEAF_ORGANIZATION,
-    MAX_CHAIN_LENGTH,
     SUPPORTED_KEY,
-    X509Svid,
-    check_ca_certificate,
     check_public_key,
-    check_x509_svid,
     intermediate_template,
     leaf_template,
     root_template,
     serial_from_entropy,
     sign_certificate,
-    spiffe_id_of,
 )
 
 __all__ = [
