@@ -160,6 +160,7 @@ class CaServer:
         self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.ssl_context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
+        self.ssl_context.verify_flags |= ssl.VERIFY_X509_STRICT
         self.port = 0
         self._closing = asyncio.Event()
         self._admin_bound = False
@@ -294,15 +295,15 @@ class CaServer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run every loop under one TaskGroup until ``stop`` is set or a loop crashes."""
+        loops = {
+            "authority": self._authority_loop(),
+            "prune": self._every(self.options.prune_interval, self.prune),
+            "metrics": self._every(self.options.metrics_interval, self.refresh_gauges),
+        }
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._authority_loop(), name="authority")
-                group.create_task(
-                    self._every(self.options.prune_interval, self.prune), name="prune"
-                )
-                group.create_task(
-                    self._every(self.options.metrics_interval, self.refresh_gauges), name="metrics"
-                )
+                for name, loop in loops.items():
+                    group.create_task(_logged(name, loop), name=name)
                 group.create_task(_raise_when(stop), name="stop")
         except* _Shutdown:
             pass
@@ -374,6 +375,15 @@ class CaServer:
 
 class _Shutdown(Exception):
     """Raised inside the TaskGroup to stop every loop."""
+
+
+async def _logged(name: str, loop: Awaitable[None]) -> None:
+    """Run a loop; if it dies, say which one in the log before the TaskGroup stops the CA."""
+    try:
+        await loop
+    except Exception as exc:
+        log.critical("ca.loop_crashed", extra={F.LOOP: name, F.ERROR: str(exc)}, exc_info=exc)
+        raise
 
 
 async def _raise_when(stop: asyncio.Event) -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import ssl
 import stat
@@ -168,6 +169,16 @@ def _refuses_to_serve(data_dir: Path, fragment: str, *extra: str) -> None:
     assert done.returncode != 0
     assert "Traceback" not in done.stderr
     assert fragment in done.stderr, done.stderr
+
+
+def test_serve_refuses_a_port_in_use(tmp_path: Path) -> None:
+    init_data_dir(tmp_path / "ca", TD)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        _refuses_to_serve(tmp_path / "ca", "cannot listen on", "--listen", f"127.0.0.1:{port}")
+    assert not (tmp_path / "ca" / "admin.sock").exists()
 
 
 def test_serve_refuses_an_uninitialized_dir(tmp_path: Path) -> None:

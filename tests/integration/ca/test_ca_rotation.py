@@ -20,6 +20,7 @@ from ca_harness import TRUST_DOMAIN, start_ca, stop_ca
 
 from s2s.ca.client import AdminClient
 from s2s.core.clock import FakeClock
+from s2s.core.errors import Unavailable
 
 
 async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: float = 10) -> Any:
@@ -107,3 +108,38 @@ def _verify(token: str, jwks: dict[str, Any]) -> dict[str, Any]:
                                                                   "verify_iat": False}
     )  # fmt: skip
     return claims
+
+
+async def test_a_crashed_loop_stops_the_ca_with_a_log_line(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, task, _stop = await start_ca(data_dir, prune_interval=0.01)
+
+    async def broken_prune() -> None:
+        raise RuntimeError("disk on fire")
+
+    server.prune = broken_prune  # type: ignore[method-assign]
+    with pytest.raises(ExceptionGroup) as crashed:
+        await asyncio.wait_for(task, 10)
+    assert crashed.group_contains(RuntimeError, match="disk on fire")
+    assert any(
+        r.getMessage() == "ca.loop_crashed" and getattr(r, "loop", None) == "prune"
+        for r in caplog.records
+    )
+    await server.close()
+
+
+async def test_unavailable_store_is_retried_not_fatal(data_dir: Path) -> None:
+    server, task, stop = await start_ca(data_dir, prune_interval=0.01)
+    calls = 0
+
+    async def flaky_prune() -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise Unavailable("store busy")
+
+    server.prune = flaky_prune  # type: ignore[method-assign]
+    await eventually(lambda: _async(calls >= 3), "the prune loop to retry past two failures")
+    assert not task.done()
+    await stop_ca(server, task, stop)
