@@ -7,6 +7,8 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -423,6 +425,40 @@ def test_cache_entry_is_dropped_at_exp(h: Harness) -> None:
     assert (h.validator.cache_hits, h.validator.cache_misses) == (1, 2)
     h.clock.advance(seconds=31)
     h.reject(token, "exp")
+
+
+def test_concurrent_validations_never_accept_after_seeing_a_revocation(h: Harness) -> None:
+    token = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="hot")
+    revoked = RevocationSet.of([_record(h, RevocationKind.JTI, "hot")], version=1)
+    h.validator.validate(token)
+    started = threading.Barrier(5)
+    outcomes: list[list[str]] = [[] for _ in range(4)]
+
+    def worker(out: list[str]) -> None:
+        started.wait()
+        deadline = time.monotonic() + 10
+        while out.count("revoked") < 200 and time.monotonic() < deadline:
+            try:
+                h.validator.validate(token)
+                out.append("ok")
+            except InvalidToken as exc:  # any other exception fails the thread, and the test
+                out.append(exc.reason)
+
+    threads = [threading.Thread(target=worker, args=(o,)) for o in outcomes]
+    for t in threads:
+        t.start()
+    started.wait()
+    while sum(len(o) for o in outcomes) < 2000:
+        time.sleep(0.0005)
+    h.revocations = revoked
+    for t in threads:
+        t.join()
+    for out in outcomes:
+        assert set(out) <= {"ok", "revoked"}
+        assert "revoked" in out
+        first = out.index("revoked")
+        assert "ok" not in out[first:], "a cached success came back after the revocation"
+    h.reject(token, "revoked")
 
 
 def test_cache_is_bounded_lru(fake_clock: FakeClock, authority: TestAuthority) -> None:
