@@ -259,6 +259,8 @@ class CaServer:
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): the authority can sign and the HTTPS certificate is current."""
+        if self._closing.is_set():
+            return False, "shutting down"
         if not self.authority.ready:
             return False, "authority not started"
         svid = self._server_svid

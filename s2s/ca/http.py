@@ -37,13 +37,27 @@ from s2s.core.x509svid import X509Svid, spiffe_id_of
 from s2s.log import F
 
 __all__ = [
+    "BATCH_BODY_LIMIT",
     "DEFAULT_BODY_LIMIT",
+    "SERVICES",
     "STATUS_BY_CODE",
+    "ApiServices",
+    "RequestError",
+    "authenticate_agent",
     "error_middleware",
+    "error_response",
+    "field",
+    "get_healthz",
+    "get_readyz",
     "json_response",
+    "jwt_json",
+    "optional_ttl",
     "peer_certificate_der",
+    "pem_to_der",
+    "public_app",
     "read_json",
     "status_for",
+    "svid_json",
 ]
 
 log = logging.getLogger(__name__)
