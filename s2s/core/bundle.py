@@ -9,9 +9,7 @@ trust domain.
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -20,10 +18,20 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
 from s2s.core.errors import InvalidBundle
+from s2s.core.jwk import (
+    KNOWN_KTY,
+    b64std,
+    check_jwt_key,
+    public_jwk,
+    public_key_from_jwk,
+    short_error,
+    spki_der,
+    unb64std,
+)
 from s2s.core.spiffe_id import TrustDomain
 
 __all__ = [
@@ -37,6 +45,7 @@ __all__ = [
 
 MAX_BUNDLE_BYTES = 1 << 20  # 1 MiB: thousands of roots; anything larger is an attack or a mistake
 MAX_SEQUENCE = (1 << 64) - 1  # spec: use at least 64-bit counters
+_JWT_KTY = frozenset({"EC", "RSA"})  # JWT-SVID algorithms are RS*/PS*/ES* only
 USE_X509_SVID = "x509-svid"
 USE_JWT_SVID = "jwt-svid"
 
@@ -59,14 +68,14 @@ class JwtAuthority:
             raise InvalidBundle("a JWT authority needs a non-empty kid")
         if not isinstance(self.public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
             raise InvalidBundle(f"JWT authority {self.kid!r}: the key must be an EC or RSA key")
-        _check_jwt_key(self.public_key, f"JWT authority {self.kid!r}")
+        check_jwt_key(self.public_key, f"JWT authority {self.kid!r}")
         if self.not_after is not None and self.not_after.utcoffset() is None:
             raise InvalidBundle("not_after must be an aware datetime")
-        object.__setattr__(self, "_spki", _spki_der(self.public_key))
+        object.__setattr__(self, "_spki", spki_der(self.public_key))
 
     def to_jwk(self) -> dict[str, Any]:
         """The ``jwt-svid`` JWK of this authority."""
-        return {"use": USE_JWT_SVID, "kid": self.kid, **_public_jwk(self.public_key)}
+        return {"use": USE_JWT_SVID, "kid": self.kid, **public_jwk(self.public_key)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,9 +260,9 @@ def _dedupe(certs: tuple[x509.Certificate, ...]) -> tuple[x509.Certificate, ...]
 
 
 def _x509_jwk(cert: x509.Certificate) -> dict[str, Any]:
-    jwk = _public_jwk(cert.public_key())
+    jwk = public_jwk(cert.public_key())
     der = cert.public_bytes(serialization.Encoding.DER)
-    return {"use": USE_X509_SVID, **jwk, "x5c": [_b64std(der)]}
+    return {"use": USE_X509_SVID, **jwk, "x5c": [b64std(der)]}
 
 
 def _load_json(data: bytes | str) -> dict[str, Any]:
@@ -271,7 +280,7 @@ def _load_json(data: bytes | str) -> dict[str, Any]:
     except InvalidBundle:
         raise
     except (ValueError, RecursionError) as exc:
-        raise InvalidBundle(f"the bundle is not valid JSON: {_short(exc)}") from None
+        raise InvalidBundle(f"the bundle is not valid JSON: {short_error(exc)}") from None
     if not isinstance(doc, dict):
         raise InvalidBundle("the bundle must be a JSON object")
     return doc
@@ -290,11 +299,6 @@ def _no_constant(name: str) -> None:
     raise InvalidBundle(f"{name} is not valid JSON")
 
 
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
-
-
 def _decode_key(
     index: int, entry: object, roots: list[x509.Certificate], jwts: list[JwtAuthority]
 ) -> None:
@@ -303,11 +307,7 @@ def _decode_key(
         raise InvalidBundle(f"{where} must be a JSON object")
     use, kty = entry.get("use"), entry.get("kty")
     # Section 4.2.1/4.2.2: an element with an unknown use or kty is ignored, not fatal.
-    if (
-        use not in (USE_X509_SVID, USE_JWT_SVID)
-        or not isinstance(kty, str)
-        or kty not in _KNOWN_KTY
-    ):
+    if use not in (USE_X509_SVID, USE_JWT_SVID) or not isinstance(kty, str) or kty not in KNOWN_KTY:
         return
     if "d" in entry or "p" in entry:
         raise InvalidBundle(f"{where} contains private key material")
@@ -323,12 +323,14 @@ def _decode_x509_key(where: str, entry: Mapping[str, Any]) -> x509.Certificate:
         raise InvalidBundle(f"{where}: an x509-svid key needs 'x5c' with a base64 certificate")
     # Section 4.2.1: only the first certificate is the authority; the rest are ignored.
     try:
-        cert = x509.load_der_x509_certificate(_unb64std(x5c[0]))
+        cert = x509.load_der_x509_certificate(unb64std(x5c[0]))
     except ValueError as exc:
-        raise InvalidBundle(f"{where}: x5c[0] is not a DER certificate: {_short(exc)}") from None
-    key = _public_key_from_jwk(entry, where)
+        raise InvalidBundle(
+            f"{where}: x5c[0] is not a DER certificate: {short_error(exc)}"
+        ) from None
+    key = public_key_from_jwk(entry, where)
     # RFC 7517 4.7: the certificate's key must be the JWK's key.
-    if _spki_der(key) != _spki_der(cert.public_key()):
+    if spki_der(key) != spki_der(cert.public_key()):
         raise InvalidBundle(f"{where}: the x5c certificate does not match the key parameters")
     return cert
 
@@ -337,7 +339,7 @@ def _decode_jwt_key(where: str, entry: Mapping[str, Any]) -> JwtAuthority:
     kid = entry.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidBundle(f"{where}: a jwt-svid key needs a non-empty 'kid'")
-    key = _public_key_from_jwk(entry, where)
+    key = public_key_from_jwk(entry, where)
     try:
         return JwtAuthority(kid, key)
     except InvalidBundle as exc:
@@ -363,115 +365,3 @@ def _split_der(data: bytes) -> Iterator[bytes]:
             raise InvalidBundle(f"truncated DER certificate at offset {pos}")
         yield data[pos:end]
         pos = end
-
-
-# --- JWK <-> key (RFC 7518 section 6) ---------------------------------------------------------
-
-_KNOWN_KTY = frozenset({"EC", "RSA", "OKP"})
-_JWT_KTY = frozenset({"EC", "RSA"})  # JWT-SVID algorithms are RS*/PS*/ES* only
-_CURVES: dict[str, ec.EllipticCurve] = {
-    "P-256": ec.SECP256R1(),
-    "P-384": ec.SECP384R1(),
-    "P-521": ec.SECP521R1(),
-}
-_CURVE_NAMES = {type(curve): name for name, curve in _CURVES.items()}
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-MIN_RSA_BITS = 2048
-
-
-def _spki_der(key: PublicKeyTypes) -> bytes:
-    return key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _check_jwt_key(key: PublicKeyTypes, where: str) -> None:
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-        raise InvalidBundle(f"{where}: RSA keys must have at least {MIN_RSA_BITS} bits")
-    if isinstance(key, ec.EllipticCurvePublicKey) and type(key.curve) not in _CURVE_NAMES:
-        raise InvalidBundle(f"{where}: EC keys must use P-256, P-384 or P-521")
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: object, where: str) -> bytes:
-    if not isinstance(text, str) or not text or _B64URL.fullmatch(text) is None:
-        raise InvalidBundle(f"{where} must be non-empty unpadded base64url")
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError:
-        raise InvalidBundle(f"{where} is not valid base64url") from None
-
-
-def _b64std(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64std(text: str) -> bytes:
-    # RFC 7517 4.7: x5c values are standard (not URL-safe) base64 with padding.
-    return base64.b64decode(text, validate=True)
-
-
-def _uint(value: int, size: int | None = None) -> str:
-    length = size if size is not None else max(1, (value.bit_length() + 7) // 8)
-    return _b64url(value.to_bytes(length, "big"))
-
-
-def _public_jwk(key: PublicKeyTypes) -> dict[str, Any]:
-    """The public JWK parameters (kty and key material) of ``key``."""
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        name = _CURVE_NAMES.get(type(key.curve))
-        if name is None:
-            raise InvalidBundle(f"the curve {key.curve.name} has no JWK name")
-        size = (key.curve.key_size + 7) // 8
-        nums = key.public_numbers()
-        return {"kty": "EC", "crv": name, "x": _uint(nums.x, size), "y": _uint(nums.y, size)}
-    if isinstance(key, rsa.RSAPublicKey):
-        rsa_nums = key.public_numbers()
-        return {"kty": "RSA", "n": _uint(rsa_nums.n), "e": _uint(rsa_nums.e)}
-    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-        crv = "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448"
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": crv, "x": _b64url(raw)}
-    raise InvalidBundle(f"a {type(key).__name__} cannot be written as a JWK")
-
-
-def _public_key_from_jwk(entry: Mapping[str, Any], where: str) -> PublicKeyTypes:
-    """The public key described by a JWK's ``kty`` parameters; InvalidBundle if malformed."""
-    kty = entry.get("kty")
-    try:
-        if kty == "EC":
-            crv = entry.get("crv")
-            curve = _CURVES.get(crv) if isinstance(crv, str) else None
-            if curve is None:
-                raise InvalidBundle(f"{where}: 'crv' must be P-256, P-384 or P-521")
-            size = (curve.key_size + 7) // 8
-            x, y = _unb64url(entry.get("x"), f"{where}.x"), _unb64url(entry.get("y"), f"{where}.y")
-            if len(x) != size or len(y) != size:
-                raise InvalidBundle(f"{where}: EC coordinates must be {size} bytes")
-            nums = ec.EllipticCurvePublicNumbers(_int(x), _int(y), curve)
-            return nums.public_key()
-        if kty == "RSA":
-            n, e = _unb64url(entry.get("n"), f"{where}.n"), _unb64url(entry.get("e"), f"{where}.e")
-            return rsa.RSAPublicNumbers(_int(e), _int(n)).public_key()
-        return _okp_key(entry, where)
-    except ValueError as exc:
-        if isinstance(exc, InvalidBundle):
-            raise
-        raise InvalidBundle(f"{where}: not a valid {kty} public key: {_short(exc)}") from None
-
-
-def _okp_key(entry: Mapping[str, Any], where: str) -> PublicKeyTypes:
-    raw = _unb64url(entry.get("x"), f"{where}.x")
-    crv = entry.get("crv")
-    if crv == "Ed25519":
-        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
-    if crv == "Ed448":
-        return ed448.Ed448PublicKey.from_public_bytes(raw)
-    raise InvalidBundle(f"{where}: 'crv' must be Ed25519 or Ed448 for kty OKP")
-
-
-def _int(data: bytes) -> int:
-    return int.from_bytes(data, "big")
