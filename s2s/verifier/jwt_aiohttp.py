@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from aiohttp import hdrs, web
 
@@ -26,7 +27,11 @@ from s2s.verifier.jwt import JwtValidator, ValidatedJwt
 
 __all__ = ["JWT_SVID_KEY", "jwt_middleware", "jwt_spiffe_id", "jwt_svid_of"]
 
-JWT_SVID_KEY: web.RequestKey[ValidatedJwt] = web.RequestKey("s2s_jwt_svid", ValidatedJwt)
+# web.RequestKey (typed request storage) exists from aiohttp 3.14; older releases take a string.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+JWT_SVID_KEY: Any = (
+    _RequestKey("s2s_jwt_svid", ValidatedJwt) if _RequestKey is not None else "s2s.jwt_svid"
+)
 
 _log = logging.getLogger(__name__)
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -65,9 +70,10 @@ def jwt_middleware(
 def jwt_svid_of(request: web.Request) -> ValidatedJwt:
     """The validated JWT-SVID of this request; NotAuthorized if the middleware did not run."""
     try:
-        return request[JWT_SVID_KEY]
+        svid: ValidatedJwt = request[JWT_SVID_KEY]
     except KeyError:
         raise NotAuthorized("this request carries no validated JWT-SVID") from None
+    return svid
 
 
 def jwt_spiffe_id(request: web.Request) -> SpiffeId:
