@@ -2,13 +2,16 @@
 
 A token is checked in this order, cheapest and least trusting first: size, the result cache,
 compact form (exactly three strict base64url parts), the JOSE header (:func:`check_jwt_header`),
+the claims (:func:`check_jwt_claims`: ``sub``, ``aud``, ``exp``; before the signature, so an
+expired or misaddressed token costs no verify, and nothing is trusted until the signature holds),
 the key chosen by ``kid`` within the bundle of the ``sub`` trust domain, the algorithm bound to that
-key's type (never taken from the token alone), the signature (``cryptography`` directly), the
-claims (:func:`check_jwt_claims`) and revocation by ``jti`` and by SPIFFE ID.
+key's type (never taken from the token alone), the signature (``cryptography`` directly), and
+revocation by ``jti`` and by SPIFFE ID.
 
-Successful validations are cached by token string in a bounded LRU: an entry is dropped at the
-token's ``exp`` and the whole cache is cleared whenever the bundle set or the revocation set
-changes (both are immutable snapshots swapped whole, so identity tells a change).
+Successful validations are cached by token string in a bounded LRU: an entry is used only with the
+very bundle and revocation snapshots it was validated against (both are immutable and swapped
+whole, so identity tells a change), is dropped at the token's ``exp``, and the whole cache is
+cleared when either snapshot changes. A hit costs a dict lookup and a few identity checks.
 """
 
 from __future__ import annotations
