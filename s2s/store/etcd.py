@@ -107,7 +107,7 @@ class EtcdStore:
         self._poll = poll_interval
         self._max_ops = max_txn_ops
         self._notifier = ChangeNotifier()
-        self._leases: dict[int, int] = {}  # bucket end (epoch s) -> lease id
+        self._leases: dict[int, asyncio.Future[int]] = {}  # bucket end (epoch s) -> lease id
         self._watch: asyncio.Task[None] | None = None
 
     @classmethod
@@ -227,16 +227,18 @@ class EtcdStore:
         return [_decode(kv.value, parse) for kv in kvs]
 
     async def _lease_for(self, expires_at: dt.datetime) -> int:
-        """A lease that outlives ``expires_at`` by about ``lease_grace``, shared per bucket."""
+        """A lease that outlives ``expires_at`` by about ``lease_grace``, shared per bucket.
+
+        Concurrent callers for one bucket share one grant (a future), so a burst makes one lease."""
         bucket_end = math.ceil(expires_at.timestamp() / self._bucket) * self._bucket
-        lease = self._leases.get(bucket_end)
-        if lease is None:
+        grant = self._leases.get(bucket_end)
+        if grant is None or (grant.done() and grant.exception() is not None):
             now = self._clock.now().timestamp()
             ttl = min(_MAX_LEASE_TTL, max(1, math.ceil(bucket_end - now + self._grace)))
-            lease = self._leases[bucket_end] = await self.c.grant_lease(ttl)
+            grant = self._leases[bucket_end] = asyncio.ensure_future(self.c.grant_lease(ttl))
             for end in [e for e in self._leases if e + self._grace < now]:
                 del self._leases[end]
-        return lease
+        return await asyncio.shield(grant)
 
     async def _check_schema(self) -> None:
         meta = self.key("meta")

@@ -6,6 +6,7 @@ One etcd per module (``s2s.testing_etcd``); each test gets its own trust domain,
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -134,6 +135,16 @@ async def test_expiring_records_share_leases_by_bucket(
     leases = {kv.lease for kv in kvs}
     assert 0 not in leases
     assert 2 <= len(leases) <= 6
+
+
+async def test_a_burst_of_writes_makes_one_lease_per_bucket(
+    open_etcd: OpenEtcd, raw: EtcdClient, trust_domain: str
+) -> None:
+    store = await open_etcd()
+    await asyncio.gather(*(store.add_revocation(revocation(i)) for i in range(1, 101)))
+    kvs, _ = await raw.get_prefix(f"/s2s/{trust_domain}/revoked/".encode())
+    assert len(kvs) == 100
+    assert len({kv.lease for kv in kvs}) == 1
 
 
 async def test_lease_outlives_the_record_by_the_grace(
