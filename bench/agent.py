@@ -9,8 +9,8 @@ The CA runs as its own process (``s2s-ca serve``). Figures, each beside a baseli
 * **1,000 SVIDs obtained** (s): an agent process started with 1,000 entries, from its start to
   holding all 1,000 SVIDs (attestation, long-poll, local keys, two batched CSR calls). Baseline:
   1,000 ECDSA P-256 keys + CSRs generated in this process (the agent's local share of the work).
-* **agent RSS** (MiB) of that process holding 1,000 SVIDs, beside an idle Python process that
-  imports the same modules.
+* **agent RSS** (MiB) of that process holding 1,000 SVIDs, beside an agent process holding one;
+  and that one beside an idle Python process that imports the same modules.
 """
 
 from __future__ import annotations
@@ -162,22 +162,23 @@ async def _static_push_latencies(tmp: Path, n: int) -> list[float]:
 # ---- 1,000 entries ------------------------------------------------------------------------
 
 
-def _thousand_entries(tmp: Path, port: int, admin: AdminClient, count: int) -> tuple[float, float]:
+def _agent_process(tmp: Path, port: int, admin: AdminClient, count: int) -> tuple[float, float]:
+    """(seconds from process start to ``count`` SVIDs held, RSS in MiB then)."""
     token = admin.post("/v1/tokens", {})
     for i in range(count):
-        admin.post("/v1/entries", {"spiffe_id": f"spiffe://{TD}/svc/{i}",
+        admin.post("/v1/entries", {"spiffe_id": f"spiffe://{TD}/svc{count}/{i}",
                                    "parent_id": token["agent_id"],
                                    "selectors": [f"unix:uid:{20000 + i}"]})  # fmt: skip
-    bundle = tmp / "bundle1k.pem"
+    bundle = tmp / f"bundle{count}.pem"
     bundle.write_text(admin.get("/v1/bundle", format="pem"))
-    log = tmp / "agent1k.log"
+    log = tmp / f"agent{count}.log"
     env = {**os.environ, "S2S_JOIN_TOKEN": token["token"]}
     start = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(
             [*AGENT_CLI, "run", "--trust-domain", TD, "--ca-url", f"https://127.0.0.1:{port}",
-             "--trust-bundle", str(bundle), "--data-dir", str(tmp / "agent1k"),
-             "--socket", str(tmp / "agent1k.sock"), "--log-level", "info"],
+             "--trust-bundle", str(bundle), "--data-dir", str(tmp / f"agent{count}"),
+             "--socket", str(tmp / f"agent{count}.sock"), "--log-level", "info"],
             stdout=out, stderr=out, env=env,
         )  # fmt: skip
     try:
@@ -219,7 +220,8 @@ def run(quick: bool) -> list[Figure]:
         try:
             rotation = asyncio.run(_rotation_latencies(tmp, port, admin, rotations))
             static = asyncio.run(_static_push_latencies(tmp, max(rotations, 20)))
-            obtained, rss = _thousand_entries(tmp, port, admin, entries)
+            _, rss_one = _agent_process(tmp, port, admin, 1)
+            obtained, rss = _agent_process(tmp, port, admin, entries)
         finally:
             _stop(ca)
         idle = _idle_rss()
@@ -234,5 +236,8 @@ def run(quick: bool) -> list[Figure]:
                f"{entries} P-256 keys + CSRs (local)", raw, higher_is_better=False,
                note="CA in its own process"),
         Figure(f"agent RSS holding {entries} SVIDs", rss, "MiB",
+               "agent RSS holding 1 SVID", rss_one, higher_is_better=False,
+               note=f"{(rss - rss_one) * 1024 / max(entries - 1, 1):.1f} KiB per extra SVID"),
+        Figure("agent RSS holding 1 SVID", rss_one, "MiB",
                "idle python, same imports", idle, higher_is_better=False),
     ]  # fmt: skip

@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import random
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 10.0
 # A response the CA sends for an agent record it does not hold (registry.authorize_agent).
 _UNKNOWN_AGENT_MARKER: Final = "not attested"
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
 
 
 class AgentUnknown(NotAuthorized):
@@ -193,6 +195,7 @@ class CaClient:
         self._svid: X509Svid | None = None
         self._current: _Session | None = None
         self._old: list[_Session] = []
+        self._certs = _CertCache()
         self._verifier = PeerVerifier(self._bundles, authorize=self._is_ca, clock=clock)
 
     # -- identity and trust -----------------------------------------------------------------
@@ -299,7 +302,7 @@ class CaClient:
         body = {"requests": [{"entry_id": eid, "csr": csr_pem(csr)} for eid, csr in requests]}
         data = await self._call("POST", "/v1/agent/x509", body=body)
         try:
-            results = tuple(_x509_result(item) for item in data["results"])
+            results = tuple(_x509_result(item, self._certs) for item in data["results"])
             sequence = data.get("bundle_sequence")
             if len(results) != len(requests) or not isinstance(sequence, int | None):
                 raise TypeError("one result per request and an integer bundle_sequence expected")
@@ -387,7 +390,7 @@ class CaClient:
 
     def _agent_svid(self, data: Any) -> AgentSvidResponse:
         try:
-            svid = _svid(data)
+            svid = _svid(data, self._certs)
             bundle = Bundle.decode(self.trust_domain, json.dumps(data["bundle"]))
         except (KeyError, TypeError, ValueError, S2SError) as exc:
             raise _garbage("agent SVID", exc) from exc
@@ -436,25 +439,47 @@ def _garbage(what: str, exc: BaseException) -> Unavailable:
     return Unavailable(f"the CA sent a malformed {what} response: {exc}")
 
 
-def _svid(data: Mapping[str, Any]) -> X509Svid:
+class _CertCache:
+    """Parses each CA certificate once: a thousand SVIDs share one intermediate object."""
+
+    def __init__(self, limit: int = 32) -> None:
+        self._certs: dict[bytes, x509.Certificate] = {}
+        self._limit = limit
+
+    def chain(self, pem: str) -> tuple[x509.Certificate, ...]:
+        blocks = _PEM_CERT.findall(pem.encode("ascii"))
+        if not blocks:
+            raise ValueError("svid_chain holds no PEM certificate")
+        chain = [x509.load_pem_x509_certificate(blocks[0])]
+        for block in blocks[1:]:
+            cert = self._certs.get(block)
+            if cert is None:
+                if len(self._certs) >= self._limit:
+                    self._certs.clear()
+                cert = self._certs[block] = x509.load_pem_x509_certificate(block)
+            chain.append(cert)
+        return tuple(chain)
+
+
+def _svid(data: Mapping[str, Any], certs: _CertCache) -> X509Svid:
     chain_pem = data["svid_chain"]
     if not isinstance(chain_pem, str):
         raise TypeError("svid_chain must be PEM text")
-    chain = tuple(x509.load_pem_x509_certificates(chain_pem.encode("ascii")))
+    chain = certs.chain(chain_pem)
     sid = check_x509_svid(chain)
     if str(sid) != data["spiffe_id"]:
         raise InvalidSvid(f"the chain names {sid}, not {data['spiffe_id']}", rule="uri-san")
     return X509Svid(spiffe_id=sid, cert_chain=chain)
 
 
-def _x509_result(item: Any) -> X509Result:
+def _x509_result(item: Any, certs: _CertCache) -> X509Result:
     entry_id = item["entry_id"]
     if not isinstance(entry_id, str):
         raise TypeError("entry_id must be a string")
     if "error" in item:
         error = error_from_code(str(item["error"]), str(item.get("message", "")))
         return X509Result(entry_id=entry_id, svid=None, error=error)
-    return X509Result(entry_id=entry_id, svid=_svid(item), error=None)
+    return X509Result(entry_id=entry_id, svid=_svid(item, certs), error=None)
 
 
 async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> None:
