@@ -231,6 +231,8 @@ class Authority:
             "\n".join(sorted(f"{r.kind}:{r.id}" for r in roots + jwts)).encode()
         ).hexdigest()
         sequence = await self._bump_sequence(digest)
+        if self._bundle is not None and self._bundle.sequence == sequence:
+            return self._bundle  # unchanged: keep the snapshot (and its parsed keys)
         bundle = Bundle(
             trust_domain=self.trust_domain,
             x509_authorities=tuple(x509.load_der_x509_certificate(r.public_der) for r in roots),
