@@ -27,7 +27,7 @@ from s2s.core.spiffe_id import SpiffeId, TrustDomain
 
 TRUST_DOMAIN = "example.org"
 FAST = AgentTuning(
-    entries_wait=5.0,
+    entries_wait=2.0,
     bundle_interval=5.0,
     backoff_initial=0.05,
     backoff_cap=0.5,

@@ -27,7 +27,7 @@ from click.testing import CliRunner
 
 from s2s.agent.app import Agent, run_agent
 from s2s.cli.agent import cli
-from s2s.core.errors import InvalidConfig, NotAuthorized
+from s2s.core.errors import InvalidConfig, NotAuthorized, Unavailable
 from s2s.verifier.workload_client import WorkloadApiClient
 
 MY_UID = f"unix:uid:{os.getuid()}"
@@ -396,3 +396,85 @@ async def test_metrics_endpoint(harness: Any) -> None:
     assert 's2s_agent_workload_api_calls_total{code="OK",method="FetchJWTSVID"} 1.0' in text
     assert 's2s_agent_rotations_total{kind="jwt"} 1.0' in text
     assert ready == 200
+
+
+async def test_entry_updates_relabel_or_reissue(harness: Any) -> None:
+    running, billing = await attested(harness)
+    cache = running.agent.cache
+    registry = harness.ca.server.registry
+    held = cache.state.items[0].svid
+    assert held is not None
+    # Only the hint changes: same SVID (same serial), new hint.
+    await registry.update_entry(billing.id, hint="primary")
+    await harness.wait_until(
+        lambda: (
+            cache.state.items[0].svid is not None and cache.state.items[0].svid.hint == "primary"
+        ),
+        what="the hint to reach the cache",
+    )
+    assert cache.state.items[0].svid.serial == held.serial
+    # The SPIFFE ID changes: the old SVID is withdrawn and a new one issued.
+    await registry.update_entry(billing.id, spiffe_id=harness.ca.td.id("/billing-v2"))
+    await harness.wait_until(
+        lambda: (
+            cache.state.items[0].svid is not None
+            and str(cache.state.items[0].svid.spiffe_id) == "spiffe://example.org/billing-v2"
+        ),
+        what="the re-issued SVID",
+    )
+    async with WorkloadApiClient(str(running.agent.config.socket)) as client:
+        context = await client.fetch_x509_context()
+    assert [str(s.spiffe_id) for s in context.svids] == ["spiffe://example.org/billing-v2"]
+    assert context.default_svid.hint == "primary"
+
+
+async def test_s2s_agent_run_serves_and_stops_cleanly_on_sigterm(harness: Any) -> None:
+    token, agent_id = await harness.ca.join_token()
+    await harness.ca.entry(agent_id, "/billing", [MY_UID])
+    config = harness.config(token=token)
+    toml = harness.tmp_path / "agent.toml"
+    toml.write_text(
+        f'trust_domain = "example.org"\nca_url = ["{harness.ca.url}"]\n'
+        f'trust_bundle = "{config.trust_bundle}"\ndata_dir = "{config.data_dir}"\n'
+        f'socket = "{config.socket}"\n'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "s2s.cli.agent", "run", "--config", str(toml),
+        env={**os.environ, "S2S_JOIN_TOKEN": token},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await harness.wait_until(config.socket.exists, timeout=20, what="the agent socket")
+        async with WorkloadApiClient(str(config.socket)) as client:
+            context = await client.fetch_x509_context()
+        assert str(context.default_svid.spiffe_id) == "spiffe://example.org/billing"
+    finally:
+        proc.terminate()
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    events = [json.loads(line)["event"] for line in stderr.decode().splitlines()]
+    assert events[-1] == "agent.stopped"
+    assert "agent.attested" in events
+    assert not config.socket.exists()
+    assert token not in stderr.decode()  # the join token is never logged
+
+
+async def test_jwt_svids_outlive_a_ca_outage_until_they_expire(harness: Any) -> None:
+    token, agent_id = await harness.ca.join_token()
+    await harness.ca.entry(agent_id, "/billing", [MY_UID], jwt_svid_ttl=timedelta(seconds=3))
+    running = await harness.start_agent(harness.config(token=token))
+    socket = str(running.agent.config.socket)
+    async with WorkloadApiClient(socket) as client:
+        first = await client.fetch_jwt_svid("api")
+        assert (await client.fetch_jwt_svid("api")).token == first.token  # cached
+        await harness.ca.stop()
+        # Past half-life the agent would renew, but the CA is down: the token it holds is
+        # still valid, so it is served rather than an error.
+        half = first.expiry - timedelta(seconds=1.5)
+        await harness.wait_until(lambda: running.agent.clock.now() > half, what="half-life")
+        assert (await client.fetch_jwt_svid("api")).token == first.token
+        await harness.wait_until(
+            lambda: running.agent.clock.now() > first.expiry, what="the token to expire"
+        )
+        with pytest.raises(Unavailable):
+            await client.fetch_jwt_svid("api")
