@@ -419,8 +419,11 @@ class EtcdClient:
 
     async def _watch_stream(
         self, prefix: bytes, start: int
-    ) -> AsyncGenerator[tuple[WatchEvent, ...], None]:
-        """One watch stream from revision ``start``; ends (or raises StoreError) on disconnect."""
+    ) -> AsyncGenerator[tuple[tuple[WatchEvent, ...], int], None]:
+        """One watch stream from revision ``start``: (events, next revision to watch from).
+
+        Ends, or raises StoreError, on a disconnect. A progress notification (no events, sent
+        only to a watcher that is caught up) moves the next revision on without events."""
         create = rpc.WatchCreateRequest(
             key=prefix, range_end=prefix_end(prefix), start_revision=start, progress_notify=True
         )
@@ -438,10 +441,13 @@ class EtcdClient:
                 if reply.canceled:
                     raise StoreError(f"etcd cancelled the watch: {reply.cancel_reason}")
                 if reply.events:
-                    yield tuple(
+                    events = tuple(
                         WatchEvent(event.type == rpc.Event.DELETE, KeyValue.of(event.kv))
                         for event in reply.events
                     )
+                    yield events, events[-1].kv.mod_revision + 1
+                elif not reply.created:
+                    yield (), int(reply.header.revision) + 1
         except grpc.aio.AioRpcError as exc:
             raise self.translate(exc, "watch", write=False) from exc
         finally:
@@ -472,10 +478,11 @@ class EtcdClient:
                     yield WatchUpdate(revision, snapshot=kvs)
                 stream = self._watch_stream(prefix, next_revision)
                 async with contextlib.aclosing(stream):
-                    async for events in stream:
+                    async for events, after in stream:
                         failures = 0
-                        next_revision = events[-1].kv.mod_revision + 1
-                        yield WatchUpdate(next_revision - 1, events=events)
+                        next_revision = max(next_revision, after)
+                        if events:
+                            yield WatchUpdate(after - 1, events=events)
                 raise StoreError("etcd closed the watch stream")
             except WatchCompacted as exc:
                 _log.warning(
