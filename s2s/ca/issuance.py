@@ -1,9 +1,9 @@
 """Issuance: X509-SVIDs from agents' CSRs, JWT-SVIDs, the CA's own server SVID, admin mints.
 
 Build, sign, check (CONVENTIONS 7): the CA takes the SPIFFE ID, DNS names and TTL from the
-registration entry, never from the CSR (only the CSR's public key and signature are used); it
-builds the leaf from precomputed parts of the active intermediate, signs it, and runs
-:func:`check_x509_svid` on the result before anything is returned. Every X.509 serial goes into
+registration entry, never from the CSR (only the CSR's public key and signature are used); the
+active intermediate and its key stay loaded in memory (``X509Signer``); the leaf is built from the
+core template, signed, and run through :func:`check_x509_svid` before anything is returned. Every X.509 serial goes into
 the store's issued-serial index (revocation by ID or agent expands to serials there).
 """
 
