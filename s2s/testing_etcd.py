@@ -176,6 +176,7 @@ class EtcdServer:
         self.peer_port = _free_port()
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
+        self._started = False
 
     @property
     def endpoint(self) -> str:
@@ -222,9 +223,27 @@ class EtcdServer:
         return command
 
     def start(self, deadline: float = _START_DEADLINE) -> None:
-        """Start etcd (same data dir and ports as before) and return once it is healthy."""
+        """Start etcd (same data dir and ports as before) and return once it is healthy.
+
+        On the very first start, a port taken by someone else meanwhile is replaced (up to 3
+        times); later starts keep the ports, as a restarted member would."""
         if self.running:
             return
+        first = not self._started
+        for _ in range(3):
+            self._spawn()
+            try:
+                self.wait_healthy(deadline)
+            except RuntimeError as exc:
+                if not (first and "address already in use" in str(exc)):
+                    raise
+                self.client_port, self.peer_port = _free_port(), _free_port()
+                continue
+            self._started = True
+            return
+        raise RuntimeError("etcd could not get free ports three times")
+
+    def _spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         log = self.log_path.open("ab")
         try:
@@ -233,7 +252,6 @@ class EtcdServer:
             )
         finally:
             log.close()
-        self.wait_healthy(deadline)
 
     def wait_healthy(self, deadline: float = _START_DEADLINE) -> None:
         """Poll ``/health`` until etcd is healthy; RuntimeError with its log after ``deadline``."""
