@@ -666,7 +666,7 @@ class EtcdStore:
 
     async def wait_for_change(self, topic: Topic, after: int, timeout: float) -> int:
         topic = Topic(topic)
-        self._follow_topics()
+        self._follow_topics(self.c)
         last = after
 
         async def read() -> int:
@@ -683,13 +683,13 @@ class EtcdStore:
             read, self._notifier, topic, after, timeout, poll_interval=self._poll
         )
 
-    def _follow_topics(self) -> None:
+    def _follow_topics(self, client: EtcdClient) -> None:
         if self._watch is None or self._watch.done():
-            self._watch = asyncio.create_task(self._run_watch(), name="s2s-etcd-topics")
+            self._watch = asyncio.create_task(self._run_watch(client), name="s2s-etcd-topics")
 
-    async def _run_watch(self) -> None:
+    async def _run_watch(self, client: EtcdClient) -> None:
         prefix = self.key("topics", "")
-        updates = self.c.follow_prefix(prefix)
+        updates = client.follow_prefix(prefix)
         async with contextlib.aclosing(updates):
             async for update in updates:
                 if update.snapshot is not None:

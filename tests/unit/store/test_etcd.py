@@ -239,6 +239,14 @@ async def test_get_revocation_by_kind(open_etcd: OpenEtcd) -> None:
         await store.get_revocation(RevocationKind.JTI, "a")
 
 
+async def test_closed_store_refuses_to_wait(open_etcd: OpenEtcd) -> None:
+    store = await open_etcd()
+    await store.close()
+    with pytest.raises(StoreError, match="closed"):
+        await store.wait_for_change(Topic.ENTRIES, 0, timeout=1)
+    assert store._watch is None  # no watch task left behind
+
+
 # -- open_store URLs --
 
 
