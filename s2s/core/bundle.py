@@ -162,10 +162,7 @@ class Bundle:
     @classmethod
     def from_x509_pem(cls, trust_domain: TrustDomain, pem: bytes) -> Bundle:
         """A bundle of the certificates in ``pem`` (at least one)."""
-        if not isinstance(pem, bytes):
-            raise InvalidBundle("PEM input must be bytes")
-        if len(pem) > MAX_BUNDLE_BYTES:
-            raise InvalidBundle(f"the PEM bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+        _check_raw(pem, "PEM")
         if b"PRIVATE KEY-----" in pem:
             raise InvalidBundle("the PEM holds a private key; a bundle holds certificates only")
         try:
@@ -177,10 +174,7 @@ class Bundle:
     @classmethod
     def from_x509_der(cls, trust_domain: TrustDomain, der: bytes) -> Bundle:
         """A bundle of the concatenated DER certificates in ``der`` (empty means no roots)."""
-        if not isinstance(der, bytes):
-            raise InvalidBundle("DER input must be bytes")
-        if len(der) > MAX_BUNDLE_BYTES:
-            raise InvalidBundle(f"the DER bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+        _check_raw(der, "DER")
         certs = []
         for index, chunk in enumerate(_split_der(der)):
             try:
@@ -237,6 +231,13 @@ class BundleSet:
 
     def __hash__(self) -> int:
         return hash(frozenset(self.bundles.items()))
+
+
+def _check_raw(data: object, form: str) -> None:
+    if not isinstance(data, bytes):
+        raise InvalidBundle(f"{form} input must be bytes")
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise InvalidBundle(f"the {form} bundle is larger than {MAX_BUNDLE_BYTES} bytes")
 
 
 def _check_counter(name: str, value: object, limit: int) -> None:
