@@ -232,7 +232,7 @@ class EtcdStore:
         Concurrent callers for one bucket share one grant (a future), so a burst makes one lease."""
         bucket_end = math.ceil(expires_at.timestamp() / self._bucket) * self._bucket
         grant = self._leases.get(bucket_end)
-        if grant is None or (grant.done() and grant.exception() is not None):
+        if grant is None or (grant.done() and (grant.cancelled() or grant.exception())):
             now = self._clock.now().timestamp()
             ttl = min(_MAX_LEASE_TTL, max(1, math.ceil(bucket_end - now + self._grace)))
             grant = self._leases[bucket_end] = asyncio.ensure_future(self.c.grant_lease(ttl))

@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -245,6 +246,27 @@ async def test_closed_store_refuses_to_wait(open_etcd: OpenEtcd) -> None:
     with pytest.raises(StoreError, match="closed"):
         await store.wait_for_change(Topic.ENTRIES, 0, timeout=1)
     assert store._watch is None  # no watch task left behind
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+async def test_a_dead_endpoint_in_the_list_is_skipped(
+    etcd_server: EtcdServer, trust_domain: str, host: str
+) -> None:
+    dead = f"{host}:{_closed_port()}"
+    endpoints = f"{dead},{host}:{etcd_server.client_port}"
+    store = await EtcdStore.open(endpoints, trust_domain=trust_domain, timeout=3)
+    try:
+        await store.create_entry(entry("e1"))
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="unavailable"):
+        await EtcdStore.open(dead, trust_domain=trust_domain, timeout=3)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 # -- open_store URLs --
