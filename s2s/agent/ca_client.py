@@ -20,31 +20,37 @@ import contextlib
 import json
 import logging
 import random
-import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, ClassVar, Final
 
 import aiohttp
 from cryptography import x509
 
-from s2s.ca.client import error_from_code
+from s2s.agent.ca_wire import (  # re-exported: callers import the answer types from here
+    AgentSvidResponse,
+    AgentUnknown,
+    CertCache,
+    EntriesResponse,
+    JwtResponse,
+    X509Result,
+    decode_answer,
+    garbage,
+    parse_agent_svid,
+    parse_entries,
+    parse_jwt,
+    parse_x509_results,
+    read_body,
+)
 from s2s.core.bundle import Bundle, BundleSet
-from s2s.core.clock import Clock, utc
+from s2s.core.clock import Clock
 from s2s.core.errors import (
     InvalidBundle,
-    InvalidRequest,
-    InvalidSpiffeId,
-    InvalidSvid,
-    NotAuthorized,
-    S2SError,
     Unavailable,
 )
-from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
-from s2s.core.x509svid import X509Svid, check_x509_svid
+from s2s.core.x509svid import X509Svid
 from s2s.log import F
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import PeerVerifier
@@ -64,52 +70,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CA_PATH_PREFIX: Final = "/s2s/ca/"
-MAX_RESPONSE_BYTES: Final = 32 * 1024 * 1024
 DEFAULT_TIMEOUT: Final = 10.0
-# A response the CA sends for an agent record it does not hold (registry.authorize_agent).
-_UNKNOWN_AGENT_MARKER: Final = "not attested"
-_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.DOTALL)
-
-
-class AgentUnknown(NotAuthorized):
-    """The CA does not know this agent (never attested, or evicted): attest again."""
-
-    code = "agent_unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class AgentSvidResponse:
-    """An agent SVID (chain only; the key stays with the caller) and the CA's bundle."""
-
-    svid: X509Svid
-    bundle: Bundle
-
-
-@dataclass(frozen=True, slots=True)
-class EntriesResponse:
-    """The entries parented by this agent as of ``revision``."""
-
-    revision: int
-    entries: tuple[RegistrationEntry, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class X509Result:
-    """One item of a batch: an SVID chain (no key) or the error the CA reported for it."""
-
-    entry_id: str
-    svid: X509Svid | None
-    error: S2SError | None
-
-
-@dataclass(frozen=True, slots=True)
-class JwtResponse:
-    """A JWT-SVID minted by the CA. ``token`` is a secret: never log it."""
-
-    token: str
-    spiffe_id: SpiffeId
-    audience: tuple[str, ...]
-    expires_at: datetime
 
 
 class Backoff:
@@ -195,7 +156,7 @@ class CaClient:
         self._svid: X509Svid | None = None
         self._current: _Session | None = None
         self._old: list[_Session] = []
-        self._certs = _CertCache()
+        self._certs = CertCache()
         self._verifier = PeerVerifier(self._bundles, authorize=self._is_ca, clock=clock)
 
     # -- identity and trust -----------------------------------------------------------------
@@ -269,12 +230,14 @@ class CaClient:
     ) -> AgentSvidResponse:
         """POST /v1/agent/attest: burn the join token, get the agent SVID and the bundle."""
         body = {"join_token": join_token, "csr": csr_pem(csr)}
-        return self._agent_svid(await self._call("POST", "/v1/agent/attest", body=body))
+        data = await self._call("POST", "/v1/agent/attest", body=body)
+        return parse_agent_svid(data, self.trust_domain, self._certs)
 
     async def renew(self, csr: x509.CertificateSigningRequest) -> AgentSvidResponse:
         """POST /v1/agent/renew (mTLS): a new agent SVID for the CSR's key."""
         body = {"csr": csr_pem(csr)}
-        return self._agent_svid(await self._call("POST", "/v1/agent/renew", body=body))
+        data = await self._call("POST", "/v1/agent/renew", body=body)
+        return parse_agent_svid(data, self.trust_domain, self._certs)
 
     async def entries(self, *, since: int, wait: float) -> EntriesResponse:
         """GET /v1/agent/entries: returns at once if the revision is past ``since``, else after
@@ -285,15 +248,7 @@ class CaClient:
         data = await self._call(
             "GET", "/v1/agent/entries", query=query, timeout=wait + self._timeout
         )
-        try:
-            revision = data["revision"]
-            items = data["entries"]
-            if not isinstance(revision, int) or not isinstance(items, list):
-                raise TypeError("revision must be an integer and entries a list")
-            entries = tuple(RegistrationEntry.from_json(item) for item in items)
-        except (KeyError, TypeError, InvalidRequest, InvalidSpiffeId) as exc:
-            raise _garbage("/v1/agent/entries", exc) from exc
-        return EntriesResponse(revision=revision, entries=entries)
+        return parse_entries(data)
 
     async def sign_x509(
         self, requests: Sequence[tuple[str, x509.CertificateSigningRequest]]
@@ -301,31 +256,13 @@ class CaClient:
         """POST /v1/agent/x509: one result per (entry_id, CSR), and the CA's bundle sequence."""
         body = {"requests": [{"entry_id": eid, "csr": csr_pem(csr)} for eid, csr in requests]}
         data = await self._call("POST", "/v1/agent/x509", body=body)
-        try:
-            results = tuple(_x509_result(item, self._certs) for item in data["results"])
-            sequence = data.get("bundle_sequence")
-            if len(results) != len(requests) or not isinstance(sequence, int | None):
-                raise TypeError("one result per request and an integer bundle_sequence expected")
-        except (KeyError, TypeError, ValueError, S2SError) as exc:
-            raise _garbage("/v1/agent/x509", exc) from exc
-        return results, sequence
+        return parse_x509_results(data, len(requests), self._certs)
 
     async def mint_jwt(self, entry_id: str, audience: Sequence[str]) -> JwtResponse:
         """POST /v1/agent/jwt: a JWT-SVID for an entry of this agent."""
         body = {"entry_id": entry_id, "audience": list(audience)}
         data = await self._call("POST", "/v1/agent/jwt", body=body)
-        try:
-            token, aud = data["token"], data["audience"]
-            if not isinstance(token, str) or not token or not isinstance(aud, list):
-                raise TypeError("token must be a string and audience a list")
-            return JwtResponse(
-                token=token,
-                spiffe_id=SpiffeId.parse(data["spiffe_id"]),
-                audience=tuple(str(a) for a in aud),
-                expires_at=utc(datetime.fromisoformat(data["expires_at"])),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise _garbage("/v1/agent/jwt", exc) from exc
+        return parse_jwt(data)
 
     async def fetch_bundle(self) -> Bundle:
         """GET /v1/bundle: the trust domain's current bundle."""
@@ -333,7 +270,7 @@ class CaClient:
         try:
             return Bundle.decode(self.trust_domain, json.dumps(data))
         except InvalidBundle as exc:
-            raise _garbage("/v1/bundle", exc) from exc
+            raise garbage("/v1/bundle", exc) from exc
 
     # -- transport --------------------------------------------------------------------------
 
@@ -377,8 +314,8 @@ class CaClient:
                 timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 5.0)),
                 headers={"Accept": "application/json"},
             ) as response:
-                raw = await _read_body(response.content)
-                return _decode(base, req.path, response.status, response.content_type, raw)
+                raw = await read_body(response.content)
+                return decode_answer(base, req.path, response.status, response.content_type, raw)
         except aiohttp.ClientConnectorCertificateError as exc:
             raise Unavailable(f"{base} failed TLS verification: {exc.certificate_error}") from exc
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
@@ -387,99 +324,6 @@ class CaClient:
             raise Unavailable(f"{base} did not answer within {timeout:g}s") from exc
         finally:
             await self._release(entry)
-
-    def _agent_svid(self, data: Any) -> AgentSvidResponse:
-        try:
-            svid = _svid(data, self._certs)
-            bundle = Bundle.decode(self.trust_domain, json.dumps(data["bundle"]))
-        except (KeyError, TypeError, ValueError, S2SError) as exc:
-            raise _garbage("agent SVID", exc) from exc
-        return AgentSvidResponse(svid=svid, bundle=bundle)
-
-
-async def _read_body(content: aiohttp.StreamReader) -> bytes:
-    """The whole body, or the first ``MAX_RESPONSE_BYTES + 1`` bytes (``read(n)`` returns what
-    has arrived so far, not ``n`` bytes)."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= MAX_RESPONSE_BYTES:
-        chunk = await content.read(MAX_RESPONSE_BYTES + 1 - size)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
-
-
-def _decode(base: str, path: str, status: int, content_type: str, raw: bytes) -> Any:
-    if len(raw) > MAX_RESPONSE_BYTES:
-        raise Unavailable(f"{base}{path} sent more than {MAX_RESPONSE_BYTES} bytes")
-    data: Any = None
-    try:
-        data = json.loads(raw) if content_type == "application/json" else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        data = None
-    error = data if isinstance(data, dict) and isinstance(data.get("error"), str) else None
-    if status >= 500 or (status >= 400 and error is None):
-        detail = str(error.get("message", "")) if error is not None else ""
-        raise Unavailable(f"{base}{path} answered HTTP {status} {detail}".rstrip())
-    if status >= 400 and error is not None:
-        code, message = str(error["error"]), str(error.get("message", ""))
-        if code == "agent_unknown" or (
-            code == "not_authorized" and _UNKNOWN_AGENT_MARKER in message
-        ):
-            raise AgentUnknown(message)
-        raise error_from_code(code, message)
-    if not isinstance(data, dict):
-        raise Unavailable(f"{base}{path} sent a response that is not a JSON object")
-    return data
-
-
-def _garbage(what: str, exc: BaseException) -> Unavailable:
-    return Unavailable(f"the CA sent a malformed {what} response: {exc}")
-
-
-class _CertCache:
-    """Parses each CA certificate once: a thousand SVIDs share one intermediate object."""
-
-    def __init__(self, limit: int = 32) -> None:
-        self._certs: dict[bytes, x509.Certificate] = {}
-        self._limit = limit
-
-    def chain(self, pem: str) -> tuple[x509.Certificate, ...]:
-        blocks = _PEM_CERT.findall(pem.encode("ascii"))
-        if not blocks:
-            raise ValueError("svid_chain holds no PEM certificate")
-        chain = [x509.load_pem_x509_certificate(blocks[0])]
-        for block in blocks[1:]:
-            cert = self._certs.get(block)
-            if cert is None:
-                if len(self._certs) >= self._limit:
-                    self._certs.clear()
-                cert = self._certs[block] = x509.load_pem_x509_certificate(block)
-            chain.append(cert)
-        return tuple(chain)
-
-
-def _svid(data: Mapping[str, Any], certs: _CertCache) -> X509Svid:
-    chain_pem = data["svid_chain"]
-    if not isinstance(chain_pem, str):
-        raise TypeError("svid_chain must be PEM text")
-    chain = certs.chain(chain_pem)
-    sid = check_x509_svid(chain)
-    if str(sid) != data["spiffe_id"]:
-        raise InvalidSvid(f"the chain names {sid}, not {data['spiffe_id']}", rule="uri-san")
-    return X509Svid(spiffe_id=sid, cert_chain=chain)
-
-
-def _x509_result(item: Any, certs: _CertCache) -> X509Result:
-    entry_id = item["entry_id"]
-    if not isinstance(entry_id, str):
-        raise TypeError("entry_id must be a string")
-    if "error" in item:
-        error = error_from_code(str(item["error"]), str(item.get("message", "")))
-        return X509Result(entry_id=entry_id, svid=None, error=error)
-    return X509Result(entry_id=entry_id, svid=_svid(item, certs), error=None)
 
 
 async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Final
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient, sleep_backoff
+from s2s.agent.jwt_cache import JwtSvidCache
 from s2s.agent.metrics import AgentMetrics
 from s2s.agent.node import build_csr, new_key, renewal_due_at
 from s2s.core.bundle import Bundle, BundleSet
@@ -42,15 +43,12 @@ from s2s.core.selectors import Selector, matches
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.log import F
-from s2s.verifier.jwt import JwtValidator
 
 __all__ = ["CacheState", "CachedSvid", "SvidCache"]
 
 log = logging.getLogger(__name__)
 
 BATCH_SIZE: Final = 500  # the CA's MAX_BATCH
-MAX_JWT_CACHE: Final = 10_000
-MAX_VALIDATORS: Final = 256
 _EPOCH_RETRY: Final = timedelta(seconds=5)
 
 UnknownHandler = Callable[[], Awaitable[None]]
@@ -109,9 +107,14 @@ class SvidCache:
         self._changed = asyncio.Event()
         self._wake_rotation = asyncio.Event()
         self._wake_bundle = asyncio.Event()
-        self._jwt: dict[tuple[SpiffeId, frozenset[str]], tuple[str, datetime, datetime]] = {}
-        self._jwt_pending: dict[tuple[SpiffeId, frozenset[str]], asyncio.Future[str]] = {}
-        self._validators: dict[str, JwtValidator] = {}
+        self._jwt = JwtSvidCache(
+            client=client,
+            clock=clock,
+            bundles=self,
+            entry_for=self._entry_for,
+            metrics=self._metrics,
+            on_unknown=on_unknown,
+        )
         self.synced = asyncio.Event()  # set after the first entries answer was applied
 
     # -- IdentityProvider -------------------------------------------------------------------
@@ -146,33 +149,16 @@ class SvidCache:
         return ()
 
     async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
-        key = (spiffe_id, frozenset(audience))
-        now = self._clock.now()
-        cached = self._jwt.get(key)
-        if cached is not None and now < cached[1]:
-            return cached[0]
-        pending = self._jwt_pending.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._mint_jwt(spiffe_id, audience))
-            self._jwt_pending[key] = pending
-            pending.add_done_callback(lambda _f: self._jwt_pending.pop(key, None))
-        try:
-            return await asyncio.shield(pending)
-        except Unavailable:
-            # The CA is down: a token past half-life but not expired is still good to serve.
-            if cached is not None and now < cached[2]:
-                return cached[0]
-            raise
+        return await self._jwt.fetch(spiffe_id, audience)
 
     def validate_jwt(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
-        validator = self._validators.get(audience)
-        if validator is None:
-            if len(self._validators) >= MAX_VALIDATORS:
-                self._validators.clear()
-            validator = JwtValidator(self, audience, clock=self._clock)
-            self._validators[audience] = validator
-        result = validator.validate(token)
-        return result.spiffe_id, result.claims.claims
+        return self._jwt.validate(token, audience)
+
+    def _entry_for(self, spiffe_id: SpiffeId) -> str | None:
+        for item in self._state.items:
+            if item.entry.spiffe_id == spiffe_id:
+                return item.entry.id
+        return None
 
     # -- state ------------------------------------------------------------------------------
 
@@ -242,8 +228,7 @@ class SvidCache:
         changed = dropped or any(old.get(i.entry.id) is None or old[i.entry.id] != i for i in items)
         self.synced.set()
         if dropped:
-            live = {i.entry.spiffe_id for i in items}
-            self._jwt = {k: v for k, v in self._jwt.items() if k[0] in live}
+            self._jwt.keep_only(i.entry.spiffe_id for i in items)
             log.info("agent.entries_removed", extra={F.COUNT: len(dropped)})
         if changed or revision != self._state.revision:
             self._replace(dataclasses.replace(self._state, items=items, revision=revision))
@@ -382,32 +367,6 @@ class SvidCache:
         else:
             log.warning("agent.ca_unavailable", extra={F.LOOP: op, F.ERROR: str(exc)})
         await sleep_backoff(backoff)
-
-    async def _mint_jwt(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
-        item = next(
-            (i for i in self._state.items if i.entry.spiffe_id == spiffe_id and i.svid is not None),
-            None,
-        )
-        if item is None:
-            raise Unavailable(f"no current entry for {spiffe_id}")
-        try:
-            answer = await self._client.mint_jwt(item.entry.id, audience)
-        except S2SError as exc:
-            self._metrics.count_ca_error("jwt", exc.code)
-            if isinstance(exc, AgentUnknown) and self._on_unknown is not None:
-                await self._on_unknown()
-            raise Unavailable(f"cannot get a JWT-SVID for {spiffe_id} now: {exc}") from exc
-        if answer.spiffe_id != spiffe_id:
-            raise Unavailable(f"the CA minted a JWT-SVID for {answer.spiffe_id}, not {spiffe_id}")
-        now = self._clock.now()
-        half_life = now + (answer.expires_at - now) / 2
-        if len(self._jwt) >= MAX_JWT_CACHE:
-            self._jwt = {k: v for k, v in self._jwt.items() if v[2] > now}
-            if len(self._jwt) >= MAX_JWT_CACHE:
-                self._jwt.clear()
-        self._jwt[(spiffe_id, frozenset(audience))] = (answer.token, half_life, answer.expires_at)
-        self._metrics.count_rotation("jwt")
-        return answer.token
 
 
 def _entry_order(entry: RegistrationEntry) -> tuple[str, str]:

@@ -1,0 +1,118 @@
+"""JWT-SVIDs for the Workload API: minted by the CA, cached per (SPIFFE ID, audience set).
+
+A cached token is served until half of its lifetime has passed; then a new one is minted. When the
+CA cannot be reached a token past half-life but not yet expired is still served (it is valid),
+so a CA outage shorter than half a JWT lifetime is invisible to workloads. Concurrent requests for
+the same key share one CA call. Validation (``ValidateJWTSVID``) uses the verifier's
+:class:`~s2s.verifier.jwt.JwtValidator`, one per audience, against the agent's bundles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import datetime
+from typing import Any, Final
+
+from s2s.agent.ca_client import AgentUnknown, CaClient
+from s2s.agent.metrics import AgentMetrics
+from s2s.core.clock import Clock
+from s2s.core.errors import S2SError, Unavailable
+from s2s.core.spiffe_id import SpiffeId
+from s2s.verifier.jwt import BundleLookup, JwtValidator
+
+__all__ = ["MAX_JWT_CACHE", "MAX_VALIDATORS", "JwtSvidCache"]
+
+MAX_JWT_CACHE: Final = 10_000
+MAX_VALIDATORS: Final = 256
+
+_Key = tuple[SpiffeId, frozenset[str]]
+EntryFor = Callable[[SpiffeId], str | None]  # the id of a current entry for a SPIFFE ID
+
+
+class JwtSvidCache:
+    """Mints, caches and validates JWT-SVIDs for one agent."""
+
+    def __init__(
+        self,
+        *,
+        client: CaClient,
+        clock: Clock,
+        bundles: BundleLookup,
+        entry_for: EntryFor,
+        metrics: AgentMetrics,
+        on_unknown: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._bundles = bundles
+        self._entry_for = entry_for
+        self._metrics = metrics
+        self._on_unknown = on_unknown
+        self._tokens: dict[_Key, tuple[str, datetime, datetime]] = {}  # token, half-life, exp
+        self._pending: dict[_Key, asyncio.Future[str]] = {}
+        self._validators: dict[str, JwtValidator] = {}
+
+    def __len__(self) -> int:
+        return len(self._tokens)
+
+    async def fetch(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
+        """A JWT-SVID for ``spiffe_id`` and ``audience``; :class:`Unavailable` if none is had."""
+        key = (spiffe_id, frozenset(audience))
+        now = self._clock.now()
+        cached = self._tokens.get(key)
+        if cached is not None and now < cached[1]:
+            return cached[0]
+        pending = self._pending.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._mint(key, audience))
+            self._pending[key] = pending
+            pending.add_done_callback(lambda _f: self._pending.pop(key, None))
+        try:
+            return await asyncio.shield(pending)
+        except Unavailable:
+            if cached is not None and self._clock.now() < cached[2]:
+                return cached[0]
+            raise
+
+    def keep_only(self, live: Iterable[SpiffeId]) -> None:
+        """Forget tokens of SPIFFE IDs this agent no longer holds an entry for."""
+        ids = frozenset(live)
+        self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids}
+
+    def validate(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
+        """Validate against the agent's bundles; ``InvalidToken`` (with ``.reason``) if rejected."""
+        validator = self._validators.get(audience)
+        if validator is None:
+            if len(self._validators) >= MAX_VALIDATORS:
+                self._validators.clear()
+            validator = JwtValidator(self._bundles, audience, clock=self._clock)
+            self._validators[audience] = validator
+        result = validator.validate(token)
+        return result.spiffe_id, result.claims.claims
+
+    async def _mint(self, key: _Key, audience: tuple[str, ...]) -> str:
+        spiffe_id = key[0]
+        entry_id = self._entry_for(spiffe_id)
+        if entry_id is None:
+            raise Unavailable(f"no current entry for {spiffe_id}")
+        try:
+            answer = await self._client.mint_jwt(entry_id, audience)
+        except S2SError as exc:
+            self._metrics.count_ca_error("jwt", exc.code)
+            if isinstance(exc, AgentUnknown) and self._on_unknown is not None:
+                await self._on_unknown()
+            raise Unavailable(f"cannot get a JWT-SVID for {spiffe_id} now: {exc}") from exc
+        if answer.spiffe_id != spiffe_id:
+            raise Unavailable(f"the CA minted a JWT-SVID for {answer.spiffe_id}, not {spiffe_id}")
+        now = self._clock.now()
+        self._make_room(now)
+        self._tokens[key] = (answer.token, now + (answer.expires_at - now) / 2, answer.expires_at)
+        self._metrics.count_rotation("jwt")
+        return answer.token
+
+    def _make_room(self, now: datetime) -> None:
+        if len(self._tokens) >= MAX_JWT_CACHE:
+            self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
+            if len(self._tokens) >= MAX_JWT_CACHE:
+                self._tokens.clear()
