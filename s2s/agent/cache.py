@@ -49,6 +49,7 @@ __all__ = ["CacheState", "CachedSvid", "SvidCache"]
 log = logging.getLogger(__name__)
 
 BATCH_SIZE: Final = 500  # the CA's MAX_BATCH
+COALESCE: Final = timedelta(seconds=1)
 _EPOCH_RETRY: Final = timedelta(seconds=5)
 
 UnknownHandler = Callable[[], Awaitable[None]]
@@ -248,12 +249,13 @@ class SvidCache:
             await self._sleep_until_next_event()
 
     def _due(self, now: datetime) -> list[CachedSvid]:
-        return [
-            item
-            for item in self._state.items
-            if (item.retry_at is None or item.retry_at <= now)
-            and (item.svid is None or item.renew_at is None or item.renew_at <= now)
-        ]
+        """Items to (re)issue now; once one is due, those due within ``COALESCE`` join its batch
+        (jitter still spreads renewals; this only saves round trips)."""
+        ready = [i for i in self._state.items if i.retry_at is None or i.retry_at <= now]
+        if not any(i.svid is None or i.renew_at is None or i.renew_at <= now for i in ready):
+            return []
+        soon = now + COALESCE
+        return [i for i in ready if i.svid is None or i.renew_at is None or i.renew_at <= soon]
 
     async def _sleep_until_next_event(self) -> None:
         now = self._clock.now()

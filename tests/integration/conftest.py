@@ -120,8 +120,8 @@ def short_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-async def ca(tmp_path: Path) -> AsyncIterator[CaHandle]:
-    """A running CA for ``example.org`` (SVID TTL cap raised so tests may pick short TTLs)."""
+async def live_ca(tmp_path: Path) -> AsyncIterator[CaHandle]:
+    """A running CA for ``example.org`` (entries may pick short TTLs under the 5 min cap)."""
     data_dir = tmp_path / "ca"
     await init_trust_domain(data_dir, TRUST_DOMAIN)
     handle = CaHandle(data_dir)
@@ -221,8 +221,8 @@ async def _wait_ready(running: RunningAgent) -> None:
 
 
 @pytest.fixture
-async def harness(ca: CaHandle, tmp_path: Path, short_dir: Path) -> AsyncIterator[Harness]:
-    h = Harness(ca, tmp_path, short_dir)
+async def harness(live_ca: CaHandle, tmp_path: Path, short_dir: Path) -> AsyncIterator[Harness]:
+    h = Harness(live_ca, tmp_path, short_dir)
     try:
         yield h
     finally:
