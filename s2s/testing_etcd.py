@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["EtcdMissing", "EtcdServer", "EtcdTlsFiles", "etcd_binary"]
+__all__ = ["EtcdCluster", "EtcdMissing", "EtcdServer", "EtcdTlsFiles", "etcd_binary"]
 
 _START_DEADLINE = 15.0
 _STOP_DEADLINE = 10.0
@@ -168,12 +168,22 @@ def _leaf(
 class EtcdServer:
     """One etcd member on 127.0.0.1 with its own data dir; a context manager that kills it."""
 
-    def __init__(self, data_dir: Path, *, tls: EtcdTlsFiles | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        tls: EtcdTlsFiles | None = None,
+        name: str = "s2s-test",
+        peer_port: int | None = None,
+        initial_cluster: str | None = None,
+    ) -> None:
         self.binary = etcd_binary()
         self.data_dir = data_dir
         self.tls = tls
+        self.name = name
         self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.peer_port = peer_port or _free_port()
+        self._cluster = initial_cluster
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
         self._process: subprocess.Popen[bytes] | None = None
         self._started = False
@@ -201,13 +211,13 @@ class EtcdServer:
         peer = f"http://127.0.0.1:{self.peer_port}"
         command = [
             self.binary,
-            "--name=s2s-test",
+            f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={client}",
             f"--advertise-client-urls={client}",
             f"--listen-peer-urls={peer}",
             f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=s2s-test={peer}",
+            f"--initial-cluster={self._cluster or f'{self.name}={peer}'}",
             "--heartbeat-interval=10",
             "--election-timeout=100",
             "--logger=zap",
@@ -235,7 +245,7 @@ class EtcdServer:
             try:
                 self.wait_healthy(deadline)
             except RuntimeError as exc:
-                if not (first and "address already in use" in str(exc)):
+                if not (first and self._cluster is None and "address already in use" in str(exc)):
                     raise
                 self.client_port, self.peer_port = _free_port(), _free_port()
                 continue
@@ -311,6 +321,54 @@ class EtcdServer:
 
     def __enter__(self) -> EtcdServer:
         self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+class EtcdCluster:
+    """``size`` etcd members on 127.0.0.1 forming one cluster (plain HTTP), for failover tests.
+
+    ``members[i]`` can be stopped, killed and started like a single :class:`EtcdServer`."""
+
+    def __init__(self, base_dir: Path, size: int = 3) -> None:
+        peers = [(f"m{i}", _free_port()) for i in range(size)]
+        spec = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in peers)
+        self.members = [
+            EtcdServer(base_dir / name, name=name, peer_port=port, initial_cluster=spec)
+            for name, port in peers
+        ]
+
+    @property
+    def endpoints(self) -> str:
+        """``"127.0.0.1:p1,127.0.0.1:p2,..."``, as ``EtcdStore.open`` takes it."""
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self, deadline: float = _START_DEADLINE) -> None:
+        """Start every member (a new cluster needs a quorum before any is healthy)."""
+        for member in self.members:
+            if not member.running:
+                member._spawn()
+        for member in self.members:
+            member.wait_healthy(deadline)
+            member._started = True
+
+    def kill(self) -> None:
+        for member in self.members:
+            member.kill()
+
+    def __enter__(self) -> EtcdCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def __exit__(

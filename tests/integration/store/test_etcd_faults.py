@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from s2s.core.errors import InvalidConfig, StoreError
+from s2s.core.errors import Conflict, InvalidConfig, StoreError
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationRecord
 from s2s.core.selectors import parse_selectors
@@ -24,7 +24,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.store.etcd import EtcdStore
 from s2s.store.etcd_client import EtcdClient, EtcdTls, WatchUpdate, delete_op
 from s2s.store.records import IssuedKind, IssuedSerial, JoinTokenRecord, Topic
-from s2s.testing_etcd import EtcdServer, EtcdTlsFiles
+from s2s.testing_etcd import EtcdCluster, EtcdServer, EtcdTlsFiles
 
 DEADLINE = 10.0
 OpenEtcd = Callable[..., Awaitable[EtcdStore]]
@@ -237,6 +237,50 @@ async def test_waiter_wakes_after_restart_and_compaction(
         await raw.put(b"/test/filler", str(i).encode())
     await raw.compact(await raw.put(b"/test/filler", b"last"))
     assert await asyncio.wait_for(waiter, DEADLINE) > current
+
+
+# -- a three-member cluster losing the member the clients talk to --
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    with EtcdCluster(tmp_path_factory.mktemp("cluster")) as running:
+        yield running
+
+
+async def test_cluster_survives_losing_a_member(cluster: EtcdCluster) -> None:
+    trust_domain = f"t{uuid.uuid4().hex[:12]}.example"
+    store = await EtcdStore.open(cluster.endpoints, trust_domain=trust_domain, timeout=3.0)
+    waiter_store = await EtcdStore.open(
+        cluster.endpoints, trust_domain=trust_domain, timeout=3.0, poll_interval=600
+    )
+    try:
+        for i in range(5):
+            await store.create_entry(entry(f"e{i}"))
+        current = await waiter_store.revision(Topic.ENTRIES)
+        waiter = asyncio.create_task(
+            waiter_store.wait_for_change(Topic.ENTRIES, current, timeout=60)
+        )
+        await eventually(lambda: _watching(waiter_store), "the store watches its topics")
+        cluster.members[0].kill()  # the first endpoint: where both clients are connected
+
+        async def written() -> bool:
+            try:
+                await store.create_entry(entry("after"))
+            except StoreError:
+                return False  # loudly refused while the client moves to another member
+            except Conflict:
+                pass  # an earlier attempt reported "may or may not have been applied": it was
+            return True
+
+        await eventually(written, "a write goes through another member")
+        assert await asyncio.wait_for(waiter, DEADLINE) > current
+        ids = [e.id for e in await waiter_store.list_entries()]
+        assert ids == ["after", "e0", "e1", "e2", "e3", "e4"]
+    finally:
+        await store.close()
+        await waiter_store.close()
+        cluster.members[0].start()
 
 
 # -- leases --
