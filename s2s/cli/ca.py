@@ -179,29 +179,37 @@ _TTL_KEYS = ("x509_svid", "jwt_svid", "max_svid", "agent_svid", "server_svid", "
              "jwt_key", "join_token")  # fmt: skip
 
 
-def load_config_file(path: Path | None) -> dict[str, Any]:
-    """The TOML file of ``serve --config``: ``listen``, ``name`` and a ``[ttl]`` table whose keys
-    are ``_TTL_KEYS`` (values: seconds or ``90s``/``5m``/``1h``/``1d``)."""
+_FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format")
+
+
+def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
+    """The TOML file of ``serve --config`` (deploy/ca.toml): keys named like the flags
+    (``_FILE_KEYS``, text) and a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``).
+
+    Returns (flag values, CaConfig TTL overrides).
+    """
     if path is None:
-        return {}
+        return {}, {}
     try:
         doc = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise errors.InvalidConfig(f"cannot read config file {path}: {exc}") from exc
-    unknown = sorted(set(doc) - {"listen", "name", "ttl"})
-    ttl = doc.get("ttl", {})
+    ttl = doc.pop("ttl", {})
     if not isinstance(ttl, dict):
         raise errors.InvalidConfig(f"{path}: [ttl] must be a table")
+    unknown = sorted(set(doc) - set(_FILE_KEYS))
     unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
     if unknown:
         raise errors.InvalidConfig(f"{path}: unknown setting(s) {', '.join(unknown)}")
-    out: dict[str, Any] = {k: doc[k] for k in ("listen", "name") if k in doc}
+    if not all(isinstance(v, str) and v for v in doc.values()):
+        raise errors.InvalidConfig(f"{path}: {', '.join(_FILE_KEYS)} must be non-empty text")
+    ttls = {}
     for key, value in ttl.items():
         try:
-            out[f"{key}_ttl"] = timedelta(seconds=parse_duration(str(value)))
+            ttls[f"{key}_ttl"] = timedelta(seconds=parse_duration(str(value)))
         except click.BadParameter as exc:
             raise errors.InvalidConfig(f"{path}: ttl.{key}: {exc.message}") from exc
-    return out
+    return doc, ttls
 
 
 @cli.command()
@@ -212,30 +220,31 @@ def load_config_file(path: Path | None) -> dict[str, Any]:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )  # fmt: skip
 @click.option("--max-svid-ttl", type=DURATION, help="Raise the SVID lifetime cap (default 5m).")
-@click.option("--log-level", default="INFO", show_default=True)
-@click.option(
-    "--log-format", type=click.Choice(["json", "text"]), default="json", show_default=True
-)
+@click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO].")
+@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log lines [json].")
 @pass_ctx
 def serve(ctx: Ctx, /, **opts: Any) -> None:
     """Run the CA until SIGTERM or SIGINT. Flags override the --config file."""
     from s2s.ca.app import ServeOptions, serve_forever  # noqa: PLC0415
 
-    settings = call(lambda: load_config_file(opts["config_file"]))
+    file, ttls = call(lambda: load_config_file(opts["config_file"]))
     if opts["max_svid_ttl"]:
-        settings["max_svid_ttl"] = timedelta(seconds=opts["max_svid_ttl"])
-    listen = opts["listen"] or settings.pop("listen", "127.0.0.1:8443")
-    name = opts["replica_name"] or settings.pop("name", "ca-0")
-    settings.pop("listen", None)
-    settings.pop("name", None)
+        ttls["max_svid_ttl"] = timedelta(seconds=opts["max_svid_ttl"])
+    data_dir = ctx.data_dir or (Path(file["data_dir"]) if "data_dir" in file else None)
+    socket_path = ctx.socket_path or (Path(file["socket"]) if "socket" in file else None)
+    if data_dir is None:
+        raise click.UsageError("--data-dir DIR (or S2S_DATA_DIR, or data_dir in --config)")
+    log_format = opts["log_format"] or file.get("log_format", "json")
+    if log_format not in ("json", "text"):
+        raise click.BadParameter("log_format must be json or text", param_hint="log_format")
     options = ServeOptions(
-        data_dir=ctx.require_data_dir(),
-        listen=listen,
-        replica_name=name,
-        log_level=opts["log_level"].upper(),
-        json_logs=opts["log_format"] == "json",
-        socket_path=ctx.socket_path,
-        config_overrides=settings,
+        data_dir=data_dir,
+        listen=opts["listen"] or file.get("listen", "127.0.0.1:8443"),
+        replica_name=opts["replica_name"] or file.get("name", "ca-0"),
+        log_level=(opts["log_level"] or file.get("log_level", "INFO")).upper(),
+        json_logs=log_format == "json",
+        socket_path=socket_path,
+        config_overrides=ttls,
     )
     call(lambda: serve_forever(options))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import http.client
 import json
 import os
@@ -33,7 +34,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from s2s.ca.app import init_data_dir, init_trust_domain
 from s2s.ca.client import AdminClient
-from s2s.cli.ca import cli
+from s2s.cli.ca import cli, load_config_file
 from s2s.core.errors import Unavailable
 from s2s.core.x509svid import check_x509_svid
 from s2s.testing import TestAuthority
@@ -222,7 +223,7 @@ def test_operator_can_raise_the_ttl_cap_in_the_config_file(tmp_path: Path) -> No
     data_dir = tmp_path / "ca"
     init_data_dir(data_dir, TD)
     config = tmp_path / "ca.toml"
-    config.write_text('[ttl]\nmax_svid = "10m"\n')
+    config.write_text(f'data_dir = "{data_dir}"\nlog_format = "json"\n[ttl]\nmax_svid = "10m"\n')
     running = serve(data_dir, "--config", str(config))
     try:
         parent = f"spiffe://{TD}/s2s/agent/join_token/a"
@@ -240,6 +241,9 @@ def test_operator_can_raise_the_ttl_cap_in_the_config_file(tmp_path: Path) -> No
     [
         ('[ttl]\nx509_svid = "10m"\n', "above max_svid_ttl"),
         ('[ttl]\nforever = "10m"\n', "unknown setting(s) ttl.forever"),
+        ('color = "blue"\n', "unknown setting(s) color"),
+        ("listen = 8443\n", "must be non-empty text"),
+        ('name = "bad/name"\n', "replica name"),
         ('[ttl]\nmax_svid = "ten minutes"\n', "ttl.max_svid"),
         ("listen = [", "cannot read config file"),
     ],
@@ -500,3 +504,13 @@ async def test_other_users_are_kept_out_of_the_admin_api() -> None:
             await stop_ca(server, task, stop)
     finally:
         shutil.rmtree(base)
+
+
+def test_the_example_deploy_config_loads() -> None:
+    example = Path(__file__).parents[3] / "deploy" / "ca.toml"
+    if not example.exists():
+        pytest.skip("no deploy/ca.toml in this checkout")
+    flags, ttls = load_config_file(example)
+    assert flags["data_dir"] == "/var/lib/s2s-ca"
+    assert set(flags) <= {"data_dir", "socket", "listen", "name", "log_level", "log_format"}
+    assert all(isinstance(v, dt.timedelta) for v in ttls.values())
