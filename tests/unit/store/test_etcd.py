@@ -100,6 +100,20 @@ async def test_each_topic_has_its_own_revision_key(
     assert await store.revision(Topic.AGENTS) == 0
 
 
+async def test_entry_uniqueness_index_follows_updates_and_deletes(
+    open_etcd: OpenEtcd, raw: EtcdClient, trust_domain: str
+) -> None:
+    store = await open_etcd()
+    await store.create_entry(entry("e1", selectors=["unix:uid:1"]))
+    await store.update_entry(entry("e1", selectors=["unix:uid:2"]), expected_revision=1)
+    await store.create_entry(entry("e2", selectors=["unix:uid:1"]))  # the old key is free
+    await store.update_entry(entry("e2", selectors=["unix:uid:1"], hint="h"), expected_revision=1)
+    await store.delete_entry("e1")
+    index, _ = await raw.get_prefix(f"/s2s/{trust_domain}/entry-keys/".encode())
+    assert [kv.value for kv in index] == [b"e2"]  # nothing left behind
+    await store.create_entry(entry("e3", selectors=["unix:uid:2"]))
+
+
 async def test_trust_domains_do_not_see_each_other(open_etcd: OpenEtcd) -> None:
     mine = await open_etcd()
     other = await open_etcd(trust_domain=f"other-{uuid.uuid4().hex[:8]}.example")
