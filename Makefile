@@ -21,6 +21,12 @@ unit: $(STAMP)
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench
 
+## demo: a trust domain on this machine: CA, agent and two mTLS workloads with a live log
+##       (ARGS="--fast" rotates every ~15 s; Ctrl-C stops everything)
+.PHONY: demo
+demo: system-deps $(STAMP)
+	$(BIN)/python -m s2s.demo $(ARGS)
+
 system-deps:
 	@sh scripts/system-deps
 
