@@ -514,3 +514,36 @@ def test_the_example_deploy_config_loads() -> None:
     assert flags["data_dir"] == "/var/lib/s2s-ca"
     assert set(flags) <= {"data_dir", "socket", "listen", "name", "log_level", "log_format"}
     assert all(isinstance(v, dt.timedelta) for v in ttls.values())
+
+
+def test_logs_are_json_lines_with_audit_and_no_secrets(served: Served, tmp_path: Path) -> None:
+    token = as_json(s2s_ca(served.data_dir, "token", "generate", "--json"))["token"]  # type: ignore[index]
+    key = new_key()
+    status, attested = https(served, "POST", "/v1/agent/attest",
+                             {"join_token": token, "csr": csr_pem(key)})  # fmt: skip
+    assert status == 200
+    minted = as_json(
+        s2s_ca(
+            served.data_dir,
+            "jwt",
+            "mint",
+            "--spiffe-id",
+            f"spiffe://{TD}/w",
+            "--audience",
+            "db",
+            "--json",
+        )
+    )["token"]  # type: ignore[index]
+    s2s_ca(served.data_dir, "x509", "mint", "--spiffe-id", f"spiffe://{TD}/t", "--write",
+           str(tmp_path / "out"))  # fmt: skip
+    text = served.log.read_text()
+    lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
+    assert all({"ts", "level", "logger", "event"} <= set(line) for line in lines)
+    audit = [line for line in lines if line["logger"] == "s2s.audit"]
+    issued = {(a["event"], a.get("spiffe_id")) for a in audit}
+    assert ("audit.agent.attested", attested["spiffe_id"]) in issued
+    assert ("audit.x509_svid.issued", f"spiffe://{TD}/t") in issued
+    assert ("audit.jwt_svid.issued", f"spiffe://{TD}/w") in issued
+    assert any(a["event"] == "audit.admin.change" for a in audit)
+    for secret in (token, minted, "-----BEGIN", "PRIVATE KEY"):
+        assert secret not in text
