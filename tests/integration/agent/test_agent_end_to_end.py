@@ -286,9 +286,14 @@ async def test_socket_path_that_is_a_regular_file_is_refused(harness: Any) -> No
     path = harness.socket_dir / "not-a-socket"
     path.write_text("keep me")
     agent = Agent(harness.config(token=token, socket=path))
-    with pytest.raises(InvalidConfig):
+    with pytest.raises(InvalidConfig, match="not a socket"):
         await run_agent(agent, asyncio.Event())
     assert path.read_text() == "keep me"
+    # Twin: a socket in a directory that does not exist.
+    missing = harness.socket_dir / "no-such-dir" / "agent.sock"
+    agent = Agent(harness.config(token=None, socket=missing))
+    with pytest.raises(InvalidConfig, match="director"):
+        await run_agent(agent, asyncio.Event())
 
 
 # ---- callers: other uids, raw gRPC, CLI, metrics -------------------------------------------
