@@ -136,12 +136,20 @@ async def read_json(request: web.Request, *, limit: int = DEFAULT_BODY_LIMIT) ->
     if len(raw) > limit:
         raise RequestError("too_large", f"request body is larger than {limit} bytes")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = json.loads(raw, object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object without repeated names (which parsers disagree on, RFC 8259 4)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise InvalidRequest("request body repeats a field name")
+    return out
 
 
 def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:

@@ -5,6 +5,7 @@ Each rejection sits next to the accepted twin it differs from by one thing.
 
 from __future__ import annotations
 
+import json
 import ssl
 import warnings
 from pathlib import Path
@@ -74,6 +75,7 @@ async def test_well_formed_attest_request_is_accepted(ca: RunningCa) -> None:
         (b"{not json", "application/json", 400, "invalid_request"),
         (b"[1, 2]", "application/json", 400, "invalid_request"),
         (b"\xff\xfe", "application/json", 400, "invalid_request"),
+        (b"[" * 60_000, "application/json", 400, "invalid_request"),  # nesting bomb
         (b'{"join_token": "x", "csr": "y"}', "text/plain", 415, "unsupported_media_type"),
         (b'{"join_token": "x", "csr": "y"}', "application/x-www-form-urlencoded", 415,
          "unsupported_media_type"),
@@ -90,6 +92,18 @@ async def test_malformed_bodies_are_json_errors(
     )
     assert (got, body["error"]) == (status, code)
     assert body["message"]
+
+
+async def test_repeated_field_names_are_refused(ca: RunningCa) -> None:
+    token = await ca.token()
+    csr = json.dumps(csr_pem(new_key()))
+    good = f'{{"join_token": "{token["token"]}", "csr": {csr}}}'
+    doubled = f'{{"join_token": "other", "join_token": "{token["token"]}", "csr": {csr}}}'
+    headers = {"Content-Type": "application/json"}
+    status, body = await ca.public("POST", "/v1/agent/attest", data=doubled, headers=headers)
+    assert (status, body["error"]) == (400, "invalid_request")
+    assert "repeats" in body["message"]
+    assert (await ca.public("POST", "/v1/agent/attest", data=good, headers=headers))[0] == 200
 
 
 async def test_oversized_batch_body_is_refused(ca: RunningCa, agent: Agent) -> None:
