@@ -483,3 +483,26 @@ async def test_jwt_svids_outlive_a_ca_outage_until_they_expire(harness: Any) -> 
         )
         with pytest.raises(Unavailable):
             await client.fetch_jwt_svid("api")
+
+
+async def test_bundle_changes_reach_streams_and_the_data_dir(harness: Any) -> None:
+    running, _ = await attested(harness)
+    agent: Agent = running.agent
+    authority = harness.ca.server.authority
+    before = authority.bundle
+    td = harness.ca.td
+    async with WorkloadApiClient(str(agent.config.socket)) as client:
+        stream = client.watch_jwt_bundles()
+        first = await anext(stream)
+        keys = len(first.get(td).jwt_authorities)
+        # Half a JWT key lifetime later the CA prepares the next key: it joins the bundle.
+        assert await authority.rotate_if_due(agent.clock.now() + timedelta(hours=13))
+        assert authority.bundle.sequence > before.sequence
+        # The next issuance answer carries the new sequence; the agent fetches the bundle.
+        await harness.ca.entry(agent.node.identity.svid.spiffe_id, "/trigger", [MY_UID])
+        update = await asyncio.wait_for(anext(stream), 5)
+        await stream.aclose()
+    assert len(update.get(td).jwt_authorities) == keys + 1
+    assert agent.node.identity.bundle.encode() == authority.bundle.encode()
+    stored = (agent.config.data_dir / "bundle.json").read_bytes()
+    assert stored == authority.bundle.encode()  # a restart verifies the CA with this one
