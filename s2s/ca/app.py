@@ -156,11 +156,12 @@ class CaServer:
         self._store: Store | None = None
         self._runners: list[web.AppRunner] = []
         self._server_svid: X509Svid | None = None
-        self._trusted: set[bytes] = set()
-        self.ssl_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        self.ssl_context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
-        self.ssl_context.verify_flags |= ssl.VERIFY_X509_STRICT
+        self._trusted: frozenset[bytes] = frozenset()
+        # The listener's context picks, per handshake, the newest context (certificate + roots):
+        # load_verify_locations can add roots but never remove one (python-ecosystem.md 5b).
+        self.ssl_context = _server_context()
+        self.ssl_context.sni_callback = self._select_context
+        self._current_tls = self.ssl_context
         self.port = 0
         self._closing = asyncio.Event()
         self._admin_bound = False
@@ -269,20 +270,29 @@ class CaServer:
         return True, ""
 
     async def reload_tls(self, *, force: bool = False) -> bool:
-        """Trust new bundle roots; reissue the server SVID at half-life or on a new intermediate."""
-        for root in self.authority.bundle.x509_authorities:
-            der = root.public_bytes(Encoding.DER)
-            if der not in self._trusted:
-                self.ssl_context.load_verify_locations(cadata=der)
-                self._trusted.add(der)
+        """Follow the bundle's roots (added and removed) for client certificates, and reissue
+        the server SVID at half-life or under a new intermediate; new handshakes see both."""
+        roots = frozenset(
+            r.public_bytes(Encoding.DER) for r in self.authority.bundle.x509_authorities
+        )
         svid = self._server_svid
-        if not force and svid is not None and not self._server_svid_due(svid):
+        renew = force or svid is None or self._server_svid_due(svid)
+        if not renew and roots == self._trusted:
             return False
-        fresh = await self.issuer.issue_server_svid(dns_names=self._dns_names())
-        load_cert_chain_from_memory(self.ssl_context, fresh.chain_pem(), fresh.key_pem())
-        self._server_svid = fresh
-        log.info("ca.server_svid.loaded", extra={F.SERIAL: format(fresh.serial, "x")})
+        if renew or svid is None:
+            svid = await self.issuer.issue_server_svid(dns_names=self._dns_names())
+        context = self.ssl_context if self._server_svid is None else _server_context()
+        for der in roots:
+            context.load_verify_locations(cadata=der)
+        load_cert_chain_from_memory(context, svid.chain_pem(), svid.key_pem())
+        self._current_tls, self._trusted, self._server_svid = context, roots, svid
+        log.info("ca.tls.loaded", extra={F.SERIAL: format(svid.serial, "x"), F.COUNT: len(roots)})
         return True
+
+    def _select_context(
+        self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext
+    ) -> None:
+        ssl_object.context = self._current_tls
 
     def _server_svid_due(self, svid: X509Svid) -> bool:
         half_life = svid.not_before + (svid.not_after - svid.not_before) / 2
@@ -373,6 +383,14 @@ class CaServer:
         if self._store is not None:
             await self._store.close()
             self._store = None
+
+
+def _server_context() -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    return context
 
 
 class _Shutdown(Exception):

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import aiohttp
 import jwt as pyjwt
 import pytest
 from ca_harness import (
@@ -191,3 +192,41 @@ async def test_shutdown_answers_pending_long_polls_at_once(data_dir: Path) -> No
         assert time.monotonic() - started < 2.0
         status, body = await asyncio.wait_for(poll, 5)
         assert (status, body["revision"]) == (200, first["revision"])
+
+
+class _BundleOverride:
+    """The CA's authority with another set of bundle roots (root retirement is issue 6; this
+    drives the TLS side of it: a root that leaves the bundle must stop verifying clients)."""
+
+    def __init__(self, authority: object, bundle: object) -> None:
+        self._authority = authority
+        self.bundle = bundle
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._authority, name)
+
+
+async def test_a_root_leaving_the_bundle_stops_verifying_its_clients(
+    ca: RunningCa, agent: Agent
+) -> None:
+    assert (await agent.call("GET", "/v1/agent/entries"))[0] == 200
+    foreign = TestAuthority(TRUST_DOMAIN)
+    real = ca.server.authority
+    ca.server.authority = _BundleOverride(real, foreign.bundle())  # type: ignore[assignment]
+    try:
+        assert await ca.server.reload_tls()
+        with pytest.raises(aiohttp.ClientError):  # our agent's chain no longer verifies
+            await agent.call("GET", "/v1/agent/entries")
+        # A client chained to the root now trusted gets through TLS (and is then unknown).
+        other = foreign.issue_x509_svid(f"spiffe://{TRUST_DOMAIN}/s2s/agent/join_token/x")
+        ctx = ca.client_ssl(other.chain_pem(), other.key_pem())
+        connector = aiohttp.TCPConnector(ssl=ctx)
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(ca.url + "/v1/agent/entries") as resp,
+        ):
+            assert resp.status == 403
+    finally:
+        ca.server.authority = real
+    assert await ca.server.reload_tls()
+    assert (await agent.call("GET", "/v1/agent/entries"))[0] == 200
