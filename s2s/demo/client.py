@@ -17,8 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import ssl
+import stat
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +35,7 @@ from s2s.demo.workload import (
     drop_privileges,
     emit,
     set_parent_death_signal,
+    start_source,
 )
 from s2s.log import configure_logging
 from s2s.verifier.aiohttp import spiffe_connector
@@ -42,6 +45,7 @@ from s2s.verifier.x509context import X509Context
 
 __all__ = ["main"]
 
+ROLE = "client"
 START_TIMEOUT = 60.0
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=5)
 
@@ -161,12 +165,15 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def _read_commands(client: Client) -> None:
+    try:
+        is_pipe = stat.S_ISFIFO(os.fstat(sys.stdin.fileno()).st_mode)
+    except (OSError, ValueError):
+        is_pipe = False
+    if not is_pipe:
+        return  # a terminal or /dev/null: no commands (they come from the launcher's pipe)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    try:
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    except (OSError, ValueError):
-        return  # stdin is not a pipe (e.g. a terminal or /dev/null): no commands
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while line := await reader.readline():
         client.command(line.decode("utf-8", "replace"))
 
@@ -178,7 +185,10 @@ async def run(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     emit("waiting", role="client", uid=args.uid)
     source = X509Source(socket=args.socket)
-    await source.start(timeout=START_TIMEOUT)
+    if not await start_source(source, stop, START_TIMEOUT):
+        await source.close()
+        emit("stopped", role=ROLE)
+        return
     try:
         unsubscribe = SvidWatcher("client").follow(source)
         client = Client(source, args)

@@ -26,6 +26,7 @@ from s2s.demo.workload import (
     drop_privileges,
     emit,
     set_parent_death_signal,
+    start_source,
 )
 from s2s.log import configure_logging
 from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id
@@ -35,6 +36,7 @@ from s2s.verifier.tls import server_context
 
 __all__ = ["main", "make_app"]
 
+ROLE = "server"
 START_TIMEOUT = 60.0  # the agent may still be syncing the entry when we start
 
 
@@ -67,7 +69,10 @@ async def serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stop.set)
     emit("waiting", role="server", uid=args.uid)
     source = X509Source(socket=args.socket)
-    await source.start(timeout=START_TIMEOUT)
+    if not await start_source(source, stop, START_TIMEOUT):
+        await source.close()
+        emit("stopped", role=ROLE)
+        return
     try:
         unsubscribe = SvidWatcher("server").follow(source)
         allowed = [SpiffeId.parse(a) for a in args.allow]

@@ -8,6 +8,8 @@ stderr as JSON (warnings and above).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import importlib
@@ -34,6 +36,7 @@ __all__ = [
     "hhmmss",
     "preload",
     "set_parent_death_signal",
+    "start_source",
 ]
 
 EVENT_PREFIX: Final = "demo."
@@ -107,6 +110,22 @@ def drop_privileges(uid: int) -> None:
     if os.getuid() != uid or os.geteuid() != uid:  # pragma: no cover - kernel refused silently
         raise InvalidConfig(f"could not switch to uid {uid}")
     set_parent_death_signal()
+
+
+async def start_source(source: Any, stop: asyncio.Event, timeout: float) -> bool:
+    """Start ``source`` (first update within ``timeout``); False if ``stop`` came first."""
+    starting = asyncio.create_task(source.start(timeout=timeout))
+    stopping = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (starting, stopping):
+        task.cancel()
+    await asyncio.gather(stopping, return_exceptions=True)
+    if starting in done:
+        starting.result()  # raises Unavailable when no identity came in time
+        return True
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    return False
 
 
 class LoggingPeerMetrics(PeerMetrics):

@@ -184,6 +184,23 @@ def test_signal_stops_everything(tmp_path: Path, sig: signal.Signals) -> None:
         run.kill()
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "moment", [r"demo +\| starting the agent", r"server +\| started as"], ids=["setup", "startup"]
+)
+def test_interrupt_during_setup_stops_everything(tmp_path: Path, moment: str) -> None:
+    run = DemoRun(tmp_path / "d", ("--fast",)).start()
+    try:
+        run.wait_for(re.compile(moment), 60)
+        run.process.send_signal(signal.SIGINT)
+        assert run.finish(30) == 0, run.output
+        children = exited_children(run.output)
+        assert "ca" in children, run.output
+        assert not leftovers(run.directory, [pid for pid, _ in children.values()])
+    finally:
+        run.kill()
+
+
 def test_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     target = tmp_path / "mine"
     target.mkdir()
