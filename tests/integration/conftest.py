@@ -45,6 +45,7 @@ class CaHandle:
     server: CaServer | None = None
     port: int = 0
     clock: Clock | None = None
+    replica: str = "ca-0"
     _task: asyncio.Task[None] | None = None
     _stop: asyncio.Event | None = None
 
@@ -63,6 +64,8 @@ class CaHandle:
             tick=0.2,
             json_logs=False,
             config_overrides=self.overrides,
+            replica_name=self.replica,
+            socket_path=self.data_dir / f"admin-{self.replica}.sock",
         )
         self.server = await CaServer.open(options, clock=self.clock)
         self.port = self.server.port
@@ -192,6 +195,14 @@ class Harness:
     tmp_path: Path
     socket_dir: Path
     agents: list[RunningAgent] = field(default_factory=list)
+    replicas: list[CaHandle] = field(default_factory=list)
+
+    async def replica(self, name: str) -> CaHandle:
+        """Another CA replica on the same store (its own intermediate and JWT key)."""
+        handle = CaHandle(self.ca.data_dir, overrides=self.ca.overrides, replica=name)
+        await handle.start()
+        self.replicas.append(handle)
+        return handle
 
     def config(self, *, token: str | None, **kw: Any) -> AgentConfig:
         return agent_config(self.ca, self.tmp_path, self.socket_dir, token=token, **kw)
@@ -228,6 +239,8 @@ async def harness(live_ca: CaHandle, tmp_path: Path, short_dir: Path) -> AsyncIt
     finally:
         for running in h.agents:
             await running.shutdown()
+        for replica in h.replicas:
+            await replica.stop()
 
 
 @pytest.fixture

@@ -506,3 +506,24 @@ async def test_bundle_changes_reach_streams_and_the_data_dir(harness: Any) -> No
     assert agent.node.identity.bundle.encode() == authority.bundle.encode()
     stored = (agent.config.data_dir / "bundle.json").read_bytes()
     assert stored == authority.bundle.encode()  # a restart verifies the CA with this one
+
+
+async def test_agent_fails_over_to_another_ca_replica(harness: Any) -> None:
+    second = await harness.replica("ca-1")  # same store, its own intermediate
+    token, agent_id = await harness.ca.join_token()
+    await harness.ca.entry(agent_id, "/billing", [MY_UID], ttl=SHORT)
+    config = harness.config(token=token, ca_urls=(harness.ca.url, second.url))
+    running = await harness.start_agent(config)
+    agent: Agent = running.agent
+    await harness.ca.stop()
+    # Rotation goes on through the second replica (its own intermediate signs the SVID).
+    first = agent.cache.state.items[0].svid
+    await harness.wait_until(
+        lambda: (
+            (svid := agent.cache.state.items[0].svid) is not None and svid.serial != first.serial
+        ),
+        what="a renewal through the second replica",
+    )
+    renewed = agent.cache.state.items[0].svid
+    assert renewed.cert_chain[1] != first.cert_chain[1]
+    assert (await agent.node.renew()).svid.spiffe_id == agent_id
