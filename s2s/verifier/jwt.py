@@ -36,7 +36,7 @@ from prometheus_client.registry import REGISTRY
 
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import InvalidConfig, InvalidToken
+from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
 from s2s.core.jwtsvid import (
     DEFAULT_LEEWAY,
     MAX_LEEWAY,
@@ -65,7 +65,7 @@ DEFAULT_MAX_TOKEN_BYTES = 8 * 1024  # a JWT-SVID is ~300-1000 bytes; anything ne
 DEFAULT_CACHE_SIZE = 10_000
 REJECTION_REASONS = (
     "malformed", "alg", "typ", "header", "kid", "sub", "aud",
-    "exp", "signature", "revoked", "too-large", "untrusted",
+    "exp", "signature", "revoked", "too-large", "untrusted", "revocations-stale",
 )  # fmt: skip
 _B64_VALUE = {
     c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -283,7 +283,13 @@ class JwtValidator:
                 f"the token is longer than {self._max_bytes} bytes", reason="too-large"
             )
         now = self._clock.now()
-        bundles, revocations = self._bundles.current(), self._revocations.current()
+        bundles = self._bundles.current()
+        try:
+            revocations = self._revocations.current()
+        except Unavailable as exc:  # a stale feed: what is revoked is unknown, so fail closed
+            raise InvalidToken(
+                f"cannot check revocations: {exc}", reason="revocations-stale"
+            ) from None
         # Lock-free hit: an entry counts only if it was validated against these very snapshots.
         entry = self._cache.get(token)
         if (

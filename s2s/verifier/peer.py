@@ -20,7 +20,7 @@ from cryptography import x509
 
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import InvalidSvid, NotAuthorized
+from s2s.core.errors import InvalidSvid, NotAuthorized, Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import check_x509_svid, spiffe_id_of
@@ -253,7 +253,14 @@ def _check_root(facts: _ChainFacts, bundles: BundleSet) -> None:
 
 
 def _check_revocation(facts: _ChainFacts, revocations: RevocationLookup) -> None:
-    current = revocations.current()
+    try:
+        current = revocations.current()
+    except Unavailable as exc:  # a stale feed: what is revoked is unknown, so fail closed
+        raise PeerRejected(
+            f"cannot check whether {facts.spiffe_id} is revoked: {exc}",
+            reason="revocations-stale",
+            spiffe_id=facts.spiffe_id,
+        ) from None
     if not len(current):
         return
     for index, serial in enumerate(facts.serials):

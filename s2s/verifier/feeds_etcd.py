@@ -1,0 +1,195 @@
+"""A revocation feed that watches the CA store's ``revoked/`` prefix in etcd.
+
+It builds on :meth:`EtcdClient.follow_prefix`: a snapshot (list, then watch from its revision + 1,
+so nothing falls between them), events after it, resumption after the last delivered revision when
+etcd restarts or the connection drops, and a fresh snapshot after a compaction. A put is a new or
+merged :class:`RevocationRecord`; a delete is a record pruned by the CA or expired with its lease.
+
+A watch says nothing while nothing changes, so freshness is proven separately: every
+``probe_interval`` seconds the feed reads ``topics/revocations``, whose ``mod_revision`` moves with
+every transaction that changes a revocation. If the feed has applied that revision, the set was
+complete at the instant the read started (``last_update``). If the watch lags behind the probe for
+longer than half the staleness limit (a stalled stream), the feed re-lists. While etcd is
+unreachable the probes fail, the set ages, and past ``max_staleness`` ``current()`` fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from s2s.core.clock import Clock
+from s2s.core.errors import InvalidRequest, StoreError
+from s2s.core.revocation import RevocationRecord, RevocationSet
+from s2s.core.spiffe_id import TrustDomain
+from s2s.store.etcd_client import EtcdClient, EtcdTls, KeyValue, WatchUpdate
+from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
+
+__all__ = ["EtcdRevocationFeed", "revocation_prefix", "revocations_topic_key"]
+
+log = logging.getLogger(__name__)
+
+
+def revocation_prefix(trust_domain: TrustDomain) -> bytes:
+    """``/s2s/<td>/revoked/`` (docs/internal-contracts.md, etcd key layout)."""
+    return f"/s2s/{trust_domain.name}/revoked/".encode()
+
+
+def revocations_topic_key(trust_domain: TrustDomain) -> bytes:
+    """``/s2s/<td>/topics/revocations``: its mod_revision moves with every revocation change."""
+    return f"/s2s/{trust_domain.name}/topics/revocations".encode()
+
+
+class EtcdRevocationFeed(RevocationFeed):
+    """Follows the revocations of ``trust_domain`` in etcd (see the module docstring).
+
+    ``client`` is an :class:`EtcdClient` (closed by :meth:`stop` only when the feed opened it,
+    as :meth:`connect` does).
+    """
+
+    name = "etcd revocation feed"
+
+    def __init__(
+        self,
+        client: EtcdClient,
+        trust_domain: TrustDomain,
+        *,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        probe_interval: float = 1.0,
+        clock: Clock | None = None,
+        owns_client: bool = False,
+    ) -> None:
+        super().__init__(max_staleness=max_staleness, clock=clock)
+        self.client = client
+        self.trust_domain = trust_domain
+        self.probe_interval = min(probe_interval, max_staleness / 3)
+        self._prefix = revocation_prefix(trust_domain)
+        self._topic = revocations_topic_key(trust_domain)
+        self._owns_client = owns_client
+        self._records: dict[bytes, RevocationRecord] = {}
+        self._applied = 0  # the etcd revision the set reflects
+        self._pending: list[tuple[int, datetime]] = []  # (probed revision, probe start)
+        self._relist = asyncio.Event()
+        self.relists = 0  # snapshots taken after the first (compaction, stalled watch)
+        self.bad_records = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        endpoints: str | Sequence[str],
+        trust_domain: TrustDomain,
+        *,
+        tls: EtcdTls | None = None,
+        timeout: float = 5.0,
+        **kwargs: object,
+    ) -> EtcdRevocationFeed:
+        """A feed with its own client for ``endpoints`` (closed by :meth:`stop`)."""
+        client = await EtcdClient.connect(endpoints, tls=tls, timeout=timeout)
+        return cls(client, trust_domain, owns_client=True, **kwargs)  # type: ignore[arg-type]
+
+    @property
+    def revision(self) -> int:
+        """The etcd revision the current set reflects."""
+        return self._applied
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._follow(), name="revocations-etcd-watch")
+            group.create_task(self._probe_loop(), name="revocations-etcd-probe")
+
+    async def _closed(self) -> None:
+        if self._owns_client:
+            await self.client.close()
+
+    # -- the watch ------------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        while True:
+            self._relist.clear()
+            inner = asyncio.create_task(self._follow_once(), name="revocations-etcd-follow")
+            relist = asyncio.create_task(self._relist.wait())
+            try:
+                await asyncio.wait({inner, relist}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (inner, relist):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if inner.done() and not inner.cancelled():
+                inner.result()  # raises what stopped the watch
+                return  # follow_prefix ends only when the client is closed
+            log.warning("revocations.etcd_relist", extra={"revision": self._applied})
+
+    async def _follow_once(self) -> None:
+        updates = self.client.follow_prefix(self._prefix)
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if update.snapshot is not None and self.synced.is_set():
+                    self.relists += 1
+                self._apply(update)
+
+    def _apply(self, update: WatchUpdate) -> None:
+        if update.snapshot is not None:
+            self._records = {}
+            for kv in update.snapshot:
+                self._put(kv)
+        for event in update.events:
+            if event.deleted:
+                self._records.pop(event.kv.key, None)
+            else:
+                self._put(event.kv)
+        self._applied = max(self._applied, update.revision)
+        self._publish(RevocationSet.of(self._records.values(), version=self._applied))
+        if update.snapshot is not None:
+            self._confirm(self._now())  # the snapshot is etcd's state as of (about) now
+        self._settle()
+
+    def _put(self, kv: KeyValue) -> None:
+        try:
+            record = RevocationRecord.from_json(json.loads(kv.value))
+        except (ValueError, InvalidRequest) as exc:
+            # A record we cannot read must not stop the feed; count it and say so loudly.
+            self.bad_records += 1
+            log.error(
+                "revocations.etcd_bad_record",
+                extra={"key": kv.key.decode(errors="replace")[:200], "error": str(exc)[:200]},
+            )
+            return
+        self._records[kv.key] = record
+
+    # -- freshness ------------------------------------------------------------------------------
+
+    async def _probe_loop(self) -> None:
+        while True:
+            started = self._now()
+            try:
+                kv = await self.client.get(self._topic)
+            except StoreError as exc:
+                self._failed(str(exc))
+            else:
+                self._pending.append((0 if kv is None else kv.mod_revision, started))
+                self._settle()
+                self._check_lag()
+            await asyncio.sleep(self.probe_interval)
+
+    def _settle(self) -> None:
+        """Confirm every probe whose revision the set has reached."""
+        if not self.synced.is_set():
+            return  # the first confirmation comes with the first snapshot
+        reached = [at for revision, at in self._pending if revision <= self._applied]
+        if reached:
+            self._pending = [(r, at) for r, at in self._pending if r > self._applied]
+            self._confirm(max(reached))
+
+    def _check_lag(self) -> None:
+        if not self._pending:
+            return
+        lag = (self._now() - self._pending[0][1]).total_seconds()
+        if lag > self.max_staleness / 2 and not self._relist.is_set():
+            self._failed(f"the etcd watch is {lag:.1f}s behind revision {self._pending[0][0]}")
+            self._pending.clear()
+            self._relist.set()

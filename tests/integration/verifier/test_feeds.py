@@ -1,0 +1,249 @@
+"""Revocation feeds against a real etcd (``s2s.testing_etcd``) and a real CA.
+
+Records are written through the CA's store (``EtcdStore.add_revocation``, ``prune``) or the CA's
+own revocation service; the feed must show them within a second, miss nothing across an etcd
+restart or a partition, re-list after a compaction, and fail closed once stale.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+from feed_support import TcpGate, eventually, id_record, serial_record
+
+from s2s.core.bundle import BundleSet
+from s2s.core.clock import FakeClock
+from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
+from s2s.core.spiffe_id import TrustDomain
+from s2s.store.etcd import EtcdStore
+from s2s.store.etcd_client import EtcdClient
+from s2s.testing import TestAuthority
+from s2s.testing_etcd import EtcdServer
+from s2s.verifier.authorize import authorize_any
+from s2s.verifier.feeds import RevocationsStale
+from s2s.verifier.feeds_etcd import EtcdRevocationFeed
+from s2s.verifier.jwt import JwtValidator
+from s2s.verifier.peer import PeerRejected, verify_chain
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def etcd(etcd_server: EtcdServer) -> Iterator[EtcdServer]:
+    """The module's etcd, running again after each test whatever the test did to it."""
+    etcd_server.start()
+    yield etcd_server
+    etcd_server.start()
+
+
+@pytest.fixture
+def td() -> TrustDomain:
+    return TrustDomain(f"t{uuid.uuid4().hex[:12]}.example")
+
+
+@pytest.fixture
+async def store(etcd: EtcdServer, td: TrustDomain) -> AsyncIterator[EtcdStore]:
+    async with await EtcdStore.open(etcd.endpoint, trust_domain=td.name, timeout=3.0) as s:
+        yield s
+
+
+@pytest.fixture
+async def gate(etcd: EtcdServer) -> AsyncIterator[TcpGate]:
+    g = TcpGate("127.0.0.1", etcd.client_port)
+    await g.open()
+    yield g
+    await g.shut()
+
+
+async def open_feed(endpoint: str, td: TrustDomain, **kwargs: object) -> EtcdRevocationFeed:
+    feed = await EtcdRevocationFeed.connect(endpoint, td, timeout=2.0, **kwargs)
+    await feed.start(timeout=10)
+    return feed
+
+
+def chain_der(authority: TestAuthority, svid_serial_holder: list[int]) -> list[bytes]:
+    svid = authority.issue_x509_svid("spiffe://example.org/web")
+    svid_serial_holder.append(svid.serial)
+    return [c.public_bytes(Encoding.DER) for c in (*svid.cert_chain, authority.root)]
+
+
+# -- propagation ----------------------------------------------------------------------------
+
+
+async def test_existing_and_new_revocations_reach_the_feed_within_a_second(
+    etcd: EtcdServer, store: EtcdStore, td: TrustDomain
+) -> None:
+    await store.add_revocation(serial_record(0xAA))
+    other_td = TrustDomain(f"o{uuid.uuid4().hex[:12]}.example")
+    async with await EtcdStore.open(etcd.endpoint, trust_domain=other_td.name) as other:
+        feed = await open_feed(etcd.endpoint, td)
+        try:
+            snap = feed.current()
+            assert snap.is_serial_revoked(0xAA)
+            assert len(snap) == 1
+            await store.add_revocation(serial_record(0xBB))
+            took = await eventually(lambda: feed.current().is_serial_revoked(0xBB), "serial")
+            assert took < 1.0
+            sid = f"spiffe://{td.name}/web"
+            await store.add_revocation(id_record(sid))
+            took = await eventually(lambda: feed.current().revoked_at(sid) is not None, "SPIFFE ID")
+            assert took < 1.0
+            # rejecting twins: another trust domain's record, a serial never revoked
+            await other.add_revocation(serial_record(0xCC))
+            await store.add_revocation(serial_record(0xDD))  # a marker written after it
+            await eventually(lambda: feed.current().is_serial_revoked(0xDD), "marker")
+            assert not feed.current().is_serial_revoked(0xCC)
+            assert not feed.current().is_serial_revoked(0xAB)
+            assert feed.current().version == feed.revision > 0
+            age = feed.age()
+            assert age is not None
+            assert age < 2.0
+        finally:
+            await feed.stop()
+
+
+async def test_pruned_and_merged_records_follow_the_store(
+    etcd: EtcdServer, store: EtcdStore, td: TrustDomain
+) -> None:
+    feed = await open_feed(etcd.endpoint, td)
+    try:
+        await store.add_revocation(serial_record(0x10, hours=0.001))  # expires in ~4 s
+        await store.add_revocation(serial_record(0x11))
+        await eventually(lambda: len(feed.current()) == 2, "two records")
+        longer = serial_record(0x10, hours=2)
+        await store.add_revocation(longer)  # merged: the later expiry wins
+        await eventually(
+            lambda: feed.current().records()[0].expires_at == longer.expires_at, "merge"
+        )
+        await store.prune(datetime.now(UTC) + timedelta(hours=1.5))  # 0x11 expires before then
+        await eventually(lambda: not feed.current().is_serial_revoked(0x11), "pruned")
+        assert feed.current().is_serial_revoked(0x10)
+    finally:
+        await feed.stop()
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+async def test_etcd_restart_while_watching_misses_nothing(
+    etcd: EtcdServer, store: EtcdStore, gate: TcpGate, td: TrustDomain
+) -> None:
+    feed = await open_feed(gate.endpoint, td)
+    try:
+        await store.add_revocation(serial_record(0x1))
+        await eventually(lambda: feed.current().is_serial_revoked(0x1), "before the restart")
+        # The feed is cut off; revocations land meanwhile, etcd restarts, and the feed returns.
+        await gate.shut()
+        await store.add_revocation(serial_record(0x2))
+        etcd.stop()
+        etcd.start()
+        await store.add_revocation(id_record(f"spiffe://{td.name}/db"))
+        assert not feed.snapshot().is_serial_revoked(0x2)
+        await gate.open()
+        await eventually(lambda: feed.current().is_serial_revoked(0x2), "written while cut off")
+        await eventually(
+            lambda: feed.current().revoked_at(f"spiffe://{td.name}/db") is not None, "after"
+        )
+        assert feed.relists == 0, "an uncompacted gap is replayed from revision + 1"
+        # A plain kill and restart while the feed holds a direct connection: still nothing lost.
+        etcd.kill()
+        etcd.start()
+        await store.add_revocation(serial_record(0x3))
+        await eventually(lambda: feed.current().is_serial_revoked(0x3), "after a kill")
+    finally:
+        await feed.stop()
+
+
+async def test_compacted_revision_gives_a_full_relist(
+    etcd: EtcdServer, store: EtcdStore, gate: TcpGate, td: TrustDomain
+) -> None:
+    feed = await open_feed(gate.endpoint, td)
+    raw = await EtcdClient.connect(etcd.endpoint)
+    try:
+        await store.add_revocation(serial_record(0x20, hours=0.5))
+        await store.add_revocation(serial_record(0x21))
+        await eventually(lambda: len(feed.current()) == 2, "two records")
+        await gate.shut()
+        await store.prune(datetime.now(UTC) + timedelta(hours=0.75))  # drops 0x20
+        await store.add_revocation(serial_record(0x22))
+        latest = await raw.put(b"/compaction-marker", b"x")
+        await raw.compact(latest)
+        await gate.open()
+        await eventually(lambda: feed.relists >= 1, "a re-list after the compaction")
+        await eventually(lambda: feed.current().is_serial_revoked(0x22), "the new record")
+        assert not feed.current().is_serial_revoked(0x20), "the pruned record left"
+        assert feed.current().is_serial_revoked(0x21)
+        await store.add_revocation(serial_record(0x23))  # and the watch goes on
+        await eventually(lambda: feed.current().is_serial_revoked(0x23), "after the re-list")
+    finally:
+        await raw.close()
+        await feed.stop()
+
+
+async def test_stale_feed_fails_closed_and_recovers(
+    store: EtcdStore, gate: TcpGate, td: TrustDomain, ca: TestAuthority
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    feed = await open_feed(gate.endpoint, td, max_staleness=5.0, probe_interval=0.05, clock=clock)
+    serials: list[int] = []
+    chain = chain_der(ca, serials)
+    bundles = BundleSet.of(ca.bundle())
+    token = ca.issue_jwt_svid("spiffe://example.org/web", "api")
+    validator = JwtValidator(bundles, "api", revocations=feed)
+
+    def peer() -> object:
+        return verify_chain(
+            chain, bundles=bundles, authorize=authorize_any(), revocations=feed, now=clock.now()
+        )
+
+    try:
+        assert str(peer()) == "spiffe://example.org/web"
+        assert validator.validate(token).spiffe_id.path == "/web"  # now cached
+        await gate.shut()
+        clock.advance(seconds=6)
+        with pytest.raises(RevocationsStale) as stale:
+            feed.current()
+        assert stale.value.age is not None
+        assert stale.value.age > 5
+        assert isinstance(stale.value, Unavailable)
+        with pytest.raises(PeerRejected) as rejected:
+            peer()
+        assert rejected.value.reason == "revocations-stale"
+        with pytest.raises(InvalidToken) as refused:
+            validator.validate(token)  # even a cached token
+        assert refused.value.reason == "revocations-stale"
+        # Revocations written while stale are there when the feed recovers.
+        await store.add_revocation(serial_record(serials[0]))
+        await gate.open()
+        await eventually(lambda: not feed.is_stale(), "fresh again")
+        with pytest.raises(PeerRejected) as revoked:
+            peer()
+        assert revoked.value.reason == "revoked"
+    finally:
+        await feed.stop()
+
+
+async def test_feed_before_its_first_sync_fails_closed(gate: TcpGate, td: TrustDomain) -> None:
+    await gate.shut()
+    feed = await EtcdRevocationFeed.connect(gate.endpoint, td, timeout=0.5)
+    try:
+        with pytest.raises(RevocationsStale, match="not synced"):
+            feed.current()
+        with pytest.raises(Unavailable, match="did not sync"):
+            await feed.start(timeout=0.5)
+        assert feed.age() is None
+        assert feed.is_stale()
+    finally:
+        await feed.stop()
+    with pytest.raises(InvalidConfig):
+        EtcdRevocationFeed(feed.client, td, max_staleness=0)
