@@ -3,8 +3,9 @@
 Every request (except exempt paths) must carry exactly one bearer JWT-SVID that the
 :class:`~s2s.verifier.jwt.JwtValidator` accepts; the handler then reads the caller's identity with
 :func:`jwt_svid_of` or :func:`jwt_spiffe_id`. A rejection is a 401 with
-``WWW-Authenticate: Bearer error="invalid_token"`` and a JSON body naming the reason; the token is
-never logged.
+``WWW-Authenticate: Bearer error="invalid_token"`` and a JSON body naming the reason; a validator
+that cannot decide yet (no bundles: :class:`Unavailable`) gives 503 with ``Retry-After``. The token
+is never logged.
 
 >>> app = web.Application(middlewares=[jwt_middleware(validator)])    # doctest: +SKIP
 >>> async def handler(request):                                       # doctest: +SKIP
@@ -20,7 +21,7 @@ from typing import Any
 
 from aiohttp import hdrs, web
 
-from s2s.core.errors import InvalidToken, NotAuthorized
+from s2s.core.errors import InvalidToken, NotAuthorized, Unavailable
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 from s2s.verifier.jwt import JwtValidator, ValidatedJwt
@@ -62,6 +63,10 @@ def jwt_middleware(
             request[JWT_SVID_KEY] = validator.validate(token)
         except InvalidToken as exc:
             return _reject(request, challenge, exc.reason, str(exc))
+        except Unavailable as exc:  # no bundles yet: no verdict either way, the client may retry
+            _log.warning("jwt.unavailable", extra={F.ERROR: str(exc)})
+            body = {"error": "unavailable", "message": str(exc)}
+            return web.json_response(body, status=503, headers={hdrs.RETRY_AFTER: "1"})
         return await handler(request)
 
     return middleware

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
-from s2s.core.errors import NotAuthorized
+from s2s.core.errors import NotAuthorized, Unavailable
 from s2s.testing import TestAuthority
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.jwt_aiohttp import jwt_middleware, jwt_spiffe_id, jwt_svid_of
@@ -148,3 +148,42 @@ async def test_megabyte_token_never_reaches_the_application(server: Server) -> N
 
 async def test_exempt_path_needs_no_token(server: Server) -> None:
     assert await server.get("/healthz") == (200, None, "ok, anonymous")
+
+
+class _Toggle:
+    """A BundleLookup that has no bundles until ``ready`` (a JwtSource before its first update)."""
+
+    def __init__(self, bundles: BundleSet) -> None:
+        self.bundles = bundles
+        self.ready = False
+
+    def current(self) -> BundleSet:
+        if not self.ready:
+            raise Unavailable("the JWT source has not received bundles yet")
+        return self.bundles
+
+
+async def test_no_bundles_yet_is_503_then_the_same_token_passes(authority: TestAuthority) -> None:
+    lookup = _Toggle(BundleSet.of(authority.bundle()))
+    validator = JwtValidator(lookup, AUD, metrics=JwtMetrics(CollectorRegistry()))
+    app = web.Application(middlewares=[jwt_middleware(validator)])
+    app.router.add_get("/whoami", _whoami)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    token = authority.issue_jwt_svid(WORKLOAD, AUD, now=dt.datetime.now(dt.UTC))
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}/whoami"
+            async with session.get(url, headers=bearer(token)) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "1"
+                assert (await resp.json())["error"] == "unavailable"
+            lookup.ready = True
+            async with session.get(url, headers=bearer(token)) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["spiffe_id"] == WORKLOAD
+    finally:
+        await runner.cleanup()

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 
 from s2s.core.bundle import Bundle, BundleSet, JwtAuthority
 from s2s.core.clock import FakeClock
-from s2s.core.errors import InvalidConfig, InvalidToken
+from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
 from s2s.core.jwtsvid import algorithms_for_key, check_jwt_header
 from s2s.core.revocation import RevocationKind, RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
@@ -73,14 +73,20 @@ class Harness:
         self.other = TestAuthority("other.org", clock=clock)
         self.bundles = BundleSet.of(authority.bundle(), self.other.bundle())
         self.revocations = RevocationSet.EMPTY
+        self.revocations_stale = False
         self.metrics = JwtMetrics(CollectorRegistry())
         self.validator = JwtValidator(
             _Lookup(lambda: self.bundles),
             AUD,
-            revocations=_Lookup(lambda: self.revocations),
+            revocations=_Lookup(self._current_revocations),
             clock=clock,
             metrics=self.metrics,
         )
+
+    def _current_revocations(self) -> RevocationSet:
+        if self.revocations_stale:
+            raise Unavailable("the revocation feed has not confirmed its set for 40 s")
+        return self.revocations
 
     def claims(self, **extra: Any) -> dict[str, Any]:
         now = int(self.clock.now().timestamp())
@@ -373,6 +379,28 @@ def test_revoked_spiffe_id_covers_tokens_issued_before_the_revocation(h: Harness
     h.clock.advance(seconds=10)
     assert h.validator.validate(h.ca.issue_jwt_svid(WORKLOAD, AUD))  # issued after: accepted
     assert h.validator.validate(h.other.issue_jwt_svid("spiffe://other.org/billing", AUD))
+
+
+def test_a_stale_revocation_feed_fails_closed_even_for_cached_tokens(h: Harness) -> None:
+    token = h.ca.issue_jwt_svid(WORKLOAD, AUD)
+    h.validator.validate(token)
+    h.revocations_stale = True  # the feed stops confirming its set
+    h.reject(token, "revocations-stale")
+    h.revocations_stale = False
+    assert h.validator.validate(token)
+
+
+def test_bundles_not_yet_known_are_unavailable_not_a_verdict(
+    fake_clock: FakeClock, authority: TestAuthority
+) -> None:
+    def no_bundles_yet() -> BundleSet:
+        raise Unavailable("the JWT source has not received bundles yet")
+
+    validator = JwtValidator(
+        _Lookup(no_bundles_yet), AUD, clock=fake_clock, metrics=JwtMetrics(CollectorRegistry())
+    )
+    with pytest.raises(Unavailable):
+        validator.validate(authority.issue_jwt_svid(WORKLOAD, AUD))
 
 
 # --- the cache ----------------------------------------------------------------------------------
