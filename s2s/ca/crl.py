@@ -1,0 +1,341 @@
+"""CRLs: one per issuing CA, so that ``openssl verify -crl_check`` works on any leaf.
+
+Issuers: every unexpired intermediate (any state: a prepared one gets its CRL before its first
+leaf) and every unexpired root that is still published (its CRL lists revoked intermediates).
+Each CRL is RFC 5280 v2: issuer = the CA's subject, thisUpdate (backdated by the CA's skew
+cushion, so a verifier whose clock lags does not see a CRL from the future), nextUpdate,
+authority key identifier (= the CA's SKI, section 5.2.1), a cRLNumber (5.2.3) kept per issuer in
+the store (compare-and-swap, so it only grows, across restarts and replicas), and one entry per
+revoked serial that CA issued (revocation date = the record's ``revoked_at``; a reason code when
+the text names one of RFC 5280's, 5.3.1). Expired certificates leave the index and the CRL.
+
+Entries are built once per serial and passed whole to the builder's constructor: the chained
+``add_revoked_certificate`` copies its list on every call (O(N^2); performance-baselines.md 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from s2s.ca.config import CaConfig
+from s2s.ca.keys import KeyEncryptionKey, SigningKey
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from s2s.core.revocation import RevocationKind, RevocationLookup, RevocationRecord
+from s2s.log import F
+from s2s.store.base import Store
+from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
+
+__all__ = [
+    "CRL_NUMBER_KEY",
+    "DEFAULT_CRL_VALIDITY",
+    "CrlPublisher",
+    "CrlSet",
+    "IssuerCrl",
+    "build_crl",
+    "key_id_of",
+    "parse_key_id",
+    "revoked_entry",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CRL_VALIDITY: Final = timedelta(hours=1)
+CRL_NUMBER_KEY: Final = "crl.number.{authority_id}"
+_THREAD_ABOVE: Final = 2000  # build larger CRLs off the event loop
+_BULK_LOOKUP_ABOVE: Final = 256  # more unknown serials than this: one index scan
+_REASONS: Final = {
+    r.value.lower(): r
+    for r in x509.ReasonFlags
+    if r not in (x509.ReasonFlags.unspecified, x509.ReasonFlags.remove_from_crl)
+}
+
+
+def key_id_of(cert: x509.Certificate) -> bytes:
+    """The CA's key identifier: its SKI, or the RFC 5280 method-1 hash of its key."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def parse_key_id(text: str) -> bytes:
+    """A key id from hex (any case, ``:`` separators allowed, as ``openssl`` prints it).
+
+    >>> parse_key_id("AB:cd").hex()
+    'abcd'
+    """
+    cleaned = text.strip().replace(":", "").lower()
+    try:
+        raw = bytes.fromhex(cleaned)
+    except ValueError:
+        raw = b""
+    if not 1 <= len(raw) <= 64:
+        raise InvalidRequest(f"issuer {text[:80]!r} is not a key identifier in hex")
+    return raw
+
+
+def revoked_entry(record: RevocationRecord) -> x509.RevokedCertificate:
+    """The CRL entry for a serial record (with a reasonCode if the reason names one)."""
+    builder = x509.RevokedCertificateBuilder(
+        serial_number=int(record.value, 16), revocation_date=record.revoked_at
+    )
+    reason = _REASONS.get(record.reason.strip().replace("-", "").replace("_", "").lower())
+    if reason is not None:
+        builder = builder.add_extension(x509.CRLReason(reason), critical=False)
+    return builder.build()
+
+
+def build_crl(
+    *,
+    issuer: x509.Certificate,
+    issuer_key: SigningKey,
+    entries: Sequence[x509.RevokedCertificate],
+    number: int,
+    this_update: datetime,
+    next_update: datetime,
+) -> x509.CertificateRevocationList:
+    """Build and sign a v2 CRL (pure; entries prebuilt and passed whole)."""
+    extensions = [
+        x509.Extension(
+            x509.AuthorityKeyIdentifier.oid,
+            False,
+            x509.AuthorityKeyIdentifier(key_id_of(issuer), None, None),
+        ),
+        x509.Extension(x509.CRLNumber.oid, False, x509.CRLNumber(number)),
+    ]
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=issuer.subject,
+        last_update=this_update,
+        next_update=next_update,
+        extensions=extensions,
+        revoked_certificates=list(entries),
+    )
+    public = issuer_key.public_key()
+    algorithm: hashes.SHA256 | hashes.SHA384 = hashes.SHA256()
+    if isinstance(public, ec.EllipticCurvePublicKey) and public.curve.key_size == 384:
+        algorithm = hashes.SHA384()
+    return builder.sign(issuer_key, algorithm)
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerCrl:
+    """The current CRL of one issuing CA."""
+
+    authority_id: str
+    kind: AuthorityKind
+    key_id: bytes
+    number: int
+    this_update: datetime
+    next_update: datetime
+    entries: int
+    der: bytes
+
+    @property
+    def key_id_hex(self) -> str:
+        return self.key_id.hex()
+
+    def pem(self) -> bytes:
+        return x509.load_der_x509_crl(self.der).public_bytes(Encoding.PEM)
+
+    def to_json(self) -> dict[str, Any]:
+        """Metadata only (the DER is served separately)."""
+        return {
+            "authority_id": self.authority_id,
+            "kind": str(self.kind),
+            "key_id": self.key_id_hex,
+            "number": self.number,
+            "this_update": self.this_update.isoformat(),
+            "next_update": self.next_update.isoformat(),
+            "entries": self.entries,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CrlSet:
+    """Every issuer's CRL, built from one revocation snapshot (swapped whole)."""
+
+    crls: tuple[IssuerCrl, ...] = ()
+    revocations_version: int = -1
+    issuers: frozenset[str] = frozenset()
+
+    def by_key_id(self, key_id: bytes) -> IssuerCrl | None:
+        return next((c for c in self.crls if c.key_id == key_id), None)
+
+    def pem(self) -> bytes:
+        return b"".join(c.pem() for c in self.crls)
+
+    def ders(self) -> tuple[bytes, ...]:
+        return tuple(c.der for c in self.crls)
+
+    def next_update(self) -> datetime | None:
+        return min((c.next_update for c in self.crls), default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Issuer:
+    record: AuthorityRecord
+    cert: x509.Certificate
+
+
+class CrlPublisher:
+    """Builds and holds the CRLs; :meth:`refresh` rebuilds them when revocations or issuers
+    changed, or when the earliest nextUpdate is within ``validity / 2``."""
+
+    def __init__(
+        self,
+        *,
+        config: CaConfig,
+        store: Store,
+        kek: KeyEncryptionKey,
+        clock: Clock,
+        revocations: RevocationLookup,
+        validity: timedelta = DEFAULT_CRL_VALIDITY,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._kek = kek
+        self._clock = clock
+        self._revocations = revocations
+        self.validity = validity
+        self._current = CrlSet()
+        self._issuer_of: dict[int, str | None] = {}  # serial -> issuing authority id
+        self._entries: dict[tuple[str, datetime, str], x509.RevokedCertificate] = {}
+        self._keys: dict[str, SigningKey] = {}
+        self._lock = asyncio.Lock()
+
+    @property
+    def current(self) -> CrlSet:
+        return self._current
+
+    def next_refresh(self) -> datetime:
+        """When the CRLs must be rebuilt at the latest (half their validity before nextUpdate)."""
+        earliest = self._current.next_update()
+        now = utc(self._clock.now())
+        return now if earliest is None else earliest - self.validity / 2
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Rebuild when due; True if new CRLs were published."""
+        async with self._lock:
+            now = utc(self._clock.now())
+            revoked = self._revocations.current()
+            issuers = await self._issuers(now)
+            ids = frozenset(i.record.id for i in issuers)
+            unchanged = (
+                revoked.version == self._current.revocations_version
+                and ids == self._current.issuers
+                and now < self.next_refresh()
+            )
+            if unchanged and not force:
+                return False
+            serials = [r for r in revoked.records() if r.kind is RevocationKind.SERIAL]
+            await self._learn_issuers([int(r.value, 16) for r in serials], issuers)
+            crls = [await self._build(i, serials, now) for i in issuers]
+            self._forget_except(serials)
+            self._current = CrlSet(tuple(crls), revoked.version, ids)
+            log.info("crl.published", extra={F.COUNT: len(crls), F.REVISION: revoked.version})
+            return True
+
+    async def _issuers(self, now: datetime) -> list[_Issuer]:
+        out = []
+        for record in await self._store.list_authorities():
+            if record.kind is AuthorityKind.JWT or record.not_after <= now:
+                continue
+            if record.kind is AuthorityKind.X509_ROOT and record.state is AuthorityState.REVOKED:
+                continue
+            out.append(_Issuer(record, x509.load_der_x509_certificate(record.public_der)))
+        return out
+
+    async def _learn_issuers(self, serials: Iterable[int], issuers: Sequence[_Issuer]) -> None:
+        """Fill ``_issuer_of`` for serials not seen before (index, then CA certificates)."""
+        unknown = [s for s in serials if s not in self._issuer_of]
+        if not unknown:
+            return
+        cas = {i.cert.serial_number: i.record.issuer_id or _root_of(issuers) for i in issuers}
+        if len(unknown) > _BULK_LOOKUP_ABOVE:
+            index = {i.serial: i.issuer_id for i in await self._store.list_issued()}
+            for serial in unknown:
+                self._issuer_of[serial] = index.get(serial) or cas.get(serial)
+            return
+        for serial in unknown:
+            try:
+                self._issuer_of[serial] = (await self._store.get_issued(serial)).issuer_id
+            except NotFound:
+                self._issuer_of[serial] = cas.get(serial)  # None: expired and pruned
+
+    async def _build(
+        self, issuer: _Issuer, serials: Sequence[RevocationRecord], now: datetime
+    ) -> IssuerCrl:
+        record = issuer.record
+        mine = [r for r in serials if self._issuer_of.get(int(r.value, 16)) == record.id]
+        entries = [self._entry(r) for r in mine]
+        number = await self._next_number(record.id)
+        key = self._key(record)
+        this_update = now - self._config.backdate
+        next_update = now + self.validity
+        build = functools.partial(
+            build_crl, issuer=issuer.cert, issuer_key=key, entries=entries, number=number,
+            this_update=this_update, next_update=next_update,
+        )  # fmt: skip
+        crl = await asyncio.to_thread(build) if len(entries) > _THREAD_ABOVE else build()
+        return IssuerCrl(
+            authority_id=record.id,
+            kind=record.kind,
+            key_id=key_id_of(issuer.cert),
+            number=number,
+            this_update=this_update,
+            next_update=next_update,
+            entries=len(entries),
+            der=crl.public_bytes(Encoding.DER),
+        )
+
+    def _entry(self, record: RevocationRecord) -> x509.RevokedCertificate:
+        cache_key = (record.value, record.revoked_at, record.reason)
+        entry = self._entries.get(cache_key)
+        if entry is None:
+            entry = self._entries[cache_key] = revoked_entry(record)
+        return entry
+
+    def _forget_except(self, serials: Sequence[RevocationRecord]) -> None:
+        """Drop cached entries and issuers of serials no longer revoked (pruned records)."""
+        keep = {(r.value, r.revoked_at, r.reason) for r in serials}
+        self._entries = {k: v for k, v in self._entries.items() if k in keep}
+        values = {int(r.value, 16) for r in serials}
+        self._issuer_of = {k: v for k, v in self._issuer_of.items() if k in values}
+
+    def _key(self, record: AuthorityRecord) -> SigningKey:
+        key = self._keys.get(record.id)
+        if key is None:
+            key = self._keys[record.id] = self._kek.open_private_key(
+                record.encrypted_key, authority_id=record.id
+            )
+        return key
+
+    async def _next_number(self, authority_id: str) -> int:
+        """The next cRLNumber of ``authority_id`` (compare-and-swap: it never goes back)."""
+        key = CRL_NUMBER_KEY.format(authority_id=authority_id)
+        for _ in range(16):
+            raw = await self._store.get_state(key)
+            number = (int(raw) if raw is not None and raw.isdigit() else 0) + 1
+            try:
+                await self._store.cas_state(key, raw, str(number))
+            except Conflict:
+                continue
+            return number
+        raise Unavailable(f"could not advance the CRL number of {authority_id} (contention)")
+
+
+def _root_of(issuers: Sequence[_Issuer]) -> str:
+    roots = [i.record.id for i in issuers if i.record.kind is AuthorityKind.X509_ROOT]
+    return roots[-1] if roots else ""

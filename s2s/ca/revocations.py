@@ -1,0 +1,439 @@
+"""Revocation at the CA: ``s2s-ca revoke`` by serial, SPIFFE ID, JWT ``jti`` or agent.
+
+ARCHITECTURE.md "Revocation": an ID or agent revocation is expanded here into one serial record per
+unexpired certificate, read from the issued-serial index, because a certificate's notBefore is
+backdated and cannot tell a verifier whether it was issued before the revocation. The SPIFFE ID
+record (``revoked_at`` = now) still covers JWT-SVIDs, whose ``iat`` is not backdated. Every
+record lives until the newest credential it covers has expired, plus skew (the larger of the
+backdate and the verifiers' maximum JWT leeway). Each record is committed to the store before the
+call returns; a store failure raises :class:`StoreError` and nothing is reported done (records
+already written stay: revoking again is idempotent).
+
+:class:`LiveRevocations` is the CA's own :class:`RevocationLookup`: the store's revocation set as
+one snapshot, swapped whole, which the registry and the issuer consult on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from cryptography import x509
+
+from s2s.ca.audit import AuditLog
+from s2s.ca.config import CaConfig
+from s2s.ca.registry import AGENT_PATH_PREFIX, Registry
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import InvalidRequest, InvalidSpiffeId, NotFound, S2SError
+from s2s.core.jwtsvid import MAX_LEEWAY
+from s2s.core.revocation import (
+    RevocationKind,
+    RevocationRecord,
+    RevocationSet,
+    serial_value,
+)
+from s2s.core.spiffe_id import SpiffeId
+from s2s.log import F
+from s2s.store.base import Store
+from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, IssuedSerial, Topic
+
+__all__ = [
+    "LiveRevocations",
+    "RevocationResult",
+    "RevocationService",
+    "RevokeTarget",
+    "parse_serial",
+]
+
+log = logging.getLogger(__name__)
+
+
+class RevokeTarget(StrEnum):
+    """What ``s2s-ca revoke`` names (the option it was given)."""
+
+    SERIAL = "serial"
+    SPIFFE_ID = "spiffe_id"
+    JTI = "jti"
+    AGENT = "agent"
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationResult:
+    """The outcome of one revoke call.
+
+    ``records``: every record written or confirmed (the main one first); ``changed``: how many
+    were new or moved on; ``already_revoked``: the target had been revoked before this call.
+    """
+
+    target: RevokeTarget
+    value: str
+    records: tuple[RevocationRecord, ...]
+    changed: int
+    already_revoked: bool
+    banned: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "target": str(self.target),
+            "value": self.value,
+            "records": [r.to_json() for r in self.records],
+            "changed": self.changed,
+            "already_revoked": self.already_revoked,
+            "banned": self.banned,
+        }
+
+
+def parse_serial(text: object) -> int:
+    """A serial from hex text (``0x`` prefix, colons and case tolerated); InvalidRequest if bad.
+
+    >>> parse_serial("0A:ff")
+    2815
+    """
+    if not isinstance(text, str):
+        raise InvalidRequest("a serial must be hex text")
+    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
+    if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise InvalidRequest(f"serial {text[:50]!r} is not hex (at most 20 octets)")
+    serial = int(cleaned, 16)
+    if serial == 0:
+        raise InvalidRequest("serial 0 is not a valid certificate serial")
+    return serial
+
+
+class LiveRevocations:
+    """The store's revocation set as an immutable snapshot (a :class:`RevocationLookup`).
+
+    ``current()`` never does I/O; :meth:`refresh` re-reads the store when the revocations topic
+    moved (the snapshot's ``version`` is that revision) and swaps the snapshot whole.
+    """
+
+    def __init__(self, *, store: Store) -> None:
+        self._store = store
+        self._current = RevocationSet.EMPTY
+        self._loaded = False
+        self._lock = asyncio.Lock()
+
+    def current(self) -> RevocationSet:
+        return self._current
+
+    async def refresh(self) -> RevocationSet:
+        """Re-read the store if its revocations revision differs from the snapshot's."""
+        async with self._lock:
+            revision = await self._store.revision(Topic.REVOCATIONS)  # first: no missed change
+            if self._loaded and revision == self._current.version:
+                return self._current
+            records = await self._store.list_revocations()
+            self._current = RevocationSet.of(records, version=revision)
+            self._loaded = True
+            return self._current
+
+    async def wait(self, after: int, timeout: float) -> RevocationSet:
+        """Long-poll: once the revision differs from ``after`` (or at ``timeout``), refresh."""
+        if self._loaded and self._current.version != after:
+            return self._current
+        await self._store.wait_for_change(Topic.REVOCATIONS, after, timeout)
+        return await self.refresh()
+
+
+class RevocationService:
+    """Writes revocation records (durably, before returning) and keeps the live set current."""
+
+    def __init__(
+        self,
+        *,
+        config: CaConfig,
+        store: Store,
+        registry: Registry,
+        live: LiveRevocations,
+        clock: Clock,
+        audit: AuditLog | None = None,
+        on_change: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._registry = registry
+        self._live = live
+        self._clock = clock
+        self._audit = audit if audit is not None else AuditLog()
+        self._on_change = on_change
+        self.skew = max(config.backdate, MAX_LEEWAY)
+
+    @property
+    def live(self) -> LiveRevocations:
+        return self._live
+
+    async def revoke(
+        self, target: RevokeTarget | str, value: str, *, reason: str = ""
+    ) -> RevocationResult:
+        """Parse ``value`` for ``target`` and revoke it (the admin API's entry point)."""
+        try:
+            kind = RevokeTarget(target)
+        except ValueError:
+            raise InvalidRequest(
+                f"cannot revoke by {target!r}; use serial, spiffe_id, jti or agent"
+            ) from None
+        if not isinstance(value, str) or not value:
+            raise InvalidRequest(f"give the {kind} to revoke")
+        if kind is RevokeTarget.SERIAL:
+            return await self.revoke_serial(parse_serial(value), reason=reason)
+        if kind is RevokeTarget.JTI:
+            return await self.revoke_jti(value, reason=reason)
+        spiffe_id = _parse_id(value)
+        if kind is RevokeTarget.AGENT:
+            return await self.revoke_agent(spiffe_id, reason=reason)
+        return await self.revoke_spiffe_id(spiffe_id, reason=reason)
+
+    # -- by serial -----------------------------------------------------------------------------
+
+    async def revoke_serial(self, serial: int, *, reason: str = "") -> RevocationResult:
+        """Revoke one certificate the CA issued (a leaf or an intermediate; not a root).
+
+        :class:`NotFound` when the serial is neither in the issued-serial index nor one of the
+        trust domain's CA certificates (it was never issued here, or it expired and was pruned).
+        Revoking an intermediate also marks its authority revoked, so the CA stops signing with it.
+        """
+        now = utc(self._clock.now())
+        issued = await self._find_issued(serial)
+        authority = None if issued is not None else await self._find_authority(serial)
+        if issued is not None:
+            not_after, spiffe_id = issued.not_after, issued.spiffe_id
+        elif authority is not None:
+            not_after, spiffe_id = authority.not_after, None
+        else:
+            raise NotFound(
+                f"serial {serial_value(serial)} was not issued by this CA, or it expired and was"
+                " pruned (check `s2s-ca revocations list` and the audit log)"
+            )
+        if authority is not None and authority.kind is AuthorityKind.X509_ROOT:
+            raise InvalidRequest(
+                f"serial {serial_value(serial)} is a root certificate: roots leave the trust"
+                " bundle by rotation (s2s-ca rotate-root), not by revocation"
+            )
+        record, already = await self._write_once(
+            RevocationRecord.for_serial(
+                serial, revoked_at=now, expires_at=not_after + self.skew, reason=reason
+            )
+        )
+        if authority is not None:
+            await self._retire_authority(authority)
+        self._audit_line(RevokeTarget.SERIAL, record.value, spiffe_id=spiffe_id, count=1)
+        await self._changed()
+        return RevocationResult(
+            RevokeTarget.SERIAL, record.value, (record,), int(not already), already
+        )
+
+    async def _find_issued(self, serial: int) -> IssuedSerial | None:
+        try:
+            return await self._store.get_issued(serial)
+        except NotFound:
+            return None
+
+    async def _find_authority(self, serial: int) -> AuthorityRecord | None:
+        for record in await self._store.list_authorities():
+            if record.kind is AuthorityKind.JWT:
+                continue
+            if x509.load_der_x509_certificate(record.public_der).serial_number == serial:
+                return record
+        return None
+
+    async def _retire_authority(self, authority: AuthorityRecord) -> None:
+        """A revoked intermediate must not sign again: mark it revoked (the authority loop then
+        activates a fresh one at its next check)."""
+        current = await self._store.get_authority(authority.id)
+        if current.state is not AuthorityState.REVOKED:
+            await self._store.cas_authority_state(current.id, current.state, AuthorityState.REVOKED)
+            log.warning("revocation.authority_revoked", extra={F.AUTHORITY_ID: authority.id})
+
+    # -- by JWT id -----------------------------------------------------------------------------
+
+    async def revoke_jti(self, jti: str, *, reason: str = "") -> RevocationResult:
+        """Revoke one JWT-SVID by ``jti``. JWT-SVIDs are not indexed, so the record lives for
+        the longest lifetime a JWT-SVID can have (the TTL cap) plus skew."""
+        now = utc(self._clock.now())
+        record, already = await self._write_once(
+            RevocationRecord.for_jti(
+                jti, revoked_at=now, expires_at=now + self._longest_jwt() + self.skew, reason=reason
+            )
+        )
+        self._audit_line(RevokeTarget.JTI, jti, count=1)
+        await self._changed()
+        return RevocationResult(RevokeTarget.JTI, jti, (record,), int(not already), already)
+
+    # -- by SPIFFE ID --------------------------------------------------------------------------
+
+    async def revoke_spiffe_id(self, spiffe_id: SpiffeId, *, reason: str = "") -> RevocationResult:
+        """Revoke everything issued to ``spiffe_id`` until now: a SPIFFE ID record (for JWT-SVIDs)
+        and a serial record per unexpired certificate. Credentials issued later are valid.
+
+        :class:`InvalidRequest` outside the trust domain; :class:`NotFound` when the CA knows
+        nothing of the ID (no unexpired certificate, no registration entry, no agent).
+        """
+        self._check_member(spiffe_id)
+        now = utc(self._clock.now())
+        issued = await self._unexpired(await self._store.list_issued(spiffe_id=spiffe_id), now)
+        if not issued and not await self._known_id(spiffe_id):
+            raise NotFound(
+                f"the CA knows nothing of {spiffe_id}: no unexpired certificate, registration"
+                " entry or agent has this ID"
+            )
+        main = self._id_record(spiffe_id, issued, now, reason)
+        previous = await self._existing(main)
+        changed = int(await self._store.add_revocation(main))
+        await self._live.refresh()  # the issuer refuses this ID's old credentials at once
+        serials = await self._serial_records(issued, now, reason)
+        changed += serials[1]
+        self._audit_line(RevokeTarget.SPIFFE_ID, str(spiffe_id), spiffe_id=spiffe_id,
+                         count=1 + len(serials[0]))  # fmt: skip
+        await self._changed()
+        return RevocationResult(
+            RevokeTarget.SPIFFE_ID, str(spiffe_id), (main, *serials[0]), changed, previous
+        )
+
+    async def _known_id(self, spiffe_id: SpiffeId) -> bool:
+        if await self._store.list_entries(spiffe_id=spiffe_id):
+            return True
+        try:
+            await self._store.get_agent(spiffe_id)
+        except NotFound:
+            return False
+        return True
+
+    def _id_record(
+        self, spiffe_id: SpiffeId, issued: Iterable[IssuedSerial], now: datetime, reason: str
+    ) -> RevocationRecord:
+        newest = max((i.not_after for i in issued), default=now)
+        expires_at = max(newest, now + self._longest_jwt()) + self.skew
+        return RevocationRecord.for_spiffe_id(
+            spiffe_id, revoked_at=now, expires_at=expires_at, reason=reason
+        )
+
+    # -- by agent ------------------------------------------------------------------------------
+
+    async def revoke_agent(self, agent_id: SpiffeId, *, reason: str = "") -> RevocationResult:
+        """Revoke an agent: its own SVIDs and every SVID it obtained, and ban it.
+
+        Order: the agent's ID record first (the CA refuses its calls at once), then the ban, then
+        the serials (listed after the ban, so nothing it obtains meanwhile is missed).
+        """
+        self._check_member(agent_id)
+        if not agent_id.path.startswith(AGENT_PATH_PREFIX):
+            raise InvalidRequest(
+                f"{agent_id} is not an agent ID (agents are under {AGENT_PATH_PREFIX})"
+            )
+        now = utc(self._clock.now())
+        own = await self._unexpired(await self._store.list_issued(spiffe_id=agent_id), now)
+        try:
+            agent = await self._store.get_agent(agent_id)
+        except NotFound:
+            agent = None
+        if agent is None and not own:
+            raise NotFound(
+                f"no agent {agent_id} is known to this CA (never attested, or evicted and expired)"
+            )
+        main = self._id_record(agent_id, own, now, reason)
+        previous = await self._existing(main)
+        changed = int(await self._store.add_revocation(main))
+        await self._live.refresh()
+        if agent is not None:
+            await self._registry.ban_agent(agent_id)
+        obtained = await self._store.list_issued(agent_id=agent_id)
+        covered = await self._unexpired([*own, *obtained], now)
+        records, count = await self._serial_records(covered, now, reason)
+        self._audit_line(
+            RevokeTarget.AGENT, str(agent_id), agent_id=agent_id, count=1 + len(records)
+        )
+        await self._changed()
+        return RevocationResult(
+            RevokeTarget.AGENT, str(agent_id), (main, *records), changed + count, previous,
+            banned=agent is not None,
+        )  # fmt: skip
+
+    # -- listing -------------------------------------------------------------------------------
+
+    async def list_records(self) -> RevocationSet:
+        """The current revocation set, re-read from the store if it moved."""
+        return await self._live.refresh()
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _longest_jwt(self) -> timedelta:
+        return max(self._config.max_svid_ttl, self._config.jwt_svid_ttl)
+
+    def _check_member(self, spiffe_id: SpiffeId) -> None:
+        td = self._config.trust_domain
+        if not spiffe_id.is_member_of(td):
+            raise InvalidRequest(
+                f"{spiffe_id} is not in trust domain {td}; this CA issued it nothing"
+            )
+
+    @staticmethod
+    async def _unexpired(issued: Iterable[IssuedSerial], now: datetime) -> list[IssuedSerial]:
+        unique = {i.serial: i for i in issued if i.not_after > now and i.issued_at <= now}
+        return [unique[s] for s in sorted(unique)]
+
+    async def _existing(self, record: RevocationRecord) -> bool:
+        try:
+            await self._store.get_revocation(record.kind, record.value)
+        except NotFound:
+            return False
+        return True
+
+    async def _write_once(self, record: RevocationRecord) -> tuple[RevocationRecord, bool]:
+        """Store ``record`` unless one exists for its (kind, value): a stored record keeps its
+        first ``revoked_at``. Returns (the stored record, whether it existed before)."""
+        try:
+            return await self._store.get_revocation(record.kind, record.value), True
+        except NotFound:
+            await self._store.add_revocation(record)
+            return record, False
+
+    async def _serial_records(
+        self, issued: Iterable[IssuedSerial], now: datetime, reason: str
+    ) -> tuple[list[RevocationRecord], int]:
+        records = [
+            RevocationRecord.for_serial(
+                i.serial, revoked_at=now, expires_at=i.not_after + self.skew, reason=reason
+            )
+            for i in issued
+        ]
+        known = {r.value for r in self._live.current().records() if r.kind is RevocationKind.SERIAL}
+        written = 0
+        for record in records:
+            if record.value not in known:
+                written += int(await self._store.add_revocation(record))
+        return records, written
+
+    def _audit_line(
+        self,
+        target: RevokeTarget,
+        value: str,
+        *,
+        count: int,
+        spiffe_id: SpiffeId | None = None,
+        agent_id: SpiffeId | None = None,
+    ) -> None:
+        self._audit.admin_change(
+            f"revoke.{target}", target=value, spiffe_id=spiffe_id, agent_id=agent_id
+        )
+        log.info("revocation.added", extra={F.KIND: str(target), F.COUNT: count})
+
+    async def _changed(self) -> None:
+        await self._live.refresh()
+        if self._on_change is None:
+            return
+        try:
+            await self._on_change()  # CRLs: the records are durable already; the CRL loop retries
+        except S2SError as exc:
+            log.warning("revocation.crl_refresh_failed", extra={F.ERROR: str(exc)})
+
+
+def _parse_id(value: str) -> SpiffeId:
+    try:
+        return SpiffeId.parse(value)
+    except InvalidSpiffeId as exc:
+        raise InvalidRequest(str(exc)) from None
