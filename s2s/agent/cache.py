@@ -38,6 +38,7 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.registration import RegistrationEntry
+from s2s.core.revocation import RevocationSet
 from s2s.core.rotation import jitter_from
 from s2s.core.selectors import Selector, matches
 from s2s.core.spiffe_id import SpiffeId
@@ -117,6 +118,7 @@ class SvidCache:
             on_unknown=on_unknown,
         )
         self.synced = asyncio.Event()  # set after the first entries answer was applied
+        self._crls: tuple[bytes, ...] = ()
 
     # -- IdentityProvider -------------------------------------------------------------------
 
@@ -147,7 +149,33 @@ class SvidCache:
         return self._state.bundles
 
     def crls(self) -> tuple[bytes, ...]:
-        return ()
+        return self._crls
+
+    def set_crls(self, crls: tuple[bytes, ...]) -> None:
+        """Serve ``crls`` (the CA's DER CRLs) in the Workload API ``crl`` fields."""
+        if crls != self._crls:
+            self._crls = tuple(crls)
+            self._replace(self._state)  # bumps the version: streams resend with the new CRLs
+
+    def drop_revoked(self, revoked: RevocationSet) -> int:
+        """Stop serving each SVID with a revoked certificate (leaf or CA); re-issue it at once.
+
+        Serials only: the CA expands ID and agent revocations into serial records, and an ID
+        record read against a backdated notBefore would also hit the fresh SVID.
+        """
+        hit = {
+            i.entry.id
+            for i in self._state.items
+            if i.svid and any(revoked.is_serial_revoked(c.serial_number) for c in i.svid.cert_chain)
+        }
+        if hit:
+            log.warning("agent.svids_revoked", extra={F.COUNT: len(hit)})
+            items = tuple(
+                CachedSvid(i.entry) if i.entry.id in hit else i for i in self._state.items
+            )
+            self._replace(dataclasses.replace(self._state, items=items))
+            self._wake_rotation.set()
+        return len(hit)
 
     async def fetch_jwt_svid(self, spiffe_id: SpiffeId, audience: tuple[str, ...]) -> str:
         return await self._jwt.fetch(spiffe_id, audience)

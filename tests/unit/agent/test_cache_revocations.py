@@ -1,0 +1,98 @@
+"""The SVID cache and revocations: a revoked SVID leaves the streams and is due again at once;
+CRLs are served and bump the version. (The feed itself is tested against a real CA and etcd.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from s2s.agent.ca_client import CaClient, X509Result
+from s2s.agent.cache import SvidCache
+from s2s.agent.node import new_key
+from s2s.core.clock import FakeClock
+from s2s.core.registration import RegistrationEntry
+from s2s.core.revocation import RevocationRecord, RevocationSet
+from s2s.core.selectors import Selector
+from s2s.core.spiffe_id import SpiffeId
+from s2s.testing import TestAuthority
+
+AGENT = SpiffeId.parse("spiffe://example.org/s2s/agent/join_token/a")
+UID = frozenset({Selector.parse("unix:uid:1000")})
+
+
+def entry(entry_id: str, path: str) -> RegistrationEntry:
+    return RegistrationEntry(
+        id=entry_id, spiffe_id=SpiffeId.parse(f"spiffe://example.org{path}"), parent_id=AGENT,
+        selectors=UID,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def cache(authority: TestAuthority, fake_clock: FakeClock) -> SvidCache:
+    client = CaClient(
+        urls=("https://ca.invalid",), trust_domain=authority.trust_domain, clock=fake_clock
+    )  # never called here
+    return SvidCache(client=client, bundle=authority.bundle(), clock=fake_clock, rand=lambda: 0.5)
+
+
+def issue(cache: SvidCache, authority: TestAuthority) -> None:
+    due = cache._due(cache._clock.now())
+    keys: list[ec.EllipticCurvePrivateKey] = [new_key() for _ in due]
+    results = [
+        X509Result(i.entry.id, authority.issue_x509_svid(i.entry.spiffe_id, key=k), None)
+        for i, k in zip(due, keys, strict=True)
+    ]
+    cache._store_results(due, keys, results)
+
+
+def revoked(*serials: int, fake_clock: FakeClock) -> RevocationSet:
+    now = fake_clock.now()
+    return RevocationSet.of(
+        RevocationRecord.for_serial(s, revoked_at=now, expires_at=now + timedelta(hours=1))
+        for s in serials
+    )
+
+
+def test_a_revoked_leaf_stops_being_served_and_is_due_at_once(
+    cache: SvidCache, authority: TestAuthority, fake_clock: FakeClock
+) -> None:
+    cache.apply_entries([entry("a", "/api"), entry("b", "/billing")], revision=1)
+    issue(cache, authority)
+    api, billing = (i.svid for i in cache.state.items)
+    assert api is not None
+    assert billing is not None
+    assert cache._due(fake_clock.now()) == []
+    version = cache.version
+    assert cache.drop_revoked(revoked(api.serial, fake_clock=fake_clock)) == 1
+    assert cache.version > version
+    assert [s.serial for s in cache.svids_for(UID)] == [billing.serial]
+    assert [i.entry.id for i in cache._due(fake_clock.now())] == ["a"]
+    issue(cache, authority)  # the replacement is served
+    assert {s.spiffe_id.path for s in cache.svids_for(UID)} == {"/api", "/billing"}
+    # Twins: unrelated serials and an empty set change nothing.
+    version = cache.version
+    assert cache.drop_revoked(revoked(api.serial, 0x1234, fake_clock=fake_clock)) == 0
+    assert cache.drop_revoked(RevocationSet.EMPTY) == 0
+    assert cache.version == version
+
+
+def test_a_revoked_intermediate_drops_every_svid_under_it(
+    cache: SvidCache, authority: TestAuthority, fake_clock: FakeClock
+) -> None:
+    cache.apply_entries([entry("a", "/api"), entry("b", "/billing")], revision=1)
+    issue(cache, authority)
+    assert cache.drop_revoked(revoked(authority.intermediate.serial_number, fake_clock=fake_clock))
+    assert cache.svids_for(UID) == ()
+    assert len(cache._due(fake_clock.now())) == 2
+
+
+def test_crls_are_served_and_bump_the_version(cache: SvidCache) -> None:
+    assert cache.crls() == ()
+    version = cache.version
+    cache.set_crls((b"crl-1", b"crl-2"))
+    assert cache.crls() == (b"crl-1", b"crl-2")
+    assert cache.version == version + 1
+    cache.set_crls((b"crl-1", b"crl-2"))  # unchanged: no new stream message
+    assert cache.version == version + 1
