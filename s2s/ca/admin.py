@@ -24,8 +24,10 @@ from s2s.ca.http import (
     ApiServices,
     error_middleware,
     field,
+    get_crl,
     get_healthz,
     get_readyz,
+    get_revocations,
     json_response,
     jwt_json,
     optional_ttl,
@@ -298,6 +300,24 @@ async def mint_jwt(request: web.Request) -> web.Response:
     return json_response(jwt_json(svid), status=201)
 
 
+# ---- revocation ---------------------------------------------------------------------------
+
+_REVOKE_TARGETS: Final = ("serial", "spiffe_id", "jti", "agent")
+
+
+async def revoke(request: web.Request) -> web.Response:
+    """POST /v1/revocations {serial|spiffe_id|jti|agent: text, reason?} -> RevocationResult."""
+    body = await read_json(request)
+    named = [t for t in _REVOKE_TARGETS if t in body]
+    unknown = sorted(set(body) - set(_REVOKE_TARGETS) - {"reason"})
+    if len(named) != 1 or unknown:
+        raise InvalidRequest(f"give exactly one of {', '.join(_REVOKE_TARGETS)} (and a reason)")
+    reason = field(body, "reason") if "reason" in body else ""
+    service = _services(request).revocation_service()
+    result = await service.revoke(named[0], field(body, named[0]), reason=reason)
+    return json_response(result.to_json())
+
+
 def admin_app(services: ApiServices) -> web.Application:
     """The admin application (serve it on :func:`bind_admin_socket`)."""
     app = web.Application(middlewares=[error_middleware(services.metrics), owner_only])
@@ -319,4 +339,7 @@ def admin_app(services: ApiServices) -> web.Application:
     r.add_get("/v1/authorities", list_authorities)
     r.add_post("/v1/x509/mint", mint_x509)
     r.add_post("/v1/jwt/mint", mint_jwt)
+    r.add_post("/v1/revocations", revoke)
+    r.add_get("/v1/revocations", get_revocations)
+    r.add_get("/v1/crl", get_crl)
     return app

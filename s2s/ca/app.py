@@ -29,11 +29,13 @@ from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
 from s2s.ca.client import ADMIN_SOCKET_NAME
 from s2s.ca.config import CaConfig
+from s2s.ca.crl import CrlPublisher
 from s2s.ca.http import ApiServices, public_app
 from s2s.ca.issuance import Issuer
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
+from s2s.ca.revocations import LiveRevocations, RevocationService
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Conflict, InvalidConfig, S2SError, Unavailable
 from s2s.core.spiffe_id import TrustDomain
@@ -191,7 +193,12 @@ class CaServer:
         audit = AuditLog()
         self.authority = Authority(config=config, store=store, kek=kek, clock=self.clock)
         await self.authority.start()
-        self.registry = Registry(config=config, store=store, clock=self.clock, audit=audit)
+        self.live_revocations = LiveRevocations(store=store)  # registry + issuer refuse revoked
+        await self.live_revocations.refresh()
+        self.registry = Registry(
+            config=config, store=store, clock=self.clock, audit=audit,
+            revocations=self.live_revocations,
+        )  # fmt: skip
         self.issuer = Issuer(
             config=config,
             authority=self.authority,
@@ -199,7 +206,17 @@ class CaServer:
             store=store,
             clock=self.clock,
             audit=audit,
+            revocations=self.live_revocations,
         )
+        self.crls = CrlPublisher(
+            config=config, store=store, kek=kek, clock=self.clock,
+            revocations=self.live_revocations,
+        )  # fmt: skip
+        await self.crls.refresh()
+        self.revocations = RevocationService(
+            config=config, store=store, registry=self.registry, live=self.live_revocations,
+            clock=self.clock, audit=audit, on_change=self.crls.refresh,
+        )  # fmt: skip
         self.attestor = AgentAttestor(
             authority=self.authority, registry=self.registry, issuer=self.issuer, audit=audit
         )
@@ -211,6 +228,8 @@ class CaServer:
             metrics=self.metrics,
             readiness=self.readiness,
             closing=self._closing,
+            revocations=self.revocations,
+            crls=self.crls,
         )
         await self.reload_tls(force=True)
 
@@ -310,6 +329,7 @@ class CaServer:
         loops = {
             "authority": self._authority_loop(),
             "prune": self._every(self.options.prune_interval, self.prune),
+            "revocations": self._revocation_loop(),
             "metrics": self._every(self.options.metrics_interval, self.refresh_gauges),
         }
         try:
@@ -334,6 +354,23 @@ class CaServer:
         changed = await self.authority.rotate_if_due()
         await self.authority.refresh_bundle()
         await self.reload_tls(force=changed)
+
+    async def _revocation_loop(self) -> None:
+        """Follow the store's revocations (admin API, other replicas) and keep the CRLs fresh:
+        rebuilt on every change, for new issuers (checked every tick) and before nextUpdate."""
+        while True:
+            await self._retrying("crl", self.refresh_crls)
+            wait = (self.crls.next_refresh() - self.clock.now()).total_seconds()
+            version = self.live_revocations.current().version
+            timeout = min(max(wait, 0.05), self.options.tick)
+
+            async def follow(version: int = version, timeout: float = timeout) -> None:
+                await self.live_revocations.wait(version, timeout)
+
+            await self._retrying("revocations", follow)
+
+    async def refresh_crls(self) -> None:
+        await self.crls.refresh()
 
     async def prune(self) -> None:
         assert self._store is not None

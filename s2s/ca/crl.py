@@ -16,7 +16,9 @@ Entries are built once per serial and passed whole to the builder's constructor:
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
+import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,7 @@ from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 
 __all__ = [
+    "CRL_FORMATS",
     "CRL_NUMBER_KEY",
     "DEFAULT_CRL_VALIDITY",
     "CrlPublisher",
@@ -46,6 +49,7 @@ __all__ = [
     "build_crl",
     "key_id_of",
     "parse_key_id",
+    "render_crls",
     "revoked_entry",
 ]
 
@@ -334,6 +338,35 @@ class CrlPublisher:
                 continue
             return number
         raise Unavailable(f"could not advance the CRL number of {authority_id} (contention)")
+
+
+CRL_FORMATS: Final = ("pem", "der", "json")
+
+
+def render_crls(crls: CrlSet, *, fmt: str | None, issuer: str | None) -> tuple[bytes, str]:
+    """(body, media type) for ``/v1/crl``: all CRLs as PEM (default) or JSON (metadata + base64
+    DER), or one issuer's (``issuer`` = key id hex) as DER (its default) or PEM.
+
+    :class:`InvalidRequest` for an unknown format or DER without an issuer; :class:`NotFound`
+    for an issuer that has no CRL."""
+    if fmt is not None and fmt not in CRL_FORMATS:
+        raise InvalidRequest(f"format must be one of {', '.join(CRL_FORMATS)}")
+    if issuer is not None:
+        crl = crls.by_key_id(parse_key_id(issuer))
+        if crl is None:
+            raise NotFound(f"no CRL for issuer key id {issuer[:80]}; list them with ?format=json")
+        selected: tuple[IssuerCrl, ...] = (crl,)
+        fmt = fmt or "der"
+    else:
+        selected, fmt = crls.crls, fmt or "pem"
+    if fmt == "der":
+        if len(selected) != 1:
+            raise InvalidRequest("DER holds one CRL: name it with issuer=<key id hex>")
+        return selected[0].der, "application/pkix-crl"
+    if fmt == "pem":
+        return b"".join(c.pem() for c in selected), "application/x-pem-file"
+    doc = [{**c.to_json(), "der": base64.b64encode(c.der).decode("ascii")} for c in selected]
+    return json.dumps({"crls": doc}, separators=(",", ":")).encode(), "application/json"
 
 
 def _root_of(issuers: Sequence[_Issuer]) -> str:

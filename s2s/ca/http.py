@@ -26,12 +26,14 @@ from cryptography import x509
 
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.authority import Authority
+from s2s.ca.crl import CrlPublisher, render_crls
 from s2s.ca.issuance import MAX_BATCH, MAX_CSR_BYTES, CsrRequest, Issuer, JwtSvid, X509SvidResult
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import AGENT_PATH_PREFIX, AgentRecord, Registry
+from s2s.ca.revocations import RevocationService
 from s2s.core.bundle import Bundle
-from s2s.core.errors import InvalidRequest, InvalidSvid, NotAuthorized, S2SError
+from s2s.core.errors import InvalidRequest, InvalidSvid, NotAuthorized, S2SError, Unavailable
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid, spiffe_id_of
 from s2s.log import F
@@ -47,8 +49,10 @@ __all__ = [
     "error_middleware",
     "error_response",
     "field",
+    "get_crl",
     "get_healthz",
     "get_readyz",
+    "get_revocations",
     "json_response",
     "jwt_json",
     "optional_ttl",
@@ -251,6 +255,18 @@ class ApiServices:
     metrics: CaMetrics
     readiness: Callable[[], tuple[bool, str]]
     closing: asyncio.Event = field_(default_factory=asyncio.Event)  # set on shutdown
+    revocations: RevocationService | None = None
+    crls: CrlPublisher | None = None
+
+    def revocation_service(self) -> RevocationService:
+        if self.revocations is None:
+            raise Unavailable("this CA serves no revocation data")
+        return self.revocations
+
+    def crl_publisher(self) -> CrlPublisher:
+        if self.crls is None:
+            raise Unavailable("this CA serves no CRLs")
+        return self.crls
 
 
 SERVICES: Final = web.AppKey("services", ApiServices)
@@ -315,6 +331,28 @@ async def get_readyz(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     body = request.app[SERVICES].metrics.render()
     return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
+async def get_crl(request: web.Request) -> web.Response:
+    """GET /v1/crl?format=pem|der|json&issuer=<key id hex>: the CAs' CRLs (public)."""
+    crls = request.app[SERVICES].crl_publisher().current
+    query = request.query
+    body, media = render_crls(crls, fmt=query.get("format"), issuer=query.get("issuer"))
+    return web.Response(body=body, content_type=media)
+
+
+async def get_revocations(request: web.Request) -> web.Response:
+    """GET /v1/revocations?since=R&wait=S: the full revocation set, long-polling past revision R
+    (public, like the bundle: revocation data is not secret)."""
+    services = request.app[SERVICES]
+    live = services.revocation_service().live
+    since = _query_number(request, "since", int, default=-1)
+    wait = min(_query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
+    current = await live.refresh()
+    if wait > 0 and current.version <= since:
+        with services.metrics.long_polls.track_inprogress():
+            await _wait_unless_closing(live.wait(since, wait), services.closing)
+    return web.Response(body=live.feed_json(), content_type="application/json")
 
 
 # ---- agent API ----------------------------------------------------------------------------
@@ -503,4 +541,6 @@ def public_app(
     app.router.add_get("/v1/agent/entries", get_entries)
     app.router.add_post("/v1/agent/x509", post_x509)
     app.router.add_post("/v1/agent/jwt", post_jwt)
+    app.router.add_get("/v1/crl", get_crl)
+    app.router.add_get("/v1/revocations", get_revocations)
     return app

@@ -16,6 +16,7 @@ one snapshot, swapped whole, which the registry and the issuer consult on every 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -117,6 +118,7 @@ class LiveRevocations:
         self._current = RevocationSet.EMPTY
         self._loaded = False
         self._lock = asyncio.Lock()
+        self._encoded: tuple[RevocationSet, bytes] | None = None
 
     def current(self) -> RevocationSet:
         return self._current
@@ -131,6 +133,19 @@ class LiveRevocations:
             self._current = RevocationSet.of(records, version=revision)
             self._loaded = True
             return self._current
+
+    def feed_json(self) -> bytes:
+        """The feed body ``{"revision": N, "records": [...]}`` of the current snapshot (encoded
+        once per snapshot: every long-poller of a revision gets the same bytes)."""
+        current = self._current
+        cached = self._encoded
+        if cached is None or cached[0] is not current:
+            records = [r.to_json() for r in current.records()]
+            body = json.dumps(
+                {"revision": current.version, "records": records}, separators=(",", ":")
+            )
+            cached = self._encoded = (current, body.encode())
+        return cached[1]
 
     async def wait(self, after: int, timeout: float) -> RevocationSet:
         """Long-poll: once the revision differs from ``after`` (or at ``timeout``), refresh."""
