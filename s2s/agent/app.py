@@ -24,10 +24,14 @@ from s2s.agent.cache import SvidCache
 from s2s.agent.config import AgentConfig
 from s2s.agent.metrics import CONTENT_TYPE, AgentMetrics
 from s2s.agent.node import AgentIdentity, NodeAttestor
+from s2s.agent.revocations import RevocationFollower
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.log import F, configure_logging
+from s2s.verifier.feeds import RevocationFeed
+from s2s.verifier.feeds_ca import CaRevocationFeed
+from s2s.verifier.feeds_etcd import EtcdRevocationFeed
 
 __all__ = ["Agent", "AgentTuning", "run_agent", "serve_forever"]
 
@@ -70,6 +74,7 @@ class Agent:
             config=config, client=self.client, clock=self.clock, backoff=self._backoff()
         )
         self.cache: SvidCache | None = None
+        self.revocations: RevocationFollower | None = None
         self.server: WorkloadApiServer | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.metrics_port = 0
@@ -95,12 +100,25 @@ class Agent:
         )
         self.cache = cache
         self.node.subscribe(self._on_identity)
+        self.revocations = RevocationFollower(
+            feed=await self._revocation_feed(), cache=cache, client=self.client,
+            backoff=self._backoff(),
+        )  # fmt: skip
         async with asyncio.TaskGroup() as group:
             group.create_task(self.node.run(), name="agent-svid")
             group.create_task(cache.run(), name="cache")
+            group.create_task(self.revocations.run(), name="revocations")
             await self._first_sync(cache)
             await self._serve(cache)
             group.create_task(self._health_loop(cache), name="health")
+
+    async def _revocation_feed(self) -> RevocationFeed:
+        """etcd when ``revocations_etcd`` is set, else the CA long-poll over our own client."""
+        if self.config.revocations_etcd:
+            return await EtcdRevocationFeed.connect(
+                self.config.revocations_etcd, self.config.trust_domain
+            )
+        return CaRevocationFeed(self.client, wait=self.tuning.entries_wait)
 
     async def _first_sync(self, cache: SvidCache) -> None:
         """Give the cache a moment to fetch entries and SVIDs so first callers are not refused."""

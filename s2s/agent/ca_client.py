@@ -16,6 +16,7 @@ raises the ``s2s.core.errors`` class it named; an agent the CA no longer knows r
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -47,11 +48,13 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import (
     InvalidBundle,
+    InvalidRequest,
     Unavailable,
 )
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.core.x509svid import X509Svid
 from s2s.log import F
+from s2s.verifier.feeds_ca import RevocationPage, parse_revocation_page
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import PeerVerifier
 
@@ -271,6 +274,24 @@ class CaClient:
             return Bundle.decode(self.trust_domain, json.dumps(data))
         except InvalidBundle as exc:
             raise garbage("/v1/bundle", exc) from exc
+
+    async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
+        """GET /v1/revocations: the whole revocation set, held up to ``wait`` s while the CA's
+        revision equals ``since`` (a :class:`RevocationPoller` for :class:`CaRevocationFeed`)."""
+        query = {"since": str(since), "wait": f"{max(wait, 0.0):g}"} if since >= 0 else None
+        data = await self._call("GET", "/v1/revocations", query=query, timeout=wait + self._timeout)
+        try:
+            return parse_revocation_page(data)
+        except InvalidRequest as exc:
+            raise garbage("/v1/revocations", exc) from exc
+
+    async def fetch_crls(self) -> tuple[bytes, ...]:
+        """GET /v1/crl?format=json: the DER CRL of every issuing CA (Workload API ``crl``)."""
+        data = await self._call("GET", "/v1/crl", query={"format": "json"})
+        try:
+            return tuple(base64.b64decode(c["der"], validate=True) for c in data["crls"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise garbage("/v1/crl", InvalidRequest(f"no CRL list: {exc}")) from exc
 
     # -- transport --------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ the TOML file (``--config agent.toml`` or ``S2S_CONFIG``), or its default. Value
     metrics_listen = "127.0.0.1:9988"     # "" or absent: no metrics endpoint
     log_level = "info"
     log_format = "json"                   # or "text"
+    revocations_etcd = "10.0.0.5:2379,10.0.0.6:2379"   # follow revocations in etcd (plaintext);
+                                          # absent: long-poll the CA's /v1/revocations
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from urllib.parse import urlsplit
 from s2s.agent.attestor import DEFAULT_SHA256_MAX_BYTES
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
 from s2s.core.spiffe_id import TrustDomain
+from s2s.store.etcd_client import parse_endpoints
 
 __all__ = [
     "CONFIG_ENV",
@@ -62,6 +65,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "metrics_listen": "S2S_METRICS_LISTEN",
     "log_level": "S2S_LOG_LEVEL",
     "log_format": "S2S_LOG_FORMAT",
+    "revocations_etcd": "S2S_REVOCATIONS_ETCD",
 }
 _TOML_KEYS: Final = {("ca_url" if k == "ca_urls" else k): k for k in ENV_VARS}
 _FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()}
@@ -84,6 +88,7 @@ class AgentConfig:
     metrics_listen: tuple[str, int] | None = None
     log_level: str = "INFO"
     log_format: str = "json"
+    revocations_etcd: str | None = None  # etcd endpoints "h:p,h:p"; None: CA long-poll
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
@@ -278,6 +283,14 @@ def parse_listen(value: Any) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _endpoints(value: Any) -> str | None:
+    text = _text(value, "etcd endpoints host:port[,host:port]")
+    if not text:
+        return None
+    parse_endpoints(text)  # InvalidConfig naming the bad endpoint
+    return text
+
+
 def _level(value: Any, _base: Path | None) -> str:
     return _text(value, "a log level").upper()
 
@@ -297,4 +310,5 @@ _PARSERS: Final[Mapping[str, Callable[[Any, Path | None], Any]]] = {
     "metrics_listen": lambda v, _b: parse_listen(v),
     "log_level": _level,
     "log_format": _format,
+    "revocations_etcd": lambda v, _b: _endpoints(v),
 }

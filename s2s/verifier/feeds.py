@@ -113,6 +113,14 @@ class RevocationFeed:
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    async def run(self) -> None:
+        """Follow the source in the calling task until cancelled (for a caller's TaskGroup);
+        :meth:`start` runs it in a task of its own."""
+        try:
+            await self._guarded_run()
+        finally:
+            await self._closed()
+
     async def start(self, timeout: float = 10.0) -> None:
         """Start the task and wait for the first snapshot (Unavailable if none within timeout)."""
         if self._task is None:

@@ -1,0 +1,85 @@
+"""The agent follows revocations: revoked SVIDs leave its streams at once, CRLs reach workloads.
+
+ARCHITECTURE.md "Revocation fan-out": one watcher per node. The agent follows a revocation feed
+(the CA long-poll by default, :class:`~s2s.verifier.feeds_ca.CaRevocationFeed` over the agent's
+own mTLS :class:`CaClient`; or etcd, :class:`~s2s.verifier.feeds_etcd.EtcdRevocationFeed`, when
+configured). On every new set it drops each SVID whose leaf or CA certificate is revoked, so the
+rotation loop re-issues it at once, and it re-fetches the CA's signed CRLs (DER, one per issuing
+CA) for the Workload API ``crl`` fields, so a verifier whose source is the agent takes
+revocations from there. CRLs are also re-fetched every ``crl_interval`` seconds (the CA
+regenerates them before their nextUpdate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
+from s2s.agent.cache import SvidCache
+from s2s.core.errors import S2SError
+from s2s.core.revocation import RevocationSet
+from s2s.log import F
+from s2s.verifier.feeds import RevocationFeed
+
+__all__ = ["RevocationFollower"]
+
+log = logging.getLogger(__name__)
+
+
+class RevocationFollower:
+    """Runs ``feed`` and applies each new set to ``cache``; keeps the cache's CRLs current."""
+
+    def __init__(
+        self,
+        *,
+        feed: RevocationFeed,
+        cache: SvidCache,
+        client: CaClient,
+        crl_interval: float = 300.0,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.feed = feed
+        self.cache = cache
+        self.client = client
+        self.crl_interval = crl_interval
+        self._backoff = backoff or Backoff()
+        self._crl_wake = asyncio.Event()
+        self.crl_fetches = 0
+
+    async def run(self) -> None:
+        """The feed and the CRL loop, until cancelled."""
+        unsubscribe = self.feed.subscribe(self._changed)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.feed.run(), name="revocations-feed")
+                group.create_task(self._crl_loop(), name="revocations-crl")
+        finally:
+            unsubscribe()
+
+    def _changed(self, revoked: RevocationSet) -> None:
+        dropped = self.cache.drop_revoked(revoked)
+        if dropped:
+            log.warning("agent.revoked_svids_replaced", extra={F.COUNT: dropped})
+        self._crl_wake.set()
+
+    async def _crl_loop(self) -> None:
+        while True:
+            self._crl_wake.clear()
+            await self._refresh_crls()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._crl_wake.wait(), self.crl_interval)
+
+    async def _refresh_crls(self) -> None:
+        while True:
+            try:
+                crls = await self.client.fetch_crls()
+            except S2SError as exc:
+                log.warning("agent.crl_fetch_failed", extra={F.ERROR: f"{exc.code}: {exc}"})
+                await sleep_backoff(self._backoff)
+                continue
+            self._backoff.reset()
+            self.crl_fetches += 1
+            self.cache.set_crls(crls)
+            return

@@ -1,0 +1,224 @@
+"""A revocation feed that long-polls the CA (``GET /v1/revocations?since=<rev>&wait=<s>``).
+
+For a CA on its embedded (SQLite) store, where there is no etcd to watch. Each answer carries the
+whole current set and the store revision it reflects (``{"revision": N, "records": [...]}``); the
+CA holds a request while ``N == since`` for up to ``wait`` seconds. Every answer, changed or not,
+proves the set complete as of the instant the request was sent, so ``last_update`` moves on at
+least every ``wait`` seconds while the CA is reachable (``wait`` is kept below half the staleness
+limit). Failures are retried with capped exponential backoff and jitter; the last set is kept and
+ages until ``current()`` fails closed.
+
+The transport is a :class:`RevocationPoller`. :class:`HttpsRevocationPoller` is the verifier's:
+HTTPS to the CA URLs in turn, presenting the verifier's own SVID, the CA's chain verified to our
+bundle and its SPIFFE ID required to be ``spiffe://<td>/s2s/ca/<replica>`` (the peer check of
+:mod:`s2s.verifier.tls`) before any byte is sent. The agent plugs its own CA client in instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from s2s.core.clock import Clock
+from s2s.core.errors import InvalidRequest, S2SError, Unavailable
+from s2s.core.revocation import RevocationRecord, RevocationSet
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.verifier.authorize import authorize_if
+from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
+from s2s.verifier.tls import client_context
+from s2s.verifier.x509context import X509SourceLike
+
+__all__ = [
+    "CA_PATH_PREFIX",
+    "CaRevocationFeed",
+    "HttpsRevocationPoller",
+    "RevocationPage",
+    "RevocationPoller",
+    "parse_revocation_page",
+]
+
+log = logging.getLogger(__name__)
+
+CA_PATH_PREFIX = "/s2s/ca/"
+MAX_WAIT = 60.0  # the CA caps a long-poll at 60 s
+MAX_ANSWER_BYTES = 64 * 1024 * 1024  # ~300k records
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationPage:
+    """One answer of the CA: the whole set at store ``revision``."""
+
+    revision: int
+    records: tuple[RevocationRecord, ...]
+
+
+class RevocationPoller(Protocol):
+    async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
+        """The CA's set; held up to ``wait`` s while its revision equals ``since``.
+        Raises :class:`Unavailable` (or another S2SError) when there is no answer to use."""
+        ...
+
+
+def parse_revocation_page(data: object) -> RevocationPage:
+    """``{"revision": int >= 0, "records": [RevocationRecord JSON]}``; InvalidRequest if bad."""
+    if not isinstance(data, Mapping):
+        raise InvalidRequest("the revocations answer is not a JSON object")
+    revision, records = data.get("revision"), data.get("records")
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
+        raise InvalidRequest("the revocations answer has no valid revision")
+    if not isinstance(records, list):
+        raise InvalidRequest("the revocations answer has no records list")
+    return RevocationPage(revision, tuple(RevocationRecord.from_json(r) for r in records))
+
+
+class CaRevocationFeed(RevocationFeed):
+    """Follows the CA's revocations through ``poller`` (see the module docstring)."""
+
+    name = "CA revocation feed"
+
+    def __init__(
+        self,
+        poller: RevocationPoller,
+        *,
+        wait: float = 30.0,
+        max_staleness: float = DEFAULT_MAX_STALENESS,
+        clock: Clock | None = None,
+        backoff_initial: float = 0.05,
+        backoff_cap: float = 2.0,
+        rand: Callable[[], float] = random.random,
+        on_close: Callable[[], Any] | None = None,
+    ) -> None:
+        super().__init__(max_staleness=max_staleness, clock=clock)
+        self.poller = poller
+        self.wait = max(0.0, min(wait, MAX_WAIT, self.max_staleness / 2))
+        self._backoff = (backoff_initial, backoff_cap)
+        self._rand = rand
+        self._on_close = on_close
+        self.revision = -1  # the CA store revision the set reflects (-1: none yet)
+        self.polls = 0
+
+    @classmethod
+    def over_https(
+        cls,
+        urls: str | Sequence[str],
+        source: X509SourceLike,
+        *,
+        trust_domain: TrustDomain | None = None,
+        timeout: float = 10.0,
+        **kwargs: Any,
+    ) -> CaRevocationFeed:
+        """A feed polling the CA at ``urls`` over mTLS with ``source``'s SVID (verifier side)."""
+        poller = HttpsRevocationPoller(urls, source, trust_domain=trust_domain, timeout=timeout)
+        return cls(poller, on_close=poller.close, **kwargs)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            started = self._now()
+            try:
+                wait = self.wait if self.revision >= 0 else 0.0
+                page = await self.poller.fetch_revocations(since=self.revision, wait=wait)
+            except S2SError as exc:
+                self._failed(str(exc))
+                failures += 1
+                initial, cap = self._backoff
+                delay = min(cap, initial * 2**failures) * (0.5 + self._rand() / 2)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self.polls += 1
+            if page.revision != self.revision or not self.synced.is_set():
+                self._publish(RevocationSet.of(page.records, version=page.revision))
+                self.revision = page.revision
+            self._confirm(started)
+
+    async def _closed(self) -> None:
+        if self._on_close is not None:
+            await self._on_close()
+
+
+class HttpsRevocationPoller:
+    """``GET /v1/revocations`` over HTTPS, the CA identified by its SPIFFE ID (mTLS)."""
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        source: X509SourceLike,
+        *,
+        trust_domain: TrustDomain | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.urls = (urls,) if isinstance(urls, str) else tuple(urls)
+        if not self.urls:
+            raise InvalidRequest("the CA revocation feed needs at least one CA URL")
+        self.trust_domain = trust_domain or source.current().default_svid.spiffe_id.trust_domain
+        self._source = source
+        self._timeout = timeout
+        self._preferred = 0
+        self._ssl: ssl.SSLContext | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    def _is_ca(self, sid: SpiffeId) -> bool:
+        return sid.trust_domain == self.trust_domain and sid.path.startswith(CA_PATH_PREFIX)
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            if self._ssl is None:  # follows the source: rotation needs no new session
+                self._ssl = client_context(self._source, authorize=authorize_if(self._is_ca))
+            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4)
+            self._session = aiohttp.ClientSession(connector=connector)
+        return self._session
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
+        query = {"since": str(since), "wait": f"{wait:g}"} if since >= 0 else {"wait": "0"}
+        failures: list[str] = []
+        for step in range(len(self.urls)):
+            index = (self._preferred + step) % len(self.urls)
+            try:
+                data = await self._get(self.urls[index], "/v1/revocations", query, wait)
+            except Unavailable as exc:
+                failures.append(str(exc))
+                continue
+            self._preferred = index
+            try:
+                return parse_revocation_page(data)
+            except InvalidRequest as exc:
+                raise Unavailable(
+                    f"{self.urls[index]} sent a bad revocations answer: {exc}"
+                ) from exc
+        raise Unavailable("no CA answered /v1/revocations: " + "; ".join(failures))
+
+    async def _get(self, base: str, path: str, query: Mapping[str, str], wait: float) -> object:
+        timeout = aiohttp.ClientTimeout(total=wait + self._timeout, sock_connect=self._timeout)
+        try:
+            async with self._client().get(base + path, params=query, timeout=timeout) as answer:
+                raw = await answer.content.read(MAX_ANSWER_BYTES + 1)
+                status = answer.status
+        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            raise Unavailable(f"{base} is unreachable: {type(exc).__name__}: {exc}") from exc
+        except TimeoutError as exc:
+            raise Unavailable(f"{base} did not answer within {wait + self._timeout:g}s") from exc
+        if len(raw) > MAX_ANSWER_BYTES:
+            raise Unavailable(f"{base}{path}: the answer is larger than {MAX_ANSWER_BYTES} bytes")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise Unavailable(f"{base}{path} answered {status} with no JSON") from exc
+        if status != 200:
+            code = data.get("error", "?") if isinstance(data, dict) else "?"
+            message = data.get("message", "") if isinstance(data, dict) else ""
+            raise Unavailable(f"{base}{path} answered {status} {code}: {str(message)[:200]}")
+        return data
