@@ -36,13 +36,14 @@ from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import LiveRevocations, RevocationService
+from s2s.ca.store_config import StoreSettings, open_ca_store, open_init_store
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Conflict, InvalidConfig, S2SError, Unavailable
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid
 from s2s.log import F, configure_logging
 from s2s.store.base import Store
-from s2s.store.records import Setting, Topic
+from s2s.store.records import Topic
 from s2s.store.sqlite import SqliteStore
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
@@ -75,6 +76,7 @@ class ServeOptions:
     prune_interval: float = 60.0
     metrics_interval: float = 15.0
     config_overrides: dict[str, Any] = field(default_factory=dict)
+    store: StoreSettings = field(default_factory=StoreSettings)  # default: SQLite in data_dir
 
     @property
     def admin_socket(self) -> Path:
@@ -91,18 +93,30 @@ class ServeOptions:
 
 
 def init_data_dir(
-    data_dir: Path, trust_domain: str, *, clock: Clock | None = None
+    data_dir: Path,
+    trust_domain: str,
+    *,
+    clock: Clock | None = None,
+    store_settings: StoreSettings | None = None,
 ) -> dict[str, str]:
     """Create a trust domain in ``data_dir``: KEK file (0600), store, root CA."""
-    return asyncio.run(init_trust_domain(data_dir, trust_domain, clock=clock))
+    return asyncio.run(
+        init_trust_domain(data_dir, trust_domain, clock=clock, store_settings=store_settings)
+    )
 
 
 async def init_trust_domain(
-    data_dir: Path, trust_domain: str, *, clock: Clock | None = None
+    data_dir: Path,
+    trust_domain: str,
+    *,
+    clock: Clock | None = None,
+    store_settings: StoreSettings | None = None,
 ) -> dict[str, str]:
     """The async body of :func:`init_data_dir` (for callers already in an event loop)."""
     td = TrustDomain.parse(trust_domain)
     config = CaConfig(trust_domain=td, data_dir=data_dir)
+    if store_settings is not None and store_settings.is_etcd:
+        return await _init_etcd(config, store_settings, clock or SystemClock())
     if config.store_path.exists() or config.kek_path.exists():
         raise Conflict(f"{data_dir} already holds a trust domain; refusing to overwrite it")
     try:
@@ -125,27 +139,26 @@ async def init_trust_domain(
     }
 
 
-# ---- s2s-ca serve -------------------------------------------------------------------------
-
-
-async def _open_store(data_dir: Path) -> tuple[SqliteStore, KeyEncryptionKey, TrustDomain]:
-    probe = CaConfig(trust_domain=TrustDomain("invalid"), data_dir=data_dir)
-    if not data_dir.is_dir():
-        raise InvalidConfig(f"data dir {data_dir} does not exist; run 's2s-ca init' first")
-    if not probe.store_path.exists():
-        raise InvalidConfig(f"{data_dir} holds no s2s store; run 's2s-ca init' first")
-    kek = KeyEncryptionKey.load(probe.kek_path)
-    store = await SqliteStore.open(probe.store_path, create=False)
+async def _init_etcd(config: CaConfig, settings: StoreSettings, clock: Clock) -> dict[str, str]:
+    store, kek, created_kek = await open_init_store(config.data_dir, config.trust_domain, settings)
     try:
-        name = await store.get_setting(Setting.TRUST_DOMAIN)
-        if name is None:
-            raise InvalidConfig(
-                f"the store in {data_dir} has no trust domain; it is not initialized"
-            )
-        return store, kek, TrustDomain.parse(name)
+        root = await Authority.initialize(config=config, store=store, kek=kek, clock=clock)
     except BaseException:
-        await store.close()
+        if created_kek:  # a KEK that sealed nothing must not be mistaken for the real one
+            config.kek_path.unlink(missing_ok=True)
         raise
+    finally:
+        await store.close()
+    return {
+        "trust_domain": config.trust_domain.name,
+        "data_dir": str(config.data_dir),
+        "store": settings.etcd_url(config.trust_domain),
+        "root_id": root.id,
+        "not_after": root.not_after.isoformat(),
+    }
+
+
+# ---- s2s-ca serve -------------------------------------------------------------------------
 
 
 class CaServer:
@@ -182,7 +195,7 @@ class CaServer:
 
     async def _build(self) -> None:
         ensure_admin_socket_free(self.options.admin_socket)
-        store, kek, td = await _open_store(self.options.data_dir)
+        store, kek, td = await open_ca_store(self.options.data_dir, self.options.store)
         self._store = store
         config = CaConfig(
             trust_domain=td,

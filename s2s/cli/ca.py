@@ -161,15 +161,51 @@ DURATION = Duration()
 # ---- process commands -------------------------------------------------------------------------
 
 
+_store_options = [
+    click.option("--store", "store_url", envvar="S2S_CA_STORE",
+                 help="etcd://host:port[,host:port][/<td>] (default: SQLite in the data dir)."),
+    click.option("--etcd-ca", type=click.Path(dir_okay=False, path_type=Path),
+                 help="CA certificate (PEM) that signed etcd's certificate: enables TLS."),
+    click.option("--etcd-cert", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Client certificate (PEM) for etcd."),
+    click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Client key (PEM) for etcd."),
+]  # fmt: skip
+
+
+def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_store_options):
+        fn = option(fn)
+    return fn
+
+
+def store_settings(values: dict[str, Any], trust_domain: str | None = None) -> Any:
+    """``StoreSettings`` from the --store/--etcd-* values (flags or config file)."""
+    from s2s.ca.store_config import StoreSettings  # noqa: PLC0415
+
+    paths = {k: Path(values[k]) if values.get(k) else None for k in _ETCD_KEYS}
+    return call(
+        lambda: StoreSettings(url=values.get("store") or None, trust_domain=trust_domain, **paths)
+    )
+
+
+_ETCD_KEYS = ("etcd_ca", "etcd_cert", "etcd_key")
+
+
 @cli.command()
 @click.option("--trust-domain", required=True, help="The trust domain name, e.g. example.org.")
+@store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
-def init(ctx: Ctx, trust_domain: str, as_json: bool) -> None:
-    """Create a trust domain: root CA, key-encryption key (0600) and store in --data-dir."""
+def init(ctx: Ctx, /, trust_domain: str, as_json: bool, store_url: str | None, **etcd: Any) -> None:
+    """Create a trust domain: root CA, key-encryption key (0600) and store in --data-dir
+    (with --store etcd://..., the root goes to etcd; the KEK stays in --data-dir)."""
     from s2s.ca.app import init_data_dir  # noqa: PLC0415  (keeps admin commands light)
 
-    result = call(lambda: init_data_dir(ctx.require_data_dir(), trust_domain))
+    settings = store_settings({"store": store_url, **etcd}, trust_domain)
+    result = call(
+        lambda: init_data_dir(ctx.require_data_dir(), trust_domain, store_settings=settings)
+    )
     if as_json:
         emit_json(result)
     else:
@@ -181,7 +217,8 @@ _TTL_KEYS = ("x509_svid", "jwt_svid", "max_svid", "agent_svid", "server_svid", "
              "jwt_key", "join_token")  # fmt: skip
 
 
-_FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format")
+_FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format", "store",
+              "etcd_ca", "etcd_cert", "etcd_key", "trust_domain")  # fmt: skip
 
 
 def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
@@ -222,6 +259,8 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )  # fmt: skip
 @click.option("--max-svid-ttl", type=DURATION, help="Raise the SVID lifetime cap (default 5m).")
+@store_options
+@click.option("--trust-domain", help="The trust domain of an etcd store (or in its URL path).")
 @click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO].")
 @click.option("--log-format", type=click.Choice(["json", "text"]), help="Log lines [json].")
 @pass_ctx
@@ -247,8 +286,18 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
         json_logs=log_format == "json",
         socket_path=socket_path,
         config_overrides=ttls,
+        store=_serve_store(opts, file),
     )
     call(lambda: serve_forever(options))
+
+
+def _serve_store(opts: dict[str, Any], file: dict[str, Any]) -> Any:
+    """The store settings of ``serve``: flags win over the config file, key by key."""
+    values = {k: file.get(k) for k in ("store", *_ETCD_KEYS)}
+    values.update({k: opts[k] for k in _ETCD_KEYS if opts[k] is not None})
+    if opts["store_url"]:
+        values["store"] = opts["store_url"]
+    return store_settings(values, opts["trust_domain"] or file.get("trust_domain"))
 
 
 @cli.command()

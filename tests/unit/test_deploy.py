@@ -188,9 +188,6 @@ def test_agent_daemonset_uses_real_flags() -> None:
     _check_flags(shlex.split(line)[1:])  # after "exec"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="pending: s2s-ca serve --store etcd://... (issue 6) is not in the CLI yet"
-)
 def test_ca_deployment_uses_real_flags() -> None:
     container = pod_spec(by_kind("ca.yaml")["Deployment"])["containers"][0]
     _check_flags(container["command"] + container["args"])

@@ -1,0 +1,152 @@
+"""Which store a CA uses: the embedded SQLite file in the data dir, or a shared etcd.
+
+``s2s-ca init`` and ``s2s-ca serve`` take ``--store`` (``etcd://host:port[,host:port][/<td>]``)
+with ``--etcd-ca``, ``--etcd-cert`` and ``--etcd-key`` for TLS. Without ``--store`` the CA keeps
+its store in ``<data-dir>/s2s.db`` (the default). The key-encryption key always stays in the data
+dir: every replica of one trust domain needs a copy of the same ``kek.bin``.
+
+An etcd store keeps each trust domain under its own prefix, so it needs the trust domain: from
+the URL path or ``--trust-domain`` (they must agree).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from s2s.ca.config import CaConfig
+from s2s.ca.keys import KeyEncryptionKey
+from s2s.core.errors import InvalidConfig, InvalidSpiffeId
+from s2s.core.spiffe_id import TrustDomain
+from s2s.store.base import Store
+from s2s.store.etcd_client import EtcdTls
+from s2s.store.factory import open_store
+from s2s.store.records import Setting
+from s2s.store.sqlite import SqliteStore
+
+__all__ = ["StoreSettings", "open_ca_store", "open_init_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """``--store`` and its TLS options (None: the SQLite store in the data dir)."""
+
+    url: str | None = None
+    trust_domain: str | None = None
+    etcd_ca: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        tls_given = any(p is not None for p in (self.etcd_ca, self.etcd_cert, self.etcd_key))
+        if self.url is None:
+            if tls_given:
+                raise InvalidConfig("--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...")
+            return
+        if not self.url.startswith("etcd://"):
+            raise InvalidConfig(
+                f"--store takes etcd://host:port[,host:port][/<trust-domain>], not {self.url!r}"
+                " (leave it out for the SQLite store in the data dir)"
+            )
+        if tls_given and self.etcd_ca is None:
+            raise InvalidConfig("etcd TLS needs --etcd-ca (the CA that signed etcd's certificate)")
+        self.etcd_trust_domain()  # fail early: no trust domain, or two that disagree
+
+    @property
+    def is_etcd(self) -> bool:
+        return self.url is not None
+
+    def etcd_tls(self) -> EtcdTls | None:
+        """The client TLS for etcd, read from the files (``InvalidConfig`` if unreadable)."""
+        if self.etcd_ca is None:
+            return None
+        return EtcdTls.from_files(self.etcd_ca, self.etcd_cert, self.etcd_key)
+
+    def etcd_trust_domain(self, fallback: str | None = None) -> TrustDomain:
+        """The trust domain of the etcd prefix: the URL path, ``trust_domain`` or ``fallback``."""
+        assert self.url is not None
+        _hosts, _, path = self.url.removeprefix("etcd://").partition("/")
+        named = [n for n in (path.strip("/") or None, self.trust_domain, fallback) if n]
+        if not named:
+            raise InvalidConfig(
+                "an etcd store needs the trust domain: --store etcd://host:port/<trust-domain>"
+                " or --trust-domain"
+            )
+        if len(set(named)) > 1:
+            names = sorted(set(named))
+            raise InvalidConfig(f"conflicting trust domains for the etcd store: {names}")
+        try:
+            return TrustDomain.parse(named[0])
+        except InvalidSpiffeId as exc:
+            raise InvalidConfig(f"bad trust domain for the etcd store: {exc}") from exc
+
+    def etcd_url(self, trust_domain: TrustDomain) -> str:
+        assert self.url is not None
+        hosts = self.url.removeprefix("etcd://").partition("/")[0]
+        return f"etcd://{hosts}/{trust_domain.name}"
+
+
+async def open_ca_store(
+    data_dir: Path, settings: StoreSettings
+) -> tuple[Store, KeyEncryptionKey, TrustDomain]:
+    """Open an initialized store for ``s2s-ca serve``, with the KEK from ``data_dir``.
+
+    ``InvalidConfig`` when the data dir, KEK or store is missing or not initialized;
+    ``StoreError`` when etcd cannot be reached.
+    """
+    probe = CaConfig(trust_domain=TrustDomain("invalid"), data_dir=data_dir)
+    if not data_dir.is_dir():
+        raise InvalidConfig(f"data dir {data_dir} does not exist; run 's2s-ca init' first")
+    if settings.is_etcd:
+        if not probe.kek_path.exists():
+            raise InvalidConfig(
+                f"{data_dir} holds no kek.bin: copy the trust domain's key-encryption key there"
+                " (every replica needs the same one)"
+            )
+        kek = KeyEncryptionKey.load(probe.kek_path)
+        td = settings.etcd_trust_domain()
+        store = await open_store(settings.etcd_url(td), tls=settings.etcd_tls())
+        where = f"the etcd store {settings.url}"
+    else:
+        if not probe.store_path.exists():
+            raise InvalidConfig(f"{data_dir} holds no s2s store; run 's2s-ca init' first")
+        kek = KeyEncryptionKey.load(probe.kek_path)
+        store = await SqliteStore.open(probe.store_path, create=False)
+        where = f"the store in {data_dir}"
+    try:
+        name = await store.get_setting(Setting.TRUST_DOMAIN)
+        if name is None:
+            raise InvalidConfig(f"{where} has no trust domain; it is not initialized")
+        return store, kek, TrustDomain.parse(name)
+    except BaseException:
+        await store.close()
+        raise
+
+
+async def open_init_store(
+    data_dir: Path, trust_domain: TrustDomain, settings: StoreSettings
+) -> tuple[Store, KeyEncryptionKey, bool]:
+    """Store and KEK for ``s2s-ca init --store etcd://...``: the KEK in ``data_dir`` is
+    created unless one is there already (a copy from another replica). Returns (store, kek,
+    created_kek) so a failed init can remove a KEK it created."""
+    config = CaConfig(trust_domain=trust_domain, data_dir=data_dir)
+    settings.etcd_trust_domain(trust_domain.name)  # refuse a URL naming another domain
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidConfig(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
+    created = not config.kek_path.exists()
+    kek = (
+        KeyEncryptionKey.create(config.kek_path)
+        if created
+        else KeyEncryptionKey.load(config.kek_path)
+    )
+    try:
+        store = await open_store(settings.etcd_url(trust_domain), tls=settings.etcd_tls())
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                config.kek_path.unlink()
+        raise
+    return store, kek, created
