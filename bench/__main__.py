@@ -9,7 +9,9 @@ import sys
 from bench._harness import Figure
 
 # One module per figure group; each defines run(quick: bool) -> list[Figure].
-MODULES: list[str] = ["ca", "ca_http", "workload_api", "agent", "verifier_tls", "verifier_jwt"]
+MODULES: list[str] = [
+    "ca", "ca_http", "workload_api", "agent", "verifier_tls", "verifier_jwt", "crl",
+]
 
 
 def _print(figures: list[Figure]) -> None:
