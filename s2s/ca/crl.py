@@ -243,10 +243,15 @@ class CrlPublisher:
             )
             if unchanged and not force:
                 return False
-            serials = [r for r in revoked.records() if r.kind is RevocationKind.SERIAL]
-            await self._learn_issuers([int(r.value, 16) for r in serials], issuers)
-            crls = [await self._build(i, serials, now) for i in issuers]
-            self._forget_except(serials)
+            serials = [(int(r.value, 16), r) for r in revoked.records()
+                       if r.kind is RevocationKind.SERIAL]  # fmt: skip
+            await self._learn_issuers([s for s, _ in serials], issuers)
+            by_issuer: dict[str | None, list[RevocationRecord]] = {}
+            for serial, record in serials:
+                by_issuer.setdefault(self._issuer_of.get(serial), []).append(record)
+            crls = [await self._build(i, by_issuer.get(i.record.id, []), now) for i in issuers]
+            if len(self._entries) > len(serials) or len(self._issuer_of) > len(serials):
+                self._forget_except([r for _, r in serials])
             self._current = CrlSet(tuple(crls), revoked.version, ids)
             log.info("crl.published", extra={F.COUNT: len(crls), F.REVISION: revoked.version})
             return True
@@ -279,10 +284,9 @@ class CrlPublisher:
                 self._issuer_of[serial] = cas.get(serial)  # None: expired and pruned
 
     async def _build(
-        self, issuer: _Issuer, serials: Sequence[RevocationRecord], now: datetime
+        self, issuer: _Issuer, mine: Sequence[RevocationRecord], now: datetime
     ) -> IssuerCrl:
         record = issuer.record
-        mine = [r for r in serials if self._issuer_of.get(int(r.value, 16)) == record.id]
         entries = [self._entry(r) for r in mine]
         number = await self._next_number(record.id)
         key = self._key(record)
