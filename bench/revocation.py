@@ -1,0 +1,332 @@
+"""Revocation: propagation from the revoke call's return to rejection, and verifier memory.
+
+* **propagation** (ms, p50 and p99 over 200 revocations, 1 and 10 verifiers), two paths side by
+  side. *etcd*: the CA's revocation service (``RevocationService.revoke_serial``) on an etcd store
+  (a real etcd), verifiers running :class:`EtcdRevocationFeed`. *CA long-poll*: a real CA process
+  (``s2s-ca serve``, embedded SQLite store) revoked through its admin socket (what ``s2s-ca
+  revoke`` does), verifiers running :class:`CaRevocationFeed` over mTLS. The verifiers (1 or 10
+  feeds, each with its own connection) run in a separate process and time-stamp the instant each
+  new set is swapped in (from then on ``current()`` rejects the serial) with the system-wide
+  monotonic clock; the figure is that instant minus the revoke call's return (negative when the
+  set arrived before the call returned; reported as measured). Baseline: a raw etcd put's return
+  to the watch event in that same verifier process, measured in the same run.
+* **memory** (MiB) a verifier holds for 100,000 revoked serials (the :class:`RevocationSet` and
+  the etcd feed's record map), measured with ``tracemalloc``. Baseline: the same serials as ints
+  in a plain Python ``set``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import multiprocessing as mp
+import os
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+from bench._harness import Figure, percentiles
+from bench.agent import _start_ca, _stop
+from s2s.ca.config import CaConfig
+from s2s.ca.registry import Registry
+from s2s.ca.revocations import LiveRevocations, RevocationService
+from s2s.core.bundle import Bundle, BundleSet
+from s2s.core.clock import SystemClock
+from s2s.core.revocation import RevocationRecord, RevocationSet
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.core.x509svid import X509Svid, spiffe_id_of
+from s2s.store.etcd import EtcdStore
+from s2s.store.etcd_client import EtcdClient
+from s2s.store.records import IssuedKind, IssuedSerial
+from s2s.testing_etcd import EtcdServer
+from s2s.verifier.feeds import RevocationFeed
+from s2s.verifier.feeds_ca import CaRevocationFeed
+from s2s.verifier.feeds_etcd import EtcdRevocationFeed
+from s2s.verifier.source_static import StaticX509Source
+from s2s.verifier.x509context import X509Context
+
+TD = "example.org"
+Revoke = Callable[[int], Awaitable[None]]
+
+
+# -- the verifier process ---------------------------------------------------------------------
+
+
+def _verifier_main(spec: dict[str, Any], out: Any, stop: Any) -> None:
+    asyncio.run(_verifiers(spec, out, stop))
+
+
+async def _verifiers(spec: dict[str, Any], out: Any, stop: Any) -> None:
+    """Run ``spec["n"]`` feeds; report (kind, feed index, serial, monotonic) for each arrival."""
+    feeds = [await _open_feed(spec) for _ in range(spec["n"])]
+    seen: list[set[str]] = [set() for _ in feeds]
+
+    def watcher(index: int) -> Callable[[RevocationSet], None]:
+        def changed(new: RevocationSet) -> None:
+            at = time.monotonic()
+            values = {r.value for r in new.records()}
+            for value in values - seen[index]:
+                out.put(("feed", index, int(value, 16), at))
+            seen[index] = values
+
+        return changed
+
+    for i, feed in enumerate(feeds):
+        await feed.start(timeout=30)
+        seen[i] = {r.value for r in feed.snapshot().records()}
+        feed.subscribe(watcher(i))
+    raw = await _raw_watch(spec, out) if spec["kind"] == "etcd" else None
+    out.put(("ready", 0, 0, 0.0))
+    while not stop.is_set():
+        await asyncio.sleep(0.05)
+    if raw is not None:
+        raw.cancel()
+    for feed in feeds:
+        await feed.stop()
+
+
+async def _open_feed(spec: dict[str, Any]) -> RevocationFeed:
+    td = TrustDomain(spec["td"])
+    if spec["kind"] == "etcd":
+        return await EtcdRevocationFeed.connect(spec["endpoint"], td)
+
+    chain = tuple(x509.load_pem_x509_certificates(spec["chain"]))
+    key = load_pem_private_key(spec["key"], None)
+    svid = X509Svid(spiffe_id_of(chain[0]), chain, key)
+    bundles = BundleSet.of(Bundle.from_x509_pem(td, spec["bundle"]))
+    source = StaticX509Source(X509Context((svid,), bundles))
+    return CaRevocationFeed.over_https(spec["url"], source, wait=30.0)
+
+
+async def _raw_watch(spec: dict[str, Any], out: Any) -> asyncio.Task[None]:
+
+    client = await EtcdClient.connect(spec["endpoint"])
+    updates = client.follow_prefix(spec["raw_prefix"].encode())
+    await anext(updates)  # the snapshot: watching from here on
+
+    async def run() -> None:
+        async for update in updates:
+            at = time.monotonic()
+            for event in update.events:
+                out.put(("raw", 0, int(event.kv.value), at))
+
+    return asyncio.create_task(run())
+
+
+# -- driving it -------------------------------------------------------------------------------
+
+
+class _Verifiers:
+    def __init__(self, spec: dict[str, Any]) -> None:
+        ctx = mp.get_context("spawn")
+        self.out = ctx.Queue()
+        self.stop = ctx.Event()
+        self.process = ctx.Process(target=_verifier_main, args=(spec, self.out, self.stop))
+        self.n = spec["n"]
+
+    def __enter__(self) -> _Verifiers:
+        self.process.start()
+        kind = self.out.get(timeout=60)[0]
+        if kind != "ready":
+            raise RuntimeError(f"the verifier process sent {kind} before ready")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.process.join(20)
+        if self.process.is_alive():
+            self.process.kill()
+
+    async def arrivals(self, kind: str, serial: int, count: int) -> list[float]:
+        """The monotonic times of ``count`` reports of ``serial``."""
+        found: list[float] = []
+        deadline = time.monotonic() + 30
+        while len(found) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{serial:x}: {len(found)}/{count} arrivals within 30 s")
+            item = await asyncio.to_thread(self.out.get, True, left)
+            if item[0] == kind and item[2] == serial:
+                found.append(item[3])
+        return found
+
+
+Samples = tuple[list[float], list[float]]  # ms from the call's return, ms from its start
+
+
+async def _propagation(verifiers: _Verifiers, revoke: Revoke, serials: list[int]) -> Samples:
+    from_return: list[float] = []
+    from_start: list[float] = []
+    for serial in serials:
+        started = time.monotonic()
+        await revoke(serial)
+        returned = time.monotonic()
+        for at in await verifiers.arrivals("feed", serial, verifiers.n):
+            from_return.append((at - returned) * 1000)
+            from_start.append((at - started) * 1000)
+    return from_return, from_start
+
+
+async def _raw_baseline(verifiers: _Verifiers, endpoint: str, prefix: str, n: int) -> Samples:
+
+    client = await EtcdClient.connect(endpoint)
+    samples: Samples = ([], [])
+    try:
+        for i in range(1, n + 1):
+            started = time.monotonic()
+            await client.put(f"{prefix}{i}".encode(), str(i).encode())
+            returned = time.monotonic()
+            (at,) = await verifiers.arrivals("raw", i, 1)
+            samples[0].append((at - returned) * 1000)
+            samples[1].append((at - started) * 1000)
+    finally:
+        await client.close()
+    return samples
+
+
+async def _etcd_path(etcd: EtcdServer, counts: tuple[int, ...], n: int) -> dict[str, Samples]:
+
+    td = TrustDomain(f"b{uuid.uuid4().hex[:10]}.example")
+    results: dict[str, Samples] = {}
+    clock = SystemClock()
+    async with await EtcdStore.open(etcd.endpoint, trust_domain=td.name) as store:
+        config = CaConfig(trust_domain=td, data_dir=Path(tempfile.gettempdir()))
+        registry = Registry(config=config, store=store, clock=clock)
+        service = RevocationService(
+            config=config, store=store, registry=registry, live=LiveRevocations(store=store),
+            clock=clock,
+        )  # fmt: skip
+        now = datetime.now(UTC)
+        serials = [int.from_bytes(os.urandom(15), "big") | 1 for _ in range(n * len(counts))]
+        await store.add_issued([
+            IssuedSerial(s, IssuedKind.X509_SVID, SpiffeId.parse(f"spiffe://{td.name}/w"), "int-1",
+                         now, now + timedelta(hours=1))
+            for s in serials
+        ])  # fmt: skip
+
+        async def revoke(serial: int) -> None:
+            await service.revoke_serial(serial, reason="bench")
+
+        for index, count in enumerate(counts):
+            raw_prefix = f"/bench-raw/{uuid.uuid4().hex}/"
+            spec = {"kind": "etcd", "n": count, "td": td.name, "endpoint": etcd.endpoint,
+                    "raw_prefix": raw_prefix}  # fmt: skip
+            with _Verifiers(spec) as verifiers:
+                batch = serials[index * n : (index + 1) * n]
+                results[f"etcd/{count}"] = await _propagation(verifiers, revoke, batch)
+                if count == counts[0]:
+                    results["raw"] = await _raw_baseline(verifiers, etcd.endpoint, raw_prefix, n)
+    return results
+
+
+# -- memory -----------------------------------------------------------------------------------
+
+
+def _retained(build: Callable[[], object]) -> tuple[float, object]:
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    value = build()
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / 2**20, value
+
+
+def _memory(n: int) -> list[Figure]:
+    now = datetime.now(UTC)
+    later = now + timedelta(minutes=10)
+    serials = [int.from_bytes(os.urandom(16), "big") | 1 for _ in range(n)]
+    plain, _ = _retained(lambda: set(serials))
+    records = [RevocationRecord.for_serial(s, revoked_at=now, expires_at=later) for s in serials]
+    as_set, _ = _retained(lambda: RevocationSet.of(records))
+    keys = [f"/s2s/{TD}/revoked/serial/{s:x}".encode() for s in serials]
+
+    def feed_state() -> object:  # what EtcdRevocationFeed keeps: records by key, and the set
+        parsed = [RevocationRecord.from_json(r.to_json()) for r in records]
+        by_key = dict(zip(keys, parsed, strict=True))
+        return by_key, RevocationSet.of(by_key.values())
+
+    feed, _ = _retained(feed_state)
+    label = f"{n:,} revoked serials"
+    return [
+        Figure(f"verifier RevocationSet, {label}", as_set, "MiB", "plain set of ints", plain,
+               higher_is_better=False),
+        Figure(f"etcd feed state (records + set), {label}", feed, "MiB", "plain set of ints",
+               plain, higher_is_better=False, note="records parsed from JSON as the feed does"),
+    ]  # fmt: skip
+
+
+# -- run --------------------------------------------------------------------------------------
+
+
+def _latency_figures(results: dict[str, Samples], n: int) -> list[Figure]:
+    figures = []
+    for name, (from_return, from_start) in results.items():
+        if name == "raw":
+            continue
+        path, count = name.split("/")
+        label = f"{'etcd' if path == 'etcd' else 'CA long-poll'}, {count} verifier(s)"
+        early = sum(1 for s in from_return if s < 0)
+        note = f"{n} revocations x {count}; {early} arrived before the call returned"
+        for which, samples, raw in (
+            ("return", from_return, results["raw"][0]),
+            ("start", from_start, results["raw"][1]),
+        ):
+            for point, value, base in zip(
+                ("p50", "p99"), percentiles(samples, 50, 99), percentiles(raw, 50, 99), strict=True
+            ):
+                figures.append(
+                    Figure(f"revoke {which} -> rejection {point}, {label}", value, "ms",
+                           f"raw etcd put {which} -> watch event {point}", base,
+                           higher_is_better=False, note=note)
+                )  # fmt: skip
+    return figures
+
+
+async def _propagation_all(n: int, counts: tuple[int, ...]) -> dict[str, Samples]:
+    with tempfile.TemporaryDirectory(prefix="s2s-bench-rev-") as tmp:
+        with EtcdServer(Path(tmp) / "etcd") as etcd:
+            results = await _etcd_path(etcd, counts, n)
+        results |= await _ca_path(Path(tmp), counts, n)
+    return results
+
+
+async def _ca_path(tmp: Path, counts: tuple[int, ...], n: int) -> dict[str, Samples]:
+
+    process, port, admin = _start_ca(tmp)
+    results: dict[str, Samples] = {}
+    try:
+        me = admin.post("/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/verifier"})
+        minted = [
+            admin.post("/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/w{i}"})["serial"]
+            for i in range(n * len(counts))
+        ]
+
+        async def revoke(serial: int) -> None:  # what `s2s-ca revoke --serial` sends
+            await asyncio.to_thread(admin.post, "/v1/revocations", {"serial": f"{serial:x}"})
+
+        for index, count in enumerate(counts):
+            spec = {"kind": "ca", "n": count, "td": TD, "url": f"https://127.0.0.1:{port}",
+                    "chain": me["chain_pem"].encode(), "key": me["key_pem"].encode(),
+                    "bundle": me["bundle_pem"].encode()}  # fmt: skip
+            with _Verifiers(spec) as verifiers:
+                batch = [int(s, 16) for s in minted[index * n : (index + 1) * n]]
+                results[f"ca/{count}"] = await _propagation(verifiers, revoke, batch)
+    finally:
+        _stop(process)
+    return results
+
+
+def run(quick: bool) -> list[Figure]:
+    n = 20 if quick else 200
+    results = asyncio.run(_propagation_all(n, (1, 10)))
+    return _latency_figures(results, n) + _memory(10_000 if quick else 100_000)
