@@ -35,7 +35,7 @@ from s2s.ca.signers import (
 )
 from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import Conflict, InvalidConfig, NotFound, Unavailable
+from s2s.core.errors import Conflict, InvalidConfig, InvalidRequest, NotFound, Unavailable
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import (
     intermediate_template,
@@ -145,19 +145,87 @@ class Authority:
         root (not initialized), or its keys do not open with this KEK.
         """
         await self._check_trust_domain()
+        await self._follow_root()
+        await self._load_active()
+        await self.rotate_if_due()
+        await self.refresh_bundle()
+
+    async def _follow_root(self) -> bool:
+        """Load the newest active root if it is not the one in use (root rotation activated a
+        new one, possibly through another replica); True if it changed."""
         roots = await self._store.list_authorities(kind=AuthorityKind.X509_ROOT)
         active = [r for r in roots if r.state is AuthorityState.ACTIVE]
         if not active:
             raise InvalidConfig("the store has no active root; run 's2s-ca init' first")
         record = active[-1]
-        self._root = x509.load_der_x509_certificate(record.public_der)
-        self._root_id = record.id
-        self._root_key = self._kek.open_private_key(record.encrypted_key, authority_id=record.id)
-        if self._root_key.public_key() != self._root.public_key():
+        if record.id == self._root_id:
+            return False
+        root = x509.load_der_x509_certificate(record.public_der)
+        key = self._kek.open_private_key(record.encrypted_key, authority_id=record.id)
+        if key.public_key() != root.public_key():
             raise InvalidConfig(f"root {record.id}: the stored key does not match its certificate")
-        await self._load_active()
-        await self.rotate_if_due()
+        self._root, self._root_id, self._root_key = root, record.id, key
+        log.info("authority.root_loaded", extra={F.AUTHORITY_ID: record.id})
+        return True
+
+    def _under_root(self, record: AuthorityRecord) -> bool:
+        """False for an intermediate signed by a root other than the active one."""
+        return (
+            record.kind is not AuthorityKind.X509_INTERMEDIATE or record.issuer_id == self._root_id
+        )
+
+    async def _sync_installed(self, now: datetime) -> bool:
+        """Install this replica's active authorities when the store names others than the ones
+        in use (activated through the admin API, maybe on another replica)."""
+        changed = False
+        installed = {
+            AuthorityKind.X509_INTERMEDIATE: self._x509.authority_id if self._x509 else None,
+            AuthorityKind.JWT: self._jwt.kid if self._jwt else None,
+        }
+        for kind, current in installed.items():
+            record = await self._active(kind)
+            if (
+                record is not None
+                and record.id != current
+                and record.not_after > now
+                and self._under_root(record)
+            ):
+                self._install(record)
+                changed = True
+        return changed
+
+    async def prepare(self, kind: AuthorityKind, now: datetime | None = None) -> AuthorityRecord:
+        """Create a prepared intermediate or JWT key for this replica (``s2s-ca authority
+        prepare``); :class:`Conflict` if this replica already has a usable prepared one."""
+        if kind is AuthorityKind.X509_ROOT:
+            raise InvalidRequest("roots are prepared by s2s-ca rotate-root")
+        now = utc(now if now is not None else self._clock.now())
+        async with self._rotation_lock:
+            prepared = await self._prepared(kind)
+            if prepared is not None and prepared.not_after > now and self._under_root(prepared):
+                raise Conflict(f"{kind.value} authority {prepared.id} is already prepared")
+            record = await self._create(kind, AuthorityState.PREPARED, now)
+        log.info("authority.prepared", extra=_fields(record))
         await self.refresh_bundle()
+        return record
+
+    def new_root_record(self, now: datetime) -> AuthorityRecord:
+        """A new self-signed root (state PREPARED, key sealed), not yet stored (rotate-root)."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = root_template(
+            trust_domain=self.trust_domain,
+            public_key=key.public_key(),
+            now=now,
+            ttl=self._config.root_ttl,
+            serial=serial_from_entropy(self._entropy(16)),
+        )
+        return x509_authority_record(
+            sign_certificate(builder, key),
+            key=key,
+            kek=self._kek,
+            kind=AuthorityKind.X509_ROOT,
+            state=AuthorityState.PREPARED,
+        )
 
     async def _check_trust_domain(self) -> None:
         stored = await self._store.get_setting(Setting.TRUST_DOMAIN)
@@ -273,9 +341,10 @@ class Authority:
             raise Unavailable("the authority is not started")
         now = utc(now if now is not None else self._clock.now())
         async with self._rotation_lock:
-            changed = False
+            changed = await self._follow_root()
             for kind in (AuthorityKind.X509_INTERMEDIATE, AuthorityKind.JWT):
                 changed |= await self._rotate_kind(kind, now)
+            changed |= await self._sync_installed(now)
             if changed:
                 await self.refresh_bundle()
             return changed
@@ -283,9 +352,9 @@ class Authority:
     async def _rotate_kind(self, kind: AuthorityKind, now: datetime) -> bool:
         active = await self._active(kind)
         prepared = await self._prepared(kind)
-        if prepared is not None and prepared.not_after <= now:
-            prepared = None  # never used and expired; prune removes it
-        if active is not None and active.not_after > now:
+        if prepared is not None and (prepared.not_after <= now or not self._under_root(prepared)):
+            prepared = None  # never used and expired (prune removes it), or under an old root
+        if active is not None and active.not_after > now and self._under_root(active):
             life = active.not_after - active.not_before
             if now < active.not_after - life / 6:
                 if prepared is not None or now < active.not_before + life / 2:
