@@ -229,6 +229,7 @@ class CaServer:
         self.revocations = RevocationService(
             config=config, store=store, registry=self.registry, live=self.live_revocations,
             clock=self.clock, audit=audit, on_change=self.crls.refresh,
+            on_authority_revoked=self._authority_step,  # sign with a fresh intermediate at once
         )  # fmt: skip
         self.attestor = AgentAttestor(
             authority=self.authority, registry=self.registry, issuer=self.issuer, audit=audit

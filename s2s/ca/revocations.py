@@ -168,6 +168,7 @@ class RevocationService:
         clock: Clock,
         audit: AuditLog | None = None,
         on_change: Callable[[], Awaitable[object]] | None = None,
+        on_authority_revoked: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._config = config
         self._store = store
@@ -176,6 +177,7 @@ class RevocationService:
         self._clock = clock
         self._audit = audit if audit is not None else AuditLog()
         self._on_change = on_change
+        self._on_authority_revoked = on_authority_revoked  # e.g. rotate now (app.py)
         self.skew = max(config.backdate, MAX_LEEWAY)
 
     @property
@@ -263,6 +265,8 @@ class RevocationService:
         if current.state is not AuthorityState.REVOKED:
             await self._store.cas_authority_state(current.id, current.state, AuthorityState.REVOKED)
             log.warning("revocation.authority_revoked", extra={F.AUTHORITY_ID: authority.id})
+        if self._on_authority_revoked is not None:
+            await self._on_authority_revoked()
 
     # -- by JWT id -----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ca_harness import csr_pem, key_pem, load_chain, new_key
+from ca_harness import RunningCa, csr_pem, key_pem, load_chain, new_key, served_leaf
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -311,3 +311,39 @@ def test_the_feed_long_poll_returns_the_new_record(served: Served) -> None:
     assert "feed-jti-1" in {r["value"] for r in fed["records"]}
     status, body = https_json(served, "GET", "/v1/revocations?since=-2")  # twin: bad query
     assert (status, body["error"]) == (400, "invalid_request")
+
+
+# ---- a revoked intermediate ------------------------------------------------------------------
+
+
+async def test_a_revoked_intermediate_is_replaced_at_once_and_cuts_off_its_leaves(
+    ca: RunningCa, tmp_path: Path
+) -> None:
+    body = {"spiffe_id": f"spiffe://{TD}/old"}
+    old = await ca.admin_call("POST", "/v1/x509/mint", body)
+    old_chain = load_chain(old["chain_pem"])
+    inter = old_chain[1]
+    done = await ca.admin_call("POST", "/v1/revocations", {"serial": f"{inter.serial_number:x}"})
+    assert done["already_revoked"] is False
+    fresh = load_chain((await ca.admin_call("POST", "/v1/x509/mint", body))["chain_pem"])
+    assert fresh[1] != inter  # the CA signs with a new intermediate as soon as revoke returned
+    assert (await served_leaf(ca)).issuer == fresh[1].subject  # its own TLS certificate too
+    crls = tmp_path / "crls.pem"
+    status, crl_pem = await ca.public("GET", "/v1/crl?format=pem")
+    assert status == 200
+    crls.write_text(crl_pem)
+    (tmp_path / "bundle.pem").write_bytes(ca.bundle_pem)
+    for name, chain in (("old", old_chain), ("fresh", fresh)):
+        (tmp_path / f"{name}-leaf.pem").write_bytes(chain[0].public_bytes(Encoding.PEM))
+        (tmp_path / f"{name}-inter.pem").write_bytes(chain[1].public_bytes(Encoding.PEM))
+
+    def check(name: str) -> str:
+        done = openssl(
+            "verify", "-crl_check_all", "-CAfile", str(tmp_path / "bundle.pem"), "-untrusted",
+            str(tmp_path / f"{name}-inter.pem"), "-CRLfile", str(crls),
+            str(tmp_path / f"{name}-leaf.pem"),
+        )  # fmt: skip
+        return done.stdout + done.stderr
+
+    assert "certificate revoked" in check("old")
+    assert ": OK" in check("fresh")
