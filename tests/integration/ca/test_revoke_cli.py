@@ -7,6 +7,9 @@ the CA over real mTLS.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import datetime as dt
 import http.client
 import json
 import re
@@ -28,6 +31,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from s2s.ca.client import AdminClient
+from s2s.core.revocation import RevocationRecord
+from s2s.store.sqlite import SqliteStore
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
 TD = "example.org"
@@ -347,3 +352,29 @@ async def test_a_revoked_intermediate_is_replaced_at_once_and_cuts_off_its_leave
 
     assert "certificate revoked" in check("old")
     assert ": OK" in check("fresh")
+
+
+async def test_a_revocation_written_by_another_replica_reaches_the_crl_and_the_feed(
+    ca: RunningCa,
+) -> None:
+    """Another handle on the store (as another CA replica would write) moves the CA's live set,
+    its CRL and its feed without any call to this CA."""
+    minted = await ca.admin_call("POST", "/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/peer"})
+    leaf = load_chain(minted["chain_pem"])[0]
+    now = dt.datetime.now(dt.UTC)
+    record = RevocationRecord.for_serial(leaf.serial_number, revoked_at=now,
+                                         expires_at=leaf.not_valid_after_utc)  # fmt: skip
+    async with await SqliteStore.open(ca.data_dir / "s2s.db", create=False) as other:
+        await other.add_revocation(record)
+    deadline = time.monotonic() + 10
+    while True:
+        _, doc = await ca.public("GET", "/v1/crl?format=json")
+        crls = [x509.load_der_x509_crl(base64.b64decode(c["der"])) for c in doc["crls"]]
+        listed = {r.serial_number for crl in crls for r in crl}
+        if leaf.serial_number in listed:
+            break
+        assert time.monotonic() < deadline, "the CRL never listed the other replica's revocation"
+        await asyncio.sleep(0.05)
+    status, feed = await ca.public("GET", "/v1/revocations")
+    assert status == 200
+    assert record.value in {r["value"] for r in feed["records"]}
