@@ -13,7 +13,6 @@ regenerates them before their nextUpdate).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
@@ -26,6 +25,9 @@ from s2s.verifier.feeds import RevocationFeed
 __all__ = ["RevocationFollower"]
 
 log = logging.getLogger(__name__)
+
+CRL_RETRY_START = 0.05
+CRL_RETRIES = 7
 
 
 class RevocationFollower:
@@ -65,13 +67,31 @@ class RevocationFollower:
         self._crl_wake.set()
 
     async def _crl_loop(self) -> None:
+        expect_change = False
         while True:
             self._crl_wake.clear()
-            await self._refresh_crls()
-            with contextlib.suppress(TimeoutError):
+            await self._refresh_crls(expect_change=expect_change)
+            try:
                 await asyncio.wait_for(self._crl_wake.wait(), self.crl_interval)
+                expect_change = True
+            except TimeoutError:
+                expect_change = False
 
-    async def _refresh_crls(self) -> None:
+    async def _refresh_crls(self, *, expect_change: bool) -> None:
+        """Fetch the CRLs; after a revocation, ask again a few times (50 ms doubling, ~3 s in
+        all) until they change: the CA rebuilds them just after the record is stored, so a
+        fetch right after the feed saw the record can still get the previous ones."""
+        delay = CRL_RETRY_START
+        for _ in range(CRL_RETRIES):
+            crls = await self._fetch_crls()
+            changed = crls != self.cache.crls()
+            self.cache.set_crls(crls)
+            if changed or not expect_change:
+                return
+            await asyncio.sleep(delay)
+            delay *= 2
+
+    async def _fetch_crls(self) -> tuple[bytes, ...]:
         while True:
             try:
                 crls = await self.client.fetch_crls()
@@ -81,5 +101,4 @@ class RevocationFollower:
                 continue
             self._backoff.reset()
             self.crl_fetches += 1
-            self.cache.set_crls(crls)
-            return
+            return crls

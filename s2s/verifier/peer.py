@@ -13,7 +13,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography import x509
@@ -23,7 +23,7 @@ from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidSvid, NotAuthorized, Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
-from s2s.core.x509svid import check_x509_svid, spiffe_id_of
+from s2s.core.x509svid import DEFAULT_BACKDATE, check_x509_svid, spiffe_id_of
 from s2s.verifier.metrics import PeerMetrics, default_metrics
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 _CACHE_LIMIT = 4096
+_ONE_SECOND = timedelta(seconds=1)
 # OpenSSL X509_V_ERR_* codes (x509_vfy.h) -> our reasons.
 _VERIFY_CODES = {
     2: "untrusted-root",  # unable to get issuer certificate
@@ -223,7 +224,10 @@ def _derive_facts(chain: tuple[bytes, ...]) -> _ChainFacts | _Rejection:
         spiffe_id=sid,
         root=certs[-1],
         serials=tuple(c.serial_number for c in certs),
-        issued_at=certs[0].not_valid_before_utc,
+        # notBefore is backdated by the CA and cut to whole seconds (ARCHITECTURE.md "Revocation"):
+        # read as is, an SVID issued just after a SPIFFE ID revocation would be cut off with the
+        # old ones. (The CA also revokes each older certificate by serial, which is exact.)
+        issued_at=certs[0].not_valid_before_utc + DEFAULT_BACKDATE + _ONE_SECOND,
         not_before=max(c.not_valid_before_utc for c in certs),
         not_after=min(c.not_valid_after_utc for c in certs),
         profile_error=problem,
