@@ -229,6 +229,12 @@ class CrlPublisher:
         now = utc(self._clock.now())
         return now if earliest is None else earliest - self.validity / 2
 
+    async def cover(self, version: int) -> None:
+        """Make sure the CRLs reflect revocation snapshot ``version`` (the feed calls this before
+        answering, so a client that saw revision N in the feed then gets CRLs at least as new)."""
+        if self._current.revocations_version != version:
+            await self.refresh()
+
     async def refresh(self, *, force: bool = False) -> bool:
         """Rebuild when due; True if new CRLs were published."""
         async with self._lock:

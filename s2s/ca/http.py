@@ -352,7 +352,10 @@ async def get_revocations(request: web.Request) -> web.Response:
     if wait > 0 and current.version <= since:
         with services.metrics.long_polls.track_inprogress():
             await _wait_unless_closing(live.wait(since, wait), services.closing)
-    return web.Response(body=live.feed_json(), content_type="application/json")
+    answer = live.current()
+    if services.crls is not None:  # CRLs first: a client that saw revision N gets CRLs >= N
+        await services.crls.cover(answer.version)
+    return web.Response(body=live.feed_json(answer), content_type="application/json")
 
 
 # ---- agent API ----------------------------------------------------------------------------

@@ -134,10 +134,11 @@ class LiveRevocations:
             self._loaded = True
             return self._current
 
-    def feed_json(self) -> bytes:
-        """The feed body ``{"revision": N, "records": [...]}`` of the current snapshot (encoded
-        once per snapshot: every long-poller of a revision gets the same bytes)."""
-        current = self._current
+    def feed_json(self, snapshot: RevocationSet | None = None) -> bytes:
+        """The feed body ``{"revision": N, "records": [...]}`` of ``snapshot`` (default: the
+        current one), encoded once per snapshot: every long-poller of a revision gets the same
+        bytes."""
+        current = self._current if snapshot is None else snapshot
         cached = self._encoded
         if cached is None or cached[0] is not current:
             records = [r.to_json() for r in current.records()]

@@ -164,3 +164,17 @@ async def test_a_crl_of_many_entries_is_built_off_the_loop(
     assert crl is not None
     assert crl.entries == 3000
     assert len(load(crl.der)) == 3000
+
+
+async def test_cover_brings_the_crls_up_to_a_feed_revision(rig: Rig) -> None:
+    svid = await rig.issuer.mint_x509_svid(BILLING)
+    now = rig.clock.now()
+    record = RevocationRecord.for_serial(svid.serial, revoked_at=now, expires_at=svid.not_after)
+    await rig.store.add_revocation(record)  # as another replica would: no CRL rebuild here
+    seen = await rig.live.refresh()
+    assert rig.crls.current.revocations_version != seen.version
+    await rig.crls.cover(seen.version)
+    assert rig.crls.current.revocations_version == seen.version
+    numbers = [c.number for c in rig.crls.current.crls]
+    await rig.crls.cover(seen.version)  # already covered: nothing rebuilt
+    assert [c.number for c in rig.crls.current.crls] == numbers
