@@ -1,8 +1,9 @@
-"""Revocation end to end: a real CA, a real agent, two verifiers and a stream of mTLS connections.
+"""Revocation end to end: a real CA, a real agent, two verifiers and a stream of mTLS connections,
+with the CA on its embedded store (feeds long-poll the CA) and on etcd (feeds watch etcd).
 
 The client workload takes its SVID from the agent (``X509Source``). Two servers verify it:
-``feed`` follows the CA's revocations with a :class:`CaRevocationFeed` (long-poll over mTLS),
-``crl`` takes them from the CRLs the agent serves in the Workload API (``X509Source.revocations``).
+``feed`` follows the revocations with a :class:`CaRevocationFeed` (long-poll over mTLS) or an
+:class:`EtcdRevocationFeed` (the agent follows the same source), ``crl`` takes them from the CRLs the agent serves in the Workload API (``X509Source.revocations``).
 A serial and then a SPIFFE ID are revoked through the CA's revocation service while connections
 flow: both verifiers must reject the old SVID (replayed by a holder of its key) within a deadline,
 the agent must push the workload a fresh SVID, and connections with it must keep succeeding.
@@ -12,21 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
+from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.ca.store_config import StoreSettings
 from s2s.core.bundle import BundleSet
 from s2s.core.revocation import RevocationLookup
 from s2s.core.x509svid import X509Svid
+from s2s.testing_etcd import EtcdServer
 from s2s.verifier.authorize import authorize_any
+from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
+from s2s.verifier.feeds_etcd import EtcdRevocationFeed
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.source import X509Source
 from s2s.verifier.source_static import StaticX509Source
@@ -36,6 +44,7 @@ from s2s.verifier.x509context import X509Context, X509SourceLike
 pytestmark = pytest.mark.timeout(120)
 
 MY_UID = f"unix:uid:{os.getuid()}"
+TRUST_DOMAIN = "example.org"  # tests/integration/conftest.py's
 DEADLINE = 3.0  # seconds from the revoke call's return to rejection by both verifiers
 
 
@@ -116,13 +125,56 @@ async def until(check: Callable[[], Any], what: str, timeout: float) -> float:
     return time.monotonic() - started
 
 
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+async def deployment(
+    request: pytest.FixtureRequest, harness: Any, tmp_path: Path
+) -> AsyncIterator[str]:
+    """``sqlite``: the CA on its embedded store, verifier and agent long-poll the CA.
+    ``etcd``: the CA on etcd (``s2s-ca serve --store etcd://``), verifier and agent watch etcd."""
+    if request.param == "sqlite":
+        yield ""
+        return
+    etcd: EtcdServer = request.getfixturevalue("etcd_server")
+    store = StoreSettings(url=f"{etcd.url}/{TRUST_DOMAIN}")
+    data_dir = tmp_path / "ca-etcd"
+    await init_trust_domain(data_dir, TRUST_DOMAIN, store_settings=store)
+    options = ServeOptions(data_dir=data_dir, listen="127.0.0.1:0", tick=0.2, json_logs=False,
+                           store=store)  # fmt: skip
+    server = await CaServer.open(options)
+    assert not (data_dir / "s2s.db").exists()  # the CA's store is etcd
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    sqlite_ca = harness.ca
+    harness.ca = dataclasses.replace(sqlite_ca, data_dir=data_dir, server=server, port=server.port)
+    try:
+        yield etcd.endpoint
+    finally:
+        for running in harness.agents:
+            await running.shutdown()
+        harness.agents.clear()
+        harness.ca = sqlite_ca
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await server.close()
+
+
 async def test_revoked_serial_and_id_are_rejected_and_the_workload_gets_a_fresh_svid(
-    harness: Any,
+    harness: Any, deployment: str
 ) -> None:
     ca = harness.ca
     token, agent_id = await ca.join_token()
     await ca.entry(agent_id, "/client", [MY_UID])
-    running = await harness.start_agent(harness.config(token=token))
+    config = harness.config(token=token, revocations_etcd=deployment or None)
+    running = await harness.start_agent(config)
+    assert running.agent.revocations is not None
+    expected = EtcdRevocationFeed if deployment else CaRevocationFeed
+    assert isinstance(running.agent.revocations.feed, expected)
     server = ca.server
     server_svid = await server.issuer.mint_x509_svid(ca.td.id("/server"))
     async with contextlib.AsyncExitStack() as stack:
@@ -131,7 +183,11 @@ async def test_revoked_serial_and_id_are_rejected_and_the_workload_gets_a_fresh_
         stack.push_async_callback(workload.close)
         bundles = workload.current().bundles
         server_source = StaticX509Source(X509Context((server_svid,), bundles))
-        feed = CaRevocationFeed.over_https(ca.url, server_source, wait=5.0)
+        feed: RevocationFeed
+        if deployment:
+            feed = await EtcdRevocationFeed.connect(deployment, ca.td)
+        else:
+            feed = CaRevocationFeed.over_https(ca.url, server_source, wait=5.0)
         await feed.start()
         stack.push_async_callback(feed.stop)
         await until(lambda: _true(workload.crls()), "the agent serves CRLs", 10)
