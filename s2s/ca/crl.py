@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from s2s.core.errors import Conflict, InvalidRequest, NotFound, S2SError, Unavailable
 from s2s.core.revocation import RevocationKind, RevocationLookup, RevocationRecord
 from s2s.log import F
 from s2s.store.base import Store
@@ -232,8 +232,12 @@ class CrlPublisher:
     async def cover(self, version: int) -> None:
         """Make sure the CRLs reflect revocation snapshot ``version`` (the feed calls this before
         answering, so a client that saw revision N in the feed then gets CRLs at least as new)."""
-        if self._current.revocations_version != version:
+        if self._current.revocations_version == version:
+            return
+        try:
             await self.refresh()
+        except S2SError as exc:  # the feed must not fail for a CRL: the revocation loop retries
+            log.warning("crl.refresh_failed", extra={F.ERROR: str(exc)})
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Rebuild when due; True if new CRLs were published."""
