@@ -3,8 +3,9 @@
 Build, sign, check (CONVENTIONS 7): the CA takes the SPIFFE ID, DNS names and TTL from the
 registration entry, never from the CSR (only the CSR's public key and signature are used); the
 active intermediate and its key stay loaded in memory (``X509Signer``); the leaf is built from the
-core template, signed, and run through :func:`check_x509_svid` before anything is returned. Every X.509 serial goes into
-the store's issued-serial index (revocation by ID or agent expands to serials there).
+core template, signed, and run through :func:`check_x509_svid` before anything is returned. Every
+X.509 serial goes into the store's issued-serial index (revocation by ID or agent expands to
+serials there).
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class Issuer:
         if not 0 < len(requests) <= MAX_BATCH:
             raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} CSRs, got {len(requests)}")
         await self._registry.check_agent_not_revoked(agent)
-        entries = {e.id: e for e in await self._store.list_entries(parent_id=agent.spiffe_id)}
+        snapshot = await self._registry.entries_for_agent(agent.spiffe_id)
+        entries = {e.id: e for e in snapshot.entries}
         now = utc(self._clock.now())
         results: list[X509SvidResult] = []
         issued: list[tuple[X509Svid, RegistrationEntry]] = []
@@ -135,7 +137,7 @@ class Issuer:
             if i and i % _YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             try:
-                entry = entries.get(request.entry_id) or await self._foreign_entry(request, agent)
+                entry = entries.get(request.entry_id) or await self._entry_of(request, agent)
                 svid = self._sign_for_entry(entry, request.csr_der, now)
             except S2SError as exc:
                 results.append(X509SvidResult(request.entry_id, error=exc))
@@ -155,14 +157,17 @@ class Issuer:
             )
         return tuple(results)
 
-    async def _foreign_entry(self, request: CsrRequest, agent: AgentRecord) -> RegistrationEntry:
-        """Explain why an entry id is not among the agent's entries (always raises)."""
+    async def _entry_of(self, request: CsrRequest, agent: AgentRecord) -> RegistrationEntry:
+        """An entry id not in the agent's snapshot: read it (it may be brand new), or say why
+        the agent may not use it."""
         if not isinstance(request.entry_id, str) or not request.entry_id:
             raise InvalidRequest("every CSR needs an entry_id")
-        entry = await self._store.get_entry(request.entry_id)  # NotFound if unknown
-        raise NotAuthorized(
-            f"entry {entry.id} is parented by {entry.parent_id}, not by agent {agent.spiffe_id}"
-        )
+        entry = await self._registry.get_entry(request.entry_id)  # NotFound if unknown
+        if entry.parent_id != agent.spiffe_id:
+            raise NotAuthorized(
+                f"entry {entry.id} is parented by {entry.parent_id}, not by agent {agent.spiffe_id}"
+            )
+        return entry
 
     def _sign_for_entry(self, entry: RegistrationEntry, csr_der: bytes, now: datetime) -> X509Svid:
         self._check_id_not_revoked(entry.spiffe_id, now)
@@ -182,7 +187,7 @@ class Issuer:
     ) -> JwtSvid:
         """A JWT-SVID for an entry parented by ``agent``; TTL defaults to the entry's, capped."""
         await self._registry.check_agent_not_revoked(agent)
-        entry = await self._store.get_entry(entry_id)
+        entry = await self._registry.get_entry(entry_id)
         if entry.parent_id != agent.spiffe_id:
             raise NotAuthorized(
                 f"entry {entry.id} is parented by {entry.parent_id}, not by agent {agent.spiffe_id}"

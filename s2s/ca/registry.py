@@ -24,6 +24,7 @@ from typing import Any
 
 from s2s.ca.audit import AuditLog
 from s2s.ca.config import CaConfig
+from s2s.ca.registry_cache import EntrySnapshot, RegistryCache
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import (
     AttestationFailed,
@@ -66,14 +67,6 @@ class JoinToken:
     expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class EntrySnapshot:
-    """Entries as of a store revision (the agent long-polls for a revision above it)."""
-
-    entries: tuple[RegistrationEntry, ...]
-    revision: int
-
-
 class Registry:
     """Entries, join tokens and agents, validated and persisted in the store."""
 
@@ -93,6 +86,17 @@ class Registry:
         self._audit = audit if audit is not None else AuditLog()
         self._revocations = revocations if revocations is not None else StaticRevocations()
         self._entropy = entropy
+        self._cache = RegistryCache(store)
+
+    @property
+    def following(self) -> bool:
+        """True while :meth:`follow` keeps loaded snapshots (reads make no store call)."""
+        return self._cache.loaded
+
+    async def follow(self, *, timeout: float = 30.0) -> None:
+        """Keep in-memory snapshots of agents and entries current (run it in the app's
+        TaskGroup; until then, and without it, every read goes to the store)."""
+        await self._cache.follow(timeout=timeout)
 
     # -- entries ---------------------------------------------------------------------------
 
@@ -121,6 +125,7 @@ class Registry:
         )
         self.check_entry(entry)
         stored = await self._store.create_entry(entry)
+        self._cache.entry_written(stored)
         self._audit_entry("entry.create", stored)
         return stored
 
@@ -158,17 +163,19 @@ class Registry:
         )
         self.check_entry(updated)
         stored = await self._store.update_entry(updated, expected_revision=current.revision)
+        self._cache.entry_written(stored)
         self._audit_entry("entry.update", stored)
         return stored
 
     async def delete_entry(self, entry_id: str) -> None:
         """Delete an entry; :class:`NotFound` if there is none."""
         deleted = await self._store.delete_entry(entry_id)
+        self._cache.entry_deleted(entry_id)
         self._audit_entry("entry.delete", deleted)
 
     async def get_entry(self, entry_id: str) -> RegistrationEntry:
-        """One entry; :class:`NotFound` if unknown."""
-        return await self._store.get_entry(entry_id)
+        """One entry; :class:`NotFound` if unknown (from the snapshot when following)."""
+        return await self._cache.get_entry(entry_id)
 
     async def list_entries(self) -> EntrySnapshot:
         """All entries with the entries revision."""
@@ -177,13 +184,12 @@ class Registry:
 
     async def entries_for_agent(self, agent_id: SpiffeId) -> EntrySnapshot:
         """Entries whose parent is ``agent_id``, with the entries revision."""
-        revision = await self._store.revision(Topic.ENTRIES)  # read first: no missed change
-        return EntrySnapshot(await self._store.list_entries(parent_id=agent_id), revision)
+        return await self._cache.entries_for_parent(agent_id)
 
     async def wait_for_entries(self, after_revision: int, timeout: float) -> int:
         """Wait until the entries revision exceeds ``after_revision`` or ``timeout`` seconds pass;
         return the current revision (long-poll support)."""
-        return await self._store.wait_for_change(Topic.ENTRIES, after_revision, timeout)
+        return await self._cache.wait_for_entries(after_revision, timeout)
 
     def check_entry(self, entry: RegistrationEntry) -> None:
         """The CA's policy for entries; :class:`InvalidRequest` says which rule failed."""
@@ -278,12 +284,14 @@ class Registry:
             updated_at=now,
         )
         try:
-            return await self._store.create_agent(record)
+            stored = await self._store.create_agent(record)
         except Conflict:
             existing = await self._store.get_agent(agent_id)
             if existing.banned:
                 raise NotAuthorized(f"agent {agent_id} is banned") from None
             raise
+        self._cache.agent_written(stored)
+        return stored
 
     async def stage_agent_serial(
         self, agent: AgentRecord, *, next_serial: int, not_after: datetime
@@ -293,7 +301,9 @@ class Registry:
         updated = dataclasses.replace(
             agent, next_serial=next_serial, not_after=not_after, updated_at=utc(self._clock.now())
         )
-        return await self._store.update_agent(updated, expected_revision=agent.revision)
+        stored = await self._store.update_agent(updated, expected_revision=agent.revision)
+        self._cache.agent_written(stored)
+        return stored
 
     async def authorize_agent(self, spiffe_id: SpiffeId, serial: int) -> AgentRecord:
         """The agent's record if it may call the CA with the SVID of this serial.
@@ -302,30 +312,36 @@ class Registry:
         (evicted) agent, a banned one, or any other serial; :class:`Revoked` when that SVID or
         the agent is revoked.
         """
+        fresh = False  # the snapshot first; the store when it may be behind
         for _ in range(3):
             try:
-                record = await self._store.get_agent(spiffe_id)
+                record = await self._cache.get_agent(spiffe_id, fresh=fresh)
             except NotFound:
                 raise NotAuthorized(
                     f"agent {spiffe_id} is not attested (unknown or evicted); attest again"
                 ) from None
             if record.banned:
                 raise NotAuthorized(f"agent {spiffe_id} is banned")
-            if serial in (record.serial, record.next_serial):
-                await self.check_agent_not_revoked(record, serial)
-            if serial == record.serial:
-                return record
-            if serial != record.next_serial:
+            if serial not in (record.serial, record.next_serial):
+                if not fresh:
+                    fresh = True  # another replica may have renewed it: ask the store
+                    continue
                 raise NotAuthorized(
                     f"the SVID serial {serial:x} is not the current SVID of agent {spiffe_id}"
                 )
+            await self.check_agent_not_revoked(record, serial)
+            if serial == record.serial:
+                return record
             promoted = dataclasses.replace(
                 record, serial=serial, next_serial=None, updated_at=utc(self._clock.now())
             )
             try:
-                return await self._store.update_agent(promoted, expected_revision=record.revision)
+                stored = await self._store.update_agent(promoted, expected_revision=record.revision)
             except Conflict:
-                continue  # a concurrent call promoted or changed it: re-read
+                fresh = True  # a concurrent call promoted or changed it: re-read
+                continue
+            self._cache.agent_written(stored)
+            return stored
         raise NotAuthorized(f"agent {spiffe_id} changed while being authorized; retry")
 
     async def check_agent_not_revoked(self, agent: AgentRecord, serial: int | None = None) -> None:
@@ -356,6 +372,7 @@ class Registry:
     async def evict_agent(self, spiffe_id: SpiffeId) -> None:
         """Forget an agent: its SVID stops working at once; it may re-attest with a new token."""
         await self._store.delete_agent(spiffe_id)
+        self._cache.agent_deleted(spiffe_id)
         self._audit.admin_change("agent.evict", target=str(spiffe_id), agent_id=spiffe_id)
 
     async def ban_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
@@ -369,6 +386,7 @@ class Registry:
                 stored = await self._store.update_agent(banned, expected_revision=record.revision)
             except Conflict:
                 continue
+            self._cache.agent_written(stored)
             self._audit.admin_change("agent.ban", target=str(spiffe_id), agent_id=spiffe_id)
             return stored
         raise Conflict(f"agent {spiffe_id} kept changing; retry the ban")

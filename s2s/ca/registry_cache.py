@@ -1,0 +1,205 @@
+"""In-memory snapshots of agents and entries, so agent calls make no store round trip.
+
+Every agent call is authorized against its agent record and most look an entry up; through the
+store that is one worker-thread hop each. :class:`RegistryCache` keeps both collections in memory
+as immutable snapshots, swapped whole when the store's revision for the topic moves
+(:meth:`follow`, run by the app in its TaskGroup). Changes made through this process's
+:class:`Registry` are applied to the snapshot at once (write-through), so an eviction or a ban
+here takes effect on the next call; changes made by another replica arrive when the store reports
+them (SQLite: its poll interval, about a second; etcd: its watch). A miss is read through from the
+store. Until the first load completes, or if :meth:`follow` is not running, every read goes to
+the store, exactly as without a cache.
+
+Consistency: a listing is installed only if no write-through happened while it was being read
+(a generation counter per topic); otherwise it is read again, so a listing taken before an
+in-process ban can never resurrect the unbanned record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from s2s.core.registration import RegistrationEntry
+from s2s.core.spiffe_id import SpiffeId
+from s2s.store.base import Store
+from s2s.store.records import AgentRecord, Topic
+
+__all__ = ["EntrySnapshot", "RegistryCache"]
+
+
+@dataclass(frozen=True, slots=True)
+class EntrySnapshot:
+    """Entries as of a store revision (the agent long-polls for a revision above it)."""
+
+    entries: tuple[RegistrationEntry, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    by_id: Mapping[str, RegistrationEntry]
+    by_parent: Mapping[SpiffeId, tuple[RegistrationEntry, ...]]
+    revision: int
+
+    @classmethod
+    def of(cls, entries: tuple[RegistrationEntry, ...], revision: int) -> _Entries:
+        entries = tuple(sorted(entries, key=lambda e: e.id))  # the store's order
+        by_parent: dict[SpiffeId, list[RegistrationEntry]] = {}
+        for entry in entries:
+            by_parent.setdefault(entry.parent_id, []).append(entry)
+        return cls(
+            MappingProxyType({e.id: e for e in entries}),
+            MappingProxyType({p: tuple(es) for p, es in by_parent.items()}),
+            revision,
+        )
+
+
+class RegistryCache:
+    """Agents and entries in memory, following the store. Used by :class:`Registry` only."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._agents: Mapping[SpiffeId, AgentRecord] | None = None
+        self._entries: _Entries | None = None
+        self._generation = {Topic.AGENTS: 0, Topic.ENTRIES: 0}
+        self._entries_moved = asyncio.Event()
+
+    @property
+    def loaded(self) -> bool:
+        """True once both snapshots were loaded by :meth:`follow`."""
+        return self._agents is not None and self._entries is not None
+
+    async def follow(self, *, timeout: float = 30.0) -> None:
+        """Load both snapshots, then reload each whenever its store revision moves. Runs until
+        cancelled; a store error propagates (the app's TaskGroup stops the CA with a log line)."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._follow(Topic.AGENTS, timeout))
+                group.create_task(self._follow(Topic.ENTRIES, timeout))
+        finally:
+            self._agents = None  # not following any more: read the store again
+            self._entries = None
+
+    async def _follow(self, topic: Topic, timeout: float) -> None:
+        seen = -1
+        while True:
+            generation = self._generation[topic]
+            revision = await self._store.revision(topic)
+            if revision != seen:
+                if topic is Topic.AGENTS:
+                    agents = await self._store.list_agents()
+                    if self._generation[topic] != generation:
+                        continue  # a write-through raced this listing: read again
+                    self._agents = MappingProxyType({a.spiffe_id: a for a in agents})
+                else:
+                    entries = await self._store.list_entries()
+                    if self._generation[topic] != generation:
+                        continue
+                    self._install_entries(_Entries.of(entries, revision))
+                seen = revision
+            await self._store.wait_for_change(topic, seen, timeout)
+
+    def _install_entries(self, entries: _Entries) -> None:
+        moved = self._entries is None or entries.revision != self._entries.revision
+        self._entries = entries
+        if moved:
+            event, self._entries_moved = self._entries_moved, asyncio.Event()
+            event.set()
+
+    # -- agents --------------------------------------------------------------------------------
+
+    async def get_agent(self, spiffe_id: SpiffeId, *, fresh: bool = False) -> AgentRecord:
+        """The agent's record (:class:`NotFound` if unknown); ``fresh`` reads the store."""
+        agents = self._agents
+        if not fresh and agents is not None:
+            found = agents.get(spiffe_id)
+            if found is not None:
+                return found
+        generation = self._generation[Topic.AGENTS]
+        record = await self._store.get_agent(spiffe_id)  # NotFound propagates
+        if self._generation[Topic.AGENTS] == generation:
+            self._put_agent(record, bump=False)  # read-through, unless a write raced it
+        return record
+
+    def agent_written(self, record: AgentRecord) -> None:
+        """Write-through after this process stored ``record``."""
+        self._put_agent(record, bump=True)
+
+    def agent_deleted(self, spiffe_id: SpiffeId) -> None:
+        """Write-through after this process deleted the agent."""
+        self._generation[Topic.AGENTS] += 1
+        agents = self._agents
+        if agents is not None and spiffe_id in agents:
+            self._agents = MappingProxyType({k: v for k, v in agents.items() if k != spiffe_id})
+
+    def _put_agent(self, record: AgentRecord, *, bump: bool) -> None:
+        if bump:
+            self._generation[Topic.AGENTS] += 1
+        agents = self._agents
+        if agents is not None:
+            current = agents.get(record.spiffe_id)
+            if current is not None and current.revision > record.revision:
+                return  # never replace a newer record with an older one
+            self._agents = MappingProxyType({**agents, record.spiffe_id: record})
+
+    # -- entries -------------------------------------------------------------------------------
+
+    async def get_entry(self, entry_id: str) -> RegistrationEntry:
+        """One entry (:class:`NotFound` if unknown), from the snapshot or the store."""
+        entries = self._entries
+        if entries is not None:
+            found = entries.by_id.get(entry_id)
+            if found is not None:
+                return found
+        return await self._store.get_entry(entry_id)
+
+    async def entries_for_parent(self, parent_id: SpiffeId) -> EntrySnapshot:
+        """Entries whose parent is ``parent_id`` with the revision they are current for."""
+        entries = self._entries
+        if entries is not None:
+            return EntrySnapshot(entries.by_parent.get(parent_id, ()), entries.revision)
+        revision = await self._store.revision(Topic.ENTRIES)  # read first: no missed change
+        return EntrySnapshot(await self._store.list_entries(parent_id=parent_id), revision)
+
+    async def wait_for_entries(self, after: int, timeout: float) -> int:
+        """Wait until the entries revision exceeds ``after`` (or ``timeout`` seconds pass)."""
+        if self._entries is None:
+            return await self._store.wait_for_change(Topic.ENTRIES, after, timeout)
+        deadline = time.monotonic() + max(0.0, timeout)
+        while True:
+            event = self._entries_moved
+            entries = self._entries
+            if entries is None:  # following stopped meanwhile
+                remaining = max(0.0, deadline - time.monotonic())
+                return await self._store.wait_for_change(Topic.ENTRIES, after, remaining)
+            remaining = deadline - time.monotonic()
+            if entries.revision > after or remaining <= 0:
+                return entries.revision
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+
+    def entry_written(self, entry: RegistrationEntry) -> None:
+        """Write-through after this process created or updated ``entry``."""
+        self._replace_entry(entry.id, entry)
+
+    def entry_deleted(self, entry_id: str) -> None:
+        """Write-through after this process deleted the entry."""
+        self._replace_entry(entry_id, None)
+
+    def _replace_entry(self, entry_id: str, entry: RegistrationEntry | None) -> None:
+        self._generation[Topic.ENTRIES] += 1
+        entries = self._entries
+        if entries is None:
+            return
+        current = entries.by_id.get(entry_id)
+        if entry is not None and current is not None and current.revision > entry.revision:
+            return  # never replace a newer entry with an older one
+        kept = tuple(e for e in entries.by_id.values() if e.id != entry_id)
+        # Same revision: the store's new revision arrives with the next listing (and wakes
+        # long-polls then); the content is already current for this process's readers.
+        self._entries = _Entries.of((*kept, entry) if entry is not None else kept, entries.revision)
