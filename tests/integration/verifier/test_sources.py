@@ -367,6 +367,24 @@ async def test_pem_source_reloads_on_rotation_and_keeps_the_last_good_files(
         assert source.current().default_svid.serial == third.serial
 
 
+def test_pem_source_follows_a_symlink_swap_as_kubernetes_secrets_do(
+    tmp_path: Path, ca: TestAuthority
+) -> None:
+    first, second = ca.issue_x509_svid(ME), ca.issue_x509_svid(ME)
+    for name, svid in (("v1", first), ("v2", second)):
+        (tmp_path / name).mkdir()
+        write_svid(tmp_path / name, svid, ca.bundle_pem())
+    (tmp_path / "..data").symlink_to("v1")
+    paths = [str(tmp_path / "..data" / n) for n in ("svid.pem", "svid.key", "bundle.pem")]
+    source = PemFileX509Source(*paths)
+    assert source.current().default_svid.serial == first.serial
+    assert source.reload() is False
+    (tmp_path / "..data.tmp").symlink_to("v2")
+    os.replace(tmp_path / "..data.tmp", tmp_path / "..data")  # one atomic swap of all three
+    assert source.reload() is True
+    assert source.current().default_svid.serial == second.serial
+
+
 def test_pem_source_accepts_a_spiffe_bundle_and_refuses_bad_files(
     tmp_path: Path, ca: TestAuthority
 ) -> None:
