@@ -1,26 +1,28 @@
 """Revocation: propagation from the revoke call's return to rejection, and verifier memory.
 
 * **propagation** (ms, p50 and p99 over 200 revocations, 1 and 10 verifiers), two paths side by
-  side. *etcd*: the CA's revocation service (``RevocationService.revoke_serial``) on an etcd store
-  (a real etcd), verifiers running :class:`EtcdRevocationFeed`. *CA long-poll*: a real CA process
-  (``s2s-ca serve``, embedded SQLite store) revoked through its admin socket (what ``s2s-ca
-  revoke`` does), verifiers running :class:`CaRevocationFeed` over mTLS. The verifiers (1 or 10
-  feeds, each with its own connection) run in a separate process and time-stamp the instant each
-  new set is swapped in (from then on ``current()`` rejects the serial) with the system-wide
-  monotonic clock; the figure is that instant minus the revoke call's return (negative when the
-  set arrived before the call returned; reported as measured). Baseline: a raw etcd put's return
-  to the watch event in that same verifier process, measured in the same run.
-* **memory** (MiB) a verifier holds for 100,000 revoked serials (the :class:`RevocationSet` and
-  the etcd feed's record map), measured with ``tracemalloc``. Baseline: the same serials as ints
-  in a plain Python ``set``.
+  side, both through a real CA process (``s2s-ca serve``) revoked by serial on its admin socket
+  (what ``s2s-ca revoke --serial`` sends). *etcd*: the CA on a real etcd (``--store etcd://``),
+  verifiers running :class:`EtcdRevocationFeed`. *CA long-poll*: the CA on its embedded SQLite
+  store, verifiers running :class:`CaRevocationFeed` over mTLS. The verifiers (1 or 10 feeds, each
+  with its own connection) run in a separate process and time-stamp the instant each new set is
+  swapped in (from then on ``current()`` rejects the serial) with the system-wide monotonic clock.
+  Figures from the revoke call's return (negative when the set arrived before the call returned:
+  the CA rebuilds its CRLs before answering) and from its start. Baseline: a raw etcd put to the
+  watch event in that same verifier process, measured in the same run (same two reference points).
+* **memory** (MiB) a verifier holds for 100,000 revoked serials (the :class:`RevocationSet`, and
+  the etcd feed's state: its record map plus the set), measured with ``tracemalloc``. Baseline: the
+  same serials as ints in a plain Python ``set``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import multiprocessing as mp
 import os
+import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -34,18 +36,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from bench._harness import Figure, percentiles
-from bench.agent import _start_ca, _stop
-from s2s.ca.config import CaConfig
-from s2s.ca.registry import Registry
-from s2s.ca.revocations import LiveRevocations, RevocationService
+from bench.agent import CA_CLI, _stop, _wait_for_line
+from s2s.ca.client import AdminClient
 from s2s.core.bundle import Bundle, BundleSet
-from s2s.core.clock import SystemClock
 from s2s.core.revocation import RevocationRecord, RevocationSet
-from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid, spiffe_id_of
-from s2s.store.etcd import EtcdStore
 from s2s.store.etcd_client import EtcdClient
-from s2s.store.records import IssuedKind, IssuedSerial
 from s2s.testing_etcd import EtcdServer
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
@@ -192,38 +189,56 @@ async def _raw_baseline(verifiers: _Verifiers, endpoint: str, prefix: str, n: in
     return samples
 
 
-async def _etcd_path(etcd: EtcdServer, counts: tuple[int, ...], n: int) -> dict[str, Samples]:
-
-    td = TrustDomain(f"b{uuid.uuid4().hex[:10]}.example")
-    results: dict[str, Samples] = {}
-    clock = SystemClock()
-    async with await EtcdStore.open(etcd.endpoint, trust_domain=td.name) as store:
-        config = CaConfig(trust_domain=td, data_dir=Path(tempfile.gettempdir()))
-        registry = Registry(config=config, store=store, clock=clock)
-        service = RevocationService(
-            config=config, store=store, registry=registry, live=LiveRevocations(store=store),
-            clock=clock,
+def _start_ca(tmp: Path, store: str | None) -> tuple[subprocess.Popen[bytes], int, AdminClient]:
+    """``s2s-ca init`` + ``serve`` as a process (on etcd with ``store``); its admin client."""
+    data_dir = tmp / ("ca-etcd" if store else "ca")
+    extra = ["--store", store] if store else []
+    subprocess.run([*CA_CLI, "--data-dir", str(data_dir), "init", "--trust-domain", TD, *extra],
+                   check=True, capture_output=True)  # fmt: skip
+    log = tmp / f"{data_dir.name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*CA_CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", *extra],
+            stdout=out, stderr=out,
         )  # fmt: skip
-        now = datetime.now(UTC)
-        serials = [int.from_bytes(os.urandom(15), "big") | 1 for _ in range(n * len(counts))]
-        await store.add_issued([
-            IssuedSerial(s, IssuedKind.X509_SVID, SpiffeId.parse(f"spiffe://{td.name}/w"), "int-1",
-                         now, now + timedelta(hours=1))
-            for s in serials
-        ])  # fmt: skip
+    line = _wait_for_line(log, process, '"ca.started"')
+    port = int(json.loads(line)["address"].rsplit(":", 1)[1])
+    return process, port, AdminClient(data_dir / "admin.sock")
+
+
+async def _path(
+    tmp: Path, etcd: EtcdServer | None, counts: tuple[int, ...], n: int
+) -> dict[str, Samples]:
+    """Revoke through a CA process's admin API (what ``s2s-ca revoke --serial`` sends) while
+    1 or 10 verifiers follow etcd (``etcd`` given: the CA's store) or long-poll the CA."""
+    process, port, admin = _start_ca(tmp, f"{etcd.url}/{TD}" if etcd else None)
+    results: dict[str, Samples] = {}
+    try:
+        me = admin.post("/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/verifier"})
+        minted = [
+            int(admin.post("/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/w{i}"})["serial"], 16)
+            for i in range(n * len(counts))
+        ]
 
         async def revoke(serial: int) -> None:
-            await service.revoke_serial(serial, reason="bench")
+            await asyncio.to_thread(admin.post, "/v1/revocations", {"serial": f"{serial:x}"})
 
         for index, count in enumerate(counts):
-            raw_prefix = f"/bench-raw/{uuid.uuid4().hex}/"
-            spec = {"kind": "etcd", "n": count, "td": td.name, "endpoint": etcd.endpoint,
-                    "raw_prefix": raw_prefix}  # fmt: skip
+            spec: dict[str, Any] = {"n": count, "td": TD}
+            if etcd is not None:
+                raw_prefix = f"/bench-raw/{uuid.uuid4().hex}/"
+                spec |= {"kind": "etcd", "endpoint": etcd.endpoint, "raw_prefix": raw_prefix}
+            else:
+                spec |= {"kind": "ca", "url": f"https://127.0.0.1:{port}",
+                         "chain": me["chain_pem"].encode(), "key": me["key_pem"].encode(),
+                         "bundle": me["bundle_pem"].encode()}  # fmt: skip
             with _Verifiers(spec) as verifiers:
-                batch = serials[index * n : (index + 1) * n]
-                results[f"etcd/{count}"] = await _propagation(verifiers, revoke, batch)
-                if count == counts[0]:
+                batch = minted[index * n : (index + 1) * n]
+                results[f"{spec['kind']}/{count}"] = await _propagation(verifiers, revoke, batch)
+                if etcd is not None and count == counts[0]:
                     results["raw"] = await _raw_baseline(verifiers, etcd.endpoint, raw_prefix, n)
+    finally:
+        _stop(process)
     return results
 
 
@@ -295,34 +310,8 @@ def _latency_figures(results: dict[str, Samples], n: int) -> list[Figure]:
 async def _propagation_all(n: int, counts: tuple[int, ...]) -> dict[str, Samples]:
     with tempfile.TemporaryDirectory(prefix="s2s-bench-rev-") as tmp:
         with EtcdServer(Path(tmp) / "etcd") as etcd:
-            results = await _etcd_path(etcd, counts, n)
-        results |= await _ca_path(Path(tmp), counts, n)
-    return results
-
-
-async def _ca_path(tmp: Path, counts: tuple[int, ...], n: int) -> dict[str, Samples]:
-
-    process, port, admin = _start_ca(tmp)
-    results: dict[str, Samples] = {}
-    try:
-        me = admin.post("/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/verifier"})
-        minted = [
-            admin.post("/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/w{i}"})["serial"]
-            for i in range(n * len(counts))
-        ]
-
-        async def revoke(serial: int) -> None:  # what `s2s-ca revoke --serial` sends
-            await asyncio.to_thread(admin.post, "/v1/revocations", {"serial": f"{serial:x}"})
-
-        for index, count in enumerate(counts):
-            spec = {"kind": "ca", "n": count, "td": TD, "url": f"https://127.0.0.1:{port}",
-                    "chain": me["chain_pem"].encode(), "key": me["key_pem"].encode(),
-                    "bundle": me["bundle_pem"].encode()}  # fmt: skip
-            with _Verifiers(spec) as verifiers:
-                batch = [int(s, 16) for s in minted[index * n : (index + 1) * n]]
-                results[f"ca/{count}"] = await _propagation(verifiers, revoke, batch)
-    finally:
-        _stop(process)
+            results = await _path(Path(tmp), etcd, counts, n)
+        results |= await _path(Path(tmp), None, counts, n)
     return results
 
 
