@@ -260,8 +260,8 @@ class RevocationService:
         return None
 
     async def _retire_authority(self, authority: AuthorityRecord) -> None:
-        """A revoked intermediate must not sign again: mark it revoked (the authority loop then
-        activates a fresh one at its next check)."""
+        """A revoked intermediate must not sign again: mark it revoked, then let the app
+        activate a fresh one (``on_authority_revoked``; other replicas follow the store)."""
         current = await self._store.get_authority(authority.id)
         if current.state is not AuthorityState.REVOKED:
             await self._store.cas_authority_state(current.id, current.state, AuthorityState.REVOKED)
@@ -284,7 +284,7 @@ class RevocationService:
         await self._changed()
         return RevocationResult(RevokeTarget.JTI, jti, (record,), int(not already), already)
 
-    # -- by SPIFFE ID --------------------------------------------------------------------------
+    # -- by SPIFFE ID or agent -----------------------------------------------------------------
 
     async def revoke_spiffe_id(self, spiffe_id: SpiffeId, *, reason: str = "") -> RevocationResult:
         """Revoke everything issued to ``spiffe_id`` until now: a SPIFFE ID record (for JWT-SVIDs)
@@ -295,24 +295,63 @@ class RevocationService:
         """
         self._check_member(spiffe_id)
         now = utc(self._clock.now())
-        issued = await self._unexpired(await self._store.list_issued(spiffe_id=spiffe_id), now)
+        issued = self._unexpired(await self._store.list_issued(spiffe_id=spiffe_id), now)
         if not issued and not await self._known_id(spiffe_id):
             raise NotFound(
                 f"the CA knows nothing of {spiffe_id}: no unexpired certificate, registration"
                 " entry or agent has this ID"
             )
+        return await self._revoke_identity(RevokeTarget.SPIFFE_ID, spiffe_id, issued, now, reason)
+
+    async def revoke_agent(self, agent_id: SpiffeId, *, reason: str = "") -> RevocationResult:
+        """Revoke an agent: its own SVIDs and every SVID it obtained, and ban it.
+
+        :class:`InvalidRequest` for an ID that is not an agent's; :class:`NotFound` for an agent
+        the CA does not know (no record, no unexpired SVID).
+        """
+        self._check_member(agent_id)
+        if not agent_id.path.startswith(AGENT_PATH_PREFIX):
+            raise InvalidRequest(f"{agent_id} is not an agent ID (agents: {AGENT_PATH_PREFIX})")
+        now = utc(self._clock.now())
+        own = self._unexpired(await self._store.list_issued(spiffe_id=agent_id), now)
+        try:
+            agent = await self._store.get_agent(agent_id)
+        except NotFound:
+            agent = None
+        if agent is None and not own:
+            raise NotFound(f"no agent {agent_id} is known to this CA (never attested, or gone)")
+        return await self._revoke_identity(
+            RevokeTarget.AGENT, agent_id, own, now, reason, ban=agent is not None
+        )
+
+    async def _revoke_identity(
+        self,
+        target: RevokeTarget,
+        spiffe_id: SpiffeId,
+        issued: list[IssuedSerial],
+        now: datetime,
+        reason: str,
+        *,
+        ban: bool = False,
+    ) -> RevocationResult:
+        """The ID record first (the CA refuses the ID's old credentials at once), then for an
+        agent the ban, then the serials (an agent's listed after the ban: none is missed)."""
         main = self._id_record(spiffe_id, issued, now, reason)
         previous = await self._existing(main)
         changed = int(await self._store.add_revocation(main))
-        await self._live.refresh()  # the issuer refuses this ID's old credentials at once
-        serials = await self._serial_records(issued, now, reason)
-        changed += serials[1]
-        self._audit_line(RevokeTarget.SPIFFE_ID, str(spiffe_id), spiffe_id=spiffe_id,
-                         count=1 + len(serials[0]))  # fmt: skip
+        await self._live.refresh()
+        if ban:
+            await self._registry.ban_agent(spiffe_id)
+        if target is RevokeTarget.AGENT:
+            obtained = await self._store.list_issued(agent_id=spiffe_id)
+            issued = self._unexpired([*issued, *obtained], now)
+        records, count = await self._serial_records(issued, now, reason)
+        agent_id = spiffe_id if target is RevokeTarget.AGENT else None
+        self._audit_line(target, str(spiffe_id), spiffe_id=spiffe_id, agent_id=agent_id,
+                         count=1 + len(records))  # fmt: skip
         await self._changed()
-        return RevocationResult(
-            RevokeTarget.SPIFFE_ID, str(spiffe_id), (main, *serials[0]), changed, previous
-        )
+        return RevocationResult(target, str(spiffe_id), (main, *records), changed + count,
+                                previous, banned=ban)  # fmt: skip
 
     async def _known_id(self, spiffe_id: SpiffeId) -> bool:
         if await self._store.list_entries(spiffe_id=spiffe_id):
@@ -331,47 +370,6 @@ class RevocationService:
         return RevocationRecord.for_spiffe_id(
             spiffe_id, revoked_at=now, expires_at=expires_at, reason=reason
         )
-
-    # -- by agent ------------------------------------------------------------------------------
-
-    async def revoke_agent(self, agent_id: SpiffeId, *, reason: str = "") -> RevocationResult:
-        """Revoke an agent: its own SVIDs and every SVID it obtained, and ban it.
-
-        Order: the agent's ID record first (the CA refuses its calls at once), then the ban, then
-        the serials (listed after the ban, so nothing it obtains meanwhile is missed).
-        """
-        self._check_member(agent_id)
-        if not agent_id.path.startswith(AGENT_PATH_PREFIX):
-            raise InvalidRequest(
-                f"{agent_id} is not an agent ID (agents are under {AGENT_PATH_PREFIX})"
-            )
-        now = utc(self._clock.now())
-        own = await self._unexpired(await self._store.list_issued(spiffe_id=agent_id), now)
-        try:
-            agent = await self._store.get_agent(agent_id)
-        except NotFound:
-            agent = None
-        if agent is None and not own:
-            raise NotFound(
-                f"no agent {agent_id} is known to this CA (never attested, or evicted and expired)"
-            )
-        main = self._id_record(agent_id, own, now, reason)
-        previous = await self._existing(main)
-        changed = int(await self._store.add_revocation(main))
-        await self._live.refresh()
-        if agent is not None:
-            await self._registry.ban_agent(agent_id)
-        obtained = await self._store.list_issued(agent_id=agent_id)
-        covered = await self._unexpired([*own, *obtained], now)
-        records, count = await self._serial_records(covered, now, reason)
-        self._audit_line(
-            RevokeTarget.AGENT, str(agent_id), agent_id=agent_id, count=1 + len(records)
-        )
-        await self._changed()
-        return RevocationResult(
-            RevokeTarget.AGENT, str(agent_id), (main, *records), changed + count, previous,
-            banned=agent is not None,
-        )  # fmt: skip
 
     # -- listing -------------------------------------------------------------------------------
 
@@ -392,7 +390,7 @@ class RevocationService:
             )
 
     @staticmethod
-    async def _unexpired(issued: Iterable[IssuedSerial], now: datetime) -> list[IssuedSerial]:
+    def _unexpired(issued: Iterable[IssuedSerial], now: datetime) -> list[IssuedSerial]:
         unique = {i.serial: i for i in issued if i.not_after > now and i.issued_at <= now}
         return [unique[s] for s in sorted(unique)]
 
