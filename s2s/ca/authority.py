@@ -183,6 +183,7 @@ class Authority:
             AuthorityKind.JWT: self._jwt.kid if self._jwt else None,
         }
         for kind, current in installed.items():
+            await self._retire_stale(kind)
             record = await self._active(kind)
             if (
                 record is not None
@@ -193,6 +194,14 @@ class Authority:
                 self._install(record)
                 changed = True
         return changed
+
+    async def _retire_stale(self, kind: AuthorityKind) -> None:
+        """Retire every active authority of this replica but the newest (a crash between
+        activating the next one and retiring the previous one leaves two)."""
+        records = await self._store.list_authorities(kind=kind, owner=self._config.replica_name)
+        active = [r for r in records if r.state is AuthorityState.ACTIVE]
+        for record in active[:-1]:
+            await self._retire(record)
 
     async def prepare(self, kind: AuthorityKind, now: datetime | None = None) -> AuthorityRecord:
         """Create a prepared intermediate or JWT key for this replica (``s2s-ca authority
