@@ -33,7 +33,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import Conflict, InvalidRequest, NotFound, S2SError, Unavailable
+from s2s.core.errors import (
+    Conflict,
+    InvalidConfig,
+    InvalidRequest,
+    NotFound,
+    S2SError,
+    Unavailable,
+)
 from s2s.core.revocation import RevocationKind, RevocationLookup, RevocationRecord
 from s2s.log import F
 from s2s.store.base import Store
@@ -259,7 +266,7 @@ class CrlPublisher:
             by_issuer: dict[str | None, list[RevocationRecord]] = {}
             for serial, record in serials:
                 by_issuer.setdefault(self._issuer_of.get(serial), []).append(record)
-            crls = [await self._build(i, by_issuer.get(i.record.id, []), now) for i in issuers]
+            crls = [c for i in issuers if (c := await self._try_build(i, by_issuer, now))]
             if len(self._entries) > len(serials) or len(self._issuer_of) > len(serials):
                 self._forget_except([r for _, r in serials])
             self._current = CrlSet(tuple(crls), revoked.version, ids)
@@ -292,6 +299,17 @@ class CrlPublisher:
                 self._issuer_of[serial] = (await self._store.get_issued(serial)).issuer_id
             except NotFound:
                 self._issuer_of[serial] = cas.get(serial)  # None: expired and pruned
+
+    async def _try_build(
+        self, issuer: _Issuer, by_issuer: dict[str | None, list[RevocationRecord]], now: datetime
+    ) -> IssuerCrl | None:
+        try:
+            return await self._build(issuer, by_issuer.get(issuer.record.id, []), now)
+        except InvalidConfig as exc:  # a key this KEK cannot open: skip it, keep the others
+            log.error(
+                "crl.issuer_skipped", extra={F.AUTHORITY_ID: issuer.record.id, F.ERROR: str(exc)}
+            )
+            return None
 
     async def _build(
         self, issuer: _Issuer, mine: Sequence[RevocationRecord], now: datetime

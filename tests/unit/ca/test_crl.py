@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -178,3 +179,14 @@ async def test_cover_brings_the_crls_up_to_a_feed_revision(rig: Rig) -> None:
     numbers = [c.number for c in rig.crls.current.crls]
     await rig.crls.cover(seen.version)  # already covered: nothing rebuilt
     assert [c.number for c in rig.crls.current.crls] == numbers
+
+
+async def test_an_issuer_whose_key_does_not_open_is_skipped_not_fatal(
+    rig: Rig, config: CaConfig, tmp_path: Path
+) -> None:
+    wrong = KeyEncryptionKey.create(tmp_path / "other-kek.bin")
+    publisher = CrlPublisher(
+        config=config, store=rig.store, kek=wrong, clock=rig.clock, revocations=rig.live
+    )
+    assert await publisher.refresh()
+    assert publisher.current.crls == ()
