@@ -23,6 +23,7 @@ from typing import Final
 import s2s
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.core.spiffe_id import TrustDomain
+from s2s.demo.errors import DemoFailed
 from s2s.demo.logview import LogView
 from s2s.demo.procs import Child, run_cli
 from s2s.demo.scenario import Scenario
@@ -33,10 +34,6 @@ __all__ = ["DemoOptions", "main"]
 FAST_TTL: Final = 30  # seconds: rotation at half-life, ~15 s
 START_TIMEOUT: Final = 60.0
 _STOP_ORDER: Final = ("client", "server", "agent", "ca")
-
-
-class DemoFailed(Exception):
-    """A step of the demo did not happen; the message says which."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, Final
 
 from s2s.cli.ca import cli as ca_cli
+from s2s.demo.errors import DemoFailed
 
 if TYPE_CHECKING:
     from s2s.demo.launcher import Demo
@@ -71,10 +72,10 @@ class Scenario:
         await demo.ca("revoke", "--serial", serial, "--reason", "demo: key compromise")
         returned = loop.time()
         demo.say(f"s2s-ca revoke returned after {returned - started:.2f} s (durable in the store)")
-        refused_before = tally.probe_refused
+        before = dict(tally.refusals)
         await client.send("probe")
         await demo.until(
-            lambda: tally.probe_refused > refused_before,
+            lambda: self._refused_as_revoked(before),
             f"the server to refuse the revoked SVID {serial}",
             REFUSAL_TIMEOUT,
         )
@@ -96,3 +97,17 @@ class Scenario:
             f"done: serial {serial} refused {refused_after:.1f} s after s2s-ca revoke, "
             f"client recovered after {recovered_after:.1f} s"
         )
+
+    def _refused_as_revoked(self, before: dict[str, int]) -> bool:
+        """True once the server refused a client as revoked since ``before``; DemoFailed if it
+        refused it for another reason (e.g. it expired first: revocation was not enforced)."""
+        now = self.demo.view.tally.refusals
+        grown = {r for r, n in now.items() if n > before.get(r, 0)}
+        if "revoked" in grown:
+            return True
+        if grown:
+            raise DemoFailed(
+                f"the server refused the kept SVID only as {', '.join(sorted(grown))}, "
+                "never as revoked: the revocation did not reach it"
+            )
+        return False

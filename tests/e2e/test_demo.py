@@ -123,7 +123,7 @@ def assert_all_stopped(run: DemoRun) -> None:
 def fast_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
     """One fast demo long enough for a rotation (~15 s), and for revocation and recovery when
     ``s2s-ca revoke`` exists."""
-    duration = 75 if revoke_available() else 40
+    duration = 60 if revoke_available() else 40
     run = DemoRun(tmp_path_factory.mktemp("demo") / "d", ("--fast", "--duration", str(duration)))
     run.start()
     try:
