@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ import pytest
 import yaml
 
 from s2s.agent.config import load_config
-from s2s.ca import config as ca_config
+from s2s.ca.config import CaConfig
+from s2s.ca.store_config import StoreSettings
 from s2s.cli.agent import cli as agent_cli
 from s2s.cli.ca import cli as ca_cli
+from s2s.cli.ca import load_config_file as load_ca_config_file
 from s2s.core.errors import InvalidConfig
+from s2s.core.spiffe_id import TrustDomain
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -48,7 +52,7 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     [
         ("namespace.yaml", ["Namespace"]),
         ("etcd.yaml", ["Service", "StatefulSet", "NetworkPolicy"]),
-        ("ca.yaml", ["ServiceAccount", "Service", "Deployment"]),
+        ("ca.yaml", ["ServiceAccount", "Service", "Job", "Deployment"]),
         ("agent.yaml", ["ServiceAccount", "ConfigMap", "DaemonSet"]),
         ("workload.yaml", ["Deployment"]),
     ],
@@ -139,21 +143,38 @@ def _options(command: click.Command) -> set[str]:
 
 
 def _ca_flags() -> set[str]:
-    serve = ca_cli.commands["serve"]
-    return _options(ca_cli) | _options(serve)
+    return _options(ca_cli) | _options(ca_cli.commands["serve"]) | _options(ca_cli.commands["init"])
 
 
-def test_example_ca_toml_keys_are_real_flags() -> None:
-    # s2s-ca has no TOML loader yet: ca.toml documents the flags by name; each must exist.
-    loader = getattr(ca_config, "load_config", None)
-    doc = tomllib.loads((DEPLOY / "ca.toml").read_text())
-    assert doc["data_dir"] == "/var/lib/s2s-ca"
-    if loader is not None:  # the day a loader lands, the file must load through it
-        loader(config_file=DEPLOY / "ca.toml")
-        return
-    flags = _ca_flags()
-    for key in doc:
-        assert "--" + key.replace("_", "-") in flags, f"ca.toml key {key!r} is no s2s-ca flag"
+def test_example_ca_toml_loads_through_the_real_loader() -> None:
+    flags, ttls = load_ca_config_file(DEPLOY / "ca.toml")
+    assert flags["data_dir"] == "/var/lib/s2s-ca"
+    assert flags["socket"] == "/run/s2s-ca/admin.sock"
+    assert "store" not in flags  # SQLite by default; etcd lines are comments
+    overrides: dict[str, Any] = dict(ttls)
+    config = CaConfig(
+        trust_domain=TrustDomain.parse("example.org"), data_dir=Path("/d"), **overrides
+    )
+    assert config.x509_svid_ttl == config.max_svid_ttl == timedelta(minutes=5)
+    assert config.agent_svid_ttl == timedelta(hours=1)
+
+
+def test_ca_toml_twin_with_a_typo_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ca.toml"
+    path.write_text((DEPLOY / "ca.toml").read_text().replace("\nlisten =", "\nlisen ="))
+    with pytest.raises(InvalidConfig, match="lisen"):
+        load_ca_config_file(path)
+
+
+def test_ca_toml_with_etcd_uncommented_is_a_valid_store(tmp_path: Path) -> None:
+    text = (DEPLOY / "ca.toml").read_text()
+    for key in ("store", "trust_domain"):
+        text = text.replace(f"# {key} = ", f"{key} = ")
+    path = tmp_path / "ca.toml"
+    path.write_text(text)
+    flags, _ = load_ca_config_file(path)
+    settings = StoreSettings(url=flags["store"], trust_domain=flags["trust_domain"])
+    assert settings.is_etcd
 
 
 def _s2s_flags(words: list[str]) -> tuple[str, list[str]]:
@@ -188,9 +209,26 @@ def test_agent_daemonset_uses_real_flags() -> None:
     _check_flags(shlex.split(line)[1:])  # after "exec"
 
 
-def test_ca_deployment_uses_real_flags() -> None:
-    container = pod_spec(by_kind("ca.yaml")["Deployment"])["containers"][0]
+@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_ca_pods_use_real_flags(kind: str) -> None:
+    container = pod_spec(by_kind("ca.yaml")[kind])["containers"][0]
     _check_flags(container["command"] + container["args"])
+
+
+def test_ca_pods_may_reach_etcd_and_share_the_kek() -> None:
+    policy = by_kind("etcd.yaml")["NetworkPolicy"]
+    allowed = [rule["from"][0]["podSelector"]["matchLabels"] for rule in policy["spec"]["ingress"]]
+    for kind in ("Deployment", "Job"):
+        doc = by_kind("ca.yaml")[kind]
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        assert any(a.items() <= labels.items() for a in allowed), kind
+        volumes = {v["name"]: v for v in pod_spec(doc)["volumes"]}
+        assert volumes["kek"]["secret"]["secretName"] == "s2s-ca-kek"
+    job_args = pod_spec(by_kind("ca.yaml")["Job"])["containers"][0]["args"]
+    ca_args = pod_spec(by_kind("ca.yaml")["Deployment"])["containers"][0]["args"]
+    store = [a for a in ca_args if a.startswith("--store=")]
+    assert store
+    assert store[0] in job_args  # init writes the root where the replicas read it
 
 
 def test_flag_check_rejects_an_unknown_flag() -> None:
