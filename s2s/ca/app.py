@@ -24,6 +24,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from s2s.ca.admin import admin_app, bind_admin_socket, ensure_admin_socket_free
+from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
@@ -33,9 +34,11 @@ from s2s.ca.crl import CrlPublisher
 from s2s.ca.http import ApiServices, public_app
 from s2s.ca.issuance import Issuer
 from s2s.ca.keys import KeyEncryptionKey
+from s2s.ca.lifecycle import AuthorityLifecycle
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import LiveRevocations, RevocationService
+from s2s.ca.root_rotation import RootRotation
 from s2s.ca.store_config import StoreSettings, open_ca_store, open_init_store
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Conflict, InvalidConfig, S2SError, Unavailable
@@ -244,8 +247,25 @@ class CaServer:
             closing=self._closing,
             revocations=self.revocations,
             crls=self.crls,
+            **self._authority_services(config, store, audit),
         )
         await self.reload_tls(force=True)
+
+    def _authority_services(
+        self, config: CaConfig, store: Store, audit: AuditLog
+    ) -> dict[str, Any]:
+        """Authority lifecycle, root rotation and the agents' view of both (ApiServices fields)."""
+        lifecycle = AuthorityLifecycle(
+            authority=self.authority, store=store, clock=self.clock,
+            replica_name=config.replica_name, revocations=self.revocations, audit=audit,
+        )  # fmt: skip
+        return {
+            "lifecycle": lifecycle,
+            "agent_sync": AgentSync(store=store, authority=self.authority, lifecycle=lifecycle),
+            "root_rotation": RootRotation(
+                config=config, store=store, authority=self.authority, clock=self.clock
+            ),
+        }
 
     async def _listen(self) -> None:
         host, port = self.options.host_port()
@@ -345,6 +365,7 @@ class CaServer:
             "prune": self._every(self.options.prune_interval, self.prune),
             "revocations": self._revocation_loop(),
             "metrics": self._every(self.options.metrics_interval, self.refresh_gauges),
+            "registry": self._retrying("registry", self._follow_registry),
         }
         try:
             async with asyncio.TaskGroup() as group:
@@ -363,6 +384,17 @@ class CaServer:
             revision = await self._store.wait_for_change(
                 Topic.AUTHORITIES, revision, min(max(wait, 0.05), self.options.tick)
             )
+
+    async def _follow_registry(self) -> None:
+        """Keep the registry's in-memory agent and entry snapshots current (agent calls then
+        need no store round trip); a store outage is retried like the other loops."""
+        try:
+            await self.registry.follow()
+        except ExceptionGroup as group:
+            first = group.exceptions[0]
+            if isinstance(first, Unavailable):
+                raise first from None
+            raise
 
     async def _authority_step(self) -> None:
         changed = await self.authority.rotate_if_due()
