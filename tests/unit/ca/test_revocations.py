@@ -1,10 +1,12 @@
-"""The CA's revocation service: by serial, SPIFFE ID, jti and agent, on a real SQLite store."""
+"""The CA's revocation service: by serial, SPIFFE ID, jti and agent, on a real SQLite store (and
+on a real etcd that dies mid-test)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +26,10 @@ from s2s.core.errors import InvalidRequest, NotAuthorized, NotFound, Revoked, St
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
+from s2s.store.etcd import EtcdStore
 from s2s.store.records import AuthorityKind, AuthorityState
 from s2s.store.sqlite import SqliteStore
+from s2s.testing_etcd import EtcdServer
 
 BILLING = SpiffeId.parse("spiffe://example.org/billing")
 API = SpiffeId.parse("spiffe://example.org/api")
@@ -311,3 +315,27 @@ async def test_live_set_follows_another_handle(rig: Rig, config: CaConfig) -> No
 async def test_wait_times_out_with_the_same_set(rig: Rig) -> None:
     before = rig.live.current()
     assert await rig.live.wait(before.version, timeout=0.05) is before
+
+
+async def test_on_etcd_a_revoke_while_etcd_is_down_fails_loudly_then_one_after_is_durable(
+    tmp_path: Path, config: CaConfig, kek: KeyEncryptionKey, clock: FakeClock
+) -> None:
+    with EtcdServer(tmp_path / "etcd") as etcd:
+        store = await EtcdStore.open(etcd.endpoint, trust_domain="example.org", timeout=2.0,
+                                     poll_interval=0.05)  # fmt: skip
+        try:
+            await Authority.initialize(config=config, store=store, kek=kek, clock=clock)
+            rig = await build_rig(config, store, kek, clock)
+            svid = await rig.issuer.mint_x509_svid(BILLING)
+            etcd.kill()
+            with pytest.raises(StoreError):
+                await rig.service.revoke_serial(svid.serial)
+            etcd.start()
+            result = await rig.service.revoke_serial(svid.serial)
+            assert not result.already_revoked  # the failed call had written nothing
+            assert svid.serial in crl_serials(rig)
+            async with await EtcdStore.open(etcd.endpoint, trust_domain="example.org") as other:
+                stored = await other.get_revocation(RevocationKind.SERIAL, result.value)
+            assert stored == result.records[0]
+        finally:
+            await store.close()
