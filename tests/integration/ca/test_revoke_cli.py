@@ -378,3 +378,36 @@ async def test_a_revocation_written_by_another_replica_reaches_the_crl_and_the_f
     status, feed = await ca.public("GET", "/v1/revocations")
     assert status == 200
     assert record.value in {r["value"] for r in feed["records"]}
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "error"),
+    [
+        ("format=xml", 400, "invalid_request"),
+        ("issuer=zz", 400, "invalid_request"),
+        ("format=der", 400, "invalid_request"),  # DER holds one CRL
+        ("issuer=" + "ab" * 20, 404, "not_found"),
+    ],
+)
+async def test_bad_crl_queries_get_clear_errors(
+    ca: RunningCa, query: str, status: int, error: str
+) -> None:
+    got, body = await ca.public("GET", f"/v1/crl?{query}")
+    assert (got, body["error"]) == (status, error), body
+    assert body["message"]
+
+
+async def test_the_crl_endpoint_is_public_and_each_crl_is_signed_by_its_issuer(
+    ca: RunningCa,
+) -> None:
+    status, doc = await ca.public("GET", "/v1/crl?format=json")  # no client certificate
+    assert status == 200
+    roots = x509.load_pem_x509_certificates(ca.bundle_pem)
+    minted = await ca.admin_call("POST", "/v1/x509/mint", {"spiffe_id": f"spiffe://{TD}/sig"})
+    issuers = [*roots, load_chain(minted["chain_pem"])[1]]
+    for entry in doc["crls"]:
+        crl = x509.load_der_x509_crl(base64.b64decode(entry["der"]))
+        (issuer,) = [c for c in issuers if c.subject == crl.issuer]
+        assert crl.is_signature_valid(issuer.public_key())  # type: ignore[arg-type]
+        other = next(c for c in issuers if c is not issuer)
+        assert not crl.is_signature_valid(other.public_key())  # type: ignore[arg-type]
