@@ -246,7 +246,20 @@ def _svids_issued(view: LogView, f: dict[str, Any]) -> str:
     return f"obtained {f.get('count')} workload SVID(s) from the CA (keys made here, CSRs sent)"
 
 
+def _watch_failed(view: LogView, f: dict[str, Any]) -> str:
+    return f"Workload API stream ended ({f.get('error')}); reconnecting"
+
+
 _EVENTS: Final[dict[str, Callable[[LogView, dict[str, Any]], str]]] = {
+    "revocation.added": lambda v, f: (
+        f"revocation recorded ({f.get('kind')}, {f.get('count')} record(s))"
+    ),
+    "crl.published": lambda v, f: f"published {f.get('count')} CRL(s), one per issuing CA",
+    "agent.svids_revoked": lambda v, f: f"stopped serving {f.get('count')} revoked SVID(s)",
+    "agent.revoked_svids_replaced": lambda v, f: (
+        f"replaced {f.get('count')} revoked SVID(s) at once"
+    ),
+    "source.watch_failed": _watch_failed,
     "ca.started": _ca_started,
     "audit.x509_svid.issued": _x509_issued,
     "audit.agent.attested": _agent_attested,

@@ -11,10 +11,13 @@ measured and printed, and a step that does not happen fails the demo (exit statu
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from typing import TYPE_CHECKING, Final
 
 from s2s.cli.ca import cli as ca_cli
 from s2s.demo.errors import DemoFailed
+from s2s.demo.procs import run_cli
 
 if TYPE_CHECKING:
     from s2s.demo.launcher import Demo
@@ -46,6 +49,7 @@ class Scenario:
             "client and server talk over mTLS; each checks the other's SPIFFE ID, chain and "
             "revocations on every new connection (one connection per call)"
         )
+        await self.stranger()
         demo.say(f"waiting for the client's first rotation (about {self.svid_ttl // 2} s) ...")
         await demo.until(
             lambda: tally.rotations.get("client", 0) >= 1,
@@ -57,6 +61,22 @@ class Scenario:
             demo.say(f"revocation: {_PENDING}")
             return
         await self.revoke()
+
+    async def stranger(self) -> None:
+        """A process matching no entry asks the agent: it must get nothing (a rejecting twin)."""
+        demo = self.demo
+        assert demo.dirs is not None
+        argv = [sys.executable, "-m", "s2s.cli.agent", "api", "fetch", "x509"]
+        argv += ["--socket", str(demo.dirs.socket)]
+        who = f"uid {os.getuid()}, {os.path.realpath(sys.executable)}"
+        result = await run_cli(argv, env=demo.env, timeout=30.0)
+        if result.code == 0:
+            raise DemoFailed(f"a process matching no entry ({who}) got an identity")
+        reason = (result.stderr.strip().splitlines() or ["refused"])[-1].removeprefix("error: ")
+        demo.say(
+            f"a process that matches no entry ({who}) asks the agent for an SVID: "
+            f"refused (exit {result.code}: {reason})"
+        )
 
     async def revoke(self) -> None:
         demo, tally = self.demo, self.demo.view.tally

@@ -142,6 +142,8 @@ def test_two_workloads_talk_over_mtls(fast_run: DemoRun) -> None:
     assert re.search(r"got identity spiffe://demo\.s2s\.test/client serial", fast_run.output)
     assert re.search(r"registered spiffe://demo\.s2s\.test/client for unix:uid:\d+ \+ unix:path:/",
                      fast_run.output)  # fmt: skip
+    # the rejecting twin: a process that matches no entry gets nothing
+    assert re.search(r"a process that matches no entry .* refused \(exit 6: ", fast_run.output)
 
 
 @pytest.mark.timeout(240)
