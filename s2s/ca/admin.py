@@ -34,8 +34,17 @@ from s2s.ca.http import (
     read_json,
     svid_json,
 )
+from s2s.ca.lifecycle import LifecycleKind
 from s2s.ca.registry import AgentRecord
-from s2s.core.errors import Conflict, InvalidConfig, InvalidRequest, NotAuthorized
+from s2s.ca.root_rotation import RootRotation
+from s2s.core.errors import (
+    Conflict,
+    InvalidConfig,
+    InvalidRequest,
+    NotAuthorized,
+    NotFound,
+    Unavailable,
+)
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
@@ -318,6 +327,54 @@ async def revoke(request: web.Request) -> web.Response:
     return json_response(result.to_json())
 
 
+# ---- authority lifecycle and root rotation ------------------------------------------------
+
+_LIFECYCLE_ACTIONS: Final = ("prepare", "activate", "taint", "revoke")
+
+
+async def authority_action(request: web.Request) -> web.Response:
+    """POST /v1/authorities/{prepare|activate|taint|revoke} {kind: x509|jwt, id?} -> authority."""
+    action = request.match_info["action"]
+    if action not in _LIFECYCLE_ACTIONS:
+        raise NotFound(f"no authority action {action!r}; use {', '.join(_LIFECYCLE_ACTIONS)}")
+    body = await read_json(request)
+    unknown = sorted(set(body) - {"kind", "id"})
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
+    try:
+        kind = LifecycleKind(body.get("kind", "x509"))
+    except ValueError:
+        raise InvalidRequest("'kind' must be 'x509' or 'jwt'") from None
+    lifecycle = _services(request).lifecycle
+    if lifecycle is None:
+        raise Unavailable("this CA has no authority lifecycle service")
+    if action == "prepare":
+        info = await lifecycle.prepare(kind)
+    else:
+        authority_id = field(body, "id") if body.get("id") is not None else None
+        info = await getattr(lifecycle, action)(kind, authority_id)
+    return json_response(info.to_json())
+
+
+def _rotation(request: web.Request) -> RootRotation:
+    rotation = _services(request).root_rotation
+    if rotation is None:
+        raise Unavailable("this CA cannot rotate its root")
+    return rotation
+
+
+async def root_rotation_status(request: web.Request) -> web.Response:
+    """GET /v1/root-rotation -> RotationProgress JSON (changes nothing)."""
+    return json_response((await _rotation(request).status()).to_json())
+
+
+async def root_rotation_step(request: web.Request) -> web.Response:
+    """POST /v1/root-rotation/step {new?: bool} -> RotationProgress JSON after one step."""
+    body = await read_json(request)
+    new = field(body, "new", bool) if "new" in body else False
+    return json_response((await _rotation(request).step(new=new)).to_json())
+
+
 def admin_app(services: ApiServices) -> web.Application:
     """The admin application (serve it on :func:`bind_admin_socket`)."""
     app = web.Application(middlewares=[error_middleware(services.metrics), owner_only])
@@ -337,6 +394,9 @@ def admin_app(services: ApiServices) -> web.Application:
     r.add_post("/v1/agents/ban", ban_agent)
     r.add_get("/v1/bundle", show_bundle)
     r.add_get("/v1/authorities", list_authorities)
+    r.add_post("/v1/authorities/{action}", authority_action)
+    r.add_get("/v1/root-rotation", root_rotation_status)
+    r.add_post("/v1/root-rotation/step", root_rotation_step)
     r.add_post("/v1/x509/mint", mint_x509)
     r.add_post("/v1/jwt/mint", mint_jwt)
     r.add_post("/v1/revocations", revoke)

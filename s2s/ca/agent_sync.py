@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from s2s.ca.authority import Authority
 from s2s.ca.lifecycle import AuthorityLifecycle, TaintedAuthorities
+from s2s.ca.registry import Registry
 from s2s.core.errors import Conflict, NotFound
 from s2s.log import F
 from s2s.store.base import Store
@@ -50,28 +50,30 @@ class AgentSync:
     """Records agents' bundle sequences and builds the authority view of entries answers."""
 
     def __init__(
-        self, *, store: Store, authority: Authority, lifecycle: AuthorityLifecycle
+        self,
+        *,
+        store: Store,
+        authority: Authority,
+        registry: Registry,
+        lifecycle: AuthorityLifecycle,
     ) -> None:
         self._store = store
+        self._registry = registry
         self._authority = authority
         self._lifecycle = lifecycle
         self._seen_revision = -1
 
     async def report_bundle_sequence(self, agent: AgentRecord, sequence: int) -> AgentRecord:
-        """Record that ``agent`` holds bundle ``sequence`` (written only when it changed)."""
-        for _ in range(3):
-            if agent.bundle_sequence == sequence:
-                return agent
-            updated = dataclasses.replace(agent, bundle_sequence=sequence)
-            try:
-                return await self._store.update_agent(updated, expected_revision=agent.revision)
-            except Conflict:
-                try:
-                    agent = await self._store.get_agent(agent.spiffe_id)
-                except NotFound:
-                    return agent  # evicted meanwhile; its next call is refused anyway
-        log.warning("agent.bundle_report_lost", extra={F.AGENT_ID: str(agent.spiffe_id)})
-        return agent
+        """Record that ``agent`` holds bundle ``sequence`` (a lost race is logged, not fatal:
+        the agent reports again on its next long-poll)."""
+        try:
+            return await self._registry.record_bundle_sequence(agent, sequence)
+        except (Conflict, NotFound) as exc:
+            log.warning(
+                "agent.bundle_report_lost",
+                extra={F.AGENT_ID: str(agent.spiffe_id), F.ERROR: str(exc)},
+            )
+            return agent
 
     async def view(self) -> AgentView:
         """The current bundle sequence and tainted authorities (the bundle is re-read from the
@@ -85,7 +87,11 @@ class AgentSync:
     async def wait(
         self, entries: Awaitable[object], authorities_after: int, timeout: float
     ) -> None:
-        """Until ``entries`` completes or authorities move past ``authorities_after``."""
+        """Until ``entries`` completes or authorities move past ``authorities_after`` (only
+        ``entries`` when the agent did not say which authorities revision it saw)."""
+        if authorities_after < 0:
+            await entries
+            return
         tasks = {
             asyncio.ensure_future(entries),
             asyncio.ensure_future(

@@ -261,7 +261,9 @@ class CaServer:
         )  # fmt: skip
         return {
             "lifecycle": lifecycle,
-            "agent_sync": AgentSync(store=store, authority=self.authority, lifecycle=lifecycle),
+            "agent_sync": AgentSync(
+                store=store, authority=self.authority, registry=self.registry, lifecycle=lifecycle
+            ),
             "root_rotation": RootRotation(
                 config=config, store=store, authority=self.authority, clock=self.clock
             ),

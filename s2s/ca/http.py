@@ -24,14 +24,17 @@ from typing import Any, Final, TypeVar
 from aiohttp import web
 from cryptography import x509
 
+from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.authority import Authority
 from s2s.ca.crl import CrlPublisher, render_crls
 from s2s.ca.issuance import MAX_BATCH, MAX_CSR_BYTES, CsrRequest, Issuer, JwtSvid, X509SvidResult
+from s2s.ca.lifecycle import AuthorityLifecycle
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import AGENT_PATH_PREFIX, AgentRecord, Registry
 from s2s.ca.revocations import RevocationService
+from s2s.ca.root_rotation import RootRotation
 from s2s.core.bundle import Bundle
 from s2s.core.errors import InvalidRequest, InvalidSvid, NotAuthorized, S2SError, Unavailable
 from s2s.core.spiffe_id import SpiffeId
@@ -257,6 +260,9 @@ class ApiServices:
     closing: asyncio.Event = field_(default_factory=asyncio.Event)  # set on shutdown
     revocations: RevocationService | None = None
     crls: CrlPublisher | None = None
+    agent_sync: AgentSync | None = None  # bundle sequence reports, tainted authorities
+    lifecycle: AuthorityLifecycle | None = None
+    root_rotation: RootRotation | None = None
 
     def revocation_service(self) -> RevocationService:
         if self.revocations is None:
@@ -408,19 +414,32 @@ async def post_renew(request: web.Request) -> web.Response:
 
 
 async def get_entries(request: web.Request) -> web.Response:
-    """GET /v1/agent/entries?since=R&wait=S: the caller's entries, long-polling past revision R."""
+    """GET /v1/agent/entries?since=R&wait=S[&bundle_sequence=N&authorities=A]: the caller's
+    entries, long-polling past entries revision R and authorities revision A; records the bundle
+    sequence N the agent holds; the answer adds the bundle sequence and tainted authorities."""
     agent = await authenticate_agent(request)
     since = _query_number(request, "since", int, default=-1)
     wait = min(_query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
+    held = _query_number(request, "bundle_sequence", int, default=-1)
+    seen = _query_number(request, "authorities", int, default=-1)
     services = request.app[SERVICES]
-    registry = services.registry
+    registry, sync = services.registry, services.agent_sync
+    if sync is not None and held >= 0:
+        await sync.report_bundle_sequence(agent, held)
     snapshot = await registry.entries_for_agent(agent.spiffe_id)
-    if wait > 0 and snapshot.revision <= since:
+    view = await sync.view() if sync is not None else None
+    fresh = view is not None and seen >= 0 and view.tainted.revision != seen
+    if wait > 0 and snapshot.revision <= since and not fresh:
+        waiting: Awaitable[object] = registry.wait_for_entries(since, wait)
+        if sync is not None:
+            waiting = sync.wait(waiting, seen, wait)  # or until authorities move past seen
         with services.metrics.long_polls.track_inprogress():
-            await _wait_unless_closing(registry.wait_for_entries(since, wait), services.closing)
+            await _wait_unless_closing(waiting, services.closing)
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
+        view = await sync.view() if sync is not None else None
     entries = [entry.to_json() for entry in snapshot.entries]
-    return json_response({"revision": snapshot.revision, "entries": entries})
+    extra = view.to_json() if view is not None else {}
+    return json_response({"revision": snapshot.revision, "entries": entries, **extra})
 
 
 async def post_x509(request: web.Request) -> web.Response:

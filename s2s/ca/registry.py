@@ -375,6 +375,22 @@ class Registry:
         self._cache.agent_deleted(spiffe_id)
         self._audit.admin_change("agent.evict", target=str(spiffe_id), agent_id=spiffe_id)
 
+    async def record_bundle_sequence(self, agent: AgentRecord, sequence: int) -> AgentRecord:
+        """Record the trust bundle sequence an agent reported holding (root rotation waits for
+        it); written only when it changed, compare-and-swap retried on a fresher record."""
+        for _ in range(3):
+            if agent.bundle_sequence == sequence:
+                return agent
+            updated = dataclasses.replace(agent, bundle_sequence=sequence)
+            try:
+                stored = await self._store.update_agent(updated, expected_revision=agent.revision)
+            except Conflict:
+                agent = await self._store.get_agent(agent.spiffe_id)  # NotFound: evicted
+                continue
+            self._cache.agent_written(stored)
+            return stored
+        raise Conflict(f"agent {agent.spiffe_id} kept changing; its report was not recorded")
+
     async def ban_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
         """Ban an agent: every call is refused and it cannot re-attest under this ID."""
         for _ in range(3):

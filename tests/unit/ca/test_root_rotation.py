@@ -80,7 +80,7 @@ async def build_rig(config: CaConfig, store: Any, kek: KeyEncryptionKey, clock: 
     lifecycle = AuthorityLifecycle(
         authority=authority, store=store, clock=clock, replica_name=config.replica_name
     )
-    sync = AgentSync(store=store, authority=authority, lifecycle=lifecycle)
+    sync = AgentSync(store=store, authority=authority, registry=registry, lifecycle=lifecycle)
     rotation = RootRotation(config=config, store=store, authority=authority, clock=clock)
     return Rig(store, clock, authority, issuer, sync, rotation)
 
