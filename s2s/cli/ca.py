@@ -676,6 +676,11 @@ def crl(ctx: Ctx, fmt: str, issuer: str | None, as_json: bool) -> None:
             click.echo("\n".join(["-----BEGIN X509 CRL-----", *lines, "-----END X509 CRL-----"]))
 
 
+from s2s.cli.ca_rotation import register as _register_rotation  # noqa: E402
+
+_register_rotation(cli, authority)  # authority prepare|activate|taint|revoke, rotate-root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point (``s2s-ca``)."""
     try:

@@ -1,0 +1,186 @@
+"""``s2s-ca authority prepare|activate|taint|revoke`` and ``s2s-ca rotate-root``.
+
+Registered on the ``s2s-ca`` groups by ``s2s/cli/ca.py`` (:func:`register`; this module does
+not import that one at import time, so ``python -m s2s.cli.ca`` works).
+
+``rotate-root`` exits 0 when the rotation finished (or, with ``--step``, when the step made
+progress), and
+:data:`EXIT_WAITING` (7) when it waits for something outside its control: agents that have not
+picked up the new bundle (named in the output), replicas still signing under the old root, or
+the old root's hold time. Every step is resumable: re-run the command after a crash or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any, Final, NoReturn
+
+import click
+
+from s2s.core.errors import S2SError
+
+__all__ = ["EXIT_WAITING", "register"]
+
+EXIT_WAITING: Final = 7
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def call(fn: Callable[[], Any]) -> Any:
+    """One admin call; an ``S2SError`` becomes a message and ``s2s-ca``'s exit code."""
+    try:
+        return fn()
+    except S2SError as exc:
+        _fail(exc)
+
+
+def _fail(exc: S2SError) -> NoReturn:
+    from s2s.cli.ca import exit_code_for  # noqa: PLC0415  (no import cycle at load time)
+
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exit_code_for(exc))
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def register(cli: click.Group, authority: click.Group) -> None:
+    """Add the commands to the ``s2s-ca`` group and its ``authority`` subgroup."""
+    for command in (authority_prepare, authority_activate, authority_taint, authority_revoke):
+        authority.add_command(command)
+    cli.add_command(rotate_root)
+
+
+_kind_option = click.option(
+    "--kind",
+    type=click.Choice(["x509", "jwt"]),
+    default="x509",
+    show_default=True,
+    help="Intermediate CA (x509) or JWT signing key (jwt).",
+)
+_id_option = click.option(
+    "--id", "authority_id", help="The authority (default: this replica's only candidate)."
+)
+
+
+def _act(ctx: Any, action: str, kind: str, authority_id: str | None, as_json: bool) -> None:
+    body: dict[str, Any] = {"kind": kind}
+    if authority_id:
+        body["id"] = authority_id
+    done = call(lambda: ctx.client().post(f"/v1/authorities/{action}", body))
+    if as_json:
+        emit_json(done)
+    else:
+        for key in ("id", "kind", "state", "owner", "not_after"):
+            click.echo(f"{key:<9}  {done.get(key, '')}")
+
+
+@click.command("prepare")
+@_kind_option
+@json_option
+@click.pass_obj
+def authority_prepare(ctx: Any, kind: str, as_json: bool) -> None:
+    """Prepare a new authority for the replica answering (a JWT key joins the bundle now)."""
+    _act(ctx, "prepare", kind, None, as_json)
+
+
+@click.command("activate")
+@_kind_option
+@_id_option
+@json_option
+@click.pass_obj
+def authority_activate(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
+    """Activate a prepared authority; the active one becomes old."""
+    _act(ctx, "activate", kind, authority_id, as_json)
+
+
+@click.command("taint")
+@_kind_option
+@_id_option
+@json_option
+@click.pass_obj
+def authority_taint(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
+    """Taint an old authority: agents re-issue everything it signed at once."""
+    _act(ctx, "taint", kind, authority_id, as_json)
+
+
+@click.command("revoke")
+@_kind_option
+@_id_option
+@json_option
+@click.pass_obj
+def authority_revoke(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
+    """Revoke a tainted authority (an intermediate's serial is revoked; a JWT key leaves the
+    bundle)."""
+    _act(ctx, "revoke", kind, authority_id, as_json)
+
+
+# ---- rotate-root ------------------------------------------------------------------------------
+
+
+def _show(progress: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(progress)
+        return
+    click.echo(f"[{progress['phase']}] {progress['message']}")
+    for agent in progress.get("lagging_agents", []):
+        click.echo(f"  agent {agent['spiffe_id']} holds bundle sequence {agent['bundle_sequence']}")
+    for replica in progress.get("lagging_replicas", []):
+        click.echo(f"  replica {replica} still signs under the old root")
+
+
+def _waiting(progress: dict[str, Any]) -> bool:
+    return bool(progress["waiting_for"]) and not progress["done"]
+
+
+@click.command("rotate-root")
+@click.option("--step", "one_step", is_flag=True, help="Run one step only (exit 7 if waiting).")
+@click.option("--status", "status_only", is_flag=True, help="Show where the rotation is.")
+@click.option("--new", "new", is_flag=True, help="Start another rotation after a finished one.")
+@click.option("--poll", type=float, default=2.0, show_default=True, help="Seconds between checks.")
+@click.option("--timeout", type=float, help="Give up (exit 7) if still waiting after this long.")
+@json_option
+@click.pass_obj
+def rotate_root(
+    ctx: Any,
+    *,
+    one_step: bool,
+    status_only: bool,
+    new: bool,
+    poll: float,
+    timeout: float | None,
+    as_json: bool,
+) -> None:
+    """Rotate the trust domain's root: prepare -> every live agent holds the new bundle ->
+    activate -> longest SVID lifetime plus skew -> retire. Resumable at any point."""
+    client = ctx.client()
+    if status_only:
+        progress = call(lambda: client.get("/v1/root-rotation"))
+        _show(progress, as_json)
+        return
+    if one_step:
+        progress = call(lambda: client.post("/v1/root-rotation/step", {"new": new}))
+        _show(progress, as_json)
+        sys.exit(EXIT_WAITING if _waiting(progress) and not progress["changed"] else 0)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    last = None
+    while True:
+        progress = call(partial(client.post, "/v1/root-rotation/step", {"new": new}))
+        new = False  # only the first step may start a rotation
+        shown = (progress["phase"], progress["message"])
+        if shown != last:
+            _show(progress, as_json)
+            last = shown
+        if progress["done"] or (not _waiting(progress) and not progress["changed"]):
+            return
+        if progress["changed"]:
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo("still waiting; re-run s2s-ca rotate-root to resume", err=True)
+            sys.exit(EXIT_WAITING)
+        time.sleep(poll)
