@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CRL_VALIDITY: Final = timedelta(hours=1)
 CRL_NUMBER_KEY: Final = "crl.number.{authority_id}"
 _THREAD_ABOVE: Final = 2000  # build larger CRLs off the event loop
+_EMPTY_RETRY: Final = timedelta(seconds=30)  # no CRL could be built: try again after this
 _BULK_LOOKUP_ABOVE: Final = 256  # more unknown serials than this: one index scan
 _REASONS: Final = {
     r.value.lower(): r
@@ -225,6 +226,7 @@ class CrlPublisher:
         self._entries: dict[tuple[str, datetime, str], x509.RevokedCertificate] = {}
         self._keys: dict[str, SigningKey] = {}
         self._lock = asyncio.Lock()
+        self._empty_retry: datetime | None = None
 
     @property
     def current(self) -> CrlSet:
@@ -233,8 +235,9 @@ class CrlPublisher:
     def next_refresh(self) -> datetime:
         """When the CRLs must be rebuilt at the latest (half their validity before nextUpdate)."""
         earliest = self._current.next_update()
-        now = utc(self._clock.now())
-        return now if earliest is None else earliest - self.validity / 2
+        if earliest is None:  # never built, or no issuer could be signed for: retry in a while
+            return self._empty_retry or utc(self._clock.now())
+        return earliest - self.validity / 2
 
     async def cover(self, version: int) -> None:
         """Make sure the CRLs reflect revocation snapshot ``version`` (the feed calls this before
@@ -270,6 +273,7 @@ class CrlPublisher:
             if len(self._entries) > len(serials) or len(self._issuer_of) > len(serials):
                 self._forget_except([r for _, r in serials])
             self._current = CrlSet(tuple(crls), revoked.version, ids)
+            self._empty_retry = None if crls else now + _EMPTY_RETRY
             log.info("crl.published", extra={F.COUNT: len(crls), F.REVISION: revoked.version})
             return True
 

@@ -190,3 +190,5 @@ async def test_an_issuer_whose_key_does_not_open_is_skipped_not_fatal(
     )
     assert await publisher.refresh()
     assert publisher.current.crls == ()
+    assert publisher.next_refresh() > rig.clock.now()  # no busy retry loop
+    assert not await publisher.refresh()
