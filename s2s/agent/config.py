@@ -287,6 +287,8 @@ def _endpoints(value: Any) -> str | None:
     text = _text(value, "etcd endpoints host:port[,host:port]")
     if not text:
         return None
+    if "://" in text:
+        raise InvalidConfig(f"{text!r}: give etcd endpoints as host:port, without a scheme")
     parse_endpoints(text)  # InvalidConfig naming the bad endpoint
     return text
 

@@ -4,14 +4,17 @@ CRLs are served and bump the version. (The feed itself is tested against a real 
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.agent.ca_client import CaClient, X509Result
 from s2s.agent.cache import SvidCache
+from s2s.agent.config import load_config
 from s2s.agent.node import new_key
 from s2s.core.clock import FakeClock
+from s2s.core.errors import InvalidConfig
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.selectors import Selector
@@ -96,3 +99,15 @@ def test_crls_are_served_and_bump_the_version(cache: SvidCache) -> None:
     assert cache.version == version + 1
     cache.set_crls((b"crl-1", b"crl-2"))  # unchanged: no new stream message
     assert cache.version == version + 1
+
+
+def test_revocations_etcd_setting_is_parsed_at_the_edge(tmp_path: Path) -> None:
+    base = {"S2S_TRUST_DOMAIN": "example.org", "S2S_CA_URL": "https://ca:8443",
+            "S2S_DATA_DIR": str(tmp_path)}  # fmt: skip
+    assert load_config(environ=base).revocations_etcd is None  # default: the CA long-poll
+    env = {**base, "S2S_REVOCATIONS_ETCD": "10.0.0.5:2379, etcd-1:2379"}
+    assert load_config(environ=env).revocations_etcd == "10.0.0.5:2379, etcd-1:2379"
+    assert load_config(environ={**base, "S2S_REVOCATIONS_ETCD": " "}).revocations_etcd is None
+    for bad in ("10.0.0.5", "etcd:0", "http://etcd:2379", "a:1,,b:2"):
+        with pytest.raises(InvalidConfig, match="revocations_etcd"):
+            load_config(environ={**base, "S2S_REVOCATIONS_ETCD": bad})
