@@ -242,12 +242,24 @@ class CaClient:
         data = await self._call("POST", "/v1/agent/renew", body=body)
         return parse_agent_svid(data, self.trust_domain, self._certs)
 
-    async def entries(self, *, since: int, wait: float) -> EntriesResponse:
-        """GET /v1/agent/entries: returns at once if the revision is past ``since``, else after
-        a change or ``wait`` seconds."""
+    async def entries(
+        self,
+        *,
+        since: int,
+        wait: float,
+        bundle_sequence: int | None = None,
+        authorities: int | None = None,
+    ) -> EntriesResponse:
+        """GET /v1/agent/entries: returns at once if the revision is past ``since`` (or the
+        authorities revision is not ``authorities``), else after a change or ``wait`` seconds.
+        ``bundle_sequence`` reports the bundle this agent holds (root rotation waits for it)."""
         query = {"wait": f"{max(wait, 0.0):g}"}
         if since >= 0:
             query["since"] = str(since)
+        if bundle_sequence is not None and bundle_sequence >= 0:
+            query["bundle_sequence"] = str(bundle_sequence)
+        if authorities is not None and authorities >= 0:
+            query["authorities"] = str(authorities)
         data = await self._call(
             "GET", "/v1/agent/entries", query=query, timeout=wait + self._timeout
         )

@@ -71,10 +71,16 @@ class AgentSvidResponse:
 
 @dataclass(frozen=True, slots=True)
 class EntriesResponse:
-    """The entries parented by this agent as of ``revision``."""
+    """The entries parented by this agent as of ``revision``, and (from CAs that send them) the
+    CA's bundle sequence and the tainted authorities as of ``authorities_revision``: key ids
+    (hex SKI) of intermediates and kids of JWT keys whose credentials must be replaced now."""
 
     revision: int
     entries: tuple[RegistrationEntry, ...]
+    bundle_sequence: int | None = None
+    authorities_revision: int | None = None
+    tainted_x509: frozenset[str] = frozenset()
+    tainted_jwt: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,9 +205,23 @@ def parse_entries(data: Any) -> EntriesResponse:
         if not isinstance(revision, int) or not isinstance(items, list):
             raise TypeError("revision must be an integer and entries a list")
         entries = tuple(RegistrationEntry.from_json(item) for item in items)
-    except (KeyError, TypeError, InvalidRequest, InvalidSpiffeId) as exc:
+        sequence, authorities = data.get("bundle_sequence"), data.get("authorities_revision")
+        tainted = data.get("tainted") or {}
+        x509_ids, jwt_ids = tainted.get("x509", []), tainted.get("jwt", [])
+        if not all(isinstance(v, int | None) for v in (sequence, authorities)) or not all(
+            isinstance(k, str) for k in [*x509_ids, *jwt_ids]
+        ):
+            raise TypeError("bundle_sequence/authorities_revision/tainted have the wrong type")
+    except (KeyError, TypeError, AttributeError, InvalidRequest, InvalidSpiffeId) as exc:
         raise garbage("/v1/agent/entries", exc) from exc
-    return EntriesResponse(revision=revision, entries=entries)
+    return EntriesResponse(
+        revision=revision,
+        entries=entries,
+        bundle_sequence=sequence,
+        authorities_revision=authorities,
+        tainted_x509=frozenset(x509_ids),
+        tainted_jwt=frozenset(jwt_ids),
+    )
 
 
 def parse_x509_results(

@@ -30,10 +30,11 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient, sleep_backoff
+from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient, EntriesResponse, sleep_backoff
 from s2s.agent.jwt_cache import JwtSvidCache
 from s2s.agent.metrics import AgentMetrics
 from s2s.agent.node import build_csr, new_key, renewal_due_at
+from s2s.agent.tainted import signed_by_any
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
@@ -119,6 +120,8 @@ class SvidCache:
         )
         self.synced = asyncio.Event()  # set after the first entries answer was applied
         self._crls: tuple[bytes, ...] = ()
+        self._authorities_revision: int | None = None  # of the CA's last tainted list
+        self._bundle_moved = asyncio.Event()  # re-poll at once to report the new sequence
 
     # -- IdentityProvider -------------------------------------------------------------------
 
@@ -201,6 +204,7 @@ class SvidCache:
             self._replace(
                 dataclasses.replace(self._state, bundles=self._state.bundles.with_bundle(bundle))
             )
+            self._bundle_moved.set()
 
     def health(self) -> tuple[bool, str]:
         """(healthy, why not): every entry has an unexpired SVID."""
@@ -241,12 +245,69 @@ class SvidCache:
         while True:
             wait = self._entries_wait if self.synced.is_set() else 0.0
             try:
-                answer = await self._client.entries(since=self._state.revision, wait=wait)
+                answer = await self._poll_entries(wait)
             except S2SError as exc:
                 await self._ca_failed("entries", exc, backoff)
                 continue
+            if answer is None:
+                continue  # our bundle changed: poll again, reporting the new sequence
             backoff.reset()
             self.apply_entries(answer.entries, answer.revision)
+            self._follow_authorities(answer)
+
+    async def _poll_entries(self, wait: float) -> EntriesResponse | None:
+        """One entries long-poll reporting our bundle sequence; None if the bundle changed
+        meanwhile (the CA should hear the new sequence now, not after the poll)."""
+        self._bundle_moved.clear()
+        call = asyncio.ensure_future(
+            self._client.entries(
+                since=self._state.revision,
+                wait=wait,
+                bundle_sequence=self._own_bundle_sequence(),
+                authorities=self._authorities_revision,
+            )
+        )
+        moved = asyncio.ensure_future(self._bundle_moved.wait())
+        try:
+            await asyncio.wait({call, moved}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            moved.cancel()
+            if not call.done():
+                call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await call
+        return None if call.cancelled() else call.result()
+
+    def _follow_authorities(self, answer: EntriesResponse) -> None:
+        if answer.authorities_revision is not None:
+            self._authorities_revision = answer.authorities_revision
+        sequence = answer.bundle_sequence
+        if sequence is not None and sequence != self._own_bundle_sequence():
+            self._wake_bundle.set()
+        self.apply_tainted(answer.tainted_x509, answer.tainted_jwt)
+
+    def apply_tainted(self, x509_ids: frozenset[str], jwt_kids: frozenset[str]) -> int:
+        """Re-issue at once every SVID whose chain holds a tainted intermediate (served until
+        the new one arrives) and forget JWT-SVIDs signed by a tainted key; returns the count."""
+        dropped = self._jwt.drop_signed_by(jwt_kids)
+        now = self._clock.now()
+        hit = {
+            i.entry.id
+            for i in self._state.items
+            if i.svid is not None
+            and (i.renew_at is None or i.renew_at > now)
+            and signed_by_any(i.svid, x509_ids)
+        }
+        if hit:
+            items = tuple(
+                dataclasses.replace(i, renew_at=now, retry_at=None) if i.entry.id in hit else i
+                for i in self._state.items
+            )
+            self._state = dataclasses.replace(self._state, items=items)  # same SVIDs served
+            self._wake_rotation.set()
+        if hit or dropped:
+            log.warning("agent.tainted_reissue", extra={F.COUNT: len(hit) + dropped})
+        return len(hit) + dropped
 
     def apply_entries(self, entries: Iterable[RegistrationEntry], revision: int) -> None:
         """Adopt the CA's entry list (as of ``revision``): keep, re-label, re-issue or drop."""

@@ -10,6 +10,8 @@ the same key share one CA call. Validation (``ValidateJWTSVID``) uses the verifi
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -80,6 +82,16 @@ class JwtSvidCache:
         ids = frozenset(live)
         self._tokens = {k: v for k, v in self._tokens.items() if k[0] in ids}
 
+    def drop_signed_by(self, kids: frozenset[str]) -> int:
+        """Forget cached tokens whose header names a kid in ``kids`` (a tainted or revoked JWT
+        key): the next fetch mints a fresh one. Returns how many were dropped."""
+        if not kids:
+            return 0
+        kept = {k: v for k, v in self._tokens.items() if _kid_of(v[0]) not in kids}
+        dropped = len(self._tokens) - len(kept)
+        self._tokens = kept
+        return dropped
+
     def validate(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
         """Validate against the agent's bundles; ``InvalidToken`` (with ``.reason``) if rejected."""
         validator = self._validators.get(audience)
@@ -116,3 +128,14 @@ class JwtSvidCache:
             self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
             if len(self._tokens) >= MAX_JWT_CACHE:
                 self._tokens.clear()
+
+
+def _kid_of(token: str) -> str | None:
+    """The ``kid`` of a compact JWS header (our own CA's tokens; None if unreadable)."""
+    try:
+        header = token.split(".", 1)[0]
+        doc = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+        kid = doc.get("kid") if isinstance(doc, dict) else None
+        return kid if isinstance(kid, str) else None
+    except (ValueError, UnicodeDecodeError):
+        return None
