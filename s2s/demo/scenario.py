@@ -15,6 +15,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Final
 
+from s2s.cli.ca import EXIT_REFUSED, EXIT_UNAVAILABLE
 from s2s.cli.ca import cli as ca_cli
 from s2s.demo.errors import DemoFailed
 from s2s.demo.procs import run_cli
@@ -69,10 +70,17 @@ class Scenario:
         argv = [sys.executable, "-m", "s2s.cli.agent", "api", "fetch", "x509"]
         argv += ["--socket", str(demo.dirs.socket)]
         who = f"uid {os.getuid()}, {os.path.realpath(sys.executable)}"
-        result = await run_cli(argv, env=demo.env, timeout=30.0)
+        for _attempt in range(5):  # exit 3 (agent unreachable) is retried: it is no answer
+            result = await run_cli(argv, env=demo.env, timeout=30.0)
+            if result.code != EXIT_UNAVAILABLE:
+                break
+        reason = (result.stderr.strip().splitlines() or ["?"])[-1].removeprefix("error: ")
         if result.code == 0:
             raise DemoFailed(f"a process matching no entry ({who}) got an identity")
-        reason = (result.stderr.strip().splitlines() or ["refused"])[-1].removeprefix("error: ")
+        if result.code != EXIT_REFUSED:
+            raise DemoFailed(
+                f"could not ask the agent as a stranger (exit {result.code}): {reason}"
+            )
         demo.say(
             f"a process that matches no entry ({who}) asks the agent for an SVID: "
             f"refused (exit {result.code}: {reason})"
