@@ -162,10 +162,12 @@ class SvidCache:
 
     def drop_revoked(self, revoked: RevocationSet) -> int:
         """Stop serving each SVID with a revoked certificate (leaf or CA); re-issue it at once.
+        Cached JWT-SVIDs revoked by jti or SPIFFE ID are forgotten (minted afresh on demand).
 
         Serials only: the CA expands ID and agent revocations into serial records, and an ID
         record read against a backdated notBefore would also hit the fresh SVID.
         """
+        self._jwt.drop_revoked(revoked)
         hit = {
             i.entry.id
             for i in self._state.items

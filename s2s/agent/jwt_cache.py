@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from s2s.agent.ca_client import AgentUnknown, CaClient
 from s2s.agent.metrics import AgentMetrics
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
+from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.jwt import BundleLookup, JwtValidator
 
@@ -28,6 +30,7 @@ __all__ = ["MAX_JWT_CACHE", "MAX_VALIDATORS", "JwtSvidCache"]
 MAX_JWT_CACHE: Final = 10_000
 MAX_VALIDATORS: Final = 256
 
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
 _Key = tuple[SpiffeId, frozenset[str]]
 EntryFor = Callable[[SpiffeId], str | None]  # the id of a current entry for a SPIFFE ID
 
@@ -92,6 +95,14 @@ class JwtSvidCache:
         self._tokens = kept
         return dropped
 
+    def drop_revoked(self, revoked: RevocationSet) -> int:
+        """Forget cached tokens revoked by ``jti`` or by SPIFFE ID (``iat`` before the record's
+        instant; no ``iat``: any record): the next fetch mints a fresh one."""
+        kept = {k: v for k, v in self._tokens.items() if not _is_revoked(v[0], k[0], revoked)}
+        dropped = len(self._tokens) - len(kept)
+        self._tokens = kept
+        return dropped
+
     def validate(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
         """Validate against the agent's bundles; ``InvalidToken`` (with ``.reason``) if rejected."""
         validator = self._validators.get(audience)
@@ -128,6 +139,22 @@ class JwtSvidCache:
             self._tokens = {k: v for k, v in self._tokens.items() if v[2] > now}
             if len(self._tokens) >= MAX_JWT_CACHE:
                 self._tokens.clear()
+
+
+def _is_revoked(token: str, spiffe_id: SpiffeId, revoked: RevocationSet) -> bool:
+    try:
+        body = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, UnicodeDecodeError, IndexError):
+        return True  # our own CA's token that we cannot read: mint afresh
+    jti, iat = claims.get("jti"), claims.get("iat")
+    if isinstance(jti, str) and revoked.is_jti_revoked(jti):
+        return True
+    issued = _EARLIEST
+    if isinstance(iat, int | float) and not isinstance(iat, bool):
+        with contextlib.suppress(OverflowError, OSError, ValueError):
+            issued = datetime.fromtimestamp(iat, UTC)
+    return revoked.is_spiffe_id_revoked(spiffe_id, issued)
 
 
 def _kid_of(token: str) -> str | None:

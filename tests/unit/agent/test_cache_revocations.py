@@ -23,6 +23,7 @@ from s2s.testing import TestAuthority
 
 AGENT = SpiffeId.parse("spiffe://example.org/s2s/agent/join_token/a")
 UID = frozenset({Selector.parse("unix:uid:1000")})
+HOUR = timedelta(hours=1)
 
 
 def entry(entry_id: str, path: str) -> RegistrationEntry:
@@ -111,3 +112,30 @@ def test_revocations_etcd_setting_is_parsed_at_the_edge(tmp_path: Path) -> None:
     for bad in ("10.0.0.5", "etcd:0", "http://etcd:2379", "a:1,,b:2"):
         with pytest.raises(InvalidConfig, match="revocations_etcd"):
             load_config(environ={**base, "S2S_REVOCATIONS_ETCD": bad})
+
+
+def test_cached_jwt_svids_revoked_by_jti_or_id_are_forgotten(
+    cache: SvidCache, authority: TestAuthority, fake_clock: FakeClock
+) -> None:
+    now = fake_clock.now()
+    api, web = (
+        SpiffeId.parse("spiffe://example.org/api"),
+        SpiffeId.parse("spiffe://example.org/web"),
+    )
+    jwt = cache._jwt
+    for sid, jti in ((api, "jti-api"), (web, "jti-web")):
+        token = authority.issue_jwt_svid(sid, "aud", jti=jti, now=now)
+        jwt._tokens[(sid, frozenset({"aud"}))] = (token, now + timedelta(minutes=2), now + HOUR)
+    later = now + HOUR
+    by_jti = RevocationRecord.for_jti("jti-api", revoked_at=now, expires_at=later)
+    assert jwt.drop_revoked(RevocationSet.of([by_jti])) == 1
+    assert [k[0] for k in jwt._tokens] == [web]
+    # Twin: an ID revoked before the token was issued leaves it; one revoked after drops it.
+    before = RevocationRecord.for_spiffe_id(web, revoked_at=now - HOUR, expires_at=later)
+    assert cache.drop_revoked(RevocationSet.of([before])) == 0
+    assert len(jwt) == 1
+    after = RevocationRecord.for_spiffe_id(
+        web, revoked_at=now + timedelta(seconds=1), expires_at=later
+    )
+    cache.drop_revoked(RevocationSet.of([after]))
+    assert len(jwt) == 0
