@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 _TAG_PREFIX = "s2s-wl-"
 _GRPC_PEER_PREFIX = "unix-abstract:"
 _MAX_UNIX_PATH = 107
+_MAX_PENDING_BYTES = 256 * 1024  # held per side until the inner connection is linked
 
 
 def prepare_socket_path(path: str) -> None:
@@ -66,21 +67,43 @@ def prepare_socket_path(path: str) -> None:
 
 
 class _Forward(asyncio.Protocol):
-    """One direction-pair of a proxied connection; writes to ``other`` with flow control."""
+    """One direction-pair of a proxied connection; writes to ``other`` with flow control.
+
+    Bytes that arrive before the two halves are linked are held and flushed by :meth:`link`:
+    ``pause_reading()`` in ``connection_made`` is not honoured on every Python 3.11 release
+    (3.11.2 starts reading anyway), and gRPC's server sends its SETTINGS frame as soon as the
+    inner connection opens, so either side may speak first.
+    """
 
     def __init__(self, on_lost: asyncio.Future[None] | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.other: _Forward | None = None
         self.got_eof = False
         self._on_lost = on_lost
+        self._pending: list[bytes] = []
+        self._pending_bytes = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
 
+    def link(self, other: _Forward) -> None:
+        """Start forwarding to ``other``, first whatever arrived before."""
+        self.other = other
+        held, self._pending, self._pending_bytes = b"".join(self._pending), [], 0
+        if held and other.transport is not None:
+            other.transport.write(held)
+
     def data_received(self, data: bytes) -> None:
         if self.other is not None and self.other.transport is not None:
             self.other.transport.write(data)
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > _MAX_PENDING_BYTES and self.transport is not None:
+            # A gRPC client's opening is a few hundred bytes; this is not one.
+            log.warning("workload_api.proxy_flood", extra={"bytes": self._pending_bytes})
+            self.transport.close()
 
     def eof_received(self) -> bool:
         # Pass the half-close on; once both directions have ended, close both sides.
@@ -175,7 +198,8 @@ class PeerTaggingProxy:
                 raise
             log.warning("workload_api.proxy_failed", extra={"error": str(exc)})
             return
-        front.other, back.other = back, front
+        front.link(back)
+        back.link(front)
         if transport.is_closing():
             back.close()
         transport.resume_reading()
