@@ -4,6 +4,10 @@ It builds on :meth:`EtcdClient.follow_prefix`: a snapshot (list, then watch from
 so nothing falls between them), events after it, resumption after the last delivered revision when
 etcd restarts or the connection drops, and a fresh snapshot after a compaction. A put is a new or
 merged :class:`RevocationRecord`; a delete is a record pruned by the CA or expired with its lease.
+Changes go to a record map at once; a publisher task builds the immutable set from it and swaps it
+in. Above 5,000 records parsing a snapshot and building a set run in a thread (a 100,000-record
+set takes ~80 ms to build), and every change that arrives meanwhile joins the next build, so a
+burst costs a few builds rather than one per event.
 
 A watch says nothing while nothing changes, so freshness is proven separately: every
 ``probe_interval`` seconds the feed reads ``topics/revocations``, whose ``mod_revision`` moves with
@@ -32,6 +36,7 @@ from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
 __all__ = ["EtcdRevocationFeed", "revocation_prefix", "revocations_topic_key"]
 
 log = logging.getLogger(__name__)
+_INLINE_LIMIT = 5000  # records; above this, parsing and building run in a thread
 
 
 def revocation_prefix(trust_domain: TrustDomain) -> bytes:
@@ -71,7 +76,10 @@ class EtcdRevocationFeed(RevocationFeed):
         self._topic = revocations_topic_key(trust_domain)
         self._owns_client = owns_client
         self._records: dict[bytes, RevocationRecord] = {}
-        self._applied = 0  # the etcd revision the set reflects
+        self._applied = 0  # the etcd revision the record map reflects
+        self._published = 0  # the etcd revision the current set reflects
+        self._dirty = asyncio.Event()
+        self._snapshot_mark: tuple[int, datetime] | None = None  # (revision, received at)
         self._pending: list[tuple[int, datetime]] = []  # (probed revision, probe start)
         self._relist = asyncio.Event()
         self.relists = 0  # snapshots taken after the first (compaction, stalled watch)
@@ -94,11 +102,12 @@ class EtcdRevocationFeed(RevocationFeed):
     @property
     def revision(self) -> int:
         """The etcd revision the current set reflects."""
-        return self._applied
+        return self._published
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._follow(), name="revocations-etcd-watch")
+            group.create_task(self._publisher(), name="revocations-etcd-publish")
             group.create_task(self._probe_loop(), name="revocations-etcd-probe")
 
     async def _closed(self) -> None:
@@ -128,29 +137,32 @@ class EtcdRevocationFeed(RevocationFeed):
         updates = self.client.follow_prefix(self._prefix)
         async with contextlib.aclosing(updates):
             async for update in updates:
-                if update.snapshot is not None and self.synced.is_set():
-                    self.relists += 1
-                self._apply(update)
+                if update.snapshot is not None:
+                    await self._take_snapshot(update)
+                for event in update.events:
+                    if event.deleted:
+                        self._records.pop(event.kv.key, None)
+                    elif (record := self._parse(event.kv)) is not None:
+                        self._records[event.kv.key] = record
+                self._applied = max(self._applied, update.revision)
+                self._dirty.set()
 
-    def _apply(self, update: WatchUpdate) -> None:
-        if update.snapshot is not None:
-            self._records = {}
-            for kv in update.snapshot:
-                self._put(kv)
-        for event in update.events:
-            if event.deleted:
-                self._records.pop(event.kv.key, None)
-            else:
-                self._put(event.kv)
-        self._applied = max(self._applied, update.revision)
-        self._publish(RevocationSet.of(self._records.values(), version=self._applied))
-        if update.snapshot is not None:
-            self._confirm(self._now())  # the snapshot is etcd's state as of (about) now
-        self._settle()
+    async def _take_snapshot(self, update: WatchUpdate) -> None:
+        received = self._now()  # the snapshot is etcd's state as of (about) now
+        if self.synced.is_set():
+            self.relists += 1
+        assert update.snapshot is not None
+        kvs = update.snapshot
+        if len(kvs) > _INLINE_LIMIT:  # ~7 µs a record: parse big lists off the loop
+            parsed = await asyncio.to_thread(lambda: [(kv.key, self._parse(kv)) for kv in kvs])
+        else:
+            parsed = [(kv.key, self._parse(kv)) for kv in kvs]
+        self._records = {key: record for key, record in parsed if record is not None}
+        self._snapshot_mark = (update.revision, received)
 
-    def _put(self, kv: KeyValue) -> None:
+    def _parse(self, kv: KeyValue) -> RevocationRecord | None:
         try:
-            record = RevocationRecord.from_json(json.loads(kv.value))
+            return RevocationRecord.from_json(json.loads(kv.value))
         except (ValueError, InvalidRequest) as exc:
             # A record we cannot read must not stop the feed; count it and say so loudly.
             self.bad_records += 1
@@ -158,8 +170,26 @@ class EtcdRevocationFeed(RevocationFeed):
                 "revocations.etcd_bad_record",
                 extra={"key": kv.key.decode(errors="replace")[:200], "error": str(exc)[:200]},
             )
-            return
-        self._records[kv.key] = record
+            return None
+
+    async def _publisher(self) -> None:
+        """Build and swap in a set whenever records changed. A big set is built in a thread
+        (~0.8 µs a record), and every change that arrives meanwhile joins the next build."""
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            revision, records = self._applied, list(self._records.values())
+            if len(records) > _INLINE_LIMIT:
+                new = await asyncio.to_thread(RevocationSet.of, records, version=revision)
+            else:
+                new = RevocationSet.of(records, version=revision)
+            self._published = revision
+            self._publish(new)
+            mark = self._snapshot_mark
+            if mark is not None and revision >= mark[0]:
+                self._snapshot_mark = None
+                self._confirm(mark[1])
+            self._settle()
 
     # -- freshness ------------------------------------------------------------------------------
 
@@ -180,9 +210,9 @@ class EtcdRevocationFeed(RevocationFeed):
         """Confirm every probe whose revision the set has reached."""
         if not self.synced.is_set():
             return  # the first confirmation comes with the first snapshot
-        reached = [at for revision, at in self._pending if revision <= self._applied]
+        reached = [at for revision, at in self._pending if revision <= self._published]
         if reached:
-            self._pending = [(r, at) for r, at in self._pending if r > self._applied]
+            self._pending = [(r, at) for r, at in self._pending if r > self._published]
             self._confirm(max(reached))
 
     def _check_lag(self) -> None:

@@ -7,6 +7,8 @@ restart or a partition, re-list after a compaction, and fail closed once stale.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,13 +25,13 @@ from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid
 from s2s.store.etcd import EtcdStore
-from s2s.store.etcd_client import EtcdClient
+from s2s.store.etcd_client import EtcdClient, put_op
 from s2s.testing import TestAuthority
 from s2s.testing_etcd import EtcdServer
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.feeds_ca import CaRevocationFeed
-from s2s.verifier.feeds_etcd import EtcdRevocationFeed
+from s2s.verifier.feeds_etcd import EtcdRevocationFeed, revocation_prefix
 from s2s.verifier.jwt import JwtValidator
 from s2s.verifier.peer import PeerRejected, verify_chain
 from s2s.verifier.source_static import StaticX509Source
@@ -369,3 +371,40 @@ async def test_ca_feed_refuses_what_is_not_the_ca(live_ca: CaHandle, impostor: s
     finally:
         await feed.stop()
         await runner.cleanup()
+
+
+def record_json(serial: int) -> bytes:
+    return json.dumps(serial_record(serial).to_json()).encode()
+
+
+async def test_a_large_set_is_built_off_the_loop_and_bursts_are_not_lost(
+    etcd: EtcdServer, store: EtcdStore, td: TrustDomain
+) -> None:
+    raw = await EtcdClient.connect(etcd.endpoint)
+    prefix = revocation_prefix(td)
+    try:
+        serials = list(range(0x10000, 0x10000 + 20_000))  # above the inline limit (5,000)
+        for start in range(0, len(serials), 100):
+            ops = [put_op(prefix + f"serial/{s:x}".encode(), record_json(s))
+                   for s in serials[start : start + 100]]  # fmt: skip
+            await raw.txn([], ops)
+        feed = await open_feed(etcd.endpoint, td)
+        try:
+            assert len(feed.current()) == len(serials)
+            assert feed.current().is_serial_revoked(serials[-1])
+            await store.add_revocation(serial_record(0xABC))
+            took = await eventually(lambda: feed.current().is_serial_revoked(0xABC), "one more")
+            assert took < 1.0
+            burst = [0xB0000 + i for i in range(200)]
+            for start in range(0, len(burst), 10):  # 10 writers at a time
+                chunk = burst[start : start + 10]
+                await asyncio.gather(*(store.add_revocation(serial_record(s)) for s in chunk))
+            await eventually(
+                lambda: all(feed.current().is_serial_revoked(s) for s in burst), "the burst"
+            )
+            assert len(feed.current()) == len(serials) + 1 + len(burst)
+            assert feed.bad_records == 0
+        finally:
+            await feed.stop()
+    finally:
+        await raw.close()
