@@ -50,6 +50,20 @@ log = logging.getLogger(__name__)
 CA_PATH_PREFIX = "/s2s/ca/"
 MAX_WAIT = 60.0  # the CA caps a long-poll at 60 s
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # ~300k records
+BIG = 1024 * 1024  # answers above this are decoded in a thread
+BIG_SET = 5000  # records; above this, parsing and building run in a thread
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    """The whole body, or None once it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await content.read(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +150,13 @@ class CaRevocationFeed(RevocationFeed):
             failures = 0
             self.polls += 1
             if page.revision != self.revision or not self.synced.is_set():
-                self._publish(RevocationSet.of(page.records, version=page.revision))
+                if len(page.records) > BIG_SET:
+                    new = await asyncio.to_thread(
+                        RevocationSet.of, page.records, version=page.revision
+                    )
+                else:
+                    new = RevocationSet.of(page.records, version=page.revision)
+                self._publish(new)
                 self.revision = page.revision
             self._confirm(started)
 
@@ -194,6 +214,8 @@ class HttpsRevocationPoller:
                 continue
             self._preferred = index
             try:
+                if isinstance(data, Mapping) and len(data.get("records", ())) > BIG_SET:
+                    return await asyncio.to_thread(parse_revocation_page, data)
                 return parse_revocation_page(data)
             except InvalidRequest as exc:
                 raise Unavailable(
@@ -205,16 +227,16 @@ class HttpsRevocationPoller:
         timeout = aiohttp.ClientTimeout(total=wait + self._timeout, sock_connect=self._timeout)
         try:
             async with self._client().get(base + path, params=query, timeout=timeout) as answer:
-                raw = await answer.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _read_capped(answer.content, MAX_ANSWER_BYTES)
                 status = answer.status
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             raise Unavailable(f"{base} is unreachable: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise Unavailable(f"{base} did not answer within {wait + self._timeout:g}s") from exc
-        if len(raw) > MAX_ANSWER_BYTES:
+        if raw is None:
             raise Unavailable(f"{base}{path}: the answer is larger than {MAX_ANSWER_BYTES} bytes")
-        try:
-            data = json.loads(raw)
+        try:  # a big set (~150 bytes a record) is decoded off the loop
+            data = await asyncio.to_thread(json.loads, raw) if len(raw) > BIG else json.loads(raw)
         except ValueError as exc:
             raise Unavailable(f"{base}{path} answered {status} with no JSON") from exc
         if status != 200:

@@ -408,3 +408,24 @@ async def test_a_large_set_is_built_off_the_loop_and_bursts_are_not_lost(
             await feed.stop()
     finally:
         await raw.close()
+
+
+async def test_ca_feed_reads_a_large_answer_whole(live_ca: CaHandle) -> None:
+    serials = range(0x20000, 0x20000 + 20_000)
+    records = [serial_record(s).to_json() for s in serials]
+    body = json.dumps({"revision": 9, "records": records}).encode()
+    assert len(body) > 3_000_000  # many TLS records and reads; decoded and built in threads
+    me = await mint(live_ca, "/verifier")
+    source = verifier_source(live_ca, me)
+    runner = await fake_ca(live_ca.server.server_svid, source.current().bundles, body)
+    feed = CaRevocationFeed.over_https(
+        f"https://127.0.0.1:{runner.addresses[0][1]}", source, wait=1.0
+    )
+    try:
+        await feed.start(timeout=10)
+        assert len(feed.current()) == len(records)
+        assert feed.current().is_serial_revoked(serials[-1])
+        assert feed.revision == 9
+    finally:
+        await feed.stop()
+        await runner.cleanup()
