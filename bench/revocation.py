@@ -10,6 +10,8 @@
   Figures from the revoke call's return (negative when the set arrived before the call returned:
   the CA rebuilds its CRLs before answering) and from its start. Baseline: a raw etcd put to the
   watch event in that same verifier process, measured in the same run (same two reference points).
+* **propagation at scale** (ms): an etcd put of one more record to the new set in one verifier
+  while 100,000 serials are already revoked (the set is rebuilt in a thread), beside the raw watch.
 * **memory** (MiB) a verifier holds for 100,000 revoked serials (the :class:`RevocationSet`, and
   the etcd feed's state: its record map plus the set), measured with ``tracemalloc``. Baseline: the
   same serials as ints in a plain Python ``set``.
@@ -42,7 +44,7 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid, spiffe_id_of
-from s2s.store.etcd_client import EtcdClient
+from s2s.store.etcd_client import EtcdClient, put_op
 from s2s.testing_etcd import EtcdServer
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
@@ -51,6 +53,7 @@ from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.x509context import X509Context
 
 TD = "example.org"
+HOUR = timedelta(hours=1)
 Revoke = Callable[[int], Awaitable[None]]
 
 
@@ -307,15 +310,66 @@ def _latency_figures(results: dict[str, Samples], n: int) -> list[Figure]:
     return figures
 
 
-async def _propagation_all(n: int, counts: tuple[int, ...]) -> dict[str, Samples]:
+async def _large_set(etcd: EtcdServer, size: int, n: int) -> tuple[list[float], list[float]]:
+    """An etcd put of one more record -> the feed's new set, with ``size`` records already
+    revoked (one verifier); beside the raw watch on the same etcd. Both from the put's start."""
+    td = f"big{uuid.uuid4().hex[:8]}.example"
+    prefix = f"/s2s/{td}/revoked/serial/"
+    now = datetime.now(UTC)
+
+    def doc(serial: int) -> bytes:
+        record = RevocationRecord.for_serial(serial, revoked_at=now, expires_at=now + HOUR)
+        return json.dumps(record.to_json()).encode()
+
+    client = await EtcdClient.connect(etcd.endpoint)
+    try:
+        for start in range(1, size + 1, 100):
+            ops = [put_op(f"{prefix}{s:x}".encode(), doc(s)) for s in range(start, start + 100)]
+            await client.txn([], ops)
+        raw_prefix = f"/bench-raw/{uuid.uuid4().hex}/"
+        spec = {"kind": "etcd", "n": 1, "td": td, "endpoint": etcd.endpoint,
+                "raw_prefix": raw_prefix}  # fmt: skip
+        feed_ms: list[float] = []
+        with _Verifiers(spec) as verifiers:
+            for i in range(n):
+                serial = 1 << 40 | i
+                started = time.monotonic()
+                await client.put(f"{prefix}{serial:x}".encode(), doc(serial))
+                (at,) = await verifiers.arrivals("feed", serial, 1)
+                feed_ms.append((at - started) * 1000)
+            raw = await _raw_baseline(verifiers, etcd.endpoint, raw_prefix, n)
+    finally:
+        await client.close()
+    return feed_ms, raw[1]
+
+
+async def _propagation_all(
+    n: int, counts: tuple[int, ...], size: int
+) -> tuple[dict[str, Samples], tuple[list[float], list[float]]]:
     with tempfile.TemporaryDirectory(prefix="s2s-bench-rev-") as tmp:
         with EtcdServer(Path(tmp) / "etcd") as etcd:
             results = await _path(Path(tmp), etcd, counts, n)
+            large = await _large_set(etcd, size, max(10, n // 4))
         results |= await _path(Path(tmp), None, counts, n)
-    return results
+    return results, large
+
+
+def _large_figures(large: tuple[list[float], list[float]], size: int) -> list[Figure]:
+    feed, raw = large
+    out = []
+    for point, value, base in zip(
+        ("p50", "p99"), percentiles(feed, 50, 99), percentiles(raw, 50, 99), strict=True
+    ):
+        out.append(
+            Figure(f"etcd put start -> rejection {point}, {size:,} already revoked", value, "ms",
+                   f"raw etcd put start -> watch event {point}", base, higher_is_better=False,
+                   note=f"{len(feed)} revocations, 1 verifier (set built in a thread)")
+        )  # fmt: skip
+    return out
 
 
 def run(quick: bool) -> list[Figure]:
     n = 20 if quick else 200
-    results = asyncio.run(_propagation_all(n, (1, 10)))
-    return _latency_figures(results, n) + _memory(10_000 if quick else 100_000)
+    size = 10_000 if quick else 100_000
+    results, large = asyncio.run(_propagation_all(n, (1, 10), size))
+    return _latency_figures(results, n) + _large_figures(large, size) + _memory(size)
