@@ -11,15 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from s2s.agent.app import Agent, AgentTuning, run_agent
+from s2s.agent.config import AgentConfig
+from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.ca.store_config import StoreSettings
 from s2s.cli.ca import main as s2s_ca
+from s2s.core.selectors import Selector
 from s2s.core.x509svid import X509Svid
+from s2s.testing_etcd import EtcdServer
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.source import X509Source
 from s2s.verifier.tls import client_context, server_context
@@ -34,6 +42,11 @@ SHORT = {
     "server_svid_ttl": timedelta(seconds=8),
     "backdate": timedelta(seconds=1),
 }
+
+TUNING = AgentTuning(
+    entries_wait=2.0, bundle_interval=5.0, backoff_initial=0.05, backoff_cap=0.5,
+    health_interval=0.1, first_sync_timeout=5.0,
+)  # fmt: skip
 
 
 def ski(cert: x509.Certificate) -> str:
@@ -258,3 +271,86 @@ async def test_taint_makes_the_agent_reissue_at_once(make_harness: Any, capsys: 
             assert asyncio.get_running_loop().time() < deadline, "the tainted JWT is still served"
             await asyncio.sleep(0.05)
     assert traffic.failures == []
+
+
+# ---- two replicas on one etcd ----------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def replica(data_dir: Path, name: str, store: StoreSettings) -> AsyncIterator[CaServer]:
+    options = ServeOptions(
+        data_dir=data_dir, listen="127.0.0.1:0", replica_name=name, tick=0.2, json_logs=False,
+        config_overrides=SHORT, store=store,
+    )  # fmt: skip
+    server = await CaServer.open(options)
+    stop = asyncio.Event()
+    task = asyncio.create_task(server.run(stop))
+    try:
+        yield server
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await server.close()
+
+
+async def test_rotate_root_across_two_replicas_on_etcd(
+    tmp_path: Path, short_dir: Path, capsys: Any
+) -> None:
+    td = "example.org"
+    with EtcdServer(tmp_path / "etcd") as etcd:
+        store = StoreSettings(url=f"{etcd.url}/{td}")
+        await init_trust_domain(tmp_path / "a", td, store_settings=store)
+        (tmp_path / "b").mkdir(mode=0o700)
+        shutil.copy2(tmp_path / "a" / "kek.bin", tmp_path / "b" / "kek.bin")
+        async with (
+            replica(tmp_path / "a", "ca-a", store) as ca_a,
+            replica(tmp_path / "b", "ca-b", store) as ca_b,
+        ):
+            token = await ca_a.registry.generate_join_token()
+            await ca_a.registry.create_entry(
+                spiffe_id=ca_a.authority.trust_domain.id("/workload"),
+                parent_id=token.agent_id,
+                selectors=[Selector.parse(MY_UID)],
+                x509_svid_ttl=timedelta(seconds=6),
+            )
+            (tmp_path / "bundle.pem").write_bytes(ca_a.authority.bundle.x509_pem())
+            config = AgentConfig(
+                trust_domain=ca_a.authority.trust_domain,
+                ca_urls=(f"https://127.0.0.1:{ca_a.port}", f"https://127.0.0.1:{ca_b.port}"),
+                data_dir=tmp_path / "agent", trust_bundle=tmp_path / "bundle.pem",
+                join_token=token.token, socket=short_dir / "agent.sock", log_format="text",
+            )  # fmt: skip
+            agent = Agent(config, tuning=TUNING)
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_agent(agent, stop))
+            try:
+                await asyncio.wait_for(agent.ready.wait(), 20)
+                async with flowing(str(config.socket)) as traffic:
+                    await wait_for(lambda: traffic.ok >= 5, "first connections")
+                    code = await cli("--socket", str(ca_b.options.admin_socket), "rotate-root",
+                                     "--poll", "0.2", "--timeout", "60")  # fmt: skip
+                    out = capsys.readouterr().out
+                    assert code == 0, out
+                    new_root = ski(ca_b.authority.root)
+                    await wait_for(lambda: ski(ca_a.authority.root) == new_root, "replica a's root")
+                    for server in (ca_a, ca_b):  # both sign under the new root, TLS included
+                        assert aki(server.authority.x509_signer.certificate) == new_root
+                        assert aki(server.server_svid.cert_chain[-1]) == new_root
+                    await wait_for(
+                        lambda: aki(served(traffic).cert_chain[-1]) == new_root, "workload SVID"
+                    )
+                    done = traffic.ok
+                    await wait_for(lambda: traffic.ok >= done + 10, "traffic after retire")
+                assert traffic.failures == []
+            finally:
+                stop.set()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(task, 10)
+
+
+async def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
