@@ -78,6 +78,11 @@ def cli() -> None:
 @click.option("--metrics-listen", help="HOST:PORT for /metrics, /healthz, /readyz.")
 @click.option("--log-level", help="debug, info, warning, error (env S2S_LOG_LEVEL).")
 @click.option("--log-format", type=click.Choice(["json", "text"]), help="Log line format.")
+@click.option(
+    "--revocations-etcd",
+    help="Follow revocations in etcd at HOST:PORT[,...] instead of long-polling the CA "
+    "(env S2S_REVOCATIONS_ETCD).",
+)
 def run(config_file: Path | None, **flags: Any) -> None:
     """Run the agent until SIGTERM or SIGINT."""
     from s2s.agent.app import serve_forever  # noqa: PLC0415  (keeps api commands light)

@@ -7,12 +7,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.agent.ca_client import CaClient, X509Result
 from s2s.agent.cache import SvidCache
 from s2s.agent.config import load_config
 from s2s.agent.node import new_key
+from s2s.cli.agent import cli
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig
 from s2s.core.registration import RegistrationEntry
@@ -139,3 +141,12 @@ def test_cached_jwt_svids_revoked_by_jti_or_id_are_forgotten(
     )
     cache.drop_revoked(RevocationSet.of([after]))
     assert len(jwt) == 0
+
+
+def test_cli_flag_revocations_etcd_is_checked(tmp_path: Path) -> None:
+    args = ["run", "--trust-domain", "example.org", "--ca-url", "https://ca:8443",
+            "--data-dir", str(tmp_path), "--revocations-etcd", "http://etcd:2379"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output  # as for any bad setting (e.g. an http CA URL)
+    assert "revocations_etcd" in result.output
+    assert "without a scheme" in result.output
