@@ -29,6 +29,7 @@ from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.log import F, configure_logging
+from s2s.store.etcd_client import EtcdTls
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed
@@ -114,9 +115,17 @@ class Agent:
 
     async def _revocation_feed(self) -> RevocationFeed:
         """etcd when ``revocations_etcd`` is set, else the CA long-poll over our own client."""
-        if self.config.revocations_etcd:
+        config = self.config
+        if config.revocations_etcd:
+            tls = None
+            if config.revocations_etcd_ca is not None:
+                tls = EtcdTls.from_files(
+                    config.revocations_etcd_ca,
+                    config.revocations_etcd_cert,
+                    config.revocations_etcd_key,
+                )
             return await EtcdRevocationFeed.connect(
-                self.config.revocations_etcd, self.config.trust_domain
+                config.revocations_etcd, config.trust_domain, tls=tls
             )
         return CaRevocationFeed(self.client, wait=self.tuning.entries_wait)
 

@@ -15,8 +15,9 @@ the TOML file (``--config agent.toml`` or ``S2S_CONFIG``), or its default. Value
     metrics_listen = "127.0.0.1:9988"     # "" or absent: no metrics endpoint
     log_level = "info"
     log_format = "json"                   # or "text"
-    revocations_etcd = "10.0.0.5:2379,10.0.0.6:2379"   # follow revocations in etcd (plaintext);
+    revocations_etcd = "10.0.0.5:2379,10.0.0.6:2379"   # follow revocations in etcd;
                                           # absent: long-poll the CA's /v1/revocations
+    revocations_etcd_ca = "etcd-ca.pem"   # TLS to etcd (+ _cert / _key for a client pair)
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "log_level": "S2S_LOG_LEVEL",
     "log_format": "S2S_LOG_FORMAT",
     "revocations_etcd": "S2S_REVOCATIONS_ETCD",
+    "revocations_etcd_ca": "S2S_REVOCATIONS_ETCD_CA",
+    "revocations_etcd_cert": "S2S_REVOCATIONS_ETCD_CERT",
+    "revocations_etcd_key": "S2S_REVOCATIONS_ETCD_KEY",
 }
 _TOML_KEYS: Final = {("ca_url" if k == "ca_urls" else k): k for k in ENV_VARS}
 _FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()}
@@ -89,6 +93,9 @@ class AgentConfig:
     log_level: str = "INFO"
     log_format: str = "json"
     revocations_etcd: str | None = None  # etcd endpoints "h:p,h:p"; None: CA long-poll
+    revocations_etcd_ca: Path | None = None  # TLS to that etcd: its CA, and a client pair
+    revocations_etcd_cert: Path | None = None
+    revocations_etcd_key: Path | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
@@ -107,8 +114,19 @@ class AgentConfig:
             raise InvalidConfig(f"log_level must be one of {', '.join(LOG_LEVELS).lower()}")
         if self.log_format not in LOG_FORMATS:
             raise InvalidConfig(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+        _check_etcd_tls(self)
         if self.join_token is not None and not 0 < len(self.join_token) <= _MAX_TOKEN_CHARS:
             raise InvalidConfig(f"join_token must be 1 to {_MAX_TOKEN_CHARS} characters")
+
+
+def _check_etcd_tls(config: AgentConfig) -> None:
+    tls = (config.revocations_etcd_ca, config.revocations_etcd_cert, config.revocations_etcd_key)
+    if any(p is not None for p in tls) and config.revocations_etcd is None:
+        raise InvalidConfig("revocations_etcd_ca/_cert/_key need revocations_etcd")
+    if (tls[1] is None) != (tls[2] is None) or (tls[1] is not None and tls[0] is None):
+        raise InvalidConfig(
+            "revocations_etcd_cert and _key go together, and need revocations_etcd_ca"
+        )
 
 
 def load_config(
@@ -313,4 +331,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any, Path | None], Any]]] = {
     "log_level": _level,
     "log_format": _format,
     "revocations_etcd": lambda v, _b: _endpoints(v),
+    "revocations_etcd_ca": _abs_path,
+    "revocations_etcd_cert": _abs_path,
+    "revocations_etcd_key": _abs_path,
 }

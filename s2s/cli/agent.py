@@ -83,6 +83,9 @@ def cli() -> None:
     help="Follow revocations in etcd at HOST:PORT[,...] instead of long-polling the CA "
     "(env S2S_REVOCATIONS_ETCD).",
 )
+@click.option("--revocations-etcd-ca", help="CA PEM of that etcd's TLS certificate.")
+@click.option("--revocations-etcd-cert", help="Client certificate PEM for that etcd.")
+@click.option("--revocations-etcd-key", help="Client key PEM for that etcd.")
 def run(config_file: Path | None, **flags: Any) -> None:
     """Run the agent until SIGTERM or SIGINT."""
     from s2s.agent.app import serve_forever  # noqa: PLC0415  (keeps api commands light)

@@ -3,10 +3,12 @@ with the CA on its embedded store (feeds long-poll the CA) and on etcd (feeds wa
 
 The client workload takes its SVID from the agent (``X509Source``). Two servers verify it:
 ``feed`` follows the revocations with a :class:`CaRevocationFeed` (long-poll over mTLS) or an
-:class:`EtcdRevocationFeed` (the agent follows the same source), ``crl`` takes them from the CRLs the agent serves in the Workload API (``X509Source.revocations``).
-A serial and then a SPIFFE ID are revoked through the CA's revocation service while connections
-flow: both verifiers must reject the old SVID (replayed by a holder of its key) within a deadline,
-the agent must push the workload a fresh SVID, and connections with it must keep succeeding.
+:class:`EtcdRevocationFeed` (the agent follows the same source), ``crl`` takes them from the
+CRLs the agent serves in the Workload API (``X509Source.revocations``). A serial and then a
+SPIFFE ID are revoked through the CA's revocation service while connections flow: both verifiers
+must reject the old SVID (replayed by a holder of its key) within a deadline, the agent must push
+the workload a fresh SVID, and connections with it must keep succeeding. The agent also follows
+etcd over TLS (and reports, never syncs, with a wrong CA or no client certificate).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from s2s.ca.store_config import StoreSettings
 from s2s.core.bundle import BundleSet
 from s2s.core.revocation import RevocationLookup
 from s2s.core.x509svid import X509Svid
-from s2s.testing_etcd import EtcdServer
+from s2s.testing_etcd import EtcdServer, EtcdTlsFiles
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
@@ -250,3 +252,33 @@ async def _true(value: object) -> bool:
 
 async def _not(awaitable: Any) -> bool:
     return not await awaitable
+
+
+@pytest.mark.parametrize("trust", ["good", "other-ca", "no-client-cert"])
+async def test_agent_follows_revocations_in_etcd_over_tls(
+    harness: Any, tmp_path: Path, trust: str
+) -> None:
+    files = EtcdTlsFiles.create(tmp_path / "etcd-tls")
+    with EtcdServer(tmp_path / "etcd-tls-data", tls=files) as etcd:
+        token, agent_id = await harness.ca.join_token()
+        await harness.ca.entry(agent_id, "/client", [MY_UID])
+        tls = {
+            "good": (files.ca, files.client_cert, files.client_key),
+            "other-ca": (files.other_ca, files.client_cert, files.client_key),
+            "no-client-cert": (files.ca, None, None),  # etcd requires client certificates
+        }[trust]
+        config = harness.config(
+            token=token, revocations_etcd=etcd.endpoint, revocations_etcd_ca=tls[0],
+            revocations_etcd_cert=tls[1], revocations_etcd_key=tls[2],
+        )  # fmt: skip
+        running = await harness.start_agent(config)
+        follower = running.agent.revocations
+        assert follower is not None
+        feed = follower.feed
+        if trust == "good":
+            await asyncio.wait_for(feed.synced.wait(), 10)
+            assert feed.last_error is None
+        else:
+            await until(lambda: _true(feed.last_error), "the feed reports the TLS failure", 10)
+            assert not feed.synced.is_set()
+        await running.shutdown()

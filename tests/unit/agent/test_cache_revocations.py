@@ -150,3 +150,19 @@ def test_cli_flag_revocations_etcd_is_checked(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output  # as for any bad setting (e.g. an http CA URL)
     assert "revocations_etcd" in result.output
     assert "without a scheme" in result.output
+
+
+def test_revocations_etcd_tls_settings_go_together(tmp_path: Path) -> None:
+    base = {"S2S_TRUST_DOMAIN": "example.org", "S2S_CA_URL": "https://ca:8443",
+            "S2S_DATA_DIR": str(tmp_path), "S2S_REVOCATIONS_ETCD": "etcd:2379"}  # fmt: skip
+    pair = {"S2S_REVOCATIONS_ETCD_CERT": "c.pem", "S2S_REVOCATIONS_ETCD_KEY": "k.pem"}
+    ok = load_config(environ={**base, "S2S_REVOCATIONS_ETCD_CA": "ca.pem", **pair})
+    assert ok.revocations_etcd_ca is not None
+    assert ok.revocations_etcd_ca.is_absolute()
+    for bad in (
+        {"S2S_REVOCATIONS_ETCD_CERT": "c.pem", "S2S_REVOCATIONS_ETCD_CA": "ca.pem"},  # no key
+        pair,  # no CA
+        {"S2S_REVOCATIONS_ETCD": "", "S2S_REVOCATIONS_ETCD_CA": "ca.pem"},  # TLS for nothing
+    ):
+        with pytest.raises(InvalidConfig, match="revocations_etcd"):
+            load_config(environ={**base, **bad})
