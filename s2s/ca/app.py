@@ -265,7 +265,7 @@ class CaServer:
                 store=store, authority=self.authority, registry=self.registry, lifecycle=lifecycle
             ),
             "root_rotation": RootRotation(
-                config=config, store=store, authority=self.authority, clock=self.clock
+                config=config, store=store, authority=self.authority, clock=self.clock, audit=audit
             ),
         }
 

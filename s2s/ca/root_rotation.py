@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
+from s2s.ca.audit import AuditLog
 from s2s.ca.authority import Authority
 from s2s.ca.config import CaConfig
 from s2s.core.clock import Clock, utc
@@ -134,8 +135,15 @@ class RootRotation:
     """Drives the root rotation one step at a time (``s2s-ca rotate-root``)."""
 
     def __init__(
-        self, *, config: CaConfig, store: Store, authority: Authority, clock: Clock
+        self,
+        *,
+        config: CaConfig,
+        store: Store,
+        authority: Authority,
+        clock: Clock,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit if audit is not None else AuditLog()
         self._config = config
         self._store = store
         self._authority = authority
@@ -194,6 +202,7 @@ class RootRotation:
         bundle = await self._authority.refresh_bundle()
         state = RotationState(Phase.PREPARED, old.id, new.id, bundle.sequence, now)
         await self._store.cas_state(STATE_KEY, raw, state.encode())
+        self._audit.admin_change("root_rotation.prepare", target=new.id)
         log.info(
             "root_rotation.prepared",
             extra={F.AUTHORITY_ID: new.id, F.REVISION: state.target_sequence},
@@ -219,6 +228,7 @@ class RootRotation:
         await self._move(state.old_root, AuthorityState.ACTIVE, AuthorityState.OLD)
         activated = dataclasses.replace(state, phase=Phase.ACTIVATED, activated_at=now)
         await self._store.cas_state(STATE_KEY, raw, activated.encode())
+        self._audit.admin_change("root_rotation.activate", target=state.new_root)
         log.info("root_rotation.activated", extra={F.AUTHORITY_ID: state.new_root})
         await self._authority.rotate_if_due()  # this replica switches now; others on their check
         return RotationProgress(
@@ -254,6 +264,7 @@ class RootRotation:
         await self._move(state.old_root, AuthorityState.OLD, AuthorityState.REVOKED)
         done = dataclasses.replace(state, phase=Phase.DONE, finished_at=now)
         await self._store.cas_state(STATE_KEY, raw, done.encode())
+        self._audit.admin_change("root_rotation.retire", target=state.old_root)
         bundle = await self._authority.refresh_bundle()
         log.info("root_rotation.retired", extra={F.AUTHORITY_ID: state.old_root})
         return RotationProgress(

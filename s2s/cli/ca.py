@@ -518,11 +518,15 @@ def authority() -> None:
 
 
 @authority.command("list")
+@click.option("--kind", type=click.Choice(["root", "x509", "jwt"]), help="Only this kind.")
 @json_option
 @pass_ctx
-def authority_list(ctx: Ctx, as_json: bool) -> None:
+def authority_list(ctx: Ctx, kind: str | None, as_json: bool) -> None:
     """List every authority of the trust domain."""
     found = call(lambda: ctx.client().get("/v1/authorities"))["authorities"]
+    if kind is not None:
+        wanted = {"root": "x509-root", "x509": "x509-intermediate", "jwt": "jwt"}[kind]
+        found = [a for a in found if a["kind"] == wanted]
     if as_json:
         emit_json(found)
         return

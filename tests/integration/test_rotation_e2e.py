@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import AsyncIterator
@@ -354,3 +355,23 @@ async def wait_for(predicate: Any, what: str, timeout: float = 15.0) -> None:
     while not predicate():
         assert loop.time() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+async def test_lifecycle_and_rotation_cli_bad_input(make_harness: Any, capsys: Any) -> None:
+    h = await make_harness()
+    sock = ["--socket", str(h.ca.server.options.admin_socket)]
+    assert await cli(*sock, "authority", "activate") == 4  # nothing prepared
+    assert "no prepared" in capsys.readouterr().err
+    assert await cli(*sock, "authority", "taint", "--id", "00" * 20) == 4
+    assert await cli(*sock, "authority", "prepare", "--kind", "root") == 2  # not a choice
+    assert await cli(*sock, "authority", "prepare") == 0
+    assert await cli(*sock, "authority", "prepare") == 5  # already prepared
+    capsys.readouterr()
+    assert await cli(*sock, "authority", "list", "--kind", "x509", "--json") == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(a["state"] for a in listed) == ["active", "prepared"]
+    assert await cli(*sock, "rotate-root", "--status", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["phase"] == "idle"
+    assert "no root rotation" in status["message"]
+    assert await cli("--socket", str(h.tmp_path / "nobody.sock"), "rotate-root", "--status") == 3
