@@ -71,6 +71,7 @@ class RevocationFeed:
         self.updates = 0  # sets published (a test or benchmark can wait on it)
         self._task: asyncio.Task[None] | None = None
         self._subscribers: list[RevocationCallback] = []
+        self._said_stale = False
 
     # -- the lookup ---------------------------------------------------------------------------
 
@@ -81,6 +82,12 @@ class RevocationFeed:
             raise RevocationsStale(f"the {self.name} has not synced yet", age=None)
         age = (self._clock.now() - last).total_seconds()
         if age > self.max_staleness:
+            if not self._said_stale:  # once per stale spell, not once per handshake
+                self._said_stale = True
+                log.error(
+                    "revocations.feed_stale",
+                    extra={"feed": self.name, "age": round(age, 1), "error": self.last_error},
+                )
             raise RevocationsStale(
                 f"the {self.name} was last confirmed {age:.1f}s ago (limit "
                 f"{self.max_staleness:g}s): revocations may have been missed",
@@ -127,7 +134,7 @@ class RevocationFeed:
             self._task = asyncio.create_task(self._guarded_run(), name=self.name)
         waiter = asyncio.create_task(self.synced.wait())
         done, _ = await asyncio.wait(
-            {waiter, self._task}, timeout=timeout, return_when="FIRST_COMPLETED"
+            {waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
         )
         if waiter not in done:
             waiter.cancel()
@@ -193,6 +200,9 @@ class RevocationFeed:
         """The set is complete as of ``at`` (never moves ``last_update`` backwards)."""
         if self.last_update is None or at > self.last_update:
             self.last_update = at
+        if self._said_stale and not self.is_stale():
+            self._said_stale = False
+            log.warning("revocations.feed_fresh", extra={"feed": self.name})
         self.last_error = None
         if not self.synced.is_set():
             self.synced.set()

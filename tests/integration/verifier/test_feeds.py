@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -201,7 +202,11 @@ async def test_compacted_revision_gives_a_full_relist(
 
 
 async def test_stale_feed_fails_closed_and_recovers(
-    store: EtcdStore, gate: TcpGate, td: TrustDomain, ca: TestAuthority
+    store: EtcdStore,
+    gate: TcpGate,
+    td: TrustDomain,
+    ca: TestAuthority,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     clock = FakeClock(datetime.now(UTC))
     feed = await open_feed(gate.endpoint, td, max_staleness=5.0, probe_interval=0.05, clock=clock)
@@ -221,8 +226,12 @@ async def test_stale_feed_fails_closed_and_recovers(
         assert validator.validate(token).spiffe_id.path == "/web"  # now cached
         await gate.shut()
         clock.advance(seconds=6)
-        with pytest.raises(RevocationsStale) as stale:
-            feed.current()
+        with caplog.at_level(logging.ERROR, logger="s2s.verifier.feeds"):
+            for _ in range(3):
+                with pytest.raises(RevocationsStale) as stale:
+                    feed.current()
+        said = [r for r in caplog.records if r.getMessage() == "revocations.feed_stale"]
+        assert len(said) == 1  # once per stale spell, not once per handshake
         assert stale.value.age is not None
         assert stale.value.age > 5
         assert isinstance(stale.value, Unavailable)
