@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import ssl
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -33,10 +36,11 @@ from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed, revocation_prefix
+from s2s.verifier.feeds_sync import open_etcd_revocations
 from s2s.verifier.jwt import JwtValidator
 from s2s.verifier.peer import PeerRejected, verify_chain
 from s2s.verifier.source_static import StaticX509Source
-from s2s.verifier.tls import server_context
+from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context
 
 pytestmark = pytest.mark.timeout(60)
@@ -438,3 +442,63 @@ async def test_ca_feed_reads_a_large_answer_whole(live_ca: CaHandle) -> None:
     finally:
         await feed.stop()
         await runner.cleanup()
+
+
+# -- blocking code --------------------------------------------------------------------------
+
+
+def blocking_exchange(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> str:
+    """One blocking mTLS connection; the server's verdict ("ok" or its rejection reason)."""
+    verdict: list[str] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            try:
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.sendall(b"ok")
+                    verdict.append("ok")
+            except PeerRejected as exc:
+                verdict.append(exc.reason)
+            except (OSError, ssl.SSLError) as exc:
+                verdict.append(f"error: {exc}")
+
+        server = threading.Thread(target=serve)
+        server.start()
+        with socket.create_connection(listener.getsockname()) as raw:
+            try:
+                with client_ctx.wrap_socket(raw) as tls:
+                    tls.recv(16)
+            except (OSError, ssl.SSLError):
+                pass  # the server refused us: its verdict says why
+        server.join(10)
+    return verdict[0]
+
+
+async def test_sync_feed_serves_blocking_servers(
+    etcd: EtcdServer, store: EtcdStore, td: TrustDomain, ca: TestAuthority
+) -> None:
+    feed = await asyncio.to_thread(open_etcd_revocations, etcd.endpoint, td, max_staleness=5.0)
+    try:
+        bundles = BundleSet.of(ca.bundle())
+        client = ca.issue_x509_svid("spiffe://example.org/client")
+        server = ca.issue_x509_svid("spiffe://example.org/server")
+        server_ctx = server_context(
+            StaticX509Source(X509Context((server,), bundles)), authorize=authorize_any(),
+            revocations=feed,
+        )  # fmt: skip
+        client_ctx = client_context(
+            StaticX509Source(X509Context((client,), bundles)), authorize=authorize_any()
+        )
+        assert await asyncio.to_thread(blocking_exchange, server_ctx, client_ctx) == "ok"
+        await store.add_revocation(serial_record(client.serial))
+        await eventually(lambda: feed.current().is_serial_revoked(client.serial), "revoked")
+        verdict = await asyncio.to_thread(blocking_exchange, server_ctx, client_ctx)
+        assert verdict == "revoked"
+        age = feed.age()
+        assert age is not None
+        assert age < 5
+    finally:
+        await asyncio.to_thread(feed.close)
+    with pytest.raises(Unavailable, match="did not sync"):  # twin: nothing to follow
+        await asyncio.to_thread(open_etcd_revocations, "127.0.0.1:1", td, timeout=0.5)
