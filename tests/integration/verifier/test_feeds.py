@@ -36,7 +36,7 @@ from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed, revocation_prefix
-from s2s.verifier.feeds_sync import open_etcd_revocations
+from s2s.verifier.feeds_sync import open_ca_revocations, open_etcd_revocations
 from s2s.verifier.jwt import JwtValidator
 from s2s.verifier.peer import PeerRejected, verify_chain
 from s2s.verifier.source_static import StaticX509Source
@@ -502,3 +502,16 @@ async def test_sync_feed_serves_blocking_servers(
         await asyncio.to_thread(feed.close)
     with pytest.raises(Unavailable, match="did not sync"):  # twin: nothing to follow
         await asyncio.to_thread(open_etcd_revocations, "127.0.0.1:1", td, timeout=0.5)
+
+
+async def test_sync_ca_feed(live_ca: CaHandle) -> None:
+    me = await mint(live_ca, "/verifier")
+    source = verifier_source(live_ca, me)
+    feed = await asyncio.to_thread(open_ca_revocations, live_ca.url, source, wait=2.0)
+    try:
+        target = await mint(live_ca, "/target")
+        await live_ca.server.revocations.revoke_serial(target.serial)
+        await eventually(lambda: feed.current().is_serial_revoked(target.serial), "revoked")
+        assert not feed.current().is_serial_revoked(me.serial)
+    finally:
+        await asyncio.to_thread(feed.close)
