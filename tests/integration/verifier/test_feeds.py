@@ -18,7 +18,6 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -43,7 +42,6 @@ from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context
 
 pytestmark = pytest.mark.timeout(60)
-CaHandle = Any  # tests/integration/conftest.py (the live_ca fixture)
 
 
 @pytest.fixture(scope="module")
