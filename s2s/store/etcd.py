@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import (
@@ -41,6 +41,7 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.store.base import ChangeNotifier, wait_for_revision
+from s2s.store.codec import FromJson, check_revision, check_text, decode_doc, encode_doc
 from s2s.store.etcd_client import (
     EtcdClient,
     EtcdTls,
@@ -69,7 +70,6 @@ from s2s.store.records import (
 __all__ = ["SCHEMA_VERSION", "EtcdStore"]
 
 _T = TypeVar("_T")
-_R_co = TypeVar("_R_co", covariant=True)
 SCHEMA_VERSION = 1
 _APP = "s2s-ca-store"
 _ATTEMPTS = 16  # optimistic retries of one call before giving up with Conflict
@@ -78,10 +78,6 @@ _MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL
 
 class _Retry(Exception):
     """A transaction's compares failed: re-read and try again."""
-
-
-class _FromJson(Protocol[_R_co]):
-    def __call__(self, d: Any, /) -> _R_co: ...
 
 
 class EtcdStore:
@@ -216,15 +212,15 @@ class EtcdStore:
                 self._leases.clear()  # a cached lease expired: grant fresh ones and retry
         raise Conflict("the record kept changing under this call; retry")
 
-    async def _read(self, key: bytes, parse: _FromJson[_T], missing: str) -> tuple[_T, KeyValue]:
+    async def _read(self, key: bytes, parse: FromJson[_T], missing: str) -> tuple[_T, KeyValue]:
         kv = await self.c.get(key)
         if kv is None:
             raise NotFound(missing)
-        return _decode(kv.value, parse), kv
+        return decode_doc(kv.value, parse), kv
 
-    async def _list(self, prefix: str, parse: _FromJson[_T]) -> list[_T]:
+    async def _list(self, prefix: str, parse: FromJson[_T]) -> list[_T]:
         kvs, _ = await self.c.get_prefix(self.key(prefix, ""))
-        return [_decode(kv.value, parse) for kv in kvs]
+        return [decode_doc(kv.value, parse) for kv in kvs]
 
     async def _lease_for(self, expires_at: dt.datetime) -> int:
         """A lease that outlives ``expires_at`` by about ``lease_grace``, shared per bucket.
@@ -267,7 +263,7 @@ class EtcdStore:
         return None if kv is None else kv.value.decode()
 
     async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> None:
-        _check_text("setting", key, value)
+        check_text("setting", key, value)
         k = self.key("settings", key)
         compare = [version_is(k, 0)] if only_if_absent else []
         if not (await self._commit(compare, [put_op(k, value.encode())])).succeeded:
@@ -283,7 +279,7 @@ class EtcdStore:
         return None if kv is None else kv.value.decode()
 
     async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
-        _check_text("state", key, new)
+        check_text("state", key, new)
         k = self.key("state", key)
         compare = version_is(k, 0) if expected is None else value_is(k, expected.encode())
         op = delete_op(k) if new is None else put_op(k, new.encode())
@@ -393,7 +389,7 @@ class EtcdStore:
     ) -> RegistrationEntry:
         async def attempt() -> RegistrationEntry:
             current, kv = await self._get_entry(entry.id)
-            _check_revision(f"entry {entry.id}", current.revision, expected_revision)
+            check_revision(f"entry {entry.id}", current.revision, expected_revision)
             stored = dataclasses.replace(
                 entry, revision=current.revision + 1, created_at=current.created_at
             )
@@ -419,7 +415,7 @@ class EtcdStore:
         async def attempt() -> RegistrationEntry:
             current, kv = await self._get_entry(entry_id)
             if expected_revision is not None:
-                _check_revision(f"entry {entry_id}", current.revision, expected_revision)
+                check_revision(f"entry {entry_id}", current.revision, expected_revision)
             ops = [delete_op(kv.key), delete_op(self._entry_index(current))]
             await self._unchanged(kv, ops, Topic.ENTRIES)
             return current
@@ -469,7 +465,7 @@ class EtcdStore:
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
         async def attempt() -> AgentRecord:
             current, kv = await self._get_agent(record.spiffe_id)
-            _check_revision(f"agent {record.spiffe_id}", current.revision, expected_revision)
+            check_revision(f"agent {record.spiffe_id}", current.revision, expected_revision)
             stored = dataclasses.replace(
                 record, revision=current.revision + 1, created_at=current.created_at
             )
@@ -535,7 +531,7 @@ class EtcdStore:
             kv = await self.c.get(k)
             merged = record
             if kv is not None:
-                existing = _decode(kv.value, RevocationRecord.from_json)
+                existing = decode_doc(kv.value, RevocationRecord.from_json)
                 merged = existing.merged(record)
                 if merged == existing:
                     return False
@@ -634,10 +630,10 @@ class EtcdStore:
         return PruneResult(**counts)
 
     async def _expired(
-        self, prefix: str, parse: _FromJson[Any], now: dt.datetime
+        self, prefix: str, parse: FromJson[Any], now: dt.datetime
     ) -> list[tuple[Any, KeyValue]]:
         kvs, _ = await self.c.get_prefix(self.key(prefix, ""))
-        records = [(_decode(kv.value, parse), kv) for kv in kvs]
+        records = [(decode_doc(kv.value, parse), kv) for kv in kvs]
         return [(r, kv) for r, kv in records if _expiry(r) <= now]
 
     async def _delete_unchanged(
@@ -706,26 +702,7 @@ def _expiry(record: Any) -> dt.datetime:
 
 
 def _doc(record: Any) -> bytes:
-    return json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True).encode()
-
-
-def _decode(value: bytes, parse: _FromJson[_T]) -> _T:
-    try:
-        return parse(json.loads(value))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"a stored record is unreadable (corrupt store?): {exc}") from exc
-
-
-def _check_text(what: str, key: object, value: object) -> None:
-    if not isinstance(key, str) or not key:
-        raise InvalidRequest(f"a {what} key must be non-empty text")
-    if value is not None and not isinstance(value, str):
-        raise InvalidRequest(f"a {what} value must be text")
-
-
-def _check_revision(what: str, current: int, expected: int) -> None:
-    if current != expected:
-        raise Conflict(f"{what} is at revision {current}, not {expected}: re-read and retry")
+    return encode_doc(record).encode()
 
 
 if TYPE_CHECKING:

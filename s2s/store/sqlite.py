@@ -24,17 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from s2s.core.errors import (
-    Conflict,
-    InvalidRequest,
-    NotFound,
-    S2SError,
-    StoreError,
-)
+from s2s.core.errors import Conflict, NotFound, S2SError, StoreError
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.base import ChangeNotifier, wait_for_revision
+from s2s.store.codec import check_revision, check_text, decode_doc, encode_doc
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -46,8 +41,6 @@ from s2s.store.records import (
     Topic,
 )
 from s2s.store.sqlite_rows import (
-    decode_doc,
-    encode_doc,
     issued_row,
     micros,
     read_agent,
@@ -182,7 +175,7 @@ class SqliteStore:
         return await self._read(lambda c: scalar(c, "SELECT value FROM settings WHERE key=?", key))
 
     async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> None:
-        _check_text("setting", key, value)
+        check_text("setting", key, value)
 
         def run(tx: _Tx) -> None:
             if only_if_absent and scalar(tx.conn, "SELECT 1 FROM settings WHERE key=?", key):
@@ -199,7 +192,7 @@ class SqliteStore:
         return await self._read(lambda c: scalar(c, "SELECT value FROM state WHERE key=?", key))
 
     async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
-        _check_text("state", key, new)
+        check_text("state", key, new)
 
         def run(tx: _Tx) -> None:
             current = scalar(tx.conn, "SELECT value FROM state WHERE key=?", key)
@@ -279,7 +272,7 @@ class SqliteStore:
     ) -> RegistrationEntry:
         def run(tx: _Tx) -> RegistrationEntry:
             current = read_entry(tx.conn, entry.id)
-            _check_revision(f"entry {entry.id}", current.revision, expected_revision)
+            check_revision(f"entry {entry.id}", current.revision, expected_revision)
             stored = dataclasses.replace(
                 entry, revision=current.revision + 1, created_at=current.created_at
             )
@@ -295,7 +288,7 @@ class SqliteStore:
         def run(tx: _Tx) -> RegistrationEntry:
             current = read_entry(tx.conn, entry_id)
             if expected_revision is not None:
-                _check_revision(f"entry {entry_id}", current.revision, expected_revision)
+                check_revision(f"entry {entry_id}", current.revision, expected_revision)
             tx.conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
             tx.bump(Topic.ENTRIES)
             return current
@@ -336,7 +329,7 @@ class SqliteStore:
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
         def run(tx: _Tx) -> AgentRecord:
             current = read_agent(tx.conn, record.spiffe_id)
-            _check_revision(f"agent {record.spiffe_id}", current.revision, expected_revision)
+            check_revision(f"agent {record.spiffe_id}", current.revision, expected_revision)
             stored = dataclasses.replace(
                 record, revision=current.revision + 1, created_at=current.created_at
             )
@@ -506,18 +499,6 @@ def _snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) 
     finally:
         if conn.in_transaction:
             conn.execute("COMMIT")
-
-
-def _check_text(what: str, key: object, value: object) -> None:
-    if not isinstance(key, str) or not key:
-        raise InvalidRequest(f"a {what} key must be non-empty text")
-    if value is not None and not isinstance(value, str):
-        raise InvalidRequest(f"a {what} value must be text")
-
-
-def _check_revision(what: str, current: int, expected: int) -> None:
-    if current != expected:
-        raise Conflict(f"{what} is at revision {current}, not {expected}: re-read and retry")
 
 
 if TYPE_CHECKING:

@@ -10,17 +10,15 @@ import datetime as dt
 import json
 import sqlite3
 from collections.abc import Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from s2s.core.errors import Conflict, NotFound, StoreError
+from s2s.core.errors import Conflict, NotFound
 from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId
+from s2s.store.codec import FromJson, decode_doc, encode_doc
 from s2s.store.records import AgentRecord, AuthorityRecord, IssuedSerial, check_aware
 
 __all__ = [
-    "FromJson",
-    "decode_doc",
-    "encode_doc",
     "issued_row",
     "micros",
     "read_agent",
@@ -37,12 +35,7 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_R_co = TypeVar("_R_co", covariant=True)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-class FromJson(Protocol[_R_co]):
-    def __call__(self, d: Any, /) -> _R_co: ...
 
 
 def scalar(conn: sqlite3.Connection, query: str, *args: Any) -> Any:
@@ -54,17 +47,6 @@ def read_docs(
     conn: sqlite3.Connection, query: str, args: Sequence[Any], parse: FromJson[_T]
 ) -> tuple[_T, ...]:
     return tuple(decode_doc(row[0], parse) for row in conn.execute(query, tuple(args)))
-
-
-def decode_doc(doc: str, parse: FromJson[_T]) -> _T:
-    try:
-        return parse(json.loads(doc))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"a stored record is unreadable (corrupt store?): {exc}") from exc
-
-
-def encode_doc(record: Any) -> str:
-    return json.dumps(record.to_json(), separators=(",", ":"), sort_keys=True)
 
 
 def where_clause(**filters: object) -> tuple[str, list[str]]:
