@@ -41,7 +41,14 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.store.base import ChangeNotifier, wait_for_revision
-from s2s.store.codec import FromJson, check_revision, check_text, decode_doc, encode_doc
+from s2s.store.codec import (
+    FromJson,
+    check_revision,
+    check_text,
+    decode_doc,
+    encode_doc,
+    revised,
+)
 from s2s.store.etcd_client import (
     EtcdClient,
     EtcdTls,
@@ -389,10 +396,7 @@ class EtcdStore:
     ) -> RegistrationEntry:
         async def attempt() -> RegistrationEntry:
             current, kv = await self._get_entry(entry.id)
-            check_revision(f"entry {entry.id}", current.revision, expected_revision)
-            stored = dataclasses.replace(
-                entry, revision=current.revision + 1, created_at=current.created_at
-            )
+            stored = revised(f"entry {entry.id}", current, entry, expected_revision)
             old, new = self._entry_index(current), self._entry_index(stored)
             compare = [mod_is(kv.key, kv.mod_revision)]
             ops = [put_op(kv.key, _doc(stored))]
@@ -465,10 +469,7 @@ class EtcdStore:
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
         async def attempt() -> AgentRecord:
             current, kv = await self._get_agent(record.spiffe_id)
-            check_revision(f"agent {record.spiffe_id}", current.revision, expected_revision)
-            stored = dataclasses.replace(
-                record, revision=current.revision + 1, created_at=current.created_at
-            )
+            stored = revised(f"agent {record.spiffe_id}", current, record, expected_revision)
             ops = [put_op(kv.key, _doc(stored))]
             await self._unchanged(kv, ops, Topic.AGENTS)
             return stored

@@ -29,7 +29,7 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.base import ChangeNotifier, wait_for_revision
-from s2s.store.codec import check_revision, check_text, decode_doc, encode_doc
+from s2s.store.codec import Revised, check_revision, check_text, decode_doc, encode_doc, revised
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -60,6 +60,7 @@ from s2s.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION, connect
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
 
 _T = TypeVar("_T")
+_V = TypeVar("_V", bound=Revised)
 
 # (table, expiry column, PruneResult field, topic bumped when rows go)
 _PRUNE: tuple[tuple[str, str, str, Topic | None], ...] = (
@@ -84,6 +85,22 @@ class _Tx:
         if topic not in self.topics:
             self.conn.execute("UPDATE topics SET revision = revision + 1 WHERE topic = ?", (topic,))
             self.topics.append(topic)
+
+    def revise(
+        self,
+        what: str,
+        current: _V,
+        new: _V,
+        expected_revision: int,
+        *,
+        write: Callable[[sqlite3.Connection, _V], None],
+        topic: Topic,
+    ) -> _V:
+        """Write ``new`` over ``current`` (revision check, next revision, created_at kept)."""
+        stored = revised(what, current, new, expected_revision)
+        write(self.conn, stored)
+        self.bump(topic)
+        return stored
 
 
 class SqliteStore:
@@ -272,13 +289,10 @@ class SqliteStore:
     ) -> RegistrationEntry:
         def run(tx: _Tx) -> RegistrationEntry:
             current = read_entry(tx.conn, entry.id)
-            check_revision(f"entry {entry.id}", current.revision, expected_revision)
-            stored = dataclasses.replace(
-                entry, revision=current.revision + 1, created_at=current.created_at
+            what = f"entry {entry.id}"
+            return tx.revise(
+                what, current, entry, expected_revision, write=write_entry, topic=Topic.ENTRIES
             )
-            write_entry(tx.conn, stored)
-            tx.bump(Topic.ENTRIES)
-            return stored
 
         return await self._write(run)
 
@@ -329,13 +343,10 @@ class SqliteStore:
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
         def run(tx: _Tx) -> AgentRecord:
             current = read_agent(tx.conn, record.spiffe_id)
-            check_revision(f"agent {record.spiffe_id}", current.revision, expected_revision)
-            stored = dataclasses.replace(
-                record, revision=current.revision + 1, created_at=current.created_at
+            what = f"agent {record.spiffe_id}"
+            return tx.revise(
+                what, current, record, expected_revision, write=write_agent, topic=Topic.AGENTS
             )
-            write_agent(tx.conn, stored)
-            tx.bump(Topic.AGENTS)
-            return stored
 
         return await self._write(run)
 
