@@ -1,0 +1,209 @@
+"""The etcd store's expiring records: join tokens, revocations, issued serials; and ``prune``.
+
+These ride on leases shared per expiry bucket (:mod:`s2s.store.etcd_leases`), so etcd drops them
+about ``lease_grace`` after they expire even if no CA runs ``prune``; ``prune(now)`` still removes
+them (and expired agents and authorities) on time. Lease deletions do not move topic revisions
+(watch the key prefix to see them). Part of :class:`s2s.store.etcd.EtcdStore`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from s2s.core.errors import Conflict, InvalidRequest, NotFound, StoreError
+from s2s.core.revocation import RevocationKind, RevocationRecord
+from s2s.core.spiffe_id import SpiffeId
+from s2s.store.codec import FromJson, decode_doc
+from s2s.store.etcd_client import KeyValue, delete_op, get_op, mod_is, put_op, version_is
+from s2s.store.etcd_keys import doc, expiry
+from s2s.store.etcd_keyspace import EtcdKeyspace, Retry
+from s2s.store.records import (
+    AgentRecord,
+    AuthorityRecord,
+    IssuedSerial,
+    JoinTokenRecord,
+    PruneResult,
+    Topic,
+    check_aware,
+)
+
+__all__ = ["EtcdExpiringRecords"]
+
+
+class EtcdExpiringRecords(EtcdKeyspace):
+    """The ``Store`` methods for lease-backed records, and ``prune``."""
+
+    # -- join tokens: join-tokens/<hash hex> holds the record, join-token-ids/<id> the hash --
+
+    async def create_join_token(self, record: JoinTokenRecord) -> None:
+        by_hash = self.key("join-tokens", record.token_hash.hex())
+        by_id = self.key("join-token-ids", record.id)
+
+        async def attempt() -> None:
+            lease = await self._leases.lease_for(record.expires_at)
+            ops = [
+                put_op(by_hash, doc(record), lease=lease),
+                put_op(by_id, record.token_hash.hex().encode(), lease=lease),
+            ]
+            if not (
+                await self._commit([version_is(by_hash, 0), version_is(by_id, 0)], ops)
+            ).succeeded:
+                raise Conflict(f"join token {record.id} (or its hash) already exists")
+
+        await self._retrying(attempt)
+
+    async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
+        check_aware("time", now)
+        if not isinstance(token_hash, bytes):
+            raise InvalidRequest("a join token hash must be bytes")
+        k = self.key("join-tokens", token_hash.hex())
+
+        async def attempt() -> JoinTokenRecord:
+            record, kv = await self._read(
+                k, JoinTokenRecord.from_json, "join token is unknown or was already used"
+            )
+            ops = [delete_op(k), delete_op(self.key("join-token-ids", record.id))]
+            await self._unchanged(kv, ops)
+            return record
+
+        record = await self._retrying(attempt)  # an expired token is used up as well
+        if record.expires_at <= now:
+            raise NotFound(f"join token {record.id} expired at {record.expires_at.isoformat()}")
+        return record
+
+    # -- revocations: revoked/<kind>/<value> --
+
+    async def add_revocation(self, record: RevocationRecord) -> bool:
+        k = self.key("revoked", str(record.kind), record.value)
+
+        async def attempt() -> bool:
+            kv = await self.c.get(k)
+            merged = record
+            if kv is not None:
+                existing = decode_doc(kv.value, RevocationRecord.from_json)
+                merged = existing.merged(record)
+                if merged == existing:
+                    return False
+            compare = version_is(k, 0) if kv is None else mod_is(k, kv.mod_revision)
+            ops = [put_op(k, doc(merged), lease=await self._leases.lease_for(merged.expires_at))]
+            result = await self._commit([compare], ops, topics=[Topic.REVOCATIONS])
+            if not result.succeeded:
+                raise Retry
+            return True
+
+        return await self._retrying(attempt)
+
+    async def get_revocation(self, kind: RevocationKind, value: str) -> RevocationRecord:
+        k = self.key("revoked", str(kind), value)
+        missing = f"no revocation record for {kind} {value!r}"
+        return (await self._read(k, RevocationRecord.from_json, missing))[0]
+
+    async def list_revocations(self) -> tuple[RevocationRecord, ...]:
+        found = await self._list("revoked", RevocationRecord.from_json)
+        return tuple(sorted(found, key=lambda r: (str(r.kind), r.value)))
+
+    # -- issued serials: issued/<serial as 40 hex digits> --
+
+    async def add_issued(self, records: Sequence[IssuedSerial]) -> None:
+        serials = [r.serial for r in records]
+        if len(set(serials)) != len(serials):
+            raise Conflict("a serial appears twice in one batch for the issued index")
+        size = self._max_ops
+        written: list[bytes] = []
+        try:
+            for start in range(0, len(records), size):
+                written += await self._add_issued_chunk(records[start : start + size])
+        except BaseException:
+            for start in range(0, len(written), size):  # undo earlier chunks: all or nothing
+                with contextlib.suppress(StoreError):
+                    await self.c.txn([], [delete_op(k) for k in written[start : start + size]])
+            raise
+
+    async def _add_issued_chunk(self, chunk: Sequence[IssuedSerial]) -> list[bytes]:
+        keys = [self._keys.issued(r.serial) for r in chunk]
+
+        async def attempt() -> list[bytes]:
+            ops = [
+                put_op(k, doc(r), lease=await self._leases.lease_for(r.not_after))
+                for k, r in zip(keys, chunk, strict=True)
+            ]
+            compare = [version_is(k, 0) for k in keys]
+            result = await self._commit(compare, ops, [get_op(k) for k in keys])
+            if result.succeeded:
+                return keys
+            for i, r in enumerate(chunk):
+                if result.ranged(i) is not None:
+                    raise Conflict(f"serial {r.serial:x} is already in the issued index")
+            raise Retry
+
+        return await self._retrying(attempt)
+
+    async def get_issued(self, serial: int) -> IssuedSerial:
+        k = self._keys.issued(serial)
+        missing = f"serial {serial:x} is not in the issued index"
+        return (await self._read(k, IssuedSerial.from_json, missing))[0]
+
+    async def list_issued(
+        self,
+        *,
+        spiffe_id: SpiffeId | None = None,
+        agent_id: SpiffeId | None = None,
+        issuer_id: str | None = None,
+    ) -> tuple[IssuedSerial, ...]:
+        found = await self._list("issued", IssuedSerial.from_json)  # keys are in serial order
+        return tuple(
+            r
+            for r in found
+            if (spiffe_id is None or r.spiffe_id == spiffe_id)
+            and (agent_id is None or r.agent_id == agent_id)
+            and (issuer_id is None or r.issuer_id == issuer_id)
+        )
+
+    # -- maintenance and change notification --
+
+    async def prune(self, now: dt.datetime) -> PruneResult:
+        check_aware("time", now)
+        counts: dict[str, int] = {}
+        tokens = await self._expired("join-tokens", JoinTokenRecord.from_json, now)
+        counts["join_tokens"] = await self._delete_unchanged(
+            [(kv, [self.key("join-token-ids", r.id)]) for r, kv in tokens], None
+        )
+        for prefix, field, parse, topic in (
+            ("revoked", "revocations", RevocationRecord.from_json, Topic.REVOCATIONS),
+            ("issued", "issued", IssuedSerial.from_json, None),
+            ("agents", "agents", AgentRecord.from_json, Topic.AGENTS),
+            ("authorities", "authorities", AuthorityRecord.from_json, Topic.AUTHORITIES),
+        ):
+            expired = await self._expired(prefix, parse, now)
+            counts[field] = await self._delete_unchanged([(kv, []) for _, kv in expired], topic)
+        return PruneResult(**counts)
+
+    async def _expired(
+        self, prefix: str, parse: FromJson[Any], now: dt.datetime
+    ) -> list[tuple[Any, KeyValue]]:
+        kvs, _ = await self.c.get_prefix(self.key(prefix, ""))
+        records = [(decode_doc(kv.value, parse), kv) for kv in kvs]
+        return [(r, kv) for r, kv in records if expiry(r) <= now]
+
+    async def _delete_unchanged(
+        self, groups: list[tuple[KeyValue, list[bytes]]], topic: Topic | None
+    ) -> int:
+        """Delete each record (and its extra keys) unless it changed since read; count them."""
+        topics = [] if topic is None else [topic]
+        per_chunk = max(1, (self._max_ops - 1) // 2)
+        deleted = 0
+        for start in range(0, len(groups), per_chunk):
+            chunk = groups[start : start + per_chunk]
+            compare = [mod_is(kv.key, kv.mod_revision) for kv, _ in chunk]
+            ops = [delete_op(k) for kv, extra in chunk for k in (kv.key, *extra)]
+            if (await self._commit(compare, ops, topics=topics)).succeeded:
+                deleted += len(chunk)
+                continue
+            for kv, extra in chunk:  # one changed meanwhile: the others go one by one
+                ops = [delete_op(k) for k in (kv.key, *extra)]
+                result = await self._commit([mod_is(kv.key, kv.mod_revision)], ops, topics=topics)
+                deleted += result.succeeded
+        return deleted
