@@ -18,18 +18,16 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
-from s2s.core.errors import Conflict, NotFound, S2SError, StoreError
+from s2s.core.errors import Conflict, NotFound
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
-from s2s.store.base import ChangeNotifier, wait_for_revision
-from s2s.store.codec import Revised, check_revision, check_text, decode_doc, encode_doc, revised
+from s2s.store.codec import check_revision, check_text, decode_doc, encode_doc
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -56,11 +54,9 @@ from s2s.store.sqlite_rows import (
     write_entry,
 )
 from s2s.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION, connect
+from s2s.store.sqlite_worker import SqliteWorker, Tx
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
-
-_T = TypeVar("_T")
-_V = TypeVar("_V", bound=Revised)
 
 # (table, expiry column, PruneResult field, topic bumped when rows go)
 _PRUNE: tuple[tuple[str, str, str, Topic | None], ...] = (
@@ -72,48 +68,11 @@ _PRUNE: tuple[tuple[str, str, str, Topic | None], ...] = (
 )
 
 
-class _Tx:
-    """One write transaction: the connection and the topics it changed."""
+class SqliteStore(SqliteWorker):
+    """The SQLite ``Store``. Create with ``await SqliteStore.open(path)``; ``await close()``.
 
-    __slots__ = ("conn", "topics")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.topics: list[Topic] = []
-
-    def bump(self, topic: Topic) -> None:
-        if topic not in self.topics:
-            self.conn.execute("UPDATE topics SET revision = revision + 1 WHERE topic = ?", (topic,))
-            self.topics.append(topic)
-
-    def revise(
-        self,
-        what: str,
-        current: _V,
-        new: _V,
-        expected_revision: int,
-        *,
-        write: Callable[[sqlite3.Connection, _V], None],
-        topic: Topic,
-    ) -> _V:
-        """Write ``new`` over ``current`` (revision check, next revision, created_at kept)."""
-        stored = revised(what, current, new, expected_revision)
-        write(self.conn, stored)
-        self.bump(topic)
-        return stored
-
-
-class SqliteStore:
-    """The SQLite ``Store``. Create with ``await SqliteStore.open(path)``; ``await close()``."""
-
-    def __init__(
-        self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection, poll: float
-    ) -> None:
-        self._path = path
-        self._executor = executor
-        self._conn: sqlite3.Connection | None = conn
-        self._poll = poll
-        self._notifier = ChangeNotifier()
+    The worker thread, transactions and change notification come from
+    :class:`~s2s.store.sqlite_worker.SqliteWorker`."""
 
     @classmethod
     async def open(
@@ -134,57 +93,11 @@ class SqliteStore:
             raise
         return cls(where, executor, conn, poll_interval)
 
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
-            return
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
-        finally:
-            self._executor.shutdown(wait=True)
-
     async def __aenter__(self) -> SqliteStore:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # -- plumbing: one worker thread, errors translated once --
-
-    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        conn = self._conn
-        if conn is None:
-            raise StoreError(f"the store {self._path} is closed")
-        try:
-            return fn(conn)
-        except S2SError:
-            raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"store {self._path} failed, nothing was written: {exc}") from exc
-
-    async def _submit(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
-        if self._conn is None:
-            raise StoreError(f"the store {self._path} is closed")
-        return asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
-
-    async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        return await (await self._submit(lambda c: _snapshot(c, fn)))
-
-    async def _write(self, fn: Callable[[_Tx], _T]) -> _T:
-        future = await self._submit(lambda c: _transact(c, fn))
-
-        def notify(done: asyncio.Future[tuple[_T, list[Topic]]]) -> None:
-            # Runs even when the caller was cancelled: a committed change always wakes waiters.
-            if not done.cancelled() and done.exception() is None:
-                self._notifier.notify(done.result()[1])
-
-        future.add_done_callback(notify)
-        result, _ = await future
-        return result
 
     # -- settings and generic state --
 
@@ -194,7 +107,7 @@ class SqliteStore:
     async def set_setting(self, key: str, value: str, *, only_if_absent: bool = False) -> None:
         check_text("setting", key, value)
 
-        def run(tx: _Tx) -> None:
+        def run(tx: Tx) -> None:
             if only_if_absent and scalar(tx.conn, "SELECT 1 FROM settings WHERE key=?", key):
                 raise Conflict(f"setting {key!r} is already set")
             tx.conn.execute("INSERT OR REPLACE INTO settings VALUES (?, ?)", (key, value))
@@ -211,7 +124,7 @@ class SqliteStore:
     async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
         check_text("state", key, new)
 
-        def run(tx: _Tx) -> None:
+        def run(tx: Tx) -> None:
             current = scalar(tx.conn, "SELECT value FROM state WHERE key=?", key)
             if current != expected:
                 raise Conflict(f"state {key!r} was changed by someone else (compare-and-swap lost)")
@@ -225,7 +138,7 @@ class SqliteStore:
     # -- authorities --
 
     async def create_authority(self, record: AuthorityRecord) -> None:
-        def run(tx: _Tx) -> None:
+        def run(tx: Tx) -> None:
             if scalar(tx.conn, "SELECT 1 FROM authorities WHERE id=?", record.id):
                 raise Conflict(f"authority {record.id} already exists")
             write_authority(tx.conn, record)
@@ -248,7 +161,7 @@ class SqliteStore:
     ) -> AuthorityRecord:
         expected, new = AuthorityState(expected), AuthorityState(new)
 
-        def run(tx: _Tx) -> AuthorityRecord:
+        def run(tx: Tx) -> AuthorityRecord:
             record = read_authority(tx.conn, authority_id)
             if record.state != expected:
                 raise Conflict(
@@ -263,7 +176,7 @@ class SqliteStore:
         return await self._write(run)
 
     async def delete_authority(self, authority_id: str) -> None:
-        def run(tx: _Tx) -> None:
+        def run(tx: Tx) -> None:
             read_authority(tx.conn, authority_id)
             tx.conn.execute("DELETE FROM authorities WHERE id=?", (authority_id,))
             tx.bump(Topic.AUTHORITIES)
@@ -275,7 +188,7 @@ class SqliteStore:
     async def create_entry(self, entry: RegistrationEntry) -> RegistrationEntry:
         stored = dataclasses.replace(entry, revision=1)
 
-        def run(tx: _Tx) -> RegistrationEntry:
+        def run(tx: Tx) -> RegistrationEntry:
             if scalar(tx.conn, "SELECT 1 FROM entries WHERE id=?", entry.id):
                 raise Conflict(f"entry {entry.id} already exists")
             write_entry(tx.conn, stored)
@@ -287,7 +200,7 @@ class SqliteStore:
     async def update_entry(
         self, entry: RegistrationEntry, *, expected_revision: int
     ) -> RegistrationEntry:
-        def run(tx: _Tx) -> RegistrationEntry:
+        def run(tx: Tx) -> RegistrationEntry:
             current = read_entry(tx.conn, entry.id)
             what = f"entry {entry.id}"
             return tx.revise(
@@ -299,7 +212,7 @@ class SqliteStore:
     async def delete_entry(
         self, entry_id: str, *, expected_revision: int | None = None
     ) -> RegistrationEntry:
-        def run(tx: _Tx) -> RegistrationEntry:
+        def run(tx: Tx) -> RegistrationEntry:
             current = read_entry(tx.conn, entry_id)
             if expected_revision is not None:
                 check_revision(f"entry {entry_id}", current.revision, expected_revision)
@@ -324,7 +237,7 @@ class SqliteStore:
     async def create_agent(self, record: AgentRecord) -> AgentRecord:
         stored = dataclasses.replace(record, revision=1)
 
-        def run(tx: _Tx) -> AgentRecord:
+        def run(tx: Tx) -> AgentRecord:
             if scalar(tx.conn, "SELECT 1 FROM agents WHERE spiffe_id=?", str(record.spiffe_id)):
                 raise Conflict(f"agent {record.spiffe_id} already exists")
             write_agent(tx.conn, stored)
@@ -341,7 +254,7 @@ class SqliteStore:
         return await self._read(lambda c: read_docs(c, query, (), AgentRecord.from_json))
 
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
-        def run(tx: _Tx) -> AgentRecord:
+        def run(tx: Tx) -> AgentRecord:
             current = read_agent(tx.conn, record.spiffe_id)
             what = f"agent {record.spiffe_id}"
             return tx.revise(
@@ -351,7 +264,7 @@ class SqliteStore:
         return await self._write(run)
 
     async def delete_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
-        def run(tx: _Tx) -> AgentRecord:
+        def run(tx: Tx) -> AgentRecord:
             current = read_agent(tx.conn, spiffe_id)
             tx.conn.execute("DELETE FROM agents WHERE spiffe_id=?", (str(spiffe_id),))
             tx.bump(Topic.AGENTS)
@@ -364,7 +277,7 @@ class SqliteStore:
     async def create_join_token(self, record: JoinTokenRecord) -> None:
         row = (record.id, record.token_hash, micros(record.expires_at), encode_doc(record))
 
-        def run(tx: _Tx) -> None:
+        def run(tx: Tx) -> None:
             query = "SELECT 1 FROM join_tokens WHERE id=? OR token_hash=?"
             if scalar(tx.conn, query, record.id, record.token_hash):
                 raise Conflict(f"join token {record.id} (or its hash) already exists")
@@ -375,7 +288,7 @@ class SqliteStore:
     async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
         moment = micros(now)
 
-        def run(tx: _Tx) -> JoinTokenRecord:
+        def run(tx: Tx) -> JoinTokenRecord:
             # DELETE ... RETURNING under BEGIN IMMEDIATE: the row goes to exactly one consumer.
             query = "DELETE FROM join_tokens WHERE token_hash=? RETURNING doc"
             row = tx.conn.execute(query, (bytes(token_hash),)).fetchone()
@@ -393,7 +306,7 @@ class SqliteStore:
     async def add_revocation(self, record: RevocationRecord) -> bool:
         key = (str(record.kind), record.value)
 
-        def run(tx: _Tx) -> bool:
+        def run(tx: Tx) -> bool:
             query = "SELECT doc FROM revocations WHERE kind=? AND value=?"
             found = scalar(tx.conn, query, *key)
             merged = record
@@ -426,7 +339,7 @@ class SqliteStore:
     async def add_issued(self, records: Sequence[IssuedSerial]) -> None:
         rows = [issued_row(r) for r in records]
 
-        def run(tx: _Tx) -> None:
+        def run(tx: Tx) -> None:
             for row in rows:
                 if scalar(tx.conn, "SELECT 1 FROM issued WHERE serial=?", row[0]):
                     raise Conflict(f"serial {int(row[0], 16):x} is already in the issued index")
@@ -458,7 +371,7 @@ class SqliteStore:
     async def prune(self, now: dt.datetime) -> PruneResult:
         moment = micros(now)
 
-        def run(tx: _Tx) -> PruneResult:
+        def run(tx: Tx) -> PruneResult:
             counts: dict[str, int] = {}
             for table, column, field, topic in _PRUNE:
                 query = f"DELETE FROM {table} WHERE {column} <= ?"  # noqa: S608 (fixed names)
@@ -468,48 +381,6 @@ class SqliteStore:
             return PruneResult(**counts)
 
         return await self._write(run)
-
-    async def revision(self, topic: Topic) -> int:
-        name = Topic(topic).value
-        value = await self._read(
-            lambda c: scalar(c, "SELECT revision FROM topics WHERE topic=?", name)
-        )
-        return int(value or 0)
-
-    async def wait_for_change(self, topic: Topic, after: int, timeout: float) -> int:
-        return await wait_for_revision(
-            lambda: self.revision(topic),
-            self._notifier,
-            Topic(topic),
-            after,
-            timeout,
-            poll_interval=self._poll,
-        )
-
-
-# -- helpers that run on the worker thread --
-
-
-def _transact(conn: sqlite3.Connection, fn: Callable[[_Tx], _T]) -> tuple[_T, list[Topic]]:
-    tx = _Tx(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = fn(tx)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result, tx.topics
-
-
-def _snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-    conn.execute("BEGIN")  # one read transaction: a consistent view of the whole call
-    try:
-        return fn(conn)
-    finally:
-        if conn.in_transaction:
-            conn.execute("COMMIT")
 
 
 if TYPE_CHECKING:

@@ -1,0 +1,160 @@
+"""The SQLite store's connection: one worker thread, transactions, change notification.
+
+The base of :class:`s2s.store.sqlite.SqliteStore`. Every call runs on one worker thread that owns
+the connection, so the event loop never blocks on disk; a read is one read transaction (a
+consistent view), a write one ``BEGIN IMMEDIATE`` transaction (:class:`Tx`) that rolls back on any
+error. ``sqlite3`` errors become :class:`StoreError` here, once. A committed write wakes the
+waiters of the topics it bumped, even if its caller was cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from s2s.core.errors import S2SError, StoreError
+from s2s.store.base import ChangeNotifier, wait_for_revision
+from s2s.store.codec import Revised, revised
+from s2s.store.records import Topic
+from s2s.store.sqlite_rows import scalar
+
+__all__ = ["SqliteWorker", "Tx"]
+
+_T = TypeVar("_T")
+_V = TypeVar("_V", bound=Revised)
+
+
+class Tx:
+    """One write transaction: the connection and the topics it changed."""
+
+    __slots__ = ("conn", "topics")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.topics: list[Topic] = []
+
+    def bump(self, topic: Topic) -> None:
+        if topic not in self.topics:
+            self.conn.execute("UPDATE topics SET revision = revision + 1 WHERE topic = ?", (topic,))
+            self.topics.append(topic)
+
+    def revise(
+        self,
+        what: str,
+        current: _V,
+        new: _V,
+        expected_revision: int,
+        *,
+        write: Callable[[sqlite3.Connection, _V], None],
+        topic: Topic,
+    ) -> _V:
+        """Write ``new`` over ``current`` (revision check, next revision, created_at kept)."""
+        stored = revised(what, current, new, expected_revision)
+        write(self.conn, stored)
+        self.bump(topic)
+        return stored
+
+
+class SqliteWorker:
+    """One SQLite connection owned by one worker thread, and the change notifier."""
+
+    def __init__(
+        self, path: Path, executor: ThreadPoolExecutor, conn: sqlite3.Connection, poll: float
+    ) -> None:
+        self._path = path
+        self._executor = executor
+        self._conn: sqlite3.Connection | None = conn
+        self._poll = poll
+        self._notifier = ChangeNotifier()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        finally:
+            self._executor.shutdown(wait=True)
+
+    # -- plumbing: one worker thread, errors translated once --
+
+    def _call(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        conn = self._conn
+        if conn is None:
+            raise StoreError(f"the store {self._path} is closed")
+        try:
+            return fn(conn)
+        except S2SError:
+            raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"store {self._path} failed, nothing was written: {exc}") from exc
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], _T]) -> asyncio.Future[_T]:
+        if self._conn is None:
+            raise StoreError(f"the store {self._path} is closed")
+        return asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        return await (await self._submit(lambda c: _snapshot(c, fn)))
+
+    async def _write(self, fn: Callable[[Tx], _T]) -> _T:
+        future = await self._submit(lambda c: _transact(c, fn))
+
+        def notify(done: asyncio.Future[tuple[_T, list[Topic]]]) -> None:
+            # Runs even when the caller was cancelled: a committed change always wakes waiters.
+            if not done.cancelled() and done.exception() is None:
+                self._notifier.notify(done.result()[1])
+
+        future.add_done_callback(notify)
+        result, _ = await future
+        return result
+
+    async def revision(self, topic: Topic) -> int:
+        name = Topic(topic).value
+        value = await self._read(
+            lambda c: scalar(c, "SELECT revision FROM topics WHERE topic=?", name)
+        )
+        return int(value or 0)
+
+    async def wait_for_change(self, topic: Topic, after: int, timeout: float) -> int:
+        return await wait_for_revision(
+            lambda: self.revision(topic),
+            self._notifier,
+            Topic(topic),
+            after,
+            timeout,
+            poll_interval=self._poll,
+        )
+
+
+# -- helpers that run on the worker thread --
+
+
+def _transact(conn: sqlite3.Connection, fn: Callable[[Tx], _T]) -> tuple[_T, list[Topic]]:
+    tx = Tx(conn)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(tx)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result, tx.topics
+
+
+def _snapshot(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    conn.execute("BEGIN")  # one read transaction: a consistent view of the whole call
+    try:
+        return fn(conn)
+    finally:
+        if conn.in_transaction:
+            conn.execute("COMMIT")
