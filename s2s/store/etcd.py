@@ -40,7 +40,7 @@ from s2s.store.etcd_client import (
     version_is,
 )
 from s2s.store.etcd_expiring import EtcdExpiringRecords
-from s2s.store.etcd_keys import SCHEMA_VERSION, doc, entry_key_taken
+from s2s.store.etcd_keys import SCHEMA_VERSION, check_entry_key, doc
 from s2s.store.etcd_keyspace import Retry
 from s2s.store.records import (
     AgentRecord,
@@ -177,28 +177,20 @@ class EtcdStore(EtcdExpiringRecords):
     ) -> AuthorityRecord:
         expected, new = AuthorityState(expected), AuthorityState(new)
 
-        async def attempt() -> AuthorityRecord:
-            record, kv = await self._get_authority(authority_id)
+        def move(record: AuthorityRecord) -> AuthorityRecord:
             if record.state != expected:
                 raise Conflict(
                     f"authority {authority_id} is {record.state}, not {expected}: "
                     f"it cannot move to {new}"
                 )
-            moved = dataclasses.replace(record, state=new)
-            ops = [put_op(kv.key, doc(moved))]
-            await self._unchanged(kv, ops, Topic.AUTHORITIES)
-            return moved
+            return dataclasses.replace(record, state=new)
 
-        return await self._retrying(attempt)
+        return await self._rewrite(
+            lambda: self._get_authority(authority_id), move, Topic.AUTHORITIES
+        )
 
     async def delete_authority(self, authority_id: str) -> None:
-        async def attempt() -> bool:
-            _, kv = await self._get_authority(authority_id)
-            ops = [delete_op(kv.key)]
-            await self._unchanged(kv, ops, Topic.AUTHORITIES)
-            return True
-
-        await self._retrying(attempt)
+        await self._remove(lambda: self._get_authority(authority_id), Topic.AUTHORITIES)
 
     # -- registration entries --
 
@@ -218,9 +210,7 @@ class EtcdStore(EtcdExpiringRecords):
                 return stored
             if result.ranged(0) is not None:
                 raise Conflict(f"entry {entry.id} already exists")
-            taken = entry_key_taken(entry, result.ranged(1))
-            if taken is not None:
-                raise taken
+            check_entry_key(entry, result.ranged(1))
             raise Retry
 
         return await self._retrying(attempt)
@@ -240,9 +230,7 @@ class EtcdStore(EtcdExpiringRecords):
             result = await self._commit(compare, ops, [get_op(new)], [Topic.ENTRIES])
             if result.succeeded:
                 return stored
-            taken = entry_key_taken(entry, result.ranged(0))
-            if taken is not None:
-                raise taken
+            check_entry_key(entry, result.ranged(0))
             raise Retry
 
         return await self._retrying(attempt)
@@ -301,23 +289,15 @@ class EtcdStore(EtcdExpiringRecords):
         return tuple(sorted(found, key=lambda a: str(a.spiffe_id)))
 
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
-        async def attempt() -> AgentRecord:
-            current, kv = await self._get_agent(record.spiffe_id)
-            stored = revised(f"agent {record.spiffe_id}", current, record, expected_revision)
-            ops = [put_op(kv.key, doc(stored))]
-            await self._unchanged(kv, ops, Topic.AGENTS)
-            return stored
-
-        return await self._retrying(attempt)
+        what = f"agent {record.spiffe_id}"
+        return await self._rewrite(
+            lambda: self._get_agent(record.spiffe_id),
+            lambda current: revised(what, current, record, expected_revision),
+            Topic.AGENTS,
+        )
 
     async def delete_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
-        async def attempt() -> AgentRecord:
-            current, kv = await self._get_agent(spiffe_id)
-            ops = [delete_op(kv.key)]
-            await self._unchanged(kv, ops, Topic.AGENTS)
-            return current
-
-        return await self._retrying(attempt)
+        return await self._remove(lambda: self._get_agent(spiffe_id), Topic.AGENTS)
 
 
 if TYPE_CHECKING:

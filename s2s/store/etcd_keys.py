@@ -27,7 +27,7 @@ __all__ = [
     "EtcdKeys",
     "check_meta",
     "doc",
-    "entry_key_taken",
+    "check_entry_key",
     "expiry",
     "meta_doc",
 ]
@@ -89,11 +89,11 @@ def check_meta(found: KeyValue | None, where: str) -> None:
         )
 
 
-def entry_key_taken(entry: RegistrationEntry, holder: KeyValue | None) -> Conflict | None:
-    """The ``Conflict`` to raise when ``entry``'s unique key is held by another entry."""
+def check_entry_key(entry: RegistrationEntry, holder: KeyValue | None) -> None:
+    """``Conflict`` if ``entry``'s unique key (``holder``, as read) is held by another entry."""
     if holder is None or holder.value.decode() == entry.id:
-        return None
-    return Conflict(
+        return
+    raise Conflict(
         f"entry {holder.value.decode()} already has this SPIFFE ID, parent ID and selectors "
         f"({entry.spiffe_id})"
     )

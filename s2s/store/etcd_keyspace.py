@@ -26,12 +26,13 @@ from s2s.store.etcd_client import (
     KeyValue,
     LeaseNotFound,
     TxnResult,
+    delete_op,
     get_op,
     mod_is,
     put_op,
     version_is,
 )
-from s2s.store.etcd_keys import EtcdKeys, check_meta, meta_doc
+from s2s.store.etcd_keys import EtcdKeys, check_meta, doc, meta_doc
 from s2s.store.etcd_leases import LeaseBuckets
 from s2s.store.records import Topic
 
@@ -132,6 +133,32 @@ class EtcdKeyspace:
             except LeaseNotFound:
                 self._leases.forget()  # a cached lease expired: grant fresh ones and retry
         raise Conflict("the record kept changing under this call; retry")
+
+    async def _rewrite(
+        self,
+        read: Callable[[], Awaitable[tuple[_T, KeyValue]]],
+        change: Callable[[_T], _T],
+        topic: Topic,
+    ) -> _T:
+        """Put ``change(record)`` over the record ``read`` finds, if unchanged since; retried."""
+
+        async def attempt() -> _T:
+            current, kv = await read()
+            new = change(current)
+            await self._unchanged(kv, [put_op(kv.key, doc(new))], topic)
+            return new
+
+        return await self._retrying(attempt)
+
+    async def _remove(self, read: Callable[[], Awaitable[tuple[_T, KeyValue]]], topic: Topic) -> _T:
+        """Delete the record ``read`` finds, if unchanged since; retried. Returns the record."""
+
+        async def attempt() -> _T:
+            current, kv = await read()
+            await self._unchanged(kv, [delete_op(kv.key)], topic)
+            return current
+
+        return await self._retrying(attempt)
 
     async def _read(self, key: bytes, parse: FromJson[_T], missing: str) -> tuple[_T, KeyValue]:
         kv = await self.c.get(key)

@@ -18,16 +18,17 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from s2s.core.errors import Conflict, NotFound
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
-from s2s.store.codec import check_revision, check_text, decode_doc, encode_doc
+from s2s.store.codec import Revised, check_revision, check_text, decode_doc, encode_doc, revised
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -57,6 +58,8 @@ from s2s.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION, connect
 from s2s.store.sqlite_worker import SqliteWorker, Tx
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
+
+_V = TypeVar("_V", bound=Revised)
 
 # (table, expiry column, PruneResult field, topic bumped when rows go)
 _PRUNE: tuple[tuple[str, str, str, Topic | None], ...] = (
@@ -98,6 +101,27 @@ class SqliteStore(SqliteWorker):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _update(
+        self,
+        what: str,
+        new: _V,
+        expected_revision: int,
+        *,
+        read: Callable[[sqlite3.Connection], _V],
+        write: Callable[[sqlite3.Connection, _V], None],
+        topic: Topic,
+    ) -> _V:
+        """Write ``new`` over the record ``read`` finds: its revision must be
+        ``expected_revision``; ``new`` gets the next one and keeps its ``created_at``."""
+
+        def run(tx: Tx) -> _V:
+            stored = revised(what, read(tx.conn), new, expected_revision)
+            write(tx.conn, stored)
+            tx.bump(topic)
+            return stored
+
+        return await self._write(run)
 
     # -- settings and generic state --
 
@@ -200,14 +224,14 @@ class SqliteStore(SqliteWorker):
     async def update_entry(
         self, entry: RegistrationEntry, *, expected_revision: int
     ) -> RegistrationEntry:
-        def run(tx: Tx) -> RegistrationEntry:
-            current = read_entry(tx.conn, entry.id)
-            what = f"entry {entry.id}"
-            return tx.revise(
-                what, current, entry, expected_revision, write=write_entry, topic=Topic.ENTRIES
-            )
-
-        return await self._write(run)
+        return await self._update(
+            f"entry {entry.id}",
+            entry,
+            expected_revision,
+            read=lambda c: read_entry(c, entry.id),
+            write=write_entry,
+            topic=Topic.ENTRIES,
+        )
 
     async def delete_entry(
         self, entry_id: str, *, expected_revision: int | None = None
@@ -254,14 +278,14 @@ class SqliteStore(SqliteWorker):
         return await self._read(lambda c: read_docs(c, query, (), AgentRecord.from_json))
 
     async def update_agent(self, record: AgentRecord, *, expected_revision: int) -> AgentRecord:
-        def run(tx: Tx) -> AgentRecord:
-            current = read_agent(tx.conn, record.spiffe_id)
-            what = f"agent {record.spiffe_id}"
-            return tx.revise(
-                what, current, record, expected_revision, write=write_agent, topic=Topic.AGENTS
-            )
-
-        return await self._write(run)
+        return await self._update(
+            f"agent {record.spiffe_id}",
+            record,
+            expected_revision,
+            read=lambda c: read_agent(c, record.spiffe_id),
+            write=write_agent,
+            topic=Topic.AGENTS,
+        )
 
     async def delete_agent(self, spiffe_id: SpiffeId) -> AgentRecord:
         def run(tx: Tx) -> AgentRecord:

@@ -18,14 +18,12 @@ from typing import TypeVar
 
 from s2s.core.errors import S2SError, StoreError
 from s2s.store.base import ChangeNotifier, wait_for_revision
-from s2s.store.codec import Revised, revised
 from s2s.store.records import Topic
 from s2s.store.sqlite_rows import scalar
 
 __all__ = ["SqliteWorker", "Tx"]
 
 _T = TypeVar("_T")
-_V = TypeVar("_V", bound=Revised)
 
 
 class Tx:
@@ -41,22 +39,6 @@ class Tx:
         if topic not in self.topics:
             self.conn.execute("UPDATE topics SET revision = revision + 1 WHERE topic = ?", (topic,))
             self.topics.append(topic)
-
-    def revise(
-        self,
-        what: str,
-        current: _V,
-        new: _V,
-        expected_revision: int,
-        *,
-        write: Callable[[sqlite3.Connection, _V], None],
-        topic: Topic,
-    ) -> _V:
-        """Write ``new`` over ``current`` (revision check, next revision, created_at kept)."""
-        stored = revised(what, current, new, expected_revision)
-        write(self.conn, stored)
-        self.bump(topic)
-        return stored
 
 
 class SqliteWorker:
