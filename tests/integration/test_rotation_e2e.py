@@ -211,11 +211,12 @@ async def test_a_stopped_agent_holds_the_rotation_until_banned(
     capsys.readouterr()
     # The running agent catches up within a second; the stopped one never does.
     target = h.ca.server.authority.bundle.sequence
-    await h.wait_until(
-        lambda: live.agent.cache.bundles().get(h.ca.td).sequence >= target,  # type: ignore[union-attr]
-        timeout=10,
-        what="the live agent's bundle",
-    )
+    registry = h.ca.server.registry
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await registry.get_agent(agent_id)).bundle_sequence < target:  # the CA heard it
+        assert asyncio.get_running_loop().time() < deadline, "the live agent never reported"
+        await asyncio.sleep(0.02)
+    assert live.agent.cache.bundles().get(h.ca.td).sequence >= target  # type: ignore[union-attr]
     for _ in range(2):
         assert await cli(*sock, "rotate-root", "--step") == 7
         out = capsys.readouterr().out
