@@ -30,7 +30,7 @@ from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.log import F, configure_logging
 from s2s.store.etcd_client import EtcdTls
-from s2s.verifier.feeds import RevocationFeed
+from s2s.verifier.feeds import FeedMetrics, RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed
 
@@ -101,10 +101,11 @@ class Agent:
         )
         self.cache = cache
         self.node.subscribe(self._on_identity)
+        feed = await self._revocation_feed()
+        FeedMetrics(self.metrics.registry).track(feed, "agent")  # s2s_verifier_revocations_*
         self.revocations = RevocationFollower(
-            feed=await self._revocation_feed(), cache=cache, client=self.client,
-            backoff=self._backoff(),
-        )  # fmt: skip
+            feed=feed, cache=cache, client=self.client, backoff=self._backoff()
+        )
         async with asyncio.TaskGroup() as group:
             group.create_task(self.node.run(), name="agent-svid")
             group.create_task(cache.run(), name="cache")

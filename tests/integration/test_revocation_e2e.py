@@ -240,6 +240,10 @@ async def test_revoked_serial_and_id_are_rejected_and_the_workload_gets_a_fresh_
                 "connections with the fresh SVID succeed on both verifiers",
                 10,
             )
+        registry = running.agent.metrics.registry  # the agent exports its feed
+        label = {"feed": "agent"}
+        assert registry.get_sample_value("s2s_verifier_revocation_records", label) >= 2
+        assert registry.get_sample_value("s2s_verifier_revocations_stale", label) == 0
         # The stream never saw a fresh SVID refused; only the revoked ones were.
         revoked = {s for s in (r[0] for r in stream.results) if feed.current().is_serial_revoked(s)}
         failures = [(s, v) for s, v, ok in stream.results if not ok and s not in revoked]
