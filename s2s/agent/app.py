@@ -95,6 +95,7 @@ class Agent:
             clock=self.clock,
             on_unknown=self._recover,
             on_bundle=self.node.update_bundle,
+            on_tainted=self.node.renew_if_signed_by,  # agent SVID under a tainted CA: renew now
             metrics=self.metrics,
             entries_wait=self.tuning.entries_wait,
             bundle_interval=self.tuning.bundle_interval,

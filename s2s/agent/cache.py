@@ -95,6 +95,7 @@ class SvidCache:
         keygen: Callable[[], ec.EllipticCurvePrivateKey] = new_key,
         entries_wait: float = 30.0,
         bundle_interval: float = 30.0,
+        on_tainted: Callable[[frozenset[str]], Awaitable[object]] | None = None,
     ) -> None:
         self._client = client
         self._clock = clock
@@ -122,6 +123,9 @@ class SvidCache:
         self._crls: tuple[bytes, ...] = ()
         self._authorities_revision: int | None = None  # of the CA's last tainted list
         self._bundle_moved = asyncio.Event()  # re-poll at once to report the new sequence
+        self._on_tainted = on_tainted  # the node: renew the agent SVID if a tainted CA signed it
+        self._tainted_x509: frozenset[str] = frozenset()
+        self._tainted_task: asyncio.Task[object] | None = None
 
     # -- IdentityProvider -------------------------------------------------------------------
 
@@ -287,6 +291,9 @@ class SvidCache:
         if sequence is not None and sequence != self._own_bundle_sequence():
             self._wake_bundle.set()
         self.apply_tainted(answer.tainted_x509, answer.tainted_jwt)
+        if answer.tainted_x509 != self._tainted_x509 and self._on_tainted is not None:
+            self._tainted_task = asyncio.ensure_future(self._on_tainted(answer.tainted_x509))
+        self._tainted_x509 = answer.tainted_x509
 
     def apply_tainted(self, x509_ids: frozenset[str], jwt_kids: frozenset[str]) -> int:
         """Re-issue at once every SVID whose chain holds a tainted intermediate (served until

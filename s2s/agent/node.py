@@ -38,6 +38,7 @@ from s2s.agent.ca_client import (
     sleep_backoff,
 )
 from s2s.agent.config import AgentConfig
+from s2s.agent.tainted import signed_by_any
 from s2s.core.bundle import Bundle
 from s2s.core.clock import Clock
 from s2s.core.errors import (
@@ -209,6 +210,21 @@ class NodeAttestor:
             if self.identity.svid.serial == failed_serial:
                 await self._retrying(self.attest)
 
+    async def renew_if_signed_by(self, key_ids: frozenset[str]) -> bool:
+        """Renew the agent SVID now if its chain holds a tainted authority (hex key ids the CA
+        published); True if it renewed."""
+        async with self._lock:
+            if not signed_by_any(self.identity.svid, key_ids):
+                return False
+            serial = format(self.identity.svid.serial, "x")
+            log.warning("agent.svid_tainted", extra={F.SERIAL: serial})
+            try:
+                await self._retrying(self.renew)
+            except S2SError as exc:  # the half-life renewal will try again (and fail loudly)
+                log.error("agent.tainted_renew_failed", extra={F.ERROR: f"{exc.code}: {exc}"})
+                return False
+            return True
+
     def update_bundle(self, bundle: Bundle) -> bool:
         """Adopt a newer bundle (same trust domain, sequence not older); True if it changed."""
         current = self.identity
@@ -235,7 +251,9 @@ class NodeAttestor:
             if delay > 0:
                 await asyncio.sleep(min(delay, 30.0))
                 continue
-            await self._retrying(self.renew)
+            async with self._lock:  # not at the same time as a re-attest or a tainted renewal
+                if self.next_renewal() <= self._clock.now():
+                    await self._retrying(self.renew)
             self._jitter = jitter_from(self._rand)
 
     async def _retrying(self, step: Callable[[], Awaitable[AgentIdentity]]) -> AgentIdentity:

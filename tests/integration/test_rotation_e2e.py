@@ -240,6 +240,7 @@ async def test_taint_makes_the_agent_reissue_at_once(make_harness: Any, capsys: 
         first = h.ca.server.authority.x509_signer.authority_id
         before = served(traffic)
         assert aki(before.leaf) == first
+        assert aki(running.agent.node.identity.svid.leaf) == first
         async with WorkloadApiClient(socket) as client:
             jwt_before = await client.fetch_jwt_svid("aud")
         assert await cli(*sock, "authority", "prepare") == 0
@@ -255,6 +256,11 @@ async def test_taint_makes_the_agent_reissue_at_once(make_harness: Any, capsys: 
         assert await cli(*sock, "authority", "taint", "--id", first) == 0
         await h.wait_until(
             lambda: aki(served(traffic).leaf) != first, timeout=5, what="re-issue after taint"
+        )
+        await h.wait_until(  # the agent's own SVID too
+            lambda: aki(running.agent.node.identity.svid.leaf) != first,
+            timeout=5,
+            what="agent SVID renewed after taint",
         )
         assert await cli(*sock, "authority", "revoke", "--id", first) == 0
         assert await cli(*sock, "authority", "revoke", "--id", first) == 5  # already revoked
