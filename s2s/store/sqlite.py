@@ -14,14 +14,10 @@ database of another application, or a schema newer than this build. Run-time fai
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime as dt
-import os
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from s2s.core.errors import Conflict, NotFound
@@ -54,7 +50,7 @@ from s2s.store.sqlite_rows import (
     write_authority,
     write_entry,
 )
-from s2s.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION, connect
+from s2s.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION
 from s2s.store.sqlite_worker import SqliteWorker, Tx
 
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
@@ -76,31 +72,6 @@ class SqliteStore(SqliteWorker):
 
     The worker thread, transactions and change notification come from
     :class:`~s2s.store.sqlite_worker.SqliteWorker`."""
-
-    @classmethod
-    async def open(
-        cls, path: str | os.PathLike[str], *, create: bool = True, poll_interval: float = 1.0
-    ) -> SqliteStore:
-        """Open the store at ``path``; with ``create``, a missing file is created with mode 0600.
-
-        ``poll_interval`` bounds how late ``wait_for_change`` sees writes made by another handle.
-        """
-        where = Path(path)
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2s-sqlite")
-        try:
-            conn = await asyncio.get_running_loop().run_in_executor(
-                executor, connect, where, create
-            )
-        except BaseException:
-            executor.shutdown(wait=False)
-            raise
-        return cls(where, executor, conn, poll_interval)
-
-    async def __aenter__(self) -> SqliteStore:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _update(
         self,

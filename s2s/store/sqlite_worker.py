@@ -1,7 +1,8 @@
 """The SQLite store's connection: one worker thread, transactions, change notification.
 
-The base of :class:`s2s.store.sqlite.SqliteStore`. Every call runs on one worker thread that owns
-the connection, so the event loop never blocks on disk; a read is one read transaction (a
+The base of :class:`s2s.store.sqlite.SqliteStore` (``open`` checks the file with
+:func:`s2s.store.sqlite_schema.connect`). Every call runs on one worker thread that owns the
+connection, so the event loop never blocks on disk; a read is one read transaction (a
 consistent view), a write one ``BEGIN IMMEDIATE`` transaction (:class:`Tx`) that rolls back on any
 error. ``sqlite3`` errors become :class:`StoreError` here, once. A committed write wakes the
 waiters of the topics it bumped, even if its caller was cancelled.
@@ -10,16 +11,18 @@ waiters of the topics it bumped, even if its caller was cancelled.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 from s2s.core.errors import S2SError, StoreError
 from s2s.store.base import ChangeNotifier, wait_for_revision
 from s2s.store.records import Topic
 from s2s.store.sqlite_rows import scalar
+from s2s.store.sqlite_schema import connect
 
 __all__ = ["SqliteWorker", "Tx"]
 
@@ -52,6 +55,31 @@ class SqliteWorker:
         self._conn: sqlite3.Connection | None = conn
         self._poll = poll
         self._notifier = ChangeNotifier()
+
+    @classmethod
+    async def open(
+        cls, path: str | os.PathLike[str], *, create: bool = True, poll_interval: float = 1.0
+    ) -> Self:
+        """Open the store at ``path``; with ``create``, a missing file is created with mode 0600.
+
+        ``poll_interval`` bounds how late ``wait_for_change`` sees writes made by another handle.
+        """
+        where = Path(path)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="s2s-sqlite")
+        try:
+            conn = await asyncio.get_running_loop().run_in_executor(
+                executor, connect, where, create
+            )
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(where, executor, conn, poll_interval)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     @property
     def path(self) -> Path:
