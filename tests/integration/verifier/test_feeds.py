@@ -18,6 +18,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -25,12 +26,12 @@ from feed_support import TcpGate, eventually, id_record, serial_record
 
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
-from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
+from s2s.core.errors import InvalidConfig, InvalidToken, StoreError, Unavailable
 from s2s.core.spiffe_id import TrustDomain
 from s2s.store.etcd import EtcdStore
 from s2s.store.etcd_client import EtcdClient, put_op
 from s2s.testing import TestAuthority
-from s2s.testing_etcd import EtcdServer
+from s2s.testing_etcd import EtcdCluster, EtcdServer
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed, revocation_prefix
@@ -364,3 +365,27 @@ async def test_sync_feed_serves_blocking_servers(
         await asyncio.to_thread(feed.close)
     with pytest.raises(Unavailable, match="did not sync"):  # twin: nothing to follow
         await asyncio.to_thread(open_etcd_revocations, "127.0.0.1:1", td, timeout=0.5)
+
+
+async def test_feed_on_a_cluster_survives_losing_the_member_it_uses(
+    tmp_path: Path, td: TrustDomain
+) -> None:
+    with EtcdCluster(tmp_path / "cluster") as cluster:
+        feed = await open_feed(cluster.endpoints, td)
+        store = await EtcdStore.open(cluster.endpoints, trust_domain=td.name, timeout=3.0)
+        try:
+            await store.add_revocation(serial_record(0x31))
+            await eventually(lambda: feed.current().is_serial_revoked(0x31), "before")
+            cluster.members[0].kill()  # the first endpoint: where the feed is connected
+            written = False
+            while not written:  # loudly refused while the writer moves to another member
+                try:
+                    await store.add_revocation(serial_record(0x32))  # idempotent: retry is safe
+                    written = True
+                except StoreError:
+                    await asyncio.sleep(0.1)
+            await eventually(lambda: feed.current().is_serial_revoked(0x32), "after the loss")
+            assert not feed.is_stale()
+        finally:
+            await store.close()
+            await feed.stop()
