@@ -15,6 +15,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -377,12 +378,13 @@ async def test_feed_on_a_cluster_survives_losing_the_member_it_uses(
             await store.add_revocation(serial_record(0x31))
             await eventually(lambda: feed.current().is_serial_revoked(0x31), "before")
             cluster.members[0].kill()  # the first endpoint: where the feed is connected
-            written = False
-            while not written:  # loudly refused while the writer moves to another member
+            deadline = time.monotonic() + 10
+            while True:  # loudly refused while the writer moves to another member
                 try:
                     await store.add_revocation(serial_record(0x32))  # idempotent: retry is safe
-                    written = True
+                    break
                 except StoreError:
+                    assert time.monotonic() < deadline, "no member took the write within 10 s"
                     await asyncio.sleep(0.1)
             await eventually(lambda: feed.current().is_serial_revoked(0x32), "after the loss")
             assert not feed.is_stale()
