@@ -33,7 +33,7 @@ from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.verifier.authorize import authorize_if
 from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
-from s2s.verifier.tls import client_context
+from s2s.verifier.tls import SpiffeSSLContext, client_context
 from s2s.verifier.x509context import X509SourceLike
 
 __all__ = [
@@ -201,6 +201,9 @@ class HttpsRevocationPoller:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+        if isinstance(self._ssl, SpiffeSSLContext):
+            self._ssl.s2s.close()  # stop following the source
+        self._ssl = None
 
     async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
         query = {"since": str(since), "wait": f"{wait:g}"} if since >= 0 else {"wait": "0"}
