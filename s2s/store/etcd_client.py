@@ -63,6 +63,9 @@ _CHANNEL_OPTIONS = (
 )
 
 
+_READ_RETRY_DELAYS = (0.05, 0.2, 0.5)  # seconds between attempts of a read that found etcd down
+
+
 class LeaseNotFound(StoreError):
     """The lease expired or was revoked."""
 
@@ -318,10 +321,17 @@ class EtcdClient:
     ) -> Any:
         if self._closed:
             raise StoreError(f"the etcd client for {self._where} is closed")
-        try:
-            return await method(request, timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc, what, write=write) from exc
+        # A read is safe to repeat: ride out the channel's reconnect after an etcd restart
+        # (the first call after it may find the subchannel still in backoff).
+        delays = () if write else _READ_RETRY_DELAYS
+        for delay in (*delays, None):
+            try:
+                return await method(request, timeout=self._timeout)
+            except grpc.aio.AioRpcError as exc:
+                if delay is None or exc.code() != grpc.StatusCode.UNAVAILABLE or self._closed:
+                    raise self.translate(exc, what, write=write) from exc
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def translate(self, exc: grpc.aio.AioRpcError, what: str, *, write: bool) -> StoreError:
         """The one place gRPC errors become s2s errors."""
