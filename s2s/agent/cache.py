@@ -453,9 +453,9 @@ class SvidCache:
                 self.set_bundle(bundle)
 
     def _own_bundle_sequence(self) -> int | None:
-        for bundle in self._state.bundles:
-            return bundle.sequence
-        return None
+        """The sequence of our trust domain's bundle (not a federated one's)."""
+        bundle = self._state.bundles.get(self._client.trust_domain)
+        return None if bundle is None else bundle.sequence
 
     async def _ca_failed(self, op: str, exc: S2SError, backoff: Backoff) -> None:
         self._metrics.count_ca_error(op, exc.code)
