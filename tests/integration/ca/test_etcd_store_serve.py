@@ -202,3 +202,28 @@ def test_toml_config_names_the_store(tmp_path: Path, tls_files: EtcdTlsFiles) ->
     path.write_text('store = "etcd://127.0.0.1:2379"\netcd_bogus = "x"\n')
     with pytest.raises(InvalidConfig, match="etcd_bogus"):
         load_config_file(path)
+
+
+async def test_rotate_root_with_etcd_down_fails_loudly_then_resumes(
+    tmp_path: Path, capsys: Any
+) -> None:
+    with EtcdServer(tmp_path / "etcd") as etcd:
+        url = f"{etcd.url}/{TRUST_DOMAIN}"
+        argv = ["--data-dir", str(tmp_path / "a"), "init", "--trust-domain", TRUST_DOMAIN]
+        assert await asyncio.to_thread(main, [*argv, "--store", url]) == 0
+        server, task, stop = await start_ca(tmp_path / "a", store=StoreSettings(url=url))
+        sock = ["--socket", str(server.options.admin_socket), "rotate-root", "--step"]
+        try:
+            assert await asyncio.to_thread(main, sock) == 0  # prepared
+            capsys.readouterr()
+            etcd.stop()
+            assert await asyncio.to_thread(main, sock) == 3  # unavailable: nothing done
+            assert "etcd" in capsys.readouterr().err
+            etcd.start()
+            assert await asyncio.to_thread(main, sock) == 0  # resumes: no agents, so activated
+            assert "[activated]" in capsys.readouterr().out
+            roots = await server.authority.list_authorities()
+            states = sorted(a.state.value for a in roots if a.kind.value == "x509-root")
+            assert states == ["active", "old"]
+        finally:
+            await stop_ca(server, task, stop)
