@@ -39,7 +39,12 @@ from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import LiveRevocations, RevocationService
 from s2s.ca.root_rotation import RootRotation
-from s2s.ca.store_config import StoreSettings, open_ca_store, open_init_store
+from s2s.ca.store_config import (
+    StoreSettings,
+    open_ca_store,
+    open_init_store,
+    register_trust_domain,
+)
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Conflict, InvalidConfig, S2SError, Unavailable
 from s2s.core.spiffe_id import TrustDomain
@@ -150,6 +155,8 @@ async def _init_etcd(config: CaConfig, settings: StoreSettings, clock: Clock) ->
         if created_kek:  # a KEK that sealed nothing must not be mistaken for the real one
             config.kek_path.unlink(missing_ok=True)
         raise
+    else:  # the root exists (sealed with this KEK): a failure here keeps the KEK
+        await register_trust_domain(settings, config.trust_domain)
     finally:
         await store.close()
     return {

@@ -6,7 +6,8 @@ its store in ``<data-dir>/s2s.db`` (the default). The key-encryption key always 
 dir: every replica of one trust domain needs a copy of the same ``kek.bin``.
 
 An etcd store keeps each trust domain under its own prefix, so it needs the trust domain: from
-the URL path or ``--trust-domain`` (they must agree).
+the URL path or ``--trust-domain`` (they must agree), else the only one ``s2s-ca init`` registered
+in that etcd (key ``/s2s-trust-domains/<name>``, written after the root).
 """
 
 from __future__ import annotations
@@ -14,18 +15,28 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
 from s2s.core.spiffe_id import TrustDomain
 from s2s.store.base import Store
-from s2s.store.etcd_client import EtcdTls
+from s2s.store.etcd_client import EtcdClient, EtcdTls
 from s2s.store.factory import open_store
 from s2s.store.records import Setting
 from s2s.store.sqlite import SqliteStore
 
-__all__ = ["StoreSettings", "open_ca_store", "open_init_store"]
+__all__ = [
+    "TRUST_DOMAIN_INDEX",
+    "StoreSettings",
+    "open_ca_store",
+    "open_init_store",
+    "register_trust_domain",
+    "registered_trust_domains",
+]
+
+TRUST_DOMAIN_INDEX: Final = b"/s2s-trust-domains/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +62,7 @@ class StoreSettings:
             )
         if tls_given and self.etcd_ca is None:
             raise InvalidConfig("etcd TLS needs --etcd-ca (the CA that signed etcd's certificate)")
-        self.etcd_trust_domain()  # fail early: no trust domain, or two that disagree
+        self.named_trust_domain()  # fail early: two that disagree, or a bad name
 
     @property
     def is_etcd(self) -> bool:
@@ -63,16 +74,19 @@ class StoreSettings:
             return None
         return EtcdTls.from_files(self.etcd_ca, self.etcd_cert, self.etcd_key)
 
-    def etcd_trust_domain(self, fallback: str | None = None) -> TrustDomain:
-        """The trust domain of the etcd prefix: the URL path, ``trust_domain`` or ``fallback``."""
+    @property
+    def endpoints(self) -> str:
+        assert self.url is not None
+        return self.url.removeprefix("etcd://").partition("/")[0]
+
+    def named_trust_domain(self, fallback: str | None = None) -> TrustDomain | None:
+        """The trust domain named by the URL path, ``trust_domain`` or ``fallback`` (None if
+        none is; ``InvalidConfig`` if they disagree)."""
         assert self.url is not None
         _hosts, _, path = self.url.removeprefix("etcd://").partition("/")
         named = [n for n in (path.strip("/") or None, self.trust_domain, fallback) if n]
         if not named:
-            raise InvalidConfig(
-                "an etcd store needs the trust domain: --store etcd://host:port/<trust-domain>"
-                " or --trust-domain"
-            )
+            return None
         if len(set(named)) > 1:
             names = sorted(set(named))
             raise InvalidConfig(f"conflicting trust domains for the etcd store: {names}")
@@ -81,10 +95,41 @@ class StoreSettings:
         except InvalidSpiffeId as exc:
             raise InvalidConfig(f"bad trust domain for the etcd store: {exc}") from exc
 
+    async def etcd_trust_domain(self) -> TrustDomain:
+        """The named trust domain, else the only one registered in etcd."""
+        named = self.named_trust_domain()
+        if named is not None:
+            return named
+        found = await registered_trust_domains(self.endpoints, self.etcd_tls())
+        if len(found) != 1:
+            what = "no trust domain is" if not found else f"several ({', '.join(found)}) are"
+            raise InvalidConfig(
+                f"{what} registered in etcd at {self.endpoints}: name it with"
+                " --store etcd://host:port/<trust-domain> or --trust-domain"
+            )
+        return TrustDomain.parse(found[0])
+
     def etcd_url(self, trust_domain: TrustDomain) -> str:
-        assert self.url is not None
-        hosts = self.url.removeprefix("etcd://").partition("/")[0]
-        return f"etcd://{hosts}/{trust_domain.name}"
+        return f"etcd://{self.endpoints}/{trust_domain.name}"
+
+
+async def registered_trust_domains(endpoints: str, tls: EtcdTls | None) -> list[str]:
+    """Names under ``/s2s-trust-domains/`` (``StoreError`` if etcd cannot be reached)."""
+    client = await EtcdClient.connect(endpoints, tls=tls)
+    try:
+        kvs, _revision = await client.get_prefix(TRUST_DOMAIN_INDEX)
+    finally:
+        await client.close()
+    return [kv.key[len(TRUST_DOMAIN_INDEX) :].decode("utf-8", "replace") for kv in kvs]
+
+
+async def register_trust_domain(settings: StoreSettings, trust_domain: TrustDomain) -> None:
+    """Record an initialized trust domain so that ``serve --store etcd://h:p`` can find it."""
+    client = await EtcdClient.connect(settings.endpoints, tls=settings.etcd_tls())
+    try:
+        await client.put(TRUST_DOMAIN_INDEX + trust_domain.name.encode(), b"")
+    finally:
+        await client.close()
 
 
 async def open_ca_store(
@@ -105,7 +150,7 @@ async def open_ca_store(
                 " (every replica needs the same one)"
             )
         kek = KeyEncryptionKey.load(probe.kek_path)
-        td = settings.etcd_trust_domain()
+        td = await settings.etcd_trust_domain()
         store = await open_store(settings.etcd_url(td), tls=settings.etcd_tls())
         where = f"the etcd store {settings.url}"
     else:
@@ -131,7 +176,7 @@ async def open_init_store(
     created unless one is there already (a copy from another replica). Returns (store, kek,
     created_kek) so a failed init can remove a KEK it created."""
     config = CaConfig(trust_domain=trust_domain, data_dir=data_dir)
-    settings.etcd_trust_domain(trust_domain.name)  # refuse a URL naming another domain
+    settings.named_trust_domain(trust_domain.name)  # refuse a URL naming another domain
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

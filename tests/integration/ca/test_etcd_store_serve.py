@@ -14,7 +14,7 @@ import pytest
 from ca_harness import TRUST_DOMAIN, Agent, ca_client, csr_pem, new_key, start_ca, stop_ca
 
 from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
-from s2s.ca.store_config import StoreSettings
+from s2s.ca.store_config import StoreSettings, open_ca_store
 from s2s.cli.ca import main
 from s2s.core.errors import InvalidConfig, StoreError
 from s2s.testing_etcd import EtcdServer, EtcdTlsFiles
@@ -104,6 +104,31 @@ async def test_two_replicas_on_one_etcd_serve_the_same_agent(
         await stop_ca(*first)
 
 
+async def test_serve_finds_the_only_registered_trust_domain(tmp_path: Path, capsys: Any) -> None:
+    with EtcdServer(tmp_path / "etcd") as etcd:
+        with pytest.raises(InvalidConfig, match="no trust domain is registered"):
+            await StoreSettings(url=etcd.url).etcd_trust_domain()
+        for td in ("one.example.org", "two.example.org"):
+            argv = ["--data-dir", str(tmp_path / td), "init", "--trust-domain", td]
+            assert await asyncio.to_thread(main, [*argv, "--store", etcd.url]) == 0
+        only_kek = StoreSettings(url=etcd.url)  # no trust domain named: two are registered
+        with pytest.raises(InvalidConfig, match="several"):
+            await open_ca_store(tmp_path / "one.example.org", only_kek)
+        server, task, stop = await start_ca(
+            tmp_path / "one.example.org",
+            store=StoreSettings(url=etcd.url, trust_domain="one.example.org"),
+        )
+        await stop_ca(server, task, stop)
+    with EtcdServer(tmp_path / "etcd2") as etcd:  # one registered: found without naming it
+        argv = ["--data-dir", str(tmp_path / "x"), "init", "--trust-domain", "x.example.org"]
+        assert await asyncio.to_thread(main, [*argv, "--store", etcd.url]) == 0
+        server, task, stop = await start_ca(tmp_path / "x", store=StoreSettings(url=etcd.url))
+        try:
+            assert server.authority.trust_domain.name == "x.example.org"
+        finally:
+            await stop_ca(server, task, stop)
+
+
 async def test_serve_refuses_an_uninitialized_prefix_and_a_missing_kek(
     etcd: EtcdServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -139,7 +164,6 @@ async def test_init_twice_on_one_prefix_is_a_conflict(
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["--store", "etcd://127.0.0.1:1"], "trust domain"),
         (["--store", "redis://127.0.0.1:1/x.org"], "etcd://"),
         (["--etcd-ca", "/nonexistent.pem"], "need --store"),
         (["--store", "etcd://127.0.0.1:1/a.org", "--trust-domain", "b.org"], "conflicting"),
