@@ -460,9 +460,11 @@ def agent_list(ctx: Ctx, as_json: bool) -> None:
         emit_json(agents)
         return
     rows = [
-        (a["spiffe_id"], a["serial"], a["not_after"], "yes" if a["banned"] else "") for a in agents
-    ]
-    table(rows, ["spiffe id", "serial", "expires", "banned"])
+        (a["spiffe_id"], a["serial"], a["not_after"], a.get("bundle_sequence", ""),
+         "yes" if a["banned"] else "")
+        for a in agents
+    ]  # fmt: skip
+    table(rows, ["spiffe id", "serial", "expires", "bundle", "banned"])
 
 
 @agent.command("show")
