@@ -10,7 +10,14 @@ from bench._harness import Figure
 
 # One module per figure group; each defines run(quick: bool) -> list[Figure].
 MODULES: list[str] = [
-    "ca", "ca_http", "workload_api", "agent", "verifier_tls", "verifier_jwt", "revocation", "crl",
+    "ca",
+    "ca_http",
+    "workload_api",
+    "agent",
+    "verifier_tls",
+    "verifier_jwt",
+    "revocation",
+    "crl",
 ]
 
 
