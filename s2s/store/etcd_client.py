@@ -10,27 +10,40 @@ is used. Every gRPC failure becomes a :class:`StoreError` here, and nowhere else
 
 :meth:`EtcdClient.follow_prefix` lists a prefix and then watches it from the listed revision + 1,
 resuming from the last seen revision + 1 after a disconnect (no event is lost across an etcd
-restart) and re-listing when that revision has been compacted away.
+restart) and re-listing when that revision has been compacted away (:mod:`s2s.store.etcd_watch`).
+Endpoints and TLS live in :mod:`s2s.store.etcd_channel`, the typed values and transaction
+building blocks in :mod:`s2s.store.etcd_values`; every public name stays importable from here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import random
-import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any
 
 import grpc
 import grpc.aio
 from aetcd import rpc
 
-from s2s.core.errors import InvalidConfig, StoreError
+from s2s.core.errors import StoreError
+from s2s.store.etcd_channel import EtcdTls, open_channel, parse_endpoints
+from s2s.store.etcd_values import (
+    KeyValue,
+    TxnResult,
+    WatchEvent,
+    WatchUpdate,
+    delete_op,
+    get_op,
+    mod_is,
+    prefix_end,
+    put_op,
+    value_is,
+    version_is,
+)
+from s2s.store.etcd_watch import follow_prefix as _follow_prefix
 
 __all__ = [
     "EtcdClient",
@@ -52,225 +65,11 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-_BACKOFF_START = 0.05
-_BACKOFF_CAP = 2.0
-_CHANNEL_OPTIONS = (
-    ("grpc.keepalive_time_ms", 10_000),  # find a silently dead etcd within ~15 s
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.initial_reconnect_backoff_ms", 50),
-    ("grpc.max_reconnect_backoff_ms", 1_000),
-)
-
-
 _READ_RETRY_DELAYS = (0.05, 0.2, 0.5)  # seconds between attempts of a read that found etcd down
 
 
 class LeaseNotFound(StoreError):
     """The lease expired or was revoked."""
-
-
-class WatchCompacted(Exception):
-    """Internal: the watch start revision was compacted away (a re-list follows)."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted below {compact_revision}")
-        self.compact_revision = compact_revision
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdTls:
-    """Client TLS for etcd: the CA that signed etcd's certificate, and an optional client pair.
-
-    PEM bytes, from memory or :meth:`from_files`. ``server_name`` overrides the name checked in
-    etcd's certificate (default: the endpoint host).
-    """
-
-    ca_pem: bytes
-    cert_pem: bytes | None = field(default=None, repr=False)
-    key_pem: bytes | None = field(default=None, repr=False)
-    server_name: str | None = None
-
-    def __post_init__(self) -> None:
-        if b"-----BEGIN CERTIFICATE-----" not in self.ca_pem:
-            raise InvalidConfig("the etcd CA must be a PEM certificate")
-        if (self.cert_pem is None) != (self.key_pem is None):
-            raise InvalidConfig(
-                "an etcd client certificate needs its key, and a key its certificate"
-            )
-
-    @classmethod
-    def from_files(
-        cls,
-        ca: str | Path,
-        cert: str | Path | None = None,
-        key: str | Path | None = None,
-        *,
-        server_name: str | None = None,
-    ) -> EtcdTls:
-        def read(path: str | Path | None) -> bytes | None:
-            if path is None:
-                return None
-            try:
-                return Path(path).read_bytes()
-            except OSError as exc:
-                raise InvalidConfig(f"cannot read {path}: {exc.strerror}") from exc
-
-        ca_pem = read(ca)
-        assert ca_pem is not None
-        return cls(ca_pem, read(cert), read(key), server_name=server_name)
-
-    def credentials(self) -> grpc.ChannelCredentials:
-        return grpc.ssl_channel_credentials(
-            root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class KeyValue:
-    key: bytes
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-    lease: int
-
-    @classmethod
-    def of(cls, kv: Any) -> KeyValue:
-        return cls(
-            bytes(kv.key),
-            bytes(kv.value),
-            int(kv.create_revision),
-            int(kv.mod_revision),
-            int(kv.version),
-            int(kv.lease),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    deleted: bool
-    kv: KeyValue  # for a delete: the key and the deleting revision as mod_revision
-
-
-@dataclass(frozen=True, slots=True)
-class WatchUpdate:
-    """What :meth:`EtcdClient.follow_prefix` yields: a full ``snapshot`` (first, and after a
-    compaction) or ``events``; ``revision`` is the etcd revision they bring the follower to."""
-
-    revision: int
-    snapshot: tuple[KeyValue, ...] | None = None
-    events: tuple[WatchEvent, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class TxnResult:
-    succeeded: bool
-    revision: int
-    responses: tuple[Any, ...]
-
-    def ranged(self, index: int) -> KeyValue | None:
-        """What a ``get_op`` at ``index`` read (None if the key was absent)."""
-        kvs = self.responses[index].response_range.kvs
-        return KeyValue.of(kvs[0]) if kvs else None
-
-    def deleted(self, index: int) -> tuple[KeyValue, ...]:
-        """The previous values a ``delete_op(..., prev_kv=True)`` at ``index`` removed."""
-        return tuple(KeyValue.of(kv) for kv in self.responses[index].response_delete_range.prev_kvs)
-
-
-# -- transaction building blocks (etcd v3 Compare / RequestOp messages) --
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range end that covers every key starting with ``prefix``."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\x00"
-
-
-def version_is(key: bytes, version: int) -> Any:
-    """Compare: the key has this version (0: it does not exist)."""
-    return rpc.Compare(
-        key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.VERSION, version=version
-    )
-
-
-def mod_is(key: bytes, mod_revision: int) -> Any:
-    """Compare: the key was last changed at ``mod_revision`` (what a read returned)."""
-    return rpc.Compare(
-        key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.MOD, mod_revision=mod_revision
-    )
-
-
-def value_is(key: bytes, value: bytes) -> Any:
-    return rpc.Compare(key=key, result=rpc.Compare.EQUAL, target=rpc.Compare.VALUE, value=value)
-
-
-def put_op(key: bytes, value: bytes, *, lease: int = 0) -> Any:
-    return rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=value, lease=lease))
-
-
-def get_op(key: bytes) -> Any:
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=key))
-
-
-def delete_op(key: bytes, *, prev_kv: bool = False) -> Any:
-    return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key, prev_kv=prev_kv))
-
-
-# -- endpoints --
-
-
-def parse_endpoints(text: str | Sequence[str]) -> tuple[tuple[str, int], ...]:
-    """``"h:p,h:p"`` (or a sequence of ``"h:p"``) as (host, port) pairs; InvalidConfig if bad."""
-    items = text.split(",") if isinstance(text, str) else list(text)
-    result: list[tuple[str, int]] = []
-    for item in items:
-        host, sep, port = item.strip().rpartition(":")
-        host = host.removeprefix("[").removesuffix("]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InvalidConfig(f"an etcd endpoint must be host:port, not {item!r}")
-        result.append((host, int(port)))
-    if not result:
-        raise InvalidConfig("at least one etcd endpoint is needed")
-    return tuple(result)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-async def _target(endpoints: Sequence[tuple[str, int]]) -> str:
-    """A gRPC target that fails over across every endpoint (pick_first over an address list)."""
-    if len(endpoints) == 1 and not _is_ip(endpoints[0][0]):
-        return f"dns:///{endpoints[0][0]}:{endpoints[0][1]}"
-    loop = asyncio.get_running_loop()
-    addresses: list[str] = []
-    for host, port in endpoints:
-        if _is_ip(host):
-            ip = ipaddress.ip_address(host)
-            addresses.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
-            continue
-        try:
-            infos = await loop.getaddrinfo(
-                host, port, family=socket.AF_INET, type=socket.SOCK_STREAM
-            )
-        except OSError as exc:
-            raise InvalidConfig(f"cannot resolve the etcd endpoint {host}: {exc}") from exc
-        addresses += [f"{info[4][0]}:{port}" for info in infos]
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
-    if scheme == "ipv4" and any(a.startswith("[") for a in addresses):
-        raise InvalidConfig("etcd endpoints must all be IPv4 or all IPv6")
-    return f"{scheme}:{','.join(addresses)}"
 
 
 # -- the client --
@@ -294,22 +93,16 @@ class EtcdClient:
         cls, endpoints: str | Sequence[str], *, tls: EtcdTls | None = None, timeout: float = 5.0
     ) -> EtcdClient:
         """A client for ``endpoints`` (``"h:p,h:p"``); the connection is made on the first call."""
-        pairs = parse_endpoints(endpoints)
-        target = await _target(pairs)
-        options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
-        if tls is None:
-            channel = grpc.aio.insecure_channel(target, options=options)
-        else:
-            name = tls.server_name or next((h for h, _ in pairs if not _is_ip(h)), None)
-            if name is not None:
-                options.append(("grpc.ssl_target_name_override", name))
-            channel = grpc.aio.secure_channel(target, tls.credentials(), options=options)
-        where = ",".join(f"{h}:{p}" for h, p in pairs)
+        channel, where = await open_channel(endpoints, tls)
         return cls(channel, where, timeout)
 
     @property
     def where(self) -> str:
         return self._where
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def close(self) -> None:
         if not self._closed:
@@ -427,44 +220,7 @@ class EtcdClient:
 
     # -- watches --
 
-    async def _watch_stream(
-        self, prefix: bytes, start: int
-    ) -> AsyncGenerator[tuple[tuple[WatchEvent, ...], int], None]:
-        """One watch stream from revision ``start``: (events, next revision to watch from).
-
-        Ends, or raises StoreError, on a disconnect. A progress notification (no events, sent
-        only to a watcher that is caught up) moves the next revision on without events."""
-        create = rpc.WatchCreateRequest(
-            key=prefix, range_end=prefix_end(prefix), start_revision=start, progress_notify=True
-        )
-        hold = asyncio.Event()
-
-        async def requests() -> AsyncIterator[Any]:
-            yield rpc.WatchRequest(create_request=create)
-            await hold.wait()  # keep our half of the stream open
-
-        call = self._watch.Watch(requests())
-        try:
-            async for reply in call:
-                if reply.compact_revision:
-                    raise WatchCompacted(int(reply.compact_revision))
-                if reply.canceled:
-                    raise StoreError(f"etcd cancelled the watch: {reply.cancel_reason}")
-                if reply.events:
-                    events = tuple(
-                        WatchEvent(event.type == rpc.Event.DELETE, KeyValue.of(event.kv))
-                        for event in reply.events
-                    )
-                    yield events, events[-1].kv.mod_revision + 1
-                elif not reply.created:
-                    yield (), int(reply.header.revision) + 1
-        except grpc.aio.AioRpcError as exc:
-            raise self.translate(exc, "watch", write=False) from exc
-        finally:
-            hold.set()
-            call.cancel()
-
-    async def follow_prefix(
+    def follow_prefix(
         self,
         prefix: bytes,
         *,
@@ -477,35 +233,7 @@ class EtcdClient:
         revision + 1). Disconnects are retried with capped exponential backoff and jitter,
         resuming after the last delivered revision; a compacted revision yields a fresh snapshot.
         """
-        next_revision = start_revision
-        failures = 0
-        while not self._closed:
-            try:
-                if next_revision is None:
-                    kvs, revision = await self.get_prefix(prefix)
-                    next_revision = revision + 1
-                    failures = 0
-                    yield WatchUpdate(revision, snapshot=kvs)
-                stream = self._watch_stream(prefix, next_revision)
-                async with contextlib.aclosing(stream):
-                    async for events, after in stream:
-                        failures = 0
-                        next_revision = max(next_revision, after)
-                        if events:
-                            yield WatchUpdate(after - 1, events=events)
-                raise StoreError("etcd closed the watch stream")
-            except WatchCompacted as exc:
-                _log.warning(
-                    "etcd.watch_compacted", extra={"compact_revision": exc.compact_revision}
-                )
-                next_revision = None
-            except StoreError as exc:
-                if self._closed:
-                    return
-                failures += 1
-                delay = min(_BACKOFF_CAP, _BACKOFF_START * 2**failures) * (0.5 + rand() / 2)
-                _log.warning("etcd.watch_retry", extra={"error": str(exc), "delay": delay})
-                await asyncio.sleep(delay)
+        return _follow_prefix(self, self._watch, prefix, start_revision=start_revision, rand=rand)
 
 
 class KeptLease:
