@@ -12,7 +12,6 @@ signed stays verifiable until it expires. The bundle's ``spiffe_sequence`` grows
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import logging
@@ -33,6 +32,7 @@ from s2s.ca.signers import (
     X509Signer,
     x509_authority_record,
 )
+from s2s.core.b64 import b64url_encode
 from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import Conflict, InvalidConfig, InvalidRequest, NotFound, Unavailable
@@ -130,7 +130,7 @@ class Authority:
         )
         await store.create_authority(record)
         await store.set_setting(Setting.CREATED_AT, now.isoformat())
-        data_dir_id = base64.urlsafe_b64encode(entropy(16)).decode().rstrip("=")
+        data_dir_id = b64url_encode(entropy(16))
         await store.set_setting(Setting.DATA_DIR_ID, data_dir_id)
         # Written last and only once: "initialized" means the root exists (a crashed init can
         # be re-run; of two racing inits one gets Conflict here).
@@ -444,7 +444,7 @@ class Authority:
 
     def _new_jwt_record(self, state: AuthorityState, now: datetime) -> AuthorityRecord:
         key = ec.generate_private_key(ec.SECP256R1())
-        kid = base64.urlsafe_b64encode(self._entropy(18)).decode()
+        kid = b64url_encode(self._entropy(18))
         not_after = now + self._config.jwt_key_ttl
         if self._root is not None:
             not_after = min(not_after, self._root.not_valid_after_utc)

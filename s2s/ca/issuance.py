@@ -11,7 +11,6 @@ serials there).
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from s2s.ca.signers import (
     check_audiences,
     parse_csr,
 )
+from s2s.core.b64 import b64url_encode
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import (
     InvalidRequest,
@@ -356,7 +356,7 @@ class Issuer:
         ES256 with ``kid`` and ``typ: JWT``; the TTL is clipped so the token never outlives
         its signing key in the bundle.
         """
-        jti = base64.urlsafe_b64encode(self._entropy(16)).decode("ascii").rstrip("=")
+        jti = b64url_encode(self._entropy(16))
         now = utc(now if now is not None else self._clock.now())
         return self._authority.jwt_signer.mint(spiffe_id, audience, ttl=ttl, now=now, jti=jti)
 

@@ -13,7 +13,6 @@ the agent's record (:meth:`Registry.authorize_agent`). ``AgentRecord`` is the st
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import hashlib
 import os
@@ -25,6 +24,7 @@ from typing import Any
 from s2s.ca.audit import AuditLog
 from s2s.ca.config import CaConfig
 from s2s.ca.registry_cache import EntrySnapshot, RegistryCache
+from s2s.core.b64 import b64url_encode
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import (
     AttestationFailed,
@@ -237,8 +237,8 @@ class Registry:
             raise InvalidRequest(
                 f"a join token TTL must be positive and at most {_seconds(MAX_JOIN_TOKEN_TTL)}"
             )
-        token = _b64(self._entropy(32))
-        token_id = _b64(self._entropy(16))
+        token = b64url_encode(self._entropy(32))
+        token_id = b64url_encode(self._entropy(16))
         now = utc(self._clock.now())
         record = JoinTokenRecord(
             id=token_id, token_hash=_token_hash(token), expires_at=now + ttl, created_at=now
@@ -425,10 +425,6 @@ def agent_to_json(agent: AgentRecord) -> dict[str, object]:
 
 def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8")).digest()
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
 def _seconds(ttl: timedelta) -> str:

@@ -7,7 +7,6 @@ on rotation. Nothing here touches the store, the clock or the audit log: the asy
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Sequence
@@ -24,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
+from s2s.core.b64 import b64url_encode
 from s2s.core.errors import InvalidConfig, InvalidRequest, InvalidSvid
 from s2s.core.jwtsvid import build_jwt_claims
 from s2s.core.spiffe_id import SpiffeId
@@ -187,13 +187,13 @@ class JwtSigner:
     private_key: ec.EllipticCurvePrivateKey
     algorithm: str
     not_after: datetime
-    _header: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _header: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
         if self.algorithm != JWT_ALGORITHM or not isinstance(self.private_key.curve, ec.SECP256R1):
             raise InvalidConfig(f"JWT key {self.kid}: only ES256 with a P-256 key is supported")
         header = {"alg": self.algorithm, "kid": self.kid, "typ": "JWT"}
-        object.__setattr__(self, "_header", _b64(_json(header)))
+        object.__setattr__(self, "_header", b64url_encode(_json(header)))
 
     def mint(
         self,
@@ -212,11 +212,11 @@ class JwtSigner:
         claims = build_jwt_claims(
             spiffe_id=spiffe_id, audience=audiences, now=now, ttl=ttl, jti=jti
         )
-        signing_input = self._header + b"." + _b64(_json(claims))
-        r, s = decode_dss_signature(self.private_key.sign(signing_input, _ES256))
+        signing_input = f"{self._header}.{b64url_encode(_json(claims))}"
+        r, s = decode_dss_signature(self.private_key.sign(signing_input.encode("ascii"), _ES256))
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return JwtSvid(
-            token=(signing_input + b"." + _b64(signature)).decode("ascii"),
+            token=f"{signing_input}.{b64url_encode(signature)}",
             spiffe_id=spiffe_id,
             audience=audiences,
             issued_at=datetime.fromtimestamp(claims["iat"], tz=UTC),
@@ -294,7 +294,3 @@ def x509_authority_record(
 
 def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode("utf-8")
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from s2s.core.b64 import b64url_decode, b64url_encode
 from s2s.core.errors import InvalidBundle
 
 __all__ = [
@@ -56,15 +57,11 @@ def check_jwt_key(key: PublicKeyTypes, where: str) -> None:
         raise InvalidBundle(f"{where}: EC keys must use P-256, P-384 or P-521")
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def _unb64url(text: object, where: str) -> bytes:
     if not isinstance(text, str) or not text or _B64URL.fullmatch(text) is None:
         raise InvalidBundle(f"{where} must be non-empty unpadded base64url")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return b64url_decode(text)
     except ValueError:
         raise InvalidBundle(f"{where} is not valid base64url") from None
 
@@ -82,7 +79,7 @@ def unb64std(text: str) -> bytes:
 
 def _uint(value: int, size: int | None = None) -> str:
     length = size if size is not None else max(1, (value.bit_length() + 7) // 8)
-    return _b64url(value.to_bytes(length, "big"))
+    return b64url_encode(value.to_bytes(length, "big"))
 
 
 def public_jwk(key: PublicKeyTypes) -> dict[str, Any]:
@@ -100,7 +97,7 @@ def public_jwk(key: PublicKeyTypes) -> dict[str, Any]:
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         crv = "Ed25519" if isinstance(key, ed25519.Ed25519PublicKey) else "Ed448"
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": crv, "x": _b64url(raw)}
+        return {"kty": "OKP", "crv": crv, "x": b64url_encode(raw)}
     raise InvalidBundle(f"a {type(key).__name__} cannot be written as a JWK")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from s2s.core.errors import InvalidRequest, InvalidSpiffeId, InvalidToken
+from s2s.core.jwk import MIN_RSA_BITS
 from s2s.core.spiffe_id import SpiffeId
 
 __all__ = [
@@ -42,7 +43,6 @@ ALLOWED_TYPES = frozenset({"JWT", "JOSE"})  # JWT-SVID.md 2.3
 FORBIDDEN_HEADERS = frozenset({"crit", "jku", "jwk", "x5u", "x5c", "b64"})
 DEFAULT_LEEWAY = timedelta(seconds=30)
 MAX_LEEWAY = timedelta(minutes=1)
-MIN_RSA_BITS = 2048
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 # datetime cannot hold instants after 9999-12-31; such a claim is malformed, not "valid forever".

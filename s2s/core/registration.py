@@ -13,13 +13,13 @@ TTLs are whole seconds; ``created_at`` is ISO 8601 with an offset, or null.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from s2s.core.b64 import b64url_encode
 from s2s.core.errors import InvalidRequest, InvalidSelector, InvalidSpiffeId
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
@@ -67,7 +67,7 @@ def new_entry_id(entropy: bytes) -> str:
     """
     if len(entropy) < 16:
         raise InvalidRequest("an entry id needs at least 16 random bytes")
-    return base64.urlsafe_b64encode(entropy[:48]).decode("ascii").rstrip("=")
+    return b64url_encode(entropy[:48])
 
 
 @dataclass(frozen=True, slots=True)
