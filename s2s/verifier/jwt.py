@@ -12,25 +12,20 @@ Successful validations are cached by token string in a bounded LRU: an entry is 
 very bundle and revocation snapshots it was validated against (both are immutable and swapped
 whole, so identity tells a change), is dropped at the token's ``exp``, and the whole cache is
 cleared when either snapshot changes. A hit costs a dict lookup and a few identity checks.
+
+The JWS compact form and signature checks live in :mod:`s2s.verifier.jws` (their names are
+re-exported here).
 """
 
 from __future__ import annotations
 
-import binascii
-import json
-import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.registry import REGISTRY
 
@@ -47,6 +42,17 @@ from s2s.core.jwtsvid import (
 )
 from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.verifier.jws import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    CompactJws,
+    b64decode,
+    check_alg,
+    json_object,
+    parse_compact,
+    split_compact,
+    verify_checked,
+    verify_signature,
+)
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -61,35 +67,12 @@ __all__ = [
     "verify_signature",
 ]
 
-DEFAULT_MAX_TOKEN_BYTES = 8 * 1024  # a JWT-SVID is ~300-1000 bytes; anything near this is abuse
 DEFAULT_CACHE_SIZE = 10_000
 REJECTION_REASONS = (
     "malformed", "alg", "typ", "header", "kid", "sub", "aud",
     "exp", "signature", "revoked", "too-large", "untrusted", "revocations-stale",
 )  # fmt: skip
-_B64_VALUE = {
-    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
-# alg -> (family, hash). The key decides which of these it may verify (algorithms_for_key).
-_ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
-    "ES256": ("ec", hashes.SHA256), "ES384": ("ec", hashes.SHA384), "ES512": ("ec", hashes.SHA512),
-    "RS256": ("rs", hashes.SHA256), "RS384": ("rs", hashes.SHA384), "RS512": ("rs", hashes.SHA512),
-    "PS256": ("ps", hashes.SHA256), "PS384": ("ps", hashes.SHA384), "PS512": ("ps", hashes.SHA512),
-}  # fmt: skip
-_ECDSA = {alg: ec.ECDSA(h()) for alg, (family, h) in _ALGORITHMS.items() if family == "ec"}
-# RFC 7518 3.5: PSS with MGF1 over the same hash and a salt as long as the hash output.
-_RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
-    alg: padding.PKCS1v15()
-    if family == "rs"
-    else padding.PSS(mgf=padding.MGF1(h()), salt_length=h().digest_size)
-    for alg, (family, h) in _ALGORITHMS.items()
-    if family != "ec"
-}
-_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)")
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
-
-
 _KeyEntry = tuple[PublicKeyTypes, "datetime | None", frozenset[str]]
 
 
@@ -109,16 +92,6 @@ class ValidatedJwt:
     @property
     def expiry(self) -> datetime:
         return self.claims.expiry
-
-
-@dataclass(frozen=True, slots=True)
-class CompactJws:
-    """A JWS compact serialization split and decoded, not yet verified."""
-
-    header: Mapping[str, Any]
-    payload: bytes
-    signing_input: bytes
-    signature: bytes
 
 
 class JwtMetrics:
@@ -160,68 +133,6 @@ def default_jwt_metrics() -> JwtMetrics:
             if _default_metrics is None:
                 _default_metrics = JwtMetrics()
     return _default_metrics
-
-
-def parse_compact(token: object, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> CompactJws:
-    """Split a JWS compact serialization (RFC 7515 section 7.1) strictly.
-
-    Exactly three parts of unpadded, canonical base64url (RFC 4648 section 5; no padding, no
-    whitespace, no non-zero trailing bits); the header a JSON object without duplicate names.
-    """
-    if not isinstance(token, str):
-        raise InvalidToken("the token must be text", reason="malformed")
-    if len(token) > max_bytes:
-        raise InvalidToken(f"the token is longer than {max_bytes} bytes", reason="too-large")
-    head, body, sig = _split(token)
-    header = _json_object(_b64decode(head), "header")
-    return CompactJws(header, _b64decode(body), f"{head}.{body}".encode("ascii"), _b64decode(sig))
-
-
-def verify_signature(
-    alg: str,
-    public_key: PublicKeyTypes,
-    signing_input: bytes,
-    signature: bytes,
-    *,
-    pinned: frozenset[str] | None = None,
-) -> None:
-    """Verify a JWS signature with ``public_key``; ``alg`` must be one the key is bound to.
-
-    Raises InvalidToken(reason='alg') if the key cannot verify ``alg`` (an EC P-256 key verifies
-    ES256 only; RSA keys RS*/PS*, or only ``pinned`` when the key is pinned to some algorithms)
-    and InvalidToken(reason='signature') if the signature is bad.
-    """
-    allowed = algorithms_for_key(public_key)
-    if pinned is not None:
-        allowed = allowed & pinned
-    _check_alg(alg, allowed)
-    _verify(alg, public_key, signing_input, signature)
-
-
-def _check_alg(alg: str, allowed: frozenset[str]) -> None:
-    if alg not in allowed or alg not in _ALGORITHMS:
-        raise InvalidToken(f"the token algorithm {alg} does not match the key", reason="alg")
-
-
-def _verify(alg: str, public_key: PublicKeyTypes, signing_input: bytes, signature: bytes) -> None:
-    """Verify with an algorithm already checked against the key (see :func:`_check_alg`)."""
-    family, hash_type = _ALGORITHMS[alg]
-    try:
-        if family == "ec" and isinstance(public_key, ec.EllipticCurvePublicKey):
-            size = (public_key.curve.key_size + 7) // 8
-            if len(signature) != 2 * size:  # RFC 7518 3.4: exactly R || S, each the curve size
-                raise InvalidSignature
-            r = int.from_bytes(signature[:size], "big")
-            s = int.from_bytes(signature[size:], "big")
-            public_key.verify(encode_dss_signature(r, s), signing_input, _ECDSA[alg])
-        elif family != "ec" and isinstance(public_key, rsa.RSAPublicKey):
-            if len(signature) != (public_key.key_size + 7) // 8:  # RFC 8017 8.2.2 step 1
-                raise InvalidSignature
-            public_key.verify(signature, signing_input, _RSA_PADDING[alg], hash_type())
-        else:
-            raise InvalidSignature
-    except InvalidSignature:
-        raise InvalidToken("the token signature is not valid", reason="signature") from None
 
 
 class JwtValidator:
@@ -330,17 +241,17 @@ class JwtValidator:
     def _validate_uncached(
         self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet
     ) -> ValidatedJwt:
-        head, body, sig = _split(token)
-        header = _json_object(_b64decode(head), "header")
+        head, body, sig = split_compact(token)
+        header = json_object(b64decode(head), "header")
         alg = check_jwt_header(header)
         # Claims are checked before the (costly) signature: an expired or misaddressed token is
         # refused without spending a verify. Nothing here acts on them until the signature holds.
-        claims = _json_object(_b64decode(body), "claims")
+        claims = json_object(b64decode(body), "claims")
         checked = check_jwt_claims(claims, audience=self.audience, now=now, leeway=self.leeway)
         td = checked.spiffe_id.trust_domain
         public_key, allowed = self._key_for(bundles, td, header["kid"], now)
-        _check_alg(alg, allowed)
-        _verify(alg, public_key, f"{head}.{body}".encode("ascii"), _b64decode(sig))
+        check_alg(alg, allowed)
+        verify_checked(alg, public_key, f"{head}.{body}".encode("ascii"), b64decode(sig))
         _check_revocation(revocations, checked)
         return ValidatedJwt(checked.spiffe_id, checked)
 
@@ -388,53 +299,3 @@ def _check_revocation(revocations: RevocationSet, claims: JwtSvidClaims) -> None
     issued_at = claims.issued_at if claims.issued_at is not None else _EARLIEST
     if revocations.is_spiffe_id_revoked(claims.spiffe_id, issued_at):
         raise InvalidToken(f"the SPIFFE ID {claims.spiffe_id} has been revoked", reason="revoked")
-
-
-def _split(token: str) -> tuple[str, str, str]:
-    match = _COMPACT.fullmatch(token)
-    if match is None:
-        raise InvalidToken(
-            "the token is not a compact JWS (three dot-separated base64url parts)",
-            reason="malformed",
-        )
-    head, body, sig = match.groups()
-    return head, body, sig
-
-
-def _b64decode(part: str) -> bytes:
-    """Decode base64url already matched against the alphabet by :data:`_COMPACT`."""
-    rem = len(part) % 4
-    if rem == 1:
-        raise InvalidToken("the token is not valid base64url", reason="malformed")
-    # RFC 4648 3.5: the unused low bits of the last character must be zero (canonical encoding).
-    if rem and _B64_VALUE[part[-1]] & (0x0F if rem == 2 else 0x03):
-        raise InvalidToken("the token is not canonical base64url", reason="malformed")
-    try:
-        return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + b"=" * (-rem % 4))
-    except binascii.Error:  # not reachable for text _COMPACT matched; kept as a guard
-        raise InvalidToken("the token is not valid base64url", reason="malformed") from None
-
-
-def _json_object(raw: bytes, what: str) -> dict[str, Any]:
-    try:
-        value = _DECODER.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise InvalidToken(f"the token {what} is not JSON", reason="malformed") from None
-    if not isinstance(value, dict):
-        raise InvalidToken(f"the token {what} is not a JSON object", reason="malformed")
-    return value
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):  # RFC 7515 4: duplicate names are rejected, never "last wins"
-        raise ValueError("duplicate member name")
-    return result
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-# One decoder for every call (json.loads would build a new one per call when given hooks).
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

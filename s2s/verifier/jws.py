@@ -1,0 +1,187 @@
+"""Strict JWS compact serialization (RFC 7515) and signature verification bound to the key.
+
+A token is split into exactly three parts of unpadded, canonical base64url; its header must be a
+JSON object without duplicate names; the algorithm must be one the verifying key is bound to
+(:func:`~s2s.core.jwtsvid.algorithms_for_key`, never taken from the token alone), and the
+signature is checked with ``cryptography`` directly. :mod:`s2s.verifier.jwt` builds the JWT-SVID
+validator on these pieces.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from s2s.core.errors import InvalidToken
+from s2s.core.jwtsvid import algorithms_for_key
+
+__all__ = [
+    "DEFAULT_MAX_TOKEN_BYTES",
+    "CompactJws",
+    "b64decode",
+    "check_alg",
+    "json_object",
+    "parse_compact",
+    "split_compact",
+    "verify_checked",
+    "verify_signature",
+]
+
+DEFAULT_MAX_TOKEN_BYTES = 8 * 1024  # a JWT-SVID is ~300-1000 bytes; anything near this is abuse
+_B64_VALUE = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
+# alg -> (family, hash). The key decides which of these it may verify (algorithms_for_key).
+_ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
+    "ES256": ("ec", hashes.SHA256), "ES384": ("ec", hashes.SHA384), "ES512": ("ec", hashes.SHA512),
+    "RS256": ("rs", hashes.SHA256), "RS384": ("rs", hashes.SHA384), "RS512": ("rs", hashes.SHA512),
+    "PS256": ("ps", hashes.SHA256), "PS384": ("ps", hashes.SHA384), "PS512": ("ps", hashes.SHA512),
+}  # fmt: skip
+_ECDSA = {alg: ec.ECDSA(h()) for alg, (family, h) in _ALGORITHMS.items() if family == "ec"}
+# RFC 7518 3.5: PSS with MGF1 over the same hash and a salt as long as the hash output.
+_RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
+    alg: padding.PKCS1v15()
+    if family == "rs"
+    else padding.PSS(mgf=padding.MGF1(h()), salt_length=h().digest_size)
+    for alg, (family, h) in _ALGORITHMS.items()
+    if family != "ec"
+}
+_COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+
+
+@dataclass(frozen=True, slots=True)
+class CompactJws:
+    """A JWS compact serialization split and decoded, not yet verified."""
+
+    header: Mapping[str, Any]
+    payload: bytes
+    signing_input: bytes
+    signature: bytes
+
+
+def parse_compact(token: object, *, max_bytes: int = DEFAULT_MAX_TOKEN_BYTES) -> CompactJws:
+    """Split a JWS compact serialization (RFC 7515 section 7.1) strictly.
+
+    Exactly three parts of unpadded, canonical base64url (RFC 4648 section 5; no padding, no
+    whitespace, no non-zero trailing bits); the header a JSON object without duplicate names.
+    """
+    if not isinstance(token, str):
+        raise InvalidToken("the token must be text", reason="malformed")
+    if len(token) > max_bytes:
+        raise InvalidToken(f"the token is longer than {max_bytes} bytes", reason="too-large")
+    head, body, sig = split_compact(token)
+    header = json_object(b64decode(head), "header")
+    return CompactJws(header, b64decode(body), f"{head}.{body}".encode("ascii"), b64decode(sig))
+
+
+def verify_signature(
+    alg: str,
+    public_key: PublicKeyTypes,
+    signing_input: bytes,
+    signature: bytes,
+    *,
+    pinned: frozenset[str] | None = None,
+) -> None:
+    """Verify a JWS signature with ``public_key``; ``alg`` must be one the key is bound to.
+
+    Raises InvalidToken(reason='alg') if the key cannot verify ``alg`` (an EC P-256 key verifies
+    ES256 only; RSA keys RS*/PS*, or only ``pinned`` when the key is pinned to some algorithms)
+    and InvalidToken(reason='signature') if the signature is bad.
+    """
+    allowed = algorithms_for_key(public_key)
+    if pinned is not None:
+        allowed = allowed & pinned
+    check_alg(alg, allowed)
+    verify_checked(alg, public_key, signing_input, signature)
+
+
+def check_alg(alg: str, allowed: frozenset[str]) -> None:
+    """InvalidToken(reason='alg') unless ``alg`` is in ``allowed`` and one this module verifies."""
+    if alg not in allowed or alg not in _ALGORITHMS:
+        raise InvalidToken(f"the token algorithm {alg} does not match the key", reason="alg")
+
+
+def verify_checked(
+    alg: str, public_key: PublicKeyTypes, signing_input: bytes, signature: bytes
+) -> None:
+    """Verify with an algorithm already checked against the key (see :func:`check_alg`)."""
+    family, hash_type = _ALGORITHMS[alg]
+    try:
+        if family == "ec" and isinstance(public_key, ec.EllipticCurvePublicKey):
+            size = (public_key.curve.key_size + 7) // 8
+            if len(signature) != 2 * size:  # RFC 7518 3.4: exactly R || S, each the curve size
+                raise InvalidSignature
+            r = int.from_bytes(signature[:size], "big")
+            s = int.from_bytes(signature[size:], "big")
+            public_key.verify(encode_dss_signature(r, s), signing_input, _ECDSA[alg])
+        elif family != "ec" and isinstance(public_key, rsa.RSAPublicKey):
+            if len(signature) != (public_key.key_size + 7) // 8:  # RFC 8017 8.2.2 step 1
+                raise InvalidSignature
+            public_key.verify(signature, signing_input, _RSA_PADDING[alg], hash_type())
+        else:
+            raise InvalidSignature
+    except InvalidSignature:
+        raise InvalidToken("the token signature is not valid", reason="signature") from None
+
+
+def split_compact(token: str) -> tuple[str, str, str]:
+    """The three base64url parts of a compact JWS; InvalidToken(reason='malformed') otherwise."""
+    match = _COMPACT.fullmatch(token)
+    if match is None:
+        raise InvalidToken(
+            "the token is not a compact JWS (three dot-separated base64url parts)",
+            reason="malformed",
+        )
+    head, body, sig = match.groups()
+    return head, body, sig
+
+
+def b64decode(part: str) -> bytes:
+    """Decode base64url already matched against the alphabet by :func:`split_compact`."""
+    rem = len(part) % 4
+    if rem == 1:
+        raise InvalidToken("the token is not valid base64url", reason="malformed")
+    # RFC 4648 3.5: the unused low bits of the last character must be zero (canonical encoding).
+    if rem and _B64_VALUE[part[-1]] & (0x0F if rem == 2 else 0x03):
+        raise InvalidToken("the token is not canonical base64url", reason="malformed")
+    try:
+        return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + b"=" * (-rem % 4))
+    except binascii.Error:  # not reachable for text _COMPACT matched; kept as a guard
+        raise InvalidToken("the token is not valid base64url", reason="malformed") from None
+
+
+def json_object(raw: bytes, what: str) -> dict[str, Any]:
+    """``raw`` as a JSON object (no duplicate names, no NaN/Infinity); ``what`` names it."""
+    try:
+        value = _DECODER.decode(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise InvalidToken(f"the token {what} is not JSON", reason="malformed") from None
+    if not isinstance(value, dict):
+        raise InvalidToken(f"the token {what} is not a JSON object", reason="malformed")
+    return value
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):  # RFC 7515 4: duplicate names are rejected, never "last wins"
+        raise ValueError("duplicate member name")
+    return result
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+# One decoder for every call (json.loads would build a new one per call when given hooks).
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
