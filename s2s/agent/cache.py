@@ -12,6 +12,7 @@ Three loops keep it current (:meth:`SvidCache.run`):
   sequence other than ours.
 
 State is one immutable :class:`CacheState` that writers replace whole; readers take no lock.
+The snapshot and the pure rules that move it on are in :mod:`s2s.agent.cache_state`.
 When the CA is unreachable every loop backs off and retries while the cache keeps serving what it
 holds until it expires; :meth:`health` then reports what is missing.
 """
@@ -24,23 +25,33 @@ import dataclasses
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient, EntriesResponse, sleep_backoff
+from s2s.agent.cache_state import (
+    CachedSvid,
+    CacheState,
+    carry_over,
+    due_items,
+    entry_order,
+    event_times,
+    renew_now,
+    revoked_ids,
+    tainted_ids,
+)
+from s2s.agent.issuance import issued_item, keys_and_csrs, merge_updates
 from s2s.agent.jwt_cache import JwtSvidCache
 from s2s.agent.metrics import AgentMetrics
-from s2s.agent.node import build_csr, new_key, renewal_due_at
-from s2s.agent.tainted import signed_by_any
+from s2s.agent.node import new_key
+from s2s.agent.versioned import Versioned
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationSet
-from s2s.core.rotation import jitter_from
 from s2s.core.selectors import Selector, matches
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
@@ -51,35 +62,12 @@ __all__ = ["CacheState", "CachedSvid", "SvidCache"]
 log = logging.getLogger(__name__)
 
 BATCH_SIZE: Final = 500  # the CA's MAX_BATCH
-COALESCE: Final = timedelta(seconds=1)
 _EPOCH_RETRY: Final = timedelta(seconds=5)
 
 UnknownHandler = Callable[[], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class CachedSvid:
-    """One entry and the SVID held for it (None until the first issue succeeds)."""
-
-    entry: RegistrationEntry
-    svid: X509Svid | None = None
-    renew_at: datetime | None = None
-    retry_at: datetime | None = None  # after a per-entry error from the CA
-
-
-@dataclass(frozen=True, slots=True)
-class CacheState:
-    """Entries in serving order (oldest first: the first match is a workload's default)."""
-
-    items: tuple[CachedSvid, ...] = ()
-    bundles: BundleSet = field(default_factory=BundleSet.of)
-    revision: int = -1
-
-    def by_id(self) -> dict[str, CachedSvid]:
-        return {item.entry.id: item for item in self.items}
-
-
-class SvidCache:
+class SvidCache(Versioned):
     """Follows this agent's entries and keeps a fresh SVID for each."""
 
     def __init__(
@@ -97,6 +85,7 @@ class SvidCache:
         bundle_interval: float = 30.0,
         on_tainted: Callable[[frozenset[str]], Awaitable[object]] | None = None,
     ) -> None:
+        super().__init__()
         self._client = client
         self._clock = clock
         self._on_unknown = on_unknown
@@ -107,8 +96,6 @@ class SvidCache:
         self._entries_wait = entries_wait
         self._bundle_interval = bundle_interval
         self._state = CacheState(bundles=BundleSet.of(bundle))
-        self._version = 0
-        self._changed = asyncio.Event()
         self._wake_rotation = asyncio.Event()
         self._wake_bundle = asyncio.Event()
         self._jwt = JwtSvidCache(
@@ -128,15 +115,6 @@ class SvidCache:
         self._tainted_task: asyncio.Task[object] | None = None
 
     # -- IdentityProvider -------------------------------------------------------------------
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    async def wait_for_update(self, after_version: int) -> int:
-        while self._version == after_version:
-            await self._changed.wait()
-        return self._version
 
     def svids_for(self, selectors: frozenset[Selector]) -> tuple[X509Svid, ...]:
         now = self._clock.now()
@@ -172,11 +150,7 @@ class SvidCache:
         record read against a backdated notBefore would also hit the fresh SVID.
         """
         self._jwt.drop_revoked(revoked)
-        hit = {
-            i.entry.id
-            for i in self._state.items
-            if i.svid and any(revoked.is_serial_revoked(c.serial_number) for c in i.svid.cert_chain)
-        }
+        hit = revoked_ids(self._state.items, revoked)
         if hit:
             log.warning("agent.svids_revoked", extra={F.COUNT: len(hit)})
             items = tuple(
@@ -228,9 +202,7 @@ class SvidCache:
 
     def _replace(self, state: CacheState) -> None:
         self._state = state
-        self._version += 1
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        self._bump()
         now = self._clock.now()
         held = sum(1 for i in state.items if i.svid is not None and i.svid.not_after > now)
         self._metrics.svids_held.set(held)
@@ -300,18 +272,9 @@ class SvidCache:
         the new one arrives) and forget JWT-SVIDs signed by a tainted key; returns the count."""
         dropped = self._jwt.drop_signed_by(jwt_kids)
         now = self._clock.now()
-        hit = {
-            i.entry.id
-            for i in self._state.items
-            if i.svid is not None
-            and (i.renew_at is None or i.renew_at > now)
-            and signed_by_any(i.svid, x509_ids)
-        }
+        hit = tainted_ids(self._state.items, x509_ids, now)
         if hit:
-            items = tuple(
-                dataclasses.replace(i, renew_at=now, retry_at=None) if i.entry.id in hit else i
-                for i in self._state.items
-            )
+            items = renew_now(self._state.items, hit, now)
             self._state = dataclasses.replace(self._state, items=items)  # same SVIDs served
             self._wake_rotation.set()
         if hit or dropped:
@@ -321,8 +284,8 @@ class SvidCache:
     def apply_entries(self, entries: Iterable[RegistrationEntry], revision: int) -> None:
         """Adopt the CA's entry list (as of ``revision``): keep, re-label, re-issue or drop."""
         old = self._state.by_id()
-        ordered = sorted(entries, key=_entry_order)
-        items = tuple(_carry_over(old.get(e.id), e) for e in ordered)
+        ordered = sorted(entries, key=entry_order)
+        items = tuple(carry_over(old.get(e.id), e) for e in ordered)
         dropped = set(old) - {e.id for e in ordered}
         changed = dropped or any(old.get(i.entry.id) is None or old[i.entry.id] != i for i in items)
         self.synced.set()
@@ -347,17 +310,12 @@ class SvidCache:
             await self._sleep_until_next_event()
 
     def _due(self, now: datetime) -> list[CachedSvid]:
-        """Items to (re)issue now; once one is due, those due within ``COALESCE`` join its batch
-        (jitter still spreads renewals; this only saves round trips)."""
-        ready = [i for i in self._state.items if i.retry_at is None or i.retry_at <= now]
-        if not any(i.svid is None or i.renew_at is None or i.renew_at <= now for i in ready):
-            return []
-        soon = now + COALESCE
-        return [i for i in ready if i.svid is None or i.renew_at is None or i.renew_at <= soon]
+        """Items to (re)issue now (see :func:`~s2s.agent.cache_state.due_items`)."""
+        return due_items(self._state.items, now)
 
     async def _sleep_until_next_event(self) -> None:
         now = self._clock.now()
-        times = [t for item in self._state.items for t in _event_times(item) if t > now]
+        times = [t for item in self._state.items for t in event_times(item) if t > now]
         delay = (min(times) - now).total_seconds() if times else 60.0
         self._wake_rotation.clear()
         with contextlib.suppress(TimeoutError):
@@ -384,7 +342,7 @@ class SvidCache:
         """Get SVIDs for ``items`` (new keys, batched CSRs) and store them."""
         for start in range(0, len(items), BATCH_SIZE):
             batch = items[start : start + BATCH_SIZE]
-            keys = await asyncio.to_thread(_keys_and_csrs, self._keygen, len(batch))
+            keys = await asyncio.to_thread(keys_and_csrs, self._keygen, len(batch))
             requests = [(item.entry.id, csr) for item, (_key, csr) in zip(batch, keys, strict=True)]
             results, sequence = await self._client.sign_x509(requests)
             self._store_results(batch, [k for k, _ in keys], results)
@@ -408,28 +366,15 @@ class SvidCache:
                 self._metrics.count_ca_error("x509", error.code)
                 updates[item.entry.id] = dataclasses.replace(item, retry_at=now + _EPOCH_RETRY)
                 continue
-            if svid.spiffe_id != item.entry.spiffe_id or svid.leaf.public_key() != key.public_key():
+            done = issued_item(item, key, svid, now=now, rand=self._rand)
+            if done is None:
                 self._metrics.count_ca_error("x509", "mismatch")
                 updates[item.entry.id] = dataclasses.replace(item, retry_at=now + _EPOCH_RETRY)
                 continue
-            full = X509Svid(
-                spiffe_id=svid.spiffe_id,
-                cert_chain=svid.cert_chain,
-                private_key=key,
-                hint=item.entry.hint,
-            )
-            renew_at = renewal_due_at(full, now, jitter=jitter_from(self._rand), now=now)
-            updates[item.entry.id] = CachedSvid(item.entry, full, renew_at, None)
+            updates[item.entry.id] = done
             issued += 1
         current = self._state
-        # Entries may have changed while the batch was out: only update those still identical.
-        items = tuple(
-            updates[i.entry.id]
-            if i.entry.id in updates and i.entry == updates[i.entry.id].entry
-            else i
-            for i in current.items
-        )
-        self._replace(dataclasses.replace(current, items=items))
+        self._replace(dataclasses.replace(current, items=merge_updates(current.items, updates)))
         self._metrics.count_rotation("x509", issued)
         if issued:
             log.info("agent.svids_issued", extra={F.COUNT: issued})
@@ -467,43 +412,3 @@ class SvidCache:
         else:
             log.warning("agent.ca_unavailable", extra={F.LOOP: op, F.ERROR: str(exc)})
         await sleep_backoff(backoff)
-
-
-def _entry_order(entry: RegistrationEntry) -> tuple[str, str]:
-    return (entry.created_at.isoformat() if entry.created_at else "", entry.id)
-
-
-def _carry_over(old: CachedSvid | None, entry: RegistrationEntry) -> CachedSvid:
-    """The cached item for ``entry`` given what was held for its previous revision."""
-    if old is None:
-        return CachedSvid(entry)
-    if old.entry == entry:
-        return old
-    same_svid = (
-        old.entry.spiffe_id == entry.spiffe_id
-        and old.entry.dns_names == entry.dns_names
-        and old.entry.x509_svid_ttl == entry.x509_svid_ttl
-    )
-    if not same_svid or old.svid is None:
-        return CachedSvid(entry)  # re-issue at once; the old SVID no longer describes the entry
-    svid = old.svid
-    if svid.hint != entry.hint:
-        svid = dataclasses.replace(svid, hint=entry.hint)
-    return dataclasses.replace(old, entry=entry, svid=svid)
-
-
-def _event_times(item: CachedSvid) -> list[datetime]:
-    times = [t for t in (item.renew_at, item.retry_at) if t is not None]
-    if item.svid is not None:
-        times.append(item.svid.not_after)
-    return times
-
-
-def _keys_and_csrs(
-    keygen: Callable[[], ec.EllipticCurvePrivateKey], n: int
-) -> list[tuple[ec.EllipticCurvePrivateKey, Any]]:
-    out = []
-    for _ in range(n):
-        key = keygen()
-        out.append((key, build_csr(key)))
-    return out

@@ -8,13 +8,13 @@ their lifetime has passed, as the agent's cache does. Mutate it from the event l
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from s2s.agent.versioned import Versioned
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Unavailable
@@ -29,7 +29,7 @@ JwtSigner = Callable[[SpiffeId, tuple[str, ...]], str]
 JwtValidatorFn = Callable[[str, str, BundleSet], tuple[SpiffeId, Mapping[str, Any]]]
 
 
-class StaticIdentityProvider:
+class StaticIdentityProvider(Versioned):
     """Identities, bundles and CRLs held in memory."""
 
     def __init__(
@@ -41,6 +41,7 @@ class StaticIdentityProvider:
         clock: Clock | None = None,
         crls: Iterable[bytes] = (),
     ) -> None:
+        super().__init__()
         self._entries: dict[str, tuple[frozenset[Selector], X509Svid]] = {}
         self._bundles = bundles if bundles is not None else BundleSet()
         self._crls = tuple(crls)
@@ -48,8 +49,6 @@ class StaticIdentityProvider:
         self._validator = validator
         self._clock = clock or SystemClock()
         self._jwt_cache: dict[tuple[SpiffeId, frozenset[str]], tuple[str, datetime]] = {}
-        self._version = 0
-        self._changed = asyncio.Event()
 
     # -- mutation ---------------------------------------------------------------------------
 
@@ -72,21 +71,7 @@ class StaticIdentityProvider:
         self._crls = tuple(crls)
         self._bump()
 
-    def _bump(self) -> None:
-        self._version += 1
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
-
     # -- IdentityProvider -------------------------------------------------------------------
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    async def wait_for_update(self, after_version: int) -> int:
-        while self._version == after_version:
-            await self._changed.wait()
-        return self._version
 
     def svids_for(self, selectors: frozenset[Selector]) -> tuple[X509Svid, ...]:
         return tuple(svid for sel, svid in self._entries.values() if matches(sel, selectors))
