@@ -228,23 +228,22 @@ class WorkloadApiServer:
         async for data in self._watch(build):
             yield data
 
-    async def _x509_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        selectors = await self._attest(ctx)
-        self._require_identity(selectors)
-
+    def _x509_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
         def build() -> bytes:
             return msg.x509_bundles_response(self._provider.bundles(), self._provider.crls())
 
-        async for data in self._watch(build):
-            yield data
+        return self._bundles_stream(ctx, build)
 
-    async def _jwt_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        selectors = await self._attest(ctx)
-        self._require_identity(selectors)
-
+    def _jwt_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
         def build() -> bytes:
             return msg.jwt_bundles_response(self._provider.bundles())
 
+        return self._bundles_stream(ctx, build)
+
+    async def _bundles_stream(self, ctx: Ctx, build: Callable[[], bytes]) -> AsyncIterator[bytes]:
+        """A bundles stream, for a caller with an identity (or any, with open verifiers)."""
+        selectors = await self._attest(ctx)
+        self._require_identity(selectors)
         async for data in self._watch(build):
             yield data
 
