@@ -25,7 +25,7 @@ from aiohttp import web
 from cryptography import x509
 
 from s2s.ca.agent_sync import AgentSync
-from s2s.ca.attestation import AgentAttestor
+from s2s.ca.attestation import AgentAttestor, AgentSvidResult
 from s2s.ca.authority import Authority
 from s2s.ca.crl import CrlPublisher, render_crls
 from s2s.ca.issuance import MAX_BATCH, MAX_CSR_BYTES, CsrRequest, Issuer, JwtSvid, X509SvidResult
@@ -394,11 +394,7 @@ async def post_attest(request: web.Request) -> web.Response:
     body = await read_json(request)
     token = field(body, "join_token")
     csr = pem_to_der(field(body, "csr"), label=CSR_LABEL, name="csr")
-    services = request.app[SERVICES]
-    with services.metrics.time_issue("agent"):
-        result = await services.attestor.attest_join_token(token, csr)
-    services.metrics.count_issued("agent")
-    return json_response({**svid_json(result.svid), "bundle": bundle_json(result.bundle)})
+    return await _agent_svid_response(request, lambda a: a.attest_join_token(token, csr))
 
 
 async def post_renew(request: web.Request) -> web.Response:
@@ -406,9 +402,16 @@ async def post_renew(request: web.Request) -> web.Response:
     agent = await authenticate_agent(request)
     body = await read_json(request)
     csr = pem_to_der(field(body, "csr"), label=CSR_LABEL, name="csr")
+    return await _agent_svid_response(request, lambda a: a.renew_agent(agent, csr))
+
+
+async def _agent_svid_response(
+    request: web.Request, issue: Callable[[AgentAttestor], Awaitable[AgentSvidResult]]
+) -> web.Response:
+    """Time and count one agent SVID issue; answer with the SVID and the bundle."""
     services = request.app[SERVICES]
     with services.metrics.time_issue("agent"):
-        result = await services.attestor.renew_agent(agent, csr)
+        result = await issue(services.attestor)
     services.metrics.count_issued("agent")
     return json_response({**svid_json(result.svid), "bundle": bundle_json(result.bundle)})
 

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Unpack
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
-from s2s.ca.audit import AuditLog
 from s2s.ca.authority import Authority
-from s2s.ca.config import CaConfig
 from s2s.ca.registry import AgentRecord, Registry
+from s2s.ca.service import CaService, ServiceArgs
 from s2s.ca.signers import (
     MAX_AUDIENCES,
     MAX_CSR_BYTES,
@@ -32,7 +31,7 @@ from s2s.ca.signers import (
     parse_csr,
 )
 from s2s.core.b64 import b64url_encode
-from s2s.core.clock import Clock, utc
+from s2s.core.clock import utc
 from s2s.core.errors import (
     InvalidRequest,
     NotAuthorized,
@@ -40,13 +39,12 @@ from s2s.core.errors import (
     S2SError,
 )
 from s2s.core.registration import RegistrationEntry
-from s2s.core.revocation import RevocationLookup, StaticRevocations
+from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import (
     X509Svid,
     serial_from_entropy,
 )
-from s2s.store.base import Store
 from s2s.store.records import IssuedKind, IssuedSerial
 
 log = logging.getLogger(__name__)
@@ -86,30 +84,16 @@ class X509SvidResult:
     error: S2SError | None = None
 
 
-class Issuer:
+class Issuer(CaService):
     """Signs SVIDs with the authority's active keys; the only place leaves are built."""
 
     def __init__(
-        self,
-        *,
-        config: CaConfig,
-        authority: Authority,
-        registry: Registry,
-        store: Store,
-        clock: Clock,
-        audit: AuditLog | None = None,
-        revocations: RevocationLookup | None = None,
-        entropy: Callable[[int], bytes] = os.urandom,
+        self, *, authority: Authority, registry: Registry, **kwargs: Unpack[ServiceArgs]
     ) -> None:
-        self._config = config
+        # the registry must see the same revocations: it refuses revoked agents on every call
+        super().__init__(**kwargs)
         self._authority = authority
         self._registry = registry
-        self._store = store
-        self._clock = clock
-        self._audit = audit if audit is not None else AuditLog()
-        self._revocations = revocations if revocations is not None else StaticRevocations()
-        # the registry must see the same revocations: it refuses revoked agents on every call
-        self._entropy = entropy
 
     # -- agent API -------------------------------------------------------------------------
 
@@ -270,16 +254,11 @@ class Issuer:
         """The CA's own SVID ``spiffe://<td>/s2s/ca/<replica>`` with a fresh key kept in memory
         (``server_svid_ttl``, capped by the intermediate); for the HTTPS listener."""
         spiffe_id = self._config.trust_domain.child("s2s", "ca", self._config.replica_name)
-        key = ec.generate_private_key(ec.SECP256R1())
         now = utc(self._clock.now())
-        svid = self._issue(
-            key.public_key(), spiffe_id, self._config.server_svid_ttl, tuple(dns_names), now=now
+        ttl = self._config.server_svid_ttl
+        return await self._issue_with_new_key(
+            spiffe_id, ttl, dns_names, now=now, kind=IssuedKind.CA_SVID, audit_kind="server"
         )
-        await self._index([(svid, IssuedKind.CA_SVID, None)], now)
-        self._audit.x509_issued(
-            serial=svid.serial, spiffe_id=spiffe_id, not_after=svid.not_after, kind="server"
-        )
-        return X509Svid(spiffe_id, svid.cert_chain, private_key=key)
 
     # -- admin mints ---------------------------------------------------------------------------
 
@@ -295,11 +274,26 @@ class Issuer:
         ttl = self._capped_ttl(ttl, default=self._config.x509_svid_ttl)
         now = utc(self._clock.now())
         self._check_id_not_revoked(spiffe_id, now)
+        return await self._issue_with_new_key(
+            spiffe_id, ttl, dns_names, now=now, kind=IssuedKind.X509_SVID, audit_kind="admin"
+        )
+
+    async def _issue_with_new_key(
+        self,
+        spiffe_id: SpiffeId,
+        ttl: timedelta,
+        dns_names: Sequence[str],
+        *,
+        now: datetime,
+        kind: IssuedKind,
+        audit_kind: str,
+    ) -> X509Svid:
+        """An SVID for a P-256 key generated here (returned with it), indexed and audited."""
         key = ec.generate_private_key(ec.SECP256R1())
         svid = self._issue(key.public_key(), spiffe_id, ttl, tuple(dns_names), now=now)
-        await self._index([(svid, IssuedKind.X509_SVID, None)], now)
+        await self._index([(svid, kind, None)], now)
         self._audit.x509_issued(
-            serial=svid.serial, spiffe_id=spiffe_id, not_after=svid.not_after, kind="admin"
+            serial=svid.serial, spiffe_id=spiffe_id, not_after=svid.not_after, kind=audit_kind
         )
         return X509Svid(spiffe_id, svid.cert_chain, private_key=key)
 

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
-from s2s.ca.audit import AuditLog
-from s2s.ca.config import CaConfig
 from s2s.ca.registry_cache import EntrySnapshot, RegistryCache
+from s2s.ca.service import CaService, ServiceArgs
 from s2s.core.b64 import b64url_encode
-from s2s.core.clock import Clock, utc
+from s2s.core.clock import utc
 from s2s.core.errors import (
     AttestationFailed,
     Conflict,
@@ -35,10 +33,8 @@ from s2s.core.errors import (
     Revoked,
 )
 from s2s.core.registration import RegistrationEntry, new_entry_id
-from s2s.core.revocation import RevocationLookup, StaticRevocations
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
-from s2s.store.base import Store
 from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
 __all__ = [
@@ -67,26 +63,12 @@ class JoinToken:
     expires_at: datetime
 
 
-class Registry:
+class Registry(CaService):
     """Entries, join tokens and agents, validated and persisted in the store."""
 
-    def __init__(
-        self,
-        *,
-        config: CaConfig,
-        store: Store,
-        clock: Clock,
-        audit: AuditLog | None = None,
-        revocations: RevocationLookup | None = None,
-        entropy: Callable[[int], bytes] = os.urandom,
-    ) -> None:
-        self._config = config
-        self._store = store
-        self._clock = clock
-        self._audit = audit if audit is not None else AuditLog()
-        self._revocations = revocations if revocations is not None else StaticRevocations()
-        self._entropy = entropy
-        self._cache = RegistryCache(store)
+    def __init__(self, **kwargs: Unpack[ServiceArgs]) -> None:
+        super().__init__(**kwargs)
+        self._cache = RegistryCache(self._store)
 
     @property
     def following(self) -> bool:
