@@ -14,6 +14,7 @@ For tests only, never a production path::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import os
@@ -25,16 +26,30 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["EtcdCluster", "EtcdMissing", "EtcdServer", "EtcdTlsFiles", "etcd_binary"]
+from s2s.store.etcd import EtcdStore
+
+__all__ = [
+    "EtcdCluster",
+    "EtcdMissing",
+    "EtcdServer",
+    "EtcdTlsFiles",
+    "OpenEtcd",
+    "etcd_binary",
+    "etcd_store_opener",
+]
+
+OpenEtcd = Callable[..., Awaitable[EtcdStore]]
 
 _START_DEADLINE = 15.0
 _STOP_DEADLINE = 10.0
@@ -54,6 +69,37 @@ def etcd_binary() -> str:
             "`apt-get install etcd-server`"
         )
     return found
+
+
+class _KilledOnExit:
+    """``with`` ends with :meth:`kill`: whatever the test did, no etcd outlives it."""
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+@contextlib.asynccontextmanager
+async def etcd_store_opener(endpoint: str, **defaults: Any) -> AsyncIterator[OpenEtcd]:
+    """Open ``EtcdStore`` handles on ``endpoint``; each call's keyword arguments (over
+    ``defaults``) go to ``EtcdStore.open``, and every handle opened is closed on exit."""
+    handles: list[EtcdStore] = []
+
+    async def open_one(**kwargs: Any) -> EtcdStore:
+        store = await EtcdStore.open(endpoint, **{**defaults, **kwargs})
+        handles.append(store)
+        return store
+
+    yield open_one
+    for store in handles:
+        await store.close()
 
 
 def _free_port() -> int:
@@ -165,7 +211,7 @@ def _leaf(
     return key, builder.sign(ca_key, hashes.SHA256())
 
 
-class EtcdServer:
+class EtcdServer(_KilledOnExit):
     """One etcd member on 127.0.0.1 with its own data dir; a context manager that kills it."""
 
     def __init__(
@@ -323,16 +369,8 @@ class EtcdServer:
         self.start()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.kill()
 
-
-class EtcdCluster:
+class EtcdCluster(_KilledOnExit):
     """``size`` etcd members on 127.0.0.1 forming one cluster (plain HTTP), for failover tests.
 
     ``members[i]`` can be stopped, killed and started like a single :class:`EtcdServer`."""
@@ -370,11 +408,3 @@ class EtcdCluster:
             self.kill()
             raise
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.kill()

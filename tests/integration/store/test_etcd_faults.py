@@ -24,10 +24,17 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.store.etcd import EtcdStore
 from s2s.store.etcd_client import EtcdClient, EtcdTls, WatchUpdate, delete_op
 from s2s.store.records import IssuedKind, IssuedSerial, JoinTokenRecord, Topic
-from s2s.testing_etcd import EtcdCluster, EtcdServer, EtcdTlsFiles
+from s2s.testing_etcd import (
+    EtcdCluster,
+    EtcdServer,
+    EtcdTlsFiles,
+    OpenEtcd,
+    etcd_store_opener,
+)
+
+pytest_plugins = ("etcd_fixtures",)
 
 DEADLINE = 10.0
-OpenEtcd = Callable[..., Awaitable[EtcdStore]]
 AGENT = SpiffeId.parse("spiffe://example.org/s2s/agent/join_token/a")
 
 
@@ -55,35 +62,11 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
-        yield server
-
-
-@pytest.fixture
-def etcd(etcd_server: EtcdServer) -> Iterator[EtcdServer]:
-    """The module's etcd, running again after each test whatever the test did to it."""
-    etcd_server.start()
-    yield etcd_server
-    etcd_server.start()
-
-
 @pytest.fixture
 async def open_etcd(etcd: EtcdServer) -> AsyncIterator[OpenEtcd]:
     trust_domain = f"t{uuid.uuid4().hex[:12]}.example"
-    handles: list[EtcdStore] = []
-
-    async def open_one(**kwargs: Any) -> EtcdStore:
-        kwargs.setdefault("trust_domain", trust_domain)
-        kwargs.setdefault("timeout", 3.0)
-        store = await EtcdStore.open(etcd.endpoint, **kwargs)
-        handles.append(store)
-        return store
-
-    yield open_one
-    for store in handles:
-        await store.close()
+    async with etcd_store_opener(etcd.endpoint, trust_domain=trust_domain, timeout=3.0) as opener:
+        yield opener
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,20 +44,7 @@ from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
-        yield server
-
-
-@pytest.fixture
-def etcd(etcd_server: EtcdServer) -> Iterator[EtcdServer]:
-    """The module's etcd, running again after each test whatever the test did to it."""
-    etcd_server.start()
-    yield etcd_server
-    etcd_server.start()
+pytest_plugins = ("etcd_fixtures",)
 
 
 @pytest.fixture

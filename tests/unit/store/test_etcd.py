@@ -13,9 +13,8 @@ import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from contract import T0, StoreContract, entry, issued, revocation, token
@@ -27,15 +26,9 @@ from s2s.store.etcd_client import EtcdClient
 from s2s.store.factory import open_store
 from s2s.store.records import Topic
 from s2s.store.sqlite import SqliteStore
-from s2s.testing_etcd import EtcdMissing, EtcdServer
+from s2s.testing_etcd import EtcdMissing, EtcdServer, OpenEtcd, etcd_store_opener
 
-OpenEtcd = Callable[..., Awaitable[EtcdStore]]
-
-
-@pytest.fixture(scope="module")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    with EtcdServer(tmp_path_factory.mktemp("etcd") / "data") as server:
-        yield server
+pytest_plugins = ("etcd_fixtures",)
 
 
 @pytest.fixture
@@ -46,18 +39,9 @@ def trust_domain() -> str:
 @pytest.fixture
 async def open_etcd(etcd_server: EtcdServer, trust_domain: str) -> AsyncIterator[OpenEtcd]:
     """Open handles on one trust domain's prefix (keyword arguments go to ``EtcdStore.open``)."""
-    handles: list[EtcdStore] = []
-
-    async def open_one(**kwargs: Any) -> EtcdStore:
-        kwargs.setdefault("trust_domain", trust_domain)
-        kwargs.setdefault("poll_interval", 0.05)
-        store = await EtcdStore.open(etcd_server.endpoint, **kwargs)
-        handles.append(store)
-        return store
-
-    yield open_one
-    for store in handles:
-        await store.close()
+    endpoint = etcd_server.endpoint
+    async with etcd_store_opener(endpoint, trust_domain=trust_domain, poll_interval=0.05) as opener:
+        yield opener
 
 
 @pytest.fixture
