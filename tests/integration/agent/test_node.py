@@ -25,27 +25,32 @@ from s2s.verifier.memcert import load_cert_chain_from_memory
 FAST = Backoff(initial=0.02, cap=0.1)
 
 
-def make_node(harness: Any, config: Any, clock: Any = None) -> NodeAttestor:
-    clock = clock or SystemClock()
-    client = CaClient(urls=config.ca_urls, trust_domain=config.trust_domain, clock=clock)
-    return NodeAttestor(config=config, client=client, clock=clock, backoff=FAST)
+MakeNode = Callable[[Any], NodeAttestor]
 
 
 @pytest.fixture
-async def nodes() -> AsyncIterator[list[NodeAttestor]]:
+async def make_node() -> AsyncIterator[MakeNode]:
+    """A node attestor for a config, on the system clock; every client made is closed after."""
     made: list[NodeAttestor] = []
-    yield made
+
+    def make(config: Any) -> NodeAttestor:
+        clock = SystemClock()
+        client = CaClient(urls=config.ca_urls, trust_domain=config.trust_domain, clock=clock)
+        node = NodeAttestor(config=config, client=client, clock=clock, backoff=FAST)
+        made.append(node)
+        return node
+
+    yield make
     for node in made:
         await node._client.close()
 
 
 async def test_attest_persists_identity_and_restart_needs_no_token(
-    harness: Any, nodes: list[NodeAttestor]
+    harness: Any, make_node: MakeNode
 ) -> None:
     token, agent_id = await harness.ca.join_token()
     config = harness.config(token=token)
-    node = make_node(harness, config)
-    nodes.append(node)
+    node = make_node(config)
     identity = await node.start()
     assert identity.svid.spiffe_id == agent_id
     assert node.attestations == 1
@@ -53,8 +58,7 @@ async def test_attest_persists_identity_and_restart_needs_no_token(
     assert ((config.data_dir / IDENTITY_FILE).stat().st_mode & 0o777) == 0o600
     # Restart with the CA down and no token: the stored identity is enough.
     await harness.ca.stop()
-    again = make_node(harness, harness.config(token=None))
-    nodes.append(again)
+    again = make_node(harness.config(token=None))
     restored = await again.start()
     assert again.attestations == 0
     assert restored.svid.spiffe_id == agent_id
@@ -62,15 +66,11 @@ async def test_attest_persists_identity_and_restart_needs_no_token(
     assert restored.bundle == identity.bundle
 
 
-async def test_reused_join_token_is_refused_clearly(
-    harness: Any, nodes: list[NodeAttestor]
-) -> None:
+async def test_reused_join_token_is_refused_clearly(harness: Any, make_node: MakeNode) -> None:
     token, _ = await harness.ca.join_token()
-    first = make_node(harness, harness.config(token=token))
-    nodes.append(first)
+    first = make_node(harness.config(token=token))
     await first.start()
-    second = make_node(harness, harness.config(token=token, data_dir=harness.tmp_path / "other"))
-    nodes.append(second)
+    second = make_node(harness.config(token=token, data_dir=harness.tmp_path / "other"))
     with pytest.raises(AttestationFailed, match=r"refused the join token.*token generate"):
         await second.start()
 
@@ -102,46 +102,37 @@ async def test_expired_join_token_is_refused(make_harness: Any) -> None:
 
 
 async def test_no_identity_and_no_token_is_a_config_error(
-    harness: Any, nodes: list[NodeAttestor]
+    harness: Any, make_node: MakeNode
 ) -> None:
-    node = make_node(harness, harness.config(token=None))
-    nodes.append(node)
+    node = make_node(harness.config(token=None))
     with pytest.raises(InvalidConfig, match="no join token"):
         await node.start()
 
 
-async def test_no_bootstrap_bundle_is_a_config_error(
-    harness: Any, nodes: list[NodeAttestor]
-) -> None:
+async def test_no_bootstrap_bundle_is_a_config_error(harness: Any, make_node: MakeNode) -> None:
     token, _ = await harness.ca.join_token()
-    node = make_node(harness, harness.config(token=token, trust_bundle=None))
-    nodes.append(node)
+    node = make_node(harness.config(token=token, trust_bundle=None))
     with pytest.raises(InvalidConfig, match="--trust-bundle"):
         await node.start()
 
 
-async def test_group_readable_identity_file_is_refused(
-    harness: Any, nodes: list[NodeAttestor]
-) -> None:
+async def test_group_readable_identity_file_is_refused(harness: Any, make_node: MakeNode) -> None:
     token, _ = await harness.ca.join_token()
     config = harness.config(token=token)
-    node = make_node(harness, config)
-    nodes.append(node)
+    node = make_node(config)
     await node.start()
     (config.data_dir / IDENTITY_FILE).chmod(0o640)
-    again = make_node(harness, config)
-    nodes.append(again)
+    again = make_node(config)
     with pytest.raises(InvalidConfig, match="chmod 600"):
         await again.start()
 
 
 async def test_renewal_keeps_the_id_with_a_new_key_and_serial(
-    harness: Any, nodes: list[NodeAttestor]
+    harness: Any, make_node: MakeNode
 ) -> None:
     token, agent_id = await harness.ca.join_token()
     config = harness.config(token=token)
-    node = make_node(harness, config)
-    nodes.append(node)
+    node = make_node(config)
     first = await node.start()
     renewed = await node.renew()
     assert renewed.svid.spiffe_id == agent_id
@@ -151,17 +142,15 @@ async def test_renewal_keeps_the_id_with_a_new_key_and_serial(
     # The CA accepts the new SVID (and promotes it); the stored identity is the new one.
     answer = await node._client.entries(since=-1, wait=0)
     assert answer.entries == ()
-    restored = make_node(harness, harness.config(token=None))
-    nodes.append(restored)
+    restored = make_node(harness.config(token=None))
     assert (await restored.start()).svid.serial == renewed.svid.serial
 
 
 async def test_evicted_agent_reattests_only_when_the_ca_says_unknown(
-    harness: Any, nodes: list[NodeAttestor]
+    harness: Any, make_node: MakeNode
 ) -> None:
     token, agent_id = await harness.ca.join_token()
-    node = make_node(harness, harness.config(token=token))
-    nodes.append(node)
+    node = make_node(harness.config(token=token))
     await node.start()
     await harness.ca.server.registry.evict_agent(agent_id)
     with pytest.raises(NotFound):
@@ -170,8 +159,7 @@ async def test_evicted_agent_reattests_only_when_the_ca_says_unknown(
         await node._client.entries(since=-1, wait=0)
     # Restart with a new token: the stored identity is loaded (no attestation yet) ...
     new_token, new_id = await harness.ca.join_token()
-    again = make_node(harness, harness.config(token=new_token))
-    nodes.append(again)
+    again = make_node(harness.config(token=new_token))
     await again.start()
     assert again.attestations == 0
     # ... and the renewal the CA refuses as unknown turns into an attestation with it.
@@ -297,7 +285,7 @@ async def test_garbage_and_errors_from_the_ca_are_clear(
         assert type(info.value).__name__ == "NotAuthorized"
 
 
-async def test_fail_over_to_the_next_ca_url(harness: Any, nodes: list[NodeAttestor]) -> None:
+async def test_fail_over_to_the_next_ca_url(harness: Any, make_node: MakeNode) -> None:
     # A port that refuses connections, then the real CA.
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     dead = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
@@ -305,8 +293,7 @@ async def test_fail_over_to_the_next_ca_url(harness: Any, nodes: list[NodeAttest
     await server.wait_closed()
     token, agent_id = await harness.ca.join_token()
     config = harness.config(token=token, ca_urls=(dead, harness.ca.url))
-    node = make_node(harness, config)
-    nodes.append(node)
+    node = make_node(config)
     assert (await node.start()).svid.spiffe_id == agent_id
     assert node._client._preferred == 1
     # Twin: with only the dead URL every call fails with Unavailable naming it.
