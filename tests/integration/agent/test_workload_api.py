@@ -142,12 +142,12 @@ async def test_validate_rejects_expired_token(
     provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
     token = authority.issue_jwt_svid("spiffe://example.org/web", "billing")
     request = pb.ValidateJWTSVIDRequest(audience="billing", svid=token)
-    ok = await raw_unary(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+    ok = await raw_call(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
     assert ok.spiffe_id == "spiffe://example.org/web"
     assert ok.claims["aud"] == "billing"
     fake_clock.advance(seconds=3600)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await raw_unary(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+        await raw_call(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert ("s2s-reason", "exp") in tuple(err.value.trailing_metadata() or ())
 
@@ -259,39 +259,35 @@ async def test_caller_that_changes_uid_after_connecting_fails_attestation(
 # -- protocol rules (raw gRPC) ----------------------------------------------------------------
 
 
-async def raw_unary(
+async def raw_call(
     server: WorkloadApiServer,
     method: str,
     request: Any,
     response_type: Any,
     metadata: tuple[tuple[str, str], ...] = HEADER,
+    *,
+    stream: bool = False,
 ) -> Any:
+    """One raw Workload API call: the answer, or with ``stream`` the stream's first message."""
     async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as channel:
-        call = channel.unary_unary(
-            f"/SpiffeWorkloadAPI/{method}",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_type.FromString,
-        )
-        return await call(request, metadata=metadata, timeout=10)
-
-
-async def raw_first(
-    server: WorkloadApiServer,
-    method: str,
-    request: Any,
-    response_type: Any,
-    metadata: tuple[tuple[str, str], ...] = HEADER,
-) -> Any:
-    async with grpc.aio.insecure_channel(f"unix:{server.socket_path}") as channel:
-        call = channel.unary_stream(
-            f"/SpiffeWorkloadAPI/{method}",
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response_type.FromString,
-        )(request, metadata=metadata, timeout=10)
+        path = f"/SpiffeWorkloadAPI/{method}"
+        codec: dict[str, Any] = {
+            "request_serializer": lambda m: m.SerializeToString(),
+            "response_deserializer": response_type.FromString,
+        }
+        if not stream:
+            call = channel.unary_unary(path, **codec)
+            return await call(request, metadata=metadata, timeout=10)
+        first = channel.unary_stream(path, **codec)(request, metadata=metadata, timeout=10)
         try:
-            return await call.read()
+            return await first.read()
         finally:
-            call.cancel()
+            first.cancel()
+
+
+async def raw_first(*args: Any, **kwargs: Any) -> Any:
+    """The first message of a stream (arguments as :func:`raw_call`)."""
+    return await raw_call(*args, stream=True, **kwargs)
 
 
 @pytest.mark.parametrize(
@@ -317,7 +313,7 @@ async def test_security_header_required(
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     request = pb.JWTSVIDRequest(audience=["a"])
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await raw_unary(server, "FetchJWTSVID", request, pb.JWTSVIDResponse, metadata=metadata)
+        await raw_call(server, "FetchJWTSVID", request, pb.JWTSVIDResponse, metadata=metadata)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -326,7 +322,7 @@ async def test_fetch_jwt_svid_arguments(
 ) -> None:
     provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
     provider.put("api", [ME], authority.issue_x509_svid("spiffe://example.org/api"))
-    both = await raw_unary(
+    both = await raw_call(
         server, "FetchJWTSVID", pb.JWTSVIDRequest(audience=["a"]), pb.JWTSVIDResponse
     )
     assert [s.spiffe_id for s in both.svids] == [
@@ -334,7 +330,7 @@ async def test_fetch_jwt_svid_arguments(
         "spiffe://example.org/api",
     ]
     named = pb.JWTSVIDRequest(audience=["a", "b"], spiffe_id="spiffe://example.org/api")
-    one = await raw_unary(server, "FetchJWTSVID", named, pb.JWTSVIDResponse)
+    one = await raw_call(server, "FetchJWTSVID", named, pb.JWTSVIDResponse)
     assert [s.spiffe_id for s in one.svids] == ["spiffe://example.org/api"]
     for request, code in (
         (pb.JWTSVIDRequest(), grpc.StatusCode.INVALID_ARGUMENT),
@@ -349,7 +345,7 @@ async def test_fetch_jwt_svid_arguments(
         ),
     ):
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await raw_unary(server, "FetchJWTSVID", request, pb.JWTSVIDResponse)
+            await raw_call(server, "FetchJWTSVID", request, pb.JWTSVIDResponse)
         assert err.value.code() == code, request
 
 
@@ -359,7 +355,7 @@ async def test_validate_requires_arguments(
     provider.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
     for request in (pb.ValidateJWTSVIDRequest(svid="x"), pb.ValidateJWTSVIDRequest(audience="a")):
         with pytest.raises(grpc.aio.AioRpcError) as err:
-            await raw_unary(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+            await raw_call(server, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -538,7 +534,7 @@ async def test_provider_bug_is_internal_without_details(
             await raw_first(srv, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
         request = pb.JWTSVIDRequest(audience=["a"])
         with pytest.raises(grpc.aio.AioRpcError) as denied:
-            await raw_unary(srv, "FetchJWTSVID", request, pb.JWTSVIDResponse)
+            await raw_call(srv, "FetchJWTSVID", request, pb.JWTSVIDResponse)
     assert err.value.code() == grpc.StatusCode.INTERNAL
     assert "secret" not in (err.value.details() or "")
     assert denied.value.code() == grpc.StatusCode.UNAVAILABLE  # no JWT signer configured
