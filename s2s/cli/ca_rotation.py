@@ -1,7 +1,6 @@
 """``s2s-ca authority prepare|activate|taint|revoke`` and ``s2s-ca rotate-root``.
 
-Registered on the ``s2s-ca`` groups by ``s2s/cli/ca.py`` (:func:`register`; this module does
-not import that one at import time, so ``python -m s2s.cli.ca`` works).
+Registered on the ``s2s-ca`` groups by ``s2s/cli/ca.py`` (:func:`register`).
 
 ``rotate-root`` exits 0 when the rotation finished (or, with ``--step``, when the step made
 progress), and
@@ -12,41 +11,18 @@ the old root's hold time. Every step is resumable: re-run the command after a cr
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable
 from functools import partial
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import click
 
-from s2s.core.errors import S2SError
+from s2s.cli.ca_common import call, emit_json, json_option
 
 __all__ = ["EXIT_WAITING", "register"]
 
 EXIT_WAITING: Final = 7
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-
-
-def call(fn: Callable[[], Any]) -> Any:
-    """One admin call; an ``S2SError`` becomes a message and ``s2s-ca``'s exit code."""
-    try:
-        return fn()
-    except S2SError as exc:
-        _fail(exc)
-
-
-def _fail(exc: S2SError) -> NoReturn:
-    from s2s.cli.ca import exit_code_for  # noqa: PLC0415  (no import cycle at load time)
-
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(exit_code_for(exc))
-
-
-def emit_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True))
 
 
 def register(cli: click.Group, authority: click.Group) -> None:

@@ -1,0 +1,86 @@
+"""``s2s-ca token generate`` and ``s2s-ca agent list|show|evict|ban``: join tokens and the
+agents that attested with them."""
+
+from __future__ import annotations
+
+import click
+
+from s2s.cli.ca_common import (
+    DURATION,
+    Ctx,
+    call,
+    emit_json,
+    json_option,
+    key_values,
+    pass_ctx,
+    table,
+)
+
+__all__ = ["agent", "token"]
+
+
+@click.group()
+def token() -> None:
+    """Join tokens for agents."""
+
+
+@token.command("generate")
+@click.option("--ttl", type=DURATION, help="How long the token stays usable (default 10m).")
+@json_option
+@pass_ctx
+def token_generate(ctx: Ctx, ttl: int | None, as_json: bool) -> None:
+    """Create a single-use join token (printed once; the CA keeps only its hash)."""
+    created = call(lambda: ctx.client().post("/v1/tokens", {"ttl": ttl} if ttl else {}))
+    emit_json(created) if as_json else click.echo(created["token"])
+
+
+@click.group()
+def agent() -> None:
+    """Attested agents."""
+
+
+@agent.command("list")
+@json_option
+@pass_ctx
+def agent_list(ctx: Ctx, as_json: bool) -> None:
+    """List attested agents."""
+    agents = call(lambda: ctx.client().get("/v1/agents"))["agents"]
+    if as_json:
+        emit_json(agents)
+        return
+    rows = [
+        (a["spiffe_id"], a["serial"], a["not_after"], a.get("bundle_sequence", ""),
+         "yes" if a["banned"] else "")
+        for a in agents
+    ]  # fmt: skip
+    table(rows, ["spiffe id", "serial", "expires", "bundle", "banned"])
+
+
+@agent.command("show")
+@click.argument("spiffe_id")
+@json_option
+@pass_ctx
+def agent_show(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
+    """Show one agent."""
+    found = call(lambda: ctx.client().get("/v1/agents/show", spiffe_id=spiffe_id))
+    emit_json(found) if as_json else key_values(found)
+
+
+@agent.command("evict")
+@click.argument("spiffe_id")
+@json_option
+@pass_ctx
+def agent_evict(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
+    """Forget an agent: it must attest again with a new join token."""
+    done = call(lambda: ctx.client().post("/v1/agents/evict", {"spiffe_id": spiffe_id}))
+    emit_json(done) if as_json else click.echo(f"evicted {spiffe_id}")
+
+
+@agent.command("ban")
+@click.argument("spiffe_id")
+@json_option
+@pass_ctx
+def agent_ban(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
+    """Ban an agent: every call it makes is refused until it is evicted."""
+    done = call(lambda: ctx.client().post("/v1/agents/ban", {"spiffe_id": spiffe_id}))
+    emit_json(done) if as_json else click.echo(f"banned {spiffe_id}")

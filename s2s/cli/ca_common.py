@@ -1,0 +1,135 @@
+"""What every ``s2s-ca`` command shares: exit codes, the context that finds the running CA, the
+``--json`` option, error-to-exit-code handling, tables and durations."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from s2s.ca.client import ADMIN_SOCKET_NAME, AdminClient
+from s2s.core import errors
+from s2s.core.errors import S2SError
+
+__all__ = [
+    "DURATION",
+    "EXIT_CODES",
+    "Ctx",
+    "call",
+    "emit_json",
+    "exit_code_for",
+    "json_option",
+    "key_values",
+    "pass_ctx",
+    "table",
+]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REFUSED = (
+    range(7)
+)
+EXIT_CODES: dict[type[S2SError], int] = {
+    errors.Unavailable: EXIT_UNAVAILABLE,
+    errors.NotFound: EXIT_NOT_FOUND,
+    errors.Conflict: EXIT_CONFLICT,
+    errors.NotAuthorized: EXIT_REFUSED,
+    errors.Revoked: EXIT_REFUSED,
+    errors.AttestationFailed: EXIT_REFUSED,
+    errors.InvalidToken: EXIT_REFUSED,
+    errors.InvalidConfig: EXIT_ERROR,
+    errors.InvalidRequest: EXIT_USAGE,
+    errors.InvalidSpiffeId: EXIT_USAGE,
+    errors.InvalidSelector: EXIT_USAGE,
+    errors.InvalidSvid: EXIT_USAGE,
+    errors.InvalidBundle: EXIT_USAGE,
+}
+
+
+def exit_code_for(exc: S2SError) -> int:
+    """The exit code for an error (most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return EXIT_ERROR
+
+
+def fail(exc: S2SError) -> NoReturn:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(exit_code_for(exc))
+
+
+class Ctx:
+    """What the group options found: where the running CA is."""
+
+    def __init__(self, data_dir: Path | None, socket_path: Path | None) -> None:
+        self.data_dir = data_dir
+        self.socket_path = socket_path
+
+    def client(self) -> AdminClient:
+        if self.socket_path is not None:
+            return AdminClient(self.socket_path)
+        if self.data_dir is None:
+            raise click.UsageError(
+                "say where the CA is: --data-dir DIR (or S2S_DATA_DIR) or --socket"
+            )
+        return AdminClient(self.data_dir / ADMIN_SOCKET_NAME)
+
+    def require_data_dir(self) -> Path:
+        if self.data_dir is None:
+            raise click.UsageError("--data-dir DIR (or S2S_DATA_DIR) is required")
+        return self.data_dir
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def call(fn: Callable[[], Any]) -> Any:
+    """Run one admin call; an ``S2SError`` becomes a message and an exit code."""
+    try:
+        return fn()
+    except S2SError as exc:
+        fail(exc)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
+    """A plain aligned table for people."""
+    cells = [[str(h).upper() for h in headers]] + [
+        ["" if v is None else str(v) for v in r] for r in rows
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def key_values(record: dict[str, Any]) -> None:
+    width = max((len(k) for k in record), default=0)
+    for key, value in record.items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+        click.echo(f"{key.ljust(width)}  {'' if shown is None else shown}")
+
+
+def parse_duration(text: str) -> int:
+    """``300``, ``300s``, ``5m``, ``1h`` -> seconds (positive)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    if not number.isdigit() or int(number) <= 0:
+        raise click.BadParameter(f"{text!r} is not a duration like 300, 90s, 5m or 1h")
+    return int(number) * units[unit]
+
+
+class Duration(click.ParamType):  # type: ignore[type-arg]
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        return value if isinstance(value, int) else parse_duration(str(value))
+
+
+DURATION = Duration()

@@ -1,0 +1,181 @@
+"""``s2s-ca init``, ``serve`` (with its ``--config`` TOML file) and ``healthcheck``: the commands
+that create or run a CA rather than administer one."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from s2s.cli.ca_common import (
+    DURATION,
+    EXIT_UNAVAILABLE,
+    Ctx,
+    call,
+    emit_json,
+    parse_duration,
+    pass_ctx,
+)
+from s2s.core import errors
+
+__all__ = ["healthcheck", "init", "load_config_file", "serve"]
+
+_store_options = [
+    click.option("--store", "store_url", envvar="S2S_CA_STORE",
+                 help="etcd://host:port[,host:port][/<td>] (default: SQLite in the data dir)."),
+    click.option("--etcd-ca", type=click.Path(dir_okay=False, path_type=Path),
+                 help="CA certificate (PEM) that signed etcd's certificate: enables TLS."),
+    click.option("--etcd-cert", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Client certificate (PEM) for etcd."),
+    click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path),
+                 help="Client key (PEM) for etcd."),
+]  # fmt: skip
+
+
+def store_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_store_options):
+        fn = option(fn)
+    return fn
+
+
+def store_settings(values: dict[str, Any], trust_domain: str | None = None) -> Any:
+    """``StoreSettings`` from the --store/--etcd-* values (flags or config file)."""
+    from s2s.ca.store_config import StoreSettings  # noqa: PLC0415
+
+    paths = {k: Path(values[k]) if values.get(k) else None for k in _ETCD_KEYS}
+    return call(
+        lambda: StoreSettings(url=values.get("store") or None, trust_domain=trust_domain, **paths)
+    )
+
+
+_ETCD_KEYS = ("etcd_ca", "etcd_cert", "etcd_key")
+
+
+@click.command()
+@click.option("--trust-domain", required=True, help="The trust domain name, e.g. example.org.")
+@store_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def init(ctx: Ctx, /, trust_domain: str, as_json: bool, store_url: str | None, **etcd: Any) -> None:
+    """Create a trust domain: root CA, key-encryption key (0600) and store in --data-dir
+    (with --store etcd://..., the root goes to etcd; the KEK stays in --data-dir)."""
+    from s2s.ca.app import init_data_dir  # noqa: PLC0415  (keeps admin commands light)
+
+    settings = store_settings({"store": store_url, **etcd}, trust_domain)
+    result = call(
+        lambda: init_data_dir(ctx.require_data_dir(), trust_domain, store_settings=settings)
+    )
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"initialized trust domain {result['trust_domain']} in {result['data_dir']}")
+        click.echo(f"root {result['root_id']} valid until {result['not_after']}")
+
+
+_TTL_KEYS = ("x509_svid", "jwt_svid", "max_svid", "agent_svid", "server_svid", "intermediate",
+             "jwt_key", "join_token")  # fmt: skip
+
+
+_FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format", "store",
+              "etcd_ca", "etcd_cert", "etcd_key", "trust_domain")  # fmt: skip
+
+
+def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
+    """The TOML file of ``serve --config`` (deploy/ca.toml): keys named like the flags
+    (``_FILE_KEYS``, text) and a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``).
+
+    Returns (flag values, CaConfig TTL overrides).
+    """
+    if path is None:
+        return {}, {}
+    try:
+        doc = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise errors.InvalidConfig(f"cannot read config file {path}: {exc}") from exc
+    ttl = doc.pop("ttl", {})
+    if not isinstance(ttl, dict):
+        raise errors.InvalidConfig(f"{path}: [ttl] must be a table")
+    unknown = sorted(set(doc) - set(_FILE_KEYS))
+    unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
+    if unknown:
+        raise errors.InvalidConfig(f"{path}: unknown setting(s) {', '.join(unknown)}")
+    if not all(isinstance(v, str) and v for v in doc.values()):
+        raise errors.InvalidConfig(f"{path}: {', '.join(_FILE_KEYS)} must be non-empty text")
+    ttls = {}
+    for key, value in ttl.items():
+        try:
+            ttls[f"{key}_ttl"] = timedelta(seconds=parse_duration(str(value)))
+        except click.BadParameter as exc:
+            raise errors.InvalidConfig(f"{path}: ttl.{key}: {exc.message}") from exc
+    return doc, ttls
+
+
+@click.command()
+@click.option("--listen", envvar="S2S_CA_LISTEN", help="HOST:PORT for HTTPS [127.0.0.1:8443].")
+@click.option("--name", "replica_name", envvar="S2S_CA_NAME", help="Replica name [ca-0].")
+@click.option(
+    "--config", "config_file", envvar="S2S_CA_CONFIG", help="TOML file (listen, name, [ttl]).",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)  # fmt: skip
+@click.option("--max-svid-ttl", type=DURATION, help="Raise the SVID lifetime cap (default 5m).")
+@store_options
+@click.option("--trust-domain", help="The trust domain of an etcd store (or in its URL path).")
+@click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO].")
+@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log lines [json].")
+@pass_ctx
+def serve(ctx: Ctx, /, **opts: Any) -> None:
+    """Run the CA until SIGTERM or SIGINT. Flags override the --config file."""
+    from s2s.ca.app import ServeOptions, serve_forever  # noqa: PLC0415
+
+    file, ttls = call(lambda: load_config_file(opts["config_file"]))
+    if opts["max_svid_ttl"]:
+        ttls["max_svid_ttl"] = timedelta(seconds=opts["max_svid_ttl"])
+    data_dir = ctx.data_dir or (Path(file["data_dir"]) if "data_dir" in file else None)
+    socket_path = ctx.socket_path or (Path(file["socket"]) if "socket" in file else None)
+    if data_dir is None:
+        raise click.UsageError("--data-dir DIR (or S2S_DATA_DIR, or data_dir in --config)")
+    log_format = opts["log_format"] or file.get("log_format", "json")
+    if log_format not in ("json", "text"):
+        raise click.BadParameter("log_format must be json or text", param_hint="log_format")
+    options = ServeOptions(
+        data_dir=data_dir,
+        listen=opts["listen"] or file.get("listen", "127.0.0.1:8443"),
+        replica_name=opts["replica_name"] or file.get("name", "ca-0"),
+        log_level=(opts["log_level"] or file.get("log_level", "INFO")).upper(),
+        json_logs=log_format == "json",
+        socket_path=socket_path,
+        config_overrides=ttls,
+        store=_serve_store(opts, file),
+    )
+    call(lambda: serve_forever(options))
+
+
+def _serve_store(opts: dict[str, Any], file: dict[str, Any]) -> Any:
+    """The store settings of ``serve``: flags win over the config file, key by key."""
+    values = {k: file.get(k) for k in ("store", *_ETCD_KEYS)}
+    values.update({k: opts[k] for k in _ETCD_KEYS if opts[k] is not None})
+    if opts["store_url"]:
+        values["store"] = opts["store_url"]
+    return store_settings(values, opts["trust_domain"] or file.get("trust_domain"))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def healthcheck(ctx: Ctx, as_json: bool) -> None:
+    """Exit 0 only when the CA answers and is ready to issue (3 otherwise)."""
+    status = call(lambda: ctx.client().get("/readyz"))
+    if as_json:
+        emit_json(status)
+    else:
+        click.echo("ready" if status.get("ready") else f"not ready: {status.get('message', '')}")
+    if not status.get("ready"):
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+# ---- entries ----------------------------------------------------------------------------------
