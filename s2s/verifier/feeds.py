@@ -31,6 +31,7 @@ from prometheus_client.registry import REGISTRY
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, Unavailable
 from s2s.core.revocation import RevocationSet
+from s2s.verifier.source_common import cancel_task
 
 __all__ = ["DEFAULT_MAX_STALENESS", "FeedMetrics", "RevocationFeed", "RevocationsStale"]
 
@@ -149,10 +150,7 @@ class RevocationFeed:
     async def stop(self) -> None:
         """Cancel the task (idempotent); the last set stays readable (and ages)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_task(task)
         await self._closed()
 
     async def __aenter__(self) -> RevocationFeed:

@@ -306,25 +306,17 @@ class PeerVerifier:
 
     def verify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:
         """The peer's SPIFFE ID, or :class:`PeerRejected` (counted)."""
-        try:
-            sid = verify_peer(
-                ssl_object,
-                bundles=self._bundles(),
-                authorize=self.authorize,
-                revocations=self.revocations,
-                now=self._clock.now(),
-            )
-        except PeerRejected as exc:
-            self.metrics.rejected(exc.reason)
-            raise
-        self.metrics.accepted.inc()
-        return sid
+        return self._counted(verify_peer, ssl_object)
 
     def verify_chain(self, chain_der: Sequence[bytes]) -> SpiffeId:
         """:meth:`verify` for a chain already verified by OpenSSL (leaf first, root last)."""
+        return self._counted(verify_chain, chain_der)
+
+    def _counted(self, check: Callable[..., SpiffeId], peer: Any) -> SpiffeId:
+        """``check(peer, ...)`` with this verifier's settings, the outcome counted."""
         try:
-            sid = verify_chain(
-                chain_der,
+            sid = check(
+                peer,
                 bundles=self._bundles(),
                 authorize=self.authorize,
                 revocations=self.revocations,

@@ -15,7 +15,7 @@ import asyncio
 import threading
 from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import Unavailable
@@ -90,34 +90,16 @@ class LoopThread:
         self.loop.close()
 
 
-class SyncX509Source:
-    """An ``X509SourceLike`` usable from any thread: an asyncio source on a private loop.
+class _OnLoop(Generic[_S]):
+    """An asyncio source started on a private :class:`LoopThread`, closed with it."""
 
-    ``factory`` builds the asyncio source; it is called on the loop thread (a Workload API client
-    must be created in the loop that uses it). The constructor waits for the first snapshot.
-    """
-
-    def __init__(
-        self, factory: Callable[[], _AsyncX509], *, timeout: float = DEFAULT_START_TIMEOUT
-    ) -> None:
+    def __init__(self, factory: Callable[[], _S], timeout: float) -> None:
         self._loop = LoopThread()
         try:
-            self._source: _AsyncX509 = self._loop.run(_started(factory, timeout))
+            self._source: _S = self._loop.run(_started(factory, timeout))
         except BaseException:
             self._loop.stop()
             raise
-
-    def current(self) -> X509Context:
-        return self._source.current()
-
-    def subscribe(self, callback: X509Callback) -> Callable[[], None]:
-        """``callback(context)`` after each change, on the source's loop thread."""
-        return self._source.subscribe(callback)
-
-    def revocations(self) -> RevocationSet:
-        """The revocations from the agent's CRLs (empty for a PEM-file source)."""
-        lookup = getattr(self._source, "revocations", None)
-        return lookup.current() if lookup is not None else RevocationSet.EMPTY
 
     def close(self) -> None:
         if not self._loop.loop.is_closed():
@@ -131,19 +113,39 @@ class SyncX509Source:
         self.close()
 
 
-class SyncJwtSource:
+class SyncX509Source(_OnLoop[_AsyncX509]):
+    """An ``X509SourceLike`` usable from any thread: an asyncio source on a private loop.
+
+    ``factory`` builds the asyncio source; it is called on the loop thread (a Workload API client
+    must be created in the loop that uses it). The constructor waits for the first snapshot.
+    """
+
+    def __init__(
+        self, factory: Callable[[], _AsyncX509], *, timeout: float = DEFAULT_START_TIMEOUT
+    ) -> None:
+        super().__init__(factory, timeout)
+
+    def current(self) -> X509Context:
+        return self._source.current()
+
+    def subscribe(self, callback: X509Callback) -> Callable[[], None]:
+        """``callback(context)`` after each change, on the source's loop thread."""
+        return self._source.subscribe(callback)
+
+    def revocations(self) -> RevocationSet:
+        """The revocations from the agent's CRLs (empty for a PEM-file source)."""
+        lookup = getattr(self._source, "revocations", None)
+        return lookup.current() if lookup is not None else RevocationSet.EMPTY
+
+
+class SyncJwtSource(_OnLoop[JwtSource]):
     """JWT bundles (a ``BundleLookup`` for ``JwtValidator``) and JWT-SVIDs, from any thread."""
 
     def __init__(
         self, factory: Callable[[], JwtSource], *, timeout: float = DEFAULT_START_TIMEOUT
     ) -> None:
-        self._loop = LoopThread()
         self._timeout = timeout
-        try:
-            self._source = self._loop.run(_started(factory, timeout))
-        except BaseException:
-            self._loop.stop()
-            raise
+        super().__init__(factory, timeout)
 
     def current(self) -> BundleSet:
         return self._source.current()
@@ -161,17 +163,6 @@ class SyncJwtSource:
         """A JWT-SVID of this workload for ``audience`` (blocks the calling thread)."""
         wait = self._timeout if timeout is None else timeout
         return self._loop.run(self._source.fetch_jwt_svid(audience, spiffe_id), wait)
-
-    def close(self) -> None:
-        if not self._loop.loop.is_closed():
-            self._loop.run(self._source.close())
-            self._loop.stop()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 async def _started(factory: Callable[[], _S], timeout: float) -> _S:

@@ -18,6 +18,7 @@ key). ``verify_mode`` is read from the front context, so the front keeps ``CERT_
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import Callable
@@ -37,8 +38,8 @@ log = logging.getLogger(__name__)
 _WANT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
-class _VerifyingSSLObject(ssl.SSLObject):
-    """An SSLObject (asyncio, aiohttp) whose handshake ends with the SPIFFE peer check."""
+class _SpiffeHandshake:
+    """What both wrappers share: the newest context at creation, the SPIFFE check after it."""
 
     _s2s_verifier: ClassVar[PeerVerifier]
     _s2s_state: ClassVar[TlsState]
@@ -49,36 +50,28 @@ class _VerifyingSSLObject(ssl.SSLObject):
         kwargs["context"] = cls._s2s_state.current()  # the newest snapshot, never mutated
         return super()._create(*args, **kwargs)  # type: ignore[misc]
 
-    def do_handshake(self) -> None:
+    def _checked(self, handshake: Callable[[], None], conn: ssl.SSLObject | ssl.SSLSocket) -> None:
         try:
-            super().do_handshake()
+            handshake()
         except _WANT:
             raise
         except ssl.SSLError as exc:
             raise self._s2s_verifier.handshake_failed(exc) from exc
-        self.peer_spiffe_id = self._s2s_verifier.verify(self)
+        self.peer_spiffe_id = self._s2s_verifier.verify(conn)
 
 
-class _VerifyingSSLSocket(ssl.SSLSocket):
+class _VerifyingSSLObject(_SpiffeHandshake, ssl.SSLObject):
+    """An SSLObject (asyncio, aiohttp) whose handshake ends with the SPIFFE peer check."""
+
+    def do_handshake(self) -> None:
+        self._checked(super().do_handshake, self)
+
+
+class _VerifyingSSLSocket(_SpiffeHandshake, ssl.SSLSocket):
     """An SSLSocket (blocking code) whose handshake ends with the SPIFFE peer check."""
 
-    _s2s_verifier: ClassVar[PeerVerifier]
-    _s2s_state: ClassVar[TlsState]
-    peer_spiffe_id: SpiffeId | None = None
-
-    @classmethod
-    def _create(cls, *args: Any, **kwargs: Any) -> Any:
-        kwargs["context"] = cls._s2s_state.current()
-        return super()._create(*args, **kwargs)  # type: ignore[misc]
-
     def do_handshake(self, block: bool = False) -> None:
-        try:
-            super().do_handshake(block)
-        except _WANT:
-            raise
-        except ssl.SSLError as exc:
-            raise self._s2s_verifier.handshake_failed(exc) from exc
-        self.peer_spiffe_id = self._s2s_verifier.verify(self)
+        self._checked(functools.partial(super().do_handshake, block), self)
 
 
 class SpiffeSSLContext(ssl.SSLContext):
