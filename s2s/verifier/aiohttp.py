@@ -11,7 +11,10 @@ Server::
 
 Client::
 
-    async with aiohttp.ClientSession(connector=spiffe_connector(source, authorize=...)) as s: ...
+    async with aiohttp.ClientSession(connector=spiffe_connector(source, authorize=...),
+                                     response_class=SpiffeClientResponse) as s:
+        async with s.get(url) as response:
+            server = server_spiffe_id(response)   # the ID verified in that request's handshake
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.connector import Connection
 
 from s2s.core.clock import Clock
 from s2s.core.errors import NotAuthorized
@@ -32,7 +36,14 @@ from s2s.verifier.peer import PeerRejected, PeerVerifier
 from s2s.verifier.tls import SpiffeSSLContext, client_context, peer_spiffe_id_of
 from s2s.verifier.x509context import X509SourceLike
 
-__all__ = ["SpiffeTCPSite", "guard_protocol_factory", "peer_spiffe_id", "spiffe_connector"]
+__all__ = [
+    "SpiffeClientResponse",
+    "SpiffeTCPSite",
+    "guard_protocol_factory",
+    "peer_spiffe_id",
+    "server_spiffe_id",
+    "spiffe_connector",
+]
 
 
 class _GuardProtocol(asyncio.Protocol):
@@ -169,3 +180,32 @@ def spiffe_connector(
         source, authorize=authorize, revocations=revocations, clock=clock, metrics=metrics
     )
     return aiohttp.TCPConnector(ssl=ctx, **kwargs)
+
+
+class SpiffeClientResponse(aiohttp.ClientResponse):
+    """A client response that keeps the server's verified SPIFFE ID.
+
+    aiohttp releases the connection as soon as a small body has been read, after which the
+    response no longer reaches the TLS object; this records the ID when the response starts.
+    Pass it as ``aiohttp.ClientSession(response_class=SpiffeClientResponse)``.
+    """
+
+    server_spiffe_id: SpiffeId | None = None
+
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
+        transport = connection.transport
+        ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+        self.server_spiffe_id = peer_spiffe_id_of(ssl_object)
+        return await super().start(connection)
+
+
+def server_spiffe_id(response: aiohttp.ClientResponse) -> SpiffeId:
+    """The verified SPIFFE ID of the server that sent ``response``; NotAuthorized if none.
+
+    ``response`` must come from a session with ``response_class=SpiffeClientResponse`` and a
+    :func:`spiffe_connector` (or another :func:`~s2s.verifier.tls.client_context`).
+    """
+    sid = response.server_spiffe_id if isinstance(response, SpiffeClientResponse) else None
+    if sid is None:
+        raise NotAuthorized("the response did not come over a verified SPIFFE mTLS connection")
+    return sid

@@ -14,8 +14,15 @@ from aiohttp import web
 from verifier_support import source_of
 
 from s2s.core.errors import NotAuthorized
+from s2s.core.spiffe_id import SpiffeId
 from s2s.testing import TestAuthority
-from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id, spiffe_connector
+from s2s.verifier.aiohttp import (
+    SpiffeClientResponse,
+    SpiffeTCPSite,
+    peer_spiffe_id,
+    server_spiffe_id,
+    spiffe_connector,
+)
 from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
@@ -163,5 +170,60 @@ async def test_peer_spiffe_id_without_tls_is_not_authorized(ca: TestAuthority) -
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{tcp.port}/") as r:
             assert r.status == 403
             assert "mTLS" in await r.text()
+    finally:
+        await runner.cleanup()
+
+
+async def test_client_response_keeps_the_server_id_after_the_connection_is_released(
+    ca: TestAuthority,
+) -> None:
+    server_src = source_of(ca.issue_x509_svid(SERVER), ca.bundle())
+    ctx = server_context(server_src, authorize=authorize_any())
+    connector = spiffe_connector(client_source(ca), authorize=authorize_any(), force_close=True)
+    session = aiohttp.ClientSession(connector=connector, response_class=SpiffeClientResponse)
+    async with site(ctx) as (url, _), session:
+        async with session.get(url) as resp:
+            assert await resp.text() == CLIENT
+        assert resp.connection is None  # released after the small body: only the record is left
+        assert server_spiffe_id(resp) == SpiffeId.parse(SERVER)
+        other = "spiffe://example.org/other-server"
+        server_src.set_svids(ca.issue_x509_svid(other))
+        async with session.get(url) as resp2:
+            await resp2.read()
+        assert server_spiffe_id(resp2) == SpiffeId.parse(other)  # each connection's own peer
+
+
+async def test_server_spiffe_id_without_the_response_class_is_not_authorized(
+    ca: TestAuthority,
+) -> None:
+    ctx = server_context(
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()), authorize=authorize_any()
+    )
+    connector = spiffe_connector(client_source(ca), authorize=authorize_id(SERVER))
+    session = aiohttp.ClientSession(connector=connector)
+    async with site(ctx) as (url, _), session, session.get(url) as resp:
+        assert await resp.text() == CLIENT
+    with pytest.raises(NotAuthorized, match="mTLS"):
+        server_spiffe_id(resp)
+
+
+async def test_server_spiffe_id_over_plain_http_is_not_authorized() -> None:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    app = web.Application()
+    app.router.add_get("/", hello)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    try:
+        session = aiohttp.ClientSession(response_class=SpiffeClientResponse)
+        async with session, session.get(f"http://127.0.0.1:{tcp.port}/") as resp:
+            assert await resp.text() == "hello"
+        assert isinstance(resp, SpiffeClientResponse)
+        assert resp.server_spiffe_id is None
+        with pytest.raises(NotAuthorized, match="mTLS"):
+            server_spiffe_id(resp)
     finally:
         await runner.cleanup()
