@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import contextlib
 import os
-import signal
 import ssl
 import stat
 import sys
@@ -29,16 +28,9 @@ import aiohttp
 
 from s2s.core.errors import S2SError
 from s2s.core.spiffe_id import SpiffeId
-from s2s.demo.workload import (
-    LoggingPeerMetrics,
-    SvidWatcher,
-    drop_privileges,
-    emit,
-    set_parent_death_signal,
-    start_source,
-)
-from s2s.log import configure_logging
-from s2s.verifier.aiohttp import spiffe_connector
+from s2s.demo.workload import LoggingPeerMetrics, SvidWatcher, emit, open_source, run_workload
+from s2s.verifier.aiohttp import SpiffeClientResponse, server_spiffe_id, spiffe_connector
+from s2s.verifier.authorize import authorize_id
 from s2s.verifier.source import X509Source
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.x509context import X509Context
@@ -63,32 +55,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".strip()
 
 
-class RecordingAuthorizer:
-    """Accepts exactly ``expected`` and remembers the last server it accepted: each call opens a
-    new connection, so after a call it is the SPIFFE ID verified in that call's handshake."""
-
-    def __init__(self, expected: SpiffeId) -> None:
-        self.expected = expected
-        self.last: SpiffeId | None = None
-
-    def __call__(self, peer: SpiffeId) -> bool:
-        if peer != self.expected:
-            return False
-        self.last = peer
-        return True
-
-
-async def call(
-    session: aiohttp.ClientSession, url: str, authorizer: RecordingAuthorizer
-) -> dict[str, Any]:
+async def call(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
     """One request: the status, the server's SPIFFE ID as verified in the handshake, and the ID
     the server saw for us."""
-    authorizer.last = None
     async with session.get(url) as response:
         body = await response.json()
     return {
         "status": response.status,
-        "server": str(authorizer.last),
+        "server": str(server_spiffe_id(response)),
         "seen_as": body.get("client"),
     }
 
@@ -104,21 +78,23 @@ class Client:
         self.pinned: X509Context | None = None
         self.probing = False
 
-    def session(self, source: Any, role: str) -> tuple[aiohttp.ClientSession, RecordingAuthorizer]:
-        authorizer = RecordingAuthorizer(self.server_id)
+    def session(self, source: Any, role: str) -> aiohttp.ClientSession:
         connector = spiffe_connector(
             source,
-            authorize=authorizer,
+            authorize=authorize_id(self.server_id),
             revocations=self.source.revocations,
             metrics=LoggingPeerMetrics(role),
             force_close=True,  # a full handshake for every request
         )
-        session = aiohttp.ClientSession(connector=connector, timeout=REQUEST_TIMEOUT)
-        return session, authorizer
+        # Each call opens a new connection, released once the small body is read: the response
+        # class records the server ID verified in that call's handshake.
+        return aiohttp.ClientSession(
+            connector=connector, timeout=REQUEST_TIMEOUT, response_class=SpiffeClientResponse
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         main = self.session(self.source, "client")
-        probe: tuple[aiohttp.ClientSession, RecordingAuthorizer] | None = None
+        probe: aiohttp.ClientSession | None = None
         try:
             while not stop.is_set():
                 await self.once(main, "response", self.current_serial())
@@ -127,22 +103,20 @@ class Client:
                         probe = self.session(StaticX509Source(self.pinned), "probe")
                     await self.once(probe, "probe", format(self.pinned.default_svid.serial, "x"))
                 elif probe is not None:
-                    await probe[0].close()
+                    await probe.close()
                     probe = None
                 await _wait(stop, self.interval)
         finally:
-            await main[0].close()
+            await main.close()
             if probe is not None:
-                await probe[0].close()
+                await probe.close()
 
     def current_serial(self) -> str:
         return format(self.source.current().default_svid.serial, "x")
 
-    async def once(
-        self, session: tuple[aiohttp.ClientSession, RecordingAuthorizer], kind: str, serial: str
-    ) -> None:
+    async def once(self, session: aiohttp.ClientSession, kind: str, serial: str) -> None:
         try:
-            result = await call(session[0], self.url, session[1])
+            result = await call(session, self.url)
         except (aiohttp.ClientError, OSError, TimeoutError, S2SError) as exc:
             emit(f"{kind}_failed", role="client", serial=serial, error=_describe(exc))
             return
@@ -179,16 +153,10 @@ async def _read_commands(client: Client) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    emit("waiting", role="client", uid=args.uid)
-    source = X509Source(socket=args.socket)
-    if not await start_source(source, stop, START_TIMEOUT):
-        await source.close()
-        emit("stopped", role=ROLE)
+    opened = await open_source(ROLE, args, START_TIMEOUT)
+    if opened is None:
         return
+    source, stop = opened
     try:
         unsubscribe = SvidWatcher("client").follow(source)
         client = Client(source, args)
@@ -215,20 +183,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args = _parser().parse_args(argv)
-    configure_logging(level="WARNING")
-    try:
-        if args.uid is not None:
-            drop_privileges(args.uid)
-        else:
-            set_parent_death_signal()
-        asyncio.run(run(args))
-    except S2SError as exc:
-        emit("error", role="client", error=str(exc))
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return run_workload(ROLE, _parser().parse_args(argv), run)
 
 
 if __name__ == "__main__":

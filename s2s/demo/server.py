@@ -12,23 +12,12 @@ verified SPIFFE ID (JSON lines on stdout, see :mod:`s2s.demo.workload`).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 from collections.abc import Sequence
 
 from aiohttp import web
 
-from s2s.core.errors import S2SError
 from s2s.core.spiffe_id import SpiffeId
-from s2s.demo.workload import (
-    LoggingPeerMetrics,
-    SvidWatcher,
-    drop_privileges,
-    emit,
-    set_parent_death_signal,
-    start_source,
-)
-from s2s.log import configure_logging
+from s2s.demo.workload import LoggingPeerMetrics, SvidWatcher, emit, open_source, run_workload
 from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id
 from s2s.verifier.authorize import authorize_any, authorize_one_of
 from s2s.verifier.source import X509Source
@@ -63,16 +52,10 @@ def _host_port(text: str) -> tuple[str, int]:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run until SIGTERM/SIGINT."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    emit("waiting", role="server", uid=args.uid)
-    source = X509Source(socket=args.socket)
-    if not await start_source(source, stop, START_TIMEOUT):
-        await source.close()
-        emit("stopped", role=ROLE)
+    opened = await open_source(ROLE, args, START_TIMEOUT)
+    if opened is None:
         return
+    source, stop = opened
     try:
         unsubscribe = SvidWatcher("server").follow(source)
         allowed = [SpiffeId.parse(a) for a in args.allow]
@@ -111,20 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
-    args = _parser().parse_args(argv)
-    configure_logging(level="WARNING")
-    try:
-        if args.uid is not None:
-            drop_privileges(args.uid)
-        else:
-            set_parent_death_signal()
-        asyncio.run(serve(args))
-    except S2SError as exc:
-        emit("error", role="server", error=str(exc))
-        return 1
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    return run_workload(ROLE, _parser().parse_args(argv), serve)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ stderr as JSON (warnings and above).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
@@ -17,14 +18,16 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry
 
-from s2s.core.errors import InvalidConfig
+from s2s.core.errors import InvalidConfig, S2SError
+from s2s.log import configure_logging
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.source import X509Source
 from s2s.verifier.x509context import X509Context
 
 __all__ = [
@@ -34,7 +37,9 @@ __all__ = [
     "drop_privileges",
     "emit",
     "hhmmss",
+    "open_source",
     "preload",
+    "run_workload",
     "set_parent_death_signal",
     "start_source",
 ]
@@ -126,6 +131,44 @@ async def start_source(source: Any, stop: asyncio.Event, timeout: float) -> bool
     with contextlib.suppress(asyncio.CancelledError):
         await starting
     return False
+
+
+async def open_source(
+    role: str, args: argparse.Namespace, timeout: float
+) -> tuple[X509Source, asyncio.Event] | None:
+    """The started X.509 source and the stop event (set by SIGTERM/SIGINT); None if stopped."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    emit("waiting", role=role, uid=args.uid)
+    source = X509Source(socket=args.socket)
+    if not await start_source(source, stop, timeout):
+        await source.close()
+        emit("stopped", role=role)
+        return None
+    return source, stop
+
+
+def run_workload(
+    role: str,
+    args: argparse.Namespace,
+    body: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> int:
+    """Drop to ``args.uid`` (or die with the launcher), run ``body(args)``; the exit code."""
+    configure_logging(level="WARNING")
+    try:
+        if args.uid is not None:
+            drop_privileges(args.uid)
+        else:
+            set_parent_death_signal()
+        asyncio.run(body(args))
+    except S2SError as exc:
+        emit("error", role=role, error=str(exc))
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
 
 
 class LoggingPeerMetrics(PeerMetrics):
