@@ -6,21 +6,32 @@ Serials are Python ints up to 2**160 - 1 (RFC 5280 4.1.2.2 allows 20 octets).
 
 Each record has ``to_json()``/``from_json()`` (what a backend stores, and what the admin API may
 show): datetimes as ISO 8601 with offset, bytes as base64 (the join token hash as hex), serials as
-lowercase hex. ``from_json`` raises :class:`InvalidRequest` naming the field.
+lowercase hex. ``from_json`` raises :class:`InvalidRequest` naming the field
+(the field readers are in :mod:`s2s.store.record_json`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
-from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from s2s.core.errors import InvalidRequest, InvalidSpiffeId
+from s2s.core.errors import InvalidRequest
 from s2s.core.spiffe_id import SpiffeId
+from s2s.store.record_json import (
+    b64_text,
+    check_aware,
+    iso_text,
+    read_b64,
+    read_field,
+    read_hex_int,
+    read_object,
+    read_opt_hex_int,
+    read_opt_sid,
+    read_sid,
+    read_time,
+)
 
 __all__ = [
     "AgentRecord",
@@ -86,12 +97,6 @@ class IssuedKind(StrEnum):
     X509_ROOT = "x509-root"
 
 
-def check_aware(name: str, value: object) -> None:
-    """Raise :class:`InvalidRequest` unless ``value`` is an aware datetime."""
-    if not isinstance(value, dt.datetime) or value.tzinfo is None:
-        raise InvalidRequest(f"{name} must be an aware datetime (UTC)")
-
-
 def _enum(cls: type[_E], name: str, value: object) -> _E:
     if isinstance(value, str):
         try:
@@ -110,70 +115,6 @@ def _check_serial(value: object) -> None:
 def _check_name(what: str, value: object) -> None:
     if not isinstance(value, str) or not value or len(value) > 128:
         raise InvalidRequest(f"{what} must be 1-128 characters")
-
-
-# -- JSON field readers: each names the field it could not read --
-
-
-def _obj(d: object, what: str) -> Mapping[str, Any]:
-    if not isinstance(d, Mapping):
-        raise InvalidRequest(f"{what} must be a JSON object")
-    return d
-
-
-def _field(d: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
-    value = d.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-        raise InvalidRequest(f"field {key!r} is missing or has the wrong type")
-    return value
-
-
-def _time(d: Mapping[str, Any], key: str) -> dt.datetime:
-    text = _field(d, key, str)
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidRequest(f"field {key!r} is not an ISO 8601 timestamp") from None
-    check_aware(f"field {key!r}", value)
-    return value.astimezone(dt.UTC)
-
-
-def _sid(d: Mapping[str, Any], key: str) -> SpiffeId:
-    try:
-        return SpiffeId.parse(_field(d, key, str))
-    except InvalidSpiffeId as exc:
-        raise InvalidRequest(f"field {key!r}: {exc}") from exc
-
-
-def _opt_sid(d: Mapping[str, Any], key: str) -> SpiffeId | None:
-    return None if d.get(key) is None else _sid(d, key)
-
-
-def _b64(d: Mapping[str, Any], key: str) -> bytes:
-    try:
-        return base64.b64decode(_field(d, key, str), validate=True)
-    except binascii.Error:
-        raise InvalidRequest(f"field {key!r} is not base64") from None
-
-
-def _hex_int(d: Mapping[str, Any], key: str) -> int:
-    text = _field(d, key, str)
-    try:
-        return int(text, 16)
-    except ValueError:
-        raise InvalidRequest(f"field {key!r} is not a hex serial") from None
-
-
-def _opt_hex_int(d: Mapping[str, Any], key: str) -> int | None:
-    return None if d.get(key) is None else _hex_int(d, key)
-
-
-def _iso(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat()
-
-
-def _b64s(value: bytes) -> str:
-    return base64.b64encode(value).decode("ascii")
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,27 +156,27 @@ class AuthorityRecord:
             "id": self.id,
             "kind": self.kind.value,
             "state": self.state.value,
-            "public_der": _b64s(self.public_der),
-            "encrypted_key": _b64s(self.encrypted_key),
-            "not_before": _iso(self.not_before),
-            "not_after": _iso(self.not_after),
+            "public_der": b64_text(self.public_der),
+            "encrypted_key": b64_text(self.encrypted_key),
+            "not_before": iso_text(self.not_before),
+            "not_after": iso_text(self.not_after),
             "owner": self.owner,
             "issuer_id": self.issuer_id,
         }
 
     @classmethod
     def from_json(cls, d: object) -> AuthorityRecord:
-        d = _obj(d, "an authority record")
+        d = read_object(d, "an authority record")
         return cls(
-            id=_field(d, "id", str),
-            kind=_field(d, "kind", str),
-            state=_field(d, "state", str),
-            public_der=_b64(d, "public_der"),
-            encrypted_key=_b64(d, "encrypted_key"),
-            not_before=_time(d, "not_before"),
-            not_after=_time(d, "not_after"),
-            owner=_field(d, "owner", str),
-            issuer_id=_field(d, "issuer_id", str),
+            id=read_field(d, "id", str),
+            kind=read_field(d, "kind", str),
+            state=read_field(d, "state", str),
+            public_der=read_b64(d, "public_der"),
+            encrypted_key=read_b64(d, "encrypted_key"),
+            not_before=read_time(d, "not_before"),
+            not_after=read_time(d, "not_after"),
+            owner=read_field(d, "owner", str),
+            issuer_id=read_field(d, "issuer_id", str),
         )
 
 
@@ -279,9 +220,9 @@ class AgentRecord:
             "attestation_type": self.attestation_type,
             "serial": f"{self.serial:x}",
             "next_serial": None if self.next_serial is None else f"{self.next_serial:x}",
-            "not_after": _iso(self.not_after),
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
+            "not_after": iso_text(self.not_after),
+            "created_at": iso_text(self.created_at),
+            "updated_at": iso_text(self.updated_at),
             "banned": self.banned,
             "bundle_sequence": self.bundle_sequence,
             "revision": self.revision,
@@ -289,18 +230,18 @@ class AgentRecord:
 
     @classmethod
     def from_json(cls, d: object) -> AgentRecord:
-        d = _obj(d, "an agent record")
+        d = read_object(d, "an agent record")
         return cls(
-            spiffe_id=_sid(d, "spiffe_id"),
-            attestation_type=_field(d, "attestation_type", str),
-            serial=_hex_int(d, "serial"),
-            next_serial=_opt_hex_int(d, "next_serial"),
-            not_after=_time(d, "not_after"),
-            created_at=_time(d, "created_at"),
-            updated_at=_time(d, "updated_at"),
-            banned=_field(d, "banned", bool),
-            bundle_sequence=_field(d, "bundle_sequence", int),
-            revision=_field(d, "revision", int),
+            spiffe_id=read_sid(d, "spiffe_id"),
+            attestation_type=read_field(d, "attestation_type", str),
+            serial=read_hex_int(d, "serial"),
+            next_serial=read_opt_hex_int(d, "next_serial"),
+            not_after=read_time(d, "not_after"),
+            created_at=read_time(d, "created_at"),
+            updated_at=read_time(d, "updated_at"),
+            banned=read_field(d, "banned", bool),
+            bundle_sequence=read_field(d, "bundle_sequence", int),
+            revision=read_field(d, "revision", int),
         )
 
 
@@ -328,22 +269,22 @@ class JoinTokenRecord:
         return {
             "id": self.id,
             "token_hash": self.token_hash.hex(),
-            "expires_at": _iso(self.expires_at),
-            "created_at": _iso(self.created_at),
+            "expires_at": iso_text(self.expires_at),
+            "created_at": iso_text(self.created_at),
         }
 
     @classmethod
     def from_json(cls, d: object) -> JoinTokenRecord:
-        d = _obj(d, "a join token record")
+        d = read_object(d, "a join token record")
         try:
-            token_hash = bytes.fromhex(_field(d, "token_hash", str))
+            token_hash = bytes.fromhex(read_field(d, "token_hash", str))
         except ValueError:
             raise InvalidRequest("field 'token_hash' is not hex") from None
         return cls(
-            id=_field(d, "id", str),
+            id=read_field(d, "id", str),
             token_hash=token_hash,
-            expires_at=_time(d, "expires_at"),
-            created_at=_time(d, "created_at"),
+            expires_at=read_time(d, "expires_at"),
+            created_at=read_time(d, "created_at"),
         )
 
 
@@ -377,22 +318,22 @@ class IssuedSerial:
             "kind": self.kind.value,
             "spiffe_id": str(self.spiffe_id),
             "issuer_id": self.issuer_id,
-            "issued_at": _iso(self.issued_at),
-            "not_after": _iso(self.not_after),
+            "issued_at": iso_text(self.issued_at),
+            "not_after": iso_text(self.not_after),
             "agent_id": None if self.agent_id is None else str(self.agent_id),
         }
 
     @classmethod
     def from_json(cls, d: object) -> IssuedSerial:
-        d = _obj(d, "an issued serial record")
+        d = read_object(d, "an issued serial record")
         return cls(
-            serial=_hex_int(d, "serial"),
-            kind=_field(d, "kind", str),
-            spiffe_id=_sid(d, "spiffe_id"),
-            issuer_id=_field(d, "issuer_id", str),
-            issued_at=_time(d, "issued_at"),
-            not_after=_time(d, "not_after"),
-            agent_id=_opt_sid(d, "agent_id"),
+            serial=read_hex_int(d, "serial"),
+            kind=read_field(d, "kind", str),
+            spiffe_id=read_sid(d, "spiffe_id"),
+            issuer_id=read_field(d, "issuer_id", str),
+            issued_at=read_time(d, "issued_at"),
+            not_after=read_time(d, "not_after"),
+            agent_id=read_opt_sid(d, "agent_id"),
         )
 
 
