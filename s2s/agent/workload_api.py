@@ -299,21 +299,9 @@ class WorkloadApiServer:
         self, name: str, fn: Callable[[Any, Ctx], Awaitable[Any]]
     ) -> Callable[[Any, Ctx], Awaitable[Any]]:
         async def handler(req: Any, ctx: Ctx) -> Any:
-            code = grpc.StatusCode.OK
-            start = time.monotonic()
-            try:
-                _check_header(ctx)
+            async with self._guarded(ctx, name, cancelled_as=grpc.StatusCode.OK):
                 return await fn(req, ctx)
-            except S2SError as exc:
-                code = _code_for(exc)
-                await self._abort(ctx, name, code, exc)
-            except _AbortError:
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                await self._internal(ctx, name)
-            finally:
-                self._done(name, code, start)
+            return None  # the call was aborted
 
         return handler
 
@@ -321,27 +309,36 @@ class WorkloadApiServer:
         self, name: str, fn: Callable[[Any, Ctx], AsyncIterator[bytes]]
     ) -> Callable[[Any, Ctx], AsyncIterator[bytes]]:
         async def handler(req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-            code = grpc.StatusCode.OK
-            start = time.monotonic()
-            try:
-                _check_header(ctx)
+            async with self._guarded(ctx, name, cancelled_as=grpc.StatusCode.CANCELLED):
                 async for data in fn(req, ctx):
                     yield data
-            except S2SError as exc:
-                code = _code_for(exc)
-                await self._abort(ctx, name, code, exc)
-            except _AbortError:
-                raise
-            except Exception:
-                code = grpc.StatusCode.INTERNAL
-                await self._internal(ctx, name)
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            finally:
-                self._done(name, code, start)
 
         return handler
+
+    @contextlib.asynccontextmanager
+    async def _guarded(
+        self, ctx: Ctx, name: str, *, cancelled_as: grpc.StatusCode
+    ) -> AsyncIterator[None]:
+        """Check the security header, map errors to gRPC aborts, observe the call's code
+        (``cancelled_as`` when the call is cancelled)."""
+        code = grpc.StatusCode.OK
+        start = time.monotonic()
+        try:
+            _check_header(ctx)
+            yield
+        except S2SError as exc:
+            code = _code_for(exc)
+            await self._abort(ctx, name, code, exc)
+        except _AbortError:
+            raise
+        except Exception:
+            code = grpc.StatusCode.INTERNAL
+            await self._internal(ctx, name)
+        except asyncio.CancelledError:
+            code = cancelled_as
+            raise
+        finally:
+            self._done(name, code, start)
 
     async def _abort(self, ctx: Ctx, name: str, code: grpc.StatusCode, exc: S2SError) -> None:
         if isinstance(exc, AttestationFailed):
