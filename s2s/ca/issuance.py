@@ -112,7 +112,7 @@ class Issuer(CaService):
         if not 0 < len(requests) <= MAX_BATCH:
             raise InvalidRequest(f"a batch holds 1 to {MAX_BATCH} CSRs, got {len(requests)}")
         await self._registry.check_agent_not_revoked(agent)
-        snapshot = await self._registry.entries_for_agent(agent.spiffe_id)
+        snapshot = await self._registry.entries_for_agent(agent.spiffe_id, exact_revision=False)
         entries = {e.id: e for e in snapshot.entries}
         now = utc(self._clock.now())
         results: list[X509SvidResult] = []

@@ -164,9 +164,12 @@ class Registry(CaService):
         revision = await self._store.revision(Topic.ENTRIES)
         return EntrySnapshot(await self._store.list_entries(), revision)
 
-    async def entries_for_agent(self, agent_id: SpiffeId) -> EntrySnapshot:
-        """Entries whose parent is ``agent_id``, with the entries revision."""
-        return await self._cache.entries_for_parent(agent_id)
+    async def entries_for_agent(
+        self, agent_id: SpiffeId, *, exact_revision: bool = True
+    ) -> EntrySnapshot:
+        """Entries whose parent is ``agent_id``, with the entries revision. Callers that use
+        only the entries (not the revision) pass ``exact_revision=False``: never a store read."""
+        return await self._cache.entries_for_parent(agent_id, exact_revision=exact_revision)
 
     async def wait_for_entries(self, after_revision: int, timeout: float) -> int:
         """Wait until the entries revision exceeds ``after_revision`` or ``timeout`` seconds pass;

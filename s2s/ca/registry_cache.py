@@ -68,6 +68,10 @@ class RegistryCache:
         self._entries: _Entries | None = None
         self._generation = {Topic.AGENTS: 0, Topic.ENTRIES: 0}
         self._entries_moved = asyncio.Event()
+        # A write-through changed the entries but the store's new revision is not known yet:
+        # listings for agents go to the store until the next listing is installed, so that the
+        # revision an agent is given is never older than the content it is given.
+        self._entries_dirty = False
 
     @property
     def loaded(self) -> bool:
@@ -107,6 +111,7 @@ class RegistryCache:
     def _install_entries(self, entries: _Entries) -> None:
         moved = self._entries is None or entries.revision != self._entries.revision
         self._entries = entries
+        self._entries_dirty = False
         if moved:
             event, self._entries_moved = self._entries_moved, asyncio.Event()
             event.set()
@@ -158,10 +163,16 @@ class RegistryCache:
                 return found
         return await self._store.get_entry(entry_id)
 
-    async def entries_for_parent(self, parent_id: SpiffeId) -> EntrySnapshot:
-        """Entries whose parent is ``parent_id`` with the revision they are current for."""
+    async def entries_for_parent(
+        self, parent_id: SpiffeId, *, exact_revision: bool = True
+    ) -> EntrySnapshot:
+        """Entries whose parent is ``parent_id`` with the revision they are current for.
+
+        Right after an in-process write the snapshot's content is current but its revision is
+        not yet known: with ``exact_revision`` the store is read until the follower catches up.
+        """
         entries = self._entries
-        if entries is not None:
+        if entries is not None and not (exact_revision and self._entries_dirty):
             return EntrySnapshot(entries.by_parent.get(parent_id, ()), entries.revision)
         revision = await self._store.revision(Topic.ENTRIES)  # read first: no missed change
         return EntrySnapshot(await self._store.list_entries(parent_id=parent_id), revision)
@@ -196,10 +207,12 @@ class RegistryCache:
         entries = self._entries
         if entries is None:
             return
+        self._entries_dirty = True
         current = entries.by_id.get(entry_id)
         if entry is not None and current is not None and current.revision > entry.revision:
             return  # never replace a newer entry with an older one
         kept = tuple(e for e in entries.by_id.values() if e.id != entry_id)
         # Same revision: the store's new revision arrives with the next listing (and wakes
-        # long-polls then); the content is already current for this process's readers.
+        # long-polls then); meanwhile lookups by id use the new content and listings for agents
+        # read the store (``_entries_dirty``).
         self._entries = _Entries.of((*kept, entry) if entry is not None else kept, entries.revision)

@@ -16,7 +16,7 @@ from s2s.ca.issuance import CsrRequest
 from s2s.core.errors import NotAuthorized, NotFound
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
-from s2s.store.records import AgentRecord
+from s2s.store.records import AgentRecord, Topic
 from s2s.store.sqlite import SqliteStore
 
 WORKLOAD = SpiffeId.parse("spiffe://example.org/billing")
@@ -196,3 +196,29 @@ async def test_without_follow_reads_go_to_the_store(ca: Ca) -> None:
     await ca.registry.authorize_agent(agent.spiffe_id, agent.serial)
     assert reads[0] == 1
     assert not ca.registry.following
+
+
+async def test_a_listing_is_never_older_than_its_content(following: Ca) -> None:
+    """Right after an in-process write, an agent's listing carries the store's new revision:
+    the revision an agent is given is never older than the entries it is given."""
+    ca = following
+    agent = await attested(ca)
+    for uid in (1, 2):
+        await ca.registry.create_entry(
+            spiffe_id=SpiffeId.parse(f"spiffe://example.org/w{uid}"),
+            parent_id=agent.spiffe_id,
+            selectors=parse_selectors([f"unix:uid:{uid}"]),
+        )
+        snapshot = await ca.registry.entries_for_agent(agent.spiffe_id)
+        assert len(snapshot.entries) == uid
+        assert snapshot.revision == await ca.store.revision(Topic.ENTRIES)
+    # once the follower has caught up, the snapshot answers again, at the same revision
+    store_revision = await ca.store.revision(Topic.ENTRIES)
+
+    async def caught_up() -> bool:
+        return (await ca.registry.entries_for_agent(agent.spiffe_id)).revision == store_revision
+
+    await eventually(caught_up, "the follower to install the new listing")
+    lists = count_calls(ca.store, "list_entries")
+    snapshot = await ca.registry.entries_for_agent(agent.spiffe_id)
+    assert (len(snapshot.entries), snapshot.revision, lists[0]) == (2, store_revision, 0)
