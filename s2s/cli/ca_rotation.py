@@ -65,35 +65,31 @@ def authority_prepare(ctx: Any, kind: str, as_json: bool) -> None:
     _act(ctx, "prepare", kind, None, as_json)
 
 
-@click.command("activate")
-@_kind_option
-@_id_option
-@json_option
-@click.pass_obj
-def authority_activate(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
-    """Activate a prepared authority; the active one becomes old."""
-    _act(ctx, "activate", kind, authority_id, as_json)
+def _transition(action: str, help_text: str) -> click.Command:
+    """``authority <action> [--kind] [--id] [--json]``: move one authority to its next state."""
+
+    @click.command(action, help=help_text)
+    @_kind_option
+    @_id_option
+    @json_option
+    @click.pass_obj
+    def command(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
+        _act(ctx, action, kind, authority_id, as_json)
+
+    return command
 
 
-@click.command("taint")
-@_kind_option
-@_id_option
-@json_option
-@click.pass_obj
-def authority_taint(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
-    """Taint an old authority: agents re-issue everything it signed at once."""
-    _act(ctx, "taint", kind, authority_id, as_json)
-
-
-@click.command("revoke")
-@_kind_option
-@_id_option
-@json_option
-@click.pass_obj
-def authority_revoke(ctx: Any, kind: str, authority_id: str | None, as_json: bool) -> None:
-    """Revoke a tainted authority (an intermediate's serial is revoked; a JWT key leaves the
-    bundle)."""
-    _act(ctx, "revoke", kind, authority_id, as_json)
+authority_activate = _transition(
+    "activate", "Activate a prepared authority; the active one becomes old."
+)
+authority_taint = _transition(
+    "taint", "Taint an old authority: agents re-issue everything it signed at once."
+)
+authority_revoke = _transition(
+    "revoke",
+    "Revoke a tainted authority (an intermediate's serial is revoked; a JWT key leaves the\n"
+    "bundle).",
+)
 
 
 # ---- rotate-root ------------------------------------------------------------------------------
