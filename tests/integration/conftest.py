@@ -1,6 +1,8 @@
 """Shared integration fixtures: a real CA (``CaServer``, what ``s2s-ca serve`` runs) that a test
 can stop and start again on the same port, and a real agent (``s2s.agent.app.Agent``) in the
 same event loop. Registration goes through the CA's own registry (the admin API's service).
+Also a Workload API server on a real Unix socket (``socket_dir``, ``provider``, ``server``) that the
+agent and verifier tests share.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ from typing import Any
 import pytest
 
 from s2s.agent.app import Agent, AgentTuning, run_agent
+from s2s.agent.attestor import UnixAttestor
 from s2s.agent.config import AgentConfig
+from s2s.agent.static_provider import StaticIdentityProvider
+from s2s.agent.workload_api import WorkloadApiServer
 from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
-from s2s.core.clock import Clock
+from s2s.core.bundle import BundleSet
+from s2s.core.clock import Clock, FakeClock
 from s2s.core.registration import RegistrationEntry
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.testing import TestAuthority
 
 TRUST_DOMAIN = "example.org"
 FAST = AgentTuning(
@@ -111,15 +118,51 @@ class CaHandle:
         )
 
 
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory under /tmp (0755) for Unix sockets: short paths, reachable by other uids."""
+@contextlib.contextmanager
+def _open_dir() -> Iterator[Path]:
+    # Under /tmp with mode 0755: short Unix socket paths, reachable by the uid-65534 workloads
+    # (pytest's own tmp dirs are 0700).
     path = Path(tempfile.mkdtemp(prefix="s2s-it-", dir="/tmp"))
     path.chmod(0o755)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory under /tmp (0755) for Unix sockets: short paths, reachable by other uids."""
+    with _open_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def socket_dir() -> Iterator[Path]:
+    """A directory under /tmp (0755) for a Workload API socket (another than ``short_dir``)."""
+    with _open_dir() as path:
+        yield path
+
+
+@pytest.fixture
+def provider(authority: TestAuthority, fake_clock: FakeClock) -> StaticIdentityProvider:
+    """Bundles of ``authority``; JWT-SVIDs signed by it; nothing registered yet."""
+    return StaticIdentityProvider(
+        bundles=BundleSet.of(authority.bundle()),
+        jwt_signer=authority.issue_jwt_svid,
+        clock=fake_clock,
+    )
+
+
+@pytest.fixture
+async def server(
+    provider: StaticIdentityProvider, socket_dir: Path
+) -> AsyncIterator[WorkloadApiServer]:
+    """A Workload API server on ``socket_dir/agent.sock`` serving ``provider``."""
+    async with WorkloadApiServer(
+        provider=provider, attestor=UnixAttestor(), socket_path=str(socket_dir / "agent.sock")
+    ) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
-import shutil
 import ssl
-import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,16 +45,6 @@ _T = TypeVar("_T")
 @pytest.fixture
 def ca() -> TestAuthority:
     return TestAuthority("example.org")
-
-
-@pytest.fixture
-def socket_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="s2s-src-test-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

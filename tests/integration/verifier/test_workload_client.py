@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -14,7 +13,6 @@ from cryptography.hazmat.primitives import serialization
 from s2s.agent.attestor import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
-from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import (
     InvalidConfig,
@@ -35,31 +33,13 @@ API = "spiffe://example.org/api"
 
 
 @pytest.fixture
-def socket_path() -> Iterator[str]:
-    path = tempfile.mkdtemp(prefix="s2s-wlc-test-", dir="/tmp")
-    try:
-        yield os.path.join(path, "agent.sock")
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+def socket_path(socket_dir: Path) -> str:
+    return str(socket_dir / "agent.sock")
 
 
 @pytest.fixture
-def provider(authority: TestAuthority, fake_clock: FakeClock) -> StaticIdentityProvider:
-    return StaticIdentityProvider(
-        bundles=BundleSet.of(authority.bundle()),
-        jwt_signer=authority.issue_jwt_svid,
-        clock=fake_clock,
-    )
-
-
-@pytest.fixture
-async def client(
-    provider: StaticIdentityProvider, socket_path: str
-) -> AsyncIterator[WorkloadApiClient]:
-    async with (
-        WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=socket_path),
-        WorkloadApiClient(f"unix://{socket_path}") as c,
-    ):
+async def client(server: WorkloadApiServer) -> AsyncIterator[WorkloadApiClient]:
+    async with WorkloadApiClient(f"unix://{server.socket_path}") as c:
         yield c
 
 
