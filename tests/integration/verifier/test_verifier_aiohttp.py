@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import aiohttp
@@ -30,6 +30,7 @@ from s2s.verifier.peer import PeerRejected, PeerVerifier
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SERVER = "spiffe://example.org/server"
 CLIENT = "spiffe://example.org/client"
 
@@ -53,6 +54,21 @@ async def site(
     await tcp.start()
     try:
         yield f"https://127.0.0.1:{tcp.port}/", seen
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def plain_site(handler: Handler) -> AsyncIterator[str]:
+    """A plain HTTP (no TLS) site answering ``GET /`` with ``handler``; yields its URL."""
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    tcp = web.TCPSite(runner, "127.0.0.1", 0)
+    await tcp.start()
+    try:
+        yield f"http://127.0.0.1:{tcp.port}/"
     finally:
         await runner.cleanup()
 
@@ -160,18 +176,9 @@ async def test_peer_spiffe_id_without_tls_is_not_authorized(ca: TestAuthority) -
         except NotAuthorized as exc:
             return web.Response(status=403, text=str(exc))
 
-    app = web.Application()
-    app.router.add_get("/", whoami)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
-    await tcp.start()
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{tcp.port}/") as r:
-            assert r.status == 403
-            assert "mTLS" in await r.text()
-    finally:
-        await runner.cleanup()
+    async with plain_site(whoami) as url, aiohttp.ClientSession() as s, s.get(url) as r:
+        assert r.status == 403
+        assert "mTLS" in await r.text()
 
 
 async def test_client_response_keeps_the_server_id_after_the_connection_is_released(
@@ -211,19 +218,11 @@ async def test_server_spiffe_id_over_plain_http_is_not_authorized() -> None:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
-    app = web.Application()
-    app.router.add_get("/", hello)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    tcp = web.TCPSite(runner, "127.0.0.1", 0)
-    await tcp.start()
-    try:
+    async with plain_site(hello) as url:
         session = aiohttp.ClientSession(response_class=SpiffeClientResponse)
-        async with session, session.get(f"http://127.0.0.1:{tcp.port}/") as resp:
+        async with session, session.get(url) as resp:
             assert await resp.text() == "hello"
-        assert isinstance(resp, SpiffeClientResponse)
-        assert resp.server_spiffe_id is None
-        with pytest.raises(NotAuthorized, match="mTLS"):
-            server_spiffe_id(resp)
-    finally:
-        await runner.cleanup()
+    assert isinstance(resp, SpiffeClientResponse)
+    assert resp.server_spiffe_id is None
+    with pytest.raises(NotAuthorized, match="mTLS"):
+        server_spiffe_id(resp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import ssl
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,24 @@ async def s_client(port: int, files: dict[str, Path] | None, roots: Path) -> str
     return out.decode(errors="replace")
 
 
+def our_server_context(ca: TestAuthority, metrics: PeerMetrics) -> ssl.SSLContext:
+    """Our server (SVID of SERVER from ``ca``) accepting any client of ``ca``'s trust domain."""
+    return server_context(
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+    )
+
+
+def our_client_context(ca: TestAuthority, metrics: PeerMetrics) -> ssl.SSLContext:
+    """Our client (SVID of CLIENT from ``ca``) accepting only SERVER."""
+    return client_context(
+        source_of(ca.issue_x509_svid(CLIENT), ca.bundle()),
+        authorize=authorize_id(SERVER),
+        metrics=metrics,
+    )
+
+
 @pytest.fixture
 def ca() -> TestAuthority:
     return TestAuthority("example.org")
@@ -68,11 +87,7 @@ async def test_s_client_with_svid_is_accepted(
     ca: TestAuthority, metrics: PeerMetrics, tmp_path: Path
 ) -> None:
     files = write_svid(tmp_path / "c", ca.issue_x509_svid(CLIENT), ca.bundle_pem())
-    ctx = server_context(
-        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
-        metrics=metrics,
-        authorize=authorize_any(),
-    )
+    ctx = our_server_context(ca, metrics)
     async with serving(ctx) as served:
         out = await s_client(served.port, files, files["roots"])
     assert CLIENT in out
@@ -83,11 +98,7 @@ async def test_s_client_without_certificate_is_rejected(
     ca: TestAuthority, metrics: PeerMetrics, tmp_path: Path
 ) -> None:
     files = write_svid(tmp_path / "c", ca.issue_x509_svid(CLIENT), ca.bundle_pem())
-    ctx = server_context(
-        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
-        metrics=metrics,
-        authorize=authorize_any(),
-    )
+    ctx = our_server_context(ca, metrics)
     async with serving(ctx) as served:
         out = await s_client(served.port, None, files["roots"])
     assert CLIENT not in out
@@ -100,11 +111,7 @@ async def test_s_client_with_svid_of_foreign_root_is_rejected(
 ) -> None:
     foreign = TestAuthority("example.org").issue_x509_svid(CLIENT)
     files = write_svid(tmp_path / "c", foreign, ca.bundle_pem())
-    ctx = server_context(
-        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
-        metrics=metrics,
-        authorize=authorize_any(),
-    )
+    ctx = our_server_context(ca, metrics)
     async with serving(ctx) as served:
         await s_client(served.port, files, files["roots"])
     assert served.peers == []
@@ -159,11 +166,7 @@ async def test_our_client_against_s_server_verify(
     ca: TestAuthority, metrics: PeerMetrics, tmp_path: Path
 ) -> None:
     files = write_svid(tmp_path / "s", ca.issue_x509_svid(SERVER), ca.bundle_pem())
-    ctx = client_context(
-        source_of(ca.issue_x509_svid(CLIENT), ca.bundle()),
-        authorize=authorize_id(SERVER),
-        metrics=metrics,
-    )
+    ctx = our_client_context(ca, metrics)
     assert await _with_s_server(files, lambda port: _connect_peer(port, ctx)) == SERVER
     assert metrics.accepted_count() == 1
 
@@ -178,11 +181,7 @@ async def test_our_client_rejects_s_server(
         "svid-uri-san": lambda: ca.issue_x509_svid(SERVER, two_uri_sans=True),
     }[case]()
     files = write_svid(tmp_path / "s", server_svid, ca.bundle_pem())
-    ctx = client_context(
-        source_of(ca.issue_x509_svid(CLIENT), ca.bundle()),
-        authorize=authorize_id(SERVER),
-        metrics=metrics,
-    )
+    ctx = our_client_context(ca, metrics)
     with pytest.raises(PeerRejected) as info:
         await _with_s_server(files, lambda port: _connect_peer(port, ctx))
     assert info.value.reason == case
