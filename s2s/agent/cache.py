@@ -38,8 +38,10 @@ from s2s.agent.cache_state import (
     due_items,
     entry_order,
     event_times,
+    missing_ids,
     renew_now,
     revoked_ids,
+    serving,
     tainted_ids,
 )
 from s2s.agent.issuance import issued_item, keys_and_csrs, merge_updates
@@ -52,7 +54,7 @@ from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationSet
-from s2s.core.selectors import Selector, matches
+from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.log import F
@@ -117,14 +119,7 @@ class SvidCache(Versioned):
     # -- IdentityProvider -------------------------------------------------------------------
 
     def svids_for(self, selectors: frozenset[Selector]) -> tuple[X509Svid, ...]:
-        now = self._clock.now()
-        return tuple(
-            item.svid
-            for item in self._state.items
-            if item.svid is not None
-            and item.svid.not_after > now
-            and matches(item.entry.selectors, selectors)
-        )
+        return serving(self._state.items, selectors, self._clock.now())
 
     def bundles(self) -> BundleSet:
         return self._state.bundles
@@ -191,11 +186,7 @@ class SvidCache(Versioned):
         now = self._clock.now()
         if not self.synced.is_set():
             return False, "entries not synced with the CA yet"
-        missing = [
-            item.entry.id
-            for item in self._state.items
-            if item.svid is None or item.svid.not_after <= now
-        ]
+        missing = missing_ids(self._state.items, now)
         if missing:
             return False, f"{len(missing)} entries have no valid SVID (e.g. {missing[0]})"
         return True, ""

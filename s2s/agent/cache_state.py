@@ -17,6 +17,7 @@ from s2s.agent.tainted import signed_by_any
 from s2s.core.bundle import BundleSet
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationSet
+from s2s.core.selectors import Selector, matches
 from s2s.core.x509svid import X509Svid
 
 __all__ = [
@@ -25,10 +26,12 @@ __all__ = [
     "CachedSvid",
     "carry_over",
     "due_items",
+    "missing_ids",
     "entry_order",
     "event_times",
     "renew_now",
     "revoked_ids",
+    "serving",
     "tainted_ids",
 ]
 
@@ -55,6 +58,24 @@ class CacheState:
 
     def by_id(self) -> dict[str, CachedSvid]:
         return {item.entry.id: item for item in self.items}
+
+
+def serving(
+    items: Iterable[CachedSvid], selectors: frozenset[Selector], now: datetime
+) -> tuple[X509Svid, ...]:
+    """The unexpired SVIDs of the items whose entry ``selectors`` match, in serving order."""
+    return tuple(
+        item.svid
+        for item in items
+        if item.svid is not None
+        and item.svid.not_after > now
+        and matches(item.entry.selectors, selectors)
+    )
+
+
+def missing_ids(items: Iterable[CachedSvid], now: datetime) -> list[str]:
+    """Entry ids holding no unexpired SVID."""
+    return [item.entry.id for item in items if item.svid is None or item.svid.not_after <= now]
 
 
 def due_items(items: Iterable[CachedSvid], now: datetime) -> list[CachedSvid]:
