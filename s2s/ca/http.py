@@ -1,46 +1,49 @@
 """The CA's HTTPS API on aiohttp: public endpoints and the agent API.
 
-This module only parses, calls a service object and encodes. HTTP statuses are chosen here (and
-nowhere else): ``STATUS_BY_CODE`` maps each ``S2SError.code`` to a status, and every error leaves
-as ``{"error": code, "message": ...}``. The admin API (``admin.py``) reuses the same middleware.
+This module only parses, calls a service object and encodes. HTTP statuses are chosen in the
+HTTP layer only: ``STATUS_BY_CODE`` (``http_json``) maps each ``S2SError.code`` to a status, and
+every error leaves as ``{"error": code, "message": ...}`` (``http_middleware``, which the admin
+API in ``admin.py`` reuses).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import functools
 import json
-import logging
-import ssl
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from dataclasses import field as field_
-from datetime import timedelta
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 from aiohttp import web
-from cryptography import x509
 
-from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor, AgentSvidResult
-from s2s.ca.authority import Authority
-from s2s.ca.crl import CrlPublisher, render_crls
-from s2s.ca.issuance import MAX_BATCH, MAX_CSR_BYTES, CsrRequest, Issuer, JwtSvid, X509SvidResult
-from s2s.ca.lifecycle import AuthorityLifecycle
+from s2s.ca.crl import render_crls
+from s2s.ca.http_agent_auth import authenticate_agent, peer_certificate_der
+from s2s.ca.http_json import (
+    BATCH_BODY_LIMIT,
+    CSR_LABEL,
+    DEFAULT_BODY_LIMIT,
+    STATUS_BY_CODE,
+    RequestError,
+    error_response,
+    field,
+    json_response,
+    optional_ttl,
+    pem_to_der,
+    query_number,
+    read_json,
+    status_for,
+)
+from s2s.ca.http_middleware import error_middleware
+from s2s.ca.http_services import SERVICES, ApiServices
+from s2s.ca.issuance import MAX_BATCH, CsrRequest, JwtSvid, X509SvidResult
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
-from s2s.ca.registry import AGENT_PATH_PREFIX, AgentRecord, Registry
-from s2s.ca.revocations import RevocationService
-from s2s.ca.root_rotation import RootRotation
 from s2s.core.bundle import Bundle
-from s2s.core.errors import InvalidRequest, InvalidSvid, NotAuthorized, S2SError, Unavailable
-from s2s.core.spiffe_id import SpiffeId
-from s2s.core.x509svid import X509Svid, spiffe_id_of
-from s2s.log import F
+from s2s.core.errors import InvalidRequest, S2SError
+from s2s.core.x509svid import X509Svid
 
+# The names below were all defined here before the JSON helpers, the middleware, the services
+# value and agent authentication moved to their own modules; importers keep using this one.
 __all__ = [
     "BATCH_BODY_LIMIT",
     "DEFAULT_BODY_LIMIT",
@@ -67,233 +70,7 @@ __all__ = [
     "svid_json",
 ]
 
-log = logging.getLogger(__name__)
-_N = TypeVar("_N", int, float)
-CSR_LABEL: Final = "CERTIFICATE REQUEST"
-
-DEFAULT_BODY_LIMIT: Final = 64 * 1024
-BATCH_BODY_LIMIT: Final = 1024 * 1024
-
-# One place that turns an error code into an HTTP status.
-STATUS_BY_CODE: Final[Mapping[str, int]] = {
-    "invalid_request": 400,
-    "invalid_spiffe_id": 400,
-    "invalid_selector": 400,
-    "invalid_svid": 400,
-    "invalid_bundle": 400,
-    "invalid_token": 401,
-    "attestation_failed": 401,
-    "not_authorized": 403,
-    "revoked": 403,
-    "not_found": 404,
-    "method_not_allowed": 405,
-    "conflict": 409,
-    "too_large": 413,
-    "unsupported_media_type": 415,
-    "invalid_config": 500,
-    "internal": 500,
-    "unavailable": 503,
-    "store_error": 503,
-}
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def status_for(code: str) -> int:
-    """The HTTP status for an error ``code`` (500 for codes this table does not know)."""
-    return STATUS_BY_CODE.get(code, 500)
-
-
-def json_response(body: Any, *, status: int = 200) -> web.Response:
-    """A compact JSON response."""
-    return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(),
-        status=status,
-        content_type="application/json",
-    )
-
-
-def error_response(code: str, message: str, *, status: int | None = None) -> web.Response:
-    """The JSON error body every endpoint uses."""
-    return json_response({"error": code, "message": message}, status=status or status_for(code))
-
-
-class RequestError(S2SError):
-    """An HTTP-level refusal (body too large, wrong content type) with its own code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-async def read_json(request: web.Request, *, limit: int = DEFAULT_BODY_LIMIT) -> dict[str, Any]:
-    """Read a JSON object body of at most ``limit`` bytes, or raise a clear error.
-
-    415 for a content type other than ``application/json``, 413 above the limit, 400 for text
-    that is not a JSON object.
-    """
-    if request.content_type != "application/json":
-        raise RequestError(
-            "unsupported_media_type",
-            f"expected Content-Type application/json, got {request.content_type or 'none'!r}",
-        )
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestError("too_large", f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise RequestError("too_large", f"request body is larger than {limit} bytes")
-    try:
-        body = json.loads(raw, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object without repeated names (which parsers disagree on, RFC 8259 4)."""
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise InvalidRequest("request body repeats a field name")
-    return out
-
-
-def field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...] = str) -> Any:
-    """``body[name]`` if present and of ``kind``; otherwise an ``InvalidRequest`` naming it."""
-    if name not in body:
-        raise InvalidRequest(f"missing field {name!r}")
-    value = body[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise InvalidRequest(f"field {name!r} has the wrong type")
-    return value
-
-
-def peer_certificate_der(request: web.Request) -> bytes | None:
-    """The DER of the client's verified leaf certificate, or None without one."""
-    transport = request.transport
-    if transport is None:
-        return None
-    ssl_object = transport.get_extra_info("ssl_object")
-    if not isinstance(ssl_object, ssl.SSLObject):
-        return None
-    return ssl_object.getpeercert(binary_form=True)
-
-
-def _route_name(request: web.Request) -> str:
-    resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
-
-
-def error_middleware(metrics: CaMetrics | None) -> Any:
-    """Middleware: every failure becomes a JSON error; requests are counted; no tracebacks leak."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = time.perf_counter()
-        code = ""
-        try:
-            response = await handler(request)
-        except S2SError as exc:
-            code = exc.code
-            response = error_response(code, str(exc))
-        except web.HTTPException as exc:
-            code, response = _http_exception(exc)
-        except Exception:
-            log.exception("http.internal_error", extra={F.PATH: request.path})
-            code = "internal"
-            response = error_response(code, "internal error; see the CA log")
-        _observe(metrics, request, response.status, code, start)
-        return response
-
-    return middleware
-
-
-_HTTP_CODES: Final[Mapping[int, str]] = {
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "too_large",
-    415: "unsupported_media_type",
-}
-
-
-def _http_exception(exc: web.HTTPException) -> tuple[str, web.Response]:
-    code = _HTTP_CODES.get(exc.status, "invalid_request" if exc.status < 500 else "internal")
-    message = "no such endpoint" if exc.status == 404 else exc.reason
-    return code, error_response(code, message, status=exc.status)
-
-
-def _observe(
-    metrics: CaMetrics | None, request: web.Request, status: int, code: str, start: float
-) -> None:
-    if metrics is not None:
-        metrics.requests.labels(route=_route_name(request), status=str(status)).inc()
-        if code:
-            metrics.count_error(code)
-    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
-    log.log(
-        level,
-        "http.request",
-        extra={
-            F.METHOD: request.method,
-            F.PATH: request.path,
-            F.STATUS: status,
-            F.ERROR: code or None,
-            F.DURATION_MS: round((time.perf_counter() - start) * 1000, 3),
-        },
-    )
-
-
-# ---- services, as the adapters see them ---------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ApiServices:
-    """The service objects the HTTP adapters call (built in ``app.py``)."""
-
-    authority: Authority
-    registry: Registry
-    attestor: AgentAttestor
-    issuer: Issuer
-    metrics: CaMetrics
-    readiness: Callable[[], tuple[bool, str]]
-    closing: asyncio.Event = field_(default_factory=asyncio.Event)  # set on shutdown
-    revocations: RevocationService | None = None
-    crls: CrlPublisher | None = None
-    agent_sync: AgentSync | None = None  # bundle sequence reports, tainted authorities
-    lifecycle: AuthorityLifecycle | None = None
-    root_rotation: RootRotation | None = None
-
-    def revocation_service(self) -> RevocationService:
-        if self.revocations is None:
-            raise Unavailable("this CA serves no revocation data")
-        return self.revocations
-
-    def crl_publisher(self) -> CrlPublisher:
-        if self.crls is None:
-            raise Unavailable("this CA serves no CRLs")
-        return self.crls
-
-
-SERVICES: Final = web.AppKey("services", ApiServices)
 MAX_LONG_POLL: Final = 60.0
-
-
-def pem_to_der(text: object, *, label: str, name: str) -> bytes:
-    """The DER inside one PEM block of ``label`` (``CERTIFICATE REQUEST``), or InvalidRequest."""
-    if not isinstance(text, str) or len(text) > MAX_CSR_BYTES * 2:
-        raise InvalidRequest(
-            f"field {name!r} must be a PEM {label} of at most {MAX_CSR_BYTES} bytes"
-        )
-    begin, end = f"-----BEGIN {label}-----", f"-----END {label}-----"
-    start, stop = text.find(begin), text.find(end)
-    if start < 0 or stop < start or text.find(begin, start + 1) >= 0:
-        raise InvalidRequest(f"field {name!r} must hold exactly one PEM {label} block")
-    body = "".join(text[start + len(begin) : stop].split())
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidRequest(f"field {name!r} has invalid base64 in its PEM block") from exc
 
 
 def svid_json(svid: X509Svid) -> dict[str, Any]:
@@ -352,8 +129,8 @@ async def get_revocations(request: web.Request) -> web.Response:
     (public, like the bundle: revocation data is not secret)."""
     services = request.app[SERVICES]
     live = services.revocation_service().live
-    since = _query_number(request, "since", int, default=-1)
-    wait = min(_query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
+    since = query_number(request, "since", int, default=-1)
+    wait = min(query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
     current = await live.refresh()
     if wait > 0 and current.version <= since:
         with services.metrics.long_polls.track_inprogress():
@@ -365,28 +142,6 @@ async def get_revocations(request: web.Request) -> web.Response:
 
 
 # ---- agent API ----------------------------------------------------------------------------
-
-
-async def authenticate_agent(request: web.Request) -> AgentRecord:
-    """The calling agent's record: a verified client SVID with an agent ID the registry accepts."""
-    der = peer_certificate_der(request)
-    if der is None:
-        raise NotAuthorized("this endpoint needs the agent SVID as a TLS client certificate")
-    spiffe_id, serial = _peer_identity(der)
-    if not spiffe_id.path.startswith(AGENT_PATH_PREFIX):
-        raise NotAuthorized(f"{spiffe_id} is not an agent ID")
-    return await request.app[SERVICES].registry.authorize_agent(spiffe_id, serial)
-
-
-@functools.lru_cache(maxsize=4096)
-def _peer_identity(der: bytes) -> tuple[SpiffeId, int]:
-    """(SPIFFE ID, serial) of a client certificate OpenSSL already verified; cached by DER, as
-    an agent presents the same certificate on every call (authorization is never cached)."""
-    try:
-        cert = x509.load_der_x509_certificate(der)
-        return spiffe_id_of(cert), cert.serial_number
-    except (ValueError, InvalidSvid) as exc:
-        raise NotAuthorized("the client certificate is not an SVID") from exc
 
 
 async def post_attest(request: web.Request) -> web.Response:
@@ -421,10 +176,10 @@ async def get_entries(request: web.Request) -> web.Response:
     entries, long-polling past entries revision R and authorities revision A; records the bundle
     sequence N the agent holds; the answer adds the bundle sequence and tainted authorities."""
     agent = await authenticate_agent(request)
-    since = _query_number(request, "since", int, default=-1)
-    wait = min(_query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
-    held = _query_number(request, "bundle_sequence", int, default=-1)
-    seen = _query_number(request, "authorities", int, default=-1)
+    since = query_number(request, "since", int, default=-1)
+    wait = min(query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
+    held = query_number(request, "bundle_sequence", int, default=-1)
+    seen = query_number(request, "authorities", int, default=-1)
     services = request.app[SERVICES]
     registry, sync = services.registry, services.agent_sync
     if sync is not None and held >= 0:
@@ -524,28 +279,6 @@ def _audience(body: Mapping[str, Any]) -> list[str]:
     if not audience or not all(isinstance(a, str) and a for a in audience):
         raise InvalidRequest("'audience' must be a non-empty list of non-empty strings")
     return audience
-
-
-def optional_ttl(body: Mapping[str, Any]) -> timedelta | None:
-    if body.get("ttl") is None:
-        return None
-    seconds = field(body, "ttl", int)
-    if seconds <= 0:
-        raise InvalidRequest("'ttl' must be a positive number of seconds")
-    return timedelta(seconds=seconds)
-
-
-def _query_number(request: web.Request, name: str, kind: type[_N], *, default: _N) -> _N:
-    text = request.query.get(name)
-    if text is None:
-        return default
-    try:
-        value = kind(text)
-    except ValueError:
-        raise InvalidRequest(f"query parameter {name!r} must be a number") from None
-    if not value >= 0:  # negative or NaN
-        raise InvalidRequest(f"query parameter {name!r} must not be negative")
-    return value
 
 
 def public_app(

@@ -1,0 +1,86 @@
+"""The middleware every CA HTTP application uses (public and admin): any failure becomes the JSON
+error body, requests are counted and logged, no traceback leaks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final
+
+from aiohttp import web
+
+from s2s.ca.http_json import error_response
+from s2s.ca.metrics import CaMetrics
+from s2s.core.errors import S2SError
+from s2s.log import F
+
+__all__ = ["error_middleware"]
+
+log = logging.getLogger("s2s.ca.http")  # the logger name operators already filter on
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def error_middleware(metrics: CaMetrics | None) -> Any:
+    """Middleware: every failure becomes a JSON error; requests are counted; no tracebacks leak."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        code = ""
+        try:
+            response = await handler(request)
+        except S2SError as exc:
+            code = exc.code
+            response = error_response(code, str(exc))
+        except web.HTTPException as exc:
+            code, response = _http_exception(exc)
+        except Exception:
+            log.exception("http.internal_error", extra={F.PATH: request.path})
+            code = "internal"
+            response = error_response(code, "internal error; see the CA log")
+        _observe(metrics, request, response.status, code, start)
+        return response
+
+    return middleware
+
+
+_HTTP_CODES: Final[Mapping[int, str]] = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _http_exception(exc: web.HTTPException) -> tuple[str, web.Response]:
+    code = _HTTP_CODES.get(exc.status, "invalid_request" if exc.status < 500 else "internal")
+    message = "no such endpoint" if exc.status == 404 else exc.reason
+    return code, error_response(code, message, status=exc.status)
+
+
+def _observe(
+    metrics: CaMetrics | None, request: web.Request, status: int, code: str, start: float
+) -> None:
+    if metrics is not None:
+        metrics.requests.labels(route=_route_name(request), status=str(status)).inc()
+        if code:
+            metrics.count_error(code)
+    level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    log.log(
+        level,
+        "http.request",
+        extra={
+            F.METHOD: request.method,
+            F.PATH: request.path,
+            F.STATUS: status,
+            F.ERROR: code or None,
+            F.DURATION_MS: round((time.perf_counter() - start) * 1000, 3),
+        },
+    )

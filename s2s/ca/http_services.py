@@ -1,0 +1,56 @@
+"""The service objects the CA's HTTP adapters call, as one value stored on the aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field as field_
+from typing import Final
+
+from aiohttp import web
+
+from s2s.ca.agent_sync import AgentSync
+from s2s.ca.attestation import AgentAttestor
+from s2s.ca.authority import Authority
+from s2s.ca.crl import CrlPublisher
+from s2s.ca.issuance import Issuer
+from s2s.ca.lifecycle import AuthorityLifecycle
+from s2s.ca.metrics import CaMetrics
+from s2s.ca.registry import Registry
+from s2s.ca.revocations import RevocationService
+from s2s.ca.root_rotation import RootRotation
+from s2s.core.errors import Unavailable
+
+__all__ = ["SERVICES", "ApiServices"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiServices:
+    """The service objects the HTTP adapters call (built in ``app.py``)."""
+
+    authority: Authority
+    registry: Registry
+    attestor: AgentAttestor
+    issuer: Issuer
+    metrics: CaMetrics
+    readiness: Callable[[], tuple[bool, str]]
+    closing: asyncio.Event = field_(default_factory=asyncio.Event)  # set on shutdown
+    revocations: RevocationService | None = None
+    crls: CrlPublisher | None = None
+    agent_sync: AgentSync | None = None  # bundle sequence reports, tainted authorities
+    lifecycle: AuthorityLifecycle | None = None
+    root_rotation: RootRotation | None = None
+
+    def revocation_service(self) -> RevocationService:
+        if self.revocations is None:
+            raise Unavailable("this CA serves no revocation data")
+        return self.revocations
+
+    def crl_publisher(self) -> CrlPublisher:
+        if self.crls is None:
+            raise Unavailable("this CA serves no CRLs")
+        return self.crls
+
+
+SERVICES: Final = web.AppKey("services", ApiServices)
