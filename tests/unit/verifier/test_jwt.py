@@ -1,4 +1,8 @@
-"""JwtValidator: every accepting case next to the rejections the issue lists, plus the cache."""
+"""JwtValidator: every accepting case next to the rejections the issue lists, and revocation.
+
+The cache is tested in test_jwt_validator_cache.py, the Wycheproof JWS vectors in
+test_jws_wycheproof.py; the harness is in jwt_support.py.
+"""
 
 from __future__ import annotations
 
@@ -7,115 +11,36 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from jwt_support import (
+    AUD,
+    B64_ALPHABET,
+    WORKLOAD,
+    Harness,
+    Lookup,
+    b64,
+    revocation_record,
+    sign_token,
+)
 from prometheus_client import CollectorRegistry
 
 from s2s.core.bundle import Bundle, BundleSet, JwtAuthority
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
-from s2s.core.jwtsvid import algorithms_for_key, check_jwt_header
-from s2s.core.revocation import RevocationKind, RevocationRecord, RevocationSet
+from s2s.core.revocation import RevocationKind, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.testing import TestAuthority
 from s2s.verifier.jwt import (
     REJECTION_REASONS,
     JwtMetrics,
     JwtValidator,
-    parse_compact,
-    verify_signature,
 )
-
-AUD = "spiffe://example.org/api"
-WORKLOAD = "spiffe://example.org/billing"
-B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_HASHES = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def sign_token(header: dict[str, Any], claims: dict[str, Any] | bytes, key: Any, alg: str) -> str:
-    """A compact JWS made by hand, so any header/key/algorithm mismatch can be built."""
-    payload = claims if isinstance(claims, bytes) else json.dumps(claims).encode()
-    signing_input = f"{b64(json.dumps(header).encode())}.{b64(payload)}".encode()
-    digest = _HASHES[alg[2:]]()
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(digest)))
-        size = (key.curve.key_size + 7) // 8
-        sig = r.to_bytes(size, "big") + s.to_bytes(size, "big")
-    elif alg.startswith("PS"):
-        pss = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
-        sig = key.sign(signing_input, pss, digest)
-    else:
-        sig = key.sign(signing_input, padding.PKCS1v15(), digest)
-    return f"{signing_input.decode()}.{b64(sig)}"
-
-
-class Harness:
-    """A validator over two trust domains; tests swap ``bundles`` and ``revocations`` whole."""
-
-    def __init__(self, clock: FakeClock, authority: TestAuthority) -> None:
-        self.clock = clock
-        self.ca = authority
-        self.other = TestAuthority("other.org", clock=clock)
-        self.bundles = BundleSet.of(authority.bundle(), self.other.bundle())
-        self.revocations = RevocationSet.EMPTY
-        self.revocations_stale = False
-        self.metrics = JwtMetrics(CollectorRegistry())
-        self.validator = JwtValidator(
-            _Lookup(lambda: self.bundles),
-            AUD,
-            revocations=_Lookup(self._current_revocations),
-            clock=clock,
-            metrics=self.metrics,
-        )
-
-    def _current_revocations(self) -> RevocationSet:
-        if self.revocations_stale:
-            raise Unavailable("the revocation feed has not confirmed its set for 40 s")
-        return self.revocations
-
-    def claims(self, **extra: Any) -> dict[str, Any]:
-        now = int(self.clock.now().timestamp())
-        return {"sub": WORKLOAD, "aud": AUD, "exp": now + 300, "iat": now, **extra}
-
-    def header(self, **extra: Any) -> dict[str, Any]:
-        return {"alg": "ES256", "kid": self.ca.jwt_kid, "typ": "JWT", **extra}
-
-    def reject(self, token: Any, reason: str) -> InvalidToken:
-        """Assert the validator rejects ``token`` for ``reason`` and counts it."""
-        before = self.metrics.rejection_count(reason)
-        with pytest.raises(InvalidToken) as info:
-            self.validator.validate(token)
-        assert info.value.reason == reason, str(info.value)
-        assert self.metrics.rejection_count(reason) == before + 1
-        return info.value
-
-
-class _Lookup:
-    """A real, tiny BundleLookup / RevocationLookup: whatever the harness holds now."""
-
-    def __init__(self, get: Callable[[], Any]) -> None:
-        self.current = get
-
-
-@pytest.fixture
-def h(fake_clock: FakeClock, authority: TestAuthority) -> Harness:
-    return Harness(fake_clock, authority)
-
 
 # --- the accepting case and its twins -------------------------------------------------------
 
@@ -354,17 +279,10 @@ def test_fuzzed_tokens_raise_only_invalid_token(h: Harness, data: st.DataObject)
 # --- revocation --------------------------------------------------------------------------------
 
 
-def _record(
-    h: Harness, kind: RevocationKind, value: str, at: dt.datetime | None = None
-) -> RevocationRecord:
-    revoked_at = at if at is not None else h.clock.now()
-    return RevocationRecord(kind, value, revoked_at, revoked_at + dt.timedelta(hours=1))
-
-
 def test_revoked_jti_is_rejected(h: Harness) -> None:
     token = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="jti-1")
     twin = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="jti-2")
-    h.revocations = RevocationSet.of([_record(h, RevocationKind.JTI, "jti-1")], version=1)
+    h.revocations = RevocationSet.of([revocation_record(h, RevocationKind.JTI, "jti-1")], version=1)
     h.reject(token, "revoked")
     assert h.validator.validate(twin)
 
@@ -373,7 +291,9 @@ def test_revoked_spiffe_id_covers_tokens_issued_before_the_revocation(h: Harness
     before = h.ca.issue_jwt_svid(WORKLOAD, AUD)
     no_iat = h.ca.issue_jwt_svid(WORKLOAD, AUD, drop_claims=["iat"])
     h.clock.advance(seconds=10)
-    h.revocations = RevocationSet.of([_record(h, RevocationKind.SPIFFE_ID, WORKLOAD)], version=1)
+    h.revocations = RevocationSet.of(
+        [revocation_record(h, RevocationKind.SPIFFE_ID, WORKLOAD)], version=1
+    )
     h.reject(before, "revoked")
     h.reject(no_iat, "revoked")  # no iat: it may be older than the revocation
     h.clock.advance(seconds=10)
@@ -397,124 +317,10 @@ def test_bundles_not_yet_known_are_unavailable_not_a_verdict(
         raise Unavailable("the JWT source has not received bundles yet")
 
     validator = JwtValidator(
-        _Lookup(no_bundles_yet), AUD, clock=fake_clock, metrics=JwtMetrics(CollectorRegistry())
+        Lookup(no_bundles_yet), AUD, clock=fake_clock, metrics=JwtMetrics(CollectorRegistry())
     )
     with pytest.raises(Unavailable):
         validator.validate(authority.issue_jwt_svid(WORKLOAD, AUD))
-
-
-# --- the cache ----------------------------------------------------------------------------------
-
-
-def test_repeated_token_is_a_cache_hit(h: Harness) -> None:
-    token = h.ca.issue_jwt_svid(WORKLOAD, AUD)
-    first = h.validator.validate(token)
-    assert (h.validator.cache_hits, h.validator.cache_misses) == (0, 1)
-    assert h.validator.validate(token) is first
-    assert (h.validator.cache_hits, h.validator.cache_misses) == (1, 1)
-
-
-def test_rejections_are_not_cached(h: Harness) -> None:
-    token = h.ca.issue_jwt_svid(WORKLOAD, "wrong")
-    h.reject(token, "aud")
-    h.reject(token, "aud")
-    assert h.validator.cache_len() == 0
-
-
-def test_cache_is_dropped_when_the_revocation_set_changes(h: Harness) -> None:
-    token = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="j")
-    h.validator.validate(token)
-    h.validator.validate(token)
-    h.revocations = RevocationSet.of([_record(h, RevocationKind.JTI, "j")], version=1)
-    h.reject(token, "revoked")
-    h.revocations = RevocationSet.of([], version=2)
-    assert h.validator.validate(token)
-    assert h.validator.cache_hits == 1
-
-
-def test_cache_is_dropped_when_the_bundle_changes(h: Harness) -> None:
-    token = h.ca.issue_jwt_svid(WORKLOAD, AUD)
-    h.validator.validate(token)
-    # The trust domain rotated its JWT key away: the cached success must not survive.
-    h.bundles = h.bundles.with_bundle(Bundle(h.ca.trust_domain, x509_authorities=(h.ca.root,)))
-    h.reject(token, "kid")
-    h.bundles = h.bundles.without(h.ca.trust_domain)
-    h.reject(token, "untrusted")
-
-
-def test_cache_entry_is_dropped_at_exp(h: Harness) -> None:
-    token = h.ca.issue_jwt_svid(WORKLOAD, AUD, ttl=dt.timedelta(seconds=60))
-    h.validator.validate(token)
-    h.clock.advance(seconds=59)
-    h.validator.validate(token)
-    assert h.validator.cache_hits == 1
-    h.clock.advance(seconds=1)  # at exp: no hit; the leeway still accepts it on a fresh check
-    h.validator.validate(token)
-    assert (h.validator.cache_hits, h.validator.cache_misses) == (1, 2)
-    h.clock.advance(seconds=31)
-    h.reject(token, "exp")
-
-
-def test_concurrent_validations_never_accept_after_seeing_a_revocation(h: Harness) -> None:
-    token = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="hot")
-    revoked = RevocationSet.of([_record(h, RevocationKind.JTI, "hot")], version=1)
-    h.validator.validate(token)
-    started = threading.Barrier(5)
-    outcomes: list[list[str]] = [[] for _ in range(4)]
-
-    def worker(out: list[str]) -> None:
-        started.wait()
-        deadline = time.monotonic() + 10
-        while out.count("revoked") < 200 and time.monotonic() < deadline:
-            try:
-                h.validator.validate(token)
-                out.append("ok")
-            except InvalidToken as exc:  # any other exception fails the thread, and the test
-                out.append(exc.reason)
-
-    threads = [threading.Thread(target=worker, args=(o,)) for o in outcomes]
-    for t in threads:
-        t.start()
-    started.wait()
-    while sum(len(o) for o in outcomes) < 2000:
-        time.sleep(0.0005)
-    h.revocations = revoked
-    for t in threads:
-        t.join()
-    for out in outcomes:
-        assert set(out) <= {"ok", "revoked"}
-        assert "revoked" in out
-        first = out.index("revoked")
-        assert "ok" not in out[first:], "a cached success came back after the revocation"
-    h.reject(token, "revoked")
-
-
-def test_cache_is_bounded_lru(fake_clock: FakeClock, authority: TestAuthority) -> None:
-    validator = JwtValidator(
-        BundleSet.of(authority.bundle()), AUD, clock=fake_clock, cache_size=2,
-        metrics=JwtMetrics(CollectorRegistry()),
-    )  # fmt: skip
-    a, b, c = (authority.issue_jwt_svid(f"{WORKLOAD}/{n}", AUD) for n in "abc")
-    validator.validate(a)
-    validator.validate(b)
-    validator.validate(a)  # a is now the most recently used
-    validator.validate(c)  # evicts b
-    assert validator.cache_len() == 2
-    validator.validate(a)
-    assert validator.cache_hits == 2
-    validator.validate(b)
-    assert validator.cache_misses == 4
-
-
-def test_cache_can_be_disabled(fake_clock: FakeClock, authority: TestAuthority) -> None:
-    validator = JwtValidator(
-        BundleSet.of(authority.bundle()), AUD, clock=fake_clock, cache_size=0,
-        metrics=JwtMetrics(CollectorRegistry()),
-    )  # fmt: skip
-    token = authority.issue_jwt_svid(WORKLOAD, AUD)
-    validator.validate(token)
-    validator.validate(token)
-    assert (validator.cache_hits, validator.cache_len()) == (0, 0)
 
 
 @pytest.mark.parametrize(
@@ -530,127 +336,3 @@ def test_bad_configuration_is_refused(authority: TestAuthority, kwargs: dict[str
     args: dict[str, Any] = {"audience": AUD, **kwargs}
     with pytest.raises(InvalidConfig):
         JwtValidator(BundleSet.of(authority.bundle()), **args)
-
-
-# --- Wycheproof JWS vectors ---------------------------------------------------------------------
-#
-# The vectors sign "foo"-like payloads, not JWT-SVID claims, so they exercise the JWS layer the
-# validator is built from: parse_compact (strict compact form and base64url), check_jwt_header
-# (alg allowlist, no embedded keys) and verify_signature (algorithm bound to the key type, exact
-# signature lengths, PSS salt = hash size). Groups and why some do not apply:
-#   hs256 / rfc7520 HS256 / base64 (HMAC): JWT-SVID forbids HS*, so *every* vector there, valid
-#     or not, must be rejected (reason alg or malformed) - asserted below.
-#   rsa_encryption / ec_key_for_encryption (use=enc, key_ops=[encrypt]): such a JWK never becomes
-#     a JWT authority: a SPIFFE bundle only takes keys with use=jwt-svid (asserted below).
-#   JSON serialization vectors (tcId 17): compact serialization only, rejected as malformed.
-# Every other group runs: invalid vectors must raise InvalidToken; valid ones must verify. Each
-# key is also used to mint a SPIFFE-shaped token that the full validator must accept.
-
-WYCHEPROOF = Path("/work/shared/vectors/wycheproof/json_web_signature_test.json")
-
-
-def _wycheproof_groups() -> list[dict[str, Any]]:
-    if not WYCHEPROOF.exists():
-        return []
-    return list(json.loads(WYCHEPROOF.read_text())["testGroups"])
-
-
-def _jwk_key(jwk: dict[str, Any]) -> Any:
-    loader = ECAlgorithm if jwk["kty"] == "EC" else RSAAlgorithm
-    return loader.from_jwk(json.dumps(jwk))
-
-
-def _vector_cases(signing: bool) -> list[Any]:
-    cases = []
-    for group in _wycheproof_groups():
-        public = group.get("public") or {}
-        is_signing_key = public.get("kty") in ("EC", "RSA") and public.get("use", "sig") == "sig"
-        if is_signing_key and "encrypt" not in public.get("key_ops", ()) and signing:
-            cases += [
-                pytest.param(public, t, id=f"tc{t['tcId']}-{t['comment']}") for t in group["tests"]
-            ]
-        elif not is_signing_key and not signing:
-            cases += [
-                pytest.param(group, t, id=f"tc{t['tcId']}-{t['comment']}") for t in group["tests"]
-            ]
-    return cases
-
-
-def _verify_jws(token: Any, key: Any, pinned: frozenset[str] | None = None) -> None:
-    jws = parse_compact(token)
-    alg = check_jwt_header(jws.header)
-    verify_signature(alg, key, jws.signing_input, jws.signature, pinned=pinned)
-
-
-def test_wycheproof_vectors_are_present() -> None:
-    assert len(_vector_cases(True)) > 300, "the Wycheproof JWS vectors are missing"
-
-
-@pytest.mark.parametrize(("public", "vector"), _vector_cases(True))
-def test_wycheproof_signature_vectors(public: dict[str, Any], vector: dict[str, Any]) -> None:
-    key = _jwk_key(public)
-    if vector["result"] == "valid":
-        _verify_jws(vector["jws"], key)
-    elif "WrongPrimitive" in vector["flags"]:
-        # A valid RS*/PS* signature by a key whose JWK says "alg": "PS512". SPIFFE bundle keys
-        # carry no alg, so a bundle RSA key verifies every RS*/PS* algorithm (as go-spiffe does);
-        # a key pinned to its JWK alg rejects the vector.
-        with pytest.raises(InvalidToken) as info:
-            _verify_jws(vector["jws"], key, pinned=frozenset({public["alg"]}))
-        assert info.value.reason in ("alg", "signature")
-    else:
-        with pytest.raises(InvalidToken):
-            _verify_jws(vector["jws"], key)
-
-
-@pytest.mark.parametrize(("group", "vector"), _vector_cases(False))
-def test_wycheproof_vectors_without_a_signing_key_are_all_rejected(
-    group: dict[str, Any], vector: dict[str, Any], h: Harness
-) -> None:
-    public = group.get("public")
-    if public is not None:
-        # use=enc / key_ops=[encrypt]: a SPIFFE bundle ignores a key without use=jwt-svid, so
-        # the token's kid is unknown to any validator.
-        bundle = Bundle.decode(h.ca.trust_domain, json.dumps({"keys": [public]}))
-        assert bundle.jwt_authorities == ()
-        assert bundle.jwt_authority(public["kid"]) is None
-        return
-    # HMAC groups: HS* is outside the JWT-SVID allowlist, so even "valid" MACs are rejected.
-    with pytest.raises(InvalidToken) as info:
-        check_jwt_header(parse_compact(vector["jws"]).header)
-    assert info.value.reason in ("alg", "malformed")
-    with pytest.raises(InvalidToken) as info:
-        h.validator.validate(vector["jws"])
-    assert info.value.reason in ("alg", "malformed")
-
-
-def _signing_groups() -> list[Any]:
-    out = []
-    for group in _wycheproof_groups():
-        private, public = group.get("private") or {}, group.get("public") or {}
-        if (
-            public.get("kty") in ("EC", "RSA")
-            and "d" in private
-            and public.get("use", "sig") == "sig"
-        ):
-            if "encrypt" in public.get("key_ops", ()):
-                continue
-            out.append(pytest.param(private, public, id=f"{group['comment']}-{public.get('kid')}"))
-    return out
-
-
-@pytest.mark.parametrize(("private", "public"), _signing_groups())
-def test_wycheproof_keys_sign_spiffe_tokens_the_validator_accepts(
-    private: dict[str, Any], public: dict[str, Any], h: Harness
-) -> None:
-    key, kid = _jwk_key(private), str(public.get("kid", "wycheproof"))
-    h.bundles = h.bundles.with_bundle(
-        Bundle(h.ca.trust_domain, jwt_authorities=(JwtAuthority(kid, _jwk_key(public)),))
-    )
-    alg = next(iter(sorted(algorithms_for_key(key))))
-    token = sign_token(h.header(kid=kid, alg=alg), h.claims(), key, alg)
-    assert h.validator.validate(token).spiffe_id == SpiffeId.parse(WORKLOAD)
-    head, body, sig = token.split(".")
-    raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
-    raw[-1] ^= 0x80
-    h.reject(f"{head}.{body}.{b64(bytes(raw))}", "signature")
