@@ -1,4 +1,4 @@
-"""Sources against a real Workload API server on a Unix socket, and PEM files on disk."""
+"""Sources against a real Workload API server on a Unix socket (PEM files: test_source_pem.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import asyncio
 import datetime as dt
 import os
 import ssl
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,13 +14,13 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from prometheus_client import CollectorRegistry
-from verifier_support import exchange, serving
+from verifier_support import Updates, exchange, serial_is, serving, wait_for, write_svid
 
 from s2s.agent.attestor import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet
-from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
+from s2s.core.errors import InvalidToken, Unavailable
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
@@ -29,9 +28,9 @@ from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
-from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_pem_source, open_x509_source
+from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_x509_source
 from s2s.verifier.tls import client_context, server_context
-from s2s.verifier.x509context import X509Context, X509SourceLike
+from s2s.verifier.x509context import X509SourceLike
 
 ME = "spiffe://example.org/me"
 AUD = "spiffe://example.org/api"
@@ -65,32 +64,6 @@ async def agent(
 
 def register(provider: StaticIdentityProvider, svid: X509Svid) -> None:
     provider.put("me", [f"unix:uid:{os.getuid()}"], svid)
-
-
-class Updates:
-    """Collects subscriber calls; ``wait`` blocks (with a deadline) until a predicate holds."""
-
-    def __init__(self) -> None:
-        self.values: list[Any] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, value: Any) -> None:
-        with self._cond:
-            self.values.append(value)
-            self._cond.notify_all()
-
-    async def wait(self, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-        return await asyncio.to_thread(self.wait_sync, predicate, timeout)
-
-    def wait_sync(self, predicate: Callable[[Any], bool], timeout: float = 5.0) -> Any:
-        with self._cond:
-            ok = self._cond.wait_for(lambda: any(predicate(v) for v in self.values), timeout)
-            assert ok, f"no matching update within {timeout} s; got {len(self.values)}"
-            return next(v for v in self.values if predicate(v))
-
-
-def serial_is(serial: int) -> Callable[[X509Context], bool]:
-    return lambda ctx: ctx.default_svid.serial == serial
 
 
 # --- Backoff ------------------------------------------------------------------------------------
@@ -214,13 +187,6 @@ def crl_der(issuer: x509.Certificate, key: Any, serial: int) -> bytes:
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def test_x509_source_drives_mtls_and_its_revocations_reject_a_revoked_client(
     agent: WorkloadApiServer, provider: StaticIdentityProvider, ca: TestAuthority, tmp_path: Path
 ) -> None:
@@ -311,110 +277,7 @@ async def test_agent_jwt_svid_validates_here_and_with_the_official_spiffe_client
             spiffe.JwtSvid.parse_and_validate(foreign, theirs, {AUD})
 
 
-# --- PEM files ----------------------------------------------------------------------------------
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def write_svid(directory: Path, svid: X509Svid, bundle: bytes) -> tuple[str, str, str]:
-    paths = (directory / "svid.pem", directory / "svid.key", directory / "bundle.pem")
-    write_atomically(paths[0], svid.chain_pem())
-    write_atomically(paths[1], svid.key_pem())
-    write_atomically(paths[2], bundle)
-    return str(paths[0]), str(paths[1]), str(paths[2])
-
-
-async def test_pem_source_reloads_on_rotation_and_keeps_the_last_good_files(
-    tmp_path: Path, ca: TestAuthority
-) -> None:
-    first = ca.issue_x509_svid(ME)
-    paths = write_svid(tmp_path, first, ca.bundle_pem())
-    async with PemFileX509Source(*paths, poll_interval=0.02) as source:
-        assert source.current().default_svid.serial == first.serial
-        assert source.current().default_svid.private_key is not None
-        updates = Updates()
-        source.subscribe(updates)
-        second = ca.issue_x509_svid(ME)
-        write_svid(tmp_path, second, ca.bundle_pem())
-        await updates.wait(serial_is(second.serial))
-        # Half-written rotation: a new chain with the old key. Kept out, reported.
-        third = ca.issue_x509_svid(ME)
-        write_atomically(Path(paths[0]), third.chain_pem())
-        await wait_for(lambda: source.error is not None)
-        assert "is not the key of" in (source.error or "")
-        assert source.current().default_svid.serial == second.serial
-        write_atomically(Path(paths[1]), third.key_pem())  # the key arrives: now it loads
-        await updates.wait(serial_is(third.serial))
-        assert source.error is None
-        write_atomically(Path(paths[2]), b"garbage")
-        await wait_for(lambda: source.error is not None)
-        assert source.current().default_svid.serial == third.serial
-
-
-def test_pem_source_follows_a_symlink_swap_as_kubernetes_secrets_do(
-    tmp_path: Path, ca: TestAuthority
-) -> None:
-    first, second = ca.issue_x509_svid(ME), ca.issue_x509_svid(ME)
-    for name, svid in (("v1", first), ("v2", second)):
-        (tmp_path / name).mkdir()
-        write_svid(tmp_path / name, svid, ca.bundle_pem())
-    (tmp_path / "..data").symlink_to("v1")
-    paths = [str(tmp_path / "..data" / n) for n in ("svid.pem", "svid.key", "bundle.pem")]
-    source = PemFileX509Source(*paths)
-    assert source.current().default_svid.serial == first.serial
-    assert source.reload() is False
-    (tmp_path / "..data.tmp").symlink_to("v2")
-    os.replace(tmp_path / "..data.tmp", tmp_path / "..data")  # one atomic swap of all three
-    assert source.reload() is True
-    assert source.current().default_svid.serial == second.serial
-
-
-def test_pem_source_accepts_a_spiffe_bundle_and_refuses_bad_files(
-    tmp_path: Path, ca: TestAuthority
-) -> None:
-    svid = ca.issue_x509_svid(ME)
-    paths = write_svid(tmp_path, svid, ca.bundle().encode())
-    source = PemFileX509Source(*paths)
-    assert source.current().bundles.get(ca.trust_domain) == ca.bundle()
-    with pytest.raises(InvalidConfig, match="cannot stat"):
-        PemFileX509Source(paths[0], paths[1], str(tmp_path / "missing.pem"))
-    write_atomically(Path(paths[0]), ca.issue_x509_svid(ME, two_uri_sans=True).chain_pem())
-    with pytest.raises(InvalidConfig, match="not an X509-SVID"):
-        PemFileX509Source(*paths)
-    other = ca.issue_x509_svid(ME)
-    write_svid(tmp_path, other, b"")
-    with pytest.raises(InvalidConfig):
-        PemFileX509Source(*paths)
-
-
 # --- the synchronous facade --------------------------------------------------------------------
-
-
-def test_sync_pem_source_from_threads(tmp_path: Path, ca: TestAuthority) -> None:
-    first = ca.issue_x509_svid(ME)
-    paths = write_svid(tmp_path, first, ca.bundle_pem())
-    with open_pem_source(*paths, poll_interval=0.02) as source:
-        assert isinstance(source, X509SourceLike)
-        updates = Updates()
-        source.subscribe(updates)
-        second = ca.issue_x509_svid(ME)
-        write_svid(tmp_path, second, ca.bundle_pem())
-        updates.wait_sync(serial_is(second.serial))
-        seen: list[int] = []
-        readers = [
-            threading.Thread(target=lambda: seen.append(source.current().default_svid.serial))
-            for _ in range(8)
-        ]
-        for t in readers:
-            t.start()
-        for t in readers:
-            t.join()
-        assert seen == [second.serial] * 8
-    source.close()  # idempotent
 
 
 async def test_sync_workload_api_sources(
