@@ -9,26 +9,24 @@ backdate and the verifiers' maximum JWT leeway). Each record is committed to the
 call returns; a store failure raises :class:`StoreError` and nothing is reported done (records
 already written stay: revoking again is idempotent).
 
-:class:`LiveRevocations` is the CA's own :class:`RevocationLookup`: the store's revocation set as
-one snapshot, swapped whole, which the registry and the issuer consult on every call.
+:class:`LiveRevocations` (``live_revocations``) is the CA's own :class:`RevocationLookup`; the
+target kinds and results are in ``revocation_targets``; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import StrEnum
-from typing import Any
 
 from cryptography import x509
 
 from s2s.ca.audit import AuditLog
 from s2s.ca.config import CaConfig
+from s2s.ca.live_revocations import LiveRevocations
 from s2s.ca.registry import AGENT_PATH_PREFIX, Registry
+from s2s.ca.revocation_targets import RevocationResult, RevokeTarget, parse_serial
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import InvalidRequest, InvalidSpiffeId, NotFound, S2SError
 from s2s.core.jwtsvid import MAX_LEEWAY
@@ -41,7 +39,7 @@ from s2s.core.revocation import (
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 from s2s.store.base import Store
-from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, IssuedSerial, Topic
+from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, IssuedSerial
 
 __all__ = [
     "LiveRevocations",
@@ -54,108 +52,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CONCURRENT_WRITES = 32  # serial records of one ID/agent revocation written at a time
-
-
-class RevokeTarget(StrEnum):
-    """What ``s2s-ca revoke`` names (the option it was given)."""
-
-    SERIAL = "serial"
-    SPIFFE_ID = "spiffe_id"
-    JTI = "jti"
-    AGENT = "agent"
-
-
-@dataclass(frozen=True, slots=True)
-class RevocationResult:
-    """The outcome of one revoke call.
-
-    ``records``: every record written or confirmed (the main one first); ``changed``: how many
-    were new or moved on; ``already_revoked``: the target had been revoked before this call.
-    """
-
-    target: RevokeTarget
-    value: str
-    records: tuple[RevocationRecord, ...]
-    changed: int
-    already_revoked: bool
-    banned: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "target": str(self.target),
-            "value": self.value,
-            "records": [r.to_json() for r in self.records],
-            "changed": self.changed,
-            "already_revoked": self.already_revoked,
-            "banned": self.banned,
-        }
-
-
-def parse_serial(text: object) -> int:
-    """A serial from hex text (``0x`` prefix, colons and case tolerated); InvalidRequest if bad.
-
-    >>> parse_serial("0A:ff")
-    2815
-    """
-    if not isinstance(text, str):
-        raise InvalidRequest("a serial must be hex text")
-    cleaned = text.strip().lower().removeprefix("0x").replace(":", "")
-    if not cleaned or len(cleaned) > 40 or any(c not in "0123456789abcdef" for c in cleaned):
-        raise InvalidRequest(f"serial {text[:50]!r} is not hex (at most 20 octets)")
-    serial = int(cleaned, 16)
-    if serial == 0:
-        raise InvalidRequest("serial 0 is not a valid certificate serial")
-    return serial
-
-
-class LiveRevocations:
-    """The store's revocation set as an immutable snapshot (a :class:`RevocationLookup`).
-
-    ``current()`` never does I/O; :meth:`refresh` re-reads the store when the revocations topic
-    moved (the snapshot's ``version`` is that revision) and swaps the snapshot whole.
-    """
-
-    def __init__(self, *, store: Store) -> None:
-        self._store = store
-        self._current = RevocationSet.EMPTY
-        self._loaded = False
-        self._lock = asyncio.Lock()
-        self._encoded: tuple[RevocationSet, bytes] | None = None
-
-    def current(self) -> RevocationSet:
-        return self._current
-
-    async def refresh(self) -> RevocationSet:
-        """Re-read the store if its revocations revision differs from the snapshot's."""
-        async with self._lock:
-            revision = await self._store.revision(Topic.REVOCATIONS)  # first: no missed change
-            if self._loaded and revision == self._current.version:
-                return self._current
-            records = await self._store.list_revocations()
-            self._current = RevocationSet.of(records, version=revision)
-            self._loaded = True
-            return self._current
-
-    def feed_json(self, snapshot: RevocationSet | None = None) -> bytes:
-        """The feed body ``{"revision": N, "records": [...]}`` of ``snapshot`` (default: the
-        current one), encoded once per snapshot: every long-poller of a revision gets the same
-        bytes."""
-        current = self._current if snapshot is None else snapshot
-        cached = self._encoded
-        if cached is None or cached[0] is not current:
-            records = [r.to_json() for r in current.records()]
-            body = json.dumps(
-                {"revision": current.version, "records": records}, separators=(",", ":")
-            )
-            cached = self._encoded = (current, body.encode())
-        return cached[1]
-
-    async def wait(self, after: int, timeout: float) -> RevocationSet:
-        """Long-poll: once the revision differs from ``after`` (or at ``timeout``), refresh."""
-        if self._loaded and self._current.version != after:
-            return self._current
-        await self._store.wait_for_change(Topic.REVOCATIONS, after, timeout)
-        return await self.refresh()
 
 
 class RevocationService:
