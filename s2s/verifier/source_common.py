@@ -34,6 +34,10 @@ class Subscribers(Generic[_T]):
 
         return unsubscribe
 
+    def callbacks(self) -> tuple[Callable[[_T], None], ...]:
+        """The current subscribers, in subscription order (for callers that notify themselves)."""
+        return self._callbacks
+
     def notify(self, value: _T) -> None:
         for callback in self._callbacks:
             try:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import InvalidRequest
 from s2s.core.x509svid import X509Svid
+from s2s.verifier.source_common import Subscribers
 from s2s.verifier.x509context import X509Callback, X509Context
 
 __all__ = ["StaticX509Source"]
@@ -28,28 +29,21 @@ class StaticX509Source:
         _check(context)
         self._context = context
         self._lock = threading.Lock()
-        self._callbacks: tuple[X509Callback, ...] = ()
+        self._subscribers: Subscribers[X509Context] = Subscribers()
 
     def current(self) -> X509Context:
         return self._context
 
     def subscribe(self, callback: X509Callback) -> Callable[[], None]:
-        with self._lock:
-            self._callbacks = (*self._callbacks, callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._callbacks = tuple(c for c in self._callbacks if c is not callback)
-
-        return unsubscribe
+        return self._subscribers.subscribe(callback)
 
     def set(self, context: X509Context) -> None:
         """Replace the snapshot and notify every subscriber."""
         _check(context)
         with self._lock:
             self._context = context
-            callbacks = self._callbacks
-        for callback in callbacks:
+            callbacks = self._subscribers.callbacks()
+        for callback in callbacks:  # unlike Subscribers.notify, a failing callback raises here
             callback(context)
 
     def set_svids(self, *svids: X509Svid) -> None:
