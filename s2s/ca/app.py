@@ -1,9 +1,10 @@
 """The CA's composition root: builds every object once and runs the process.
 
-``init_data_dir`` is ``s2s-ca init``. ``CaServer.open`` builds config, store, KEK, authority,
-registry, issuer, attestor and both servers (HTTPS with the CA's own SVID; the admin Unix
-socket); ``CaServer.run`` runs the loops (authority rotation and TLS reload, pruning, metrics)
-under one ``asyncio.TaskGroup`` until ``stop`` is set. ``serve_forever`` adds logging and signals.
+``init_data_dir`` is ``s2s-ca init`` (``bootstrap``, re-exported here). ``CaServer.open``
+builds config, store, KEK, authority, registry, issuer, attestor and both servers (HTTPS with the
+CA's own SVID, ``server_tls``; the admin Unix socket); ``CaServer.run`` runs the loops (authority
+rotation and TLS reload, pruning, metrics) under one ``asyncio.TaskGroup`` (``loops``) until
+``stop`` is set. ``serve_forever`` adds logging and signals.
 Nothing else in ``s2s.ca`` constructs its collaborators.
 """
 
@@ -12,48 +13,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import ssl
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from s2s.ca.admin import admin_app, bind_admin_socket, ensure_admin_socket_free
 from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
+from s2s.ca.bootstrap import init_data_dir, init_trust_domain
 from s2s.ca.client import ADMIN_SOCKET_NAME
 from s2s.ca.config import CaConfig
 from s2s.ca.crl import CrlPublisher
 from s2s.ca.http import ApiServices, public_app
 from s2s.ca.issuance import Issuer
-from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.lifecycle import AuthorityLifecycle
+from s2s.ca.loops import every, retrying, run_loops
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import LiveRevocations, RevocationService
 from s2s.ca.root_rotation import RootRotation
-from s2s.ca.store_config import (
-    StoreSettings,
-    open_ca_store,
-    open_init_store,
-    register_trust_domain,
-)
+from s2s.ca.server_tls import ServerTls
+from s2s.ca.store_config import StoreSettings, open_ca_store
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import Conflict, InvalidConfig, S2SError, Unavailable
-from s2s.core.spiffe_id import TrustDomain
+from s2s.core.errors import InvalidConfig, S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
 from s2s.log import F, configure_logging
 from s2s.store.base import Store
 from s2s.store.records import Topic
-from s2s.store.sqlite import SqliteStore
-from s2s.verifier.memcert import load_cert_chain_from_memory
 
 __all__ = [
     "CaServer",
@@ -97,77 +88,6 @@ class ServeOptions:
         return host.strip("[]"), int(port)
 
 
-# ---- s2s-ca init --------------------------------------------------------------------------
-
-
-def init_data_dir(
-    data_dir: Path,
-    trust_domain: str,
-    *,
-    clock: Clock | None = None,
-    store_settings: StoreSettings | None = None,
-) -> dict[str, str]:
-    """Create a trust domain in ``data_dir``: KEK file (0600), store, root CA."""
-    return asyncio.run(
-        init_trust_domain(data_dir, trust_domain, clock=clock, store_settings=store_settings)
-    )
-
-
-async def init_trust_domain(
-    data_dir: Path,
-    trust_domain: str,
-    *,
-    clock: Clock | None = None,
-    store_settings: StoreSettings | None = None,
-) -> dict[str, str]:
-    """The async body of :func:`init_data_dir` (for callers already in an event loop)."""
-    td = TrustDomain.parse(trust_domain)
-    config = CaConfig(trust_domain=td, data_dir=data_dir)
-    if store_settings is not None and store_settings.is_etcd:
-        return await _init_etcd(config, store_settings, clock or SystemClock())
-    if config.store_path.exists() or config.kek_path.exists():
-        raise Conflict(f"{data_dir} already holds a trust domain; refusing to overwrite it")
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InvalidConfig(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
-    kek = KeyEncryptionKey.create(config.kek_path)
-    store = await SqliteStore.open(config.store_path, create=True)
-    try:
-        root = await Authority.initialize(
-            config=config, store=store, kek=kek, clock=clock or SystemClock()
-        )
-    finally:
-        await store.close()
-    return {
-        "trust_domain": td.name,
-        "data_dir": str(data_dir),
-        "root_id": root.id,
-        "not_after": root.not_after.isoformat(),
-    }
-
-
-async def _init_etcd(config: CaConfig, settings: StoreSettings, clock: Clock) -> dict[str, str]:
-    store, kek, created_kek = await open_init_store(config.data_dir, config.trust_domain, settings)
-    try:
-        root = await Authority.initialize(config=config, store=store, kek=kek, clock=clock)
-    except BaseException:
-        if created_kek:  # a KEK that sealed nothing must not be mistaken for the real one
-            config.kek_path.unlink(missing_ok=True)
-        raise
-    else:  # the root exists (sealed with this KEK): a failure here keeps the KEK
-        await register_trust_domain(settings, config.trust_domain)
-    finally:
-        await store.close()
-    return {
-        "trust_domain": config.trust_domain.name,
-        "data_dir": str(config.data_dir),
-        "store": settings.etcd_url(config.trust_domain),
-        "root_id": root.id,
-        "not_after": root.not_after.isoformat(),
-    }
-
-
 # ---- s2s-ca serve -------------------------------------------------------------------------
 
 
@@ -180,13 +100,8 @@ class CaServer:
         self.metrics = CaMetrics()
         self._store: Store | None = None
         self._runners: list[web.AppRunner] = []
-        self._server_svid: X509Svid | None = None
-        self._trusted: frozenset[bytes] = frozenset()
-        # The listener's context picks, per handshake, the newest context (certificate + roots):
-        # load_verify_locations can add roots but never remove one (python-ecosystem.md 5b).
-        self.ssl_context = _server_context()
-        self.ssl_context.sni_callback = self._select_context
-        self._current_tls = self.ssl_context
+        self._tls = ServerTls(clock=clock)
+        self.ssl_context = self._tls.context
         self.port = 0
         self._closing = asyncio.Event()
         self._admin_bound = False
@@ -316,9 +231,10 @@ class CaServer:
     @property
     def server_svid(self) -> X509Svid:
         """The SVID the HTTPS listener presents now."""
-        if self._server_svid is None:
+        svid = self._tls.svid
+        if svid is None:
             raise Unavailable("the CA has no server certificate yet")
-        return self._server_svid
+        return svid
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, why not): the authority can sign and the HTTPS certificate is current."""
@@ -326,7 +242,7 @@ class CaServer:
             return False, "shutting down"
         if not self.authority.ready:
             return False, "authority not started"
-        svid = self._server_svid
+        svid = self._tls.svid
         if svid is None or svid.not_after <= self.clock.now():
             return False, "no current server certificate"
         return True, ""
@@ -334,32 +250,10 @@ class CaServer:
     async def reload_tls(self, *, force: bool = False) -> bool:
         """Follow the bundle's roots (added and removed) for client certificates, and reissue
         the server SVID at half-life or under a new intermediate; new handshakes see both."""
-        roots = frozenset(
-            r.public_bytes(Encoding.DER) for r in self.authority.bundle.x509_authorities
-        )
-        svid = self._server_svid
-        renew = force or svid is None or self._server_svid_due(svid)
-        if not renew and roots == self._trusted:
-            return False
-        if renew or svid is None:
-            svid = await self.issuer.issue_server_svid(dns_names=self._dns_names())
-        context = self.ssl_context if self._server_svid is None else _server_context()
-        for der in roots:
-            context.load_verify_locations(cadata=der)
-        load_cert_chain_from_memory(context, svid.chain_pem(), svid.key_pem())
-        self._current_tls, self._trusted, self._server_svid = context, roots, svid
-        log.info("ca.tls.loaded", extra={F.SERIAL: format(svid.serial, "x"), F.COUNT: len(roots)})
-        return True
+        return await self._tls.reload(self.authority, self._issue_server_svid, force=force)
 
-    def _select_context(
-        self, ssl_object: ssl.SSLObject, _server_name: str | None, _context: ssl.SSLContext
-    ) -> None:
-        ssl_object.context = self._current_tls
-
-    def _server_svid_due(self, svid: X509Svid) -> bool:
-        half_life = svid.not_before + (svid.not_after - svid.not_before) / 2
-        signer = self.authority.x509_signer.certificate
-        return self.clock.now() >= half_life or svid.cert_chain[1:2] != (signer,)
+    async def _issue_server_svid(self) -> X509Svid:
+        return await self.issuer.issue_server_svid(dns_names=self._dns_names())
 
     def _dns_names(self) -> tuple[str, ...]:
         host, _port = self.options.host_port()
@@ -371,24 +265,18 @@ class CaServer:
         """Run every loop under one TaskGroup until ``stop`` is set or a loop crashes."""
         loops = {
             "authority": self._authority_loop(),
-            "prune": self._every(self.options.prune_interval, self.prune),
+            "prune": every(self.options.prune_interval, self.prune),
             "revocations": self._revocation_loop(),
-            "metrics": self._every(self.options.metrics_interval, self.refresh_gauges),
-            "registry": self._retrying("registry", self._follow_registry),
+            "metrics": every(self.options.metrics_interval, self.refresh_gauges),
+            "registry": retrying("registry", self._follow_registry),
         }
-        try:
-            async with asyncio.TaskGroup() as group:
-                for name, loop in loops.items():
-                    group.create_task(_logged(name, loop), name=name)
-                group.create_task(_raise_when(stop), name="stop")
-        except* _Shutdown:
-            pass
+        await run_loops(loops, stop)
 
     async def _authority_loop(self) -> None:
         assert self._store is not None
         revision = await self._store.revision(Topic.AUTHORITIES)
         while True:
-            await self._retrying("authority", self._authority_step)
+            await retrying("authority", self._authority_step)
             wait = (self.authority.next_rotation_check() - self.clock.now()).total_seconds()
             revision = await self._store.wait_for_change(
                 Topic.AUTHORITIES, revision, min(max(wait, 0.05), self.options.tick)
@@ -414,7 +302,7 @@ class CaServer:
         """Follow the store's revocations (admin API, other replicas) and keep the CRLs fresh:
         rebuilt on every change, for new issuers (checked every tick) and before nextUpdate."""
         while True:
-            await self._retrying("crl", self.refresh_crls)
+            await retrying("crl", self.refresh_crls)
             wait = (self.crls.next_refresh() - self.clock.now()).total_seconds()
             version = self.live_revocations.current().version
             timeout = min(max(wait, 0.05), self.options.tick)
@@ -422,7 +310,7 @@ class CaServer:
             async def follow(version: int = version, timeout: float = timeout) -> None:
                 await self.live_revocations.wait(version, timeout)
 
-            await self._retrying("revocations", follow)
+            await retrying("revocations", follow)
 
     async def refresh_crls(self) -> None:
         await self.crls.refresh()
@@ -445,23 +333,6 @@ class CaServer:
             entries=len(entries.entries), agents={"active": len(agents) - banned, "banned": banned}
         )
 
-    async def _every(self, interval: float, step: Callable[[], Awaitable[None]]) -> None:
-        while True:
-            await self._retrying(getattr(step, "__name__", "loop"), step)
-            await asyncio.sleep(interval)
-
-    async def _retrying(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
-        """Run ``step``; retry ``Unavailable`` with capped exponential backoff; others crash."""
-        delay = 0.1
-        while True:
-            try:
-                await step()
-                return
-            except Unavailable as exc:
-                log.warning("ca.loop.retry", extra={F.LOOP: name, F.ERROR: str(exc)})
-                await asyncio.sleep(delay * (0.5 + _jitter()))
-                delay = min(delay * 2, 30.0)
-
     async def close(self) -> None:
         """Stop the servers (in-flight requests get ``SHUTDOWN_TIMEOUT``) and close the store."""
         self.metrics.ready.set(0)
@@ -475,36 +346,6 @@ class CaServer:
         if self._store is not None:
             await self._store.close()
             self._store = None
-
-
-def _server_context() -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
-    context.verify_flags |= ssl.VERIFY_X509_STRICT
-    return context
-
-
-class _Shutdown(Exception):
-    """Raised inside the TaskGroup to stop every loop."""
-
-
-async def _logged(name: str, loop: Awaitable[None]) -> None:
-    """Run a loop; if it dies, say which one in the log before the TaskGroup stops the CA."""
-    try:
-        await loop
-    except Exception as exc:
-        log.critical("ca.loop_crashed", extra={F.LOOP: name, F.ERROR: str(exc)}, exc_info=exc)
-        raise
-
-
-async def _raise_when(stop: asyncio.Event) -> None:
-    await stop.wait()
-    raise _Shutdown
-
-
-def _jitter() -> float:
-    return int.from_bytes(os.urandom(2), "big") / 65536
 
 
 async def run(options: ServeOptions, stop: asyncio.Event, *, clock: Clock | None = None) -> None:
