@@ -12,17 +12,21 @@ signed stays verifiable until it expires. The bundle's ``spiffe_sequence`` grows
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Callable
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from s2s.ca.authority_records import new_intermediate_record, new_jwt_record, new_root_record
+from s2s.ca.bundle_sequence import (
+    BUNDLE_STATE_KEY,
+    build_bundle,
+    bump_sequence,
+    published_authorities,
+)
 from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
 from s2s.ca.signers import (
@@ -30,19 +34,12 @@ from s2s.ca.signers import (
     AuthorityInfo,
     JwtSigner,
     X509Signer,
-    x509_authority_record,
 )
 from s2s.core.b64 import b64url_encode
-from s2s.core.bundle import Bundle, JwtAuthority
+from s2s.core.bundle import Bundle
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import Conflict, InvalidConfig, InvalidRequest, NotFound, Unavailable
 from s2s.core.spiffe_id import TrustDomain
-from s2s.core.x509svid import (
-    intermediate_template,
-    root_template,
-    serial_from_entropy,
-    sign_certificate,
-)
 from s2s.log import F
 from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, Setting
@@ -58,12 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-BUNDLE_STATE_KEY = "bundle.sequence"
-# States whose public keys are published (roots, JWT keys): everything not revoked.
-_PUBLISHED = frozenset(
-    {AuthorityState.PREPARED, AuthorityState.ACTIVE, AuthorityState.OLD, AuthorityState.TAINTED}
-)
 
 
 class Authority:
@@ -116,17 +107,13 @@ class Authority:
         if existing is not None:
             raise Conflict(f"this data dir is already initialized for trust domain {existing}")
         now = utc(clock.now())
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = root_template(
+        record = new_root_record(
             trust_domain=config.trust_domain,
-            public_key=key.public_key(),
-            now=now,
+            kek=kek,
             ttl=config.root_ttl,
-            serial=serial_from_entropy(entropy(16)),
-        )
-        cert = sign_certificate(builder, key)
-        record = x509_authority_record(
-            cert, key=key, kek=kek, kind=AuthorityKind.X509_ROOT, state=AuthorityState.ACTIVE
+            now=now,
+            entropy=entropy,
+            state=AuthorityState.ACTIVE,
         )
         await store.create_authority(record)
         await store.set_setting(Setting.CREATED_AT, now.isoformat())
@@ -220,19 +207,12 @@ class Authority:
 
     def new_root_record(self, now: datetime) -> AuthorityRecord:
         """A new self-signed root (state PREPARED, key sealed), not yet stored (rotate-root)."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = root_template(
+        return new_root_record(
             trust_domain=self.trust_domain,
-            public_key=key.public_key(),
-            now=now,
-            ttl=self._config.root_ttl,
-            serial=serial_from_entropy(self._entropy(16)),
-        )
-        return x509_authority_record(
-            sign_certificate(builder, key),
-            key=key,
             kek=self._kek,
-            kind=AuthorityKind.X509_ROOT,
+            ttl=self._config.root_ttl,
+            now=now,
+            entropy=self._entropy,
             state=AuthorityState.PREPARED,
         )
 
@@ -300,47 +280,19 @@ class Authority:
         of keys differs from the one it was last bumped for, so replicas agree on it.
         """
         now = utc(self._clock.now())
-        records = await self._store.list_authorities()
-        published = [r for r in records if r.state in _PUBLISHED and r.not_after > now]
-        roots = [r for r in published if r.kind is AuthorityKind.X509_ROOT]
-        jwts = [r for r in published if r.kind is AuthorityKind.JWT]
-        digest = hashlib.sha256(
-            "\n".join(sorted(f"{r.kind}:{r.id}" for r in roots + jwts)).encode()
-        ).hexdigest()
-        sequence = await self._bump_sequence(digest)
+        roots, jwts, digest = published_authorities(await self._store.list_authorities(), now)
+        sequence = await bump_sequence(self._store, digest)
         if self._bundle is not None and self._bundle.sequence == sequence:
             return self._bundle  # unchanged: keep the snapshot (and its parsed keys)
-        bundle = Bundle(
-            trust_domain=self.trust_domain,
-            x509_authorities=tuple(x509.load_der_x509_certificate(r.public_der) for r in roots),
-            jwt_authorities=tuple(
-                JwtAuthority(
-                    kid=r.id,
-                    public_key=serialization.load_der_public_key(r.public_der),
-                    not_after=r.not_after,
-                )
-                for r in jwts
-            ),
+        bundle = build_bundle(
+            self.trust_domain,
+            roots,
+            jwts,
             sequence=sequence,
             refresh_hint=int(self._config.max_svid_ttl.total_seconds() // 2) or 1,
         )
         self._bundle = bundle
         return bundle
-
-    async def _bump_sequence(self, digest: str) -> int:
-        for _ in range(16):
-            raw = await self._store.get_state(BUNDLE_STATE_KEY)
-            sequence, stored_digest = _parse_sequence(raw)
-            if stored_digest == digest:
-                return sequence
-            new = json.dumps({"sequence": sequence + 1, "digest": digest})
-            try:
-                await self._store.cas_state(BUNDLE_STATE_KEY, raw, new)
-            except Conflict:
-                continue  # another replica bumped it; re-read
-            log.info("bundle.changed", extra={F.REVISION: sequence + 1})
-            return sequence + 1
-        raise Unavailable("could not update the bundle sequence (too much contention)")
 
     # -- rotation ------------------------------------------------------------------------------
 
@@ -422,43 +374,28 @@ class Authority:
     def _new_intermediate_record(self, state: AuthorityState, now: datetime) -> AuthorityRecord:
         assert self._root is not None
         assert self._root_key is not None
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = intermediate_template(
+        return new_intermediate_record(
             trust_domain=self.trust_domain,
-            public_key=key.public_key(),
-            issuer=self._root,
-            now=now,
-            ttl=self._config.intermediate_ttl,
-            serial=serial_from_entropy(self._entropy(16)),
-        )
-        cert = sign_certificate(builder, self._root_key)
-        return x509_authority_record(
-            cert,
-            key=key,
+            root=self._root,
+            root_key=self._root_key,
+            root_id=self._root_id,
             kek=self._kek,
-            kind=AuthorityKind.X509_INTERMEDIATE,
+            ttl=self._config.intermediate_ttl,
+            now=now,
+            entropy=self._entropy,
             state=state,
             owner=self._config.replica_name,
-            issuer_id=self._root_id,
         )
 
     def _new_jwt_record(self, state: AuthorityState, now: datetime) -> AuthorityRecord:
-        key = ec.generate_private_key(ec.SECP256R1())
-        kid = b64url_encode(self._entropy(18))
-        not_after = now + self._config.jwt_key_ttl
-        if self._root is not None:
-            not_after = min(not_after, self._root.not_valid_after_utc)
-        return AuthorityRecord(
-            id=kid,
-            kind=AuthorityKind.JWT,
+        return new_jwt_record(
+            kek=self._kek,
+            ttl=self._config.jwt_key_ttl,
+            now=now,
+            entropy=self._entropy,
             state=state,
-            public_der=key.public_key().public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-            ),
-            encrypted_key=self._kek.seal_private_key(key, authority_id=kid),
-            not_before=now,
-            not_after=not_after,
             owner=self._config.replica_name,
+            root_not_after=self._root.not_valid_after_utc if self._root is not None else None,
         )
 
     def _install(self, record: AuthorityRecord) -> None:
@@ -507,16 +444,6 @@ class Authority:
         }
         ordered = sorted(records, key=lambda r: (order[r.kind], r.owner, r.not_before, r.id))
         return tuple(AuthorityInfo.from_record(r) for r in ordered)
-
-
-def _parse_sequence(raw: str | None) -> tuple[int, str]:
-    if raw is None:
-        return 0, ""
-    try:
-        doc = json.loads(raw)
-        return int(doc["sequence"]), str(doc["digest"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidConfig(f"the stored bundle sequence is corrupt: {exc}") from exc
 
 
 def _fields(record: AuthorityRecord) -> dict[str, str]:
