@@ -35,7 +35,7 @@ from s2s.ca.http import (
     svid_json,
 )
 from s2s.ca.lifecycle import LifecycleKind
-from s2s.ca.registry import AgentRecord
+from s2s.ca.registry import agent_to_json as agent_json
 from s2s.ca.root_rotation import RootRotation
 from s2s.core.errors import (
     Conflict,
@@ -122,21 +122,6 @@ async def owner_only(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 # ---- encoders -----------------------------------------------------------------------------
-
-
-def agent_json(agent: AgentRecord) -> dict[str, Any]:
-    """An agent record as JSON (serials in lowercase hex)."""
-    return {
-        "spiffe_id": str(agent.spiffe_id),
-        "attestation_type": agent.attestation_type,
-        "serial": format(agent.serial, "x"),
-        "next_serial": None if agent.next_serial is None else format(agent.next_serial, "x"),
-        "not_after": agent.not_after.isoformat(),
-        "created_at": agent.created_at.isoformat(),
-        "updated_at": agent.updated_at.isoformat(),
-        "banned": agent.banned,
-        "bundle_sequence": agent.bundle_sequence,
-    }
 
 
 def entry_fields(body: Mapping[str, Any]) -> dict[str, Any]:

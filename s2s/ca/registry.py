@@ -393,17 +393,17 @@ class Registry(CaService):
         raise Conflict(f"agent {spiffe_id} kept changing; retry the ban")
 
 
-def agent_to_json(agent: AgentRecord) -> dict[str, object]:
-    """JSON-ready fields of an agent record (serials as lowercase hex) for the admin API."""
+def agent_to_json(agent: AgentRecord) -> dict[str, Any]:
+    """An agent record as JSON for the admin API (serials in lowercase hex)."""
     return {
         "spiffe_id": str(agent.spiffe_id),
         "attestation_type": agent.attestation_type,
         "serial": format(agent.serial, "x"),
         "next_serial": None if agent.next_serial is None else format(agent.next_serial, "x"),
-        "banned": agent.banned,
         "not_after": agent.not_after.isoformat(),
         "created_at": agent.created_at.isoformat(),
         "updated_at": agent.updated_at.isoformat(),
+        "banned": agent.banned,
         "bundle_sequence": agent.bundle_sequence,
     }
 
