@@ -299,7 +299,7 @@ class WorkloadApiServer:
         self, name: str, fn: Callable[[Any, Ctx], Awaitable[Any]]
     ) -> Callable[[Any, Ctx], Awaitable[Any]]:
         async def handler(req: Any, ctx: Ctx) -> Any:
-            async with self._guarded(ctx, name, cancelled_as=grpc.StatusCode.OK):
+            async with self._guarded(ctx, name):
                 return await fn(req, ctx)
             return None  # the call was aborted
 
@@ -309,18 +309,16 @@ class WorkloadApiServer:
         self, name: str, fn: Callable[[Any, Ctx], AsyncIterator[bytes]]
     ) -> Callable[[Any, Ctx], AsyncIterator[bytes]]:
         async def handler(req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-            async with self._guarded(ctx, name, cancelled_as=grpc.StatusCode.CANCELLED):
+            async with self._guarded(ctx, name):
                 async for data in fn(req, ctx):
                     yield data
 
         return handler
 
     @contextlib.asynccontextmanager
-    async def _guarded(
-        self, ctx: Ctx, name: str, *, cancelled_as: grpc.StatusCode
-    ) -> AsyncIterator[None]:
+    async def _guarded(self, ctx: Ctx, name: str) -> AsyncIterator[None]:
         """Check the security header, map errors to gRPC aborts, observe the call's code
-        (``cancelled_as`` when the call is cancelled)."""
+        (CANCELLED when the client went away, unary or stream alike)."""
         code = grpc.StatusCode.OK
         start = time.monotonic()
         try:
@@ -335,7 +333,7 @@ class WorkloadApiServer:
             code = grpc.StatusCode.INTERNAL
             await self._internal(ctx, name)
         except asyncio.CancelledError:
-            code = cancelled_as
+            code = grpc.StatusCode.CANCELLED
             raise
         finally:
             self._done(name, code, start)

@@ -546,3 +546,56 @@ def test_proxy_fails_closed_for_unknown_peers(socket_dir: Path) -> None:
     for peer in ("unix:", "unix-abstract:s2s-wl-unknown", "ipv4:127.0.0.1:5", ""):
         with pytest.raises(AttestationFailed):
             proxy.credentials(peer)
+
+
+class StalledJwtProvider(StaticIdentityProvider):
+    """A provider whose JWT minting never finishes (a CA that does not answer)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.minting = asyncio.Event()
+
+    async def fetch_jwt_svid(self, spiffe_id: Any, audience: tuple[str, ...]) -> str:
+        self.minting.set()
+        await asyncio.Event().wait()  # until the call is cancelled
+        raise AssertionError("unreachable")
+
+
+async def test_cancelled_calls_are_observed_as_cancelled(
+    authority: TestAuthority, fake_clock: FakeClock, socket_dir: Path
+) -> None:
+    seen: list[tuple[str, str]] = []
+    stalled = StalledJwtProvider(bundles=BundleSet.of(authority.bundle()), clock=fake_clock)
+    stalled.put("web", [ME], authority.issue_x509_svid("spiffe://example.org/web"))
+    async with WorkloadApiServer(
+        provider=stalled,
+        attestor=UnixAttestor(),
+        socket_path=str(socket_dir / "agent.sock"),
+        observe=lambda method, code: seen.append((method, code)),
+    ) as srv:
+        # Twin: a unary call that completes is OK.
+        token = authority.issue_jwt_svid("spiffe://example.org/web", "a")
+        request = pb.ValidateJWTSVIDRequest(audience="a", svid=token)
+        await raw_call(srv, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+        # A stream the client cancels after its first message.
+        await raw_first(srv, "FetchX509SVID", pb.X509SVIDRequest(), pb.X509SVIDResponse)
+        async with grpc.aio.insecure_channel(f"unix:{srv.socket_path}") as channel:
+            fetch = channel.unary_unary(
+                "/SpiffeWorkloadAPI/FetchJWTSVID",
+                request_serializer=lambda m: m.SerializeToString(),
+                response_deserializer=pb.JWTSVIDResponse.FromString,
+            )
+            call = fetch(pb.JWTSVIDRequest(audience=["a"]), metadata=HEADER, timeout=10)
+            await asyncio.wait_for(stalled.minting.wait(), 10)
+            assert call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while len(seen) < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+    assert sorted(seen) == [
+        ("FetchJWTSVID", "CANCELLED"),
+        ("FetchX509SVID", "CANCELLED"),
+        ("ValidateJWTSVID", "OK"),
+    ]
