@@ -21,14 +21,23 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Generic, Self, TypeVar
 
 from s2s.core.bundle import BundleSet
+from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
 from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
-from s2s.verifier.revocations import parse_crls, revocation_set_from_crls
+from s2s.verifier.feeds import RevocationsStale
+from s2s.verifier.revocations import (
+    DEFAULT_CRL_GRACE,
+    CrlFreshness,
+    CrlSet,
+    load_crl_set,
+    parse_crls,
+)
 from s2s.verifier.source_common import DEFAULT_START_TIMEOUT, Subscribers, cancel_task
 from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.workload_client import JwtSvid, WorkloadApiClient, X509Update
@@ -37,6 +46,7 @@ from s2s.verifier.x509context import X509Callback, X509Context
 __all__ = [
     "DEFAULT_START_TIMEOUT",
     "Backoff",
+    "CrlRevocations",
     "JwtSource",
     "PemFileX509Source",
     "X509Source",
@@ -160,14 +170,29 @@ class _WatchedSource(Generic[_T]):
 class X509Source(_WatchedSource[X509Update]):
     """This workload's X509-SVIDs and bundles from the Workload API (an ``X509SourceLike``).
 
-    ``revocations`` follows the CRLs the agent sends, each checked against the bundle roots and
-    our own chain's intermediates.
+    ``revocations`` (a :class:`CrlRevocations`) follows the CRLs the agent sends, each checked
+    against the bundle roots and our own chain's intermediates, and fails closed once they are
+    past nextUpdate + ``crl_grace`` seconds (read from ``clock``). ``require_crls=True`` also
+    fails closed while the agent sends no CRLs (for agents known to publish them).
     """
 
     _what = "X.509 context"
 
+    def __init__(
+        self,
+        client: WorkloadApiClient | None = None,
+        *,
+        socket: str | None = None,
+        backoff: Backoff = Backoff(),
+        rand: Callable[[], float] = random.random,
+        clock: Clock | None = None,
+        crl_grace: float = DEFAULT_CRL_GRACE,
+        require_crls: bool = False,
+    ) -> None:
+        self.revocations = CrlRevocations(clock=clock, grace=crl_grace, require_crls=require_crls)
+        super().__init__(client, socket=socket, backoff=backoff, rand=rand)
+
     def _setup(self) -> None:
-        self.revocations = CrlRevocations()
         self._x509_subscribers: Subscribers[X509Context] = Subscribers()
 
     def current(self) -> X509Context:
@@ -221,26 +246,69 @@ class JwtSource(_WatchedSource[BundleSet]):
 
 
 class CrlRevocations:
-    """A ``RevocationLookup`` following the CRLs of X.509 updates; a bad CRL keeps the last set."""
+    """A ``RevocationLookup`` following the CRLs of X.509 updates from the agent.
 
-    def __init__(self) -> None:
-        self._current = RevocationSet.EMPTY
+    :meth:`current` answers, in this order:
+
+    * before the first update: :class:`RevocationsStale` (nothing is known yet);
+    * once a set of the agent's CRLs verified: its revoked serials while the earliest nextUpdate
+      + ``grace`` has not passed (RFC 5280 6.3.3), then :class:`RevocationsStale` until newer
+      CRLs arrive. CRLs that do not verify, and updates without CRLs, keep the last good set
+      (which ages the same way: an agent that stops refreshing CRLs fails closed);
+    * the agent sent CRLs but none verified so far: :class:`RevocationsStale` (``error`` says why);
+    * the agent has sent no ``crl`` field at all (an agent that does not publish CRLs): the
+      empty set, unless ``require_crls`` (then :class:`RevocationsStale`).
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        grace: float = DEFAULT_CRL_GRACE,
+        require_crls: bool = False,
+    ) -> None:
+        self._freshness = CrlFreshness("agent's CRLs", clock=clock, grace=grace)
+        self._require = require_crls
+        self._set: CrlSet | None = None
+        self._updated = False
+        self._version = 0
         self._crls: tuple[bytes, ...] = ()
         self.error: str | None = None
 
     def current(self) -> RevocationSet:
-        return self._current
+        crl_set = self._set
+        if crl_set is not None:
+            return self._freshness.check(crl_set)
+        if not self._updated:
+            raise RevocationsStale("no X.509 update from the agent yet", age=None)
+        if self.error is not None:
+            raise RevocationsStale(f"no CRL from the agent verified: {self.error}", age=None)
+        if self._require:
+            raise RevocationsStale("the agent sends no CRLs (CRLs are required)", age=None)
+        return RevocationSet.EMPTY
+
+    @property
+    def next_update(self) -> datetime | None:
+        """The earliest nextUpdate of the CRLs in use; None before any CRL verified."""
+        crl_set = self._set
+        return None if crl_set is None else crl_set.next_update
 
     def update(self, update: X509Update) -> None:
+        """Take the CRLs of ``update`` (called by :class:`X509Source` for each update)."""
+        self._updated = True
         if update.crls == self._crls:
+            return
+        if not update.crls:  # the agent dropped its CRLs: keep the last ones, let them age
+            _log.warning("source.crls_missing", extra={F.ERROR: "the update carries no CRL"})
             return
         trusted = [c for b in update.context.bundles for c in b.x509_authorities]
         trusted += [c for svid in update.context.svids for c in svid.cert_chain[1:]]
         try:
             crls = [crl for der in update.crls for crl in parse_crls(der)]
-            new = revocation_set_from_crls(crls, trusted, version=self._current.version + 1)
+            new = load_crl_set(crls, trusted, version=self._version + 1)
         except S2SError as exc:
             self.error = str(exc)
             _log.error("source.crl_rejected", extra={F.ERROR: str(exc)})
             return
-        self._current, self._crls, self.error = new, update.crls, None
+        self._version += 1
+        self._set, self._crls, self.error = new, update.crls, None

@@ -133,7 +133,8 @@ class SyncX509Source(_OnLoop[_AsyncX509]):
         return self._source.subscribe(callback)
 
     def revocations(self) -> RevocationSet:
-        """The revocations from the agent's CRLs (empty for a PEM-file source)."""
+        """The revocations from the agent's CRLs (empty for a PEM-file source); like
+        ``X509Source.revocations``, RevocationsStale once the CRLs are past nextUpdate + grace."""
         lookup = getattr(self._source, "revocations", None)
         return lookup.current() if lookup is not None else RevocationSet.EMPTY
 

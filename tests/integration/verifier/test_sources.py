@@ -25,6 +25,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_any, authorize_id
+from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
@@ -168,10 +169,12 @@ async def test_x509_source_follows_crls_signed_by_its_trust_domain(
         foreign = TestAuthority("example.org")
         provider.set_crls([crl_der(foreign.intermediate, foreign.intermediate_key, 7)])
         await wait_for(lambda: source.crls() != ())
-        assert source.revocations.error is not None  # not signed by a CA we trust: ignored
-        assert not source.revocations.current().is_serial_revoked(7)
+        assert source.revocations.error is not None  # not signed by a CA we trust: ignored...
+        with pytest.raises(RevocationsStale, match="not signed by a trusted CA"):
+            source.revocations.current()  # ...and with no good CRL yet, nothing is known
         provider.set_crls([crl_der(ca.intermediate, ca.intermediate_key, svid.serial)])
-        await wait_for(lambda: source.revocations.current().is_serial_revoked(svid.serial))
+        await wait_for(lambda: source.revocations.next_update is not None)
+        assert source.revocations.current().is_serial_revoked(svid.serial)
         assert source.revocations.error is None
 
 
