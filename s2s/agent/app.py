@@ -30,7 +30,7 @@ from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.log import F, configure_logging
 from s2s.store.etcd_client import EtcdTls
-from s2s.verifier.feeds import FeedMetrics, RevocationFeed
+from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, FeedMetrics, RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed
 
@@ -39,6 +39,7 @@ __all__ = ["Agent", "AgentTuning", "run_agent", "serve_forever"]
 log = logging.getLogger(__name__)
 
 FIRST_SYNC_TIMEOUT: Final = 10.0
+FEED_SYNC_POLL: Final = 0.02  # seconds between looks at a feed that has not synced at start
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class AgentTuning:
     backoff_cap: float = 30.0
     health_interval: float = 1.0
     first_sync_timeout: float = FIRST_SYNC_TIMEOUT
+    revocations_max_staleness: float = DEFAULT_MAX_STALENESS  # then ValidateJWTSVID fails closed
 
 
 class Agent:
@@ -89,6 +91,8 @@ class Agent:
         """Attest, start serving, then run every loop until cancelled."""
         identity = await self.node.start()
         self._on_identity(identity)
+        feed = await self._revocation_feed()
+        FeedMetrics(self.metrics.registry).track(feed, "agent")  # s2s_verifier_revocations_*
         cache = SvidCache(
             client=self.client,
             bundle=identity.bundle,
@@ -99,11 +103,10 @@ class Agent:
             metrics=self.metrics,
             entries_wait=self.tuning.entries_wait,
             bundle_interval=self.tuning.bundle_interval,
+            revocations=feed,  # ValidateJWTSVID refuses revoked tokens, fails closed when stale
         )
         self.cache = cache
         self.node.subscribe(self._on_identity)
-        feed = await self._revocation_feed()
-        FeedMetrics(self.metrics.registry).track(feed, "agent")  # s2s_verifier_revocations_*
         self.revocations = RevocationFollower(
             feed=feed, cache=cache, client=self.client, backoff=self._backoff()
         )
@@ -111,13 +114,14 @@ class Agent:
             group.create_task(self.node.run(), name="agent-svid")
             group.create_task(cache.run(), name="cache")
             group.create_task(self.revocations.run(), name="revocations")
-            await self._first_sync(cache)
+            await self._first_sync(cache, feed)
             await self._serve(cache)
             group.create_task(self._health_loop(cache), name="health")
 
     async def _revocation_feed(self) -> RevocationFeed:
         """etcd when ``revocations_etcd`` is set, else the CA long-poll over our own client."""
         config = self.config
+        staleness = self.tuning.revocations_max_staleness
         if config.revocations_etcd:
             tls = None
             if config.revocations_etcd_ca is not None:
@@ -127,20 +131,30 @@ class Agent:
                     config.revocations_etcd_key,
                 )
             return await EtcdRevocationFeed.connect(
-                config.revocations_etcd, config.trust_domain, tls=tls
+                config.revocations_etcd,
+                config.trust_domain,
+                tls=tls,
+                max_staleness=staleness,
+                clock=self.clock,
             )
-        return CaRevocationFeed(self.client, wait=self.tuning.entries_wait)
+        return CaRevocationFeed(
+            self.client, wait=self.tuning.entries_wait, max_staleness=staleness, clock=self.clock
+        )
 
-    async def _first_sync(self, cache: SvidCache) -> None:
-        """Give the cache a moment to fetch entries and SVIDs so first callers are not refused."""
-        deadline = asyncio.get_running_loop().time() + self.tuning.first_sync_timeout
+    async def _first_sync(self, cache: SvidCache, feed: RevocationFeed) -> None:
+        """Give the cache a moment to fetch entries and SVIDs, and the revocation feed its first
+        set (ValidateJWTSVID fails closed without one), so first callers are not refused. A feed
+        that has already reported an error is not waited for: it keeps retrying on its own."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.tuning.first_sync_timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(cache.synced.wait(), self.tuning.first_sync_timeout)
-            while not cache.health()[0] and asyncio.get_running_loop().time() < deadline:
+            while not cache.health()[0] and loop.time() < deadline:
                 await asyncio.wait_for(
-                    cache.wait_for_update(cache.version),
-                    max(deadline - asyncio.get_running_loop().time(), 0.001),
+                    cache.wait_for_update(cache.version), max(deadline - loop.time(), 0.001)
                 )
+        while not feed.synced.is_set() and feed.last_error is None and loop.time() < deadline:
+            await asyncio.sleep(FEED_SYNC_POLL)
 
     async def _serve(self, cache: SvidCache) -> None:
         attestor = UnixAttestor(AttestorConfig(sha256_max_bytes=self.config.sha256_max_bytes))

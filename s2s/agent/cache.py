@@ -53,7 +53,7 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.registration import RegistrationEntry
-from s2s.core.revocation import RevocationSet
+from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
@@ -86,7 +86,9 @@ class SvidCache(Versioned):
         entries_wait: float = 30.0,
         bundle_interval: float = 30.0,
         on_tainted: Callable[[frozenset[str]], Awaitable[object]] | None = None,
+        revocations: RevocationLookup | None = None,
     ) -> None:
+        """``revocations``: the agent's feed, consulted by ValidateJWTSVID (None: none)."""
         super().__init__()
         self._client = client
         self._clock = clock
@@ -107,6 +109,7 @@ class SvidCache(Versioned):
             entry_for=self._entry_for,
             metrics=self._metrics,
             on_unknown=on_unknown,
+            revocations=revocations,
         )
         self.synced = asyncio.Event()  # set after the first entries answer was applied
         self._crls: tuple[bytes, ...] = ()

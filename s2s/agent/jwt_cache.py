@@ -4,7 +4,10 @@ A cached token is served until half of its lifetime has passed; then a new one i
 CA cannot be reached a token past half-life but not yet expired is still served (it is valid),
 so a CA outage shorter than half a JWT lifetime is invisible to workloads. Concurrent requests for
 the same key share one CA call. Validation (``ValidateJWTSVID``) uses the verifier's
-:class:`~s2s.verifier.jwt.JwtValidator`, one per audience, against the agent's bundles.
+:class:`~s2s.verifier.jwt.JwtValidator`, one per audience, against the agent's bundles and the
+agent's revocation feed: a token revoked by ``jti`` or by SPIFFE ID (issued before the record) is
+refused with reason ``revoked``, and while the feed is stale (or has never synced) every token is
+refused with reason ``revocations-stale`` (fail closed; the Workload API answers UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from s2s.agent.ca_client import AgentUnknown, CaClient
 from s2s.agent.metrics import AgentMetrics
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
-from s2s.core.revocation import RevocationSet
+from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.jwt import BundleLookup, JwtValidator
 
@@ -47,13 +50,17 @@ class JwtSvidCache:
         entry_for: EntryFor,
         metrics: AgentMetrics,
         on_unknown: Callable[[], Awaitable[None]] | None = None,
+        revocations: RevocationLookup | None = None,
     ) -> None:
+        """``revocations``: what ValidateJWTSVID checks tokens against (the agent's feed);
+        None checks none (tests and tools without a feed)."""
         self._client = client
         self._clock = clock
         self._bundles = bundles
         self._entry_for = entry_for
         self._metrics = metrics
         self._on_unknown = on_unknown
+        self._revocations = revocations
         self._tokens: dict[_Key, tuple[str, datetime, datetime]] = {}  # token, half-life, exp
         self._pending: dict[_Key, asyncio.Future[str]] = {}
         self._validators: dict[str, JwtValidator] = {}
@@ -104,12 +111,15 @@ class JwtSvidCache:
         return dropped
 
     def validate(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
-        """Validate against the agent's bundles; ``InvalidToken`` (with ``.reason``) if rejected."""
+        """Validate against the agent's bundles and revocations; ``InvalidToken`` (with
+        ``.reason``: ``revoked``, ``revocations-stale``, ...) if rejected."""
         validator = self._validators.get(audience)
         if validator is None:
             if len(self._validators) >= MAX_VALIDATORS:
                 self._validators.clear()
-            validator = JwtValidator(self._bundles, audience, clock=self._clock)
+            validator = JwtValidator(
+                self._bundles, audience, revocations=self._revocations, clock=self._clock
+            )
             self._validators[audience] = validator
         result = validator.validate(token)
         return result.spiffe_id, result.claims.claims

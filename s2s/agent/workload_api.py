@@ -16,6 +16,8 @@ Handlers are thin: check the security header, attest the caller, ask the
 :class:`IdentityProvider`, encode. Errors come from ``s2s.core.errors`` and are mapped to gRPC codes
 here and only here (Workload Endpoint appendix A): missing header and bad arguments
 INVALID_ARGUMENT, attestation failure UNAVAILABLE, no identity PERMISSION_DENIED, WIT UNIMPLEMENTED.
+A refused token is INVALID_ARGUMENT (as SPIRE), except when the refusal is that the agent's
+revocation feed is stale (``revocations-stale``): that is UNAVAILABLE, so clients retry.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "SpiffeWorkloadAPI"  # upstream proto has no package (ARCHITECTURE.md section 2)
 SECURITY_HEADER = "workload.spiffe.io"
 REASON_TRAILER = "s2s-reason"  # InvalidToken.reason of a rejected ValidateJWTSVID
+REVOCATIONS_STALE = "revocations-stale"  # the agent cannot tell what is revoked: UNAVAILABLE
 MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -368,6 +371,8 @@ def _check_header(ctx: Ctx) -> None:
 
 
 def _code_for(exc: S2SError) -> grpc.StatusCode:
+    if isinstance(exc, InvalidToken) and exc.reason == REVOCATIONS_STALE:
+        return grpc.StatusCode.UNAVAILABLE  # not the token's fault: the client should retry
     if isinstance(exc, InvalidRequest | InvalidSpiffeId | InvalidToken):
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, NotAuthorized):

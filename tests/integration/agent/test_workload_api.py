@@ -14,6 +14,7 @@ import stat
 import subprocess
 import sys
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import AttestationFailed, InvalidConfig
+from s2s.core.revocation import RevocationRecord, RevocationSet, StaticRevocations
 from s2s.testing import TestAuthority
+from s2s.verifier.feeds_ca import CaRevocationFeed
+from s2s.verifier.jwt import JwtValidator
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run workloads as 65534")
 
@@ -599,3 +603,56 @@ async def test_cancelled_calls_are_observed_as_cancelled(
         ("FetchX509SVID", "CANCELLED"),
         ("ValidateJWTSVID", "OK"),
     ]
+
+
+class SilentCa:
+    """A CA never asked for revocations: a feed over it never syncs (it cannot say what is
+    revoked), as a feed whose CA has been unreachable past the staleness limit."""
+
+    async def fetch_revocations(self, *, since: int, wait: float) -> Any:
+        raise AssertionError("not called")
+
+
+def validating_with(revocations: Any, clock: FakeClock) -> Any:
+    """A provider validator that consults ``revocations``, as the agent's cache does."""
+
+    def validate(token: str, audience: str, bundles: BundleSet) -> Any:
+        checked = JwtValidator(bundles, audience, revocations=revocations, clock=clock)
+        result = checked.validate(token)
+        return result.spiffe_id, result.claims.claims
+
+    return validate
+
+
+async def test_revoked_token_is_invalid_argument_and_stale_revocations_unavailable(
+    authority: TestAuthority, fake_clock: FakeClock, socket_dir: Path
+) -> None:
+    now = fake_clock.now()
+    record = RevocationRecord.for_jti("gone", revoked_at=now, expires_at=now + timedelta(hours=1))
+    revoked = StaticRevocations(RevocationSet.of([record]))
+    stale = CaRevocationFeed(SilentCa(), clock=fake_clock)
+    svid = authority.issue_x509_svid("spiffe://example.org/web")
+    codes: dict[str, tuple[Any, tuple[Any, ...]]] = {}
+    for name, lookup, jti in [("ok", revoked, "kept"), ("revoked", revoked, "gone"),
+                              ("stale", stale, "kept")]:  # fmt: skip
+        provider = StaticIdentityProvider(
+            bundles=BundleSet.of(authority.bundle()),
+            validator=validating_with(lookup, fake_clock),
+            clock=fake_clock,
+        )
+        provider.put("web", [ME], svid)
+        token = authority.issue_jwt_svid("spiffe://example.org/web", "a", jti=jti)
+        request = pb.ValidateJWTSVIDRequest(audience="a", svid=token)
+        async with WorkloadApiServer(
+            provider=provider, attestor=UnixAttestor(), socket_path=str(socket_dir / "a.sock")
+        ) as srv:
+            try:
+                answer = await raw_call(srv, "ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
+                codes[name] = (grpc.StatusCode.OK, (answer.spiffe_id,))
+            except grpc.aio.AioRpcError as exc:
+                codes[name] = (exc.code(), tuple(exc.trailing_metadata() or ()))
+    assert codes["ok"] == (grpc.StatusCode.OK, ("spiffe://example.org/web",))
+    assert codes["revoked"][0] == grpc.StatusCode.INVALID_ARGUMENT  # as SPIRE: do not retry
+    assert ("s2s-reason", "revoked") in codes["revoked"][1]
+    assert codes["stale"][0] == grpc.StatusCode.UNAVAILABLE  # the agent's fault: retry
+    assert ("s2s-reason", "revocations-stale") in codes["stale"][1]
