@@ -80,6 +80,36 @@ for _command in (init, serve, healthcheck, entry, token, agent, bundle, authorit
 ca_rotation.register(cli, authority)  # authority prepare|activate|taint|revoke, rotate-root
 
 
+def _set_location(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    if value is not None:
+        field = "data_dir" if param.name == "data_dir" else "socket_path"
+        setattr(ctx.find_object(Ctx), field, value)
+
+
+def _accept_location_on_every_command(group: click.Group) -> None:
+    """``--data-dir``/``--socket`` work after the command too (``s2s-ca init --data-dir D``), as
+    SPIRE's ``-socketPath`` does; the group's options stay (``s2s-ca --data-dir D init``)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_location_on_every_command(command)
+            continue
+        taken = {opt for p in command.params for opt in p.opts}
+        for param in cli.params:
+            if isinstance(param, click.Option) and not taken & set(param.opts):
+                command.params.append(
+                    click.Option(
+                        [*param.opts, str(param.name)],
+                        type=param.type,
+                        help=param.help,
+                        expose_value=False,
+                        callback=_set_location,
+                    )
+                )
+
+
+_accept_location_on_every_command(cli)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point (``s2s-ca``)."""
     try:
