@@ -66,21 +66,23 @@ def agent_show(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
     emit_json(found) if as_json else key_values(found)
 
 
-@agent.command("evict")
-@click.argument("spiffe_id")
-@json_option
-@pass_ctx
-def agent_evict(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
-    """Forget an agent: it must attest again with a new join token."""
-    done = call(lambda: ctx.client().post("/v1/agents/evict", {"spiffe_id": spiffe_id}))
-    emit_json(done) if as_json else click.echo(f"evicted {spiffe_id}")
+def _agent_action(action: str, done_word: str, help_text: str) -> click.Command:
+    """``agent <action> SPIFFE_ID [--json]``: POST /v1/agents/<action>, say what was done."""
+
+    @agent.command(action, help=help_text)
+    @click.argument("spiffe_id")
+    @json_option
+    @pass_ctx
+    def command(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
+        done = call(lambda: ctx.client().post(f"/v1/agents/{action}", {"spiffe_id": spiffe_id}))
+        emit_json(done) if as_json else click.echo(f"{done_word} {spiffe_id}")
+
+    return command
 
 
-@agent.command("ban")
-@click.argument("spiffe_id")
-@json_option
-@pass_ctx
-def agent_ban(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
-    """Ban an agent: every call it makes is refused until it is evicted."""
-    done = call(lambda: ctx.client().post("/v1/agents/ban", {"spiffe_id": spiffe_id}))
-    emit_json(done) if as_json else click.echo(f"banned {spiffe_id}")
+agent_evict = _agent_action(
+    "evict", "evicted", "Forget an agent: it must attest again with a new join token."
+)
+agent_ban = _agent_action(
+    "ban", "banned", "Ban an agent: every call it makes is refused until it is evicted."
+)
