@@ -49,6 +49,21 @@ async def following(ca: Ca) -> AsyncIterator[Ca]:
         await task
 
 
+async def caught_up(ca: Ca) -> None:
+    """Wait until the follower installed the store's current entries and agents."""
+
+    async def installed() -> bool:
+        cache = ca.registry._cache
+        entries = cache._entries
+        return (
+            entries is not None
+            and not cache._entries_dirty
+            and entries.revision == await ca.store.revision(Topic.ENTRIES)
+        )
+
+    await eventually(installed, "the follower to install the latest entries")
+
+
 async def attested(ca: Ca) -> AgentRecord:
     token = await ca.registry.generate_join_token()
     result = await ca.attestor.attest_join_token(token.token, make_csr())
@@ -73,6 +88,7 @@ async def test_agent_calls_make_no_store_reads(following: Ca) -> None:
     entry = await ca.registry.create_entry(
         spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["unix:uid:1"])
     )
+    await caught_up(ca)  # the follower's own reload of that write is not an agent call
     reads = [count_calls(ca.store, n) for n in ("get_agent", "get_entry", "list_entries")]
     record = await ca.registry.authorize_agent(agent.spiffe_id, agent.serial)
     token = await ca.issuer.mint_jwt_svid(record, entry.id, ["aud"])
