@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from prometheus_client import CollectorRegistry
 
-from bench._harness import Figure, percentiles
+from bench._harness import Figure, percentiles, time_per_op
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.testing import TestAuthority
@@ -67,29 +67,9 @@ def _pinned(cpu: int) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def _cpu_time_per_op(fn: Callable[[], object], *, min_time: float, repeats: int = 5) -> float:
-    """Median CPU seconds (this thread's) per call of ``fn`` over ``repeats`` runs.
-
-    CPU time rather than wall time: on a shared machine, time slices taken by other processes
-    would otherwise be charged to the code under test. The figure is a rate per core-second.
-    """
-    n = 1
-    while True:
-        start = time.thread_time()
-        for _ in range(n):
-            fn()
-        elapsed = time.thread_time() - start
-        if elapsed >= min_time / 4:
-            break
-        n *= 4
-    per_run = max(1, int(n * min_time / max(elapsed, 1e-9)))
-    samples = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        for _ in range(per_run):
-            fn()
-        samples.append((time.thread_time() - start) / per_run)
-    return statistics.median(samples)
+def _cpu_time_per_op(fn: Callable[[], object], *, min_time: float) -> float:
+    """Median CPU seconds (this thread's) per call: a rate per core-second."""
+    return time_per_op(fn, min_time=min_time, timer=time.thread_time)
 
 
 def _validator(ca: TestAuthority, cache_size: int) -> JwtValidator:
