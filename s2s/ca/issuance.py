@@ -180,7 +180,9 @@ class Issuer(CaService):
         self._check_id_not_revoked(entry.spiffe_id, now)
         limit = min(entry.jwt_svid_ttl, self._config.max_svid_ttl)  # a lowered cap applies at once
         ttl = self._capped_ttl(ttl, default=limit, entry_ttl=entry.jwt_svid_ttl)
-        token = self.sign_jwt(entry.spiffe_id, audience, ttl, now)
+        token = self.sign_jwt(
+            entry.spiffe_id, audience, ttl, self._jwt_issue_time(entry.spiffe_id, now)
+        )
         self._audit.jwt_issued(
             spiffe_id=token.spiffe_id,
             audience=token.audience,
@@ -199,6 +201,16 @@ class Issuer(CaService):
                 f"SPIFFE ID {spiffe_id} is revoked for credentials issued now",
                 spiffe_id=str(spiffe_id),
             )
+
+    def _jwt_issue_time(self, spiffe_id: SpiffeId, now: datetime) -> datetime:
+        """``now``, unless the ID was revoked earlier in this very second: JWT ``iat`` is whole
+        seconds (rounded down), so a token minted just after the revocation would read as issued
+        before it and be refused everywhere. It is then dated the next whole second (less than a
+        second ahead, well inside every validator's leeway)."""
+        second = now.replace(microsecond=0)
+        if second == now or not self._revocations.current().is_spiffe_id_revoked(spiffe_id, second):
+            return now
+        return second + timedelta(seconds=1)
 
     # -- the core: build, sign, check ----------------------------------------------------------
 
@@ -309,7 +321,7 @@ class Issuer(CaService):
         ttl = self._capped_ttl(ttl, default=self._config.jwt_svid_ttl)
         now = utc(self._clock.now())
         self._check_id_not_revoked(spiffe_id, now)
-        token = self.sign_jwt(spiffe_id, audience, ttl, now)
+        token = self.sign_jwt(spiffe_id, audience, ttl, self._jwt_issue_time(spiffe_id, now))
         self._audit.jwt_issued(
             spiffe_id=spiffe_id,
             audience=token.audience,

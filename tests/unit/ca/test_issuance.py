@@ -320,3 +320,27 @@ async def test_admin_jwt_mint(ca: Ca) -> None:
     assert token.expires_at - token.issued_at == 5 * MIN
     claims = jwt.decode(token.token, options={"verify_signature": False})
     assert claims["aud"] == "aud"
+
+
+async def test_jwt_minted_in_the_second_of_an_id_revocation_is_not_revoked(ca: Ca) -> None:
+    """JWT iat is whole seconds: a token minted 0.3 s after an ID revocation must not carry an
+    iat before it (it would be refused everywhere while the agent keeps serving it)."""
+    agent, entry, _ = await agent_with_entries(ca)
+    second = ca.clock.now().replace(microsecond=0) + MIN
+    ca.clock.set(second + dt.timedelta(milliseconds=700))
+    record = RevocationRecord.for_spiffe_id(
+        BILLING, revoked_at=ca.clock.now(), expires_at=second + 9 * MIN
+    )
+    revocations = RevocationSet.of([record])
+    ca.revocations.replace(revocations)
+    ca.clock.advance(dt.timedelta(milliseconds=200))  # still the same whole second
+    token = await ca.issuer.mint_jwt_svid(agent, entry.id, ["aud"], ttl=2 * MIN)
+    assert token.issued_at == second + dt.timedelta(seconds=1)
+    assert token.expires_at - token.issued_at == 2 * MIN
+    assert not revocations.is_spiffe_id_revoked(BILLING, token.issued_at)
+    admin = await ca.issuer.mint_jwt_svid_for(BILLING, ["aud"])
+    assert not revocations.is_spiffe_id_revoked(BILLING, admin.issued_at)
+    # twin: with no revocation in this second the token is dated now (rounded down), as always
+    ca.revocations.replace(RevocationSet.of([]))
+    plain = await ca.issuer.mint_jwt_svid(agent, entry.id, ["aud"], ttl=2 * MIN)
+    assert plain.issued_at == second
