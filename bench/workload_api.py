@@ -154,37 +154,18 @@ def run(quick: bool) -> list[Figure]:
                     kind: asyncio.run(_measure(srv.path, call, clients, per_client[clients]))
                     for kind, srv in servers.items()
                 }
-                ours = percentiles(got["s2s"], 50, 99)
-                base = percentiles(got["plain"], 50, 99)
-                for i, p in enumerate(("p50", "p99")):
-                    figures.append(
-                        Figure(
-                            name=f"{label} {p}, {clients} client(s)",
-                            value=ours[i] * 1e3,
-                            unit="ms",
-                            baseline_name=f"plain grpc.aio, same call {p}",
-                            baseline_value=base[i] * 1e3,
-                            higher_is_better=False,
-                            note=f"n={len(got['s2s'])}",
-                        )
-                    )
+                figures += _latency_figures(
+                    got, f"{label} {{p}}, {clients} client(s)", "plain grpc.aio, same call {p}"
+                )
         for streams in (1, 100):
             got = {
                 kind: asyncio.run(_rotation(srv, streams, rounds)) for kind, srv in servers.items()
             }
-            ours, base = percentiles(got["s2s"], 50, 99), percentiles(got["plain"], 50, 99)
-            for i, p in enumerate(("p50", "p99")):
-                figures.append(
-                    Figure(
-                        name=f"rotation -> open stream {p}, {streams} stream(s)",
-                        value=ours[i] * 1e3,
-                        unit="ms",
-                        baseline_name=f"plain grpc.aio push of a fixed message {p}",
-                        baseline_value=base[i] * 1e3,
-                        higher_is_better=False,
-                        note=f"n={len(got['s2s'])}",
-                    )
-                )
+            figures += _latency_figures(
+                got,
+                f"rotation -> open stream {{p}}, {streams} stream(s)",
+                "plain grpc.aio push of a fixed message {p}",
+            )
     finally:
         for srv in servers.values():
             srv.close()
@@ -257,3 +238,20 @@ if __name__ == "__main__":
     else:
         for f in run("--quick" in sys.argv):
             print(f)
+
+
+def _latency_figures(got: dict[str, list[float]], name: str, baseline: str) -> list[Figure]:
+    """p50 and p99 of ``got["s2s"]`` beside ``got["plain"]``, in ms (``{p}`` names the point)."""
+    ours, base = percentiles(got["s2s"], 50, 99), percentiles(got["plain"], 50, 99)
+    return [
+        Figure(
+            name=name.format(p=p),
+            value=ours[i] * 1e3,
+            unit="ms",
+            baseline_name=baseline.format(p=p),
+            baseline_value=base[i] * 1e3,
+            higher_is_better=False,
+            note=f"n={len(got['s2s'])}",
+        )
+        for i, p in enumerate(("p50", "p99"))
+    ]
