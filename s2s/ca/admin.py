@@ -12,7 +12,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
@@ -34,6 +33,7 @@ from s2s.ca.http import (
     read_json,
     svid_json,
 )
+from s2s.ca.http_json import seconds_field
 from s2s.ca.lifecycle import LifecycleKind
 from s2s.ca.registry import agent_to_json as agent_json
 from s2s.ca.root_rotation import RootRotation
@@ -137,10 +137,7 @@ def entry_fields(body: Mapping[str, Any]) -> dict[str, Any]:
         out["selectors"] = parse_selectors(_strings(body, "selectors"))
     for name in ("x509_svid_ttl", "jwt_svid_ttl"):
         if name in body:
-            seconds = field(body, name, int)
-            if seconds <= 0:
-                raise InvalidRequest(f"{name!r} must be a positive number of seconds")
-            out[name] = timedelta(seconds=seconds)
+            out[name] = seconds_field(body, name)
     if "dns_names" in body:
         out["dns_names"] = tuple(_strings(body, "dns_names"))
     if "hint" in body:

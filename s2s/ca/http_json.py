@@ -22,6 +22,7 @@ __all__ = [
     "BATCH_BODY_LIMIT",
     "CSR_LABEL",
     "DEFAULT_BODY_LIMIT",
+    "MAX_SECONDS",
     "STATUS_BY_CODE",
     "RequestError",
     "error_response",
@@ -31,6 +32,7 @@ __all__ = [
     "pem_to_der",
     "query_number",
     "read_json",
+    "seconds_field",
     "status_for",
 ]
 
@@ -39,6 +41,9 @@ CSR_LABEL: Final = "CERTIFICATE REQUEST"
 
 DEFAULT_BODY_LIMIT: Final = 64 * 1024
 BATCH_BODY_LIMIT: Final = 1024 * 1024
+# Longest duration a request may name (ten years); the registry applies the real caps, this
+# only keeps absurd numbers from overflowing a timedelta.
+MAX_SECONDS: Final = 10 * 366 * 24 * 3600
 
 # One place that turns an error code into an HTTP status.
 STATUS_BY_CODE: Final[Mapping[str, int]] = {
@@ -107,12 +112,27 @@ async def read_json(request: web.Request, *, limit: int = DEFAULT_BODY_LIMIT) ->
     if len(raw) > limit:
         raise RequestError("too_large", f"request body is larger than {limit} bytes")
     try:
-        body = json.loads(raw, object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+        body = json.loads(raw, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except InvalidRequest:
+        raise
+    except RecursionError as exc:
+        raise InvalidRequest("request body is not valid JSON: nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long integer
+        raise InvalidRequest(f"request body is not valid JSON: {_short(exc)}") from exc
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
+
+
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (RFC 8259 6); Python's parser accepts them by default."""
+    raise InvalidRequest(f"request body is not valid JSON: {name} is not a JSON number")
+
+
+def _short(exc: ValueError, limit: int = 200) -> str:
+    """The parser's reason, cut short (an over-long integer's message names its size only)."""
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -150,14 +170,21 @@ def pem_to_der(text: object, *, label: str, name: str) -> bytes:
         raise InvalidRequest(f"field {name!r} has invalid base64 in its PEM block") from exc
 
 
+def seconds_field(body: Mapping[str, Any], name: str) -> timedelta:
+    """``body[name]`` as a positive whole number of seconds (at most ``MAX_SECONDS``)."""
+    seconds = field(body, name, int)
+    if not 0 < seconds <= MAX_SECONDS:
+        raise InvalidRequest(
+            f"{name!r} must be a positive number of seconds, at most {MAX_SECONDS}"
+        )
+    return timedelta(seconds=seconds)
+
+
 def optional_ttl(body: Mapping[str, Any]) -> timedelta | None:
     """``body["ttl"]`` as a positive number of seconds, None when absent or null."""
     if body.get("ttl") is None:
         return None
-    seconds = field(body, "ttl", int)
-    if seconds <= 0:
-        raise InvalidRequest("'ttl' must be a positive number of seconds")
-    return timedelta(seconds=seconds)
+    return seconds_field(body, "ttl")
 
 
 def query_number(request: web.Request, name: str, kind: type[_N], *, default: _N) -> _N:
