@@ -34,6 +34,7 @@ from s2s.core.revocation import (
     RevocationKind,
     RevocationRecord,
     RevocationSet,
+    issuer_key_id,
     serial_value,
 )
 from s2s.core.spiffe_id import SpiffeId
@@ -78,6 +79,7 @@ class RevocationService:
         self._on_change = on_change
         self._on_authority_revoked = on_authority_revoked  # e.g. rotate now (app.py)
         self.skew = max(config.backdate, MAX_LEEWAY)
+        self._issuer_key_cache: dict[str, str] = {}  # authority id -> issuer_key_id (immutable)
 
     @property
     def live(self) -> LiveRevocations:
@@ -117,9 +119,13 @@ class RevocationService:
         issued = await self._find_issued(serial)
         authority = None if issued is not None else await self._find_authority(serial)
         if issued is not None:
-            not_after, spiffe_id = issued.not_after, issued.spiffe_id
+            not_after, spiffe_id, issuer_authority = (
+                issued.not_after,
+                issued.spiffe_id,
+                issued.issuer_id,
+            )
         elif authority is not None:
-            not_after, spiffe_id = authority.not_after, None
+            not_after, spiffe_id, issuer_authority = authority.not_after, None, authority.issuer_id
         else:
             raise NotFound(
                 f"serial {serial_value(serial)} was not issued by this CA, or it expired and was"
@@ -132,9 +138,10 @@ class RevocationService:
             )
         record, already = await self._write_once(
             RevocationRecord.for_serial(
-                serial, revoked_at=now, expires_at=not_after + self.skew, reason=reason
+                serial, revoked_at=now, expires_at=not_after + self.skew, reason=reason,
+                issuer=(await self._issuer_keys()).get(issuer_authority, ""),
             )
-        )
+        )  # fmt: skip
         if authority is not None:
             await self._retire_authority(authority)
         self._audit_line(RevokeTarget.SERIAL, record.value, spiffe_id=spiffe_id, count=1)
@@ -148,6 +155,15 @@ class RevocationService:
             return await self._store.get_issued(serial)
         except NotFound:
             return None
+
+    async def _issuer_keys(self) -> dict[str, str]:
+        """Authority id -> the key id serial records name their issuer by (``issuer_key_id``)."""
+        known = self._issuer_key_cache
+        for record in await self._store.list_authorities():
+            if record.kind is not AuthorityKind.JWT and record.id not in known:
+                cert = x509.load_der_x509_certificate(record.public_der)
+                known[record.id] = issuer_key_id(cert)
+        return known
 
     async def _find_authority(self, serial: int) -> AuthorityRecord | None:
         for record in await self._store.list_authorities():
@@ -311,12 +327,14 @@ class RevocationService:
     async def _serial_records(
         self, issued: Iterable[IssuedSerial], now: datetime, reason: str
     ) -> tuple[list[RevocationRecord], int]:
+        keys = await self._issuer_keys()
         records = [
             RevocationRecord.for_serial(
-                i.serial, revoked_at=now, expires_at=i.not_after + self.skew, reason=reason
+                i.serial, revoked_at=now, expires_at=i.not_after + self.skew, reason=reason,
+                issuer=keys.get(i.issuer_id, ""),
             )
             for i in issued
-        ]
+        ]  # fmt: skip
         known = {r.value for r in self._live.current().records() if r.kind is RevocationKind.SERIAL}
         pending = [r for r in records if r.value not in known]
         written = 0

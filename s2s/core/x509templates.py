@@ -39,10 +39,13 @@ __all__ = [
 ]
 
 DEFAULT_BACKDATE = timedelta(seconds=30)
-SUPPORTED_KEY = "ECDSA P-256/P-384, RSA 2048-8192"
+SUPPORTED_KEY = "ECDSA P-256/P-384, RSA 2048-8192 with public exponent 65537"
 CA_ORGANIZATION = "SPIFFE"
 LEAF_ORGANIZATION = "s2s"
 _MAX_RSA_BITS = 8192
+# A small exponent (e=3) makes unpadded or badly padded RSA forgeable (Bleichenbacher 2006);
+# every mainstream CA and TLS stack uses F4 only.
+_RSA_EXPONENT = 65537
 _SERIAL_SPACE = 2**128 - 1
 _DNS_NAME = re.compile(
     r"(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
@@ -62,15 +65,21 @@ def serial_from_entropy(entropy: bytes) -> int:
 
 
 def check_public_key(public_key: object) -> None:
-    """Accept ECDSA P-256/P-384 and RSA 2048-8192 bit keys; raise InvalidRequest for any other."""
+    """Accept ECDSA P-256/P-384 and RSA 2048-8192 bit keys with e=65537; raise InvalidRequest
+    for any other."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if isinstance(public_key.curve, ec.SECP256R1 | ec.SECP384R1):
             return
         raise InvalidRequest(f"unsupported key: EC {public_key.curve.name}; use {SUPPORTED_KEY}")
     if isinstance(public_key, rsa.RSAPublicKey):
-        if 2048 <= public_key.key_size <= _MAX_RSA_BITS:
-            return
-        raise InvalidRequest(f"unsupported key: RSA-{public_key.key_size}; use {SUPPORTED_KEY}")
+        if not 2048 <= public_key.key_size <= _MAX_RSA_BITS:
+            raise InvalidRequest(f"unsupported key: RSA-{public_key.key_size}; use {SUPPORTED_KEY}")
+        exponent = public_key.public_numbers().e
+        if exponent != _RSA_EXPONENT:
+            raise InvalidRequest(
+                f"unsupported key: RSA public exponent {exponent}; use {SUPPORTED_KEY}"
+            )
+        return
     raise InvalidRequest(f"unsupported key: {type(public_key).__name__}; use {SUPPORTED_KEY}")
 
 

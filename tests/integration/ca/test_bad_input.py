@@ -43,10 +43,10 @@ def tampered_csr(key: object) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def weak_rsa_csr() -> str:
+def weak_rsa_csr(exponent: int = 65537, bits: int = 1024) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        key = rsa.generate_private_key(public_exponent=exponent, key_size=bits)
     csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
     return csr.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 
@@ -150,12 +150,13 @@ async def test_expired_join_token_is_refused(data_dir: Path, fake_clock: FakeClo
         await stop_ca(server, task, stop)
 
 
-@pytest.mark.parametrize("bad", ["tampered", "weak", "garbage", "two-blocks"])
+@pytest.mark.parametrize("bad", ["tampered", "weak", "rsa-e3", "garbage", "two-blocks"])
 async def test_bad_csr_at_attest_does_not_burn_the_token(ca: RunningCa, bad: str) -> None:
     token = await ca.token()
     csr = {
         "tampered": lambda: tampered_csr(new_key()),
         "weak": weak_rsa_csr,
+        "rsa-e3": lambda: weak_rsa_csr(3, 2048),
         "garbage": lambda: (
             "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
         ),
@@ -185,6 +186,7 @@ async def test_identity_comes_from_the_entry_not_the_csr(ca: RunningCa, agent: A
     [
         (lambda: tampered_csr(new_key()), 400, "invalid_request"),
         (weak_rsa_csr, 400, "invalid_request"),
+        (lambda: weak_rsa_csr(3, 2048), 400, "invalid_request"),
     ],
 )
 async def test_bad_csr_in_a_batch_fails_only_its_item(

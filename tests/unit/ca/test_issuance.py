@@ -118,7 +118,9 @@ async def test_openssl_verifies_issued_chain_and_rejects_foreign_root(
 def _key_cases() -> list[tuple[str, object]]:
     return [
         ("RSA-1024", rsa.generate_private_key(65537, 1024)),
+        ("RSA-2048-e3", rsa.generate_private_key(3, 2048)),
         ("P-192", ec.generate_private_key(ec.SECP192R1())),
+        ("P-521", ec.generate_private_key(ec.SECP521R1())),
         ("Ed25519", ed25519.Ed25519PrivateKey.generate()),
     ]
 

@@ -211,6 +211,7 @@ def test_check_public_key_accepts_supported(key: ec.EllipticCurvePrivateKey) -> 
         (ec.generate_private_key(ec.SECP521R1()), "secp521r1"),
         (ec.generate_private_key(ec.SECP256K1()), "secp256k1"),
         (rsa.generate_private_key(65537, 1024), "RSA-1024"),
+        (rsa.generate_private_key(3, 2048), "exponent 3"),
         (ed25519.Ed25519PrivateKey.generate(), "Ed25519"),
     ],
 )
