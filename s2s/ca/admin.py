@@ -45,7 +45,7 @@ from s2s.core.errors import (
     NotFound,
     Unavailable,
 )
-from s2s.core.selectors import parse_selectors
+from s2s.core.selectors import parse_entry_selectors
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 
@@ -134,7 +134,7 @@ def entry_fields(body: Mapping[str, Any]) -> dict[str, Any]:
         if name in body:
             out[name] = SpiffeId.parse(field(body, name))
     if "selectors" in body:
-        out["selectors"] = parse_selectors(_strings(body, "selectors"))
+        out["selectors"] = parse_entry_selectors(_strings(body, "selectors"))
     for name in ("x509_svid_ttl", "jwt_svid_ttl"):
         if name in body:
             out[name] = seconds_field(body, name)

@@ -33,7 +33,7 @@ from s2s.core.errors import (
     Revoked,
 )
 from s2s.core.registration import RegistrationEntry, new_entry_id
-from s2s.core.selectors import Selector
+from s2s.core.selectors import Selector, validate_selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
@@ -334,7 +334,7 @@ class Registry(CaService):
         by serial or by the agent's SPIFFE ID (ARCHITECTURE.md "Revocation": by agent)."""
         serial = agent.serial if serial is None else serial
         revoked = self._revocations.current()
-        if revoked.is_serial_revoked(serial):
+        if revoked.is_serial_revoked_by_any_issuer(serial):
             raise Revoked(f"the SVID of agent {agent.spiffe_id} is revoked", serial=serial)
         # Cheap test first: nothing revoked after the agent attested means its SVIDs are fine.
         if not revoked.is_spiffe_id_revoked(agent.spiffe_id, agent.created_at):
@@ -422,6 +422,8 @@ def _selector_set(selectors: Iterable[Selector]) -> frozenset[Selector]:
     out = frozenset(selectors)
     if not all(isinstance(s, Selector) for s in out):
         raise InvalidRequest("selectors must be parsed Selector values")
+    for selector in sorted(out):  # a selector no attestor produces would never match
+        validate_selector(selector)
     return out
 
 

@@ -318,6 +318,30 @@ def test_admin_rejections_have_meaningful_exit_codes(served: Served) -> None:
            "--ttl", "1h", check=2)  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("selector", "rule"),
+    [
+        ("unix:uid:abc", "decimal number"),
+        ("unix:uid:-5", "decimal number"),
+        ("unix:path:relative/bin", "absolute"),
+        ("unix:sha256:xyz", "64 lowercase hexadecimal"),
+        ("unix:foo:bar", "unix:uid"),
+        ("k8s:ns:default", "no attestor produces type 'k8s'"),
+    ],
+)
+def test_entry_create_refuses_selectors_that_never_match(
+    served: Served, selector: str, rule: str
+) -> None:
+    parent = f"spiffe://{TD}/s2s/agent/join_token/sel"
+    base = ["entry", "create", "--spiffe-id", f"spiffe://{TD}/sel", "--parent-id", parent]
+    refused = s2s_ca(served.data_dir, *base, "--selector", "unix:uid:1", "--selector", selector,
+                     check=2)  # fmt: skip
+    assert selector in refused.stderr, refused.stderr
+    assert rule in refused.stderr, refused.stderr
+    listed = as_json(s2s_ca(served.data_dir, "entry", "list", "--parent-id", parent, "--json"))
+    assert listed == []
+
+
 def test_ban_and_evict_cut_the_agent_off(served: Served) -> None:
     for action in ("ban", "evict"):
         agent_id, key, chain = attest(served)

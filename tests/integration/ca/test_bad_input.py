@@ -266,6 +266,12 @@ async def test_jwt_rejections(ca: RunningCa, agent: Agent) -> None:
         ({"jwt_svid_ttl": 301}, "cap"),
         ({"selectors": []}, ""),
         ({"selectors": ["nocolon"]}, ""),
+        ({"selectors": ["unix:uid:abc"]}, "decimal number"),
+        ({"selectors": ["unix:uid:-5"]}, "decimal number"),
+        ({"selectors": ["unix:uid:1000", "unix:path:relative/bin"]}, "absolute"),
+        ({"selectors": ["unix:sha256:xyz"]}, "hexadecimal"),
+        ({"selectors": ["unix:foo:bar"]}, "unix:uid"),
+        ({"selectors": ["k8s:ns:default"]}, "no attestor"),
         ({"unknown": 1}, "unknown"),
     ],
 )
@@ -284,6 +290,24 @@ async def test_entry_create_rejections(
     listed = await ca.admin_call("GET", "/v1/entries")
     assert listed["entries"] == []  # nothing half-written
     assert (await ca.admin_call("POST", "/v1/entries", good))["spiffe_id"] == good["spiffe_id"]
+
+
+@pytest.mark.parametrize(
+    ("selector", "fragment"),
+    [("unix:uid:abc", "decimal number"), ("unix:path:./bin", "absolute"), ("x:y:z", "type 'x'")],
+)
+async def test_entry_update_refuses_selectors_no_attestor_produces(
+    ca: RunningCa, agent: Agent, selector: str, fragment: str
+) -> None:
+    entry = await ca.entry(agent)
+    with pytest.raises(S2SError) as caught:
+        await ca.admin_call("PATCH", f"/v1/entries/{entry['id']}", {"selectors": [selector]})
+    assert (caught.value.code, fragment in str(caught.value)) == ("invalid_selector", True)
+    shown = await ca.admin_call("GET", f"/v1/entries/{entry['id']}")
+    assert shown["selectors"] == ["unix:uid:1000"]  # unchanged
+    good = ["unix:uid:1001", "unix:path:/usr/bin/app", "unix:sha256:" + "ab" * 32]
+    updated = await ca.admin_call("PATCH", f"/v1/entries/{entry['id']}", {"selectors": good})
+    assert updated["selectors"] == sorted(good)
 
 
 # ---- callers without a usable agent SVID ---------------------------------------------------

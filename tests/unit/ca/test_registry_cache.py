@@ -156,7 +156,7 @@ async def test_changes_by_another_replica_arrive(following: Ca) -> None:
         assert promoted.serial == renewed.svid.serial
         # a new entry made there is usable here at once (read-through)
         entry = await other.registry.create_entry(
-            spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["a:b"])
+            spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["unix:uid:7"])
         )
         (result,) = await ca.issuer.sign_x509_svids(promoted, [CsrRequest(entry.id, make_csr())])
         assert result.svid is not None
@@ -179,7 +179,7 @@ async def test_deleted_entry_is_refused_at_once(following: Ca) -> None:
     ca = following
     agent = await attested(ca)
     entry = await ca.registry.create_entry(
-        spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["a:b"])
+        spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["unix:uid:7"])
     )
     assert (await ca.registry.entries_for_agent(agent.spiffe_id)).entries == (entry,)
     await ca.registry.delete_entry(entry.id)
@@ -197,7 +197,7 @@ async def test_long_poll_wakes_with_the_new_entries(following: Ca) -> None:
     waiter = asyncio.create_task(ca.registry.wait_for_entries(before.revision, 10))
     await asyncio.sleep(0)
     entry = await ca.registry.create_entry(
-        spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["a:b"])
+        spiffe_id=WORKLOAD, parent_id=agent.spiffe_id, selectors=parse_selectors(["unix:uid:7"])
     )
     revision = await asyncio.wait_for(waiter, 5)
     assert revision > before.revision
