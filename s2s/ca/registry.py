@@ -290,13 +290,17 @@ class Registry(CaService):
         self._cache.agent_written(stored)
         return stored
 
-    async def authorize_agent(self, spiffe_id: SpiffeId, serial: int) -> AgentRecord:
-        """The agent's record if it may call the CA with the SVID of this serial.
+    async def authorize_agent(
+        self, spiffe_id: SpiffeId, serial: int, *, issuer_serials: Sequence[int] = ()
+    ) -> AgentRecord:
+        """The agent's record if it may call the CA with the SVID of this serial, presented
+        under CA certificates of ``issuer_serials`` (the verified chain above the leaf).
 
         ``serial == next_serial`` promotes it to ``serial``. :class:`NotAuthorized` for an unknown
-        (evicted) agent, a banned one, or any other serial; :class:`Revoked` when that SVID or
-        the agent is revoked.
+        (evicted) agent, a banned one, or any other serial; :class:`Revoked` when that SVID, the
+        agent, or a certificate of ``issuer_serials`` is revoked.
         """
+        self.check_issuers_not_revoked(spiffe_id, issuer_serials)
         fresh = False  # the snapshot first; the store when it may be behind
         for _ in range(3):
             try:
@@ -328,6 +332,18 @@ class Registry(CaService):
             self._cache.agent_written(stored)
             return stored
         raise NotAuthorized(f"agent {spiffe_id} changed while being authorized; retry")
+
+    def check_issuers_not_revoked(self, spiffe_id: SpiffeId, serials: Sequence[int]) -> None:
+        """:class:`Revoked` if a CA certificate of the chain an agent presented is revoked by
+        serial (revoking an intermediate cuts off everything it signed)."""
+        revoked = self._revocations.current()
+        for issuer in serials:
+            if revoked.is_serial_revoked_by_any_issuer(issuer):
+                raise Revoked(
+                    f"the CA certificate {issuer:x} that issued the SVID of agent {spiffe_id} "
+                    "is revoked; attest again",
+                    serial=issuer,
+                )
 
     async def check_agent_not_revoked(self, agent: AgentRecord, serial: int | None = None) -> None:
         """:class:`Revoked` if the agent SVID ``serial`` (default: the current one) is revoked,
