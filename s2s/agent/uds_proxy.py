@@ -2,11 +2,14 @@
 
 grpcio cannot tell a servicer anything about a Unix-socket caller (``context.peer()`` is
 ``"unix:"``) and cannot adopt an accepted fd. So the public socket is served by asyncio: for each
-connection we read ``SO_PEERCRED`` (and the caller's start time), open a connection to grpc's
+connection we read ``SO_PEERCRED``, count it against the connection limits of the caller's uid,
+attest the caller as it is now (``admit``: start time, binary, ids), open a connection to grpc's
 private socket from a random abstract address, remember ``address -> credentials``, and copy bytes
 both ways. grpc reports that abstract address as the call's peer (``unix-abstract:<tag>``), which
 :meth:`PeerTaggingProxy.credentials` maps back. The private socket lives in a 0700 directory so that
 workloads cannot connect to it directly and choose their own address; an unknown peer fails closed.
+The server tells the proxy when calls start and end (:meth:`PeerTaggingProxy.call`) so that a
+connection without a call in progress can be closed after the idle timeout.
 """
 
 from __future__ import annotations
@@ -17,53 +20,26 @@ import logging
 import os
 import secrets
 import socket
-import stat
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Iterator
 
-from s2s.agent.attestor import PeerCredentials, peer_credentials
-from s2s.core.errors import AttestationFailed, InvalidConfig
+from s2s.agent.attestor import PeerCredentials, socket_peer
+from s2s.agent.socket_path import prepare_socket_path
+from s2s.agent.workload_limits import ConnectionCounter, WorkloadLimits
+from s2s.core.errors import AttestationFailed, NotAuthorized, S2SError, Unavailable
 
-__all__ = ["PeerTaggingProxy", "prepare_socket_path"]
+__all__ = ["Admit", "ConnectionEvent", "PeerTaggingProxy"]
+
+Admit = Callable[[int, int, int], Awaitable[PeerCredentials]]  # (pid, uid, gid) -> attested
+ConnectionEvent = Callable[[str, str], None]  # ("refused" | "closed", reason)
 
 log = logging.getLogger(__name__)
 
 _TAG_PREFIX = "s2s-wl-"
 _GRPC_PEER_PREFIX = "unix-abstract:"
-_MAX_UNIX_PATH = 107
+_UNKNOWN_UID = -1  # SO_PEERCRED unreadable: such connections share one budget
+_REFUSAL_LOG_EVERY = 10.0  # seconds
 _MAX_PENDING_BYTES = 256 * 1024  # held per side until the inner connection is linked
-
-
-def prepare_socket_path(path: str) -> None:
-    """Check that a socket can be created at ``path``; remove a stale socket left there.
-
-    Raises :class:`InvalidConfig` for a relative or overlong path, a missing directory, one that
-    others may write to (without the sticky bit), a path that is not a socket (a regular file is
-    never deleted), or a socket another server answers on.
-    """
-    if not os.path.isabs(path):
-        raise InvalidConfig(f"the socket path {path!r} must be absolute")
-    if len(os.fsencode(path)) > _MAX_UNIX_PATH:
-        raise InvalidConfig(f"the socket path {path!r} is longer than {_MAX_UNIX_PATH} bytes")
-    parent = os.path.dirname(path)
-    if not os.path.isdir(parent):
-        raise InvalidConfig(f"the directory {parent!r} of the socket {path!r} does not exist")
-    mode = os.stat(parent).st_mode
-    if mode & (stat.S_IWGRP | stat.S_IWOTH) and not mode & stat.S_ISVTX:
-        # Anyone who can write there can swap the socket for their own and impersonate the agent.
-        raise InvalidConfig(f"the socket directory {parent!r} is writable by others; make it 0755")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise InvalidConfig(f"{path!r} exists and is not a socket; refusing to replace it")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale socket of a previous run
-            return
-    raise InvalidConfig(f"another process is already serving on {path!r}")
 
 
 class _Forward(asyncio.Protocol):
@@ -135,15 +111,33 @@ class _Forward(asyncio.Protocol):
 
 
 class PeerTaggingProxy:
-    """Serves ``public_path`` (mode 0777) and forwards every connection to ``inner_path``."""
+    """Serves ``public_path`` (mode 0777) and forwards every connection to ``inner_path``.
 
-    def __init__(self, public_path: str, inner_path: str, *, proc_root: str = "/proc") -> None:
+    Each accepted connection is counted against ``limits`` by the caller's uid (refused ones are
+    closed at once and reported to ``on_event("refused", reason)``), attested by ``admit``
+    before any of its bytes reach grpc, and closed once it has had no call in progress for
+    ``limits.idle_timeout`` seconds (``on_event("closed", "idle")``).
+    """
+
+    def __init__(
+        self,
+        public_path: str,
+        inner_path: str,
+        *,
+        admit: Admit,
+        limits: WorkloadLimits | None = None,
+        on_event: ConnectionEvent | None = None,
+    ) -> None:
         self.public_path = public_path
         self._inner = inner_path
-        self._proc = proc_root
-        self._peers: dict[str, PeerCredentials | AttestationFailed] = {}
+        self._admit = admit
+        self._limits = limits or WorkloadLimits()
+        self._counter = ConnectionCounter(self._limits)
+        self._on_event = on_event
+        self._conns: dict[str, _Connection] = {}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._last_refusal_log: dict[str, float] = {}
 
     async def start(self) -> None:
         prepare_socket_path(self.public_path)
@@ -161,38 +155,85 @@ class PeerTaggingProxy:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for conn in list(self._conns.values()):
+            self._drop(conn)
 
     @property
     def open_connections(self) -> int:
-        """Workload connections currently proxied."""
-        return len(self._peers)
+        """Workload connections currently open (counted against the limits)."""
+        return self._counter.total
 
     def credentials(self, grpc_peer: str) -> PeerCredentials:
         """The credentials of the connection grpc names ``grpc_peer``; fails closed."""
-        found = self._peers.get(grpc_peer.removeprefix(_GRPC_PEER_PREFIX))
-        if not grpc_peer.startswith(_GRPC_PEER_PREFIX) or found is None:
+        conn = self._conn(grpc_peer)
+        if conn is None or conn.peer is None:
             raise AttestationFailed("the call did not come through the workload socket")
-        if isinstance(found, AttestationFailed):
-            raise found
-        return found
+        if isinstance(conn.peer, S2SError):
+            raise conn.peer
+        return conn.peer
+
+    def refuse_calls(self, grpc_peer: str, reason: NotAuthorized) -> None:
+        """Every later call on this connection fails with ``reason`` (its caller changed)."""
+        conn = self._conn(grpc_peer)
+        if conn is not None and not isinstance(conn.peer, S2SError):
+            conn.peer = reason
+            self._event("closed", "caller_changed")
+
+    @contextlib.contextmanager
+    def call(self, grpc_peer: str) -> Iterator[None]:
+        """A call in progress on this connection: it is not idle until the call ends."""
+        conn = self._conn(grpc_peer)
+        if conn is None:
+            yield
+            return
+        conn.calls += 1
+        conn.stop_idle_timer()
+        try:
+            yield
+        finally:
+            conn.calls -= 1
+            if conn.calls == 0 and conn.tag in self._conns:
+                conn.start_idle_timer(self._limits.idle_timeout, self._idle)
+
+    def _conn(self, grpc_peer: str) -> _Connection | None:
+        if not grpc_peer.startswith(_GRPC_PEER_PREFIX):
+            return None
+        return self._conns.get(grpc_peer.removeprefix(_GRPC_PEER_PREFIX))
 
     def _accept(self) -> _Front:
         return _Front(self._connected)
 
     def _connected(self, front: _Forward, transport: asyncio.Transport) -> None:
-        # Hold the caller's bytes until the inner link is up.
+        # Hold the caller's bytes until it is attested and the inner link is up.
         transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._connect_inner(front, transport))
+        sock = transport.get_extra_info("socket")
+        ucred: tuple[int, int, int] | AttestationFailed
+        try:
+            ucred = socket_peer(sock)
+        except AttestationFailed as exc:
+            ucred = exc
+        uid = ucred[1] if isinstance(ucred, tuple) else _UNKNOWN_UID
+        refused = self._counter.admit(uid)
+        if refused is not None:
+            transport.close()
+            self._refused(uid, refused)
+            return
+        conn = _Connection(f"{_TAG_PREFIX}{secrets.token_hex(16)}", uid, transport)
+        self._conns[conn.tag] = conn
+        conn.start_idle_timer(self._limits.idle_timeout, self._idle)
+        task = asyncio.get_running_loop().create_task(self._serve(conn, front, ucred))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _connect_inner(self, front: _Forward, transport: asyncio.Transport) -> None:
-        tag = f"{_TAG_PREFIX}{secrets.token_hex(16)}"
+    async def _serve(
+        self, conn: _Connection, front: _Forward, ucred: tuple[int, int, int] | AttestationFailed
+    ) -> None:
+        transport = conn.transport
         try:
-            self._peers[tag] = self._read_credentials(transport)
-            back = await self._open_inner(tag)
-        except (OSError, asyncio.CancelledError) as exc:
-            self._peers.pop(tag, None)
+            conn.peer = await self._attest(ucred)
+            back = await self._open_inner(conn.tag)
+        except (OSError, asyncio.CancelledError, Unavailable) as exc:
+            self._drop(conn)
             transport.close()
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -206,19 +247,51 @@ class PeerTaggingProxy:
         try:
             await back.lost()
         finally:
-            self._peers.pop(tag, None)
+            self._drop(conn)
             transport.close()
 
-    def _read_credentials(
-        self, transport: asyncio.Transport
+    async def _attest(
+        self, ucred: tuple[int, int, int] | AttestationFailed
     ) -> PeerCredentials | AttestationFailed:
-        sock = transport.get_extra_info("socket")
         try:
-            return peer_credentials(sock, proc_root=self._proc)
+            if isinstance(ucred, AttestationFailed):
+                raise ucred
+            return await self._admit(*ucred)
         except AttestationFailed as exc:
             # Keep the connection so the caller gets a gRPC UNAVAILABLE rather than a reset.
             log.info("workload_api.peercred_failed", extra={"error": str(exc)})
             return exc
+
+    def _drop(self, conn: _Connection) -> None:
+        if self._conns.pop(conn.tag, None) is not None:
+            conn.stop_idle_timer()
+            self._counter.release(conn.uid)
+
+    def _idle(self, conn: _Connection) -> None:
+        if conn.calls == 0 and conn.tag in self._conns:
+            log.debug("workload_api.idle_closed", extra={"uid": conn.uid})
+            self._event("closed", "idle")
+            conn.transport.close()
+
+    def _refused(self, uid: int, reason: str) -> None:
+        self._event("refused", reason)
+        # One line per reason every few seconds: a flood must not become a log flood.
+        now = time.monotonic()
+        if now - self._last_refusal_log.get(reason, -_REFUSAL_LOG_EVERY) >= _REFUSAL_LOG_EVERY:
+            self._last_refusal_log[reason] = now
+            log.warning(
+                "workload_api.connection_refused",
+                extra={
+                    "uid": uid,
+                    "reason": reason,
+                    "uid_connections": self._counter.held_by(uid),
+                    "connections": self._counter.total,
+                },
+            )
+
+    def _event(self, event: str, reason: str) -> None:
+        if self._on_event is not None:
+            self._on_event(event, reason)
 
     async def _open_inner(self, tag: str) -> _Back:
         loop = asyncio.get_running_loop()
@@ -232,6 +305,27 @@ class PeerTaggingProxy:
             sock.close()
             raise
         return back
+
+
+class _Connection:
+    """One workload connection: who it is, its calls in progress, its idle timer."""
+
+    def __init__(self, tag: str, uid: int, transport: asyncio.Transport) -> None:
+        self.tag = tag
+        self.uid = uid
+        self.transport = transport
+        self.peer: PeerCredentials | S2SError | None = None  # None until attested
+        self.calls = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start_idle_timer(self, timeout: float, fire: Callable[[_Connection], None]) -> None:
+        self.stop_idle_timer()
+        self._timer = asyncio.get_running_loop().call_later(timeout, fire, self)
+
+    def stop_idle_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class _Front(_Forward):

@@ -13,11 +13,16 @@ first response 1.0 ms instead of 0.8 ms (proxy hop plus per-call attestation), a
 concurrent clients. A Workload API is called once per rotation or token, so this is affordable.
 
 Handlers are thin: check the security header, attest the caller, ask the
-:class:`IdentityProvider`, encode. Errors come from ``s2s.core.errors`` and are mapped to gRPC codes
-here and only here (Workload Endpoint appendix A): missing header and bad arguments
-INVALID_ARGUMENT, attestation failure UNAVAILABLE, no identity PERMISSION_DENIED, WIT UNIMPLEMENTED.
-A refused token is INVALID_ARGUMENT (as SPIRE), except when the refusal is that the agent's
-revocation feed is stale (``revocations-stale``): that is UNAVAILABLE, so clients retry.
+:class:`IdentityProvider`, encode; :mod:`s2s.agent.workload_calls` maps errors to gRPC codes.
+
+A caller is attested twice: when its connection is accepted (:meth:`Attestor.admit`) and on every
+call (:meth:`Attestor.attest`), which refuses the call (PERMISSION_DENIED, and every later call on
+that connection) when the process behind the connection has exec'd another binary or changed its
+ids since: a process that connects, forks and execs a registered binary does not lend that
+binary's identity to the child that keeps the connection. An open stream is attested again before
+every message it is sent and at least every ``reattest_interval``; it ends when its caller no
+longer passes. Attestation runs on an :class:`AttestationPool` of its own; connections are bounded
+per uid and in total and closed when idle (:class:`WorkloadLimits`).
 """
 
 from __future__ import annotations
@@ -27,33 +32,26 @@ import contextlib
 import logging
 import os
 import tempfile
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
 
 from s2s.agent import workload_messages as msg
-from s2s.agent.attestor import PeerCredentials
+from s2s.agent.attest_pool import AttestationPool
+from s2s.agent.attestor import PeerCredentials, process_start_time
 from s2s.agent.proto import workload_pb2 as pb
-from s2s.agent.uds_proxy import PeerTaggingProxy, prepare_socket_path
+from s2s.agent.socket_path import prepare_socket_path
+from s2s.agent.uds_proxy import ConnectionEvent, PeerTaggingProxy
+from s2s.agent.workload_calls import CallGuard, Ctx, Observer, Unimplemented
+from s2s.agent.workload_limits import WorkloadLimits
 from s2s.core.bundle import BundleSet
-from s2s.core.errors import (
-    AttestationFailed,
-    InvalidRequest,
-    InvalidSpiffeId,
-    InvalidToken,
-    NotAuthorized,
-    S2SError,
-    Unavailable,
-)
+from s2s.core.errors import InvalidRequest, NotAuthorized, Unavailable
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 
 __all__ = [
-    "REASON_TRAILER",
-    "SECURITY_HEADER",
     "SERVICE_NAME",
     "Attestor",
     "IdentityProvider",
@@ -62,11 +60,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "SpiffeWorkloadAPI"  # upstream proto has no package (ARCHITECTURE.md section 2)
-SECURITY_HEADER = "workload.spiffe.io"
-REASON_TRAILER = "s2s-reason"  # InvalidToken.reason of a rejected ValidateJWTSVID
-REVOCATIONS_STALE = "revocations-stale"  # the agent cannot tell what is revoked: UNAVAILABLE
+SERVICE_NAME = "SpiffeWorkloadAPI"  # upstream proto has no package
 MAX_REQUEST_BYTES = 1 << 20
+MAX_CALLS_PER_CONNECTION = 100  # concurrent calls (HTTP/2 streams) on one connection
 
 
 class IdentityProvider(Protocol):
@@ -103,14 +99,15 @@ class IdentityProvider(Protocol):
 
 
 class Attestor(Protocol):
-    """Derives a caller's selectors (``UnixAttestor``)."""
+    """Derives a caller's selectors (``UnixAttestor``); both methods block (run in threads)."""
 
-    def attest(self, peer: PeerCredentials) -> frozenset[Selector]: ...
+    def admit(self, peer: PeerCredentials) -> PeerCredentials:
+        """``peer`` as it is when its connection is accepted (``AttestationFailed``)."""
+        ...
 
-
-Ctx = grpc.aio.ServicerContext[Any, Any]
-_AbortError: type[BaseException] = grpc.aio.AbortError
-Observer = Callable[[str, str], None]  # (method, gRPC code name) after every call
+    def attest(self, peer: PeerCredentials) -> frozenset[Selector]:
+        """Selectors for a call; ``NotAuthorized`` if the caller is not the admitted process."""
+        ...
 
 
 class WorkloadApiServer:
@@ -124,15 +121,20 @@ class WorkloadApiServer:
         socket_path: str,
         allow_unauthenticated_verifiers: bool = False,
         observe: Observer | None = None,
+        observe_connection: ConnectionEvent | None = None,
+        limits: WorkloadLimits | None = None,
         proc_root: str = "/proc",
     ) -> None:
         self._provider = provider
         self._attestor = attestor
         self._open_verifiers = allow_unauthenticated_verifiers
-        self._observe = observe
+        self._guard = CallGuard(observe)
+        self._observe_connection = observe_connection
+        self._limits = limits or WorkloadLimits()
         self._socket_path = socket_path
         self._proc_root = proc_root
         self._private_dir = ""
+        self._pool: AttestationPool | None = None
         self._proxy: PeerTaggingProxy | None = None
         self._server: grpc.aio.Server | None = None
 
@@ -151,12 +153,25 @@ class WorkloadApiServer:
         self._private_dir = tempfile.mkdtemp(prefix="s2s-wlapi-")  # 0700: only we reach grpc
         inner = os.path.join(self._private_dir, "grpc.sock")
         try:
-            opts = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)]
+            opts = [
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
+            ]
             self._server = grpc.aio.server(options=opts)
             self._server.add_generic_rpc_handlers((self._handlers(),))
             self._server.add_insecure_port(f"unix:{inner}")
             await self._server.start()
-            self._proxy = PeerTaggingProxy(self._socket_path, inner, proc_root=self._proc_root)
+            limits = self._limits
+            self._pool = AttestationPool(
+                workers=limits.attest_workers, per_uid=limits.attest_per_uid
+            )
+            self._proxy = PeerTaggingProxy(
+                self._socket_path,
+                inner,
+                admit=self._admit,
+                limits=limits,
+                on_event=self._observe_connection,
+            )
             await self._proxy.start()
         except BaseException:
             await self.stop()
@@ -166,6 +181,9 @@ class WorkloadApiServer:
         if self._proxy is not None:
             await self._proxy.close()
             self._proxy = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
@@ -219,47 +237,56 @@ class WorkloadApiServer:
             },
         )
 
-    async def _x509_svid(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        selectors = await self._attest(ctx)
-
-        def build() -> bytes:
+    def _x509_svid(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
+        def build(selectors: frozenset[Selector]) -> bytes:
             svids = self._provider.svids_for(selectors)
             if not svids:
                 raise NotAuthorized("no identity issued")
             return msg.x509_svid_response(svids, self._provider.bundles(), self._provider.crls())
 
-        async for data in self._watch(build):
-            yield data
+        return self._watch(ctx, build)
 
     def _x509_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        def build() -> bytes:
+        def build(_selectors: frozenset[Selector]) -> bytes:
             return msg.x509_bundles_response(self._provider.bundles(), self._provider.crls())
 
         return self._bundles_stream(ctx, build)
 
     def _jwt_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        def build() -> bytes:
+        def build(_selectors: frozenset[Selector]) -> bytes:
             return msg.jwt_bundles_response(self._provider.bundles())
 
         return self._bundles_stream(ctx, build)
 
-    async def _bundles_stream(self, ctx: Ctx, build: Callable[[], bytes]) -> AsyncIterator[bytes]:
+    async def _bundles_stream(
+        self, ctx: Ctx, build: Callable[[frozenset[Selector]], bytes]
+    ) -> AsyncIterator[bytes]:
         """A bundles stream, for a caller with an identity (or any, with open verifiers)."""
         selectors = await self._attest(ctx)
         self._require_identity(selectors)
-        async for data in self._watch(build):
+        async for data in self._watch(ctx, build, selectors):
             yield data
 
-    async def _watch(self, build: Callable[[], bytes]) -> AsyncIterator[bytes]:
-        """First message at once, then the full state after every change; no duplicates."""
+    async def _watch(
+        self,
+        ctx: Ctx,
+        build: Callable[[frozenset[Selector]], bytes],
+        selectors: frozenset[Selector] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """First message at once, then the full state after every change; no duplicates. The
+        caller is attested before every message and at least every ``reattest_interval``."""
         last = b""
         version = self._provider.version
         while True:
-            data = build()
+            data = build(selectors if selectors is not None else await self._attest(ctx))
+            selectors = None
             if data != last:
                 yield data
                 last = data
-            version = await self._provider.wait_for_update(version)
+            with contextlib.suppress(TimeoutError):
+                version = await asyncio.wait_for(
+                    self._provider.wait_for_update(version), self._limits.reattest_interval
+                )
 
     async def _jwt_svid(self, req: Any, ctx: Ctx) -> pb.JWTSVIDResponse:
         audience = tuple(req.audience)
@@ -288,11 +315,27 @@ class WorkloadApiServer:
 
     # -- guards -----------------------------------------------------------------------------
 
+    async def _admit(self, pid: int, uid: int, gid: int) -> PeerCredentials:
+        """Attest a caller as its connection is accepted (the proxy's ``admit``)."""
+
+        def admit() -> PeerCredentials:
+            start_time = process_start_time(pid, proc_root=self._proc_root)
+            return self._attestor.admit(PeerCredentials(pid, uid, gid, start_time))
+
+        if self._pool is None:
+            raise Unavailable("the Workload API is shutting down")
+        return await self._pool.run(uid, admit)
+
     async def _attest(self, ctx: Ctx) -> frozenset[Selector]:
-        if self._proxy is None:
+        if self._proxy is None or self._pool is None:
             raise Unavailable("the Workload API is shutting down")
         peer = self._proxy.credentials(ctx.peer())
-        return await asyncio.to_thread(self._attestor.attest, peer)
+        try:
+            return await self._pool.run(peer.uid, self._attestor.attest, peer)
+        except NotAuthorized as exc:
+            log.warning("workload_api.caller_changed", extra={"pid": peer.pid, "error": str(exc)})
+            self._proxy.refuse_calls(ctx.peer(), exc)
+            raise
 
     def _require_identity(self, selectors: frozenset[Selector]) -> None:
         if not self._open_verifiers and not self._provider.svids_for(selectors):
@@ -302,8 +345,9 @@ class WorkloadApiServer:
         self, name: str, fn: Callable[[Any, Ctx], Awaitable[Any]]
     ) -> Callable[[Any, Ctx], Awaitable[Any]]:
         async def handler(req: Any, ctx: Ctx) -> Any:
-            async with self._guarded(ctx, name):
-                return await fn(req, ctx)
+            with self._in_call(ctx):
+                async with self._guard.guarded(ctx, name):
+                    return await fn(req, ctx)
             return None  # the call was aborted
 
         return handler
@@ -312,84 +356,22 @@ class WorkloadApiServer:
         self, name: str, fn: Callable[[Any, Ctx], AsyncIterator[bytes]]
     ) -> Callable[[Any, Ctx], AsyncIterator[bytes]]:
         async def handler(req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-            async with self._guarded(ctx, name):
-                async for data in fn(req, ctx):
-                    yield data
+            with self._in_call(ctx):
+                async with self._guard.guarded(ctx, name):
+                    async for data in fn(req, ctx):
+                        yield data
 
         return handler
 
-    @contextlib.asynccontextmanager
-    async def _guarded(self, ctx: Ctx, name: str) -> AsyncIterator[None]:
-        """Check the security header, map errors to gRPC aborts, observe the call's code
-        (CANCELLED when the client went away, unary or stream alike)."""
-        code = grpc.StatusCode.OK
-        start = time.monotonic()
-        try:
-            _check_header(ctx)
-            yield
-        except S2SError as exc:
-            code = _code_for(exc)
-            await self._abort(ctx, name, code, exc)
-        except _AbortError:
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            await self._internal(ctx, name)
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        finally:
-            self._done(name, code, start)
-
-    async def _abort(self, ctx: Ctx, name: str, code: grpc.StatusCode, exc: S2SError) -> None:
-        if isinstance(exc, AttestationFailed):
-            log.info("workload_api.attestation_failed", extra={"method": name, "error": str(exc)})
-            details = f"workload attestation failed: {exc}"
-        else:
-            details = str(exc)
-        trailer = ((REASON_TRAILER, exc.reason),) if isinstance(exc, InvalidToken) else ()
-        await ctx.abort(code, details, trailing_metadata=trailer)
-
-    async def _internal(self, ctx: Ctx, name: str) -> None:
-        # A bug, not the caller's fault: log it here, never send its text to the workload.
-        log.exception("workload_api.internal_error", extra={"method": name})
-        await ctx.abort(grpc.StatusCode.INTERNAL, "internal error in the agent")
-
-    def _done(self, name: str, code: grpc.StatusCode, start: float) -> None:
-        if self._observe is not None:
-            self._observe(name, code.name)
-        log.debug(
-            "workload_api.call",
-            extra={"method": name, "code": code.name, "ms": (time.monotonic() - start) * 1e3},
-        )
-
-
-def _check_header(ctx: Ctx) -> None:
-    values = [v for k, v in (ctx.invocation_metadata() or ()) if k == SECURITY_HEADER]
-    if values != ["true"]:
-        raise InvalidRequest("security header missing from request")
-
-
-def _code_for(exc: S2SError) -> grpc.StatusCode:
-    if isinstance(exc, InvalidToken) and exc.reason == REVOCATIONS_STALE:
-        return grpc.StatusCode.UNAVAILABLE  # not the token's fault: the client should retry
-    if isinstance(exc, InvalidRequest | InvalidSpiffeId | InvalidToken):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, NotAuthorized):
-        return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(exc, AttestationFailed | Unavailable):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, _Unimplemented):
-        return grpc.StatusCode.UNIMPLEMENTED
-    return grpc.StatusCode.INTERNAL
-
-
-class _Unimplemented(S2SError):
-    code = "unimplemented"
+    def _in_call(self, ctx: Ctx) -> contextlib.AbstractContextManager[None]:
+        """The connection is busy (not idle) while the call runs."""
+        if self._proxy is None:
+            return contextlib.nullcontext()
+        return self._proxy.call(ctx.peer())
 
 
 async def _unimplemented(_req: Any, _ctx: Ctx) -> AsyncIterator[bytes]:
-    raise _Unimplemented("the WIT-SVID profile is not supported by this agent")
+    raise Unimplemented("the WIT-SVID profile is not supported by this agent")
     yield b""  # pragma: no cover - makes this an async generator
 
 

@@ -545,8 +545,14 @@ async def test_provider_bug_is_internal_without_details(
     assert seen == [("FetchX509SVID", "INTERNAL"), ("FetchJWTSVID", "UNAVAILABLE")]
 
 
+async def _never_admit(pid: int, uid: int, gid: int) -> Any:
+    raise AssertionError("no connection was accepted")
+
+
 def test_proxy_fails_closed_for_unknown_peers(socket_dir: Path) -> None:
-    proxy = PeerTaggingProxy(str(socket_dir / "agent.sock"), str(socket_dir / "inner.sock"))
+    proxy = PeerTaggingProxy(
+        str(socket_dir / "agent.sock"), str(socket_dir / "inner.sock"), admit=_never_admit
+    )
     for peer in ("unix:", "unix-abstract:s2s-wl-unknown", "ipv4:127.0.0.1:5", ""):
         with pytest.raises(AttestationFailed):
             proxy.credentials(peer)
