@@ -163,9 +163,12 @@ class Agent:
             attestor=attestor,
             socket_path=str(self.config.socket),
             observe=self.metrics.observe_call,
+            observe_connection=self.metrics.observe_connection,
+            limits=self.config.workload_limits(),
         )
         await server.start()
         self.server = server
+        self.metrics.workload_connections.set_function(lambda: server.open_connections)
         if self.config.metrics_listen is not None:
             await self._start_metrics(cache)
         self.ready.set()

@@ -18,6 +18,10 @@ the TOML file (``--config agent.toml`` or ``S2S_CONFIG``), or its default. Value
     revocations_etcd = "10.0.0.5:2379,10.0.0.6:2379"   # follow revocations in etcd;
                                           # absent: long-poll the CA's /v1/revocations
     revocations_etcd_ca = "etcd-ca.pem"   # TLS to etcd (+ _cert / _key for a client pair)
+    workload_max_connections = 1024       # Workload API connections open at once, all callers
+    workload_max_connections_per_uid = 64 # ... and per caller uid
+    workload_idle_timeout = "5m"          # close a connection without a call for this long
+    workload_attest_workers = 4           # threads that attest callers (half of them per uid)
 """
 
 from __future__ import annotations
@@ -31,6 +35,13 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from s2s.agent.attestor import DEFAULT_SHA256_MAX_BYTES
+from s2s.agent.workload_limits import (
+    DEFAULT_ATTEST_WORKERS,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_UID,
+    WorkloadLimits,
+)
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
 from s2s.core.spiffe_id import TrustDomain
 from s2s.store.etcd_client import parse_endpoints
@@ -43,6 +54,7 @@ __all__ = [
     "LOG_LEVELS",
     "AgentConfig",
     "load_config",
+    "parse_duration",
     "parse_listen",
     "parse_size",
 ]
@@ -70,11 +82,17 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "revocations_etcd_ca": "S2S_REVOCATIONS_ETCD_CA",
     "revocations_etcd_cert": "S2S_REVOCATIONS_ETCD_CERT",
     "revocations_etcd_key": "S2S_REVOCATIONS_ETCD_KEY",
+    "workload_max_connections": "S2S_WORKLOAD_MAX_CONNECTIONS",
+    "workload_max_connections_per_uid": "S2S_WORKLOAD_MAX_CONNECTIONS_PER_UID",
+    "workload_idle_timeout": "S2S_WORKLOAD_IDLE_TIMEOUT",
+    "workload_attest_workers": "S2S_WORKLOAD_ATTEST_WORKERS",
 }
 _TOML_KEYS: Final = {("ca_url" if k == "ca_urls" else k): k for k in ENV_VARS}
 _FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()}
 _SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
 _SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(|s|m|h)", re.IGNORECASE)
+_DURATION_UNITS: Final = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +114,10 @@ class AgentConfig:
     revocations_etcd_ca: Path | None = None  # TLS to that etcd: its CA, and a client pair
     revocations_etcd_cert: Path | None = None
     revocations_etcd_key: Path | None = None
+    workload_max_connections: int = DEFAULT_MAX_CONNECTIONS
+    workload_max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
+    workload_idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds
+    workload_attest_workers: int = DEFAULT_ATTEST_WORKERS
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
@@ -115,8 +137,19 @@ class AgentConfig:
         if self.log_format not in LOG_FORMATS:
             raise InvalidConfig(f"log_format must be one of {', '.join(LOG_FORMATS)}")
         _check_etcd_tls(self)
+        self.workload_limits()  # InvalidConfig for limits that do not fit together
         if self.join_token is not None and not 0 < len(self.join_token) <= _MAX_TOKEN_CHARS:
             raise InvalidConfig(f"join_token must be 1 to {_MAX_TOKEN_CHARS} characters")
+
+    def workload_limits(self) -> WorkloadLimits:
+        """The Workload API server's limits from these settings."""
+        return WorkloadLimits(
+            max_connections=self.workload_max_connections,
+            max_connections_per_uid=self.workload_max_connections_per_uid,
+            idle_timeout=self.workload_idle_timeout,
+            attest_workers=self.workload_attest_workers,
+            attest_per_uid=max(1, self.workload_attest_workers // 2),
+        )
 
 
 def _check_etcd_tls(config: AgentConfig) -> None:
@@ -286,6 +319,33 @@ def parse_size(value: Any) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)[:1].lower()]
 
 
+def parse_duration(value: Any) -> float:
+    """``300``, ``"90s"``, ``"5m"``, ``"1.5h"`` -> seconds (positive).
+
+    >>> parse_duration("5m"), parse_duration(30), parse_duration("0.5s")
+    (300.0, 30.0, 0.5)
+    """
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise InvalidConfig(f"{value!r} is not a duration like 300, 90s, 5m or 1h")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if not 0 < seconds < float("inf"):
+        raise InvalidConfig(f"{value!r}: a duration must be positive")
+    return seconds
+
+
+def _count(value: Any, _base: Path | None) -> int:
+    """A positive whole number (``64`` or ``"64"``)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidConfig(f"{value!r} must be a whole number of at least 1")
+    return value
+
+
 def parse_listen(value: Any) -> tuple[str, int] | None:
     """``"HOST:PORT"`` -> (host, port); ``""`` -> None (disabled).
 
@@ -334,4 +394,8 @@ _PARSERS: Final[Mapping[str, Callable[[Any, Path | None], Any]]] = {
     "revocations_etcd_ca": _abs_path,
     "revocations_etcd_cert": _abs_path,
     "revocations_etcd_key": _abs_path,
+    "workload_max_connections": _count,
+    "workload_max_connections_per_uid": _count,
+    "workload_idle_timeout": lambda v, _b: parse_duration(v),
+    "workload_attest_workers": _count,
 }

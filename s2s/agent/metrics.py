@@ -43,6 +43,22 @@ class AgentMetrics:
             ["method", "code"],
             registry=r,
         )
+        self.workload_connections = Gauge(
+            "s2s_agent_workload_api_connections", "Workload API connections open", registry=r
+        )
+        self.workload_connections_refused = Counter(
+            "s2s_agent_workload_api_connections_refused",
+            "Workload API connections refused, by reason (uid_limit, total_limit)",
+            ["reason"],
+            registry=r,
+        )
+        self.workload_connections_closed = Counter(
+            "s2s_agent_workload_api_connections_closed",
+            "Workload API connections closed or cut off by the agent, by reason "
+            "(idle; caller_changed: its process is no longer the one that connected)",
+            ["reason"],
+            registry=r,
+        )
         self.ca_errors = Counter(
             "s2s_agent_ca_errors",
             "Failed CA calls, by operation and error code",
@@ -61,6 +77,15 @@ class AgentMetrics:
     def observe_call(self, method: str, code: str) -> None:
         """The Workload API server's ``observe`` hook."""
         self.workload_calls.labels(method=method, code=code).inc()
+
+    def observe_connection(self, event: str, reason: str) -> None:
+        """The Workload API server's ``observe_connection`` hook."""
+        counter = {
+            "refused": self.workload_connections_refused,
+            "closed": self.workload_connections_closed,
+        }.get(event)
+        if counter is not None:
+            counter.labels(reason=reason).inc()
 
     def count_rotation(self, kind: str, n: int = 1) -> None:
         if n:

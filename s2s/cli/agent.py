@@ -21,7 +21,8 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from s2s.cli.ca import exit_code_for
-from s2s.core.errors import InvalidConfig, NotAuthorized, S2SError
+from s2s.cli.output_dir import OutputDir, OutputFile
+from s2s.core.errors import NotAuthorized, S2SError
 from s2s.core.x509svid import X509Svid
 
 __all__ = ["cli", "main"]
@@ -86,6 +87,18 @@ def cli() -> None:
 @click.option("--revocations-etcd-ca", help="CA PEM of that etcd's TLS certificate.")
 @click.option("--revocations-etcd-cert", help="Client certificate PEM for that etcd.")
 @click.option("--revocations-etcd-key", help="Client key PEM for that etcd.")
+@click.option(
+    "--workload-max-connections", help="Workload API connections open at once (default 1024)."
+)
+@click.option(
+    "--workload-max-connections-per-uid", help="... of them for one caller uid (default 64)."
+)
+@click.option(
+    "--workload-idle-timeout", help="Close a connection without a call after (default 5m)."
+)
+@click.option(
+    "--workload-attest-workers", help="Threads that attest Workload API callers (default 4)."
+)
 def run(config_file: Path | None, **flags: Any) -> None:
     """Run the agent until SIGTERM or SIGINT."""
     from s2s.agent.app import serve_forever  # noqa: PLC0415  (keeps api commands light)
@@ -152,9 +165,15 @@ def fetch_x509(socket: str | None, write_dir: Path | None, as_json: bool) -> Non
         async with _client(socket) as client:
             return await client.fetch_x509_context()
 
-    context = run_async(body)
-    if write_dir is not None:
-        call(lambda: _write_x509(write_dir, context))
+    # Checked before fetching: a refused directory costs no SVID and says why at once.
+    out = None if write_dir is None else call(lambda: OutputDir.open(write_dir))
+    try:
+        context = run_async(body)
+        if out is not None:
+            call(lambda: out.write(_x509_files(context)))
+    finally:
+        if out is not None:
+            out.close()
     rows = [_svid_json(svid) for svid in context.svids]
     if as_json:
         click.echo(
@@ -170,23 +189,14 @@ def fetch_x509(socket: str | None, write_dir: Path | None, as_json: bool) -> Non
         click.echo(f"wrote {len(rows)} SVID(s) and bundle.pem to {write_dir}")
 
 
-def _write_x509(directory: Path, context: Any) -> None:
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for index, svid in enumerate(context.svids):
-            (directory / f"svid.{index}.pem").write_bytes(svid.chain_pem())
-            _write_secret(directory / f"svid.{index}.key", svid.key_pem())
-        bundles = b"".join(b.x509_pem() for b in context.bundles if b.x509_authorities)
-        (directory / "bundle.pem").write_bytes(bundles)
-    except OSError as exc:
-        raise InvalidConfig(f"cannot write to {directory}: {exc.strerror}") from None
-
-
-def _write_secret(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(data)
+def _x509_files(context: Any) -> list[OutputFile]:
+    files = []
+    for index, svid in enumerate(context.svids):
+        files.append(OutputFile(f"svid.{index}.pem", svid.chain_pem(), 0o644))
+        files.append(OutputFile(f"svid.{index}.key", svid.key_pem(), 0o600))
+    bundles = b"".join(b.x509_pem() for b in context.bundles if b.x509_authorities)
+    files.append(OutputFile("bundle.pem", bundles, 0o644))
+    return files
 
 
 @fetch.command("jwt")
