@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import click
 
 from s2s.cli.ca_common import DURATION, Ctx, call, emit_json, json_option, pass_ctx
-from s2s.core import errors
+from s2s.cli.output_dir import OutputDir, OutputFile
 
-__all__ = ["jwt", "write_svid_files", "x509"]
+__all__ = ["jwt", "svid_files", "x509"]
 
 
 @click.group()
@@ -35,8 +34,10 @@ def x509_mint(ctx: Ctx, *, spiffe_id: str, ttl: int | None, dns_names: tuple[str
     body: dict[str, Any] = {"spiffe_id": spiffe_id, "dns_names": list(dns_names)}
     if ttl:
         body["ttl"] = ttl
-    minted = call(lambda: ctx.client().post("/v1/x509/mint", body))
-    files = call(lambda: write_svid_files(out_dir, minted))
+    # Checked before minting: a refused directory costs no SVID and says why at once.
+    with call(lambda: OutputDir.open(out_dir)) as out:
+        minted = call(lambda: ctx.client().post("/v1/x509/mint", body))
+        files = call(lambda: out.write(svid_files(minted)))
     summary = {k: minted[k] for k in ("spiffe_id", "serial", "expires_at")}
     summary["files"] = [str(f) for f in files]
     if as_json:
@@ -45,25 +46,13 @@ def x509_mint(ctx: Ctx, *, spiffe_id: str, ttl: int | None, dns_names: tuple[str
         click.echo(f"wrote {', '.join(summary['files'])} (expires {minted['expires_at']})")
 
 
-def write_svid_files(out_dir: Path, minted: dict[str, Any]) -> list[Path]:
-    """Write the three PEM files; the key file is created 0600 and never world-readable."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        written = []
-        for name, key, mode in (
-            ("svid.pem", "chain_pem", 0o644),
-            ("svid_key.pem", "key_pem", 0o600),
-            ("bundle.pem", "bundle_pem", 0o644),
-        ):
-            path = out_dir / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-            with os.fdopen(fd, "w") as out:
-                os.fchmod(out.fileno(), mode)
-                out.write(minted[key])
-            written.append(path)
-    except OSError as exc:
-        raise errors.InvalidRequest(f"cannot write into {out_dir}: {exc.strerror}") from exc
-    return written
+def svid_files(minted: dict[str, Any]) -> list[OutputFile]:
+    """svid.pem (leaf, intermediate), svid_key.pem (0600) and bundle.pem of a minted SVID."""
+    return [
+        OutputFile("svid.pem", minted["chain_pem"].encode(), 0o644),
+        OutputFile("svid_key.pem", minted["key_pem"].encode(), 0o600),
+        OutputFile("bundle.pem", minted["bundle_pem"].encode(), 0o644),
+    ]
 
 
 @click.group()
