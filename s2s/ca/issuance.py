@@ -6,6 +6,12 @@ active intermediate and its key stay loaded in memory (``X509Signer``); the leaf
 core template, signed, and run through :func:`check_x509_svid` before anything is returned. Every
 X.509 serial goes into the store's issued-serial index (revocation by ID or agent expands to
 serials there).
+
+Issuance and an ID or agent revocation may run at once. The revocation stores its ID record and
+then lists the index; issuance indexes its serials and then re-reads the revocations
+(:meth:`Issuer._withdraw_revoked`). Whichever order the store sees, one side sees the other: the
+revocation lists the new serial, or issuance finds the record and withdraws the certificate before
+it leaves the CA. So a certificate issued concurrently with a revocation of its ID is covered.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Unpack
+from typing import Protocol, Unpack, runtime_checkable
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
@@ -39,12 +45,13 @@ from s2s.core.errors import (
     S2SError,
 )
 from s2s.core.registration import RegistrationEntry
-from s2s.core.revocation import RevocationLookup
+from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import (
     X509Svid,
     serial_from_entropy,
 )
+from s2s.log import F
 from s2s.store.records import IssuedKind, IssuedSerial
 
 log = logging.getLogger(__name__)
@@ -82,6 +89,13 @@ class X509SvidResult:
     entry_id: str
     svid: X509Svid | None = None
     error: S2SError | None = None
+
+
+@runtime_checkable
+class _Refreshable(Protocol):
+    """A revocation lookup that can re-read the store (the CA's ``LiveRevocations``)."""
+
+    async def refresh(self) -> RevocationSet: ...
 
 
 class Issuer(CaService):
@@ -131,6 +145,10 @@ class Issuer(CaService):
         await self._index(
             [(svid, IssuedKind.X509_SVID, agent.spiffe_id) for svid, _ in issued], now
         )
+        withdrawn = await self._withdraw_revoked([svid for svid, _ in issued], now, agent=agent)
+        if withdrawn:
+            results = [_withdrawn_result(r, withdrawn) for r in results]
+            issued = [(svid, entry) for svid, entry in issued if svid.serial not in withdrawn]
         for svid, entry in issued:
             self._audit.x509_issued(
                 serial=svid.serial,
@@ -194,6 +212,35 @@ class Issuer(CaService):
         return token
 
     # -- revocation checks ---------------------------------------------------------------------
+
+    async def _withdraw_revoked(
+        self, svids: Sequence[X509Svid], now: datetime, *, agent: AgentRecord | None = None
+    ) -> dict[int, Revoked]:
+        """After indexing ``svids`` (issued at ``now``): re-read the revocations and name those
+        an ID revocation stored meanwhile covers (its instant is after ``now``), so they are
+        withdrawn rather than returned. :class:`Revoked` when ``agent`` was revoked meanwhile."""
+        if not svids:
+            return {}
+        if isinstance(self._revocations, _Refreshable):
+            current = await self._revocations.refresh()
+        else:
+            current = self._revocations.current()
+        if agent is not None:
+            await self._registry.check_agent_not_revoked(agent)
+        withdrawn = {
+            svid.serial: Revoked(
+                f"SPIFFE ID {svid.spiffe_id} was revoked while its SVID was being issued",
+                spiffe_id=str(svid.spiffe_id),
+            )
+            for svid in svids
+            if current.is_spiffe_id_revoked(svid.spiffe_id, now)
+        }
+        for serial, error in withdrawn.items():
+            log.warning(
+                "x509_svid.withdrawn",
+                extra={F.SERIAL: format(serial, "x"), F.SPIFFE_ID: error.spiffe_id},
+            )
+        return withdrawn
 
     def _check_id_not_revoked(self, spiffe_id: SpiffeId, now: datetime) -> None:
         if self._revocations.current().is_spiffe_id_revoked(spiffe_id, now):
@@ -260,6 +307,8 @@ class Issuer(CaService):
         now = utc(self._clock.now())
         svid = self._issue(public_key, agent_id, self._config.agent_svid_ttl, (), now=now)
         await self._index([(svid, IssuedKind.AGENT_SVID, agent_id)], now)
+        if withdrawn := await self._withdraw_revoked([svid], now):
+            raise withdrawn[svid.serial]
         return svid
 
     async def issue_server_svid(self, *, dns_names: Sequence[str] = ()) -> X509Svid:
@@ -304,6 +353,8 @@ class Issuer(CaService):
         key = ec.generate_private_key(ec.SECP256R1())
         svid = self._issue(key.public_key(), spiffe_id, ttl, tuple(dns_names), now=now)
         await self._index([(svid, kind, None)], now)
+        if withdrawn := await self._withdraw_revoked([svid], now):
+            raise withdrawn[svid.serial]
         self._audit.x509_issued(
             serial=svid.serial, spiffe_id=spiffe_id, not_after=svid.not_after, kind=audit_kind
         )
@@ -386,6 +437,12 @@ class Issuer(CaService):
                 for svid, kind, agent_id in items
             ]
         )
+
+
+def _withdrawn_result(result: X509SvidResult, withdrawn: dict[int, Revoked]) -> X509SvidResult:
+    if result.svid is None or result.svid.serial not in withdrawn:
+        return result
+    return X509SvidResult(result.entry_id, error=withdrawn[result.svid.serial])
 
 
 def _secs(ttl: timedelta) -> str:

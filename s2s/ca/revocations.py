@@ -249,16 +249,19 @@ class RevocationService:
         ban: bool = False,
     ) -> RevocationResult:
         """The ID record first (the CA refuses the ID's old credentials at once), then for an
-        agent the ban, then the serials (an agent's listed after the ban: none is missed)."""
+        agent the ban, then the serials, listed again after the record is stored: issuance
+        indexes before it re-reads the revocations (``Issuer._withdraw_revoked``), so a
+        certificate signed concurrently is listed here or withdrawn there, never missed."""
         main = self._id_record(spiffe_id, issued, now, reason)
         previous = await self._existing(main)
         changed = int(await self._store.add_revocation(main))
         await self._live.refresh()
         if ban:
             await self._registry.ban_agent(spiffe_id)
+        relisted = [*issued, *await self._store.list_issued(spiffe_id=spiffe_id)]
         if target is RevokeTarget.AGENT:
-            obtained = await self._store.list_issued(agent_id=spiffe_id)
-            issued = self._unexpired([*issued, *obtained], now)
+            relisted += await self._store.list_issued(agent_id=spiffe_id)
+        issued = self._unexpired(relisted, now)
         records, count = await self._serial_records(issued, now, reason)
         agent_id = spiffe_id if target is RevokeTarget.AGENT else None
         self._audit_line(target, str(spiffe_id), spiffe_id=spiffe_id, agent_id=agent_id,
