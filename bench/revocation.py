@@ -75,7 +75,7 @@ async def _verifiers(spec: dict[str, Any], out: Any, watch: Any, stop: Any) -> N
         def changed(new: RevocationSet) -> None:
             at = time.monotonic()
             for serial, reported in list(armed.items()):
-                if index not in reported and new.is_serial_revoked(serial):
+                if index not in reported and new.is_serial_revoked_by_any_issuer(serial):
                     out.put(("feed", index, serial, at))
                     reported.add(index)
                     if len(reported) == len(feeds):

@@ -5,6 +5,13 @@ and a SPIFFE ID with an instant (every credential issued to that ID strictly bef
 is revoked; one issued at or after it is not, so the workload can be re-issued). A record may be
 dropped once every credential it covers has expired (``expires_at``), which keeps the set tiny with
 short-lived SVIDs.
+
+A serial is only unique per issuer (RFC 5280 4.1.2.2), so a serial record names its issuer:
+``issuer`` is the :func:`issuer_key_id` of the CA certificate that signed the revoked one (the
+SHA-256 of that CA's public key). A lookup passes the key id of the issuer in the chain it checks,
+so one issuer's revocations never cut off another issuer's certificate, whatever its serial, and a
+foreign CA cannot revoke ours without our CA's private key. A record without an issuer (written
+before issuers were recorded) matches the serial under any issuer.
 """
 
 from __future__ import annotations
@@ -14,7 +21,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from hashlib import sha256
 from typing import Any, ClassVar, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from s2s.core.errors import InvalidRequest, InvalidSpiffeId
 from s2s.core.spiffe_id import SpiffeId
@@ -26,12 +37,14 @@ __all__ = [
     "RevocationRecord",
     "RevocationSet",
     "StaticRevocations",
+    "issuer_key_id",
     "serial_value",
 ]
 
 MAX_JTI_LENGTH = 256
 MAX_REASON_LENGTH = 1024
 _SERIAL_HEX = re.compile(r"[1-9a-f][0-9a-f]{0,39}")  # RFC 5280 4.1.2.2: at most 20 octets
+_ISSUER_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class RevocationKind(StrEnum):
@@ -51,6 +64,14 @@ def serial_value(serial: int) -> str:
     return format(serial, "x")
 
 
+def issuer_key_id(ca: x509.Certificate) -> str:
+    """The key id that revocation records use for the CA certificate ``ca``: the SHA-256 of its
+    SubjectPublicKeyInfo, in lowercase hex. Unlike a subject name or an SKI extension (which any
+    CA may copy), it cannot be claimed without holding the key."""
+    spki = ca.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return sha256(spki).hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class RevocationRecord:
     """One revocation.
@@ -66,6 +87,7 @@ class RevocationRecord:
     revoked_at: datetime  # for SPIFFE_ID: everything issued to that ID before this instant
     expires_at: datetime  # when the record may be dropped
     reason: str = ""
+    issuer: str = ""  # SERIAL only: issuer_key_id() of the CA that signed it ("" = any issuer)
 
     def __post_init__(self) -> None:
         try:
@@ -78,13 +100,31 @@ class RevocationRecord:
         object.__setattr__(self, "expires_at", _aware("expires_at", self.expires_at))
         if not isinstance(self.reason, str) or len(self.reason) > MAX_REASON_LENGTH:
             raise InvalidRequest(f"reason must be text of at most {MAX_REASON_LENGTH} characters")
+        if self.issuer and (
+            kind is not RevocationKind.SERIAL
+            or not isinstance(self.issuer, str)
+            or _ISSUER_HEX.fullmatch(self.issuer) is None
+        ):
+            raise InvalidRequest(
+                "issuer is only for serial records: the SHA-256 of the issuing CA's public key"
+                " in lowercase hex"
+            )
 
     @classmethod
     def for_serial(
-        cls, serial: int, *, revoked_at: datetime, expires_at: datetime, reason: str = ""
+        cls,
+        serial: int,
+        *,
+        revoked_at: datetime,
+        expires_at: datetime,
+        reason: str = "",
+        issuer: str = "",
     ) -> RevocationRecord:
-        """Revoke one certificate by serial (``expires_at``: its NotAfter plus skew)."""
-        return cls(RevocationKind.SERIAL, serial_value(serial), revoked_at, expires_at, reason)
+        """Revoke one certificate by serial (``expires_at``: its NotAfter plus skew; ``issuer``:
+        the :func:`issuer_key_id` of the CA that signed it)."""
+        return cls(
+            RevocationKind.SERIAL, serial_value(serial), revoked_at, expires_at, reason, issuer
+        )
 
     @classmethod
     def for_jti(
@@ -106,8 +146,9 @@ class RevocationRecord:
         return cls(RevocationKind.SPIFFE_ID, str(spiffe_id), revoked_at, expires_at, reason)
 
     def merged(self, other: RevocationRecord) -> RevocationRecord:
-        """The union of two records for the same (kind, value): later instants, first reason."""
-        if (self.kind, self.value) != (other.kind, other.value):
+        """The union of two records for the same (kind, value, issuer): later instants, first
+        reason."""
+        if self.key != other.key:
             raise InvalidRequest("only records for the same credential can be merged")
         return RevocationRecord(
             self.kind,
@@ -115,16 +156,25 @@ class RevocationRecord:
             max(self.revoked_at, other.revoked_at),
             max(self.expires_at, other.expires_at),
             self.reason or other.reason,
+            self.issuer,
         )
 
+    @property
+    def key(self) -> tuple[RevocationKind, str, str]:
+        """What identifies the revoked credential: (kind, value, issuer)."""
+        return (self.kind, self.value, self.issuer)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "kind": str(self.kind),
             "value": self.value,
             "revoked_at": self.revoked_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
             "reason": self.reason,
         }
+        if self.issuer:
+            out["issuer"] = self.issuer
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RevocationRecord:
@@ -140,24 +190,32 @@ class RevocationRecord:
             _parse_time("revoked_at", d["revoked_at"]),
             _parse_time("expires_at", d["expires_at"]),
             d.get("reason", ""),
+            d.get("issuer", ""),
         )
 
 
 class RevocationSet:
     """An immutable revocation set with O(1) lookups.
 
+    Serials are looked up with the key id of their issuer (:func:`issuer_key_id`): a record
+    for issuer ``a`` does not revoke the same serial under issuer ``b``.
+
     >>> at = datetime(2030, 1, 1, tzinfo=UTC)
-    >>> s = RevocationSet.of([RevocationRecord.for_serial(10, revoked_at=at, expires_at=at)])
-    >>> s.is_serial_revoked(10), s.is_serial_revoked(11), len(s)
-    (True, False, 1)
+    >>> a, b = "a" * 64, "b" * 64
+    >>> s = RevocationSet.of([RevocationRecord.for_serial(10, revoked_at=at, expires_at=at,
+    ...                                                   issuer=a)])
+    >>> s.is_serial_revoked(10, a), s.is_serial_revoked(10, b), s.is_serial_revoked(11, a), len(s)
+    (True, False, False, 1)
     """
 
     EMPTY: ClassVar[RevocationSet]
-    __slots__ = ("_ids", "_jtis", "_records", "_serials", "version")
+    __slots__ = ("_all_serials", "_any_issuer", "_ids", "_jtis", "_records", "_serials", "version")
 
     version: int
-    _records: dict[tuple[RevocationKind, str], RevocationRecord]
-    _serials: frozenset[int]
+    _records: dict[tuple[RevocationKind, str, str], RevocationRecord]
+    _serials: frozenset[tuple[str, int]]
+    _any_issuer: frozenset[int]
+    _all_serials: frozenset[int] | None
     _jtis: frozenset[str]
     _ids: dict[str, datetime]
 
@@ -166,35 +224,52 @@ class RevocationSet:
 
     @classmethod
     def of(cls, records: Iterable[RevocationRecord], *, version: int = 0) -> RevocationSet:
-        """A set of ``records``; duplicates of one (kind, value) are merged."""
+        """A set of ``records``; duplicates of one (kind, value, issuer) are merged."""
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise InvalidRequest("version must be a non-negative integer")
-        merged: dict[tuple[RevocationKind, str], RevocationRecord] = {}
+        merged: dict[tuple[RevocationKind, str, str], RevocationRecord] = {}
         for record in records:
             if not isinstance(record, RevocationRecord):
                 raise InvalidRequest("a revocation set holds RevocationRecord values")
-            key = (record.kind, record.value)
+            key = record.key
             known = merged.get(key)
             merged[key] = record if known is None else known.merged(record)
         return cls._build(merged, version)
 
     @classmethod
     def _build(
-        cls, records: dict[tuple[RevocationKind, str], RevocationRecord], version: int
+        cls, records: dict[tuple[RevocationKind, str, str], RevocationRecord], version: int
     ) -> RevocationSet:
         self = object.__new__(cls)
         by_kind: dict[RevocationKind, list[RevocationRecord]] = {k: [] for k in RevocationKind}
         for record in records.values():
             by_kind[record.kind].append(record)
         self._records = records
-        self._serials = frozenset(int(r.value, 16) for r in by_kind[RevocationKind.SERIAL])
+        serials = by_kind[RevocationKind.SERIAL]
+        self._serials = frozenset((r.issuer, int(r.value, 16)) for r in serials if r.issuer)
+        self._any_issuer = frozenset(int(r.value, 16) for r in serials if not r.issuer)
+        self._all_serials = None
         self._jtis = frozenset(r.value for r in by_kind[RevocationKind.JTI])
         self._ids = {r.value: r.revoked_at for r in by_kind[RevocationKind.SPIFFE_ID]}
         self.version = version
         return self
 
-    def is_serial_revoked(self, serial: int) -> bool:
-        return serial in self._serials
+    def is_serial_revoked(self, serial: int, issuer: str) -> bool:
+        """True when the certificate ``serial`` signed by the CA whose :func:`issuer_key_id` is
+        ``issuer`` is revoked."""
+        return (issuer, serial) in self._serials or serial in self._any_issuer
+
+    def is_serial_revoked_by_any_issuer(self, serial: int) -> bool:
+        """True when ``serial`` is revoked under any issuer: for a CA or an agent checking the
+        certificates of its own trust domain, whose CA draws serials at random across issuers."""
+        every = self._all_serials
+        if every is None:
+            every = self._all_serials = self._any_issuer | {s for _, s in self._serials}
+        return serial in every
+
+    def has_serials(self) -> bool:
+        """Whether any serial is revoked (a chain check can skip its lookups otherwise)."""
+        return bool(self._serials or self._any_issuer)
 
     def is_jti_revoked(self, jti: str) -> bool:
         return jti in self._jtis

@@ -24,6 +24,7 @@ from s2s.core.errors import InvalidSvid, NotAuthorized, Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import DEFAULT_BACKDATE, check_x509_svid, spiffe_id_of
+from s2s.verifier.crls import ChainIssuer, CrlLookup
 from s2s.verifier.metrics import PeerMetrics, default_metrics
 
 __all__ = [
@@ -81,7 +82,8 @@ _Rejection = tuple[str, str]
 class _ChainFacts:
     spiffe_id: SpiffeId
     root: x509.Certificate
-    serials: tuple[int, ...]
+    serials: tuple[int, ...]  # of every certificate of the chain
+    issuers: tuple[ChainIssuer, ...]  # the issuer of each (the root is its own), same order
     issued_at: datetime
     not_before: datetime  # latest NotBefore of the chain
     not_after: datetime  # earliest NotAfter of the chain
@@ -224,6 +226,7 @@ def _derive_facts(chain: tuple[bytes, ...]) -> _ChainFacts | _Rejection:
         spiffe_id=sid,
         root=certs[-1],
         serials=tuple(c.serial_number for c in certs),
+        issuers=tuple(ChainIssuer.of(c) for c in (*certs[1:], certs[-1])),
         # notBefore is backdated by the CA and cut to whole seconds (ARCHITECTURE.md "Revocation"):
         # read as is, an SVID issued just after a SPIFFE ID revocation would be cut off with the
         # old ones. (The CA also revokes each older certificate by serial, which is exact.)
@@ -258,7 +261,10 @@ def _check_root(facts: _ChainFacts, bundles: BundleSet) -> None:
 
 def _check_revocation(facts: _ChainFacts, revocations: RevocationLookup) -> None:
     try:
-        current = revocations.current()
+        if isinstance(revocations, CrlLookup):  # CRLs are verified against the chain's issuers
+            current = revocations.current_for_chain(facts.issuers[:-1])
+        else:
+            current = revocations.current()
     except Unavailable as exc:  # a stale feed: what is revoked is unknown, so fail closed
         raise PeerRejected(
             f"cannot check whether {facts.spiffe_id} is revoked: {exc}",
@@ -267,14 +273,15 @@ def _check_revocation(facts: _ChainFacts, revocations: RevocationLookup) -> None
         ) from None
     if not len(current):
         return
-    for index, serial in enumerate(facts.serials):
-        if current.is_serial_revoked(serial):
-            which = "leaf" if index == 0 else "CA certificate"
-            raise PeerRejected(
-                f"the peer's {which} {serial:x} is revoked",
-                reason="revoked",
-                spiffe_id=facts.spiffe_id,
-            )
+    if current.has_serials():
+        for index, (serial, issuer) in enumerate(zip(facts.serials, facts.issuers, strict=True)):
+            if current.is_serial_revoked(serial, issuer.key):
+                which = "leaf" if index == 0 else "CA certificate"
+                raise PeerRejected(
+                    f"the peer's {which} {serial:x} is revoked",
+                    reason="revoked",
+                    spiffe_id=facts.spiffe_id,
+                )
     if current.is_spiffe_id_revoked(facts.spiffe_id, facts.issued_at):
         raise PeerRejected(
             f"SVIDs of {facts.spiffe_id} issued before its revocation are rejected",

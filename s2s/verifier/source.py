@@ -31,13 +31,8 @@ from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 from s2s.verifier.feeds import RevocationsStale
-from s2s.verifier.revocations import (
-    DEFAULT_CRL_GRACE,
-    CrlFreshness,
-    CrlSet,
-    load_crl_set,
-    parse_crls,
-)
+from s2s.verifier.crls import DEFAULT_CRL_GRACE, CrlBook, CrlLookup
+from s2s.verifier.revocations import parse_crls
 from s2s.verifier.source_common import DEFAULT_START_TIMEOUT, Subscribers, cancel_task
 from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.workload_client import JwtSvid, WorkloadApiClient, X509Update
@@ -170,10 +165,11 @@ class _WatchedSource(Generic[_T]):
 class X509Source(_WatchedSource[X509Update]):
     """This workload's X509-SVIDs and bundles from the Workload API (an ``X509SourceLike``).
 
-    ``revocations`` (a :class:`CrlRevocations`) follows the CRLs the agent sends, each checked
-    against the bundle roots and our own chain's intermediates, and fails closed once they are
-    past nextUpdate + ``crl_grace`` seconds (read from ``clock``). ``require_crls=True`` also
-    fails closed while the agent sends no CRLs (for agents known to publish them).
+    ``revocations`` (a :class:`CrlRevocations`) follows the CRLs the agent sends, kept per
+    issuer and each verified against its issuer's certificate; a chain through an issuer whose
+    CRL is past nextUpdate + ``crl_grace`` seconds (read from ``clock``) is refused as stale.
+    ``require_crls=True`` also refuses chains through an issuer whose CRL the agent does not send
+    (for agents known to publish them).
     """
 
     _what = "X.509 context"
@@ -245,19 +241,21 @@ class JwtSource(_WatchedSource[BundleSet]):
         return client.watch_jwt_bundles()
 
 
-class CrlRevocations:
-    """A ``RevocationLookup`` following the CRLs of X.509 updates from the agent.
+class CrlRevocations(CrlLookup):
+    """A revocation lookup following the CRLs of X.509 updates from the agent.
 
-    :meth:`current` answers, in this order:
+    The CRLs are kept per issuer (:mod:`s2s.verifier.crls`): verified at once against the
+    bundles' roots and our own chain's intermediates, or, for an intermediate we do not hold
+    (another CA replica's, the prepared or previous one), when a peer chain through it is
+    checked. :meth:`current_for_chain` answers, in this order:
 
     * before the first update: :class:`RevocationsStale` (nothing is known yet);
-    * once a set of the agent's CRLs verified: its revoked serials while the earliest nextUpdate
-      + ``grace`` has not passed (RFC 5280 6.3.3), then :class:`RevocationsStale` until newer
-      CRLs arrive. CRLs that do not verify, and updates without CRLs, keep the last good set
-      (which ages the same way: an agent that stops refreshing CRLs fails closed);
-    * the agent sent CRLs but none verified so far: :class:`RevocationsStale` (``error`` says why);
-    * the agent has sent no ``crl`` field at all (an agent that does not publish CRLs): the
-      empty set, unless ``require_crls`` (then :class:`RevocationsStale`).
+    * a chain through an issuer whose CRL is past nextUpdate + ``grace`` (RFC 5280 6.3.3):
+      :class:`RevocationsStale` until a newer CRL of that issuer arrives. An update without CRLs,
+      or whose CRL of an issuer is refused, keeps that issuer's last good CRL, which ages;
+    * a chain through an issuer with no CRL held (the agent publishes none for it, or not yet):
+      unknown, accepted and counted in ``unknown_issuers``, unless ``require_crls``;
+    * otherwise the revoked serials, keyed by issuer.
     """
 
     def __init__(
@@ -267,31 +265,21 @@ class CrlRevocations:
         grace: float = DEFAULT_CRL_GRACE,
         require_crls: bool = False,
     ) -> None:
-        self._freshness = CrlFreshness("agent's CRLs", clock=clock, grace=grace)
-        self._require = require_crls
-        self._set: CrlSet | None = None
+        super().__init__("agent's CRLs", clock=clock, grace=grace, require_crls=require_crls)
         self._updated = False
         self._version = 0
         self._crls: tuple[bytes, ...] = ()
         self.error: str | None = None
 
-    def current(self) -> RevocationSet:
-        crl_set = self._set
-        if crl_set is not None:
-            return self._freshness.check(crl_set)
+    def _unavailable(self) -> RevocationsStale | None:
         if not self._updated:
-            raise RevocationsStale("no X.509 update from the agent yet", age=None)
-        if self.error is not None:
-            raise RevocationsStale(f"no CRL from the agent verified: {self.error}", age=None)
-        if self._require:
-            raise RevocationsStale("the agent sends no CRLs (CRLs are required)", age=None)
-        return RevocationSet.EMPTY
+            return RevocationsStale("no X.509 update from the agent yet", age=None)
+        return None
 
     @property
     def next_update(self) -> datetime | None:
-        """The earliest nextUpdate of the CRLs in use; None before any CRL verified."""
-        crl_set = self._set
-        return None if crl_set is None else crl_set.next_update
+        """The earliest nextUpdate of the verified CRLs; None before any CRL verified."""
+        return min((v.next_update for v in self.book.verified.values()), default=None)
 
     def update(self, update: X509Update) -> None:
         """Take the CRLs of ``update`` (called by :class:`X509Source` for each update)."""
@@ -305,10 +293,17 @@ class CrlRevocations:
         trusted += [c for svid in update.context.svids for c in svid.cert_chain[1:]]
         try:
             crls = [crl for der in update.crls for crl in parse_crls(der)]
-            new = load_crl_set(crls, trusted, version=self._version + 1)
         except S2SError as exc:
             self.error = str(exc)
             _log.error("source.crl_rejected", extra={F.ERROR: str(exc)})
             return
+        book = CrlBook.build(
+            crls, trusted, previous=self.book, version=self._version + 1, now=self.clock.now()
+        )
+        self.error = "; ".join(book.errors) or None
+        if len(book.errors) == len(crls):  # nothing usable: keep the last good CRLs
+            _log.error("source.crl_rejected", extra={F.ERROR: self.error})
+            return
         self._version += 1
-        self._set, self._crls, self.error = new, update.crls, None
+        self._install(book)
+        self._crls = update.crls

@@ -21,14 +21,27 @@ def make_crl(
     next_update: dt.datetime,
     key: Any = None,
     der: bool = True,
+    issuer: x509.Certificate | None = None,
+    number: int | None = None,
 ) -> bytes:
-    """A CRL of ``ca``'s intermediate revoking ``serials`` (DER, or PEM with ``der=False``)."""
+    """A CRL of ``ca``'s intermediate (or of ``issuer``, signed with ``key``) revoking
+    ``serials`` (DER, or PEM with ``der=False``). Like the CA's, it names its issuer's key in an
+    authority key identifier; ``number`` adds a cRLNumber."""
+    cert = issuer or ca.intermediate
     builder = (
         x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.intermediate.subject)
+        .issuer_name(cert.subject)
         .last_update(this_update)
         .next_update(next_update)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            ),
+            critical=False,
+        )
     )
+    if number is not None:
+        builder = builder.add_extension(x509.CRLNumber(number), critical=False)
     for serial in serials:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder()

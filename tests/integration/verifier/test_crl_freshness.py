@@ -23,20 +23,16 @@ from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
-from s2s.core.errors import InvalidConfig, InvalidRequest, InvalidToken
-from s2s.core.revocation import RevocationLookup
+from s2s.core.errors import InvalidConfig, InvalidToken
+from s2s.core.revocation import RevocationLookup, issuer_key_id
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_any
+from s2s.verifier.crls import ChainIssuer, CrlBook, CrlLookup
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
-from s2s.verifier.revocations import (
-    CrlFileRevocations,
-    CrlFreshness,
-    load_crl_set,
-    parse_crls,
-)
+from s2s.verifier.revocations import CrlFileRevocations, parse_crls
 from s2s.verifier.source import Backoff, CrlRevocations, X509Source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.workload_client import X509Update
@@ -115,7 +111,7 @@ async def test_crl_file_fails_closed_past_next_update_and_recovers(
     assert peers.jwt_reason() is None
     # Twin: at nextUpdate + grace exactly the CRL is still used.
     crl_clock.set(lookup.next_update + dt.timedelta(seconds=GRACE))
-    assert lookup.current().is_serial_revoked(peers.bad.serial)
+    assert lookup.current().is_serial_revoked(peers.bad.serial, issuer_key_id(ca.intermediate))
     # One second later every peer is rejected: nothing says the good one was not revoked since.
     crl_clock.advance(seconds=1)
     with pytest.raises(RevocationsStale, match="nextUpdate") as stale:
@@ -152,11 +148,12 @@ def test_an_old_crl_rewritten_does_not_recover(
                               key=TestAuthority().intermediate_key))  # fmt: skip
     assert not lookup.refresh()
     assert lookup.error is not None
+    assert "not signed by its issuer's key" in lookup.error
     with pytest.raises(RevocationsStale):
         lookup.current()
 
 
-def test_the_earliest_next_update_of_a_file_governs(
+def test_each_issuers_next_update_governs_only_the_chains_through_it(
     ca: TestAuthority, crl_clock: FakeClock, tmp_path: Path
 ) -> None:
     other = TestAuthority("example.org")
@@ -169,11 +166,18 @@ def test_the_earliest_next_update_of_a_file_governs(
     lookup = CrlFileRevocations(
         path, trusted=lambda: [ca.intermediate, other.intermediate], clock=crl_clock, grace=0
     )
+    mine, theirs = [ChainIssuer.of(ca.intermediate)], [ChainIssuer.of(other.intermediate)]
     assert lookup.next_update == now + HOUR
     crl_clock.advance(HOUR)
-    assert lookup.current().is_serial_revoked(2)
+    assert lookup.current_for_chain(mine).is_serial_revoked(1, mine[0].key)
+    assert not lookup.current_for_chain(mine).is_serial_revoked(2, mine[0].key)
     crl_clock.advance(seconds=1)
-    with pytest.raises(RevocationsStale):
+    with pytest.raises(RevocationsStale, match="nextUpdate"):
+        lookup.current_for_chain(mine)  # only the chains through the stale CRL's issuer
+    assert lookup.current_for_chain(theirs).is_serial_revoked(2, theirs[0].key)
+    assert lookup.current().is_serial_revoked(2, theirs[0].key)  # not every CRL is stale
+    crl_clock.advance(HOUR)
+    with pytest.raises(RevocationsStale, match="every CRL"):
         lookup.current()
 
 
@@ -184,20 +188,20 @@ def test_crl_without_next_update_is_refused(
     (crl,) = parse_crls(der)
     assert crl.next_update_utc is None
     assert crl.is_signature_valid(ca.intermediate.public_key())  # type: ignore[arg-type]
-    with pytest.raises(InvalidRequest, match="no nextUpdate"):
-        load_crl_set([crl], [ca.intermediate])
+    (error,) = CrlBook.build([crl], [ca.intermediate]).errors
+    assert "no nextUpdate" in error
     path = tmp_path / "ca.crl"
     path.write_bytes(der)
     with pytest.raises(InvalidConfig, match="no nextUpdate"):
         _follow(path, ca, crl_clock)
     # Twin: the same CRL with a nextUpdate loads.
     path.write_bytes(current_crl(ca, crl_clock, 5))
-    assert _follow(path, ca, crl_clock).current().is_serial_revoked(5)
+    assert (
+        _follow(path, ca, crl_clock).current().is_serial_revoked(5, issuer_key_id(ca.intermediate))
+    )
 
 
 def test_no_crl_is_refused(ca: TestAuthority, tmp_path: Path) -> None:
-    with pytest.raises(InvalidRequest, match="no CRL"):
-        load_crl_set([], [ca.intermediate])
     path = tmp_path / "ca.crl"
     path.write_bytes(ca.intermediate.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(InvalidConfig, match="not a CRL"):
@@ -207,7 +211,7 @@ def test_no_crl_is_refused(ca: TestAuthority, tmp_path: Path) -> None:
 @pytest.mark.parametrize("grace", [-1.0, float("nan")])
 def test_grace_must_not_be_negative(grace: float) -> None:
     with pytest.raises(InvalidConfig):
-        CrlFreshness("test", grace=grace)
+        CrlLookup("test", grace=grace)
     with pytest.raises(InvalidConfig):
         X509Source(socket="unix:///nowhere", crl_grace=grace)
 
@@ -231,44 +235,49 @@ def test_agent_crls_before_during_and_after_their_validity(
     ca: TestAuthority, crl_clock: FakeClock
 ) -> None:
     lookup = CrlRevocations(clock=crl_clock, grace=GRACE)
+    key = issuer_key_id(ca.intermediate)
     with pytest.raises(RevocationsStale, match=r"no X\.509 update"):
         lookup.current()  # nothing heard from the agent yet
     lookup.update(_update(ca))
     assert len(lookup.current()) == 0  # an agent that publishes no CRLs
     lookup.update(_update(ca, current_crl(ca, crl_clock, 9)))
-    assert lookup.current().is_serial_revoked(9)
+    assert lookup.current().is_serial_revoked(9, key)
     crl_clock.set(lookup.next_update + PAST_GRACE)  # type: ignore[operator]
-    with pytest.raises(RevocationsStale, match="agent's CRLs passed its nextUpdate"):
+    with pytest.raises(RevocationsStale, match="every CRL of the agent's CRLs passed"):
         lookup.current()
     lookup.update(_update(ca))  # the agent drops its CRLs: the stale ones stay, still stale
     with pytest.raises(RevocationsStale):
         lookup.current()
     foreign = TestAuthority("example.org")
-    lookup.update(_update(ca, current_crl(foreign, crl_clock, 9)))  # not ours: ignored
-    assert lookup.error is not None
-    with pytest.raises(RevocationsStale):
-        lookup.current()
+    lookup.update(_update(ca, current_crl(foreign, crl_clock, 9)))  # not ours: set aside
+    assert lookup.error is None
+    assert len(lookup.book.pending) == 1
+    with pytest.raises(RevocationsStale):  # our intermediate's last CRL is still the stale one
+        lookup.current_for_chain([ChainIssuer.of(ca.intermediate)])
     lookup.update(_update(ca, current_crl(ca, crl_clock, 10)))
-    assert lookup.current().is_serial_revoked(10)
+    assert lookup.current().is_serial_revoked(10, key)
+    assert not lookup.current().is_serial_revoked(9, key)
     assert lookup.error is None
 
 
-def test_agent_crls_that_never_verified_or_are_required_fail_closed(
+def test_agent_crls_that_cannot_be_used_or_are_required(
     ca: TestAuthority, crl_clock: FakeClock
 ) -> None:
+    mine = [ChainIssuer.of(ca.intermediate)]
     lookup = CrlRevocations(clock=crl_clock)
     lookup.update(_update(ca, current_crl(TestAuthority("example.org"), crl_clock, 1)))
-    with pytest.raises(RevocationsStale, match="not signed by a trusted CA"):
-        lookup.current()
+    # Another issuer's CRL: pending, and the status of our chains is unknown (accepted, counted).
+    assert len(lookup.current_for_chain(mine)) == 0
+    assert lookup.unknown_issuers == 1
     lookup.update(_update(ca, crl_without_next_update(ca, 1, now=crl_clock.now())))
-    with pytest.raises(RevocationsStale, match="no nextUpdate"):
-        lookup.current()
+    assert lookup.error is not None
+    assert "no nextUpdate" in lookup.error
     required = CrlRevocations(clock=crl_clock, require_crls=True)
     required.update(_update(ca))
     with pytest.raises(RevocationsStale, match="required"):
-        required.current()
+        required.current_for_chain(mine)
     required.update(_update(ca, current_crl(ca, crl_clock)))
-    assert len(required.current()) == 0
+    assert len(required.current_for_chain(mine)) == 0
 
 
 async def test_x509_source_crls_fail_closed_in_handshakes_and_recover(

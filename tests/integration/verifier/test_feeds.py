@@ -90,10 +90,12 @@ async def test_existing_and_new_revocations_reach_the_feed_within_a_second(
         feed = await open_feed(etcd.endpoint, td)
         try:
             snap = feed.current()
-            assert snap.is_serial_revoked(0xAA)
+            assert snap.is_serial_revoked_by_any_issuer(0xAA)
             assert len(snap) == 1
             await store.add_revocation(serial_record(0xBB))
-            took = await eventually(lambda: feed.current().is_serial_revoked(0xBB), "serial")
+            took = await eventually(
+                lambda: feed.current().is_serial_revoked_by_any_issuer(0xBB), "serial"
+            )
             assert took < 1.0
             sid = f"spiffe://{td.name}/web"
             await store.add_revocation(id_record(sid))
@@ -102,9 +104,9 @@ async def test_existing_and_new_revocations_reach_the_feed_within_a_second(
             # rejecting twins: another trust domain's record, a serial never revoked
             await other.add_revocation(serial_record(0xCC))
             await store.add_revocation(serial_record(0xDD))  # a marker written after it
-            await eventually(lambda: feed.current().is_serial_revoked(0xDD), "marker")
-            assert not feed.current().is_serial_revoked(0xCC)
-            assert not feed.current().is_serial_revoked(0xAB)
+            await eventually(lambda: feed.current().is_serial_revoked_by_any_issuer(0xDD), "marker")
+            assert not feed.current().is_serial_revoked_by_any_issuer(0xCC)
+            assert not feed.current().is_serial_revoked_by_any_issuer(0xAB)
             assert feed.current().version == feed.revision > 0
             age = feed.age()
             assert age is not None
@@ -127,8 +129,8 @@ async def test_pruned_and_merged_records_follow_the_store(
             lambda: feed.current().records()[0].expires_at == longer.expires_at, "merge"
         )
         await store.prune(datetime.now(UTC) + timedelta(hours=1.5))  # 0x11 expires before then
-        await eventually(lambda: not feed.current().is_serial_revoked(0x11), "pruned")
-        assert feed.current().is_serial_revoked(0x10)
+        await eventually(lambda: not feed.current().is_serial_revoked_by_any_issuer(0x11), "pruned")
+        assert feed.current().is_serial_revoked_by_any_issuer(0x10)
     finally:
         await feed.stop()
 
@@ -142,16 +144,20 @@ async def test_etcd_restart_while_watching_misses_nothing(
     feed = await open_feed(gate.endpoint, td)
     try:
         await store.add_revocation(serial_record(0x1))
-        await eventually(lambda: feed.current().is_serial_revoked(0x1), "before the restart")
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(0x1), "before the restart"
+        )
         # The feed is cut off; revocations land meanwhile, etcd restarts, and the feed returns.
         await gate.shut()
         await store.add_revocation(serial_record(0x2))
         etcd.stop()
         etcd.start()
         await store.add_revocation(id_record(f"spiffe://{td.name}/db"))
-        assert not feed.snapshot().is_serial_revoked(0x2)
+        assert not feed.snapshot().is_serial_revoked_by_any_issuer(0x2)
         await gate.open()
-        await eventually(lambda: feed.current().is_serial_revoked(0x2), "written while cut off")
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(0x2), "written while cut off"
+        )
         await eventually(
             lambda: feed.current().revoked_at(f"spiffe://{td.name}/db") is not None, "after"
         )
@@ -160,7 +166,9 @@ async def test_etcd_restart_while_watching_misses_nothing(
         etcd.kill()
         etcd.start()
         await store.add_revocation(serial_record(0x3))
-        await eventually(lambda: feed.current().is_serial_revoked(0x3), "after a kill")
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(0x3), "after a kill"
+        )
     finally:
         await feed.stop()
 
@@ -181,11 +189,15 @@ async def test_compacted_revision_gives_a_full_relist(
         await raw.compact(latest)
         await gate.open()
         await eventually(lambda: feed.relists >= 1, "a re-list after the compaction")
-        await eventually(lambda: feed.current().is_serial_revoked(0x22), "the new record")
-        assert not feed.current().is_serial_revoked(0x20), "the pruned record left"
-        assert feed.current().is_serial_revoked(0x21)
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(0x22), "the new record"
+        )
+        assert not feed.current().is_serial_revoked_by_any_issuer(0x20), "the pruned record left"
+        assert feed.current().is_serial_revoked_by_any_issuer(0x21)
         await store.add_revocation(serial_record(0x23))  # and the watch goes on
-        await eventually(lambda: feed.current().is_serial_revoked(0x23), "after the re-list")
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(0x23), "after the re-list"
+        )
     finally:
         await raw.close()
         await feed.stop()
@@ -276,16 +288,19 @@ async def test_a_large_set_is_built_off_the_loop_and_bursts_are_not_lost(
         feed = await open_feed(etcd.endpoint, td)
         try:
             assert len(feed.current()) == len(serials)
-            assert feed.current().is_serial_revoked(serials[-1])
+            assert feed.current().is_serial_revoked_by_any_issuer(serials[-1])
             await store.add_revocation(serial_record(0xABC))
-            took = await eventually(lambda: feed.current().is_serial_revoked(0xABC), "one more")
+            took = await eventually(
+                lambda: feed.current().is_serial_revoked_by_any_issuer(0xABC), "one more"
+            )
             assert took < 1.0
             burst = [0xB0000 + i for i in range(200)]
             for start in range(0, len(burst), 10):  # 10 writers at a time
                 chunk = burst[start : start + 10]
                 await asyncio.gather(*(store.add_revocation(serial_record(s)) for s in chunk))
             await eventually(
-                lambda: all(feed.current().is_serial_revoked(s) for s in burst), "the burst"
+                lambda: all(feed.current().is_serial_revoked_by_any_issuer(s) for s in burst),
+                "the burst",
             )
             assert len(feed.current()) == len(serials) + 1 + len(burst)
             assert feed.bad_records == 0
@@ -343,7 +358,9 @@ async def test_sync_feed_serves_blocking_servers(
         )
         assert await asyncio.to_thread(blocking_exchange, server_ctx, client_ctx) == "ok"
         await store.add_revocation(serial_record(client.serial))
-        await eventually(lambda: feed.current().is_serial_revoked(client.serial), "revoked")
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(client.serial), "revoked"
+        )
         verdict = await asyncio.to_thread(blocking_exchange, server_ctx, client_ctx)
         assert verdict == "revoked"
         age = feed.age()
@@ -363,7 +380,7 @@ async def test_feed_on_a_cluster_survives_losing_the_member_it_uses(
         store = await EtcdStore.open(cluster.endpoints, trust_domain=td.name, timeout=3.0)
         try:
             await store.add_revocation(serial_record(0x31))
-            await eventually(lambda: feed.current().is_serial_revoked(0x31), "before")
+            await eventually(lambda: feed.current().is_serial_revoked_by_any_issuer(0x31), "before")
             cluster.members[0].kill()  # the first endpoint: where the feed is connected
             deadline = time.monotonic() + 10
             while True:  # loudly refused while the writer moves to another member
@@ -373,7 +390,9 @@ async def test_feed_on_a_cluster_survives_losing_the_member_it_uses(
                 except StoreError:
                     assert time.monotonic() < deadline, "no member took the write within 10 s"
                     await asyncio.sleep(0.1)
-            await eventually(lambda: feed.current().is_serial_revoked(0x32), "after the loss")
+            await eventually(
+                lambda: feed.current().is_serial_revoked_by_any_issuer(0x32), "after the loss"
+            )
             assert not feed.is_stale()
         finally:
             await store.close()

@@ -52,19 +52,22 @@ async def test_ca_feed_sees_revocations_within_a_second(live_ca: CaHandle) -> No
     feed = CaRevocationFeed.over_https(live_ca.url, verifier_source(live_ca, me), wait=5.0)
     await feed.start()
     try:
-        assert feed.current().is_serial_revoked(before.serial)
+        assert feed.current().is_serial_revoked_by_any_issuer(before.serial)
         target = await mint(live_ca, "/target")
         await service.revoke_serial(target.serial)
-        took = await eventually(lambda: feed.current().is_serial_revoked(target.serial), "serial")
+        took = await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(target.serial), "serial"
+        )
         assert took < 1.0
         web = await mint(live_ca, "/web")
         await service.revoke_spiffe_id(web.spiffe_id)
         took = await eventually(
-            lambda: feed.current().is_serial_revoked(web.serial), "SPIFFE ID expanded to serials"
+            lambda: feed.current().is_serial_revoked_by_any_issuer(web.serial),
+            "SPIFFE ID expanded to serials",
         )
         assert took < 1.0
         assert feed.current().revoked_at(web.spiffe_id) is not None
-        assert not feed.current().is_serial_revoked(me.serial)  # twin: not revoked
+        assert not feed.current().is_serial_revoked_by_any_issuer(me.serial)  # twin: not revoked
         assert feed.revision == feed.current().version > 0
     finally:
         await feed.stop()
@@ -88,7 +91,9 @@ async def test_ca_feed_goes_stale_while_the_ca_is_down_and_recovers(live_ca: CaH
         target = await mint(live_ca, "/target")
         await live_ca.server.revocations.revoke_serial(target.serial)
         await eventually(lambda: not feed.is_stale(), "fresh after the CA restarted", timeout=15)
-        await eventually(lambda: feed.current().is_serial_revoked(target.serial), "after restart")
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(target.serial), "after restart"
+        )
     finally:
         await feed.stop()
 
@@ -158,7 +163,7 @@ async def test_ca_feed_reads_a_large_answer_whole(live_ca: CaHandle) -> None:
     try:
         await feed.start(timeout=10)
         assert len(feed.current()) == len(records)
-        assert feed.current().is_serial_revoked(serials[-1])
+        assert feed.current().is_serial_revoked_by_any_issuer(serials[-1])
         assert feed.revision == 9
     finally:
         await feed.stop()
@@ -172,7 +177,9 @@ async def test_sync_ca_feed(live_ca: CaHandle) -> None:
     try:
         target = await mint(live_ca, "/target")
         await live_ca.server.revocations.revoke_serial(target.serial)
-        await eventually(lambda: feed.current().is_serial_revoked(target.serial), "revoked")
-        assert not feed.current().is_serial_revoked(me.serial)
+        await eventually(
+            lambda: feed.current().is_serial_revoked_by_any_issuer(target.serial), "revoked"
+        )
+        assert not feed.current().is_serial_revoked_by_any_issuer(me.serial)
     finally:
         await asyncio.to_thread(feed.close)

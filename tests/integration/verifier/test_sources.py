@@ -25,7 +25,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_any, authorize_id
-from s2s.verifier.feeds import RevocationsStale
+from s2s.verifier.crls import ChainIssuer
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
@@ -169,12 +169,15 @@ async def test_x509_source_follows_crls_signed_by_its_trust_domain(
         foreign = TestAuthority("example.org")
         provider.set_crls([crl_der(foreign.intermediate, foreign.intermediate_key, 7)])
         await wait_for(lambda: source.crls() != ())
-        assert source.revocations.error is not None  # not signed by a CA we trust: ignored...
-        with pytest.raises(RevocationsStale, match="not signed by a trusted CA"):
-            source.revocations.current()  # ...and with no good CRL yet, nothing is known
+        # Another CA's CRL: set aside until a chain through its issuer is checked, and it never
+        # speaks for our intermediate (whose status stays unknown: nothing is revoked).
+        assert source.revocations.error is None
+        assert len(source.revocations.book.pending) == 1
+        mine = [ChainIssuer.of(ca.intermediate)]
+        assert not source.revocations.current_for_chain(mine).is_serial_revoked_by_any_issuer(7)
         provider.set_crls([crl_der(ca.intermediate, ca.intermediate_key, svid.serial)])
         await wait_for(lambda: source.revocations.next_update is not None)
-        assert source.revocations.current().is_serial_revoked(svid.serial)
+        assert source.revocations.current().is_serial_revoked_by_any_issuer(svid.serial)
         assert source.revocations.error is None
 
 
@@ -219,7 +222,9 @@ async def test_x509_source_drives_mtls_and_its_revocations_reject_a_revoked_clie
             # The agent's CRL revokes the client's certificate: the next handshake is refused.
             provider.set_crls([crl_der(ca.intermediate, ca.intermediate_key, client_svid.serial)])
             await wait_for(
-                lambda: source.revocations.current().is_serial_revoked(client_svid.serial)
+                lambda: source.revocations.current().is_serial_revoked_by_any_issuer(
+                    client_svid.serial
+                )
             )
             accepted = len(served.peers)
             assert await exchange(served.port, client_ctx) == b""

@@ -96,8 +96,8 @@ async def test_revoke_serial_is_durable_live_and_in_the_crl(rig: Rig, config: Ca
     assert (result.already_revoked, result.changed) == (False, 1)
     (record,) = result.records
     assert record.expires_at == svid.not_after + rig.service.skew
-    assert rig.live.current().is_serial_revoked(svid.serial)
-    assert not rig.live.current().is_serial_revoked(other.serial)
+    assert rig.live.current().is_serial_revoked_by_any_issuer(svid.serial)
+    assert not rig.live.current().is_serial_revoked_by_any_issuer(other.serial)
     assert svid.serial in crl_serials(rig)
     assert other.serial not in crl_serials(rig)
     async with await SqliteStore.open(config.store_path, create=False) as reopened:
@@ -173,12 +173,12 @@ async def test_revoke_spiffe_id_expands_to_every_unexpired_serial(rig: Rig) -> N
     assert main.expires_at >= max(a.not_after, token.expires_at) + rig.service.skew
     current = rig.live.current()
     assert current.is_spiffe_id_revoked(BILLING, token.issued_at)  # JWT iat is not backdated
-    assert not current.is_serial_revoked(api.serial)
-    assert not current.is_serial_revoked(old.serial)
+    assert not current.is_serial_revoked_by_any_issuer(api.serial)
+    assert not current.is_serial_revoked_by_any_issuer(old.serial)
     assert {a.serial, b.serial} <= crl_serials(rig)
     rig.clock.advance(seconds=1)
     fresh = await rig.issuer.mint_x509_svid(BILLING)  # issued after: valid, not listed
-    assert not rig.live.current().is_serial_revoked(fresh.serial)
+    assert not rig.live.current().is_serial_revoked_by_any_issuer(fresh.serial)
     assert not rig.live.current().is_spiffe_id_revoked(BILLING, rig.clock.now())
 
 
@@ -242,7 +242,7 @@ async def test_revoke_agent_bans_it_and_revokes_what_it_obtained(rig: Rig) -> No
     assert not result.already_revoked
     serials = {int(r.value, 16) for r in result.records if r.kind is RevocationKind.SERIAL}
     assert serials == {attested.svid.serial, issued.svid.serial}
-    assert not rig.live.current().is_serial_revoked(unrelated.serial)
+    assert not rig.live.current().is_serial_revoked_by_any_issuer(unrelated.serial)
     with pytest.raises(NotAuthorized, match="banned"):
         await rig.registry.authorize_agent(agent.spiffe_id, agent.serial)
     with pytest.raises((NotAuthorized, Revoked)):
@@ -296,7 +296,7 @@ async def test_a_store_failure_reports_nothing_done(rig: Rig, config: CaConfig) 
     with pytest.raises(StoreError):
         await failing.revoke_spiffe_id(BILLING)
     assert len(await rig.service.list_records()) == 0
-    assert not rig.live.current().is_serial_revoked(svid.serial)
+    assert not rig.live.current().is_serial_revoked_by_any_issuer(svid.serial)
 
 
 async def test_live_set_follows_another_handle(rig: Rig, config: CaConfig) -> None:

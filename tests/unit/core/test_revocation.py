@@ -24,6 +24,7 @@ from s2s.core.spiffe_id import SpiffeId
 T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 SID = SpiffeId.parse("spiffe://example.org/ns/shop/sa/billing")
 OTHER = SpiffeId.parse("spiffe://example.org/ns/shop/sa/frontend")
+ISSUER_A, ISSUER_B = "a" * 64, "b" * 64
 
 
 def at(seconds: float) -> dt.datetime:
@@ -48,11 +49,36 @@ def id_rec(sid: SpiffeId | str, revoked: float = 0, expires: float = 300) -> Rev
 def test_serial_lookup() -> None:
     big = (1 << 159) + 12345
     revoked = RevocationSet.of([serial_rec(0xABC), serial_rec(big)])
-    assert revoked.is_serial_revoked(0xABC)
-    assert revoked.is_serial_revoked(big)
-    assert not revoked.is_serial_revoked(0xABD)
-    assert not revoked.is_serial_revoked(big + 1)
-    assert not RevocationSet.EMPTY.is_serial_revoked(0xABC)
+    assert revoked.is_serial_revoked(0xABC, ISSUER_A)
+    assert revoked.is_serial_revoked(big, ISSUER_A)
+    assert not revoked.is_serial_revoked(0xABD, ISSUER_A)
+    assert not revoked.is_serial_revoked(big + 1, ISSUER_A)
+    assert not RevocationSet.EMPTY.is_serial_revoked(0xABC, ISSUER_A)
+
+
+def test_a_serial_is_revoked_only_under_its_issuer() -> None:
+    revoked = RevocationSet.of([serial_rec(0xABC, issuer=ISSUER_A), serial_rec(0xDEF)])
+    assert revoked.is_serial_revoked(0xABC, ISSUER_A)
+    assert not revoked.is_serial_revoked(0xABC, ISSUER_B)  # same serial, another issuer
+    assert revoked.is_serial_revoked(0xDEF, ISSUER_B)  # a record without issuer: any issuer
+    assert revoked.is_serial_revoked_by_any_issuer(0xABC)
+    assert not revoked.is_serial_revoked_by_any_issuer(0x123)
+    both = RevocationSet.of([serial_rec(1, issuer=ISSUER_A), serial_rec(1, issuer=ISSUER_B)])
+    assert len(both) == 2  # one record per (serial, issuer)
+    rec = serial_rec(1, issuer=ISSUER_A)
+    assert RevocationRecord.from_json(rec.to_json()) == rec
+    assert "issuer" not in serial_rec(1).to_json()
+
+
+@pytest.mark.parametrize("issuer", ["A" * 64, "a" * 63, "g" * 64, "ab"])
+def test_issuer_must_be_a_sha256_key_id(issuer: str) -> None:
+    with pytest.raises(InvalidRequest, match="issuer"):
+        serial_rec(1, issuer=issuer)
+
+
+def test_issuer_is_only_for_serial_records() -> None:
+    with pytest.raises(InvalidRequest, match="issuer"):
+        RevocationRecord(RevocationKind.JTI, "t", T0, at(1), "", ISSUER_A)
 
 
 def test_jti_lookup() -> None:
@@ -86,7 +112,7 @@ def test_kinds_do_not_cross() -> None:
         [jti_rec("ff"), RevocationRecord.for_jti(str(SID), revoked_at=T0, expires_at=at(1))]
     )
     assert revoked.is_jti_revoked("ff")
-    assert not revoked.is_serial_revoked(0xFF)
+    assert not revoked.is_serial_revoked(0xFF, ISSUER_A)
     assert not revoked.is_spiffe_id_revoked(SID, at(-10))
 
 
@@ -121,8 +147,8 @@ def test_pruning_drops_expired_records_only() -> None:
     )
     assert revoked.pruned(at(9)) is revoked
     after = revoked.pruned(at(10))  # expires_at == now: dropped
-    assert not after.is_serial_revoked(1)
-    assert after.is_serial_revoked(2)
+    assert not after.is_serial_revoked(1, ISSUER_A)
+    assert after.is_serial_revoked(2, ISSUER_A)
     assert not after.is_jti_revoked("j")
     assert after.is_spiffe_id_revoked(SID, at(-1))
     assert after.version == 7
@@ -153,8 +179,8 @@ def test_records_are_sorted_and_sets_compare_by_value() -> None:
 def test_with_records_returns_a_new_set() -> None:
     base = RevocationSet.of([serial_rec(1)], version=1)
     grown = base.with_records([serial_rec(2)], version=2)
-    assert grown.is_serial_revoked(2)
-    assert not base.is_serial_revoked(2)
+    assert grown.is_serial_revoked(2, ISSUER_A)
+    assert not base.is_serial_revoked(2, ISSUER_A)
     assert grown.version == 2
     assert base.with_records([]).version == 1
 
@@ -278,9 +304,9 @@ def test_static_revocations_swaps_whole_sets() -> None:
     snapshot = lookup.current()
     holder.replace(RevocationSet.of([serial_rec(2)], version=2))
     assert snapshot is first  # a reader's snapshot is stable
-    assert snapshot.is_serial_revoked(1)
-    assert lookup.current().is_serial_revoked(2)
-    assert not lookup.current().is_serial_revoked(1)
+    assert snapshot.is_serial_revoked(1, ISSUER_A)
+    assert lookup.current().is_serial_revoked(2, ISSUER_A)
+    assert not lookup.current().is_serial_revoked(1, ISSUER_A)
     with pytest.raises(TypeError):
         holder.replace([serial_rec(3)])  # type: ignore[arg-type]
     assert StaticRevocations(first).current() is first
@@ -307,7 +333,7 @@ def test_set_matches_a_naive_model(
 ) -> None:
     live = [r for r in records if r.expires_at > at(now)]
     pruned = RevocationSet.of(records).pruned(at(now))
-    assert pruned.is_serial_revoked(probe) == any(
+    assert pruned.is_serial_revoked(probe, ISSUER_A) == any(
         r.kind is RevocationKind.SERIAL and r.value == format(probe, "x") for r in live
     )
     for jti in ("a", "b", "c"):

@@ -66,7 +66,7 @@ async def test_publishes_changes_and_confirms_every_answer() -> None:
     metrics.track(feed, "ca")
     await feed.start(timeout=2)
     try:
-        assert feed.current().is_serial_revoked(0xA)
+        assert feed.current().is_serial_revoked_by_any_issuer(0xA)
         assert (feed.revision, feed.current().version) == (3, 3)
         assert poller.calls[0] == (-1, 0.0)  # the first poll does not wait
         published = feed.updates
@@ -75,10 +75,10 @@ async def test_publishes_changes_and_confirms_every_answer() -> None:
         assert feed.updates == published  # ... without publishing a new one
         assert all(wait == 0.01 for since, wait in poller.calls[1:])  # long-polls after that
         poller.put(4, 0xA, 0xB)
-        await until(lambda: feed.current().is_serial_revoked(0xB), "the change")
+        await until(lambda: feed.current().is_serial_revoked_by_any_issuer(0xB), "the change")
         poller.put(2, 0xC)  # the CA moved to another store: a lower revision is a new set too
         await until(lambda: feed.revision == 2, "the lower revision")
-        assert not feed.current().is_serial_revoked(0xA)
+        assert not feed.current().is_serial_revoked_by_any_issuer(0xA)
         reg = metrics.registry
         assert reg.get_sample_value("s2s_verifier_revocation_records", {"feed": "ca"}) == 1
         assert reg.get_sample_value("s2s_verifier_revocations_stale", {"feed": "ca"}) == 0
@@ -99,7 +99,9 @@ async def test_errors_keep_the_set_until_it_is_too_old() -> None:
         poller.changed.set()
         await until(lambda: feed.last_error == "the CA is down", "the error is reported")
         clock.advance(seconds=9)
-        assert feed.current().is_serial_revoked(0xA)  # kept while younger than the limit
+        assert feed.current().is_serial_revoked_by_any_issuer(
+            0xA
+        )  # kept while younger than the limit
         clock.advance(seconds=2)
         with pytest.raises(RevocationsStale) as stale:
             feed.current()
@@ -108,7 +110,7 @@ async def test_errors_keep_the_set_until_it_is_too_old() -> None:
         reg, label = metrics.registry, {"feed": feed.name}
         assert reg.get_sample_value("s2s_verifier_revocations_stale", label) == 1
         assert reg.get_sample_value("s2s_verifier_revocations_age_seconds", label) >= 11
-        assert feed.snapshot().is_serial_revoked(0xA)  # diagnostics still see it
+        assert feed.snapshot().is_serial_revoked_by_any_issuer(0xA)  # diagnostics still see it
         poller.error = None
         await until(lambda: not feed.is_stale(), "fresh again once the CA answers")
         assert feed.last_error is None
