@@ -91,7 +91,8 @@ def cli() -> None:
     "--workload-max-connections", help="Workload API connections open at once (default 1024)."
 )
 @click.option(
-    "--workload-max-connections-per-uid", help="... of them for one caller uid (default 64)."
+    "--workload-max-connections-per-uid",
+    help="Workload API connections open at once for one caller uid (default 64).",
 )
 @click.option(
     "--workload-idle-timeout", help="Close a connection without a call after (default 5m)."
