@@ -4,11 +4,22 @@ A feed is a :class:`~s2s.core.revocation.RevocationLookup`: :meth:`RevocationFee
 the newest immutable :class:`RevocationSet` (one reference read, no lock). It also knows how old
 that knowledge is: ``last_update`` is the instant at which the set was last *confirmed* complete
 (a snapshot or a long-poll answer, or an etcd read proving no change was missed), and
-:meth:`RevocationFeed.age` the seconds since. Past ``max_staleness`` the feed fails closed:
-``current()`` raises :class:`RevocationsStale` (an :class:`Unavailable`), and the verifier's peer
-check and :class:`~s2s.verifier.jwt.JwtValidator` reject with reason ``revocations-stale``. Before
-the first snapshot ``current()`` raises too: a verifier that has never heard from its feed cannot
-know what is revoked.
+:meth:`RevocationFeed.age` the seconds since. Before the first snapshot ``current()`` raises
+:class:`RevocationsStale` (an :class:`Unavailable`): a verifier that has never heard from its feed
+cannot know what is revoked.
+
+The staleness policy: a feed that stops confirming is *lagging* from its first missed update
+(``lag_after`` seconds without a confirmation: one long-poll or a few etcd probes); it says so at
+once (log ``revocations.feed_lagging``, :meth:`RevocationFeed.status`, the
+``s2s_verifier_revocations_lagging`` gauge) while it keeps failing over across CA replicas or etcd
+members and keeps answering with its last set. It fails closed (``current()`` raises, the peer
+check and :class:`~s2s.verifier.jwt.JwtValidator` reject with reason ``revocations-stale``) only
+past ``max_staleness``, by default :data:`DEFAULT_MAX_STALENESS`: the default SVID lifetime cap
+plus the skew cushion, after which every credential a missed revocation could cover has expired
+anyway. So a CA or etcd outage shorter than an SVID lifetime does not become a fleet outage.
+:data:`STRICT_MAX_STALENESS` (or any smaller ``max_staleness``) fails closed sooner, for those who
+prefer refusing to the risk of honouring a credential revoked meanwhile. Raise ``max_staleness``
+with the CA's lifetime cap.
 
 Concrete feeds: :class:`~s2s.verifier.feeds_etcd.EtcdRevocationFeed` (watches the store's
 ``revoked/`` prefix in etcd) and :class:`~s2s.verifier.feeds_ca.CaRevocationFeed` (long-polls the
@@ -33,11 +44,19 @@ from s2s.core.errors import InvalidConfig, Unavailable
 from s2s.core.revocation import RevocationSet
 from s2s.verifier.source_common import cancel_task
 
-__all__ = ["DEFAULT_MAX_STALENESS", "FeedMetrics", "RevocationFeed", "RevocationsStale"]
+__all__ = [
+    "DEFAULT_MAX_STALENESS",
+    "STRICT_MAX_STALENESS",
+    "FeedMetrics",
+    "RevocationFeed",
+    "RevocationsStale",
+]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_STALENESS = 30.0  # seconds; the CA answers a long-poll every <= 60 s, etcd probes 1/s
+# Seconds: the default SVID lifetime cap (5 min) plus the 30 s skew cushion (see the module doc).
+DEFAULT_MAX_STALENESS = 330.0
+STRICT_MAX_STALENESS = 30.0  # fail closed after one missed long-poll or a few etcd probes
 RevocationCallback = Callable[[RevocationSet], None]
 
 
@@ -76,6 +95,13 @@ class RevocationFeed:
         self._task: asyncio.Task[None] | None = None
         self._subscribers: list[RevocationCallback] = []
         self._said_stale = False
+        self._said_lagging = False
+
+    @property
+    def lag_after(self) -> float:
+        """Seconds without a confirmation after which the feed has missed an update (lagging);
+        subclasses set it from their update interval."""
+        return min(self.max_staleness, 10.0)
 
     # -- the lookup ---------------------------------------------------------------------------
 
@@ -85,6 +111,8 @@ class RevocationFeed:
         if last is None:
             raise RevocationsStale(f"the {self.name} has not synced yet", age=None)
         age = (self._clock.now() - last).total_seconds()
+        if age > self.lag_after and not self._said_lagging:
+            self._lagging(age)
         if age > self.max_staleness:
             if not self._said_stale:  # once per stale spell, not once per handshake
                 self._said_stale = True
@@ -111,6 +139,29 @@ class RevocationFeed:
     def is_stale(self) -> bool:
         age = self.age()
         return age is None or age > self.max_staleness
+
+    def is_lagging(self) -> bool:
+        """True from the first missed update (and while stale)."""
+        age = self.age()
+        return age is None or age > self.lag_after
+
+    def status(self) -> str:
+        """``unsynced``, ``stale`` (failing closed), ``lagging`` (updates missed, still
+        answering) or ``ok``: for health checks."""
+        age = self.age()
+        if age is None:
+            return "unsynced"
+        if age > self.max_staleness:
+            return "stale"
+        return "lagging" if age > self.lag_after else "ok"
+
+    def _lagging(self, age: float) -> None:
+        self._said_lagging = True  # once per spell, not once per handshake
+        log.warning(
+            "revocations.feed_lagging",
+            extra={"feed": self.name, "age": round(age, 1), "error": self.last_error,
+                   "limit": self.max_staleness},
+        )  # fmt: skip
 
     def subscribe(self, callback: RevocationCallback) -> Callable[[], None]:
         """``callback(new_set)`` after each change, on the feed's loop; returns unsubscribe."""
@@ -201,8 +252,8 @@ class RevocationFeed:
         """The set is complete as of ``at`` (never moves ``last_update`` backwards)."""
         if self.last_update is None or at > self.last_update:
             self.last_update = at
-        if self._said_stale and not self.is_stale():
-            self._said_stale = False
+        if (self._said_stale or self._said_lagging) and not self.is_lagging():
+            self._said_stale = self._said_lagging = False
             log.warning("revocations.feed_fresh", extra={"feed": self.name})
         self.last_error = None
         if not self.synced.is_set():
@@ -212,12 +263,16 @@ class RevocationFeed:
         if error != self.last_error:
             log.warning("revocations.feed_error", extra={"feed": self.name, "error": error})
         self.last_error = error
+        age = self.age()
+        if age is not None and age > self.lag_after and not self._said_lagging:
+            self._lagging(age)
 
 
 class FeedMetrics:
     """Prometheus view of feeds, read at scrape time: ``s2s_verifier_revocations_age_seconds``
     (-1 before the first sync), ``s2s_verifier_revocation_records``,
-    ``s2s_verifier_revocations_stale`` (1 while failing closed) and
+    ``s2s_verifier_revocations_stale`` (1 while failing closed),
+    ``s2s_verifier_revocations_lagging`` (1 from the first missed update) and
     ``s2s_verifier_revocation_sets_total`` (sets swapped in), each labelled ``feed``. Pass
     ``registry=`` for an isolated registry (tests, several verifiers in one process)."""
 
@@ -238,6 +293,11 @@ class FeedMetrics:
             "s2s_verifier_revocations_stale", "1 while the feed fails closed (too old)", label,
             registry=reg,
         )  # fmt: skip
+        self.lagging = Gauge(
+            "s2s_verifier_revocations_lagging",
+            "1 from the feed's first missed update (it still answers until stale)", label,
+            registry=reg,
+        )  # fmt: skip
         self.sets = Counter(
             "s2s_verifier_revocation_sets", "Revocation sets swapped in", label, registry=reg
         )
@@ -253,5 +313,6 @@ class FeedMetrics:
         self.age.labels(name).set_function(age)
         self.records.labels(name).set_function(lambda: float(len(feed.snapshot())))
         self.stale.labels(name).set_function(lambda: 1.0 if feed.is_stale() else 0.0)
+        self.lagging.labels(name).set_function(lambda: 1.0 if feed.is_lagging() else 0.0)
         sets = self.sets.labels(name)
         feed.subscribe(lambda _new: sets.inc())

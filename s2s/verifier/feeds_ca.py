@@ -119,6 +119,11 @@ class CaRevocationFeed(RevocationFeed):
         self.revision = -1  # the CA store revision the set reflects (-1: none yet)
         self.polls = 0
 
+    @property
+    def lag_after(self) -> float:
+        """One long-poll answer missed: the CA answers at least every ``wait`` seconds."""
+        return min(self.max_staleness, self.wait + 10.0)
+
     @classmethod
     def over_https(
         cls,

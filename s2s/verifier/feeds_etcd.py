@@ -12,8 +12,8 @@ burst costs a few builds rather than one per event.
 A watch says nothing while nothing changes, so freshness is proven separately: every
 ``probe_interval`` seconds the feed reads ``topics/revocations``, whose ``mod_revision`` moves with
 every transaction that changes a revocation. If the feed has applied that revision, the set was
-complete at the instant the read started (``last_update``). If the watch lags behind the probe for
-longer than half the staleness limit (a stalled stream), the feed re-lists. While etcd is
+complete at the instant the read started (``last_update``). If the watch lags behind the probes
+for ``lag_after`` seconds (a stalled stream), the feed re-lists. While etcd is
 unreachable the probes fail, the set ages, and past ``max_staleness`` ``current()`` fails closed.
 """
 
@@ -84,6 +84,11 @@ class EtcdRevocationFeed(RevocationFeed):
         self._relist = asyncio.Event()
         self.relists = 0  # snapshots taken after the first (compaction, stalled watch)
         self.bad_records = 0
+
+    @property
+    def lag_after(self) -> float:
+        """Three probes missed (or a watch that far behind them): lagging, and re-list."""
+        return min(self.max_staleness, 3 * self.probe_interval + 2.0)
 
     @classmethod
     async def connect(
@@ -219,7 +224,7 @@ class EtcdRevocationFeed(RevocationFeed):
         if not self._pending:
             return
         lag = (self._now() - self._pending[0][1]).total_seconds()
-        if lag > self.max_staleness / 2 and not self._relist.is_set():
+        if lag > self.lag_after and not self._relist.is_set():
             self._failed(f"the etcd watch is {lag:.1f}s behind revision {self._pending[0][0]}")
             self._pending.clear()
             self._relist.set()

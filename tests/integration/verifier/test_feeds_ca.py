@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from feed_support import eventually, serial_record
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import Unavailable
+from s2s.core.revocation import issuer_key_id
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_any
@@ -183,3 +185,30 @@ async def test_sync_ca_feed(live_ca: CaHandle) -> None:
         assert not feed.current().is_serial_revoked_by_any_issuer(me.serial)
     finally:
         await asyncio.to_thread(feed.close)
+
+
+async def test_ca_feed_fails_over_to_a_live_replica_before_it_lags(live_ca: CaHandle) -> None:
+    """The first URL is a dead replica: the feed answers from the next one and never lags; the
+    serial record names its issuer, and the twin under another issuer is not revoked."""
+    with socket.socket() as dead:
+        dead.bind(("127.0.0.1", 0))
+        dead_url = f"https://127.0.0.1:{dead.getsockname()[1]}"  # bound, never listening
+        me = await mint(live_ca, "/verifier")
+        feed = CaRevocationFeed.over_https(
+            [dead_url, live_ca.url], verifier_source(live_ca, me), wait=1.0
+        )
+        await feed.start()
+        try:
+            target = await mint(live_ca, "/target")
+            assert live_ca.server is not None
+            await live_ca.server.revocations.revoke_serial(target.serial)
+            await eventually(
+                lambda: feed.current().is_serial_revoked(
+                    target.serial, issuer_key_id(target.cert_chain[1])
+                ),
+                "the revocation through the live replica",
+            )
+            assert not feed.current().is_serial_revoked(target.serial, "0" * 64)
+            assert feed.status() == "ok"
+        finally:
+            await feed.stop()

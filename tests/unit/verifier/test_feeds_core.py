@@ -14,7 +14,12 @@ from prometheus_client import CollectorRegistry
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig, InvalidRequest, Unavailable
 from s2s.core.revocation import RevocationRecord
-from s2s.verifier.feeds import FeedMetrics, RevocationsStale
+from s2s.verifier.feeds import (
+    DEFAULT_MAX_STALENESS,
+    STRICT_MAX_STALENESS,
+    FeedMetrics,
+    RevocationsStale,
+)
 from s2s.verifier.feeds_ca import CaRevocationFeed, RevocationPage, parse_revocation_page
 
 NOW = datetime(2031, 1, 1, tzinfo=UTC)
@@ -150,3 +155,57 @@ def test_bad_pages_are_refused(doc: object) -> None:
     good = parse_revocation_page({"revision": 2, "records": [record(7).to_json()]})
     assert good.revision == 2
     assert good.records == (record(7),)
+
+
+# --- the staleness policy ----------------------------------------------------------------------
+
+
+async def test_default_policy_lags_at_the_first_missed_update_and_fails_closed_after_an_svid_life(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A CA outage: the feed says it is lagging at once (log, status, gauge) but keeps answering
+    with its last set until the longest SVID lifetime in force (5 min cap + 30 s skew) passed."""
+    clock, poller = FakeClock(NOW), MemoryPoller()
+    poller.put(3, 0xA)
+    metrics = FeedMetrics(CollectorRegistry())
+    feed = CaRevocationFeed(poller, wait=0.01, clock=clock)
+    metrics.track(feed, "ca")
+    assert feed.max_staleness == DEFAULT_MAX_STALENESS == 330.0
+    await feed.start(timeout=2)
+    try:
+        assert feed.status() == "ok"
+        poller.error = Unavailable("the CA is down")
+        await until(lambda: feed.last_error is not None, "the poll failed")
+        clock.advance(seconds=feed.lag_after + 1)
+        assert feed.status() == "lagging"
+        assert (
+            metrics.registry.get_sample_value("s2s_verifier_revocations_lagging", {"feed": "ca"})
+            == 1.0
+        )
+        assert feed.current().is_serial_revoked_by_any_issuer(0xA)  # still answering
+        assert "revocations.feed_lagging" in caplog.text
+        clock.advance(seconds=DEFAULT_MAX_STALENESS - feed.lag_after - 2)  # just under the limit
+        assert feed.current().is_serial_revoked_by_any_issuer(0xA)
+        clock.advance(seconds=2)
+        assert feed.status() == "stale"
+        with pytest.raises(RevocationsStale):
+            feed.current()
+        poller.error = None  # the CA is back: fresh again
+        await until(lambda: feed.status() == "ok", "the feed recovered")
+        assert "revocations.feed_fresh" in caplog.text
+    finally:
+        await feed.stop()
+
+
+async def test_strict_policy_fails_closed_after_thirty_seconds() -> None:
+    clock, poller = FakeClock(NOW), MemoryPoller()
+    feed = CaRevocationFeed(poller, wait=0.01, clock=clock, max_staleness=STRICT_MAX_STALENESS)
+    await feed.start(timeout=2)
+    try:
+        poller.error = Unavailable("the CA is down")
+        await until(lambda: feed.last_error is not None, "the poll failed")
+        clock.advance(seconds=STRICT_MAX_STALENESS + 1)
+        with pytest.raises(RevocationsStale):
+            feed.current()
+    finally:
+        await feed.stop()
