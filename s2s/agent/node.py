@@ -239,9 +239,12 @@ class NodeAttestor:
     # -- renewal loop -----------------------------------------------------------------------
 
     def next_renewal(self) -> datetime:
+        """When the renewal loop renews: fixed by the SVID and when it arrived. (Clamped from
+        the arrival, not from the current time: a due time pushed on from "now" on every look
+        would move ahead of the clock and the SVID would only be renewed as it expired.)"""
         identity = self.identity
         return renewal_due_at(
-            identity.svid, identity.received_at, jitter=self._jitter, now=self._clock.now()
+            identity.svid, identity.received_at, jitter=self._jitter, now=identity.received_at
         )
 
     async def run(self) -> None:

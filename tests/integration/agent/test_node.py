@@ -146,6 +146,38 @@ async def test_renewal_keeps_the_id_with_a_new_key_and_serial(
     assert (await restored.start()).svid.serial == renewed.svid.serial
 
 
+async def test_the_renewal_comes_due_at_half_life_and_stays_due(make_harness: Any) -> None:
+    """The due time of the agent SVID's renewal does not move ahead of the clock: once past
+    half-life it is due (it used to be re-clamped to "now + 1 s" on every look, so the loop only
+    renewed as the SVID expired, and a CA replica away at that instant cost the node its
+    identity)."""
+    clock = FakeClock()
+    h = await make_harness(clock=clock, agent_svid_ttl=timedelta(minutes=10))
+    token, _ = await h.ca.join_token()
+    config = h.config(token=token)
+    node = NodeAttestor(
+        config=config,
+        client=CaClient(urls=config.ca_urls, trust_domain=config.trust_domain, clock=clock),
+        clock=clock,
+        rand=lambda: 0.5,  # no jitter: renewal at exactly half of the remaining life
+    )
+    try:
+        identity = await node.start()
+        life = identity.svid.not_after - identity.received_at
+        # Twin: before half-life nothing is due, and the due time stays put as time passes.
+        due = node.next_renewal()
+        assert abs(due - (identity.received_at + life / 2)) < timedelta(milliseconds=5)
+        clock.advance(seconds=life.total_seconds() / 4)
+        assert node.next_renewal() == due
+        assert node.next_renewal() > clock.now()
+        # Past half-life the renewal is due now, not a second from now on every look.
+        clock.advance(seconds=life.total_seconds() / 4 + 1)
+        assert node.next_renewal() == due
+        assert node.next_renewal() <= clock.now()
+    finally:
+        await node._client.close()
+
+
 async def test_evicted_agent_reattests_only_when_the_ca_says_unknown(
     harness: Any, make_node: MakeNode
 ) -> None:
