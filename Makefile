@@ -21,6 +21,12 @@ unit: $(STAMP)
 bench: system-deps $(STAMP)
 	$(BIN)/python -m bench
 
+## soak: the whole system as real processes for 30 minutes (ARGS="--duration 600"), as root:
+##       rotations, revocations, faults; a JSON report and exit 1 on any failed legitimate call
+.PHONY: soak
+soak: system-deps $(STAMP)
+	$(BIN)/python -m bench.soak $(ARGS)
+
 ## demo: a trust domain on this machine: CA, agent and two mTLS workloads with a live log
 ##       (ARGS="--fast" rotates every ~15 s; Ctrl-C stops everything)
 .PHONY: demo
