@@ -62,7 +62,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = "SpiffeWorkloadAPI"  # upstream proto has no package
 MAX_REQUEST_BYTES = 1 << 20
-MAX_CALLS_PER_CONNECTION = 100  # concurrent calls (HTTP/2 streams) on one connection
 
 
 class IdentityProvider(Protocol):
@@ -153,10 +152,7 @@ class WorkloadApiServer:
         self._private_dir = tempfile.mkdtemp(prefix="s2s-wlapi-")  # 0700: only we reach grpc
         inner = os.path.join(self._private_dir, "grpc.sock")
         try:
-            opts = [
-                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ("grpc.max_concurrent_streams", MAX_CALLS_PER_CONNECTION),
-            ]
+            opts = [("grpc.max_receive_message_length", MAX_REQUEST_BYTES)]
             self._server = grpc.aio.server(options=opts)
             self._server.add_generic_rpc_handlers((self._handlers(),))
             self._server.add_insecure_port(f"unix:{inner}")
