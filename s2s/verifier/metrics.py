@@ -43,6 +43,15 @@ class PeerMetrics:
         )
         return 0.0 if value is None else value
 
+    def rejection_counts(self) -> dict[str, float]:
+        """Every reason counted so far, with its count (for tests and diagnostics)."""
+        return {
+            sample.labels["reason"]: sample.value
+            for family in self.registry.collect()
+            for sample in family.samples
+            if sample.name == "s2s_verifier_peer_rejections_total"
+        }
+
     def accepted_count(self) -> float:
         value = self.registry.get_sample_value("s2s_verifier_peers_accepted_total")
         return 0.0 if value is None else value

@@ -60,7 +60,7 @@ async def readme_service(socket: str) -> AsyncIterator[tuple[int, PeerMetrics, X
 
 async def outcome(port: int, metrics: PeerMetrics, svid: X509Svid, bundles: BundleSet) -> str:
     """ "ok", or the reason the service refused ``svid``."""
-    before = _rejections(metrics)
+    before = metrics.rejection_counts()
     ctx = client_context(StaticX509Source(X509Context((svid,), bundles)), authorize=authorize_any())
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
@@ -71,17 +71,8 @@ async def outcome(port: int, metrics: PeerMetrics, svid: X509Svid, bundles: Bund
             writer.close()
     except (OSError, ssl.SSLError, TimeoutError):
         pass
-    after = _rejections(metrics)
+    after = metrics.rejection_counts()
     return next((r for r, n in after.items() if n > before.get(r, 0)), "no-answer")
-
-
-def _rejections(metrics: PeerMetrics) -> dict[str, float]:
-    return {
-        sample.labels["reason"]: sample.value
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == "s2s_verifier_peer_rejections_total"
-    }
 
 
 async def _agent(harness: Any) -> Any:

@@ -82,23 +82,14 @@ async def accepted(ca: TestAuthority, lookup: CrlRevocations, *clients: X509Svid
     out = []
     async with serving(ctx) as served:
         for client in clients:
-            before = _rejections(metrics)
+            before = metrics.rejection_counts()
             client_ctx = client_context(source_of(client, ca.bundle()), authorize=authorize_any())
             if await exchange(served.port, client_ctx) == CLIENT.encode():
                 out.append("ok")
                 continue
-            after = _rejections(metrics)
+            after = metrics.rejection_counts()
             out.append(next(r for r, n in after.items() if n > before.get(r, 0)))
     return out
-
-
-def _rejections(metrics: PeerMetrics) -> dict[str, float]:
-    return {
-        sample.labels["reason"]: sample.value
-        for family in metrics.registry.collect()
-        for sample in family.samples
-        if sample.name == "s2s_verifier_peer_rejections_total"
-    }
 
 
 async def test_another_replicas_crl_is_verified_by_the_chain_that_needs_it(
