@@ -397,3 +397,44 @@ async def test_feed_on_a_cluster_survives_losing_the_member_it_uses(
         finally:
             await store.close()
             await feed.stop()
+
+
+async def test_feed_rides_out_a_lost_quorum_lagging_not_stale(
+    tmp_path: Path, td: TrustDomain
+) -> None:
+    """Two of three members stop: the cluster has no quorum, probes fail, the feed says it is
+    lagging at once but keeps answering with its set (an outage shorter than an SVID lifetime
+    is not a fleet outage). The quorum back, a revocation made then arrives and it is fresh."""
+    with EtcdCluster(tmp_path / "cluster") as cluster:
+        feed = await open_feed(cluster.endpoints, td)
+        store = await EtcdStore.open(cluster.endpoints, trust_domain=td.name, timeout=3.0)
+        try:
+            await store.add_revocation(serial_record(0x41))
+            await eventually(lambda: feed.current().is_serial_revoked_by_any_issuer(0x41), "before")
+            for member in cluster.members[1:]:
+                member.stop()
+            deadline = time.monotonic() + 20
+            while feed.status() != "lagging":
+                assert time.monotonic() < deadline, f"never lagging: {feed.status()}"
+                await asyncio.sleep(0.1)
+            assert feed.current().is_serial_revoked_by_any_issuer(0x41)  # still answering
+            for member in cluster.members[1:]:
+                member.start()
+            deadline = time.monotonic() + 20
+            while True:  # writes are refused until the quorum is back
+                try:
+                    await store.add_revocation(serial_record(0x42))
+                    break
+                except StoreError:
+                    assert time.monotonic() < deadline, "the quorum never came back"
+                    await asyncio.sleep(0.2)
+            await eventually(
+                lambda: feed.current().is_serial_revoked_by_any_issuer(0x42), "after the quorum"
+            )
+            deadline = time.monotonic() + 10
+            while feed.status() != "ok":
+                assert time.monotonic() < deadline, f"never fresh again: {feed.status()}"
+                await asyncio.sleep(0.1)
+        finally:
+            await store.close()
+            await feed.stop()
