@@ -12,6 +12,10 @@ Successful validations are cached by token string in a bounded LRU: an entry is 
 very bundle and revocation snapshots it was validated against (both are immutable and swapped
 whole, so identity tells a change), is dropped at the token's ``exp``, and the whole cache is
 cleared when either snapshot changes. A hit costs a dict lookup and a few identity checks.
+Public keys are cached per bundle snapshot the same way: the key table belongs to one snapshot
+and a lookup uses it only when validating against that very snapshot, so a thread that still
+holds an older snapshot (one that had a key since dropped) can never hand that key to a thread
+validating against the newer one.
 
 The JWS compact form and signature checks live in :mod:`s2s.verifier.jws` (their names are
 re-exported here).
@@ -170,7 +174,8 @@ class JwtValidator:
         self._metrics = metrics if metrics is not None else default_jwt_metrics()
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[ValidatedJwt, object, object]] = OrderedDict()
-        self._keys: dict[tuple[TrustDomain, str], _KeyEntry] = {}
+        # The key table and the snapshot it was filled from, read and replaced as one tuple.
+        self._keys: tuple[object, dict[tuple[TrustDomain, str], _KeyEntry]] = (None, {})
         self._seen: tuple[object, object] = (None, None)
         self.cache_hits = 0
         self.cache_misses = 0
@@ -223,8 +228,9 @@ class JwtValidator:
         with self._lock:
             if bundles is not self._seen[0] or revocations is not self._seen[1]:
                 self._cache.clear()  # every entry belongs to an older snapshot
-                self._keys.clear()
                 self._seen = (bundles, revocations)
+                if self._keys[0] is not bundles:
+                    self._keys = (bundles, {})
             self._cache.pop(token, None)  # past exp: validate afresh (leeway may still allow it)
         self.cache_misses += 1
         result = self._validate_uncached(token, now, bundles, revocations)
@@ -258,7 +264,8 @@ class JwtValidator:
     def _key_for(
         self, bundles: BundleSet, td: TrustDomain, kid: str, now: datetime
     ) -> tuple[PublicKeyTypes, frozenset[str]]:
-        entry = self._keys.get((td, kid))
+        owner, keys = self._keys  # one read: the table and the snapshot it belongs to
+        entry = keys.get((td, kid)) if owner is bundles else None
         if entry is None:
             bundle = bundles.get(td)
             if bundle is None:
@@ -272,8 +279,8 @@ class JwtValidator:
             key = authority.public_key
             entry = (key, authority.not_after, algorithms_for_key(key))
             with self._lock:
-                if bundles is self._seen[0]:
-                    self._keys[(td, kid)] = entry
+                if self._keys[0] is bundles:
+                    self._keys[1][(td, kid)] = entry
         if entry[1] is not None and now > entry[1]:
             raise InvalidToken(f"the JWT authority {kid[:64]!r} of {td} has expired", reason="kid")
         return entry[0], entry[2]

@@ -4,9 +4,11 @@ bound, and that a revocation is never missed under concurrency."""
 from __future__ import annotations
 
 import datetime as dt
+import sys
 import threading
 import time
 
+import pytest
 from jwt_support import (
     AUD,
     WORKLOAD,
@@ -137,3 +139,71 @@ def test_cache_can_be_disabled(fake_clock: FakeClock, authority: TestAuthority) 
     validator.validate(token)
     validator.validate(token)
     assert (validator.cache_hits, validator.cache_len()) == (0, 0)
+
+
+# --- keys and interleaved snapshots -------------------------------------------------------------
+
+
+def test_a_dropped_key_never_validates_when_snapshots_interleave(h: Harness) -> None:
+    """Two threads hold two bundle snapshots: ``new`` (the JWT key dropped) and ``old`` (with it).
+
+    Driven by hand in the order that broke the key cache: the ``new`` thread sets up the cache for
+    its snapshot and is paused before it looks up the token's key; the ``old`` thread then
+    validates (legitimately, its snapshot has the key) and caches that key; the ``new`` thread
+    resumes. It must look the key up in *its* snapshot, where the key is gone."""
+    token = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="t")
+    old = h.bundles
+    new = old.with_bundle(Bundle(h.ca.trust_domain, x509_authorities=(h.ca.root,)))
+    other = h.other.issue_jwt_svid("spiffe://other.org/w", AUD)
+    now = h.clock.now()
+    revocations = h.revocations
+
+    h.bundles = new
+    h.validator.validate(other)  # the ``new`` thread's cache set-up for its snapshot
+    h.bundles = old
+    assert h.validator.validate(token).spiffe_id.trust_domain == h.ca.trust_domain  # ``old``
+    # The ``new`` thread resumes where it paused, with the snapshot it read before.
+    with pytest.raises(InvalidToken) as info:
+        h.validator._validate_uncached(token, now, new, revocations)
+    assert info.value.reason == "kid"
+    h.bundles = new
+    h.reject(token, "kid")  # and through the front door
+
+
+def test_interleaved_snapshots_with_threads_never_accept_a_dropped_key(h: Harness) -> None:
+    """The same, with real threads: validations against ``old`` (key present) and ``new`` (key
+    dropped) run at once; every ``new`` validation of the token is refused."""
+    token = h.ca.issue_jwt_svid(WORKLOAD, AUD, jti="t2")
+    old = h.bundles
+    new = old.with_bundle(Bundle(h.ca.trust_domain, x509_authorities=(h.ca.root,)))
+    others = [h.other.issue_jwt_svid(f"spiffe://other.org/w{n}", AUD) for n in range(50)]
+    revocations = h.revocations
+    start = threading.Barrier(4)
+    wrong: list[str] = []  # outcomes that contradict the snapshot they were validated against
+
+    def run(snapshot: BundleSet, expect_ok: bool) -> None:
+        start.wait()
+        for n in range(300):
+            now = h.clock.now()
+            h.validator._validate_miss(others[n % len(others)], now, snapshot, revocations)
+            try:
+                h.validator._validate_miss(token, now, snapshot, revocations)
+                outcome = "ok"
+            except InvalidToken as exc:
+                outcome = exc.reason
+            if outcome != ("ok" if expect_ok else "kid"):
+                wrong.append(outcome)
+
+    threads = [
+        threading.Thread(target=run, args=(snap, snap is old)) for snap in (old, new, old, new)
+    ]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong
