@@ -232,10 +232,11 @@ class PeerTaggingProxy:
         try:
             conn.peer = await self._attest(ucred)
             back = await self._open_inner(conn.tag)
-        except (OSError, asyncio.CancelledError, Unavailable) as exc:
+        except BaseException as exc:
+            # Whatever went wrong, the connection must not stay counted against its uid.
             self._drop(conn)
             transport.close()
-            if isinstance(exc, asyncio.CancelledError):
+            if not isinstance(exc, OSError | Unavailable):
                 raise
             log.warning("workload_api.proxy_failed", extra={"error": str(exc)})
             return

@@ -177,12 +177,12 @@ class WorkloadApiServer:
         if self._proxy is not None:
             await self._proxy.close()
             self._proxy = None
-        if self._pool is not None:
-            self._pool.close()
-            self._pool = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        if self._pool is not None:  # after the calls that may still be using it
+            self._pool.close()
+            self._pool = None
         if self._private_dir:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self._private_dir, "grpc.sock"))
