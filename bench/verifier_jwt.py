@@ -46,6 +46,7 @@ from s2s.core.spiffe_id import TrustDomain
 from s2s.testing import TestAuthority
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.jwt_aiohttp import jwt_middleware
+from s2s.verifier.revocation_choice import no_revocation_check
 
 AUD = "spiffe://example.org/api"
 SUBJECT = "spiffe://example.org/billing"
@@ -76,6 +77,7 @@ def _validator(ca: TestAuthority, cache_size: int) -> JwtValidator:
     return JwtValidator(
         BundleSet.of(ca.bundle()),
         AUD,
+        revocations=no_revocation_check(),  # the same empty set as before the choice was explicit
         cache_size=cache_size,
         metrics=JwtMetrics(CollectorRegistry()),
     )
@@ -199,7 +201,11 @@ async def _serve_async(bundle_json: bytes, trust_domain: str, ready: Any, stop: 
         middlewares = []
         if cache_size is not None:
             validator = JwtValidator(
-                bundles, AUD, cache_size=cache_size, metrics=JwtMetrics(CollectorRegistry())
+                bundles,
+                AUD,
+                revocations=no_revocation_check(),
+                cache_size=cache_size,
+                metrics=JwtMetrics(CollectorRegistry()),
             )
             middlewares.append(jwt_middleware(validator))
         app = web.Application(middlewares=middlewares)

@@ -39,6 +39,7 @@ from s2s.verifier.aiohttp import SpiffeTCPSite, peer_spiffe_id
 from s2s.verifier.authorize import authorize_any, authorize_member_of
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import verify_peer
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import InMemoryRevocations
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
@@ -169,7 +170,11 @@ def _serve(kind: str, p: Pems, client_td: str, conn: Any) -> None:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         if kind == "spiffe":
-            ctx = server_context(_source(p), authorize=authorize_member_of(client_td))
+            ctx = server_context(
+                _source(p),
+                authorize=authorize_member_of(client_td),
+                revocations=no_revocation_check(),
+            )
             site: web.TCPSite = SpiffeTCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
         else:
             site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=_plain(p, server_side=True))
@@ -252,7 +257,9 @@ def _aiohttp_figures(quick: bool) -> list[Figure]:
         spiffe = _requests_rate(
             "spiffe",
             server_p,
-            lambda: client_context(_source(client_p), authorize=authorize_any()),
+            lambda: client_context(
+                _source(client_p), authorize=authorize_any(), revocations=no_revocation_check()
+            ),
             seconds,
             new_conn,
         )

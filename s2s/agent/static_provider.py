@@ -22,6 +22,7 @@ from s2s.core.selectors import Selector, matches
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.verifier.jwt import JwtValidator
+from s2s.verifier.revocation_choice import no_revocation_check
 
 __all__ = ["JwtSigner", "JwtValidatorFn", "StaticIdentityProvider", "validate_jwt_svid"]
 
@@ -103,8 +104,12 @@ class StaticIdentityProvider(Versioned):
 def validate_jwt_svid(
     token: str, audience: str, bundles: BundleSet, *, clock: Clock
 ) -> tuple[SpiffeId, Mapping[str, Any]]:
-    """Validate with the verifier's :class:`JwtValidator` (one audience per call, no cache)."""
-    checked = JwtValidator(bundles, audience, clock=clock, cache_size=0).validate(token)
+    """Validate with the verifier's :class:`JwtValidator` (one audience per call, no cache).
+    This provider holds no revocations, so none are checked (said explicitly)."""
+    validator = JwtValidator(
+        bundles, audience, revocations=no_revocation_check(), clock=clock, cache_size=0
+    )
+    checked = validator.validate(token)
     return checked.spiffe_id, checked.claims.claims
 
 

@@ -3,7 +3,9 @@ parsed, and a client connector that checks the server's SPIFFE ID on each new co
 
 Server::
 
-    ctx = server_context(source, authorize=authorize_member_of("example.org"))
+    ctx = server_context(source, authorize=authorize_member_of("example.org"))  # X509Source:
+    # its own revocations (the agent's CRLs); other sources: revocations=<lookup> or
+    # revocations=no_revocation_check()
     runner = web.AppRunner(app); await runner.setup()
     await SpiffeTCPSite(runner, "0.0.0.0", 8443, ssl_context=ctx).start()
     # in a handler:
@@ -33,6 +35,7 @@ from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier
+from s2s.verifier.revocation_choice import resolve_revocations
 from s2s.verifier.tls import SpiffeSSLContext, client_context, peer_spiffe_id_of
 from s2s.verifier.x509context import X509SourceLike
 
@@ -175,9 +178,11 @@ def spiffe_connector(
 ) -> aiohttp.TCPConnector:
     """A connector presenting our SVID; every new connection verifies the server's SVID and
     asks ``authorize``. The context follows ``source`` in place, so pooled sessions keep working
-    across rotations."""
+    across rotations. ``revocations`` defaults to the source's own; a source without any needs a
+    lookup or ``revocations=no_revocation_check()`` (:class:`InvalidConfig` otherwise)."""
+    checked = resolve_revocations(source, revocations, what="spiffe_connector")
     ctx = client_context(
-        source, authorize=authorize, revocations=revocations, clock=clock, metrics=metrics
+        source, authorize=authorize, revocations=checked, clock=clock, metrics=metrics
     )
     return aiohttp.TCPConnector(ssl=ctx, **kwargs)
 

@@ -33,6 +33,7 @@ from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.verifier.authorize import authorize_if
 from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.tls import SpiffeSSLContext, client_context
 from s2s.verifier.x509context import X509SourceLike
 
@@ -197,7 +198,13 @@ class HttpsRevocationPoller:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             if self._ssl is None:  # follows the source: rotation needs no new session
-                self._ssl = client_context(self._source, authorize=authorize_if(self._is_ca))
+                # The CA's chain is checked against no revocations: this connection is how
+                # revocations arrive, and a feed that refused its own CA would never recover.
+                self._ssl = client_context(
+                    self._source,
+                    authorize=authorize_if(self._is_ca),
+                    revocations=no_revocation_check(),
+                )
             connector = aiohttp.TCPConnector(ssl=self._ssl, limit=4)
             self._session = aiohttp.ClientSession(connector=connector)
         return self._session

@@ -57,6 +57,7 @@ from s2s.verifier.jws import (
     verify_checked,
     verify_signature,
 )
+from s2s.verifier.revocation_choice import resolve_revocations
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -143,7 +144,10 @@ class JwtValidator:
     """Validates JWT-SVIDs for one audience against a bundle set; thread-safe.
 
     ``bundles`` is a :class:`BundleSet` or anything with ``current() -> BundleSet`` (a
-    ``JwtSource``); ``revocations`` anything with ``current() -> RevocationSet``.
+    ``JwtSource``); ``revocations`` anything with ``current() -> RevocationSet``. Left out,
+    ``revocations`` is the source's own (``JwtSource.revocations``: the agent's revocations,
+    by ``jti`` and by SPIFFE ID); a bundle set or source without any needs a lookup or
+    ``revocations=no_revocation_check()`` (:class:`InvalidConfig` otherwise).
     """
 
     def __init__(
@@ -165,7 +169,7 @@ class JwtValidator:
         if cache_size < 0 or max_token_bytes < 64:
             raise InvalidConfig("cache_size must be >= 0 and max_token_bytes >= 64")
         self._bundles = _StaticBundles(bundles) if isinstance(bundles, BundleSet) else bundles
-        self._revocations = revocations if revocations is not None else _NoRevocations()
+        self._revocations = resolve_revocations(bundles, revocations, what="JwtValidator")
         self.audience = audience
         self.leeway = leeway
         self._clock = clock if clock is not None else SystemClock()
@@ -292,11 +296,6 @@ class _StaticBundles:
 
     def current(self) -> BundleSet:
         return self._bundles
-
-
-class _NoRevocations:
-    def current(self) -> RevocationSet:
-        return RevocationSet.EMPTY
 
 
 def _check_revocation(revocations: RevocationSet, claims: JwtSvidClaims) -> None:

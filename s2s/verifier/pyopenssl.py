@@ -23,6 +23,7 @@ from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier, verify_chain
+from s2s.verifier.revocation_choice import resolve_revocations
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
 __all__ = ["PyOpenSSLTls"]
@@ -46,7 +47,9 @@ class PyOpenSSLTls:
 
     ``context`` is the context to give ``SSL.Connection`` (for a server: the same object for
     life; for a client: the newest one). After a handshake, :meth:`peer_spiffe_id` returns the
-    peer's verified ID. Call :meth:`close` to stop following the source.
+    peer's verified ID. Call :meth:`close` to stop following the source. ``revocations``
+    defaults to the source's own; a source without any needs a lookup or
+    ``revocations=no_revocation_check()`` (:class:`InvalidConfig` otherwise).
     """
 
     def __init__(
@@ -64,7 +67,7 @@ class PyOpenSSLTls:
         self.verifier = PeerVerifier(
             lambda: source.current().bundles,
             authorize=authorize,
-            revocations=revocations,
+            revocations=resolve_revocations(source, revocations, what="PyOpenSSLTls"),
             clock=clock,
             metrics=metrics,
         )

@@ -27,11 +27,10 @@ from typing import Generic, Self, TypeVar
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
-from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
-from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.crls import DEFAULT_CRL_GRACE, CrlBook, CrlLookup
+from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.revocations import parse_crls
 from s2s.verifier.source_common import DEFAULT_START_TIMEOUT, Subscribers, cancel_task
 from s2s.verifier.source_pem import PemFileX509Source

@@ -19,8 +19,9 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import Unavailable
-from s2s.core.revocation import RevocationSet
+from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
+from s2s.verifier.revocation_choice import source_revocations
 from s2s.verifier.source import (
     DEFAULT_START_TIMEOUT,
     JwtSource,
@@ -132,11 +133,12 @@ class SyncX509Source(_OnLoop[_AsyncX509]):
         """``callback(context)`` after each change, on the source's loop thread."""
         return self._source.subscribe(callback)
 
-    def revocations(self) -> RevocationSet:
-        """The revocations from the agent's CRLs (empty for a PEM-file source); like
-        ``X509Source.revocations``, RevocationsStale once the CRLs are past nextUpdate + grace."""
-        lookup = getattr(self._source, "revocations", None)
-        return lookup.current() if lookup is not None else RevocationSet.EMPTY
+    @property
+    def revocations(self) -> RevocationLookup | None:
+        """The source's revocation lookup (``X509Source.revocations``: the agent's CRLs, any
+        thread may read it), or None for a source without one (PEM files). The TLS contexts use
+        it by default."""
+        return source_revocations(self._source)
 
 
 class SyncJwtSource(_OnLoop[JwtSource]):

@@ -14,6 +14,11 @@ with or without SNI). Nothing is mutated under a handshake running in another th
 live ``SSLContext`` from the source's thread could hand a handshake a certificate without its
 key). ``verify_mode`` is read from the front context, so the front keeps ``CERT_REQUIRED``.
 ``ctx.s2s.current()`` is the newest built context.
+
+Revocations: ``revocations=`` left out means the source's own (``X509Source.revocations``, the
+agent's CRLs); a source without any (``StaticX509Source``, ``PemFileX509Source``) needs an
+explicit lookup or ``revocations=no_revocation_check()``, else :class:`InvalidConfig`
+(:mod:`s2s.verifier.revocation_choice`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerVerifier
+from s2s.verifier.revocation_choice import resolve_revocations
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
 __all__ = ["SpiffeSSLContext", "TlsState", "client_context", "peer_spiffe_id_of", "server_context"]
@@ -136,10 +142,13 @@ def server_context(
     """A server context that requires client SVIDs and follows ``source``.
 
     ``authorize`` is required (pass :func:`authorize_any` explicitly to accept any SVID that
-    verifies to the bundle of its own trust domain, federated ones included). Rejected clients
-    fail the handshake; :func:`peer_spiffe_id_of` reads the accepted ID.
+    verifies to the bundle of its own trust domain, federated ones included). ``revocations``
+    defaults to the source's own (``X509Source.revocations``); a source without any needs a
+    lookup or ``revocations=no_revocation_check()`` (:class:`InvalidConfig` otherwise). Rejected
+    clients fail the handshake; :func:`peer_spiffe_id_of` reads the accepted ID.
     """
     return _context(
+        "server_context",
         source,
         server_side=True,
         authorize=authorize,
@@ -159,9 +168,11 @@ def client_context(
 ) -> SpiffeSSLContext:
     """A client context that presents our SVID and checks the server's SPIFFE ID.
 
-    ``authorize`` is required: ``authorize_id(...)`` pins the server.
+    ``authorize`` is required: ``authorize_id(...)`` pins the server. ``revocations`` as for
+    :func:`server_context`.
     """
     return _context(
+        "client_context",
         source,
         server_side=False,
         authorize=authorize,
@@ -178,6 +189,7 @@ def peer_spiffe_id_of(ssl_object: object) -> SpiffeId | None:
 
 
 def _context(
+    what: str,
     source: X509SourceLike,
     *,
     server_side: bool,
@@ -189,7 +201,7 @@ def _context(
     verifier = PeerVerifier(
         lambda: source.current().bundles,
         authorize=authorize,
-        revocations=revocations,
+        revocations=resolve_revocations(source, revocations, what=what),
         clock=clock,
         metrics=metrics,
     )

@@ -26,6 +26,7 @@ from s2s.core.bundle import BundleSet
 from s2s.core.x509svid import X509Svid
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source import X509Source
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
@@ -61,7 +62,11 @@ async def readme_service(socket: str) -> AsyncIterator[tuple[int, PeerMetrics, X
 async def outcome(port: int, metrics: PeerMetrics, svid: X509Svid, bundles: BundleSet) -> str:
     """ "ok", or the reason the service refused ``svid``."""
     before = metrics.rejection_counts()
-    ctx = client_context(StaticX509Source(X509Context((svid,), bundles)), authorize=authorize_any())
+    ctx = client_context(
+        StaticX509Source(X509Context((svid,), bundles)),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
+    )
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         try:

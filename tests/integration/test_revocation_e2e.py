@@ -38,6 +38,7 @@ from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source import X509Source
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
@@ -114,7 +115,9 @@ class Stream:
 def replay_ctx(svid: X509Svid, bundles: BundleSet) -> ssl.SSLContext:
     """A client context presenting ``svid`` (as a holder of the revoked SVID's key would)."""
     return client_context(
-        StaticX509Source(X509Context((svid,), bundles)), authorize=authorize_any()
+        StaticX509Source(X509Context((svid,), bundles)),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
 
 

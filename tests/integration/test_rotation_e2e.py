@@ -70,7 +70,7 @@ class Traffic:
     peers: set[str] = field(default_factory=set)
 
     async def run(self, stop: asyncio.Event) -> None:
-        server_ctx = server_context(self.source, authorize=authorize_any())
+        server_ctx = server_context(self.source, authorize=authorize_any())  # the agent's CRLs
         client_ctx = client_context(self.source, authorize=authorize_any())
         server = await asyncio.start_server(self._echo, "127.0.0.1", 0, ssl=server_ctx)
         port = server.sockets[0].getsockname()[1]

@@ -32,6 +32,7 @@ from s2s.verifier.crls import ChainIssuer, CrlBook, CrlLookup
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import CrlFileRevocations, parse_crls
 from s2s.verifier.source import Backoff, CrlRevocations, X509Source
 from s2s.verifier.tls import client_context, server_context
@@ -82,7 +83,11 @@ class Peers:
         results = []
         async with serving(self.server_ctx) as served:
             for svid in (self.good, self.bad):
-                ctx = client_context(source_of(svid, self.ca.bundle()), authorize=authorize_any())
+                ctx = client_context(
+                    source_of(svid, self.ca.bundle()),
+                    authorize=authorize_any(),
+                    revocations=no_revocation_check(),
+                )
                 results.append(await exchange(served.port, ctx) == CLIENT.encode())
         return results[0], results[1]
 

@@ -22,6 +22,7 @@ from s2s.testing import IssuerKey, TestAuthority
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.crls import ChainIssuer, CrlBook
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source import CrlRevocations
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.workload_client import X509Update
@@ -83,7 +84,11 @@ async def accepted(ca: TestAuthority, lookup: CrlRevocations, *clients: X509Svid
     async with serving(ctx) as served:
         for client in clients:
             before = metrics.rejection_counts()
-            client_ctx = client_context(source_of(client, ca.bundle()), authorize=authorize_any())
+            client_ctx = client_context(
+                source_of(client, ca.bundle()),
+                authorize=authorize_any(),
+                revocations=no_revocation_check(),
+            )
             if await exchange(served.port, client_ctx) == CLIENT.encode():
                 out.append("ok")
                 continue

@@ -39,6 +39,7 @@ from s2s.verifier.feeds_etcd import EtcdRevocationFeed, revocation_prefix
 from s2s.verifier.feeds_sync import open_etcd_revocations
 from s2s.verifier.jwt import JwtValidator
 from s2s.verifier.peer import PeerRejected, verify_chain
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context
@@ -354,7 +355,9 @@ async def test_sync_feed_serves_blocking_servers(
             revocations=feed,
         )  # fmt: skip
         client_ctx = client_context(
-            StaticX509Source(X509Context((client,), bundles)), authorize=authorize_any()
+            StaticX509Source(X509Context((client,), bundles)),
+            authorize=authorize_any(),
+            revocations=no_revocation_check(),
         )
         assert await asyncio.to_thread(blocking_exchange, server_ctx, client_ctx) == "ok"
         await store.add_revocation(serial_record(client.serial))

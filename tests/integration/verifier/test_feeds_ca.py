@@ -27,6 +27,7 @@ from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationsStale
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_sync import open_ca_revocations
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import server_context
 from s2s.verifier.x509context import X509Context
@@ -110,7 +111,11 @@ async def fake_ca(svid: X509Svid, bundles: BundleSet, body: bytes) -> web.AppRun
     app.router.add_get("/v1/revocations", answer)
     runner = web.AppRunner(app)
     await runner.setup()
-    ctx = server_context(StaticX509Source(X509Context((svid,), bundles)), authorize=authorize_any())
+    ctx = server_context(
+        StaticX509Source(X509Context((svid,), bundles)),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
+    )
     await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
     return runner
 

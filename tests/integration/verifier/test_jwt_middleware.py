@@ -18,6 +18,7 @@ from s2s.core.errors import NotAuthorized, Unavailable
 from s2s.testing import TestAuthority
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.jwt_aiohttp import jwt_middleware, jwt_spiffe_id, jwt_svid_of
+from s2s.verifier.revocation_choice import no_revocation_check
 
 AUD = "spiffe://example.org/api"
 WORKLOAD = "spiffe://example.org/billing"
@@ -58,6 +59,7 @@ async def server(fake_clock: FakeClock, authority: TestAuthority) -> AsyncIterat
     validator = JwtValidator(
         BundleSet.of(authority.bundle()),
         AUD,
+        revocations=no_revocation_check(),
         clock=fake_clock,
         metrics=JwtMetrics(CollectorRegistry()),
     )
@@ -165,7 +167,9 @@ class _Toggle:
 
 async def test_no_bundles_yet_is_503_then_the_same_token_passes(authority: TestAuthority) -> None:
     lookup = _Toggle(BundleSet.of(authority.bundle()))
-    validator = JwtValidator(lookup, AUD, metrics=JwtMetrics(CollectorRegistry()))
+    validator = JwtValidator(
+        lookup, AUD, revocations=no_revocation_check(), metrics=JwtMetrics(CollectorRegistry())
+    )
     app = web.Application(middlewares=[jwt_middleware(validator)])
     app.router.add_get("/whoami", _whoami)
     runner = web.AppRunner(app)

@@ -28,6 +28,7 @@ from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.crls import ChainIssuer
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
 from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_x509_source
 from s2s.verifier.tls import client_context, server_context
@@ -207,7 +208,7 @@ async def test_x509_source_drives_mtls_and_its_revocations_reject_a_revoked_clie
         )  # fmt: skip
         client_ctx = client_context(
             PemFileX509Source(*paths), authorize=authorize_id(SpiffeId.parse(ME)),
-            metrics=PeerMetrics(CollectorRegistry()),
+            metrics=PeerMetrics(CollectorRegistry()), revocations=no_revocation_check(),
         )  # fmt: skip
         async with serving(server_ctx) as served:
             assert await exchange(served.port, client_ctx) == b"spiffe://example.org/client"
@@ -215,7 +216,7 @@ async def test_x509_source_drives_mtls_and_its_revocations_reject_a_revoked_clie
             # Twin: a client that pins another server ID refuses this server.
             pinned_elsewhere = client_context(
                 PemFileX509Source(*paths), authorize=authorize_id(SpiffeId.parse(AUD)),
-                metrics=PeerMetrics(CollectorRegistry()),
+                metrics=PeerMetrics(CollectorRegistry()), revocations=no_revocation_check(),
             )  # fmt: skip
             with pytest.raises(ssl.SSLError):
                 await exchange(served.port, pinned_elsewhere)
@@ -239,7 +240,10 @@ async def test_jwt_source_bundles_validate_the_agents_jwt_svids(
 ) -> None:
     register(provider, ca.issue_x509_svid(ME))
     async with JwtSource(socket=agent.socket_path, backoff=FAST) as source:
-        validator = JwtValidator(source, AUD, metrics=JwtMetrics(CollectorRegistry()))
+        # This test agent serves no revocations: checking none is said explicitly.
+        validator = JwtValidator(
+            source, AUD, revocations=no_revocation_check(), metrics=JwtMetrics(CollectorRegistry())
+        )
         svid = await source.fetch_jwt_svid(AUD)
         assert str(validator.validate(svid.token).spiffe_id) == ME
         # Twin: a token signed by another authority of the same name is not trusted.
@@ -265,7 +269,9 @@ async def test_agent_jwt_svid_validates_here_and_with_the_official_spiffe_client
     register(provider, ca.issue_x509_svid(ME))
     async with JwtSource(socket=agent.socket_path, backoff=FAST) as source:
         token = (await source.fetch_jwt_svid(AUD)).token
-        ours = JwtValidator(source, AUD, metrics=JwtMetrics(CollectorRegistry()))
+        ours = JwtValidator(
+            source, AUD, revocations=no_revocation_check(), metrics=JwtMetrics(CollectorRegistry())
+        )
         assert str(ours.validate(token).spiffe_id) == ME
         bundle = source.current().get(ca.trust_domain)
         assert bundle is not None
@@ -274,7 +280,10 @@ async def test_agent_jwt_svid_validates_here_and_with_the_official_spiffe_client
         # Twins: both refuse another audience and a token from a foreign key.
         with pytest.raises(InvalidToken):
             JwtValidator(
-                source, "spiffe://example.org/x", metrics=JwtMetrics(CollectorRegistry())
+                source,
+                "spiffe://example.org/x",
+                revocations=no_revocation_check(),
+                metrics=JwtMetrics(CollectorRegistry()),
             ).validate(token)
         with pytest.raises(spiffe.svid.errors.InvalidTokenError):
             spiffe.JwtSvid.parse_and_validate(token, theirs, {"spiffe://example.org/x"})
@@ -299,7 +308,12 @@ async def test_sync_workload_api_sources(
     try:
         assert x509_source.current().default_svid.serial == svid.serial
         token = (await asyncio.to_thread(jwt_source.fetch_jwt_svid, AUD)).token
-        validator = JwtValidator(jwt_source, AUD, metrics=JwtMetrics(CollectorRegistry()))
+        validator = JwtValidator(
+            jwt_source,
+            AUD,
+            revocations=no_revocation_check(),
+            metrics=JwtMetrics(CollectorRegistry()),
+        )
         assert str(validator.validate(token).spiffe_id) == ME
     finally:
         await asyncio.to_thread(x509_source.close)

@@ -27,6 +27,7 @@ from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
 
@@ -87,9 +88,15 @@ async def test_handler_reads_the_verified_peer_id(ca: TestAuthority, metrics: Pe
         source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
         metrics=metrics,
         authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     async with site(ctx) as (url, seen):
-        text = await get(url, spiffe_connector(client_source(ca), authorize=authorize_id(SERVER)))
+        text = await get(
+            url,
+            spiffe_connector(
+                client_source(ca), authorize=authorize_id(SERVER), revocations=no_revocation_check()
+            ),
+        )
     assert text == CLIENT
     assert seen == [CLIENT]
 
@@ -101,10 +108,13 @@ async def test_unauthorized_client_never_reaches_the_app(
         source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
         authorize=authorize_id(CLIENT),
         metrics=metrics,
+        revocations=no_revocation_check(),
     )
     async with site(ctx) as (url, seen):
         intruder = spiffe_connector(
-            client_source(ca, "spiffe://example.org/intruder"), authorize=authorize_any()
+            client_source(ca, "spiffe://example.org/intruder"),
+            authorize=authorize_any(),
+            revocations=no_revocation_check(),
         )
         with pytest.raises(aiohttp.ClientError):
             await get(url, intruder)
@@ -129,12 +139,19 @@ async def test_guard_aborts_in_connection_made_with_a_plain_context(
         lambda: server_src.current().bundles, authorize=authorize_id(CLIENT), metrics=metrics
     )
     async with site(plain, verifier) as (url, seen):
-        good = await get(url, spiffe_connector(client_source(ca), authorize=authorize_any()))
+        good = await get(
+            url,
+            spiffe_connector(
+                client_source(ca), authorize=authorize_any(), revocations=no_revocation_check()
+            ),
+        )
         assert good == CLIENT
         # Raw TLS client: send a full request, get no HTTP byte back.
         port = int(url.rsplit(":", 1)[1].strip("/"))
         ctx = client_context(
-            client_source(ca, "spiffe://example.org/intruder"), authorize=authorize_any()
+            client_source(ca, "spiffe://example.org/intruder"),
+            authorize=authorize_any(),
+            revocations=no_revocation_check(),
         )
         reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -152,9 +169,13 @@ async def test_client_rejects_impostor_server_on_each_new_connection(
     ca: TestAuthority, metrics: PeerMetrics
 ) -> None:
     server_src = source_of(ca.issue_x509_svid(SERVER), ca.bundle())
-    ctx = server_context(server_src, authorize=authorize_any())
+    ctx = server_context(server_src, authorize=authorize_any(), revocations=no_revocation_check())
     connector = spiffe_connector(
-        client_source(ca), authorize=authorize_id(SERVER), metrics=metrics, force_close=True
+        client_source(ca),
+        authorize=authorize_id(SERVER),
+        metrics=metrics,
+        force_close=True,
+        revocations=no_revocation_check(),
     )
     async with site(ctx) as (url, seen), aiohttp.ClientSession(connector=connector) as session:
         async with session.get(url) as resp:
@@ -185,8 +206,13 @@ async def test_client_response_keeps_the_server_id_after_the_connection_is_relea
     ca: TestAuthority,
 ) -> None:
     server_src = source_of(ca.issue_x509_svid(SERVER), ca.bundle())
-    ctx = server_context(server_src, authorize=authorize_any())
-    connector = spiffe_connector(client_source(ca), authorize=authorize_any(), force_close=True)
+    ctx = server_context(server_src, authorize=authorize_any(), revocations=no_revocation_check())
+    connector = spiffe_connector(
+        client_source(ca),
+        authorize=authorize_any(),
+        force_close=True,
+        revocations=no_revocation_check(),
+    )
     session = aiohttp.ClientSession(connector=connector, response_class=SpiffeClientResponse)
     async with site(ctx) as (url, _), session:
         async with session.get(url) as resp:
@@ -204,9 +230,13 @@ async def test_server_spiffe_id_without_the_response_class_is_not_authorized(
     ca: TestAuthority,
 ) -> None:
     ctx = server_context(
-        source_of(ca.issue_x509_svid(SERVER), ca.bundle()), authorize=authorize_any()
+        source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
-    connector = spiffe_connector(client_source(ca), authorize=authorize_id(SERVER))
+    connector = spiffe_connector(
+        client_source(ca), authorize=authorize_id(SERVER), revocations=no_revocation_check()
+    )
     session = aiohttp.ClientSession(connector=connector)
     async with site(ctx) as (url, _), session, session.get(url) as resp:
         assert await resp.text() == CLIENT

@@ -17,6 +17,7 @@ from s2s.testing import TestAuthority, new_key
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.crls import ChainIssuer
 from s2s.verifier.metrics import PeerMetrics
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import CrlFileRevocations
 from s2s.verifier.tls import client_context, server_context
 
@@ -72,11 +73,21 @@ async def test_revoked_leaf_in_crl_file_is_rejected(
     )
     async with serving(server_ctx) as served:
         assert await exchange(
-            served.port, client_context(source_of(good, ca.bundle()), authorize=authorize_any())
+            served.port,
+            client_context(
+                source_of(good, ca.bundle()),
+                authorize=authorize_any(),
+                revocations=no_revocation_check(),
+            ),
         ) == (CLIENT.encode())
         assert (
             await exchange(
-                served.port, client_context(source_of(bad, ca.bundle()), authorize=authorize_any())
+                served.port,
+                client_context(
+                    source_of(bad, ca.bundle()),
+                    authorize=authorize_any(),
+                    revocations=no_revocation_check(),
+                ),
             )
             == b""
         )

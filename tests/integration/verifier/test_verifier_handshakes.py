@@ -27,6 +27,7 @@ from s2s.verifier.authorize import authorize_any, authorize_id, authorize_member
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import InMemoryRevocations
 from s2s.verifier.tls import client_context, server_context
 
@@ -125,7 +126,10 @@ async def _server_checks_client(
     )
     client_src = source_of(case.svid, *_all_bundles(ca, other))
     client_ctx = client_context(
-        client_src, metrics=PeerMetrics(_registry()), authorize=authorize_any()
+        client_src,
+        metrics=PeerMetrics(_registry()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     async with serving(server_ctx) as served:
         answer = await exchange(served.port, client_ctx)
@@ -163,6 +167,7 @@ async def test_server_rejects_client_without_certificate(
         source_of(ca.issue_x509_svid(LOCAL), ca.bundle()),
         metrics=metrics,
         authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     plain = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     plain.check_hostname = False
@@ -179,7 +184,10 @@ async def _client_checks_server(
     case, reason = make_case(name, ca, other)
     server_src = source_of(case.svid, *_all_bundles(ca, other))
     server_ctx = server_context(
-        server_src, metrics=PeerMetrics(_registry()), authorize=authorize_any()
+        server_src,
+        metrics=PeerMetrics(_registry()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     client_src = source_of(ca.issue_x509_svid(LOCAL), *case.verifier_bundles)
     client_ctx = client_context(
@@ -216,9 +224,17 @@ async def test_injected_clock_expires_a_peer_openssl_still_accepts(
 ) -> None:
     clock = FakeClock(dt.datetime.now(dt.UTC))
     server_src = source_of(ca.issue_x509_svid(LOCAL), ca.bundle())
-    server_ctx = server_context(server_src, clock=clock, metrics=metrics, authorize=authorize_any())
+    server_ctx = server_context(
+        server_src,
+        clock=clock,
+        metrics=metrics,
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
+    )
     client_ctx = client_context(
-        source_of(ca.issue_x509_svid(PEER), ca.bundle()), authorize=authorize_any()
+        source_of(ca.issue_x509_svid(PEER), ca.bundle()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     async with serving(server_ctx) as served:
         assert await exchange(served.port, client_ctx) == PEER.encode()
@@ -232,15 +248,21 @@ async def test_blocking_sockets_verify_in_handshake(
 ) -> None:
     """sslsocket_class: a blocking client refuses an unauthorized server during connect."""
     server_ctx = server_context(
-        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), authorize=authorize_any()
+        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     good = client_context(
-        source_of(ca.issue_x509_svid(PEER), ca.bundle()), metrics=metrics, authorize=authorize_any()
+        source_of(ca.issue_x509_svid(PEER), ca.bundle()),
+        metrics=metrics,
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     pinned = client_context(
         source_of(ca.issue_x509_svid(PEER), ca.bundle()),
         authorize=authorize_id("spiffe://example.org/someone-else"),
         metrics=metrics,
+        revocations=no_revocation_check(),
     )
     async with serving(server_ctx) as served:
 

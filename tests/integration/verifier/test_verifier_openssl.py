@@ -18,6 +18,7 @@ from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.tls import client_context, server_context
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -66,6 +67,7 @@ def our_server_context(ca: TestAuthority, metrics: PeerMetrics) -> ssl.SSLContex
         source_of(ca.issue_x509_svid(SERVER), ca.bundle()),
         metrics=metrics,
         authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
 
 
@@ -75,6 +77,7 @@ def our_client_context(ca: TestAuthority, metrics: PeerMetrics) -> ssl.SSLContex
         source_of(ca.issue_x509_svid(CLIENT), ca.bundle()),
         authorize=authorize_id(SERVER),
         metrics=metrics,
+        revocations=no_revocation_check(),
     )
 
 

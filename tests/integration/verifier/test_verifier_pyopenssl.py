@@ -21,6 +21,7 @@ from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
 from s2s.verifier.pyopenssl import PyOpenSSLTls
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import InMemoryRevocations
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context
@@ -86,13 +87,16 @@ def _revoked(svid: X509Svid) -> InMemoryRevocations:
 def _server(ca: TestAuthority, metrics: PeerMetrics, bundles: BundleSet, **kw: Any) -> PyOpenSSLTls:
     src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), bundles))
     kw.setdefault("authorize", authorize_any())
+    kw.setdefault("revocations", no_revocation_check())
     return PyOpenSSLTls(src, server_side=True, metrics=metrics, **kw)
 
 
 def test_accepts_good_client(ca: TestAuthority, metrics: PeerMetrics) -> None:
     server = BlockingServer(_server(ca, metrics, BundleSet.of(ca.bundle())))
     client = client_context(
-        source_of(ca.issue_x509_svid(CLIENT), ca.bundle()), authorize=authorize_any()
+        source_of(ca.issue_x509_svid(CLIENT), ca.bundle()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     assert talk(server.port, client) == CLIENT.encode()
     assert str(server.finish()) == CLIENT
@@ -124,7 +128,9 @@ def test_rejects_bad_client_in_the_handshake(
         kw["authorize"] = authorize_id("spiffe://example.org/someone-else")
     server = BlockingServer(_server(ca, metrics, bundles, **kw))
     client = client_context(
-        source_of(svid, ca.bundle(), other_ca.bundle()), authorize=authorize_any()
+        source_of(svid, ca.bundle(), other_ca.bundle()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     assert talk(server.port, client) == b""
     outcome = server.finish()
@@ -147,19 +153,29 @@ def test_rejects_client_without_certificate(ca: TestAuthority, metrics: PeerMetr
 
 def test_server_rotation_swaps_context(ca: TestAuthority, metrics: PeerMetrics) -> None:
     src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), BundleSet.of(ca.bundle())))
-    tls = PyOpenSSLTls(src, server_side=True, metrics=metrics, authorize=authorize_any())
+    tls = PyOpenSSLTls(
+        src,
+        server_side=True,
+        metrics=metrics,
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
+    )
     new_ca = TestAuthority("example.org")
     src.set(X509Context((new_ca.issue_x509_svid(SERVER),), BundleSet.of(new_ca.bundle())))
     server = BlockingServer(tls)
     both = Bundle(trust_domain=ca.trust_domain, x509_authorities=(ca.root, new_ca.root))
     old_client = client_context(
-        source_of(ca.issue_x509_svid(CLIENT), both), authorize=authorize_any()
+        source_of(ca.issue_x509_svid(CLIENT), both),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     assert talk(server.port, old_client) == b""  # the old root was dropped
     assert isinstance(server.finish(), SSL.Error)
     server = BlockingServer(tls)
     new_client = client_context(
-        source_of(new_ca.issue_x509_svid(CLIENT), new_ca.bundle()), authorize=authorize_any()
+        source_of(new_ca.issue_x509_svid(CLIENT), new_ca.bundle()),
+        authorize=authorize_any(),
+        revocations=no_revocation_check(),
     )
     assert talk(server.port, new_client) == CLIENT.encode()
     assert str(server.finish()) == CLIENT
@@ -171,7 +187,13 @@ def test_pyopenssl_client_checks_server(ca: TestAuthority, metrics: PeerMetrics)
     for pinned, ok in ((SERVER, True), ("spiffe://example.org/other", False)):
         if not ok:
             server = BlockingServer(_server(ca, PeerMetrics(_reg()), BundleSet.of(ca.bundle())))
-        tls = PyOpenSSLTls(src, server_side=False, authorize=authorize_id(pinned), metrics=metrics)
+        tls = PyOpenSSLTls(
+            src,
+            server_side=False,
+            authorize=authorize_id(pinned),
+            metrics=metrics,
+            revocations=no_revocation_check(),
+        )
         sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         sock.setblocking(True)
         conn = SSL.Connection(tls.context, sock)

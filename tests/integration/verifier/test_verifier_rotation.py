@@ -21,6 +21,7 @@ from s2s.testing import TestAuthority
 from s2s.verifier.authorize import authorize_any, authorize_id
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509Context
@@ -54,8 +55,12 @@ async def test_rotation_during_a_stream_of_connections_fails_no_handshake(
     old, new = TestAuthority("example.org"), TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((old.issue_x509_svid(SERVER),), _bundles(old.root)))
     client_src = StaticX509Source(X509Context((old.issue_x509_svid(CLIENT),), _bundles(old.root)))
-    server_ctx = server_context(server_src, metrics=metrics, authorize=authorize_any())
-    client_ctx = client_context(client_src, metrics=metrics, authorize=authorize_any())
+    server_ctx = server_context(
+        server_src, metrics=metrics, authorize=authorize_any(), revocations=no_revocation_check()
+    )
+    client_ctx = client_context(
+        client_src, metrics=metrics, authorize=authorize_any(), revocations=no_revocation_check()
+    )
     both = _bundles(old.root, new.root)
     steps = [
         lambda: server_src.set_svids(old.issue_x509_svid(SERVER)),  # leaf rotation
@@ -103,7 +108,13 @@ async def test_rotation_during_a_stream_of_connections_fails_no_handshake(
         assert trusted == {new.root.serial_number}, "the dropped root is still in the store"
         # Rejecting twin: a client still holding an SVID of the dropped root is refused now.
         stale = StaticX509Source(X509Context((old.issue_x509_svid(CLIENT),), both))
-        assert await exchange(served.port, client_context(stale, authorize=authorize_any())) == b""
+        assert (
+            await exchange(
+                served.port,
+                client_context(stale, authorize=authorize_any(), revocations=no_revocation_check()),
+            )
+            == b""
+        )
         assert metrics.rejection_count("untrusted-root") == 1
 
 
@@ -111,9 +122,13 @@ async def test_client_context_follows_rotation_in_place(metrics: PeerMetrics) ->
     ca = TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
     client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
-    client_ctx = client_context(client_src, metrics=metrics, authorize=authorize_any())
+    client_ctx = client_context(
+        client_src, metrics=metrics, authorize=authorize_any(), revocations=no_revocation_check()
+    )
     first = client_ctx.s2s.current()
-    async with serving(server_context(server_src, authorize=authorize_any())) as served:
+    async with serving(
+        server_context(server_src, authorize=authorize_any(), revocations=no_revocation_check())
+    ) as served:
         assert await exchange(served.port, client_ctx) == CLIENT.encode()
         client_src.set_svids(ca.issue_x509_svid("spiffe://example.org/renamed"))
         assert await exchange(served.port, client_ctx) == b"spiffe://example.org/renamed"
@@ -133,14 +148,21 @@ async def test_rotation_from_another_thread_under_blocking_clients(metrics: Peer
     ca = TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
     client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
-    client_ctx = client_context(client_src, metrics=metrics, authorize=authorize_any())
+    client_ctx = client_context(
+        client_src, metrics=metrics, authorize=authorize_any(), revocations=no_revocation_check()
+    )
     svids = [ca.issue_x509_svid(CLIENT) for _ in range(20)]
     stop = threading.Event()
     failures: list[BaseException] = []
     answers: list[bytes] = []
 
     async with serving(
-        server_context(server_src, metrics=metrics, authorize=authorize_any())
+        server_context(
+            server_src,
+            metrics=metrics,
+            authorize=authorize_any(),
+            revocations=no_revocation_check(),
+        )
     ) as served:
 
         def connect_many() -> None:
@@ -174,9 +196,21 @@ async def test_current_context_used_directly_still_verifies(metrics: PeerMetrics
     ca = TestAuthority("example.org")
     server_src = StaticX509Source(X509Context((ca.issue_x509_svid(SERVER),), _bundles(ca.root)))
     client_src = StaticX509Source(X509Context((ca.issue_x509_svid(CLIENT),), _bundles(ca.root)))
-    pinned = client_context(client_src, authorize=authorize_id(SERVER), metrics=metrics)
-    wrong = client_context(client_src, authorize=authorize_id(CLIENT), metrics=metrics)
-    async with serving(server_context(server_src, authorize=authorize_any())) as served:
+    pinned = client_context(
+        client_src,
+        authorize=authorize_id(SERVER),
+        metrics=metrics,
+        revocations=no_revocation_check(),
+    )
+    wrong = client_context(
+        client_src,
+        authorize=authorize_id(CLIENT),
+        metrics=metrics,
+        revocations=no_revocation_check(),
+    )
+    async with serving(
+        server_context(server_src, authorize=authorize_any(), revocations=no_revocation_check())
+    ) as served:
         assert await exchange(served.port, pinned.s2s.current()) == CLIENT.encode()
         with pytest.raises(PeerRejected):
             await exchange(served.port, wrong.s2s.current())

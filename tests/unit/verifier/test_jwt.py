@@ -41,6 +41,7 @@ from s2s.verifier.jwt import (
     JwtMetrics,
     JwtValidator,
 )
+from s2s.verifier.revocation_choice import no_revocation_check
 
 # --- the accepting case and its twins -------------------------------------------------------
 
@@ -317,7 +318,11 @@ def test_bundles_not_yet_known_are_unavailable_not_a_verdict(
         raise Unavailable("the JWT source has not received bundles yet")
 
     validator = JwtValidator(
-        Lookup(no_bundles_yet), AUD, clock=fake_clock, metrics=JwtMetrics(CollectorRegistry())
+        Lookup(no_bundles_yet),
+        AUD,
+        revocations=no_revocation_check(),
+        clock=fake_clock,
+        metrics=JwtMetrics(CollectorRegistry()),
     )
     with pytest.raises(Unavailable):
         validator.validate(authority.issue_jwt_svid(WORKLOAD, AUD))
@@ -333,6 +338,6 @@ def test_bundles_not_yet_known_are_unavailable_not_a_verdict(
     ],
 )
 def test_bad_configuration_is_refused(authority: TestAuthority, kwargs: dict[str, Any]) -> None:
-    args: dict[str, Any] = {"audience": AUD, **kwargs}
+    args: dict[str, Any] = {"audience": AUD, "revocations": no_revocation_check(), **kwargs}
     with pytest.raises(InvalidConfig):
         JwtValidator(BundleSet.of(authority.bundle()), **args)

@@ -26,6 +26,7 @@ from s2s.verifier.jwt import (
     JwtMetrics,
     JwtValidator,
 )
+from s2s.verifier.revocation_choice import no_revocation_check
 
 # --- the cache ----------------------------------------------------------------------------------
 
@@ -115,7 +116,8 @@ def test_concurrent_validations_never_accept_after_seeing_a_revocation(h: Harnes
 
 def test_cache_is_bounded_lru(fake_clock: FakeClock, authority: TestAuthority) -> None:
     validator = JwtValidator(
-        BundleSet.of(authority.bundle()), AUD, clock=fake_clock, cache_size=2,
+        BundleSet.of(authority.bundle()), AUD, revocations=no_revocation_check(),
+        clock=fake_clock, cache_size=2,
         metrics=JwtMetrics(CollectorRegistry()),
     )  # fmt: skip
     a, b, c = (authority.issue_jwt_svid(f"{WORKLOAD}/{n}", AUD) for n in "abc")
@@ -132,7 +134,8 @@ def test_cache_is_bounded_lru(fake_clock: FakeClock, authority: TestAuthority) -
 
 def test_cache_can_be_disabled(fake_clock: FakeClock, authority: TestAuthority) -> None:
     validator = JwtValidator(
-        BundleSet.of(authority.bundle()), AUD, clock=fake_clock, cache_size=0,
+        BundleSet.of(authority.bundle()), AUD, revocations=no_revocation_check(),
+        clock=fake_clock, cache_size=0,
         metrics=JwtMetrics(CollectorRegistry()),
     )  # fmt: skip
     token = authority.issue_jwt_svid(WORKLOAD, AUD)
