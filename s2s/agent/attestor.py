@@ -169,11 +169,7 @@ class UnixAttestor:
         :class:`NotAuthorized` if the process no longer has the image ``peer`` was admitted with
         (it exec'd another binary or changed its groups since its connection was accepted)."""
         image = self._image(peer)
-        if peer.image is not None and image != peer.image:
-            raise NotAuthorized(
-                f"process {peer.pid} is not the process that opened this connection: "
-                f"{_what_changed(peer.image, image)}; reconnect from the process that calls"
-            )
+        _held_to_admission(peer, image)
         out = [Selector("unix", f"uid:{peer.uid}"), Selector("unix", f"gid:{peer.gid}")]
         if (user := self._user_name(peer.uid)) is not None:
             out.append(Selector("unix", f"user:{user}"))
@@ -191,6 +187,14 @@ class UnixAttestor:
                     out.append(Selector("unix", f"sha256:{digest}"))
         self._check_same_process(peer)
         return frozenset(out)
+
+    def recheck(self, peer: PeerCredentials) -> None:
+        """What :meth:`attest` checks about the caller, without deriving selectors: the process
+        still has its admitted image and start time (errors as :meth:`attest`). Selectors
+        derive from that image, so ones obtained earlier for ``peer`` still hold (bar renamed
+        accounts, which the next :meth:`attest` picks up)."""
+        _held_to_admission(peer, self._image(peer))
+        self._check_same_process(peer)
 
     def _image(self, peer: PeerCredentials) -> ProcessImage:
         """The process's image now; its effective ids must still be the connect-time ones."""
@@ -280,6 +284,14 @@ def _groups(status: dict[str, str]) -> tuple[int, ...]:
         return tuple(sorted({int(g) for g in status.get("Groups", "").split()}))
     except ValueError as exc:
         raise AttestationFailed("malformed Groups line in /proc status") from exc
+
+
+def _held_to_admission(peer: PeerCredentials, image: ProcessImage) -> None:
+    if peer.image is not None and image != peer.image:
+        raise NotAuthorized(
+            f"process {peer.pid} is not the process that opened this connection: "
+            f"{_what_changed(peer.image, image)}; reconnect from the process that calls"
+        )
 
 
 def _what_changed(before: ProcessImage, now: ProcessImage) -> str:

@@ -19,10 +19,11 @@ A caller is attested twice: when its connection is accepted (:meth:`Attestor.adm
 call (:meth:`Attestor.attest`), which refuses the call (PERMISSION_DENIED, and every later call on
 that connection) when the process behind the connection has exec'd another binary or changed its
 ids since: a process that connects, forks and execs a registered binary does not lend that
-binary's identity to the child that keeps the connection. An open stream is attested again before
-every message it is sent and at least every ``reattest_interval``; it ends when its caller no
-longer passes. Attestation runs on an :class:`AttestationPool` of its own; connections are bounded
-per uid and in total and closed when idle (:class:`WorkloadLimits`).
+binary's identity to the child that keeps the connection. An open stream's caller is checked again
+before every message it is sent (:meth:`Attestor.recheck`) and attested in full at least every
+``reattest_interval``; the stream ends when its caller no longer passes. Attestation runs on an
+:class:`AttestationPool` of its own; connections are bounded per uid and in total and closed when
+idle (:class:`WorkloadLimits`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -61,6 +62,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "SpiffeWorkloadAPI"  # upstream proto has no package
+_T = TypeVar("_T")
 MAX_REQUEST_BYTES = 1 << 20
 
 
@@ -106,6 +108,10 @@ class Attestor(Protocol):
 
     def attest(self, peer: PeerCredentials) -> frozenset[Selector]:
         """Selectors for a call; ``NotAuthorized`` if the caller is not the admitted process."""
+        ...
+
+    def recheck(self, peer: PeerCredentials) -> None:
+        """The caller is still the admitted process (errors as ``attest``), selectors aside."""
         ...
 
 
@@ -269,20 +275,33 @@ class WorkloadApiServer:
         build: Callable[[frozenset[Selector]], bytes],
         selectors: frozenset[Selector] | None = None,
     ) -> AsyncIterator[bytes]:
-        """First message at once, then the full state after every change; no duplicates. The
-        caller is attested before every message and at least every ``reattest_interval``."""
+        """First message at once, then the full state after every change; no duplicates.
+
+        Before every message the caller is checked to still be the process that connected
+        (:meth:`Attestor.recheck`: ids, binary, start time; the selectors derive from those), and
+        at least every ``reattest_interval`` it is attested in full (fresh selectors)."""
+        loop = asyncio.get_running_loop()
+        interval = self._limits.reattest_interval
+        if selectors is None:
+            selectors = await self._attest(ctx)
+        attested_at = loop.time()
         last = b""
         version = self._provider.version
         while True:
-            data = build(selectors if selectors is not None else await self._attest(ctx))
-            selectors = None
+            data = build(selectors)
             if data != last:
                 yield data
                 last = data
             with contextlib.suppress(TimeoutError):
                 version = await asyncio.wait_for(
-                    self._provider.wait_for_update(version), self._limits.reattest_interval
+                    self._provider.wait_for_update(version),
+                    max(attested_at + interval - loop.time(), 0.0),
                 )
+            if loop.time() - attested_at >= interval:
+                selectors = await self._attest(ctx)
+                attested_at = loop.time()
+            else:
+                await self._check_caller(ctx, self._attestor.recheck)
 
     async def _jwt_svid(self, req: Any, ctx: Ctx) -> pb.JWTSVIDResponse:
         audience = tuple(req.audience)
@@ -323,11 +342,16 @@ class WorkloadApiServer:
         return await self._pool.run(uid, admit)
 
     async def _attest(self, ctx: Ctx) -> frozenset[Selector]:
+        return await self._check_caller(ctx, self._attestor.attest)
+
+    async def _check_caller(self, ctx: Ctx, check: Callable[[PeerCredentials], _T]) -> _T:
+        """``check(peer)`` on the attestation pool; a caller found to be another process than
+        the one that connected loses the connection's every later call."""
         if self._proxy is None or self._pool is None:
             raise Unavailable("the Workload API is shutting down")
         peer = self._proxy.credentials(ctx.peer())
         try:
-            return await self._pool.run(peer.uid, self._attestor.attest, peer)
+            return await self._pool.run(peer.uid, check, peer)
         except NotAuthorized as exc:
             log.warning("workload_api.caller_changed", extra={"pid": peer.pid, "error": str(exc)})
             self._proxy.refuse_calls(ctx.peer(), exc)

@@ -146,3 +146,20 @@ def test_hash_cache_is_bounded_and_follows_content(tmp_path: Path, proc: FakePro
 def test_bad_cache_size() -> None:
     with pytest.raises(InvalidConfig):
         AttestorConfig(hash_cache_size=0)
+
+
+def test_recheck_holds_the_caller_to_its_image_and_start_time(
+    tmp_path: Path, proc: FakeProc
+) -> None:
+    exe = binary(tmp_path, "billing")
+    proc.process(7, exe)
+    unix = attestor(proc)
+    admitted = unix.admit(peer())
+    unix.recheck(admitted)  # unchanged: passes
+    proc.exec(7, binary(tmp_path, "other"))
+    with pytest.raises(NotAuthorized, match="not the process that opened this connection"):
+        unix.recheck(admitted)
+    proc.exec(7, exe)
+    (proc.root / "7" / "stat").write_text(f"7 (x) {FIELDS.replace(' 22 ', ' 23 ')}\n")
+    with pytest.raises(AttestationFailed, match="pid now names another process"):
+        unix.recheck(admitted)  # the pid was reused
