@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
+
+from cryptography import x509
 
 from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
 from s2s.agent.cache import SvidCache
 from s2s.core.errors import S2SError
-from s2s.core.revocation import RevocationSet
+from s2s.core.revocation import RevocationKind, RevocationSet
 from s2s.log import F
 from s2s.verifier.feeds import RevocationFeed
 
@@ -48,6 +51,8 @@ class RevocationFollower:
         self.crl_interval = crl_interval
         self._backoff = backoff or Backoff()
         self._crl_wake = asyncio.Event()
+        self._listed: frozenset[int] = frozenset()  # revoked serials in the feed's last set
+        self._wanted: frozenset[int] = frozenset()  # new ones the CRLs are still to list
         self.crl_fetches = 0
 
     async def run(self) -> None:
@@ -61,6 +66,11 @@ class RevocationFollower:
             unsubscribe()
 
     def _changed(self, revoked: RevocationSet) -> None:
+        serials = frozenset(
+            int(r.value, 16) for r in revoked.records() if r.kind is RevocationKind.SERIAL
+        )
+        self._wanted = (self._wanted | (serials - self._listed)) & serials
+        self._listed = serials
         dropped = self.cache.drop_revoked(revoked)
         if dropped:
             log.warning("agent.revoked_svids_replaced", extra={F.COUNT: dropped})
@@ -79,17 +89,25 @@ class RevocationFollower:
 
     async def _refresh_crls(self, *, expect_change: bool) -> None:
         """Fetch the CRLs; after a revocation, ask again a few times (50 ms doubling, ~3 s in
-        all) until they change: the CA rebuilds them just after the record is stored, so a
-        fetch right after the feed saw the record can still get the previous ones."""
+        all) until they list each serial newly revoked in the feed: the CA rebuilds them just
+        after the record is stored, so a fetch right after the feed saw the record can still get
+        the previous ones. (That the bytes changed does not tell: CRLs are also re-signed for a
+        new intermediate or by another replica, without the new record.)"""
         delay = CRL_RETRY_START
-        for _ in range(CRL_RETRIES):
+        asked = self._wanted
+        listed: frozenset[int] = frozenset()
+        for attempt in range(CRL_RETRIES):
             crls = await self._fetch_crls()
-            changed = crls != self.cache.crls()
             self.cache.set_crls(crls)
-            if changed or not expect_change:
-                return
-            await asyncio.sleep(delay)
-            delay *= 2
+            listed = listed_serials(crls)
+            if not expect_change or self._wanted <= listed:
+                break
+            if attempt + 1 < CRL_RETRIES:
+                await asyncio.sleep(delay)
+                delay *= 2
+        # Listed, or given up on (a serial of an issuer the CA no longer signs CRLs for); what
+        # the feed added meanwhile is still asked for.
+        self._wanted = self._wanted - asked - listed
 
     async def _fetch_crls(self) -> tuple[bytes, ...]:
         while True:
@@ -102,3 +120,15 @@ class RevocationFollower:
             self._backoff.reset()
             self.crl_fetches += 1
             return crls
+
+
+def listed_serials(crls: Iterable[bytes]) -> frozenset[int]:
+    """The serials the DER CRLs ``crls`` list (a CRL that does not parse lists none)."""
+    out: set[int] = set()
+    for der in crls:
+        try:
+            crl = x509.load_der_x509_crl(der)
+        except ValueError:
+            continue
+        out.update(entry.serial_number for entry in crl)
+    return frozenset(out)
