@@ -13,7 +13,8 @@ verdict tells, a failed call counts as failed. A revoked credential is *covered*
 * ``jti``: that JWT-SVID;
 * ``spiffe_id``: everything issued to the ID before the revocation (an SVID's issue time is its
   notBefore plus the CA's backdate; a JWT-SVID's is its ``iat``);
-* ``agent``: everything its workloads hold (the agent is banned: nothing new is issued).
+* ``agent``: everything its workloads hold (the agent is banned: nothing new is issued), so
+  every call from or to such a workload after the revocation is an expected refusal.
 
 For refusals the cover is read leniently (issued before ``revoke`` returned), for acceptances
 strictly (issued before ``revoke`` started, less a second), so the uncertain second in between
@@ -269,10 +270,9 @@ def _classify_one(
     if any(revoked.covered_by(c, at, backdate=backdate, strict=False) for c, at in refused):
         tally.expected_refusals += 1
         return
-    if any(
-        r.kind == "agent" and t0 >= r.t_start for r in revoked.candidates(Credential(caller_id))
-    ):
-        tally.expected_refusals += 1  # the banned agent's workload has no identity any more
+    banned = (Credential(caller_id), Credential(server_id))
+    if any(r.kind == "agent" and t0 >= r.t_start for c in banned for r in revoked.candidates(c)):
+        tally.expected_refusals += 1  # the banned agent's workload has no valid identity left
         return
     tally.attempted += 1
     tally.failed += 1

@@ -16,7 +16,8 @@ def _rotations(ca_events: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     for e in ca_events:
         event = e.get("event")
         if event == "authority.activated":
-            count[f"{e.get('kind', '?')}_activated"] += 1
+            kind = str(e.get("kind", "?"))
+            count["jwt_key_activated" if kind == "jwt" else "intermediate_activated"] += 1
         elif event in ("root_rotation.activated", "root_rotation.retired"):
             count[str(event).split(".")[1] + "_root"] += 1
     return dict(count)
@@ -58,7 +59,7 @@ def build_report(
                 failures.append(f"no revocation by {kind} was made")
         if not any(r.get("done") for r in roots):
             failures.append("no rotate-root reached [done]")
-    if not rotations.get("x509_activated"):
+    if not rotations.get("intermediate_activated"):
         failures.append("no intermediate rotation was seen")
     if processes.get("left_behind"):
         failures.append(f"processes left behind: {processes['left_behind']}")
@@ -78,6 +79,16 @@ def build_report(
         "calls": tally.to_json(),
         "revocations": {
             "count": dict(revoked_kinds),
+            "log": [
+                {
+                    "kind": r.kind,
+                    "value": r.value,
+                    "target": r.target,
+                    "t_start": round(r.t_start, 3),
+                    "took_s": round(r.t_done - r.t_start, 3),
+                }
+                for r in (scenario.revocations if scenario else [])
+            ],
             "bounds_s": dict(bounds),
             "by_path": {p: lat.to_json() for p, lat in sorted(latencies.items())},
         },
