@@ -142,6 +142,7 @@ class WorkloadApiServer:
         self._pool: AttestationPool | None = None
         self._proxy: PeerTaggingProxy | None = None
         self._server: grpc.aio.Server | None = None
+        self._rechecks: dict[tuple[str, int], asyncio.Task[None]] = {}
 
     @property
     def socket_path(self) -> str:
@@ -301,7 +302,7 @@ class WorkloadApiServer:
                 selectors = await self._attest(ctx)
                 attested_at = loop.time()
             else:
-                await self._check_caller(ctx, self._attestor.recheck)
+                await self._recheck(ctx, version)
 
     async def _jwt_svid(self, req: Any, ctx: Ctx) -> pb.JWTSVIDResponse:
         audience = tuple(req.audience)
@@ -343,6 +344,23 @@ class WorkloadApiServer:
 
     async def _attest(self, ctx: Ctx) -> frozenset[Selector]:
         return await self._check_caller(ctx, self._attestor.attest)
+
+    async def _recheck(self, ctx: Ctx, version: int) -> None:
+        """:meth:`Attestor.recheck` of this stream's caller after ``version`` was published,
+        shared by the streams of one connection that wake for the same version (a process's
+        channels share one connection, so a push would otherwise check it once per stream)."""
+        key = (ctx.peer(), version)
+        shared = self._rechecks.get(key)
+        if shared is None:
+            shared = asyncio.ensure_future(self._check_caller(ctx, self._attestor.recheck))
+            self._rechecks[key] = shared
+            shared.add_done_callback(lambda task: self._recheck_done(key, task))
+        await asyncio.shield(shared)
+
+    def _recheck_done(self, key: tuple[str, int], task: asyncio.Task[None]) -> None:
+        self._rechecks.pop(key, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every stream waiting on it may have gone
 
     async def _check_caller(self, ctx: Ctx, check: Callable[[PeerCredentials], _T]) -> _T:
         """``check(peer)`` on the attestation pool; a caller found to be another process than
