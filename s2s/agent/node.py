@@ -43,6 +43,7 @@ from s2s.core.bundle import Bundle
 from s2s.core.clock import Clock
 from s2s.core.errors import (
     AttestationFailed,
+    Conflict,
     InvalidBundle,
     InvalidConfig,
     InvalidSvid,
@@ -260,12 +261,15 @@ class NodeAttestor:
             self._jitter = jitter_from(self._rand)
 
     async def _retrying(self, step: Callable[[], Awaitable[AgentIdentity]]) -> AgentIdentity:
+        """``step`` until it succeeds. A CA that is away, and a renewal that raced another
+        update of the agent's record on the CA (Conflict: another replica recorded the bundle
+        the agent reported meanwhile), are retried with backoff; they must not end the agent."""
         while True:
             try:
                 await step()
                 self._backoff.reset()
                 return self.identity
-            except Unavailable as exc:
+            except (Unavailable, Conflict) as exc:
                 log.warning("agent.ca_unavailable", extra={F.ERROR: str(exc)})
                 await sleep_backoff(self._backoff)
 

@@ -18,7 +18,7 @@ from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient
 from s2s.agent.node import IDENTITY_FILE, NodeAttestor, build_csr, new_key
 from s2s.core.bundle import Bundle
 from s2s.core.clock import FakeClock, SystemClock
-from s2s.core.errors import AttestationFailed, InvalidConfig, NotFound, Unavailable
+from s2s.core.errors import AttestationFailed, Conflict, InvalidConfig, NotFound, Unavailable
 from s2s.testing import TestAuthority
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
@@ -176,6 +176,36 @@ async def test_the_renewal_comes_due_at_half_life_and_stays_due(make_harness: An
         assert node.next_renewal() <= clock.now()
     finally:
         await node._client.close()
+
+
+async def test_a_renewal_that_races_another_update_of_the_agent_record_is_retried(
+    harness: Any, make_node: MakeNode
+) -> None:
+    """The CA answers Conflict when the agent's record changed between authorizing the renewal
+    and recording its new serial (another replica recorded the agent's bundle report); the
+    agent retries instead of ending (it used to exit on that answer)."""
+    token, _ = await harness.ca.join_token()
+    node = make_node(harness.config(token=token))
+    first = await node.start()
+    registry = harness.ca.server.registry
+    stage = registry.stage_agent_serial
+    raced: list[int] = []
+
+    async def racing_stage(agent: Any, **kwargs: Any) -> Any:
+        if not raced:  # a concurrent write moves the record on, once
+            raced.append(1)
+            await registry.record_bundle_sequence(agent, agent.bundle_sequence + 1)
+        return await stage(agent, **kwargs)
+
+    registry.stage_agent_serial = racing_stage
+    # Twin: the renewal itself meets the Conflict (what the agent saw) ...
+    with pytest.raises(Conflict, match="re-read and retry"):
+        await node.renew()
+    # ... and the renewal loop's step retries it and gets a new SVID.
+    raced.clear()
+    renewed = await asyncio.wait_for(node._retrying(node.renew), 10)
+    assert renewed.svid.serial != first.svid.serial
+    assert len(raced) == 1
 
 
 async def test_evicted_agent_reattests_only_when_the_ca_says_unknown(
