@@ -67,6 +67,7 @@ async def soak(plan: Plan, root: Path) -> dict[str, Any]:
         say(f"FAILED: {error}")
     finally:
         t_end = time.time()
+        crashed = system.crashed(scenario.banned if scenario else set())
         say("stopping every process")
         codes = await system.shutdown()
     await asyncio.sleep(0.5)  # the kernel reaps the last children's own children
@@ -90,6 +91,7 @@ async def soak(plan: Plan, root: Path) -> dict[str, Any]:
     svids = Counter(str(r["w"]) for r in system.records if r.get("k") == "svid")
     processes = {
         "started": len(pids),
+        "crashed": crashed,
         "exit_codes": codes,
         "restarts": {n: p.starts - 1 for n, p in system.procs.items() if p.starts > 1},
         "left_behind": left,
@@ -120,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = short_plan() if args.short else long_plan(args.duration or DEFAULT_DURATION)
     if args.short and args.duration:
         parser.error("--short has its own duration")
+    if args.dir is not None and args.dir.exists() and any(args.dir.iterdir()):
+        parser.error(f"{args.dir} is not empty (another run's?); pick a new --dir")
     root = args.dir or Path(tempfile.mkdtemp(prefix="s2s-soak-", dir="/tmp"))
     root.mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)  # workloads of other uids reach the agent sockets below it

@@ -61,6 +61,7 @@ def build_report(
             failures.append("no rotate-root reached [done]")
     if not rotations.get("intermediate_activated"):
         failures.append("no intermediate rotation was seen")
+    failures += processes.get("crashed", [])
     if processes.get("left_behind"):
         failures.append(f"processes left behind: {processes['left_behind']}")
     return {

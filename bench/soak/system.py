@@ -17,7 +17,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -344,6 +344,18 @@ class System:
     def _stop_etcd_all(self) -> None:
         for member in self.etcd.members:
             member.stop()
+
+    def crashed(self, expected: Collection[str] = ()) -> list[str]:
+        """Processes that exited without being asked to (before the shutdown), but ``expected``."""
+        out = []
+        for name, proc in self.procs.items():
+            if name in expected:
+                continue
+            child = proc.child
+            if child is not None and not child.running and not child.stopping:
+                code = None if child.process is None else child.process.returncode
+                out.append(f"{name} exited by itself (code {code}); see {self.logs}/{name}.log")
+        return out
 
     def all_pids(self) -> list[int]:
         pids = [pid for proc in self.procs.values() for pid in proc.pids]
