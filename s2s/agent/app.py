@@ -25,6 +25,7 @@ from s2s.agent.config import AgentConfig
 from s2s.agent.metrics import CONTENT_TYPE, AgentMetrics
 from s2s.agent.node import AgentIdentity, NodeAttestor
 from s2s.agent.revocations import RevocationFollower
+from s2s.agent.revocations_api import DEFAULT_HEARTBEAT, RevocationsService
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
@@ -53,6 +54,7 @@ class AgentTuning:
     health_interval: float = 1.0
     first_sync_timeout: float = FIRST_SYNC_TIMEOUT
     revocations_max_staleness: float = DEFAULT_MAX_STALENESS  # then ValidateJWTSVID fails closed
+    revocations_heartbeat: float = DEFAULT_HEARTBEAT  # s2s.agent.v1.Revocations quiet-stream beat
 
 
 class Agent:
@@ -115,7 +117,8 @@ class Agent:
             group.create_task(cache.run(), name="cache")
             group.create_task(self.revocations.run(), name="revocations")
             await self._first_sync(cache, feed)
-            await self._serve(cache)
+            heartbeat = self.tuning.revocations_heartbeat
+            await self._serve(cache, RevocationsService(feed, heartbeat=heartbeat))
             group.create_task(self._health_loop(cache), name="health")
 
     async def _revocation_feed(self) -> RevocationFeed:
@@ -156,7 +159,7 @@ class Agent:
         while not feed.synced.is_set() and feed.last_error is None and loop.time() < deadline:
             await asyncio.sleep(FEED_SYNC_POLL)
 
-    async def _serve(self, cache: SvidCache) -> None:
+    async def _serve(self, cache: SvidCache, revocations_api: RevocationsService) -> None:
         attestor = UnixAttestor(AttestorConfig(sha256_max_bytes=self.config.sha256_max_bytes))
         server = WorkloadApiServer(
             provider=cache,
@@ -165,6 +168,7 @@ class Agent:
             observe=self.metrics.observe_call,
             observe_connection=self.metrics.observe_connection,
             limits=self.config.workload_limits(),
+            extensions=(revocations_api,),  # the agent's revocations, for JWT-SVID verifiers
         )
         await server.start()
         self.server = server

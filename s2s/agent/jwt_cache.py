@@ -27,6 +27,7 @@ from s2s.core.errors import S2SError, Unavailable
 from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.jwt import BundleLookup, JwtValidator
+from s2s.verifier.revocation_choice import no_revocation_check
 
 __all__ = ["MAX_JWT_CACHE", "MAX_VALIDATORS", "JwtSvidCache"]
 
@@ -118,7 +119,13 @@ class JwtSvidCache:
             if len(self._validators) >= MAX_VALIDATORS:
                 self._validators.clear()
             validator = JwtValidator(
-                self._bundles, audience, revocations=self._revocations, clock=self._clock
+                self._bundles,
+                audience,
+                # No feed (tests, tools): nothing to check, said explicitly.
+                revocations=no_revocation_check()
+                if self._revocations is None
+                else self._revocations,
+                clock=self._clock,
             )
             self._validators[audience] = validator
         result = validator.validate(token)

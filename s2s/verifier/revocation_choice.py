@@ -4,12 +4,13 @@ Every verifier entry point (the TLS contexts, the aiohttp connector, the pyOpenS
 :class:`~s2s.verifier.jwt.JwtValidator`) takes ``revocations=``. Left out, it means *the
 source's own revocations*: :attr:`X509Source.revocations` (the agent's CRLs), the
 ``revocations`` of the sync facades, :attr:`JwtSource.revocations` (the agent's revocation
-stream). A source that carries none (``StaticX509Source``, ``PemFileX509Source``, a bare
-``BundleSet``) has nothing to default to, and silently checking nothing would accept revoked
-credentials, so the caller must choose, as they choose an authorizer: pass a lookup
-(``EtcdRevocationFeed``, ``CaRevocationFeed``, ``CrlFileRevocations``, ...) or opt out with
-``revocations=no_revocation_check()``. Otherwise :func:`resolve_revocations` raises
-:class:`InvalidConfig` naming both.
+stream). A lookup that says it cannot serve (``unsupported``: the agent does not serve the
+stream) is not a default either. A source that carries none (``StaticX509Source``,
+``PemFileX509Source``, a bare ``BundleSet``) has nothing to default to, and silently checking
+nothing would accept revoked credentials, so the caller must choose, as they choose an
+authorizer: pass a lookup (``EtcdRevocationFeed``, ``CaRevocationFeed``,
+``CrlFileRevocations``, ...) or opt out with ``revocations=no_revocation_check()``. Otherwise
+:func:`resolve_revocations` raises :class:`InvalidConfig` naming both.
 
 >>> no_revocation_check().current() is RevocationSet.EMPTY
 True
@@ -63,6 +64,14 @@ def resolve_revocations(
         return revocations
     own = source_revocations(source)
     if own is not None:
+        unsupported = getattr(own, "unsupported", None)  # e.g. the agent does not serve them
+        if isinstance(unsupported, str) and unsupported:
+            raise InvalidConfig(
+                f"{what}: the revocations of {type(source).__name__} cannot be used: "
+                f"{unsupported}; pass revocations=<a lookup> (an EtcdRevocationFeed, a "
+                "CaRevocationFeed, ...) or, to accept revoked credentials, "
+                "revocations=no_revocation_check()"
+            )
         return own
     raise InvalidConfig(
         f"{what}: {type(source).__name__} carries no revocations, so nothing would be checked: "

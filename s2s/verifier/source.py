@@ -30,7 +30,8 @@ from s2s.core.errors import InvalidRequest, S2SError, Unavailable
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 from s2s.verifier.crls import DEFAULT_CRL_GRACE, CrlBook, CrlLookup
-from s2s.verifier.feeds import RevocationsStale
+from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationsStale
+from s2s.verifier.feeds_agent import AgentRevocationFeed
 from s2s.verifier.revocations import parse_crls
 from s2s.verifier.source_common import DEFAULT_START_TIMEOUT, Subscribers, cancel_task
 from s2s.verifier.source_pem import PemFileX509Source
@@ -214,10 +215,60 @@ class X509Source(_WatchedSource[X509Update]):
 
 
 class JwtSource(_WatchedSource[BundleSet]):
-    """JWT bundles from the Workload API (a ``BundleLookup`` for :class:`JwtValidator`) and
-    JWT-SVIDs for this workload."""
+    """JWT bundles from the Workload API (a ``BundleLookup`` for :class:`JwtValidator`),
+    JWT-SVIDs for this workload, and the agent's revocations.
+
+    ``revocations`` (an :class:`AgentRevocationFeed`) follows the agent's s2s revocation stream
+    on the same socket, so ``JwtValidator(source, ...)`` refuses tokens revoked by ``jti`` or by
+    SPIFFE ID about a second after ``s2s-ca revoke``; it lags and then fails closed past
+    ``revocations_max_staleness`` seconds (read from ``clock``) like the other feeds. :meth:`start`
+    also waits (within its timeout) for the first revocation set, or for the agent to say it does
+    not serve the stream, without failing on it.
+    """
 
     _what = "JWT bundle"
+
+    def __init__(
+        self,
+        client: WorkloadApiClient | None = None,
+        *,
+        socket: str | None = None,
+        backoff: Backoff = Backoff(),
+        rand: Callable[[], float] = random.random,
+        clock: Clock | None = None,
+        revocations_max_staleness: float = DEFAULT_MAX_STALENESS,
+    ) -> None:
+        super().__init__(client, socket=socket, backoff=backoff, rand=rand)
+        self.revocations = AgentRevocationFeed(
+            lambda: self._client,
+            delay=lambda attempt: self._backoff.delay(attempt, self._rand()),
+            max_staleness=revocations_max_staleness,
+            clock=clock,
+        )
+
+    async def start(self, timeout: float = DEFAULT_START_TIMEOUT) -> None:
+        """Open the bundle and revocation streams; wait for the bundles (Unavailable after
+        ``timeout`` s) and, within what is left of it, for the first revocation set."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        if self._client is None:  # one client (one channel) for both streams
+            self._client, self._owns_client = WorkloadApiClient(self._socket), True
+        self.revocations.ensure_started()
+        await super().start(timeout)
+        left = max(0.0, timeout - (loop.time() - began))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.revocations.settled.wait(), left)
+        if not self.revocations.settled.is_set():
+            _log.warning(
+                "source.revocations_pending",
+                extra={F.ERROR: "no revocation set from the agent yet; tokens are refused "
+                       "(revocations-stale) until it arrives"},
+            )  # fmt: skip
+
+    async def close(self) -> None:
+        """Stop both streams; the last bundles and revocations stay readable."""
+        await self.revocations.stop()
+        await super().close()
 
     def current(self) -> BundleSet:
         """The last good JWT bundle set; Unavailable before the first update."""

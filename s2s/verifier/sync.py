@@ -153,6 +153,12 @@ class SyncJwtSource(_OnLoop[JwtSource]):
     def current(self) -> BundleSet:
         return self._source.current()
 
+    @property
+    def revocations(self) -> RevocationLookup | None:
+        """The agent's revocations (``JwtSource.revocations``; any thread may read them):
+        ``JwtValidator(source, ...)`` uses them by default."""
+        return source_revocations(self._source)
+
     def subscribe(self, callback: Callable[[BundleSet], None]) -> Callable[[], None]:
         return self._source.subscribe(callback)
 

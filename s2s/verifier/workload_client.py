@@ -9,6 +9,11 @@ gRPC errors are translated here, once, into ``s2s.core.errors``.
 Watches are single streams: they yield every update and end by raising. Reconnecting with backoff
 and keeping the last good snapshot is the job of the sources built on top (issue 5 item 1).
 
+:meth:`WorkloadApiClient.watch_revocations` calls the s2s extension
+``s2s.agent.v1.Revocations/WatchRevocations`` on the same socket (the agent's revocation set, by
+serial, ``jti`` and SPIFFE ID); an agent that does not serve it (SPIRE, an older s2s agent)
+answers UNIMPLEMENTED, raised as :class:`NotServed`.
+
     async with WorkloadApiClient() as client:
         context = await client.fetch_x509_context()
         token = await client.fetch_jwt_svid("billing")
@@ -16,6 +21,8 @@ and keeping the last good snapshot is the job of the sources built on top (issue
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +33,7 @@ from urllib.parse import urlsplit
 import grpc
 import jwt
 
+from s2s.agent.proto import s2s_revocations_pb2 as rpb
 from s2s.agent.proto import workload_pb2 as pb
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import (
@@ -37,6 +45,7 @@ from s2s.core.errors import (
     S2SError,
     Unavailable,
 )
+from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier import workload_parse as parse
 from s2s.verifier.x509context import X509Context
@@ -44,6 +53,8 @@ from s2s.verifier.x509context import X509Context
 __all__ = [
     "ENDPOINT_ENV",
     "JwtSvid",
+    "NotServed",
+    "RevocationsUpdate",
     "WorkloadApiClient",
     "X509Update",
     "resolve_endpoint",
@@ -52,6 +63,10 @@ __all__ = [
 ENDPOINT_ENV = "SPIFFE_ENDPOINT_SOCKET"
 _METADATA = (("workload.spiffe.io", "true"),)
 _SERVICE = "/SpiffeWorkloadAPI/"
+_REVOCATIONS = "/s2s.agent.v1.Revocations/WatchRevocations"  # the s2s extension
+_MAX_RECEIVE = 64 * 1024 * 1024  # a large revocation set (~150 bytes a record) is one message
+_BIG_RECORDS = 1024 * 1024  # bytes of records JSON parsed in a thread
+_MAX_TIMING = 24 * 3600.0  # seconds; an agent's lag_after or heartbeat above this is nonsense
 _REASON_TRAILER = "s2s-reason"
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs predate aio.EOF
 _M = TypeVar("_M")
@@ -67,6 +82,24 @@ class JwtSvid:
     audience: tuple[str, ...]
     expiry: datetime
     hint: str = ""
+
+
+class NotServed(Unavailable):
+    """The agent does not serve this call (gRPC UNIMPLEMENTED): it is not an s2s agent, or an
+    older one."""
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationsUpdate:
+    """One WatchRevocations message. ``records`` is the whole set at ``revision`` (None: a
+    heartbeat); ``age`` the seconds since the agent last confirmed its set complete (None: it
+    has not synced yet); ``lag_after`` and ``heartbeat`` are the agent's own timings."""
+
+    revision: int
+    records: tuple[RevocationRecord, ...] | None
+    age: float | None
+    lag_after: float
+    heartbeat: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +239,18 @@ class WorkloadApiClient:
         response = await self._unary("ValidateJWTSVID", request, pb.ValidateJWTSVIDResponse)
         return parse.spiffe_id(response.spiffe_id), parse.claims(response.claims)
 
+    # -- s2s extension: revocations -----------------------------------------------------------
+
+    async def watch_revocations(self) -> AsyncIterator[RevocationsUpdate]:
+        """The agent's revocation set, then every change and a heartbeat every few seconds.
+
+        Raises :class:`NotServed` when the agent does not serve the s2s extension."""
+        async for message in self._watch("WatchRevocations", rpb.WatchRevocationsRequest()):
+            if len(message.records_json) > _BIG_RECORDS:  # thousands of records: off the loop
+                yield await asyncio.to_thread(_revocations_update, message)
+            else:
+                yield _revocations_update(message)
+
     # -- transport --------------------------------------------------------------------------
 
     def _channel_now(self) -> grpc.aio.Channel:
@@ -214,7 +259,10 @@ class WorkloadApiClient:
                 f"no Workload API socket at {self.socket_path} (is the agent running?)"
             )
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
+            self._channel = grpc.aio.insecure_channel(
+                f"unix:{self.socket_path}",
+                options=[("grpc.max_receive_message_length", _MAX_RECEIVE)],
+            )
         return self._channel
 
     async def _unary(self, method: str, request: Any, response_type: type[_M]) -> _M:
@@ -259,9 +307,11 @@ class WorkloadApiClient:
             "FetchX509SVID": pb.X509SVIDResponse,
             "FetchX509Bundles": pb.X509BundlesResponse,
             "FetchJWTBundles": pb.JWTBundlesResponse,
+            "WatchRevocations": rpb.RevocationsUpdate,
         }
+        path = _REVOCATIONS if method == "WatchRevocations" else _SERVICE + method
         return self._channel_now().unary_stream(
-            _SERVICE + method,
+            path,
             request_serializer=_serialize,
             response_deserializer=responses[method].FromString,
         )
@@ -276,6 +326,11 @@ class WorkloadApiClient:
             return InvalidRequest(f"{method}: the agent rejected the request: {details}")
         if code == grpc.StatusCode.PERMISSION_DENIED:
             return NotAuthorized(f"{method}: the agent has no identity for this process: {details}")
+        if code == grpc.StatusCode.UNIMPLEMENTED:
+            return NotServed(
+                f"{method}: the agent at {self.socket_path} does not serve it (UNIMPLEMENTED: "
+                f"not an s2s agent, or an older one): {details}"
+            )
         return Unavailable(
             f"{method}: the Workload API at {self.socket_path} failed ({code.name}): {details}"
         )
@@ -284,6 +339,32 @@ class WorkloadApiClient:
 def _x509_update(message: Any) -> X509Update:
     svids, bundles = parse.x509_svids(message)
     return X509Update(X509Context(svids, bundles), tuple(message.crl))
+
+
+def _revocations_update(message: Any) -> RevocationsUpdate:
+    age, lag_after, heartbeat = (
+        float(message.age_seconds),
+        float(message.lag_after_seconds),
+        float(message.heartbeat_seconds),
+    )
+    if not (
+        math.isfinite(age)
+        and age >= 0
+        and 0 < lag_after <= _MAX_TIMING
+        and 0 < heartbeat <= _MAX_TIMING
+    ):
+        raise Unavailable(
+            f"the agent sent revocation timings that make no sense (age {age}, lag_after "
+            f"{lag_after}, heartbeat {heartbeat})"
+        )
+    records = parse.revocation_records(message.records_json) if message.full else None
+    return RevocationsUpdate(
+        revision=int(message.revision),
+        records=records,
+        age=age if message.synced else None,
+        lag_after=lag_after,
+        heartbeat=heartbeat,
+    )
 
 
 def _jwt_svid(message: Any) -> JwtSvid:

@@ -17,11 +17,20 @@ from cryptography.hazmat.primitives import serialization
 from google.protobuf import json_format
 
 from s2s.core.bundle import MAX_BUNDLE_BYTES, USE_JWT_SVID, Bundle, BundleSet
-from s2s.core.errors import InvalidBundle, InvalidSpiffeId, InvalidSvid
+from s2s.core.errors import InvalidBundle, InvalidRequest, InvalidSpiffeId, InvalidSvid, Unavailable
+from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.core.x509svid import X509Svid, check_x509_svid
 
-__all__ = ["claims", "jwt_bundles", "spiffe_id", "split_der", "x509_bundles", "x509_svids"]
+__all__ = [
+    "claims",
+    "jwt_bundles",
+    "revocation_records",
+    "spiffe_id",
+    "split_der",
+    "x509_bundles",
+    "x509_svids",
+]
 
 _MAX_CHAIN = 16
 
@@ -123,6 +132,21 @@ def _with_use(jwks: bytes) -> bytes:
             key["use"] = USE_JWT_SVID
             changed = True
     return json.dumps(doc).encode() if changed else jwks
+
+
+def revocation_records(data: bytes) -> tuple[RevocationRecord, ...]:
+    """The records of a ``RevocationsUpdate`` (a JSON array of ``RevocationRecord.to_json``).
+    A malformed answer is :class:`Unavailable`: the client keeps its last set and reconnects."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise Unavailable(f"the agent sent revocations that are not JSON: {exc}") from exc
+    if not isinstance(doc, list):
+        raise Unavailable("the agent sent revocations that are not a JSON array")
+    try:
+        return tuple(RevocationRecord.from_json(r) for r in doc)
+    except InvalidRequest as exc:
+        raise Unavailable(f"the agent sent a bad revocation record: {exc}") from exc
 
 
 def claims(struct: Any) -> Mapping[str, Any]:
