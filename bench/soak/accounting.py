@@ -177,6 +177,7 @@ class CallTally:
     ok: int = 0
     failed: int = 0
     expected_refusals: int = 0
+    banned_agent_calls: int = 0  # from or to the revoked agent's workload, after its revocation
     accepted_while_revoked: int = 0  # within the bound; late ones are counted by the latencies
     planned_downtime: int = 0  # calls to a workload stopped on purpose (connection refused)
     outside_window: int = 0
@@ -190,6 +191,7 @@ class CallTally:
             "legitimate_ok": self.ok,
             "legitimate_failed": self.failed,
             "expected_refusals": self.expected_refusals,
+            "banned_agent_workload_calls": self.banned_agent_calls,
             "accepted_while_revoked_within_bound": self.accepted_while_revoked,
             "planned_downtime": self.planned_downtime,
             "by_kind": dict(self.by_kind),
@@ -272,7 +274,7 @@ def _classify_one(
         return
     banned = (Credential(caller_id), Credential(server_id))
     if any(r.kind == "agent" and t0 >= r.t_start for c in banned for r in revoked.candidates(c)):
-        tally.expected_refusals += 1  # the banned agent's workload has no valid identity left
+        tally.banned_agent_calls += 1  # the banned agent's workload has no valid identity left
         return
     tally.attempted += 1
     tally.failed += 1

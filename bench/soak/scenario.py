@@ -24,7 +24,7 @@ __all__ = ["Scenario"]
 
 # Seconds both replicas stay down before they are started again (starting takes a few more):
 # the whole outage stays under half the SVID lifetime, the margin half-life renewal gives.
-CA_OUTAGE: Final = 3.0
+CA_OUTAGE: Final = 4.0
 REVOKE_KINDS: Final = ("serial", "jti", "spiffe_id")
 TARGETS: Final = ("alpha", "bravo", "charlie", "delta")
 

@@ -152,7 +152,7 @@ def test_calls_from_and_to_a_revoked_agents_workload_are_expected_refusals() -> 
     banned = Revocation("agent", "spiffe://t/s2s/agent/x", 100, 100.3, frozenset({SERVER}))
     before, after = _call(99, False, error="Server disconnected"), _call(101, False, error="x")
     tally = _classify([before, after], [banned])
-    assert (tally.expected_refusals, tally.failed) == (1, 1)
+    assert (tally.banned_agent_calls, tally.failed) == (1, 1)
 
 
 def test_an_acceptance_past_the_bound_is_late_and_one_within_is_not() -> None:
