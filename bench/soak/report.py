@@ -120,8 +120,8 @@ def summary(report: Mapping[str, Any]) -> str:
         f"({report['traffic_s']:.0f} s of traffic, {report['wall_s']:.0f} s wall)",
         f"calls: legitimate {c['legitimate_attempted']}, failed {c['legitimate_failed']}; "
         f"expected refusals {c['expected_refusals']} (and {c['banned_agent_workload_calls']} "
-        "from or to the revoked agent's workload); accepted while revoked within bound "
-        f"{c['accepted_while_revoked_within_bound']}; planned downtime {c['planned_downtime']}",
+        "from or to the revoked agent's workload); accepted on a revoked credential "
+        f"{c['accepted_while_revoked']}; planned downtime {c['planned_downtime']}",
     ]
     r = report["revocations"]
     lines.append(f"revocations: {r['count']}")
