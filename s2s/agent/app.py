@@ -27,6 +27,7 @@ from s2s.agent.node import AgentIdentity, NodeAttestor
 from s2s.agent.revocations import RevocationFollower
 from s2s.agent.revocations_api import DEFAULT_HEARTBEAT, RevocationsService
 from s2s.agent.workload_api import WorkloadApiServer
+from s2s.aio import within
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.log import F, configure_logging
@@ -151,9 +152,9 @@ class Agent:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.tuning.first_sync_timeout
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(cache.synced.wait(), self.tuning.first_sync_timeout)
+            await within(cache.synced.wait(), self.tuning.first_sync_timeout)
             while not cache.health()[0] and loop.time() < deadline:
-                await asyncio.wait_for(
+                await within(
                     cache.wait_for_update(cache.version), max(deadline - loop.time(), 0.001)
                 )
         while not feed.synced.is_set() and feed.last_error is None and loop.time() < deadline:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import logging
 import random
@@ -44,6 +43,7 @@ from s2s.agent.ca_wire import (  # re-exported: callers import the answer types 
     parse_x509_results,
     read_body,
 )
+from s2s.aio import wait_event
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import (
@@ -365,5 +365,4 @@ async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> 
     if stop is None:
         await asyncio.sleep(delay)
         return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), delay)
+    await wait_event(stop, delay)

@@ -49,6 +49,7 @@ from s2s.agent.jwt_cache import JwtSvidCache
 from s2s.agent.metrics import AgentMetrics
 from s2s.agent.node import new_key
 from s2s.agent.versioned import Versioned
+from s2s.aio import wait_event, within
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
@@ -312,8 +313,7 @@ class SvidCache(Versioned):
         times = [t for item in self._state.items for t in event_times(item) if t > now]
         delay = (min(times) - now).total_seconds() if times else 60.0
         self._wake_rotation.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake_rotation.wait(), min(max(delay, 0.0), 60.0))
+        await wait_event(self._wake_rotation, min(max(delay, 0.0), 60.0))
 
     async def _expiry_loop(self) -> None:
         """Push a fresh state to the streams the moment a held SVID expires (even while the
@@ -326,7 +326,7 @@ class SvidCache(Versioned):
             delay = (min(ends) - now).total_seconds() + 0.001 if ends else 60.0
             version = self._version
             try:
-                await asyncio.wait_for(self.wait_for_update(version), min(delay, 60.0))
+                await within(self.wait_for_update(version), min(delay, 60.0))
             except TimeoutError:
                 if ends and self._clock.now() >= min(ends):
                     log.warning("agent.svid_expired", extra={F.COUNT: 1})
@@ -377,8 +377,7 @@ class SvidCache(Versioned):
         backoff = Backoff(rand=self._rand)
         while True:
             self._wake_bundle.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_bundle.wait(), self._bundle_interval)
+            await wait_event(self._wake_bundle, self._bundle_interval)
             while True:
                 try:
                     bundle = await self._client.fetch_bundle()

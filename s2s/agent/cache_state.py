@@ -93,7 +93,8 @@ def revoked_ids(items: Iterable[CachedSvid], revoked: RevocationSet) -> set[str]
     return {
         i.entry.id
         for i in items
-        if i.svid and any(revoked.is_serial_revoked_by_any_issuer(c.serial_number) for c in i.svid.cert_chain)
+        if i.svid
+        and any(revoked.is_serial_revoked_by_any_issuer(c.serial_number) for c in i.svid.cert_chain)
     }
 
 

@@ -20,6 +20,7 @@ from cryptography import x509
 
 from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
 from s2s.agent.cache import SvidCache
+from s2s.aio import wait_event
 from s2s.core.errors import S2SError
 from s2s.core.revocation import RevocationKind, RevocationSet
 from s2s.log import F
@@ -81,11 +82,7 @@ class RevocationFollower:
         while True:
             self._crl_wake.clear()
             await self._refresh_crls(expect_change=expect_change)
-            try:
-                await asyncio.wait_for(self._crl_wake.wait(), self.crl_interval)
-                expect_change = True
-            except TimeoutError:
-                expect_change = False
+            expect_change = await wait_event(self._crl_wake, self.crl_interval)
 
     async def _refresh_crls(self, *, expect_change: bool) -> None:
         """Fetch the CRLs; after a revocation, ask again a few times (50 ms doubling, ~3 s in

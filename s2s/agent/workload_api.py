@@ -49,6 +49,7 @@ from s2s.agent.uds_proxy import ConnectionEvent, PeerTaggingProxy
 from s2s.agent.workload_calls import CallGuard, Ctx, Observer, Unimplemented
 from s2s.agent.workload_extensions import WorkloadExtension
 from s2s.agent.workload_limits import WorkloadLimits
+from s2s.aio import within
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import InvalidRequest, NotAuthorized, Unavailable
 from s2s.core.selectors import Selector
@@ -300,7 +301,7 @@ class WorkloadApiServer:
                 yield data
                 last = data
             with contextlib.suppress(TimeoutError):
-                version = await asyncio.wait_for(
+                version = await within(
                     self._provider.wait_for_update(version),
                     max(attested_at + interval - loop.time(), 0.0),
                 )

@@ -18,12 +18,12 @@ in-process ban can never resurrect the unbanned record.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from s2s.aio import wait_event
 from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.base import Store
@@ -191,8 +191,7 @@ class RegistryCache:
             remaining = deadline - time.monotonic()
             if entries.revision > after or remaining <= 0:
                 return entries.revision
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), remaining)
+            await wait_event(event, remaining)
 
     def entry_written(self, entry: RegistrationEntry) -> None:
         """Write-through after this process created or updated ``entry``."""

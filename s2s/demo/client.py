@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import ssl
 import stat
@@ -26,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from s2s.aio import wait_event
 from s2s.core.errors import S2SError
 from s2s.core.spiffe_id import SpiffeId
 from s2s.demo.workload import LoggingPeerMetrics, SvidWatcher, emit, open_source, run_workload
@@ -134,8 +134,7 @@ class Client:
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+    await wait_event(stop, seconds)
 
 
 async def _read_commands(client: Client) -> None:

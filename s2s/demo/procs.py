@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from s2s.aio import within
+
 __all__ = ["STOP_TIMEOUT", "Child", "CliResult", "run_cli"]
 
 STOP_TIMEOUT: Final = 8.0
@@ -100,7 +102,7 @@ class Child:
         if self.running:
             _signal_group(self.process.pid, signal.SIGTERM)
             try:
-                return await asyncio.wait_for(self.wait(), timeout)
+                return await within(self.wait(), timeout)
             except TimeoutError:
                 pass
         _signal_group(self.process.pid, signal.SIGKILL)  # stragglers of the group, if any
@@ -132,7 +134,7 @@ async def run_cli(
         start_new_session=True,
     )
     try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout)
+        out, err = await within(process.communicate(), timeout)
     except (TimeoutError, asyncio.CancelledError):
         _signal_group(process.pid, signal.SIGKILL)
         await process.wait()

@@ -19,12 +19,12 @@ SQLite (embedded, ``s2s.store.sqlite``) and etcd (clusters). Rules every backend
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
+from s2s.aio import wait_event
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
@@ -224,5 +224,4 @@ async def wait_for_revision(
         if current != after or remaining <= 0:
             return current
         step = remaining if poll_interval is None else min(remaining, poll_interval)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), step)
+        await wait_event(event, step)

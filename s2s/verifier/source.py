@@ -16,7 +16,6 @@ and reloads them when their inode, size or mtime changes. All are asyncio object
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, Self, TypeVar
 
+from s2s.aio import wait_event
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
@@ -101,8 +101,7 @@ class _WatchedSource(Generic[_T]):
             if self._client is None:
                 self._client, self._owns_client = WorkloadApiClient(self._socket), True
             self._task = asyncio.create_task(self._run(), name=f"s2s-{type(self).__name__}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first.wait(), timeout)
+        await wait_event(self._first, timeout)
         if self._value is None:
             error = self._fatal or self.last_error
             await self.close()
@@ -256,8 +255,7 @@ class JwtSource(_WatchedSource[BundleSet]):
         self.revocations.ensure_started()
         await super().start(timeout)
         left = max(0.0, timeout - (loop.time() - began))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.revocations.settled.wait(), left)
+        await wait_event(self.revocations.settled, left)
         if not self.revocations.settled.is_set():
             _log.warning(
                 "source.revocations_pending",
