@@ -24,6 +24,7 @@ from s2s.agent.ca_client import AgentUnknown, CaClient
 from s2s.agent.metrics import AgentMetrics
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
+from s2s.core.jwtsvid import AGENT_CLAIM
 from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.jwt import BundleLookup, JwtValidator
@@ -171,6 +172,9 @@ def _is_revoked(token: str, spiffe_id: SpiffeId, revoked: RevocationSet) -> bool
     if isinstance(iat, int | float) and not isinstance(iat, bool):
         with contextlib.suppress(OverflowError, OSError, ValueError):
             issued = datetime.fromtimestamp(iat, UTC)
+    agent = claims.get(AGENT_CLAIM)
+    if isinstance(agent, str) and revoked.is_spiffe_id_revoked(agent, issued):
+        return True  # this agent was revoked after minting it
     return revoked.is_spiffe_id_revoked(spiffe_id, issued)
 
 

@@ -199,7 +199,11 @@ class Issuer(CaService):
         limit = min(entry.jwt_svid_ttl, self._config.max_svid_ttl)  # a lowered cap applies at once
         ttl = self._capped_ttl(ttl, default=limit, entry_ttl=entry.jwt_svid_ttl)
         token = self.sign_jwt(
-            entry.spiffe_id, audience, ttl, self._jwt_issue_time(entry.spiffe_id, now)
+            entry.spiffe_id,
+            audience,
+            ttl,
+            self._jwt_issue_time(entry.spiffe_id, now),
+            agent=agent.spiffe_id,
         )
         self._audit.jwt_issued(
             spiffe_id=token.spiffe_id,
@@ -407,15 +411,20 @@ class Issuer(CaService):
         audience: Sequence[str],
         ttl: timedelta,
         now: datetime | None = None,
+        *,
+        agent: SpiffeId | None = None,
     ) -> JwtSvid:
         """Mint one JWT-SVID for an already-authorized ID (sync, in-process; no audit).
 
         ES256 with ``kid`` and ``typ: JWT``; the TTL is clipped so the token never outlives
-        its signing key in the bundle.
+        its signing key in the bundle. ``agent`` (the agent that asked) goes into the token's
+        agent claim, so that revoking the agent revokes the token.
         """
         jti = b64url_encode(self._entropy(16))
         now = utc(now if now is not None else self._clock.now())
-        return self._authority.jwt_signer.mint(spiffe_id, audience, ttl=ttl, now=now, jti=jti)
+        return self._authority.jwt_signer.mint(
+            spiffe_id, audience, ttl=ttl, now=now, jti=jti, agent=agent
+        )
 
     async def _index(
         self, items: Sequence[tuple[X509Svid, IssuedKind, SpiffeId | None]], now: datetime

@@ -203,14 +203,16 @@ class JwtSigner:
         ttl: timedelta,
         now: datetime,
         jti: str,
+        agent: SpiffeId | None = None,
     ) -> JwtSvid:
-        """One JWT-SVID; the TTL is clipped so the token never outlives this key."""
+        """One JWT-SVID (for ``agent``, if it asked); the TTL is clipped so the token never
+        outlives this key."""
         audiences = check_audiences(audience)
         ttl = min(ttl, self.not_after - now)
         if ttl <= timedelta(0):
             raise InvalidRequest("the JWT signing key has expired; the CA must rotate it first")
         claims = build_jwt_claims(
-            spiffe_id=spiffe_id, audience=audiences, now=now, ttl=ttl, jti=jti
+            spiffe_id=spiffe_id, audience=audiences, now=now, ttl=ttl, jti=jti, agent=agent
         )
         signing_input = f"{self._header}.{b64url_encode(_json(claims))}"
         r, s = decode_dss_signature(self.private_key.sign(signing_input.encode("ascii"), _ES256))

@@ -21,6 +21,7 @@ from s2s.core.jwk import MIN_RSA_BITS
 from s2s.core.spiffe_id import SpiffeId
 
 __all__ = [
+    "AGENT_CLAIM",
     "ALLOWED_ALGORITHMS",
     "ALLOWED_TYPES",
     "DEFAULT_LEEWAY",
@@ -38,6 +39,10 @@ ALLOWED_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"}
 )
 ALLOWED_TYPES = frozenset({"JWT", "JOSE"})  # JWT-SVID.md 2.3
+# A private claim (JWT-SVID.md 3 allows other claims) naming the agent a token was minted for, so
+# that revoking an agent revokes the JWT-SVIDs it obtained (an ID revocation of the agent, checked
+# against the token's iat), exactly: no other node's tokens for the same workload ID are touched.
+AGENT_CLAIM = "s2s_agent"
 # Headers that would let the token choose its own key (jku, jwk, x5u, x5c), demand extensions we
 # do not implement (crit), or change what is signed (b64, RFC 7797).
 FORBIDDEN_HEADERS = frozenset({"crit", "jku", "jwk", "x5u", "x5c", "b64"})
@@ -59,6 +64,7 @@ class JwtSvidClaims:
     issued_at: datetime | None
     jti: str | None
     claims: Mapping[str, Any] = field(hash=False)  # all claims as decoded (read-only)
+    agent: SpiffeId | None = None  # the AGENT_CLAIM: the agent the token was minted for
 
 
 def check_jwt_header(header: Mapping[str, Any]) -> str:
@@ -119,6 +125,7 @@ def check_jwt_claims(
     jti = claims.get("jti")
     if jti is not None and (not isinstance(jti, str) or not jti):
         raise InvalidToken("the jti claim must be a non-empty string", reason="malformed")
+    agent = _agent(claims, spiffe_id)
     return JwtSvidClaims(
         spiffe_id=spiffe_id,
         audience=token_audience,
@@ -126,7 +133,24 @@ def check_jwt_claims(
         issued_at=None if iat is None else datetime.fromtimestamp(iat, UTC),
         jti=jti,
         claims=MappingProxyType(dict(claims)),
+        agent=agent,
     )
+
+
+def _agent(claims: Mapping[str, Any], subject: SpiffeId) -> SpiffeId | None:
+    value = claims.get(AGENT_CLAIM)
+    if value is None:
+        return None
+    try:
+        agent = SpiffeId.parse(value) if isinstance(value, str) else None
+    except InvalidSpiffeId:
+        agent = None
+    if agent is None or agent.trust_domain != subject.trust_domain:
+        raise InvalidToken(
+            f"the {AGENT_CLAIM} claim must be a SPIFFE ID of the token's trust domain",
+            reason="malformed",
+        )
+    return agent
 
 
 def algorithms_for_key(public_key: object) -> frozenset[str]:
@@ -150,8 +174,10 @@ def build_jwt_claims(
     now: datetime,
     ttl: timedelta,
     jti: str | None = None,
+    agent: SpiffeId | None = None,
 ) -> dict[str, Any]:
-    """The claims of a new JWT-SVID (``sub``, ``aud``, ``exp``, ``iat``, optional ``jti``).
+    """The claims of a new JWT-SVID (``sub``, ``aud``, ``exp``, ``iat``, optional ``jti`` and
+    :data:`AGENT_CLAIM`).
 
     A single audience is written as a string, several as a list (as SPIRE does).
     Raises :class:`InvalidRequest` for an empty audience or a non-positive ttl.
@@ -178,6 +204,10 @@ def build_jwt_claims(
         if not isinstance(jti, str) or not jti:
             raise InvalidRequest("jti must be a non-empty string")
         claims["jti"] = jti
+    if agent is not None:
+        if not isinstance(agent, SpiffeId) or agent.trust_domain != spiffe_id.trust_domain:
+            raise InvalidRequest("agent must be a SpiffeId of the token's trust domain")
+        claims[AGENT_CLAIM] = str(agent)
     return claims
 
 

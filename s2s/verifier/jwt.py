@@ -305,3 +305,7 @@ def _check_revocation(revocations: RevocationSet, claims: JwtSvidClaims) -> None
     issued_at = claims.issued_at if claims.issued_at is not None else _EARLIEST
     if revocations.is_spiffe_id_revoked(claims.spiffe_id, issued_at):
         raise InvalidToken(f"the SPIFFE ID {claims.spiffe_id} has been revoked", reason="revoked")
+    if claims.agent is not None and revocations.is_spiffe_id_revoked(claims.agent, issued_at):
+        raise InvalidToken(
+            f"the agent {claims.agent} that obtained the token has been revoked", reason="revoked"
+        )

@@ -13,6 +13,7 @@ from s2s.agent.ca_client import CaClient
 from s2s.agent.cache import SvidCache
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidToken
+from s2s.core.jwtsvid import AGENT_CLAIM
 from s2s.core.revocation import RevocationLookup, RevocationRecord, RevocationSet, StaticRevocations
 from s2s.testing import TestAuthority
 from s2s.verifier.feeds_ca import CaRevocationFeed, RevocationPage
@@ -93,3 +94,22 @@ def test_a_feed_that_cannot_say_what_is_revoked_refuses_every_token(
     # Twin: without a feed (tests, tools) the same token validates; a bad one still fails first.
     assert str(make_cache(authority, fake_clock, None).validate_jwt(token, "a")[0]) == API
     assert reason_of(cache, token, "other") == "revocations-stale"  # fail closed before aud
+
+
+def test_a_revoked_agent_revokes_the_tokens_minted_for_it_only(
+    authority: TestAuthority, fake_clock: FakeClock
+) -> None:
+    agent, other = "spiffe://example.org/s2s/agent/a", "spiffe://example.org/s2s/agent/b"
+    revocations = StaticRevocations()
+    cache = make_cache(authority, fake_clock, revocations)
+    mine = authority.issue_jwt_svid(API, "a", jti="1", extra_claims={AGENT_CLAIM: agent})
+    theirs = authority.issue_jwt_svid(API, "a", jti="2", extra_claims={AGENT_CLAIM: other})
+    fake_clock.advance(seconds=2)
+    now = fake_clock.now()
+    record = RevocationRecord.for_spiffe_id(agent, revoked_at=now, expires_at=now + HOUR)
+    revocations.replace(RevocationSet.of([record], version=1))
+    assert reason_of(cache, mine) == "revoked"
+    assert str(cache.validate_jwt(theirs, "a")[0]) == API
+    assert reason_of(cache, authority.issue_jwt_svid(API, "a", extra_claims={AGENT_CLAIM: 7})) == (
+        "malformed"
+    )

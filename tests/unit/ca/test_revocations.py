@@ -21,15 +21,24 @@ from s2s.ca.issuance import CsrRequest, Issuer
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import LiveRevocations, RevocationService, parse_serial
+from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
-from s2s.core.errors import InvalidRequest, NotAuthorized, NotFound, Revoked, StoreError
-from s2s.core.revocation import RevocationKind, RevocationRecord
+from s2s.core.errors import (
+    InvalidRequest,
+    InvalidToken,
+    NotAuthorized,
+    NotFound,
+    Revoked,
+    StoreError,
+)
+from s2s.core.revocation import RevocationKind, RevocationRecord, StaticRevocations
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.etcd import EtcdStore
 from s2s.store.records import AuthorityKind, AuthorityState
 from s2s.store.sqlite import SqliteStore
 from s2s.testing_etcd import EtcdServer
+from s2s.verifier.jwt import JwtValidator
 
 BILLING = SpiffeId.parse("spiffe://example.org/billing")
 API = SpiffeId.parse("spiffe://example.org/api")
@@ -339,3 +348,30 @@ async def test_on_etcd_a_revoke_while_etcd_is_down_fails_loudly_then_one_after_i
             assert stored == result.records[0]
         finally:
             await store.close()
+
+
+async def test_revoking_an_agent_revokes_the_jwt_svids_it_obtained_and_no_others(rig: Rig) -> None:
+    """JWT-SVIDs are not indexed: each carries the agent it was minted for (the s2s_agent
+    claim), and the agent's ID revocation covers every token minted for it before that instant.
+    The same workload ID obtained through another agent, or minted later, is not touched."""
+    attested, entry = await attested_agent(rig)
+    other, other_entry = await attested_agent(rig)  # another node serving the same ID
+    mine = await rig.issuer.mint_jwt_svid(attested.agent, entry.id, ["billing"])
+    theirs = await rig.issuer.mint_jwt_svid(other.agent, other_entry.id, ["billing"])
+    assert mine.spiffe_id == theirs.spiffe_id == BILLING
+    validator = JwtValidator(
+        BundleSet.of(rig.authority.bundle), "billing", revocations=StaticRevocations(),
+        clock=rig.clock,
+    )  # fmt: skip
+    assert validator.validate(mine.token).claims.agent == attested.agent.spiffe_id
+    rig.clock.advance(seconds=2)
+    await rig.service.revoke_agent(attested.agent.spiffe_id)
+    checked = JwtValidator(
+        BundleSet.of(rig.authority.bundle), "billing", revocations=rig.live, clock=rig.clock
+    )
+    with pytest.raises(InvalidToken, match="agent") as refused:
+        checked.validate(mine.token)
+    assert refused.value.reason == "revoked"
+    assert checked.validate(theirs.token).spiffe_id == BILLING  # another agent's: accepted
+    admin = await rig.issuer.mint_jwt_svid_for(BILLING, ["billing"])  # no agent claim
+    assert checked.validate(admin.token).spiffe_id == BILLING

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from s2s.core.errors import InvalidRequest, InvalidToken
 from s2s.core.jwtsvid import (
+    AGENT_CLAIM,
     ALLOWED_ALGORITHMS,
     DEFAULT_LEEWAY,
     MAX_LEEWAY,
@@ -386,3 +387,35 @@ def test_build_rejects_bad_requests(kwargs: dict[str, Any]) -> None:
     }
     with pytest.raises(InvalidRequest):
         build_jwt_claims(**args)
+
+
+# --- the agent claim ---------------------------------------------------------------------------
+
+AGENT = "spiffe://example.org/s2s/agent/join_token/abc"
+
+
+def test_the_agent_claim_round_trips() -> None:
+    claims = build_jwt_claims(
+        spiffe_id=SpiffeId.parse(SUB), audience=[AUD], now=NOW, ttl=dt.timedelta(minutes=1),
+        agent=SpiffeId.parse(AGENT),
+    )  # fmt: skip
+    assert claims[AGENT_CLAIM] == AGENT
+    assert check_jwt_claims(claims, audience=AUD, now=NOW).agent == SpiffeId.parse(AGENT)
+    assert check_jwt_claims(good_claims(), audience=AUD, now=NOW).agent is None  # SPIRE's tokens
+
+
+@pytest.mark.parametrize(
+    "value", [7, "", "not an id", "spiffe://other.org/s2s/agent/x", ["spiffe://example.org/a"]]
+)
+def test_a_bad_agent_claim_is_refused(value: object) -> None:
+    with pytest.raises(InvalidToken, match=AGENT_CLAIM) as info:
+        check_jwt_claims(good_claims(**{AGENT_CLAIM: value}), audience=AUD, now=NOW)
+    assert info.value.reason == "malformed"
+
+
+def test_an_agent_of_another_trust_domain_cannot_be_written() -> None:
+    with pytest.raises(InvalidRequest, match="agent"):
+        build_jwt_claims(
+            spiffe_id=SpiffeId.parse(SUB), audience=[AUD], now=NOW, ttl=dt.timedelta(minutes=1),
+            agent=SpiffeId.parse("spiffe://other.org/s2s/agent/x"),
+        )  # fmt: skip
