@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,10 @@ from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
 from s2s.ca.bootstrap import init_data_dir, init_trust_domain
 from s2s.ca.client import ADMIN_SOCKET_NAME
-from s2s.ca.config import CaConfig
+from s2s.ca.config import CaConfig, ServerLimits
 from s2s.ca.crl import CrlPublisher
 from s2s.ca.http import ApiServices, public_app
+from s2s.ca.http_guard import ConnectionGuard, GuardedSite, LongPollSlots
 from s2s.ca.issuance import Issuer
 from s2s.ca.lifecycle import AuthorityLifecycle
 from s2s.ca.loops import every, retrying, run_loops
@@ -50,6 +52,7 @@ __all__ = [
     "CaServer",
     "ServeOptions",
     "init_data_dir",
+    "fit_descriptors",
     "init_trust_domain",
     "run",
     "serve_forever",
@@ -58,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SHUTDOWN_TIMEOUT: Final = 5.0
+LINGERING_TIME: Final = 1.0  # reading the rest of a refused body (aiohttp's default: 10 s)
 _LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -76,6 +80,7 @@ class ServeOptions:
     metrics_interval: float = 15.0
     config_overrides: dict[str, Any] = field(default_factory=dict)
     store: StoreSettings = field(default_factory=StoreSettings)  # default: SQLite in data_dir
+    limits: ServerLimits = field(default_factory=ServerLimits)  # what one HTTPS client may hold
 
     @property
     def admin_socket(self) -> Path:
@@ -89,6 +94,22 @@ class ServeOptions:
 
 
 # ---- s2s-ca serve -------------------------------------------------------------------------
+
+
+def fit_descriptors(limits: ServerLimits) -> ServerLimits:
+    """``limits`` within this process's descriptor limit, first raised to its hard limit
+    (``ServerLimits.within``): past it the CA could not even accept its operator."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return limits
+    fitted = limits.within(soft)
+    if fitted != limits:
+        log.warning("ca.http.limits_lowered", extra={F.COUNT: fitted.max_connections})
+    return fitted
 
 
 class CaServer:
@@ -105,6 +126,7 @@ class CaServer:
         self.port = 0
         self._closing = asyncio.Event()
         self._admin_bound = False
+        self.guard = ConnectionGuard(fit_descriptors(options.limits))
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -169,6 +191,7 @@ class CaServer:
             closing=self._closing,
             revocations=self.revocations,
             crls=self.crls,
+            long_polls=LongPollSlots(self.guard.limits.max_long_polls),
             **self._authority_services(config, store, audit),
         )
         await self.reload_tls(force=True)
@@ -194,19 +217,21 @@ class CaServer:
     async def _listen(self) -> None:
         host, port = self.options.host_port()
         public = web.AppRunner(
-            public_app(self.services),
+            public_app(self.services, guard=self.guard),
             handle_signals=False,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT,
+            keepalive_timeout=self.guard.limits.keepalive_timeout,
+            lingering_time=LINGERING_TIME,
         )
         await public.setup()
         self._runners.append(public)
-        site = web.TCPSite(public, host, port, ssl_context=self.ssl_context)
+        site = GuardedSite(public, host, port, ssl_context=self.ssl_context, guard=self.guard)
         try:
             await site.start()
         except OSError as exc:
             raise InvalidConfig(f"cannot listen on {self.options.listen}: {exc.strerror}") from exc
-        self.port = int(public.addresses[0][1])
+        self.port = site.port
         admin = web.AppRunner(
             admin_app(self.services),
             handle_signals=False,

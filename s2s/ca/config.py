@@ -6,6 +6,7 @@ X509-SVID and JWT-SVID the CA issues, whatever an entry or an admin asks for.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -28,6 +29,7 @@ __all__ = [
     "KEK_FILENAME",
     "STORE_FILENAME",
     "CaConfig",
+    "ServerLimits",
 ]
 
 DEFAULT_X509_SVID_TTL = timedelta(minutes=5)
@@ -112,3 +114,63 @@ class CaConfig:
     def store_path(self) -> Path:
         """The SQLite store file (``<data_dir>/s2s.db`` unless set)."""
         return self.store_file if self.store_file is not None else self.data_dir / STORE_FILENAME
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """How much the HTTPS listener lets any client hold (seconds and counts).
+
+    Without them a slow or idle client holds a connection (a descriptor) for as long as it likes;
+    enough of them stop every agent's renewal, and with 5-minute SVIDs the fleet's identities
+    expire soon after. Connections count from accept, before the TLS handshake.
+
+    >>> ServerLimits().max_connections_per_ip <= ServerLimits().max_connections
+    True
+    """
+
+    tls_handshake_timeout: float = 10.0  # accept -> handshake done
+    header_timeout: float = 10.0  # connection ready or first byte of a request -> its headers
+    body_timeout: float = 10.0  # headers -> the whole JSON body read
+    keepalive_timeout: float = 30.0  # idle between requests (agents' clients keep 15 s)
+    max_connections: int = 4096  # open at once, all clients
+    max_connections_per_ip: int = 256  # open at once from one address
+    max_long_polls: int = 2048  # requests held waiting for a change; more are answered at once
+
+    def __post_init__(self) -> None:
+        for name in (
+            "tls_handshake_timeout",
+            "header_timeout",
+            "body_timeout",
+            "keepalive_timeout",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise InvalidConfig(f"{name} must be a positive number of seconds")
+        for name in ("max_connections", "max_connections_per_ip", "max_long_polls"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidConfig(f"{name} must be a positive whole number")
+        if self.max_connections_per_ip > self.max_connections:
+            raise InvalidConfig("max_connections_per_ip must be at most max_connections")
+        if self.max_long_polls > self.max_connections:
+            raise InvalidConfig("max_long_polls must be at most max_connections")
+
+    def within(self, descriptors: int, *, reserve: int = 128) -> ServerLimits:
+        """These limits with ``max_connections`` (and the counts under it) at most
+        ``descriptors - reserve``: the reserve keeps descriptors for the store, the admin socket
+        and logs.
+
+        >>> ServerLimits().within(1024).max_connections
+        896
+        >>> ServerLimits().within(100_000) == ServerLimits()
+        True
+        """
+        room = max(descriptors - reserve, 1)
+        if self.max_connections <= room:
+            return self
+        return dataclasses.replace(
+            self,
+            max_connections=room,
+            max_connections_per_ip=min(self.max_connections_per_ip, room),
+            max_long_polls=min(self.max_long_polls, room),
+        )

@@ -18,8 +18,10 @@ from aiohttp import web
 from s2s.ca.attestation import AgentAttestor, AgentSvidResult
 from s2s.ca.crl import render_crls
 from s2s.ca.http_agent_auth import authenticate_agent, peer_certificate_der
+from s2s.ca.http_guard import GUARD, ConnectionGuard, request_deadlines
 from s2s.ca.http_json import (
     BATCH_BODY_LIMIT,
+    BODY_TIMEOUT,
     CSR_LABEL,
     DEFAULT_BODY_LIMIT,
     STATUS_BY_CODE,
@@ -133,8 +135,7 @@ async def get_revocations(request: web.Request) -> web.Response:
     wait = min(query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
     current = await live.refresh()
     if wait > 0 and current.version <= since:
-        with services.metrics.long_polls.track_inprogress():
-            await _wait_unless_closing(live.wait(since, wait), services.closing)
+        await _long_poll(services, lambda: live.wait(since, wait))
     answer = live.current()
     if services.crls is not None:  # CRLs first: a client that saw revision N gets CRLs >= N
         await services.crls.cover(answer.version)
@@ -188,11 +189,14 @@ async def get_entries(request: web.Request) -> web.Response:
     view = await sync.view() if sync is not None else None
     fresh = view is not None and seen >= 0 and view.tainted.revision != seen
     if wait > 0 and snapshot.revision <= since and not fresh:
-        waiting: Awaitable[object] = registry.wait_for_entries(since, wait)
-        if sync is not None:
-            waiting = sync.wait(waiting, seen, wait)  # or until authorities move past seen
-        with services.metrics.long_polls.track_inprogress():
-            await _wait_unless_closing(waiting, services.closing)
+
+        def waiting() -> Awaitable[object]:
+            change: Awaitable[object] = registry.wait_for_entries(since, wait)
+            if sync is not None:
+                change = sync.wait(change, seen, wait)  # or until authorities move past seen
+            return change
+
+        await _long_poll(services, waiting)
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
         view = await sync.view() if sync is not None else None
     entries = [entry.to_json() for entry in snapshot.entries]
@@ -243,6 +247,15 @@ def jwt_json(svid: JwtSvid) -> dict[str, Any]:
     }
 
 
+async def _long_poll(services: ApiServices, waiting: Callable[[], Awaitable[object]]) -> None:
+    """Wait for ``waiting()``, unless ``max_long_polls`` requests already wait: then answer at
+    once (each held request costs a connection for up to ``MAX_LONG_POLL`` seconds)."""
+    with services.long_polls.hold() as held:
+        if held:
+            with services.metrics.long_polls.track_inprogress():
+                await _wait_unless_closing(waiting(), services.closing)
+
+
 async def _wait_unless_closing(waiting: Awaitable[object], closing: asyncio.Event) -> None:
     """Await ``waiting`` but give up when the CA shuts down (long-polls must not delay it)."""
     tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(closing.wait())}
@@ -282,13 +295,21 @@ def _audience(body: Mapping[str, Any]) -> list[str]:
 
 
 def public_app(
-    services: ApiServices, *, client_max_size: int = BATCH_BODY_LIMIT
+    services: ApiServices,
+    *,
+    client_max_size: int = BATCH_BODY_LIMIT,
+    guard: ConnectionGuard | None = None,
 ) -> web.Application:
-    """The HTTPS application: public endpoints and the agent API."""
-    app = web.Application(
-        middlewares=[error_middleware(services.metrics)], client_max_size=client_max_size
-    )
+    """The HTTPS application: public endpoints and the agent API (under ``guard``'s header and
+    body deadlines when given)."""
+    middlewares = [error_middleware(services.metrics)]
+    if guard is not None:
+        middlewares.insert(0, request_deadlines)
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
     app[SERVICES] = services
+    if guard is not None:
+        app[GUARD] = guard
+        app[BODY_TIMEOUT] = guard.limits.body_timeout
     app.router.add_get("/v1/bundle", get_bundle)
     app.router.add_get("/.well-known/jwks.json", get_jwks)
     app.router.add_get("/healthz", get_healthz)

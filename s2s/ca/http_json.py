@@ -6,6 +6,7 @@ HTTP statuses are chosen here and in ``http_middleware`` only (conventions rule 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -20,8 +21,10 @@ from s2s.core.errors import InvalidRequest, S2SError
 
 __all__ = [
     "BATCH_BODY_LIMIT",
+    "BODY_TIMEOUT",
     "CSR_LABEL",
     "DEFAULT_BODY_LIMIT",
+    "DEFAULT_BODY_TIMEOUT",
     "MAX_SECONDS",
     "STATUS_BY_CODE",
     "RequestError",
@@ -40,6 +43,8 @@ _N = TypeVar("_N", int, float)
 CSR_LABEL: Final = "CERTIFICATE REQUEST"
 
 DEFAULT_BODY_LIMIT: Final = 64 * 1024
+DEFAULT_BODY_TIMEOUT: Final = 10.0  # seconds from the headers to the whole body
+BODY_TIMEOUT: Final = web.AppKey("body_timeout", float)
 BATCH_BODY_LIMIT: Final = 1024 * 1024
 # Longest duration a request may name (ten years); the registry applies the real caps, this
 # only keeps absurd numbers from overflowing a timedelta.
@@ -59,6 +64,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "conflict": 409,
+    "request_timeout": 408,
     "too_large": 413,
     "unsupported_media_type": 415,
     "invalid_config": 500,
@@ -108,7 +114,14 @@ async def read_json(request: web.Request, *, limit: int = DEFAULT_BODY_LIMIT) ->
         )
     if request.content_length is not None and request.content_length > limit:
         raise RequestError("too_large", f"request body is larger than {limit} bytes")
-    raw = await request.content.read(limit + 1)
+    timeout = request.app.get(BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT)
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await _read_body(request, limit)
+    except TimeoutError:
+        raise RequestError(
+            "request_timeout", f"the request body did not arrive within {timeout:g} s"
+        ) from None
     if len(raw) > limit:
         raise RequestError("too_large", f"request body is larger than {limit} bytes")
     try:
@@ -122,6 +135,20 @@ async def read_json(request: web.Request, *, limit: int = DEFAULT_BODY_LIMIT) ->
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object")
     return body
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The body, up to ``limit + 1`` bytes (``read(n)`` returns what has arrived so far, which
+    may be one TLS record of a longer body)."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _no_constant(name: str) -> Any:

@@ -13,7 +13,9 @@ from aiohttp import web
 from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.authority import Authority
+from s2s.ca.config import ServerLimits
 from s2s.ca.crl import CrlPublisher
+from s2s.ca.http_guard import LongPollSlots
 from s2s.ca.issuance import Issuer
 from s2s.ca.lifecycle import AuthorityLifecycle
 from s2s.ca.metrics import CaMetrics
@@ -41,6 +43,9 @@ class ApiServices:
     agent_sync: AgentSync | None = None  # bundle sequence reports, tainted authorities
     lifecycle: AuthorityLifecycle | None = None
     root_rotation: RootRotation | None = None
+    long_polls: LongPollSlots = field_(
+        default_factory=lambda: LongPollSlots(ServerLimits().max_long_polls)
+    )
 
     def revocation_service(self) -> RevocationService:
         if self.revocations is None:
