@@ -97,6 +97,7 @@ async def start_slowloris(ca: RunningCa, kind: str, seconds: float) -> asyncio.s
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["byte-at-a-time", "idle-tls", "idle-tcp"])
 async def test_a_slowloris_does_not_delay_renewal(guarded: RunningCa, kind: str) -> None:
     ca = guarded
