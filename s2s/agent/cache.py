@@ -50,6 +50,7 @@ from s2s.agent.metrics import AgentMetrics
 from s2s.agent.node import new_key
 from s2s.agent.versioned import Versioned
 from s2s.aio import wait_event, within
+from s2s.core.backoff import early_answer_pause
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
@@ -215,8 +216,11 @@ class SvidCache(Versioned):
 
     async def _entries_loop(self) -> None:
         backoff = Backoff(rand=self._rand)
+        loop = asyncio.get_running_loop()
         while True:
             wait = self._entries_wait if self.synced.is_set() else 0.0
+            known = (self._state.revision, self._authorities_revision)
+            sent = loop.time()
             try:
                 answer = await self._poll_entries(wait)
             except S2SError as exc:
@@ -227,6 +231,12 @@ class SvidCache(Versioned):
             backoff.reset()
             self.apply_entries(answer.entries, answer.revision)
             self._follow_authorities(answer)
+            changed = (answer.revision, answer.authorities_revision) != known
+            pause = early_answer_pause(
+                asked=wait, took=loop.time() - sent, changed=changed, rand=self._rand()
+            )
+            if pause:  # the CA answered without holding the poll: it is shedding long-polls
+                await asyncio.sleep(pause)
 
     async def _poll_entries(self, wait: float) -> EntriesResponse | None:
         """One entries long-poll reporting our bundle sequence; None if the bundle changed

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from s2s.core.backoff import early_answer_pause
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
 from s2s.core.revocation import RevocationRecord, RevocationSet
@@ -141,8 +142,10 @@ class CaRevocationFeed(RevocationFeed):
 
     async def _run(self) -> None:
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             started = self._now()
+            sent = loop.time()
             try:
                 wait = self.wait if self.revision >= 0 else 0.0
                 page = await self.poller.fetch_revocations(since=self.revision, wait=wait)
@@ -155,7 +158,8 @@ class CaRevocationFeed(RevocationFeed):
                 continue
             failures = 0
             self.polls += 1
-            if page.revision != self.revision or not self.synced.is_set():
+            changed = page.revision != self.revision or not self.synced.is_set()
+            if changed:
                 if len(page.records) > BIG_SET:
                     new = await asyncio.to_thread(
                         RevocationSet.of, page.records, version=page.revision
@@ -165,6 +169,11 @@ class CaRevocationFeed(RevocationFeed):
                 self._publish(new)
                 self.revision = page.revision
             self._confirm(started)
+            pause = early_answer_pause(
+                asked=wait, took=loop.time() - sent, changed=changed, rand=self._rand()
+            )
+            if pause:  # the CA answered without holding the poll: it is shedding long-polls
+                await asyncio.sleep(pause)
 
     async def _closed(self) -> None:
         if self._on_close is not None:

@@ -209,3 +209,26 @@ async def test_strict_policy_fails_closed_after_thirty_seconds() -> None:
             feed.current()
     finally:
         await feed.stop()
+
+
+class SheddingPoller(MemoryPoller):
+    """A CA over its long-poll cap: it answers every poll at once, held or not."""
+
+    async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
+        self.calls.append((since, wait))
+        return self.page
+
+
+async def test_a_ca_shedding_long_polls_is_not_asked_again_in_a_busy_loop() -> None:
+    poller = SheddingPoller()
+    poller.put(3, 0xA)
+    feed = CaRevocationFeed(poller, wait=5.0, clock=FakeClock(NOW), rand=lambda: 0.0)
+    await feed.start(timeout=2)
+    try:
+        await asyncio.sleep(0.3)
+        assert len(poller.calls) <= 3, len(poller.calls)  # a pause of 0.5 s between polls
+        assert feed.status() == "ok"  # every answer still confirms the set
+        poller.put(4, 0xA, 0xB)  # a change arrives with the next poll
+        await until(lambda: feed.current().is_serial_revoked_by_any_issuer(0xB), "the change")
+    finally:
+        await feed.stop()
