@@ -3,6 +3,7 @@ that create or run a CA rather than administer one."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import tomllib
 from collections.abc import Callable
@@ -87,9 +88,11 @@ _FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format",
 
 def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
     """The TOML file of ``serve --config`` (deploy/ca.toml): keys named like the flags
-    (``_FILE_KEYS``, text) and a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``).
+    (``_FILE_KEYS``, text), a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``) and a
+    ``[limits]`` table of :class:`~s2s.ca.config.ServerLimits` fields (durations or counts).
 
-    Returns (flag values, CaConfig TTL overrides).
+    Returns (flag values, CaConfig TTL overrides); the flag values carry the limits, parsed, as
+    ``"limits"`` when the file has the table.
     """
     if path is None:
         return {}, {}
@@ -100,6 +103,7 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
     ttl = doc.pop("ttl", {})
     if not isinstance(ttl, dict):
         raise errors.InvalidConfig(f"{path}: [ttl] must be a table")
+    limits = doc.pop("limits", None)
     unknown = sorted(set(doc) - set(_FILE_KEYS))
     unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
     if unknown:
@@ -112,7 +116,37 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
             ttls[f"{key}_ttl"] = timedelta(seconds=parse_duration(str(value)))
         except click.BadParameter as exc:
             raise errors.InvalidConfig(f"{path}: ttl.{key}: {exc.message}") from exc
+    if limits is not None:
+        doc["limits"] = _server_limits(path, limits)
     return doc, ttls
+
+
+def _server_limits(path: Path, table: object) -> Any:
+    """The ``[limits]`` table as ServerLimits: ``*_timeout`` keys are durations, the others
+    whole numbers; unknown keys and bad values are refused with their name."""
+    from s2s.ca.config import ServerLimits  # noqa: PLC0415
+
+    if not isinstance(table, dict):
+        raise errors.InvalidConfig(f"{path}: [limits] must be a table")
+    known = {f.name for f in dataclasses.fields(ServerLimits)}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise errors.InvalidConfig(
+            f"{path}: unknown setting(s) {', '.join(f'limits.{k}' for k in unknown)}"
+        )
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if key.endswith("_timeout"):
+            try:
+                values[key] = parse_duration(str(value))
+            except click.BadParameter as exc:
+                raise errors.InvalidConfig(f"{path}: limits.{key}: {exc.message}") from exc
+        else:
+            values[key] = value
+    try:
+        return ServerLimits(**values)
+    except errors.InvalidConfig as exc:
+        raise errors.InvalidConfig(f"{path}: [limits]: {exc}") from exc
 
 
 @click.command()
@@ -151,6 +185,7 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
         socket_path=socket_path,
         config_overrides=ttls,
         store=_serve_store(opts, file),
+        **({"limits": file["limits"]} if "limits" in file else {}),
     )
     call(lambda: serve_forever(options))
 
