@@ -22,13 +22,13 @@ import grpc
 from bench._harness import Figure, percentiles
 from s2s.agent import workload_messages as msg
 from s2s.agent.attestor import UnixAttestor
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.testing import TestAuthority
+from s2s.workload_proto import workload_pb2 as pb
 
 HEADER = (("workload.spiffe.io", "true"),)
 CONCURRENCY = (1, 10, 100)

@@ -2,7 +2,7 @@
 
 The agent already follows the CA's revocations (:mod:`s2s.agent.revocations`); a verifier that
 validates JWT-SVIDs itself needs the ``jti`` and SPIFFE ID records too, which CRLs do not carry.
-This s2s extension (``s2s/agent/proto/s2s_revocations.proto``) serves them on the same socket as
+This s2s extension (``s2s/workload_proto/s2s_revocations.proto``) serves them on the same socket as
 the Workload API: the first message and every change carry the whole set (the records as JSON,
 :meth:`RevocationRecord.to_json`, encoded once per set for every stream), and a heartbeat every
 ``heartbeat`` seconds carries the revision and the age of the agent's own set, so that a client
@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import grpc
 
-from s2s.agent.proto import s2s_revocations_pb2 as pb
 from s2s.agent.workload_calls import Ctx
 from s2s.agent.workload_extensions import CallerCheck, StreamGuard
 from s2s.core.revocation import RevocationSet
+from s2s.workload_proto import s2s_revocations_pb2 as pb
 
 __all__ = ["DEFAULT_HEARTBEAT", "METHOD_NAME", "SERVICE_NAME", "RevocationsService"]
 

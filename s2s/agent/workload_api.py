@@ -43,7 +43,6 @@ import grpc
 from s2s.agent import workload_messages as msg
 from s2s.agent.attest_pool import AttestationPool
 from s2s.agent.attestor import PeerCredentials, process_start_time
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.agent.socket_path import prepare_socket_path
 from s2s.agent.uds_proxy import ConnectionEvent, PeerTaggingProxy
 from s2s.agent.workload_calls import CallGuard, Ctx, Observer, Unimplemented
@@ -55,6 +54,7 @@ from s2s.core.errors import InvalidRequest, NotAuthorized, Unavailable
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
+from s2s.workload_proto import workload_pb2 as pb
 
 __all__ = [
     "SERVICE_NAME",

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.core.bundle import BundleSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
+from s2s.workload_proto import workload_pb2 as pb
 
 __all__ = [
     "jwt_bundles_response",

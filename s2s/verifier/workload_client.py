@@ -33,8 +33,6 @@ from urllib.parse import urlsplit
 import grpc
 import jwt
 
-from s2s.agent.proto import s2s_revocations_pb2 as rpb
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import (
     InvalidConfig,
@@ -49,6 +47,8 @@ from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier import workload_parse as parse
 from s2s.verifier.x509context import X509Context
+from s2s.workload_proto import s2s_revocations_pb2 as rpb
+from s2s.workload_proto import workload_pb2 as pb
 
 __all__ = [
     "ENDPOINT_ENV",

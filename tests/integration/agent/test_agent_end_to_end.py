@@ -337,7 +337,7 @@ async def test_each_uid_gets_its_own_identity_and_none_without_entry(harness: An
 
 async def test_raw_grpc_without_the_security_header_is_invalid_argument(harness: Any) -> None:
     running, _ = await attested(harness)
-    from s2s.agent.proto import workload_pb2 as pb  # noqa: PLC0415
+    from s2s.workload_proto import workload_pb2 as pb  # noqa: PLC0415
 
     async with grpc.aio.insecure_channel(f"unix:{running.agent.config.socket}") as channel:
         call = channel.unary_stream(

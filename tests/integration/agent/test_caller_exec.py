@@ -74,7 +74,7 @@ def serve_relay():
 threading.Thread(target=serve_relay, daemon=True).start()
 
 import grpc
-from s2s.agent.proto import workload_pb2 as pb
+from s2s.workload_proto import workload_pb2 as pb
 
 def say(**fields):
     print(json.dumps(fields), flush=True)

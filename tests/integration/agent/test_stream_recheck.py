@@ -10,10 +10,10 @@ from typing import Any
 import grpc
 
 from s2s.agent.attestor import PeerCredentials, UnixAttestor
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.testing import TestAuthority
+from s2s.workload_proto import workload_pb2 as pb
 
 ME = f"unix:uid:{os.getuid()}"
 HEADER = (("workload.spiffe.io", "true"),)

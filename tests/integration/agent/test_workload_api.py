@@ -26,7 +26,6 @@ from spiffe import JwtSvid as SpiffeJwtSvid
 from spiffe.errors import PySpiffeError
 
 from s2s.agent.attestor import UnixAttestor
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.uds_proxy import PeerTaggingProxy
 from s2s.agent.workload_api import WorkloadApiServer
@@ -37,6 +36,7 @@ from s2s.core.revocation import RevocationRecord, RevocationSet, StaticRevocatio
 from s2s.testing import TestAuthority
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.jwt import JwtValidator
+from s2s.workload_proto import workload_pb2 as pb
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run workloads as 65534")
 

@@ -22,11 +22,11 @@ import pytest
 
 from s2s.agent.attestor import UnixAttestor
 from s2s.agent.metrics import AgentMetrics
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.agent.workload_limits import WorkloadLimits
 from s2s.testing import TestAuthority
+from s2s.workload_proto import workload_pb2 as pb
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run workloads as 65534")
 
@@ -36,7 +36,7 @@ HEADER = (("workload.spiffe.io", "true"),)
 
 FETCH_AS_NOBODY = r"""
 import json, os, sys, grpc
-from s2s.agent.proto import workload_pb2 as pb
+from s2s.workload_proto import workload_pb2 as pb
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # after the imports: /root is 0700
 with grpc.insecure_channel("unix:" + sys.argv[1]) as channel:
     call = channel.unary_stream(

@@ -9,10 +9,10 @@ import math
 
 import pytest
 
-from s2s.agent.proto import s2s_revocations_pb2 as rpb
 from s2s.core.errors import Unavailable
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.verifier.workload_client import _revocations_update
+from s2s.workload_proto import s2s_revocations_pb2 as rpb
 
 AT = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
 

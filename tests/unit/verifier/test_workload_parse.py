@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from google.protobuf import struct_pb2
 
-from s2s.agent.proto import workload_pb2 as pb
 from s2s.core.errors import InvalidBundle, InvalidSvid
 from s2s.testing import TestAuthority
 from s2s.verifier import workload_parse as parse
+from s2s.workload_proto import workload_pb2 as pb
 
 
 def test_split_der_round_trip(authority: TestAuthority) -> None:
