@@ -28,7 +28,7 @@ from bench._harness import Figure, percentiles
 from s2s.agent.app import Agent, AgentTuning, run_agent
 from s2s.agent.attestor import UnixAttestor
 from s2s.agent.config import AgentConfig
-from s2s.agent.node import build_csr, new_key
+from s2s.agent.issuance import build_csr, new_key
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.ca.client import AdminClient

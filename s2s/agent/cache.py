@@ -30,7 +30,8 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient, EntriesResponse, sleep_backoff
+from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
+from s2s.agent.ca_wire import AgentUnknown, EntriesResponse
 from s2s.agent.cache_state import (
     CachedSvid,
     CacheState,
@@ -44,10 +45,9 @@ from s2s.agent.cache_state import (
     serving,
     tainted_ids,
 )
-from s2s.agent.issuance import issued_item, keys_and_csrs, merge_updates
+from s2s.agent.issuance import issued_item, merge_updates, new_key, request_svids
 from s2s.agent.jwt_cache import JwtSvidCache
 from s2s.agent.metrics import AgentMetrics
-from s2s.agent.node import new_key
 from s2s.agent.versioned import Versioned
 from s2s.aio import wait_event, within
 from s2s.core.backoff import early_answer_pause
@@ -61,7 +61,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
 from s2s.log import F
 
-__all__ = ["CacheState", "CachedSvid", "SvidCache"]
+__all__ = ["BATCH_SIZE", "SvidCache"]
 
 log = logging.getLogger(__name__)
 
@@ -346,10 +346,8 @@ class SvidCache(Versioned):
         """Get SVIDs for ``items`` (new keys, batched CSRs) and store them."""
         for start in range(0, len(items), BATCH_SIZE):
             batch = items[start : start + BATCH_SIZE]
-            keys = await asyncio.to_thread(keys_and_csrs, self._keygen, len(batch))
-            requests = [(item.entry.id, csr) for item, (_key, csr) in zip(batch, keys, strict=True)]
-            results, sequence = await self._client.sign_x509(requests)
-            self._store_results(batch, [k for k, _ in keys], results)
+            keys, results, sequence = await request_svids(self._client, batch, self._keygen)
+            self._store_results(batch, keys, results)
             if sequence is not None and sequence != self._own_bundle_sequence():
                 self._wake_bundle.set()
 

@@ -20,7 +20,8 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from s2s.agent.ca_client import AgentUnknown, CaClient
+from s2s.agent.ca_client import CaClient
+from s2s.agent.ca_wire import AgentUnknown
 from s2s.agent.metrics import AgentMetrics
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable

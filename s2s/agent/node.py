@@ -22,12 +22,12 @@ import re
 import stat
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.agent.ca_client import (
@@ -38,6 +38,7 @@ from s2s.agent.ca_client import (
     sleep_backoff,
 )
 from s2s.agent.config import AgentConfig
+from s2s.agent.issuance import build_csr, new_key, renewal_due_at
 from s2s.agent.tainted import signed_by_any
 from s2s.core.bundle import Bundle
 from s2s.core.clock import Clock
@@ -50,48 +51,18 @@ from s2s.core.errors import (
     S2SError,
     Unavailable,
 )
-from s2s.core.rotation import jitter_from, renewal_time
+from s2s.core.rotation import jitter_from
 from s2s.core.x509svid import X509Svid, check_x509_svid
 from s2s.log import F
 
-__all__ = [
-    "AGENT_PATH_PREFIX",
-    "AgentIdentity",
-    "NodeAttestor",
-    "build_csr",
-    "new_key",
-    "renewal_due_at",
-]
+__all__ = ["AGENT_PATH_PREFIX", "BUNDLE_FILE", "IDENTITY_FILE", "AgentIdentity", "NodeAttestor"]
 
 log = logging.getLogger(__name__)
 
 AGENT_PATH_PREFIX: Final = "/s2s/agent/"
 IDENTITY_FILE: Final = "agent_identity.pem"
 BUNDLE_FILE: Final = "bundle.json"
-MIN_RENEW_INTERVAL: Final = timedelta(seconds=1)
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
-
-
-def new_key() -> ec.EllipticCurvePrivateKey:
-    """A fresh ECDSA P-256 key (ARCHITECTURE.md: the default everywhere)."""
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def build_csr(key: ec.EllipticCurvePrivateKey) -> x509.CertificateSigningRequest:
-    """A CSR proving possession of ``key``; the CA takes the ID and names from its records."""
-    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
-    return builder.sign(key, hashes.SHA256())
-
-
-def renewal_due_at(
-    svid: X509Svid, received_at: datetime, *, jitter: float, now: datetime | None = None
-) -> datetime:
-    """When to renew ``svid``: half its life, counted from when it was received, +-10%."""
-    start = max(svid.not_before, min(received_at, svid.not_after - timedelta(seconds=1)))
-    due = renewal_time(start, svid.not_after, jitter=jitter)
-    if now is not None:
-        due = max(due, min(now + MIN_RENEW_INTERVAL, svid.not_after))
-    return due
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient
-from s2s.agent.node import IDENTITY_FILE, NodeAttestor, build_csr, new_key
+from s2s.agent.issuance import build_csr, new_key
+from s2s.agent.node import IDENTITY_FILE, NodeAttestor
 from s2s.core.bundle import Bundle
 from s2s.core.clock import FakeClock, SystemClock
 from s2s.core.errors import AttestationFailed, Conflict, InvalidConfig, NotFound, Unavailable

@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import CaClient, X509Result
-from s2s.agent.cache import CachedSvid, SvidCache
-from s2s.agent.node import new_key
+from s2s.agent.ca_client import CaClient
+from s2s.agent.ca_wire import X509Result
+from s2s.agent.cache import SvidCache
+from s2s.agent.cache_state import CachedSvid
+from s2s.agent.issuance import new_key
 from s2s.core.clock import FakeClock
 from s2s.core.errors import NotFound
 from s2s.core.registration import RegistrationEntry

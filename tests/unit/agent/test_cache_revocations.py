@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import CaClient, X509Result
+from s2s.agent.ca_client import CaClient
+from s2s.agent.ca_wire import X509Result
 from s2s.agent.cache import SvidCache
 from s2s.agent.config import load_config
-from s2s.agent.node import new_key
+from s2s.agent.issuance import new_key
 from s2s.cli.agent import cli
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig
