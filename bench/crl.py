@@ -4,7 +4,7 @@ Figures (ECDSA P-256 intermediate, medians; lower is better):
 
 * ``crl build`` -- what the CA does for a CRL it has never built: one ``revoked_entry`` per
   record, ``build_crl`` (entries passed whole to the builder's constructor, AKI, cRLNumber), sign,
-  DER; beside encode + sign of prebuilt entries by the bare builder (performance-baselines.md 4 C);
+  DER; beside encode + sign of prebuilt entries by the bare builder (the cost of signing alone);
 * ``CrlPublisher.refresh`` after one more revocation -- the steady state in the running CA (entries
   and issuers cached; cRLNumber compare-and-swap and both CRLs signed), on a real SQLite store
   whose issued-serial index holds every revoked serial; same baseline.

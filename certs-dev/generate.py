@@ -166,7 +166,7 @@ def _issue(
         ca.intermediate_key,
     )
     chain = (leaf, ca.intermediate)
-    check_x509_svid(chain)  # build, sign, check (CONVENTIONS.md 7)
+    check_x509_svid(chain)  # build, sign, check: the CA runs the profile check too
     return X509Svid(spiffe_id=spiffe_id, cert_chain=chain, private_key=key)
 
 

@@ -1,6 +1,6 @@
 """The agent follows revocations: revoked SVIDs leave its streams at once, CRLs reach workloads.
 
-ARCHITECTURE.md "Revocation fan-out": one watcher per node. The agent follows a revocation feed
+Revocation fan-out: one watcher per node, not one per service. The agent follows a revocation feed
 (the CA long-poll by default, :class:`~s2s.verifier.feeds_ca.CaRevocationFeed` over the agent's
 own mTLS :class:`CaClient`; or etcd, :class:`~s2s.verifier.feeds_etcd.EtcdRevocationFeed`, when
 configured). On every new set it drops each SVID whose leaf or CA certificate is revoked, so the

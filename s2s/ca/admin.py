@@ -1,8 +1,8 @@
 """The admin API: JSON over HTTP on a Unix socket in the data dir (mode 0600, owner only).
 
-File permissions are the authorization (ARCHITECTURE.md section 2); as a second fence the server
-refuses peers whose uid (SO_PEERCRED) is neither its own nor root. Routes mirror ``s2s-ca``
-commands; handlers parse, call one service method and encode, like ``http.py``.
+File permissions are the authorization (whoever can open the socket is an admin); as a second
+fence the server refuses peers whose uid (SO_PEERCRED) is neither its own nor root. Routes mirror
+``s2s-ca`` commands; handlers parse, call one service method and encode, like ``http.py``.
 """
 
 from __future__ import annotations

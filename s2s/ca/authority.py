@@ -1,6 +1,6 @@
 """The CA's signing authorities: the root, this replica's intermediate and JWT key, the bundle.
 
-Key hierarchy (ARCHITECTURE.md section 2): one root per trust domain (ECDSA P-256, 1 year), one
+Key hierarchy: one root per trust domain (ECDSA P-256, 1 year), one
 intermediate per replica signed by the root (24 h), one JWT signing key per replica (random
 ``kid``). Private keys are sealed with the KEK in the store. Rotation follows SPIRE's schedule: the
 next authority is prepared at 1/2 of the current one's life and activated when 1/6 of it remains.

@@ -1,6 +1,7 @@
 """The CA's configuration: one frozen value, built once at the edge (CLI flags, TOML, env).
 
-Defaults are ARCHITECTURE.md section 2 "Lifetimes". The SVID cap (``max_svid_ttl``) bounds every
+Default lifetimes: X509-SVID and JWT-SVID 5 min, agent SVID 1 h, intermediate 24 h, root 1 year
+(docs/architecture.md, "Lifetimes"). The SVID cap (``max_svid_ttl``) bounds every
 X509-SVID and JWT-SVID the CA issues, whatever an entry or an admin asks for.
 """
 

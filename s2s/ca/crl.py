@@ -11,7 +11,8 @@ the text names one of RFC 5280's, 5.3.1). Expired certificates leave the index a
 
 The values (building, the set, the ``/v1/crl`` encodings) are in ``crl_values`` and re-exported
 here. Entries are built once per serial and passed whole to the builder's constructor: the chained
-``add_revoked_certificate`` copies its list on every call (O(N^2); performance-baselines.md 4).
+``add_revoked_certificate`` copies its list on every call (O(N^2): at 100,000 entries
+about 9 s instead of 0.4 s).
 """
 
 from __future__ import annotations

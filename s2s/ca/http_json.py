@@ -1,7 +1,8 @@
 """JSON in and out of the CA's HTTP adapters: the error-code-to-status table, JSON responses,
 bounded JSON request bodies, typed fields, PEM fields and query numbers.
 
-HTTP statuses are chosen here and in ``http_middleware`` only (conventions rule 11).
+HTTP statuses are chosen here and in ``http_middleware`` only: nothing below
+the adapters picks one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Issuance: X509-SVIDs from agents' CSRs, JWT-SVIDs, the CA's own server SVID, admin mints.
 
-Build, sign, check (CONVENTIONS 7): the CA takes the SPIFFE ID, DNS names and TTL from the
+Build, sign, check: the CA takes the SPIFFE ID, DNS names and TTL from the
 registration entry, never from the CSR (only the CSR's public key and signature are used); the
 active intermediate and its key stay loaded in memory (``X509Signer``); the leaf is built from the
 core template, signed, and run through :func:`check_x509_svid` before anything is returned. Every

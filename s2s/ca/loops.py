@@ -1,4 +1,4 @@
-"""How the CA runs its loops (conventions rule 9): all under one ``asyncio.TaskGroup`` until a stop
+"""How the CA runs its loops: all under one ``asyncio.TaskGroup`` until a stop
 event; a crashed loop is named in the log and stops the process; ``Unavailable`` is retried with
 capped exponential backoff and jitter."""
 

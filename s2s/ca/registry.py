@@ -347,7 +347,7 @@ class Registry(CaService):
 
     async def check_agent_not_revoked(self, agent: AgentRecord, serial: int | None = None) -> None:
         """:class:`Revoked` if the agent SVID ``serial`` (default: the current one) is revoked,
-        by serial or by the agent's SPIFFE ID (ARCHITECTURE.md "Revocation": by agent)."""
+        by serial or by the agent's SPIFFE ID (a revocation by agent covers both)."""
         serial = agent.serial if serial is None else serial
         revoked = self._revocations.current()
         if revoked.is_serial_revoked_by_any_issuer(serial):

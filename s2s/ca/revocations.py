@@ -1,6 +1,6 @@
 """Revocation at the CA: ``s2s-ca revoke`` by serial, SPIFFE ID, JWT ``jti`` or agent.
 
-ARCHITECTURE.md "Revocation": an ID or agent revocation is expanded here into one serial record per
+An ID or agent revocation is expanded here into one serial record per
 unexpired certificate, read from the issued-serial index, because a certificate's notBefore is
 backdated and cannot tell a verifier whether it was issued before the revocation. The SPIFFE ID
 record (``revoked_at`` = now) still covers JWT-SVIDs, whose ``iat`` is not backdated. Every

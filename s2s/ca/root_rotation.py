@@ -1,4 +1,4 @@
-"""Root rotation: a resumable state machine kept in the store (ARCHITECTURE.md "Root rotation").
+"""Root rotation: a resumable state machine kept in the store.
 
     (idle) --prepare--> prepared --activate--> activated --retire--> done
 

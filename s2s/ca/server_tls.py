@@ -31,8 +31,7 @@ def server_context() -> ssl.SSLContext:
 
 class ServerTls:
     """``context`` is the listener's; per handshake it picks the newest context (certificate +
-    roots), because load_verify_locations can add roots but never remove one
-    (python-ecosystem.md 5b)."""
+    roots), because load_verify_locations can add roots but never remove one."""
 
     def __init__(self, *, clock: Clock) -> None:
         self._clock = clock

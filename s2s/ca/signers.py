@@ -139,7 +139,7 @@ class X509Signer:
         backdate: timedelta,
         hint: str = "",
     ) -> X509Svid:
-        """Build, sign and check one leaf (CONVENTIONS 7). A profile violation is our bug: it is
+        """Build, sign and check one leaf. A profile violation is our bug: it is
         logged and raised (:class:`InvalidSvid`), never returned."""
         builder = leaf_template(
             spiffe_id=spiffe_id,

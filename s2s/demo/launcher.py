@@ -152,8 +152,7 @@ class Demo:
 
     def explain(self, server: WorkloadPlan, client: WorkloadPlan) -> None:
         self.say(
-            "two Python workloads share one interpreter, so unix:path alone cannot tell them "
-            "apart (ARCHITECTURE.md 1.3)."
+            "two Python workloads share one interpreter, so unix:path alone cannot tell them apart."
         )
         if server.uid is not None:
             self.say(

@@ -1,7 +1,7 @@
 """Preparing the demo: its directory, and how the two workloads get distinct identities.
 
 Two Python workloads run the same interpreter, so ``unix:path`` (and ``unix:sha256``) cannot tell
-them apart (ARCHITECTURE.md section 1, step 3). The demo tells them apart honestly:
+them apart. The demo tells them apart honestly:
 
 * **as root**: each workload drops to its own unprivileged uid (default 65533 for the server,
   65534 for the client) before it first talks to the agent; the entries select ``unix:uid`` plus

@@ -227,7 +227,7 @@ def _derive_facts(chain: tuple[bytes, ...]) -> _ChainFacts | _Rejection:
         root=certs[-1],
         serials=tuple(c.serial_number for c in certs),
         issuers=tuple(ChainIssuer.of(c) for c in (*certs[1:], certs[-1])),
-        # notBefore is backdated by the CA and cut to whole seconds (ARCHITECTURE.md "Revocation"):
+        # notBefore is backdated by the CA and cut to whole seconds (docs/architecture.md):
         # read as is, an SVID issued just after a SPIFFE ID revocation would be cut off with the
         # old ones. (The CA also revokes each older certificate by serial, which is exact.)
         issued_at=certs[0].not_valid_before_utc + DEFAULT_BACKDATE + _ONE_SECOND,

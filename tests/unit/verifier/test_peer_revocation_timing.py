@@ -2,7 +2,7 @@
 
 The CA backdates notBefore by 30 s and X.509 keeps whole seconds, so a verifier that read
 "issued before the revocation" from notBefore alone would also refuse the SVID the agent fetches
-right after a SPIFFE ID revocation (ARCHITECTURE.md "Revocation"). A stale feed fails closed.
+right after a SPIFFE ID revocation (docs/architecture.md, "Revocation"). A stale feed fails closed.
 """
 
 from __future__ import annotations
