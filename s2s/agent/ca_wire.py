@@ -17,7 +17,6 @@ from typing import Any, Final
 import aiohttp
 from cryptography import x509
 
-from s2s.ca.client import error_from_code
 from s2s.core.bundle import Bundle
 from s2s.core.clock import utc
 from s2s.core.errors import (
@@ -27,6 +26,7 @@ from s2s.core.errors import (
     NotAuthorized,
     S2SError,
     Unavailable,
+    error_from_code,
 )
 from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId, TrustDomain

@@ -13,47 +13,12 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
 
-from s2s.core import errors
-from s2s.core.errors import S2SError, Unavailable
+from s2s.core.errors import NotAuthorized, Unavailable, error_from_code
 
-__all__ = ["ADMIN_SOCKET_NAME", "AdminClient", "error_from_code"]
+__all__ = ["ADMIN_SOCKET_NAME", "AdminClient"]
 
 ADMIN_SOCKET_NAME: Final = "admin.sock"
 _MAX_RESPONSE: Final = 16 * 1024 * 1024
-
-_BY_CODE: Final[dict[str, type[S2SError]]] = {
-    cls.code: cls
-    for cls in (
-        errors.InvalidRequest,
-        errors.InvalidSelector,
-        errors.InvalidBundle,
-        errors.NotAuthorized,
-        errors.AttestationFailed,
-        errors.InvalidConfig,
-        errors.NotFound,
-        errors.Conflict,
-        errors.Unavailable,
-        errors.StoreError,
-    )
-}
-
-
-def error_from_code(code: str, message: str) -> S2SError:
-    """Rebuild the error a server reported (codes with extra constructor data become their base)."""
-    if code == "invalid_spiffe_id":
-        return errors.InvalidRequest(message)
-    if code == "invalid_token":
-        return errors.InvalidToken(message, reason="server")
-    if code == "revoked":
-        return errors.Revoked(message)
-    if code == "invalid_svid":
-        return errors.InvalidSvid(message, rule="server")
-    cls = _BY_CODE.get(code)
-    if cls is None:
-        err = S2SError(message)
-        err.code = code
-        return err
-    return cls(message)
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -134,7 +99,7 @@ class AdminClient:
         except ConnectionRefusedError as exc:
             raise Unavailable(f"the CA at {self.socket_path} refused the connection") from exc
         except PermissionError as exc:
-            raise errors.NotAuthorized(
+            raise NotAuthorized(
                 f"no permission to open {self.socket_path}; run as the CA's user"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:

@@ -1,9 +1,14 @@
 """One error hierarchy for s2s, split by what the caller does next.
 
 Adapters (HTTP, gRPC, CLI) translate these into status codes; nothing below them picks a code.
+Each class has a wire ``code`` (the ``error`` field of the CA's JSON answers); ``error_from_code``
+turns a code a server reported back into the matching class, for every client of the CA.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
 
 __all__ = [
     "AttestationFailed",
@@ -21,6 +26,7 @@ __all__ = [
     "S2SError",
     "StoreError",
     "Unavailable",
+    "error_from_code",
 ]
 
 
@@ -139,6 +145,47 @@ class StoreError(Unavailable):
     """The store failed; nothing was written."""
 
     code = "store_error"
+
+
+_BY_CODE: Final[Mapping[str, type[S2SError]]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        InvalidSelector,
+        InvalidBundle,
+        NotAuthorized,
+        AttestationFailed,
+        InvalidConfig,
+        NotFound,
+        Conflict,
+        Unavailable,
+        StoreError,
+    )
+}
+
+
+def error_from_code(code: str, message: str) -> S2SError:
+    """Rebuild the error a server reported (codes with extra constructor data become their base).
+
+    >>> type(error_from_code("not_found", "no such entry")).__name__
+    'NotFound'
+    >>> error_from_code("teapot", "short and stout").code
+    'teapot'
+    """
+    if code == "invalid_spiffe_id":
+        return InvalidRequest(message)
+    if code == "invalid_token":
+        return InvalidToken(message, reason="server")
+    if code == "revoked":
+        return Revoked(message)
+    if code == "invalid_svid":
+        return InvalidSvid(message, rule="server")
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        err = S2SError(message)
+        err.code = code
+        return err
+    return cls(message)
 
 
 def _clip(text: str, limit: int = 120) -> str:
