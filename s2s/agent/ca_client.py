@@ -51,6 +51,7 @@ from s2s.core.errors import (
     InvalidRequest,
     Unavailable,
 )
+from s2s.core.reserved import is_ca_id
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.core.x509svid import X509Svid
 from s2s.log import F
@@ -59,7 +60,6 @@ from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import PeerVerifier
 
 __all__ = [
-    "CA_PATH_PREFIX",
     "AgentSvidResponse",
     "AgentUnknown",
     "Backoff",
@@ -72,7 +72,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CA_PATH_PREFIX: Final = "/s2s/ca/"
 DEFAULT_TIMEOUT: Final = 10.0
 
 
@@ -182,7 +181,7 @@ class CaClient:
         return BundleSet.of(self._bundle) if self._bundle is not None else BundleSet.of()
 
     def _is_ca(self, sid: SpiffeId) -> bool:
-        return sid.trust_domain == self.trust_domain and sid.path.startswith(CA_PATH_PREFIX)
+        return is_ca_id(sid, self.trust_domain)
 
     def _context(self) -> ssl.SSLContext:
         if self._bundle is None or not self._bundle.x509_authorities:

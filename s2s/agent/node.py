@@ -51,15 +51,15 @@ from s2s.core.errors import (
     S2SError,
     Unavailable,
 )
+from s2s.core.reserved import is_agent_id
 from s2s.core.rotation import jitter_from
 from s2s.core.x509svid import X509Svid, check_x509_svid
 from s2s.log import F
 
-__all__ = ["AGENT_PATH_PREFIX", "BUNDLE_FILE", "IDENTITY_FILE", "AgentIdentity", "NodeAttestor"]
+__all__ = ["BUNDLE_FILE", "IDENTITY_FILE", "AgentIdentity", "NodeAttestor"]
 
 log = logging.getLogger(__name__)
 
-AGENT_PATH_PREFIX: Final = "/s2s/agent/"
 IDENTITY_FILE: Final = "agent_identity.pem"
 BUNDLE_FILE: Final = "bundle.json"
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
@@ -321,7 +321,7 @@ class NodeAttestor:
 
 def _check_agent_id(svid: X509Svid, config: AgentConfig) -> None:
     sid = svid.spiffe_id
-    if sid.trust_domain != config.trust_domain or not sid.path.startswith(AGENT_PATH_PREFIX):
+    if not is_agent_id(sid, config.trust_domain):
         raise InvalidSvid(f"{sid} is not an agent ID of {config.trust_domain}", rule="agent-id")
 
 

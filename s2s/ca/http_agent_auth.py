@@ -11,8 +11,9 @@ from aiohttp import web
 from cryptography import x509
 
 from s2s.ca.http_services import SERVICES
-from s2s.ca.registry import AGENT_PATH_PREFIX, AgentRecord
+from s2s.ca.registry import AgentRecord
 from s2s.core.errors import InvalidSvid, NotAuthorized
+from s2s.core.reserved import JOIN_TOKEN_AGENT_PATH_PREFIX
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import spiffe_id_of
 from s2s.verifier.peer import verified_chain_der
@@ -42,7 +43,7 @@ async def authenticate_agent(request: web.Request) -> AgentRecord:
     if ssl_object is None or der is None:
         raise NotAuthorized("this endpoint needs the agent SVID as a TLS client certificate")
     spiffe_id, serial = _peer_identity(der)
-    if not spiffe_id.path.startswith(AGENT_PATH_PREFIX):
+    if not spiffe_id.path.startswith(JOIN_TOKEN_AGENT_PATH_PREFIX):
         raise NotAuthorized(f"{spiffe_id} is not an agent ID")
     issuers = _issuer_serials(tuple(verified_chain_der(ssl_object)))
     registry = request.app[SERVICES].registry

@@ -45,6 +45,7 @@ from s2s.core.errors import (
     S2SError,
 )
 from s2s.core.registration import RegistrationEntry
+from s2s.core.reserved import ca_server_id
 from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import (
@@ -318,7 +319,7 @@ class Issuer(CaService):
     async def issue_server_svid(self, *, dns_names: Sequence[str] = ()) -> X509Svid:
         """The CA's own SVID ``spiffe://<td>/s2s/ca/<replica>`` with a fresh key kept in memory
         (``server_svid_ttl``, capped by the intermediate); for the HTTPS listener."""
-        spiffe_id = self._config.trust_domain.child("s2s", "ca", self._config.replica_name)
+        spiffe_id = ca_server_id(self._config.trust_domain, self._config.replica_name)
         now = utc(self._clock.now())
         ttl = self._config.server_svid_ttl
         return await self._issue_with_new_key(

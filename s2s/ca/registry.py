@@ -33,13 +33,12 @@ from s2s.core.errors import (
     Revoked,
 )
 from s2s.core.registration import RegistrationEntry, new_entry_id
+from s2s.core.reserved import RESERVED_PATH, is_reserved, join_token_agent_id
 from s2s.core.selectors import Selector, validate_selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
 __all__ = [
-    "AGENT_PATH_PREFIX",
-    "RESERVED_PATH",
     "AgentRecord",
     "EntrySnapshot",
     "JoinToken",
@@ -47,8 +46,6 @@ __all__ = [
     "agent_to_json",
 ]
 
-RESERVED_PATH = "/s2s"
-AGENT_PATH_PREFIX = "/s2s/agent/join_token/"
 JOIN_TOKEN_ATTESTATION = "join_token"  # noqa: S105 - a type name, not a secret
 MAX_JOIN_TOKEN_TTL = timedelta(days=7)
 _MAX_TOKEN_CHARS = 256
@@ -202,7 +199,7 @@ class Registry(CaService):
             raise InvalidRequest(f"SPIFFE ID {spiffe_id} is not in trust domain {td}")
         if spiffe_id.is_root():
             raise InvalidRequest(f"SPIFFE ID {spiffe_id} needs a path (a workload is not the TD)")
-        if spiffe_id.segments[0] == RESERVED_PATH[1:]:
+        if is_reserved(spiffe_id):
             raise InvalidRequest(
                 f"SPIFFE ID {spiffe_id} is under the reserved path {RESERVED_PATH}/"
                 " (used for agents and CA servers)"
@@ -229,7 +226,7 @@ class Registry(CaService):
             id=token_id, token_hash=_token_hash(token), expires_at=now + ttl, created_at=now
         )
         await self._store.create_join_token(record)
-        agent_id = self._config.trust_domain.id(AGENT_PATH_PREFIX + token_id)
+        agent_id = join_token_agent_id(self._config.trust_domain, token_id)
         self._audit.admin_change("token.generate", target=token_id, agent_id=agent_id)
         return JoinToken(token=token, agent_id=agent_id, expires_at=record.expires_at)
 
@@ -246,7 +243,7 @@ class Registry(CaService):
             )
         except NotFound as exc:
             raise AttestationFailed(str(exc)) from exc
-        return self._config.trust_domain.id(AGENT_PATH_PREFIX + record.id)
+        return join_token_agent_id(self._config.trust_domain, record.id)
 
     # -- agents ----------------------------------------------------------------------------
 

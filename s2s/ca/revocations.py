@@ -25,11 +25,12 @@ from cryptography import x509
 from s2s.ca.audit import AuditLog
 from s2s.ca.config import CaConfig
 from s2s.ca.live_revocations import LiveRevocations
-from s2s.ca.registry import AGENT_PATH_PREFIX, Registry
+from s2s.ca.registry import Registry
 from s2s.ca.revocation_targets import RevocationResult, RevokeTarget, parse_serial
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import InvalidRequest, InvalidSpiffeId, NotFound, S2SError
 from s2s.core.jwtsvid import MAX_LEEWAY
+from s2s.core.reserved import JOIN_TOKEN_AGENT_PATH_PREFIX
 from s2s.core.revocation import (
     RevocationKind,
     RevocationRecord,
@@ -224,8 +225,10 @@ class RevocationService:
         the CA does not know (no record, no unexpired SVID).
         """
         self._check_member(agent_id)
-        if not agent_id.path.startswith(AGENT_PATH_PREFIX):
-            raise InvalidRequest(f"{agent_id} is not an agent ID (agents: {AGENT_PATH_PREFIX})")
+        if not agent_id.path.startswith(JOIN_TOKEN_AGENT_PATH_PREFIX):
+            raise InvalidRequest(
+                f"{agent_id} is not an agent ID (agents: {JOIN_TOKEN_AGENT_PATH_PREFIX})"
+            )
         now = utc(self._clock.now())
         own = self._unexpired(await self._store.list_issued(spiffe_id=agent_id), now)
         try:

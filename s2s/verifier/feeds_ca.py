@@ -30,6 +30,7 @@ import aiohttp
 from s2s.core.backoff import early_answer_pause
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
+from s2s.core.reserved import is_ca_id
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.verifier.authorize import authorize_if
@@ -39,7 +40,6 @@ from s2s.verifier.tls import SpiffeSSLContext, client_context
 from s2s.verifier.x509context import X509SourceLike
 
 __all__ = [
-    "CA_PATH_PREFIX",
     "CaRevocationFeed",
     "HttpsRevocationPoller",
     "RevocationPage",
@@ -49,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CA_PATH_PREFIX = "/s2s/ca/"
 MAX_WAIT = 60.0  # the CA caps a long-poll at 60 s
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # ~300k records
 BIG = 1024 * 1024  # answers above this are decoded in a thread
@@ -202,7 +201,7 @@ class HttpsRevocationPoller:
         self._session: aiohttp.ClientSession | None = None
 
     def _is_ca(self, sid: SpiffeId) -> bool:
-        return sid.trust_domain == self.trust_domain and sid.path.startswith(CA_PATH_PREFIX)
+        return is_ca_id(sid, self.trust_domain)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

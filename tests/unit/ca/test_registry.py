@@ -11,9 +11,14 @@ import pytest
 from ca_helpers import Ca, build_ca
 
 from s2s.ca.audit import AUDIT_LOGGER
-from s2s.ca.registry import AGENT_PATH_PREFIX
 from s2s.core.errors import AttestationFailed, Conflict, InvalidRequest, NotAuthorized, NotFound
 from s2s.core.registration import RegistrationEntry
+from s2s.core.reserved import (
+    AGENT_PATH_PREFIX,
+    CA_PATH_PREFIX,
+    JOIN_TOKEN_AGENT_PATH_PREFIX,
+    RESERVED_PATH,
+)
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
 
@@ -54,6 +59,10 @@ async def test_create_entry_with_defaults_and_audit(
         ("spiffe://example.org/s2s/agent/x", "reserved path"),
         ("spiffe://example.org/s2s", "reserved path"),
         ("spiffe://example.org/s2s/ca/ca-0", "reserved path"),
+        (f"spiffe://example.org{JOIN_TOKEN_AGENT_PATH_PREFIX}a1", "reserved path"),
+        (f"spiffe://example.org{AGENT_PATH_PREFIX}other/a1", "reserved path"),
+        (f"spiffe://example.org{CA_PATH_PREFIX}ca-1", "reserved path"),
+        (f"spiffe://example.org{RESERVED_PATH}/anything", "reserved path"),
         ("spiffe://example.org", "needs a path"),
     ],
 )
@@ -167,7 +176,7 @@ async def test_wait_for_entries_wakes_on_change_and_times_out(ca: Ca) -> None:
 
 async def test_join_token_grants_its_agent_id_once(ca: Ca) -> None:
     token = await ca.registry.generate_join_token()
-    assert token.agent_id.path.startswith(AGENT_PATH_PREFIX)
+    assert token.agent_id.path.startswith(JOIN_TOKEN_AGENT_PATH_PREFIX)
     assert token.expires_at == ca.clock.now() + dt.timedelta(minutes=10)
     assert await ca.registry.consume_join_token(token.token) == token.agent_id
     with pytest.raises(AttestationFailed, match="already used"):
