@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench._harness import Figure, percentiles
 from s2s.agent.app import Agent, AgentTuning, run_agent
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.config import AgentConfig
 from s2s.agent.issuance import build_csr, new_key
 from s2s.agent.static_provider import StaticIdentityProvider

@@ -21,7 +21,7 @@ import grpc
 
 from bench._harness import Figure, percentiles
 from s2s.agent import workload_messages as msg
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet

@@ -18,7 +18,8 @@ from typing import Final
 
 from aiohttp import web
 
-from s2s.agent.attestor import AttestorConfig, UnixAttestor
+from s2s.agent.attestors.base import AttestorOptions
+from s2s.agent.attestors.registry import build_attestor
 from s2s.agent.ca_client import Backoff, CaClient
 from s2s.agent.cache import SvidCache
 from s2s.agent.config import AgentConfig
@@ -161,7 +162,8 @@ class Agent:
             await asyncio.sleep(FEED_SYNC_POLL)
 
     async def _serve(self, cache: SvidCache, revocations_api: RevocationsService) -> None:
-        attestor = UnixAttestor(AttestorConfig(sha256_max_bytes=self.config.sha256_max_bytes))
+        options = AttestorOptions(sha256_max_bytes=self.config.sha256_max_bytes)
+        attestor = build_attestor(self.config.attestors, options)
         server = WorkloadApiServer(
             provider=cache,
             attestor=attestor,

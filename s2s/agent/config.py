@@ -11,6 +11,7 @@ the TOML file (``--config agent.toml`` or ``S2S_CONFIG``), or its default. Value
     join_token = "..."                    # only needed until the first attestation
     data_dir = "/var/lib/s2s-agent"
     socket = "/run/s2s/agent.sock"
+    attestors = ["unix"]                  # workload attestors whose selectors are united
     sha256_max_bytes = "128MiB"           # biggest binary hashed for unix:sha256 (0 = no limit)
     metrics_listen = "127.0.0.1:9988"     # "" or absent: no metrics endpoint
     log_level = "info"
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from s2s.agent.attestor import DEFAULT_SHA256_MAX_BYTES
+from s2s.agent.attestors.registry import DEFAULT_ATTESTORS, check_attestor_names
+from s2s.agent.attestors.unix import DEFAULT_SHA256_MAX_BYTES
 from s2s.agent.workload_limits import (
     DEFAULT_ATTEST_WORKERS,
     DEFAULT_IDLE_TIMEOUT,
@@ -74,6 +76,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "join_token": "S2S_JOIN_TOKEN",
     "data_dir": "S2S_DATA_DIR",
     "socket": "S2S_SOCKET",
+    "attestors": "S2S_ATTESTORS",
     "sha256_max_bytes": "S2S_SHA256_MAX_BYTES",
     "metrics_listen": "S2S_METRICS_LISTEN",
     "log_level": "S2S_LOG_LEVEL",
@@ -88,7 +91,9 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "workload_attest_workers": "S2S_WORKLOAD_ATTEST_WORKERS",
 }
 _TOML_KEYS: Final = {("ca_url" if k == "ca_urls" else k): k for k in ENV_VARS}
-_FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()}
+_FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()} | {
+    "attestors": "--attestor"  # repeated, one name each
+}
 _SIZE = re.compile(r"(\d+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)", re.IGNORECASE)
 _SIZE_UNITS: Final = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(|s|m|h)", re.IGNORECASE)
@@ -106,6 +111,7 @@ class AgentConfig:
     trust_bundle: Path | None = None
     join_token: str | None = field(default=None, repr=False)
     socket: Path = DEFAULT_SOCKET
+    attestors: tuple[str, ...] = DEFAULT_ATTESTORS  # names in s2s.agent.attestors.registry
     sha256_max_bytes: int = DEFAULT_SHA256_MAX_BYTES
     metrics_listen: tuple[str, int] | None = None
     log_level: str = "INFO"
@@ -132,6 +138,8 @@ class AgentConfig:
             raise InvalidConfig("socket path is longer than 107 bytes (the Unix socket limit)")
         if self.sha256_max_bytes < 0:
             raise InvalidConfig("sha256_max_bytes must be 0 (no limit) or a positive size")
+        if check_attestor_names(self.attestors) != self.attestors:
+            raise InvalidConfig("attestors must name each workload attestor once")
         if self.log_level not in LOG_LEVELS:
             raise InvalidConfig(f"log_level must be one of {', '.join(LOG_LEVELS).lower()}")
         if self.log_format not in LOG_FORMATS:
@@ -371,6 +379,17 @@ def _endpoints(value: Any) -> str | None:
     return text
 
 
+def _attestors(value: Any, _base: Path | None) -> tuple[str, ...]:
+    """``["unix"]``, ``"unix"`` or ``"unix,other"`` -> known attestor names, in order."""
+    if isinstance(value, str):
+        items: list[Any] = value.split(",")
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise InvalidConfig("must be an attestor name or a list of names")
+    return check_attestor_names(_text(item, "an attestor name") for item in items)
+
+
 def _level(value: Any, _base: Path | None) -> str:
     return _text(value, "a log level").upper()
 
@@ -386,6 +405,7 @@ _PARSERS: Final[Mapping[str, Callable[[Any, Path | None], Any]]] = {
     "join_token": _token,
     "data_dir": _abs_path,
     "socket": _abs_path,
+    "attestors": _attestors,
     "sha256_max_bytes": lambda v, _b: parse_size(v),
     "metrics_listen": lambda v, _b: parse_listen(v),
     "log_level": _level,

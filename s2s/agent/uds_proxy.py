@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
-from s2s.agent.attestor import PeerCredentials, socket_peer
+from s2s.agent.attestors.peercred import PeerCredentials, socket_peer
 from s2s.agent.socket_path import prepare_socket_path
 from s2s.agent.workload_limits import ConnectionCounter, WorkloadLimits
 from s2s.core.errors import AttestationFailed, NotAuthorized, S2SError, Unavailable

@@ -42,7 +42,8 @@ import grpc
 
 from s2s.agent import workload_messages as msg
 from s2s.agent.attest_pool import AttestationPool
-from s2s.agent.attestor import PeerCredentials, process_start_time
+from s2s.agent.attestors.base import Attestor
+from s2s.agent.attestors.peercred import PeerCredentials, process_start_time
 from s2s.agent.socket_path import prepare_socket_path
 from s2s.agent.uds_proxy import ConnectionEvent, PeerTaggingProxy
 from s2s.agent.workload_calls import CallGuard, Ctx, Observer, Unimplemented
@@ -58,7 +59,6 @@ from s2s.workload_proto import workload_pb2 as pb
 
 __all__ = [
     "SERVICE_NAME",
-    "Attestor",
     "IdentityProvider",
     "WorkloadApiServer",
 ]
@@ -100,22 +100,6 @@ class IdentityProvider(Protocol):
 
     def validate_jwt(self, token: str, audience: str) -> tuple[SpiffeId, Mapping[str, Any]]:
         """Validate against the bundles; :class:`InvalidToken` on rejection."""
-        ...
-
-
-class Attestor(Protocol):
-    """Derives a caller's selectors (``UnixAttestor``); both methods block (run in threads)."""
-
-    def admit(self, peer: PeerCredentials) -> PeerCredentials:
-        """``peer`` as it is when its connection is accepted (``AttestationFailed``)."""
-        ...
-
-    def attest(self, peer: PeerCredentials) -> frozenset[Selector]:
-        """Selectors for a call; ``NotAuthorized`` if the caller is not the admitted process."""
-        ...
-
-    def recheck(self, peer: PeerCredentials) -> None:
-        """The caller is still the admitted process (errors as ``attest``), selectors aside."""
         ...
 
 

@@ -75,6 +75,12 @@ def cli() -> None:
 @click.option("--join-token", help="One-time join token (env S2S_JOIN_TOKEN; prefer the env).")
 @click.option("--data-dir", help="Where the agent keeps its key and SVID (env S2S_DATA_DIR).")
 @click.option("--socket", help="Workload API socket (default /run/s2s/agent.sock; env S2S_SOCKET).")
+@click.option(
+    "--attestor",
+    "attestors",
+    multiple=True,
+    help="Workload attestor, repeat for several (default unix; env S2S_ATTESTORS).",
+)
 @click.option("--sha256-max-bytes", help="Largest binary hashed for unix:sha256 (e.g. 128MiB).")
 @click.option("--metrics-listen", help="HOST:PORT for /metrics, /healthz, /readyz.")
 @click.option("--log-level", help="debug, info, warning, error (env S2S_LOG_LEVEL).")

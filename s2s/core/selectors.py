@@ -123,7 +123,8 @@ def _is_sha256(value: str) -> bool:
 _ID_RULE = "a decimal number from 0 to 4294967294 without leading zeros"
 _NAME_RULE = "an account name (letters, digits, '_' or '.' first; no whitespace, ':', '/' or ',')"
 
-# The unix workload attestor (s2s.agent.attestor) produces exactly these.
+# The unix workload attestor (s2s.agent.attestors.unix) produces exactly these. A new attestor
+# adds its kinds here, next to its entry in s2s.agent.attestors.registry.
 _UNIX_KINDS: Final = (
     SelectorKind("unix", "uid", _ID_RULE, _is_id),
     SelectorKind("unix", "user", _NAME_RULE, _is_account),

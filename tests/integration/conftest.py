@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from s2s.agent.app import Agent, AgentTuning, run_agent
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.config import AgentConfig
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer

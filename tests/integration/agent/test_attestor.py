@@ -14,13 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from s2s.agent.attestor import (
-    AttestorConfig,
-    PeerCredentials,
-    UnixAttestor,
-    peer_credentials,
-    process_start_time,
-)
+from s2s.agent.attestors.peercred import PeerCredentials, peer_credentials, process_start_time
+from s2s.agent.attestors.unix import UnixAttestor, UnixAttestorConfig
 from s2s.core.errors import AttestationFailed, InvalidConfig
 from s2s.core.selectors import Selector
 
@@ -153,9 +148,9 @@ def test_sha256_size_limit_and_switches(listener: socket.socket) -> None:
     with client, conn:
         peer = peer_credentials(conn)
         full = UnixAttestor().attest(peer)
-        limited = UnixAttestor(AttestorConfig(sha256_max_bytes=1)).attest(peer)
-        no_hash = UnixAttestor(AttestorConfig(sha256=False)).attest(peer)
-        bare = UnixAttestor(AttestorConfig(discover_path=False, sha256=False)).attest(peer)
+        limited = UnixAttestor(UnixAttestorConfig(sha256_max_bytes=1)).attest(peer)
+        no_hash = UnixAttestor(UnixAttestorConfig(sha256=False)).attest(peer)
+        bare = UnixAttestor(UnixAttestorConfig(discover_path=False, sha256=False)).attest(peer)
     kinds = {s.value.split(":")[0] for s in full}
     assert {"path", "sha256"} <= kinds
     assert {s.value.split(":")[0] for s in limited} == kinds - {"sha256"}
@@ -165,9 +160,9 @@ def test_sha256_size_limit_and_switches(listener: socket.socket) -> None:
 
 def test_bad_config() -> None:
     with pytest.raises(InvalidConfig):
-        AttestorConfig(sha256_max_bytes=-1)
+        UnixAttestorConfig(sha256_max_bytes=-1)
     with pytest.raises(InvalidConfig):
-        AttestorConfig(discover_path=False, sha256=True)
+        UnixAttestorConfig(discover_path=False, sha256=True)
 
 
 def write_proc(root: Path, pid: int, *, stat: str, status: str) -> None:
@@ -197,7 +192,7 @@ def test_unreadable_proc_entries_fail_attestation(tmp_path: Path) -> None:
         status="Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\tone two\n",
     )
     attestor = UnixAttestor(
-        AttestorConfig(discover_path=False, sha256=False), proc_root=str(tmp_path)
+        UnixAttestorConfig(discover_path=False, sha256=False), proc_root=str(tmp_path)
     )
     with pytest.raises(AttestationFailed, match="Groups"):
         attestor.attest(PeerCredentials(9, 0, 0, 22))
@@ -211,7 +206,7 @@ def test_names_are_omitted_for_unknown_accounts(tmp_path: Path) -> None:
     status = "Uid:\t4242\t4242\t4242\t4242\nGid:\t4343\t4343\t4343\t4343\nGroups:\t4444\n"
     write_proc(tmp_path, 10, stat=f"10 (x) {fields}\n", status=status)
     attestor = UnixAttestor(
-        AttestorConfig(discover_path=False, sha256=False),
+        UnixAttestorConfig(discover_path=False, sha256=False),
         proc_root=str(tmp_path),
         user_name=lambda uid: None,
         group_name=lambda gid: None,

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import s2s
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.agent.workload_limits import WorkloadLimits

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.socket_path import prepare_socket_path
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer

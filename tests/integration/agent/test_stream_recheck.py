@@ -9,7 +9,8 @@ from typing import Any
 
 import grpc
 
-from s2s.agent.attestor import PeerCredentials, UnixAttestor
+from s2s.agent.attestors.peercred import PeerCredentials
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.testing import TestAuthority

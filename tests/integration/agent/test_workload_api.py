@@ -25,7 +25,7 @@ from spiffe import JwtSource, WorkloadApiClient, X509Source
 from spiffe import JwtSvid as SpiffeJwtSvid
 from spiffe.errors import PySpiffeError
 
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.uds_proxy import PeerTaggingProxy
 from s2s.agent.workload_api import WorkloadApiServer

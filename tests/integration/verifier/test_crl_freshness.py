@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from prometheus_client import CollectorRegistry
 from verifier_support import exchange, serving, source_of, wait_for
 
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet

@@ -20,7 +20,7 @@ import grpc
 import pytest
 from prometheus_client import CollectorRegistry
 
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.revocations_api import RevocationsService
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from prometheus_client import CollectorRegistry
 from verifier_support import Updates, exchange, serial_is, serving, wait_for, write_svid
 
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.bundle import BundleSet

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from s2s.agent.attestor import UnixAttestor
+from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.core.clock import FakeClock

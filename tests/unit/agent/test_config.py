@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from s2s.agent.attestor import DEFAULT_SHA256_MAX_BYTES
+from s2s.agent.attestors.unix import DEFAULT_SHA256_MAX_BYTES
 from s2s.agent.config import DEFAULT_SOCKET, AgentConfig, load_config, parse_listen, parse_size
 from s2s.core.errors import InvalidConfig
 from s2s.core.spiffe_id import TrustDomain

@@ -1,11 +1,10 @@
-"""Workload attestation from the kernel: who is on the other end of a Unix socket.
+"""The unix workload attestor: a caller's ``unix`` selectors from what the kernel says about it.
 
-``SO_PEERCRED`` gives the caller's pid, uid and gid as of ``connect()``. :func:`peer_credentials`
-reads them together with the process start time (``/proc/<pid>/stat`` field 22). Later,
-:meth:`UnixAttestor.attest` derives the ``unix`` selectors from ``/proc/<pid>`` and then checks
-that the pid still names the same process (same start time, same effective uid/gid): a caller that
-exited and had its pid reused, or that changed its uid after connecting, fails attestation rather
-than lending its identity to someone else (SPIRE's peertracker does the same).
+:meth:`UnixAttestor.attest` derives the selectors from ``/proc/<pid>``
+(:mod:`s2s.agent.attestors.peercred`) and then checks that the pid still names the same process
+(same start time, same effective uid/gid): a caller that exited and had its pid reused, or that
+changed its uid after connecting, fails attestation rather than lending its identity to someone
+else.
 
 A connection outlives the exec of the process that opened it: a process can connect, fork, and
 exec a registered binary while its child keeps using the connection. :meth:`UnixAttestor.admit`
@@ -31,65 +30,37 @@ import hashlib
 import logging
 import os
 import pwd
-import socket
-import struct
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from s2s.agent.attestors.base import AttestorOptions
+from s2s.agent.attestors.peercred import (
+    PeerCredentials,
+    ProcessImage,
+    check_same_process,
+    process_image,
+)
 from s2s.core.errors import AttestationFailed, InvalidConfig, NotAuthorized
 from s2s.core.selectors import Selector
 
 __all__ = [
     "DEFAULT_HASH_CACHE_SIZE",
     "DEFAULT_SHA256_MAX_BYTES",
-    "AttestorConfig",
-    "PeerCredentials",
-    "ProcessImage",
     "UnixAttestor",
-    "peer_credentials",
-    "process_start_time",
-    "socket_peer",
+    "UnixAttestorConfig",
+    "unix_attestor",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHA256_MAX_BYTES = 128 * 1024 * 1024
-_PEERCRED = struct.Struct("3i")
 DEFAULT_HASH_CACHE_SIZE = 256
-_START_TIME_FIELD = 22  # proc(5): (22) starttime, in clock ticks since boot
 
 
 @dataclass(frozen=True, slots=True)
-class ProcessImage:
-    """What a process is, as far as its selectors go: its ids and the binary it runs.
-
-    ``exe`` and ``binary`` (``st_dev``, ``st_ino`` of the running binary) are ``None`` when the
-    attestor does not look at binaries (``discover_path`` off).
-    """
-
-    uid: int  # effective
-    gid: int  # effective
-    groups: tuple[int, ...]
-    exe: str | None
-    binary: tuple[int, int] | None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerCredentials:
-    """The kernel's view of a Unix-socket peer at connect time, and (``image``) the process as
-    :meth:`UnixAttestor.admit` saw it when the connection was accepted."""
-
-    pid: int
-    uid: int
-    gid: int
-    start_time: int  # /proc/<pid>/stat field 22, read when the connection was accepted
-    image: ProcessImage | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AttestorConfig:
+class UnixAttestorConfig:
     """What :class:`UnixAttestor` derives.
 
     ``sha256_max_bytes`` bounds the binary size that is hashed (0 = no limit).
@@ -109,48 +80,18 @@ class AttestorConfig:
             raise InvalidConfig("the sha256 selector needs discover_path (it hashes that binary)")
 
 
-def process_start_time(pid: int, *, proc_root: str = "/proc") -> int:
-    """Field 22 of ``/proc/<pid>/stat``; :class:`AttestationFailed` if the process is gone."""
-    try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-        # Field 2 (comm) is parenthesised and may hold spaces or ')': split after the last ')'.
-        rest = text[text.rindex(")") + 2 :].split()
-        return int(rest[_START_TIME_FIELD - 3])
-    except (OSError, ValueError, IndexError) as exc:
-        raise AttestationFailed(f"cannot read the start time of process {pid}: {exc}") from exc
-
-
-def socket_peer(sock: socket.socket) -> tuple[int, int, int]:
-    """``SO_PEERCRED`` of a connected Unix socket: (pid, uid, gid) as of ``connect()``."""
-    try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except OSError as exc:
-        raise AttestationFailed(f"cannot read the caller's credentials: {exc}") from exc
-    pid, uid, gid = _PEERCRED.unpack(raw)
-    if pid <= 0:
-        raise AttestationFailed("the caller's pid is not visible here (another pid namespace?)")
-    return pid, uid, gid
-
-
-def peer_credentials(sock: socket.socket, *, proc_root: str = "/proc") -> PeerCredentials:
-    """``SO_PEERCRED`` of a connected Unix socket plus the peer's start time."""
-    pid, uid, gid = socket_peer(sock)
-    return PeerCredentials(pid, uid, gid, process_start_time(pid, proc_root=proc_root))
-
-
 class UnixAttestor:
     """Derives ``unix:*`` selectors for a caller; thread-safe (runs in worker threads)."""
 
     def __init__(
         self,
-        config: AttestorConfig | None = None,
+        config: UnixAttestorConfig | None = None,
         *,
         proc_root: str = "/proc",
         user_name: Callable[[int], str | None] | None = None,
         group_name: Callable[[int], str | None] | None = None,
     ) -> None:
-        self._config = config or AttestorConfig()
+        self._config = config or UnixAttestorConfig()
         self._proc = proc_root
         self._user_name = user_name or _user_name
         self._group_name = group_name or _group_name
@@ -199,32 +140,7 @@ class UnixAttestor:
 
     def _image(self, peer: PeerCredentials) -> ProcessImage:
         """The process's image now; its effective ids must still be the connect-time ones."""
-        status = self._status(peer.pid)
-        if _effective(status, "Uid") != peer.uid or _effective(status, "Gid") != peer.gid:
-            raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
-        exe: str | None = None
-        binary: tuple[int, int] | None = None
-        if self._config.discover_path:
-            exe, binary = self._binary(peer.pid)
-        return ProcessImage(peer.uid, peer.gid, _groups(status), exe, binary)
-
-    def _status(self, pid: int) -> dict[str, str]:
-        try:
-            with open(f"{self._proc}/{pid}/status", "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-        except OSError as exc:
-            raise AttestationFailed(f"cannot read the status of process {pid}: {exc}") from exc
-        return dict(line.partition(":")[::2] for line in lines)
-
-    def _binary(self, pid: int) -> tuple[str, tuple[int, int]]:
-        """Path and (device, inode) of the binary process ``pid`` runs."""
-        exe = f"{self._proc}/{pid}/exe"
-        try:
-            path = os.readlink(exe)
-            st = os.stat(exe)
-        except OSError as exc:
-            raise AttestationFailed(f"cannot read the binary path of process {pid}: {exc}") from exc
-        return path, (st.st_dev, st.st_ino)
+        return process_image(peer, proc_root=self._proc, with_binary=self._config.discover_path)
 
     def _sha256(self, pid: int, image: ProcessImage) -> str | None:
         """Hash of the running binary, remembered (least recently used first out) by device,
@@ -266,25 +182,14 @@ class UnixAttestor:
             return len(self._hashes)
 
     def _check_same_process(self, peer: PeerCredentials) -> None:
-        """Pid-reuse guard: the process we read must be the one that connected."""
-        # Everything above was read from /proc/<pid> after connect(); if the start time still
-        # matches, the pid named the connecting process throughout (SPIRE peertracker IsAlive).
-        if process_start_time(peer.pid, proc_root=self._proc) != peer.start_time:
-            raise AttestationFailed(f"process {peer.pid} exited; its pid now names another process")
+        check_same_process(peer, proc_root=self._proc)
 
 
-def _effective(status: dict[str, str], key: str) -> int:
-    try:
-        return int(status[key].split()[1])  # real, effective, saved, filesystem
-    except (KeyError, IndexError, ValueError) as exc:
-        raise AttestationFailed(f"malformed {key} line in /proc status") from exc
-
-
-def _groups(status: dict[str, str]) -> tuple[int, ...]:
-    try:
-        return tuple(sorted({int(g) for g in status.get("Groups", "").split()}))
-    except ValueError as exc:
-        raise AttestationFailed("malformed Groups line in /proc status") from exc
+def unix_attestor(options: AttestorOptions) -> UnixAttestor:
+    """The ``unix`` attestor as the agent configures it (registered as ``"unix"``)."""
+    return UnixAttestor(
+        UnixAttestorConfig(sha256_max_bytes=options.sha256_max_bytes), proc_root=options.proc_root
+    )
 
 
 def _held_to_admission(peer: PeerCredentials, image: ProcessImage) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from s2s.agent.attestor import AttestorConfig, PeerCredentials, UnixAttestor
+from s2s.agent.attestors.peercred import PeerCredentials
+from s2s.agent.attestors.unix import UnixAttestor, UnixAttestorConfig
 from s2s.core.errors import AttestationFailed, InvalidConfig, NotAuthorized
 from s2s.core.selectors import Selector
 
@@ -45,7 +46,7 @@ def binary(tmp_path: Path, name: str, content: bytes = b"\x7fELF") -> Path:
 
 def attestor(proc: FakeProc, **config: int) -> UnixAttestor:
     return UnixAttestor(
-        AttestorConfig(**config),  # type: ignore[arg-type]
+        UnixAttestorConfig(**config),  # type: ignore[arg-type]
         proc_root=str(proc.root),
         user_name=lambda uid: None,
         group_name=lambda gid: None,
@@ -145,7 +146,7 @@ def test_hash_cache_is_bounded_and_follows_content(tmp_path: Path, proc: FakePro
 
 def test_bad_cache_size() -> None:
     with pytest.raises(InvalidConfig):
-        AttestorConfig(hash_cache_size=0)
+        UnixAttestorConfig(hash_cache_size=0)
 
 
 def test_recheck_holds_the_caller_to_its_image_and_start_time(
