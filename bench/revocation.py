@@ -44,7 +44,8 @@ from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid, spiffe_id_of
-from s2s.store.etcd_client import EtcdClient, put_op
+from s2s.etcd.client import EtcdClient
+from s2s.etcd.values import put_op
 from s2s.testing_etcd import EtcdServer
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed

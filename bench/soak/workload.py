@@ -41,7 +41,7 @@ from aiohttp import web
 from cryptography import x509
 
 # Imported before the privilege drop: the interpreter may live where the workload uid cannot read.
-import s2s.store.etcd_client  # noqa: F401
+import s2s.etcd.client  # noqa: F401
 from s2s.core.errors import InvalidToken, S2SError, Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId, TrustDomain

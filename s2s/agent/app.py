@@ -31,8 +31,8 @@ from s2s.agent.workload_api import WorkloadApiServer
 from s2s.aio import within
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
+from s2s.etcd.channel import EtcdTls
 from s2s.log import F, configure_logging
-from s2s.store.etcd_client import EtcdTls
 from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, FeedMetrics, RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed

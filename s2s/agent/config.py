@@ -46,7 +46,7 @@ from s2s.agent.workload_limits import (
 )
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
 from s2s.core.spiffe_id import TrustDomain
-from s2s.store.etcd_client import parse_endpoints
+from s2s.etcd.channel import parse_endpoints
 
 __all__ = [
     "CONFIG_ENV",

@@ -13,7 +13,7 @@ from s2s.ca.store_config import StoreSettings, open_init_store, register_trust_d
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Conflict, InvalidConfig
 from s2s.core.spiffe_id import TrustDomain
-from s2s.store.sqlite import SqliteStore
+from s2s.store.factory import open_store, sqlite_url
 
 __all__ = ["init_data_dir", "init_trust_domain"]
 
@@ -50,7 +50,7 @@ async def init_trust_domain(
     except OSError as exc:
         raise InvalidConfig(f"cannot create data dir {data_dir}: {exc.strerror}") from exc
     kek = KeyEncryptionKey.create(config.kek_path)
-    store = await SqliteStore.open(config.store_path, create=True)
+    store = await open_store(sqlite_url(config.store_path), create=True)
     try:
         root = await Authority.initialize(
             config=config, store=store, kek=kek, clock=clock or SystemClock()

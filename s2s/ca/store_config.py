@@ -21,11 +21,11 @@ from s2s.ca.config import CaConfig
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
 from s2s.core.spiffe_id import TrustDomain
+from s2s.etcd.channel import EtcdTls
+from s2s.etcd.client import EtcdClient
 from s2s.store.base import Store
-from s2s.store.etcd_client import EtcdClient, EtcdTls
-from s2s.store.factory import open_store
+from s2s.store.factory import open_store, sqlite_url
 from s2s.store.records import Setting
-from s2s.store.sqlite import SqliteStore
 
 __all__ = [
     "TRUST_DOMAIN_INDEX",
@@ -157,7 +157,7 @@ async def open_ca_store(
         if not probe.store_path.exists():
             raise InvalidConfig(f"{data_dir} holds no s2s store; run 's2s-ca init' first")
         kek = KeyEncryptionKey.load(probe.kek_path)
-        store = await SqliteStore.open(probe.store_path, create=False)
+        store = await open_store(sqlite_url(probe.store_path), create=False)
         where = f"the store in {data_dir}"
     try:
         name = await store.get_setting(Setting.TRUST_DOMAIN)

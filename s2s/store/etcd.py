@@ -27,18 +27,10 @@ from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Conflict, InvalidConfig, InvalidSpiffeId
 from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.etcd.channel import EtcdTls
+from s2s.etcd.client import EtcdClient
+from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, value_is, version_is
 from s2s.store.codec import check_revision, check_text, revised
-from s2s.store.etcd_client import (
-    EtcdClient,
-    EtcdTls,
-    KeyValue,
-    delete_op,
-    get_op,
-    mod_is,
-    put_op,
-    value_is,
-    version_is,
-)
 from s2s.store.etcd_expiring import EtcdExpiringRecords
 from s2s.store.etcd_keys import SCHEMA_VERSION, check_entry_key, doc
 from s2s.store.etcd_keyspace import Retry

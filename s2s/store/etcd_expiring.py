@@ -16,8 +16,8 @@ from typing import Any
 from s2s.core.errors import Conflict, InvalidRequest, NotFound, StoreError
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
+from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, version_is
 from s2s.store.codec import FromJson, decode_doc
-from s2s.store.etcd_client import KeyValue, delete_op, get_op, mod_is, put_op, version_is
 from s2s.store.etcd_keys import doc, expiry
 from s2s.store.etcd_keyspace import EtcdKeyspace, Retry
 from s2s.store.records import (

@@ -18,8 +18,8 @@ from s2s.core.errors import Conflict, InvalidConfig
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import TrustDomain
+from s2s.etcd.values import KeyValue
 from s2s.store.codec import encode_doc
-from s2s.store.etcd_client import KeyValue
 from s2s.store.records import JoinTokenRecord, Topic
 
 __all__ = [

@@ -19,19 +19,10 @@ from typing import Any, TypeVar
 from s2s.core.clock import Clock
 from s2s.core.errors import Conflict, NotFound, StoreError
 from s2s.core.spiffe_id import TrustDomain
+from s2s.etcd.client import EtcdClient, LeaseNotFound
+from s2s.etcd.values import KeyValue, TxnResult, delete_op, get_op, mod_is, put_op, version_is
 from s2s.store.base import ChangeNotifier, wait_for_revision
 from s2s.store.codec import FromJson, decode_doc
-from s2s.store.etcd_client import (
-    EtcdClient,
-    KeyValue,
-    LeaseNotFound,
-    TxnResult,
-    delete_op,
-    get_op,
-    mod_is,
-    put_op,
-    version_is,
-)
 from s2s.store.etcd_keys import EtcdKeys, check_meta, doc, meta_doc
 from s2s.store.etcd_leases import LeaseBuckets
 from s2s.store.records import Topic

@@ -3,19 +3,31 @@
 The etcd store keeps each trust domain under its own prefix, so it needs the trust domain: give it
 as the URL path (``etcd://10.0.0.1:2379,10.0.0.2:2379/example.org``) or as ``trust_domain=``.
 TLS for etcd comes as an :class:`EtcdTls` (CA, optional client certificate and key).
+This is the one module that names a backend; everyone else opens a store through it.
 """
 
 from __future__ import annotations
 
+import os
 import urllib.parse
+from pathlib import Path
 
 from s2s.core.errors import InvalidConfig
+from s2s.etcd.channel import EtcdTls
 from s2s.store.base import Store
 from s2s.store.etcd import EtcdStore
-from s2s.store.etcd_client import EtcdTls
 from s2s.store.sqlite import SqliteStore
 
-__all__ = ["open_store"]
+__all__ = ["open_store", "sqlite_url"]
+
+
+def sqlite_url(path: Path | str) -> str:
+    """The store URL of the SQLite file at ``path`` (made absolute).
+
+    >>> sqlite_url("/var/lib/s2s ca/s2s.db")
+    'sqlite:///var/lib/s2s%20ca/s2s.db'
+    """
+    return "sqlite://" + urllib.parse.quote(os.path.abspath(path))
 
 
 async def open_store(

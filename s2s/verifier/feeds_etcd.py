@@ -30,7 +30,9 @@ from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, StoreError
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import TrustDomain
-from s2s.store.etcd_client import EtcdClient, EtcdTls, KeyValue, WatchUpdate
+from s2s.etcd.channel import EtcdTls
+from s2s.etcd.client import EtcdClient
+from s2s.etcd.values import KeyValue, WatchUpdate
 from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
 
 __all__ = ["EtcdRevocationFeed", "revocation_prefix", "revocations_topic_key"]

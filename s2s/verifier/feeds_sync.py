@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import TrustDomain
-from s2s.store.etcd_client import EtcdTls
+from s2s.etcd.channel import EtcdTls
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed

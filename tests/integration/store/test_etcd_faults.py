@@ -21,8 +21,10 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationRecord
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
+from s2s.etcd.channel import EtcdTls
+from s2s.etcd.client import EtcdClient
+from s2s.etcd.values import WatchUpdate, delete_op
 from s2s.store.etcd import EtcdStore
-from s2s.store.etcd_client import EtcdClient, EtcdTls, WatchUpdate, delete_op
 from s2s.store.records import IssuedKind, IssuedSerial, JoinTokenRecord, Topic
 from s2s.testing_etcd import (
     EtcdCluster,

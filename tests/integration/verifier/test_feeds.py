@@ -29,8 +29,9 @@ from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig, InvalidToken, StoreError, Unavailable
 from s2s.core.spiffe_id import TrustDomain
+from s2s.etcd.client import EtcdClient
+from s2s.etcd.values import put_op
 from s2s.store.etcd import EtcdStore
-from s2s.store.etcd_client import EtcdClient, put_op
 from s2s.testing import TestAuthority
 from s2s.testing_etcd import EtcdCluster, EtcdServer
 from s2s.verifier.authorize import authorize_any

@@ -2,7 +2,7 @@
 
 ``parse_endpoints`` turns ``"h:p,h:p"`` into pairs (InvalidConfig if bad); :func:`open_channel`
 builds one ``grpc.aio`` channel that fails over across every endpoint, over TLS when given
-an :class:`EtcdTls`. Used by :class:`s2s.store.etcd_client.EtcdClient`.
+an :class:`EtcdTls`. Used by :class:`s2s.etcd.client.EtcdClient`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """etcd v3 values, typed: keys read, watch events, transaction results and their building blocks.
 
-What :class:`s2s.store.etcd_client.EtcdClient` returns, and the ``Compare`` / ``RequestOp``
-messages callers put into :meth:`~s2s.store.etcd_client.EtcdClient.txn`. No I/O.
+What :class:`s2s.etcd.client.EtcdClient` returns, and the ``Compare`` / ``RequestOp``
+messages callers put into :meth:`~s2s.etcd.client.EtcdClient.txn`. No I/O.
 """
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ is used. Every gRPC failure becomes a :class:`StoreError` here, and nowhere else
 
 :meth:`EtcdClient.follow_prefix` lists a prefix and then watches it from the listed revision + 1,
 resuming from the last seen revision + 1 after a disconnect (no event is lost across an etcd
-restart) and re-listing when that revision has been compacted away (:mod:`s2s.store.etcd_watch`).
-Endpoints and TLS live in :mod:`s2s.store.etcd_channel`, the typed values and transaction
-building blocks in :mod:`s2s.store.etcd_values`; every public name stays importable from here.
+restart) and re-listing when that revision has been compacted away (:mod:`s2s.etcd.watch`).
+Endpoints and TLS live in :mod:`s2s.etcd.channel`, the typed values and transaction
+building blocks in :mod:`s2s.etcd.values`.
 """
 
 from __future__ import annotations
@@ -29,40 +29,16 @@ import grpc.aio
 from aetcd import rpc
 
 from s2s.core.errors import StoreError
-from s2s.store.etcd_channel import EtcdTls, open_channel, parse_endpoints
-from s2s.store.etcd_values import (
+from s2s.etcd.channel import EtcdTls, open_channel
+from s2s.etcd.values import (
     KeyValue,
     TxnResult,
-    WatchEvent,
     WatchUpdate,
-    delete_op,
-    get_op,
-    mod_is,
     prefix_end,
-    put_op,
-    value_is,
-    version_is,
 )
-from s2s.store.etcd_watch import follow_prefix as _follow_prefix
+from s2s.etcd.watch import follow_prefix as _follow_prefix
 
-__all__ = [
-    "EtcdClient",
-    "EtcdTls",
-    "KeptLease",
-    "KeyValue",
-    "LeaseNotFound",
-    "TxnResult",
-    "WatchEvent",
-    "WatchUpdate",
-    "delete_op",
-    "get_op",
-    "mod_is",
-    "parse_endpoints",
-    "prefix_end",
-    "put_op",
-    "value_is",
-    "version_is",
-]
+__all__ = ["EtcdClient", "KeptLease", "LeaseNotFound"]
 
 _log = logging.getLogger(__name__)
 _READ_RETRY_DELAYS = (0.05, 0.2, 0.5)  # seconds between attempts of a read that found etcd down

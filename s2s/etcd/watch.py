@@ -3,7 +3,7 @@
 :func:`follow_prefix` lists a prefix and then watches it from the listed revision + 1, resuming
 from the last seen revision + 1 after a disconnect (no event is lost across an etcd restart) and
 re-listing when that revision has been compacted away. Reached through
-:meth:`s2s.store.etcd_client.EtcdClient.follow_prefix`.
+:meth:`s2s.etcd.client.EtcdClient.follow_prefix`.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import grpc.aio
 from aetcd import rpc
 
 from s2s.core.errors import StoreError
-from s2s.store.etcd_values import KeyValue, WatchEvent, WatchUpdate, prefix_end
+from s2s.etcd.values import KeyValue, WatchEvent, WatchUpdate, prefix_end
 
 if TYPE_CHECKING:
-    from s2s.store.etcd_client import EtcdClient
+    from s2s.etcd.client import EtcdClient
 
 __all__ = ["WatchCompacted", "follow_prefix", "watch_stream"]
 
-# The logger of the module these watches grew up in: operators' filters name it.
-_log = logging.getLogger("s2s.store.etcd_client")
+_log = logging.getLogger(__name__)
 _BACKOFF_START = 0.05
 _BACKOFF_CAP = 2.0
 
