@@ -20,7 +20,7 @@ from aiohttp import web
 
 from s2s.agent.attestors.base import AttestorOptions
 from s2s.agent.attestors.registry import build_attestor
-from s2s.agent.ca_client import Backoff, CaClient
+from s2s.agent.ca_client import CaClient, RetryDelays
 from s2s.agent.cache import SvidCache
 from s2s.agent.config import AgentConfig
 from s2s.agent.metrics import CONTENT_TYPE, AgentMetrics
@@ -29,6 +29,7 @@ from s2s.agent.revocations import RevocationFollower
 from s2s.agent.revocations_api import DEFAULT_HEARTBEAT, RevocationsService
 from s2s.agent.workload_api import WorkloadApiServer
 from s2s.aio import within
+from s2s.core.backoff import Backoff
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.etcd.channel import EtcdTls
@@ -88,8 +89,11 @@ class Agent:
         self.ready = asyncio.Event()
         self._healthy: bool | None = None
 
-    def _backoff(self) -> Backoff:
-        return Backoff(initial=self.tuning.backoff_initial, cap=self.tuning.backoff_cap)
+    def _backoff(self) -> RetryDelays:
+        policy = Backoff.full_jitter(
+            initial=self.tuning.backoff_initial, cap=self.tuning.backoff_cap
+        )
+        return RetryDelays(policy)
 
     async def run(self) -> None:
         """Attest, start serving, then run every loop until cancelled."""

@@ -8,7 +8,7 @@ After attestation the agent SVID is presented as the client certificate (mTLS).
 Each call tries the CA URLs in turn, starting with the last one that answered, and moves on when a
 replica cannot be reached, answers 5xx, or sends something that is not the documented JSON. When
 every replica failed, the call raises :class:`Unavailable`; the agent's loops retry it with
-:class:`Backoff` (capped exponential, full jitter). A CA that *answered* with an error (4xx)
+:class:`RetryDelays` (capped exponential, full jitter). A CA that *answered* with an error (4xx)
 raises the ``s2s.core.errors`` class it named; an agent the CA no longer knows raises
 :class:`AgentUnknown` so the node re-attests.
 """
@@ -44,6 +44,7 @@ from s2s.agent.ca_wire import (  # re-exported: callers import the answer types 
     read_body,
 )
 from s2s.aio import wait_event
+from s2s.core.backoff import Backoff
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import (
@@ -60,12 +61,13 @@ from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import PeerVerifier
 
 __all__ = [
+    "AGENT_BACKOFF",
     "AgentSvidResponse",
     "AgentUnknown",
-    "Backoff",
     "CaClient",
     "EntriesResponse",
     "JwtResponse",
+    "RetryDelays",
     "X509Result",
     "csr_pem",
 ]
@@ -75,29 +77,31 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT: Final = 10.0
 
 
-class Backoff:
-    """Capped exponential backoff with full jitter (the AWS architecture blog's "full jitter").
+# The agent's retries of an unavailable CA: 0.5 s doubling to 30 s, full jitter (at least 0.25 s).
+AGENT_BACKOFF: Final = Backoff.full_jitter(initial=0.5, cap=30.0)
 
-    >>> b = Backoff(initial=1.0, cap=8.0, rand=lambda: 0.999)
-    >>> [round(b.next_delay(), 2) for _ in range(5)]
+
+class RetryDelays:
+    """The waits of one retry loop under a :class:`Backoff` policy: :meth:`next_delay` counts
+    the attempt, :meth:`reset` starts over after a success.
+
+    >>> r = RetryDelays(Backoff.full_jitter(initial=1.0, cap=8.0), rand=lambda: 0.999)
+    >>> [round(r.next_delay(), 2) for _ in range(5)]
     [1.0, 2.0, 4.0, 7.99, 7.99]
     """
 
     def __init__(
-        self, *, initial: float = 0.5, cap: float = 30.0, rand: Callable[[], float] = random.random
+        self, policy: Backoff = AGENT_BACKOFF, *, rand: Callable[[], float] = random.random
     ) -> None:
-        if not 0 < initial <= cap:
-            raise ValueError("backoff needs 0 < initial <= cap")
-        self.initial = initial
-        self.cap = cap
+        self.policy = policy
         self._rand = rand
         self._attempt = 0
 
     def next_delay(self) -> float:
-        """The next wait: uniform in [initial/2, min(cap, initial * 2**attempt)]."""
-        ceiling = min(self.cap, self.initial * (2.0**self._attempt))
+        """The next wait under the policy; the attempt after it waits longer (up to the cap)."""
+        delay = self.policy.delay(self._attempt, self._rand())
         self._attempt = min(self._attempt + 1, 62)
-        return max(self.initial / 2, ceiling * self._rand())
+        return delay
 
     def reset(self) -> None:
         self._attempt = 0
@@ -358,7 +362,7 @@ class CaClient:
             await self._release(entry)
 
 
-async def sleep_backoff(backoff: Backoff, stop: asyncio.Event | None = None) -> None:
+async def sleep_backoff(backoff: RetryDelays, stop: asyncio.Event | None = None) -> None:
     """Sleep the next backoff delay (returns early when ``stop`` is set)."""
     delay = backoff.next_delay()
     if stop is None:

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
+from s2s.agent.ca_client import CaClient, RetryDelays, sleep_backoff
 from s2s.agent.ca_wire import AgentUnknown, EntriesResponse
 from s2s.agent.cache_state import (
     CachedSvid,
@@ -215,7 +215,7 @@ class SvidCache(Versioned):
             group.create_task(self._bundle_loop(), name="bundle")
 
     async def _entries_loop(self) -> None:
-        backoff = Backoff(rand=self._rand)
+        backoff = RetryDelays(rand=self._rand)
         loop = asyncio.get_running_loop()
         while True:
             wait = self._entries_wait if self.synced.is_set() else 0.0
@@ -302,7 +302,7 @@ class SvidCache(Versioned):
             self._wake_rotation.set()
 
     async def _rotation_loop(self) -> None:
-        backoff = Backoff(rand=self._rand)
+        backoff = RetryDelays(rand=self._rand)
         while True:
             due = self._due(self._clock.now())
             if due:
@@ -382,7 +382,7 @@ class SvidCache(Versioned):
             log.info("agent.svids_issued", extra={F.COUNT: issued})
 
     async def _bundle_loop(self) -> None:
-        backoff = Backoff(rand=self._rand)
+        backoff = RetryDelays(rand=self._rand)
         while True:
             self._wake_bundle.clear()
             await wait_event(self._wake_bundle, self._bundle_interval)
@@ -403,7 +403,7 @@ class SvidCache(Versioned):
         bundle = self._state.bundles.get(self._client.trust_domain)
         return None if bundle is None else bundle.sequence
 
-    async def _ca_failed(self, op: str, exc: S2SError, backoff: Backoff) -> None:
+    async def _ca_failed(self, op: str, exc: S2SError, backoff: RetryDelays) -> None:
         self._metrics.count_ca_error(op, exc.code)
         if isinstance(exc, AgentUnknown) and self._on_unknown is not None:
             await self._on_unknown()

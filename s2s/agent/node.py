@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from s2s.agent.ca_client import (
     AgentSvidResponse,
     AgentUnknown,
-    Backoff,
     CaClient,
+    RetryDelays,
     sleep_backoff,
 )
 from s2s.agent.config import AgentConfig
@@ -88,14 +88,14 @@ class NodeAttestor:
         client: CaClient,
         clock: Clock,
         rand: Callable[[], float] = random.random,
-        backoff: Backoff | None = None,
+        backoff: RetryDelays | None = None,
         keygen: Callable[[], ec.EllipticCurvePrivateKey] = new_key,
     ) -> None:
         self._config = config
         self._client = client
         self._clock = clock
         self._rand = rand
-        self._backoff = backoff or Backoff(rand=rand)
+        self._backoff = backoff or RetryDelays(rand=rand)
         self._keygen = keygen
         self._identity: AgentIdentity | None = None
         self._jitter = jitter_from(rand)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 from cryptography import x509
 
-from s2s.agent.ca_client import Backoff, CaClient, sleep_backoff
+from s2s.agent.ca_client import CaClient, RetryDelays, sleep_backoff
 from s2s.agent.cache import SvidCache
 from s2s.aio import wait_event
 from s2s.core.errors import S2SError
@@ -44,13 +44,13 @@ class RevocationFollower:
         cache: SvidCache,
         client: CaClient,
         crl_interval: float = 300.0,
-        backoff: Backoff | None = None,
+        backoff: RetryDelays | None = None,
     ) -> None:
         self.feed = feed
         self.cache = cache
         self.client = client
         self.crl_interval = crl_interval
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or RetryDelays()
         self._crl_wake = asyncio.Event()
         self._listed: frozenset[int] = frozenset()  # revoked serials in the feed's last set
         self._wanted: frozenset[int] = frozenset()  # new ones the CRLs are still to list

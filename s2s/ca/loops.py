@@ -8,13 +8,18 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
 
+from s2s.core.backoff import Backoff
 from s2s.core.errors import Unavailable
 from s2s.log import F
 
-__all__ = ["every", "retrying", "run_loops"]
+__all__ = ["RETRY_BACKOFF", "every", "retrying", "run_loops"]
 
 log = logging.getLogger("s2s.ca.app")  # the logger name operators already filter on
+
+# 0.1 s doubling to 30 s, each delay scaled by 0.5 to 1.5 (and never above 30 s).
+RETRY_BACKOFF: Final = Backoff(initial=0.1, cap=30.0, low=0.5, high=1.5)
 
 
 async def run_loops(loops: Mapping[str, Awaitable[None]], stop: asyncio.Event) -> None:
@@ -37,15 +42,15 @@ async def every(interval: float, step: Callable[[], Awaitable[None]]) -> None:
 
 async def retrying(name: str, step: Callable[[], Awaitable[None]]) -> None:
     """Run ``step``; retry ``Unavailable`` with capped exponential backoff; others crash."""
-    delay = 0.1
+    attempt = 0
     while True:
         try:
             await step()
             return
         except Unavailable as exc:
             log.warning("ca.loop.retry", extra={F.LOOP: name, F.ERROR: str(exc)})
-            await asyncio.sleep(delay * (0.5 + _jitter()))
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(RETRY_BACKOFF.delay(attempt, _jitter()))
+            attempt += 1
 
 
 class _Shutdown(Exception):

@@ -13,12 +13,13 @@ import contextlib
 import logging
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 import grpc.aio
 from aetcd import rpc
 
+from s2s.core.backoff import Backoff
 from s2s.core.errors import StoreError
 from s2s.etcd.values import KeyValue, WatchEvent, WatchUpdate, prefix_end
 
@@ -28,8 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["WatchCompacted", "follow_prefix", "watch_stream"]
 
 _log = logging.getLogger(__name__)
-_BACKOFF_START = 0.05
-_BACKOFF_CAP = 2.0
+_BACKOFF: Final = Backoff.equal_jitter(initial=0.05, cap=2.0)
 
 
 class WatchCompacted(Exception):
@@ -111,6 +111,6 @@ async def follow_prefix(
             if client.closed:
                 return
             failures += 1
-            delay = min(_BACKOFF_CAP, _BACKOFF_START * 2**failures) * (0.5 + rand() / 2)
+            delay = _BACKOFF.delay(failures, rand())  # from 2 * initial
             _log.warning("etcd.watch_retry", extra={"error": str(exc), "delay": delay})
             await asyncio.sleep(delay)

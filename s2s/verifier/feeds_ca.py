@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from s2s.core.backoff import early_answer_pause
+from s2s.core.backoff import Backoff, early_answer_pause
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
 from s2s.core.reserved import is_ca_id
@@ -114,7 +114,9 @@ class CaRevocationFeed(RevocationFeed):
         super().__init__(max_staleness=max_staleness, clock=clock)
         self.poller = poller
         self.wait = max(0.0, min(wait, MAX_WAIT, self.max_staleness / 2))
-        self._backoff = (backoff_initial, backoff_cap)
+        # An initial step above the cap means every delay is about the cap.
+        initial = min(backoff_initial, backoff_cap)
+        self._backoff = Backoff.equal_jitter(initial=initial, cap=backoff_cap)
         self._rand = rand
         self._on_close = on_close
         self.revision = -1  # the CA store revision the set reflects (-1: none yet)
@@ -151,8 +153,7 @@ class CaRevocationFeed(RevocationFeed):
             except S2SError as exc:
                 self._failed(str(exc))
                 failures += 1
-                initial, cap = self._backoff
-                delay = min(cap, initial * 2**failures) * (0.5 + self._rand() / 2)
+                delay = self._backoff.delay(failures, self._rand())  # from 2 * initial
                 await asyncio.sleep(delay)
                 continue
             failures = 0

@@ -19,11 +19,11 @@ import asyncio
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, Self, TypeVar
+from typing import Final, Generic, Self, TypeVar
 
 from s2s.aio import wait_event
+from s2s.core.backoff import Backoff
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
@@ -39,8 +39,8 @@ from s2s.verifier.workload_client import JwtSvid, WorkloadApiClient, X509Update
 from s2s.verifier.x509context import X509Callback, X509Context
 
 __all__ = [
+    "DEFAULT_BACKOFF",
     "DEFAULT_START_TIMEOUT",
-    "Backoff",
     "CrlRevocations",
     "JwtSource",
     "PemFileX509Source",
@@ -51,18 +51,8 @@ _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter: ``initial * 2**attempt``, at most ``maximum``."""
-
-    initial: float = 0.1
-    maximum: float = 5.0
-    jitter: float = 0.2  # each delay is scaled by a factor in [1 - jitter, 1 + jitter]
-
-    def delay(self, attempt: int, rand: float) -> float:
-        """The wait before retry ``attempt`` (0-based), given ``rand`` in [0, 1)."""
-        base = min(self.maximum, self.initial * 2.0 ** min(attempt, 32))
-        return min(self.maximum, base * (1 - self.jitter + 2 * self.jitter * rand))
+# Reconnecting to the Workload API: 0.1 s doubling to 5 s, each delay scaled by 0.8 to 1.2.
+DEFAULT_BACKOFF: Final = Backoff.proportional(initial=0.1, cap=5.0, jitter=0.2)
 
 
 class _WatchedSource(Generic[_T]):
@@ -75,7 +65,7 @@ class _WatchedSource(Generic[_T]):
         client: WorkloadApiClient | None = None,
         *,
         socket: str | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._client = client
@@ -178,7 +168,7 @@ class X509Source(_WatchedSource[X509Update]):
         client: WorkloadApiClient | None = None,
         *,
         socket: str | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         rand: Callable[[], float] = random.random,
         clock: Clock | None = None,
         crl_grace: float = DEFAULT_CRL_GRACE,
@@ -232,7 +222,7 @@ class JwtSource(_WatchedSource[BundleSet]):
         client: WorkloadApiClient | None = None,
         *,
         socket: str | None = None,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = DEFAULT_BACKOFF,
         rand: Callable[[], float] = random.random,
         clock: Clock | None = None,
         revocations_max_staleness: float = DEFAULT_MAX_STALENESS,

@@ -14,16 +14,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from s2s.agent.ca_client import AgentUnknown, Backoff, CaClient
+from s2s.agent.ca_client import AgentUnknown, CaClient, RetryDelays
 from s2s.agent.issuance import build_csr, new_key
 from s2s.agent.node import IDENTITY_FILE, NodeAttestor
+from s2s.core.backoff import Backoff
 from s2s.core.bundle import Bundle
 from s2s.core.clock import FakeClock, SystemClock
 from s2s.core.errors import AttestationFailed, Conflict, InvalidConfig, NotFound, Unavailable
 from s2s.testing import TestAuthority
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
-FAST = Backoff(initial=0.02, cap=0.1)
+FAST = RetryDelays(Backoff.full_jitter(initial=0.02, cap=0.1))
 
 
 MakeNode = Callable[[Any], NodeAttestor]

@@ -21,6 +21,7 @@ from verifier_support import exchange, serving, source_of, wait_for
 from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
+from s2s.core.backoff import Backoff
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig, InvalidToken
@@ -34,7 +35,7 @@ from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import CrlFileRevocations, parse_crls
-from s2s.verifier.source import Backoff, CrlRevocations, X509Source
+from s2s.verifier.source import CrlRevocations, X509Source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.workload_client import X509Update
 from s2s.verifier.x509context import X509Context
@@ -45,7 +46,7 @@ AUD = "spiffe://example.org/api"
 HOUR = dt.timedelta(hours=1)
 GRACE = 300.0
 PAST_GRACE = dt.timedelta(seconds=GRACE + 1)
-FAST = Backoff(initial=0.01, maximum=0.05)
+FAST = Backoff(initial=0.01, cap=0.05)
 
 
 @pytest.fixture

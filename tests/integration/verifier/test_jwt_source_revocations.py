@@ -24,6 +24,7 @@ from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.revocations_api import RevocationsService
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
+from s2s.core.backoff import Backoff
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig, InvalidToken, NotAuthorized
 from s2s.core.revocation import RevocationRecord, RevocationSet
@@ -31,13 +32,13 @@ from s2s.testing import TestAuthority
 from s2s.verifier.feeds import RevocationFeed, RevocationsStale
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.revocation_choice import no_revocation_check
-from s2s.verifier.source import Backoff, JwtSource
+from s2s.verifier.source import JwtSource
 from s2s.verifier.sync import open_jwt_source
 from s2s.verifier.workload_client import RevocationsUpdate, WorkloadApiClient
 
 ME = "spiffe://example.org/me"
 AUD = "spiffe://example.org/api"
-FAST = Backoff(initial=0.01, maximum=0.05)
+FAST = Backoff(initial=0.01, cap=0.05)
 HEARTBEAT = 0.05
 MAX_STALENESS = 60.0
 DEADLINE = 5.0

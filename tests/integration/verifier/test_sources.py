@@ -19,6 +19,7 @@ from verifier_support import Updates, exchange, serial_is, serving, wait_for, wr
 from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
+from s2s.core.backoff import Backoff
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import InvalidToken, Unavailable
 from s2s.core.spiffe_id import SpiffeId
@@ -29,14 +30,14 @@ from s2s.verifier.crls import ChainIssuer
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.revocation_choice import no_revocation_check
-from s2s.verifier.source import Backoff, JwtSource, PemFileX509Source, X509Source
+from s2s.verifier.source import DEFAULT_BACKOFF, JwtSource, PemFileX509Source, X509Source
 from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_x509_source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509SourceLike
 
 ME = "spiffe://example.org/me"
 AUD = "spiffe://example.org/api"
-FAST = Backoff(initial=0.01, maximum=0.05)
+FAST = Backoff(initial=0.01, cap=0.05)
 _T = TypeVar("_T")
 
 
@@ -71,8 +72,8 @@ def register(provider: StaticIdentityProvider, svid: X509Svid) -> None:
 # --- Backoff ------------------------------------------------------------------------------------
 
 
-def test_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
-    b = Backoff(initial=0.1, maximum=5.0, jitter=0.2)
+def test_default_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
+    b = DEFAULT_BACKOFF
     assert [round(b.delay(n, 0.5), 3) for n in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
     assert b.delay(0, 0.0) == pytest.approx(0.08)
     assert b.delay(0, 0.999999) == pytest.approx(0.12)
