@@ -13,7 +13,6 @@ refused with reason ``revocations-stale`` (fail closed; the Workload API answers
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -23,6 +22,7 @@ from typing import Any, Final
 from s2s.agent.ca_client import CaClient
 from s2s.agent.ca_wire import AgentUnknown
 from s2s.agent.metrics import AgentMetrics
+from s2s.core.b64 import b64url_decode
 from s2s.core.clock import Clock
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.jwtsvid import AGENT_CLAIM
@@ -163,7 +163,7 @@ class JwtSvidCache:
 def _is_revoked(token: str, spiffe_id: SpiffeId, revoked: RevocationSet) -> bool:
     try:
         body = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        claims = json.loads(b64url_decode(body))
     except (ValueError, UnicodeDecodeError, IndexError):
         return True  # our own CA's token that we cannot read: mint afresh
     jti, iat = claims.get("jti"), claims.get("iat")
@@ -183,7 +183,7 @@ def _kid_of(token: str) -> str | None:
     """The ``kid`` of a compact JWS header (our own CA's tokens; None if unreadable)."""
     try:
         header = token.split(".", 1)[0]
-        doc = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+        doc = json.loads(b64url_decode(header))
         kid = doc.get("kid") if isinstance(doc, dict) else None
         return kid if isinstance(kid, str) else None
     except (ValueError, UnicodeDecodeError):

@@ -8,13 +8,13 @@ their lifetime has passed, as the agent's cache does. Mutate it from the event l
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from s2s.agent.versioned import Versioned
+from s2s.core.b64 import b64url_decode
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import Unavailable
@@ -116,7 +116,7 @@ def validate_jwt_svid(
 def _half_life(token: str) -> datetime:
     """When a cached token should be replaced: halfway between ``iat`` and ``exp``."""
     payload = token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims = json.loads(b64url_decode(payload))
     exp = float(claims["exp"])
     iat = float(claims.get("iat", exp))
     return datetime.fromtimestamp(iat + (exp - iat) / 2, tz=UTC)

@@ -9,7 +9,6 @@ validator on these pieces.
 
 from __future__ import annotations
 
-import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from s2s.core.b64 import b64url_decode
 from s2s.core.errors import InvalidToken
 from s2s.core.jwtsvid import algorithms_for_key
 
@@ -38,9 +38,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_TOKEN_BYTES = 8 * 1024  # a JWT-SVID is ~300-1000 bytes; anything near this is abuse
-_B64_VALUE = {
-    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
 # alg -> (family, hash). The key decides which of these it may verify (algorithms_for_key).
 _ALGORITHMS: dict[str, tuple[str, type[hashes.HashAlgorithm]]] = {
     "ES256": ("ec", hashes.SHA256), "ES384": ("ec", hashes.SHA384), "ES512": ("ec", hashes.SHA512),
@@ -57,7 +54,6 @@ _RSA_PADDING: dict[str, padding.AsymmetricPadding] = {
     if family != "ec"
 }
 _COMPACT = re.compile(r"([A-Za-z0-9_-]+)\.([A-Za-z0-9_-]*)\.([A-Za-z0-9_-]*)")
-_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,17 +144,12 @@ def split_compact(token: str) -> tuple[str, str, str]:
 
 
 def b64decode(part: str) -> bytes:
-    """Decode base64url already matched against the alphabet by :func:`split_compact`."""
-    rem = len(part) % 4
-    if rem == 1:
-        raise InvalidToken("the token is not valid base64url", reason="malformed")
-    # RFC 4648 3.5: the unused low bits of the last character must be zero (canonical encoding).
-    if rem and _B64_VALUE[part[-1]] & (0x0F if rem == 2 else 0x03):
-        raise InvalidToken("the token is not canonical base64url", reason="malformed")
+    """Decode one part of a compact JWS: canonical base64url only (RFC 4648 section 3.5, the
+    unused low bits of the last character are zero), else InvalidToken(reason='malformed')."""
     try:
-        return binascii.a2b_base64(part.encode("ascii").translate(_TO_STANDARD) + b"=" * (-rem % 4))
-    except binascii.Error:  # not reachable for text _COMPACT matched; kept as a guard
-        raise InvalidToken("the token is not valid base64url", reason="malformed") from None
+        return b64url_decode(part, canonical=True)
+    except ValueError as exc:  # "not valid base64url" / "not canonical base64url"
+        raise InvalidToken(f"the token is {exc}", reason="malformed") from None
 
 
 def json_object(raw: bytes, what: str) -> dict[str, Any]:
