@@ -5,7 +5,8 @@ bundle we hold. That is not enough for SPIFFE (X509-SVID.md 5: a chain must veri
 of the peer's own trust domain), so :func:`verify_peer` re-checks the verified chain: its root
 belongs to the bundle of the leaf's trust domain, the leaf and its CAs pass the X509-SVID profile,
 every certificate is inside its validity window, none is revoked, and the authorizer accepts the
-ID. Facts derived from a chain are cached by its DER, so a known chain costs a few dict lookups.
+ID. Facts derived from a chain are cached by its DER in a :class:`ChainCache`, so a known chain
+costs a few dict lookups; every check shares :data:`DEFAULT_CHAIN_CACHE` unless given its own.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from cryptography import x509
 
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import InvalidSvid, NotAuthorized, Unavailable
+from s2s.core.errors import InvalidConfig, InvalidSvid, NotAuthorized, Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import DEFAULT_BACKDATE, check_x509_svid, spiffe_id_of
@@ -28,6 +29,8 @@ from s2s.verifier.crls import ChainIssuer, CrlLookup
 from s2s.verifier.metrics import PeerMetrics, default_metrics
 
 __all__ = [
+    "DEFAULT_CHAIN_CACHE",
+    "ChainCache",
     "PeerRejected",
     "PeerVerifier",
     "classify_ssl_error",
@@ -90,9 +93,55 @@ class _ChainFacts:
     profile_error: _Rejection | None  # reported after the root check (more telling first)
 
 
-_facts: dict[tuple[bytes, ...], _ChainFacts | _Rejection] = {}
-# TLS session id -> the chain verified in the full handshake that created the session.
-_sessions: dict[bytes, tuple[bytes, ...]] = {}
+class ChainCache:
+    """What the checks derived from each chain (by its DER), and the chain verified in the full
+    handshake behind each TLS 1.2 session id. Each map holds at most ``limit`` items and is
+    emptied when full: rotation replaces chains wholesale, so a full reset is simplest (a resumed
+    session it forgot is refused and the client retries in full). Not locked: dict reads and
+    writes are atomic, and a lost insert only costs a recomputation."""
+
+    def __init__(self, limit: int = _CACHE_LIMIT) -> None:
+        if limit < 1:
+            raise InvalidConfig(f"a chain cache holds at least one chain, not {limit}")
+        self.limit = limit
+        self._facts: dict[tuple[bytes, ...], _ChainFacts | _Rejection] = {}
+        self._sessions: dict[bytes, tuple[bytes, ...]] = {}
+
+    @property
+    def chains(self) -> int:
+        """How many chains' facts are held."""
+        return len(self._facts)
+
+    @property
+    def sessions(self) -> int:
+        """How many TLS session ids are held."""
+        return len(self._sessions)
+
+    def facts(self, chain: tuple[bytes, ...]) -> _ChainFacts | _Rejection:
+        """The facts of ``chain`` (derived once, then served from the cache)."""
+        facts = self._facts.get(chain)
+        if facts is None:
+            facts = _derive_facts(chain)
+            if len(self._facts) >= self.limit:
+                self._facts.clear()
+            self._facts[chain] = facts
+        return facts
+
+    def remember_session(self, session_id: bytes, chain: tuple[bytes, ...]) -> None:
+        if len(self._sessions) >= self.limit:
+            self._sessions.clear()
+        self._sessions[session_id] = chain
+
+    def session_chain(self, session_id: bytes) -> tuple[bytes, ...] | None:
+        """The chain verified when the session ``session_id`` was created, if remembered."""
+        return self._sessions.get(session_id)
+
+    def clear(self) -> None:
+        self._facts.clear()
+        self._sessions.clear()
+
+
+DEFAULT_CHAIN_CACHE: Final = ChainCache()
 
 
 def verified_chain_der(ssl_object: Any) -> list[bytes]:
@@ -111,6 +160,7 @@ def verify_peer(
     authorize: Callable[[SpiffeId], bool],
     revocations: RevocationLookup | None = None,
     now: datetime,
+    cache: ChainCache = DEFAULT_CHAIN_CACHE,
 ) -> SpiffeId:
     """Return the authenticated, authorized SPIFFE ID of the peer of a completed handshake.
 
@@ -121,7 +171,7 @@ def verify_peer(
         # Only TLS 1.2 sessions can be resumed here (the contexts issue no TLS 1.3 tickets);
         # reading ``.session`` is costly (over 100 µs on TLS 1.3), so skip it otherwise.
         if ssl_object.version() == "TLSv1.2" and (session_id := _session_id(ssl_object)):
-            _remember_session(session_id, tuple(chain))
+            cache.remember_session(session_id, tuple(chain))
     else:
         session_id = _session_id(ssl_object)
         leaf = ssl_object.getpeercert(binary_form=True)
@@ -129,14 +179,14 @@ def verify_peer(
             raise PeerRejected("the peer presented no certificate", reason="no-certificate")
         # A resumed TLS 1.2 session carries no verified chain: use the chain verified in full
         # when OpenSSL created the session, and run every current check on it again.
-        known = _sessions.get(session_id) if session_id else None
+        known = cache.session_chain(session_id) if session_id else None
         if known is None or known[0] != leaf:
             raise PeerRejected(
                 "the session was resumed without a verified chain", reason="resumed-session"
             )
         chain = list(known)
     return verify_chain(
-        chain, bundles=bundles, authorize=authorize, revocations=revocations, now=now
+        chain, bundles=bundles, authorize=authorize, revocations=revocations, now=now, cache=cache
     )
 
 
@@ -147,12 +197,13 @@ def verify_chain(
     authorize: Callable[[SpiffeId], bool],
     revocations: RevocationLookup | None = None,
     now: datetime,
+    cache: ChainCache = DEFAULT_CHAIN_CACHE,
 ) -> SpiffeId:
     """:func:`verify_peer` on a chain that OpenSSL already verified (leaf first, root last).
 
     It checks no signature: never pass a chain a peer merely *presented*.
     """
-    facts = _chain_facts(tuple(chain_der))
+    facts = cache.facts(tuple(chain_der))
     if isinstance(facts, tuple):
         raise PeerRejected(facts[0], reason=facts[1])
     sid = facts.spiffe_id
@@ -176,12 +227,6 @@ def _session_id(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> bytes:
     return b"" if session is None else session.id
 
 
-def _remember_session(session_id: bytes, chain: tuple[bytes, ...]) -> None:
-    if len(_sessions) >= _CACHE_LIMIT:
-        _sessions.clear()  # worst case: a resumed session is refused and the client retries
-    _sessions[session_id] = chain
-
-
 def classify_ssl_error(exc: ssl.SSLError) -> str:
     """The rejection reason for an error OpenSSL raised while verifying the peer."""
     if isinstance(exc, PeerRejected):
@@ -194,16 +239,6 @@ def classify_ssl_error(exc: ssl.SSLError) -> str:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return "untrusted-root"
     return "handshake-failed"
-
-
-def _chain_facts(chain: tuple[bytes, ...]) -> _ChainFacts | _Rejection:
-    facts = _facts.get(chain)
-    if facts is None:
-        facts = _derive_facts(chain)
-        if len(_facts) >= _CACHE_LIMIT:
-            _facts.clear()  # rotation replaces chains wholesale; a full reset is simplest
-        _facts[chain] = facts
-    return facts
 
 
 def _derive_facts(chain: tuple[bytes, ...]) -> _ChainFacts | _Rejection:
@@ -304,12 +339,14 @@ class PeerVerifier:
         revocations: RevocationLookup | None = None,
         clock: Clock | None = None,
         metrics: PeerMetrics | None = None,
+        cache: ChainCache = DEFAULT_CHAIN_CACHE,
     ) -> None:
         self._bundles = bundles
         self.authorize = authorize
         self.revocations = revocations
         self._clock: Clock = clock or SystemClock()
         self.metrics = metrics or default_metrics()
+        self.cache = cache
 
     def verify(self, ssl_object: ssl.SSLObject | ssl.SSLSocket) -> SpiffeId:
         """The peer's SPIFFE ID, or :class:`PeerRejected` (counted)."""
@@ -328,6 +365,7 @@ class PeerVerifier:
                 authorize=self.authorize,
                 revocations=self.revocations,
                 now=self._clock.now(),
+                cache=self.cache,
             )
         except PeerRejected as exc:
             self.metrics.rejected(exc.reason)
