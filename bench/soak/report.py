@@ -103,6 +103,7 @@ def build_report(
             ],
         },
         "faults": scenario.events if scenario else [],
+        "revocations_skipped_during_outages": scenario.skipped_revocations if scenario else [],
         "persistence_checks": scenario.persistence_checks if scenario else 0,
         "processes": processes,
     }

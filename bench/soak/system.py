@@ -101,6 +101,7 @@ class System:
                                for w in plan.workloads}  # fmt: skip
         self._files: dict[str, TextIO] = {}
         self.etcd_pids: list[int] = []
+        self.ca_kills = 0  # CA replicas killed so far (a command they were serving fails)
 
     # -- names and commands ----------------------------------------------------------------------
 
@@ -139,6 +140,9 @@ class System:
         if check and last.code != 0:
             raise SoakFailed(f"s2s-ca {' '.join(args[:2])} failed ({last.code}): {last.stderr}")
         return last
+
+    def any_ca_running(self) -> bool:
+        return any(self._running(f"ca-{i}") for i in (0, 1))
 
     def _live_cas(self) -> list[int]:
         live = [i for i in (0, 1) if self._running(f"ca-{i}")]
@@ -221,6 +225,7 @@ class System:
         proc = self.procs[name]
         assert proc.child is not None
         proc.child.stopping = True
+        self.ca_kills += name.startswith("ca-")
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.child.pid, 9)
         await proc.child.wait()
