@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -88,7 +90,12 @@ class System:
         self.env = {**_base_env(), RUN_MARKER: run_id}
         self.logs = root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
+        # The workloads run under their own uids: they must reach the agents' sockets. Below a
+        # private directory (pytest's tmp_path) the sockets go to a directory of their own.
         self.run_dir = root / "run"
+        self.own_run_dir = not _others_can_reach(root) or len(str(self.run_dir)) > 80
+        if self.own_run_dir:
+            self.run_dir = Path(tempfile.mkdtemp(prefix="s2s-soak-run-", dir="/tmp"))
         self.run_dir.mkdir(mode=0o755, exist_ok=True)
         self.run_dir.chmod(0o755)
         self.etcd = EtcdCluster(root / "etcd")
@@ -344,6 +351,8 @@ class System:
         for out in self._files.values():
             out.close()
         self._files.clear()
+        if self.own_run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         return codes
 
     def _stop_etcd_all(self) -> None:
@@ -365,6 +374,11 @@ class System:
     def all_pids(self) -> list[int]:
         pids = [pid for proc in self.procs.values() for pid in proc.pids]
         return pids + self.etcd_pids
+
+
+def _others_can_reach(path: Path) -> bool:
+    """Every directory from / to ``path`` lets other users through (o+x)."""
+    return all(p.stat().st_mode & stat.S_IXOTH for p in [path, *path.parents])
 
 
 def pid_alive(pid: int) -> bool:
