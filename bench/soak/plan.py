@@ -27,14 +27,14 @@ class WorkloadSpec:
     name: str
     agent: str
     path: str
-    jwt: bool  # serves JWT-SVIDs (only verifiers with a feed can revoke a jti)
+    jwt: bool  # serves JWT-SVIDs (crl workloads check them against the agent's revocations)
 
 
 WORKLOADS: Final = (
-    WorkloadSpec("alpha", "a", "crl", jwt=False),
+    WorkloadSpec("alpha", "a", "crl", jwt=True),
     WorkloadSpec("bravo", "b", "etcd", jwt=True),
     WorkloadSpec("charlie", "a", "ca", jwt=True),
-    WorkloadSpec("delta", "b", "crl", jwt=False),
+    WorkloadSpec("delta", "b", "crl", jwt=True),
     WorkloadSpec("spare", "c", "etcd", jwt=True),  # its agent is revoked mid-run
 )
 AGENTS: Final = ("a", "b", "c")

@@ -6,7 +6,8 @@
 
 Its identity comes from the agent (``X509Source``, ``JwtSource``); its revocations come from one
 of the three paths (``crl``: the CRLs the agent pushes, ``etcd``: ``EtcdRevocationFeed``,
-``ca``: ``CaRevocationFeed``), used by its server and its client alike. Every verdict of its
+``ca``: ``CaRevocationFeed``), used by its server and its client alike; a ``crl`` workload checks
+JWT-SVIDs against the agent's revocation stream (``JwtSource.revocations``). Every verdict of its
 verifiers and every call of its client is one JSON line on stdout, with wall-clock times, so that
 the harness can classify each call (see :mod:`bench.soak.accounting`):
 
@@ -265,7 +266,13 @@ class Workload:
 
             await SpiffeTCPSite(runner, "127.0.0.1", self.args.listen, ssl_context=ctx).start()
             if self.args.jwt_listen:
-                validator = JwtValidator(self.jwts, self.name, revocations=self.revocations)
+                # CRLs carry serials only: without a feed of its own, a workload checks JWT-SVIDs
+                # against the agent's revocation stream (the JwtSource's own, the default).
+                validator = (
+                    JwtValidator(self.jwts, self.name, revocations=self.feed)
+                    if self.feed is not None
+                    else JwtValidator(self.jwts, self.name)
+                )
                 japp = web.Application()
                 japp.router.add_post("/j", self._jwt_handler(validator))
                 jrunner = web.AppRunner(japp, access_log=None, handle_signals=False)
