@@ -20,12 +20,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TextIO
 
-__all__ = ["F", "FIELDS", "JsonFormatter", "configure_logging"]
+__all__ = ["F", "FIELDS", "JsonFormatter", "configure_logging", "describe_exception"]
 
 
 class F:
@@ -105,9 +106,36 @@ class JsonFormatter(logging.Formatter):
             if name in record.__dict__:
                 line[name] = _jsonable(record.__dict__[name])
         if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            line["exception"] = f"{type(exc).__name__}: {exc}"
+            line["exception"] = describe_exception(record.exc_info[1])
         return json.dumps(line, separators=(", ", ": "))
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: message``; for an exception group (what a crashed TaskGroup raises) also each
+    exception inside it and where it was raised, which the group's own message never says."""
+    text = f"{type(exc).__name__}: {exc}"
+    if not isinstance(exc, BaseExceptionGroup):
+        return text
+    leaves = [_located(e) for e in _leaves(exc)]
+    return f"{text}: " + "; ".join(leaves)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
+def _located(exc: BaseException) -> str:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = ""
+    if tb is not None:
+        code = tb.tb_frame.f_code
+        where = f" (in {code.co_name}, {os.path.basename(code.co_filename)}:{tb.tb_lineno})"
+    return f"{type(exc).__name__}: {exc}{where}"
 
 
 def configure_logging(
