@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from bench._harness import Figure
 from s2s.ca.authority import Authority
 from s2s.ca.config import CaConfig
-from s2s.ca.crl import CrlPublisher, build_crl, revoked_entry
+from s2s.ca.crl import CrlPublisher
+from s2s.ca.crl_values import build_crl, revoked_entry
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.core.clock import SystemClock
 from s2s.core.revocation import RevocationRecord, RevocationSet, StaticRevocations

@@ -40,9 +40,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.errors import InvalidSpiffeId, S2SError
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
-from s2s.core.x509svid import (
-    X509Svid,
-    check_x509_svid,
+from s2s.core.x509svid import X509Svid, check_x509_svid
+from s2s.core.x509templates import (
     intermediate_template,
     leaf_template,
     root_template,

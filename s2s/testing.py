@@ -33,8 +33,8 @@ from cryptography.x509.oid import ExtensionOID
 from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.clock import Clock
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
-from s2s.core.x509svid import (
-    X509Svid,
+from s2s.core.x509svid import X509Svid
+from s2s.core.x509templates import (
     intermediate_template,
     leaf_template,
     root_template,

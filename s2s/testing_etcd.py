@@ -36,7 +36,6 @@ __all__ = [
     "EtcdCluster",
     "EtcdMissing",
     "EtcdServer",
-    "EtcdTlsFiles",
     "OpenEtcd",
     "etcd_binary",
     "etcd_store_opener",

@@ -28,9 +28,8 @@ from typing import Any, ClassVar, Final
 import aiohttp
 from cryptography import x509
 
-from s2s.agent.ca_wire import (  # re-exported: callers import the answer types from here
+from s2s.agent.ca_wire import (
     AgentSvidResponse,
-    AgentUnknown,
     CertCache,
     EntriesResponse,
     JwtResponse,
@@ -62,13 +61,8 @@ from s2s.verifier.peer import PeerVerifier
 
 __all__ = [
     "AGENT_BACKOFF",
-    "AgentSvidResponse",
-    "AgentUnknown",
     "CaClient",
-    "EntriesResponse",
-    "JwtResponse",
     "RetryDelays",
-    "X509Result",
     "csr_pem",
 ]
 

@@ -30,13 +30,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import (
-    AgentSvidResponse,
-    AgentUnknown,
-    CaClient,
-    RetryDelays,
-    sleep_backoff,
-)
+from s2s.agent.ca_client import CaClient, RetryDelays, sleep_backoff
+from s2s.agent.ca_wire import AgentSvidResponse, AgentUnknown
 from s2s.agent.config import AgentConfig
 from s2s.agent.issuance import build_csr, new_key, renewal_due_at
 from s2s.agent.tainted import signed_by_any

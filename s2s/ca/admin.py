@@ -18,24 +18,12 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from s2s.ca.http import (
-    SERVICES,
-    ApiServices,
-    error_middleware,
-    field,
-    get_crl,
-    get_healthz,
-    get_readyz,
-    get_revocations,
-    json_response,
-    jwt_json,
-    optional_ttl,
-    read_json,
-    svid_json,
-)
-from s2s.ca.http_json import seconds_field
+from s2s.ca.http import get_crl, get_healthz, get_readyz, get_revocations, jwt_json, svid_json
+from s2s.ca.http_json import field, json_response, optional_ttl, read_json, seconds_field
+from s2s.ca.http_middleware import error_middleware
+from s2s.ca.http_services import SERVICES, ApiServices
 from s2s.ca.lifecycle import LifecycleKind
-from s2s.ca.registry import agent_to_json as agent_json
+from s2s.ca.registry import agent_to_json
 from s2s.ca.root_rotation import RootRotation
 from s2s.core.errors import (
     Conflict,
@@ -51,7 +39,6 @@ from s2s.log import F
 
 __all__ = [
     "admin_app",
-    "agent_json",
     "bind_admin_socket",
     "ensure_admin_socket_free",
     "entry_fields",
@@ -228,12 +215,12 @@ async def generate_token(request: web.Request) -> web.Response:
 
 async def list_agents(request: web.Request) -> web.Response:
     agents = await _services(request).registry.list_agents()
-    return json_response({"agents": [agent_json(a) for a in agents]})
+    return json_response({"agents": [agent_to_json(a) for a in agents]})
 
 
 async def show_agent(request: web.Request) -> web.Response:
     spiffe_id = _spiffe_id_arg(request.query.get("spiffe_id"))
-    return json_response(agent_json(await _services(request).registry.get_agent(spiffe_id)))
+    return json_response(agent_to_json(await _services(request).registry.get_agent(spiffe_id)))
 
 
 async def evict_agent(request: web.Request) -> web.Response:
@@ -244,7 +231,7 @@ async def evict_agent(request: web.Request) -> web.Response:
 
 async def ban_agent(request: web.Request) -> web.Response:
     spiffe_id = _spiffe_id_arg((await read_json(request)).get("spiffe_id"))
-    return json_response(agent_json(await _services(request).registry.ban_agent(spiffe_id)))
+    return json_response(agent_to_json(await _services(request).registry.ban_agent(spiffe_id)))
 
 
 # ---- bundle, authorities, minting ---------------------------------------------------------

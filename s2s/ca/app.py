@@ -1,6 +1,6 @@
 """The CA's composition root: builds every object once and runs the process.
 
-``init_data_dir`` is ``s2s-ca init`` (``bootstrap``, re-exported here). ``CaServer.open``
+``s2s-ca init`` is ``bootstrap.init_data_dir``. ``CaServer.open``
 builds config, store, KEK, authority, registry, issuer, attestor and both servers (HTTPS with the
 CA's own SVID, ``server_tls``; the admin Unix socket); ``CaServer.run`` runs the loops (authority
 rotation and TLS reload, pruning, metrics) under one ``asyncio.TaskGroup`` (``loops``) until
@@ -26,18 +26,19 @@ from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
-from s2s.ca.bootstrap import init_data_dir, init_trust_domain
 from s2s.ca.client import ADMIN_SOCKET_NAME
 from s2s.ca.config import CaConfig, ServerLimits
 from s2s.ca.crl import CrlPublisher
-from s2s.ca.http import ApiServices, public_app
+from s2s.ca.http import public_app
 from s2s.ca.http_guard import ConnectionGuard, GuardedSite, LongPollSlots
+from s2s.ca.http_services import ApiServices
 from s2s.ca.issuance import Issuer
 from s2s.ca.lifecycle import AuthorityLifecycle
+from s2s.ca.live_revocations import LiveRevocations
 from s2s.ca.loops import every, retrying, run_loops
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
-from s2s.ca.revocations import LiveRevocations, RevocationService
+from s2s.ca.revocations import RevocationService
 from s2s.ca.root_rotation import RootRotation
 from s2s.ca.server_tls import ServerTls
 from s2s.ca.store_config import StoreSettings, open_ca_store
@@ -51,9 +52,7 @@ from s2s.store.records import Topic
 __all__ = [
     "CaServer",
     "ServeOptions",
-    "init_data_dir",
     "fit_descriptors",
-    "init_trust_domain",
     "run",
     "serve_forever",
 ]

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 
 from s2s.ca.audit import AuditEvent, AuditLog
 from s2s.ca.authority import Authority
-from s2s.ca.issuance import Issuer, parse_csr
-from s2s.ca.registry import JOIN_TOKEN_ATTESTATION, AgentRecord, Registry
+from s2s.ca.issuance import Issuer
+from s2s.ca.registry import JOIN_TOKEN_ATTESTATION, Registry
+from s2s.ca.signers import parse_csr
 from s2s.core.bundle import Bundle
 from s2s.core.errors import NotAuthorized
 from s2s.core.x509svid import X509Svid
+from s2s.store.records import AgentRecord
 
 __all__ = ["AgentAttestor", "AgentSvidResult"]
 

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.ca.authority_records import new_intermediate_record, new_jwt_record, new_root_record
 from s2s.ca.bundle_sequence import (
-    BUNDLE_STATE_KEY,
     build_bundle,
     bump_sequence,
     published_authorities,
@@ -45,13 +44,7 @@ from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, Setting
 
 __all__ = [
-    "BUNDLE_STATE_KEY",
     "Authority",
-    "AuthorityInfo",
-    "AuthorityKind",
-    "AuthorityState",
-    "JwtSigner",
-    "X509Signer",
 ]
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from s2s.ca.keys import KeyEncryptionKey, SigningKey
 from s2s.ca.signers import x509_authority_record
 from s2s.core.b64 import b64url_encode
 from s2s.core.spiffe_id import TrustDomain
-from s2s.core.x509svid import (
+from s2s.core.x509templates import (
     intermediate_template,
     root_template,
     serial_from_entropy,

@@ -16,17 +16,13 @@ from typing import Any, Final
 from aiohttp import web
 
 from s2s.ca.attestation import AgentAttestor, AgentSvidResult
-from s2s.ca.crl import render_crls
-from s2s.ca.http_agent_auth import authenticate_agent, peer_certificate_der
+from s2s.ca.crl_values import render_crls
+from s2s.ca.http_agent_auth import authenticate_agent
 from s2s.ca.http_guard import GUARD, ConnectionGuard, request_deadlines
 from s2s.ca.http_json import (
     BATCH_BODY_LIMIT,
     BODY_TIMEOUT,
     CSR_LABEL,
-    DEFAULT_BODY_LIMIT,
-    STATUS_BY_CODE,
-    RequestError,
-    error_response,
     field,
     json_response,
     optional_ttl,
@@ -37,9 +33,10 @@ from s2s.ca.http_json import (
 )
 from s2s.ca.http_middleware import error_middleware
 from s2s.ca.http_services import SERVICES, ApiServices
-from s2s.ca.issuance import MAX_BATCH, CsrRequest, JwtSvid, X509SvidResult
+from s2s.ca.issuance import MAX_BATCH, CsrRequest, X509SvidResult
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
+from s2s.ca.signers import JwtSvid
 from s2s.core.bundle import Bundle
 from s2s.core.errors import InvalidRequest, S2SError
 from s2s.core.x509svid import X509Svid
@@ -47,28 +44,12 @@ from s2s.core.x509svid import X509Svid
 # The names below were all defined here before the JSON helpers, the middleware, the services
 # value and agent authentication moved to their own modules; importers keep using this one.
 __all__ = [
-    "BATCH_BODY_LIMIT",
-    "DEFAULT_BODY_LIMIT",
-    "SERVICES",
-    "STATUS_BY_CODE",
-    "ApiServices",
-    "RequestError",
-    "authenticate_agent",
-    "error_middleware",
-    "error_response",
-    "field",
     "get_crl",
     "get_healthz",
     "get_readyz",
     "get_revocations",
-    "json_response",
     "jwt_json",
-    "optional_ttl",
-    "peer_certificate_der",
-    "pem_to_der",
     "public_app",
-    "read_json",
-    "status_for",
     "svid_json",
 ]
 

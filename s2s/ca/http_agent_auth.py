@@ -11,11 +11,11 @@ from aiohttp import web
 from cryptography import x509
 
 from s2s.ca.http_services import SERVICES
-from s2s.ca.registry import AgentRecord
 from s2s.core.errors import InvalidSvid, NotAuthorized
 from s2s.core.reserved import JOIN_TOKEN_AGENT_PATH_PREFIX
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import spiffe_id_of
+from s2s.store.records import AgentRecord
 from s2s.verifier.peer import verified_chain_der
 
 __all__ = ["authenticate_agent", "peer_certificate_der"]

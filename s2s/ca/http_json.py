@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 
 from aiohttp import web
 
-from s2s.ca.issuance import MAX_CSR_BYTES
+from s2s.ca.signers import MAX_CSR_BYTES
 from s2s.core.errors import InvalidRequest, S2SError
 
 __all__ = [

@@ -27,13 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from s2s.ca.authority import Authority
-from s2s.ca.registry import AgentRecord, Registry
+from s2s.ca.registry import Registry
 from s2s.ca.service import CaService, ServiceArgs
 from s2s.ca.signers import (
-    MAX_AUDIENCES,
-    MAX_CSR_BYTES,
     JwtSvid,
-    check_audiences,
     parse_csr,
 )
 from s2s.core.b64 import b64url_encode
@@ -46,28 +43,20 @@ from s2s.core.errors import (
 )
 from s2s.core.registration import RegistrationEntry
 from s2s.core.reserved import ca_server_id
-from s2s.core.revocation import RevocationLookup, RevocationSet
+from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import SpiffeId
-from s2s.core.x509svid import (
-    X509Svid,
-    serial_from_entropy,
-)
+from s2s.core.x509svid import X509Svid
+from s2s.core.x509templates import serial_from_entropy
 from s2s.log import F
-from s2s.store.records import IssuedKind, IssuedSerial
+from s2s.store.records import AgentRecord, IssuedKind, IssuedSerial
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_BATCH",
-    "MAX_AUDIENCES",
-    "MAX_CSR_BYTES",
     "CsrRequest",
     "Issuer",
-    "JwtSvid",
-    "RevocationLookup",
     "X509SvidResult",
-    "check_audiences",
-    "parse_csr",
 ]
 
 MAX_BATCH = 500

@@ -22,8 +22,9 @@ from enum import StrEnum
 from cryptography import x509
 
 from s2s.ca.audit import AuditLog
-from s2s.ca.authority import Authority, AuthorityInfo
+from s2s.ca.authority import Authority
 from s2s.ca.revocations import RevocationService
+from s2s.ca.signers import AuthorityInfo
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from s2s.log import F

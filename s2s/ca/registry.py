@@ -8,7 +8,7 @@ compare-and-swap. An agent attested with a join token gets
 token's hash, so the operator learns the agent ID (the parent ID of its entries) when the token is
 generated. Every agent call is authorized against
 the agent's record (:meth:`Registry.authorize_agent`). ``AgentRecord`` is the store's record
-(``s2s.store.records``), re-exported here.
+(``s2s.store.records``).
 """
 
 from __future__ import annotations
@@ -39,8 +39,6 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
 __all__ = [
-    "AgentRecord",
-    "EntrySnapshot",
     "JoinToken",
     "Registry",
     "agent_to_json",

@@ -10,7 +10,7 @@ call returns; a store failure raises :class:`StoreError` and nothing is reported
 already written stay: revoking again is idempotent).
 
 :class:`LiveRevocations` (``live_revocations``) is the CA's own :class:`RevocationLookup`; the
-target kinds and results are in ``revocation_targets``; both are re-exported here.
+target kinds and results are in ``revocation_targets``.
 """
 
 from __future__ import annotations
@@ -44,11 +44,7 @@ from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState, IssuedSerial
 
 __all__ = [
-    "LiveRevocations",
-    "RevocationResult",
     "RevocationService",
-    "RevokeTarget",
-    "parse_serial",
 ]
 
 log = logging.getLogger(__name__)

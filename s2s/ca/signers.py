@@ -27,13 +27,8 @@ from s2s.core.b64 import b64url_encode
 from s2s.core.errors import InvalidConfig, InvalidRequest, InvalidSvid
 from s2s.core.jwtsvid import build_jwt_claims
 from s2s.core.spiffe_id import SpiffeId
-from s2s.core.x509svid import (
-    X509Svid,
-    check_public_key,
-    check_x509_svid,
-    leaf_template,
-    sign_certificate,
-)
+from s2s.core.x509svid import X509Svid, check_x509_svid
+from s2s.core.x509templates import check_public_key, leaf_template, sign_certificate
 from s2s.log import F
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 

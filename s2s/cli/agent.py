@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from s2s.cli.ca import exit_code_for
+from s2s.cli.ca_common import exit_code_for
 from s2s.cli.output_dir import OutputDir, OutputFile
 from s2s.core.errors import NotAuthorized, S2SError
 from s2s.core.x509svid import X509Svid

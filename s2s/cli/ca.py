@@ -22,35 +22,19 @@ from s2s.cli import ca_rotation
 from s2s.cli.ca_agents import agent, token
 from s2s.cli.ca_authorities import authority, bundle
 from s2s.cli.ca_common import (
-    EXIT_CODES,
-    EXIT_CONFLICT,
     EXIT_ERROR,
-    EXIT_NOT_FOUND,
     EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
     Ctx,
     exit_code_for,
 )
 from s2s.cli.ca_entries import entry
 from s2s.cli.ca_minting import jwt, x509
-from s2s.cli.ca_process import healthcheck, init, load_config_file, serve
+from s2s.cli.ca_process import healthcheck, init, serve
 from s2s.cli.ca_revocation import crl, revocations, revoke
 from s2s.core.errors import S2SError
 
 __all__ = [
-    "EXIT_CODES",
-    "EXIT_CONFLICT",
-    "EXIT_ERROR",
-    "EXIT_NOT_FOUND",
-    "EXIT_OK",
-    "EXIT_REFUSED",
-    "EXIT_UNAVAILABLE",
-    "EXIT_USAGE",
     "cli",
-    "exit_code_for",
-    "load_config_file",
     "main",
 ]
 

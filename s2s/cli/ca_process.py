@@ -65,7 +65,7 @@ _ETCD_KEYS = ("etcd_ca", "etcd_cert", "etcd_key")
 def init(ctx: Ctx, /, trust_domain: str, as_json: bool, store_url: str | None, **etcd: Any) -> None:
     """Create a trust domain: root CA, key-encryption key (0600) and store in --data-dir
     (with --store etcd://..., the root goes to etcd; the KEK stays in --data-dir)."""
-    from s2s.ca.app import init_data_dir  # noqa: PLC0415  (keeps admin commands light)
+    from s2s.ca.bootstrap import init_data_dir  # noqa: PLC0415  (keeps admin commands light)
 
     settings = store_settings({"store": store_url, **etcd}, trust_domain)
     result = call(

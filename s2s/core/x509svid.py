@@ -2,8 +2,7 @@
 
 :func:`check_x509_svid` enforces X509-SVID.md sections 4-5 on a presented chain; it does not verify
 signatures or build a path to a bundle (the verifier does that with the bundle of the leaf's trust
-domain). The templates a CA signs with live in :mod:`s2s.core.x509templates`; their names are
-re-exported here so ``from s2s.core.x509svid import leaf_template`` keeps working.
+domain). The templates a CA signs with live in :mod:`s2s.core.x509templates`.
 """
 
 from __future__ import annotations
@@ -32,34 +31,12 @@ from s2s.core.x509ext import (
     extensions,
     uri_sans,
 )
-from s2s.core.x509templates import (
-    CA_ORGANIZATION,
-    DEFAULT_BACKDATE,
-    LEAF_ORGANIZATION,
-    SUPPORTED_KEY,
-    check_public_key,
-    intermediate_template,
-    leaf_template,
-    root_template,
-    serial_from_entropy,
-    sign_certificate,
-)
 
 __all__ = [
-    "CA_ORGANIZATION",
-    "DEFAULT_BACKDATE",
-    "LEAF_ORGANIZATION",
     "MAX_CHAIN_LENGTH",
-    "SUPPORTED_KEY",
     "X509Svid",
     "check_ca_certificate",
-    "check_public_key",
     "check_x509_svid",
-    "intermediate_template",
-    "leaf_template",
-    "root_template",
-    "serial_from_entropy",
-    "sign_certificate",
     "spiffe_id_of",
 ]
 

@@ -2,7 +2,7 @@
 
 Templates follow X509-SVID.md section 4 and what SPIRE issues (credtemplate): one URI SAN, critical
 basicConstraints and keyUsage, SKI/AKI, a random 128-bit serial, CA subjects made unique by their
-serial. The checks a verifier runs live in :mod:`s2s.core.x509svid`, which re-exports these names.
+serial. The checks a verifier runs live in :mod:`s2s.core.x509svid`.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from s2s.etcd.client import EtcdClient
 from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, value_is, version_is
 from s2s.store.codec import check_revision, check_text, revised
 from s2s.store.etcd_expiring import EtcdExpiringRecords
-from s2s.store.etcd_keys import SCHEMA_VERSION, check_entry_key, doc
+from s2s.store.etcd_keys import check_entry_key, doc
 from s2s.store.etcd_keyspace import Retry
 from s2s.store.records import (
     AgentRecord,
@@ -42,7 +42,9 @@ from s2s.store.records import (
     Topic,
 )
 
-__all__ = ["SCHEMA_VERSION", "EtcdStore"]
+__all__ = [
+    "EtcdStore",
+]
 
 
 class EtcdStore(EtcdExpiringRecords):

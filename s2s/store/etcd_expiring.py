@@ -20,6 +20,7 @@ from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, version
 from s2s.store.codec import FromJson, decode_doc
 from s2s.store.etcd_keys import doc, expiry
 from s2s.store.etcd_keyspace import EtcdKeyspace, Retry
+from s2s.store.record_json import check_aware
 from s2s.store.records import (
     AgentRecord,
     AuthorityRecord,
@@ -27,7 +28,6 @@ from s2s.store.records import (
     JoinTokenRecord,
     PruneResult,
     Topic,
-    check_aware,
 )
 
 __all__ = ["EtcdExpiringRecords"]

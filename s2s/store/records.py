@@ -45,7 +45,6 @@ __all__ = [
     "PruneResult",
     "Setting",
     "Topic",
-    "check_aware",
 ]
 
 MAX_SERIAL = 2**160 - 1

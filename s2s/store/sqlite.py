@@ -50,10 +50,11 @@ from s2s.store.sqlite_rows import (
     write_authority,
     write_entry,
 )
-from s2s.store.sqlite_schema import APPLICATION_ID, SCHEMA_VERSION
 from s2s.store.sqlite_worker import SqliteWorker, Tx
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "SqliteStore"]
+__all__ = [
+    "SqliteStore",
+]
 
 _V = TypeVar("_V", bound=Revised)
 

@@ -16,7 +16,8 @@ from s2s.core.errors import Conflict, NotFound
 from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.codec import FromJson, decode_doc, encode_doc
-from s2s.store.records import AgentRecord, AuthorityRecord, IssuedSerial, check_aware
+from s2s.store.record_json import check_aware
+from s2s.store.records import AgentRecord, AuthorityRecord, IssuedSerial
 
 __all__ = [
     "issued_row",

@@ -20,7 +20,8 @@ from s2s.verifier.authorize import (
 from s2s.verifier.jwt import JwtValidator, ValidatedJwt
 from s2s.verifier.peer import PeerRejected, verify_peer
 from s2s.verifier.revocations import CrlFileRevocations, InMemoryRevocations
-from s2s.verifier.source import JwtSource, PemFileX509Source, X509Source
+from s2s.verifier.source import JwtSource, X509Source
+from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.sync import SyncJwtSource, SyncX509Source, open_jwt_source, open_x509_source
 from s2s.verifier.tls import client_context, peer_spiffe_id_of, server_context

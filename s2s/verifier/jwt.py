@@ -17,8 +17,7 @@ and a lookup uses it only when validating against that very snapshot, so a threa
 holds an older snapshot (one that had a key since dropped) can never hand that key to a thread
 validating against the newer one.
 
-The JWS compact form and signature checks live in :mod:`s2s.verifier.jws` (their names are
-re-exported here).
+The JWS compact form and signature checks live in :mod:`s2s.verifier.jws`.
 """
 
 from __future__ import annotations
@@ -48,28 +47,21 @@ from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.verifier.jws import (
     DEFAULT_MAX_TOKEN_BYTES,
-    CompactJws,
     b64decode,
     check_alg,
     json_object,
-    parse_compact,
     split_compact,
     verify_checked,
-    verify_signature,
 )
 from s2s.verifier.revocation_choice import resolve_revocations
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
-    "DEFAULT_MAX_TOKEN_BYTES",
     "REJECTION_REASONS",
     "BundleLookup",
-    "CompactJws",
     "JwtMetrics",
     "JwtValidator",
     "ValidatedJwt",
-    "parse_compact",
-    "verify_signature",
 ]
 
 DEFAULT_CACHE_SIZE = 10_000

@@ -24,7 +24,8 @@ from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, InvalidSvid, NotAuthorized, Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
-from s2s.core.x509svid import DEFAULT_BACKDATE, check_x509_svid, spiffe_id_of
+from s2s.core.x509svid import check_x509_svid, spiffe_id_of
+from s2s.core.x509templates import DEFAULT_BACKDATE
 from s2s.verifier.crls import ChainIssuer, CrlLookup
 from s2s.verifier.metrics import PeerMetrics, default_metrics
 

@@ -6,7 +6,7 @@ backoff and jitter when it breaks, keep the last good snapshot meanwhile, and ca
 when the snapshot changes. :class:`PemFileX509Source` reads a chain, a key and a bundle from files
 and reloads them when their inode, size or mtime changes. All are asyncio objects; wrap them with
 :mod:`s2s.verifier.sync` for threaded code. :class:`PemFileX509Source` lives in
-:mod:`s2s.verifier.source_pem` (re-exported here); the subscriber list in
+:mod:`s2s.verifier.source_pem`; the subscriber list in
 :mod:`s2s.verifier.source_common`.
 
     async with X509Source() as source:          # honours SPIFFE_ENDPOINT_SOCKET
@@ -34,16 +34,13 @@ from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationsStale
 from s2s.verifier.feeds_agent import AgentRevocationFeed
 from s2s.verifier.revocations import parse_crls
 from s2s.verifier.source_common import DEFAULT_START_TIMEOUT, Subscribers, cancel_task
-from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.workload_client import JwtSvid, WorkloadApiClient, X509Update
 from s2s.verifier.x509context import X509Callback, X509Context
 
 __all__ = [
     "DEFAULT_BACKOFF",
-    "DEFAULT_START_TIMEOUT",
     "CrlRevocations",
     "JwtSource",
-    "PemFileX509Source",
     "X509Source",
 ]
 

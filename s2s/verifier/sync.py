@@ -22,12 +22,9 @@ from s2s.core.errors import Unavailable
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.revocation_choice import source_revocations
-from s2s.verifier.source import (
-    DEFAULT_START_TIMEOUT,
-    JwtSource,
-    PemFileX509Source,
-    X509Source,
-)
+from s2s.verifier.source import JwtSource, X509Source
+from s2s.verifier.source_common import DEFAULT_START_TIMEOUT
+from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.workload_client import JwtSvid
 from s2s.verifier.x509context import X509Callback, X509Context
 

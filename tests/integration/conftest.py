@@ -24,7 +24,8 @@ from s2s.agent.attestors.unix import UnixAttestor
 from s2s.agent.config import AgentConfig
 from s2s.agent.static_provider import StaticIdentityProvider
 from s2s.agent.workload_api import WorkloadApiServer
-from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.ca.app import CaServer, ServeOptions
+from s2s.ca.bootstrap import init_trust_domain
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, FakeClock
 from s2s.core.registration import RegistrationEntry

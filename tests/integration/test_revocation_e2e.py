@@ -27,12 +27,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.ca.app import CaServer, ServeOptions
+from s2s.ca.bootstrap import init_trust_domain
 from s2s.ca.store_config import StoreSettings
 from s2s.core.bundle import BundleSet
 from s2s.core.revocation import RevocationLookup
 from s2s.core.x509svid import X509Svid
-from s2s.testing_etcd import EtcdServer, EtcdTlsFiles
+from s2s.testing_etcd import EtcdServer
+from s2s.testing_etcd_tls import EtcdTlsFiles
 from s2s.verifier.authorize import authorize_any
 from s2s.verifier.feeds import RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed

@@ -23,7 +23,8 @@ from cryptography import x509
 
 from s2s.agent.app import Agent, AgentTuning, run_agent
 from s2s.agent.config import AgentConfig
-from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.ca.app import CaServer, ServeOptions
+from s2s.ca.bootstrap import init_trust_domain
 from s2s.ca.store_config import StoreSettings
 from s2s.cli.ca import main as s2s_ca
 from s2s.core.selectors import Selector

@@ -22,7 +22,7 @@ from s2s.ca.config import CaConfig
 from s2s.ca.store_config import StoreSettings
 from s2s.cli.agent import cli as agent_cli
 from s2s.cli.ca import cli as ca_cli
-from s2s.cli.ca import load_config_file as load_ca_config_file
+from s2s.cli.ca_process import load_config_file as load_ca_config_file
 from s2s.core.errors import InvalidConfig
 from s2s.core.spiffe_id import TrustDomain
 

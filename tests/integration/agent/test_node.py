@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from s2s.agent.ca_client import AgentUnknown, CaClient, RetryDelays
+from s2s.agent.ca_client import CaClient, RetryDelays
+from s2s.agent.ca_wire import AgentUnknown
 from s2s.agent.issuance import build_csr, new_key
 from s2s.agent.node import IDENTITY_FILE, NodeAttestor
 from s2s.core.backoff import Backoff

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from ca_harness import TRUST_DOMAIN, Agent, RunningCa, ca_client, start_ca, stop_ca
 
-from s2s.ca.app import init_trust_domain
+from s2s.ca.bootstrap import init_trust_domain
 
 
 @pytest.fixture

@@ -32,9 +32,10 @@ from ca_harness import csr_pem, key_pem, load_chain, new_key, start_ca, stop_ca
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from s2s.ca.app import init_data_dir, init_trust_domain
+from s2s.ca.bootstrap import init_data_dir, init_trust_domain
 from s2s.ca.client import AdminClient
-from s2s.cli.ca import cli, load_config_file
+from s2s.cli.ca import cli
+from s2s.cli.ca_process import load_config_file
 from s2s.core.errors import Unavailable
 from s2s.core.x509svid import check_x509_svid
 from s2s.testing import TestAuthority

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 from ca_harness import TRUST_DOMAIN, Agent, ca_client, csr_pem, new_key, start_ca, stop_ca
 
-from s2s.ca.app import CaServer, ServeOptions, init_trust_domain
+from s2s.ca.app import CaServer, ServeOptions
+from s2s.ca.bootstrap import init_trust_domain
 from s2s.ca.store_config import StoreSettings, open_ca_store
 from s2s.cli.ca import main
 from s2s.core.errors import InvalidConfig, StoreError
-from s2s.testing_etcd import EtcdServer, EtcdTlsFiles
+from s2s.testing_etcd import EtcdServer
+from s2s.testing_etcd_tls import EtcdTlsFiles
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +214,7 @@ async def test_serve_over_tls_etcd_and_its_rejecting_twins(
 
 
 def test_toml_config_names_the_store(tmp_path: Path, tls_files: EtcdTlsFiles) -> None:
-    from s2s.cli.ca import load_config_file  # noqa: PLC0415
+    from s2s.cli.ca_process import load_config_file  # noqa: PLC0415
 
     path = tmp_path / "ca.toml"
     path.write_text(

@@ -26,13 +26,8 @@ from s2s.etcd.client import EtcdClient
 from s2s.etcd.values import WatchUpdate, delete_op
 from s2s.store.etcd import EtcdStore
 from s2s.store.records import IssuedKind, IssuedSerial, JoinTokenRecord, Topic
-from s2s.testing_etcd import (
-    EtcdCluster,
-    EtcdServer,
-    EtcdTlsFiles,
-    OpenEtcd,
-    etcd_store_opener,
-)
+from s2s.testing_etcd import EtcdCluster, EtcdServer, OpenEtcd, etcd_store_opener
+from s2s.testing_etcd_tls import EtcdTlsFiles
 
 pytest_plugins = ("etcd_fixtures",)
 

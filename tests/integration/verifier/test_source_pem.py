@@ -12,7 +12,7 @@ from verifier_support import Updates, serial_is, wait_for, write_atomically, wri
 
 from s2s.core.errors import InvalidConfig
 from s2s.testing import TestAuthority
-from s2s.verifier.source import PemFileX509Source
+from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.sync import open_pem_source
 from s2s.verifier.x509context import X509SourceLike
 

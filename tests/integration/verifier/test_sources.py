@@ -30,7 +30,8 @@ from s2s.verifier.crls import ChainIssuer
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.revocation_choice import no_revocation_check
-from s2s.verifier.source import DEFAULT_BACKOFF, JwtSource, PemFileX509Source, X509Source
+from s2s.verifier.source import DEFAULT_BACKOFF, JwtSource, X509Source
+from s2s.verifier.source_pem import PemFileX509Source
 from s2s.verifier.sync import SyncX509Source, open_jwt_source, open_x509_source
 from s2s.verifier.tls import client_context, server_context
 from s2s.verifier.x509context import X509SourceLike

@@ -12,7 +12,8 @@ from test_revocations import BILLING, Rig, build_rig
 
 from s2s.ca.authority import Authority
 from s2s.ca.config import CaConfig
-from s2s.ca.crl import CrlPublisher, build_crl, key_id_of, parse_key_id, revoked_entry
+from s2s.ca.crl import CrlPublisher
+from s2s.ca.crl_values import build_crl, key_id_of, parse_key_id, revoked_entry
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidRequest

@@ -15,8 +15,9 @@ from s2s.ca.config import CaConfig
 from s2s.ca.issuance import Issuer
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.lifecycle import AuthorityLifecycle, LifecycleKind
+from s2s.ca.live_revocations import LiveRevocations
 from s2s.ca.registry import Registry
-from s2s.ca.revocations import LiveRevocations, RevocationService
+from s2s.ca.revocations import RevocationService
 from s2s.core.clock import FakeClock
 from s2s.core.errors import Conflict, InvalidRequest, NotFound
 from s2s.core.spiffe_id import SpiffeId

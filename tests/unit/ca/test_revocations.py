@@ -19,8 +19,10 @@ from s2s.ca.config import CaConfig
 from s2s.ca.crl import CrlPublisher
 from s2s.ca.issuance import CsrRequest, Issuer
 from s2s.ca.keys import KeyEncryptionKey
+from s2s.ca.live_revocations import LiveRevocations
 from s2s.ca.registry import Registry
-from s2s.ca.revocations import LiveRevocations, RevocationService, parse_serial
+from s2s.ca.revocation_targets import parse_serial
+from s2s.ca.revocations import RevocationService
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import (

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from s2s.ca.config import ServerLimits
-from s2s.cli.ca import load_config_file
+from s2s.cli.ca_process import load_config_file
 from s2s.core.errors import InvalidConfig
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "ca.toml"

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from s2s.core.bundle import MAX_BUNDLE_BYTES, Bundle, BundleSet, JwtAuthority
 from s2s.core.errors import InvalidBundle
 from s2s.core.spiffe_id import TrustDomain
-from s2s.core.x509svid import root_template, serial_from_entropy, sign_certificate
+from s2s.core.x509templates import root_template, serial_from_entropy, sign_certificate
 from s2s.testing import TestAuthority
 
 TD = TrustDomain.parse("example.org")

@@ -21,18 +21,20 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from s2s.core.errors import InvalidRequest, InvalidSvid
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.core.x509svid import (
-    DEFAULT_BACKDATE,
     MAX_CHAIN_LENGTH,
     X509Svid,
     check_ca_certificate,
-    check_public_key,
     check_x509_svid,
+    spiffe_id_of,
+)
+from s2s.core.x509templates import (
+    DEFAULT_BACKDATE,
+    check_public_key,
     intermediate_template,
     leaf_template,
     root_template,
     serial_from_entropy,
     sign_certificate,
-    spiffe_id_of,
 )
 
 TD = TrustDomain.parse("example.org")

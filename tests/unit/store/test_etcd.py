@@ -22,7 +22,8 @@ from contract import T0, StoreContract, entry, issued, revocation, token
 from s2s.core.errors import Conflict, InvalidConfig, NotFound, StoreError
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.etcd.client import EtcdClient
-from s2s.store.etcd import SCHEMA_VERSION, EtcdStore
+from s2s.store.etcd import EtcdStore
+from s2s.store.etcd_keys import SCHEMA_VERSION
 from s2s.store.factory import open_store
 from s2s.store.records import Topic
 from s2s.store.sqlite import SqliteStore

@@ -24,7 +24,8 @@ from s2s.store.records import (
     JoinTokenRecord,
     Topic,
 )
-from s2s.store.sqlite import SCHEMA_VERSION, SqliteStore
+from s2s.store.sqlite import SqliteStore
+from s2s.store.sqlite_schema import SCHEMA_VERSION
 
 OpenSqlite = Callable[..., Awaitable[SqliteStore]]
 

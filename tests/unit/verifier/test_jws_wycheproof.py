@@ -21,10 +21,7 @@ from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.errors import InvalidToken
 from s2s.core.jwtsvid import algorithms_for_key, check_jwt_header
 from s2s.core.spiffe_id import SpiffeId
-from s2s.verifier.jwt import (
-    parse_compact,
-    verify_signature,
-)
+from s2s.verifier.jws import parse_compact, verify_signature
 
 # --- Wycheproof JWS vectors ---------------------------------------------------------------------
 #
