@@ -40,7 +40,7 @@ __all__ = [
     "code_for",
 ]
 
-log = logging.getLogger("s2s.agent.workload_api")  # the call log lines keep their logger name
+log = logging.getLogger(__name__)
 
 SECURITY_HEADER = "workload.spiffe.io"
 REASON_TRAILER = "s2s-reason"  # InvalidToken.reason of a rejected ValidateJWTSVID

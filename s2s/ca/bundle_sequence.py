@@ -22,7 +22,7 @@ from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 
 __all__ = ["BUNDLE_STATE_KEY", "build_bundle", "bump_sequence", "published_authorities"]
 
-log = logging.getLogger("s2s.ca.authority")  # the logger name operators already filter on
+log = logging.getLogger(__name__)
 
 BUNDLE_STATE_KEY = "bundle.sequence"
 # States whose public keys are published (roots, JWT keys): everything not revoked.

@@ -17,7 +17,7 @@ from s2s.log import F
 
 __all__ = ["error_middleware"]
 
-log = logging.getLogger("s2s.ca.http")  # the logger name operators already filter on
+log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -16,7 +16,7 @@ from s2s.log import F
 
 __all__ = ["RETRY_BACKOFF", "every", "retrying", "run_loops"]
 
-log = logging.getLogger("s2s.ca.app")  # the logger name operators already filter on
+log = logging.getLogger(__name__)
 
 # 0.1 s doubling to 30 s, each delay scaled by 0.5 to 1.5 (and never above 30 s).
 RETRY_BACKOFF: Final = Backoff(initial=0.1, cap=30.0, low=0.5, high=1.5)

@@ -17,7 +17,7 @@ from s2s.verifier.memcert import load_cert_chain_from_memory
 
 __all__ = ["ServerTls", "server_context"]
 
-log = logging.getLogger("s2s.ca.app")  # the logger name operators already filter on
+log = logging.getLogger(__name__)
 
 
 def server_context() -> ssl.SSLContext:

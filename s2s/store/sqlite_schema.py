@@ -19,7 +19,7 @@ from s2s.core.errors import InvalidConfig, StoreError
 __all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "connect"]
 
 # The store's events keep the logger name they had before this module was split out.
-_log = logging.getLogger("s2s.store.sqlite")
+_log = logging.getLogger(__name__)
 
 APPLICATION_ID = 0x73327301  # PRAGMA application_id: "s2s" + 1, marks the file as ours
 SCHEMA_VERSION = 1

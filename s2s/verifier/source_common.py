@@ -13,7 +13,7 @@ __all__ = ["DEFAULT_START_TIMEOUT", "Subscribers", "cancel_task"]
 
 DEFAULT_START_TIMEOUT = 10.0
 # The log records keep the name they had before this module was split out of source.py.
-_log = logging.getLogger("s2s.verifier.source")
+_log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 

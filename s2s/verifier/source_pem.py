@@ -29,7 +29,7 @@ __all__ = ["PemFileX509Source"]
 
 _MAX_PEM_BYTES = 1 << 20
 # The log records keep the name they had before this module was split out of source.py.
-_log = logging.getLogger("s2s.verifier.source")
+_log = logging.getLogger(__name__)
 
 
 class PemFileX509Source:
