@@ -6,11 +6,12 @@ STAMP := $(VENV)/.s2s-installed
 
 .PHONY: test lint typecheck unit bench system-deps clean
 
-## test: install what is missing, then lint, type-check and run the whole test suite
+## test: install what is missing, then lint, type-check, check the import layers, run every test
 test: system-deps $(STAMP)
 	$(BIN)/ruff check s2s tests bench
 	$(BIN)/ruff format --check s2s tests bench
 	$(BIN)/mypy s2s
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 ## unit: only the fast unit tests (no servers)
