@@ -12,7 +12,6 @@ revocation validates, and when the agent's stream dies the validator keeps its l
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -22,6 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from jwt_support import jti_of, two_ids
 
 from s2s.agent.app import Agent, AgentTuning, run_agent
 from s2s.agent.config import AgentConfig
@@ -41,23 +41,6 @@ QUICK = AgentTuning(
 )  # fmt: skip
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def jti_of(token: str) -> str:
-    body = token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
-    jti = claims["jti"]
-    assert isinstance(jti, str)
-    assert jti
-    return jti
-
-
-async def two_ids(harness: Any) -> tuple[AgentConfig, Any, Any]:
-    """An agent config and entries for /billing and /api, both for this process's uid."""
-    token, agent_id = await harness.ca.join_token()
-    billing = await harness.ca.entry(agent_id, "/billing", [MY_UID])
-    api = await harness.ca.entry(agent_id, "/api", [MY_UID])
-    return harness.config(token=token), billing.spiffe_id, api.spiffe_id
 
 
 @contextlib.asynccontextmanager
