@@ -156,8 +156,8 @@ class System:
         return live or [0, 1]
 
     def _running(self, name: str) -> bool:
-        proc = self.procs.get(name)
-        return proc is not None and proc.child is not None and proc.child.running
+        proc = self.procs.get(name)  # running and ready: a starting CA has no admin socket yet
+        return proc is not None and proc.child is not None and proc.child.running and proc.ready
 
     # -- output ----------------------------------------------------------------------------------
 
