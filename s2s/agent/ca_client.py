@@ -43,7 +43,7 @@ from s2s.agent.ca_wire import (
     read_body,
 )
 from s2s.aio import wait_event
-from s2s.core.backoff import Backoff
+from s2s.core.backoff import Backoff, within_lifetime
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock
 from s2s.core.errors import (
@@ -356,9 +356,12 @@ class CaClient:
             await self._release(entry)
 
 
-async def sleep_backoff(backoff: RetryDelays, stop: asyncio.Event | None = None) -> None:
-    """Sleep the next backoff delay (returns early when ``stop`` is set)."""
-    delay = backoff.next_delay()
+async def sleep_backoff(
+    backoff: RetryDelays, stop: asyncio.Event | None = None, *, remaining: float | None = None
+) -> None:
+    """Sleep the next backoff delay, at most a quarter of the ``remaining`` lifetime of what is
+    being renewed (returns early when ``stop`` is set)."""
+    delay = within_lifetime(backoff.next_delay(), remaining)
     if stop is None:
         await asyncio.sleep(delay)
         return

@@ -310,7 +310,9 @@ class SvidCache(Versioned):
                     await self.issue(due)
                     backoff.reset()
                 except S2SError as exc:
-                    await self._ca_failed("x509", exc, backoff)
+                    await self._ca_failed(
+                        "x509", exc, backoff, remaining=_remaining(due, self._clock.now())
+                    )
                 continue
             await self._sleep_until_next_event()
 
@@ -403,7 +405,9 @@ class SvidCache(Versioned):
         bundle = self._state.bundles.get(self._client.trust_domain)
         return None if bundle is None else bundle.sequence
 
-    async def _ca_failed(self, op: str, exc: S2SError, backoff: RetryDelays) -> None:
+    async def _ca_failed(
+        self, op: str, exc: S2SError, backoff: RetryDelays, *, remaining: float | None = None
+    ) -> None:
         self._metrics.count_ca_error(op, exc.code)
         if isinstance(exc, AgentUnknown) and self._on_unknown is not None:
             await self._on_unknown()
@@ -412,4 +416,10 @@ class SvidCache(Versioned):
             log.error("agent.ca_refused", extra={F.LOOP: op, F.ERROR: f"{exc.code}: {exc}"})
         else:
             log.warning("agent.ca_unavailable", extra={F.LOOP: op, F.ERROR: str(exc)})
-        await sleep_backoff(backoff)
+        await sleep_backoff(backoff, remaining=remaining)
+
+
+def _remaining(items: list[CachedSvid], now: datetime) -> float | None:
+    """Seconds until the first held SVID among ``items`` expires (None: none held yet)."""
+    ends = [i.svid.not_after for i in items if i.svid is not None]
+    return None if not ends else max(0.0, (min(ends) - now).total_seconds())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from s2s.core.errors import InvalidConfig
 
-__all__ = ["Backoff", "early_answer_pause"]
+__all__ = ["Backoff", "early_answer_pause", "within_lifetime"]
 
 _MAX_EARLY_PAUSE = 1.0
 _MAX_DOUBLINGS = 62  # 2**62 * any sane initial is far above any cap; keeps the float finite
@@ -90,3 +90,18 @@ def early_answer_pause(*, asked: float, took: float, changed: bool, rand: float)
     if changed or asked <= 0 or took >= min(_MAX_EARLY_PAUSE, asked / 2):
         return 0.0
     return min(asked, _MAX_EARLY_PAUSE) * (0.5 + rand / 2)
+
+
+def within_lifetime(delay: float, remaining: float | None, *, share: float = 0.25) -> float:
+    """``delay``, shortened to ``share`` of the ``remaining`` lifetime (seconds) of what the retry
+    must renew (at least 0.25 s): a backoff grown during an outage must not outlast the
+    credentials it is renewing. ``None``: nothing held yet, the delay as it is.
+
+    >>> within_lifetime(8.0, None), within_lifetime(8.0, 100.0), within_lifetime(8.0, 10.0)
+    (8.0, 8.0, 2.5)
+    >>> within_lifetime(8.0, 0.0)
+    0.25
+    """
+    if remaining is None:
+        return delay
+    return min(delay, max(0.25, remaining * share))

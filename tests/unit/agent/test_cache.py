@@ -3,6 +3,7 @@ batches. (Talking to a real CA is covered in tests/integration/agent.)"""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import timedelta
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from s2s.agent.ca_client import CaClient
+from s2s.agent.ca_client import CaClient, RetryDelays, sleep_backoff
 from s2s.agent.ca_wire import X509Result
 from s2s.agent.cache import SvidCache
 from s2s.agent.cache_state import CachedSvid
@@ -188,3 +189,17 @@ def test_an_svid_for_another_key_or_id_is_refused(
     wrong_id = authority.issue_x509_svid("spiffe://example.org/not-a", key=key)
     cache._store_results(due, [key], [X509Result("a", wrong_id, None)])
     assert cache.state.items[0].svid is None
+
+
+async def test_a_grown_backoff_never_outlasts_the_svids_being_renewed() -> None:
+    """After a long CA outage the retry delay has grown to its 30 s cap; with 20 s SVIDs that
+    would let them expire before the next try (found by the soak). The wait is cut to a quarter
+    of the remaining lifetime."""
+    delays = RetryDelays(rand=lambda: 0.999)
+    for _ in range(20):
+        delays.next_delay()  # the outage: the delay is at its cap now
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await sleep_backoff(delays, remaining=1.0)
+    assert loop.time() - started < 1.0  # a quarter of 1 s, not ~30 s
+    assert delays.next_delay() > 20  # twin: unbounded, the policy's own delay
