@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from jwt_support import jti_of, two_ids
+from agent_jwt_support import jti_of, two_ids
 
 from s2s.agent.app import Agent, AgentTuning, run_agent
 from s2s.agent.config import AgentConfig
