@@ -9,19 +9,16 @@ closed with UNAVAILABLE, and validates again once the feed is back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from agent_jwt_support import jti_of, two_ids
+from agent_jwt_support import jti_of, running, two_ids
 
-from s2s.agent.app import Agent, AgentTuning, run_agent
-from s2s.agent.config import AgentConfig
+from s2s.agent.app import AgentTuning
 from s2s.core.errors import InvalidToken, Unavailable
 from s2s.verifier.workload_client import WorkloadApiClient
 
@@ -37,25 +34,6 @@ FAST_STALE = AgentTuning(
 )  # fmt: skip
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextlib.asynccontextmanager
-async def running(config: AgentConfig, tuning: AgentTuning) -> AsyncIterator[Agent]:
-    """An agent with ``tuning`` in this event loop, ready; stopped on exit."""
-    agent = Agent(config, tuning=tuning)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_agent(agent, stop))
-    ready = asyncio.create_task(agent.ready.wait())
-    try:
-        await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # the agent's own error
-        assert ready.done(), "the agent did not become ready within 20 s"
-        yield agent
-    finally:
-        ready.cancel()
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def refused_within(
@@ -132,7 +110,7 @@ async def test_jwt_svids_issued_before_a_spiffe_id_revocation_are_refused(harnes
 async def test_a_stale_feed_makes_validation_fail_closed_with_unavailable(harness: Any) -> None:
     config, billing, _ = await two_ids(harness)
     async with (
-        running(config, FAST_STALE) as agent,
+        running(config, FAST_STALE) as (agent, _stop),
         WorkloadApiClient(str(config.socket)) as client,
     ):
         token = (await client.fetch_jwt_svid(AUD, billing)).token

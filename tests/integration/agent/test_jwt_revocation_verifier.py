@@ -12,19 +12,16 @@ revocation validates, and when the agent's stream dies the validator keeps its l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from agent_jwt_support import jti_of, two_ids
+from agent_jwt_support import jti_of, running, two_ids
 
-from s2s.agent.app import Agent, AgentTuning, run_agent
-from s2s.agent.config import AgentConfig
+from s2s.agent.app import AgentTuning
 from s2s.core.errors import InvalidToken
 from s2s.verifier import JwtSource, JwtValidator
 from s2s.verifier.revocation_choice import no_revocation_check
@@ -41,25 +38,6 @@ QUICK = AgentTuning(
 )  # fmt: skip
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@contextlib.asynccontextmanager
-async def running(config: AgentConfig, tuning: AgentTuning) -> AsyncIterator[asyncio.Event]:
-    """An agent with ``tuning`` in this event loop, ready; set the event to stop it."""
-    agent = Agent(config, tuning=tuning)
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_agent(agent, stop))
-    ready = asyncio.create_task(agent.ready.wait())
-    try:
-        await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            task.result()  # the agent's own error
-        assert ready.done(), "the agent did not become ready within 20 s"
-        yield stop
-    finally:
-        ready.cancel()
-        stop.set()
-        await asyncio.wait_for(task, 10)
 
 
 async def s2s_ca(*args: str) -> str:
@@ -137,7 +115,7 @@ async def test_readme_setup_refuses_tokens_issued_before_a_spiffe_id_revocation(
 
 async def test_a_dead_agent_stream_fails_closed_past_max_staleness(harness: Any) -> None:
     config, billing, _ = await two_ids(harness)
-    async with running(config, QUICK) as stop_agent:
+    async with running(config, QUICK) as (_agent, stop_agent):
         jwts = JwtSource(socket=str(config.socket), revocations_max_staleness=STALE_AFTER)
         async with jwts:
             validator = JwtValidator(jwts, audience=AUD)
