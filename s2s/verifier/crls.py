@@ -58,14 +58,16 @@ _MAX_FAILED = 4096
 
 @dataclass(frozen=True, slots=True)
 class ChainIssuer:
-    """An issuing certificate of a verified chain and its key id (``issuer_key_id``)."""
+    """An issuing certificate of a verified chain, its key id (``issuer_key_id``) and its subject
+    name as DER (what a CRL names it by): worked out once per chain, not per handshake."""
 
     key: str
     cert: x509.Certificate
+    name: bytes
 
     @classmethod
     def of(cls, cert: x509.Certificate) -> ChainIssuer:
-        return cls(issuer_key_id(cert), cert)
+        return cls(issuer_key_id(cert), cert, cert.subject.public_bytes())
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,13 +158,15 @@ class CrlBook:
     def promoted(self, issuers: Sequence[ChainIssuer]) -> CrlBook:
         """This book with the pending CRLs of ``issuers`` verified against them (``issuers``
         must come from a chain already verified to a trusted root); ``self`` if none moved."""
+        if not any(i.key not in self.verified and i.name in self.pending for i in issuers):
+            return self  # the common case, on every handshake through an issuer without a CRL
         verified: dict[str, VerifiedCrl] | None = None
         pending = dict(self.pending)
         failed = set(self.failed)
         for issuer in issuers:
             if issuer.key in self.verified:
                 continue
-            name = issuer.cert.subject.public_bytes()
+            name = issuer.name
             waiting = pending.get(name, ())
             for crl in waiting:
                 der = crl.public_bytes(Encoding.DER)
