@@ -227,4 +227,10 @@ async def test_idle_connection_is_closed_but_open_stream_is_not(
                     lambda n=idle_closes: events.count(("closed", "idle")) > n,  # type: ignore[misc]
                     "the idle connection to be closed",
                 )
+                # The client must have seen the close before its next call: a call written in
+                # the instant the server hangs up fails UNAVAILABLE, as with any gRPC server.
+                await until(
+                    lambda: channel.get_state() != grpc.ChannelConnectivity.READY,
+                    "the client to see its connection closed",
+                )
     assert metric(metrics, "s2s_agent_workload_api_connections_closed_total", "idle")
