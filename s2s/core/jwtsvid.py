@@ -30,8 +30,10 @@ __all__ = [
     "JwtSvidClaims",
     "algorithms_for_key",
     "build_jwt_claims",
+    "check_audience",
     "check_jwt_claims",
     "check_jwt_header",
+    "check_jwt_times",
 ]
 
 # JWT-SVID.md 2.1: RFC 7518 3.3-3.5 only; "none", HS*, EdDSA must be rejected.
@@ -109,19 +111,8 @@ def check_jwt_claims(
     if not isinstance(claims, Mapping):
         raise InvalidToken("the token claims are not a JSON object", reason="malformed")
     spiffe_id = _subject(claims)
-    token_audience = _audience(claims, audience)
-    now_ts, slack = now.timestamp(), leeway.total_seconds()
-    exp = _timestamp(claims, "exp")
-    if exp is None:
-        raise InvalidToken("the token has no exp claim", reason="exp")
-    if exp <= now_ts - slack:
-        raise InvalidToken("the token has expired", reason="exp")
-    nbf = _timestamp(claims, "nbf")
-    if nbf is not None and nbf > now_ts + slack:
-        raise InvalidToken("the token is not valid yet (nbf is in the future)", reason="exp")
-    iat = _timestamp(claims, "iat")
-    if iat is not None and iat > now_ts + slack:
-        raise InvalidToken("the token was issued in the future (iat)", reason="exp")
+    token_audience = check_audience(claims, audience)
+    exp, iat = check_jwt_times(claims, now=now, leeway=leeway)
     jti = claims.get("jti")
     if jti is not None and (not isinstance(jti, str) or not jti):
         raise InvalidToken("the jti claim must be a non-empty string", reason="malformed")
@@ -230,7 +221,29 @@ def _subject(claims: Mapping[str, Any]) -> SpiffeId:
         raise InvalidToken(f"the token subject is not a SPIFFE ID: {exc}", reason="sub") from None
 
 
-def _audience(claims: Mapping[str, Any], expected: str) -> tuple[str, ...]:
+def check_jwt_times(
+    claims: Mapping[str, Any], *, now: datetime, leeway: timedelta
+) -> tuple[float, float | None]:
+    """``exp`` (required, not past ``now`` minus ``leeway``) and ``iat`` (if present, not after
+    ``now`` plus ``leeway``) as POSIX times; ``nbf``, if present, not after ``now`` plus ``leeway``.
+    """
+    now_ts, slack = now.timestamp(), leeway.total_seconds()
+    exp = _timestamp(claims, "exp")
+    if exp is None:
+        raise InvalidToken("the token has no exp claim", reason="exp")
+    if exp <= now_ts - slack:
+        raise InvalidToken("the token has expired", reason="exp")
+    nbf = _timestamp(claims, "nbf")
+    if nbf is not None and nbf > now_ts + slack:
+        raise InvalidToken("the token is not valid yet (nbf is in the future)", reason="exp")
+    iat = _timestamp(claims, "iat")
+    if iat is not None and iat > now_ts + slack:
+        raise InvalidToken("the token was issued in the future (iat)", reason="exp")
+    return exp, iat
+
+
+def check_audience(claims: Mapping[str, Any], expected: str) -> tuple[str, ...]:
+    """The ``aud`` values (a string or a list of non-empty strings); ``expected`` among them."""
     aud = claims.get("aud")
     values: tuple[Any, ...]
     if isinstance(aud, str):
