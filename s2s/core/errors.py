@@ -13,6 +13,7 @@ from typing import Final
 __all__ = [
     "AttestationFailed",
     "Conflict",
+    "InsufficientScope",
     "InvalidBundle",
     "InvalidConfig",
     "InvalidRequest",
@@ -103,6 +104,16 @@ class NotAuthorized(S2SError):
     """The caller is known but not allowed to do this."""
 
     code = "not_authorized"
+
+
+class InsufficientScope(NotAuthorized):
+    """A valid access token without every scope the resource needs (RFC 6750 section 3.1)."""
+
+    code = "insufficient_scope"
+
+    def __init__(self, message: str, *, required: frozenset[str]) -> None:
+        self.required = required
+        super().__init__(message)
 
 
 class AttestationFailed(S2SError):
