@@ -191,6 +191,8 @@ def error_from_code(code: str, message: str) -> S2SError:
         return Revoked(message)
     if code == "invalid_svid":
         return InvalidSvid(message, rule="server")
+    if code == "insufficient_scope":  # the wire carries no scope list
+        return InsufficientScope(message, required=frozenset())
     cls = _BY_CODE.get(code)
     if cls is None:
         err = S2SError(message)

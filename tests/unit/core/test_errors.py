@@ -21,6 +21,7 @@ ROUND_TRIP = [
     errors.InvalidToken,
     errors.Revoked,
     errors.InvalidSvid,
+    errors.InsufficientScope,
 ]
 
 
