@@ -346,7 +346,7 @@ async def root_rotation_step(request: web.Request) -> web.Response:
 
 def admin_app(services: ApiServices) -> web.Application:
     """The admin application (serve it on :func:`bind_admin_socket`)."""
-    app = web.Application(middlewares=[error_middleware(services.metrics), owner_only])
+    app = web.Application(middlewares=[error_middleware(services.metrics, admin=True), owner_only])
     app[SERVICES] = services
     r = app.router
     r.add_get("/healthz", get_healthz)

@@ -39,9 +39,10 @@ from s2s.ca.loops import every, retrying, run_loops
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import RevocationService
-from s2s.ca.root_rotation import RootRotation
+from s2s.ca.root_rotation import STATE_KEY, Phase, RootRotation, RotationState
 from s2s.ca.server_tls import ServerTls
 from s2s.ca.store_config import StoreSettings, open_ca_store
+from s2s.ca.store_metrics import MeteredStore
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
@@ -141,7 +142,9 @@ class CaServer:
 
     async def _build(self) -> None:
         ensure_admin_socket_free(self.options.admin_socket)
-        store, kek, td = await open_ca_store(self.options.data_dir, self.options.store)
+        opened, kek, td = await open_ca_store(self.options.data_dir, self.options.store)
+        backend = "etcd" if self.options.store.is_etcd else "sqlite"
+        store = MeteredStore(opened, self.metrics, backend=backend)  # s2s_ca_store_*
         self._store = store
         config = CaConfig(
             trust_domain=td,
@@ -172,6 +175,7 @@ class CaServer:
             revocations=self.live_revocations,
         )  # fmt: skip
         await self.crls.refresh()
+        self.metrics.track_crls(lambda: self.crls.current, self.clock.now)  # s2s_ca_crl_*
         self.revocations = RevocationService(
             config=config, store=store, registry=self.registry, live=self.live_revocations,
             clock=self.clock, audit=audit, on_change=self.crls.refresh,
@@ -356,6 +360,27 @@ class CaServer:
         self.metrics.set_counts(
             entries=len(entries.entries), agents={"active": len(agents) - banned, "banned": banned}
         )
+        await self._rotation_gauges()
+
+    async def _rotation_gauges(self) -> None:
+        assert self._store is not None
+        raw = await self._store.get_state(STATE_KEY)
+        try:
+            state = None if raw is None else RotationState.decode(raw)
+        except InvalidConfig as exc:  # said by rotate-root; the gauges must not stop the CA
+            log.warning("ca.metrics.rotation_unreadable", extra={F.ERROR: str(exc)})
+            return
+        since = None
+        if state is not None:
+            since = {
+                Phase.PREPARED: state.started_at,
+                Phase.ACTIVATED: state.activated_at,
+                Phase.DONE: state.finished_at,
+            }[state.phase]
+        phase = "idle" if state is None else state.phase.value
+        rotation = self.services.root_rotation
+        hold = 0.0 if rotation is None else rotation.hold.total_seconds()
+        self.metrics.set_rotation(phase, since, hold)
 
     async def close(self) -> None:
         """Stop the servers (in-flight requests get ``SHUTDOWN_TIMEOUT``) and close the store."""

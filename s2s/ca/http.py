@@ -127,11 +127,18 @@ async def get_revocations(request: web.Request) -> web.Response:
 
 
 async def post_attest(request: web.Request) -> web.Response:
-    """POST /v1/agent/attest {join_token, csr} -> agent SVID + bundle."""
-    body = await read_json(request)
-    token = field(body, "join_token")
-    csr = pem_to_der(field(body, "csr"), label=CSR_LABEL, name="csr")
-    return await _agent_svid_response(request, lambda a: a.attest_join_token(token, csr))
+    """POST /v1/agent/attest {join_token, csr} -> agent SVID + bundle (the result counted)."""
+    metrics = request.app[SERVICES].metrics
+    try:
+        body = await read_json(request)
+        token = field(body, "join_token")
+        csr = pem_to_der(field(body, "csr"), label=CSR_LABEL, name="csr")
+        response = await _agent_svid_response(request, lambda a: a.attest_join_token(token, csr))
+    except S2SError as exc:
+        metrics.count_attestation(exc.code)
+        raise
+    metrics.count_attestation("ok")
+    return response
 
 
 async def post_renew(request: web.Request) -> web.Response:

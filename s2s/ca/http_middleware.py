@@ -1,5 +1,6 @@
 """The middleware every CA HTTP application uses (public and admin): any failure becomes the JSON
-error body, requests are counted and logged, no traceback leaks."""
+error body, requests are counted and logged, no traceback leaks. Admin socket calls are counted in
+a family of their own (``s2s_ca_admin_requests``), apart from the HTTPS API's."""
 
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def error_middleware(metrics: CaMetrics | None) -> Any:
-    """Middleware: every failure becomes a JSON error; requests are counted; no tracebacks leak."""
+def error_middleware(metrics: CaMetrics | None, *, admin: bool = False) -> Any:
+    """Middleware: every failure becomes a JSON error; requests are counted (as admin calls
+    with ``admin``); no tracebacks leak."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -45,7 +47,9 @@ def error_middleware(metrics: CaMetrics | None) -> Any:
             log.exception("http.internal_error", extra={F.PATH: request.path})
             code = "internal"
             response = error_response(code, "internal error; see the CA log")
-        _observe(metrics, request, response.status, code, start)
+        if metrics is not None:
+            _count(metrics, admin, _route_name(request), response.status, code)
+        _log(request, response.status, code, start)
         return response
 
     return middleware
@@ -65,13 +69,16 @@ def _http_exception(exc: web.HTTPException) -> tuple[str, web.Response]:
     return code, error_response(code, message, status=exc.status)
 
 
-def _observe(
-    metrics: CaMetrics | None, request: web.Request, status: int, code: str, start: float
-) -> None:
-    if metrics is not None:
-        metrics.requests.labels(route=_route_name(request), status=str(status)).inc()
-        if code:
-            metrics.count_error(code)
+def _count(metrics: CaMetrics, admin: bool, route: str, status: int, code: str) -> None:
+    if admin:
+        metrics.admin_requests.labels(route=route, status=str(status), error=code).inc()
+        return
+    metrics.requests.labels(route=route, status=str(status)).inc()
+    if code:
+        metrics.count_error(code)
+
+
+def _log(request: web.Request, status: int, code: str, start: float) -> None:
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
     log.log(
         level,

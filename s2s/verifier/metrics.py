@@ -3,16 +3,51 @@
 ``s2s_verifier_peer_rejections_total{reason=...}`` and ``s2s_verifier_peers_accepted_total``.
 The default instance registers with prometheus-client's global registry on first use; pass
 ``registry=`` for an isolated one (tests, several verifiers in one process).
+
+:func:`add_process_metrics` puts prometheus-client's process, platform and garbage collector
+metrics (``process_*``, ``python_*``) and a ``<program>_build_info{version}`` gauge on a registry of
+the program's own (the CA's and the agent's use it).
 """
 
 from __future__ import annotations
 
 import functools
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.registry import REGISTRY
 
-__all__ = ["PeerMetrics", "default_metrics"]
+__all__ = ["PeerMetrics", "add_process_metrics", "build_version", "default_metrics"]
+
+
+def build_version() -> str:
+    """The installed s2s version (``unknown`` when run from a tree that is not installed)."""
+    try:
+        return version("s2s")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def add_process_metrics(registry: CollectorRegistry, program: str) -> None:
+    """Register ``process_*`` (CPU, memory, open descriptors, start time), ``python_info`` and
+    ``python_gc_*`` on ``registry``, and ``<program>_build_info{version}`` = 1."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    info = Gauge(
+        f"{program}_build_info",
+        "Always 1; the version label is the s2s version this process runs",
+        ["version"],
+        registry=registry,
+    )
+    info.labels(version=build_version()).set(1)
 
 
 class PeerMetrics:

@@ -51,7 +51,7 @@ async def test_metrics_exposes_issuance_errors_authorities_entries_agents(ca: Ru
     assert 's2s_ca_svids_issued_total{kind="agent"} 1.0' in text
     assert 's2s_ca_issue_seconds_count{kind="agent"} 1.0' in text
     assert 's2s_ca_request_errors_total{reason="not_found"} 1.0' in text
-    assert "s2s_ca_authority_not_after_seconds{authority_id=" in text
+    assert "s2s_ca_authority_not_after_timestamp_seconds{authority_id=" in text
     assert 's2s_ca_agents{state="active"} 1.0' in text
     assert "s2s_ca_registration_entries 0.0" in text
 
