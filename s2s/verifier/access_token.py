@@ -1,0 +1,360 @@
+"""OAuth 2.0 access-token validation (RFC 9068 JWT profile), local: no call to the AS per token.
+
+A token is checked in this order, cheapest and least trusting first: size, the result cache,
+compact form (:mod:`s2s.verifier.jws`), the JOSE header (``typ`` ``at+jwt`` per RFC 9068 section
+2.1, an allowed ``alg``, a ``kid``, none of ``jku``/``jwk``/``x5u``/``x5c``/``crit``/``b64``),
+the claims (RFC 9068 section 2.2: ``iss`` exactly the configured issuer, the audience among
+``aud``, ``exp``/``nbf``/``iat`` with leeway, ``sub``, ``client_id``, ``jti``; ``scope`` and
+``cnf`` well formed), the AS key chosen by ``kid`` with the algorithm bound to that key, the
+signature, and revocation (the ``jti``; and the ``sub`` when it is a SPIFFE ID, against ``iat``).
+
+A certificate-bound token (RFC 8705 section 3: ``cnf`` with ``x5t#S256``) is accepted only with
+the peer certificate of the connection it came over, and only if its SHA-256 thumbprint matches;
+a bound token over no certificate or another certificate is refused (``reason='cnf'``). The
+binding is checked on every call, cache hit or not: the cache holds what the token says, the
+connection is the caller's.
+
+Successful validations are cached as in :class:`~s2s.verifier.jwt.JwtValidator`: by token string,
+usable only with the very key-set and revocation snapshots they were validated against, dropped
+at ``exp``, the whole cache cleared when either snapshot changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from s2s.core.b64 import b64url_encode
+from s2s.core.clock import Clock, SystemClock
+from s2s.core.errors import (
+    InsufficientScope,
+    InvalidConfig,
+    InvalidSpiffeId,
+    InvalidToken,
+    Unavailable,
+)
+from s2s.core.jwtsvid import (
+    ALLOWED_ALGORITHMS,
+    DEFAULT_LEEWAY,
+    FORBIDDEN_HEADERS,
+    MAX_LEEWAY,
+    check_audience,
+    check_jwt_times,
+)
+from s2s.core.revocation import RevocationLookup, RevocationSet
+from s2s.core.spiffe_id import SpiffeId
+from s2s.verifier.access_token_keys import AccessTokenKeys, SigningKeySet, StaticJwks
+from s2s.verifier.jws import (
+    DEFAULT_MAX_TOKEN_BYTES,
+    b64decode,
+    check_alg,
+    json_object,
+    split_compact,
+    verify_checked,
+)
+from s2s.verifier.revocation_choice import resolve_revocations
+
+__all__ = [
+    "ACCESS_TOKEN_TYPES",
+    "DEFAULT_CACHE_SIZE",
+    "AccessToken",
+    "AccessTokenValidator",
+    "certificate_thumbprint",
+    "require_scopes",
+    "scopes_text",
+]
+
+DEFAULT_CACHE_SIZE = 10_000
+# RFC 9068 2.1: "at+jwt"; the full media type "application/at+jwt" is equivalent (RFC 7515 4.1.9).
+ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+THUMBPRINT = "x5t#S256"
+_Certificate = bytes | x509.Certificate | None
+
+
+def certificate_thumbprint(certificate: bytes | x509.Certificate) -> str:
+    """RFC 8705 section 3.1: base64url(SHA-256(DER of the certificate)), unpadded."""
+    der = certificate if isinstance(certificate, bytes) else certificate.public_bytes(Encoding.DER)
+    return b64url_encode(hashlib.sha256(der).digest())
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """An access token that passed every check; ``scopes`` from its space-separated ``scope``."""
+
+    subject: str
+    client_id: str
+    issuer: str
+    audience: tuple[str, ...]
+    scopes: frozenset[str]
+    expiry: datetime
+    issued_at: datetime
+    jti: str
+    thumbprint: str | None  # cnf x5t#S256: the token is bound to that client certificate
+    spiffe_id: SpiffeId | None  # the subject, when it is a SPIFFE ID (an SVID client)
+    claims: Mapping[str, Any] = field(hash=False, repr=False)
+
+    def has_scopes(self, *scopes: str) -> bool:
+        return self.scopes.issuperset(scopes)
+
+
+def require_scopes(token: AccessToken, *scopes: str) -> AccessToken:
+    """``token`` if it holds every one of ``scopes``; :class:`InsufficientScope` otherwise.
+
+    >>> require_scopes(token, "billing.read")            # doctest: +SKIP
+    """
+    needed = frozenset(scopes)
+    missing = needed - token.scopes
+    if missing:
+        raise InsufficientScope(
+            f"the access token lacks the scope {' '.join(sorted(missing))}", required=needed
+        )
+    return token
+
+
+class AccessTokenValidator:
+    """Validates access tokens of one issuer for one audience; thread-safe.
+
+    ``keys`` is a :class:`SigningKeySet` or a provider (:class:`~s2s.verifier.access_token_keys.
+    JwksFetcher`, :class:`StaticJwks`); ``revocations`` a lookup (an ``EtcdRevocationFeed``, a
+    ``CaRevocationFeed``, the ``revocations`` of a ``JwtSource``) or, explicitly,
+    ``no_revocation_check()``. ``require_binding`` refuses tokens that are not
+    certificate-bound.
+    """
+
+    def __init__(
+        self,
+        keys: SigningKeySet | AccessTokenKeys,
+        *,
+        issuer: str,
+        audience: str,
+        revocations: RevocationLookup | None = None,
+        require_binding: bool = False,
+        leeway: timedelta = DEFAULT_LEEWAY,
+        clock: Clock | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+    ) -> None:
+        for name, value in (("issuer", issuer), ("audience", audience)):
+            if not isinstance(value, str) or not value:
+                raise InvalidConfig(f"the {name} must be a non-empty string")
+        if not isinstance(leeway, timedelta) or not timedelta(0) <= leeway <= MAX_LEEWAY:
+            raise InvalidConfig(f"leeway must be between 0 and {MAX_LEEWAY}")
+        if cache_size < 0 or max_token_bytes < 64:
+            raise InvalidConfig("cache_size must be >= 0 and max_token_bytes >= 64")
+        self.keys: AccessTokenKeys = StaticJwks(keys) if isinstance(keys, SigningKeySet) else keys
+        self._revocations = resolve_revocations(keys, revocations, what="AccessTokenValidator")
+        self.issuer = issuer
+        self.audience = audience
+        self.require_binding = require_binding
+        self.leeway = leeway
+        self._clock = clock if clock is not None else SystemClock()
+        self._cache_size = cache_size
+        self._max_bytes = max_token_bytes
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[AccessToken, object, object]] = OrderedDict()
+        self._seen: tuple[object, object] = (None, None)
+        self.cache_hits = 0
+        self.cache_misses = 0
+
+    def validate(self, token: str, *, peer_certificate: _Certificate = None) -> AccessToken:
+        """The checked token; :class:`InvalidToken` (with ``.reason``) if it must be refused.
+
+        ``peer_certificate`` (DER or a certificate) is the client certificate of the connection
+        the token came over, if any. :class:`Unavailable` when there are no keys yet.
+        """
+        if not isinstance(token, str):
+            raise InvalidToken("the token must be text", reason="malformed")
+        if len(token) > self._max_bytes:
+            raise InvalidToken(
+                f"the token is longer than {self._max_bytes} bytes", reason="too-large"
+            )
+        now = self._clock.now()
+        keys = self.keys.current()
+        try:
+            revocations = self._revocations.current()
+        except Unavailable as exc:  # a stale feed: what is revoked is unknown, so fail closed
+            raise InvalidToken(
+                f"cannot check revocations: {exc}", reason="revocations-stale"
+            ) from None
+        entry = self._cache.get(token)
+        if (
+            entry is not None
+            and entry[1] is keys
+            and entry[2] is revocations
+            and now < entry[0].expiry
+        ):
+            try:  # noqa: SIM105 (contextlib.suppress costs ~0.3 us on the hot path)
+                self._cache.move_to_end(token)
+            except KeyError:  # evicted meanwhile by another thread
+                pass
+            self.cache_hits += 1
+            result = entry[0]
+        else:
+            result = self._validate_miss(token, now, keys, revocations)
+        self._check_binding(result, peer_certificate)
+        return result
+
+    async def validate_async(
+        self, token: str, *, peer_certificate: _Certificate = None
+    ) -> AccessToken:
+        """:meth:`validate`, and when the token names a key the set lacks, one (rate limited)
+        refresh of the keys and a second try: the AS has rotated its key."""
+        try:
+            return self.validate(token, peer_certificate=peer_certificate)
+        except InvalidToken as exc:
+            if exc.reason != "kid":
+                raise
+            before = self.keys.current()
+            if await self.keys.refresh() is before:
+                raise
+        return self.validate(token, peer_certificate=peer_certificate)
+
+    def cache_len(self) -> int:
+        return len(self._cache)
+
+    def _validate_miss(
+        self, token: str, now: datetime, keys: SigningKeySet, revocations: RevocationSet
+    ) -> AccessToken:
+        with self._lock:
+            if keys is not self._seen[0] or revocations is not self._seen[1]:
+                self._cache.clear()  # every entry belongs to an older snapshot
+                self._seen = (keys, revocations)
+            self._cache.pop(token, None)
+        self.cache_misses += 1
+        result = self._validate_uncached(token, now, keys, revocations)
+        if self._cache_size and now < result.expiry:
+            with self._lock:
+                if self._seen[0] is keys and self._seen[1] is revocations:
+                    self._cache[token] = (result, keys, revocations)
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        return result
+
+    def _validate_uncached(
+        self, token: str, now: datetime, keys: SigningKeySet, revocations: RevocationSet
+    ) -> AccessToken:
+        head, body, sig = split_compact(token)
+        header = json_object(b64decode(head), "header")
+        alg, kid = _check_header(header)
+        claims = json_object(b64decode(body), "claims")
+        checked = self._check_claims(claims, now)
+        key = keys.get(kid)
+        if key is None:
+            raise InvalidToken(f"no key {kid[:64]!r} in the issuer's key set", reason="kid")
+        check_alg(alg, key.algorithms)
+        verify_checked(alg, key.public_key, f"{head}.{body}".encode("ascii"), b64decode(sig))
+        _check_revocation(revocations, checked)
+        return checked
+
+    def _check_claims(self, claims: Mapping[str, Any], now: datetime) -> AccessToken:
+        if claims.get("iss") != self.issuer:
+            raise InvalidToken("the token was not issued by the expected issuer", reason="iss")
+        audience = check_audience(claims, self.audience)
+        exp, iat = check_jwt_times(claims, now=now, leeway=self.leeway)
+        if iat is None:  # RFC 9068 2.2: iat is REQUIRED
+            raise InvalidToken("the token has no iat claim", reason="exp")
+        subject, client_id, jti = (_text(claims, name) for name in ("sub", "client_id", "jti"))
+        return AccessToken(
+            subject=subject,
+            client_id=client_id,
+            issuer=self.issuer,
+            audience=audience,
+            scopes=_scopes(claims),
+            expiry=datetime.fromtimestamp(exp, UTC),
+            issued_at=datetime.fromtimestamp(iat, UTC),
+            jti=jti,
+            thumbprint=_confirmation(claims),
+            spiffe_id=_spiffe_id(subject),
+            claims=MappingProxyType(dict(claims)),
+        )
+
+    def _check_binding(self, token: AccessToken, peer_certificate: _Certificate) -> None:
+        if token.thumbprint is None:
+            if self.require_binding:
+                raise InvalidToken("the token is not certificate-bound", reason="cnf")
+            return
+        if peer_certificate is None:
+            raise InvalidToken(
+                "the token is certificate-bound and came over no client certificate",
+                reason="cnf",
+            )
+        actual = certificate_thumbprint(peer_certificate)
+        if not hmac.compare_digest(actual.encode(), token.thumbprint.encode()):
+            raise InvalidToken("the token is bound to another client certificate", reason="cnf")
+
+
+def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGORITHMS:
+        raise InvalidToken(f"the token algorithm {str(alg)[:20]!r} is not allowed", reason="alg")
+    forbidden = sorted(FORBIDDEN_HEADERS.intersection(header))
+    if forbidden:
+        raise InvalidToken(f"the token header must not contain {forbidden}", reason="header")
+    typ = header.get("typ")
+    if not isinstance(typ, str) or typ.lower() not in ACCESS_TOKEN_TYPES:
+        # RFC 9068 4: refuse other JWTs (an ID token, a JWT-SVID) presented as access tokens.
+        raise InvalidToken(f"the token type {str(typ)[:20]!r} is not at+jwt", reason="typ")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidToken("the token header has no key id (kid)", reason="kid")
+    return alg, kid
+
+
+def _text(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str) or not value:
+        raise InvalidToken(f"the token has no {name} claim", reason=name.replace("_", "-"))
+    return value
+
+
+def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
+    scope = claims.get("scope")
+    if scope is None:
+        return frozenset()
+    if not isinstance(scope, str):  # RFC 9068 2.2.3: a space-delimited string (RFC 6749 3.3)
+        raise InvalidToken("the scope claim must be a string", reason="scope")
+    return frozenset(scope.split(" ")) - {""}
+
+
+def _confirmation(claims: Mapping[str, Any]) -> str | None:
+    if "cnf" not in claims:
+        return None
+    cnf = claims["cnf"]
+    value = cnf.get(THUMBPRINT) if isinstance(cnf, Mapping) else None
+    if not isinstance(value, str) or len(value) != 43:  # 32 bytes of base64url
+        # A confirmation method we cannot check (a DPoP jkt, ...) must not turn into a bearer.
+        raise InvalidToken("the cnf claim has no x5t#S256 thumbprint", reason="cnf")
+    return value
+
+
+def _spiffe_id(subject: str) -> SpiffeId | None:
+    if not subject.startswith("spiffe://"):
+        return None
+    try:
+        return SpiffeId.parse(subject)
+    except InvalidSpiffeId:
+        raise InvalidToken("the token subject is not a valid SPIFFE ID", reason="sub") from None
+
+
+def _check_revocation(revocations: RevocationSet, token: AccessToken) -> None:
+    if revocations.is_jti_revoked(token.jti):
+        raise InvalidToken("the token (jti) has been revoked", reason="revoked")
+    if token.spiffe_id is not None and revocations.is_spiffe_id_revoked(
+        token.spiffe_id, token.issued_at
+    ):
+        raise InvalidToken(f"the SPIFFE ID {token.spiffe_id} has been revoked", reason="revoked")
+
+
+def scopes_text(scopes: Iterable[str]) -> str:
+    """Scopes as RFC 6749 section 3.3 writes them: sorted, space-separated."""
+    return " ".join(sorted(scopes))
