@@ -28,6 +28,7 @@ from s2s.agent.node import AgentIdentity, NodeAttestor
 from s2s.agent.revocations import RevocationFollower
 from s2s.agent.revocations_api import DEFAULT_HEARTBEAT, RevocationsService
 from s2s.agent.workload_api import WorkloadApiServer
+from s2s.agent.workload_health import HealthService
 from s2s.aio import within
 from s2s.core.backoff import Backoff
 from s2s.core.clock import Clock, SystemClock
@@ -175,7 +176,10 @@ class Agent:
             observe=self.metrics.observe_call,
             observe_connection=self.metrics.observe_connection,
             limits=self.config.workload_limits(),
-            extensions=(revocations_api,),  # the agent's revocations, for JWT-SVID verifiers
+            extensions=(  # the agent's revocations, for JWT-SVID verifiers; gRPC health
+                revocations_api,
+                HealthService(self.metrics.count_health_check),
+            ),
         )
         await server.start()
         self.server = server

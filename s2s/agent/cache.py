@@ -200,8 +200,11 @@ class SvidCache(Versioned):
         self._state = state
         self._bump()
         now = self._clock.now()
-        held = sum(1 for i in state.items if i.svid is not None and i.svid.not_after > now)
-        self._metrics.svids_held.set(held)
+        held = [
+            i.svid.not_after for i in state.items if i.svid is not None and i.svid.not_after > now
+        ]
+        self._metrics.svids_held.set(len(held))
+        self._metrics.workload_svid_expiry.set(min(held).timestamp() if held else 0)
         self._metrics.entries.set(len(state.items))
 
     # -- loops ------------------------------------------------------------------------------

@@ -1,6 +1,9 @@
 """Prometheus metrics of the agent, on a registry of its own (two agents in one test process
 never clash). The cache, node and Workload API server report through the small methods below;
-``app.py`` serves :meth:`AgentMetrics.render` on ``/metrics``.
+``app.py`` serves :meth:`AgentMetrics.render` on ``/metrics``, with the process's own metrics
+(``process_*``, ``python_*``), ``s2s_agent_build_info`` and the revocation feed's
+``s2s_verifier_revocations_*{feed="agent"}`` on the same registry. ``deploy/monitoring/README.md``
+says what each metric means and which alert uses it.
 """
 
 from __future__ import annotations
@@ -9,6 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from s2s.verifier.metrics import add_process_metrics
 
 __all__ = ["CONTENT_TYPE", "AgentMetrics"]
 
@@ -25,11 +30,22 @@ class AgentMetrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        add_process_metrics(r, "s2s_agent")
         self.svids_held = Gauge(
-            "s2s_agent_svids_held", "Valid X509-SVIDs held for workloads", registry=r
+            "s2s_agent_svids_held",
+            "Unexpired X509-SVIDs held for workloads (one per entry when all is well)",
+            registry=r,
         )
         self.entries = Gauge(
-            "s2s_agent_registration_entries", "Entries parented by this agent", registry=r
+            "s2s_agent_registration_entries",
+            "Registration entries this agent serves (parented by it)",
+            registry=r,
+        )
+        self.workload_svid_expiry = Gauge(
+            "s2s_agent_workload_svid_earliest_not_after_timestamp_seconds",
+            "Expiry (Unix time) of the workload X509-SVID that expires first (0: none held); "
+            "the agent renews each at half its lifetime, so this stays far ahead of now",
+            registry=r,
         )
         self.rotations = Counter(
             "s2s_agent_rotations",
@@ -39,7 +55,8 @@ class AgentMetrics:
         )
         self.workload_calls = Counter(
             "s2s_agent_workload_api_calls",
-            "Workload API calls, by method and gRPC code",
+            "Workload API calls, by method and gRPC code (PERMISSION_DENIED: the caller has "
+            "no identity; health checks are not counted here)",
             ["method", "code"],
             registry=r,
         )
@@ -71,7 +88,16 @@ class AgentMetrics:
             registry=r,
         )
         self.agent_svid_expiry = Gauge(
-            "s2s_agent_svid_not_after_seconds", "Expiry (Unix time) of the agent SVID", registry=r
+            "s2s_agent_svid_not_after_timestamp_seconds",
+            "Expiry (Unix time) of the agent's own SVID (renewed at half its lifetime)",
+            registry=r,
+        )
+        self.health_checks = Counter(
+            "s2s_agent_health_checks",
+            "gRPC health checks answered on the Workload API socket (s2s-agent healthcheck, "
+            "probes), by status",
+            ["status"],
+            registry=r,
         )
 
     def observe_call(self, method: str, code: str) -> None:
@@ -86,6 +112,10 @@ class AgentMetrics:
         }.get(event)
         if counter is not None:
             counter.labels(reason=reason).inc()
+
+    def count_health_check(self, status: str) -> None:
+        """The health service's ``observe`` hook."""
+        self.health_checks.labels(status=status).inc()
 
     def count_rotation(self, kind: str, n: int = 1) -> None:
         if n:

@@ -22,7 +22,7 @@ import click
 
 from s2s.cli.ca_common import exit_code_for
 from s2s.cli.output_dir import OutputDir, OutputFile
-from s2s.core.errors import NotAuthorized, S2SError
+from s2s.core.errors import S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
 
 __all__ = ["cli", "main"]
@@ -295,12 +295,11 @@ def healthcheck(socket: str | None) -> None:
     """Exit 0 if the agent answers on its Workload API socket, 3 if it does not."""
 
     async def body() -> str:
-        async with _client(socket) as client:
-            try:
-                bundles = await client.fetch_x509_bundles()
-            except NotAuthorized:
-                return "the agent is serving (no identity for this process)"
-            return f"the agent is serving ({len(bundles)} trust domain(s))"
+        async with _client(socket) as client:  # gRPC health: not counted as a workload call
+            status = await client.check_health()
+            if status != "SERVING":
+                raise Unavailable(f"the agent answers health checks with {status}")
+            return "the agent is serving"
 
     message = run_async(body)
     click.echo(message)

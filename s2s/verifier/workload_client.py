@@ -47,6 +47,7 @@ from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier import workload_parse as parse
 from s2s.verifier.x509context import X509Context
+from s2s.workload_proto import health_pb2 as hpb
 from s2s.workload_proto import s2s_revocations_pb2 as rpb
 from s2s.workload_proto import workload_pb2 as pb
 
@@ -64,6 +65,7 @@ ENDPOINT_ENV = "SPIFFE_ENDPOINT_SOCKET"
 _METADATA = (("workload.spiffe.io", "true"),)
 _SERVICE = "/SpiffeWorkloadAPI/"
 _REVOCATIONS = "/s2s.agent.v1.Revocations/WatchRevocations"  # the s2s extension
+_HEALTH = "/grpc.health.v1.Health/Check"  # gRPC health checking protocol, served by s2s agents
 _MAX_RECEIVE = 64 * 1024 * 1024  # a large revocation set (~150 bytes a record) is one message
 _BIG_RECORDS = 1024 * 1024  # bytes of records JSON parsed in a thread
 _MAX_TIMING = 24 * 3600.0  # seconds; an agent's lag_after or heartbeat above this is nonsense
@@ -250,6 +252,24 @@ class WorkloadApiClient:
                 yield await asyncio.to_thread(_revocations_update, message)
             else:
                 yield _revocations_update(message)
+
+    # -- gRPC health --------------------------------------------------------------------------
+
+    async def check_health(self) -> str:
+        """The agent's ``grpc.health.v1.Health/Check`` status name (``SERVING`` when it serves).
+
+        Needs no identity, and the agent does not count it as a Workload API call;
+        :class:`NotServed` from an agent that does not answer health checks."""
+        call = self._channel_now().unary_unary(
+            _HEALTH,
+            request_serializer=_serialize,
+            response_deserializer=hpb.HealthCheckResponse.FromString,
+        )
+        try:
+            response = await call(hpb.HealthCheckRequest(), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._translate(exc, "Health/Check") from exc
+        return hpb.HealthCheckResponse.ServingStatus.Name(response.status)
 
     # -- transport --------------------------------------------------------------------------
 
