@@ -26,7 +26,14 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 from s2s.verifier.jwt import JwtValidator, ValidatedJwt
 
-__all__ = ["JWT_SVID_KEY", "jwt_middleware", "jwt_spiffe_id", "jwt_svid_of"]
+__all__ = [
+    "JWT_SVID_KEY",
+    "bearer_token",
+    "jwt_middleware",
+    "jwt_spiffe_id",
+    "jwt_svid_of",
+    "quoted_string",
+]
 
 # web.RequestKey (typed request storage) exists from aiohttp 3.14; older releases take a string.
 _RequestKey: Any = getattr(web, "RequestKey", None)
@@ -50,13 +57,13 @@ def jwt_middleware(
     ``exempt_paths`` are exact paths served without a token (health checks, metrics).
     """
     exempt = frozenset(exempt_paths)
-    challenge = "Bearer" if realm is None else f'Bearer realm="{_quoted(realm)}"'
+    challenge = "Bearer" if realm is None else f'Bearer realm="{quoted_string(realm)}"'
 
     @web.middleware
     async def middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
         if request.path in exempt:
             return await handler(request)
-        token, problem = _bearer_token(request)
+        token, problem = bearer_token(request)
         if token is None:
             return _reject(request, challenge, *problem)
         try:
@@ -86,7 +93,9 @@ def jwt_spiffe_id(request: web.Request) -> SpiffeId:
     return jwt_svid_of(request).spiffe_id
 
 
-def _bearer_token(request: web.Request) -> tuple[str | None, tuple[str, str]]:
+def bearer_token(request: web.Request) -> tuple[str | None, tuple[str, str]]:
+    """The one Bearer token of ``request`` (RFC 6750 section 2.1), or None and (reason,
+    message): ``missing`` (no Authorization header, another scheme) or ``malformed``."""
     values = request.headers.getall(hdrs.AUTHORIZATION, [])
     if not values:
         return None, ("missing", "the request has no Authorization header")
@@ -108,7 +117,9 @@ def _reject(request: web.Request, challenge: str, reason: str, message: str) -> 
         header = challenge
     else:
         sep = "," if challenge != "Bearer" else ""
-        header = f'{challenge}{sep} error="invalid_token", error_description="{_quoted(reason)}"'
+        header = (
+            f'{challenge}{sep} error="invalid_token", error_description="{quoted_string(reason)}"'
+        )
     body = {"error": "invalid_token", "reason": reason, "message": message}
     return web.Response(
         status=401,
@@ -118,6 +129,6 @@ def _reject(request: web.Request, challenge: str, reason: str, message: str) -> 
     )
 
 
-def _quoted(text: str) -> str:
+def quoted_string(text: str) -> str:
     """Text safe inside an RFC 7230 quoted-string (no quotes, backslashes or controls)."""
     return "".join(c for c in text if c.isprintable() and c not in '"\\')
