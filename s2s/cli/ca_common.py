@@ -31,6 +31,7 @@ __all__ = [
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REFUSED = (
     range(7)
 )
+EXIT_TRUST_BUNDLE_MISMATCH, EXIT_TRUST_DOMAIN_MISMATCH, EXIT_NOT_A_CA = 7, 8, 9
 EXIT_CODES: dict[type[S2SError], int] = {
     errors.Unavailable: EXIT_UNAVAILABLE,
     errors.NotFound: EXIT_NOT_FOUND,
@@ -40,6 +41,10 @@ EXIT_CODES: dict[type[S2SError], int] = {
     errors.AttestationFailed: EXIT_REFUSED,
     errors.InvalidToken: EXIT_REFUSED,
     errors.InvalidConfig: EXIT_ERROR,
+    # s2s-agent run: the server at the CA URL is not the CA configured (never retried)
+    errors.TrustBundleMismatch: EXIT_TRUST_BUNDLE_MISMATCH,
+    errors.TrustDomainMismatch: EXIT_TRUST_DOMAIN_MISMATCH,
+    errors.NotACa: EXIT_NOT_A_CA,
     errors.InvalidRequest: EXIT_USAGE,
     errors.InvalidSpiffeId: EXIT_USAGE,
     errors.InvalidSelector: EXIT_USAGE,

@@ -12,6 +12,7 @@ from typing import Final
 
 __all__ = [
     "AttestationFailed",
+    "CaMismatch",
     "Conflict",
     "InsufficientScope",
     "InvalidBundle",
@@ -21,11 +22,14 @@ __all__ = [
     "InvalidSpiffeId",
     "InvalidSvid",
     "InvalidToken",
+    "NotACa",
     "NotAuthorized",
     "NotFound",
     "Revoked",
     "S2SError",
     "StoreError",
+    "TrustBundleMismatch",
+    "TrustDomainMismatch",
     "Unavailable",
     "error_from_code",
 ]
@@ -132,6 +136,31 @@ class InvalidConfig(S2SError, ValueError):
     """A configuration that cannot be used."""
 
     code = "invalid_config"
+
+
+class CaMismatch(InvalidConfig):
+    """The server at a CA URL answered, but it is not the CA this agent is configured for: the
+    trust bundle, the trust domain or the URL is wrong. Retrying cannot fix it (an outage can)."""
+
+    code = "ca_mismatch"
+
+
+class TrustBundleMismatch(CaMismatch):
+    """An s2s CA of our trust domain whose certificate does not chain to the bundle we hold."""
+
+    code = "trust_bundle_mismatch"
+
+
+class TrustDomainMismatch(CaMismatch):
+    """An s2s CA of another trust domain than the one configured."""
+
+    code = "trust_domain_mismatch"
+
+
+class NotACa(CaMismatch):
+    """A server that is not an s2s CA (another TLS server, a plain HTTP port, another path)."""
+
+    code = "not_a_ca"
 
 
 class NotFound(S2SError, LookupError):
