@@ -16,6 +16,7 @@ MODULES: list[str] = [
     "agent",
     "verifier_tls",
     "verifier_jwt",
+    "oauth_validation",
     "revocation",
     "crl",
 ]
