@@ -2,13 +2,15 @@
 
 The everyday names are here; integrations live in their own modules so that importing the
 verifier does not pull them in: ``s2s.verifier.aiohttp`` (server site, client connector),
-``s2s.verifier.jwt_aiohttp`` (Bearer JWT-SVID middleware), ``s2s.verifier.pyopenssl`` (blocking
-servers that reject inside the handshake), ``s2s.verifier.feeds_etcd`` and
-``s2s.verifier.feeds_ca`` (revocation feeds).
+``s2s.verifier.jwt_aiohttp`` (Bearer JWT-SVID middleware), ``s2s.verifier.access_token_aiohttp``
+(Bearer OAuth access-token middleware), ``s2s.verifier.access_token_fetch`` (the authorization
+server's JWKS over HTTPS), ``s2s.verifier.pyopenssl`` (blocking servers that reject inside the
+handshake), ``s2s.verifier.feeds_etcd`` and ``s2s.verifier.feeds_ca`` (revocation feeds).
 """
 
 from __future__ import annotations
 
+from s2s.verifier.access_token import AccessToken, AccessTokenValidator, require_scopes
 from s2s.verifier.authorize import (
     Authorizer,
     authorize_any,
@@ -29,6 +31,8 @@ from s2s.verifier.workload_client import WorkloadApiClient
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
 __all__ = [
+    "AccessToken",
+    "AccessTokenValidator",
     "Authorizer",
     "CrlFileRevocations",
     "InMemoryRevocations",
@@ -53,6 +57,7 @@ __all__ = [
     "open_jwt_source",
     "open_x509_source",
     "peer_spiffe_id_of",
+    "require_scopes",
     "server_context",
     "verify_peer",
 ]

@@ -19,7 +19,7 @@ from s2s.core.errors import InvalidToken, Unavailable
 from s2s.testing import TestAuthority
 from s2s.testing_oauth import AUDIENCE, ISSUER, TestTokenIssuer
 from s2s.verifier.access_token import AccessTokenValidator
-from s2s.verifier.access_token_keys import JwksFetcher, fetch_metadata
+from s2s.verifier.access_token_fetch import JwksFetcher, fetch_metadata
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.revocation_choice import no_revocation_check
 
