@@ -3,13 +3,18 @@ attestations, CRL age per issuer, the root rotation phase, store latency; every 
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import version
+from pathlib import Path
 
 import pytest
-from ca_harness import RunningCa, csr_pem, new_key
+from ca_harness import RunningCa, csr_pem, new_key, start_ca, stop_ca
 from prometheus_client.parser import text_string_to_metric_families
 
-from s2s.core.errors import NotFound
+from s2s.ca.store_config import StoreSettings
+from s2s.cli.ca import main
+from s2s.core.errors import NotFound, Unavailable
+from s2s.testing_etcd import EtcdServer
 
 
 async def scrape(ca: RunningCa) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -111,3 +116,37 @@ async def test_store_latency_per_operation_and_renamed_expiry_gauge(ca: RunningC
     assert "s2s_ca_store_errors_total" not in m  # nothing failed
     assert m["s2s_ca_authority_not_after_timestamp_seconds"]
     assert "s2s_ca_authority_not_after_seconds" not in m
+
+
+async def test_etcd_store_latency_and_errors_are_counted(tmp_path: Path) -> None:
+    """On etcd: calls are timed under backend="etcd"; with etcd stopped, failures are counted
+    (what the S2sStoreErrors alert watches); after a restart the CA's calls succeed again."""
+    with EtcdServer(tmp_path / "etcd") as etcd:
+        td = "metrics.example.org"
+        argv = ["--data-dir", str(tmp_path / "ca"), "init", "--trust-domain", td,
+                "--store", f"{etcd.url}/{td}"]  # fmt: skip
+        assert await asyncio.to_thread(main, argv) == 0
+        settings = StoreSettings(url=etcd.url, trust_domain=td)
+        server, task, stop = await start_ca(tmp_path / "ca", store=settings)
+        try:
+            await server.refresh_gauges()
+            registry = server.metrics.registry
+            timed = {"backend": "etcd", "operation": "list_authorities"}
+            assert (
+                registry.get_sample_value("s2s_ca_store_operation_seconds_count", timed) or 0
+            ) > 0
+            failed = {**timed, "code": "store_error"}
+            assert registry.get_sample_value("s2s_ca_store_errors_total", failed) is None
+            etcd.stop()
+            with pytest.raises(Unavailable):
+                await server.refresh_gauges()
+            errors = [
+                s for f in registry.collect() for s in f.samples
+                if s.name == "s2s_ca_store_errors_total" and s.labels["backend"] == "etcd"
+            ]  # fmt: skip
+            assert "list_authorities" in {s.labels["operation"] for s in errors}, errors
+            assert {s.labels["code"] for s in errors} <= {"store_error", "unavailable"}
+            etcd.start()
+            await server.refresh_gauges()
+        finally:
+            await stop_ca(server, task, stop)
