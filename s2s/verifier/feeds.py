@@ -282,15 +282,19 @@ class FeedMetrics:
         label = ["feed"]
         self.age = Gauge(
             "s2s_verifier_revocations_age_seconds",
-            "Seconds since the revocation feed was last confirmed current (-1: never)",
+            "Seconds since the revocation feed was last confirmed current (-1: never synced); "
+            "past its max staleness the feed fails closed",
             label, registry=reg,
         )  # fmt: skip
         self.records = Gauge(
-            "s2s_verifier_revocation_records", "Records in the feed's current set", label,
-            registry=reg,
+            "s2s_verifier_revocation_records",
+            "Revocation records (revoked serials, token IDs, SPIFFE IDs) in the feed's current set",
+            label, registry=reg,
         )  # fmt: skip
         self.stale = Gauge(
-            "s2s_verifier_revocations_stale", "1 while the feed fails closed (too old)", label,
+            "s2s_verifier_revocations_stale",
+            "1 while the feed is older than its max staleness and fails closed (peers and "
+            "tokens refused)", label,
             registry=reg,
         )  # fmt: skip
         self.lagging = Gauge(
@@ -299,7 +303,10 @@ class FeedMetrics:
             registry=reg,
         )  # fmt: skip
         self.sets = Counter(
-            "s2s_verifier_revocation_sets", "Revocation sets swapped in", label, registry=reg
+            "s2s_verifier_revocation_sets",
+            "Revocation sets swapped in (one per change the feed has seen)",
+            label,
+            registry=reg,
         )
 
     def track(self, feed: RevocationFeed, label: str | None = None) -> None:
