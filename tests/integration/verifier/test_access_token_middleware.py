@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from verifier_support import source_of
 
 from s2s.core.clock import FakeClock
 from s2s.core.errors import NotAuthorized, Unavailable
@@ -21,8 +22,11 @@ from s2s.testing_oauth import AUDIENCE, CLIENT, ISSUER, TestTokenIssuer
 from s2s.verifier.access_token import AccessTokenValidator, certificate_thumbprint, require_scopes
 from s2s.verifier.access_token_aiohttp import access_token_middleware, access_token_of
 from s2s.verifier.access_token_keys import SigningKeySet
+from s2s.verifier.aiohttp import SpiffeTCPSite, spiffe_connector
+from s2s.verifier.authorize import authorize_any
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.revocation_choice import no_revocation_check
+from s2s.verifier.tls import server_context
 
 
 @dataclass
@@ -224,5 +228,55 @@ async def test_no_keys_yet_is_503(fake_clock: FakeClock, authority: TestAuthorit
         status, _, body = await server.get(token=server.issuer.mint())
         assert status == 503
         assert body["error"] == "temporarily_unavailable"
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_spiffe_mtls_resource_server_checks_the_binding(
+    fake_clock: FakeClock, authority: TestAuthority
+) -> None:
+    """The verifier's own mTLS site (SVIDs checked in the handshake) with the middleware: a
+    bound token passes only over the connection of the certificate it is bound to."""
+    issuer = TestTokenIssuer(clock=fake_clock)
+    validator = AccessTokenValidator(
+        issuer.key_set(),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        revocations=no_revocation_check(),
+        clock=fake_clock,
+    )
+    app = web.Application(middlewares=[access_token_middleware(validator)])
+    app.router.add_get("/read", _read)
+    server_source = source_of(
+        authority.issue_x509_svid("spiffe://example.org/billing"), authority.bundle()
+    )
+    context = server_context(
+        server_source, authorize=authorize_any(), revocations=no_revocation_check()
+    )
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = SpiffeTCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    url = f"https://127.0.0.1:{site.port}/read"
+    mine = authority.issue_x509_svid(CLIENT)
+    other = authority.issue_x509_svid(CLIENT)
+    token = issuer.mint(thumbprint=certificate_thumbprint(mine.leaf))
+
+    async def get(svid: X509Svid) -> int:
+        connector = spiffe_connector(
+            source_of(svid, authority.bundle()),
+            authorize=authorize_any(),
+            revocations=no_revocation_check(),
+        )
+        headers = {"Authorization": f"Bearer {token}"}
+        async with (
+            aiohttp.ClientSession(connector=connector) as session,
+            session.get(url, headers=headers) as resp,
+        ):
+            return resp.status
+
+    try:
+        assert await get(mine) == 200
+        assert await get(other) == 401
     finally:
         await runner.cleanup()
