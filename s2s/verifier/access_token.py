@@ -62,12 +62,15 @@ from s2s.verifier.jws import (
     split_compact,
     verify_checked,
 )
+from s2s.verifier.jwt import JwtMetrics
 from s2s.verifier.revocation_choice import resolve_revocations
 
 __all__ = [
     "ACCESS_TOKEN_TYPES",
     "DEFAULT_CACHE_SIZE",
+    "REJECTION_REASONS",
     "AccessToken",
+    "AccessTokenMetrics",
     "AccessTokenValidator",
     "certificate_thumbprint",
     "require_scopes",
@@ -78,6 +81,10 @@ DEFAULT_CACHE_SIZE = 10_000
 # RFC 9068 2.1: "at+jwt"; the full media type "application/at+jwt" is equivalent (RFC 7515 4.1.9).
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
 THUMBPRINT = "x5t#S256"
+REJECTION_REASONS = (
+    "malformed", "alg", "typ", "header", "kid", "iss", "aud", "exp", "sub", "client-id", "jti",
+    "scope", "cnf", "signature", "revoked", "too-large", "revocations-stale",
+)  # fmt: skip
 _Certificate = bytes | x509.Certificate | None
 
 
@@ -105,6 +112,33 @@ class AccessToken:
 
     def has_scopes(self, *scopes: str) -> bool:
         return self.scopes.issuperset(scopes)
+
+
+class AccessTokenMetrics(JwtMetrics):
+    """``s2s_verifier_access_token_rejections_total{reason}`` and
+    ``s2s_verifier_access_tokens_accepted_total``."""
+
+    NAMES = (
+        "s2s_verifier_access_token_rejections",
+        "OAuth access tokens rejected by the s2s verifier, by reason",
+        "s2s_verifier_access_tokens_accepted",
+        "OAuth access tokens validated (cache misses that passed every check)",
+    )
+    REASONS = REJECTION_REASONS
+
+
+_default_metrics: AccessTokenMetrics | None = None
+_metrics_lock = threading.Lock()
+
+
+def default_access_token_metrics() -> AccessTokenMetrics:
+    """The process-wide instance, registered with the global registry once."""
+    global _default_metrics  # noqa: PLW0603 (one registration per process)
+    if _default_metrics is None:
+        with _metrics_lock:
+            if _default_metrics is None:
+                _default_metrics = AccessTokenMetrics()
+    return _default_metrics
 
 
 def require_scopes(token: AccessToken, *scopes: str) -> AccessToken:
@@ -143,6 +177,7 @@ class AccessTokenValidator:
         clock: Clock | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         max_token_bytes: int = DEFAULT_MAX_TOKEN_BYTES,
+        metrics: AccessTokenMetrics | None = None,
     ) -> None:
         for name, value in (("issuer", issuer), ("audience", audience)):
             if not isinstance(value, str) or not value:
@@ -160,6 +195,7 @@ class AccessTokenValidator:
         self._clock = clock if clock is not None else SystemClock()
         self._cache_size = cache_size
         self._max_bytes = max_token_bytes
+        self._metrics = metrics if metrics is not None else default_access_token_metrics()
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[AccessToken, object, object]] = OrderedDict()
         self._seen: tuple[object, object] = (None, None)
@@ -172,6 +208,13 @@ class AccessTokenValidator:
         ``peer_certificate`` (DER or a certificate) is the client certificate of the connection
         the token came over, if any. :class:`Unavailable` when there are no keys yet.
         """
+        try:
+            return self._validate(token, peer_certificate)
+        except InvalidToken as exc:
+            self._metrics.rejected(exc.reason)
+            raise
+
+    def _validate(self, token: str, peer_certificate: _Certificate) -> AccessToken:
         if not isinstance(token, str):
             raise InvalidToken("the token must be text", reason="malformed")
         if len(token) > self._max_bytes:
@@ -232,6 +275,7 @@ class AccessTokenValidator:
             self._cache.pop(token, None)
         self.cache_misses += 1
         result = self._validate_uncached(token, now, keys, revocations)
+        self._metrics.accepted.inc()
         if self._cache_size and now < result.expiry:
             with self._lock:
                 if self._seen[0] is keys and self._seen[1] is revocations:

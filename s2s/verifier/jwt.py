@@ -92,22 +92,26 @@ class ValidatedJwt:
 
 
 class JwtMetrics:
-    """``s2s_verifier_jwt_rejections_total{reason}`` and ``s2s_verifier_jwts_accepted_total``."""
+    """``s2s_verifier_jwt_rejections_total{reason}`` and ``s2s_verifier_jwts_accepted_total``.
+
+    A subclass names other counters (``NAMES``: rejections name and help, accepted name and
+    help) and the reasons it knows up front (``REASONS``).
+    """
+
+    NAMES = (
+        "s2s_verifier_jwt_rejections",
+        "JWT-SVIDs rejected by the s2s verifier, by reason",
+        "s2s_verifier_jwts_accepted",
+        "JWT-SVIDs validated (cache misses that passed every check)",
+    )
+    REASONS: tuple[str, ...] = REJECTION_REASONS
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         reg = REGISTRY if registry is None else registry
-        self.rejections = Counter(
-            "s2s_verifier_jwt_rejections",
-            "JWT-SVIDs rejected by the s2s verifier, by reason",
-            ["reason"],
-            registry=reg,
-        )
-        self.accepted = Counter(
-            "s2s_verifier_jwts_accepted",
-            "JWT-SVIDs validated (cache misses that passed every check)",
-            registry=reg,
-        )
-        self._by_reason = {reason: self.rejections.labels(reason) for reason in REJECTION_REASONS}
+        rejected_name, rejected_help, accepted_name, accepted_help = self.NAMES
+        self.rejections = Counter(rejected_name, rejected_help, ["reason"], registry=reg)
+        self.accepted = Counter(accepted_name, accepted_help, registry=reg)
+        self._by_reason = {reason: self.rejections.labels(reason) for reason in self.REASONS}
 
     def rejected(self, reason: str) -> None:
         child = self._by_reason.get(reason)

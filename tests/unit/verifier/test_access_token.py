@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
+from prometheus_client import CollectorRegistry
 
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InsufficientScope, InvalidConfig, InvalidToken, Unavailable
@@ -15,6 +16,7 @@ from s2s.core.revocation import RevocationRecord, RevocationSet, StaticRevocatio
 from s2s.testing import TestAuthority
 from s2s.testing_oauth import AUDIENCE, CLIENT, ISSUER, TestTokenIssuer
 from s2s.verifier.access_token import (
+    AccessTokenMetrics,
     AccessTokenValidator,
     certificate_thumbprint,
     require_scopes,
@@ -332,3 +334,26 @@ def test_require_scopes(validator: AccessTokenValidator, keys: TestTokenIssuer) 
     assert empty.scopes == frozenset()
     with pytest.raises(InsufficientScope):
         require_scopes(empty, "billing.read")
+
+
+def test_rejections_and_acceptances_are_counted(
+    keys: TestTokenIssuer, fake_clock: FakeClock
+) -> None:
+    metrics = AccessTokenMetrics(CollectorRegistry())
+    validator = AccessTokenValidator(
+        keys.key_set(),
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        revocations=no_revocation_check(),
+        clock=fake_clock,
+        metrics=metrics,
+    )
+    token = keys.mint()
+    validator.validate(token)
+    validator.validate(token)  # a cache hit is not counted again
+    reason_of(validator, keys.mint(aud="https://other.example"))
+    reason_of(validator, keys.mint(headers={"typ": "JWT"}))
+    assert metrics.accepted._value.get() == 1
+    assert metrics.rejection_count("aud") == 1
+    assert metrics.rejection_count("typ") == 1
+    assert metrics.rejection_count("cnf") == 0
