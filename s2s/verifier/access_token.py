@@ -158,11 +158,11 @@ def require_scopes(token: AccessToken, *scopes: str) -> AccessToken:
 class AccessTokenValidator:
     """Validates access tokens of one issuer for one audience; thread-safe.
 
-    ``keys`` is a :class:`SigningKeySet` or a provider (:class:`~s2s.verifier.access_token_keys.
-    JwksFetcher`, :class:`StaticJwks`); ``revocations`` a lookup (an ``EtcdRevocationFeed``, a
-    ``CaRevocationFeed``, the ``revocations`` of a ``JwtSource``) or, explicitly,
-    ``no_revocation_check()``. ``require_binding`` refuses tokens that are not
-    certificate-bound.
+    ``keys`` is a :class:`SigningKeySet` or a provider (a
+    :class:`~s2s.verifier.access_token_fetch.JwksFetcher`, a :class:`StaticJwks`);
+    ``revocations`` a lookup (an ``EtcdRevocationFeed``, a ``CaRevocationFeed``, the
+    ``revocations`` of a ``JwtSource``) or, explicitly, ``no_revocation_check()``.
+    ``require_binding`` refuses tokens that are not certificate-bound.
     """
 
     def __init__(
