@@ -14,9 +14,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 from authlib.oauth2.rfc9068 import JWTBearerTokenGenerator
+from feed_support import eventually
 from joserfc.jwk import ECKey, KeySet
 from verifier_support import source_of
 
+from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidToken
 from s2s.core.revocation import RevocationRecord, RevocationSet, StaticRevocations
@@ -26,9 +28,12 @@ from s2s.verifier.access_token_aiohttp import access_token_middleware, access_to
 from s2s.verifier.access_token_fetch import JwksFetcher
 from s2s.verifier.aiohttp import SpiffeTCPSite, spiffe_connector
 from s2s.verifier.authorize import authorize_any
+from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.revocation_choice import no_revocation_check
+from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.tls import server_context
+from s2s.verifier.x509context import X509Context
 
 ISSUER = "https://as.example.org"
 RESOURCE = "https://billing.example.org"
@@ -236,3 +241,38 @@ async def test_a_bound_authlib_token_passes_only_over_its_certificate(
         assert await status_with(other) == 401
     finally:
         await runner.cleanup()
+
+
+async def test_a_jti_revoked_at_the_ca_is_refused_through_its_feed(
+    jwks: Jwks, ca_file: str, live_ca: Any
+) -> None:
+    """`s2s-ca revoke --jti` (the CA's revocation service) reaches an access-token validator
+    through the same CaRevocationFeed that carries every other revocation."""
+    assert live_ca.server is not None
+    me = await live_ca.server.issuer.mint_x509_svid(live_ca.td.id("/billing"))
+    bundles = BundleSet.of(live_ca.server.authority.bundle)
+    source = StaticX509Source(X509Context((me,), bundles))
+    feed = CaRevocationFeed.over_https(live_ca.url, source, wait=5.0)
+    await feed.start()
+    try:
+        async with JwksFetcher.trusting_ca_file(jwks.uri, ca_file) as keys:
+            validator = AccessTokenValidator(
+                keys, issuer=ISSUER, audience=RESOURCE, revocations=feed
+            )
+            token = AuthlibIssuer(jwks.keys).token()
+            other = AuthlibIssuer(jwks.keys).token()
+            checked = validator.validate(token)
+            await live_ca.server.revocations.revoke_jti(checked.jti, reason="test")
+            took = await eventually(lambda: _refused(validator, token), "the jti refused")
+            assert took < 1.0
+            validator.validate(other)  # twin: another token of the same client still passes
+    finally:
+        await feed.stop()
+
+
+def _refused(validator: AccessTokenValidator, token: str) -> bool:
+    try:
+        validator.validate(token)
+    except InvalidToken as exc:
+        return exc.reason == "revoked"
+    return False
