@@ -14,14 +14,18 @@ import pytest
 from aiohttp import web
 from verifier_support import source_of
 
+from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidToken, Unavailable
+from s2s.core.spiffe_id import TrustDomain
 from s2s.testing import TestAuthority
 from s2s.testing_oauth import AUDIENCE, ISSUER, TestTokenIssuer
 from s2s.verifier.access_token import AccessTokenValidator
 from s2s.verifier.access_token_fetch import JwksFetcher, fetch_metadata
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.revocation_choice import no_revocation_check
+from s2s.verifier.source_static import StaticX509Source
+from s2s.verifier.x509context import X509Context
 
 CA_ID = "spiffe://example.org/s2s/ca/ca-0"
 
@@ -204,3 +208,18 @@ async def test_metadata_must_name_its_own_issuer(server: JwksServer, ca_file: st
     server.metadata = {"issuer": issuer, "jwks_uri": "http://localhost/jwks"}
     with pytest.raises(Unavailable, match="no https jwks_uri"):
         await fetch_metadata(issuer, ssl_context=context)
+
+
+async def test_over_spiffe_reaches_a_real_ca(live_ca: Any) -> None:
+    """The CA's own server SVID (spiffe://example.org/s2s/ca/<replica>) passes the check, and
+    the JWK Set it serves parses (whatever keys it holds for signature use)."""
+    assert live_ca.server is not None
+    me = await live_ca.server.issuer.mint_x509_svid(live_ca.td.id("/billing"))
+    source = StaticX509Source(X509Context((me,), BundleSet.of(live_ca.server.authority.bundle)))
+    uri = f"{live_ca.url}/.well-known/jwks.json"
+    async with JwksFetcher.over_spiffe(uri, source) as fetcher:
+        assert fetcher.fetches == 1
+    # twin: the same CA under a trust domain we do not expect is refused
+    with pytest.raises(Unavailable):
+        async with JwksFetcher.over_spiffe(uri, source, trust_domain=TrustDomain("other.org")):
+            pass
