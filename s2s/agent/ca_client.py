@@ -10,7 +10,10 @@ replica cannot be reached, answers 5xx, or sends something that is not the docum
 every replica failed, the call raises :class:`Unavailable`; the agent's loops retry it with
 :class:`RetryDelays` (capped exponential, full jitter). A CA that *answered* with an error (4xx)
 raises the ``s2s.core.errors`` class it named; an agent the CA no longer knows raises
-:class:`AgentUnknown` so the node re-attests.
+:class:`AgentUnknown` so the node re-attests. A server that answered but is not our CA (a
+bundle that does not match, another trust domain, not an s2s CA at all) raises
+:class:`CaMisconfigured` (``s2s.agent.ca_mismatch``): an :class:`Unavailable` that says what to
+fix, which the first attestation turns into an exit.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, ClassVar, Final
 import aiohttp
 from cryptography import x509
 
+from s2s.agent.ca_mismatch import CaMisconfigured, from_tls_failure, not_tls, probe_leaf
 from s2s.agent.ca_wire import (
     AgentSvidResponse,
     CertCache,
@@ -49,6 +53,7 @@ from s2s.core.clock import Clock
 from s2s.core.errors import (
     InvalidBundle,
     InvalidRequest,
+    NotACa,
     Unavailable,
 )
 from s2s.core.reserved import is_ca_id
@@ -57,7 +62,7 @@ from s2s.core.x509svid import X509Svid
 from s2s.log import F
 from s2s.verifier.feeds_ca import RevocationPage, parse_revocation_page
 from s2s.verifier.memcert import load_cert_chain_from_memory
-from s2s.verifier.peer import PeerVerifier
+from s2s.verifier.peer import PeerRejected, PeerVerifier
 
 __all__ = [
     "AGENT_BACKOFF",
@@ -315,6 +320,7 @@ class CaClient:
     ) -> Any:
         """Send to each URL in turn until one answers; raise what it answered or Unavailable."""
         failures: list[str] = []
+        mismatches: list[CaMisconfigured] = []
         count = len(self.urls)
         for step in range(count):
             index = (self._preferred + step) % count
@@ -324,13 +330,18 @@ class CaClient:
                 data = await self._send(url, request)
             except Unavailable as exc:
                 failures.append(str(exc))
+                if isinstance(exc, CaMisconfigured):
+                    mismatches.append(exc)
                 log.warning(
                     "ca.call_failed", extra={F.ADDRESS: url, F.PATH: path, F.ERROR: str(exc)}
                 )
                 continue
             self._preferred = index
             return data
-        raise Unavailable("no CA replica answered: " + "; ".join(failures))
+        message = "no CA replica answered: " + "; ".join(failures)
+        if mismatches:  # a URL that leads to no CA of ours will not start to: say so
+            raise CaMisconfigured(mismatches[0].problem, message)
+        raise Unavailable(message)
 
     async def _send(self, base: str, req: _Request) -> Any:
         entry = await self._acquire()
@@ -347,13 +358,32 @@ class CaClient:
                 raw = await read_body(response.content)
                 return decode_answer(base, req.path, response.status, response.content_type, raw)
         except aiohttp.ClientConnectorCertificateError as exc:
-            raise Unavailable(f"{base} failed TLS verification: {exc.certificate_error}") from exc
+            raise await self._refused(base, exc.certificate_error, timeout) from exc
+        except aiohttp.ClientConnectorSSLError as exc:
+            if not_tls(exc.os_error):
+                raise CaMisconfigured(
+                    NotACa(
+                        f"{base} does not speak TLS ({exc.os_error}): it is not an s2s CA "
+                        "(a plain HTTP port?); check --ca-url (https://HOST:PORT of 's2s-ca serve')"
+                    )
+                ) from exc
+            raise Unavailable(f"{base} is unreachable: {type(exc).__name__}: {exc}") from exc
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             raise Unavailable(f"{base} is unreachable: {type(exc).__name__}: {exc}") from exc
         except TimeoutError as exc:
             raise Unavailable(f"{base} did not answer within {timeout:g}s") from exc
         finally:
             await self._release(entry)
+
+    async def _refused(self, base: str, error: BaseException, timeout: float) -> Unavailable:
+        """What a refused handshake means: a misconfiguration (never passes) or an outage."""
+        leaf = None
+        if isinstance(error, ssl.SSLCertVerificationError) and not isinstance(error, PeerRejected):
+            leaf = await probe_leaf(base, min(timeout, 5.0))
+        problem = from_tls_failure(base, error, self.trust_domain, leaf)
+        if problem is not None:
+            return CaMisconfigured(problem)
+        return Unavailable(f"{base} failed TLS verification: {error}")
 
 
 async def sleep_backoff(

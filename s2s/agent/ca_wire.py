@@ -17,6 +17,7 @@ from typing import Any, Final
 import aiohttp
 from cryptography import x509
 
+from s2s.agent.ca_mismatch import CaMisconfigured, from_answer
 from s2s.core.bundle import Bundle
 from s2s.core.clock import utc
 from s2s.core.errors import (
@@ -125,6 +126,9 @@ def decode_answer(base: str, path: str, status: int, content_type: str, raw: byt
     except (UnicodeDecodeError, json.JSONDecodeError):
         data = None
     error = data if isinstance(data, dict) and isinstance(data.get("error"), str) else None
+    mismatch = from_answer(base, path, status, content_type, error)
+    if mismatch is not None:
+        raise CaMisconfigured(mismatch)
     if status >= 500 or (status >= 400 and error is None):
         detail = str(error.get("message", "")) if error is not None else ""
         raise Unavailable(f"{base}{path} answered HTTP {status} {detail}".rstrip())

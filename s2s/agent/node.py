@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.agent.ca_client import CaClient, RetryDelays, sleep_backoff
+from s2s.agent.ca_mismatch import CaMisconfigured
 from s2s.agent.ca_wire import AgentSvidResponse, AgentUnknown
 from s2s.agent.config import AgentConfig
 from s2s.agent.issuance import build_csr, new_key, renewal_due_at
@@ -39,11 +40,13 @@ from s2s.core.bundle import Bundle
 from s2s.core.clock import Clock
 from s2s.core.errors import (
     AttestationFailed,
+    CaMismatch,
     Conflict,
     InvalidBundle,
     InvalidConfig,
     InvalidSvid,
     S2SError,
+    TrustBundleMismatch,
     Unavailable,
 )
 from s2s.core.reserved import is_agent_id
@@ -115,10 +118,15 @@ class NodeAttestor:
         """Load the stored identity, or attest with the join token (retrying an unreachable CA).
 
         Raises :class:`InvalidConfig` (no identity and no token, no bootstrap bundle, unsafe
-        files) and :class:`AttestationFailed`/``NotAuthorized`` (token refused, agent banned).
+        files), a :class:`CaMismatch` when the server at the CA URL is not the configured CA
+        (bundle, trust domain or URL wrong: retrying would never end), and
+        :class:`AttestationFailed`/``NotAuthorized`` (token refused, agent banned). A CA that is
+        away is retried.
         """
         _ensure_data_dir(self._config.data_dir)
-        bundle = self._stored_bundle() or self._bootstrap_bundle()
+        stored_bundle = self._stored_bundle()
+        bundle_is_stored = stored_bundle is not None
+        bundle = stored_bundle or self._bootstrap_bundle()
         stored = self._load_identity(bundle)
         if stored is not None:
             self._set(stored, persist=False)
@@ -128,7 +136,28 @@ class NodeAttestor:
             )
             return stored
         self._client.set_trust(bundle, None)
-        return await self._retrying(self.attest)
+        try:
+            return await self._retrying(self.attest, first_contact=True)
+        except CaMisconfigured as exc:
+            raise self._first_contact_problem(exc.problem, stored_bundle=bundle_is_stored) from None
+
+    def _first_contact_problem(self, problem: CaMismatch, *, stored_bundle: bool) -> CaMismatch:
+        """``problem`` with the fix for where this agent's bundle came from."""
+        if not isinstance(problem, TrustBundleMismatch):
+            return problem
+        if stored_bundle:
+            where = f"the bundle stored in {self._config.data_dir / BUNDLE_FILE}"
+            fix = (
+                f"remove {self._config.data_dir / BUNDLE_FILE} and start again with "
+                "--trust-bundle set to the output of 's2s-ca bundle show --format pem'"
+            )
+        else:
+            where = f"--trust-bundle {self._config.trust_bundle}"
+            fix = (
+                "re-export the bundle with 's2s-ca bundle show --format pem' (a bundle exported "
+                "before a root rotation no longer verifies the CA)"
+            )
+        return TrustBundleMismatch(f"{problem} ({where}): {fix}")
 
     async def attest(self) -> AgentIdentity:
         """Attest with the configured join token (one try)."""
@@ -226,16 +255,22 @@ class NodeAttestor:
                     await self._retrying(self.renew)
             self._jitter = jitter_from(self._rand)
 
-    async def _retrying(self, step: Callable[[], Awaitable[AgentIdentity]]) -> AgentIdentity:
+    async def _retrying(
+        self, step: Callable[[], Awaitable[AgentIdentity]], *, first_contact: bool = False
+    ) -> AgentIdentity:
         """``step`` until it succeeds. A CA that is away, and a renewal that raced another
         update of the agent's record on the CA (Conflict: another replica recorded the bundle
-        the agent reported meanwhile), are retried with backoff; they must not end the agent."""
+        the agent reported meanwhile), are retried with backoff; they must not end the agent.
+        At ``first_contact`` a server that is not the configured CA ends the attempt
+        (:class:`CaMisconfigured`): the agent has nothing to serve and retrying never ends."""
         while True:
             try:
                 await step()
                 self._backoff.reset()
                 return self.identity
             except (Unavailable, Conflict) as exc:
+                if first_contact and isinstance(exc, CaMisconfigured):
+                    raise
                 log.warning("agent.ca_unavailable", extra={F.ERROR: str(exc)})
                 await sleep_backoff(self._backoff)
 

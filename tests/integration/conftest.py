@@ -179,6 +179,19 @@ async def live_ca(tmp_path: Path) -> AsyncIterator[CaHandle]:
         await handle.stop()
 
 
+@pytest.fixture
+async def foreign_ca(tmp_path: Path) -> AsyncIterator[CaHandle]:
+    """A running CA of another trust domain, ``other.org`` (its ``td`` still says example.org)."""
+    data_dir = tmp_path / "other-ca"
+    await init_trust_domain(data_dir, "other.org")
+    handle = CaHandle(data_dir)
+    await handle.start()
+    try:
+        yield handle
+    finally:
+        await handle.stop()
+
+
 def agent_config(
     ca: CaHandle, tmp_path: Path, socket_dir: Path, *, token: str | None, **kw: Any
 ) -> AgentConfig:

@@ -15,13 +15,22 @@ import pytest
 from aiohttp import web
 
 from s2s.agent.ca_client import CaClient, RetryDelays
+from s2s.agent.ca_mismatch import CaMisconfigured
 from s2s.agent.ca_wire import AgentUnknown
 from s2s.agent.issuance import build_csr, new_key
 from s2s.agent.node import IDENTITY_FILE, NodeAttestor
 from s2s.core.backoff import Backoff
 from s2s.core.bundle import Bundle
 from s2s.core.clock import FakeClock, SystemClock
-from s2s.core.errors import AttestationFailed, Conflict, InvalidConfig, NotFound, Unavailable
+from s2s.core.errors import (
+    AttestationFailed,
+    Conflict,
+    InvalidConfig,
+    NotACa,
+    NotFound,
+    TrustBundleMismatch,
+    Unavailable,
+)
 from s2s.testing import TestAuthority
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
@@ -241,8 +250,11 @@ async def test_bootstrap_bundle_of_another_root_refuses_the_ca_before_sending_th
     client = CaClient(urls=(harness.ca.url,), trust_domain=harness.ca.td, clock=SystemClock())
     try:
         client.set_trust(authority.bundle(), None)  # example.org, but another root
-        with pytest.raises(Unavailable, match="TLS verification"):
+        with pytest.raises(
+            CaMisconfigured, match="does not chain to the agent's trust bundle"
+        ) as info:
             await client.attest(token, build_csr(new_key()))
+        assert isinstance(info.value.problem, TrustBundleMismatch)
         # The token was not burnt: with the right bundle it still works.
         right = Bundle.from_x509_pem(harness.ca.td, harness.ca.bundle_pem())
         client.set_trust(right, None)
@@ -296,8 +308,9 @@ async def test_a_server_that_is_not_a_ca_never_sees_the_request(fake_client: Any
         return web.json_response({})
 
     impostor = await fake_client("spiffe://example.org/billing", handler)
-    with pytest.raises(Unavailable, match="TLS verification"):
+    with pytest.raises(CaMisconfigured, match=r"is not an s2s CA.*example\.org/billing") as info:
         await impostor.attest("secret-token", build_csr(new_key()))
+    assert isinstance(info.value.problem, NotACa)
     assert seen == []
     # Twin: the same server with a CA server ID is talked to (and its empty answer refused).
     real = await fake_client("spiffe://example.org/s2s/ca/ca-1", handler)
@@ -309,7 +322,7 @@ async def test_a_server_that_is_not_a_ca_never_sees_the_request(fake_client: Any
 @pytest.mark.parametrize(
     ("status", "body", "content_type", "expected", "message"),
     [
-        (200, b"<html>hello</html>", "text/html", Unavailable, "not a JSON object"),
+        (200, b"<html>hello</html>", "text/html", CaMisconfigured, "not the CA's JSON"),
         (200, b"[1, 2]", "application/json", Unavailable, "not a JSON object"),
         (200, b'{"revision": "7", "entries": []}', "application/json", Unavailable, "malformed"),
         (
@@ -320,7 +333,7 @@ async def test_a_server_that_is_not_a_ca_never_sees_the_request(fake_client: Any
             "malformed",
         ),
         (502, b"bad gateway", "text/plain", Unavailable, "HTTP 502"),
-        (404, b"not json", "text/plain", Unavailable, "HTTP 404"),
+        (404, b"not json", "text/plain", CaMisconfigured, "HTTP 404.*not the base URL"),
         (
             403,
             b'{"error": "not_authorized", "message": "agent x is banned"}',
