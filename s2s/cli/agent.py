@@ -1,8 +1,9 @@
 """``s2s-agent``: run the node agent, and talk to a running one through the Workload API.
 
 ``run`` takes every setting as a flag, an ``S2S_*`` variable or a TOML key (``--config``); the
-``api`` commands and ``healthcheck`` find the agent through ``--socket`` or
-``SPIFFE_ENDPOINT_SOCKET`` and use the asyncio Workload API client. Exit codes are the CA
+``api`` commands and ``healthcheck`` find the agent through ``--socket``,
+``SPIFFE_ENDPOINT_SOCKET`` or the socket ``run`` serves by default, and use the asyncio Workload
+API client. Exit codes are the CA
 CLI's: 0 ok, 1 error, 2 bad usage or input, 3 agent or CA not reachable, 6 refused (no identity,
 bad token).
 """
@@ -14,7 +15,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -121,15 +122,28 @@ def run(config_file: Path | None, **flags: Any) -> None:
 socket_option = click.option(
     "--socket",
     "socket",
-    help="Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET).",
+    help="Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET, "
+    "else the socket 's2s-agent run' serves: $S2S_SOCKET or /run/s2s/agent.sock).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+def agent_endpoint(socket: str | None, environ: Mapping[str, str]) -> str:
+    """The socket the client commands call: ``--socket``, else ``SPIFFE_ENDPOINT_SOCKET``, else
+    the one ``run`` serves by the same rules (its socket variable, then its default), so that a
+    command typed on the agent's host needs no flag."""
+    from s2s.agent.config import DEFAULT_SOCKET, ENV_VARS  # noqa: PLC0415
+    from s2s.verifier.workload_client import ENDPOINT_ENV, resolve_endpoint  # noqa: PLC0415
+
+    if socket or environ.get(ENDPOINT_ENV):
+        return resolve_endpoint(socket, environ=environ)
+    return environ.get(ENV_VARS["socket"]) or str(DEFAULT_SOCKET)
 
 
 def _client(socket: str | None) -> Any:
     from s2s.verifier.workload_client import WorkloadApiClient  # noqa: PLC0415
 
-    return WorkloadApiClient(socket)
+    return WorkloadApiClient(call(lambda: agent_endpoint(socket, os.environ)))
 
 
 @cli.group()

@@ -29,9 +29,15 @@ def token() -> None:
 @json_option
 @pass_ctx
 def token_generate(ctx: Ctx, ttl: int | None, as_json: bool) -> None:
-    """Create a single-use join token (printed once; the CA keeps only its hash)."""
+    """Create a single-use join token (printed once; the CA keeps only its hash) and print it, the
+    SPIFFE ID the agent attesting with it gets (the --parent-id of its entries) and its expiry."""
     created = call(lambda: ctx.client().post("/v1/tokens", {"ttl": ttl} if ttl else {}))
-    emit_json(created) if as_json else click.echo(created["token"])
+    if as_json:
+        emit_json(created)
+        return
+    click.echo(created["token"])  # first line alone: TOKEN=$(s2s-ca token generate | head -n1)
+    click.echo(f"agent SPIFFE ID: {created['agent_id']}  (the --parent-id of its entries)")
+    click.echo(f"expires: {created['expires_at']}  (single use)")
 
 
 @click.group()
