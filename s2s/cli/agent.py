@@ -21,7 +21,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from s2s.cli.ca_common import exit_code_for
+from s2s.cli.ca_common import exit_code_for, version_option
 from s2s.cli.output_dir import OutputDir, OutputFile
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
@@ -51,6 +51,7 @@ def run_async(factory: Callable[[], Awaitable[_T]]) -> _T:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("s2s-agent")
 def cli() -> None:
     """s2s node agent."""
 

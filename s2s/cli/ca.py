@@ -26,6 +26,7 @@ from s2s.cli.ca_common import (
     EXIT_OK,
     Ctx,
     exit_code_for,
+    version_option,
 )
 from s2s.cli.ca_entries import entry
 from s2s.cli.ca_minting import jwt, x509
@@ -40,6 +41,7 @@ __all__ = [
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("s2s-ca")
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -79,7 +81,7 @@ def _accept_location_on_every_command(group: click.Group) -> None:
             continue
         taken = {opt for p in command.params for opt in p.opts}
         for param in cli.params:
-            if isinstance(param, click.Option) and not taken & set(param.opts):
+            if param.name in ("data_dir", "socket_path") and not taken & set(param.opts):
                 command.params.append(
                     click.Option(
                         [*param.opts, str(param.name)],

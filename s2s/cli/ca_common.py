@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import click
 
+from s2s import version_info
 from s2s.ca.client import ADMIN_SOCKET_NAME, AdminClient
 from s2s.core import errors
 from s2s.core.errors import S2SError
@@ -26,6 +27,7 @@ __all__ = [
     "key_values",
     "pass_ctx",
     "table",
+    "version_option",
 ]
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REFUSED = (
@@ -89,6 +91,35 @@ class Ctx:
 
 
 pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def version_line(prog: str) -> str:
+    """``s2s-ca 0.1.0 (Python 3.11.2, OpenSSL 3.0.11 ..., cryptography 41.0.7)``."""
+    info = version_info()
+    return (
+        f"{prog} {info['s2s']} (Python {info['python']}, {info['openssl']}, "
+        f"cryptography {info['cryptography']})"
+    )
+
+
+def version_option(prog: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--version``: print :func:`version_line` and exit 0 before anything else is parsed."""
+
+    def show(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(version_line(prog))
+            ctx.exit(0)
+
+    return click.option(
+        "--version",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=show,
+        help="Print the s2s version (with Python's and OpenSSL's) and exit.",
+    )
+
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
