@@ -3,9 +3,7 @@
 ``run`` takes every setting as a flag, an ``S2S_*`` variable or a TOML key (``--config``); the
 ``api`` commands and ``healthcheck`` find the agent through ``--socket``,
 ``SPIFFE_ENDPOINT_SOCKET`` or the socket ``run`` serves by default, and use the asyncio Workload
-API client. Exit codes are the CA
-CLI's: 0 ok, 1 error, 2 bad usage or input, 3 agent or CA not reachable, 6 refused (no identity,
-bad token).
+API client. Exit codes: ``s2s.cli.exits`` (shown by ``s2s-agent --help``).
 """
 
 from __future__ import annotations
@@ -21,7 +19,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from s2s.cli.ca_common import exit_code_for, version_option
+from s2s.cli.ca_common import version_option
+from s2s.cli.exits import AGENT_EXIT_CODES_HELP, fail, run_cli
 from s2s.cli.output_dir import OutputDir, OutputFile
 from s2s.core.errors import S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
@@ -29,11 +28,6 @@ from s2s.core.x509svid import X509Svid
 __all__ = ["cli", "main"]
 
 _T = TypeVar("_T")
-
-
-def fail(exc: S2SError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(exit_code_for(exc))
 
 
 def call(fn: Callable[[], _T]) -> _T:
@@ -50,7 +44,7 @@ def run_async(factory: Callable[[], Awaitable[_T]]) -> _T:
     return call(lambda: asyncio.run(body()))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=AGENT_EXIT_CODES_HELP)
 @version_option("s2s-agent")
 def cli() -> None:
     """s2s node agent."""
@@ -320,9 +314,9 @@ def healthcheck(socket: str | None) -> None:
     click.echo(message)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console script entry point (``s2s.cli.agent:main``)."""
-    cli.main(args=argv, prog_name="s2s-agent")
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Console script entry point (``s2s.cli.agent:main``); exits with the command's code."""
+    sys.exit(run_cli(cli, "s2s-agent", argv))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,8 @@
 
 Every command but ``init`` and ``serve`` talks to a running CA through the admin Unix socket found
 by ``--socket`` or ``--data-dir`` (env ``S2S_DATA_DIR``). People get tables; ``--json`` gives
-machine-readable output. Exit codes:
-
-    0  success                        4  not found
-    1  error (CA side or unexpected)  5  conflict (already exists, lost a race)
-    2  bad usage or invalid input     6  refused (not authorized, revoked, bad token)
-    3  CA not reachable or not ready
+machine-readable output, and errors as JSON on stderr. Exit codes: ``s2s.cli.exits`` (shown by
+``s2s-ca --help``).
 """
 
 from __future__ import annotations
@@ -21,18 +17,12 @@ import click
 from s2s.cli import ca_rotation
 from s2s.cli.ca_agents import agent, token
 from s2s.cli.ca_authorities import authority, bundle
-from s2s.cli.ca_common import (
-    EXIT_ERROR,
-    EXIT_OK,
-    Ctx,
-    exit_code_for,
-    version_option,
-)
+from s2s.cli.ca_common import Ctx, version_option
 from s2s.cli.ca_entries import entry
 from s2s.cli.ca_minting import jwt, x509
 from s2s.cli.ca_process import healthcheck, init, serve
 from s2s.cli.ca_revocation import crl, revocations, revoke
-from s2s.core.errors import S2SError
+from s2s.cli.exits import CA_EXIT_CODES_HELP, run_cli
 
 __all__ = [
     "cli",
@@ -40,7 +30,7 @@ __all__ = [
 ]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=CA_EXIT_CODES_HELP)
 @version_option("s2s-ca")
 @click.option(
     "--data-dir",
@@ -98,21 +88,7 @@ _accept_location_on_every_command(cli)
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point (``s2s-ca``)."""
-    try:
-        args = list(argv) if argv is not None else None
-        cli.main(args=args, prog_name="s2s-ca", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return EXIT_ERROR
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except S2SError as exc:
-        click.echo(f"error: {exc}", err=True)
-        return exit_code_for(exc)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_ERROR
-    return EXIT_OK
+    return run_cli(cli, "s2s-ca", argv)
 
 
 if __name__ == "__main__":

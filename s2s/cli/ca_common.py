@@ -1,71 +1,58 @@
-"""What every ``s2s-ca`` command shares: exit codes, the context that finds the running CA, the
-``--json`` option, error-to-exit-code handling, tables and durations."""
+"""What every ``s2s-ca`` command shares: the context that finds the running CA, the ``--json``
+option, error handling (exit codes from :mod:`s2s.cli.exits`), tables and durations."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
 from s2s import version_info
 from s2s.ca.client import ADMIN_SOCKET_NAME, AdminClient
-from s2s.core import errors
+from s2s.cli.exits import (
+    EXIT_CODES,
+    EXIT_CONFLICT,
+    EXIT_ERROR,
+    EXIT_NOT_A_CA,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_TRUST_BUNDLE_MISMATCH,
+    EXIT_TRUST_DOMAIN_MISMATCH,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    exit_code_for,
+    fail,
+)
 from s2s.core.errors import S2SError
 
 __all__ = [
     "DURATION",
     "EXIT_CODES",
+    "EXIT_CONFLICT",
+    "EXIT_ERROR",
+    "EXIT_NOT_A_CA",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_REFUSED",
+    "EXIT_TRUST_BUNDLE_MISMATCH",
+    "EXIT_TRUST_DOMAIN_MISMATCH",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
     "Ctx",
     "call",
     "emit_json",
     "exit_code_for",
+    "fail",
     "json_option",
     "key_values",
     "pass_ctx",
     "table",
     "version_option",
 ]
-
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_REFUSED = (
-    range(7)
-)
-EXIT_TRUST_BUNDLE_MISMATCH, EXIT_TRUST_DOMAIN_MISMATCH, EXIT_NOT_A_CA = 7, 8, 9
-EXIT_CODES: dict[type[S2SError], int] = {
-    errors.Unavailable: EXIT_UNAVAILABLE,
-    errors.NotFound: EXIT_NOT_FOUND,
-    errors.Conflict: EXIT_CONFLICT,
-    errors.NotAuthorized: EXIT_REFUSED,
-    errors.Revoked: EXIT_REFUSED,
-    errors.AttestationFailed: EXIT_REFUSED,
-    errors.InvalidToken: EXIT_REFUSED,
-    errors.InvalidConfig: EXIT_ERROR,
-    # s2s-agent run: the server at the CA URL is not the CA configured (never retried)
-    errors.TrustBundleMismatch: EXIT_TRUST_BUNDLE_MISMATCH,
-    errors.TrustDomainMismatch: EXIT_TRUST_DOMAIN_MISMATCH,
-    errors.NotACa: EXIT_NOT_A_CA,
-    errors.InvalidRequest: EXIT_USAGE,
-    errors.InvalidSpiffeId: EXIT_USAGE,
-    errors.InvalidSelector: EXIT_USAGE,
-    errors.InvalidSvid: EXIT_USAGE,
-    errors.InvalidBundle: EXIT_USAGE,
-}
-
-
-def exit_code_for(exc: S2SError) -> int:
-    """The exit code for an error (most specific class wins)."""
-    for cls in type(exc).__mro__:
-        if cls in EXIT_CODES:
-            return EXIT_CODES[cls]
-    return EXIT_ERROR
-
-
-def fail(exc: S2SError) -> NoReturn:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(exit_code_for(exc))
 
 
 class Ctx:
