@@ -1,6 +1,7 @@
-"""Structured logging shared by the CA and the agent: one JSON object per line.
+"""Structured logging shared by the CA and the agent: one JSON object per line, or (``text``) one
+``key=value`` line with the same fields.
 
-Field names are defined once here (``F``) and used as keys in ``extra=``; the formatter copies
+Field names are defined once here (``F``) and used as keys in ``extra=``; both formatters copy
 every known field from the record into the line. Messages are event names (``svid.issued``).
 Secrets never go in a field: callers pass IDs, serials and counts, not keys or tokens.
 
@@ -26,7 +27,14 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Final, TextIO
 
-__all__ = ["F", "FIELDS", "JsonFormatter", "configure_logging", "describe_exception"]
+__all__ = [
+    "F",
+    "FIELDS",
+    "JsonFormatter",
+    "TextFormatter",
+    "configure_logging",
+    "describe_exception",
+]
 
 
 class F:
@@ -84,8 +92,8 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-class JsonFormatter(logging.Formatter):
-    """Formats a record as one JSON line: ts, level, logger, event, then the known fields."""
+class _FieldFormatter(logging.Formatter):
+    """What both formats carry: time, level, logger, event, the known fields, the exception."""
 
     def __init__(
         self, *, clock: Callable[[], float] | None = None, extra_fields: Iterable[str] = ()
@@ -94,7 +102,7 @@ class JsonFormatter(logging.Formatter):
         self._clock = clock
         self._fields = FIELDS + tuple(f for f in extra_fields if f not in FIELDS)
 
-    def format(self, record: logging.LogRecord) -> str:
+    def _line(self, record: logging.LogRecord) -> dict[str, Any]:
         seconds = self._clock() if self._clock is not None else record.created
         line: dict[str, Any] = {
             "ts": _iso_millis(seconds),
@@ -107,7 +115,48 @@ class JsonFormatter(logging.Formatter):
                 line[name] = _jsonable(record.__dict__[name])
         if record.exc_info and record.exc_info[1] is not None:
             line["exception"] = describe_exception(record.exc_info[1])
-        return json.dumps(line, separators=(", ", ": "))
+        return line
+
+
+class JsonFormatter(_FieldFormatter):
+    """Formats a record as one JSON line: ts, level, logger, event, then the known fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(self._line(record), separators=(", ", ": "))
+
+
+class TextFormatter(_FieldFormatter):
+    """Formats a record for people, with the same fields as :class:`JsonFormatter`:
+    ``<ts> <LEVEL> <logger> <event> key=value ...``; a value with a space, a quote, an ``=``, a
+    control character or nothing at all is quoted (JSON string escapes), lists are
+    comma-separated.
+
+    >>> record = logging.LogRecord("s2s.audit", logging.INFO, "", 0, "audit.admin.change", None,
+    ...                            None)
+    >>> record.__dict__.update(action="entry.create", entry_id="e1", reason="a b", count=2)
+    >>> TextFormatter(clock=lambda: 0.0).format(record)
+    '1970-01-01T00:00:00.000Z INFO s2s.audit audit.admin.change action=entry.create count=2 \
+entry_id=e1 reason="a b"'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self._line(record)
+        head = f"{line.pop('ts')} {line.pop('level').upper()} {line.pop('logger')}"
+        words = [head, _text_value(line.pop("event"))]
+        words += [f"{key}={_text_value(value)}" for key, value in sorted(line.items())]
+        return " ".join(words)
+
+
+def _text_value(value: Any) -> str:
+    if isinstance(value, list):
+        value = ",".join("" if v is None else str(v) for v in value)
+    elif value is None:
+        value = "null"
+    elif isinstance(value, bool):
+        value = "true" if value else "false"
+    text = str(value)
+    needs_quotes = not text or any(c in text for c in ' "=\\') or not text.isprintable()
+    return json.dumps(text) if needs_quotes else text
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -145,16 +194,14 @@ def configure_logging(
     stream: TextIO | None = None,
     extra_fields: Iterable[str] = (),
 ) -> None:
-    """Route the ``s2s`` loggers to ``stream`` (stderr) with the JSON (or plain) formatter.
+    """Route the ``s2s`` loggers to ``stream`` (stderr) with the JSON (or text) formatter.
 
     Called once by a composition root (``ca/app.py``, ``agent/app.py``); libraries never call it.
     ``extra_fields`` names module-specific ``extra=`` keys to keep (e.g. the audit fields).
     """
     handler = logging.StreamHandler(stream or sys.stderr)
-    if json_format:
-        handler.setFormatter(JsonFormatter(extra_fields=extra_fields))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    formatter = JsonFormatter if json_format else TextFormatter
+    handler.setFormatter(formatter(extra_fields=extra_fields))
     root = logging.getLogger("s2s")
     for old in list(root.handlers):
         root.removeHandler(old)
