@@ -70,6 +70,9 @@ class F:
     UID: Final = "uid"
     STATE: Final = "state"
     AUTHORITY_ID: Final = "authority_id"
+    SETTING: Final = "setting"
+    VALUE: Final = "value"
+    SOURCE: Final = "source"
 
 
 FIELDS: Final[tuple[str, ...]] = tuple(
@@ -135,15 +138,15 @@ class TextFormatter(_FieldFormatter):
     ...                            None)
     >>> record.__dict__.update(action="entry.create", entry_id="e1", reason="a b", count=2)
     >>> TextFormatter(clock=lambda: 0.0).format(record)
-    '1970-01-01T00:00:00.000Z INFO s2s.audit audit.admin.change action=entry.create count=2 \
-entry_id=e1 reason="a b"'
+    '1970-01-01T00:00:00.000Z INFO s2s.audit audit.admin.change entry_id=e1 action=entry.create \
+count=2 reason="a b"'
     """
 
     def format(self, record: logging.LogRecord) -> str:
         line = self._line(record)
         head = f"{line.pop('ts')} {line.pop('level').upper()} {line.pop('logger')}"
         words = [head, _text_value(line.pop("event"))]
-        words += [f"{key}={_text_value(value)}" for key, value in sorted(line.items())]
+        words += [f"{key}={_text_value(value)}" for key, value in line.items()]  # JSON's order
         return " ".join(words)
 
 

@@ -109,5 +109,5 @@ def test_plain_values_are_not_quoted() -> None:
     record.__dict__.update({F.ADDRESS: "127.0.0.1:8443", F.SPIFFE_ID: str(AGENT)})
     text = TextFormatter(clock=lambda: 0.0).format(record)
     assert text == (
-        f"1970-01-01T00:00:00.000Z INFO s2s.ca ca.started address=127.0.0.1:8443 spiffe_id={AGENT}"
+        f"1970-01-01T00:00:00.000Z INFO s2s.ca ca.started spiffe_id={AGENT} address=127.0.0.1:8443"
     )
