@@ -53,6 +53,7 @@ from s2s.verifier.jws import (
     split_compact,
     verify_checked,
 )
+from s2s.verifier.py_spiffe import bundles_of
 from s2s.verifier.revocation_choice import resolve_revocations
 
 __all__ = [
@@ -143,7 +144,8 @@ class JwtValidator:
     ``JwtSource``); ``revocations`` anything with ``current() -> RevocationSet``. Left out,
     ``revocations`` is the source's own (``JwtSource.revocations``: the agent's revocations,
     by ``jti`` and by SPIFFE ID); a bundle set or source without any needs a lookup or
-    ``revocations=no_revocation_check()`` (:class:`InvalidConfig` otherwise).
+    ``revocations=no_revocation_check()`` (:class:`InvalidConfig` otherwise). py-spiffe's
+    ``JwtSource`` is accepted as ``bundles`` (:mod:`s2s.verifier.py_spiffe`).
     """
 
     def __init__(
@@ -164,8 +166,11 @@ class JwtValidator:
             raise InvalidConfig(f"leeway must be between 0 and {MAX_LEEWAY}")
         if cache_size < 0 or max_token_bytes < 64:
             raise InvalidConfig("cache_size must be >= 0 and max_token_bytes >= 64")
-        self._bundles = _StaticBundles(bundles) if isinstance(bundles, BundleSet) else bundles
         self._revocations = resolve_revocations(bundles, revocations, what="JwtValidator")
+        if isinstance(bundles, BundleSet):
+            self._bundles: BundleLookup = _StaticBundles(bundles)
+        else:  # a py-spiffe JwtSource is accepted as is
+            self._bundles = bundles_of(bundles, what="JwtValidator")
         self.audience = audience
         self.leeway = leeway
         self._clock = clock if clock is not None else SystemClock()

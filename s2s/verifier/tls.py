@@ -19,6 +19,8 @@ Revocations: ``revocations=`` left out means the source's own (``X509Source.revo
 agent's CRLs); a source without any (``StaticX509Source``, ``PemFileX509Source``) needs an
 explicit lookup or ``revocations=no_revocation_check()``, else :class:`InvalidConfig`
 (:mod:`s2s.verifier.revocation_choice`).
+
+py-spiffe's ``X509Source`` is accepted as a source (:mod:`s2s.verifier.py_spiffe`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerVerifier
+from s2s.verifier.py_spiffe import x509_source_of
 from s2s.verifier.revocation_choice import resolve_revocations
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
@@ -198,15 +201,17 @@ def _context(
     clock: Clock | None,
     metrics: PeerMetrics | None,
 ) -> SpiffeSSLContext:
+    checked = resolve_revocations(source, revocations, what=what)
+    followed = x509_source_of(source, what=what)  # py-spiffe's X509Source is accepted as is
     verifier = PeerVerifier(
-        lambda: source.current().bundles,
+        lambda: followed.current().bundles,
         authorize=authorize,
-        revocations=resolve_revocations(source, revocations, what=what),
+        revocations=checked,
         clock=clock,
         metrics=metrics,
     )
-    state = TlsState(source, verifier, server_side=server_side)
-    front = state.build(source.current())
+    state = TlsState(followed, verifier, server_side=server_side)
+    front = state.build(followed.current())
     if server_side:
         front.sni_callback = state._select
     return front
