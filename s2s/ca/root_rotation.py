@@ -36,7 +36,14 @@ from s2s.log import F
 from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 
-__all__ = ["STATE_KEY", "Phase", "RootRotation", "RotationProgress", "RotationState"]
+__all__ = [
+    "STATE_KEY",
+    "Phase",
+    "RootRotation",
+    "RotationProgress",
+    "RotationState",
+    "duration_text",
+]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +113,9 @@ class RotationProgress:
     lagging_replicas: tuple[str, ...] = ()
     retire_at: datetime | None = None
     message: str = ""
+    hold: timedelta = timedelta(0)  # how long the old root stays after the last replica switched
+    hold_reason: str = ""  # which settings make up ``hold``
+    eta: datetime | None = None  # the earliest the rotation can finish, seen from now
 
     @property
     def done(self) -> bool:
@@ -128,6 +138,9 @@ class RotationProgress:
             "lagging_replicas": list(self.lagging_replicas),
             "retire_at": None if self.retire_at is None else self.retire_at.isoformat(),
             "message": self.message,
+            "hold_seconds": int(self.hold.total_seconds()),
+            "hold_reason": self.hold_reason,
+            "eta": None if self.eta is None else self.eta.isoformat(),
         }
 
 
@@ -157,9 +170,30 @@ class RootRotation:
         longest = max(c.x509_svid_ttl, c.max_svid_ttl, c.agent_svid_ttl, c.server_svid_ttl)
         return longest + c.backdate
 
+    @property
+    def hold_reason(self) -> str:
+        """Why :attr:`hold` is as long as it is, from the settings (said before a rotation)."""
+        c = self._config
+        lifetimes = {
+            "agent_svid_ttl": c.agent_svid_ttl,
+            "server_svid_ttl": c.server_svid_ttl,
+            "max_svid_ttl": c.max_svid_ttl,
+            "x509_svid_ttl": c.x509_svid_ttl,
+        }
+        name, longest = max(lifetimes.items(), key=lambda item: item[1])
+        return (
+            f"{duration_text(self.hold)} = the longest lifetime of anything signed under the old"
+            f" root ({name} = {duration_text(longest)}) plus the clock-skew allowance"
+            f" (backdate = {duration_text(c.backdate)}), counted from when the last replica"
+            " signs under the new root"
+        )
+
     async def status(self) -> RotationProgress:
         """Where the rotation is and what it waits for; changes nothing."""
         raw, state = await self._read()
+        return self._explained(await self._status(raw, state))
+
+    async def _status(self, raw: str | None, state: RotationState | None) -> RotationProgress:
         if state is None or state.phase is Phase.DONE:
             return RotationProgress(state, message=_idle_message(state))
         now = utc(self._clock.now())
@@ -173,21 +207,42 @@ class RootRotation:
         """Make the next transition if its condition holds, else say what it waits for.
 
         ``new`` starts a rotation after a finished one (a plain re-run after ``done`` only
-        reports, so re-running a command that crashed at its very end starts nothing)."""
+        reports, so re-running a command that crashed at its very end starts nothing); during a
+        rotation that has not finished it is a :class:`Conflict` naming where that one is."""
         for _ in range(8):
             raw, state = await self._read()
             now = utc(self._clock.now())
+            if new and state is not None and state.phase is not Phase.DONE:
+                current = await self._status(raw, state)
+                raise Conflict(
+                    f"a root rotation to root {state.new_root} is under way (phase"
+                    f" {state.phase.value}, started {state.started_at.isoformat()}):"
+                    f" {current.message}; run s2s-ca rotate-root without --new to carry it on"
+                )
             try:
                 if state is None or (state.phase is Phase.DONE and new):
-                    return await self._prepare(raw, now)
-                if state.phase is Phase.DONE:
-                    return RotationProgress(state, message=_idle_message(state))
-                if state.phase is Phase.PREPARED:
-                    return await self._activate(raw, state, now)
-                return await self._retire_progress(state, now, write=True, raw=raw)
+                    progress = await self._prepare(raw, now)
+                elif state.phase is Phase.DONE:
+                    progress = RotationProgress(state, message=_idle_message(state))
+                elif state.phase is Phase.PREPARED:
+                    progress = await self._activate(raw, state, now)
+                else:
+                    progress = await self._retire_progress(state, now, write=True, raw=raw)
             except Conflict:
                 continue  # another caller moved the state; re-read and carry on
+            return self._explained(progress)
         raise Unavailable("the root rotation state keeps changing under us; retry")
+
+    def _explained(self, progress: RotationProgress) -> RotationProgress:
+        """``progress`` with the hold, why, and the earliest finish (ETA) from now."""
+        now = utc(self._clock.now())
+        if progress.done or progress.state is None:
+            eta = None
+        elif progress.retire_at is not None:
+            eta = max(progress.retire_at, now)
+        else:  # agents or replicas first, then the whole hold
+            eta = now + self.hold
+        return dataclasses.replace(progress, hold=self.hold, hold_reason=self.hold_reason, eta=eta)
 
     # -- transitions -----------------------------------------------------------------------
 
@@ -332,6 +387,24 @@ class RootRotation:
             raise InvalidConfig(
                 f"root {authority_id} of the rotation is gone from the store"
             ) from None
+
+
+def duration_text(value: timedelta) -> str:
+    """A duration for people, exact to the second.
+
+    >>> duration_text(timedelta(hours=1, seconds=30))
+    '1h0m30s'
+    >>> duration_text(timedelta(minutes=5))
+    '5m0s'
+    """
+    total = int(value.total_seconds())
+    hours, rest = divmod(total, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{seconds}s"
+    if minutes:
+        return f"{minutes}m{seconds}s"
+    return f"{seconds}s"
 
 
 def _idle_message(state: RotationState | None) -> str:

@@ -276,3 +276,18 @@ async def test_new_starts_another_rotation_after_done(rig: Rig) -> None:
     assert again.changed
     assert again.state is not None
     assert again.state.old_root == first_new
+
+
+async def test_hold_is_explained_from_the_settings(rig: Rig, config: CaConfig) -> None:
+    assert rig.rotation.hold == dt.timedelta(hours=1, seconds=30)
+    assert rig.rotation.hold_reason.startswith("1h0m30s = ")
+    assert "(agent_svid_ttl = 1h0m0s)" in rig.rotation.hold_reason
+    longer = dataclasses.replace(
+        config, server_svid_ttl=dt.timedelta(hours=2), backdate=dt.timedelta(seconds=10)
+    )
+    rotation = RootRotation(
+        config=longer, store=rig.store, authority=rig.authority, clock=rig.clock
+    )
+    assert rotation.hold == dt.timedelta(hours=2, seconds=10)
+    assert "(server_svid_ttl = 2h0m0s)" in rotation.hold_reason
+    assert "backdate = 10s" in rotation.hold_reason
