@@ -172,7 +172,7 @@ def _agent_process(tmp: Path, port: int, admin: AdminClient, count: int) -> tupl
     bundle = tmp / f"bundle{count}.pem"
     bundle.write_text(admin.get("/v1/bundle", format="pem"))
     log = tmp / f"agent{count}.log"
-    env = {**os.environ, "S2S_JOIN_TOKEN": token["token"]}
+    env = {**os.environ, "S2S_AGENT_JOIN_TOKEN": token["token"]}
     start = time.perf_counter()
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -311,7 +311,7 @@ class System:
         if agent == "b":  # one agent follows revocations in etcd, the others long-poll the CA
             argv += ["--revocations-etcd", self.etcd.endpoints]
         name = f"agent-{agent}"
-        await self.start_proc(name, argv, {**self.env, "S2S_JOIN_TOKEN": token["token"]})
+        await self.start_proc(name, argv, {**self.env, "S2S_AGENT_JOIN_TOKEN": token["token"]})
         await self.wait_ready(name)
         self.procs[name].env = dict(self.env)  # a restart needs no token: the agent keeps its SVID
 

@@ -291,6 +291,8 @@ async def run_agent(agent: Agent, stop: asyncio.Event) -> None:
 def serve_forever(config: AgentConfig) -> None:
     """``s2s-agent run``: logs as configured, SIGTERM/SIGINT stop the agent cleanly."""
     configure_logging(level=config.log_level, json_format=config.log_format == "json")
+    for name, value, source in config.settings():  # the join token only as set/unset
+        log.info("agent.setting", extra={F.SETTING: name, F.VALUE: value, F.SOURCE: source})
 
     async def main() -> None:
         stop = asyncio.Event()

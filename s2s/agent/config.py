@@ -1,9 +1,12 @@
 """The agent's configuration: one frozen value, built once at the edge.
 
-Every setting comes from (highest first) a command-line flag, an ``S2S_*`` environment variable,
-the TOML file (``--config agent.toml`` or ``S2S_CONFIG``), or its default. Values are parsed here
-(``TrustDomain``, URLs, paths, sizes) so inner code only sees typed values; anything wrong raises
-:class:`InvalidConfig` naming the setting and where it came from.
+Every setting comes from (highest first) a command-line flag, an ``S2S_AGENT_*`` environment
+variable, the TOML file (``--config agent.toml`` or ``S2S_AGENT_CONFIG``), or its default. The
+variables are the agent's own (``S2S_AGENT_DATA_DIR``, never the CA's ``S2S_CA_DATA_DIR``); the
+older names shared with the CA (``S2S_DATA_DIR``, ``S2S_JOIN_TOKEN``, ...) are refused, not
+ignored. Values are parsed here (``TrustDomain``, URLs, paths, sizes) so inner code only sees typed
+values; anything wrong raises :class:`InvalidConfig` naming the setting and where it came from,
+and the config remembers each setting's source for the start-up log.
 
     trust_domain = "example.org"
     ca_url = ["https://ca-1:8443", "https://ca-2:8443"]   # or one string
@@ -29,7 +32,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -51,10 +54,13 @@ from s2s.etcd.channel import parse_endpoints
 __all__ = [
     "CONFIG_ENV",
     "DEFAULT_SOCKET",
+    "ENV_PREFIX",
     "ENV_VARS",
+    "LEGACY_ENV_VARS",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "AgentConfig",
+    "legacy_variables_message",
     "load_config",
     "parse_duration",
     "parse_listen",
@@ -62,33 +68,29 @@ __all__ = [
 ]
 
 DEFAULT_SOCKET: Final = Path("/run/s2s/agent.sock")
-CONFIG_ENV: Final = "S2S_CONFIG"
+ENV_PREFIX: Final = "S2S_AGENT_"
+CONFIG_ENV: Final = ENV_PREFIX + "CONFIG"
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS: Final = ("json", "text")
 MAX_CONFIG_BYTES: Final = 1024 * 1024
 _MAX_TOKEN_CHARS: Final = 256
+_SETTINGS: Final = (
+    "trust_domain", "ca_urls", "trust_bundle", "join_token", "data_dir", "socket", "attestors",
+    "sha256_max_bytes", "metrics_listen", "log_level", "log_format", "revocations_etcd",
+    "revocations_etcd_ca", "revocations_etcd_cert", "revocations_etcd_key",
+    "workload_max_connections", "workload_max_connections_per_uid", "workload_idle_timeout",
+    "workload_attest_workers",
+)  # fmt: skip
 
-# setting name -> environment variable; the TOML key is the setting name (ca_urls is "ca_url").
+# setting name -> environment variable (S2S_AGENT_ + the TOML key); the TOML key is the setting
+# name, but ca_urls is "ca_url".
 ENV_VARS: Final[Mapping[str, str]] = {
-    "trust_domain": "S2S_TRUST_DOMAIN",
-    "ca_urls": "S2S_CA_URL",
-    "trust_bundle": "S2S_TRUST_BUNDLE",
-    "join_token": "S2S_JOIN_TOKEN",
-    "data_dir": "S2S_DATA_DIR",
-    "socket": "S2S_SOCKET",
-    "attestors": "S2S_ATTESTORS",
-    "sha256_max_bytes": "S2S_SHA256_MAX_BYTES",
-    "metrics_listen": "S2S_METRICS_LISTEN",
-    "log_level": "S2S_LOG_LEVEL",
-    "log_format": "S2S_LOG_FORMAT",
-    "revocations_etcd": "S2S_REVOCATIONS_ETCD",
-    "revocations_etcd_ca": "S2S_REVOCATIONS_ETCD_CA",
-    "revocations_etcd_cert": "S2S_REVOCATIONS_ETCD_CERT",
-    "revocations_etcd_key": "S2S_REVOCATIONS_ETCD_KEY",
-    "workload_max_connections": "S2S_WORKLOAD_MAX_CONNECTIONS",
-    "workload_max_connections_per_uid": "S2S_WORKLOAD_MAX_CONNECTIONS_PER_UID",
-    "workload_idle_timeout": "S2S_WORKLOAD_IDLE_TIMEOUT",
-    "workload_attest_workers": "S2S_WORKLOAD_ATTEST_WORKERS",
+    name: ENV_PREFIX + ("ca_url" if name == "ca_urls" else name).upper() for name in _SETTINGS
+}
+# The names the agent read before it had its own prefix (S2S_DATA_DIR was also the CA CLI's):
+# found set, they stop the agent with the new name rather than being silently ignored.
+LEGACY_ENV_VARS: Final[Mapping[str, str]] = {
+    "S2S_" + var.removeprefix(ENV_PREFIX): var for var in (*ENV_VARS.values(), CONFIG_ENV)
 }
 _TOML_KEYS: Final = {("ca_url" if k == "ca_urls" else k): k for k in ENV_VARS}
 _FLAGS: Final = {k: "--" + t.replace("_", "-") for t, k in _TOML_KEYS.items()} | {
@@ -124,12 +126,17 @@ class AgentConfig:
     workload_max_connections_per_uid: int = DEFAULT_MAX_CONNECTIONS_PER_UID
     workload_idle_timeout: float = DEFAULT_IDLE_TIMEOUT  # seconds
     workload_attest_workers: int = DEFAULT_ATTEST_WORKERS
+    # where each setting given came from ("flag --socket", "env S2S_AGENT_SOCKET", "file PATH");
+    # the others are defaults
+    sources: tuple[tuple[str, str], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
             raise InvalidConfig("trust_domain must be a TrustDomain (parse it at the edge)")
         if not self.ca_urls:
-            raise InvalidConfig("at least one ca_url is required (--ca-url / S2S_CA_URL)")
+            raise InvalidConfig(
+                f"at least one ca_url is required (--ca-url / {ENV_VARS['ca_urls']})"
+            )
         for url in self.ca_urls:
             _check_url(url)
         if not self.socket.is_absolute():
@@ -148,6 +155,23 @@ class AgentConfig:
         self.workload_limits()  # InvalidConfig for limits that do not fit together
         if self.join_token is not None and not 0 < len(self.join_token) <= _MAX_TOKEN_CHARS:
             raise InvalidConfig(f"join_token must be 1 to {_MAX_TOKEN_CHARS} characters")
+
+    def settings(self) -> tuple[tuple[str, str, str], ...]:
+        """(setting, value as text, source) for every setting, for the start-up log. The join
+        token is a secret: its value is only ``set`` or ``unset``.
+
+        >>> config = AgentConfig(trust_domain=TrustDomain("example.org"),
+        ...     ca_urls=("https://ca:8443",), data_dir=Path("/d"), join_token="secret",
+        ...     sources=(("join_token", "env S2S_AGENT_JOIN_TOKEN"),))
+        >>> [row for row in config.settings() if row[0] in ("join_token", "socket")]
+        [('join_token', 'set', 'env S2S_AGENT_JOIN_TOKEN'), ('socket', '/run/s2s/agent.sock', \
+'default')]
+        """
+        given = dict(self.sources)
+        return tuple(
+            (name, _shown(name, getattr(self, name)), given.get(name, "default"))
+            for name in _SETTINGS
+        )
 
     def workload_limits(self) -> WorkloadLimits:
         """The Workload API server's limits from these settings."""
@@ -170,6 +194,22 @@ def _check_etcd_tls(config: AgentConfig) -> None:
         )
 
 
+def legacy_variables_message(environ: Mapping[str, str], names: Iterable[str] = ()) -> str | None:
+    """Why the agent will not start when an old shared variable is set (``S2S_DATA_DIR`` and
+    the rest of ``LEGACY_ENV_VARS``, or only ``names`` of them), naming the new variable; None
+    when none is set (an empty value counts as unset, as for every variable)."""
+    wanted = set(names) or set(LEGACY_ENV_VARS)
+    found = [old for old in LEGACY_ENV_VARS if old in wanted and environ.get(old, "") != ""]
+    if not found:
+        return None
+    renames = ", ".join(f"{old} -> {LEGACY_ENV_VARS[old]}" for old in found)
+    return (
+        f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} set, but s2s-agent reads only "
+        f"its own {ENV_PREFIX}* variables (the old names were shared with s2s-ca, whose data "
+        f"directory an agent could pick up): rename {renames} and unset the old name"
+    )
+
+
 def load_config(
     *,
     flags: Mapping[str, Any] | None = None,
@@ -179,23 +219,27 @@ def load_config(
     """Merge flags > environment > TOML file > defaults into an :class:`AgentConfig`.
 
     ``flags`` maps setting names (``trust_domain``, ``ca_urls``, ...) to values; ``None`` or an
-    empty tuple means "not given". ``config_file`` defaults to ``$S2S_CONFIG`` when set.
+    empty tuple means "not given". ``config_file`` defaults to ``$S2S_AGENT_CONFIG`` when set.
+    An old shared variable (``S2S_DATA_DIR``, ...) in ``environ`` is refused.
     """
     env = dict(environ or {})
+    refused = legacy_variables_message(env)
+    if refused is not None:
+        raise InvalidConfig(refused)
     if config_file is None and env.get(CONFIG_ENV):
         config_file = Path(env[CONFIG_ENV])
     raw: dict[str, tuple[Any, str]] = {}
     if config_file is not None:
         for name, value in _read_toml(config_file).items():
-            raw[name] = (value, f"{config_file}")
+            raw[name] = (value, f"file {config_file}")
     for name, var in ENV_VARS.items():
         if env.get(var, "") != "":
-            raw[name] = (env[var], f"${var}")
+            raw[name] = (env[var], f"env {var}")
     for name, value in (flags or {}).items():
         if name not in ENV_VARS:
             raise InvalidConfig(f"unknown setting {name!r}")
         if value is not None and value not in ((), []):
-            raw[name] = (value, _FLAGS[name])
+            raw[name] = (value, f"flag {_FLAGS[name]}")
     base = config_file.parent if config_file is not None else None
     return _build(raw, base)
 
@@ -212,16 +256,30 @@ def _build(raw: Mapping[str, tuple[Any, str]], base: Path | None) -> AgentConfig
     for name, (value, source) in raw.items():
         parser = _PARSERS[name]
         try:
-            values[name] = parser(value, base if source not in _NON_FILE else None)
+            values[name] = parser(value, base if source.startswith("file ") else None)
         except InvalidConfig as exc:
             raise InvalidConfig(f"{name} (from {source}): {exc}") from None
+    sources = tuple((name, source) for name, (_, source) in raw.items())
     try:
-        return AgentConfig(**values)
+        return AgentConfig(**values, sources=sources)
     except InvalidConfig as exc:
         raise InvalidConfig(f"bad agent configuration: {exc}") from None
 
 
-_NON_FILE: Final = frozenset({f"${v}" for v in ENV_VARS.values()} | set(_FLAGS.values()))
+def _shown(name: str, value: Any) -> str:
+    """A setting's value as the start-up log shows it (never the join token itself)."""
+    if name == "join_token":
+        return "unset" if value is None else "set"
+    if value is None:
+        return ""
+    if name == "metrics_listen":
+        host, port = value
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if name == "workload_idle_timeout":
+        return f"{value:g}s"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

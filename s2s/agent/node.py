@@ -165,7 +165,8 @@ class NodeAttestor:
         if token is None:
             raise InvalidConfig(
                 "the agent has no valid identity in its data dir and no join token: "
-                "pass --join-token (or S2S_JOIN_TOKEN) with a token from 's2s-ca token generate'"
+                "pass --join-token (or S2S_AGENT_JOIN_TOKEN) with a token from "
+                "'s2s-ca token generate'"
             )
         key = self._keygen()
         try:

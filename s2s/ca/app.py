@@ -81,6 +81,8 @@ class ServeOptions:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     store: StoreSettings = field(default_factory=StoreSettings)  # default: SQLite in data_dir
     limits: ServerLimits = field(default_factory=ServerLimits)  # what one HTTPS client may hold
+    # (setting, value, source: "flag --x", "env S2S_CA_X", "file PATH", "default"), logged at start
+    settings: tuple[tuple[str, str, str], ...] = ()
 
     @property
     def admin_socket(self) -> Path:
@@ -412,6 +414,8 @@ def serve_forever(options: ServeOptions) -> None:
     configure_logging(
         level=options.log_level, json_format=options.json_logs, extra_fields=AUDIT_FIELDS
     )
+    for name, value, source in options.settings:
+        log.info("ca.setting", extra={F.SETTING: name, F.VALUE: value, F.SOURCE: source})
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -1,6 +1,6 @@
 """``s2s-agent``: run the node agent, and talk to a running one through the Workload API.
 
-``run`` takes every setting as a flag, an ``S2S_*`` variable or a TOML key (``--config``); the
+``run`` takes every setting as a flag, an ``S2S_AGENT_*`` variable or a TOML key (``--config``); the
 ``api`` commands and ``healthcheck`` find the agent through ``--socket``,
 ``SPIFFE_ENDPOINT_SOCKET`` or the socket ``run`` serves by default, and use the asyncio Workload
 API client. Exit codes: ``s2s.cli.exits`` (shown by ``s2s-agent --help``).
@@ -58,56 +58,96 @@ def cli() -> None:
     "--config",
     "config_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="TOML config file (env S2S_CONFIG).",
+    help="TOML config file (env S2S_AGENT_CONFIG).",
 )
-@click.option("--trust-domain", help="Trust domain (env S2S_TRUST_DOMAIN).")
+@click.option("--trust-domain", help="Trust domain (env S2S_AGENT_TRUST_DOMAIN).")
 @click.option(
     "--ca-url",
     "ca_urls",
     multiple=True,
-    help="CA base URL, repeat for fail-over (env S2S_CA_URL, comma-separated).",
+    help="CA base URL, repeat for fail-over (env S2S_AGENT_CA_URL, comma-separated).",
 )
-@click.option("--trust-bundle", help="Bootstrap bundle PEM file (env S2S_TRUST_BUNDLE).")
-@click.option("--join-token", help="One-time join token (env S2S_JOIN_TOKEN; prefer the env).")
-@click.option("--data-dir", help="Where the agent keeps its key and SVID (env S2S_DATA_DIR).")
-@click.option("--socket", help="Workload API socket (default /run/s2s/agent.sock; env S2S_SOCKET).")
+@click.option("--trust-bundle", help="Bootstrap bundle PEM file (env S2S_AGENT_TRUST_BUNDLE).")
+@click.option(
+    "--join-token", help="One-time join token (env S2S_AGENT_JOIN_TOKEN; prefer the env)."
+)
+@click.option("--data-dir", help="Where the agent keeps its key and SVID (env S2S_AGENT_DATA_DIR).")
+@click.option(
+    "--socket", help="Workload API socket (default /run/s2s/agent.sock; env S2S_AGENT_SOCKET)."
+)
 @click.option(
     "--attestor",
     "attestors",
     multiple=True,
-    help="Workload attestor, repeat for several (default unix; env S2S_ATTESTORS).",
+    help="Workload attestor, repeat for several (default unix; env S2S_AGENT_ATTESTORS).",
 )
-@click.option("--sha256-max-bytes", help="Largest binary hashed for unix:sha256 (e.g. 128MiB).")
-@click.option("--metrics-listen", help="HOST:PORT for /metrics, /healthz, /readyz.")
-@click.option("--log-level", help="debug, info, warning, error (env S2S_LOG_LEVEL).")
-@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log line format.")
+@click.option(
+    "--sha256-max-bytes",
+    help="Largest binary hashed for unix:sha256, e.g. 128MiB (env S2S_AGENT_SHA256_MAX_BYTES).",
+)
+@click.option(
+    "--metrics-listen",
+    help="HOST:PORT for /metrics, /healthz, /readyz (env S2S_AGENT_METRICS_LISTEN).",
+)
+@click.option("--log-level", help="debug, info, warning, error (env S2S_AGENT_LOG_LEVEL).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    help="Log line format (env S2S_AGENT_LOG_FORMAT).",
+)
 @click.option(
     "--revocations-etcd",
     help="Follow revocations in etcd at HOST:PORT[,...] instead of long-polling the CA "
-    "(env S2S_REVOCATIONS_ETCD).",
+    "(env S2S_AGENT_REVOCATIONS_ETCD).",
 )
-@click.option("--revocations-etcd-ca", help="CA PEM of that etcd's TLS certificate.")
-@click.option("--revocations-etcd-cert", help="Client certificate PEM for that etcd.")
-@click.option("--revocations-etcd-key", help="Client key PEM for that etcd.")
 @click.option(
-    "--workload-max-connections", help="Workload API connections open at once (default 1024)."
+    "--revocations-etcd-ca",
+    help="CA PEM of that etcd's TLS certificate (env S2S_AGENT_REVOCATIONS_ETCD_CA).",
+)
+@click.option(
+    "--revocations-etcd-cert",
+    help="Client certificate PEM for that etcd (env S2S_AGENT_REVOCATIONS_ETCD_CERT).",
+)
+@click.option(
+    "--revocations-etcd-key",
+    help="Client key PEM for that etcd (env S2S_AGENT_REVOCATIONS_ETCD_KEY).",
+)
+@click.option(
+    "--workload-max-connections",
+    help="Workload API connections open at once (default 1024; "
+    "env S2S_AGENT_WORKLOAD_MAX_CONNECTIONS).",
 )
 @click.option(
     "--workload-max-connections-per-uid",
-    help="Workload API connections open at once for one caller uid (default 64).",
+    help="Workload API connections open at once for one caller uid (default 64; "
+    "env S2S_AGENT_WORKLOAD_MAX_CONNECTIONS_PER_UID).",
 )
 @click.option(
-    "--workload-idle-timeout", help="Close a connection without a call after (default 5m)."
+    "--workload-idle-timeout",
+    help="Close a connection without a call after (default 5m; "
+    "env S2S_AGENT_WORKLOAD_IDLE_TIMEOUT).",
 )
 @click.option(
-    "--workload-attest-workers", help="Threads that attest Workload API callers (default 4)."
+    "--workload-attest-workers",
+    help="Threads that attest Workload API callers (default 4; "
+    "env S2S_AGENT_WORKLOAD_ATTEST_WORKERS).",
 )
 def run(config_file: Path | None, **flags: Any) -> None:
-    """Run the agent until SIGTERM or SIGINT."""
-    from s2s.agent.app import serve_forever  # noqa: PLC0415  (keeps api commands light)
-    from s2s.agent.config import load_config  # noqa: PLC0415
+    """Run the agent until SIGTERM or SIGINT.
 
+    Every setting is a flag, an S2S_AGENT_* variable or a key of the --config TOML file (flags
+    win over the environment, the environment over the file); the start-up log names each
+    setting's source. The old shared names (S2S_DATA_DIR, S2S_JOIN_TOKEN, ...) are refused.
+    """
+    from s2s.agent.app import serve_forever  # noqa: PLC0415  (keeps api commands light)
+    from s2s.agent.config import legacy_variables_message, load_config  # noqa: PLC0415
+    from s2s.cli.program_dirs import refuse_other_programs_dir  # noqa: PLC0415
+
+    refused = legacy_variables_message(os.environ)
+    if refused is not None:
+        raise click.UsageError(refused)
     config = call(lambda: load_config(flags=flags, environ=os.environ, config_file=config_file))
+    call(lambda: refuse_other_programs_dir(config.data_dir, program="agent"))
     call(lambda: serve_forever(config))
 
 
@@ -118,7 +158,7 @@ socket_option = click.option(
     "--socket",
     "socket",
     help="Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET, "
-    "else the socket 's2s-agent run' serves: $S2S_SOCKET or /run/s2s/agent.sock).",
+    "else the socket 's2s-agent run' serves: $S2S_AGENT_SOCKET or /run/s2s/agent.sock).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
@@ -127,9 +167,16 @@ def agent_endpoint(socket: str | None, environ: Mapping[str, str]) -> str:
     """The socket the client commands call: ``--socket``, else ``SPIFFE_ENDPOINT_SOCKET``, else
     the one ``run`` serves by the same rules (its socket variable, then its default), so that a
     command typed on the agent's host needs no flag."""
-    from s2s.agent.config import DEFAULT_SOCKET, ENV_VARS  # noqa: PLC0415
+    from s2s.agent.config import (  # noqa: PLC0415
+        DEFAULT_SOCKET,
+        ENV_VARS,
+        legacy_variables_message,
+    )
     from s2s.verifier.workload_client import ENDPOINT_ENV, resolve_endpoint  # noqa: PLC0415
 
+    refused = legacy_variables_message(environ, ["S2S_SOCKET"])  # the one read here
+    if refused is not None:
+        raise click.UsageError(refused)
     if socket or environ.get(ENDPOINT_ENV):
         return resolve_endpoint(socket, environ=environ)
     return environ.get(ENV_VARS["socket"]) or str(DEFAULT_SOCKET)

@@ -4,7 +4,7 @@ option, error handling (exit codes from :mod:`s2s.cli.exits`), tables and durati
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from s2s.cli.exits import (
     exit_code_for,
     fail,
 )
+from s2s.cli.program_dirs import refuse_other_programs_dir
 from s2s.core.errors import S2SError
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
     "EXIT_TRUST_DOMAIN_MISMATCH",
     "EXIT_UNAVAILABLE",
     "EXIT_USAGE",
+    "DATA_DIR_ENV",
+    "LEGACY_ENV_VARS",
+    "SOCKET_ENV",
     "Ctx",
     "call",
     "emit_json",
@@ -50,6 +54,8 @@ __all__ = [
     "json_option",
     "key_values",
     "pass_ctx",
+    "refuse_legacy_variables",
+    "source_of",
     "table",
     "version_option",
 ]
@@ -58,23 +64,69 @@ __all__ = [
 class Ctx:
     """What the group options found: where the running CA is."""
 
-    def __init__(self, data_dir: Path | None, socket_path: Path | None) -> None:
+    def __init__(
+        self,
+        data_dir: Path | None,
+        socket_path: Path | None,
+        sources: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
         self.socket_path = socket_path
+        # "data_dir"/"socket" -> "flag --data-dir", "env S2S_CA_DATA_DIR" (absent: not given)
+        self.sources = dict(sources or {})
 
     def client(self) -> AdminClient:
         if self.socket_path is not None:
             return AdminClient(self.socket_path)
-        if self.data_dir is None:
+        data_dir = self.data_dir
+        if data_dir is None:
             raise click.UsageError(
-                "say where the CA is: --data-dir DIR (or S2S_DATA_DIR) or --socket"
+                f"say where the CA is: --data-dir DIR (or {DATA_DIR_ENV}) or --socket "
+                f"(or {SOCKET_ENV})"
             )
-        return AdminClient(self.data_dir / ADMIN_SOCKET_NAME)
+        call(lambda: refuse_other_programs_dir(data_dir, program="ca"))
+        return AdminClient(data_dir / ADMIN_SOCKET_NAME)
 
     def require_data_dir(self) -> Path:
-        if self.data_dir is None:
-            raise click.UsageError("--data-dir DIR (or S2S_DATA_DIR) is required")
-        return self.data_dir
+        data_dir = self.data_dir
+        if data_dir is None:
+            raise click.UsageError(f"--data-dir DIR (or {DATA_DIR_ENV}) is required")
+        call(lambda: refuse_other_programs_dir(data_dir, program="ca"))
+        return data_dir
+
+
+ENV_PREFIX = "S2S_CA_"
+DATA_DIR_ENV = ENV_PREFIX + "DATA_DIR"
+SOCKET_ENV = ENV_PREFIX + "SOCKET"
+# What s2s-ca read before it had its own prefix (shared with s2s-agent): refused, not ignored.
+LEGACY_ENV_VARS = {"S2S_DATA_DIR": DATA_DIR_ENV}
+
+
+def refuse_legacy_variables(environ: Mapping[str, str]) -> None:
+    """Exit 2 (a usage error) when an old shared variable is set, naming the new one."""
+    found = [old for old in LEGACY_ENV_VARS if environ.get(old, "") != ""]
+    if found:
+        renames = ", ".join(f"{old} -> {LEGACY_ENV_VARS[old]}" for old in found)
+        raise click.UsageError(
+            f"{', '.join(found)} is set, but s2s-ca reads only its own {ENV_PREFIX}* variables "
+            f"(the old name was shared with s2s-agent, which could pick up the CA's data "
+            f"directory): rename {renames} (the agent's is S2S_AGENT_DATA_DIR) and unset the "
+            "old name"
+        )
+
+
+def source_of(ctx: click.Context, name: str) -> str | None:
+    """Where a click parameter's value came from: ``flag --x``, ``env VAR`` or None (default
+    or not given)."""
+    param = next((p for p in ctx.command.params if p.name == name), None)
+    source = ctx.get_parameter_source(name)
+    if param is None or source is None:
+        return None
+    if source is click.core.ParameterSource.COMMANDLINE:
+        return f"flag {param.opts[0]}"
+    if source is click.core.ParameterSource.ENVIRONMENT:
+        return f"env {param.envvar}"
+    return None
 
 
 pass_ctx = click.make_pass_decorator(Ctx)

@@ -21,20 +21,26 @@ from s2s.cli.ca_common import (
     emit_json,
     parse_duration,
     pass_ctx,
+    source_of,
 )
+from s2s.cli.program_dirs import refuse_other_programs_dir
 from s2s.core import errors
 
 __all__ = ["healthcheck", "init", "load_config_file", "serve"]
 
 _store_options = [
     click.option("--store", "store_url", envvar="S2S_CA_STORE",
-                 help="etcd://host:port[,host:port][/<td>] (default: SQLite in the data dir)."),
+                 help="etcd://host:port[,host:port][/<td>] (default: SQLite in the data dir; "
+                      "env S2S_CA_STORE)."),
     click.option("--etcd-ca", type=click.Path(dir_okay=False, path_type=Path),
-                 help="CA certificate (PEM) that signed etcd's certificate: enables TLS."),
+                 envvar="S2S_CA_ETCD_CA",
+                 help="CA certificate (PEM) that signed etcd's certificate: enables TLS "
+                      "(env S2S_CA_ETCD_CA)."),
     click.option("--etcd-cert", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Client certificate (PEM) for etcd."),
+                 envvar="S2S_CA_ETCD_CERT",
+                 help="Client certificate (PEM) for etcd (env S2S_CA_ETCD_CERT)."),
     click.option("--etcd-key", type=click.Path(dir_okay=False, path_type=Path),
-                 help="Client key (PEM) for etcd."),
+                 envvar="S2S_CA_ETCD_KEY", help="Client key (PEM) for etcd (env S2S_CA_ETCD_KEY)."),
 ]  # fmt: skip
 
 
@@ -58,7 +64,10 @@ _ETCD_KEYS = ("etcd_ca", "etcd_cert", "etcd_key")
 
 
 @click.command()
-@click.option("--trust-domain", required=True, help="The trust domain name, e.g. example.org.")
+@click.option(
+    "--trust-domain", required=True, envvar="S2S_CA_TRUST_DOMAIN",
+    help="The trust domain name, e.g. example.org (env S2S_CA_TRUST_DOMAIN).",
+)  # fmt: skip
 @store_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
@@ -150,20 +159,39 @@ def _server_limits(path: Path, table: object) -> Any:
 
 
 @click.command()
-@click.option("--listen", envvar="S2S_CA_LISTEN", help="HOST:PORT for HTTPS [127.0.0.1:8443].")
-@click.option("--name", "replica_name", envvar="S2S_CA_NAME", help="Replica name [ca-0].")
 @click.option(
-    "--config", "config_file", envvar="S2S_CA_CONFIG", help="TOML file (listen, name, [ttl]).",
+    "--listen", envvar="S2S_CA_LISTEN",
+    help="HOST:PORT for HTTPS [127.0.0.1:8443] (env S2S_CA_LISTEN).",
+)  # fmt: skip
+@click.option(
+    "--name", "replica_name", envvar="S2S_CA_NAME", help="Replica name [ca-0] (env S2S_CA_NAME)."
+)
+@click.option(
+    "--config", "config_file", envvar="S2S_CA_CONFIG",
+    help="TOML file (listen, name, [ttl], ...; env S2S_CA_CONFIG).",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )  # fmt: skip
-@click.option("--max-svid-ttl", type=DURATION, help="Raise the SVID lifetime cap (default 5m).")
+@click.option(
+    "--max-svid-ttl", type=DURATION, envvar="S2S_CA_MAX_SVID_TTL",
+    help="Raise the SVID lifetime cap (default 5m; env S2S_CA_MAX_SVID_TTL).",
+)  # fmt: skip
 @store_options
-@click.option("--trust-domain", help="The trust domain of an etcd store (or in its URL path).")
-@click.option("--log-level", help="DEBUG, INFO, WARNING, ERROR [INFO].")
-@click.option("--log-format", type=click.Choice(["json", "text"]), help="Log lines [json].")
+@click.option(
+    "--trust-domain", envvar="S2S_CA_TRUST_DOMAIN",
+    help="The trust domain of an etcd store (or in its URL path; env S2S_CA_TRUST_DOMAIN).",
+)  # fmt: skip
+@click.option(
+    "--log-level", envvar="S2S_CA_LOG_LEVEL",
+    help="DEBUG, INFO, WARNING, ERROR [INFO] (env S2S_CA_LOG_LEVEL).",
+)  # fmt: skip
+@click.option(
+    "--log-format", type=click.Choice(["json", "text"]), envvar="S2S_CA_LOG_FORMAT",
+    help="Log lines [json] (env S2S_CA_LOG_FORMAT).",
+)  # fmt: skip
 @pass_ctx
 def serve(ctx: Ctx, /, **opts: Any) -> None:
-    """Run the CA until SIGTERM or SIGINT. Flags override the --config file."""
+    """Run the CA until SIGTERM or SIGINT. Flags win over S2S_CA_* variables, which win over
+    the --config file; the start-up log names each setting's source."""
     from s2s.ca.app import ServeOptions, serve_forever  # noqa: PLC0415
 
     file, ttls = call(lambda: load_config_file(opts["config_file"]))
@@ -172,7 +200,8 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
     data_dir = ctx.data_dir or (Path(file["data_dir"]) if "data_dir" in file else None)
     socket_path = ctx.socket_path or (Path(file["socket"]) if "socket" in file else None)
     if data_dir is None:
-        raise click.UsageError("--data-dir DIR (or S2S_DATA_DIR, or data_dir in --config)")
+        raise click.UsageError("--data-dir DIR (or S2S_CA_DATA_DIR, or data_dir in --config)")
+    call(lambda: refuse_other_programs_dir(data_dir, program="ca"))
     log_format = opts["log_format"] or file.get("log_format", "json")
     if log_format not in ("json", "text"):
         raise click.BadParameter("log_format must be json or text", param_hint="log_format")
@@ -187,7 +216,46 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
         store=_serve_store(opts, file),
         **({"limits": file["limits"]} if "limits" in file else {}),
     )
-    call(lambda: serve_forever(options))
+    settings = _serve_settings(ctx, opts, file, options)
+    call(lambda: serve_forever(dataclasses.replace(options, settings=settings)))
+
+
+def _serve_settings(
+    ctx: Ctx, opts: dict[str, Any], file: dict[str, Any], options: Any
+) -> tuple[tuple[str, str, str], ...]:
+    """(setting, value, source) of every serve setting, for the start-up log."""
+    click_ctx = click.get_current_context()
+    config_file = opts["config_file"]
+
+    def source(key: str, param: str | None = None) -> str:
+        given = ctx.sources.get(key) if param is None else source_of(click_ctx, param)
+        if given is not None:
+            return given
+        return f"file {config_file}" if key in file else "default"
+
+    store = options.store
+    rows = [
+        ("data_dir", str(options.data_dir), source("data_dir")),
+        ("socket", str(options.admin_socket), source("socket")),
+        ("config", str(config_file or ""), source_of(click_ctx, "config_file") or "default"),
+        ("listen", options.listen, source("listen", "listen")),
+        ("name", options.replica_name, source("name", "replica_name")),
+        ("store", store.url or "sqlite (data dir)", source("store", "store_url")),
+        *((k, str(getattr(store, k) or ""), source(k, k)) for k in _ETCD_KEYS),
+        ("trust_domain", str(opts["trust_domain"] or file.get("trust_domain") or ""),
+         source("trust_domain", "trust_domain")),
+        ("log_level", options.log_level, source("log_level", "log_level")),
+        ("log_format", "json" if options.json_logs else "text", source("log_format", "log_format")),
+    ]  # fmt: skip
+    for key, value in sorted(options.config_overrides.items()):
+        from_flag = key == "max_svid_ttl" and opts["max_svid_ttl"]
+        where = source_of(click_ctx, "max_svid_ttl") if from_flag else f"file {config_file}"
+        rows.append((key, f"{int(value.total_seconds())}s", where or "default"))
+    if "limits" in file:
+        for field in dataclasses.fields(options.limits):
+            rows.append((f"limits.{field.name}", str(getattr(options.limits, field.name)),
+                         f"file {config_file}"))  # fmt: skip
+    return tuple(rows)
 
 
 def _serve_store(opts: dict[str, Any], file: dict[str, Any]) -> Any:

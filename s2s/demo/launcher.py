@@ -134,7 +134,7 @@ class Demo:
         token = json.loads(await self.ca("token", "generate", "--json"))
         self.say(
             f"made a single-use join token for agent {token['agent_id']} "
-            "(passed in S2S_JOIN_TOKEN, never printed)"
+            "(passed in S2S_AGENT_JOIN_TOKEN, never printed)"
         )
         argv = [
             sys.executable, "-m", "s2s.cli.agent", "run",
@@ -146,7 +146,7 @@ class Demo:
             "--log-format", "json",
         ]  # fmt: skip
         self.say(f"starting the agent: s2s-agent run --socket {self.dirs.socket}")
-        await self.start("agent", argv, {**self.env, "S2S_JOIN_TOKEN": token["token"]})
+        await self.start("agent", argv, {**self.env, "S2S_AGENT_JOIN_TOKEN": token["token"]})
         await self.until(lambda: self.view.tally.agent_ready, "the agent to attest", START_TIMEOUT)
         self.agent_id = token["agent_id"]
 

@@ -75,7 +75,7 @@ def _option(command: click.Command, flag: str) -> click.Option:
 
 
 def test_data_dir_works_before_or_after_the_command(tmp_path: Path) -> None:
-    runner = CliRunner(env={"S2S_DATA_DIR": None})
+    runner = CliRunner(env={"S2S_CA_DATA_DIR": None})
     after = runner.invoke(
         ca_cli, ["init", "--trust-domain", "example.org", "--data-dir", str(tmp_path / "a")]
     )

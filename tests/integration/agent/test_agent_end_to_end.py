@@ -256,7 +256,7 @@ async def test_reused_join_token_exits_with_a_clear_error(harness: Any) -> None:
         "--trust-domain", "example.org", "--ca-url", harness.ca.url,
         "--trust-bundle", str(config.trust_bundle), "--data-dir", str(config.data_dir),
         "--socket", str(harness.socket_dir / "second.sock"), "--log-format", "text",
-        env={**os.environ, "S2S_JOIN_TOKEN": used or ""},
+        env={**os.environ, "S2S_AGENT_JOIN_TOKEN": used or ""},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     _, stderr = await asyncio.wait_for(proc.communicate(), 30)
@@ -270,10 +270,11 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(
         cli,
         ["run", "--trust-domain", "example.org", "--ca-url", "http://ca:1", "--data-dir", "d"],
-        env={"S2S_CONFIG": ""},
+        env={"S2S_AGENT_CONFIG": ""},
     )
     assert result.exit_code == 1
-    assert "error: ca_urls (from --ca-url): 'http://ca:1' must be an https:// URL" in result.output
+    error = "error: ca_urls (from flag --ca-url): 'http://ca:1' must be an https:// URL"
+    assert error in result.output
     toml = tmp_path / "agent.toml"
     toml.write_text('trust_domain = "example.org"\ncolour = "blue"\n')
     result = CliRunner().invoke(cli, ["run", "--config", str(toml)])
@@ -445,7 +446,7 @@ async def test_s2s_agent_run_serves_and_stops_cleanly_on_sigterm(harness: Any) -
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "s2s.cli.agent", "run", "--config", str(toml),
-        env={**os.environ, "S2S_JOIN_TOKEN": token},
+        env={**os.environ, "S2S_AGENT_JOIN_TOKEN": token},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

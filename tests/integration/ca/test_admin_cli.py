@@ -417,7 +417,7 @@ def test_env_data_dir_and_console_script(served: Served) -> None:
         pytest.skip("console script not installed")
     done = subprocess.run(
         [str(script), "healthcheck"], capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ, "S2S_DATA_DIR": str(served.data_dir)},
+        env={**os.environ, "S2S_CA_DATA_DIR": str(served.data_dir)},
     )  # fmt: skip
     assert (done.returncode, done.stdout.strip()) == (0, "ready")
 
@@ -471,7 +471,7 @@ def test_restart_keeps_entries_agents_and_keys(tmp_path: Path) -> None:
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(args: list[str]) -> None:
-    result = CliRunner().invoke(cli, args, env={"S2S_DATA_DIR": ""})
+    result = CliRunner().invoke(cli, args, env={"S2S_CA_DATA_DIR": ""})
     assert result.exit_code == 2, result.output
 
 

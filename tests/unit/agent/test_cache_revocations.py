@@ -106,15 +106,15 @@ def test_crls_are_served_and_bump_the_version(cache: SvidCache) -> None:
 
 
 def test_revocations_etcd_setting_is_parsed_at_the_edge(tmp_path: Path) -> None:
-    base = {"S2S_TRUST_DOMAIN": "example.org", "S2S_CA_URL": "https://ca:8443",
-            "S2S_DATA_DIR": str(tmp_path)}  # fmt: skip
+    base = {"S2S_AGENT_TRUST_DOMAIN": "example.org", "S2S_AGENT_CA_URL": "https://ca:8443",
+            "S2S_AGENT_DATA_DIR": str(tmp_path)}  # fmt: skip
     assert load_config(environ=base).revocations_etcd is None  # default: the CA long-poll
-    env = {**base, "S2S_REVOCATIONS_ETCD": "10.0.0.5:2379, etcd-1:2379"}
+    env = {**base, "S2S_AGENT_REVOCATIONS_ETCD": "10.0.0.5:2379, etcd-1:2379"}
     assert load_config(environ=env).revocations_etcd == "10.0.0.5:2379, etcd-1:2379"
-    assert load_config(environ={**base, "S2S_REVOCATIONS_ETCD": " "}).revocations_etcd is None
+    assert load_config(environ={**base, "S2S_AGENT_REVOCATIONS_ETCD": " "}).revocations_etcd is None
     for bad in ("10.0.0.5", "etcd:0", "http://etcd:2379", "a:1,,b:2"):
         with pytest.raises(InvalidConfig, match="revocations_etcd"):
-            load_config(environ={**base, "S2S_REVOCATIONS_ETCD": bad})
+            load_config(environ={**base, "S2S_AGENT_REVOCATIONS_ETCD": bad})
 
 
 def test_cached_jwt_svids_revoked_by_jti_or_id_are_forgotten(
@@ -154,16 +154,23 @@ def test_cli_flag_revocations_etcd_is_checked(tmp_path: Path) -> None:
 
 
 def test_revocations_etcd_tls_settings_go_together(tmp_path: Path) -> None:
-    base = {"S2S_TRUST_DOMAIN": "example.org", "S2S_CA_URL": "https://ca:8443",
-            "S2S_DATA_DIR": str(tmp_path), "S2S_REVOCATIONS_ETCD": "etcd:2379"}  # fmt: skip
-    pair = {"S2S_REVOCATIONS_ETCD_CERT": "c.pem", "S2S_REVOCATIONS_ETCD_KEY": "k.pem"}
-    ok = load_config(environ={**base, "S2S_REVOCATIONS_ETCD_CA": "ca.pem", **pair})
+    base = {"S2S_AGENT_TRUST_DOMAIN": "example.org", "S2S_AGENT_CA_URL": "https://ca:8443",
+            "S2S_AGENT_DATA_DIR": str(tmp_path),
+            "S2S_AGENT_REVOCATIONS_ETCD": "etcd:2379"}  # fmt: skip
+    pair = {"S2S_AGENT_REVOCATIONS_ETCD_CERT": "c.pem", "S2S_AGENT_REVOCATIONS_ETCD_KEY": "k.pem"}
+    ok = load_config(environ={**base, "S2S_AGENT_REVOCATIONS_ETCD_CA": "ca.pem", **pair})
     assert ok.revocations_etcd_ca is not None
     assert ok.revocations_etcd_ca.is_absolute()
     for bad in (
-        {"S2S_REVOCATIONS_ETCD_CERT": "c.pem", "S2S_REVOCATIONS_ETCD_CA": "ca.pem"},  # no key
+        {
+            "S2S_AGENT_REVOCATIONS_ETCD_CERT": "c.pem",
+            "S2S_AGENT_REVOCATIONS_ETCD_CA": "ca.pem",
+        },  # no key
         pair,  # no CA
-        {"S2S_REVOCATIONS_ETCD": "", "S2S_REVOCATIONS_ETCD_CA": "ca.pem"},  # TLS for nothing
+        {
+            "S2S_AGENT_REVOCATIONS_ETCD": "",
+            "S2S_AGENT_REVOCATIONS_ETCD_CA": "ca.pem",
+        },  # TLS for nothing
     ):
         with pytest.raises(InvalidConfig, match="revocations_etcd"):
             load_config(environ={**base, **bad})

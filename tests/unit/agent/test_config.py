@@ -70,9 +70,9 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         'log_level = "error"\nsocket = "/file.sock"\n',
     )
     environ = {
-        "S2S_TRUST_DOMAIN": "env.org",
-        "S2S_CA_URL": "https://env-1:1,https://env-2:2",
-        "S2S_LOG_LEVEL": "warning",
+        "S2S_AGENT_TRUST_DOMAIN": "env.org",
+        "S2S_AGENT_CA_URL": "https://env-1:1,https://env-2:2",
+        "S2S_AGENT_LOG_LEVEL": "warning",
     }
     config = load_config(
         flags={"trust_domain": "flag.org", "ca_urls": (), "log_level": None},
@@ -88,7 +88,7 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
 
 def test_config_file_from_env(tmp_path: Path) -> None:
     path = write(tmp_path, 'trust_domain = "example.org"\nca_url = "https://ca"\ndata_dir = "/d"\n')
-    config = load_config(environ={"S2S_CONFIG": str(path)})
+    config = load_config(environ={"S2S_AGENT_CONFIG": str(path)})
     assert config.ca_urls == ("https://ca",)
 
 
@@ -133,8 +133,8 @@ def test_missing_required_setting_says_how_to_set_it(missing: str) -> None:
 
 
 def test_env_value_error_names_the_variable() -> None:
-    with pytest.raises(InvalidConfig, match=r"\$S2S_CA_URL"):
-        load_config(flags={**MINIMAL, "ca_urls": None}, environ={"S2S_CA_URL": "ftp://ca"})
+    with pytest.raises(InvalidConfig, match="env S2S_AGENT_CA_URL"):
+        load_config(flags={**MINIMAL, "ca_urls": None}, environ={"S2S_AGENT_CA_URL": "ftp://ca"})
 
 
 def test_unknown_toml_key_is_refused(tmp_path: Path) -> None:

@@ -39,7 +39,10 @@ def test_toml_env_and_flags(tmp_path: Path) -> None:
         6,
         3,
     )
-    environ = {"S2S_WORKLOAD_IDLE_TIMEOUT": "2m", "S2S_WORKLOAD_MAX_CONNECTIONS_PER_UID": "8"}
+    environ = {
+        "S2S_AGENT_WORKLOAD_IDLE_TIMEOUT": "2m",
+        "S2S_AGENT_WORKLOAD_MAX_CONNECTIONS_PER_UID": "8",
+    }
     from_env = load_config(environ=environ, config_file=path).workload_limits()
     assert (from_env.idle_timeout, from_env.max_connections_per_uid) == (120.0, 8)
     flags = {"workload_idle_timeout": "1h", "workload_attest_workers": "1"}

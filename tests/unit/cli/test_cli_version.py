@@ -30,7 +30,7 @@ def test_version_flag_prints_every_version_and_exits_0(prog: str) -> None:
     done = subprocess.run(
         [sys.executable, "-m", CLIS[prog], "--version"],
         capture_output=True, text=True, timeout=60, check=False,
-        env={"PATH": "/usr/bin:/bin", "S2S_DATA_DIR": ""},
+        env={"PATH": "/usr/bin:/bin", "S2S_CA_DATA_DIR": ""},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     info = version_info()

@@ -165,7 +165,7 @@ def test_composite_needs_an_attestor_and_is_an_attestor() -> None:
     assert attestor.attest(peer()) == {Selector("unix", "uid:1")}
 
 
-# -- configuration: attestors = [...] / S2S_ATTESTORS / --attestor -------------------------
+# -- configuration: attestors = [...] / S2S_AGENT_ATTESTORS / --attestor -------------------------
 
 
 def test_attestors_default_to_unix() -> None:
@@ -179,7 +179,9 @@ def test_attestors_from_toml_env_and_flags(tmp_path: Path) -> None:
         'attestors = ["unix", "unix"]\n'
     )
     assert load_config(environ={}, config_file=path).attestors == ("unix",)
-    assert load_config(environ={"S2S_ATTESTORS": " unix "}, config_file=path).attestors == ("unix",)
+    assert load_config(environ={"S2S_AGENT_ATTESTORS": " unix "}, config_file=path).attestors == (
+        "unix",
+    )
     flags = {"attestors": ("unix",)}
     assert load_config(flags=flags, environ={}, config_file=path).attestors == ("unix",)
 
@@ -205,11 +207,13 @@ def test_bad_attestors_name_the_setting_and_where_it_came_from(
     if source == "toml":
         text += f"attestors = {value}\n"
     elif source == "env":
-        environ["S2S_ATTESTORS"] = value
+        environ["S2S_AGENT_ATTESTORS"] = value
     else:
         flags["attestors"] = (value,)
     path.write_text(text)
-    where = {"toml": str(path), "env": "$S2S_ATTESTORS", "flag": "--attestor"}[source]
+    where = {"toml": f"file {path}", "env": "env S2S_AGENT_ATTESTORS", "flag": "flag --attestor"}[
+        source
+    ]
     with pytest.raises(InvalidConfig) as err:
         load_config(flags=flags, environ=environ, config_file=path)
     assert message in str(err.value)
