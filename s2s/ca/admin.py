@@ -18,6 +18,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from s2s.ca.admin_clients import add_client_routes
+from s2s.ca.audit import AdminCaller, AuditLog, admin_caller
 from s2s.ca.http import get_crl, get_healthz, get_readyz, get_revocations, jwt_json, svid_json
 from s2s.ca.http_json import field, json_response, optional_ttl, read_json, seconds_field
 from s2s.ca.http_middleware import error_middleware
@@ -31,6 +33,7 @@ from s2s.core.errors import (
     InvalidRequest,
     NotAuthorized,
     NotFound,
+    S2SError,
     Unavailable,
 )
 from s2s.core.selectors import parse_entry_selectors
@@ -87,25 +90,59 @@ def bind_admin_socket(path: Path) -> socket.socket:
     return sock
 
 
-def _peer_uid(request: web.Request) -> int | None:
+def _peer(request: web.Request) -> AdminCaller | None:
     transport = request.transport
     sock = transport.get_extra_info("socket") if transport is not None else None
     if sock is None or sock.family != socket.AF_UNIX:
         return None
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
+    pid, uid, _gid = struct.unpack("3i", creds)
+    return AdminCaller(uid=int(uid), pid=int(pid))
 
 
-@web.middleware
-async def owner_only(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Refuse any peer that is neither this process's user nor root."""
-    uid = _peer_uid(request)
-    if uid is not None and uid not in (0, os.getuid()):
-        log.warning("admin.refused", extra={F.UID: uid})
-        raise NotAuthorized("the admin API answers only the CA's own user")
-    response: web.StreamResponse = await handler(request)
-    return response
+def owner_only(audit: AuditLog) -> Any:
+    """Middleware: refuse any peer that is neither this process's user nor root; name the
+    caller (uid, pid) on the audit lines of its changes; audit every refused change."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        caller = _peer(request)
+        if caller is not None and caller.uid not in (0, os.getuid()):
+            log.warning("admin.refused", extra={F.UID: caller.uid, F.PID: caller.pid})
+            refused = NotAuthorized("the admin API answers only the CA's own user")
+            _audit_refused(audit, request, caller, refused.code, str(refused))
+            raise refused
+        with admin_caller(caller):
+            try:
+                response: web.StreamResponse = await handler(request)
+            except S2SError as exc:
+                if request.method not in _READS:
+                    _audit_refused(audit, request, caller, exc.code, str(exc))
+                raise
+            except web.HTTPException as exc:
+                if request.method not in _READS and exc.status >= 400:
+                    _audit_refused(audit, request, caller, f"http_{exc.status}", exc.reason)
+                raise
+        return response
+
+    return middleware
+
+
+_READS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _audit_refused(
+    audit: AuditLog, request: web.Request, caller: AdminCaller | None, code: str, message: str
+) -> None:
+    entry_id = request.match_info.get("id")
+    audit.admin_refused(
+        method=request.method,
+        path=request.path,
+        error=code,
+        detail=message,
+        caller=caller,
+        target=None if entry_id is None else unquote(entry_id),
+    )
 
 
 # ---- encoders -----------------------------------------------------------------------------
@@ -344,9 +381,10 @@ async def root_rotation_step(request: web.Request) -> web.Response:
     return json_response((await _rotation(request).step(new=new)).to_json())
 
 
-def admin_app(services: ApiServices) -> web.Application:
+def admin_app(services: ApiServices, *, audit: AuditLog | None = None) -> web.Application:
     """The admin application (serve it on :func:`bind_admin_socket`)."""
-    app = web.Application(middlewares=[error_middleware(services.metrics, admin=True), owner_only])
+    guard = owner_only(audit if audit is not None else AuditLog())
+    app = web.Application(middlewares=[error_middleware(services.metrics, admin=True), guard])
     app[SERVICES] = services
     r = app.router
     r.add_get("/healthz", get_healthz)
@@ -371,4 +409,5 @@ def admin_app(services: ApiServices) -> web.Application:
     r.add_post("/v1/revocations", revoke)
     r.add_get("/v1/revocations", get_revocations)
     r.add_get("/v1/crl", get_crl)
+    add_client_routes(app)
     return app

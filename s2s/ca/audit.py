@@ -1,22 +1,45 @@
 """The audit log: one structured line per issuance and per admin change.
 
 Lines go to the ``s2s.audit`` logger with their fields in ``extra=``; the field names are defined
-once here (:class:`AuditField`) so the JSON formatter chosen in ``app.py`` can pick them up
+once here (:class:`AuditField`) so the formatter chosen in ``app.py`` can pick them up
 (``AUDIT_FIELDS``). Serials are lowercase hex without ``0x``, as in revocation records. Keys,
 tokens and PEM never reach this module: callers pass identifiers only.
+
+Admin changes name their caller: the admin socket's middleware reads the peer's uid and pid
+(SO_PEERCRED) and sets them for the request with :func:`admin_caller`; every
+:meth:`AuditLog.admin_change` made while that request runs carries them. A context variable,
+because the services that write audit lines sit several calls below the request and other
+callers (the CA's own loops) have no admin peer. Admin calls that are refused (bad input, not
+found, conflict, another user) are audited too (:meth:`AuditLog.admin_refused`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from datetime import datetime
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
+from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 
-__all__ = ["AUDIT_FIELDS", "AUDIT_LOGGER", "AuditEvent", "AuditField", "AuditLog", "serial_hex"]
+__all__ = [
+    "AUDIT_FIELDS",
+    "AUDIT_LOGGER",
+    "AdminCaller",
+    "AuditEvent",
+    "AuditField",
+    "AuditLog",
+    "admin_caller",
+    "current_admin_caller",
+    "entry_details",
+    "serial_hex",
+]
 
 AUDIT_LOGGER = "s2s.audit"
 
@@ -37,6 +60,23 @@ class AuditField(StrEnum):
     AUDIENCE = F.AUDIENCE
     ACTION = F.ACTION
     ACTOR = F.ACTOR
+    UID = F.UID
+    PID = F.PID
+    REASON = F.REASON
+    ERROR = F.ERROR
+    COUNT = F.COUNT
+    METHOD = F.METHOD
+    PATH = F.PATH
+    REVISION = F.REVISION
+    DETAIL = "detail"
+    PARENT_ID = "parent_id"
+    SELECTORS = "selectors"
+    X509_SVID_TTL = "x509_svid_ttl"
+    JWT_SVID_TTL = "jwt_svid_ttl"
+    DNS_NAMES = "dns_names"
+    HINT = "hint"
+    CHANGED = "changed"
+    EXPIRES_AT = "expires_at"
 
 
 AUDIT_FIELDS: tuple[str, ...] = tuple(f.value for f in AuditField)
@@ -50,6 +90,33 @@ class AuditEvent(StrEnum):
     AGENT_ATTESTED = "audit.agent.attested"
     AGENT_RENEWED = "audit.agent.renewed"
     ADMIN_CHANGE = "audit.admin.change"
+    ADMIN_REFUSED = "audit.admin.refused"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminCaller:
+    """Who called the admin API: the peer process of the admin socket (SO_PEERCRED)."""
+
+    uid: int
+    pid: int
+
+
+_CALLER: ContextVar[AdminCaller | None] = ContextVar("s2s_admin_caller", default=None)
+
+
+@contextlib.contextmanager
+def admin_caller(caller: AdminCaller | None) -> Iterator[None]:
+    """Audit lines written inside the block name ``caller`` (the admin socket's middleware)."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
+
+def current_admin_caller() -> AdminCaller | None:
+    """The admin caller of the request being served, if any."""
+    return _CALLER.get()
 
 
 def serial_hex(serial: int) -> str:
@@ -136,24 +203,75 @@ class AuditLog:
         spiffe_id: SpiffeId | None = None,
         agent_id: SpiffeId | None = None,
         actor: str = "admin",
+        details: Mapping[AuditField, Any] | None = None,
     ) -> None:
-        """An admin change (``action`` like ``entry.create``, ``agent.ban``, ``token.generate``)."""
-        self._emit(
-            AuditEvent.ADMIN_CHANGE,
-            {
-                AuditField.ACTION: action,
-                AuditField.TARGET: target,
-                AuditField.ENTRY: entry_id,
-                AuditField.SPIFFE_ID: _text(spiffe_id),
-                AuditField.AGENT: _text(agent_id),
-                AuditField.ACTOR: actor,
-            },
-        )
+        """An admin change (``action`` like ``entry.create``, ``agent.ban``, ``token.generate``)
+        with what it changed in ``details`` (identifiers and settings, never a secret) and the
+        admin caller's uid and pid when it came through the admin socket."""
+        fields: dict[AuditField, Any] = {
+            AuditField.ACTION: action,
+            AuditField.TARGET: target,
+            AuditField.ENTRY: entry_id,
+            AuditField.SPIFFE_ID: _text(spiffe_id),
+            AuditField.AGENT: _text(agent_id),
+            AuditField.ACTOR: actor,
+        }
+        fields.update(details or {})
+        self._emit(AuditEvent.ADMIN_CHANGE, _with_caller(fields, current_admin_caller()))
 
-    def _emit(self, event: AuditEvent, fields: dict[AuditField, Any]) -> None:
+    def admin_refused(
+        self,
+        *,
+        method: str,
+        path: str,
+        error: str,
+        detail: str,
+        caller: AdminCaller | None,
+        target: str | None = None,
+    ) -> None:
+        """An admin call that was refused (``error``: its wire code; ``detail``: the message
+        the caller saw, which never holds a secret)."""
+        fields: dict[AuditField, Any] = {
+            AuditField.ACTION: f"{method} {path}",
+            AuditField.METHOD: method,
+            AuditField.PATH: path,
+            AuditField.TARGET: target,
+            AuditField.ERROR: error,
+            AuditField.DETAIL: detail,
+            AuditField.ACTOR: "admin",
+        }
+        self._emit(AuditEvent.ADMIN_REFUSED, _with_caller(fields, caller))
+
+    def _emit(self, event: AuditEvent, fields: Mapping[AuditField, Any]) -> None:
         extra = {str(k): v for k, v in fields.items() if v is not None}
         extra[AuditField.EVENT.value] = event.value
         self._log.info(event.value, extra=extra)
+
+
+def entry_details(entry: RegistrationEntry) -> dict[AuditField, Any]:
+    """The whole of a registration entry for an audit line (TTLs in seconds, lists sorted)."""
+    return {
+        AuditField.PARENT_ID: str(entry.parent_id),
+        AuditField.SELECTORS: sorted(str(s) for s in entry.selectors),
+        AuditField.X509_SVID_TTL: _seconds(entry.x509_svid_ttl),
+        AuditField.JWT_SVID_TTL: _seconds(entry.jwt_svid_ttl),
+        AuditField.DNS_NAMES: list(entry.dns_names),
+        AuditField.HINT: entry.hint or None,
+        AuditField.REVISION: entry.revision,
+    }
+
+
+def _with_caller(
+    fields: dict[AuditField, Any], caller: AdminCaller | None
+) -> dict[AuditField, Any]:
+    if caller is not None:
+        fields[AuditField.UID] = caller.uid
+        fields[AuditField.PID] = caller.pid
+    return fields
+
+
+def _seconds(value: timedelta) -> int:
+    return int(value.total_seconds())
 
 
 def _text(value: SpiffeId | None) -> str | None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Unpack
 
+from s2s.ca.audit import AuditField, entry_details
 from s2s.ca.registry_cache import EntrySnapshot, RegistryCache
 from s2s.ca.service import CaService, ServiceArgs
 from s2s.core.b64 import b64url_encode
@@ -141,7 +142,8 @@ class Registry(CaService):
         self.check_entry(updated)
         stored = await self._store.update_entry(updated, expected_revision=current.revision)
         self._cache.entry_written(stored)
-        self._audit_entry("entry.update", stored)
+        changed = sorted(k for k, v in changes.items() if v is not None)
+        self._audit_entry("entry.update", stored, changed=changed)
         return stored
 
     async def delete_entry(self, entry_id: str) -> None:
@@ -203,9 +205,14 @@ class Registry(CaService):
                 " (used for agents and CA servers)"
             )
 
-    def _audit_entry(self, action: str, entry: RegistrationEntry) -> None:
+    def _audit_entry(
+        self, action: str, entry: RegistrationEntry, *, changed: Sequence[str] = ()
+    ) -> None:
+        details = entry_details(entry)
+        if changed:
+            details[AuditField.CHANGED] = list(changed)
         self._audit.admin_change(
-            action, target=entry.id, entry_id=entry.id, spiffe_id=entry.spiffe_id
+            action, target=entry.id, entry_id=entry.id, spiffe_id=entry.spiffe_id, details=details
         )
 
     # -- join tokens -----------------------------------------------------------------------
@@ -225,7 +232,12 @@ class Registry(CaService):
         )
         await self._store.create_join_token(record)
         agent_id = join_token_agent_id(self._config.trust_domain, token_id)
-        self._audit.admin_change("token.generate", target=token_id, agent_id=agent_id)
+        self._audit.admin_change(  # the token id and its agent; never the token
+            "token.generate",
+            target=token_id,
+            agent_id=agent_id,
+            details={AuditField.EXPIRES_AT: record.expires_at.isoformat()},
+        )
         return JoinToken(token=token, agent_id=agent_id, expires_at=record.expires_at)
 
     async def consume_join_token(self, token: str) -> SpiffeId:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from cryptography import x509
 
-from s2s.ca.audit import AuditLog
+from s2s.ca.audit import AuditField, AuditLog
 from s2s.ca.config import CaConfig
 from s2s.ca.live_revocations import LiveRevocations
 from s2s.ca.registry import Registry
@@ -141,7 +141,9 @@ class RevocationService:
         )  # fmt: skip
         if authority is not None:
             await self._retire_authority(authority)
-        self._audit_line(RevokeTarget.SERIAL, record.value, spiffe_id=spiffe_id, count=1)
+        self._audit_line(
+            RevokeTarget.SERIAL, record.value, spiffe_id=spiffe_id, count=1, reason=reason
+        )
         await self._changed()
         return RevocationResult(
             RevokeTarget.SERIAL, record.value, (record,), int(not already), already
@@ -191,7 +193,7 @@ class RevocationService:
                 jti, revoked_at=now, expires_at=now + self._longest_jwt() + self.skew, reason=reason
             )
         )
-        self._audit_line(RevokeTarget.JTI, jti, count=1)
+        self._audit_line(RevokeTarget.JTI, jti, count=1, reason=reason)
         await self._changed()
         return RevocationResult(RevokeTarget.JTI, jti, (record,), int(not already), already)
 
@@ -264,7 +266,7 @@ class RevocationService:
         records, count = await self._serial_records(issued, now, reason)
         agent_id = spiffe_id if target is RevokeTarget.AGENT else None
         self._audit_line(target, str(spiffe_id), spiffe_id=spiffe_id, agent_id=agent_id,
-                         count=1 + len(records))  # fmt: skip
+                         count=1 + len(records), reason=reason)  # fmt: skip
         await self._changed()
         return RevocationResult(target, str(spiffe_id), (main, *records), changed + count,
                                 previous, banned=ban)  # fmt: skip
@@ -351,11 +353,16 @@ class RevocationService:
         value: str,
         *,
         count: int,
+        reason: str,
         spiffe_id: SpiffeId | None = None,
         agent_id: SpiffeId | None = None,
     ) -> None:
         self._audit.admin_change(
-            f"revoke.{target}", target=value, spiffe_id=spiffe_id, agent_id=agent_id
+            f"revoke.{target}",
+            target=value,
+            spiffe_id=spiffe_id,
+            agent_id=agent_id,
+            details={AuditField.REASON: reason, AuditField.COUNT: count},
         )
         log.info("revocation.added", extra={F.KIND: str(target), F.COUNT: count})
 
