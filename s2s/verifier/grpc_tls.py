@@ -138,15 +138,26 @@ class SpiffeServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-
 
     def verify(self, context: Any) -> SpiffeId:
         """The verified SPIFFE ID of the call's client; PeerRejected otherwise."""
-        auth = context.auth_context()
+        try:
+            chain = self._chain(context.auth_context())
+        except PeerRejected as exc:
+            self._verifier.metrics.rejected(exc.reason)
+            raise
+        return self._verifier.verify_chain([c.public_bytes(Encoding.DER) for c in chain])
+
+    def _chain(self, auth: dict[str, list[bytes]]) -> list[x509.Certificate]:
         leaf = auth.get("x509_pem_cert")
         if not leaf:
             raise PeerRejected("the client presented no certificate", reason="no-certificate")
-        presented = [x509.load_pem_x509_certificate(leaf[0])]
-        for pem in auth.get("x509_pem_cert_chain", []):
-            presented.extend(x509.load_pem_x509_certificates(pem))
-        chain = _path_to_root(presented, self._source.current().bundles)
-        return self._verifier.verify_chain([c.public_bytes(Encoding.DER) for c in chain])
+        try:
+            presented = [x509.load_pem_x509_certificate(leaf[0])]
+            for pem in auth.get("x509_pem_cert_chain", []):
+                presented.extend(x509.load_pem_x509_certificates(pem))
+        except ValueError as exc:
+            raise PeerRejected(
+                f"the client's chain does not parse: {exc}", reason="svid-malformed"
+            ) from None
+        return _path_to_root(presented, self._source.current().bundles)
 
     def _guard(self, behaviour: Any, kind: str) -> Any:
         async def checked_unary(request: Any, context: Any) -> Any:

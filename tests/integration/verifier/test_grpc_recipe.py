@@ -5,13 +5,17 @@ The server uses ``server_credentials`` (gRPC's dynamic SSL credentials, followin
 ``SpiffeChannel`` (the server's trust domain's roots and DNS name; a new channel after rotation).
 Accepted with the right ID; refused with another ID, a foreign trust domain, an ID of ours under
 a federated root, a revoked certificate; the client refuses a server without the DNS name or of
-a foreign trust domain; after rotation calls succeed with the new SVIDs on both sides.
+a foreign trust domain; after rotation calls succeed with the new SVIDs on both sides. Last, the
+same with a real CA and agent: the server's SVID from ``X509Source``, revocations from the agent's
+CRLs, rotation by revoking the served SVID at the CA.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -28,8 +32,11 @@ from s2s.verifier.grpc_tls import (
     peer_spiffe_id,
     server_credentials,
 )
+from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import InMemoryRevocations
+from s2s.verifier.source import X509Source
 from s2s.verifier.source_static import StaticX509Source
+from s2s.verifier.tls import client_context
 from s2s.verifier.x509context import X509Context
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,17 +69,19 @@ class World:
         return StaticX509Source(X509Context((svid,), BundleSet.of(self.ca.bundle())))
 
     async def call(self, source: StaticX509Source, **kw: Any) -> str:
-        channel = SpiffeChannel(
-            f"127.0.0.1:{self.port}",
-            source,
-            server_trust_domain=kw.pop("td", "example.org"),
-            server_name=kw.pop("name", NAME),
-        )
-        try:
-            answer = await channel.channel().unary_unary(METHOD)(b"", timeout=10)
-            return bytes(answer).decode()
-        finally:
-            await channel.close()
+        return await call(self.port, source, **kw)
+
+
+async def call(
+    port: int, source: StaticX509Source, *, td: str = "example.org", name: str = NAME
+) -> str:
+    """One call over a fresh SpiffeChannel (so a fresh connection): the server's answer."""
+    channel = SpiffeChannel(f"127.0.0.1:{port}", source, server_trust_domain=td, server_name=name)
+    try:
+        answer = await channel.channel().unary_unary(METHOD)(b"", timeout=10)
+        return bytes(answer).decode()
+    finally:
+        await channel.close()
 
 
 @pytest.fixture
@@ -160,3 +169,83 @@ async def test_rotation_is_followed_on_both_sides(world: World) -> None:
         assert await refused(world, source) == grpc.StatusCode.UNAVAILABLE  # the old name
     finally:
         await channel.close()
+
+
+MY_UID = f"unix:uid:{os.getuid()}"
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def served_serial(port: int, client: StaticX509Source) -> int:
+    """The serial of the certificate the gRPC server presents (an ssl probe pinning SERVER)."""
+    ctx = client_context(client, authorize=authorize_id(SERVER), revocations=no_revocation_check())
+    ctx.set_alpn_protocols(["h2"])
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return x509.load_der_x509_certificate(der).serial_number
+    finally:
+        writer.close()
+
+
+async def test_with_svids_from_a_real_agent(harness: Any) -> None:
+    ca = harness.ca
+    token, agent_id = await ca.join_token()
+    await ca.entry(agent_id, "/billing", [MY_UID], dns_names=[NAME])
+    running = await harness.start_agent(harness.config(token=token))
+    async with X509Source(socket=str(running.agent.config.socket)) as source:
+        # No revocations= given: the source's own, the CRLs the agent pushes.
+        interceptor = SpiffeServerInterceptor(source, authorize=authorize_id(CLIENT))
+        server = grpc.aio.server(interceptors=[interceptor])
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "s2s.test.Echo", {"Who": grpc.unary_unary_rpc_method_handler(who)}
+                ),
+            )
+        )
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(source))
+        await server.start()
+        try:
+            bundles = source.current().bundles
+            web = await ca.server.issuer.mint_x509_svid(ca.td.id("/web"))
+            client = StaticX509Source(X509Context((web,), bundles))
+            assert await call(port, client) == f"{CLIENT} {web.serial:x}"
+            first = source.current().default_svid
+            assert await served_serial(port, client) == first.serial
+
+            # Rotation: the served SVID is revoked at the CA, the agent pushes a fresh one, and
+            # the next connection is served with it.
+            await ca.server.revocations.revoke_serial(first.serial, reason="superseded")
+
+            async def rotated() -> bool:
+                return source.current().default_svid.serial != first.serial
+
+            await until(rotated, "the agent pushes a fresh server SVID")
+            fresh = source.current().default_svid.serial
+            assert await served_serial(port, client) == fresh
+            assert await call(port, client) == f"{CLIENT} {web.serial:x}"
+
+            # A revoked client: refused once the agent's CRL lists it; another one still passes.
+            await ca.server.revocations.revoke_serial(web.serial, reason="key compromise")
+
+            async def refused() -> bool:
+                try:
+                    await call(port, client)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code() == grpc.StatusCode.PERMISSION_DENIED
+                return False
+
+            await until(refused, "the revoked client is refused")
+            other = await ca.server.issuer.mint_x509_svid(ca.td.id("/web"))
+            again = StaticX509Source(X509Context((other,), bundles))
+            assert await call(port, again) == f"{CLIENT} {other.serial:x}"
+        finally:
+            await server.stop(None)
