@@ -33,10 +33,14 @@ from s2s.ca.http import public_app
 from s2s.ca.http_guard import ConnectionGuard, GuardedSite, LongPollSlots
 from s2s.ca.http_services import ApiServices
 from s2s.ca.issuance import Issuer
+from s2s.ca.keys import KeyEncryptionKey
 from s2s.ca.lifecycle import AuthorityLifecycle
 from s2s.ca.live_revocations import LiveRevocations
 from s2s.ca.loops import every, retrying, run_loops
 from s2s.ca.metrics import CaMetrics
+from s2s.ca.oauth_clients import ClientRegistry
+from s2s.ca.oauth_keys import TokenKeyRing
+from s2s.ca.oauth_service import TokenService
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import RevocationService
 from s2s.ca.root_rotation import STATE_KEY, Phase, RootRotation, RotationState
@@ -186,6 +190,7 @@ class CaServer:
         self.attestor = AgentAttestor(
             authority=self.authority, registry=self.registry, issuer=self.issuer, audit=audit
         )
+        self.oauth = await self._token_service(config, store, kek)
         self.services = ApiServices(
             authority=self.authority,
             registry=self.registry,
@@ -197,9 +202,27 @@ class CaServer:
             revocations=self.revocations,
             crls=self.crls,
             long_polls=LongPollSlots(self.guard.limits.max_long_polls),
+            jwt_issuer=config.jwt_issuer,
+            oauth=self.oauth,
             **self._authority_services(config, store, audit),
         )
         await self.reload_tls(force=True)
+
+    async def _token_service(
+        self, config: CaConfig, store: Store, kek: KeyEncryptionKey
+    ) -> TokenService | None:
+        """The OAuth token service, when an issuer is configured (oauth_issuer or jwt_issuer)."""
+        issuer = config.token_service_issuer
+        if issuer is None:
+            return None
+        keys = TokenKeyRing(store=store, kek=kek, clock=self.clock, ttl=config.jwt_key_ttl)
+        await keys.start()
+        return TokenService(
+            issuer=issuer,
+            clients=ClientRegistry(store=store, clock=self.clock, trust_domain=config.trust_domain),
+            keys=keys, bundle=lambda: self.authority.bundle, revocations=self.live_revocations,
+            revocation_service=self.revocations, clock=self.clock, ttl=config.access_token_lifetime,
+        )  # fmt: skip
 
     def _authority_services(
         self, config: CaConfig, store: Store, audit: AuditLog
@@ -325,6 +348,8 @@ class CaServer:
 
     async def _authority_step(self) -> None:
         changed = await self.authority.rotate_if_due()
+        if self.oauth is not None:
+            await self.oauth.keys.rotate_if_due()
         await self.authority.refresh_bundle()
         await self.reload_tls(force=changed)
 

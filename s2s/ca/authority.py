@@ -398,7 +398,11 @@ class Authority:
             if not isinstance(key, ec.EllipticCurvePrivateKey):
                 raise InvalidConfig(f"JWT authority {record.id} does not hold an EC key")
             self._jwt = JwtSigner(
-                kid=record.id, private_key=key, algorithm=JWT_ALGORITHM, not_after=record.not_after
+                kid=record.id,
+                private_key=key,
+                algorithm=JWT_ALGORITHM,
+                not_after=record.not_after,
+                issuer=self._config.jwt_issuer,
             )
             return
         cert = x509.load_der_x509_certificate(record.public_der)

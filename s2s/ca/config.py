@@ -14,9 +14,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from s2s.core.errors import InvalidConfig
+from s2s.core.oauth_metadata import check_issuer
 from s2s.core.spiffe_id import TrustDomain
 
 __all__ = [
+    "DEFAULT_ACCESS_TOKEN_TTL",
     "DEFAULT_AGENT_SVID_TTL",
     "DEFAULT_BACKDATE",
     "DEFAULT_INTERMEDIATE_TTL",
@@ -43,6 +45,8 @@ DEFAULT_JWT_KEY_TTL = timedelta(hours=24)
 DEFAULT_ROOT_TTL = timedelta(days=365)
 DEFAULT_BACKDATE = timedelta(seconds=30)
 DEFAULT_JOIN_TOKEN_TTL = timedelta(minutes=10)
+DEFAULT_ACCESS_TOKEN_TTL = timedelta(minutes=5)
+MAX_ACCESS_TOKEN_TTL = timedelta(minutes=5)
 
 KEK_FILENAME = "kek.bin"
 STORE_FILENAME = "s2s.db"
@@ -75,6 +79,9 @@ class CaConfig:
     join_token_ttl: timedelta = DEFAULT_JOIN_TOKEN_TTL
     kek_file: Path | None = field(default=None)
     store_file: Path | None = field(default=None)
+    jwt_issuer: str | None = None  # ``iss`` of JWT-SVIDs and of the OIDC discovery document
+    oauth_issuer: str | None = None  # the token service's issuer (default: jwt_issuer)
+    access_token_ttl: timedelta = DEFAULT_ACCESS_TOKEN_TTL
 
     def __post_init__(self) -> None:
         if not isinstance(self.trust_domain, TrustDomain):
@@ -93,6 +100,7 @@ class CaConfig:
             "jwt_key_ttl",
             "root_ttl",
             "join_token_ttl",
+            "access_token_ttl",
         ):
             if getattr(self, name) <= timedelta(0):
                 raise InvalidConfig(f"{name} must be positive")
@@ -105,6 +113,23 @@ class CaConfig:
             raise InvalidConfig("intermediate_ttl must be shorter than root_ttl")
         if self.agent_svid_ttl > self.intermediate_ttl / 2:
             raise InvalidConfig("agent_svid_ttl must be at most half of intermediate_ttl")
+        if self.access_token_ttl > MAX_ACCESS_TOKEN_TTL:
+            raise InvalidConfig("access_token_ttl must be at most 5 minutes (RFC 9068 tokens)")
+        for name in ("jwt_issuer", "oauth_issuer"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_issuer(value, setting=name))
+
+    @property
+    def access_token_lifetime(self) -> timedelta:
+        """``access_token_ttl`` within ``max_svid_ttl``: a revoked token's jti record lives as
+        long as the longest JWT-SVID can, so no access token may live longer."""
+        return min(self.access_token_ttl, self.max_svid_ttl)
+
+    @property
+    def token_service_issuer(self) -> str | None:
+        """The authorization server's issuer: ``oauth_issuer``, else ``jwt_issuer``."""
+        return self.oauth_issuer or self.jwt_issuer
 
     @property
     def kek_path(self) -> Path:

@@ -36,9 +36,11 @@ from s2s.ca.http_services import SERVICES, ApiServices
 from s2s.ca.issuance import MAX_BATCH, CsrRequest, X509SvidResult
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
+from s2s.ca.oauth_http import add_oauth_routes
 from s2s.ca.signers import JwtSvid
 from s2s.core.bundle import Bundle
 from s2s.core.errors import InvalidRequest, S2SError
+from s2s.core.oauth_metadata import signing_jwks
 from s2s.core.x509svid import X509Svid
 
 # The names below were all defined here before the JSON helpers, the middleware, the services
@@ -80,9 +82,11 @@ async def get_bundle(request: web.Request) -> web.Response:
 
 
 async def get_jwks(request: web.Request) -> web.Response:
-    """GET /.well-known/jwks.json: the JWT-SVID signing keys only."""
+    """GET /.well-known/jwks.json: the JWT-SVID signing keys only, as ``use: sig`` keys with
+    ``alg`` (the form generic JOSE and OIDC libraries accept; ``/v1/bundle`` keeps ``jwt-svid``)."""
     bundle = request.app[SERVICES].authority.bundle
-    return web.Response(body=bundle.jwt_jwks(), content_type="application/json")
+    keys = ((a.kid, a.public_key) for a in bundle.jwt_authorities)
+    return web.Response(body=signing_jwks(keys), content_type="application/json")
 
 
 async def get_healthz(request: web.Request) -> web.Response:
@@ -310,4 +314,5 @@ def public_app(
     app.router.add_post("/v1/agent/jwt", post_jwt)
     app.router.add_get("/v1/crl", get_crl)
     app.router.add_get("/v1/revocations", get_revocations)
+    add_oauth_routes(app)
     return app

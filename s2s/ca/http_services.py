@@ -19,10 +19,11 @@ from s2s.ca.http_guard import LongPollSlots
 from s2s.ca.issuance import Issuer
 from s2s.ca.lifecycle import AuthorityLifecycle
 from s2s.ca.metrics import CaMetrics
+from s2s.ca.oauth_service import TokenService
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import RevocationService
 from s2s.ca.root_rotation import RootRotation
-from s2s.core.errors import Unavailable
+from s2s.core.errors import NotFound, Unavailable
 
 __all__ = ["SERVICES", "ApiServices"]
 
@@ -43,6 +44,8 @@ class ApiServices:
     agent_sync: AgentSync | None = None  # bundle sequence reports, tainted authorities
     lifecycle: AuthorityLifecycle | None = None
     root_rotation: RootRotation | None = None
+    jwt_issuer: str | None = None  # ``iss`` of JWT-SVIDs and of the OIDC discovery document
+    oauth: TokenService | None = None  # the OAuth 2.0 token service (oauth_issuer set)
     long_polls: LongPollSlots = field_(
         default_factory=lambda: LongPollSlots(ServerLimits().max_long_polls)
     )
@@ -51,6 +54,11 @@ class ApiServices:
         if self.revocations is None:
             raise Unavailable("this CA serves no revocation data")
         return self.revocations
+
+    def token_service(self) -> TokenService:
+        if self.oauth is None:
+            raise NotFound("this CA runs no token service (set oauth_issuer or jwt_issuer)")
+        return self.oauth
 
     def crl_publisher(self) -> CrlPublisher:
         if self.crls is None:

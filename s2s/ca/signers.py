@@ -182,6 +182,7 @@ class JwtSigner:
     private_key: ec.EllipticCurvePrivateKey
     algorithm: str
     not_after: datetime
+    issuer: str | None = None  # ``iss`` of every token (the jwt_issuer setting), if set
     _header: str = field(init=False, repr=False, compare=False, default="")
 
     def __post_init__(self) -> None:
@@ -209,6 +210,8 @@ class JwtSigner:
         claims = build_jwt_claims(
             spiffe_id=spiffe_id, audience=audiences, now=now, ttl=ttl, jti=jti, agent=agent
         )
+        if self.issuer is not None:
+            claims["iss"] = self.issuer  # OIDC federation (AWS, GCP, Vault) needs it
         signing_input = f"{self._header}.{b64url_encode(_json(claims))}"
         r, s = decode_dss_signature(self.private_key.sign(signing_input.encode("ascii"), _ES256))
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")

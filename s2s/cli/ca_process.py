@@ -88,11 +88,12 @@ def init(ctx: Ctx, /, trust_domain: str, as_json: bool, store_url: str | None, *
 
 
 _TTL_KEYS = ("x509_svid", "jwt_svid", "max_svid", "agent_svid", "server_svid", "intermediate",
-             "jwt_key", "join_token")  # fmt: skip
+             "jwt_key", "join_token", "access_token")  # fmt: skip
 
 
+_ISSUER_KEYS = ("jwt_issuer", "oauth_issuer")  # https URLs (docs/oauth.md)
 _FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format", "store",
-              "etcd_ca", "etcd_cert", "etcd_key", "trust_domain")  # fmt: skip
+              "etcd_ca", "etcd_cert", "etcd_key", "trust_domain", *_ISSUER_KEYS)  # fmt: skip
 
 
 def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
@@ -188,6 +189,14 @@ def _server_limits(path: Path, table: object) -> Any:
     "--log-format", type=click.Choice(["json", "text"]), envvar="S2S_CA_LOG_FORMAT",
     help="Log lines [json] (env S2S_CA_LOG_FORMAT).",
 )  # fmt: skip
+@click.option(
+    "--jwt-issuer", envvar="S2S_CA_JWT_ISSUER",
+    help="https URL: iss of JWT-SVIDs and OIDC discovery (env S2S_CA_JWT_ISSUER).",
+)  # fmt: skip
+@click.option(
+    "--oauth-issuer", envvar="S2S_CA_OAUTH_ISSUER",
+    help="https URL of the token service [jwt-issuer] (env S2S_CA_OAUTH_ISSUER).",
+)  # fmt: skip
 @pass_ctx
 def serve(ctx: Ctx, /, **opts: Any) -> None:
     """Run the CA until SIGTERM or SIGINT. Flags win over S2S_CA_* variables, which win over
@@ -197,6 +206,7 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
     file, ttls = call(lambda: load_config_file(opts["config_file"]))
     if opts["max_svid_ttl"]:
         ttls["max_svid_ttl"] = timedelta(seconds=opts["max_svid_ttl"])
+    issuers = {k: opts[k] or file.get(k) for k in _ISSUER_KEYS if opts[k] or file.get(k)}
     data_dir = ctx.data_dir or (Path(file["data_dir"]) if "data_dir" in file else None)
     socket_path = ctx.socket_path or (Path(file["socket"]) if "socket" in file else None)
     if data_dir is None:
@@ -212,7 +222,7 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
         log_level=(opts["log_level"] or file.get("log_level", "INFO")).upper(),
         json_logs=log_format == "json",
         socket_path=socket_path,
-        config_overrides=ttls,
+        config_overrides={**ttls, **issuers},
         store=_serve_store(opts, file),
         **({"limits": file["limits"]} if "limits" in file else {}),
     )
@@ -250,6 +260,9 @@ def _serve_settings(
     for key, value in sorted(options.config_overrides.items()):
         from_flag = key == "max_svid_ttl" and opts["max_svid_ttl"]
         where = source_of(click_ctx, "max_svid_ttl") if from_flag else f"file {config_file}"
+        if isinstance(value, str):  # an issuer URL
+            rows.append((key, value, source(key, key)))
+            continue
         rows.append((key, f"{int(value.total_seconds())}s", where or "default"))
     if "limits" in file:
         for field in dataclasses.fields(options.limits):

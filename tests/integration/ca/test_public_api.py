@@ -32,7 +32,8 @@ async def test_jwks_holds_only_jwt_keys(ca: RunningCa) -> None:
     status, body = await ca.public("GET", "/.well-known/jwks.json")
     assert status == 200
     assert body["keys"]
-    assert all(k.get("use", "jwt-svid") == "jwt-svid" and k["kid"] for k in body["keys"])
+    # use "sig" with alg: what generic JOSE libraries accept (the bundle keeps "jwt-svid")
+    assert all(k["use"] == "sig" and k["alg"] == "ES256" and k["kid"] for k in body["keys"])
     assert not any("x5c" in k for k in body["keys"])
 
 

@@ -1,0 +1,219 @@
+"""OAuth client records in the store: one document (state key ``oauth/clients``) updated by
+compare-and-swap, so both store backends (SQLite, etcd) hold them and replicas agree. Reads use a
+parsed snapshot kept while the stored text is unchanged.
+
+Secrets are generated here (256 random bits), returned once, and stored as SHA-256 hashes.
+Rotation keeps the previous secret valid beside the new one until ``finish`` drops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Final
+
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from s2s.core.oauth import ClientRecord, hash_secret, new_secret, parse_scope
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
+from s2s.store.base import Store
+
+__all__ = ["CLIENTS_STATE", "ClientRegistry"]
+
+CLIENTS_STATE: Final = "oauth/clients"
+MAX_CLIENTS: Final = 10_000
+_Doc = dict[str, ClientRecord]
+
+
+class ClientRegistry:
+    """Create, read, update and delete OAuth clients."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        trust_domain: TrustDomain,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._td = trust_domain
+        self._entropy = entropy
+        self._snapshot: tuple[str | None, _Doc] = (None, {})
+
+    async def _read(self) -> tuple[str | None, _Doc]:
+        raw = await self._store.get_state(CLIENTS_STATE)
+        cached_raw, cached = self._snapshot
+        if raw == cached_raw:
+            return raw, cached
+        doc: _Doc = {}
+        if raw is not None:
+            try:
+                items = json.loads(raw)["clients"]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise Unavailable(f"the stored OAuth clients are unreadable: {exc}") from exc
+            for item in items:
+                record = ClientRecord.from_json(item)
+                doc[record.client_id] = record
+        self._snapshot = (raw, doc)
+        return raw, doc
+
+    async def _write(self, change: Callable[[_Doc], _Doc]) -> None:
+        for _ in range(5):
+            raw, doc = await self._read()
+            new = change(dict(doc))
+            body = [r.to_json(with_secrets=True) for r in new.values()]
+            try:
+                await self._store.cas_state(
+                    CLIENTS_STATE, raw, json.dumps({"clients": body}, sort_keys=True)
+                )
+            except Conflict:
+                continue
+            return
+        raise Unavailable("the OAuth clients changed too often to update; try again")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get(self, client_id: str) -> ClientRecord:
+        _, doc = await self._read()
+        record = doc.get(client_id)
+        if record is None:
+            raise NotFound(f"no OAuth client {client_id[:200]!r}")
+        return record
+
+    async def list(self) -> tuple[ClientRecord, ...]:
+        _, doc = await self._read()
+        return tuple(sorted(doc.values(), key=lambda r: r.client_id))
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        scopes: Iterable[str],
+        audiences: Iterable[str],
+        spiffe_id: str | None = None,
+        client_id: str | None = None,
+    ) -> tuple[ClientRecord, str | None]:
+        """A new client: an SVID client (``spiffe_id``) or a secret client (``client_id``); the
+        second value is the generated secret (shown once), None for an SVID client."""
+        if (spiffe_id is None) == (client_id is None):
+            raise InvalidRequest("give either spiffe_id (an SVID client) or client_id (a secret)")
+        now = utc(self._clock.now())
+        secret = None
+        if spiffe_id is not None:
+            sid = SpiffeId.parse(spiffe_id)
+            if sid.trust_domain != self._td:
+                raise InvalidRequest(f"{sid} is not in trust domain {self._td}")
+            record = ClientRecord(
+                client_id=str(sid), spiffe_id=sid, created_at=now, updated_at=now,
+                scopes=_scopes(scopes), audiences=_audiences(audiences),
+            )  # fmt: skip
+        else:
+            assert client_id is not None
+            if client_id.startswith("spiffe://"):
+                raise InvalidRequest("a secret client's client_id must not be a SPIFFE ID")
+            secret = new_secret(self._entropy(32))
+            record = ClientRecord(
+                client_id=client_id, secret_hashes=(hash_secret(secret),), created_at=now,
+                updated_at=now, scopes=_scopes(scopes), audiences=_audiences(audiences),
+            )  # fmt: skip
+
+        def add(doc: _Doc) -> _Doc:
+            if record.client_id in doc:
+                raise Conflict(f"OAuth client {record.client_id} already exists")
+            if len(doc) >= MAX_CLIENTS:
+                raise Conflict(f"at most {MAX_CLIENTS} OAuth clients")
+            doc[record.client_id] = record
+            return doc
+
+        await self._write(add)
+        return record, secret
+
+    async def update(
+        self,
+        client_id: str,
+        *,
+        scopes: Iterable[str] | None = None,
+        audiences: Iterable[str] | None = None,
+    ) -> ClientRecord:
+        now = utc(self._clock.now())
+        new_scopes = None if scopes is None else _scopes(scopes)
+        new_auds = None if audiences is None else _audiences(audiences)
+        return await self._change(
+            client_id,
+            lambda r: replace(
+                r,
+                scopes=r.scopes if new_scopes is None else new_scopes,
+                audiences=r.audiences if new_auds is None else new_auds,
+                updated_at=now,
+            ),
+        )
+
+    async def rotate_secret(
+        self, client_id: str, *, finish: bool = False
+    ) -> tuple[ClientRecord, str | None]:
+        """Start a rotation (a new secret beside the newest old one; returns the new secret) or,
+        with ``finish``, drop every secret but the newest."""
+        now = utc(self._clock.now())
+        secret = None if finish else new_secret(self._entropy(32))
+
+        def rotate(r: ClientRecord) -> ClientRecord:
+            if r.spiffe_id is not None:
+                raise InvalidRequest(f"{client_id} authenticates with its SVID: it has no secret")
+            if secret is None:
+                return replace(r, secret_hashes=r.secret_hashes[-1:], updated_at=now)
+            hashes = (*r.secret_hashes[-1:], hash_secret(secret))
+            return replace(r, secret_hashes=hashes, updated_at=now)
+
+        return await self._change(client_id, rotate), secret
+
+    async def delete(self, client_id: str) -> ClientRecord:
+        removed: list[ClientRecord] = []
+
+        def drop(doc: _Doc) -> _Doc:
+            if client_id not in doc:
+                raise NotFound(f"no OAuth client {client_id[:200]!r}")
+            removed.append(doc.pop(client_id))
+            return doc
+
+        await self._write(drop)
+        return removed[-1]
+
+    async def _change(
+        self, client_id: str, change: Callable[[ClientRecord], ClientRecord]
+    ) -> ClientRecord:
+        done: list[ClientRecord] = []
+
+        def apply(doc: _Doc) -> _Doc:
+            if client_id not in doc:
+                raise NotFound(f"no OAuth client {client_id[:200]!r}")
+            doc[client_id] = change(doc[client_id])
+            done.append(doc[client_id])
+            return doc
+
+        await self._write(apply)
+        return done[-1]
+
+
+def _scopes(scopes: Iterable[str]) -> frozenset[str]:
+    if isinstance(scopes, str):
+        return parse_scope(scopes)
+    out: set[str] = set()
+    for s in scopes:
+        if not isinstance(s, str):
+            raise InvalidRequest("scopes must be strings")
+        out |= parse_scope(s)
+    return frozenset(out)
+
+
+def _audiences(audiences: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(audiences, str):
+        audiences = [audiences]
+    out = tuple(dict.fromkeys(audiences))
+    if not out or not all(isinstance(a, str) and 0 < len(a) <= 512 for a in out):
+        raise InvalidRequest("give 1 or more audiences, each a string of at most 512 characters")
+    return out
