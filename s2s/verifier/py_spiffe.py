@@ -7,7 +7,8 @@ anywhere it takes a source; :func:`server_context`, :func:`client_context`,
 :func:`~s2s.verifier.aiohttp.spiffe_connector` and :class:`~s2s.verifier.jwt.JwtValidator`
 wrap a py-spiffe source on their own (:func:`x509_source_of`, :func:`bundles_of`), so code that
 already holds one passes it unchanged. An adapter follows its py-spiffe source until that source
-is closed (or the adapter's ``close()``).
+is closed or the adapter's ``close()``; one made by a TLS context closes with the context
+(``ctx.s2s.close()``).
 
 The adapter keeps one converted snapshot (our :class:`X509Context` or :class:`BundleSet`) and
 replaces it from py-spiffe's update callback, which runs on py-spiffe's watcher thread: the
@@ -89,7 +90,9 @@ def x509_source_of(source: _S, *, what: str) -> _S | PySpiffeX509Source:
         raise InvalidConfig(
             f"{what}: py-spiffe's JwtSource holds no X509-SVID; pass its X509Source"
         )
-    return PySpiffeX509Source(source) if kind == "x509" else source
+    if kind == "x509":  # made for one context: it stops following when that context closes
+        return PySpiffeX509Source(source, close_with_last_subscriber=True)
+    return source
 
 
 def bundles_of(source: _S, *, what: str) -> _S | PySpiffeJwtSource:
@@ -107,8 +110,9 @@ class _Following:
 
     _what = "update"
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: Any, *, close_with_last_subscriber: bool = False) -> None:
         self.py_spiffe_source = source
+        self._close_with_last = close_with_last_subscriber
         self._lock = threading.Lock()  # one read-convert-install at a time, newest last
         self._subscribers: Subscribers[Any] = Subscribers()
         self._value: Any = None
@@ -149,12 +153,20 @@ class _Following:
             _log.warning("py_spiffe.update_failed", extra={"error": str(exc)})
 
     def subscribe(self, callback: Callable[[Any], None]) -> Callable[[], None]:
-        return self._subscribers.subscribe(callback)
+        unsubscribe = self._subscribers.subscribe(callback)
+
+        def unsubscribe_and_maybe_close() -> None:
+            unsubscribe()
+            if self._close_with_last and not self._subscribers.callbacks():
+                self.close()
+
+        return unsubscribe_and_maybe_close
 
     def close(self) -> None:
         """Stop following the py-spiffe source (which stays open; close it yourself)."""
-        self._closed = True
-        self.py_spiffe_source.unsubscribe_for_updates(self._updated)
+        if not self._closed:
+            self._closed = True
+            self.py_spiffe_source.unsubscribe_for_updates(self._updated)
 
 
 class PySpiffeX509Source(_Following):
@@ -170,7 +182,7 @@ class PySpiffeX509Source(_Following):
         return value
 
     def subscribe(self, callback: X509Callback) -> Callable[[], None]:
-        return self._subscribers.subscribe(callback)
+        return super().subscribe(callback)
 
     def _convert(self) -> X509Context:
         context = self.py_spiffe_source.get_x509_context()
@@ -206,7 +218,7 @@ class PySpiffeJwtSource(_Following):
         return value
 
     def subscribe(self, callback: Callable[[BundleSet], None]) -> Callable[[], None]:
-        return self._subscribers.subscribe(callback)
+        return super().subscribe(callback)
 
     def _convert(self) -> BundleSet:
         return BundleSet.of(

@@ -198,6 +198,13 @@ async def test_py_spiffe_x509_sources_are_accepted_by_both_contexts(world: World
         assert metrics.rejection_count("untrusted-root") == 2
         assert await exchange(port, client_ctx) == CLIENT.encode()  # still accepted
 
+    # A context's own adapter stops following py-spiffe when the context is closed.
+    followers = len(world.py_client._subscribers)
+    client_context(
+        world.py_client, authorize=authorize_id(SERVER), revocations=world.feed
+    ).s2s.close()
+    assert len(world.py_client._subscribers) == followers
+
 
 async def test_revoked_svid_is_refused_and_the_rotated_one_is_used(world: World) -> None:
     metrics = PeerMetrics(CollectorRegistry())
