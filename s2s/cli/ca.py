@@ -17,6 +17,7 @@ import click
 from s2s.cli import ca_rotation
 from s2s.cli.ca_agents import agent, token
 from s2s.cli.ca_authorities import authority, bundle
+from s2s.cli.ca_clients import client
 from s2s.cli.ca_common import (
     DATA_DIR_ENV,
     SOCKET_ENV,
@@ -66,7 +67,7 @@ def cli(ctx: click.Context, data_dir: Path | None, socket_path: Path | None) -> 
 
 
 for _command in (init, serve, healthcheck, entry, token, agent, bundle, authority, x509, jwt,
-                 revoke, revocations, crl):  # fmt: skip
+                 revoke, revocations, crl, client):  # fmt: skip
     cli.add_command(_command)
 ca_rotation.register(cli, authority)  # authority prepare|activate|taint|revoke, rotate-root
 
