@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import json
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote_plus
@@ -36,6 +37,7 @@ from s2s.core.oauth_metadata import (
     authorization_server_metadata,
     openid_configuration,
 )
+from s2s.verifier.peer import verified_chain_der
 
 __all__ = ["FORM_LIMIT", "add_oauth_routes"]
 
@@ -148,7 +150,17 @@ def _credentials(request: web.Request, form: dict[str, list[str]]) -> ClientCred
         assertion_type=_one(form, "client_assertion_type"),
         assertion=_one(form, "client_assertion"),
         peer_certificate=peer_certificate_der(request),
+        peer_issuers=_verified_issuers(request),
     )
+
+
+def _verified_issuers(request: web.Request) -> tuple[bytes, ...]:
+    """The CA certificates above the client's leaf in the chain OpenSSL verified."""
+    transport = request.transport
+    ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject):
+        return ()
+    return tuple(verified_chain_der(ssl_object)[1:])
 
 
 def _service(request: web.Request) -> TokenService:

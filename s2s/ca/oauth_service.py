@@ -15,6 +15,7 @@ A revoked access token is a ``jti`` revocation record, the same records and feed
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -66,6 +67,7 @@ class ClientCredentials:
     assertion_type: str | None = None
     assertion: str | None = None
     peer_certificate: bytes | None = None  # DER of the verified TLS client certificate
+    peer_issuers: tuple[bytes, ...] = ()  # DER of the CA certificates OpenSSL verified above it
 
     def method(self) -> str:
         used = [
@@ -107,6 +109,11 @@ class IssuedToken:
             "expires_in": self.expires_in,
             "scope": self.scope,
         }
+
+
+@functools.lru_cache(maxsize=256)
+def _serial(der: bytes) -> int:
+    return x509.load_der_x509_certificate(der).serial_number
 
 
 class _OwnBundle:
@@ -235,6 +242,9 @@ class TokenService:
             revoked.is_spiffe_id_revoked(sid, cert.not_valid_before_utc)
         ):
             raise OAuthError("invalid_client", "the client certificate is revoked")
+        for issuer_der in creds.peer_issuers:  # a revoked intermediate cuts its leaves off
+            if revoked.is_serial_revoked_by_any_issuer(_serial(issuer_der)):
+                raise OAuthError("invalid_client", "a CA certificate of the client is revoked")
         if creds.client_id is not None and creds.client_id != str(sid):
             raise OAuthError("invalid_client", "client_id differs from the certificate's SPIFFE ID")
         record = await self._client(str(sid))

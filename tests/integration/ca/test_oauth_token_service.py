@@ -468,3 +468,20 @@ async def test_admin_client_routes(oauth: OAuthCa) -> None:
     await oauth.ca.admin_call("POST", "/v1/oauth/clients/delete", {"client_id": CLIENT_ID})
     with pytest.raises(NotFound):
         await oauth.ca.admin_call("GET", "/v1/oauth/clients/show", client_id=CLIENT_ID)
+
+
+async def test_a_certificate_under_a_revoked_intermediate_is_refused(oauth: OAuthCa) -> None:
+    await oauth.client(spiffe_id=CLIENT_ID)
+    svid = await oauth.x509_svid()
+    chain = x509.load_pem_x509_certificates(svid["chain_pem"].encode())
+    cert = (svid["chain_pem"], svid["key_pem"])
+    status, _, _ = await oauth.post("/oauth/token", _grant(), cert=cert)
+    assert status == 200
+    await oauth.ca.admin_call("POST", "/v1/revocations", {"serial": f"{chain[1].serial_number:x}"})
+    status, body, _ = await oauth.post("/oauth/token", _grant(), cert=cert)
+    assert (status, body["error"]) == (401, "invalid_client")
+    fresh = await oauth.x509_svid()  # under the new intermediate
+    status, _, _ = await oauth.post(
+        "/oauth/token", _grant(), cert=(fresh["chain_pem"], fresh["key_pem"])
+    )
+    assert status == 200
