@@ -190,7 +190,7 @@ class CaServer:
         self.attestor = AgentAttestor(
             authority=self.authority, registry=self.registry, issuer=self.issuer, audit=audit
         )
-        self.oauth = await self._token_service(config, store, kek)
+        self.oauth = await self._token_service(config, store, kek, audit)
         self.services = ApiServices(
             authority=self.authority,
             registry=self.registry,
@@ -209,7 +209,7 @@ class CaServer:
         await self.reload_tls(force=True)
 
     async def _token_service(
-        self, config: CaConfig, store: Store, kek: KeyEncryptionKey
+        self, config: CaConfig, store: Store, kek: KeyEncryptionKey, audit: AuditLog
     ) -> TokenService | None:
         """The OAuth token service, when an issuer is configured (oauth_issuer or jwt_issuer)."""
         issuer = config.token_service_issuer
@@ -219,7 +219,9 @@ class CaServer:
         await keys.start()
         return TokenService(
             issuer=issuer,
-            clients=ClientRegistry(store=store, clock=self.clock, trust_domain=config.trust_domain),
+            clients=ClientRegistry(
+                store=store, clock=self.clock, trust_domain=config.trust_domain, audit=audit
+            ),
             keys=keys, bundle=lambda: self.authority.bundle, revocations=self.live_revocations,
             revocation_service=self.revocations, clock=self.clock, ttl=config.access_token_lifetime,
         )  # fmt: skip

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Final
 
+from s2s.ca.audit import AuditLog
 from s2s.core.clock import Clock, utc
 from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from s2s.core.oauth import ClientRecord, hash_secret, new_secret, parse_scope
@@ -37,7 +38,9 @@ class ClientRegistry:
         clock: Clock,
         trust_domain: TrustDomain,
         entropy: Callable[[int], bytes] = os.urandom,
+        audit: AuditLog | None = None,
     ) -> None:
+        self._audit = audit
         self._store = store
         self._clock = clock
         self._td = trust_domain
@@ -131,7 +134,13 @@ class ClientRegistry:
             return doc
 
         await self._write(add)
+        self._audited("oauth_client.create", record)
         return record, secret
+
+    def _audited(self, action: str, record: ClientRecord) -> None:
+        """One audit line per change: the client, never a secret or its hash."""
+        if self._audit is not None:
+            self._audit.admin_change(action, target=record.client_id, spiffe_id=record.spiffe_id)
 
     async def update(
         self,
@@ -144,6 +153,7 @@ class ClientRegistry:
         new_scopes = None if scopes is None else _scopes(scopes)
         new_auds = None if audiences is None else _audiences(audiences)
         return await self._change(
+            "oauth_client.update",
             client_id,
             lambda r: replace(
                 r,
@@ -169,7 +179,8 @@ class ClientRegistry:
             hashes = (*r.secret_hashes[-1:], hash_secret(secret))
             return replace(r, secret_hashes=hashes, updated_at=now)
 
-        return await self._change(client_id, rotate), secret
+        action = "oauth_client.rotate_secret" + (".finish" if finish else "")
+        return await self._change(action, client_id, rotate), secret
 
     async def delete(self, client_id: str) -> ClientRecord:
         removed: list[ClientRecord] = []
@@ -181,10 +192,11 @@ class ClientRegistry:
             return doc
 
         await self._write(drop)
+        self._audited("oauth_client.delete", removed[-1])
         return removed[-1]
 
     async def _change(
-        self, client_id: str, change: Callable[[ClientRecord], ClientRecord]
+        self, action: str, client_id: str, change: Callable[[ClientRecord], ClientRecord]
     ) -> ClientRecord:
         done: list[ClientRecord] = []
 
@@ -196,6 +208,7 @@ class ClientRegistry:
             return doc
 
         await self._write(apply)
+        self._audited(action, done[-1])
         return done[-1]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.ca.app import CaServer, ServeOptions
+from s2s.ca.audit import AUDIT_LOGGER
 from s2s.core.clock import FakeClock
 from s2s.core.errors import Conflict, InvalidRequest, InvalidToken, NotFound
 from s2s.verifier.access_token import AccessTokenValidator, certificate_thumbprint
@@ -445,7 +447,8 @@ async def test_introspection_and_revocation(oauth: OAuthCa) -> None:
     assert jti in str(feed)
 
 
-async def test_admin_client_routes(oauth: OAuthCa) -> None:
+async def test_admin_client_routes(oauth: OAuthCa, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=AUDIT_LOGGER)
     created = await oauth.client(spiffe_id=CLIENT_ID)
     assert created["client_id"] == CLIENT_ID
     assert "client_secret" not in created
@@ -466,6 +469,16 @@ async def test_admin_client_routes(oauth: OAuthCa) -> None:
             "POST", "/v1/oauth/clients/rotate-secret", {"client_id": CLIENT_ID}
         )
     await oauth.ca.admin_call("POST", "/v1/oauth/clients/delete", {"client_id": CLIENT_ID})
+    audited = [
+        (r.action, r.target)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage() == "audit.admin.change"
+    ]
+    assert [a for a in audited if a[0].startswith("oauth_client.")] == [
+        ("oauth_client.create", CLIENT_ID),
+        ("oauth_client.update", CLIENT_ID),
+        ("oauth_client.delete", CLIENT_ID),
+    ]
     with pytest.raises(NotFound):
         await oauth.ca.admin_call("GET", "/v1/oauth/clients/show", client_id=CLIENT_ID)
 
@@ -485,3 +498,30 @@ async def test_a_certificate_under_a_revoked_intermediate_is_refused(oauth: OAut
         "/oauth/token", _grant(), cert=(fresh["chain_pem"], fresh["key_pem"])
     )
     assert status == 200
+
+
+@pytest.mark.parametrize(
+    ("body", "headers"),
+    [
+        (b"\xff\xfe=\xff", {"Content-Type": "application/x-www-form-urlencoded"}),
+        (b"a=1&" * 100, {"Content-Type": "application/x-www-form-urlencoded"}),
+        (b"grant_type=client_credentials", {"Content-Type": "text/plain"}),
+        (b"grant_type=client_credentials", {"Authorization": "Basic !!!"}),
+        (b"grant_type=client_credentials", {"Authorization": "Basic " + "Og=="}),  # ":"
+        (b"grant_type=client_credentials", {"Authorization": "Basic " + "eA=="}),  # "x"
+        (b"grant_type=client_credentials", {"Authorization": "Bearer abc"}),
+        (b"client_assertion_type=x&client_assertion=a.b.c", {}),
+        (b"client_assertion=" + b"A" * 10_000, {}),
+        (b"client_assertion=a.b.c&client_assertion_type=" + ASSERTION_TYPE.encode(), {}),
+    ],
+)
+async def test_bad_requests_get_an_oauth_error_never_a_500(
+    oauth: OAuthCa, body: bytes, headers: dict[str, str]
+) -> None:
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+    for path in ("/oauth/token", "/oauth/introspect", "/oauth/revoke"):
+        async with oauth.ca.session.post(oauth.ca.url + path, data=body, headers=headers) as resp:
+            answer = await resp.json(content_type=None)
+            assert resp.status in (400, 401), (path, resp.status, answer)
+            assert answer["error"] in ("invalid_request", "invalid_client"), answer
+            assert resp.headers["Cache-Control"] == "no-store"
