@@ -22,11 +22,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from s2s.ca.app import CaServer, ServeOptions
 from s2s.ca.audit import AUDIT_LOGGER
+from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import Conflict, InvalidRequest, InvalidToken, NotFound
+from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.access_token import AccessTokenValidator, certificate_thumbprint
 from s2s.verifier.access_token_fetch import JwksFetcher
+from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.revocation_choice import no_revocation_check
+from s2s.verifier.source_static import StaticX509Source
+from s2s.verifier.x509context import X509Context
 
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/shop/sa/checkout"
 API = "https://billing.example.org"
@@ -525,3 +530,43 @@ async def test_bad_requests_get_an_oauth_error_never_a_500(
             assert resp.status in (400, 401), (path, resp.status, answer)
             assert answer["error"] in ("invalid_request", "invalid_client"), answer
             assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_a_token_revoked_at_the_revocation_endpoint_is_refused_through_the_feed(
+    oauth: OAuthCa,
+) -> None:
+    """RFC 7009 revocation is a jti record: a resource server following the CA's revocation feed
+    refuses the token; another token of the same client still passes."""
+    secret = (await oauth.client(client_id="reports"))["client_secret"]
+    tokens = []
+    for _ in range(2):
+        _, issued, _ = await oauth.post("/oauth/token", _grant(), auth=("reports", secret))
+        tokens.append(issued["access_token"])
+    server = oauth.ca.server
+    me = await server.issuer.mint_x509_svid(SpiffeId.parse(f"spiffe://{TRUST_DOMAIN}/billing"))
+    source = StaticX509Source(X509Context((me,), BundleSet.of(server.authority.bundle)))
+    feed = CaRevocationFeed.over_https(oauth.ca.url, source, wait=5.0)
+    await feed.start()
+    try:
+        async with oauth.fetcher() as fetcher:
+            validator = oauth.validator(fetcher, revocations=feed)
+            validator.validate(tokens[0])
+            status, _, _ = await oauth.post(
+                "/oauth/revoke", {"token": tokens[0]}, auth=("reports", secret)
+            )
+            assert status == 200
+            deadline = asyncio.get_running_loop().time() + 5
+            while not _revoked(validator, tokens[0]):
+                assert asyncio.get_running_loop().time() < deadline, "still accepted after 5 s"
+                await asyncio.sleep(0.02)
+            validator.validate(tokens[1])
+    finally:
+        await feed.stop()
+
+
+def _revoked(validator: AccessTokenValidator, token: str) -> bool:
+    try:
+        validator.validate(token)
+    except InvalidToken as exc:
+        return exc.reason == "revoked"
+    return False
