@@ -11,12 +11,14 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import unquote
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from s2s.ca.admin_clients import add_client_routes
 from s2s.ca.audit import AdminCaller, AuditLog, admin_caller
@@ -190,13 +192,53 @@ def _services(request: web.Request) -> ApiServices:
 
 
 async def list_entries(request: web.Request) -> web.Response:
-    snapshot = await _services(request).registry.list_entries()
-    entries: Iterable[Any] = snapshot.entries
-    if parent := request.query.get("parent_id"):
-        entries = [e for e in entries if str(e.parent_id) == parent]
-    if sid := request.query.get("spiffe_id"):
-        entries = [e for e in entries if str(e.spiffe_id) == sid]
-    return json_response({"revision": snapshot.revision, "entries": [e.to_json() for e in entries]})
+    """GET /v1/entries?parent_id=&spiffe_id=&selector=... (repeatable; the filters combine)."""
+    snapshot = await _services(request).registry.list_entries(**entry_filters(request.query))
+    entries = [e.to_json() for e in snapshot.entries]
+    return json_response({"revision": snapshot.revision, "entries": entries})
+
+
+def entry_filters(query: MultiMapping[str]) -> dict[str, Any]:
+    """``Registry.list_entries`` filters from a query string, parsed (400 when malformed)."""
+    _only(query, {"parent_id", "spiffe_id", "selector"})
+    out: dict[str, Any] = {}
+    for name in ("parent_id", "spiffe_id"):
+        if name in query:
+            out[name] = _spiffe_id_arg(query.get(name), name)
+    if "selector" in query:
+        out["selectors"] = parse_entry_selectors(query.getall("selector"))
+    return out
+
+
+def agent_filters(query: MultiMapping[str]) -> dict[str, Any]:
+    """``Registry.list_agents`` filters from a query string, parsed (400 when malformed)."""
+    _only(query, {"attestation_type", "banned", "expires_before"})
+    out: dict[str, Any] = {}
+    if "attestation_type" in query:
+        out["attestation_type"] = query["attestation_type"]
+    if "banned" in query:
+        if query["banned"] not in ("true", "false"):
+            raise InvalidRequest("'banned' must be true or false")
+        out["banned"] = query["banned"] == "true"
+    if "expires_before" in query:
+        try:
+            when = datetime.fromisoformat(query["expires_before"])
+        except ValueError:
+            raise InvalidRequest(
+                f"'expires_before' is not an ISO 8601 time: {query['expires_before']!r}"
+            ) from None
+        if when.tzinfo is None:
+            raise InvalidRequest("'expires_before' needs a time zone (e.g. 2026-01-02T03:04Z)")
+        out["expires_before"] = when
+    return out
+
+
+def _only(query: MultiMapping[str], known: set[str]) -> None:
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown filter(s): {', '.join(unknown)}; use {', '.join(sorted(known))}"
+        )
 
 
 async def create_entry(request: web.Request) -> web.Response:
@@ -251,13 +293,15 @@ async def generate_token(request: web.Request) -> web.Response:
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    agents = await _services(request).registry.list_agents()
+    """GET /v1/agents?attestation_type=&banned=true|false&expires_before=<ISO 8601>."""
+    agents = await _services(request).registry.list_agents(**agent_filters(request.query))
     return json_response({"agents": [agent_to_json(a) for a in agents]})
 
 
 async def show_agent(request: web.Request) -> web.Response:
+    """GET /v1/agents/show?spiffe_id= -> the agent, its entries count, first and last seen."""
     spiffe_id = _spiffe_id_arg(request.query.get("spiffe_id"))
-    return json_response(agent_to_json(await _services(request).registry.get_agent(spiffe_id)))
+    return json_response((await _services(request).registry.agent_detail(spiffe_id)).to_json())
 
 
 async def evict_agent(request: web.Request) -> web.Response:

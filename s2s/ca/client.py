@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -44,7 +45,7 @@ class AdminClient:
         self.socket_path = socket_path
         self._timeout = timeout
 
-    def get(self, path: str, **query: str) -> Any:
+    def get(self, path: str, **query: str | list[str]) -> Any:
         return self.call("GET", path, query=query)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -56,7 +57,7 @@ class AdminClient:
         path: str,
         *,
         body: dict[str, Any] | None = None,
-        query: dict[str, str] | None = None,
+        query: Mapping[str, str | list[str]] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON (or text for non-JSON answers)."""
         status, content_type, data = self._send(method, path, body, query)
@@ -78,9 +79,9 @@ class AdminClient:
         method: str,
         path: str,
         body: dict[str, Any] | None,
-        query: dict[str, str] | None,
+        query: Mapping[str, str | list[str]] | None,
     ) -> tuple[int, str, bytes]:
-        target = path + ("?" + urlencode(query) if query else "")
+        target = path + ("?" + urlencode(query, doseq=True) if query else "")
         headers = {"Accept": "application/json"}
         payload = None
         if body is not None:

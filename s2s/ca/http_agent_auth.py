@@ -47,7 +47,9 @@ async def authenticate_agent(request: web.Request) -> AgentRecord:
         raise NotAuthorized(f"{spiffe_id} is not an agent ID")
     issuers = _issuer_serials(tuple(verified_chain_der(ssl_object)))
     registry = request.app[SERVICES].registry
-    return await registry.authorize_agent(spiffe_id, serial, issuer_serials=issuers)
+    agent = await registry.authorize_agent(spiffe_id, serial, issuer_serials=issuers)
+    await registry.agent_called(agent, request.remote)  # last seen, for s2s-ca agent show
+    return agent
 
 
 @functools.lru_cache(maxsize=1024)

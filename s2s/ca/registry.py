@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Unpack
 
+from s2s.ca.agent_seen import AgentSeen, SeenRecord
 from s2s.ca.audit import AuditField, entry_details
 from s2s.ca.registry_cache import EntrySnapshot, RegistryCache
 from s2s.ca.service import CaService, ServiceArgs
@@ -40,6 +41,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
 __all__ = [
+    "AgentDetail",
     "JoinToken",
     "Registry",
     "agent_to_json",
@@ -65,6 +67,7 @@ class Registry(CaService):
     def __init__(self, **kwargs: Unpack[ServiceArgs]) -> None:
         super().__init__(**kwargs)
         self._cache = RegistryCache(self._store)
+        self._seen = AgentSeen(store=self._store, clock=self._clock)
 
     @property
     def following(self) -> bool:
@@ -156,10 +159,21 @@ class Registry(CaService):
         """One entry; :class:`NotFound` if unknown (from the snapshot when following)."""
         return await self._cache.get_entry(entry_id)
 
-    async def list_entries(self) -> EntrySnapshot:
-        """All entries with the entries revision."""
+    async def list_entries(
+        self,
+        *,
+        parent_id: SpiffeId | None = None,
+        spiffe_id: SpiffeId | None = None,
+        selectors: Iterable[Selector] = (),
+    ) -> EntrySnapshot:
+        """Entries with the entries revision; the filters combine (AND): this parent, this
+        SPIFFE ID, and every one of ``selectors`` among the entry's selectors."""
         revision = await self._store.revision(Topic.ENTRIES)
-        return EntrySnapshot(await self._store.list_entries(), revision)
+        found = await self._store.list_entries(parent_id=parent_id, spiffe_id=spiffe_id)
+        wanted = frozenset(selectors)
+        if wanted:
+            found = tuple(e for e in found if wanted <= e.selectors)
+        return EntrySnapshot(found, revision)
 
     async def entries_for_agent(
         self, agent_id: SpiffeId, *, exact_revision: bool = True
@@ -373,14 +387,38 @@ class Registry(CaService):
         """One agent; :class:`NotFound` if unknown."""
         return await self._store.get_agent(spiffe_id)
 
-    async def list_agents(self) -> tuple[AgentRecord, ...]:
-        """Every attested agent, ordered by SPIFFE ID."""
-        return await self._store.list_agents()
+    async def list_agents(
+        self,
+        *,
+        attestation_type: str | None = None,
+        banned: bool | None = None,
+        expires_before: datetime | None = None,
+    ) -> tuple[AgentRecord, ...]:
+        """Attested agents, ordered by SPIFFE ID; the filters combine (AND): attested this way,
+        banned or not, SVID expiring before a time."""
+        return tuple(
+            a
+            for a in await self._store.list_agents()
+            if (attestation_type is None or a.attestation_type == attestation_type)
+            and (banned is None or a.banned == banned)
+            and (expires_before is None or a.not_after < expires_before)
+        )
+
+    async def agent_detail(self, spiffe_id: SpiffeId) -> AgentDetail:
+        """One agent with how many entries it serves and its last call; :class:`NotFound`."""
+        record = await self._store.get_agent(spiffe_id)
+        entries = await self._store.list_entries(parent_id=spiffe_id)
+        return AgentDetail(record, len(entries), await self._seen.last_seen(spiffe_id))
+
+    async def agent_called(self, agent: AgentRecord, address: str | None) -> None:
+        """An authorized agent called from ``address`` (recorded at most once a minute)."""
+        await self._seen.saw(agent.spiffe_id, address)
 
     async def evict_agent(self, spiffe_id: SpiffeId) -> None:
         """Forget an agent: its SVID stops working at once; it may re-attest with a new token."""
         await self._store.delete_agent(spiffe_id)
         self._cache.agent_deleted(spiffe_id)
+        await self._seen.forget(spiffe_id)
         self._audit.admin_change("agent.evict", target=str(spiffe_id), agent_id=spiffe_id)
 
     async def record_bundle_sequence(self, agent: AgentRecord, sequence: int) -> AgentRecord:
@@ -414,6 +452,23 @@ class Registry(CaService):
             self._audit.admin_change("agent.ban", target=str(spiffe_id), agent_id=spiffe_id)
             return stored
         raise Conflict(f"agent {spiffe_id} kept changing; retry the ban")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentDetail:
+    """``s2s-ca agent show``: the record, the entries it is the parent of, its last call."""
+
+    record: AgentRecord
+    entries: int
+    seen: SeenRecord | None
+
+    def to_json(self) -> dict[str, Any]:
+        out = agent_to_json(self.record)
+        out["entries"] = self.entries
+        out["first_seen"] = self.record.created_at.isoformat()
+        out["last_seen"] = None if self.seen is None else self.seen.last_seen.isoformat()
+        out["address"] = None if self.seen is None else self.seen.address
+        return out
 
 
 def agent_to_json(agent: AgentRecord) -> dict[str, Any]:

@@ -46,20 +46,59 @@ def agent() -> None:
 
 
 @agent.command("list")
+@click.option("--attestation-type", help="Only agents attested this way (e.g. join_token).")
+@click.option(
+    "--banned/--not-banned", default=None, help="Only banned agents, or only agents not banned."
+)
+@click.option(
+    "--expires-before",
+    help="Only agents whose SVID expires before this time (ISO 8601 with a zone, e.g."
+    " 2026-01-02T03:04:05Z).",
+)
 @json_option
 @pass_ctx
-def agent_list(ctx: Ctx, as_json: bool) -> None:
-    """List attested agents."""
-    agents = call(lambda: ctx.client().get("/v1/agents"))["agents"]
+def agent_list(
+    ctx: Ctx,
+    /,
+    *,
+    attestation_type: str | None,
+    banned: bool | None,
+    expires_before: str | None,
+    as_json: bool,
+) -> None:
+    """List attested agents; the filters given combine (an agent matches all of them)."""
+    query = {}
+    if attestation_type is not None:
+        query["attestation_type"] = attestation_type
+    if banned is not None:
+        query["banned"] = "true" if banned else "false"
+    if expires_before is not None:
+        query["expires_before"] = expires_before
+    agents = call(lambda: ctx.client().get("/v1/agents", **query))["agents"]
     if as_json:
         emit_json(agents)
         return
     rows = [
-        (a["spiffe_id"], a["serial"], a["not_after"], a.get("bundle_sequence", ""),
-         "yes" if a["banned"] else "")
+        (a["spiffe_id"], a["attestation_type"], a["serial"], a["not_after"],
+         a.get("bundle_sequence", ""), "yes" if a["banned"] else "")
         for a in agents
     ]  # fmt: skip
-    table(rows, ["spiffe id", "serial", "expires", "bundle", "banned"])
+    table(rows, ["spiffe id", "attestation", "serial", "expires", "bundle", "banned"])
+
+
+_SHOWN = (
+    ("spiffe_id", "spiffe id"),
+    ("attestation_type", "attestation"),
+    ("address", "address"),
+    ("first_seen", "first seen"),
+    ("last_seen", "last seen"),
+    ("serial", "svid serial"),
+    ("not_after", "svid expires"),
+    ("next_serial", "next serial"),
+    ("entries", "entries"),
+    ("bundle_sequence", "bundle"),
+    ("banned", "banned"),
+)
 
 
 @agent.command("show")
@@ -67,9 +106,17 @@ def agent_list(ctx: Ctx, as_json: bool) -> None:
 @json_option
 @pass_ctx
 def agent_show(ctx: Ctx, spiffe_id: str, as_json: bool) -> None:
-    """Show one agent."""
+    """Show one agent: where it last called from, first and last seen (to within a minute),
+    its SVID's serial and expiry, and how many entries it serves (is the parent of)."""
     found = call(lambda: ctx.client().get("/v1/agents/show", spiffe_id=spiffe_id))
-    emit_json(found) if as_json else key_values(found)
+    if as_json:
+        emit_json(found)
+        return
+    shown = {label: found.get(key) for key, label in _SHOWN}
+    if found.get("last_seen") is None:
+        shown["last seen"] = "not since it attested"
+    shown["banned"] = "yes" if found.get("banned") else "no"
+    key_values(shown)
 
 
 def _agent_action(action: str, done_word: str, help_text: str) -> click.Command:

@@ -18,6 +18,7 @@ from s2s.cli.ca_common import (
     pass_ctx,
     table,
 )
+from s2s.core.errors import NotFound
 
 __all__ = ["entry"]
 
@@ -78,26 +79,97 @@ def entry_create(ctx: Ctx, /, as_json: bool, **opts: Any) -> None:
     emit_json(created) if as_json else click.echo(created["id"])
 
 
+_filter_options = [
+    click.option("--parent-id", help="Only entries of this agent."),
+    click.option("--spiffe-id", help="Only entries for this SPIFFE ID."),
+    click.option(
+        "--selector",
+        "selectors",
+        multiple=True,
+        help="type:value (repeat): only entries that have every one given.",
+    ),
+]
+
+
+def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_filter_options):
+        fn = option(fn)
+    return fn
+
+
+def _filters(parent_id: str | None, spiffe_id: str | None, selectors: tuple[str, ...]) -> Any:
+    """Query parameters for GET /v1/entries (the CA parses and checks them)."""
+    query: dict[str, str | list[str]] = {}
+    if parent_id is not None:
+        query["parent_id"] = parent_id
+    if spiffe_id is not None:
+        query["spiffe_id"] = spiffe_id
+    if selectors:
+        query["selector"] = list(selectors)
+    return query
+
+
 @entry.command("list")
-@click.option("--parent-id", help="Only entries of this agent.")
-@click.option("--spiffe-id", help="Only entries for this SPIFFE ID.")
+@filter_options
 @json_option
 @pass_ctx
-def entry_list(ctx: Ctx, parent_id: str | None, spiffe_id: str | None, as_json: bool) -> None:
-    """List registration entries."""
-    query = {k: v for k, v in {"parent_id": parent_id, "spiffe_id": spiffe_id}.items() if v}
+def entry_list(
+    ctx: Ctx,
+    /,
+    *,
+    parent_id: str | None,
+    spiffe_id: str | None,
+    selectors: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """List registration entries; the filters given combine (an entry matches all of them)."""
+    query = _filters(parent_id, spiffe_id, selectors)
     entries = call(lambda: ctx.client().get("/v1/entries", **query))["entries"]
     emit_json(entries) if as_json else _entry_rows(entries)
 
 
 @entry.command("show")
-@click.argument("entry_id")
+@click.argument("entry_id", required=False)
+@filter_options
 @json_option
 @pass_ctx
-def entry_show(ctx: Ctx, entry_id: str, as_json: bool) -> None:
-    """Show one entry."""
-    found = call(lambda: ctx.client().get(f"/v1/entries/{_segment(entry_id)}"))
-    emit_json(found) if as_json else key_values(found)
+def entry_show(
+    ctx: Ctx,
+    /,
+    entry_id: str | None,
+    *,
+    parent_id: str | None,
+    spiffe_id: str | None,
+    selectors: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show one entry by ID, or every entry the filters match (--selector, --parent-id,
+    --spiffe-id; exit 4 when none does)."""
+    query = _filters(parent_id, spiffe_id, selectors)
+    if entry_id is not None:
+        if query:
+            raise click.UsageError("give an entry ID or filters, not both")
+        found = call(lambda: ctx.client().get(f"/v1/entries/{_segment(entry_id)}"))
+        emit_json(found) if as_json else key_values(found)
+        return
+    if not query:
+        raise click.UsageError("give an entry ID, or --selector/--parent-id/--spiffe-id")
+    entries = call(lambda: ctx.client().get("/v1/entries", **query))["entries"]
+    if not entries:
+        raise NotFound("no entry matches " + _described(query))
+    if as_json:
+        emit_json(entries)
+        return
+    for index, one in enumerate(entries):
+        if index:
+            click.echo()
+        key_values(one)
+
+
+def _described(query: dict[str, Any]) -> str:
+    parts = [f"{k}={v}" for k, v in query.items() if k != "selector"]
+    parts += [f"selector={s}" for s in query.get("selector", [])]
+    return " and ".join(parts)
 
 
 @entry.command("update")
