@@ -65,6 +65,7 @@ __all__ = [
     "parse_duration",
     "parse_listen",
     "parse_size",
+    "served_socket",
 ]
 
 DEFAULT_SOCKET: Final = Path("/run/s2s/agent.sock")
@@ -208,6 +209,26 @@ def legacy_variables_message(environ: Mapping[str, str], names: Iterable[str] = 
         f"its own {ENV_PREFIX}* variables (the old names were shared with s2s-ca, whose data "
         f"directory an agent could pick up): rename {renames} and unset the old name"
     )
+
+
+def served_socket(environ: Mapping[str, str], config_file: Path | None = None) -> Path:
+    """The Workload API socket ``run`` serves given this environment and TOML file (its own
+    precedence without flags): ``S2S_AGENT_SOCKET``, else the file's ``socket`` (``config_file``
+    or ``$S2S_AGENT_CONFIG``), else ``/run/s2s/agent.sock``. What ``healthcheck`` calls when it
+    is given no socket."""
+    var = ENV_VARS["socket"]
+    try:
+        if environ.get(var, "") != "":
+            return _abs_path(environ[var], None)
+        if config_file is None and environ.get(CONFIG_ENV):
+            config_file = Path(environ[CONFIG_ENV])
+        if config_file is not None:
+            doc = _read_toml(config_file)
+            if "socket" in doc:
+                return _abs_path(doc["socket"], config_file.parent)
+    except InvalidConfig as exc:
+        raise InvalidConfig(f"socket: {exc}") from None
+    return DEFAULT_SOCKET
 
 
 def load_config(

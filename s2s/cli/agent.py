@@ -158,34 +158,33 @@ socket_option = click.option(
     "--socket",
     "socket",
     help="Workload API socket: a path or unix:///path (default: $SPIFFE_ENDPOINT_SOCKET, "
-    "else the socket 's2s-agent run' serves: $S2S_AGENT_SOCKET or /run/s2s/agent.sock).",
+    "else the socket 's2s-agent run' serves: $S2S_AGENT_SOCKET, the socket of "
+    "$S2S_AGENT_CONFIG, or /run/s2s/agent.sock).",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
-def agent_endpoint(socket: str | None, environ: Mapping[str, str]) -> str:
+def agent_endpoint(
+    socket: str | None, environ: Mapping[str, str], config_file: Path | None = None
+) -> str:
     """The socket the client commands call: ``--socket``, else ``SPIFFE_ENDPOINT_SOCKET``, else
-    the one ``run`` serves by the same rules (its socket variable, then its default), so that a
-    command typed on the agent's host needs no flag."""
-    from s2s.agent.config import (  # noqa: PLC0415
-        DEFAULT_SOCKET,
-        ENV_VARS,
-        legacy_variables_message,
-    )
+    the one ``run`` serves by its own rules (``S2S_AGENT_SOCKET``, the config file's ``socket``,
+    the default), so that a command typed on the agent's host needs no flag."""
+    from s2s.agent.config import legacy_variables_message, served_socket  # noqa: PLC0415
     from s2s.verifier.workload_client import ENDPOINT_ENV, resolve_endpoint  # noqa: PLC0415
 
-    refused = legacy_variables_message(environ, ["S2S_SOCKET"])  # the one read here
+    refused = legacy_variables_message(environ, ["S2S_SOCKET", "S2S_CONFIG"])  # read here
     if refused is not None:
         raise click.UsageError(refused)
     if socket or environ.get(ENDPOINT_ENV):
         return resolve_endpoint(socket, environ=environ)
-    return environ.get(ENV_VARS["socket"]) or str(DEFAULT_SOCKET)
+    return str(served_socket(environ, config_file))
 
 
-def _client(socket: str | None) -> Any:
+def _client(socket: str | None, config_file: Path | None = None) -> Any:
     from s2s.verifier.workload_client import WorkloadApiClient  # noqa: PLC0415
 
-    return WorkloadApiClient(call(lambda: agent_endpoint(socket, os.environ)))
+    return WorkloadApiClient(call(lambda: agent_endpoint(socket, os.environ, config_file)))
 
 
 @cli.group()
@@ -347,11 +346,19 @@ def watch(socket: str | None, count: int | None) -> None:
 
 @cli.command()
 @socket_option
-def healthcheck(socket: str | None) -> None:
-    """Exit 0 if the agent answers on its Workload API socket, 3 if it does not."""
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The agent's TOML file: call the socket it names (env S2S_AGENT_CONFIG).",
+)
+def healthcheck(socket: str | None, config_file: Path | None) -> None:
+    """Exit 0 if the agent answers on its Workload API socket, 3 if it does not. With no
+    --socket: $SPIFFE_ENDPOINT_SOCKET, else the socket 's2s-agent run' serves
+    ($S2S_AGENT_SOCKET, the config file's socket, /run/s2s/agent.sock)."""
 
     async def body() -> str:
-        async with _client(socket) as client:  # gRPC health: not counted as a workload call
+        async with _client(socket, config_file) as client:  # gRPC health: not a workload call
             status = await client.check_health()
             if status != "SERVING":
                 raise Unavailable(f"the agent answers health checks with {status}")
