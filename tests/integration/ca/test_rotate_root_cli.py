@@ -89,3 +89,23 @@ async def test_new_after_a_finished_rotation_starts_one(ca: RunningCa, capsys: A
     # twin of the conflict: --new with nothing under way is accepted
     assert await cli(*sock(ca), "rotate-root", "--new", "--step") == 0
     assert "[prepared]" in capsys.readouterr().out
+
+
+async def test_progress_while_it_waits_for_the_hold(ca: RunningCa, capsys: Any) -> None:
+    assert await cli(*sock(ca), "rotate-root", "--step") == 0  # prepared
+    assert await cli(*sock(ca), "rotate-root", "--step") == 0  # activated
+    capsys.readouterr()
+    code = await cli(*sock(ca), "rotate-root", "--poll", "0.05", "--report-every", "0.1",
+                     "--timeout", "0.5")  # fmt: skip
+    assert code == 7  # still waiting: resumable
+    captured = capsys.readouterr()
+    assert "re-run s2s-ca rotate-root to resume" in captured.err
+    waits = [line for line in captured.out.splitlines() if line.startswith("  waiting for")]
+    assert len(waits) >= 2, captured.out  # repeated while nothing changes
+    assert "the hold time" in waits[0]
+    assert "(in 1h0m" in captured.out or "(in 59m" in captured.out, captured.out
+    # twin: without --report-every repeats, one line per change only
+    code = await cli(*sock(ca), "rotate-root", "--poll", "0.05", "--timeout", "0.3")
+    assert code == 7
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("  waiting for")]) == 1
