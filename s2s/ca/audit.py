@@ -77,6 +77,9 @@ class AuditField(StrEnum):
     HINT = "hint"
     CHANGED = "changed"
     EXPIRES_AT = "expires_at"
+    OLD_ROOT = "old_root"
+    NEW_ROOT = "new_root"
+    BUNDLE_SEQUENCE = "bundle_sequence"
 
 
 AUDIT_FIELDS: tuple[str, ...] = tuple(f.value for f in AuditField)

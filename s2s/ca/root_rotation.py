@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
 
-from s2s.ca.audit import AuditLog
+from s2s.ca.audit import AuditField, AuditLog
 from s2s.ca.authority import Authority
 from s2s.ca.config import CaConfig
 from s2s.core.clock import Clock, utc
@@ -257,7 +257,7 @@ class RootRotation:
         bundle = await self._authority.refresh_bundle()
         state = RotationState(Phase.PREPARED, old.id, new.id, bundle.sequence, now)
         await self._store.cas_state(STATE_KEY, raw, state.encode())
-        self._audit.admin_change("root_rotation.prepare", target=new.id)
+        self._audit.admin_change("root_rotation.prepare", target=new.id, details=_roots(state))
         log.info(
             "root_rotation.prepared",
             extra={F.AUTHORITY_ID: new.id, F.REVISION: state.target_sequence},
@@ -283,7 +283,9 @@ class RootRotation:
         await self._move(state.old_root, AuthorityState.ACTIVE, AuthorityState.OLD)
         activated = dataclasses.replace(state, phase=Phase.ACTIVATED, activated_at=now)
         await self._store.cas_state(STATE_KEY, raw, activated.encode())
-        self._audit.admin_change("root_rotation.activate", target=state.new_root)
+        self._audit.admin_change(
+            "root_rotation.activate", target=state.new_root, details=_roots(state)
+        )
         log.info("root_rotation.activated", extra={F.AUTHORITY_ID: state.new_root})
         await self._authority.rotate_if_due()  # this replica switches now; others on their check
         return RotationProgress(
@@ -319,7 +321,9 @@ class RootRotation:
         await self._move(state.old_root, AuthorityState.OLD, AuthorityState.REVOKED)
         done = dataclasses.replace(state, phase=Phase.DONE, finished_at=now)
         await self._store.cas_state(STATE_KEY, raw, done.encode())
-        self._audit.admin_change("root_rotation.retire", target=state.old_root)
+        self._audit.admin_change(
+            "root_rotation.retire", target=state.old_root, details=_roots(state)
+        )
         bundle = await self._authority.refresh_bundle()
         log.info("root_rotation.retired", extra={F.AUTHORITY_ID: state.old_root})
         return RotationProgress(
@@ -387,6 +391,14 @@ class RootRotation:
             raise InvalidConfig(
                 f"root {authority_id} of the rotation is gone from the store"
             ) from None
+
+
+def _roots(state: RotationState) -> dict[AuditField, Any]:
+    return {
+        AuditField.OLD_ROOT: state.old_root,
+        AuditField.NEW_ROOT: state.new_root,
+        AuditField.BUNDLE_SEQUENCE: state.target_sequence,
+    }
 
 
 def duration_text(value: timedelta) -> str:

@@ -156,3 +156,22 @@ async def test_the_cli_process_is_named_as_the_caller(ca: RunningCa, audit: Audi
     assert line["pid"] != os.getpid()
     assert line["uid"] == os.getuid()
     assert json.loads(out)["token"] not in "\n".join(audit.text)
+
+
+async def test_root_rotation_lines_name_both_roots_and_the_caller(
+    ca: RunningCa, audit: AuditLines
+) -> None:
+    prepared = await ca.admin_call("POST", "/v1/root-rotation/step", {})
+    state = prepared["state"]
+    line = audit.change("root_rotation.prepare")
+    assert line["old_root"] == state["old_root"]
+    assert line["new_root"] == state["new_root"]
+    assert line["bundle_sequence"] == state["target_sequence"]
+    assert line["uid"] == os.getuid()
+    # a refused step (--new during it) is audited as refused, and changes nothing
+    with pytest.raises(Conflict):
+        await ca.admin_call("POST", "/v1/root-rotation/step", {"new": True})
+    refused = audit.lines("audit.admin.refused")
+    assert [r["path"] for r in refused] == ["/v1/root-rotation/step"]
+    assert refused[0]["error"] == "conflict"
+    assert len(audit.lines("audit.admin.change")) == 1
