@@ -12,45 +12,18 @@ import click
 
 from s2s import version_info
 from s2s.ca.client import ADMIN_SOCKET_NAME, AdminClient
-from s2s.cli.exits import (
-    EXIT_CODES,
-    EXIT_CONFLICT,
-    EXIT_ERROR,
-    EXIT_NOT_A_CA,
-    EXIT_NOT_FOUND,
-    EXIT_OK,
-    EXIT_REFUSED,
-    EXIT_TRUST_BUNDLE_MISMATCH,
-    EXIT_TRUST_DOMAIN_MISMATCH,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    exit_code_for,
-    fail,
-)
+from s2s.cli.exits import fail
 from s2s.cli.program_dirs import refuse_other_programs_dir
 from s2s.core.errors import S2SError
 
 __all__ = [
     "DURATION",
-    "EXIT_CODES",
-    "EXIT_CONFLICT",
-    "EXIT_ERROR",
-    "EXIT_NOT_A_CA",
-    "EXIT_NOT_FOUND",
-    "EXIT_OK",
-    "EXIT_REFUSED",
-    "EXIT_TRUST_BUNDLE_MISMATCH",
-    "EXIT_TRUST_DOMAIN_MISMATCH",
-    "EXIT_UNAVAILABLE",
-    "EXIT_USAGE",
     "DATA_DIR_ENV",
     "LEGACY_ENV_VARS",
     "SOCKET_ENV",
     "Ctx",
     "call",
     "emit_json",
-    "exit_code_for",
-    "fail",
     "json_option",
     "key_values",
     "pass_ctx",

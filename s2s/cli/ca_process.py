@@ -15,7 +15,6 @@ import click
 
 from s2s.cli.ca_common import (
     DURATION,
-    EXIT_UNAVAILABLE,
     Ctx,
     call,
     emit_json,
@@ -23,6 +22,7 @@ from s2s.cli.ca_common import (
     pass_ctx,
     source_of,
 )
+from s2s.cli.exits import EXIT_UNAVAILABLE
 from s2s.cli.program_dirs import refuse_other_programs_dir
 from s2s.core import errors
 

@@ -16,7 +16,7 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 from s2s.cli.ca import cli as ca_cli
-from s2s.cli.ca_common import EXIT_REFUSED, EXIT_UNAVAILABLE
+from s2s.cli.exits import EXIT_REFUSED, EXIT_UNAVAILABLE
 from s2s.demo.errors import DemoFailed
 from s2s.demo.procs import run_cli
 
