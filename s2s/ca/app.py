@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import resource
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -58,6 +60,7 @@ __all__ = [
     "CaServer",
     "ServeOptions",
     "fit_descriptors",
+    "issuer_hosts",
     "run",
     "serve_forever",
 ]
@@ -133,6 +136,7 @@ class CaServer:
         self._closing = asyncio.Event()
         self._admin_bound = False
         self.guard = ConnectionGuard(fit_descriptors(options.limits))
+        self._issuer_hosts: tuple[str, ...] = ()
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -158,6 +162,7 @@ class CaServer:
             replica_name=self.options.replica_name,
             **self.options.config_overrides,
         )
+        self._issuer_hosts = issuer_hosts(config.jwt_issuer, config.oauth_issuer)
         audit = AuditLog()
         self.authority = Authority(config=config, store=store, kek=kek, clock=self.clock)
         await self.authority.start()
@@ -311,8 +316,13 @@ class CaServer:
         return await self.issuer.issue_server_svid(dns_names=self._dns_names())
 
     def _dns_names(self) -> tuple[str, ...]:
+        """DNS names of the HTTPS certificate: the issuers' hosts (so OAuth and OIDC clients,
+        which check a host name, can verify the CA with the bundle) and localhost on loopback."""
         host, _port = self.options.host_port()
-        return ("localhost",) if host in _LOOPBACK else ()
+        names = list(self._issuer_hosts)
+        if host in _LOOPBACK and "localhost" not in names:
+            names.append("localhost")
+        return tuple(names)
 
     # -- loops --------------------------------------------------------------------------------
 
@@ -458,3 +468,18 @@ def serve_forever(options: ServeOptions) -> None:
     except* Exception as group:
         log.critical("ca.crashed", exc_info=group.exceptions[0])
         raise SystemExit(1) from None
+
+
+def issuer_hosts(*issuers: str | None) -> tuple[str, ...]:
+    """The host names of the configured issuer URLs, once each; IP literals are left out (a DNS
+    name SAN cannot hold them)."""
+    hosts: list[str] = []
+    for issuer in issuers:
+        host = urlsplit(issuer).hostname if issuer else None
+        if host is None or host in hosts:
+            continue
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            hosts.append(host)
+    return tuple(hosts)
