@@ -13,7 +13,6 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,33 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from s2s.agent.ca_client import CaClient, RetryDelays
 from s2s.agent.node import NodeAttestor
-from s2s.core.backoff import Backoff
-from s2s.core.clock import SystemClock
 from s2s.core.errors import NotACa, TrustBundleMismatch, TrustDomainMismatch
 from s2s.core.spiffe_id import TrustDomain
 from s2s.testing import TestAuthority
-
-FAST = RetryDelays(Backoff.full_jitter(initial=0.02, cap=0.1))
-
-MakeNode = Callable[[Any], NodeAttestor]
-
-
-@pytest.fixture
-async def make_node() -> AsyncIterator[MakeNode]:
-    made: list[NodeAttestor] = []
-
-    def make(config: Any) -> NodeAttestor:
-        clock = SystemClock()
-        client = CaClient(urls=config.ca_urls, trust_domain=config.trust_domain, clock=clock)
-        node = NodeAttestor(config=config, client=client, clock=clock, backoff=FAST)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        await node._client.close()
 
 
 async def _start(node: NodeAttestor) -> Any:
@@ -58,7 +34,7 @@ async def _start(node: NodeAttestor) -> Any:
 
 
 async def test_a_bundle_of_another_root_names_the_bundle_and_how_to_re_export_it(
-    harness: Any, make_node: MakeNode, authority: TestAuthority
+    harness: Any, make_node: Any, authority: TestAuthority
 ) -> None:
     token, agent_id = await harness.ca.join_token()
     stale = harness.tmp_path / "stale.pem"
@@ -76,7 +52,7 @@ async def test_a_bundle_of_another_root_names_the_bundle_and_how_to_re_export_it
 
 
 async def test_a_ca_of_another_trust_domain_is_named_the_right_way_round(
-    harness: Any, make_node: MakeNode, foreign_ca: Any
+    harness: Any, make_node: Any, foreign_ca: Any
 ) -> None:
     other = foreign_ca
     token, _ = await harness.ca.join_token()
@@ -111,7 +87,7 @@ async def _empty_json(_request: web.Request) -> web.Response:
     return web.json_response({})
 
 
-async def test_a_plain_http_port_is_not_a_ca(harness: Any, make_node: MakeNode) -> None:
+async def test_a_plain_http_port_is_not_a_ca(harness: Any, make_node: Any) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", _empty_json)
     runner = web.AppRunner(app, access_log=None)
@@ -158,7 +134,7 @@ def _ordinary_tls_context(tmp_path: Path) -> ssl.SSLContext:
 
 
 async def test_another_https_server_is_not_a_ca_and_never_sees_the_token(
-    harness: Any, make_node: MakeNode
+    harness: Any, make_node: Any
 ) -> None:
     seen: list[str] = []
 
@@ -182,7 +158,7 @@ async def test_another_https_server_is_not_a_ca_and_never_sees_the_token(
         await runner.cleanup()
 
 
-async def test_a_ca_url_with_a_path_is_not_the_agent_api(harness: Any, make_node: MakeNode) -> None:
+async def test_a_ca_url_with_a_path_is_not_the_agent_api(harness: Any, make_node: Any) -> None:
     token, agent_id = await harness.ca.join_token()
     node = make_node(harness.config(token=token, ca_urls=(harness.ca.url + "/s2s",)))
     with pytest.raises(NotACa, match=r"answered HTTP 404.*not the base URL"):
@@ -193,7 +169,7 @@ async def test_a_ca_url_with_a_path_is_not_the_agent_api(harness: Any, make_node
 
 
 async def test_a_ca_that_is_away_is_retried_until_it_is_back(
-    harness: Any, make_node: MakeNode, caplog: pytest.LogCaptureFixture
+    harness: Any, make_node: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     token, agent_id = await harness.ca.join_token()
     config = harness.config(token=token)

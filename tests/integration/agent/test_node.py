@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from s2s.agent.ca_client import CaClient, RetryDelays
+from s2s.agent.ca_client import CaClient
 from s2s.agent.ca_mismatch import CaMisconfigured
 from s2s.agent.ca_wire import AgentUnknown
 from s2s.agent.issuance import build_csr, new_key
 from s2s.agent.node import IDENTITY_FILE, NodeAttestor
-from s2s.core.backoff import Backoff
 from s2s.core.bundle import Bundle
 from s2s.core.clock import FakeClock, SystemClock
 from s2s.core.errors import (
@@ -34,31 +33,9 @@ from s2s.core.errors import (
 from s2s.testing import TestAuthority
 from s2s.verifier.memcert import load_cert_chain_from_memory
 
-FAST = RetryDelays(Backoff.full_jitter(initial=0.02, cap=0.1))
-
-
-MakeNode = Callable[[Any], NodeAttestor]
-
-
-@pytest.fixture
-async def make_node() -> AsyncIterator[MakeNode]:
-    """A node attestor for a config, on the system clock; every client made is closed after."""
-    made: list[NodeAttestor] = []
-
-    def make(config: Any) -> NodeAttestor:
-        clock = SystemClock()
-        client = CaClient(urls=config.ca_urls, trust_domain=config.trust_domain, clock=clock)
-        node = NodeAttestor(config=config, client=client, clock=clock, backoff=FAST)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        await node._client.close()
-
 
 async def test_attest_persists_identity_and_restart_needs_no_token(
-    harness: Any, make_node: MakeNode
+    harness: Any, make_node: Any
 ) -> None:
     token, agent_id = await harness.ca.join_token()
     config = harness.config(token=token)
@@ -78,7 +55,7 @@ async def test_attest_persists_identity_and_restart_needs_no_token(
     assert restored.bundle == identity.bundle
 
 
-async def test_reused_join_token_is_refused_clearly(harness: Any, make_node: MakeNode) -> None:
+async def test_reused_join_token_is_refused_clearly(harness: Any, make_node: Any) -> None:
     token, _ = await harness.ca.join_token()
     first = make_node(harness.config(token=token))
     await first.start()
@@ -113,22 +90,20 @@ async def test_expired_join_token_is_refused(make_harness: Any) -> None:
     await node2._client.close()
 
 
-async def test_no_identity_and_no_token_is_a_config_error(
-    harness: Any, make_node: MakeNode
-) -> None:
+async def test_no_identity_and_no_token_is_a_config_error(harness: Any, make_node: Any) -> None:
     node = make_node(harness.config(token=None))
     with pytest.raises(InvalidConfig, match="no join token"):
         await node.start()
 
 
-async def test_no_bootstrap_bundle_is_a_config_error(harness: Any, make_node: MakeNode) -> None:
+async def test_no_bootstrap_bundle_is_a_config_error(harness: Any, make_node: Any) -> None:
     token, _ = await harness.ca.join_token()
     node = make_node(harness.config(token=token, trust_bundle=None))
     with pytest.raises(InvalidConfig, match="--trust-bundle"):
         await node.start()
 
 
-async def test_group_readable_identity_file_is_refused(harness: Any, make_node: MakeNode) -> None:
+async def test_group_readable_identity_file_is_refused(harness: Any, make_node: Any) -> None:
     token, _ = await harness.ca.join_token()
     config = harness.config(token=token)
     node = make_node(config)
@@ -139,9 +114,7 @@ async def test_group_readable_identity_file_is_refused(harness: Any, make_node: 
         await again.start()
 
 
-async def test_renewal_keeps_the_id_with_a_new_key_and_serial(
-    harness: Any, make_node: MakeNode
-) -> None:
+async def test_renewal_keeps_the_id_with_a_new_key_and_serial(harness: Any, make_node: Any) -> None:
     token, agent_id = await harness.ca.join_token()
     config = harness.config(token=token)
     node = make_node(config)
@@ -191,7 +164,7 @@ async def test_the_renewal_comes_due_at_half_life_and_stays_due(make_harness: An
 
 
 async def test_a_renewal_that_races_another_update_of_the_agent_record_is_retried(
-    harness: Any, make_node: MakeNode
+    harness: Any, make_node: Any
 ) -> None:
     """The CA answers Conflict when the agent's record changed between authorizing the renewal
     and recording its new serial (another replica recorded the agent's bundle report); the
@@ -221,7 +194,7 @@ async def test_a_renewal_that_races_another_update_of_the_agent_record_is_retrie
 
 
 async def test_evicted_agent_reattests_only_when_the_ca_says_unknown(
-    harness: Any, make_node: MakeNode
+    harness: Any, make_node: Any
 ) -> None:
     token, agent_id = await harness.ca.join_token()
     node = make_node(harness.config(token=token))
@@ -363,7 +336,7 @@ async def test_garbage_and_errors_from_the_ca_are_clear(
         assert type(info.value).__name__ == "NotAuthorized"
 
 
-async def test_fail_over_to_the_next_ca_url(harness: Any, make_node: MakeNode) -> None:
+async def test_fail_over_to_the_next_ca_url(harness: Any, make_node: Any) -> None:
     # A port that refuses connections, then the real CA.
     server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
     dead = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
