@@ -56,15 +56,22 @@ AUTH_METHODS: Final = (
 
 
 def check_issuer(url: str, *, setting: str = "issuer") -> str:
-    """An issuer identifier: an https URL with a host, no query and no fragment (RFC 8414
-    section 2); a trailing slash is removed so that ``iss`` compares exactly."""
+    """An issuer identifier: an https URL with a host and no query or fragment (RFC 8414
+    section 2), and no path, since the CA serves its discovery documents and endpoints at the
+    root; a trailing slash is removed so that ``iss`` compares exactly."""
     if not isinstance(url, str) or not url:
         raise InvalidConfig(f"{setting} must be an https URL")
     parts = urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+    path = parts.path.rstrip("/")
+    if parts.scheme != "https" or not parts.hostname or path or parts.query or parts.fragment:
+        # the CA serves discovery and its endpoints at the root: issuer + "/.well-known/..."
         raise InvalidConfig(
-            f"{setting} must be an https URL with a host and no query or fragment, got {url!r}"
+            f"{setting} must be https://HOST[:PORT] (no path, query or fragment), got {url!r}"
         )
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as exc:
+        raise InvalidConfig(f"{setting} has a bad port: {url!r}") from exc
     return url.rstrip("/")
 
 

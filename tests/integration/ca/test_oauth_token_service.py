@@ -24,10 +24,10 @@ from s2s.ca.app import CaServer, ServeOptions
 from s2s.ca.audit import AUDIT_LOGGER
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
-from s2s.core.errors import Conflict, InvalidRequest, InvalidToken, NotFound
+from s2s.core.errors import Conflict, InvalidRequest, InvalidToken, NotFound, Unavailable
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.access_token import AccessTokenValidator, certificate_thumbprint
-from s2s.verifier.access_token_fetch import JwksFetcher
+from s2s.verifier.access_token_fetch import JwksFetcher, fetch_metadata
 from s2s.verifier.feeds_ca import CaRevocationFeed
 from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.source_static import StaticX509Source
@@ -193,6 +193,11 @@ async def test_authorization_server_metadata(oauth: OAuthCa) -> None:
         "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"
     }  # fmt: skip
     assert doc["tls_client_certificate_bound_access_tokens"] is True
+    # the verifier's RFC 8414 reader accepts it (issuer exact, https jwks_uri); twin: another issuer
+    fetched = await fetch_metadata(oauth.issuer, ssl_context=oauth.ca.client_ssl())
+    assert fetched["jwks_uri"] == oauth.issuer + "/oauth/jwks.json"
+    with pytest.raises(Unavailable, match="404"):
+        await fetch_metadata(oauth.issuer + "/other", ssl_context=oauth.ca.client_ssl())
     _, jwks = await oauth.ca.public("GET", "/oauth/jwks.json")
     _, svid_jwks = await oauth.ca.public("GET", "/.well-known/jwks.json")
     assert jwks["keys"]

@@ -114,7 +114,16 @@ def test_access_token_claims_with_and_without_cnf() -> None:
 
 
 @pytest.mark.parametrize(
-    "url", ["http://ca.example.org", "https://", "https://ca?x=1", "https://ca#f", "ca.example.org"]
+    "url",
+    [
+        "http://ca.example.org",
+        "https://",
+        "https://ca?x=1",
+        "https://ca#f",
+        "ca.example.org",
+        "https://ca/x",
+        "https://ca:99999",
+    ],
 )
 def test_issuer_must_be_an_https_url_without_query_or_fragment(url: str) -> None:
     with pytest.raises(InvalidConfig):
