@@ -82,8 +82,10 @@ class MeteredStore:
     async def get_state(self, key: str) -> str | None:
         return await self._run("get_state", self._inner.get_state(key))
 
-    async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
-        await self._run("cas_state", self._inner.cas_state(key, expected, new))
+    async def cas_state(
+        self, key: str, expected: str | None, new: str | None, *, topic: Topic | None = None
+    ) -> None:
+        await self._run("cas_state", self._inner.cas_state(key, expected, new, topic=topic))
 
     async def create_authority(self, record: AuthorityRecord) -> None:
         await self._run("create_authority", self._inner.create_authority(record))

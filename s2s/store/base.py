@@ -59,10 +59,13 @@ class Store(Protocol):
 
     # -- generic compare-and-swap state (e.g. the root rotation state machine, as JSON text) --
     async def get_state(self, key: str) -> str | None: ...
-    async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
+    async def cas_state(
+        self, key: str, expected: str | None, new: str | None, *, topic: Topic | None = None
+    ) -> None:
         """Set ``key`` to ``new`` if it holds ``expected``, else raise ``Conflict``.
 
-        ``expected=None`` means "must be absent"; ``new=None`` deletes the key."""
+        ``expected=None`` means "must be absent"; ``new=None`` deletes the key. With ``topic``
+        a successful swap also bumps that topic (in the same transaction)."""
         ...
 
     # -- authorities (topic AUTHORITIES) --

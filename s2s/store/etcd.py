@@ -126,12 +126,15 @@ class EtcdStore(EtcdExpiringRecords):
         kv = await self.c.get(self.key("state", key))
         return None if kv is None else kv.value.decode()
 
-    async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
+    async def cas_state(
+        self, key: str, expected: str | None, new: str | None, *, topic: Topic | None = None
+    ) -> None:
         check_text("state", key, new)
         k = self.key("state", key)
         compare = version_is(k, 0) if expected is None else value_is(k, expected.encode())
         op = delete_op(k) if new is None else put_op(k, new.encode())
-        if not (await self._commit([compare], [op])).succeeded:
+        topics = [] if topic is None else [Topic(topic)]
+        if not (await self._commit([compare], [op], topics=topics)).succeeded:
             raise Conflict(f"state {key!r} was changed by someone else (compare-and-swap lost)")
 
     # -- authorities --

@@ -58,6 +58,7 @@ class Topic(StrEnum):
     AGENTS = "agents"
     REVOCATIONS = "revocations"
     AUTHORITIES = "authorities"
+    FEDERATED_BUNDLES = "federated_bundles"  # bumped through cas_state(..., topic=...)
 
 
 class Setting(StrEnum):

@@ -117,7 +117,9 @@ class SqliteStore(SqliteWorker):
     async def get_state(self, key: str) -> str | None:
         return await self._read(lambda c: scalar(c, "SELECT value FROM state WHERE key=?", key))
 
-    async def cas_state(self, key: str, expected: str | None, new: str | None) -> None:
+    async def cas_state(
+        self, key: str, expected: str | None, new: str | None, *, topic: Topic | None = None
+    ) -> None:
         check_text("state", key, new)
 
         def run(tx: Tx) -> None:
@@ -128,6 +130,8 @@ class SqliteStore(SqliteWorker):
                 tx.conn.execute("DELETE FROM state WHERE key=?", (key,))
             else:
                 tx.conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?)", (key, new))
+            if topic is not None:
+                tx.bump(Topic(topic))
 
         await self._write(run)
 

@@ -40,7 +40,12 @@ class Tx:
 
     def bump(self, topic: Topic) -> None:
         if topic not in self.topics:
-            self.conn.execute("UPDATE topics SET revision = revision + 1 WHERE topic = ?", (topic,))
+            # An upsert: a topic added after the store was created has no row yet.
+            self.conn.execute(
+                "INSERT INTO topics VALUES (?, 1) "
+                "ON CONFLICT (topic) DO UPDATE SET revision = revision + 1",
+                (topic,),
+            )
             self.topics.append(topic)
 
 

@@ -536,6 +536,10 @@ class StoreContract:
             (Topic.REVOCATIONS, lambda: store.add_revocation(revocation(1))),
             (Topic.AUTHORITIES, lambda: store.create_authority(authority("a1"))),
             (Topic.AUTHORITIES, lambda: store.delete_authority("a1")),
+            (
+                Topic.FEDERATED_BUNDLES,
+                lambda: store.cas_state("s", None, "v", topic=Topic.FEDERATED_BUNDLES),
+            ),
         ]
         for topic, write in writes:
             before = await store.revision(topic)
@@ -552,6 +556,9 @@ class StoreContract:
             await store.update_agent(agent(), expected_revision=7)
         with pytest.raises(NotFound):
             await store.delete_authority("nope")
+        with pytest.raises(Conflict):
+            await store.cas_state("s", "not this", "v", topic=Topic.FEDERATED_BUNDLES)
+        await store.cas_state("plain", None, "v")  # no topic: nothing bumped
         assert {t: await store.revision(t) for t in Topic} == before
 
     async def test_wait_returns_at_once_when_already_newer(self, store: Store) -> None:

@@ -1,0 +1,242 @@
+"""Federated bundles: the trust bundles of other trust domains this CA hands to its agents.
+
+They live in one store document (state key ``federation/bundles``) changed by compare-and-swap,
+so both backends hold them and replicas agree. A change of any bundle's content (or a removal)
+bumps :attr:`Topic.FEDERATED_BUNDLES` in the same transaction: agents' entries long-polls wait on
+it and deliver the new bundle to workloads. A refresh that brings the same content only moves
+``refreshed_at`` and wakes no one.
+
+Bundles are kept per trust domain, never merged (SPIFFE_Federation.md 4.2); our own trust domain is
+never a federated one. Writers: ``s2s-ca bundle set`` (source ``manual``) and the federation
+refresher (source ``endpoint``, after it has checked the fetched document).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from s2s.ca.audit import AuditField, AuditLog
+from s2s.core.bundle import Bundle, BundleSet
+from s2s.core.clock import Clock, utc
+from s2s.core.errors import Conflict, InvalidBundle, InvalidRequest, NotFound, Unavailable
+from s2s.core.spiffe_id import TrustDomain
+from s2s.store.base import Store
+from s2s.store.records import Topic
+
+__all__ = [
+    "BUNDLES_STATE",
+    "MAX_FEDERATED_BYTES",
+    "SOURCE_ENDPOINT",
+    "SOURCE_MANUAL",
+    "FederatedBundleRecord",
+    "FederatedBundles",
+]
+
+BUNDLES_STATE: Final = "federation/bundles"
+SOURCE_MANUAL: Final = "manual"
+SOURCE_ENDPOINT: Final = "endpoint"
+_SOURCES: Final = frozenset({SOURCE_MANUAL, SOURCE_ENDPOINT})
+# The whole document is one store value; etcd refuses requests above 1.5 MiB by default.
+MAX_FEDERATED_BYTES: Final = 1 << 20
+_Doc = dict[TrustDomain, "FederatedBundleRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class FederatedBundleRecord:
+    """The bundle of one foreign trust domain as this CA holds it."""
+
+    bundle: Bundle
+    source: str  # "manual" | "endpoint"
+    updated_at: dt.datetime  # when the bundle content last changed
+    refreshed_at: dt.datetime | None = None  # last successful fetch (endpoint), None for manual
+
+    def __post_init__(self) -> None:
+        if self.source not in _SOURCES:
+            raise InvalidRequest(
+                f"a bundle source is one of {sorted(_SOURCES)}, not {self.source!r}"
+            )
+        object.__setattr__(self, "updated_at", utc(self.updated_at))
+        if self.refreshed_at is not None:
+            object.__setattr__(self, "refreshed_at", utc(self.refreshed_at))
+
+    @property
+    def trust_domain(self) -> TrustDomain:
+        return self.bundle.trust_domain
+
+    def to_json(self) -> dict[str, Any]:
+        """What the store keeps and the admin API shows (the bundle as SPIFFE bundle JSON)."""
+        return {
+            "trust_domain": str(self.trust_domain),
+            "bundle": self.bundle.encode().decode(),
+            "source": self.source,
+            "updated_at": self.updated_at.isoformat(),
+            "refreshed_at": None if self.refreshed_at is None else self.refreshed_at.isoformat(),
+        }
+
+    @classmethod
+    def from_json(cls, item: Any) -> FederatedBundleRecord:
+        """Parse :meth:`to_json` output; :class:`InvalidRequest` says what is wrong."""
+        try:
+            td = TrustDomain.parse(item["trust_domain"])
+            bundle = Bundle.decode(td, item["bundle"])
+            refreshed = item.get("refreshed_at")
+            return cls(
+                bundle=bundle,
+                source=item["source"],
+                updated_at=dt.datetime.fromisoformat(item["updated_at"]),
+                refreshed_at=None if refreshed is None else dt.datetime.fromisoformat(refreshed),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidRequest(f"a federated bundle record is malformed: {exc}") from exc
+
+
+class FederatedBundles:
+    """Read and change the federated bundles (one CAS document in the store)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        trust_domain: TrustDomain,
+        audit: AuditLog | None = None,
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._td = trust_domain
+        self._audit = audit
+        self._snapshot: tuple[str | None, _Doc] = (None, {})
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def list(self) -> tuple[FederatedBundleRecord, ...]:
+        """Every federated bundle, ordered by trust domain name."""
+        _, doc = await self._read()
+        return tuple(sorted(doc.values(), key=lambda r: str(r.trust_domain)))
+
+    async def get(self, trust_domain: TrustDomain) -> FederatedBundleRecord | None:
+        """The record of ``trust_domain``, or None when we hold no bundle for it."""
+        _, doc = await self._read()
+        return doc.get(trust_domain)
+
+    async def bundle_set(self, only: Iterable[TrustDomain] | None = None) -> BundleSet:
+        """The federated bundles (only those of ``only`` when given), keyed by trust domain."""
+        _, doc = await self._read()
+        wanted = None if only is None else frozenset(only)
+        return BundleSet({td: r.bundle for td, r in doc.items() if wanted is None or td in wanted})
+
+    async def revision(self) -> int:
+        """The store revision of the federated bundles; read it before :meth:`bundle_set`."""
+        return await self._store.revision(Topic.FEDERATED_BUNDLES)
+
+    async def wait_for_change(self, after: int, timeout: float) -> int:
+        """The revision, as soon as it differs from ``after`` or after ``timeout`` seconds."""
+        return await self._store.wait_for_change(Topic.FEDERATED_BUNDLES, after, timeout)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    async def put(
+        self, bundle: Bundle, *, source: str, refreshed: bool = False
+    ) -> FederatedBundleRecord:
+        """Store ``bundle`` for its trust domain (replacing what was there). ``refreshed`` marks
+        a successful fetch (sets ``refreshed_at``). Our own trust domain is refused."""
+        if not isinstance(bundle, Bundle):
+            raise InvalidRequest("a federated bundle must be a Bundle")
+        td = bundle.trust_domain
+        if td == self._td:
+            raise InvalidRequest(
+                f"{td} is this CA's own trust domain: its bundle is not a federated one"
+            )
+        if source not in _SOURCES:
+            raise InvalidRequest(f"a bundle source is one of {sorted(_SOURCES)}, not {source!r}")
+        now = utc(self._clock.now())
+        done: list[tuple[FederatedBundleRecord, bool]] = []
+
+        def change(doc: _Doc) -> _Doc:
+            old = doc.get(td)
+            changed = old is None or old.bundle != bundle
+            record = FederatedBundleRecord(
+                bundle=bundle,
+                source=source,
+                updated_at=now if changed or old is None else old.updated_at,
+                refreshed_at=now if refreshed else (None if old is None else old.refreshed_at),
+            )
+            doc[td] = record
+            done.append((record, changed))
+            return doc
+
+        await self._write(change, bump=lambda: done[-1][1])
+        record, changed = done[-1]
+        if changed:
+            self._audited("federated_bundle.set", record)
+        return record
+
+    async def delete(self, trust_domain: TrustDomain) -> FederatedBundleRecord:
+        """Remove the bundle of ``trust_domain`` (:class:`NotFound` if there is none)."""
+        removed: list[FederatedBundleRecord] = []
+
+        def drop(doc: _Doc) -> _Doc:
+            if trust_domain not in doc:
+                raise NotFound(f"no federated bundle for trust domain {trust_domain}")
+            removed.append(doc.pop(trust_domain))
+            return doc
+
+        await self._write(drop, bump=lambda: True)
+        self._audited("federated_bundle.delete", removed[-1])
+        return removed[-1]
+
+    # -- the document ------------------------------------------------------------------------
+
+    def _audited(self, action: str, record: FederatedBundleRecord) -> None:
+        if self._audit is not None:
+            self._audit.admin_change(
+                action,
+                target=str(record.trust_domain),
+                actor="federation" if record.source == SOURCE_ENDPOINT else "admin",
+                details={
+                    AuditField.BUNDLE_SEQUENCE: record.bundle.sequence,
+                    AuditField.KIND: record.source,
+                },
+            )
+
+    async def _read(self) -> tuple[str | None, _Doc]:
+        raw = await self._store.get_state(BUNDLES_STATE)
+        cached_raw, cached = self._snapshot
+        if raw == cached_raw:
+            return raw, cached
+        doc: _Doc = {}
+        if raw is not None:
+            try:
+                items = json.loads(raw)["bundles"]
+                for item in items:
+                    record = FederatedBundleRecord.from_json(item)
+                    doc[record.trust_domain] = record
+            except (KeyError, TypeError, ValueError, InvalidBundle) as exc:
+                raise Unavailable(f"the stored federated bundles are unreadable: {exc}") from exc
+        self._snapshot = (raw, doc)
+        return raw, doc
+
+    async def _write(self, change: Callable[[_Doc], _Doc], *, bump: Callable[[], bool]) -> None:
+        for _ in range(5):
+            raw, doc = await self._read()
+            new = change(dict(doc))
+            body = [new[td].to_json() for td in sorted(new, key=str)]
+            text = json.dumps({"bundles": body}, sort_keys=True)
+            if len(text) > MAX_FEDERATED_BYTES:
+                raise InvalidRequest(
+                    f"the federated bundles would take more than {MAX_FEDERATED_BYTES} bytes; "
+                    "delete bundles that are no longer needed"
+                )
+            if text == raw:
+                return
+            topic = Topic.FEDERATED_BUNDLES if bump() else None
+            try:
+                await self._store.cas_state(BUNDLES_STATE, raw, text, topic=topic)
+            except Conflict:
+                continue
+            return
+        raise Unavailable("the federated bundles changed too often to update; try again")
