@@ -305,10 +305,16 @@ class Issuer(CaService):
             raise withdrawn[svid.serial]
         return svid
 
-    async def issue_server_svid(self, *, dns_names: Sequence[str] = ()) -> X509Svid:
-        """The CA's own SVID ``spiffe://<td>/s2s/ca/<replica>`` with a fresh key kept in memory
-        (``server_svid_ttl``, capped by the intermediate); for the HTTPS listener."""
-        spiffe_id = ca_server_id(self._config.trust_domain, self._config.replica_name)
+    async def issue_server_svid(
+        self, *, dns_names: Sequence[str] = (), spiffe_id: SpiffeId | None = None
+    ) -> X509Svid:
+        """The CA's own SVID ``spiffe://<td>/s2s/ca/<replica>`` (or ``spiffe_id``, the bundle
+        endpoint's) with a fresh key kept in memory (``server_svid_ttl``, capped by the
+        intermediate); for the HTTPS listener."""
+        if spiffe_id is None:
+            spiffe_id = ca_server_id(self._config.trust_domain, self._config.replica_name)
+        elif spiffe_id.trust_domain != self._config.trust_domain:
+            raise InvalidRequest(f"{spiffe_id} is not in trust domain {self._config.trust_domain}")
         now = utc(self._clock.now())
         ttl = self._config.server_svid_ttl
         return await self._issue_with_new_key(

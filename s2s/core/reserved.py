@@ -21,9 +21,11 @@ from s2s.core.spiffe_id import SpiffeId, TrustDomain
 
 __all__ = [
     "AGENT_PATH_PREFIX",
+    "BUNDLE_ENDPOINT_PATH",
     "CA_PATH_PREFIX",
     "JOIN_TOKEN_AGENT_PATH_PREFIX",
     "RESERVED_PATH",
+    "bundle_endpoint_id",
     "ca_server_id",
     "is_agent_id",
     "is_ca_id",
@@ -38,6 +40,8 @@ AGENT_PATH_PREFIX: Final = "/s2s/agent/"
 # issues today, so its agent-facing checks (mTLS caller, revoke --agent) use this one.
 JOIN_TOKEN_AGENT_PATH_PREFIX: Final = "/s2s/agent/join_token/"  # noqa: S105 - a path, not a secret
 CA_PATH_PREFIX: Final = "/s2s/ca/"
+# The SVID of the CA's https_spiffe bundle endpoint, unless the operator names another.
+BUNDLE_ENDPOINT_PATH: Final = "/s2s/bundle-endpoint"
 
 _RESERVED_SEGMENT: Final = RESERVED_PATH[1:]
 
@@ -55,6 +59,11 @@ def join_token_agent_id(trust_domain: TrustDomain, token_id: str) -> SpiffeId:
 def ca_server_id(trust_domain: TrustDomain, replica: str) -> SpiffeId:
     """The SPIFFE ID of CA replica ``replica`` (one path segment)."""
     return trust_domain.child(*CA_PATH_PREFIX.strip("/").split("/"), replica)
+
+
+def bundle_endpoint_id(trust_domain: TrustDomain) -> SpiffeId:
+    """The default SPIFFE ID of the CA's https_spiffe bundle endpoint."""
+    return trust_domain.id(BUNDLE_ENDPOINT_PATH)
 
 
 def is_agent_id(spiffe_id: SpiffeId, trust_domain: TrustDomain) -> bool:
