@@ -17,6 +17,7 @@ MODULES: list[str] = [
     "verifier_tls",
     "verifier_jwt",
     "oauth_validation",
+    "oauth_http",
     "revocation",
     "crl",
 ]

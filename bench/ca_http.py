@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import ssl
 import statistics
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +44,21 @@ def _csr(key: ec.EllipticCurvePrivateKey) -> str:
     return builder.sign(key, hashes.SHA256()).public_bytes(PEM).decode()
 
 
-def _start_ca(tmp: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _start_ca(
+    tmp: Path, *, extra: Sequence[str] = (), cpu: int | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``s2s-ca serve`` on a fresh trust domain (with ``extra`` serve flags), pinned to ``cpu``."""
     data_dir = tmp / "ca"
     subprocess.run([*CLI, "--data-dir", str(data_dir), "init", "--trust-domain", "example.org"],
                    check=True, capture_output=True)  # fmt: skip
     log = tmp / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0"],
+            [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", *extra],
             stdout=out, stderr=out,
+            # set before exec, so every thread the CA starts inherits the pin; the benchmark
+            # has started no thread of its own yet, and sched_setaffinity takes no lock
+            preexec_fn=None if cpu is None else lambda: os.sched_setaffinity(0, {cpu}),  # noqa: PLW1509
         )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
