@@ -23,6 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from s2s.ca.crl_values import CrlSet
+from s2s.ca.oauth_metrics import OAuthMetrics
 from s2s.verifier.metrics import add_process_metrics
 
 __all__ = ["CONTENT_TYPE", "ROTATION_PHASES", "CaMetrics"]
@@ -134,6 +135,7 @@ class CaMetrics:
             buckets=_STORE_BUCKETS,
             registry=r,
         )
+        self.oauth = OAuthMetrics(r)  # s2s_ca_oauth_*, counted by the token service's routes
         self.store_errors = Counter(
             "s2s_ca_store_errors",
             "Store calls that failed because the backend did (unreachable, timed out, "

@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 from urllib.parse import parse_qsl, unquote_plus
@@ -24,7 +26,8 @@ from aiohttp import web
 from s2s.ca.http_agent_auth import peer_certificate_der
 from s2s.ca.http_json import BODY_TIMEOUT, DEFAULT_BODY_TIMEOUT
 from s2s.ca.http_services import SERVICES
-from s2s.ca.oauth_service import ClientCredentials, TokenService
+from s2s.ca.oauth_metrics import NO_METHOD
+from s2s.ca.oauth_service import AuthenticatedClient, ClientCredentials, TokenService
 from s2s.core.errors import NotFound, Unavailable
 from s2s.core.oauth import OAuthError
 from s2s.core.oauth_metadata import (
@@ -46,6 +49,8 @@ MAX_FIELDS: Final = 32
 _NO_STORE: Final = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MULTI: Final = frozenset({"audience", "resource"})
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# what a handler learnt about its request for the metrics (method, result)
+_SEEN: Final = web.RequestKey[dict[str, str]]("oauth_seen", dict)
 
 
 def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -57,13 +62,23 @@ def _json(body: Any, *, status: int = 200, headers: dict[str, str] | None = None
     )
 
 
-def _oauth_errors(handler: _Handler) -> _Handler:
-    """RFC 6749 section 5.2 answers for every refusal of an OAuth endpoint."""
+def _oauth_errors(handler: _Handler, endpoint: str | None = None) -> _Handler:
+    """RFC 6749 section 5.2 answers for every refusal of an OAuth endpoint; with an ``endpoint``
+    name, each answer is counted in ``s2s_ca_oauth_*`` (by the method and result the handler
+    noted in ``request[_SEEN]``, else ``ok``; a refusal by its error code; an unexpected
+    exception, which the middleware answers with a 500, as ``server_error``)."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
+        start = time.perf_counter()
+        seen: dict[str, str] = {}
+        request[_SEEN] = seen
+        result, reason = "server_error", ""
         try:
-            return await handler(request)
+            response = await handler(request)
+            result = seen.get("result", "ok")
+            return response
         except OAuthError as exc:
+            result, reason = exc.error, exc.reason
             status, headers = 400, {}
             if exc.error == "invalid_client":
                 status, headers = 401, {"WWW-Authenticate": 'Basic realm="s2s"'}
@@ -72,12 +87,30 @@ def _oauth_errors(handler: _Handler) -> _Handler:
             body = {"error": exc.error, "error_description": exc.description}
             return _json(body, status=status, headers=headers)
         except NotFound as exc:
+            result = "not_found"
             return _json({"error": "not_found", "error_description": str(exc)}, status=404)
         except Unavailable as exc:
+            result = "temporarily_unavailable"
             body = {"error": "temporarily_unavailable", "error_description": str(exc)}
             return _json(body, status=503)
+        except asyncio.CancelledError:
+            result = ""  # the client went away: nothing was answered, nothing is counted
+            raise
+        finally:
+            if endpoint is not None and result:
+                request.app[SERVICES].metrics.oauth.observe(
+                    endpoint,
+                    method=seen.get("method", NO_METHOD),
+                    result=result,
+                    seconds=time.perf_counter() - start,
+                    replay=reason == "replay",
+                )
 
     return wrapped
+
+
+def _counted(endpoint: str) -> Callable[[_Handler], _Handler]:
+    return functools.partial(_oauth_errors, endpoint=endpoint)
 
 
 async def _form(request: web.Request) -> dict[str, list[str]]:
@@ -167,12 +200,20 @@ def _service(request: web.Request) -> TokenService:
     return request.app[SERVICES].token_service()
 
 
-@_oauth_errors
+async def _authenticate(
+    request: web.Request, service: TokenService, form: dict[str, list[str]]
+) -> AuthenticatedClient:
+    credentials = _credentials(request, form)
+    request[_SEEN]["method"] = credentials.method()
+    return await service.authenticate(credentials)
+
+
+@_counted("token")
 async def post_token(request: web.Request) -> web.StreamResponse:
     """POST /oauth/token: the client-credentials grant (RFC 6749 section 4.4)."""
     service = _service(request)
     form = await _form(request)
-    client = await service.authenticate(_credentials(request, form))
+    client = await _authenticate(request, service, form)
     audience = [*form.get("audience", []), *form.get("resource", [])]
     issued = await service.issue(
         client, grant_type=_one(form, "grant_type"), scope=_one(form, "scope"), audience=audience
@@ -180,24 +221,26 @@ async def post_token(request: web.Request) -> web.StreamResponse:
     return _json(issued.to_json())
 
 
-@_oauth_errors
+@_counted("introspect")
 async def post_introspect(request: web.Request) -> web.StreamResponse:
     """POST /oauth/introspect (RFC 7662) for an authenticated client."""
     service = _service(request)
     form = await _form(request)
-    client = await service.authenticate(_credentials(request, form))
+    client = await _authenticate(request, service, form)
     token = _one(form, "token")
     if not token:
         raise OAuthError("invalid_request", "the token parameter is missing")
-    return _json(service.introspect(client, token))
+    answer = service.introspect(client, token)
+    request[_SEEN]["result"] = "active" if answer["active"] else "inactive"
+    return _json(answer)
 
 
-@_oauth_errors
+@_counted("revoke")
 async def post_revoke(request: web.Request) -> web.StreamResponse:
     """POST /oauth/revoke (RFC 7009): the token becomes a jti revocation record."""
     service = _service(request)
     form = await _form(request)
-    client = await service.authenticate(_credentials(request, form))
+    client = await _authenticate(request, service, form)
     token = _one(form, "token")
     if not token:
         raise OAuthError("invalid_request", "the token parameter is missing")

@@ -50,7 +50,7 @@ from s2s.verifier.access_token import certificate_thumbprint
 from s2s.verifier.jws import b64decode, check_alg, json_object, split_compact, verify_checked
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 
-__all__ = ["ClientCredentials", "IssuedToken", "TokenService"]
+__all__ = ["AuthenticatedClient", "ClientCredentials", "IssuedToken", "TokenService"]
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,11 @@ class TokenService:
             raise OAuthError("invalid_client", "client_id differs from the assertion's subject")
         if checked.jti is None:
             raise OAuthError("invalid_client", "the client assertion needs a jti (replay check)")
-        self._remember(checked.jti, checked.expiry)
+        self._remember(checked.jti, checked.expiry, sid)
         record = await self._client(sid)
         return AuthenticatedClient(record, "private_key_jwt", None)
 
-    def _remember(self, jti: str, expiry: datetime) -> None:
+    def _remember(self, jti: str, expiry: datetime, client: str) -> None:
         """Refuse a second use of one assertion until it expires (RFC 7523 section 3, item 7)."""
         now = utc(self._clock.now())
         if len(self._seen_jti) >= MAX_REPLAY_ENTRIES:
@@ -226,7 +226,10 @@ class TokenService:
                 raise OAuthError("invalid_client", "too many assertions in flight; retry later")
         seen = self._seen_jti.get(jti)
         if seen is not None and seen > now:
-            raise OAuthError("invalid_client", "the client assertion was already used")
+            log.warning("oauth.assertion_replayed", extra={F.SPIFFE_ID: client})
+            raise OAuthError(
+                "invalid_client", "the client assertion was already used", reason="replay"
+            )
         self._seen_jti[jti] = expiry
 
     async def _by_certificate(self, creds: ClientCredentials) -> AuthenticatedClient:

@@ -47,12 +47,14 @@ _SECRET_HASH = re.compile(r"sha256:[0-9a-f]{64}")
 
 class OAuthError(InvalidRequest):
     """A request the token service refuses, with its RFC 6749 section 5.2 (or RFC 7009/7662,
-    RFC 8707) ``error`` code; the HTTP adapter picks the status from it."""
+    RFC 8707) ``error`` code; the HTTP adapter picks the status from it. ``reason`` names a
+    refusal that is counted apart (``replay``: a client assertion used before)."""
 
-    def __init__(self, error: str, description: str) -> None:
+    def __init__(self, error: str, description: str, *, reason: str = "") -> None:
         super().__init__(description)
         self.error = error
         self.description = description
+        self.reason = reason
 
 
 def parse_scope(text: str) -> frozenset[str]:

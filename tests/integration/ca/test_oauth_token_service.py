@@ -19,6 +19,7 @@ import pytest
 from ca_harness import TRUST_DOMAIN, RunningCa, ca_client, stop_ca
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 
 from s2s.ca.app import CaServer, ServeOptions
 from s2s.ca.audit import AUDIT_LOGGER
@@ -575,3 +576,88 @@ def _revoked(validator: AccessTokenValidator, token: str) -> bool:
     except InvalidToken as exc:
         return exc.reason == "revoked"
     return False
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+
+
+async def _scraped(oauth: OAuthCa) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    status, text = await oauth.ca.public("GET", "/metrics")
+    assert status == 200
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("s2s_ca_oauth_")
+    }
+
+
+def _value(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+           **labels: str) -> float:  # fmt: skip
+    return scraped.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_token_service_metrics_count_each_answer_by_method_and_result(
+    oauth: OAuthCa,
+) -> None:
+    """s2s_ca_oauth_*: each answered request once, by its client authentication method and its
+    result; the twins (a refused request) count under their error code, never as ok."""
+    secret = (await oauth.client(client_id="reports"))["client_secret"]
+    await oauth.client(spiffe_id=CLIENT_ID)
+    assertion = await oauth.jwt_svid(oauth.token_endpoint)
+    by_assertion = _grant(client_assertion_type=ASSERTION_TYPE, client_assertion=assertion)
+    svid = await oauth.x509_svid()
+
+    _, issued, _ = await oauth.post("/oauth/token", _grant(), auth=("reports", secret))
+    await oauth.post("/oauth/token", _grant(), auth=("reports", secret + "x"))
+    await oauth.post("/oauth/token", _grant(client_id="reports", client_secret=secret))
+    assert (await oauth.post("/oauth/token", by_assertion))[0] == 200
+    assert (await oauth.post("/oauth/token", by_assertion))[0] == 401  # the replay
+    cert = (svid["chain_pem"], svid["key_pem"])
+    assert (await oauth.post("/oauth/token", _grant(scope="nope"), cert=cert))[0] == 400
+    assert (await oauth.post("/oauth/token", _grant(), cert=cert))[0] == 200
+    await oauth.post("/oauth/token", _grant())  # no client authentication at all
+    await oauth.post("/oauth/token", {"grant_type": "password"}, auth=("reports", secret))
+    token = issued["access_token"]
+    await oauth.post("/oauth/introspect", {"token": token}, auth=("reports", secret))
+    await oauth.post("/oauth/introspect", {"token": "junk"}, auth=("reports", secret))
+    await oauth.post("/oauth/introspect", {"token": token})
+    await oauth.post("/oauth/revoke", {"token": token}, auth=("reports", secret))
+    await oauth.post("/oauth/revoke", {"token": token}, auth=("reports", secret + "x"))
+
+    m = await _scraped(oauth)
+    requests = "s2s_ca_oauth_token_requests_total"
+    assert {
+        (method, result): _value(m, requests, method=method, result=result)
+        for method, result in [
+            ("client_secret_basic", "ok"),
+            ("client_secret_basic", "invalid_client"),
+            ("client_secret_basic", "unsupported_grant_type"),
+            ("client_secret_post", "ok"),
+            ("private_key_jwt", "ok"),
+            ("private_key_jwt", "invalid_client"),
+            ("tls_client_auth", "ok"),
+            ("tls_client_auth", "invalid_scope"),
+            ("none", "invalid_client"),
+        ]
+    } == {
+        ("client_secret_basic", "ok"): 1,
+        ("client_secret_basic", "invalid_client"): 1,
+        ("client_secret_basic", "unsupported_grant_type"): 1,
+        ("client_secret_post", "ok"): 1,
+        ("private_key_jwt", "ok"): 1,
+        ("private_key_jwt", "invalid_client"): 1,
+        ("tls_client_auth", "ok"): 1,
+        ("tls_client_auth", "invalid_scope"): 1,
+        ("none", "invalid_client"): 1,
+    }
+    total = sum(v for (name, _), v in m.items() if name == requests)
+    assert total == 9
+    assert _value(m, "s2s_ca_oauth_token_seconds_count", method="private_key_jwt") == 2
+    assert _value(m, "s2s_ca_oauth_assertion_replays_total") == 1
+    introspections = "s2s_ca_oauth_introspections_total"
+    assert _value(m, introspections, result="active") == 1
+    assert _value(m, introspections, result="inactive") == 1
+    assert _value(m, introspections, result="invalid_client") == 1
+    assert _value(m, "s2s_ca_oauth_revocations_total", result="ok") == 1
+    assert _value(m, "s2s_ca_oauth_revocations_total", result="invalid_client") == 1
