@@ -20,6 +20,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import MultiMapping
 
+from s2s.ca.admin_bundles import add_bundle_routes, check_federates_with
 from s2s.ca.admin_clients import add_client_routes
 from s2s.ca.audit import AdminCaller, AuditLog, admin_caller
 from s2s.ca.http import get_crl, get_healthz, get_readyz, get_revocations, jwt_json, svid_json
@@ -33,13 +34,14 @@ from s2s.core.errors import (
     Conflict,
     InvalidConfig,
     InvalidRequest,
+    InvalidSpiffeId,
     NotAuthorized,
     NotFound,
     S2SError,
     Unavailable,
 )
 from s2s.core.selectors import parse_entry_selectors
-from s2s.core.spiffe_id import SpiffeId
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.log import F
 
 __all__ = [
@@ -53,7 +55,16 @@ log = logging.getLogger(__name__)
 
 SOCKET_MODE: Final = 0o600
 _ENTRY_FIELDS: Final = frozenset(
-    {"spiffe_id", "parent_id", "selectors", "x509_svid_ttl", "jwt_svid_ttl", "dns_names", "hint"}
+    {
+        "spiffe_id",
+        "parent_id",
+        "selectors",
+        "x509_svid_ttl",
+        "jwt_svid_ttl",
+        "dns_names",
+        "hint",
+        "federates_with",
+    }
 )
 
 
@@ -168,7 +179,16 @@ def entry_fields(body: Mapping[str, Any]) -> dict[str, Any]:
         out["dns_names"] = tuple(_strings(body, "dns_names"))
     if "hint" in body:
         out["hint"] = field(body, "hint")
+    if "federates_with" in body:
+        out["federates_with"] = _trust_domains(_strings(body, "federates_with"))
     return out
+
+
+def _trust_domains(names: list[str]) -> frozenset[TrustDomain]:
+    try:
+        return frozenset(TrustDomain.parse(n) for n in names)
+    except InvalidSpiffeId as exc:
+        raise InvalidRequest(f"federates_with: {exc}") from None
 
 
 def _strings(body: Mapping[str, Any], name: str) -> list[str]:
@@ -200,13 +220,15 @@ async def list_entries(request: web.Request) -> web.Response:
 
 def entry_filters(query: MultiMapping[str]) -> dict[str, Any]:
     """``Registry.list_entries`` filters from a query string, parsed (400 when malformed)."""
-    _only(query, {"parent_id", "spiffe_id", "selector"})
+    _only(query, {"parent_id", "spiffe_id", "selector", "federates_with"})
     out: dict[str, Any] = {}
     for name in ("parent_id", "spiffe_id"):
         if name in query:
             out[name] = _spiffe_id_arg(query.get(name), name)
     if "selector" in query:
         out["selectors"] = parse_entry_selectors(query.getall("selector"))
+    if "federates_with" in query:
+        out["federates_with"] = _trust_domains(query.getall("federates_with"))
     return out
 
 
@@ -246,6 +268,7 @@ async def create_entry(request: web.Request) -> web.Response:
     for required in ("spiffe_id", "parent_id", "selectors"):
         if required not in fields:
             raise InvalidRequest(f"missing field {required!r}")
+    await check_federates_with(_services(request), fields.get("federates_with", ()))
     entry = await _services(request).registry.create_entry(**fields)
     return json_response(entry.to_json(), status=201)
 
@@ -263,6 +286,7 @@ async def update_entry(request: web.Request) -> web.Response:
     fields = entry_fields(body)
     if not fields:
         raise InvalidRequest("nothing to update")
+    await check_federates_with(_services(request), fields.get("federates_with", ()))
     registry = _services(request).registry
     entry = await registry.update_entry(
         unquote(request.match_info["id"]), expected_revision=expected, **fields
@@ -454,4 +478,5 @@ def admin_app(services: ApiServices, *, audit: AuditLog | None = None) -> web.Ap
     r.add_get("/v1/revocations", get_revocations)
     r.add_get("/v1/crl", get_crl)
     add_client_routes(app)
+    add_bundle_routes(app)
     return app

@@ -7,21 +7,30 @@ sequence (they re-fetch the bundle when it moved) and the tainted authorities (t
 once, every SVID under a tainted intermediate and drop JWT-SVIDs signed by a tainted key), as of
 ``authorities_revision``; an agent passing that revision back (``authorities=R``) gets an answer
 as soon as authorities change, without waiting for an entry change.
+
+Federation: the answer carries the federated bundles of every trust domain the agent's entries
+federate with (``federated_bundles``, SPIFFE bundle JSON by trust domain name) as of
+``federated_revision``; an agent passing that back (``federated=R``) is answered as soon as a
+federated bundle changes or goes away.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from s2s.ca.authority import Authority
+from s2s.ca.federated_bundles import FederatedBundles
 from s2s.ca.lifecycle import AuthorityLifecycle, TaintedAuthorities
 from s2s.ca.registry import Registry
+from s2s.core.bundle import BundleSet
 from s2s.core.errors import Conflict, NotFound
+from s2s.core.registration import RegistrationEntry
 from s2s.log import F
 from s2s.store.base import Store
 from s2s.store.records import AgentRecord, Topic
@@ -37,13 +46,21 @@ class AgentView:
 
     bundle_sequence: int
     tainted: TaintedAuthorities
+    federated_revision: int | None = None  # None: this CA keeps no federated bundles
+    federated: BundleSet = field(default_factory=BundleSet)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "bundle_sequence": self.bundle_sequence,
             "authorities_revision": self.tainted.revision,
             "tainted": self.tainted.to_json(),
         }
+        if self.federated_revision is not None:
+            out["federated_revision"] = self.federated_revision
+            out["federated_bundles"] = {
+                str(b.trust_domain): json.loads(b.encode()) for b in self.federated
+            }
+        return out
 
 
 class AgentSync:
@@ -56,8 +73,10 @@ class AgentSync:
         authority: Authority,
         registry: Registry,
         lifecycle: AuthorityLifecycle,
+        federated: FederatedBundles | None = None,
     ) -> None:
         self._store = store
+        self._federated = federated
         self._registry = registry
         self._authority = authority
         self._lifecycle = lifecycle
@@ -75,29 +94,51 @@ class AgentSync:
             )
             return agent
 
-    async def view(self) -> AgentView:
+    async def view(self, entries: Iterable[RegistrationEntry] = ()) -> AgentView:
         """The current bundle sequence and tainted authorities (the bundle is re-read from the
-        store when authorities changed since the last look, so the sequence is current)."""
+        store when authorities changed since the last look, so the sequence is current), and
+        the federated bundles ``entries`` federate with."""
         tainted = await self._lifecycle.tainted()
         if tainted.revision != self._seen_revision:
             await self._authority.refresh_bundle()
             self._seen_revision = tainted.revision
-        return AgentView(self._authority.bundle.sequence, tainted)
+        if self._federated is None:
+            return AgentView(self._authority.bundle.sequence, tainted)
+        revision = await self._federated.revision()  # before the read: a change wakes again
+        wanted = frozenset(td for e in entries for td in e.federates_with)
+        federated = await self._federated.bundle_set(wanted) if wanted else BundleSet()
+        return AgentView(self._authority.bundle.sequence, tainted, revision, federated)
+
+    def moved(self, view: AgentView | None, authorities_seen: int, federated_seen: int) -> bool:
+        """Whether ``view`` is newer than what the agent said it holds."""
+        if view is None:
+            return False
+        authorities = authorities_seen >= 0 and view.tainted.revision != authorities_seen
+        federated = (
+            federated_seen >= 0
+            and view.federated_revision is not None
+            and view.federated_revision != federated_seen
+        )
+        return authorities or federated
 
     async def wait(
-        self, entries: Awaitable[object], authorities_after: int, timeout: float
+        self,
+        entries: Awaitable[object],
+        authorities_after: int,
+        timeout: float,
+        federated_after: int = -1,
     ) -> None:
-        """Until ``entries`` completes or authorities move past ``authorities_after`` (only
-        ``entries`` when the agent did not say which authorities revision it saw)."""
-        if authorities_after < 0:
+        """Until ``entries`` completes, authorities move past ``authorities_after`` or the
+        federated bundles past ``federated_after`` (a negative revision: not waited on)."""
+        waits = [entries]
+        if authorities_after >= 0:
+            waits.append(self._store.wait_for_change(Topic.AUTHORITIES, authorities_after, timeout))
+        if federated_after >= 0 and self._federated is not None:
+            waits.append(self._federated.wait_for_change(federated_after, timeout))
+        if len(waits) == 1:
             await entries
             return
-        tasks = {
-            asyncio.ensure_future(entries),
-            asyncio.ensure_future(
-                self._store.wait_for_change(Topic.AUTHORITIES, authorities_after, timeout)
-            ),
-        }
+        tasks = {asyncio.ensure_future(w) for w in waits}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:

@@ -80,6 +80,7 @@ class AuditField(StrEnum):
     OLD_ROOT = "old_root"
     NEW_ROOT = "new_root"
     BUNDLE_SEQUENCE = "bundle_sequence"
+    FEDERATES_WITH = "federates_with"
 
 
 AUDIT_FIELDS: tuple[str, ...] = tuple(f.value for f in AuditField)
@@ -260,6 +261,7 @@ def entry_details(entry: RegistrationEntry) -> dict[AuditField, Any]:
         AuditField.JWT_SVID_TTL: _seconds(entry.jwt_svid_ttl),
         AuditField.DNS_NAMES: list(entry.dns_names),
         AuditField.HINT: entry.hint or None,
+        AuditField.FEDERATES_WITH: sorted(str(td) for td in entry.federates_with) or None,
         AuditField.REVISION: entry.revision,
     }
 

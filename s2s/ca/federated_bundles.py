@@ -139,6 +139,13 @@ class FederatedBundles:
 
     # -- writes ------------------------------------------------------------------------------
 
+    def check_foreign(self, trust_domain: TrustDomain) -> None:
+        """:class:`InvalidRequest` when ``trust_domain`` is this CA's own."""
+        if trust_domain == self._td:
+            raise InvalidRequest(
+                f"{trust_domain} is this CA's own trust domain: its bundle is not a federated one"
+            )
+
     async def put(
         self, bundle: Bundle, *, source: str, refreshed: bool = False
     ) -> FederatedBundleRecord:
@@ -147,10 +154,7 @@ class FederatedBundles:
         if not isinstance(bundle, Bundle):
             raise InvalidRequest("a federated bundle must be a Bundle")
         td = bundle.trust_domain
-        if td == self._td:
-            raise InvalidRequest(
-                f"{td} is this CA's own trust domain: its bundle is not a federated one"
-            )
+        self.check_foreign(td)
         if source not in _SOURCES:
             raise InvalidRequest(f"a bundle source is one of {sorted(_SOURCES)}, not {source!r}")
         now = utc(self._clock.now())

@@ -165,32 +165,34 @@ async def _agent_svid_response(
 
 
 async def get_entries(request: web.Request) -> web.Response:
-    """GET /v1/agent/entries?since=R&wait=S[&bundle_sequence=N&authorities=A]: the caller's
-    entries, long-polling past entries revision R and authorities revision A; records the bundle
-    sequence N the agent holds; the answer adds the bundle sequence and tainted authorities."""
+    """GET /v1/agent/entries?since=R&wait=S[&bundle_sequence=N&authorities=A&federated=F]: the
+    caller's entries, long-polling past entries revision R, authorities revision A and federated
+    bundles revision F; records the bundle sequence N the agent holds; the answer adds the bundle
+    sequence, tainted authorities and the federated bundles its entries federate with."""
     agent = await authenticate_agent(request)
     since = query_number(request, "since", int, default=-1)
     wait = min(query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
     held = query_number(request, "bundle_sequence", int, default=-1)
     seen = query_number(request, "authorities", int, default=-1)
+    fed_seen = query_number(request, "federated", int, default=-1)
     services = request.app[SERVICES]
     registry, sync = services.registry, services.agent_sync
     if sync is not None and held >= 0:
         await sync.report_bundle_sequence(agent, held)
     snapshot = await registry.entries_for_agent(agent.spiffe_id)
-    view = await sync.view() if sync is not None else None
-    fresh = view is not None and seen >= 0 and view.tainted.revision != seen
+    view = await sync.view(snapshot.entries) if sync is not None else None
+    fresh = sync is not None and sync.moved(view, seen, fed_seen)
     if wait > 0 and snapshot.revision <= since and not fresh:
 
         def waiting() -> Awaitable[object]:
             change: Awaitable[object] = registry.wait_for_entries(since, wait)
             if sync is not None:
-                change = sync.wait(change, seen, wait)  # or until authorities move past seen
+                change = sync.wait(change, seen, wait, fed_seen)  # or authorities/federated move
             return change
 
         await _long_poll(services, waiting)
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
-        view = await sync.view() if sync is not None else None
+        view = await sync.view(snapshot.entries) if sync is not None else None
     entries = [entry.to_json() for entry in snapshot.entries]
     extra = view.to_json() if view is not None else {}
     return json_response({"revision": snapshot.revision, "entries": entries, **extra})

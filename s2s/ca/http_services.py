@@ -15,6 +15,7 @@ from s2s.ca.attestation import AgentAttestor
 from s2s.ca.authority import Authority
 from s2s.ca.config import ServerLimits
 from s2s.ca.crl import CrlPublisher
+from s2s.ca.federated_bundles import FederatedBundles
 from s2s.ca.http_guard import LongPollSlots
 from s2s.ca.issuance import Issuer
 from s2s.ca.lifecycle import AuthorityLifecycle
@@ -46,6 +47,7 @@ class ApiServices:
     root_rotation: RootRotation | None = None
     jwt_issuer: str | None = None  # ``iss`` of JWT-SVIDs and of the OIDC discovery document
     oauth: TokenService | None = None  # the OAuth 2.0 token service (oauth_issuer set)
+    federated_bundles: FederatedBundles | None = None  # other trust domains' bundles
     long_polls: LongPollSlots = field_(
         default_factory=lambda: LongPollSlots(ServerLimits().max_long_polls)
     )
@@ -59,6 +61,11 @@ class ApiServices:
         if self.oauth is None:
             raise NotFound("this CA runs no token service (set oauth_issuer or jwt_issuer)")
         return self.oauth
+
+    def federation_bundles(self) -> FederatedBundles:
+        if self.federated_bundles is None:
+            raise Unavailable("this CA keeps no federated bundles")
+        return self.federated_bundles
 
     def crl_publisher(self) -> CrlPublisher:
         if self.crls is None:

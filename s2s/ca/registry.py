@@ -37,7 +37,7 @@ from s2s.core.errors import (
 from s2s.core.registration import RegistrationEntry, new_entry_id
 from s2s.core.reserved import RESERVED_PATH, is_reserved, join_token_agent_id
 from s2s.core.selectors import Selector, validate_selector
-from s2s.core.spiffe_id import SpiffeId
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 
 __all__ = [
@@ -91,6 +91,7 @@ class Registry(CaService):
         jwt_svid_ttl: timedelta | None = None,
         dns_names: Sequence[str] = (),
         hint: str = "",
+        federates_with: Iterable[TrustDomain] = (),
     ) -> RegistrationEntry:
         """Validate and store a new entry (TTLs default to the config). :class:`InvalidRequest`."""
         entry = RegistrationEntry(
@@ -102,6 +103,7 @@ class Registry(CaService):
             jwt_svid_ttl=self._config.jwt_svid_ttl if jwt_svid_ttl is None else jwt_svid_ttl,
             dns_names=_names(dns_names),
             hint=hint,
+            federates_with=_trust_domains(federates_with),
             created_at=utc(self._clock.now()),
         )
         self.check_entry(entry)
@@ -122,6 +124,7 @@ class Registry(CaService):
         jwt_svid_ttl: timedelta | None = None,
         dns_names: Sequence[str] | None = None,
         hint: str | None = None,
+        federates_with: Iterable[TrustDomain] | None = None,
     ) -> RegistrationEntry:
         """Change the given fields (None = keep). :class:`NotFound`, :class:`Conflict` on a
         stale ``expected_revision``, :class:`InvalidRequest` on bad values."""
@@ -138,6 +141,7 @@ class Registry(CaService):
             "jwt_svid_ttl": jwt_svid_ttl,
             "dns_names": None if dns_names is None else _names(dns_names),
             "hint": hint,
+            "federates_with": None if federates_with is None else _trust_domains(federates_with),
         }
         updated = dataclasses.replace(
             current, **{k: v for k, v in changes.items() if v is not None}
@@ -165,14 +169,19 @@ class Registry(CaService):
         parent_id: SpiffeId | None = None,
         spiffe_id: SpiffeId | None = None,
         selectors: Iterable[Selector] = (),
+        federates_with: Iterable[TrustDomain] = (),
     ) -> EntrySnapshot:
         """Entries with the entries revision; the filters combine (AND): this parent, this
-        SPIFFE ID, and every one of ``selectors`` among the entry's selectors."""
+        SPIFFE ID, every one of ``selectors`` among the entry's selectors, and every one of
+        ``federates_with`` among the trust domains it federates with."""
         revision = await self._store.revision(Topic.ENTRIES)
         found = await self._store.list_entries(parent_id=parent_id, spiffe_id=spiffe_id)
         wanted = frozenset(selectors)
         if wanted:
             found = tuple(e for e in found if wanted <= e.selectors)
+        tds = frozenset(federates_with)
+        if tds:
+            found = tuple(e for e in found if tds <= e.federates_with)
         return EntrySnapshot(found, revision)
 
     async def entries_for_agent(
@@ -195,6 +204,11 @@ class Registry(CaService):
             raise InvalidRequest(f"parent ID {entry.parent_id} is not in trust domain {td}")
         if entry.parent_id == entry.spiffe_id:
             raise InvalidRequest("an entry cannot be its own parent")
+        if td in entry.federates_with:
+            raise InvalidRequest(
+                f"an entry cannot federate with its own trust domain {td} (its bundle is always"
+                " delivered)"
+            )
         cap = self._config.max_svid_ttl
         for name in ("x509_svid_ttl", "jwt_svid_ttl"):
             ttl: timedelta = getattr(entry, name)
@@ -503,6 +517,12 @@ def _selector_set(selectors: Iterable[Selector]) -> frozenset[Selector]:
     for selector in sorted(out):  # a selector no attestor produces would never match
         validate_selector(selector)
     return out
+
+
+def _trust_domains(tds: Iterable[TrustDomain]) -> frozenset[TrustDomain]:
+    if isinstance(tds, str):
+        raise InvalidRequest("federates_with must be a collection of trust domains, not one string")
+    return frozenset(tds)
 
 
 def _names(dns_names: Sequence[str]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from s2s.cli import ca_rotation
+from s2s.cli import ca_bundles, ca_rotation
 from s2s.cli.ca_agents import agent, token
 from s2s.cli.ca_authorities import authority, bundle
 from s2s.cli.ca_clients import client
@@ -70,6 +70,7 @@ for _command in (init, serve, healthcheck, entry, token, agent, bundle, authorit
                  revoke, revocations, crl, client):  # fmt: skip
     cli.add_command(_command)
 ca_rotation.register(cli, authority)  # authority prepare|activate|taint|revoke, rotate-root
+ca_bundles.register(bundle)  # bundle set|list|delete (federated bundles)
 
 
 def _set_location(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:

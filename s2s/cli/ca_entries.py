@@ -55,6 +55,12 @@ _entry_options = [
     click.option("--jwt-ttl", type=DURATION, help="JWT-SVID lifetime (e.g. 5m)."),
     click.option("--dns-name", "dns_names", multiple=True, help="DNS SAN (repeat)."),
     click.option("--hint", help="Hint for workloads with several SVIDs."),
+    click.option(
+        "--federates-with",
+        "federates_with",
+        multiple=True,
+        help="A trust domain whose bundle its workloads get (repeat; replaces on update).",
+    ),
 ]
 
 
@@ -88,6 +94,12 @@ _filter_options = [
         multiple=True,
         help="type:value (repeat): only entries that have every one given.",
     ),
+    click.option(
+        "--federates-with",
+        "federates_with",
+        multiple=True,
+        help="A trust domain (repeat): only entries that federate with every one given.",
+    ),
 ]
 
 
@@ -97,9 +109,16 @@ def filter_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def _filters(parent_id: str | None, spiffe_id: str | None, selectors: tuple[str, ...]) -> Any:
+def _filters(
+    parent_id: str | None,
+    spiffe_id: str | None,
+    selectors: tuple[str, ...],
+    federates_with: tuple[str, ...] = (),
+) -> Any:
     """Query parameters for GET /v1/entries (the CA parses and checks them)."""
     query: dict[str, str | list[str]] = {}
+    if federates_with:
+        query["federates_with"] = list(federates_with)
     if parent_id is not None:
         query["parent_id"] = parent_id
     if spiffe_id is not None:
@@ -120,10 +139,11 @@ def entry_list(
     parent_id: str | None,
     spiffe_id: str | None,
     selectors: tuple[str, ...],
+    federates_with: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """List registration entries; the filters given combine (an entry matches all of them)."""
-    query = _filters(parent_id, spiffe_id, selectors)
+    query = _filters(parent_id, spiffe_id, selectors, federates_with)
     entries = call(lambda: ctx.client().get("/v1/entries", **query))["entries"]
     emit_json(entries) if as_json else _entry_rows(entries)
 
@@ -141,11 +161,12 @@ def entry_show(
     parent_id: str | None,
     spiffe_id: str | None,
     selectors: tuple[str, ...],
+    federates_with: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Show one entry by ID, or every entry the filters match (--selector, --parent-id,
-    --spiffe-id; exit 4 when none does)."""
-    query = _filters(parent_id, spiffe_id, selectors)
+    --spiffe-id, --federates-with; exit 4 when none does)."""
+    query = _filters(parent_id, spiffe_id, selectors, federates_with)
     if entry_id is not None:
         if query:
             raise click.UsageError("give an entry ID or filters, not both")
@@ -153,7 +174,9 @@ def entry_show(
         emit_json(found) if as_json else key_values(found)
         return
     if not query:
-        raise click.UsageError("give an entry ID, or --selector/--parent-id/--spiffe-id")
+        raise click.UsageError(
+            "give an entry ID, or --selector/--parent-id/--spiffe-id/--federates-with"
+        )
     entries = call(lambda: ctx.client().get("/v1/entries", **query))["entries"]
     if not entries:
         raise NotFound("no entry matches " + _described(query))
@@ -168,7 +191,9 @@ def entry_show(
 
 def _described(query: dict[str, Any]) -> str:
     parts = [f"{k}={v}" for k, v in query.items() if k != "selector"]
+    parts = [p for p in parts if not p.startswith("federates_with=")]
     parts += [f"selector={s}" for s in query.get("selector", [])]
+    parts += [f"federates_with={t}" for t in query.get("federates_with", [])]
     return " and ".join(parts)
 
 
@@ -177,11 +202,20 @@ def _described(query: dict[str, Any]) -> str:
 @click.option("--spiffe-id")
 @click.option("--parent-id")
 @entry_options
+@click.option(
+    "--no-federation", is_flag=True, help="Federate with no trust domain (clears the list)."
+)
 @json_option
 @pass_ctx
-def entry_update(ctx: Ctx, /, entry_id: str, as_json: bool, **opts: Any) -> None:
+def entry_update(
+    ctx: Ctx, /, entry_id: str, as_json: bool, no_federation: bool, **opts: Any
+) -> None:
     """Change fields of an entry (the ones given)."""
+    if no_federation and opts["federates_with"]:
+        raise click.UsageError("give --federates-with or --no-federation, not both")
     body = _entry_body(opts)
+    if no_federation:
+        body["federates_with"] = []
     if not body:
         raise click.UsageError("nothing to update: give at least one option")
     updated = call(

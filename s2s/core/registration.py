@@ -6,9 +6,12 @@ The JSON shape (``to_json``/``from_json``) is the one the admin and agent APIs s
 
     {"id": "...", "spiffe_id": "spiffe://td/x", "parent_id": "spiffe://td/s2s/agent/...",
      "selectors": ["unix:uid:1000"], "x509_svid_ttl": 300, "jwt_svid_ttl": 300,
-     "dns_names": [], "hint": "", "revision": 1, "created_at": "2030-01-01T00:00:00+00:00"}
+     "dns_names": [], "hint": "", "federates_with": ["other.org"], "revision": 1,
+     "created_at": "2030-01-01T00:00:00+00:00"}
 
-TTLs are whole seconds; ``created_at`` is ISO 8601 with an offset, or null.
+TTLs are whole seconds; ``created_at`` is ISO 8601 with an offset, or null. ``federates_with``
+names the foreign trust domains whose bundles workloads of this entry receive (SPIFFE Workload API:
+``federated_bundles``); it is optional, sorted, and left out when empty.
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ from typing import Any
 from s2s.core.b64 import b64url_encode
 from s2s.core.errors import InvalidRequest, InvalidSelector, InvalidSpiffeId
 from s2s.core.selectors import Selector
-from s2s.core.spiffe_id import SpiffeId
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
 
 __all__ = [
     "DEFAULT_SVID_TTL",
     "MAX_DNS_NAMES",
+    "MAX_FEDERATES_WITH",
     "MAX_HINT_CHARS",
     "MAX_SELECTORS",
     "MAX_TTL",
@@ -39,6 +43,7 @@ MAX_TTL = dt.timedelta(days=3650)  # sanity bound only; the CA enforces the oper
 MAX_SELECTORS = 64
 MAX_DNS_NAMES = 32
 MAX_HINT_CHARS = 256
+MAX_FEDERATES_WITH = 64
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -52,6 +57,7 @@ _FIELDS = frozenset(
         "jwt_svid_ttl",
         "dns_names",
         "hint",
+        "federates_with",
         "revision",
         "created_at",
     }
@@ -95,6 +101,7 @@ class RegistrationEntry:
     jwt_svid_ttl: dt.timedelta = DEFAULT_SVID_TTL
     dns_names: tuple[str, ...] = ()
     hint: str = ""
+    federates_with: frozenset[TrustDomain] = frozenset()
     revision: int = 0
     created_at: dt.datetime | None = None
 
@@ -108,6 +115,7 @@ class RegistrationEntry:
         _check_ttl("jwt_svid_ttl", self.jwt_svid_ttl)
         _check_dns_names(self.dns_names)
         _check_hint(self.hint)
+        _check_federates_with(self.federates_with)
         if type(self.revision) is not int or self.revision < 0:
             raise InvalidRequest("entry revision must be a non-negative integer")
         if self.created_at is not None and (
@@ -122,7 +130,7 @@ class RegistrationEntry:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object for this entry (selectors sorted, TTLs in seconds)."""
-        return {
+        doc = {
             "id": self.id,
             "spiffe_id": str(self.spiffe_id),
             "parent_id": str(self.parent_id),
@@ -134,6 +142,10 @@ class RegistrationEntry:
             "revision": self.revision,
             "created_at": None if self.created_at is None else self.created_at.isoformat(),
         }
+        # Left out when empty, so agents of an older release keep reading these entries.
+        if self.federates_with:
+            doc["federates_with"] = sorted(str(td) for td in self.federates_with)
+        return doc
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RegistrationEntry:
@@ -155,6 +167,7 @@ class RegistrationEntry:
             jwt_svid_ttl=_ttl(d, "jwt_svid_ttl"),
             dns_names=_dns_names(d.get("dns_names", [])),
             hint=_text(d, "hint", default=""),
+            federates_with=_trust_domains(d.get("federates_with", [])),
             revision=_int(d, "revision", default=0),
             created_at=_timestamp(d.get("created_at")),
         )
@@ -207,6 +220,24 @@ def _check_hint(hint: object) -> None:
         raise InvalidRequest(f"entry hint must be text of at most {MAX_HINT_CHARS} characters")
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in hint):
         raise InvalidRequest("entry hint must not contain control characters")
+
+
+def _check_federates_with(tds: object) -> None:
+    if not isinstance(tds, frozenset) or not all(isinstance(td, TrustDomain) for td in tds):
+        raise InvalidRequest("entry federates_with must be a frozenset of TrustDomain")
+    if len(tds) > MAX_FEDERATES_WITH:
+        raise InvalidRequest(f"an entry federates with at most {MAX_FEDERATES_WITH} trust domains")
+
+
+def _trust_domains(value: object) -> frozenset[TrustDomain]:
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise InvalidRequest("federates_with must be a list of trust domain names")
+    if len(value) > MAX_FEDERATES_WITH:
+        raise InvalidRequest(f"an entry federates with at most {MAX_FEDERATES_WITH} trust domains")
+    try:
+        return frozenset(TrustDomain.parse(n) for n in value)
+    except InvalidSpiffeId as exc:
+        raise InvalidRequest(f"federates_with: {exc}") from exc
 
 
 def _text(d: Mapping[str, Any], key: str, *, default: str | None = None) -> str:

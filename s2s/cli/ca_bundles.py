@@ -1,0 +1,96 @@
+"""``s2s-ca bundle set|list|delete``: the bundles of other trust domains (federated bundles) that
+the CA hands to the agents whose entries federate with them (``bundle show`` prints our own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from s2s.cli.ca_common import Ctx, call, emit_json, json_option, key_values, pass_ctx, table
+from s2s.core.bundle import MAX_BUNDLE_BYTES
+from s2s.core.errors import InvalidRequest
+
+__all__ = ["register"]
+
+_PATH = "/v1/federation/bundles"
+
+
+def register(bundle: click.Group) -> None:
+    """Add the commands to the ``s2s-ca bundle`` group."""
+    for command in (bundle_set, bundle_list, bundle_delete):
+        bundle.add_command(command)
+
+
+def _read_bundle_file(path: Path) -> str:
+    """The file's text: at most MAX_BUNDLE_BYTES of UTF-8 (the CA checks the document)."""
+    try:
+        with path.open("rb") as f:
+            data = f.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise InvalidRequest(f"{path} is larger than {MAX_BUNDLE_BYTES} bytes: not a bundle")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"{path} is not UTF-8 text: not a SPIFFE bundle") from None
+
+
+def _show(record: dict[str, Any]) -> None:
+    shown = {k: v for k, v in record.items() if k != "bundle"}
+    key_values(shown)
+
+
+@click.command("set")
+@click.option("--trust-domain", required=True, help="The foreign trust domain (e.g. b.test).")
+@click.option(
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Its SPIFFE bundle (JSON), e.g. the output of `s2s-ca bundle show --format spiffe`.",
+)
+@json_option
+@pass_ctx
+def bundle_set(ctx: Ctx, trust_domain: str, path: Path, as_json: bool) -> None:
+    """Set (or replace) the bundle of another trust domain, by hand."""
+    text = call(lambda: _read_bundle_file(path))
+    body = {"trust_domain": trust_domain, "bundle": text}
+    record = call(lambda: ctx.client().post(_PATH, body))
+    emit_json(record) if as_json else _show(record)
+
+
+@click.command("list")
+@json_option
+@pass_ctx
+def bundle_list(ctx: Ctx, as_json: bool) -> None:
+    """List the federated bundles (other trust domains' bundles)."""
+    records = call(lambda: ctx.client().get(_PATH))["bundles"]
+    if as_json:
+        emit_json(records)
+        return
+    rows = [
+        (
+            r["trust_domain"],
+            r["source"],
+            r["sequence"],
+            r["x509_authorities"],
+            r["jwt_authorities"],
+            r["updated_at"],
+            r["refreshed_at"],
+        )
+        for r in records
+    ]
+    table(rows, ["trust domain", "source", "sequence", "roots", "jwt keys", "updated", "refreshed"])
+
+
+@click.command("delete")
+@click.argument("trust_domain")
+@json_option
+@pass_ctx
+def bundle_delete(ctx: Ctx, trust_domain: str, as_json: bool) -> None:
+    """Delete the federated bundle of a trust domain (workloads stop receiving it)."""
+    deleted = call(lambda: ctx.client().post(f"{_PATH}/delete", {"trust_domain": trust_domain}))
+    emit_json(deleted) if as_json else click.echo(f"deleted {deleted['trust_domain']}")
