@@ -50,3 +50,30 @@ def test_config_file_carries_issuers_and_the_access_token_ttl(tmp_path: Path) ->
     path.write_text('jwt_issuer = ""\n')
     with pytest.raises(InvalidConfig):
         load_config_file(path)
+
+
+def _example_with(tmp_path: Path, *names: str) -> Path:
+    """deploy/ca.toml with the commented lines of ``names`` switched on."""
+    example = Path(__file__).parents[3] / "deploy" / "ca.toml"
+    lines = [
+        line.removeprefix("# ") if line.removeprefix("# ").startswith(names) else line
+        for line in example.read_text().splitlines()
+    ]
+    path = tmp_path / "ca.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_the_example_config_issuer_lines_load_when_uncommented(tmp_path: Path) -> None:
+    path = _example_with(tmp_path, "jwt_issuer =", "oauth_issuer =", "access_token =")
+    flags, ttls = load_config_file(path)
+    assert flags["jwt_issuer"] == flags["oauth_issuer"] == "https://ca.example.org:8443"
+    assert ttls["access_token_ttl"] == dt.timedelta(minutes=5)
+    cfg = CaConfig(trust_domain=TD, data_dir=Path("/d"), jwt_issuer=flags["jwt_issuer"],
+                   oauth_issuer=flags["oauth_issuer"])  # fmt: skip
+    assert cfg.token_service_issuer == "https://ca.example.org:8443"
+    # the twin: as shipped, the lines are comments and the token service stays off
+    flags, ttls = load_config_file(_example_with(tmp_path))
+    assert "jwt_issuer" not in flags
+    assert "oauth_issuer" not in flags
+    assert "access_token_ttl" not in ttls
