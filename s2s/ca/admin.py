@@ -22,6 +22,7 @@ from multidict import MultiMapping
 
 from s2s.ca.admin_bundles import add_bundle_routes, check_federates_with
 from s2s.ca.admin_clients import add_client_routes
+from s2s.ca.admin_federation import add_federation_routes
 from s2s.ca.audit import AdminCaller, AuditLog, admin_caller
 from s2s.ca.http import get_crl, get_healthz, get_readyz, get_revocations, jwt_json, svid_json
 from s2s.ca.http_json import field, json_response, optional_ttl, read_json, seconds_field
@@ -478,5 +479,6 @@ def admin_app(services: ApiServices, *, audit: AuditLog | None = None) -> web.Ap
     r.add_get("/v1/revocations", get_revocations)
     r.add_get("/v1/crl", get_crl)
     add_client_routes(app)
+    add_federation_routes(app)
     add_bundle_routes(app)
     return app

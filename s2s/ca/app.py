@@ -28,10 +28,15 @@ from s2s.ca.agent_sync import AgentSync
 from s2s.ca.attestation import AgentAttestor
 from s2s.ca.audit import AUDIT_FIELDS, AuditLog
 from s2s.ca.authority import Authority
+from s2s.ca.bundle_endpoint import BundleEndpoint
 from s2s.ca.client import ADMIN_SOCKET_NAME
 from s2s.ca.config import CaConfig, ServerLimits
 from s2s.ca.crl import CrlPublisher
 from s2s.ca.federated_bundles import FederatedBundles
+from s2s.ca.federation import FederationRelationships
+from s2s.ca.federation_config import FederationSettings
+from s2s.ca.federation_fetch import BundleFetcher
+from s2s.ca.federation_refresher import FederationRefresher
 from s2s.ca.http import public_app
 from s2s.ca.http_guard import ConnectionGuard, GuardedSite, LongPollSlots
 from s2s.ca.http_services import ApiServices
@@ -89,6 +94,7 @@ class ServeOptions:
     config_overrides: dict[str, Any] = field(default_factory=dict)
     store: StoreSettings = field(default_factory=StoreSettings)  # default: SQLite in data_dir
     limits: ServerLimits = field(default_factory=ServerLimits)  # what one HTTPS client may hold
+    federation: FederationSettings = field(default_factory=FederationSettings)  # [federation]
     # (setting, value, source: "flag --x", "env S2S_CA_X", "file PATH", "default"), logged at start
     settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -138,6 +144,7 @@ class CaServer:
         self._admin_bound = False
         self.guard = ConnectionGuard(fit_descriptors(options.limits))
         self._issuer_hosts: tuple[str, ...] = ()
+        self.bundle_endpoint: BundleEndpoint | None = None
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -200,6 +207,7 @@ class CaServer:
         self.federated_bundles = FederatedBundles(
             store=store, clock=self.clock, trust_domain=td, audit=audit
         )
+        self.federation = self._federation(config, store, audit)
         self.services = ApiServices(
             authority=self.authority,
             registry=self.registry,
@@ -213,10 +221,33 @@ class CaServer:
             long_polls=LongPollSlots(self.guard.limits.max_long_polls),
             jwt_issuer=config.jwt_issuer,
             oauth=self.oauth,
+            federation=self.federation,
             federated_bundles=self.federated_bundles,
             **self._authority_services(config, store, audit),
         )
         await self.reload_tls(force=True)
+
+    def _federation(self, config: CaConfig, store: Store, audit: AuditLog) -> FederationRefresher:
+        """Federation relationships and their refresher; the bundle endpoint when configured."""
+        settings = self.options.federation
+        td = config.trust_domain
+        bundles = self.federated_bundles  # the same object the agents' long-poll reads
+        if settings.bundle_endpoint is not None:
+            self.bundle_endpoint = BundleEndpoint(
+                settings=settings.bundle_endpoint, bundle=lambda: self.authority.bundle,
+                issue=lambda sid: self.issuer.issue_server_svid(spiffe_id=sid),
+                signer=lambda: self.authority.x509_signer.certificate,
+                spiffe_id=settings.bundle_endpoint.endpoint_id(td), clock=self.clock,
+            )  # fmt: skip
+        return FederationRefresher(
+            relationships=FederationRelationships(
+                store=store, clock=self.clock, trust_domain=td, bundles=bundles, audit=audit
+            ),
+            bundles=bundles,
+            fetcher=BundleFetcher(clock=self.clock, web_ca_file=settings.web_ca_file),
+            own_bundle=lambda: self.authority.bundle, clock=self.clock, policy=settings.refresh,
+            registry=self.metrics.registry,
+        )  # fmt: skip
 
     async def _token_service(
         self, config: CaConfig, store: Store, kek: KeyEncryptionKey, audit: AuditLog
@@ -276,6 +307,8 @@ class CaServer:
         except OSError as exc:
             raise InvalidConfig(f"cannot listen on {self.options.listen}: {exc.strerror}") from exc
         self.port = site.port
+        if self.bundle_endpoint is not None:
+            await self.bundle_endpoint.start()
         admin = web.AppRunner(
             admin_app(self.services),
             handle_signals=False,
@@ -343,8 +376,21 @@ class CaServer:
             "revocations": self._revocation_loop(),
             "metrics": every(self.options.metrics_interval, self.refresh_gauges),
             "registry": retrying("registry", self._follow_registry),
+            "federation": retrying("federation", self.federation.run),
+            **self._endpoint_loop(),
         }
         await run_loops(loops, stop)
+
+    def _endpoint_loop(self) -> dict[str, Any]:
+        """The bundle endpoint's credential renewal (its SVID, or its changed files)."""
+        endpoint = self.bundle_endpoint
+        if endpoint is None:
+            return {}
+
+        async def reload() -> None:
+            await endpoint.reload()
+
+        return {"bundle_endpoint": every(self.options.tick, reload)}
 
     async def _authority_loop(self) -> None:
         assert self._store is not None
@@ -434,6 +480,8 @@ class CaServer:
         """Stop the servers (in-flight requests get ``SHUTDOWN_TIMEOUT``) and close the store."""
         self.metrics.ready.set(0)
         self._closing.set()
+        if self.bundle_endpoint is not None:
+            await self.bundle_endpoint.close()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -4,15 +4,30 @@ of the federation refresher. One frozen value, built once at the edge (flags, TO
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Final
 
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
 from s2s.core.federation import DEFAULT_REFRESH_HINT, EndpointProfile, RefreshPolicy
 from s2s.core.reserved import bundle_endpoint_id
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 
-__all__ = ["BundleEndpointSettings", "FederationSettings", "parse_host_port"]
+__all__ = [
+    "FEDERATION_KEYS",
+    "BundleEndpointSettings",
+    "FederationSettings",
+    "federation_settings",
+    "parse_host_port",
+]
+
+# The keys of ca.toml's [federation] table.
+FEDERATION_KEYS: Final = (
+    "bundle_endpoint", "bundle_endpoint_profile", "bundle_endpoint_spiffe_id",
+    "bundle_endpoint_cert_file", "bundle_endpoint_key_file", "refresh_hint",
+    "refresh_min", "refresh_max", "web_ca_file",
+)  # fmt: skip
 
 
 def parse_host_port(text: str, *, setting: str) -> tuple[str, int]:
@@ -85,3 +100,67 @@ class FederationSettings:
 
     bundle_endpoint: BundleEndpointSettings | None = None
     refresh: RefreshPolicy = field(default_factory=RefreshPolicy)
+    web_ca_file: Path | None = None  # Web PKI roots for https_web endpoints (default: system)
+
+
+def federation_settings(
+    table: Mapping[str, Any],
+    *,
+    where: str,
+    seconds: Callable[[str], int],
+    bundle_endpoint: str | None = None,
+) -> FederationSettings:
+    """The ``[federation]`` table of ca.toml (``where`` names it in errors); ``bundle_endpoint``
+    (the ``--bundle-endpoint`` flag) wins over the table's. ``seconds`` parses ``30s``/``5m``."""
+    if not isinstance(table, Mapping):
+        raise InvalidConfig(f"{where}: [federation] must be a table")
+    unknown = sorted(set(table) - set(FEDERATION_KEYS))
+    if unknown:
+        raise InvalidConfig(
+            f"{where}: unknown setting(s) {', '.join(f'federation.{k}' for k in unknown)}"
+        )
+    for key, value in table.items():
+        if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+            raise InvalidConfig(f"{where}: federation.{key} must be text (or seconds)")
+
+    def duration(key: str, default: dt.timedelta) -> dt.timedelta:
+        if key not in table:
+            return default
+        try:
+            return dt.timedelta(seconds=seconds(str(table[key])))
+        except (ValueError, InvalidConfig) as exc:
+            raise InvalidConfig(f"{where}: federation.{key}: {exc}") from None
+
+    def path(key: str) -> Path | None:
+        return Path(str(table[key])) if key in table else None
+
+    defaults = RefreshPolicy()
+    try:
+        refresh = RefreshPolicy(
+            minimum=duration("refresh_min", defaults.minimum),
+            maximum=duration("refresh_max", defaults.maximum),
+        )
+        address = bundle_endpoint or table.get("bundle_endpoint")
+        endpoint = None
+        if address is not None:
+            try:
+                profile = EndpointProfile(str(table.get("bundle_endpoint_profile", "https_spiffe")))
+            except ValueError:
+                raise InvalidConfig(
+                    "federation.bundle_endpoint_profile must be https_spiffe or https_web"
+                ) from None
+            sid = table.get("bundle_endpoint_spiffe_id")
+            endpoint = BundleEndpointSettings(
+                address=str(address),
+                profile=profile,
+                spiffe_id=None if sid is None else str(sid),
+                cert_file=path("bundle_endpoint_cert_file"),
+                key_file=path("bundle_endpoint_key_file"),
+                refresh_hint=duration("refresh_hint", DEFAULT_REFRESH_HINT),
+            )
+        elif any(k.startswith("bundle_endpoint_") or k == "refresh_hint" for k in table):
+            raise InvalidConfig("the bundle endpoint settings need federation.bundle_endpoint")
+    except InvalidConfig as exc:
+        text = str(exc)
+        raise InvalidConfig(text if text.startswith(where) else f"{where}: {text}") from None
+    return FederationSettings(endpoint, refresh, path("web_ca_file"))

@@ -16,6 +16,7 @@ from s2s.ca.authority import Authority
 from s2s.ca.config import ServerLimits
 from s2s.ca.crl import CrlPublisher
 from s2s.ca.federated_bundles import FederatedBundles
+from s2s.ca.federation_refresher import FederationRefresher
 from s2s.ca.http_guard import LongPollSlots
 from s2s.ca.issuance import Issuer
 from s2s.ca.lifecycle import AuthorityLifecycle
@@ -47,6 +48,7 @@ class ApiServices:
     root_rotation: RootRotation | None = None
     jwt_issuer: str | None = None  # ``iss`` of JWT-SVIDs and of the OIDC discovery document
     oauth: TokenService | None = None  # the OAuth 2.0 token service (oauth_issuer set)
+    federation: FederationRefresher | None = None  # relationships and their refresher
     federated_bundles: FederatedBundles | None = None  # other trust domains' bundles
     long_polls: LongPollSlots = field_(
         default_factory=lambda: LongPollSlots(ServerLimits().max_long_polls)

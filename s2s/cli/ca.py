@@ -27,6 +27,7 @@ from s2s.cli.ca_common import (
     version_option,
 )
 from s2s.cli.ca_entries import entry
+from s2s.cli.ca_federation import federation
 from s2s.cli.ca_minting import jwt, x509
 from s2s.cli.ca_process import healthcheck, init, serve
 from s2s.cli.ca_revocation import crl, revocations, revoke
@@ -69,6 +70,7 @@ def cli(ctx: click.Context, data_dir: Path | None, socket_path: Path | None) -> 
 for _command in (init, serve, healthcheck, entry, token, agent, bundle, authority, x509, jwt,
                  revoke, revocations, crl, client):  # fmt: skip
     cli.add_command(_command)
+cli.add_command(federation)  # federation create|list|show|update|delete|refresh
 ca_rotation.register(cli, authority)  # authority prepare|activate|taint|revoke, rotate-root
 ca_bundles.register(bundle)  # bundle set|list|delete (federated bundles)
 

@@ -98,8 +98,9 @@ _FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format",
 
 def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
     """The TOML file of ``serve --config`` (deploy/ca.toml): keys named like the flags
-    (``_FILE_KEYS``, text), a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``) and a
-    ``[limits]`` table of :class:`~s2s.ca.config.ServerLimits` fields (durations or counts).
+    (``_FILE_KEYS``, text), a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``), a
+    ``[limits]`` table of :class:`~s2s.ca.config.ServerLimits` fields (durations or counts) and a
+    ``[federation]`` table (``s2s.ca.federation_config.FEDERATION_KEYS``, passed on unparsed).
 
     Returns (flag values, CaConfig TTL overrides); the flag values carry the limits, parsed, as
     ``"limits"`` when the file has the table.
@@ -114,6 +115,7 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
     if not isinstance(ttl, dict):
         raise errors.InvalidConfig(f"{path}: [ttl] must be a table")
     limits = doc.pop("limits", None)
+    federation = doc.pop("federation", None)
     unknown = sorted(set(doc) - set(_FILE_KEYS))
     unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
     if unknown:
@@ -128,6 +130,8 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
             raise errors.InvalidConfig(f"{path}: ttl.{key}: {exc.message}") from exc
     if limits is not None:
         doc["limits"] = _server_limits(path, limits)
+    if federation is not None:
+        doc["federation"] = federation  # parsed by serve (with --bundle-endpoint)
     return doc, ttls
 
 
@@ -197,6 +201,11 @@ def _server_limits(path: Path, table: object) -> Any:
     "--oauth-issuer", envvar="S2S_CA_OAUTH_ISSUER",
     help="https URL of the token service [jwt-issuer] (env S2S_CA_OAUTH_ISSUER).",
 )  # fmt: skip
+@click.option(
+    "--bundle-endpoint", envvar="S2S_CA_BUNDLE_ENDPOINT",
+    help="HOST:PORT of the SPIFFE bundle endpoint for federation [off]; its profile and more "
+         "in [federation] of --config (env S2S_CA_BUNDLE_ENDPOINT).",
+)  # fmt: skip
 @pass_ctx
 def serve(ctx: Ctx, /, **opts: Any) -> None:
     """Run the CA until SIGTERM or SIGINT. Flags win over S2S_CA_* variables, which win over
@@ -224,10 +233,28 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
         socket_path=socket_path,
         config_overrides={**ttls, **issuers},
         store=_serve_store(opts, file),
+        federation=call(lambda: _federation(opts, file)),
         **({"limits": file["limits"]} if "limits" in file else {}),
     )
     settings = _serve_settings(ctx, opts, file, options)
     call(lambda: serve_forever(dataclasses.replace(options, settings=settings)))
+
+
+def _federation(opts: dict[str, Any], file: dict[str, Any]) -> Any:
+    """FederationSettings from [federation] and --bundle-endpoint (the flag wins)."""
+    from s2s.ca.federation_config import federation_settings  # noqa: PLC0415
+
+    def seconds(text: str) -> int:
+        try:
+            return parse_duration(text)
+        except click.BadParameter as exc:
+            raise errors.InvalidConfig(exc.message) from None
+
+    where = f"{opts['config_file']}" if opts["config_file"] else "--bundle-endpoint"
+    return federation_settings(
+        file.get("federation", {}), where=where, seconds=seconds,
+        bundle_endpoint=opts["bundle_endpoint"],
+    )  # fmt: skip
 
 
 def _serve_settings(
@@ -264,6 +291,11 @@ def _serve_settings(
             rows.append((key, value, source(key, key)))
             continue
         rows.append((key, f"{int(value.total_seconds())}s", where or "default"))
+    endpoint = options.federation.bundle_endpoint
+    if endpoint is not None:
+        where = source("federation", "bundle_endpoint")
+        rows.append(("federation.bundle_endpoint", endpoint.address, where))
+        rows.append(("federation.bundle_endpoint_profile", endpoint.profile.value, where))
     if "limits" in file:
         for field in dataclasses.fields(options.limits):
             rows.append((f"limits.{field.name}", str(getattr(options.limits, field.name)),
