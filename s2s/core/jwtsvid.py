@@ -8,7 +8,7 @@ signature with the bundle key for (trust domain of ``sub``, ``kid``), then check
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_LEEWAY",
     "FORBIDDEN_HEADERS",
     "MAX_LEEWAY",
+    "JwtClaimsChecker",
     "JwtSvidClaims",
     "algorithms_for_key",
     "build_jwt_claims",
@@ -54,6 +55,7 @@ _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES51
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 # datetime cannot hold instants after 9999-12-31; such a claim is malformed, not "valid forever".
 _MAX_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+_ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,36 +107,96 @@ def check_jwt_claims(
     ``audience`` must be among the token's ``aud`` values; ``exp`` must not be past (``now`` minus
     ``leeway``); ``nbf`` and ``iat`` must not be later than ``now`` plus ``leeway``.
     Raises ``ValueError`` for bad arguments (a programming error) and :class:`InvalidToken` for
-    a token that must be rejected.
+    a token that must be rejected. :class:`JwtClaimsChecker` makes the same checks for one
+    audience and leeway checked once, on POSIX times.
     """
     _check_arguments(audience, now, leeway)
     if not isinstance(claims, Mapping):
         raise InvalidToken("the token claims are not a JSON object", reason="malformed")
-    spiffe_id = _subject(claims)
-    token_audience = check_audience(claims, audience)
-    exp, iat = check_jwt_times(claims, now=now, leeway=leeway)
-    jti = claims.get("jti")
-    if jti is not None and (not isinstance(jti, str) or not jti):
-        raise InvalidToken("the jti claim must be a non-empty string", reason="malformed")
-    agent = _agent(claims, spiffe_id)
-    return JwtSvidClaims(
-        spiffe_id=spiffe_id,
-        audience=token_audience,
-        expiry=datetime.fromtimestamp(exp, UTC),
-        issued_at=None if iat is None else datetime.fromtimestamp(iat, UTC),
-        jti=jti,
-        claims=MappingProxyType(dict(claims)),
-        agent=agent,
+    return _check_claims(
+        dict(claims), audience, now.timestamp(), leeway.total_seconds(), _parse_subject
     )
 
 
-def _agent(claims: Mapping[str, Any], subject: SpiffeId) -> SpiffeId | None:
+class JwtClaimsChecker:
+    """:func:`check_jwt_claims` for one audience and leeway, on a POSIX ``now``.
+
+    The arguments are checked once, here, and SPIFFE IDs already seen in ``sub`` (and the agent
+    claim) are taken from a bounded memo instead of parsed again: a verifier sees the same few
+    subjects over and over. Thread-safe (the memo is a dict that is only read, added to, or
+    cleared whole). The claims dict given to :meth:`check` is kept, not copied.
+
+    >>> check = JwtClaimsChecker("spiffe://example.org/api")
+    >>> claims = {"sub": "spiffe://example.org/db", "aud": "spiffe://example.org/api", "exp": 99}
+    >>> str(check.check(claims, now=60.0).spiffe_id)
+    'spiffe://example.org/db'
+    >>> check.check(claims, now=200.0)
+    Traceback (most recent call last):
+    ...
+    s2s.core.errors.InvalidToken: the token has expired
+    """
+
+    __slots__ = ("_ids", "_memo_size", "_slack", "audience", "leeway")
+
+    def __init__(
+        self, audience: str, leeway: timedelta = DEFAULT_LEEWAY, *, memo_size: int = 4096
+    ) -> None:
+        _check_arguments(audience, datetime.now(UTC), leeway)
+        self.audience = audience
+        self.leeway = leeway
+        self._slack = leeway.total_seconds()
+        self._ids: dict[str, SpiffeId] = {}
+        self._memo_size = memo_size
+
+    def check(self, claims: dict[str, Any], *, now: float) -> JwtSvidClaims:
+        """The checked claims at POSIX time ``now``; :class:`InvalidToken` as the function."""
+        if type(claims) is not dict:
+            raise InvalidToken("the token claims are not a JSON object", reason="malformed")
+        return _check_claims(claims, self.audience, now, self._slack, self._parse)
+
+    def _parse(self, text: object) -> SpiffeId:
+        ids = self._ids
+        found = ids.get(text) if type(text) is str else None
+        if found is None:
+            found = _parse_subject(text)
+            if len(ids) >= self._memo_size:
+                ids.clear()  # a burst of new subjects: start again rather than track order
+            ids[str(found)] = found
+        return found
+
+
+def _check_claims(
+    claims: dict[str, Any],
+    audience: str,
+    now: float,
+    slack: float,
+    parse: Callable[[object], SpiffeId],
+) -> JwtSvidClaims:
+    spiffe_id = parse(claims.get("sub"))
+    token_audience = check_audience(claims, audience)
+    exp, iat = _times(claims, now, slack)
+    jti = claims.get("jti")
+    if jti is not None and (type(jti) is not str or not jti):
+        raise InvalidToken("the jti claim must be a non-empty string", reason="malformed")
+    agent = None if claims.get(AGENT_CLAIM) is None else _agent(claims, spiffe_id, parse)
+    return JwtSvidClaims(
+        spiffe_id,
+        token_audience,
+        datetime.fromtimestamp(exp, UTC),
+        None if iat is None else datetime.fromtimestamp(iat, UTC),
+        jti,
+        MappingProxyType(claims),
+        agent,
+    )
+
+
+def _agent(
+    claims: Mapping[str, Any], subject: SpiffeId, parse: Callable[[object], SpiffeId]
+) -> SpiffeId:
     value = claims.get(AGENT_CLAIM)
-    if value is None:
-        return None
     try:
-        agent = SpiffeId.parse(value) if isinstance(value, str) else None
-    except InvalidSpiffeId:
+        agent = parse(value) if isinstance(value, str) else None
+    except InvalidToken:
         agent = None
     if agent is None or agent.trust_domain != subject.trust_domain:
         raise InvalidToken(
@@ -211,8 +273,7 @@ def _check_arguments(audience: str, now: datetime, leeway: timedelta) -> None:
         raise ValueError(f"leeway must be between 0 and {MAX_LEEWAY}")
 
 
-def _subject(claims: Mapping[str, Any]) -> SpiffeId:
-    sub = claims.get("sub")
+def _parse_subject(sub: object) -> SpiffeId:
     if not isinstance(sub, str):
         raise InvalidToken("the token has no sub claim (the SPIFFE ID)", reason="sub")
     try:
@@ -227,7 +288,10 @@ def check_jwt_times(
     """``exp`` (required, not past ``now`` minus ``leeway``) and ``iat`` (if present, not after
     ``now`` plus ``leeway``) as POSIX times; ``nbf``, if present, not after ``now`` plus ``leeway``.
     """
-    now_ts, slack = now.timestamp(), leeway.total_seconds()
+    return _times(claims, now.timestamp(), leeway.total_seconds())
+
+
+def _times(claims: Mapping[str, Any], now_ts: float, slack: float) -> tuple[float, float | None]:
     exp = _timestamp(claims, "exp")
     if exp is None:
         raise InvalidToken("the token has no exp claim", reason="exp")
@@ -245,6 +309,8 @@ def check_jwt_times(
 def check_audience(claims: Mapping[str, Any], expected: str) -> tuple[str, ...]:
     """The ``aud`` values (a string or a list of non-empty strings); ``expected`` among them."""
     aud = claims.get("aud")
+    if type(aud) is str and aud == expected and aud:  # the common case, decided at once
+        return (aud,)
     values: tuple[Any, ...]
     if isinstance(aud, str):
         values = (aud,)
@@ -260,9 +326,11 @@ def check_audience(claims: Mapping[str, Any], expected: str) -> tuple[str, ...]:
 
 
 def _timestamp(claims: Mapping[str, Any], name: str) -> float | None:
-    if name not in claims:
+    value = claims.get(name, _ABSENT)
+    if type(value) is int and 0 <= value <= _MAX_TIMESTAMP:  # the common case, decided at once
+        return float(value)
+    if value is _ABSENT:
         return None
-    value = claims[name]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidToken(f"the {name} claim must be a number", reason="exp")
     if not math.isfinite(value) or not 0 <= value <= _MAX_TIMESTAMP:

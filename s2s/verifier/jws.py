@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ __all__ = [
     "CompactJws",
     "b64decode",
     "check_alg",
+    "ecdsa_der",
     "json_object",
     "parse_compact",
     "split_compact",
@@ -118,9 +119,7 @@ def verify_checked(
             size = (public_key.curve.key_size + 7) // 8
             if len(signature) != 2 * size:  # RFC 7518 3.4: exactly R || S, each the curve size
                 raise InvalidSignature
-            r = int.from_bytes(signature[:size], "big")
-            s = int.from_bytes(signature[size:], "big")
-            public_key.verify(encode_dss_signature(r, s), signing_input, _ECDSA[alg])
+            public_key.verify(ecdsa_der(signature, size), signing_input, _ECDSA[alg])
         elif family != "ec" and isinstance(public_key, rsa.RSAPublicKey):
             if len(signature) != (public_key.key_size + 7) // 8:  # RFC 8017 8.2.2 step 1
                 raise InvalidSignature
@@ -129,6 +128,35 @@ def verify_checked(
             raise InvalidSignature
     except InvalidSignature:
         raise InvalidToken("the token signature is not valid", reason="signature") from None
+
+
+def ecdsa_der(signature: bytes, size: int) -> bytes:
+    """The DER ECDSA-Sig-Value (RFC 3279 2.2.3) of a JWS ``R || S`` of ``size`` bytes each.
+
+    Built from the bytes (minimal INTEGERs: leading zeros dropped, a zero byte added before a set
+    high bit), which costs less than two ints and ``encode_dss_signature``; the long-form
+    lengths of P-521 go through the latter.
+
+    >>> ecdsa_der(bytes([0, 0x80]) + bytes([0x7F, 1]), 2).hex()
+    '30080202008002027f01'
+    """
+    if size > 60:  # a SEQUENCE of two INTEGERs longer than 127 bytes needs the long form
+        r_value = int.from_bytes(signature[:size], "big")
+        return encode_dss_signature(r_value, int.from_bytes(signature[size:], "big"))
+    r = _der_integer(signature[:size])
+    s = _der_integer(signature[size:])
+    return b"\x30" + bytes((len(r) + len(s),)) + r + s
+
+
+def _der_integer(value: bytes) -> bytes:
+    if value[0] & 0x80:
+        return b"\x02" + bytes((len(value) + 1,)) + b"\x00" + value
+    if value[0]:
+        return b"\x02" + bytes((len(value),)) + value
+    value = value.lstrip(b"\x00") or b"\x00"
+    if value[0] & 0x80:
+        value = b"\x00" + value
+    return b"\x02" + bytes((len(value),)) + value
 
 
 def split_compact(token: str) -> tuple[str, str, str]:
@@ -155,8 +183,13 @@ def b64decode(part: str) -> bytes:
 def json_object(raw: bytes, what: str) -> dict[str, Any]:
     """``raw`` as a JSON object (no duplicate names, no NaN/Infinity); ``what`` names it."""
     try:
-        value = _DECODER.decode(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
+        text = raw.decode("utf-8")
+        # The scanner alone when the object fills the text (what a signer writes); whitespace
+        # around it, or an error to report, goes through the whole decoder.
+        value, end = _SCAN(text, 0) if text[:1] == "{" else (None, -1)
+        if end != len(text):
+            value = _DECODER.decode(text)
+    except (ValueError, RecursionError, StopIteration):
         raise InvalidToken(f"the token {what} is not JSON", reason="malformed") from None
     if not isinstance(value, dict):
         raise InvalidToken(f"the token {what} is not a JSON object", reason="malformed")
@@ -176,3 +209,5 @@ def _no_constant(name: str) -> None:
 
 # One decoder for every call (json.loads would build a new one per call when given hooks).
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+# The decoder's C scanner: one value at an index (the stubs do not name it).
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]

@@ -32,22 +32,22 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.registry import REGISTRY
 
+from s2s.core.b64 import b64url_decode_matched
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, InvalidToken, Unavailable
 from s2s.core.jwtsvid import (
     DEFAULT_LEEWAY,
     MAX_LEEWAY,
+    JwtClaimsChecker,
     JwtSvidClaims,
     algorithms_for_key,
-    check_jwt_claims,
     check_jwt_header,
 )
 from s2s.core.revocation import RevocationLookup, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.verifier.jws import (
     DEFAULT_MAX_TOKEN_BYTES,
-    b64decode,
     check_alg,
     json_object,
     split_compact,
@@ -71,6 +71,7 @@ REJECTION_REASONS = (
     "exp", "signature", "revoked", "too-large", "untrusted", "revocations-stale",
 )  # fmt: skip
 _EARLIEST = datetime.min.replace(tzinfo=UTC)
+_HEADER_MEMO = 256  # distinct JOSE header segments remembered (a few per signing key)
 _KeyEntry = tuple[PublicKeyTypes, "datetime | None", frozenset[str]]
 
 
@@ -175,6 +176,8 @@ class JwtValidator:
         self.leeway = leeway
         self._clock = clock if clock is not None else SystemClock()
         self._cache_size = cache_size
+        self._claims = JwtClaimsChecker(audience, leeway)
+        self._headers: dict[str, tuple[str, str]] = {}
         self._max_bytes = max_token_bytes
         self._metrics = metrics if metrics is not None else default_jwt_metrics()
         self._lock = threading.Lock()
@@ -253,18 +256,31 @@ class JwtValidator:
         self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet
     ) -> ValidatedJwt:
         head, body, sig = split_compact(token)
-        header = json_object(b64decode(head), "header")
-        alg = check_jwt_header(header)
+        alg_kid = self._headers.get(head)
+        if alg_kid is None:
+            alg_kid = self._check_header(head)
+        alg, kid = alg_kid
         # Claims are checked before the (costly) signature: an expired or misaddressed token is
         # refused without spending a verify. Nothing here acts on them until the signature holds.
-        claims = json_object(b64decode(body), "claims")
-        checked = check_jwt_claims(claims, audience=self.audience, now=now, leeway=self.leeway)
+        checked = self._claims.check(json_object(_decode(body), "claims"), now=now.timestamp())
         td = checked.spiffe_id.trust_domain
-        public_key, allowed = self._key_for(bundles, td, header["kid"], now)
+        public_key, allowed = self._key_for(bundles, td, kid, now)
         check_alg(alg, allowed)
-        verify_checked(alg, public_key, f"{head}.{body}".encode("ascii"), b64decode(sig))
+        signing_input = token[: len(head) + 1 + len(body)].encode("ascii")
+        verify_checked(alg, public_key, signing_input, _decode(sig))
         _check_revocation(revocations, checked)
         return ValidatedJwt(checked.spiffe_id, checked)
+
+    def _check_header(self, head: str) -> tuple[str, str]:
+        """``alg`` and ``kid`` of a header segment, remembered once it passed its checks: a
+        signer sends the same few headers over and over, and the result depends on nothing else."""
+        header = json_object(_decode(head), "header")
+        alg_kid = (check_jwt_header(header), header["kid"])
+        headers = self._headers
+        if len(headers) >= _HEADER_MEMO:
+            headers.clear()  # many distinct headers: start again rather than track order
+        headers[head] = alg_kid
+        return alg_kid
 
     def _key_for(
         self, bundles: BundleSet, td: TrustDomain, kid: str, now: datetime
@@ -297,6 +313,14 @@ class _StaticBundles:
 
     def current(self) -> BundleSet:
         return self._bundles
+
+
+def _decode(part: str) -> bytes:
+    """A part of the compact form (:func:`split_compact` matched its alphabet), canonical only."""
+    try:
+        return b64url_decode_matched(part, canonical=True)
+    except ValueError as exc:  # "not valid base64url" / "not canonical base64url"
+        raise InvalidToken(f"the token is {exc}", reason="malformed") from None
 
 
 def _check_revocation(revocations: RevocationSet, claims: JwtSvidClaims) -> None:
