@@ -251,9 +251,11 @@ class CaClient:
         wait: float,
         bundle_sequence: int | None = None,
         authorities: int | None = None,
+        federated: int | None = None,
     ) -> EntriesResponse:
         """GET /v1/agent/entries: returns at once if the revision is past ``since`` (or the
-        authorities revision is not ``authorities``), else after a change or ``wait`` seconds.
+        authorities revision is not ``authorities``, or the federated bundles revision is not
+        ``federated``), else after a change or ``wait`` seconds.
         ``bundle_sequence`` reports the bundle this agent holds (root rotation waits for it)."""
         query = {"wait": f"{max(wait, 0.0):g}"}
         if since >= 0:
@@ -262,6 +264,8 @@ class CaClient:
             query["bundle_sequence"] = str(bundle_sequence)
         if authorities is not None and authorities >= 0:
             query["authorities"] = str(authorities)
+        if federated is not None and federated >= 0:
+            query["federated"] = str(federated)
         data = await self._call(
             "GET", "/v1/agent/entries", query=query, timeout=wait + self._timeout
         )

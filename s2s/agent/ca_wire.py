@@ -18,9 +18,10 @@ import aiohttp
 from cryptography import x509
 
 from s2s.agent.ca_mismatch import CaMisconfigured, from_answer
-from s2s.core.bundle import Bundle
+from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import utc
 from s2s.core.errors import (
+    InvalidBundle,
     InvalidRequest,
     InvalidSpiffeId,
     InvalidSvid,
@@ -74,7 +75,9 @@ class AgentSvidResponse:
 class EntriesResponse:
     """The entries parented by this agent as of ``revision``, and (from CAs that send them) the
     CA's bundle sequence and the tainted authorities as of ``authorities_revision``: key ids
-    (hex SKI) of intermediates and kids of JWT keys whose credentials must be replaced now."""
+    (hex SKI) of intermediates and kids of JWT keys whose credentials must be replaced now;
+    and the federated bundles of the trust domains these entries federate with, as of
+    ``federated_revision`` (None from a CA that keeps none)."""
 
     revision: int
     entries: tuple[RegistrationEntry, ...]
@@ -82,6 +85,8 @@ class EntriesResponse:
     authorities_revision: int | None = None
     tainted_x509: frozenset[str] = frozenset()
     tainted_jwt: frozenset[str] = frozenset()
+    federated_revision: int | None = None
+    federated_bundles: BundleSet | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,18 @@ def parse_entries(data: Any) -> EntriesResponse:
             isinstance(k, str) for k in [*x509_ids, *jwt_ids]
         ):
             raise TypeError("bundle_sequence/authorities_revision/tainted have the wrong type")
-    except (KeyError, TypeError, AttributeError, InvalidRequest, InvalidSpiffeId) as exc:
+        federated_revision = data.get("federated_revision")
+        if not isinstance(federated_revision, int | None):
+            raise TypeError("federated_revision must be an integer")
+        federated = _federated_bundles(data.get("federated_bundles"))
+    except (
+        KeyError,
+        TypeError,
+        AttributeError,
+        InvalidRequest,
+        InvalidSpiffeId,
+        InvalidBundle,
+    ) as exc:
         raise garbage("/v1/agent/entries", exc) from exc
     return EntriesResponse(
         revision=revision,
@@ -225,6 +241,19 @@ def parse_entries(data: Any) -> EntriesResponse:
         authorities_revision=authorities,
         tainted_x509=frozenset(x509_ids),
         tainted_jwt=frozenset(jwt_ids),
+        federated_revision=federated_revision,
+        federated_bundles=None if federated_revision is None else federated,
+    )
+
+
+def _federated_bundles(value: object) -> BundleSet:
+    """``{"<trust domain>": <SPIFFE bundle JSON object>}`` as bundles keyed by trust domain."""
+    if value is None:
+        return BundleSet()
+    if not isinstance(value, dict):
+        raise TypeError("federated_bundles must be an object")
+    return BundleSet.of(
+        *(Bundle.decode(TrustDomain.parse(name), json.dumps(doc)) for name, doc in value.items())
     )
 
 

@@ -44,6 +44,7 @@ from s2s.agent.cache_state import (
     revoked_ids,
     serving,
     tainted_ids,
+    trusted_bundles,
 )
 from s2s.agent.issuance import issued_item, merge_updates, new_key, request_svids
 from s2s.agent.jwt_cache import JwtSvidCache
@@ -116,6 +117,7 @@ class SvidCache(Versioned):
         self.synced = asyncio.Event()  # set after the first entries answer was applied
         self._crls: tuple[bytes, ...] = ()
         self._authorities_revision: int | None = None  # of the CA's last tainted list
+        self._federated_revision: int | None = None  # of the CA's last federated bundles
         self._bundle_moved = asyncio.Event()  # re-poll at once to report the new sequence
         self._on_tainted = on_tainted  # the node: renew the agent SVID if a tainted CA signed it
         self._tainted_x509: frozenset[str] = frozenset()
@@ -127,11 +129,17 @@ class SvidCache(Versioned):
         return serving(self._state.items, selectors, self._clock.now())
 
     def bundles(self) -> BundleSet:
-        return self._state.bundles
+        """Our bundle and every federated bundle this agent holds."""
+        return trusted_bundles(self._state, None)
+
+    def bundles_for(self, selectors: frozenset[Selector]) -> BundleSet:
+        """Our bundle and the federated ones the caller's entries federate with."""
+        return trusted_bundles(self._state, selectors)
 
     def current(self) -> BundleSet:
-        """``BundleLookup`` for the JWT validators."""
-        return self._state.bundles
+        """``BundleLookup`` for the JWT validators (a federated trust domain's JWT-SVIDs are
+        checked with that trust domain's own keys only)."""
+        return trusted_bundles(self._state, None)
 
     def crls(self) -> tuple[bytes, ...]:
         return self._crls
@@ -222,7 +230,7 @@ class SvidCache(Versioned):
         loop = asyncio.get_running_loop()
         while True:
             wait = self._entries_wait if self.synced.is_set() else 0.0
-            known = (self._state.revision, self._authorities_revision)
+            known = (self._state.revision, self._authorities_revision, self._federated_revision)
             sent = loop.time()
             try:
                 answer = await self._poll_entries(wait)
@@ -234,7 +242,12 @@ class SvidCache(Versioned):
             backoff.reset()
             self.apply_entries(answer.entries, answer.revision)
             self._follow_authorities(answer)
-            changed = (answer.revision, answer.authorities_revision) != known
+            self.apply_federated(answer.federated_bundles, answer.federated_revision)
+            changed = (
+                answer.revision,
+                answer.authorities_revision,
+                answer.federated_revision,
+            ) != known
             pause = early_answer_pause(
                 asked=wait, took=loop.time() - sent, changed=changed, rand=self._rand()
             )
@@ -251,6 +264,7 @@ class SvidCache(Versioned):
                 wait=wait,
                 bundle_sequence=self._own_bundle_sequence(),
                 authorities=self._authorities_revision,
+                federated=self._federated_revision,
             )
         )
         moved = asyncio.ensure_future(self._bundle_moved.wait())
@@ -274,6 +288,21 @@ class SvidCache(Versioned):
         if answer.tainted_x509 != self._tainted_x509 and self._on_tainted is not None:
             self._tainted_task = asyncio.ensure_future(self._on_tainted(answer.tainted_x509))
         self._tainted_x509 = answer.tainted_x509
+
+    def apply_federated(self, bundles: BundleSet | None, revision: int | None) -> None:
+        """Hold ``bundles`` as the federated bundles (None: the CA sent none; keep what we
+        hold). A bundle that is gone from the answer is gone from every stream."""
+        if revision is not None:
+            self._federated_revision = revision
+        if bundles is None:
+            return
+        own = self._client.trust_domain
+        if own in bundles.trust_domains():
+            log.warning("agent.federated_own_trust_domain", extra={F.TRUST_DOMAIN: str(own)})
+            bundles = bundles.without(own)
+        if bundles != self._state.federated:
+            log.info("agent.federated_bundles", extra={F.COUNT: len(bundles)})
+            self._replace(dataclasses.replace(self._state, federated=bundles))
 
     def apply_tainted(self, x509_ids: frozenset[str], jwt_kids: frozenset[str]) -> int:
         """Re-issue at once every SVID whose chain holds a tainted intermediate (served until

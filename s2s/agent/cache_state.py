@@ -33,6 +33,7 @@ __all__ = [
     "revoked_ids",
     "serving",
     "tainted_ids",
+    "trusted_bundles",
 ]
 
 COALESCE: Final = timedelta(seconds=1)
@@ -50,11 +51,14 @@ class CachedSvid:
 
 @dataclass(frozen=True, slots=True)
 class CacheState:
-    """Entries in serving order (oldest first: the first match is a workload's default)."""
+    """Entries in serving order (oldest first: the first match is a workload's default).
+    ``bundles`` holds our own trust domain's bundle; ``federated`` the bundles of the foreign
+    trust domains this agent's entries federate with, as the CA last sent them."""
 
     items: tuple[CachedSvid, ...] = ()
     bundles: BundleSet = field(default_factory=BundleSet.of)
     revision: int = -1
+    federated: BundleSet = field(default_factory=BundleSet.of)
 
     def by_id(self) -> dict[str, CachedSvid]:
         return {item.entry.id: item for item in self.items}
@@ -71,6 +75,26 @@ def serving(
         and item.svid.not_after > now
         and matches(item.entry.selectors, selectors)
     )
+
+
+def trusted_bundles(state: CacheState, selectors: frozenset[Selector] | None) -> BundleSet:
+    """Our own bundle plus the federated bundles of the trust domains that the entries matching
+    ``selectors`` federate with (every federated bundle held when ``selectors`` is None). Never
+    merged: one bundle per trust domain, and a federated one never stands in for our own."""
+    if not state.federated:
+        return state.bundles
+    if selectors is None:
+        wanted = state.federated.trust_domains()
+    else:
+        wanted = frozenset(
+            td
+            for item in state.items
+            if matches(item.entry.selectors, selectors)
+            for td in item.entry.federates_with
+        )
+    own = state.bundles.bundles
+    chosen = {td: b for td, b in state.federated.bundles.items() if td in wanted and td not in own}
+    return BundleSet({**chosen, **own}) if chosen else state.bundles
 
 
 def missing_ids(items: Iterable[CachedSvid], now: datetime) -> list[str]:

@@ -80,6 +80,10 @@ class StaticIdentityProvider(Versioned):
     def bundles(self) -> BundleSet:
         return self._bundles
 
+    def bundles_for(self, selectors: frozenset[Selector]) -> BundleSet:
+        """Every bundle set here, for any caller (this provider has no entries to scope by)."""
+        return self.bundles()
+
     def crls(self) -> tuple[bytes, ...]:
         return self._crls
 

@@ -90,6 +90,11 @@ class IdentityProvider(Protocol):
         """Own trust domain's bundle and the federated ones."""
         ...
 
+    def bundles_for(self, selectors: frozenset[Selector]) -> BundleSet:
+        """Own trust domain's bundle and the federated ones a caller with ``selectors`` may
+        trust (those its entries federate with)."""
+        ...
+
     def crls(self) -> tuple[bytes, ...]:
         """DER CRLs of the issuing CAs (may be empty)."""
         ...
@@ -236,19 +241,21 @@ class WorkloadApiServer:
             svids = self._provider.svids_for(selectors)
             if not svids:
                 raise NotAuthorized("no identity issued")
-            return msg.x509_svid_response(svids, self._provider.bundles(), self._provider.crls())
+            bundles = self._provider.bundles_for(selectors)
+            return msg.x509_svid_response(svids, bundles, self._provider.crls())
 
         return self._watch(ctx, build)
 
     def _x509_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        def build(_selectors: frozenset[Selector]) -> bytes:
-            return msg.x509_bundles_response(self._provider.bundles(), self._provider.crls())
+        def build(selectors: frozenset[Selector]) -> bytes:
+            bundles = self._provider.bundles_for(selectors)
+            return msg.x509_bundles_response(bundles, self._provider.crls())
 
         return self._bundles_stream(ctx, build)
 
     def _jwt_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
-        def build(_selectors: frozenset[Selector]) -> bytes:
-            return msg.jwt_bundles_response(self._provider.bundles())
+        def build(selectors: frozenset[Selector]) -> bytes:
+            return msg.jwt_bundles_response(self._provider.bundles_for(selectors))
 
         return self._bundles_stream(ctx, build)
 
