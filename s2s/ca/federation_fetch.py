@@ -163,13 +163,14 @@ def _translate(exc: BaseException, url: str) -> S2SError:
         seen.add(id(cause))
         if isinstance(cause, PeerRejected):
             return NotAuthorized(f"the bundle endpoint {url} was refused: {cause}")
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            detail = cause.verify_message or cause.reason or str(cause)
-            return NotAuthorized(f"the bundle endpoint {url} was refused: {detail}")
         nested = getattr(cause, "certificate_error", None) or getattr(cause, "os_error", None)
-        cause = (
-            nested if isinstance(nested, BaseException) else cause.__cause__ or cause.__context__
-        )
+        if isinstance(nested, BaseException):
+            cause = nested
+            continue
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = getattr(cause, "verify_message", None) or cause.reason or str(cause)
+            return NotAuthorized(f"the bundle endpoint {url} was refused: {detail}")
+        cause = cause.__cause__ or cause.__context__
     if isinstance(exc, TimeoutError):
         return Unavailable(f"the bundle endpoint {url} did not answer in time")
     return Unavailable(f"cannot fetch the bundle from {url}: {exc}")
