@@ -118,6 +118,11 @@ class SvidCache(Versioned):
         self._crls: tuple[bytes, ...] = ()
         self._authorities_revision: int | None = None  # of the CA's last tainted list
         self._federated_revision: int | None = None  # of the CA's last federated bundles
+        self._all_bundles: tuple[BundleSet | None, BundleSet | None, BundleSet] = (
+            None,
+            None,
+            BundleSet(),
+        )
         self._bundle_moved = asyncio.Event()  # re-poll at once to report the new sequence
         self._on_tainted = on_tainted  # the node: renew the agent SVID if a tainted CA signed it
         self._tainted_x509: frozenset[str] = frozenset()
@@ -129,8 +134,14 @@ class SvidCache(Versioned):
         return serving(self._state.items, selectors, self._clock.now())
 
     def bundles(self) -> BundleSet:
-        """Our bundle and every federated bundle this agent holds."""
-        return trusted_bundles(self._state, None)
+        """Our bundle and every federated bundle this agent holds: one object until either
+        changes, so the JWT validator's caches (keyed on the snapshot's identity) keep working."""
+        state = self._state
+        own, federated, merged = self._all_bundles
+        if own is not state.bundles or federated is not state.federated:
+            merged = trusted_bundles(state, None)
+            self._all_bundles = (state.bundles, state.federated, merged)
+        return merged
 
     def bundles_for(self, selectors: frozenset[Selector]) -> BundleSet:
         """Our bundle and the federated ones the caller's entries federate with."""
@@ -139,7 +150,7 @@ class SvidCache(Versioned):
     def current(self) -> BundleSet:
         """``BundleLookup`` for the JWT validators (a federated trust domain's JWT-SVIDs are
         checked with that trust domain's own keys only)."""
-        return trusted_bundles(self._state, None)
+        return self.bundles()
 
     def crls(self) -> tuple[bytes, ...]:
         return self._crls

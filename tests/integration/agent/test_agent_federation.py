@@ -11,9 +11,11 @@ import os
 import time
 from typing import Any
 
+import pytest
 import spiffe
 
 from s2s.core.bundle import Bundle
+from s2s.core.errors import InvalidToken
 from s2s.core.spiffe_id import TrustDomain
 from s2s.testing import TestAuthority
 from s2s.verifier.workload_client import WorkloadApiClient
@@ -95,8 +97,21 @@ async def test_official_client_sees_federated_bundles_and_their_changes(harness:
     assert seen["other_roots"] == 1
     assert seen["other_kid"]
 
-    # a changed foreign bundle (its root rotated in: two roots) reaches an open stream
+    cache = running.agent.cache
+    assert cache.current() is cache.current()  # one snapshot: the JWT validator's caches hold
     async with WorkloadApiClient(str(running.agent.config.socket)) as client:
+        # a JWT-SVID of other.test validates with other.test's keys ...
+        token = foreign.issue_jwt_svid("spiffe://other.test/api", "billing")
+        sid, _claims = await client.validate_jwt_svid(token, "billing")
+        assert str(sid) == "spiffe://other.test/api"
+        # ... never with ours: the same claims signed with our key id but other.test's sub fail
+        forged = foreign.issue_jwt_svid(
+            "spiffe://other.test/api", "billing", kid=next(iter(
+                cache.bundles().get(OWN).jwt_authorities)).kid,  # type: ignore[union-attr]
+        )  # fmt: skip
+        with pytest.raises(InvalidToken):
+            await client.validate_jwt_svid(forged, "billing")
+        # a changed foreign bundle (its root rotated in: two roots) reaches an open stream
         stream = client.watch_x509_context()
         first = await anext(stream)
         assert first.bundles.get(OTHER) is not None
@@ -118,3 +133,5 @@ async def test_official_client_sees_federated_bundles_and_their_changes(harness:
         update = await asyncio.wait_for(anext(stream), 10)
         assert update.bundles.trust_domains() == frozenset({OWN})
         await stream.aclose()
+        with pytest.raises(InvalidToken):  # twin: no bundle for other.test any more
+            await client.validate_jwt_svid(token, "billing")
