@@ -265,6 +265,7 @@ class CaServer:
             ),
             keys=keys, bundle=lambda: self.authority.bundle, revocations=self.live_revocations,
             revocation_service=self.revocations, clock=self.clock, ttl=config.access_token_lifetime,
+            used_marks=store,
         )  # fmt: skip
 
     def _authority_services(

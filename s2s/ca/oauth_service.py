@@ -5,7 +5,10 @@ Client authentication, exactly one method per request:
 
 - a JWT-SVID as ``client_assertion`` (RFC 7523 section 2.2, draft-ietf-oauth-spiffe-client-auth):
   checked against this trust domain's bundle and revocations, audience the token endpoint or the
-  issuer, ``jti`` required and remembered until ``exp`` so a replay is refused;
+  issuer, ``jti`` required and spent once: a used ``jti`` is kept in this replica's memory (the
+  fast path) and as a mark in the store that every replica shares, until the assertion could no
+  longer be accepted (``exp`` plus the validator's leeway), so a replay is refused on any replica
+  and after a restart;
 - the X.509-SVID of the TLS connection (RFC 8705 ``tls_client_auth``, the SPIFFE ID is the client);
   the token is then bound to that certificate (``cnf`` ``x5t#S256``);
 - ``client_secret_basic`` / ``client_secret_post`` for clients without SVIDs.
@@ -16,12 +19,13 @@ A revoked access token is a ``jti`` revocation record, the same records and feed
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from cryptography import x509
 from prometheus_client import CollectorRegistry
@@ -33,7 +37,7 @@ from s2s.ca.revocations import RevocationService
 from s2s.core.b64 import b64url_encode
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import InvalidSvid, InvalidToken, NotFound, S2SError
+from s2s.core.errors import Conflict, InvalidSvid, InvalidToken, NotFound, S2SError
 from s2s.core.oauth import (
     ASSERTION_TYPE,
     CLIENT_CREDENTIALS,
@@ -46,15 +50,25 @@ from s2s.core.oauth import (
 from s2s.core.oauth_metadata import TOKEN_PATH
 from s2s.core.x509svid import spiffe_id_of
 from s2s.log import F
+from s2s.store.records import UsedMark
 from s2s.verifier.access_token import certificate_thumbprint
 from s2s.verifier.jws import b64decode, check_alg, json_object, split_compact, verify_checked
 from s2s.verifier.jwt import JwtMetrics, JwtValidator
 
-__all__ = ["AuthenticatedClient", "ClientCredentials", "IssuedToken", "TokenService"]
+__all__ = ["AuthenticatedClient", "ClientCredentials", "IssuedToken", "TokenService", "UsedMarks"]
 
 log = logging.getLogger(__name__)
 
 MAX_REPLAY_ENTRIES: Final = 100_000
+_MARK_PREFIX: Final = "oauth-assertion/"  # + SHA-256 of the jti: a short key of fixed alphabet
+
+
+class UsedMarks(Protocol):
+    """Single-use marks shared by every replica (the store)."""
+
+    async def claim_once(self, mark: UsedMark) -> None:
+        """Hold ``mark.key`` until ``mark.expires_at``; ``Conflict`` if it is held already."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +156,7 @@ class TokenService:
         bundle: Callable[[], Bundle],
         revocations: LiveRevocations,
         revocation_service: RevocationService,
+        used_marks: UsedMarks,
         clock: Clock,
         ttl: timedelta,
         entropy: Callable[[int], bytes] = os.urandom,
@@ -152,6 +167,7 @@ class TokenService:
         self.keys = keys
         self._live = revocations
         self._revoke = revocation_service
+        self._used = used_marks
         self._clock = clock
         self._ttl = ttl
         self._entropy = entropy
@@ -213,24 +229,37 @@ class TokenService:
             raise OAuthError("invalid_client", "client_id differs from the assertion's subject")
         if checked.jti is None:
             raise OAuthError("invalid_client", "the client assertion needs a jti (replay check)")
-        self._remember(checked.jti, checked.expiry, sid)
+        await self._spend(checked.jti, checked.expiry + self._assertions[0].leeway, sid)
         record = await self._client(sid)
         return AuthenticatedClient(record, "private_key_jwt", None)
 
-    def _remember(self, jti: str, expiry: datetime, client: str) -> None:
-        """Refuse a second use of one assertion until it expires (RFC 7523 section 3, item 7)."""
+    async def _spend(self, jti: str, until: datetime, client: str) -> None:
+        """Refuse a second use of one assertion while it could be accepted (RFC 7523 section 3,
+        item 7, until ``exp`` plus the validator's leeway): this replica's memory answers for
+        the jtis it saw (the fast path); a mark in the store, which every replica and a
+        restarted one see, decides. A store that cannot answer refuses the request (503)."""
         now = utc(self._clock.now())
-        if len(self._seen_jti) >= MAX_REPLAY_ENTRIES:
-            self._seen_jti = {j: e for j, e in self._seen_jti.items() if e > now}
-            if len(self._seen_jti) >= MAX_REPLAY_ENTRIES:
-                raise OAuthError("invalid_client", "too many assertions in flight; retry later")
         seen = self._seen_jti.get(jti)
-        if seen is not None and seen > now:
+        if seen is None or seen <= now:
+            mark = UsedMark(_MARK_PREFIX + hashlib.sha256(jti.encode()).hexdigest(), until)
+            try:
+                await self._used.claim_once(mark)
+                seen = None
+            except Conflict:
+                seen = until
+            self._remember(jti, until, now)
+        if seen is not None:
             log.warning("oauth.assertion_replayed", extra={F.SPIFFE_ID: client})
             raise OAuthError(
                 "invalid_client", "the client assertion was already used", reason="replay"
             )
-        self._seen_jti[jti] = expiry
+
+    def _remember(self, jti: str, until: datetime, now: datetime) -> None:
+        if len(self._seen_jti) >= MAX_REPLAY_ENTRIES:  # a cache: the store stays authoritative
+            self._seen_jti = {j: e for j, e in self._seen_jti.items() if e > now}
+            if len(self._seen_jti) >= MAX_REPLAY_ENTRIES:
+                self._seen_jti = {}
+        self._seen_jti[jti] = until
 
     async def _by_certificate(self, creds: ClientCredentials) -> AuthenticatedClient:
         der = creds.peer_certificate

@@ -30,6 +30,7 @@ from s2s.store.records import (
     JoinTokenRecord,
     PruneResult,
     Topic,
+    UsedMark,
 )
 
 __all__ = ["MeteredStore"]
@@ -154,6 +155,9 @@ class MeteredStore:
     async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
         call = self._inner.consume_join_token(token_hash, now=now)
         return await self._run("consume_join_token", call)
+
+    async def claim_once(self, mark: UsedMark) -> None:
+        await self._run("claim_once", self._inner.claim_once(mark))
 
     async def add_revocation(self, record: RevocationRecord) -> bool:
         return await self._run("add_revocation", self._inner.add_revocation(record))

@@ -37,6 +37,7 @@ from s2s.store.records import (
     JoinTokenRecord,
     PruneResult,
     Topic,
+    UsedMark,
 )
 
 __all__ = ["ChangeNotifier", "Store", "wait_for_revision"]
@@ -139,6 +140,12 @@ class Store(Protocol):
         """Atomically remove and return the token with this hash. Of concurrent consumers exactly
         one wins; the others, and anyone after, get ``NotFound``. An expired token
         (``expires_at <= now``) is removed too and raises ``NotFound`` saying it expired."""
+        ...
+
+    # -- single-use marks (spent client assertions), shared by every replica --
+    async def claim_once(self, mark: UsedMark) -> None:
+        """Hold ``mark.key`` until ``mark.expires_at`` (``prune`` removes it then). ``Conflict``
+        if the key is held already: of concurrent claims of one key exactly one succeeds."""
         ...
 
     # -- revocation records (topic REVOCATIONS) --

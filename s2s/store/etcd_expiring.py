@@ -1,4 +1,5 @@
-"""The etcd store's expiring records: join tokens, revocations, issued serials; and ``prune``.
+"""The etcd store's expiring records: join tokens, used marks, revocations, issued serials; and
+``prune``.
 
 These ride on leases shared per expiry bucket (:mod:`s2s.store.etcd_leases`), so etcd drops them
 about ``lease_grace`` after they expire even if no CA runs ``prune``; ``prune(now)`` still removes
@@ -28,6 +29,7 @@ from s2s.store.records import (
     JoinTokenRecord,
     PruneResult,
     Topic,
+    UsedMark,
 )
 
 __all__ = ["EtcdExpiringRecords"]
@@ -73,6 +75,18 @@ class EtcdExpiringRecords(EtcdKeyspace):
         if record.expires_at <= now:
             raise NotFound(f"join token {record.id} expired at {record.expires_at.isoformat()}")
         return record
+
+    # -- single-use marks: used/<key> --
+
+    async def claim_once(self, mark: UsedMark) -> None:
+        k = self.key("used", mark.key)
+
+        async def attempt() -> None:
+            put = put_op(k, doc(mark), lease=await self._leases.lease_for(mark.expires_at))
+            if not (await self._commit([version_is(k, 0)], [put])).succeeded:
+                raise Conflict(f"{mark.key!r} was already used")
+
+        await self._retrying(attempt)
 
     # -- revocations: revoked/<kind>/<value> --
 
@@ -176,6 +190,7 @@ class EtcdExpiringRecords(EtcdKeyspace):
             ("issued", "issued", IssuedSerial.from_json, None),
             ("agents", "agents", AgentRecord.from_json, Topic.AGENTS),
             ("authorities", "authorities", AuthorityRecord.from_json, Topic.AUTHORITIES),
+            ("used", "used_marks", UsedMark.from_json, None),
         ):
             expired = await self._expired(prefix, parse, now)
             counts[field] = await self._delete_unchanged([(kv, []) for _, kv in expired], topic)

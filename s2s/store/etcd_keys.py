@@ -20,7 +20,7 @@ from s2s.core.revocation import RevocationRecord
 from s2s.core.spiffe_id import TrustDomain
 from s2s.etcd.values import KeyValue
 from s2s.store.codec import encode_doc
-from s2s.store.records import JoinTokenRecord, Topic
+from s2s.store.records import JoinTokenRecord, Topic, UsedMark
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -101,6 +101,6 @@ def check_entry_key(entry: RegistrationEntry, holder: KeyValue | None) -> None:
 
 def expiry(record: Any) -> dt.datetime:
     """When a record may be pruned: ``expires_at`` or ``not_after``."""
-    if isinstance(record, JoinTokenRecord | RevocationRecord):
+    if isinstance(record, JoinTokenRecord | RevocationRecord | UsedMark):
         return record.expires_at
     return record.not_after  # type: ignore[no-any-return]

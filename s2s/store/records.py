@@ -45,6 +45,7 @@ __all__ = [
     "PruneResult",
     "Setting",
     "Topic",
+    "UsedMark",
 ]
 
 MAX_SERIAL = 2**160 - 1
@@ -289,6 +290,27 @@ class JoinTokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class UsedMark:
+    """A single-use mark: ``key`` (e.g. a hash of a spent client assertion's ``jti``) is held
+    until ``expires_at``, when ``prune`` removes it; a second claim of it meanwhile conflicts."""
+
+    key: str
+    expires_at: dt.datetime
+
+    def __post_init__(self) -> None:
+        _check_name("used mark key", self.key)
+        check_aware("used mark expires_at", self.expires_at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "expires_at": iso_text(self.expires_at)}
+
+    @classmethod
+    def from_json(cls, d: object) -> UsedMark:
+        d = read_object(d, "a used mark")
+        return cls(key=read_field(d, "key", str), expires_at=read_time(d, "expires_at"))
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedSerial:
     """One certificate the CA issued, kept until it expires (to expand ID/agent revocations)."""
 
@@ -346,7 +368,15 @@ class PruneResult:
     issued: int = 0
     agents: int = 0
     authorities: int = 0
+    used_marks: int = 0
 
     @property
     def total(self) -> int:
-        return self.join_tokens + self.revocations + self.issued + self.agents + self.authorities
+        return (
+            self.join_tokens
+            + self.revocations
+            + self.issued
+            + self.agents
+            + self.authorities
+            + self.used_marks
+        )

@@ -34,6 +34,7 @@ from s2s.store.records import (
     JoinTokenRecord,
     PruneResult,
     Topic,
+    UsedMark,
 )
 from s2s.store.sqlite_rows import (
     issued_row,
@@ -65,6 +66,7 @@ _PRUNE: tuple[tuple[str, str, str, Topic | None], ...] = (
     ("issued", "not_after", "issued", None),
     ("agents", "not_after", "agents", Topic.AGENTS),
     ("authorities", "not_after", "authorities", Topic.AUTHORITIES),
+    ("used_marks", "expires_at", "used_marks", None),
 )
 
 
@@ -302,6 +304,17 @@ class SqliteStore(SqliteWorker):
         return record
 
     # -- revocations --
+
+    # -- single-use marks --
+
+    async def claim_once(self, mark: UsedMark) -> None:
+        row = (mark.key, micros(mark.expires_at))
+
+        def run(tx: Tx) -> None:
+            if not tx.conn.execute("INSERT OR IGNORE INTO used_marks VALUES (?, ?)", row).rowcount:
+                raise Conflict(f"{mark.key!r} was already used")
+
+        await self._write(run)
 
     async def add_revocation(self, record: RevocationRecord) -> bool:
         key = (str(record.kind), record.value)

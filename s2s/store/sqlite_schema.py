@@ -54,6 +54,13 @@ CREATE INDEX issued_by_expiry ON issued (not_after);
 INSERT INTO topics VALUES ('entries', 0), ('agents', 0), ('revocations', 0), ('authorities', 0);
 """
 
+# Tables added since schema version 1, created when missing in a store of any version: a build
+# without them never reads them, so they need no version step.
+_ADDED = """
+CREATE TABLE IF NOT EXISTS used_marks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS used_marks_by_expiry ON used_marks (expires_at);
+"""
+
 
 def connect(path: Path, create: bool) -> sqlite3.Connection:
     """Open and check the file; InvalidConfig when it cannot be used as our store."""
@@ -119,6 +126,9 @@ def _initialise(conn: sqlite3.Connection, path: Path) -> None:
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
         else:
             _check_schema(conn, path, tables, app_id)
+        for statement in _ADDED.split(";"):
+            if statement.strip():
+                conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:

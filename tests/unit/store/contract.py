@@ -38,6 +38,7 @@ from s2s.store.records import (
     JoinTokenRecord,
     PruneResult,
     Topic,
+    UsedMark,
 )
 
 OpenStore = Callable[[], Awaitable[Store]]
@@ -422,6 +423,36 @@ class StoreContract:
         with pytest.raises(InvalidRequest, match="aware"):
             await store.consume_join_token(token_hash, now=dt.datetime(2030, 1, 1))
         assert await store.consume_join_token(token_hash, now=T0) == record  # not used up
+
+    # -- single-use marks --
+
+    async def test_a_mark_is_claimed_once(self, store: Store) -> None:
+        mark = UsedMark("assertion/abc", T0 + dt.timedelta(minutes=5))
+        await store.claim_once(mark)
+        with pytest.raises(Conflict, match="already used"):
+            await store.claim_once(mark)
+        with pytest.raises(Conflict):  # another expiry does not make it another mark
+            await store.claim_once(UsedMark(mark.key, T0 + dt.timedelta(minutes=9)))
+        await store.claim_once(UsedMark("assertion/abd", mark.expires_at))  # another key: fine
+
+    async def test_concurrent_claims_have_exactly_one_winner(self, open_store: OpenStore) -> None:
+        handles = [await open_store() for _ in range(3)]
+        for i in range(5):
+            mark = UsedMark(f"assertion/{i}", T0 + dt.timedelta(minutes=5))
+            wins, losses = await race(*(h.claim_once(mark) for h in handles for _ in range(2)))
+            assert wins == [None]
+            assert len(losses) == 5
+            assert all(isinstance(e, Conflict) for e in losses)
+
+    async def test_prune_frees_expired_marks_only(self, store: Store) -> None:
+        now = T0 + dt.timedelta(minutes=10)
+        gone, kept = (UsedMark(k, T0 + dt.timedelta(minutes=m)) for k, m in (("g", 10), ("k", 11)))
+        await store.claim_once(gone)
+        await store.claim_once(kept)
+        assert await store.prune(now) == PruneResult(used_marks=1)
+        await store.claim_once(gone)  # pruned: the key may be held again
+        with pytest.raises(Conflict):
+            await store.claim_once(kept)
 
     # -- revocations --
 

@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from contract import T0, StoreContract, agent, authority, entry, issued, revocation, token
 
-from s2s.core.errors import InvalidConfig, InvalidRequest, StoreError
+from s2s.core.errors import Conflict, InvalidConfig, InvalidRequest, StoreError
 from s2s.store.records import (
     AgentRecord,
     AuthorityRecord,
     IssuedSerial,
     JoinTokenRecord,
     Topic,
+    UsedMark,
 )
 from s2s.store.sqlite import SqliteStore
 from s2s.store.sqlite_schema import SCHEMA_VERSION
@@ -147,6 +148,20 @@ async def test_empty_file_becomes_a_store(tmp_path: Path) -> None:
     path.touch(mode=0o600)
     async with await SqliteStore.open(path) as store:
         assert await store.revision(Topic.ENTRIES) == 0
+
+
+async def test_a_store_made_before_used_marks_gets_their_table(tmp_path: Path) -> None:
+    """A store created by a build without single-use marks (no used_marks table) is opened as
+    it is and gains the table; its records stay."""
+    path = tmp_path / "store.db"
+    await _filled(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE used_marks")
+    async with await SqliteStore.open(path) as store:
+        assert [e.id for e in await store.list_entries()] == ["e1"]
+        await store.claim_once(UsedMark("assertion/1", T0))
+        with pytest.raises(Conflict):
+            await store.claim_once(UsedMark("assertion/1", T0))
 
 
 # -- run time --
