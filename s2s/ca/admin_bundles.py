@@ -45,20 +45,31 @@ def record_view(record: FederatedBundleRecord) -> dict[str, Any]:
 
 
 async def check_federates_with(services: ApiServices, trust_domains: Iterable[TrustDomain]) -> None:
-    """Refuse (InvalidRequest) a trust domain this CA holds no federated bundle for: an entry
-    federates only with trust domains it can deliver a bundle of (as SPIRE requires)."""
+    """Refuse (InvalidRequest) a trust domain this CA holds no federated bundle and no federation
+    relationship for: an entry federates only with trust domains it can deliver a bundle of (as
+    SPIRE requires)."""
     federated = services.federated_bundles
     missing = []
     for td in sorted(trust_domains, key=str):
         if federated is not None:
             federated.check_foreign(td)  # our own: the clearer refusal
-        if federated is None or await federated.get(td) is None:
+        if not await _held_or_federated(services, td):
             missing.append(str(td))
     if missing:
         raise InvalidRequest(
             f"no federated bundle for {', '.join(missing)}: set one first "
             "(s2s-ca bundle set --trust-domain TD --file F, or a federation relationship)"
         )
+
+
+async def _held_or_federated(services: ApiServices, td: TrustDomain) -> bool:
+    """A bundle of ``td`` is held, or a federation relationship will fetch one."""
+    federated = services.federated_bundles
+    if federated is not None and await federated.get(td) is not None:
+        return True
+    return services.federation is not None and (
+        await services.federation.relationships.find(td) is not None
+    )
 
 
 def _bundles(request: web.Request) -> FederatedBundles:
