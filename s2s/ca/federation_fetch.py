@@ -123,7 +123,7 @@ class BundleFetcher:
                 raise Unavailable(f"the bundle endpoint redirected more than {MAX_REDIRECTS} times")
         except S2SError:
             raise
-        except (aiohttp.ClientError, ssl.SSLError, OSError, TimeoutError) as exc:
+        except (aiohttp.ClientError, ssl.SSLError, OSError, TimeoutError, ValueError) as exc:
             raise _translate(exc, url) from None
 
     async def _read(self, response: aiohttp.ClientResponse) -> bytes:

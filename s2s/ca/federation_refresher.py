@@ -68,6 +68,9 @@ class FederationRefresher:
         self._rand = rand
         self._locks: dict[TrustDomain, asyncio.Lock] = {}
         self._known: dict[TrustDomain, tuple[datetime | None, int]] = {}  # refreshed, failures
+        # Our own due times (keyed by the relationship's updated_at): a status the store could
+        # not record must not make the loop fetch again at once.
+        self._not_before: dict[TrustDomain, tuple[datetime, datetime]] = {}
         self.refreshes = Counter(
             "s2s_ca_federation_refreshes",
             "Fetches of federated bundles from bundle endpoints, by trust domain and result "
@@ -102,6 +105,7 @@ class FederationRefresher:
             raise
         now = utc(self.clock.now())
         wait = self.policy.after_success(bundle.refresh_hint, rand=self._rand())
+        self._not_before[td] = (relationship.updated_at, now + wait)
         await self.relationships.record_status(
             relationship, relationship.status.succeeded(now, now + wait)
         )
@@ -125,6 +129,7 @@ class FederationRefresher:
         hint = None if held is None else held.bundle.refresh_hint
         wait = self.policy.after_failure(status.failures + 1, hint, rand=self._rand())
         new_status = status.failed(now, f"{exc.code}: {exc}", now + wait)
+        self._not_before[td] = (relationship.updated_at, now + wait)
         self.refreshes.labels(str(td), exc.code).inc()
         self._known[td] = (_age_origin(held), new_status.failures)
         log.warning(
@@ -163,8 +168,7 @@ class FederationRefresher:
         now = self.clock.now()
         tried = 0
         for relationship in await self.relationships.list():
-            due = relationship.status.next_refresh_at
-            if due is not None and due > now:
+            if not self._due(relationship, now):
                 continue
             tried += 1
             lock = self._locks.setdefault(relationship.trust_domain, asyncio.Lock())
@@ -177,13 +181,23 @@ class FederationRefresher:
         await self._remember_ages()
         return tried
 
+    def _due(self, relationship: FederationRelationship, now: datetime) -> bool:
+        due = relationship.status.next_refresh_at
+        if due is not None and due > now:
+            return False
+        changed_at, not_before = self._not_before.get(relationship.trust_domain, (None, now))
+        return changed_at != relationship.updated_at or not_before <= now
+
     async def next_wait(self) -> float:
         """Seconds until the next relationship is due (at most a few seconds)."""
         now = self.clock.now()
         waits = [_LONGEST_SLEEP]
         for relationship in await self.relationships.list():
-            due = relationship.status.next_refresh_at
-            waits.append(0.0 if due is None else (due - now).total_seconds())
+            due = relationship.status.next_refresh_at or now
+            changed_at, not_before = self._not_before.get(relationship.trust_domain, (None, now))
+            if changed_at == relationship.updated_at:
+                due = max(due, not_before)
+            waits.append((due - now).total_seconds())
         return min(max(min(waits), 0.05), _LONGEST_SLEEP)
 
     async def _remember_ages(self) -> None:

@@ -81,6 +81,11 @@ def check_endpoint_url(url: object) -> str:
         raise InvalidRequest("the bundle endpoint URL must not carry userinfo")
     if not parts.hostname:
         raise InvalidRequest(f"the bundle endpoint URL needs a host: {url[:200]!r}")
+    if not parts.hostname.startswith("["):
+        try:
+            parts.hostname.encode("idna")  # what an HTTP client will send (RFC 5891 labels)
+        except UnicodeError:
+            raise InvalidRequest(f"the bundle endpoint URL has a bad host: {url[:200]!r}") from None
     if parts.fragment:
         raise InvalidRequest("the bundle endpoint URL must not have a fragment")
     if port == 0:

@@ -52,6 +52,8 @@ def test_endpoint_url_accepted(url: str) -> None:
         ("https://b.test/#frag", "fragment"),
         ("https://b.test:99999/", "malformed"),
         ("https://b.test/ x", "spaces"),
+        ("https://a..b/", "bad host"),
+        ("https://" + "a" * 70 + ".test/", "bad host"),
         ("", "1-2048"),
         ("https://b.test/" + "a" * 3000, "1-2048"),
     ],
