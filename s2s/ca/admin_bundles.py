@@ -2,8 +2,9 @@
 
 - ``GET  /v1/federation/bundles`` -> ``{"bundles": [...]}``
 - ``GET  /v1/federation/bundles/show?trust_domain=TD`` -> one record
-- ``POST /v1/federation/bundles`` ``{trust_domain, bundle}`` (``bundle``: the SPIFFE bundle JSON
-  document, as text) -> the record (201 when the trust domain had none)
+- ``POST /v1/federation/bundles`` ``{trust_domain, bundle, format?}`` (``bundle``: the SPIFFE
+  bundle JSON document as text, or with ``format: "pem"`` the X.509 roots as PEM, as SPIRE's
+  ``bundle set -format pem`` takes) -> the record (201 when the trust domain had none)
 - ``POST /v1/federation/bundles/delete`` ``{trust_domain}``
 
 A record is shown with its bundle as a JSON object, its sequence and the count of each kind of
@@ -21,7 +22,7 @@ from aiohttp import web
 from s2s.ca.federated_bundles import SOURCE_MANUAL, FederatedBundleRecord, FederatedBundles
 from s2s.ca.http_json import field, json_response, read_json
 from s2s.ca.http_services import SERVICES, ApiServices
-from s2s.core.bundle import MAX_BUNDLE_BYTES
+from s2s.core.bundle import MAX_BUNDLE_BYTES, Bundle
 from s2s.core.errors import InvalidBundle, InvalidRequest, InvalidSpiffeId, NotFound
 from s2s.core.federation import validate_fetched_bundle
 from s2s.core.spiffe_id import TrustDomain
@@ -102,10 +103,15 @@ async def set_bundle(request: web.Request) -> web.Response:
     body = await read_json(request, limit=_BODY_LIMIT)
     td = _trust_domain(body.get("trust_domain"))
     text: str = field(body, "bundle")
+    fmt = body.get("format", "spiffe")
+    if fmt not in ("spiffe", "pem"):
+        raise InvalidRequest("'format' must be 'spiffe' or 'pem'")
     data = text.encode("utf-8", "surrogatepass")
     bundles = _bundles(request)
     bundles.check_foreign(td)
     try:
+        if fmt == "pem":  # X.509 roots only; checked as the SPIFFE document they make
+            data = Bundle.from_x509_pem(td, data).encode()
         # The checks of a fetched bundle, but a bundle set by hand may go back in sequence.
         bundle = validate_fetched_bundle(td, data, previous=None)
     except InvalidBundle as exc:

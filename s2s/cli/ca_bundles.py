@@ -50,14 +50,22 @@ def _show(record: dict[str, Any]) -> None:
     "path",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Its SPIFFE bundle (JSON), e.g. the output of `s2s-ca bundle show --format spiffe`.",
+    help="Its bundle, e.g. the output of `s2s-ca bundle show --format spiffe` over there.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["spiffe", "pem"]),
+    default="spiffe",
+    show_default=True,
+    help="spiffe: a SPIFFE bundle (JSON, X.509 and JWT keys); pem: X.509 roots only.",
 )
 @json_option
 @pass_ctx
-def bundle_set(ctx: Ctx, trust_domain: str, path: Path, as_json: bool) -> None:
+def bundle_set(ctx: Ctx, trust_domain: str, path: Path, fmt: str, as_json: bool) -> None:
     """Set (or replace) the bundle of another trust domain, by hand."""
     text = call(lambda: _read_bundle_file(path))
-    body = {"trust_domain": trust_domain, "bundle": text}
+    body = {"trust_domain": trust_domain, "bundle": text, "format": fmt}
     record = call(lambda: ctx.client().post(_PATH, body))
     emit_json(record) if as_json else _show(record)
 

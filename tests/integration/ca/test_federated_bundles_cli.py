@@ -95,8 +95,20 @@ async def test_bundle_set_refusals(ca: RunningCa, capsys: Any, tmp_path: Path) -
             {"trust_domain": OTHER, "bundle": " " * (MAX_BUNDLE_BYTES + 1)},
         )
     assert await cli_json(ca, capsys, "bundle", "list") == []  # nothing was stored
-    # twin: the good file is accepted
+    # a PEM file of another trust domain's root, as SPIRE's bundle show -format pem prints
+    wrong_pem = tmp_path / "third.pem"
+    wrong_pem.write_bytes(TestAuthority("third.test").bundle_pem())
+    set_pem = ["bundle", "set", "--trust-domain", OTHER, "--format", "pem", "--file"]
+    assert await cli(ca, *set_pem, str(wrong_pem)) == 2
+    assert "third.test" in capsys.readouterr().err
+    assert await cli(ca, *set_pem, good) == 2  # JSON is not PEM
+    capsys.readouterr()
+    # twins: the good file is accepted, and its PEM form
     assert await cli(ca, "bundle", "set", "--trust-domain", OTHER, "--file", good) == 0
+    assert await cli(ca, *set_pem, str(not_json)) == 0
+    capsys.readouterr()
+    pem_record = (await cli_json(ca, capsys, "bundle", "list"))[0]
+    assert (pem_record["x509_authorities"], pem_record["jwt_authorities"]) == (1, 0)
 
 
 async def test_entries_federate_only_with_known_trust_domains(
