@@ -299,3 +299,30 @@ async def test_endpoint_down_keeps_the_last_good_bundle_and_its_age_grows(
         assert 's2s_ca_federation_refreshes_total{result="unavailable",trust_domain="a.test"}' in (
             metrics
         )
+
+
+async def test_endpoint_svid_is_renewed_before_it_expires(tmp_path: Path) -> None:
+    async with running_peer(tmp_path, "a.test", federation=spiffe_endpoint(), overrides=SHORT) as a:
+        endpoint = a.server.bundle_endpoint
+        assert endpoint is not None
+        first = endpoint.svid
+        assert first is not None
+        lifetime = first.not_after - first.not_before
+        assert lifetime <= dt.timedelta(seconds=10)  # server_svid_ttl (8 s) plus the backdate
+
+        def renewed() -> bool:
+            svid = endpoint.svid
+            return svid is not None and svid.serial != first.serial
+
+        await wait_for(renewed, "the endpoint's SVID renewed at half-life", timeout=15)
+        svid = endpoint.svid
+        assert svid is not None
+        assert svid.spiffe_id == A_ENDPOINT
+        assert dt.datetime.now(dt.UTC) < first.not_after  # renewed before the old one expired
+        rel = FederationRelationship.create(
+            A, a.endpoint_url, SPIFFE, A_ENDPOINT, now=SystemClock().now()
+        )
+        body = await BundleFetcher(clock=SystemClock()).fetch(
+            rel, BundleSet.of(a.server.authority.bundle)
+        )
+        assert Bundle.decode(A, body).trust_domain == A
