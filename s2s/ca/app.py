@@ -17,6 +17,7 @@ import logging
 import resource
 import signal
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -286,7 +287,12 @@ class CaServer:
                 federated=self.federated_bundles,
             ),
             "root_rotation": RootRotation(
-                config=config, store=store, authority=self.authority, clock=self.clock, audit=audit
+                config=config,
+                store=store,
+                authority=self.authority,
+                clock=self.clock,
+                audit=audit,
+                federation_lead=self._federation_lead(),
             ),
         }
 
@@ -381,6 +387,13 @@ class CaServer:
             **self._endpoint_loop(),
         }
         await run_loops(loops, stop)
+
+    def _federation_lead(self) -> timedelta:
+        """How long a root rotation waits after prepare when a bundle endpoint is served: three
+        refresh hints, so federated trust domains hold the new root before anything chains to
+        it (SPIFFE_Federation.md 4.1 recommends 3-5)."""
+        endpoint = self.options.federation.bundle_endpoint
+        return timedelta(0) if endpoint is None else 3 * endpoint.refresh_hint
 
     def _endpoint_loop(self) -> dict[str, Any]:
         """The bundle endpoint's credential renewal (its SVID, or its changed files)."""

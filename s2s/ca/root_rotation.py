@@ -108,7 +108,7 @@ class RotationProgress:
 
     state: RotationState | None
     changed: bool = False  # this call made a transition
-    waiting_for: str = ""  # "", "agents", "replicas" or "lifetime"
+    waiting_for: str = ""  # "", "federation", "agents", "replicas" or "lifetime"
     lagging_agents: tuple[tuple[str, int], ...] = ()  # (agent SPIFFE ID, sequence it reported)
     lagging_replicas: tuple[str, ...] = ()
     retire_at: datetime | None = None
@@ -155,8 +155,12 @@ class RootRotation:
         authority: Authority,
         clock: Clock,
         audit: AuditLog | None = None,
+        federation_lead: timedelta = timedelta(0),
     ) -> None:
         self._audit = audit if audit is not None else AuditLog()
+        # With a bundle endpoint, federated trust domains must fetch the new root before anything
+        # chains to it: activation waits this long after prepare (SPIFFE_Federation.md 4.1).
+        self.federation_lead = federation_lead
         self._config = config
         self._store = store
         self._authority = authority
@@ -198,8 +202,12 @@ class RootRotation:
             return RotationProgress(state, message=_idle_message(state))
         now = utc(self._clock.now())
         if state.phase is Phase.PREPARED:
-            return await self._agents_progress(state, now) or RotationProgress(
-                state, message="every live agent holds the new root; ready to activate"
+            return (
+                self._federation_progress(state, now)
+                or await self._agents_progress(state, now)
+                or RotationProgress(
+                    state, message="every live agent holds the new root; ready to activate"
+                )
             )
         return await self._retire_progress(state, now, write=False, raw=raw)
 
@@ -276,7 +284,7 @@ class RootRotation:
     async def _activate(
         self, raw: str | None, state: RotationState, now: datetime
     ) -> RotationProgress:
-        waiting = await self._agents_progress(state, now)
+        waiting = self._federation_progress(state, now) or await self._agents_progress(state, now)
         if waiting is not None:
             return waiting
         await self._move(state.new_root, AuthorityState.PREPARED, AuthorityState.ACTIVE)
@@ -333,6 +341,19 @@ class RootRotation:
         )
 
     # -- conditions ------------------------------------------------------------------------
+
+    def _federation_progress(self, state: RotationState, now: datetime) -> RotationProgress | None:
+        """None once federated trust domains have had ``federation_lead`` to fetch the new root
+        from the bundle endpoint (three refresh hints); else when activation may happen."""
+        ready_at = state.started_at + self.federation_lead
+        if now >= ready_at:
+            return None
+        return RotationProgress(
+            state,
+            waiting_for="federation",
+            message=f"federated trust domains fetch the new root from the bundle endpoint"
+            f" first: activation not before {ready_at.isoformat()}",
+        )
 
     async def _agents_progress(
         self, state: RotationState, now: datetime

@@ -99,6 +99,7 @@ authority_revoke = _transition(
 
 
 _WAITS: Final = {
+    "federation": "federated trust domains to fetch the new root (three bundle refresh hints)",
     "agents": "every live agent to hold the new bundle (they fetch it on their next sync)",
     "replicas": "every CA replica to sign under the new root (on its next authority check)",
     "lifetime": "the hold time: everything signed under the old root expires",
