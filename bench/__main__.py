@@ -20,6 +20,7 @@ MODULES: list[str] = [
     "oauth_http",
     "revocation",
     "crl",
+    "federation",
 ]
 
 
