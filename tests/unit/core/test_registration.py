@@ -207,3 +207,22 @@ _entries = st.builds(
 @given(_entries)
 def test_any_valid_entry_survives_json_text(e: RegistrationEntry) -> None:
     assert RegistrationEntry.from_json(json.loads(json.dumps(e.to_json()))) == e
+
+
+def test_federates_with_is_optional_sorted_and_left_out_when_empty() -> None:
+    e = RegistrationEntry.from_json(_doc(federates_with=["c.test", "b.test", "b.test"]))
+    assert {str(td) for td in e.federates_with} == {"b.test", "c.test"}
+    assert e.to_json()["federates_with"] == ["b.test", "c.test"]
+    assert RegistrationEntry.from_json(e.to_json()) == e
+    plain = RegistrationEntry.from_json(_doc())
+    assert plain.federates_with == frozenset()
+    assert "federates_with" not in plain.to_json()  # older agents read it unchanged
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["b.test", [1], ["Not A Domain"], ["spiffe://b.test/path"], [f"t{i}.test" for i in range(65)]],
+)
+def test_bad_federates_with_is_refused(value: object) -> None:
+    with pytest.raises(InvalidRequest, match="federat"):
+        RegistrationEntry.from_json(_doc(federates_with=value))

@@ -26,7 +26,7 @@ from s2s.core.errors import Conflict, InvalidRequest, NotFound, StoreError
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.selectors import parse_selectors
-from s2s.core.spiffe_id import SpiffeId
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.store.base import Store
 from s2s.store.records import (
     AgentRecord,
@@ -258,6 +258,14 @@ class StoreContract:
         assert await store.get_entry("e1") == stored
         with pytest.raises(NotFound, match="e2"):
             await store.get_entry("e2")
+
+    async def test_entry_federates_with_round_trips(self, store: Store) -> None:
+        tds = frozenset({TrustDomain.parse("b.test"), TrustDomain.parse("c.test")})
+        stored = await store.create_entry(entry("e1", federates_with=tds))
+        assert (await store.get_entry("e1")).federates_with == tds
+        cleared = dataclasses.replace(stored, federates_with=frozenset())
+        await store.update_entry(cleared, expected_revision=1)
+        assert (await store.get_entry("e1")).federates_with == frozenset()
 
     async def test_entry_uniqueness(self, store: Store) -> None:
         await store.create_entry(entry("e1", selectors=["unix:uid:1", "unix:gid:2"]))
