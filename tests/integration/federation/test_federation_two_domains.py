@@ -26,10 +26,13 @@ from federation_support import CaHandle, RunningAgent, agent_config, start_agent
 
 from s2s.cli.ca import main as s2s_ca
 from s2s.core.bundle import BundleSet
+from s2s.core.errors import InvalidToken
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.testing import TestAuthority
 from s2s.verifier import (
+    JwtSource,
+    JwtValidator,
     StaticX509Source,
     X509Context,
     X509Source,
@@ -263,3 +266,26 @@ async def test_the_official_client_dials_across_trust_domains(
                 pinned.s2s.close()
     finally:
         await asyncio.to_thread(source.close)
+
+
+async def test_a_jwt_svid_of_one_trust_domain_validates_at_the_other(
+    domains: tuple[Domain, Domain],
+) -> None:
+    a, b = domains
+    async with JwtSource(socket=a.socket) as caller, JwtSource(socket=b.socket) as service:
+        token = (await caller.fetch_jwt_svid("api")).token
+        await wait_until(lambda: A in service.current().trust_domains(), what="A's JWT keys")
+        validator = JwtValidator(service, "api", revocations=service.revocations)
+        assert validator.validate(token).spiffe_id == CLIENT
+        # the keys stay per trust domain: our token's kid is unknown in other.org's bundle
+        b_keys = service.current().get(B)
+        a_keys = service.current().get(A)
+        assert b_keys is not None
+        assert a_keys is not None
+        assert not {k.kid for k in a_keys.jwt_authorities} & {k.kid for k in b_keys.jwt_authorities}
+        # twin: the service's entry stops federating: example.org's keys leave its JWT bundles
+        assert await cli(b.ca, "entry", "update", b.entry_id, "--no-federation") == 0
+        await wait_until(lambda: A not in service.current().trust_domains(), what="redacted")
+        with pytest.raises(InvalidToken) as refused:
+            validator.validate(token)
+        assert refused.value.reason == "untrusted"
