@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,6 +63,7 @@ from s2s.verifier.jws import (
 )
 from s2s.verifier.jwt import JwtMetrics
 from s2s.verifier.revocation_choice import resolve_revocations
+from s2s.verifier.token_cache import TokenCache, check_token_text, stale_revocations
 
 __all__ = [
     "ACCESS_TOKEN_TYPES",
@@ -193,14 +193,17 @@ class AccessTokenValidator:
         self.require_binding = require_binding
         self.leeway = leeway
         self._clock = clock if clock is not None else SystemClock()
-        self._cache_size = cache_size
         self._max_bytes = max_token_bytes
         self._metrics = metrics if metrics is not None else default_access_token_metrics()
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[str, tuple[AccessToken, object, object]] = OrderedDict()
-        self._seen: tuple[object, object] = (None, None)
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._cache: TokenCache[AccessToken] = TokenCache(cache_size)
+
+    @property
+    def cache_hits(self) -> int:
+        return self._cache.hits
+
+    @property
+    def cache_misses(self) -> int:
+        return self._cache.misses
 
     def validate(self, token: str, *, peer_certificate: _Certificate = None) -> AccessToken:
         """The checked token; :class:`InvalidToken` (with ``.reason``) if it must be refused.
@@ -215,35 +218,22 @@ class AccessTokenValidator:
             raise
 
     def _validate(self, token: str, peer_certificate: _Certificate) -> AccessToken:
-        if not isinstance(token, str):
-            raise InvalidToken("the token must be text", reason="malformed")
-        if len(token) > self._max_bytes:
-            raise InvalidToken(
-                f"the token is longer than {self._max_bytes} bytes", reason="too-large"
-            )
+        if not isinstance(token, str) or len(token) > self._max_bytes:
+            check_token_text(token, self._max_bytes)  # says which
         now = self._clock.now()
         keys = self.keys.current()
         try:
             revocations = self._revocations.current()
-        except Unavailable as exc:  # a stale feed: what is revoked is unknown, so fail closed
-            raise InvalidToken(
-                f"cannot check revocations: {exc}", reason="revocations-stale"
-            ) from None
-        entry = self._cache.get(token)
-        if (
-            entry is not None
-            and entry[1] is keys
-            and entry[2] is revocations
-            and now < entry[0].expiry
-        ):
-            try:  # noqa: SIM105 (contextlib.suppress costs ~0.3 us on the hot path)
-                self._cache.move_to_end(token)
-            except KeyError:  # evicted meanwhile by another thread
-                pass
-            self.cache_hits += 1
-            result = entry[0]
-        else:
-            result = self._validate_miss(token, now, keys, revocations)
+        except Unavailable as exc:
+            raise stale_revocations(exc) from None
+        result = self._cache.hit(token, keys, revocations, now)
+        if result is None:
+            self._cache.begin_miss(token, keys, revocations)
+            result = self._validate_uncached(token, now, keys, revocations)
+            self._metrics.accepted.inc()
+            self._cache.keep(
+                token, result, result.expiry, keys=keys, revocations=revocations, now=now
+            )
         self._check_binding(result, peer_certificate)
         return result
 
@@ -264,25 +254,6 @@ class AccessTokenValidator:
 
     def cache_len(self) -> int:
         return len(self._cache)
-
-    def _validate_miss(
-        self, token: str, now: datetime, keys: SigningKeySet, revocations: RevocationSet
-    ) -> AccessToken:
-        with self._lock:
-            if keys is not self._seen[0] or revocations is not self._seen[1]:
-                self._cache.clear()  # every entry belongs to an older snapshot
-                self._seen = (keys, revocations)
-            self._cache.pop(token, None)
-        self.cache_misses += 1
-        result = self._validate_uncached(token, now, keys, revocations)
-        self._metrics.accepted.inc()
-        if self._cache_size and now < result.expiry:
-            with self._lock:
-                if self._seen[0] is keys and self._seen[1] is revocations:
-                    self._cache[token] = (result, keys, revocations)
-                    while len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
-        return result
 
     def _validate_uncached(
         self, token: str, now: datetime, keys: SigningKeySet, revocations: RevocationSet
