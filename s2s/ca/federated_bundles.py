@@ -190,17 +190,23 @@ class FederatedBundles:
             return doc
 
         await self._write(drop, bump=lambda: True)
-        self._audited("federated_bundle.delete", removed[-1])
+        self._audited("federated_bundle.delete", removed[-1], actor="admin")
         return removed[-1]
 
     # -- the document ------------------------------------------------------------------------
 
-    def _audited(self, action: str, record: FederatedBundleRecord) -> None:
+    def _audited(
+        self, action: str, record: FederatedBundleRecord, *, actor: str | None = None
+    ) -> None:
+        """One audit line per change: who (the refresher or an admin), the trust domain, the
+        new sequence and where the bundle came from."""
+        if actor is None:
+            actor = "federation" if record.source == SOURCE_ENDPOINT else "admin"
         if self._audit is not None:
             self._audit.admin_change(
                 action,
                 target=str(record.trust_domain),
-                actor="federation" if record.source == SOURCE_ENDPOINT else "admin",
+                actor=actor,
                 details={
                     AuditField.BUNDLE_SEQUENCE: record.bundle.sequence,
                     AuditField.KIND: record.source,

@@ -11,6 +11,7 @@ import datetime as dt
 import pytest
 from ca_helpers import TD
 
+from s2s.ca.audit import AUDIT_LOGGER, AuditLog
 from s2s.ca.federated_bundles import (
     BUNDLES_STATE,
     FederatedBundleRecord,
@@ -103,3 +104,25 @@ async def test_record_json_round_trip(clock: FakeClock) -> None:
     assert FederatedBundleRecord.from_json(record.to_json()) == record
     with pytest.raises(InvalidRequest):
         FederatedBundleRecord.from_json({**record.to_json(), "bundle": "{"})
+
+
+async def test_changes_are_audit_lines(
+    store: SqliteStore, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fb = FederatedBundles(store=store, clock=clock, trust_domain=TD, audit=AuditLog())
+    bundle = TestAuthority(OTHER).bundle()
+    with caplog.at_level("INFO", logger=AUDIT_LOGGER):
+        await fb.put(bundle, source="manual")
+        await fb.put(bundle, source="manual")  # same content: no line
+        await fb.put(dataclasses.replace(bundle, sequence=5), source="endpoint", refreshed=True)
+        await fb.delete(OTHER)
+    lines = [
+        (r.action, r.target, r.actor, r.bundle_sequence)  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.name == AUDIT_LOGGER
+    ]
+    assert lines == [
+        ("federated_bundle.set", "other.test", "admin", 1),
+        ("federated_bundle.set", "other.test", "federation", 5),
+        ("federated_bundle.delete", "other.test", "admin", 5),
+    ]
