@@ -134,18 +134,38 @@ def ecdsa_der(signature: bytes, size: int) -> bytes:
     """The DER ECDSA-Sig-Value (RFC 3279 2.2.3) of a JWS ``R || S`` of ``size`` bytes each.
 
     Built from the bytes (minimal INTEGERs: leading zeros dropped, a zero byte added before a set
-    high bit), which costs less than two ints and ``encode_dss_signature``; the long-form
-    lengths of P-521 go through the latter.
+    high bit), which costs less than two ints and ``encode_dss_signature``. When neither R nor S
+    starts with a zero byte (255 in 256 signatures) only the sign padding varies, and the framing
+    comes from a table; the long-form lengths of P-521 go through ``encode_dss_signature``.
 
     >>> ecdsa_der(bytes([0, 0x80]) + bytes([0x7F, 1]), 2).hex()
     '30080202008002027f01'
     """
+    framing = _DER_FRAMING.get(size)
+    first_r, first_s = signature[0], signature[size]
+    if framing is not None and first_r and first_s:
+        head, middle = framing[(first_r >> 7) * 2 + (first_s >> 7)]
+        return head + signature[:size] + middle + signature[size:]
     if size > 60:  # a SEQUENCE of two INTEGERs longer than 127 bytes needs the long form
         r_value = int.from_bytes(signature[:size], "big")
         return encode_dss_signature(r_value, int.from_bytes(signature[size:], "big"))
     r = _der_integer(signature[:size])
     s = _der_integer(signature[size:])
     return b"\x30" + bytes((len(r) + len(s),)) + r + s
+
+
+def _der_framing(size: int) -> tuple[tuple[bytes, bytes], ...]:
+    """(SEQUENCE and first INTEGER header, second INTEGER header) by (R high bit, S high bit)."""
+    out = []
+    for pad_r in (0, 1):
+        for pad_s in (0, 1):
+            len_r, len_s = size + pad_r, size + pad_s
+            head = bytes((0x30, len_r + len_s + 4, 0x02, len_r)) + b"\x00" * pad_r
+            out.append((head, bytes((0x02, len_s)) + b"\x00" * pad_s))
+    return tuple(out)
+
+
+_DER_FRAMING = {size: _der_framing(size) for size in (32, 48)}  # ES256, ES384
 
 
 def _der_integer(value: bytes) -> bytes:

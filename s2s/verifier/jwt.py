@@ -93,6 +93,11 @@ class ValidatedJwt:
         return self.claims.expiry
 
 
+_NEW = object.__new__
+_SET_ID = ValidatedJwt.__dict__["spiffe_id"].__set__
+_SET_CLAIMS = ValidatedJwt.__dict__["claims"].__set__
+
+
 class JwtMetrics:
     """``s2s_verifier_jwt_rejections_total{reason}`` and ``s2s_verifier_jwts_accepted_total``.
 
@@ -183,7 +188,8 @@ class JwtValidator:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, tuple[ValidatedJwt, object, object]] = OrderedDict()
         # The key table and the snapshot it was filled from, read and replaced as one tuple.
-        self._keys: tuple[object, dict[tuple[TrustDomain, str], _KeyEntry]] = (None, {})
+        # Keyed by (trust domain name, kid): a str hashes once, a TrustDomain on every lookup.
+        self._keys: tuple[object, dict[tuple[str, str], _KeyEntry]] = (None, {})
         self._seen: tuple[object, object] = (None, None)
         self.cache_hits = 0
         self.cache_misses = 0
@@ -233,13 +239,17 @@ class JwtValidator:
     def _validate_miss(
         self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet
     ) -> ValidatedJwt:
-        with self._lock:
-            if bundles is not self._seen[0] or revocations is not self._seen[1]:
-                self._cache.clear()  # every entry belongs to an older snapshot
-                self._seen = (bundles, revocations)
-                if self._keys[0] is not bundles:
-                    self._keys = (bundles, {})
-            self._cache.pop(token, None)  # past exp: validate afresh (leeway may still allow it)
+        seen = self._seen
+        if bundles is not seen[0] or revocations is not seen[1]:
+            with self._lock:
+                if bundles is not self._seen[0] or revocations is not self._seen[1]:
+                    self._cache.clear()  # every entry belongs to an older snapshot
+                    self._seen = (bundles, revocations)
+                    if self._keys[0] is not bundles:
+                        self._keys = (bundles, {})
+        if self._cache_size:
+            with self._lock:  # past exp: validate afresh (leeway may still allow it)
+                self._cache.pop(token, None)
         self.cache_misses += 1
         result = self._validate_uncached(token, now, bundles, revocations)
         self._metrics.accepted.inc()
@@ -263,13 +273,15 @@ class JwtValidator:
         # Claims are checked before the (costly) signature: an expired or misaddressed token is
         # refused without spending a verify. Nothing here acts on them until the signature holds.
         checked = self._claims.check(json_object(_decode(body), "claims"), now=now.timestamp())
-        td = checked.spiffe_id.trust_domain
-        public_key, allowed = self._key_for(bundles, td, kid, now)
+        public_key, allowed = self._key_for(bundles, checked.spiffe_id.trust_domain, kid, now)
         check_alg(alg, allowed)
         signing_input = token[: len(head) + 1 + len(body)].encode("ascii")
         verify_checked(alg, public_key, signing_input, _decode(sig))
         _check_revocation(revocations, checked)
-        return ValidatedJwt(checked.spiffe_id, checked)
+        result = _NEW(ValidatedJwt)  # through the slots: the frozen __init__ costs twice as much
+        _SET_ID(result, checked.spiffe_id)
+        _SET_CLAIMS(result, checked)
+        return result
 
     def _check_header(self, head: str) -> tuple[str, str]:
         """``alg`` and ``kid`` of a header segment, remembered once it passed its checks: a
@@ -286,7 +298,7 @@ class JwtValidator:
         self, bundles: BundleSet, td: TrustDomain, kid: str, now: datetime
     ) -> tuple[PublicKeyTypes, frozenset[str]]:
         owner, keys = self._keys  # one read: the table and the snapshot it belongs to
-        entry = keys.get((td, kid)) if owner is bundles else None
+        entry = keys.get((td.name, kid)) if owner is bundles else None
         if entry is None:
             bundle = bundles.get(td)
             if bundle is None:
@@ -301,7 +313,7 @@ class JwtValidator:
             entry = (key, authority.not_after, algorithms_for_key(key))
             with self._lock:
                 if self._keys[0] is bundles:
-                    self._keys[1][(td, kid)] = entry
+                    self._keys[1][(td.name, kid)] = entry
         if entry[1] is not None and now > entry[1]:
             raise InvalidToken(f"the JWT authority {kid[:64]!r} of {td} has expired", reason="kid")
         return entry[0], entry[2]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 from typing import Any
 
 import pytest
@@ -245,3 +245,23 @@ def test_ecdsa_der_is_the_der_of_r_and_s(size: int) -> None:
     for sig in cases:
         r, s = int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big")
         assert ecdsa_der(sig, size) == encode_dss_signature(r, s), sig.hex()
+
+
+def test_the_result_equals_the_reference_claims_and_stays_frozen(h: Harness) -> None:
+    agent = "spiffe://example.org/s2s/agent/node-1"
+    for extra in ({}, {"jti": "j-9"}, {"s2s_agent": agent}, {"aud": [AUD, "x"]}, {"nbf": 5}):
+        claims = h.claims(**extra)
+        token = sign_token(h.header(), claims, h.ca.jwt_key, "ES256")
+        for _ in range(2):  # first through the full checks, then with the subject remembered
+            result = h.validator.validate(token)
+            expected = check_jwt_claims(claims, audience=AUD, now=h.clock.now())
+            assert result.claims == expected
+            assert result.spiffe_id == expected.spiffe_id
+            assert dict(result.claims.claims) == claims
+            assert (result.claims.jti, result.claims.agent) == (expected.jti, expected.agent)
+            with pytest.raises(FrozenInstanceError):
+                result.claims.jti = "other"  # type: ignore[misc]
+            with pytest.raises(FrozenInstanceError):
+                result.spiffe_id = expected.spiffe_id  # type: ignore[misc]
+            with pytest.raises(TypeError):
+                result.claims.claims["sub"] = "x"  # type: ignore[index]
