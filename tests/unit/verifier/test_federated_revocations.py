@@ -25,8 +25,7 @@ from s2s.verifier.x509context import X509Context
 A = TestAuthority("example.org")
 B = TestAuthority("other.org")
 BOTH = BundleSet.of(A.bundle(), B.bundle())
-NOW = dt.datetime.now(dt.UTC)
-LATER = NOW + dt.timedelta(hours=1)
+HOUR = dt.timedelta(hours=1)
 
 
 def chain(authority: TestAuthority, svid: X509Svid) -> list[bytes]:
@@ -36,7 +35,8 @@ def chain(authority: TestAuthority, svid: X509Svid) -> list[bytes]:
 
 def accepted(der: list[bytes], revocations: Any) -> bool:
     try:
-        verify_chain(der, bundles=BOTH, authorize=authorize_any(), revocations=revocations, now=NOW)
+        now = dt.datetime.now(dt.UTC)
+        verify_chain(der, bundles=BOTH, authorize=authorize_any(), revocations=revocations, now=now)
     except PeerRejected as exc:
         if exc.reason != "revoked":
             raise
@@ -45,8 +45,9 @@ def accepted(der: list[bytes], revocations: Any) -> bool:
 
 
 def serial_record(serial: int, issuer: x509.Certificate) -> StaticRevocations:
+    now = dt.datetime.now(dt.UTC)
     record = RevocationRecord.for_serial(
-        serial, revoked_at=NOW, expires_at=LATER, issuer=issuer_key_id(issuer)
+        serial, revoked_at=now, expires_at=now + HOUR, issuer=issuer_key_id(issuer)
     )
     return StaticRevocations(RevocationSet.of([record]))
 
@@ -64,9 +65,10 @@ def test_a_serial_record_of_one_trust_domain_never_revokes_the_other(
 
 
 def crl_der(name: x509.Name, key: Any, serial: int) -> bytes:
-    revoked = x509.RevokedCertificateBuilder(serial_number=serial, revocation_date=NOW).build()
+    now = dt.datetime.now(dt.UTC)
+    revoked = x509.RevokedCertificateBuilder(serial_number=serial, revocation_date=now).build()
     builder = x509.CertificateRevocationListBuilder(
-        issuer_name=name, last_update=NOW, next_update=LATER, revoked_certificates=[revoked]
+        issuer_name=name, last_update=now, next_update=now + HOUR, revoked_certificates=[revoked]
     )
     return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
