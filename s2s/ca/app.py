@@ -386,6 +386,8 @@ class CaServer:
             "federation": retrying("federation", self.federation.run),
             **self._endpoint_loop(),
         }
+        if self.oauth is not None:  # the OAuth client set in memory, following the store
+            loops["oauth_clients"] = retrying("oauth_clients", self.oauth.clients.follow)
         await run_loops(loops, stop)
 
     def _federation_lead(self) -> timedelta:

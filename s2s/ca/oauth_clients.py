@@ -1,6 +1,13 @@
 """OAuth client records in the store: one document (state key ``oauth/clients``) updated by
-compare-and-swap, so both store backends (SQLite, etcd) hold them and replicas agree. Reads use a
-parsed snapshot kept while the stored text is unchanged.
+compare-and-swap, so both store backends (SQLite, etcd) hold them and replicas agree.
+
+Every token, introspection and revocation request looks its client up, so while :meth:`follow`
+runs (the app runs it among its loops) the parsed set is held in memory and a lookup makes no
+store round trip: a change through this replica is installed at once (write-through), one through
+another replica when the store reports it (a write bumps ``Topic.OAUTH_CLIENTS``: etcd's watch
+within milliseconds, SQLite's poll within about a second). A client missing from the snapshot is
+read through from the store, so a client created on another replica works at once. Until the
+first load, and while :meth:`follow` is not running, every read goes to the store.
 
 Secrets are generated here (256 random bits), returned once, and stored as SHA-256 hashes.
 Rotation keeps the previous secret valid beside the new one until ``finish`` drops it.
@@ -20,6 +27,7 @@ from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from s2s.core.oauth import ClientRecord, hash_secret, new_secret, parse_scope
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.store.base import Store
+from s2s.store.records import Topic
 
 __all__ = ["CLIENTS_STATE", "ClientRegistry"]
 
@@ -46,12 +54,36 @@ class ClientRegistry:
         self._td = trust_domain
         self._entropy = entropy
         self._snapshot: tuple[str | None, _Doc] = (None, {})
+        self._following = False  # the snapshot is current (follow() runs and has loaded it)
+        self._generation = 0  # moves on every write-through: a slower load must not undo it
+
+    async def follow(self, *, timeout: float = 30.0) -> None:
+        """Load the clients, then reload them whenever the store's revision for them moves.
+        Runs until cancelled; a store error propagates (reads go to the store meanwhile)."""
+        seen = -1
+        try:
+            while True:
+                generation = self._generation
+                revision = await self._store.revision(Topic.OAUTH_CLIENTS)
+                if revision != seen:
+                    await self._read()
+                    if self._generation != generation:
+                        continue  # a write-through raced this read: read again
+                    self._following = True
+                    seen = revision
+                await self._store.wait_for_change(Topic.OAUTH_CLIENTS, seen, timeout)
+        finally:
+            self._following = False
 
     async def _read(self) -> tuple[str | None, _Doc]:
         raw = await self._store.get_state(CLIENTS_STATE)
+        return raw, self._parsed(raw)
+
+    def _parsed(self, raw: str | None) -> _Doc:
+        """The client set of ``raw``, parsed once per stored text (the snapshot)."""
         cached_raw, cached = self._snapshot
         if raw == cached_raw:
-            return raw, cached
+            return cached
         doc: _Doc = {}
         if raw is not None:
             try:
@@ -62,27 +94,30 @@ class ClientRegistry:
                 record = ClientRecord.from_json(item)
                 doc[record.client_id] = record
         self._snapshot = (raw, doc)
-        return raw, doc
+        return doc
 
     async def _write(self, change: Callable[[_Doc], _Doc]) -> None:
         for _ in range(5):
             raw, doc = await self._read()
             new = change(dict(doc))
             body = [r.to_json(with_secrets=True) for r in new.values()]
+            new_raw = json.dumps({"clients": body}, sort_keys=True)
             try:
-                await self._store.cas_state(
-                    CLIENTS_STATE, raw, json.dumps({"clients": body}, sort_keys=True)
-                )
+                await self._store.cas_state(CLIENTS_STATE, raw, new_raw, topic=Topic.OAUTH_CLIENTS)
             except Conflict:
                 continue
+            self._generation += 1
+            self._snapshot = (new_raw, new)  # write-through: this replica sees it at once
             return
         raise Unavailable("the OAuth clients changed too often to update; try again")
 
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, client_id: str) -> ClientRecord:
-        _, doc = await self._read()
-        record = doc.get(client_id)
+        record = self._snapshot[1].get(client_id) if self._following else None
+        if record is None:  # not following yet, or not in the snapshot: ask the store
+            _, doc = await self._read()
+            record = doc.get(client_id)
         if record is None:
             raise NotFound(f"no OAuth client {client_id[:200]!r}")
         return record

@@ -60,6 +60,7 @@ class Topic(StrEnum):
     REVOCATIONS = "revocations"
     AUTHORITIES = "authorities"
     FEDERATED_BUNDLES = "federated_bundles"  # bumped through cas_state(..., topic=...)
+    OAUTH_CLIENTS = "oauth_clients"  # likewise
 
 
 class Setting(StrEnum):

@@ -1,6 +1,7 @@
-"""A JWT-SVID client assertion is spent once across CA replicas: two replicas of one trust domain
-on a real etcd, the same assertion at replica A and then at replica B; and on SQLite, once across
-a restart and until the validator's leeway after ``exp`` has passed."""
+"""Two CA replicas of one trust domain on a real etcd share the token service's state: a JWT-SVID
+client assertion is spent once (the same assertion at replica A, then at replica B), and a client
+changed or deleted through one replica is followed by the other's in-memory client set. On SQLite,
+an assertion stays spent across a restart and until the validator's leeway after ``exp``."""
 
 from __future__ import annotations
 
@@ -84,6 +85,65 @@ async def test_an_assertion_used_at_one_replica_is_refused_by_the_other(
     finally:
         await stop_ca(*second)
         await stop_ca(*first)
+
+
+async def _two_replicas(etcd: EtcdServer, tmp_path: Path) -> tuple[str, list[Any]]:
+    td = f"t{uuid.uuid4().hex[:12]}.example.org"
+    argv = ["--data-dir", str(tmp_path / "a"), "init", "--trust-domain", td]
+    assert await asyncio.to_thread(main, [*argv, "--store", f"{etcd.url}/{td}"]) == 0
+    (tmp_path / "b").mkdir(mode=0o700)
+    shutil.copy2(tmp_path / "a" / "kek.bin", tmp_path / "b" / "kek.bin")
+    settings = StoreSettings(url=etcd.url, trust_domain=td)
+    replicas = [
+        await start_ca(tmp_path / name, store=settings, replica_name=f"ca-{name}", **OPTIONS)
+        for name in ("a", "b")
+    ]
+    return td, replicas
+
+
+async def _secret_token(ca: RunningCa, client_id: str, secret: str) -> tuple[int, dict[str, Any]]:
+    form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": secret}
+    async with ca.session.post(ca.url + "/oauth/token", data=form) as resp:
+        body: dict[str, Any] = await resp.json(content_type=None)
+        return resp.status, body
+
+
+async def _until(check: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.02)
+
+
+async def test_a_client_changed_at_one_replica_is_followed_by_the_other(
+    etcd: EtcdServer, tmp_path: Path
+) -> None:
+    _, replicas = await _two_replicas(etcd, tmp_path)
+    try:
+        async with ca_client(replicas[0][0]) as ca_a, ca_client(replicas[1][0]) as ca_b:
+            assert (await _secret_token(ca_b, "reports", "x"))[0] == 401  # unknown at first
+            body = {"client_id": "reports", "scopes": ["a", "b"], "audiences": [API]}
+            secret = (await ca_a.admin_call("POST", "/v1/oauth/clients", body))["client_secret"]
+            status, issued = await _secret_token(ca_b, "reports", secret)  # created: at once
+            assert (status, issued.get("scope")) == (200, "a b")
+            update = {"client_id": "reports", "scopes": ["a"]}
+            await ca_a.admin_call("POST", "/v1/oauth/clients/update", update)
+
+            async def narrowed() -> bool:
+                return (await _secret_token(ca_b, "reports", secret))[1].get("scope") == "a"
+
+            await _until(narrowed, "replica b still grants the old scopes")
+            await ca_a.admin_call("POST", "/v1/oauth/clients/delete", {"client_id": "reports"})
+
+            async def refused() -> bool:
+                return (await _secret_token(ca_b, "reports", secret))[0] == 401
+
+            await _until(refused, "replica b still issues tokens to a deleted client")
+            # the twin: replica a, whose own write it was, refuses at once
+            assert (await _secret_token(ca_a, "reports", secret))[0] == 401
+    finally:
+        for running in reversed(replicas):
+            await stop_ca(*running)
 
 
 async def test_an_assertion_stays_spent_across_a_restart_and_through_the_leeway(

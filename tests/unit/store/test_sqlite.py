@@ -220,10 +220,7 @@ async def test_only_the_written_topic_moves(open_sqlite: OpenSqlite) -> None:
     store = await open_sqlite()
     await store.create_entry(entry("e1"))
     assert {t: await store.revision(t) for t in Topic} == {
-        Topic.ENTRIES: 1,
-        Topic.AGENTS: 0,
-        Topic.REVOCATIONS: 0,
-        Topic.AUTHORITIES: 0,
+        t: int(t is Topic.ENTRIES) for t in Topic
     }
 
 
