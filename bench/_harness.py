@@ -6,12 +6,14 @@ A benchmark module defines ``def run(quick: bool) -> list[Figure]`` and is liste
 
 from __future__ import annotations
 
+import contextlib
+import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["Figure", "median_rate", "percentiles", "time_per_op"]
+__all__ = ["Figure", "median_rate", "percentiles", "pinned", "time_per_op"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +80,15 @@ def percentiles(samples: list[float], *points: float) -> list[float]:
         k = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))
         out.append(ordered[k])
     return out
+
+
+@contextlib.contextmanager
+def pinned(cpu: int | None) -> Iterator[None]:
+    """Run on one CPU if the machine has it (single-core figures), then restore the mask."""
+    before = os.sched_getaffinity(0)
+    if cpu in before:
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)

@@ -21,7 +21,6 @@ measured in this run:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import signal
@@ -29,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench._harness import Figure, percentiles, time_per_op
+from bench._harness import Figure, percentiles, pinned, time_per_op
 from bench.ca_http import _Agent, _start_ca
 from s2s.ca.oauth_keys import AccessTokenSigner
 from s2s.core.b64 import b64url_encode
@@ -54,17 +53,6 @@ PACE = 1000.0  # introspection requests/s offered
 CONNECTIONS = 8
 
 _One = Callable[[aiohttp.ClientSession], Awaitable[int]]
-
-
-@contextlib.contextmanager
-def _pinned(cpu: int) -> Iterator[None]:
-    before = os.sched_getaffinity(0)
-    if cpu in before:
-        os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -277,12 +265,12 @@ def _median(rates: list[Rate]) -> Rate:
 def run(quick: bool) -> list[Figure]:
     cpus = sorted(os.sched_getaffinity(0))
     ca_cpu, client_cpu = (cpus[0], cpus[-1]) if len(cpus) > 1 else (None, cpus[0])
-    with _pinned(cpus[0]):
+    with pinned(cpus[0]):
         in_process = _in_process_rate(0.05 if quick else 0.4)
     with tempfile.TemporaryDirectory() as tmp:
         process, port = _start_ca(Path(tmp), extra=("--oauth-issuer", ISSUER), cpu=ca_cpu)
         try:
-            with _pinned(client_cpu):
+            with pinned(client_cpu):
                 bench = _Bench(_Agent(Path(tmp) / "ca", port), process.pid)
                 m = asyncio.run(bench.measure(quick))
         except Exception:

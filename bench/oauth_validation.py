@@ -16,11 +16,9 @@ CPU clock, so other processes on a shared machine do not count):
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jwt
 from cryptography.hazmat.primitives import hashes
@@ -28,22 +26,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from bench._harness import Figure, time_per_op
+from bench._harness import Figure, pinned, time_per_op
 from s2s.core.revocation import RevocationRecord, RevocationSet, StaticRevocations
 from s2s.testing import TestAuthority
 from s2s.testing_oauth import AUDIENCE, ISSUER, TestTokenIssuer
 from s2s.verifier.access_token import AccessTokenValidator, certificate_thumbprint
-
-
-@contextlib.contextmanager
-def _pinned(cpu: int) -> Iterator[None]:
-    before = os.sched_getaffinity(0)
-    if cpu in before:
-        os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 def _per_cpu_s(fn: Callable[[], object], min_time: float) -> float:
@@ -91,7 +78,7 @@ def run(quick: bool) -> list[Figure]:
     der = encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
     public = issuer.key.public_key()
     ecdsa = ec.ECDSA(hashes.SHA256())
-    with _pinned(1):
+    with pinned(1):
         raw_rate = _per_cpu_s(lambda: public.verify(der, signing_input, ecdsa), min_time)
         pyjwt_rate = _per_cpu_s(
             lambda: jwt.decode(
