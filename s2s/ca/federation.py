@@ -56,10 +56,16 @@ class FederationRelationships:
         self._bundles = bundles
         self._audit = audit
         self._snapshot: tuple[str | None, _Doc] = (None, {})
+        self._listeners: list[Callable[[], None]] = []
 
     @property
     def trust_domain(self) -> TrustDomain:
         return self._td
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every change this object writes (the refresher wakes up for
+        a new or changed relationship instead of at its next tick)."""
+        self._listeners.append(listener)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -245,5 +251,7 @@ class FederationRelationships:
                 await self._store.cas_state(RELATIONSHIPS_STATE, raw, text)
             except Conflict:
                 continue
+            for listener in self._listeners:
+                listener()
             return
         raise Unavailable("the federation relationships changed too often to update; try again")

@@ -71,6 +71,8 @@ class FederationRefresher:
         # Our own due times (keyed by the relationship's updated_at): a status the store could
         # not record must not make the loop fetch again at once.
         self._not_before: dict[TrustDomain, tuple[datetime, datetime]] = {}
+        self._wake = asyncio.Event()
+        relationships.subscribe(self._wake.set)
         self.refreshes = Counter(
             "s2s_ca_federation_refreshes",
             "Fetches of federated bundles from bundle endpoints, by trust domain and result "
@@ -160,8 +162,10 @@ class FederationRefresher:
         """Refresh every relationship when it is due, forever (errors are recorded, not raised;
         a store outage is retried by the caller's loop)."""
         while True:
+            self._wake.clear()
             await self.refresh_due()
-            await asyncio.sleep(await self.next_wait())
+            with contextlib.suppress(TimeoutError):  # a local change wakes it at once
+                await asyncio.wait_for(self._wake.wait(), await self.next_wait())
 
     async def refresh_due(self) -> int:
         """Refresh every relationship that is due now; returns how many were tried."""
