@@ -21,6 +21,7 @@ MODULES: list[str] = [
     "revocation",
     "crl",
     "federation",
+    "federation_refresh",
 ]
 
 
