@@ -217,7 +217,8 @@ def _svid_json(svid: X509Svid) -> dict[str, Any]:
     "--write",
     "write_dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Write svid.N.pem, svid.N.key (0600) and bundle.pem into this directory.",
+    help="Write svid.N.pem, svid.N.key (0600), bundle.pem (own trust domain) and "
+    "federated.<td>.pem (each federated trust domain, never merged in) into this directory.",
 )
 @json_option
 def fetch_x509(socket: str | None, write_dir: Path | None, as_json: bool) -> None:
@@ -256,8 +257,14 @@ def _x509_files(context: Any) -> list[OutputFile]:
     for index, svid in enumerate(context.svids):
         files.append(OutputFile(f"svid.{index}.pem", svid.chain_pem(), 0o644))
         files.append(OutputFile(f"svid.{index}.key", svid.key_pem(), 0o600))
-    bundles = b"".join(b.x509_pem() for b in context.bundles if b.x509_authorities)
+    # A PEM file is one trust pool for whatever reads it: the SVIDs' own trust domains only, and
+    # each federated trust domain in a file of its own, never merged in.
+    own = {svid.spiffe_id.trust_domain for svid in context.svids}
+    bundles = b"".join(b.x509_pem() for b in context.bundles if b.trust_domain in own)
     files.append(OutputFile("bundle.pem", bundles, 0o644))
+    for b in context.bundles:
+        if b.trust_domain not in own and b.x509_authorities:
+            files.append(OutputFile(f"federated.{b.trust_domain}.pem", b.x509_pem(), 0o644))
     return files
 
 

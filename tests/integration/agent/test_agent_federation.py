@@ -13,7 +13,10 @@ from typing import Any
 
 import pytest
 import spiffe
+from click.testing import CliRunner
+from cryptography import x509
 
+from s2s.cli.agent import cli as agent_cli
 from s2s.core.bundle import Bundle
 from s2s.core.errors import InvalidToken
 from s2s.core.spiffe_id import TrustDomain
@@ -93,6 +96,17 @@ async def test_official_client_sees_federated_bundles_and_their_changes(harness:
             client.close()
 
     seen = await asyncio.to_thread(official)
+    # the files for TLS stacks that know no SPIFFE: our bundle alone in bundle.pem, other.test's
+    # in a file of its own (a PEM file is one trust pool: never merge them)
+    out = harness.tmp_path / "out"
+    args = ["api", "fetch", "x509", "--socket", str(running.agent.config.socket)]
+    args += ["--write", str(out)]
+    wrote = await asyncio.to_thread(CliRunner().invoke, agent_cli, args)
+    assert wrote.exit_code == 0, wrote.output
+    own_roots = x509.load_pem_x509_certificates((out / "bundle.pem").read_bytes())
+    other_roots = x509.load_pem_x509_certificates((out / "federated.other.test.pem").read_bytes())
+    assert foreign.root not in own_roots
+    assert other_roots == [foreign.root]
     assert seen["context"] == seen["x509"] == seen["jwt"] == ["example.org", "other.test"]
     assert seen["other_roots"] == 1
     assert seen["other_kid"]
