@@ -249,7 +249,9 @@ def fetch_x509(socket: str | None, write_dir: Path | None, as_json: bool) -> Non
     for row in rows:
         click.echo(f"{row['spiffe_id']}  serial {row['serial']}  expires {row['not_after']}")
     if write_dir is not None:
-        click.echo(f"wrote {len(rows)} SVID(s) and bundle.pem to {write_dir}")
+        federated = len(context.bundles) - len({s.spiffe_id.trust_domain for s in context.svids})
+        extra = f" and {federated} federated.<td>.pem" if federated > 0 else ""
+        click.echo(f"wrote {len(rows)} SVID(s), bundle.pem{extra} to {write_dir}")
 
 
 def _x509_files(context: Any) -> list[OutputFile]:

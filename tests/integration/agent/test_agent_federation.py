@@ -103,6 +103,7 @@ async def test_official_client_sees_federated_bundles_and_their_changes(harness:
     args += ["--write", str(out)]
     wrote = await asyncio.to_thread(CliRunner().invoke, agent_cli, args)
     assert wrote.exit_code == 0, wrote.output
+    assert "bundle.pem and 1 federated.<td>.pem" in wrote.output
     own_roots = x509.load_pem_x509_certificates((out / "bundle.pem").read_bytes())
     other_roots = x509.load_pem_x509_certificates((out / "federated.other.test.pem").read_bytes())
     assert foreign.root not in own_roots
