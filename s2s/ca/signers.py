@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -27,8 +28,9 @@ from s2s.core.b64 import b64url_encode
 from s2s.core.errors import InvalidConfig, InvalidRequest, InvalidSvid
 from s2s.core.jwtsvid import build_jwt_claims
 from s2s.core.spiffe_id import SpiffeId
-from s2s.core.x509svid import X509Svid, check_x509_svid
-from s2s.core.x509templates import check_public_key, leaf_template, sign_certificate
+from s2s.core.x509leaf import LeafLayout
+from s2s.core.x509svid import X509Svid
+from s2s.core.x509templates import check_public_key, is_rsa_public_key
 from s2s.log import F
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 
@@ -37,6 +39,7 @@ __all__ = [
     "MAX_AUDIENCES",
     "MAX_AUDIENCE_CHARS",
     "MAX_CSR_BYTES",
+    "MAX_LEAF_LAYOUTS",
     "AuthorityInfo",
     "JwtSigner",
     "JwtSvid",
@@ -49,6 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 JWT_ALGORITHM = "ES256"
+MAX_LEAF_LAYOUTS = 10_000  # leaf templates remembered per intermediate (one per entry in use)
 MAX_CSR_BYTES = 16 * 1024
 MAX_AUDIENCES = 16
 MAX_AUDIENCE_CHARS = 512
@@ -117,6 +121,10 @@ class X509Signer:
     certificate: x509.Certificate
     private_key: SigningKey
     chain: tuple[x509.Certificate, ...]
+    # (SPIFFE ID, DNS names, RSA key?) -> the leaf layout under this intermediate (a memo)
+    layouts: dict[tuple[SpiffeId, tuple[str, ...], bool], LeafLayout] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     @property
     def not_after(self) -> datetime:
@@ -135,24 +143,49 @@ class X509Signer:
         hint: str = "",
     ) -> X509Svid:
         """Build, sign and check one leaf. A profile violation is our bug: it is
-        logged and raised (:class:`InvalidSvid`), never returned."""
-        builder = leaf_template(
-            spiffe_id=spiffe_id,
-            public_key=public_key,
-            issuer=self.certificate,
+        logged and raised (:class:`InvalidSvid`), never returned.
+
+        The leaf comes from this intermediate's DER layout for (SPIFFE ID, DNS names, key kind)
+        (:class:`LeafLayout`): built with the builder and checked against the X509-SVID
+        profile once, then filled in per leaf (serial, validity, key, key identifier).
+        """
+        if isinstance(dns_names, str) or not all(isinstance(d, str) for d in dns_names):
+            raise InvalidRequest("dns_names must be a sequence of names, not one string")
+        template = (spiffe_id, tuple(dns_names), is_rsa_public_key(public_key))
+        layout = self.layouts.get(template)
+        if layout is None:
+            layout = self._layout(template, now)
+        cert = layout.issue(
+            public_key,
+            issuer_key=self.private_key,
+            serial=serial,
             now=now,
             ttl=ttl,
-            serial=serial,
-            dns_names=dns_names,
             backdate=backdate,
         )
-        chain = (sign_certificate(builder, self.private_key), *self.chain)
+        return X509Svid(spiffe_id, (cert, *self.chain), hint=hint)
+
+    def _layout(
+        self, template: tuple[SpiffeId, tuple[str, ...], bool], now: datetime
+    ) -> LeafLayout:
+        spiffe_id, dns_names, rsa_key = template
         try:
-            checked = check_x509_svid(chain)
+            layout = LeafLayout.for_template(
+                spiffe_id=spiffe_id,
+                dns_names=dns_names,
+                rsa_key=rsa_key,
+                issuer=self.certificate,
+                issuer_key=self.private_key,
+                chain=self.chain,
+                now=now,
+            )
         except InvalidSvid:
             log.exception("issuance.profile_violation", extra={F.SPIFFE_ID: str(spiffe_id)})
             raise
-        return X509Svid(checked, chain, hint=hint)
+        if len(self.layouts) >= MAX_LEAF_LAYOUTS:
+            self.layouts.clear()  # more templates than entries in use: start again
+        self.layouts[template] = layout
+        return layout
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,8 +281,7 @@ def parse_csr(csr_der: bytes) -> CertificateIssuerPublicKeyTypes:
         raise InvalidRequest(f"the CSR signature cannot be checked: {exc}") from exc
     if not valid:
         raise InvalidRequest("the CSR signature does not verify (it must be signed by its own key)")
-    assert isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey)
-    return public_key
+    return cast(ec.EllipticCurvePublicKey | rsa.RSAPublicKey, public_key)  # check_public_key
 
 
 def check_audiences(audience: Sequence[str]) -> tuple[str, ...]:
