@@ -112,7 +112,7 @@ async def test_federation_commands(tmp_path: Path, capsys: Any) -> None:
         assert "not authorized" in capsys.readouterr().err
         kept = await cli_json(b, capsys, "federation", "show", "a.test")
         assert kept["bundle"]["source"] == "endpoint"
-        assert kept["status"]["failures"] == 1
+        assert kept["status"]["failures"] >= 1  # the loop, woken by the update, may try too
         assert "not_authorized" in kept["status"]["last_error"]
         assert await cli(b, "federation", "update", "a.test") == EXIT_USAGE
 
