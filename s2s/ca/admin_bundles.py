@@ -5,7 +5,8 @@
 - ``POST /v1/federation/bundles`` ``{trust_domain, bundle, format?}`` (``bundle``: the SPIFFE
   bundle JSON document as text, or with ``format: "pem"`` the X.509 roots as PEM, as SPIRE's
   ``bundle set -format pem`` takes) -> the record (201 when the trust domain had none)
-- ``POST /v1/federation/bundles/delete`` ``{trust_domain}``
+- ``POST /v1/federation/bundles/delete`` ``{trust_domain, force?}`` (409 while entries federate
+  with it, unless ``force``)
 
 A record is shown with its bundle as a JSON object, its sequence and the count of each kind of
 authority. :func:`check_federates_with` is what entries naming ``federates_with`` must pass.
@@ -23,7 +24,7 @@ from s2s.ca.federated_bundles import SOURCE_MANUAL, FederatedBundleRecord, Feder
 from s2s.ca.http_json import field, json_response, read_json
 from s2s.ca.http_services import SERVICES, ApiServices
 from s2s.core.bundle import MAX_BUNDLE_BYTES, Bundle
-from s2s.core.errors import InvalidBundle, InvalidRequest, InvalidSpiffeId, NotFound
+from s2s.core.errors import Conflict, InvalidBundle, InvalidRequest, InvalidSpiffeId, NotFound
 from s2s.core.federation import validate_fetched_bundle
 from s2s.core.spiffe_id import TrustDomain
 
@@ -122,9 +123,27 @@ async def set_bundle(request: web.Request) -> web.Response:
 
 
 async def delete_bundle(request: web.Request) -> web.Response:
-    td = _trust_domain((await read_json(request)).get("trust_domain"))
-    await _bundles(request).delete(td)
-    return json_response({"trust_domain": str(td), "deleted": True})
+    """Refused (409) while entries federate with the trust domain, unless ``force`` (as SPIRE's
+    restrict mode): their workloads would stop trusting it. Their ``federates_with`` is kept, so a
+    bundle set again is delivered again."""
+    body = await read_json(request)
+    td = _trust_domain(body.get("trust_domain"))
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidRequest("'force' must be true or false")
+    bundles = _bundles(request)
+    if await bundles.get(td) is None:
+        raise NotFound(f"no federated bundle for trust domain {td}")
+    users = (await request.app[SERVICES].registry.list_entries(federates_with=[td])).entries
+    if users and not force:
+        raise Conflict(
+            f"{len(users)} {'entry federates' if len(users) == 1 else 'entries federate'} with "
+            f"{td} (e.g. "
+            f"{users[0].id}); their workloads would stop trusting it: update them first, or "
+            "delete with force"
+        )
+    await bundles.delete(td)
+    return json_response({"trust_domain": str(td), "deleted": True, "entries": len(users)})
 
 
 def add_bundle_routes(app: web.Application) -> None:

@@ -96,9 +96,13 @@ def bundle_list(ctx: Ctx, as_json: bool) -> None:
 
 @click.command("delete")
 @click.argument("trust_domain")
+@click.option(
+    "--force", is_flag=True, help="Delete even while entries federate with it (exit 5 without)."
+)
 @json_option
 @pass_ctx
-def bundle_delete(ctx: Ctx, trust_domain: str, as_json: bool) -> None:
+def bundle_delete(ctx: Ctx, trust_domain: str, force: bool, as_json: bool) -> None:
     """Delete the federated bundle of a trust domain (workloads stop receiving it)."""
-    deleted = call(lambda: ctx.client().post(f"{_PATH}/delete", {"trust_domain": trust_domain}))
+    body = {"trust_domain": trust_domain, "force": force}
+    deleted = call(lambda: ctx.client().post(f"{_PATH}/delete", body))
     emit_json(deleted) if as_json else click.echo(f"deleted {deleted['trust_domain']}")

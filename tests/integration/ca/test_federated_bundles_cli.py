@@ -185,6 +185,9 @@ async def test_agents_get_the_bundles_their_entries_federate_with(
     # a deleted bundle wakes the poll and is gone from the answer
     poll = asyncio.create_task(entries(fed, since=since, wait=20, federated=rev))
     await asyncio.sleep(0)
-    assert await cli(ca, "bundle", "delete", OTHER) == 0
+    assert await cli(ca, "bundle", "delete", OTHER) == 5  # refused: an entry federates with it
+    assert "1 entry federates with other.test" in capsys.readouterr().err
+    assert not poll.done()
+    assert await cli(ca, "bundle", "delete", OTHER, "--force") == 0
     gone = await asyncio.wait_for(poll, 10)
     assert gone["federated_bundles"] == {}
