@@ -12,6 +12,7 @@ from bench._harness import Figure
 MODULES: list[str] = [
     "ca",
     "ca_http",
+    "ca_cfssl",
     "workload_api",
     "agent",
     "verifier_tls",
