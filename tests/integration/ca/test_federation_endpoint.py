@@ -212,7 +212,7 @@ async def test_refresh_refused_and_last_good_bundle_kept(tmp_path: Path) -> None
         with pytest.raises(NotAuthorized, match="not authorized"):
             await refresher.refresh(A)
         status = (await refresher.relationships.get(A)).status
-        assert status.failures == 1
+        assert status.failures >= 1  # the loop, woken by the create, may have tried too
         assert status.last_error is not None
         assert "not_authorized" in status.last_error
         assert await b.server.federated_bundles.get(A) == manual
@@ -280,12 +280,13 @@ async def test_endpoint_down_keeps_the_last_good_bundle_and_its_age_grows(
             await refresher.refresh(A)
         assert (await b.server.federated_bundles.get(A)) == good
         rel = await refresher.relationships.get(A)
-        assert rel.status.failures == 1
+        failures = rel.status.failures
+        assert failures >= 1  # (the loop may have tried as well)
         assert rel.status.last_success_at is not None
         assert rel.status.next_refresh_at is not None
         assert rel.status.next_refresh_at > clock.now()
         await refresher.refresh_due()  # not due yet: nothing tried, the count stays
-        assert (await refresher.relationships.get(A)).status.failures == 1
+        assert (await refresher.relationships.get(A)).status.failures == failures
         age = refresher.ages()[A][0]
         assert age is not None
         assert age >= 120
@@ -295,7 +296,8 @@ async def test_endpoint_down_keeps_the_last_good_bundle_and_its_age_grows(
         assert later >= age + 60
         metrics = generate_latest(b.server.metrics.registry).decode()
         assert 's2s_ca_federation_bundle_age_seconds{trust_domain="a.test"}' in metrics
-        assert 's2s_ca_federation_refresh_failures{trust_domain="a.test"} 1.0' in metrics
+        gauge = f's2s_ca_federation_refresh_failures{{trust_domain="a.test"}} {failures}.0'
+        assert gauge in metrics
         assert 's2s_ca_federation_refreshes_total{result="unavailable",trust_domain="a.test"}' in (
             metrics
         )
