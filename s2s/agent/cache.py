@@ -314,6 +314,7 @@ class SvidCache(Versioned):
         if bundles != self._state.federated:
             log.info("agent.federated_bundles", extra={F.COUNT: len(bundles)})
             self._replace(dataclasses.replace(self._state, federated=bundles))
+            self._metrics.federated_bundles.set(len(bundles))
 
     def apply_tainted(self, x509_ids: frozenset[str], jwt_kids: frozenset[str]) -> int:
         """Re-issue at once every SVID whose chain holds a tainted intermediate (served until

@@ -41,6 +41,12 @@ class AgentMetrics:
             "Registration entries this agent serves (parented by it)",
             registry=r,
         )
+        self.federated_bundles = Gauge(
+            "s2s_agent_federated_bundles",
+            "Federated trust domains whose bundles this agent holds (those its entries federate "
+            "with and the CA has a bundle for)",
+            registry=r,
+        )
         self.workload_svid_expiry = Gauge(
             "s2s_agent_workload_svid_earliest_not_after_timestamp_seconds",
             "Expiry (Unix time) of the workload X509-SVID that expires first (0: none held); "

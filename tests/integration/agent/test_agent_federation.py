@@ -114,6 +114,7 @@ async def test_official_client_sees_federated_bundles_and_their_changes(harness:
 
     cache = running.agent.cache
     assert cache.current() is cache.current()  # one snapshot: the JWT validator's caches hold
+    assert running.agent.metrics.federated_bundles._value.get() == 1
     async with WorkloadApiClient(str(running.agent.config.socket)) as client:
         # a JWT-SVID of other.test validates with other.test's keys ...
         token = foreign.issue_jwt_svid("spiffe://other.test/api", "billing")
