@@ -231,9 +231,7 @@ class AccessTokenValidator:
             self._cache.begin_miss(token, keys, revocations)
             result = self._validate_uncached(token, now, keys, revocations)
             self._metrics.accepted.inc()
-            self._cache.keep(
-                token, result, result.expiry, keys=keys, revocations=revocations, now=now
-            )
+            self._cache.keep(token, result, result.expiry, keys, revocations, now)
         self._check_binding(result, peer_certificate)
         return result
 

@@ -23,7 +23,6 @@ The JWS compact form and signature checks live in :mod:`s2s.verifier.jws`.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -55,6 +54,7 @@ from s2s.verifier.jws import (
 )
 from s2s.verifier.py_spiffe import bundles_of
 from s2s.verifier.revocation_choice import resolve_revocations
+from s2s.verifier.token_cache import TokenCache
 
 __all__ = [
     "DEFAULT_CACHE_SIZE",
@@ -180,19 +180,22 @@ class JwtValidator:
         self.audience = audience
         self.leeway = leeway
         self._clock = clock if clock is not None else SystemClock()
-        self._cache_size = cache_size
         self._claims = JwtClaimsChecker(audience, leeway)
         self._headers: dict[str, tuple[str, str]] = {}
         self._max_bytes = max_token_bytes
         self._metrics = metrics if metrics is not None else default_jwt_metrics()
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, tuple[ValidatedJwt, object, object]] = OrderedDict()
+        self._cache: TokenCache[ValidatedJwt] = TokenCache(cache_size, lock=self._lock)
+        self._entries = self._cache.entries  # the hit path reads it without a call
+        self._forget = self._forget_keys  # bound once, not on every miss
         # The key table and the snapshot it was filled from, read and replaced as one tuple.
         # Keyed by (trust domain name, kid): a str hashes once, a TrustDomain on every lookup.
         self._keys: tuple[object, dict[tuple[str, str], _KeyEntry]] = (None, {})
-        self._seen: tuple[object, object] = (None, None)
         self.cache_hits = 0
-        self.cache_misses = 0
+
+    @property
+    def cache_misses(self) -> int:
+        return self._cache.misses
 
     def validate(self, token: str) -> ValidatedJwt:
         """The SPIFFE ID and claims of ``token``; InvalidToken (with ``.reason``) if rejected."""
@@ -203,7 +206,7 @@ class JwtValidator:
             raise
 
     def cache_len(self) -> int:
-        return len(self._cache)
+        return len(self._entries)
 
     def _validate(self, token: str) -> ValidatedJwt:
         if not isinstance(token, str):
@@ -221,15 +224,10 @@ class JwtValidator:
                 f"cannot check revocations: {exc}", reason="revocations-stale"
             ) from None
         # Lock-free hit: an entry counts only if it was validated against these very snapshots.
-        entry = self._cache.get(token)
-        if (
-            entry is not None
-            and entry[1] is bundles
-            and entry[2] is revocations
-            and now < entry[0].claims.expiry
-        ):
+        entry = self._entries.get(token)
+        if entry is not None and entry[1] is bundles and entry[2] is revocations and now < entry[3]:
             try:  # noqa: SIM105 (contextlib.suppress costs ~0.3 us on the hot path)
-                self._cache.move_to_end(token)
+                self._entries.move_to_end(token)
             except KeyError:  # evicted meanwhile by another thread
                 pass
             self.cache_hits += 1
@@ -239,28 +237,16 @@ class JwtValidator:
     def _validate_miss(
         self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet
     ) -> ValidatedJwt:
-        seen = self._seen
-        if bundles is not seen[0] or revocations is not seen[1]:
-            with self._lock:
-                if bundles is not self._seen[0] or revocations is not self._seen[1]:
-                    self._cache.clear()  # every entry belongs to an older snapshot
-                    self._seen = (bundles, revocations)
-                    if self._keys[0] is not bundles:
-                        self._keys = (bundles, {})
-        if self._cache_size:
-            with self._lock:  # past exp: validate afresh (leeway may still allow it)
-                self._cache.pop(token, None)
-        self.cache_misses += 1
+        self._cache.begin_miss(token, bundles, revocations, self._forget)
         result = self._validate_uncached(token, now, bundles, revocations)
         self._metrics.accepted.inc()
-        if self._cache_size and now < result.claims.expiry:
-            with self._lock:
-                # Only for the snapshots still current; a newer one has already cleared the cache.
-                if self._seen[0] is bundles and self._seen[1] is revocations:
-                    self._cache[token] = (result, bundles, revocations)
-                    while len(self._cache) > self._cache_size:
-                        self._cache.popitem(last=False)
+        self._cache.keep(token, result, result.claims.expiry, bundles, revocations, now)
         return result
+
+    def _forget_keys(self, bundles: BundleSet) -> None:
+        """A new bundle snapshot (under the lock): the key table of the old one goes."""
+        if self._keys[0] is not bundles:
+            self._keys = (bundles, {})
 
     def _validate_uncached(
         self, token: str, now: datetime, bundles: BundleSet, revocations: RevocationSet

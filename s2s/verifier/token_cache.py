@@ -80,12 +80,11 @@ class TokenCache(Generic[_V]):
                 self.entries.pop(token, None)
         self.misses += 1
 
-    def keep(
+    def keep(  # noqa: PLR0917 (positional: it runs on every miss of a validator)
         self,
         token: str,
         value: _V,
         expiry: datetime,
-        *,
         keys: object,
         revocations: object,
         now: datetime,

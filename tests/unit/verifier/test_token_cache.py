@@ -15,7 +15,7 @@ def _filled(size: int = 10) -> tuple[TokenCache[str], object, object]:
     cache: TokenCache[str] = TokenCache(size)
     keys, revocations = object(), object()
     cache.begin_miss("t", keys, revocations)
-    cache.keep("t", "value", LATER, keys=keys, revocations=revocations, now=T0)
+    cache.keep("t", "value", LATER, keys, revocations, T0)
     return cache, keys, revocations
 
 
@@ -48,9 +48,9 @@ def test_a_new_snapshot_empties_the_cache_once_and_says_so() -> None:
 def test_what_is_not_kept() -> None:
     cache, keys, revocations = _filled()
     cache.begin_miss("n", object(), revocations)  # a newer snapshot arrived meanwhile
-    cache.keep("old", "v", LATER, keys=keys, revocations=revocations, now=T0)
+    cache.keep("old", "v", LATER, keys, revocations, T0)
     assert cache.hit("old", keys, revocations, T0) is None
-    cache.keep("gone", "v", T0, keys=keys, revocations=revocations, now=T0)  # already expired
+    cache.keep("gone", "v", T0, keys, revocations, T0)  # already expired
     assert len(cache) == 0
     off, keys, revocations = _filled(size=0)
     assert len(off) == 0
@@ -61,10 +61,10 @@ def test_least_recently_used_goes_first() -> None:
     keys, revocations = object(), object()
     for token in ("a", "b"):
         cache.begin_miss(token, keys, revocations)
-        cache.keep(token, token, LATER, keys=keys, revocations=revocations, now=T0)
+        cache.keep(token, token, LATER, keys, revocations, T0)
     assert cache.hit("a", keys, revocations, T0) == "a"  # b is now the oldest
     cache.begin_miss("c", keys, revocations)
-    cache.keep("c", "c", LATER, keys=keys, revocations=revocations, now=T0)
+    cache.keep("c", "c", LATER, keys, revocations, T0)
     assert cache.hit("b", keys, revocations, T0) is None
     assert cache.hit("a", keys, revocations, T0) == "a"
     assert cache.hit("c", keys, revocations, T0) == "c"
