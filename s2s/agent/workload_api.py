@@ -51,7 +51,7 @@ from s2s.agent.workload_extensions import WorkloadExtension
 from s2s.agent.workload_limits import WorkloadLimits
 from s2s.aio import within
 from s2s.core.bundle import BundleSet
-from s2s.core.errors import InvalidRequest, NotAuthorized, Unavailable
+from s2s.core.errors import InvalidRequest, InvalidToken, NotAuthorized, Unavailable
 from s2s.core.selectors import Selector
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509svid import X509Svid
@@ -323,8 +323,14 @@ class WorkloadApiServer:
             raise InvalidRequest("audience must be specified")
         if not req.svid:
             raise InvalidRequest("svid must be specified")
-        self._require_identity(await self._attest(ctx))
+        selectors = await self._attest(ctx)
+        self._require_identity(selectors)
         spiffe_id, claims = self._provider.validate_jwt(req.svid, req.audience)
+        # The agent may hold a federated bundle for another of its entries: a caller trusts
+        # only the trust domains of its own bundles (what FetchJWTBundles gives it).
+        td = spiffe_id.trust_domain
+        if td not in self._provider.bundles_for(selectors).trust_domains():
+            raise InvalidToken(f"the caller does not trust trust domain {td}", reason="untrusted")
         return msg.validate_response(spiffe_id, claims)
 
     # -- guards -----------------------------------------------------------------------------

@@ -56,6 +56,9 @@ async def test_no_federated_bundle_unless_the_callers_entry_federates(harness: A
         assert context.bundles.trust_domains() == frozenset({OWN})
         assert (await client.fetch_x509_bundles()).trust_domains() == frozenset({OWN})
         assert (await client.fetch_jwt_bundles()).trust_domains() == frozenset({OWN})
+        token = foreign.issue_jwt_svid("spiffe://other.test/api", "billing")
+        with pytest.raises(InvalidToken):  # the agent holds the keys, but not for this caller
+            await client.validate_jwt_svid(token, "billing")
         # twin: once the entry federates, the same caller gets it in all three answers
         await harness.ca.server.registry.update_entry(entry.id, federates_with=[OTHER])
         deadline = time.monotonic() + 10
@@ -68,6 +71,9 @@ async def test_no_federated_bundle_unless_the_callers_entry_federates(harness: A
     assert x509.get(OTHER).x509_authorities == (foreign.root,)  # type: ignore[union-attr]
     assert jwt.get(OTHER) is not None
     assert jwt.get(OTHER).jwt_authority(foreign.jwt_kid) is not None  # type: ignore[union-attr]
+    async with WorkloadApiClient(str(running.agent.config.socket)) as client:
+        sid, _claims = await client.validate_jwt_svid(token, "billing")  # twin: now it may
+    assert str(sid) == "spiffe://other.test/api"
 
 
 async def test_official_client_sees_federated_bundles_and_their_changes(harness: Any) -> None:
