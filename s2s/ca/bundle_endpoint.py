@@ -74,6 +74,7 @@ class BundleEndpoint:
         self._hint = int(settings.refresh_hint.total_seconds())
         self._svid: X509Svid | None = None
         self._files: _FileState | None = None
+        self._document: tuple[Bundle, bytes] | None = None
         self.context = _endpoint_context()
         self.context.sni_callback = self._select
         self._current = self.context
@@ -87,8 +88,14 @@ class BundleEndpoint:
         return self._svid
 
     def document(self) -> bytes:
-        """The SPIFFE bundle JSON served: our bundle with the configured refresh hint."""
-        return dataclasses.replace(self._bundle(), refresh_hint=self._hint).encode()
+        """The SPIFFE bundle JSON served: our bundle with the configured refresh hint (encoded
+        once per bundle: anyone may ask, as often as they like)."""
+        bundle = self._bundle()
+        cached = self._document
+        if cached is None or cached[0] is not bundle:
+            cached = (bundle, dataclasses.replace(bundle, refresh_hint=self._hint).encode())
+            self._document = cached
+        return cached[1]
 
     # -- the credential ------------------------------------------------------------------------
 
