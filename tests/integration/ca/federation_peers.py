@@ -195,12 +195,19 @@ class WebPki:
 
 @contextlib.asynccontextmanager
 async def https_answering(
-    cert_file: Path, key_file: Path, body: bytes, *, status: int = 200
+    cert_file: Path,
+    key_file: Path,
+    body: bytes,
+    *,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[str]:
     """An HTTPS server on loopback that answers every GET with ``body``; yields its URL."""
 
     async def handler(_request: web.Request) -> web.Response:
-        return web.Response(body=body, status=status, content_type="application/json")
+        return web.Response(
+            body=body, status=status, content_type="application/json", headers=headers
+        )
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)

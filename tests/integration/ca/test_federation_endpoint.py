@@ -328,3 +328,34 @@ async def test_endpoint_svid_is_renewed_before_it_expires(tmp_path: Path) -> Non
             rel, BundleSet.of(a.server.authority.bundle)
         )
         assert Bundle.decode(A, body).trust_domain == A
+
+
+async def test_redirects_are_followed_and_checked(tmp_path: Path) -> None:
+    pki = WebPki(tmp_path / "pki")
+    cert, key = pki.issue("server", "localhost")
+    a_bundle = TestAuthority(A).bundle()
+    fetcher = BundleFetcher(clock=SystemClock(), web_ca_file=pki.ca_file)
+
+    def rel(url: str) -> FederationRelationship:
+        return FederationRelationship.create(A, url, WEB, None, now=SystemClock().now())
+
+    async with https_answering(cert, key, a_bundle.encode()) as target:
+        moved = {"Location": target}
+        async with https_answering(cert, key, b"", status=302, headers=moved) as first:
+            assert Bundle.decode(A, await fetcher.fetch(rel(first), None)) == a_bundle
+            # Twin: a chain of redirects longer than three.
+            async with (
+                https_answering(cert, key, b"", status=307, headers={"Location": first}) as r2,
+                https_answering(cert, key, b"", status=307, headers={"Location": r2}) as r3,
+                https_answering(cert, key, b"", status=307, headers={"Location": r3}) as r4,
+            ):
+                with pytest.raises(Unavailable, match="more than 3 times"):
+                    await fetcher.fetch(rel(r4), None)
+        # Twins: a redirect to plain http, and one without a Location.
+        plain = {"Location": target.replace("https://", "http://")}
+        async with https_answering(cert, key, b"", status=301, headers=plain) as downgrade:
+            with pytest.raises(Unavailable, match="bad URL"):
+                await fetcher.fetch(rel(downgrade), None)
+        async with https_answering(cert, key, b"", status=302) as nowhere:
+            with pytest.raises(Unavailable, match="without a Location"):
+                await fetcher.fetch(rel(nowhere), None)
