@@ -128,20 +128,29 @@ async def _rate(
 
 
 async def _measure(
-    agent: _Agent, ca_pid: int, cfssl_port: int, cfssl_pid: int, quick: bool
+    agent: _Agent,
+    servers: tuple[int, int, int],
+    sizes: tuple[int, ...],
+    quick: bool,
 ) -> dict[str, list[tuple[float, float]]]:
+    """Rates of the s2s batch API for each batch size in ``sizes`` and of cfssl, by round."""
+    ca_pid, cfssl_port, cfssl_pid = servers
     ctx, entry_id = await agent.attest()
-    csrs = [_csr(ec.generate_private_key(ec.SECP256R1())) for _ in range(BATCH)]
-    batch = {"requests": [{"entry_id": entry_id, "csr": c} for c in csrs]}
+    csrs = [_csr(ec.generate_private_key(ec.SECP256R1())) for _ in range(max(sizes))]
     x509_url = agent.url + "/v1/agent/x509"
     sign_url = f"http://127.0.0.1:{cfssl_port}/api/v1/cfssl/sign"
     next_csr = iter(range(1 << 62))
 
-    async def one_batch(session: aiohttp.ClientSession) -> int:
-        results = (await _post(session, x509_url, batch))["results"]
-        if not all("svid_chain" in r for r in results):
-            raise RuntimeError(f"batch item refused: {results[0]}")
-        return len(results)
+    def one_batch(size: int) -> Any:
+        body = {"requests": [{"entry_id": entry_id, "csr": c} for c in csrs[:size]]}
+
+        async def one(session: aiohttp.ClientSession) -> int:
+            results = (await _post(session, x509_url, body))["results"]
+            if not all("svid_chain" in r for r in results):
+                raise RuntimeError(f"batch item refused: {results[0]}")
+            return len(results)
+
+        return one
 
     async def one_cfssl(session: aiohttp.ClientSession) -> int:
         body = {"certificate_request": csrs[next(next_csr) % len(csrs)]}
@@ -152,29 +161,31 @@ async def _measure(
 
     ours = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) for _ in range(2)]
     theirs = [aiohttp.ClientSession() for _ in range(CFSSL_IN_FLIGHT)]
-    out: dict[str, list[tuple[float, float]]] = {"s2s": [], "cfssl": []}
+    out: dict[str, list[tuple[float, float]]] = {"cfssl": []}
     try:
         for session in ours:
-            await one_batch(session)  # warm up: handshakes, caches, leaf layouts
+            await one_batch(max(sizes))(session)  # warm up: handshakes, caches, leaf layouts
         for session in theirs:
             await one_cfssl(session)
-        rounds, batches = (2, 4) if quick else (5, 16)
+        rounds, items = (2, 400) if quick else (5, 1600)
         for _ in range(rounds):
-            out["s2s"].append(await _rate(ours, batches, one_batch, ca_pid))
-            out["cfssl"].append(await _rate(theirs, batches * BATCH, one_cfssl, cfssl_pid))
+            for size in sizes:
+                calls = max(len(ours), items // size)
+                rate = await _rate(ours, calls, one_batch(size), ca_pid)
+                out.setdefault(f"s2s/{size}", []).append(rate)
+            out["cfssl"].append(await _rate(theirs, items, one_cfssl, cfssl_pid))
     finally:
         for session in (*ours, *theirs):
             await session.close()
     return out
 
 
-def run(quick: bool) -> list[Figure]:
+def sweep(sizes: tuple[int, ...], quick: bool) -> dict[str, tuple[float, float]] | None:
+    """Median (wall-clock, per server CPU-second) rates: ``s2s/<size>`` for each batch size and
+    ``cfssl``; None without cfssl."""
     cfssl = shutil.which("cfssl")
     if cfssl is None:
-        print(
-            "  (skipped: cfssl is not installed; apt-get install golang-cfssl adds this baseline)"
-        )
-        return []
+        return None
     before = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory() as tmp:
         cfssl_process, cfssl_port = _start_cfssl(cfssl, Path(tmp))
@@ -184,9 +195,8 @@ def run(quick: bool) -> list[Figure]:
                 if CLIENT_CPU in before:
                     os.sched_setaffinity(0, {CLIENT_CPU})
                 agent = _Agent(Path(tmp) / "ca", ca_port)
-                measured = asyncio.run(
-                    _measure(agent, ca_process.pid, cfssl_port, cfssl_process.pid, quick)
-                )
+                servers = (ca_process.pid, cfssl_port, cfssl_process.pid)
+                measured = asyncio.run(_measure(agent, servers, sizes, quick))
             finally:
                 os.sched_setaffinity(0, before)
                 ca_process.send_signal(signal.SIGTERM)
@@ -194,10 +204,20 @@ def run(quick: bool) -> list[Figure]:
         finally:
             cfssl_process.send_signal(signal.SIGTERM)
             cfssl_process.wait(timeout=30)
-    (s2s_wall, s2s_cpu), (cf_wall, cf_cpu) = (
-        tuple(statistics.median(v) for v in zip(*measured[name], strict=True))
-        for name in ("s2s", "cfssl")
-    )
+    return {
+        name: (statistics.median(w for w, _ in rates), statistics.median(c for _, c in rates))
+        for name, rates in measured.items()
+    }
+
+
+def run(quick: bool) -> list[Figure]:
+    rates = sweep((BATCH,), quick)
+    if rates is None:
+        print(
+            "  (skipped: cfssl is not installed; apt-get install golang-cfssl adds this baseline)"
+        )
+        return []
+    (s2s_wall, s2s_cpu), (cf_wall, cf_cpu) = rates[f"s2s/{BATCH}"], rates["cfssl"]
     cf_name = "cfssl serve sign, 1 core (HTTP, 1 CSR/req)"
     note = "both servers on CPU 0, load on CPU 1; s2s: mTLS, 100 CSRs/req, audit log on"
     return [
