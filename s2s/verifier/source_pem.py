@@ -1,8 +1,10 @@
 """An X.509 source read from PEM files and reloaded when they change, for services without an agent.
 
 ``chain`` holds the leaf then its intermediates, ``key`` the leaf's private key, ``bundle`` the
-trusted roots (PEM) or a SPIFFE bundle (JSON). The files are polled for a new inode, size or
-mtime; a version that does not load keeps the last good snapshot.
+trusted roots (PEM) or a SPIFFE bundle (JSON); ``federated`` maps other trust domains to their
+bundle files (``s2s-agent api fetch x509 --write`` writes ``federated.<td>.pem``), each kept as
+that trust domain's own bundle, never merged into ours. The files are polled for a new inode, size
+or mtime; a version that does not load keeps the last good snapshot.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from s2s.verifier.x509context import X509Callback, X509Context
 __all__ = ["PemFileX509Source"]
 
 _MAX_PEM_BYTES = 1 << 20
+_PathLike = str | os.PathLike[str]
 # The log records keep the name they had before this module was split out of source.py.
 _log = logging.getLogger(__name__)
 
@@ -36,9 +39,11 @@ class PemFileX509Source:
     """An ``X509SourceLike`` read from PEM files and reloaded when they change (no agent).
 
     ``chain`` holds the leaf then its intermediates, ``key`` the leaf's private key, ``bundle``
-    the trusted roots of our trust domain (PEM) or a SPIFFE bundle (JSON). Files are checked every
-    ``poll_interval`` seconds after :meth:`start`; a change that does not load (a half-written
-    rotation, a key that does not match) keeps the last good snapshot and sets ``error``.
+    the trusted roots of our trust domain (PEM) or a SPIFFE bundle (JSON); ``federated`` the
+    bundle file of each federated trust domain (``{"other.org": "federated.other.org.pem"}``).
+    Files are checked every ``poll_interval`` seconds after :meth:`start`; a change that does not
+    load (a half-written rotation, a key that does not match) keeps the last good snapshot and
+    sets ``error``.
     """
 
     def __init__(
@@ -47,9 +52,16 @@ class PemFileX509Source:
         key: str | os.PathLike[str],
         bundle: str | os.PathLike[str],
         *,
+        federated: Mapping[str, _PathLike] | Mapping[TrustDomain, _PathLike] | None = None,
         poll_interval: float = 1.0,
     ) -> None:
-        self._paths = (Path(chain), Path(key), Path(bundle))
+        try:
+            items: list[tuple[str | TrustDomain, _PathLike]] = list((federated or {}).items())
+            foreign = {_trust_domain(td): Path(path) for td, path in items}
+        except InvalidRequest as exc:
+            raise InvalidConfig(f"federated: {exc}") from exc
+        self._federated = tuple(foreign.items())
+        self._paths = (Path(chain), Path(key), Path(bundle), *foreign.values())
         self._interval = poll_interval
         self._subscribers: Subscribers[X509Context] = Subscribers()
         self._task: asyncio.Task[None] | None = None
@@ -114,7 +126,7 @@ class PemFileX509Source:
             raise InvalidRequest(f"cannot stat {exc.filename}: {exc.strerror}") from exc
 
     def _load(self) -> X509Context:
-        chain_pem, key_pem, bundle_data = (_read(p) for p in self._paths)
+        chain_pem, key_pem, bundle_data = (_read(p) for p in self._paths[:3])
         try:
             chain = tuple(x509.load_pem_x509_certificates(chain_pem))
             key = serialization.load_pem_private_key(key_pem, password=None)
@@ -126,8 +138,22 @@ class PemFileX509Source:
             raise InvalidRequest(f"{self._paths[0]} is not an X509-SVID: {exc}") from exc
         if _spki(key.public_key()) != _spki(chain[0].public_key()):
             raise InvalidRequest(f"{self._paths[1]} is not the key of {self._paths[0]}")
-        bundle = _bundle(spiffe_id.trust_domain, bundle_data, self._paths[2])
-        return X509Context((X509Svid(spiffe_id, chain, key),), BundleSet.of(bundle))
+        own = spiffe_id.trust_domain
+        bundles = [_bundle(own, bundle_data, self._paths[2])]
+        for td, path in self._federated:
+            if td == own:
+                raise InvalidRequest(f"{path}: {td} is our own trust domain, not a federated one")
+            bundles.append(_bundle(td, _read(path), path))
+        return X509Context((X509Svid(spiffe_id, chain, key),), BundleSet.of(*bundles))
+
+
+def _trust_domain(value: str | TrustDomain) -> TrustDomain:
+    if isinstance(value, TrustDomain):
+        return value
+    try:
+        return TrustDomain.parse(value)
+    except S2SError as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 def _read(path: Path) -> bytes:

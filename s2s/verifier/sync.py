@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -192,9 +192,17 @@ def open_jwt_source(
 
 
 def open_pem_source(
-    chain: str, key: str, bundle: str, *, poll_interval: float = 1.0
+    chain: str,
+    key: str,
+    bundle: str,
+    *,
+    federated: Mapping[str, str] | None = None,
+    poll_interval: float = 1.0,
 ) -> SyncX509Source:
-    """A synchronous X.509 source over PEM files, reloaded when they change."""
+    """A synchronous X.509 source over PEM files, reloaded when they change (``federated``: the
+    bundle file of each federated trust domain, as for :class:`PemFileX509Source`)."""
     return SyncX509Source(
-        lambda: PemFileX509Source(chain, key, bundle, poll_interval=poll_interval)
+        lambda: PemFileX509Source(
+            chain, key, bundle, federated=dict(federated or {}), poll_interval=poll_interval
+        )
     )
