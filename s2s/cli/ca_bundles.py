@@ -3,14 +3,16 @@ the CA hands to the agents whose entries federate with them (``bundle show`` pri
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from s2s.cli.ca_common import Ctx, call, emit_json, json_option, key_values, pass_ctx, table
-from s2s.core.bundle import MAX_BUNDLE_BYTES
+from s2s.core.bundle import MAX_BUNDLE_BYTES, Bundle
 from s2s.core.errors import InvalidRequest
+from s2s.core.spiffe_id import TrustDomain
 
 __all__ = ["register"]
 
@@ -71,10 +73,30 @@ def bundle_set(ctx: Ctx, trust_domain: str, path: Path, fmt: str, as_json: bool)
 
 
 @click.command("list")
+@click.option("--trust-domain", help="Print this trust domain's bundle itself (exit 4: none).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["spiffe", "pem"]),
+    default="spiffe",
+    show_default=True,
+    help="With --trust-domain: the SPIFFE bundle JSON, or its X.509 roots as PEM.",
+)
 @json_option
 @pass_ctx
-def bundle_list(ctx: Ctx, as_json: bool) -> None:
-    """List the federated bundles (other trust domains' bundles)."""
+def bundle_list(ctx: Ctx, trust_domain: str | None, fmt: str, as_json: bool) -> None:
+    """List the federated bundles (other trust domains' bundles), or print one."""
+    if trust_domain is not None:
+        found = call(lambda: ctx.client().get(f"{_PATH}/show", trust_domain=trust_domain))
+        if as_json:
+            emit_json(found)
+        elif fmt == "pem":
+            td = TrustDomain.parse(found["trust_domain"])
+            bundle = call(lambda: Bundle.decode(td, json.dumps(found["bundle"])))
+            click.echo(bundle.x509_pem().decode().rstrip("\n"))
+        else:
+            click.echo(json.dumps(found["bundle"], indent=2))
+        return
     records = call(lambda: ctx.client().get(_PATH))["bundles"]
     if as_json:
         emit_json(records)

@@ -57,6 +57,13 @@ async def test_bundle_set_list_delete(ca: RunningCa, capsys: Any, tmp_path: Path
     assert [r["trust_domain"] for r in listed] == [OTHER]
     assert await cli(ca, "bundle", "list") == 0
     assert OTHER in capsys.readouterr().out
+    # one bundle itself, as a document to pass on, or its roots as PEM
+    assert await cli(ca, "bundle", "list", "--trust-domain", OTHER) == 0
+    assert Bundle.decode(TrustDomain.parse(OTHER), capsys.readouterr().out) == other
+    assert await cli(ca, "bundle", "list", "--trust-domain", OTHER, "--format", "pem") == 0
+    assert capsys.readouterr().out.encode() == other.x509_pem()
+    assert await cli(ca, "bundle", "list", "--trust-domain", "absent.test") == 4
+    capsys.readouterr()
     assert await cli(ca, "bundle", "delete", OTHER) == 0
     assert f"deleted {OTHER}" in capsys.readouterr().out
     assert await cli_json(ca, capsys, "bundle", "list") == []
