@@ -106,7 +106,9 @@ class AgentSync:
             return AgentView(self._authority.bundle.sequence, tainted)
         revision = await self._federated.revision()  # before the read: a change wakes again
         wanted = frozenset(td for e in entries for td in e.federates_with)
-        federated = await self._federated.bundle_set(wanted) if wanted else BundleSet()
+        federated = (
+            await self._federated.bundle_set(wanted, revision=revision) if wanted else BundleSet()
+        )
         return AgentView(self._authority.bundle.sequence, tainted, revision, federated)
 
     def moved(self, view: AgentView | None, authorities_seen: int, federated_seen: int) -> bool:

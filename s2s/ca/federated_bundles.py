@@ -110,6 +110,7 @@ class FederatedBundles:
         self._td = trust_domain
         self._audit = audit
         self._snapshot: tuple[str | None, _Doc] = (None, {})
+        self._at_revision: tuple[int, _Doc] = (-1, {})
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -123,9 +124,21 @@ class FederatedBundles:
         _, doc = await self._read()
         return doc.get(trust_domain)
 
-    async def bundle_set(self, only: Iterable[TrustDomain] | None = None) -> BundleSet:
-        """The federated bundles (only those of ``only`` when given), keyed by trust domain."""
-        _, doc = await self._read()
+    async def bundle_set(
+        self, only: Iterable[TrustDomain] | None = None, *, revision: int | None = None
+    ) -> BundleSet:
+        """The federated bundles (only those of ``only`` when given), keyed by trust domain.
+
+        With ``revision`` (what :meth:`revision` returned just before) the document is read from
+        the store only when that revision moved since the last such read: every content change
+        bumps it, so the bundles read then are still the current ones (the entries long-poll
+        asks on every answer)."""
+        if revision is not None and self._at_revision[0] == revision:
+            doc = self._at_revision[1]
+        else:
+            _, doc = await self._read()
+            if revision is not None:
+                self._at_revision = (revision, doc)
         wanted = None if only is None else frozenset(only)
         return BundleSet({td: r.bundle for td, r in doc.items() if wanted is None or td in wanted})
 

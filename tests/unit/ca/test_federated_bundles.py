@@ -91,6 +91,30 @@ async def test_only_content_changes_bump_the_topic(store: SqliteStore, clock: Fa
     assert await store.revision(Topic.ENTRIES) == 0  # twin: other topics untouched
 
 
+async def test_bundle_set_at_an_unchanged_revision_reads_no_document(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    fb = _fb(store, clock)
+    await fb.put(TestAuthority(OTHER).bundle(), source="manual")
+    rev = await fb.revision()
+    first = await fb.bundle_set(revision=rev)
+    reads: list[str] = []
+    real_get_state = store.get_state
+
+    async def counting(key: str) -> str | None:
+        reads.append(key)
+        return await real_get_state(key)
+
+    store.get_state = counting  # type: ignore[method-assign]
+    assert await fb.bundle_set(revision=rev) == first
+    assert reads == []
+    third = TestAuthority(THIRD).bundle()
+    await fb.put(third, source="manual")  # twin: a change bumps the revision: read again
+    reads.clear()
+    assert (await fb.bundle_set(revision=await fb.revision())).get(THIRD) == third
+    assert reads == [BUNDLES_STATE]
+
+
 async def test_corrupt_document_is_unavailable(store: SqliteStore, clock: FakeClock) -> None:
     await store.cas_state(BUNDLES_STATE, None, '{"bundles": [{"trust_domain": 1}]}')
     with pytest.raises(Unavailable, match="unreadable"):
