@@ -14,7 +14,7 @@ __all__ = ["authority", "bundle"]
 
 @click.group()
 def bundle() -> None:
-    """The trust bundle."""
+    """This trust domain's bundle (show) and other trust domains' (set, list, delete)."""
 
 
 @bundle.command("show")
