@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from s2s.aio import wait_event
 from s2s.ca.federated_bundles import SOURCE_ENDPOINT, FederatedBundleRecord, FederatedBundles
 from s2s.ca.federation import FederationRelationships
 from s2s.ca.federation_fetch import BundleFetcher
@@ -164,8 +165,8 @@ class FederationRefresher:
         while True:
             self._wake.clear()
             await self.refresh_due()
-            with contextlib.suppress(TimeoutError):  # a local change wakes it at once
-                await asyncio.wait_for(self._wake.wait(), await self.next_wait())
+            # A local change wakes it at once (wait_event: a cancellation is never swallowed).
+            await wait_event(self._wake, await self.next_wait())
 
     async def refresh_due(self) -> int:
         """Refresh every relationship that is due now; returns how many were tried."""
