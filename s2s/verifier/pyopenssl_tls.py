@@ -58,6 +58,7 @@ __all__ = [
     "TlsTransport",
     "client_context",
     "create_connection",
+    "handshake_done",
     "open_connection",
     "server_context",
     "server_protocol_factory",
@@ -703,13 +704,14 @@ async def start_server(
     *,
     context: PyOpenSSLContext,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    limit: int = 2**16,
     **kwargs: Any,
 ) -> asyncio.Server:
     """``asyncio.start_server`` over this TLS: the callback runs only for verified peers."""
     loop = asyncio.get_running_loop()
 
     def app() -> asyncio.StreamReaderProtocol:
-        reader = asyncio.StreamReader()
+        reader = asyncio.StreamReader(limit=limit)
         return asyncio.StreamReaderProtocol(reader, client_connected_cb)
 
     return await loop.create_server(
@@ -726,12 +728,13 @@ async def open_connection(
     *,
     context: PyOpenSSLContext,
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    limit: int = 2**16,
     **kwargs: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """``asyncio.open_connection`` over this TLS (raises :class:`PeerRejected` or
     :class:`TlsFailed` if the handshake fails)."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
+    reader = asyncio.StreamReader(limit=limit)
     protocol = asyncio.StreamReaderProtocol(reader)
     transport, _ = await create_connection(
         context, lambda: protocol, host, port, handshake_timeout=handshake_timeout, **kwargs
