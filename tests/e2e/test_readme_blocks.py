@@ -18,21 +18,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from readme_shell import README, Shell, free_port, reader_shell, sh_blocks
 
-ROOT = Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
 TD = "example.org"
 
 pytestmark = [pytest.mark.slow]
@@ -57,178 +52,29 @@ def python_blocks() -> dict[str, str]:
 
 
 def cheat_sheet_blocks() -> list[tuple[str, list[str]]]:
-    """(heading, commands) for each ``sh`` block under "## Cheat sheet", in order; a command is
-    one logical line (continuations joined, comments dropped)."""
-    section = _cheat_sheet()
-    blocks: list[tuple[str, list[str]]] = []
-    heading = ""
-    for match in re.finditer(r"^### ([^\n]+)$|```sh\n(.*?)```", section, flags=re.S | re.M):
-        if match.group(1):
-            heading = match.group(1).strip()
-            continue
-        commands = []
-        for raw in match.group(2).replace("\\\n", " ").splitlines():
-            line = _strip_comment(raw).strip()
-            if line:
-                commands.append(" ".join(line.split()))
-        blocks.append((heading, commands))
-    return blocks
-
-
-def _strip_comment(line: str) -> str:
-    """The line without a trailing ``# comment`` (a ``#`` inside quotes is kept)."""
-    quote = ""
-    for i, ch in enumerate(line):
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i]
-    return line
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Shell:
-    """Runs README commands one by one in a shell whose working directory is the test's."""
-
-    cwd: Path
-    env: dict[str, str]
-    substitutions: dict[str, str]
-    background: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    transcript: list[str] = field(default_factory=list)
-
-    def rewrite(self, command: str) -> str:
-        for old, new in self.substitutions.items():
-            command = command.replace(old, new)
-        left = re.findall(r"<[^<>\s][^<>]*>", command)
-        assert not left, f"README placeholder(s) {left} have no value in this test: {command}"
-        return command
-
-    def run(self, command: str, *, timeout: float = 60) -> str:
-        line = self.rewrite(command)
-        exported = re.fullmatch(r"export (\w+)=(\S+)", line)
-        if exported:
-            self.env[exported.group(1)] = os.path.expandvars(exported.group(2))
-            self.transcript.append(f"$ {line}")
-            return ""
-        if self._runs_until_stopped(line):
-            self.transcript.append(f"$ {line} &")
-            log = open(self.cwd / f"background-{len(self.background)}.log", "wb")  # noqa: SIM115
-            self.background.append(
-                subprocess.Popen(
-                    ["bash", "-c", line],
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
-            return ""
-        done = subprocess.run(
-            ["bash", "-c", line],
-            check=False,
-            cwd=self.cwd,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-        )
-        out, err = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-        self.transcript.append(f"$ {line}\n{out}{err}".rstrip())
-        assert done.returncode == 0, (
-            f"README command failed (exit {done.returncode}): {line}\n{err}\n{out}\n"
-            + self.background_logs()
-        )
-        return out
-
-    @staticmethod
-    def _runs_until_stopped(line: str) -> bool:
-        words = shlex.split(line)
-        while words and "=" in words[0] and not words[0].startswith("-"):
-            words = words[1:]
-        return (
-            words[:2] == ["s2s-agent", "run"]
-            or (bool(words) and words[0] == "s2s-ca" and "serve" in words)
-            or (bool(words) and words[0] == sys.executable)  # a README service program
-        )
-
-    def until_ok(self, command: str, *, timeout: float = 30) -> None:
-        """Poll a command (not from the README) until it exits 0."""
-        deadline = time.monotonic() + timeout
-        while True:
-            done = subprocess.run(
-                ["bash", "-c", command],
-                check=False,
-                cwd=self.cwd,
-                env=self.env,
-                capture_output=True,
-            )
-            if done.returncode == 0:
-                return
-            for process in self.background:
-                assert process.poll() is None, f"exited early\n{self.background_logs()}"
-            assert time.monotonic() < deadline, (
-                f"{command} never succeeded\n{self.background_logs()}"
-            )
-            time.sleep(0.2)
-
-    def background_logs(self) -> str:
-        logs = sorted(self.cwd.glob("background-*.log"))
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in logs)
-
-    def stop(self) -> None:
-        for process in self.background:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.background:
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(5)
+    """(heading, commands) for each ``sh`` block under "## Cheat sheet", in order."""
+    return sh_blocks(_cheat_sheet())
 
 
 @pytest.fixture
-def shell(tmp_path: Path) -> Iterator[Shell]:
-    # short paths: a Unix socket path has a ~107-byte limit
-    base = Path(os.environ.get("S2S_TEST_SHORT_DIR", "/tmp"))
-    work = Path(
-        subprocess.check_output(["mktemp", "-d", str(base / "s2s-readme.XXXXXX")]).decode().strip()
-    )
-    work.chmod(0o755)
-    run_dir = work / "run"
-    run_dir.mkdir(mode=0o755)
-    port = _free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("S2S_", "SPIFFE_"))  # nothing from the developer's shell
-    }
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '/usr/bin:/bin')}"
-    env["SPIFFE_ENDPOINT_SOCKET"] = f"unix://{run_dir}/agent.sock"
-    subs = {
-        "/var/lib/s2s-ca": str(work / "ca"),
-        "/var/lib/s2s-agent": str(work / "agent"),
-        "/run/s2s": str(run_dir),
-        "0.0.0.0:8443": f"127.0.0.1:{port}",
-        "https://ca:8443": f"https://127.0.0.1:{port}",
-        "/tmp/svid": str(work / "svid"),
-    }
-    sh = Shell(cwd=work, env=env, substitutions=subs)
-    try:
+def shell() -> Iterator[Shell]:
+    with reader_shell() as sh:
+        work = sh.cwd
+        run_dir = work / "run"
+        run_dir.mkdir(mode=0o755)
+        port = free_port()
+        sh.env["SPIFFE_ENDPOINT_SOCKET"] = f"unix://{run_dir}/agent.sock"
+        sh.substitutions.update(
+            {
+                "/var/lib/s2s-ca": str(work / "ca"),
+                "/var/lib/s2s-agent": str(work / "agent"),
+                "/run/s2s": str(run_dir),
+                "0.0.0.0:8443": f"127.0.0.1:{port}",
+                "https://ca:8443": f"https://127.0.0.1:{port}",
+                "/tmp/svid": str(work / "svid"),
+            }
+        )
         yield sh
-    finally:
-        sh.stop()
-        subprocess.run(["rm", "-rf", str(work)], check=False)
 
 
 def test_the_cheat_sheet_has_the_python_programs_this_test_knows() -> None:
@@ -342,7 +188,7 @@ def _run_python_blocks(shell: Shell) -> None:
     """The service block serves (on a free port instead of 8443), the caller block calls it and
     prints what it saw; the JWT-SVID block serves and calls itself (on a free port, not 8080)."""
     programs = python_blocks()
-    https_port, http_port = _free_port(), _free_port()
+    https_port, http_port = free_port(), free_port()
     rewrite = {
         '"0.0.0.0", 8443': f'"127.0.0.1", {https_port}',
         "billing:8443": f"127.0.0.1:{https_port}",
