@@ -73,6 +73,8 @@ class F:
     SETTING: Final = "setting"
     VALUE: Final = "value"
     SOURCE: Final = "source"
+    REPLICA: Final = "replica"
+    LEADER: Final = "leader"
 
 
 FIELDS: Final[tuple[str, ...]] = tuple(

@@ -38,6 +38,7 @@ from s2s.ca.federation import FederationRelationships
 from s2s.ca.federation_config import FederationSettings
 from s2s.ca.federation_fetch import BundleFetcher
 from s2s.ca.federation_refresher import FederationRefresher
+from s2s.ca.housekeeping import Housekeeping, HousekeepingSettings, Leadership, SoleReplica
 from s2s.ca.http import public_app
 from s2s.ca.http_guard import ConnectionGuard, GuardedSite, LongPollSlots
 from s2s.ca.http_services import ApiServices
@@ -61,6 +62,7 @@ from s2s.core.errors import InvalidConfig, S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
 from s2s.log import F, configure_logging
 from s2s.store.base import Store
+from s2s.store.etcd_election import etcd_election
 from s2s.store.records import Topic
 
 __all__ = [
@@ -96,6 +98,7 @@ class ServeOptions:
     store: StoreSettings = field(default_factory=StoreSettings)  # default: SQLite in data_dir
     limits: ServerLimits = field(default_factory=ServerLimits)  # what one HTTPS client may hold
     federation: FederationSettings = field(default_factory=FederationSettings)  # [federation]
+    housekeeping: HousekeepingSettings | None = None  # [housekeeping]; None: prune_interval
     # (setting, value, source: "flag --x", "env S2S_CA_X", "file PATH", "default"), logged at start
     settings: tuple[tuple[str, str, str], ...] = ()
 
@@ -146,6 +149,7 @@ class CaServer:
         self.guard = ConnectionGuard(fit_descriptors(options.limits))
         self._issuer_hosts: tuple[str, ...] = ()
         self.bundle_endpoint: BundleEndpoint | None = None
+        self.housekeeping: Housekeeping | None = None
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -165,6 +169,7 @@ class CaServer:
         backend = "etcd" if self.options.store.is_etcd else "sqlite"
         store = MeteredStore(opened, self.metrics, backend=backend)  # s2s_ca_store_*
         self._store = store
+        self.housekeeping = self._housekeeping(opened)
         config = CaConfig(
             trust_domain=td,
             data_dir=self.options.data_dir,
@@ -227,6 +232,19 @@ class CaServer:
             **self._authority_services(config, store, audit),
         )
         await self.reload_tls(force=True)
+
+    def _housekeeping(self, opened: Store) -> Housekeeping:
+        """The once-per-cluster jobs (pruning), under an etcd lease when the store is etcd."""
+        settings = self.options.housekeeping or HousekeepingSettings(
+            interval=self.options.prune_interval
+        )
+        name = self.options.replica_name
+        election = etcd_election(opened, "housekeeping", holder=name, ttl=settings.lease_ttl)
+        leadership: Leadership = election if election is not None else SoleReplica(name)
+        return Housekeeping(
+            leadership=leadership, replica=name, jobs={"prune": self._prune_job},
+            interval=settings.interval, registry=self.metrics.registry,
+        )  # fmt: skip
 
     def _federation(self, config: CaConfig, store: Store, audit: AuditLog) -> FederationRefresher:
         """Federation relationships and their refresher; the bundle endpoint when configured."""
@@ -379,7 +397,7 @@ class CaServer:
         """Run every loop under one TaskGroup until ``stop`` is set or a loop crashes."""
         loops = {
             "authority": self._authority_loop(),
-            "prune": every(self.options.prune_interval, self.prune),
+            **self._housekeeping_loops(),
             "revocations": self._revocation_loop(),
             "metrics": every(self.options.metrics_interval, self.refresh_gauges),
             "registry": retrying("registry", self._follow_registry),
@@ -389,6 +407,10 @@ class CaServer:
         if self.oauth is not None:  # the OAuth client set in memory, following the store
             loops["oauth_clients"] = retrying("oauth_clients", self.oauth.clients.follow)
         await run_loops(loops, stop)
+
+    def _housekeeping_loops(self) -> dict[str, Any]:
+        assert self.housekeeping is not None
+        return self.housekeeping.loops()
 
     def _federation_lead(self) -> timedelta:
         """How long a root rotation waits after prepare when a bundle endpoint is served: three
@@ -453,6 +475,9 @@ class CaServer:
     async def refresh_crls(self) -> None:
         await self.crls.refresh()
 
+    async def _prune_job(self) -> None:
+        await self.prune()  # looked up at each run, so a test may replace ``prune``
+
     async def prune(self) -> None:
         assert self._store is not None
         result = await self._store.prune(self.clock.now())
@@ -496,6 +521,8 @@ class CaServer:
         """Stop the servers (in-flight requests get ``SHUTDOWN_TIMEOUT``) and close the store."""
         self.metrics.ready.set(0)
         self._closing.set()
+        if self.housekeeping is not None:  # hand the lease over now, not at its expiry
+            await self.housekeeping.resign()
         if self.bundle_endpoint is not None:
             await self.bundle_endpoint.close()
         for runner in reversed(self._runners):

@@ -116,6 +116,7 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
         raise errors.InvalidConfig(f"{path}: [ttl] must be a table")
     limits = doc.pop("limits", None)
     federation = doc.pop("federation", None)
+    housekeeping = doc.pop("housekeeping", None)
     unknown = sorted(set(doc) - set(_FILE_KEYS))
     unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
     if unknown:
@@ -132,7 +133,33 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
         doc["limits"] = _server_limits(path, limits)
     if federation is not None:
         doc["federation"] = federation  # parsed by serve (with --bundle-endpoint)
+    if housekeeping is not None:
+        doc["housekeeping"] = _housekeeping(path, housekeeping)
     return doc, ttls
+
+
+def _housekeeping(path: Path, table: object) -> Any:
+    """The ``[housekeeping]`` table (``lease``, ``interval``: durations) as HousekeepingSettings."""
+    from s2s.ca.housekeeping import HousekeepingSettings  # noqa: PLC0415
+
+    if not isinstance(table, dict):
+        raise errors.InvalidConfig(f"{path}: [housekeeping] must be a table")
+    unknown = sorted(set(table) - {"lease", "interval"})
+    if unknown:
+        raise errors.InvalidConfig(
+            f"{path}: unknown setting(s) {', '.join(f'housekeeping.{k}' for k in unknown)}"
+        )
+    values: dict[str, Any] = {}
+    for key, field_name in (("lease", "lease_ttl"), ("interval", "interval")):
+        if key in table:
+            try:
+                values[field_name] = parse_duration(str(table[key]))
+            except click.BadParameter as exc:
+                raise errors.InvalidConfig(f"{path}: housekeeping.{key}: {exc.message}") from exc
+    try:
+        return HousekeepingSettings(**values)
+    except errors.InvalidConfig as exc:
+        raise errors.InvalidConfig(f"{path}: [housekeeping]: {exc}") from exc
 
 
 def _server_limits(path: Path, table: object) -> Any:
@@ -235,6 +262,7 @@ def serve(ctx: Ctx, /, **opts: Any) -> None:
         store=_serve_store(opts, file),
         federation=call(lambda: _federation(opts, file)),
         **({"limits": file["limits"]} if "limits" in file else {}),
+        **({"housekeeping": file["housekeeping"]} if "housekeeping" in file else {}),
     )
     settings = _serve_settings(ctx, opts, file, options)
     call(lambda: serve_forever(dataclasses.replace(options, settings=settings)))

@@ -188,6 +188,23 @@ class EtcdClient:
         reply = await self._call("lease ttl", self._lease.LeaseTimeToLive, request, write=False)
         return int(reply.TTL)
 
+    async def renew_lease(self, lease_id: int) -> int:
+        """One keep-alive of ``lease_id``: the seconds it now has left (``LeaseNotFound`` once
+        it has expired or was revoked)."""
+        if self._closed:
+            raise StoreError(f"the etcd client for {self._where} is closed")
+        try:
+            stream = self._lease.LeaseKeepAlive(
+                iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=self._timeout
+            )
+            async for reply in stream:
+                if reply.TTL <= 0:
+                    break
+                return int(reply.TTL)
+        except grpc.aio.AioRpcError as exc:
+            raise self.translate(exc, "lease keep-alive", write=True) from exc
+        raise LeaseNotFound(f"etcd lease keep-alive: the lease {lease_id:x} expired or was revoked")
+
     async def keep_alive(self, ttl: int) -> KeptLease:
         """Grant a lease and keep it alive from a background task until ``close()``."""
         lease = KeptLease(self, await self.grant_lease(ttl), ttl)

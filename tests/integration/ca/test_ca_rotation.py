@@ -123,7 +123,7 @@ async def test_a_crashed_loop_stops_the_ca_with_a_log_line(
         await asyncio.wait_for(task, 10)
     assert crashed.group_contains(RuntimeError, match="disk on fire")
     assert any(
-        r.getMessage() == "ca.loop_crashed" and getattr(r, "loop", None) == "prune"
+        r.getMessage() == "ca.loop_crashed" and getattr(r, "loop", None) == "housekeeping"
         for r in caplog.records
     )
     await server.close()
