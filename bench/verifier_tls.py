@@ -36,6 +36,7 @@ import aiohttp
 from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
 
 from bench._harness import Figure, time_per_op
 from s2s.core.bundle import Bundle, BundleSet
@@ -46,8 +47,9 @@ from s2s.verifier.authorize import authorize_any, authorize_member_of
 from s2s.verifier.memcert import load_cert_chain_from_memory
 from s2s.verifier.peer import verify_peer
 from s2s.verifier.pyopenssl_aiohttp import PyOpenSSLSite
-from s2s.verifier.pyopenssl_tls import PyOpenSSLContext, TlsProtocol
+from s2s.verifier.pyopenssl_tls import CIPHERS, PyOpenSSLContext, TlsProtocol, set_stdlib_groups
 from s2s.verifier.pyopenssl_tls import server_context as pyopenssl_server_context
+from s2s.verifier.pyopenssl_tls import start_server as pyopenssl_start_server
 from s2s.verifier.revocation_choice import no_revocation_check
 from s2s.verifier.revocations import InMemoryRevocations
 from s2s.verifier.source_static import StaticX509Source
@@ -164,7 +166,73 @@ def _pyopenssl_handshake(server_ctx: PyOpenSSLContext, client_ctx: ssl.SSLContex
     raise RuntimeError("the pyOpenSSL handshake did not complete")
 
 
-def _rate(server: ssl.SSLContext | PyOpenSSLContext, client_ctx: ssl.SSLContext, n: int) -> float:
+def _raw_pyopenssl(p: Pems) -> SSL.Context:
+    """A bare pyOpenSSL server context, same certificates and policy, no SPIFFE check: the
+    ceiling of the pyOpenSSL path (the bundled OpenSSL alone)."""
+    src = _source(p).current()
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_cipher_list(CIPHERS)
+    set_stdlib_groups(ctx)
+    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT)
+    svid = src.default_svid
+    ctx.use_certificate(svid.leaf)
+    for ca in svid.cert_chain[1:]:
+        ctx.add_extra_chain_cert(ca)
+    ctx.use_privatekey(svid.private_key)  # type: ignore[arg-type]
+    store = ctx.get_cert_store()
+    assert store is not None
+    for bundle in src.bundles:
+        for root in bundle.x509_authorities:
+            store.add_cert(crypto.X509.from_cryptography(root))
+    return ctx
+
+
+def _raw_handshake(server_ctx: SSL.Context, client_ctx: ssl.SSLContext) -> float:
+    """One in-memory handshake on a bare SSL.Connection; the server's seconds."""
+    c_in, c_out = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(c_in, c_out, server_side=False)
+    start = time.thread_time()
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    spent = time.thread_time() - start
+    c_done = s_done = False
+    while not (c_done and s_done):
+        if not c_done:
+            try:
+                client.do_handshake()
+                c_done = True
+            except ssl.SSLWantReadError:
+                pass
+        data = c_out.read()
+        start = time.thread_time()
+        if data:
+            server.bio_write(data)
+        if not s_done:
+            try:
+                server.do_handshake()
+                s_done = True
+            except SSL.WantReadError:
+                pass
+        out = b""
+        while True:
+            try:
+                out += server.bio_read(65536)
+            except SSL.WantReadError:
+                break
+        spent += time.thread_time() - start
+        c_in.write(out)
+    return spent
+
+
+Server = ssl.SSLContext | PyOpenSSLContext | SSL.Context
+
+
+def _rate(server: Server, client_ctx: ssl.SSLContext, n: int) -> float:
+    if isinstance(server, SSL.Context):
+        return n / sum(_raw_handshake(server, client_ctx) for _ in range(n))
     if isinstance(server, PyOpenSSLContext):
 
         async def served() -> float:
@@ -174,9 +242,7 @@ def _rate(server: ssl.SSLContext | PyOpenSSLContext, client_ctx: ssl.SSLContext,
     return n / sum(_handshake(server, client_ctx)[0] for _ in range(n))
 
 
-def _handshake_rates(
-    servers: list[ssl.SSLContext | PyOpenSSLContext], client_ctx: ssl.SSLContext, n: int
-) -> list[float]:
+def _handshake_rates(servers: list[Server], client_ctx: ssl.SSLContext, n: int) -> list[float]:
     """Median handshakes/s per server context over RUNS runs, the contexts interleaved."""
     runs: list[list[float]] = [[] for _ in servers]
     for _ in range(RUNS):
@@ -205,10 +271,11 @@ def _handshake_figures(quick: bool) -> list[Figure]:
         authorize=authorize_member_of("example.org"),
         revocations=InMemoryRevocations(),
     )
-    servers: list[ssl.SSLContext | PyOpenSSLContext] = [spiffe_server, plain_server, fast_server]
+    raw_server = _raw_pyopenssl(server_p)
+    servers: list[Server] = [spiffe_server, plain_server, fast_server, raw_server]
     n = 60 if quick else 400
     _handshake_rates(servers, plain_client, 20)  # warm up caches
-    verified, plain, fast = _handshake_rates(servers, plain_client, n)
+    verified, plain, fast, raw = _handshake_rates(servers, plain_client, n)
     _, done = _handshake(plain_server, plain_client)
     bundles = _source(server_p).current().bundles
     auth = authorize_member_of("example.org")
@@ -230,6 +297,14 @@ def _handshake_figures(quick: bool) -> list[Figure]:
             "server_context (stdlib ssl), same certs and client",
             verified,
             note=f"plain stdlib ssl {plain:,.0f} hs/s: x{fast / plain:.2f}",
+        ),
+        Figure(
+            "mTLS handshakes/s, bare pyOpenSSL, no SPIFFE check (server CPU)",
+            raw,
+            "hs/s",
+            "plain ssl context, same certs",
+            plain,
+            note="the ceiling of the pyOpenSSL path: the bundled OpenSSL alone",
         ),
         Figure(
             "verify_peer on a handshake (cached chain)",
@@ -301,16 +376,67 @@ async def _load(port: int, ctx: ssl.SSLContext, seconds: float, new_conn: bool) 
         return count
 
 
+def _serve_handshakes(kind: str, p: Pems, client_td: str, conn: Any) -> None:
+    """A bare asyncio TLS server: each connection is a handshake, the peer's ID, a close."""
+
+    async def main() -> None:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            info = writer.get_extra_info("ssl_object")
+            writer.write(b"ok" if kind == "plain" else str(info.peer_spiffe_id).encode())
+            writer.close()
+
+        auth, revs = authorize_member_of(client_td), no_revocation_check()
+        if kind == "pyopenssl":
+            fast = pyopenssl_server_context(_source(p), authorize=auth, revocations=revs)
+            server = await pyopenssl_start_server(answer, "127.0.0.1", 0, context=fast)
+        else:
+            ctx = (
+                server_context(_source(p), authorize=auth, revocations=revs)
+                if kind == "spiffe"
+                else _plain(p, server_side=True)
+            )
+            server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
+        conn.send(server.sockets[0].getsockname()[1])
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, conn.recv) == "cpu":
+            conn.send(time.process_time())
+        server.close()
+
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+    asyncio.run(main())
+
+
+async def _connect_load(port: int, ctx: ssl.SSLContext, seconds: float, new_conn: bool) -> int:
+    """Connections (handshake, answer, close) completed in ``seconds`` by CONCURRENCY clients."""
+    count = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker() -> None:
+        nonlocal count
+        while time.perf_counter() < deadline:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+            assert await reader.read()
+            writer.close()
+            count += 1
+
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return count
+
+
 def _requests_rate(
     kind: str,
     server_p: Pems,
     client_ctx: Callable[[], ssl.SSLContext],
     seconds: float,
     new_conn: bool,
+    *,
+    serve: Callable[..., None] = _serve,
+    load: Callable[..., Any] = _load,
 ) -> float:
     parent, child = mp.Pipe()
     proc = mp.get_context("fork").Process(
-        target=_serve, args=(kind, server_p, "example.org", child), daemon=True
+        target=serve, args=(kind, server_p, "example.org", child), daemon=True
     )
     proc.start()
     try:
@@ -323,7 +449,7 @@ def _requests_rate(
         for _ in range(RUNS):
             parent.send("cpu")
             before: float = parent.recv()
-            count = asyncio.run(_load(port, client_ctx(), seconds, new_conn))
+            count = asyncio.run(load(port, client_ctx(), seconds, new_conn))
             parent.send("cpu")
             rates.append(count / max(parent.recv() - before, 1e-9))
         return statistics.median(rates)
@@ -377,5 +503,42 @@ def _aiohttp_figures(quick: bool) -> list[Figure]:
     return out
 
 
+def _socket_handshake_figures(quick: bool) -> list[Figure]:
+    """New mTLS connections per server CPU-second over loopback sockets (asyncio servers)."""
+    ca = TestAuthority("example.org")
+    server_p, client_p = (
+        _pems(ca, "spiffe://example.org/server"),
+        _pems(ca, "spiffe://example.org/c"),
+    )
+    seconds = 0.5 if quick else 2.0
+
+    def client() -> ssl.SSLContext:
+        return _plain(client_p, server_side=False)
+
+    rates = {
+        kind: _requests_rate(
+            kind, server_p, client, seconds, True, serve=_serve_handshakes, load=_connect_load
+        )
+        for kind in ("spiffe", "pyopenssl", "plain")
+    }
+    return [
+        Figure(
+            "new mTLS connections/server-CPU-s, asyncio server_context",
+            rates["spiffe"],
+            "conn/s",
+            "plain ssl asyncio server, same certs",
+            rates["plain"],
+        ),
+        Figure(
+            "new mTLS connections/server-CPU-s, asyncio pyopenssl_tls",
+            rates["pyopenssl"],
+            "conn/s",
+            "asyncio server_context (stdlib ssl)",
+            rates["spiffe"],
+            note=f"plain stdlib ssl x{rates['pyopenssl'] / rates['plain']:.2f}",
+        ),
+    ]
+
+
 def run(quick: bool) -> list[Figure]:
-    return _handshake_figures(quick) + _aiohttp_figures(quick)
+    return _handshake_figures(quick) + _socket_handshake_figures(quick) + _aiohttp_figures(quick)

@@ -62,6 +62,7 @@ __all__ = [
     "open_connection",
     "server_context",
     "server_protocol_factory",
+    "set_stdlib_groups",
     "start_server",
 ]
 
@@ -145,7 +146,7 @@ class PyOpenSSLContext:
         ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         ctx.set_cipher_list(CIPHERS)
-        _set_groups(ctx)
+        set_stdlib_groups(ctx)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)
         svid = snapshot.default_svid
         if svid.private_key is None:
@@ -163,7 +164,8 @@ class PyOpenSSLContext:
         return ctx
 
 
-def _set_groups(ctx: SSL.Context) -> None:
+def set_stdlib_groups(ctx: SSL.Context) -> None:
+    """Offer and accept the key-exchange groups of the stdlib path (:data:`GROUPS`)."""
     # pyOpenSSL has no public setter for the group list; the binding has the OpenSSL call.
     from OpenSSL._util import lib  # noqa: PLC0415
 
