@@ -172,11 +172,23 @@ class PeerTaggingProxy:
             raise conn.peer
         return conn.peer
 
+    def memo(self, grpc_peer: str) -> object:
+        """What :meth:`remember` kept for this connection (``None`` if nothing or unknown)."""
+        conn = self._conn(grpc_peer)
+        return conn.memo if conn is not None else None
+
+    def remember(self, grpc_peer: str, value: object) -> None:
+        """Keep ``value`` for this connection until it closes (the server's attestation)."""
+        conn = self._conn(grpc_peer)
+        if conn is not None:
+            conn.memo = value
+
     def refuse_calls(self, grpc_peer: str, reason: NotAuthorized) -> None:
         """Every later call on this connection fails with ``reason`` (its caller changed)."""
         conn = self._conn(grpc_peer)
         if conn is not None and not isinstance(conn.peer, S2SError):
             conn.peer = reason
+            conn.memo = None
             self._event("closed", "caller_changed")
 
     @contextlib.contextmanager
@@ -316,6 +328,7 @@ class _Connection:
         self.uid = uid
         self.transport = transport
         self.peer: PeerCredentials | S2SError | None = None  # None until attested
+        self.memo: object = None
         self.calls = 0
         self._timer: asyncio.TimerHandle | None = None
 

@@ -21,9 +21,12 @@ A caller is attested twice: when its connection is accepted (:meth:`Attestor.adm
 call (:meth:`Attestor.attest`), which refuses the call (PERMISSION_DENIED, and every later call on
 that connection) when the process behind the connection has exec'd another binary or changed its
 ids since: a process that connects, forks and execs a registered binary does not lend that
-binary's identity to the child that keeps the connection. An open stream's caller is checked again
-before every message it is sent (:meth:`Attestor.recheck`) and attested in full at least every
-``reattest_interval``; the stream ends when its caller no longer passes. Attestation runs on an
+binary's identity to the child that keeps the connection. Every call and every message an open
+stream is sent first checks the caller on the event loop (:meth:`Attestor.recheck`: start time,
+ids, groups, binary path and file identity, a few ``/proc`` reads); a connection's full
+attestation (selectors, binary hash) is reused while that reading stays equal to the one taken
+around it, and made again at least every ``reattest_interval``; a stream ends when its caller no
+longer passes. Attestation runs on an
 :class:`AttestationPool` of its own; connections are bounded per uid and in total and closed when
 idle (:class:`WorkloadLimits`).
 """
@@ -35,7 +38,8 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -347,7 +351,27 @@ class WorkloadApiServer:
         return await self._pool.run(uid, admit)
 
     async def _attest(self, ctx: Ctx) -> frozenset[Selector]:
-        return await self._check_caller(ctx, self._attestor.attest)
+        """The caller's selectors: checked on every call (:meth:`Attestor.recheck`, on the
+        loop), derived in full (:meth:`Attestor.attest`, on the pool) when the connection has no
+        attestation yet, its reading changed, or the last is ``reattest_interval`` old."""
+        if self._proxy is None:
+            raise Unavailable("the Workload API is shutting down")
+        loop = asyncio.get_running_loop()
+        peer_name = ctx.peer()
+        reading = self._check_now(ctx, self._attestor.recheck)
+        memo = self._proxy.memo(peer_name)
+        if (
+            isinstance(memo, _Attested)
+            and memo.reading == reading
+            and loop.time() - memo.at < self._limits.reattest_interval
+        ):
+            return memo.selectors
+        at = loop.time()
+        selectors = await self._check_caller(ctx, self._attestor.attest)
+        # Only a process that read the same before and after has these selectors for sure.
+        if self._proxy is not None and self._check_now(ctx, self._attestor.recheck) == reading:
+            self._proxy.remember(peer_name, _Attested(reading, selectors, at))
+        return selectors
 
     async def _recheck(self, ctx: Ctx, version: int) -> None:
         """:meth:`Attestor.recheck` of this stream's caller after ``version`` was published,
@@ -356,7 +380,7 @@ class WorkloadApiServer:
         key = (ctx.peer(), version)
         shared = self._rechecks.get(key)
         if shared is None:
-            shared = asyncio.ensure_future(self._check_caller(ctx, self._attestor.recheck))
+            shared = asyncio.ensure_future(self._recheck_now(ctx))
             self._rechecks[key] = shared
             shared.add_done_callback(lambda task: self._recheck_done(key, task))
         await asyncio.shield(shared)
@@ -365,6 +389,22 @@ class WorkloadApiServer:
         self._rechecks.pop(key, None)
         if not task.cancelled():
             task.exception()  # retrieved here too: every stream waiting on it may have gone
+
+    async def _recheck_now(self, ctx: Ctx) -> None:
+        self._check_now(ctx, self._attestor.recheck)
+
+    def _check_now(self, ctx: Ctx, check: Callable[[PeerCredentials], _T]) -> _T:
+        """``check(peer)`` here on the loop (``/proc`` reads only); a caller found to be
+        another process than the one that connected loses the connection's every later call."""
+        if self._proxy is None:
+            raise Unavailable("the Workload API is shutting down")
+        peer = self._proxy.credentials(ctx.peer())
+        try:
+            return check(peer)
+        except NotAuthorized as exc:
+            log.warning("workload_api.caller_changed", extra={"pid": peer.pid, "error": str(exc)})
+            self._proxy.refuse_calls(ctx.peer(), exc)
+            raise
 
     async def _check_caller(self, ctx: Ctx, check: Callable[[PeerCredentials], _T]) -> _T:
         """``check(peer)`` on the attestation pool; a caller found to be another process than
@@ -414,6 +454,15 @@ class WorkloadApiServer:
         if self._proxy is None:
             return contextlib.nullcontext()
         return self._proxy.call(ctx.peer())
+
+
+@dataclass(frozen=True, slots=True)
+class _Attested:
+    """A connection's last full attestation: the caller's reading then, its selectors, when."""
+
+    reading: Hashable
+    selectors: frozenset[Selector]
+    at: float
 
 
 async def _unimplemented(_req: Any, _ctx: Ctx) -> AsyncIterator[bytes]:

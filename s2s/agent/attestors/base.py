@@ -1,14 +1,15 @@
 """What a workload attestor is to the Workload API, and what the agent gives one to build it.
 
 An attestor turns a caller (:class:`~s2s.agent.attestors.peercred.PeerCredentials`) into
-selectors. Its methods block (they read ``/proc``, may hash a binary) and run on the Workload
-API's attestation threads. Every selector kind an attestor produces is registered in
+selectors. ``admit`` and ``attest`` block (they read ``/proc``, may hash a binary) and run on the
+Workload API's attestation threads; ``recheck`` only reads ``/proc`` and runs on its event loop.
+Every selector kind an attestor produces is registered in
 :data:`s2s.core.selectors.SELECTOR_KINDS`, so that entries can name it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,7 +21,7 @@ __all__ = ["Attestor", "AttestorFactory", "AttestorOptions"]
 
 
 class Attestor(Protocol):
-    """Derives a caller's selectors (``UnixAttestor``); every method blocks (run in threads)."""
+    """Derives a caller's selectors (``UnixAttestor``)."""
 
     def admit(self, peer: PeerCredentials) -> PeerCredentials:
         """``peer`` as it is when its connection is accepted (``AttestationFailed``)."""
@@ -30,8 +31,13 @@ class Attestor(Protocol):
         """Selectors for a call; ``NotAuthorized`` if the caller is not the admitted process."""
         ...
 
-    def recheck(self, peer: PeerCredentials) -> None:
-        """The caller is still the admitted process (errors as ``attest``), selectors aside."""
+    def recheck(self, peer: PeerCredentials) -> Hashable:
+        """The caller is still the admitted process (errors as ``attest``), selectors aside.
+
+        Cheap (no hashing: it runs on the Workload API's event loop, on every call). Returns a
+        reading of what the selectors derive from: when two readings taken before and after an
+        :meth:`attest` are equal, later calls whose reading is equal again get that attestation's
+        selectors (for at most the re-attestation interval)."""
         ...
 
 

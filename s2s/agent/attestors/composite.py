@@ -7,7 +7,7 @@ selectors but never lets a caller past a check another attestor makes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 from s2s.agent.attestors.base import Attestor
 from s2s.agent.attestors.peercred import PeerCredentials
@@ -41,6 +41,6 @@ class CompositeAttestor:
             return self._attestors[0].attest(peer)
         return frozenset().union(*(attestor.attest(peer) for attestor in self._attestors))
 
-    def recheck(self, peer: PeerCredentials) -> None:
-        for attestor in self._attestors:
-            attestor.recheck(peer)
+    def recheck(self, peer: PeerCredentials) -> Hashable:
+        """Every attestor's reading, in order (any refusal refuses)."""
+        return tuple(attestor.recheck(peer) for attestor in self._attestors)

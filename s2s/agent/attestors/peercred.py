@@ -5,9 +5,12 @@ reads them together with the process start time (``/proc/<pid>/stat`` field 22),
 tells whether the pid still names the same process (:func:`check_same_process`: a caller that
 exited and had its pid reused fails rather than lending its identity to someone else, as SPIRE's
 peertracker does). :func:`process_image` reads what a process is now from ``/proc/<pid>``: its
-effective ids, supplementary groups and the binary it runs (path and device/inode).
+effective ids, supplementary groups and the binary it runs (path and device/inode);
+:func:`process_reading` adds the binary's full file identity (device, inode, size, change times),
+which is what a remembered ``unix:sha256`` is keyed by.
 
-Everything here blocks on ``/proc`` reads; attestors call it from worker threads.
+Everything here reads ``/proc`` (a few system calls, no file contents): attestors call it from
+worker threads, and the Workload API runs :func:`process_reading` on its event loop.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ __all__ = [
     "ProcessImage",
     "check_same_process",
     "peer_credentials",
+    "file_key",
     "process_image",
+    "process_reading",
     "process_start_time",
     "socket_peer",
 ]
@@ -63,13 +68,24 @@ class PeerCredentials:
 def process_start_time(pid: int, *, proc_root: str = "/proc") -> int:
     """Field 22 of ``/proc/<pid>/stat``; :class:`AttestationFailed` if the process is gone."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
+        data = _read(f"{proc_root}/{pid}/stat")
         # Field 2 (comm) is parenthesised and may hold spaces or ')': split after the last ')'.
-        rest = text[text.rindex(")") + 2 :].split()
+        rest = data[data.rindex(b")") + 2 :].split(None, _START_TIME_FIELD - 2)
         return int(rest[_START_TIME_FIELD - 3])
     except (OSError, ValueError, IndexError) as exc:
         raise AttestationFailed(f"cannot read the start time of process {pid}: {exc}") from exc
+
+
+def _read(path: str) -> bytes:
+    """The whole of a small ``/proc`` file (os.read: no buffered file object per call)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, 4096)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 65536))
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def socket_peer(sock: socket.socket) -> tuple[int, int, int]:
@@ -95,14 +111,24 @@ def process_image(
 ) -> ProcessImage:
     """The process's image now; its effective ids must still be the connect-time ones
     (:class:`AttestationFailed` otherwise, or when ``/proc`` cannot be read)."""
+    return process_reading(peer, proc_root=proc_root, with_binary=with_binary)[0]
+
+
+def process_reading(
+    peer: PeerCredentials, *, proc_root: str = "/proc", with_binary: bool = True
+) -> tuple[ProcessImage, tuple[int, ...] | None]:
+    """:func:`process_image` and the file identity of the binary (``st_dev``, ``st_ino``,
+    ``st_size``, ``st_mtime_ns``, ``st_ctime_ns``; ``None`` without ``with_binary``)."""
     status = _status(peer.pid, proc_root)
-    if _effective(status, "Uid") != peer.uid or _effective(status, "Gid") != peer.gid:
+    if _effective(status, b"Uid") != peer.uid or _effective(status, b"Gid") != peer.gid:
         raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
     exe: str | None = None
-    binary: tuple[int, int] | None = None
+    key: tuple[int, ...] | None = None
     if with_binary:
-        exe, binary = _binary(peer.pid, proc_root)
-    return ProcessImage(peer.uid, peer.gid, _groups(status), exe, binary)
+        exe, key = _binary(peer.pid, proc_root)
+    binary = (key[0], key[1]) if key is not None else None
+    image = ProcessImage(peer.uid, peer.gid, _groups(status), exe, binary)
+    return image, key
 
 
 def check_same_process(peer: PeerCredentials, *, proc_root: str = "/proc") -> None:
@@ -113,35 +139,51 @@ def check_same_process(peer: PeerCredentials, *, proc_root: str = "/proc") -> No
         raise AttestationFailed(f"process {peer.pid} exited; its pid now names another process")
 
 
-def _status(pid: int, proc_root: str) -> dict[str, str]:
+def _status(pid: int, proc_root: str) -> bytes:
     try:
-        with open(f"{proc_root}/{pid}/status", "rb") as f:
-            lines = f.read().decode("utf-8", "replace").splitlines()
+        return b"\n" + _read(f"{proc_root}/{pid}/status")
     except OSError as exc:
         raise AttestationFailed(f"cannot read the status of process {pid}: {exc}") from exc
-    return dict(line.partition(":")[::2] for line in lines)
 
 
-def _binary(pid: int, proc_root: str) -> tuple[str, tuple[int, int]]:
-    """Path and (device, inode) of the binary process ``pid`` runs."""
+def _line(status: bytes, key: bytes) -> bytes | None:
+    """The value of line ``key:`` of a status text (``status`` starts with a newline)."""
+    start = status.find(b"\n" + key + b":")
+    if start < 0:
+        return None
+    start += len(key) + 2
+    end = status.find(b"\n", start)
+    return status[start:] if end < 0 else status[start:end]
+
+
+def file_key(st: os.stat_result) -> tuple[int, ...]:
+    """What tells one version of a file from another: device, inode, size, change times."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _binary(pid: int, proc_root: str) -> tuple[str, tuple[int, ...]]:
+    """Path and :func:`file_key` of the binary process ``pid`` runs."""
     exe = f"{proc_root}/{pid}/exe"
     try:
         path = os.readlink(exe)
         st = os.stat(exe)
     except OSError as exc:
         raise AttestationFailed(f"cannot read the binary path of process {pid}: {exc}") from exc
-    return path, (st.st_dev, st.st_ino)
+    return path, file_key(st)
 
 
-def _effective(status: dict[str, str], key: str) -> int:
+def _effective(status: bytes, key: bytes) -> int:
     try:
-        return int(status[key].split()[1])  # real, effective, saved, filesystem
+        line = _line(status, key)
+        if line is None:
+            raise KeyError(key)
+        return int(line.split()[1])  # real, effective, saved, filesystem
     except (KeyError, IndexError, ValueError) as exc:
-        raise AttestationFailed(f"malformed {key} line in /proc status") from exc
+        raise AttestationFailed(f"malformed {key.decode()} line in /proc status") from exc
 
 
-def _groups(status: dict[str, str]) -> tuple[int, ...]:
+def _groups(status: bytes) -> tuple[int, ...]:
     try:
-        return tuple(sorted({int(g) for g in status.get("Groups", "").split()}))
+        return tuple(sorted({int(g) for g in (_line(status, b"Groups") or b"").split()}))
     except ValueError as exc:
         raise AttestationFailed("malformed Groups line in /proc status") from exc

@@ -32,7 +32,7 @@ import os
 import pwd
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 
 from s2s.agent.attestors.base import AttestorOptions
@@ -40,7 +40,9 @@ from s2s.agent.attestors.peercred import (
     PeerCredentials,
     ProcessImage,
     check_same_process,
+    file_key,
     process_image,
+    process_reading,
 )
 from s2s.core.errors import AttestationFailed, InvalidConfig, NotAuthorized
 from s2s.core.selectors import Selector
@@ -130,13 +132,19 @@ class UnixAttestor:
         self._check_same_process(peer)
         return frozenset(out)
 
-    def recheck(self, peer: PeerCredentials) -> None:
+    def recheck(self, peer: PeerCredentials) -> Hashable:
         """What :meth:`attest` checks about the caller, without deriving selectors: the process
-        still has its admitted image and start time (errors as :meth:`attest`). Selectors
-        derive from that image, so ones obtained earlier for ``peer`` still hold (bar renamed
-        accounts, which the next :meth:`attest` picks up)."""
-        _held_to_admission(peer, self._image(peer))
-        self._check_same_process(peer)
+        still has its admitted image and start time (errors as :meth:`attest`). Returns the
+        reading the selectors derive from (the image and the binary's file identity): selectors
+        obtained for ``peer`` when an equal reading was taken before and after still hold (bar
+        renamed accounts, which the next :meth:`attest` picks up). A few ``/proc`` reads and no
+        hashing, cheap enough for every call."""
+        reading = process_reading(
+            peer, proc_root=self._proc, with_binary=self._config.discover_path
+        )
+        _held_to_admission(peer, reading[0])
+        self._check_same_process(peer)  # last: what was read above was this process
+        return reading
 
     def _image(self, peer: PeerCredentials) -> ProcessImage:
         """The process's image now; its effective ids must still be the connect-time ones."""
@@ -148,7 +156,7 @@ class UnixAttestor:
         limit = self._config.sha256_max_bytes
         try:
             with open(f"{self._proc}/{pid}/exe", "rb") as f:
-                before = _file_key(os.fstat(f.fileno()))
+                before = file_key(os.fstat(f.fileno()))
                 if before[:2] != image.binary:
                     raise AttestationFailed(f"process {pid} exec'd while it was attested")
                 if (cached := self._cached_hash(before)) is not None:
@@ -157,7 +165,7 @@ class UnixAttestor:
                     log.info("attest.sha256_skipped", extra={"pid": pid, "size": before[2]})
                     return None
                 digest = hashlib.file_digest(f, "sha256").hexdigest()
-                after = _file_key(os.fstat(f.fileno()))
+                after = file_key(os.fstat(f.fileno()))
         except OSError as exc:
             raise AttestationFailed(f"cannot hash the binary of process {pid}: {exc}") from exc
         if after != before:
@@ -206,10 +214,6 @@ def _what_changed(before: ProcessImage, now: ProcessImage) -> str:
     if before.groups != now.groups:
         return "its supplementary groups changed after it connected"
     return "its uid or gid changed after it connected"
-
-
-def _file_key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _user_name(uid: int) -> str | None:
