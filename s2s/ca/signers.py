@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import cast
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     PublicKeyTypes,
 )
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import SignatureAlgorithmOID
 
 from s2s.ca.keys import KeyEncryptionKey, SigningKey
 from s2s.core.b64 import b64url_encode
@@ -30,7 +32,7 @@ from s2s.core.jwtsvid import build_jwt_claims
 from s2s.core.spiffe_id import SpiffeId
 from s2s.core.x509leaf import LeafLayout
 from s2s.core.x509svid import X509Svid
-from s2s.core.x509templates import check_public_key, is_rsa_public_key
+from s2s.core.x509templates import check_public_key, is_ec_public_key, is_rsa_public_key
 from s2s.log import F
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
 
@@ -276,12 +278,31 @@ def parse_csr(csr_der: bytes) -> CertificateIssuerPublicKeyTypes:
         raise InvalidRequest(f"the CSR key cannot be used: {exc}") from exc
     check_public_key(public_key)
     try:
-        valid = csr.is_signature_valid
+        valid = _csr_signature_valid(csr, public_key)
     except Exception as exc:
         raise InvalidRequest(f"the CSR signature cannot be checked: {exc}") from exc
     if not valid:
         raise InvalidRequest("the CSR signature does not verify (it must be signed by its own key)")
     return cast(ec.EllipticCurvePublicKey | rsa.RSAPublicKey, public_key)  # check_public_key
+
+
+def _csr_signature_valid(csr: x509.CertificateSigningRequest, public_key: object) -> bool:
+    """``csr.is_signature_valid``; for ECDSA with SHA-256/384 the key parsed above verifies it
+    directly (``is_signature_valid`` parses the key a second time: ~9 us of ~80)."""
+    ecdsa = _CSR_ECDSA.get(csr.signature_algorithm_oid)
+    if ecdsa is None or not is_ec_public_key(public_key):
+        return csr.is_signature_valid
+    try:
+        public_key.verify(csr.signature, csr.tbs_certrequest_bytes, ecdsa)
+    except InvalidSignature:
+        return False
+    return True
+
+
+_CSR_ECDSA = {
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: ec.ECDSA(hashes.SHA256()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: ec.ECDSA(hashes.SHA384()),
+}
 
 
 def check_audiences(audience: Sequence[str]) -> tuple[str, ...]:
