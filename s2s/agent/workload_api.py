@@ -142,6 +142,7 @@ class WorkloadApiServer:
         self._proxy: PeerTaggingProxy | None = None
         self._server: grpc.aio.Server | None = None
         self._rechecks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._memo = msg.ResponseMemo()
 
     @property
     def socket_path(self) -> str:
@@ -246,20 +247,20 @@ class WorkloadApiServer:
             if not svids:
                 raise NotAuthorized("no identity issued")
             bundles = self._provider.bundles_for(selectors)
-            return msg.x509_svid_response(svids, bundles, self._provider.crls())
+            return self._memo.get(msg.x509_svid_response, svids, bundles, self._provider.crls())
 
         return self._watch(ctx, build)
 
     def _x509_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
         def build(selectors: frozenset[Selector]) -> bytes:
             bundles = self._provider.bundles_for(selectors)
-            return msg.x509_bundles_response(bundles, self._provider.crls())
+            return self._memo.get(msg.x509_bundles_response, bundles, self._provider.crls())
 
         return self._bundles_stream(ctx, build)
 
     def _jwt_bundles(self, _req: Any, ctx: Ctx) -> AsyncIterator[bytes]:
         def build(selectors: frozenset[Selector]) -> bytes:
-            return msg.jwt_bundles_response(self._provider.bundles_for(selectors))
+            return self._memo.get(msg.jwt_bundles_response, self._provider.bundles_for(selectors))
 
         return self._bundles_stream(ctx, build)
 

@@ -7,7 +7,8 @@ that a stream can drop a message identical to the one it sent last.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 from s2s.core.bundle import BundleSet
@@ -16,6 +17,7 @@ from s2s.core.x509svid import X509Svid
 from s2s.workload_proto import workload_pb2 as pb
 
 __all__ = [
+    "ResponseMemo",
     "jwt_bundles_response",
     "jwt_identities",
     "jwt_svid_response",
@@ -23,6 +25,37 @@ __all__ = [
     "x509_bundles_response",
     "x509_svid_response",
 ]
+
+MEMO_ENTRIES = 64
+
+
+class ResponseMemo:
+    """Responses encoded once per set of inputs: a rotation pushed to many streams, or many calls
+    between two changes, encode once.
+
+    Inputs are recognised by identity (the provider hands out the same SVID, bundle and CRL
+    objects until they change; a tuple argument by the identities of its items), so an answer is
+    reused only for exactly the objects it was built from, whatever made the caller pick them
+    (expiry included). Entries hold their inputs, so an identity cannot be reused by another
+    object while its entry lives; the ``max_entries`` most recently used are kept.
+    """
+
+    def __init__(self, max_entries: int = MEMO_ENTRIES) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[Hashable, tuple[tuple[Any, ...], bytes]] = OrderedDict()
+
+    def get(self, build: Callable[..., bytes], *args: Any) -> bytes:
+        """``build(*args)``, or what it returned before for the same objects."""
+        key = (build, *(tuple(map(id, a)) if isinstance(a, tuple) else id(a) for a in args))
+        hit = self._entries.get(key)
+        if hit is not None:
+            self._entries.move_to_end(key)
+            return hit[1]
+        data = build(*args)
+        self._entries[key] = (args, data)
+        if len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+        return data
 
 
 def x509_svid_response(
