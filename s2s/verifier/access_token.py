@@ -21,6 +21,7 @@ at ``exp``, the whole cache cleared when either snapshot changes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import threading
@@ -86,6 +87,7 @@ REJECTION_REASONS = (
     "scope", "cnf", "signature", "revoked", "too-large", "revocations-stale",
 )  # fmt: skip
 _Certificate = bytes | x509.Certificate | None
+_HEADER_MEMO = 256  # header segments that passed their checks, remembered (an AS has a few)
 
 
 def certificate_thumbprint(certificate: bytes | x509.Certificate) -> str:
@@ -196,6 +198,7 @@ class AccessTokenValidator:
         self._max_bytes = max_token_bytes
         self._metrics = metrics if metrics is not None else default_access_token_metrics()
         self._cache: TokenCache[AccessToken] = TokenCache(cache_size)
+        self._headers: dict[str, tuple[str, str]] = {}
 
     @property
     def cache_hits(self) -> int:
@@ -257,8 +260,13 @@ class AccessTokenValidator:
         self, token: str, now: datetime, keys: SigningKeySet, revocations: RevocationSet
     ) -> AccessToken:
         head, body, sig = split_compact(token)
-        header = json_object(b64decode(head), "header")
-        alg, kid = _check_header(header)
+        alg_kid = self._headers.get(head)
+        if alg_kid is None:  # the result depends on the segment alone; only a pass is kept
+            alg_kid = _check_header(json_object(b64decode(head), "header"))
+            if len(self._headers) >= _HEADER_MEMO:
+                self._headers.clear()
+            self._headers[head] = alg_kid
+        alg, kid = alg_kid
         claims = json_object(b64decode(body), "claims")
         checked = self._check_claims(claims, now)
         key = keys.get(kid)
@@ -288,7 +296,7 @@ class AccessTokenValidator:
             jti=jti,
             thumbprint=_confirmation(claims),
             spiffe_id=_spiffe_id(subject),
-            claims=MappingProxyType(dict(claims)),
+            claims=MappingProxyType(claims),  # a fresh dict from the token, referenced nowhere else
         )
 
     def _check_binding(self, token: AccessToken, peer_certificate: _Certificate) -> None:
@@ -354,9 +362,14 @@ def _spiffe_id(subject: str) -> SpiffeId | None:
     if not subject.startswith("spiffe://"):
         return None
     try:
-        return SpiffeId.parse(subject)
+        return _parse_spiffe_id(subject)
     except InvalidSpiffeId:
         raise InvalidToken("the token subject is not a valid SPIFFE ID", reason="sub") from None
+
+
+@functools.lru_cache(maxsize=1024)  # a resource server sees a few clients again and again
+def _parse_spiffe_id(subject: str) -> SpiffeId:
+    return SpiffeId.parse(subject)
 
 
 def _check_revocation(revocations: RevocationSet, token: AccessToken) -> None:

@@ -357,3 +357,40 @@ def test_rejections_and_acceptances_are_counted(
     assert metrics.rejection_count("aud") == 1
     assert metrics.rejection_count("typ") == 1
     assert metrics.rejection_count("cnf") == 0
+
+
+def _uncached(
+    keys: TestTokenIssuer, clock: FakeClock, revocations: StaticRevocations
+) -> AccessTokenValidator:
+    return AccessTokenValidator(
+        keys.key_set(), issuer=ISSUER, audience=AUDIENCE, revocations=revocations, clock=clock,
+        cache_size=0,
+    )  # fmt: skip
+
+
+def test_a_remembered_header_still_needs_its_key_and_a_valid_signature(
+    keys: TestTokenIssuer, fake_clock: FakeClock, revocations: StaticRevocations
+) -> None:
+    """Header segments that passed their checks are remembered (uncached validation); what they
+    stand for is still checked on every token: the key by kid, the signature, the claims."""
+    validator = _uncached(keys, fake_clock, revocations)
+    assert validator.validate(keys.mint()).subject == CLIENT
+    forged = keys.mint(key=ec.generate_private_key(ec.SECP256R1()))  # same header, other key
+    assert reason_of(validator, forged) == "signature"
+    assert reason_of(validator, keys.mint(aud="https://other.example.org")) == "aud"
+    other_kid = TestTokenIssuer(clock=fake_clock, kid="as-2")
+    assert reason_of(validator, other_kid.mint()) == "kid"
+    # a header that failed is not remembered: the same segment fails again
+    bad = keys.mint(headers={"typ": "JWT"})
+    assert reason_of(validator, bad) == "typ"
+    assert reason_of(validator, bad) == "typ"
+    assert validator.validate(keys.mint()).subject == CLIENT
+
+
+def test_the_header_memo_is_bounded(
+    keys: TestTokenIssuer, fake_clock: FakeClock, revocations: StaticRevocations
+) -> None:
+    validator = _uncached(keys, fake_clock, revocations)
+    for i in range(300):
+        assert validator.validate(keys.mint(headers={"x-n": i})).subject == CLIENT
+    assert 0 < len(validator._headers) <= 256
