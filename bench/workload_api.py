@@ -185,10 +185,15 @@ async def _serve(kind: str, path: str) -> None:
     svids = [authority.issue_x509_svid("spiffe://example.org/bench") for _ in range(2)]
     provider.put("bench", selectors, svids[0])
     stop: Any
-    if kind == "s2s":
-        server = WorkloadApiServer(provider=provider, attestor=UnixAttestor(), socket_path=path)
+    if kind in ("s2s", "s2s-noattest"):
+        attestor = UnixAttestor() if kind == "s2s" else _NoAttestation(selectors[0])
+        server = WorkloadApiServer(provider=provider, attestor=attestor, socket_path=path)
         await server.start()
         stop = server.stop
+    elif kind == "grpclib":
+        from bench.workload_grpclib import serve_grpclib  # noqa: PLC0415 (optional package)
+
+        stop = await serve_grpclib(provider, path)
     else:
         plain = await _plain_server(provider, path)
         stop = plain.stop
@@ -201,13 +206,35 @@ async def _serve(kind: str, path: str) -> None:
     await stop(None)
 
 
-async def _plain_server(provider: Any, path: str) -> grpc.aio.Server:
-    """The same responses, pre-built, from a bare grpc.aio server (no proxy, no attestation)."""
+class _NoAttestation:
+    """An attestor that looks at nothing (diagnostic kind ``s2s-noattest``: what the front proxy
+    and the gRPC frame cost without attestation). Never a product configuration."""
+
+    def __init__(self, selector: str) -> None:
+        self._selectors = frozenset({Selector.parse(selector)})
+
+    def admit(self, peer: Any) -> Any:
+        return peer
+
+    def attest(self, _peer: Any) -> frozenset[Selector]:
+        return self._selectors
+
+    def recheck(self, _peer: Any) -> None:
+        return None
+
+
+async def prebuilt(provider: Any) -> tuple[bytes, bytes]:
+    """The FetchX509SVID and FetchJWTSVID answers the bare servers send (built once)."""
     svids = provider.svids_for(frozenset({Selector.parse(f"unix:uid:{os.getuid()}")}))
     x509 = msg.x509_svid_response(svids, provider.bundles(), ())
     sid = SpiffeId.parse("spiffe://example.org/bench")
     token = await provider.fetch_jwt_svid(sid, ("bench",))
-    jwt_resp = msg.jwt_svid_response([(sid, "")], [token]).SerializeToString()
+    return x509, msg.jwt_svid_response([(sid, "")], [token]).SerializeToString()
+
+
+async def _plain_server(provider: Any, path: str) -> grpc.aio.Server:
+    """The same responses, pre-built, from a bare grpc.aio server (no proxy, no attestation)."""
+    x509, jwt_resp = await prebuilt(provider)
 
     async def fetch_x509(_req: bytes, _ctx: Any) -> Any:
         version = provider.version

@@ -1,0 +1,172 @@
+"""Workload API latency against concurrency, and the server's CPU per call, beside alternatives.
+
+``python -m bench.workload_curve [--quick] [--runs 3] [--kinds s2s,plain,...] [--save FILE.json]
+[--load FILE.json] [--plot PNG]``
+
+Kinds (each server in its own process, the clients in this one, as ``bench.workload_api``):
+
+* ``s2s``: ``WorkloadApiServer`` (front proxy, SO_PEERCRED, attestation, a static provider);
+* ``s2s-noattest``: the same server with an attestor that looks at nothing: what the front proxy
+  and the gRPC call frame cost without attestation (a diagnostic, never a product setting);
+* ``plain``: a bare grpc.aio server sending the same bytes, pre-built (the baseline);
+* ``grpclib``: a bare grpclib server sending the same bytes (only if grpclib is installed).
+
+Each run starts every kind's server, then measures every (call, concurrency) point on each kind
+in turn, so the kinds share the machine's conditions. Per point: p50 and p99 latency (channel
+already connected, one connection per client) and the server process's CPU time (user + system,
+all its threads) per call. The medians of the runs are printed as Markdown; ``--plot`` draws p50
+and p99 against concurrency (matplotlib, the ``bench`` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from bench._harness import percentiles
+from bench.workload_api import _call_x509, _jwt_caller, _jwt_request, _measure, _Server
+
+CLIENTS = (1, 3, 10, 30, 100)
+CALLS = ("FetchX509SVID", "FetchJWTSVID")
+Point = dict[str, float]  # p50_ms, p99_ms, cpu_us
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _calls_per_client(clients: int, quick: bool) -> int:
+    total = 200 if quick else 1500
+    return max(total // clients, 3)
+
+
+def measure_run(kinds: list[str], quick: bool) -> dict[str, Point]:
+    servers = {kind: _Server(kind) for kind in kinds}
+    callers = {"FetchX509SVID": _call_x509, "FetchJWTSVID": _jwt_caller(_jwt_request())}
+    out: dict[str, Point] = {}
+    try:
+        for call in CALLS:
+            for clients in CLIENTS:
+                for kind, srv in servers.items():
+                    n = _calls_per_client(clients, quick)
+                    cpu0 = _cpu_seconds(srv.proc.pid)
+                    samples = asyncio.run(_measure(srv.path, callers[call], clients, n))
+                    cpu = _cpu_seconds(srv.proc.pid) - cpu0
+                    # The warm-up calls (one per client) are in the CPU time too.
+                    per_call = cpu / (len(samples) + clients)
+                    p50, p99 = percentiles(samples, 50, 99)
+                    out[f"{call}/{clients}/{kind}"] = {
+                        "p50_ms": p50 * 1e3,
+                        "p99_ms": p99 * 1e3,
+                        "cpu_us": per_call * 1e6,
+                    }
+    finally:
+        for srv in servers.values():
+            srv.close()
+    return out
+
+
+def medians(runs: list[dict[str, Point]]) -> dict[str, Point]:
+    keys = runs[0].keys()
+    return {
+        k: {m: statistics.median(r[k][m] for r in runs) for m in runs[0][k]}
+        for k in keys
+        if all(k in r for r in runs)
+    }
+
+
+def table(runs: list[dict[str, Point]], kinds: list[str]) -> str:
+    med = medians(runs)
+    head = " | ".join(f"{k} p50 / p99 ms, CPU us/call" for k in kinds)
+    lines = [f"| call | clients | {head} | s2s / plain p50, p99 |", "|---" * (len(kinds) + 3) + "|"]
+    for call in CALLS:
+        for clients in CLIENTS:
+            cells = []
+            for kind in kinds:
+                p = med.get(f"{call}/{clients}/{kind}")
+                cells.append(
+                    f"{p['p50_ms']:.2f} / {p['p99_ms']:.2f}, {p['cpu_us']:.0f}" if p else "-"
+                )
+            s2s, plain = med.get(f"{call}/{clients}/s2s"), med.get(f"{call}/{clients}/plain")
+            ratio = (
+                f"{s2s['p50_ms'] / plain['p50_ms']:.2f}, {s2s['p99_ms'] / plain['p99_ms']:.2f}"
+                if s2s and plain
+                else "-"
+            )
+            lines.append(f"| {call} | {clients} | {' | '.join(cells)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Point]], kinds: list[str], png: Path) -> None:
+    import matplotlib  # noqa: PLC0415 (the bench extra; nothing else needs it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    med = medians(runs)
+    colors = {"s2s": "#3366aa", "s2s-noattest": "#88aadd", "plain": "#aa3333", "grpclib": "#33aa66"}
+    fig, axes = plt.subplots(1, len(CALLS), figsize=(13, 5))
+    for ax, call in zip(axes, CALLS, strict=True):
+        for kind in kinds:
+            xs = [c for c in CLIENTS if f"{call}/{c}/{kind}" in med]
+            for metric, style in (("p50_ms", "-"), ("p99_ms", ":")):
+                ys = [med[f"{call}/{c}/{kind}"][metric] for c in xs]
+                label = f"{kind} {metric.removesuffix('_ms')}"
+                ax.plot(xs, ys, style, marker="o", color=colors.get(kind, "gray"), label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients (one connection each)")
+        ax.set_ylabel("latency per call, ms")
+        ax.set_title(f"{call}, median of {len(runs)} runs")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--kinds", default="s2s,s2s-noattest,plain,grpclib")
+    parser.add_argument("--save", type=Path)
+    parser.add_argument("--load", type=Path, help="print/plot saved results instead of measuring")
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k != "grpclib" or _has_grpclib()]
+    runs: list[dict[str, Any]]
+    if args.load:
+        saved = json.loads(args.load.read_text())
+        runs, kinds = saved["runs"], saved["kinds"]
+    else:
+        runs = []
+        for i in range(args.runs):
+            start = time.monotonic()
+            runs.append(measure_run(kinds, args.quick))
+            print(f"run {i + 1}: {time.monotonic() - start:.0f} s", flush=True)
+    if args.save:
+        args.save.write_text(json.dumps({"kinds": kinds, "runs": runs}, indent=1))
+    print(table(runs, kinds))
+    if args.plot:
+        plot(runs, kinds, args.plot)
+    return 0
+
+
+def _has_grpclib() -> bool:
+    try:
+        import grpclib  # noqa: F401, PLC0415
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
