@@ -1,0 +1,124 @@
+"""The fleet benchmark's tables (Markdown) and their place in bench/RESULTS.md (section Fleet)."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADING = "## Fleet (`python -m bench.fleet`)"
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:,.2f}"
+
+
+def _lat(p: Any) -> str:
+    p50, p99, n = p
+    return "-" if not n else f"{p50 * 1000:,.0f} / {p99 * 1000:,.0f}"
+
+
+def render(m: dict[str, Any]) -> str:
+    shape, base = m["shape"], {int(k): v for k, v in m["baseline"].items()}
+    lines = [
+        HEADING,
+        "",
+        f"Run {m['date']}, {'--quick' if m['quick'] else 'full form'}, {m['wall_seconds']:.0f} s"
+        f" wall. {shape['agents']} simulated agents ({shape['processes']} processes, one aiohttp"
+        f" session and agent SVID each, real mTLS to the agent API) with {shape['entries']} live"
+        f" entries each; the rest of the registry is dormant entries (a parent nobody runs),"
+        " and the store holds registry/10 revoked JWT ids, so the revocation set every"
+        " revocation long-poll answer carries grows with the registry."
+        f" SVID lifetime {shape['ttl']} s to compress time (renewal at half-life +-10%: the fleet"
+        f" asks {shape['agents'] * shape['entries'] / (shape['ttl'] / 2):.1f} renewals/s, as"
+        f" {shape['agents'] * shape['entries'] * 300 // shape['ttl']:,} workloads with 5-minute"
+        " SVIDs would). A 3-member etcd cluster on loopback; CA replicas are `s2s-ca serve`"
+        " processes; the machine has 2 cores shared with everything else (CA, etcd, agents and"
+        " other engineers' work), so latencies include run-queue waits.",
+        "",
+        "In-process baseline (same run, `Issuer.sign_x509_svids` on SQLite, process CPU): "
+        + ", ".join(f"{_ms(v)} ms per SVID at batch {k}" for k, v in sorted(base.items()))
+        + ".",
+        "",
+        "**Cost per CA replica** (CPU from /proc/PID/stat; renewals = that replica's"
+        ' `s2s_ca_svids_issued_total{kind="x509"}`; idle = CPU with no agent connected (its'
+        " loops, etcd watches, our /metrics scrapes); all-in = CPU / renewals; marginal = (CPU -"
+        " idle) / renewals, compared with the in-process cost at the fleet's batch size; per"
+        " change / revocation: CPU beyond idle and the renewals signed meanwhile)",
+        "",
+        "| registry | replicas | replica | idle CPU % | renewals/s | CPU ms/renewal all-in |"
+        " marginal | x in-process | CPU ms/entry change | CPU ms/revocation | RSS MB |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in m["configs"]:
+        s, ch, rv = c["steady"], c["changes"], c["revocations"]
+        ref = base.get(max(1, round(s["batch"])), base[1])
+        for name in s["cpu"]:
+            rate = s["x509"][name] / s["seconds"]
+            per = s["cpu_per_renewal"][name]
+            lines.append(
+                f"| {c['size']:,} | {c['replicas']} | {name} | {c['idle'][name] * 100:.1f} |"
+                f" {rate:.1f} | {_ms(s['cpu_per_renewal_all'][name])} | {_ms(per)} |"
+                f" {per / ref:.2f} | {_ms(ch['cpu_per_change'].get(name, math.nan))} |"
+                f" {_ms(rv['cpu_per_revocation'].get(name, math.nan))} |"
+                f" {s['rss_mb'].get(name, math.nan):.0f} |"
+            )
+    lines += [
+        "",
+        "**Fan-out and etcd** (latencies p50 / p99 in ms; an entry change is the creation of"
+        " an entry for one random simulated agent; long-poll answers per change: how many"
+        " agents the change woke, fleet-wide)",
+        "",
+        "| registry | replicas | phase | entry change -> agent | long-poll answers/change |"
+        " revocation -> each subscriber | -> all N | etcd req/s | etcd KB/s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for c in m["configs"]:
+        rows = [("steady", c["steady"], None, None)]
+        rows.append(("changes + revocations", c["changes"], c["changes"], c["revocations"]))
+        if "failover" in c:
+            rows.append(("after a replica was killed", c["after_changes"], c["after_changes"],
+                         c["after_revocations"]))  # fmt: skip
+        for phase, d, ch, rv in rows:
+            change = _lat(ch["latency"]) if ch else "-"
+            answers = f"{ch['answers_per_change']:.0f}" if ch else "-"
+            each = f"{_lat(rv['latency'])} (n={c['agents']})" if rv else "-"
+            every = _lat(rv["to_all"]) if rv else "-"
+            lines.append(
+                f"| {c['size']:,} | {c['replicas']} | {phase} | {change} | {answers} | {each} |"
+                f" {every} | {d['etcd_rps']:,.0f} | {d['etcd_bps'] / 1024:,.0f} |"
+            )
+    lines += [
+        "",
+        "**Replica killed mid-run** (SIGKILL of the last replica, then one whole SVID lifetime"
+        " on the survivors; JWT-SVIDs minted throughout)",
+        "",
+        "| registry | replicas | killed | renewals | failed attempts (retried) | SVIDs expired |"
+        " JWT-SVIDs/s before |",
+        "|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for c in m["configs"]:
+        if "failover" not in c:
+            continue
+        f = c["failover"]["fleet"]
+        lines.append(
+            f"| {c['size']:,} | {c['replicas']} | {c['failover']['killed']} |"
+            f" {f.get('renewals', 0):,.0f} | {f.get('renew_failures', 0):,.0f} |"
+            f" {f.get('expired', 0):,.0f} | {c['jwt']['jwt_per_s']:.1f} |"
+        )
+    total_expired = sum(c["fleet_total"].get("expired", 0) for c in m["configs"])
+    lines += ["", f"SVIDs expired before their replacement, whole run: {total_expired:.0f}.", ""]
+    return "\n".join(lines)
+
+
+def write_results(text: str, path: Path = RESULTS) -> None:
+    """Replace the Fleet section of RESULTS.md (or append it)."""
+    current = path.read_text()
+    pattern = re.compile(re.escape(HEADING) + r".*?(?=\n## |\Z)", re.S)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _m: text.rstrip("\n") + "\n", current, count=1)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+    path.write_text(updated)
