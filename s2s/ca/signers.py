@@ -125,7 +125,7 @@ class X509Signer:
     chain: tuple[x509.Certificate, ...]
     # (SPIFFE ID, DNS names, RSA key?) -> the leaf layout under this intermediate (a memo)
     layouts: dict[tuple[SpiffeId, tuple[str, ...], bool], LeafLayout] = field(
-        default_factory=dict, compare=False, repr=False
+        default_factory=dict, init=False, compare=False, repr=False
     )
 
     @property
@@ -155,7 +155,7 @@ class X509Signer:
             raise InvalidRequest("dns_names must be a sequence of names, not one string")
         template = (spiffe_id, tuple(dns_names), is_rsa_public_key(public_key))
         layout = self.layouts.get(template)
-        if layout is None:
+        if layout is None or layout.issuer is not self.certificate:  # never another issuer's
             layout = self._layout(template, now)
         cert = layout.issue(
             public_key,

@@ -3,6 +3,7 @@ bounded, and never carried over to the next intermediate."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import pytest
@@ -95,3 +96,29 @@ async def test_dns_names_that_are_not_a_sequence_of_strings_are_refused(
             dns_names=dns_names,  # type: ignore[arg-type]
         )
     assert not ca.authority.x509_signer.layouts
+
+
+async def test_a_copied_signer_does_not_share_layouts(ca: Ca) -> None:
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()))
+    ca.issuer.sign_csr(csr, spiffe_id=BILLING, ttl=dt.timedelta(minutes=5))
+    signer = ca.authority.x509_signer
+    assert signer.layouts
+    copy = dataclasses.replace(signer)
+    assert copy.layouts == {}
+    assert copy.layouts is not signer.layouts
+
+
+async def test_a_layout_of_another_issuer_is_never_used(ca: Ca) -> None:
+    csr = make_csr(ec.generate_private_key(ec.SECP256R1()))
+    ca.issuer.sign_csr(csr, spiffe_id=BILLING, ttl=dt.timedelta(minutes=5))
+    first = ca.authority.x509_signer
+    ca.clock.advance(12 * HOUR + dt.timedelta(minutes=1))
+    await ca.authority.rotate_if_due()
+    ca.clock.advance(8 * HOUR)
+    assert await ca.authority.rotate_if_due() is True
+    second = ca.authority.x509_signer
+    second.layouts.update(first.layouts)  # the old intermediate's layout under the same key
+    svid = ca.issuer.sign_csr(csr, spiffe_id=BILLING, ttl=dt.timedelta(minutes=5))
+    svid.leaf.verify_directly_issued_by(second.certificate)
+    assert svid.leaf.issuer == second.certificate.subject
+    assert all(layout.issuer is second.certificate for layout in second.layouts.values())
