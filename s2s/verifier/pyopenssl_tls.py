@@ -143,7 +143,12 @@ class PyOpenSSLContext:
     def _build(self, snapshot: X509Context) -> SSL.Context:
         ctx = SSL.Context(SSL.TLS_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+        ctx.set_options(
+            SSL.OP_NO_TICKET
+            | SSL.OP_NO_COMPRESSION
+            | SSL.OP_CIPHER_SERVER_PREFERENCE
+            | SSL.OP_NO_RENEGOTIATION  # the peer checked in the handshake stays the peer
+        )
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         ctx.set_cipher_list(CIPHERS)
         set_stdlib_groups(ctx)
@@ -310,6 +315,7 @@ class TlsProtocol(asyncio.Protocol):
         self._read_paused = False
         self._closing = False
         self._eof = False
+        self._eof_told = False
 
     # -- from the socket transport ------------------------------------------------------------
 
@@ -490,6 +496,11 @@ class TlsProtocol(asyncio.Protocol):
         app = self.app
         if app is None or not isinstance(app, asyncio.Protocol):
             return
+        if self._eof_told:  # close_notify, then the socket's EOF: tell the application once
+            if self._eof:
+                self.close()
+            return
+        self._eof_told = True
         keep_open = app.eof_received()
         if not keep_open or self._eof:
             self.close()

@@ -488,3 +488,52 @@ async def test_our_client_rejects_s_server(case: str, metrics: PeerMetrics, tmp_
         await _with_s_server(files, lambda port: _connect_peer(port, ctx))
     assert info.value.reason == case
     assert metrics.rejection_count(case) == 1
+
+
+async def test_close_notify_then_eof_reaches_the_application_once(ca: TestAuthority) -> None:
+    server_ctx = _context("pyopenssl", True, source_of(ca.issue_x509_svid(LOCAL), ca.bundle()))
+    client_ctx = _context("pyopenssl", False, source_of(ca.issue_x509_svid(PEER), ca.bundle()))
+    assert isinstance(server_ctx, PyOpenSSLContext)
+    assert isinstance(client_ctx, PyOpenSSLContext)
+    loop = asyncio.get_running_loop()
+    lost: asyncio.Future[Exception | None] = loop.create_future()
+
+    class Counting(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.data, self.eofs = b"", 0
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+            self.transport.write(data)  # echo
+
+        def eof_received(self) -> bool:
+            self.eofs += 1
+            return True  # keep our side open: the transport still closes on the socket's EOF
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.set_result(exc)
+
+    seen: list[Counting] = []
+
+    def app() -> Counting:
+        seen.append(Counting())
+        return seen[-1]
+
+    server = await loop.create_server(
+        pyopenssl_tls.server_protocol_factory(server_ctx, app), "127.0.0.1", 0
+    )
+    try:
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await pyopenssl_tls.open_connection("127.0.0.1", port, context=client_ctx)
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.readexactly(5), 10) == b"hello"
+        writer.close()  # close_notify, then FIN
+        assert await asyncio.wait_for(lost, 10) is None
+        assert (seen[0].data, seen[0].eofs) == (b"hello", 1)
+    finally:
+        server.close()
+        await server.wait_closed()
