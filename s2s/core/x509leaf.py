@@ -155,14 +155,9 @@ class LeafLayout:
         of another trust domain, a bad DNS name) and :class:`InvalidSvid` if the sample breaks
         the profile (our bug).
         """
-        sample_key: CertificateIssuerPublicKeyTypes = (
-            rsa.generate_private_key(65537, 2048).public_key()
-            if rsa_key
-            else ec.generate_private_key(ec.SECP256R1()).public_key()
-        )
         builder = leaf_template(
             spiffe_id=spiffe_id,
-            public_key=sample_key,
+            public_key=_sample_key(rsa_key),
             issuer=issuer,
             now=max(now, issuer.not_valid_before_utc),
             ttl=timedelta(seconds=1),
@@ -252,6 +247,22 @@ class LeafLayout:
             return x509.load_der_x509_certificate(der)
         except ValueError as exc:  # pragma: no cover - our bug: the layout made bad DER
             raise InvalidSvid(f"the issued leaf does not parse: {exc}", rule="malformed") from exc
+
+
+def _sample_key(rsa_key: bool) -> CertificateIssuerPublicKeyTypes:
+    """A key of the template's kind for the sample leaf (its key fields are replaced per leaf);
+    made once per process: an RSA key takes ~100 ms."""
+    key = _SAMPLE_KEYS.get(rsa_key)
+    if key is None:
+        if rsa_key:
+            key = rsa.generate_private_key(65537, 2048).public_key()
+        else:
+            key = ec.generate_private_key(ec.SECP256R1()).public_key()
+        _SAMPLE_KEYS[rsa_key] = key
+    return key
+
+
+_SAMPLE_KEYS: dict[bool, CertificateIssuerPublicKeyTypes] = {}
 
 
 def _sign(key: CertificateIssuerPrivateKeyTypes, data: bytes) -> bytes:
