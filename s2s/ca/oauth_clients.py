@@ -58,29 +58,34 @@ class ClientRegistry:
         self._generation = 0  # moves on every write-through: a slower load must not undo it
 
     async def follow(self, *, timeout: float = 30.0) -> None:
-        """Load the clients, then reload them whenever the store's revision for them moves.
+        """Load the clients, then reload them whenever the store's revision for them moves, and
+        at least every ``timeout`` seconds (a writer that does not bump the revision, such as an
+        older replica, is seen within it; the text is parsed again only when it changed).
         Runs until cancelled; a store error propagates (reads go to the store meanwhile)."""
-        seen = -1
         try:
             while True:
                 generation = self._generation
                 revision = await self._store.revision(Topic.OAUTH_CLIENTS)
-                if revision != seen:
-                    await self._read()
-                    if self._generation != generation:
-                        continue  # a write-through raced this read: read again
-                    self._following = True
-                    seen = revision
-                await self._store.wait_for_change(Topic.OAUTH_CLIENTS, seen, timeout)
+                await self._read()
+                if self._generation != generation:
+                    continue  # a write-through raced this read: read again
+                self._following = True
+                await self._store.wait_for_change(Topic.OAUTH_CLIENTS, revision, timeout)
         finally:
             self._following = False
 
     async def _read(self) -> tuple[str | None, _Doc]:
+        """The stored clients; they become the snapshot unless a write-through happened while
+        they were read (then the snapshot already holds something newer)."""
+        generation = self._generation
         raw = await self._store.get_state(CLIENTS_STATE)
-        return raw, self._parsed(raw)
+        doc = self._parsed(raw)
+        if generation == self._generation:
+            self._snapshot = (raw, doc)
+        return raw, doc
 
     def _parsed(self, raw: str | None) -> _Doc:
-        """The client set of ``raw``, parsed once per stored text (the snapshot)."""
+        """The client set of ``raw``, parsed only when it differs from the snapshot's text."""
         cached_raw, cached = self._snapshot
         if raw == cached_raw:
             return cached
@@ -93,7 +98,6 @@ class ClientRegistry:
             for item in items:
                 record = ClientRecord.from_json(item)
                 doc[record.client_id] = record
-        self._snapshot = (raw, doc)
         return doc
 
     async def _write(self, change: Callable[[_Doc], _Doc]) -> None:
