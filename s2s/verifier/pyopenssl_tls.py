@@ -17,10 +17,13 @@ handshake fails on both sides; the local side raises :class:`PeerRejected` with 
 counted in the metrics like the stdlib path.
 
 Policy, equal to :mod:`s2s.verifier.tls`: TLS 1.2 minimum (1.3 preferred), a peer certificate
-required both ways, no hostname check, the stdlib's cipher string, no session tickets and no
+required both ways, no hostname check, the stdlib's cipher string, no TLS 1.2 tickets and no
 session cache (every connection is a full, fully checked handshake), the stdlib's key-exchange
 groups (the newer OpenSSL would otherwise offer a post-quantum hybrid group first, which is
-another policy). Rotation: each change of the source builds a new, never-modified
+another policy). TLS 1.3 servers still send OpenSSL's two stateful tickets after the handshake
+(neither pyOpenSSL nor ``cryptography`` exposes ``SSL_CTX_set_num_tickets``), but with the
+session cache off no ticket can ever resume a session: every connection is a full handshake. No
+renegotiation. Rotation: each change of the source builds a new, never-modified
 ``SSL.Context`` and every new connection takes the newest one.
 
 Use it through :func:`start_server` / :func:`open_connection` (asyncio streams),
@@ -75,7 +78,7 @@ CIPHERS: Final = (
 # The key-exchange groups the system OpenSSL 3.0 offers by default (what the stdlib path uses).
 GROUPS: Final = b"x25519:secp256r1:x448:secp521r1:secp384r1"
 HANDSHAKE_TIMEOUT: Final = 60.0
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 64 * 1024  # below malloc's mmap threshold: no mmap/munmap per read
 # OpenSSL X509_V_ERR_* codes -> our reasons (as s2s.verifier.peer reads them from ssl errors).
 _VERIFY_CODES = {
     2: "untrusted-root",
