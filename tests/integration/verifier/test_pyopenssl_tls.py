@@ -22,6 +22,7 @@ from test_verifier_rotation import _bundles
 from verifier_support import Served, source_of
 
 from s2s.core.clock import FakeClock
+from s2s.core.errors import InvalidConfig
 from s2s.core.x509svid import X509Svid
 from s2s.testing import TestAuthority
 from s2s.verifier import pyopenssl_tls, tls
@@ -537,3 +538,47 @@ async def test_close_notify_then_eof_reaches_the_application_once(ca: TestAuthor
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_silent_client_is_dropped_after_the_handshake_timeout(ca: TestAuthority) -> None:
+    server_ctx = _context("pyopenssl", True, source_of(ca.issue_x509_svid(LOCAL), ca.bundle()))
+    client_ctx = _context("pyopenssl", False, source_of(ca.issue_x509_svid(PEER), ca.bundle()))
+    assert isinstance(server_ctx, PyOpenSSLContext)
+    assert isinstance(client_ctx, PyOpenSSLContext)
+    served: list[str] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served.append(str(writer.get_extra_info("ssl_object").peer_spiffe_id))
+        writer.close()
+
+    server = await pyopenssl_tls.start_server(
+        handle, "127.0.0.1", 0, context=server_ctx, handshake_timeout=0.3
+    )
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # speaks no TLS
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the server
+        writer.close()
+        # Twin: a client that does the handshake within the timeout is served.
+        r2, w2 = await pyopenssl_tls.open_connection("127.0.0.1", port, context=client_ctx)
+        await asyncio.wait_for(r2.read(), 10)
+        w2.close()
+        assert served == [PEER]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_each_side_needs_its_own_context(ca: TestAuthority) -> None:
+    server_ctx = _context("pyopenssl", True, source_of(ca.issue_x509_svid(LOCAL), ca.bundle()))
+    client_ctx = _context("pyopenssl", False, source_of(ca.issue_x509_svid(PEER), ca.bundle()))
+    assert isinstance(server_ctx, PyOpenSSLContext)
+    assert isinstance(client_ctx, PyOpenSSLContext)
+    with pytest.raises(InvalidConfig, match="server_context"):
+        pyopenssl_tls.server_protocol_factory(client_ctx, asyncio.Protocol)
+    with pytest.raises(InvalidConfig, match="client_context"):
+        await pyopenssl_tls.create_connection(server_ctx, asyncio.Protocol, "127.0.0.1", 1)
+    with pytest.raises(InvalidConfig, match="revocations"):
+        pyopenssl_tls.server_context(
+            source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), authorize=authorize_any()
+        )
