@@ -1,4 +1,4 @@
-"""An immutable set of revocations, built whole and swapped whole.
+"""An immutable set of revocations, derived from the previous one in O(change) and swapped whole.
 
 Three kinds of record (our extension; SPIFFE defines no revocation): an X.509 serial, a JWT ``jti``,
 and a SPIFFE ID with an instant (every credential issued to that ID strictly before ``revoked_at``
@@ -16,7 +16,9 @@ before issuers were recorded) matches the serial under any issuer.
 
 from __future__ import annotations
 
+import heapq
 import re
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,10 +197,18 @@ class RevocationRecord:
 
 
 class RevocationSet:
-    """An immutable revocation set with O(1) lookups.
+    """An immutable revocation set with O(1) lookups, derived from another in O(change).
 
     Serials are looked up with the key id of their issuer (:func:`issuer_key_id`): a record
     for issuer ``a`` does not revoke the same serial under issuer ``b``.
+
+    A derived set (:meth:`with_records`, :meth:`without`, :meth:`with_changes`, :meth:`pruned`)
+    shares its indexes with the set it came from: each index maps a key to its history of
+    (stamp, value) pairs, and a set reads the newest value at or before its own stamp, so a set
+    never changes under a reader while newer sets append to the shared histories. Deriving from
+    the newest set of a line costs O(changed records); deriving from an older one (a branch) or
+    after as many superseded values as live records have piled up (amortised O(1)) builds the
+    indexes afresh.
 
     >>> at = datetime(2030, 1, 1, tzinfo=UTC)
     >>> a, b = "a" * 64, "b" * 64
@@ -209,15 +219,12 @@ class RevocationSet:
     """
 
     EMPTY: ClassVar[RevocationSet]
-    __slots__ = ("_all_serials", "_any_issuer", "_ids", "_jtis", "_records", "_serials", "version")
+    __slots__ = ("_count", "_line", "_stamp", "version")
 
     version: int
-    _records: dict[tuple[RevocationKind, str, str], RevocationRecord]
-    _serials: frozenset[tuple[str, int]]
-    _any_issuer: frozenset[int]
-    _all_serials: frozenset[int] | None
-    _jtis: frozenset[str]
-    _ids: dict[str, datetime]
+    _line: _Line
+    _stamp: int
+    _count: int
 
     def __init__(self) -> None:
         raise TypeError("use RevocationSet.of(records, version=...)")
@@ -225,99 +232,311 @@ class RevocationSet:
     @classmethod
     def of(cls, records: Iterable[RevocationRecord], *, version: int = 0) -> RevocationSet:
         """A set of ``records``; duplicates of one (kind, value, issuer) are merged."""
-        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
-            raise InvalidRequest("version must be a non-negative integer")
-        merged: dict[tuple[RevocationKind, str, str], RevocationRecord] = {}
+        _check_version(version)
+        merged: dict[_Key, RevocationRecord] = {}
         for record in records:
             if not isinstance(record, RevocationRecord):
                 raise InvalidRequest("a revocation set holds RevocationRecord values")
             key = record.key
             known = merged.get(key)
             merged[key] = record if known is None else known.merged(record)
-        return cls._build(merged, version)
+        return cls._fresh(merged, version)
 
     @classmethod
-    def _build(
-        cls, records: dict[tuple[RevocationKind, str, str], RevocationRecord], version: int
-    ) -> RevocationSet:
-        self = object.__new__(cls)
-        by_kind: dict[RevocationKind, list[RevocationRecord]] = {k: [] for k in RevocationKind}
+    def _fresh(cls, records: dict[_Key, RevocationRecord], version: int) -> RevocationSet:
+        line = _Line()
         for record in records.values():
-            by_kind[record.kind].append(record)
-        self._records = records
-        serials = by_kind[RevocationKind.SERIAL]
-        self._serials = frozenset((r.issuer, int(r.value, 16)) for r in serials if r.issuer)
-        self._any_issuer = frozenset(int(r.value, 16) for r in serials if not r.issuer)
-        self._all_serials = None
-        self._jtis = frozenset(r.value for r in by_kind[RevocationKind.JTI])
-        self._ids = {r.value: r.revoked_at for r in by_kind[RevocationKind.SPIFFE_ID]}
-        self.version = version
+            line.put(record.key, record, 0)
+        heapq.heapify(line.expiry)
+        return cls._at(line, 0, len(records), version)
+
+    @classmethod
+    def _at(cls, line: _Line, stamp: int, count: int, version: int) -> RevocationSet:
+        self = object.__new__(cls)
+        self._line, self._stamp, self._count, self.version = line, stamp, count, version
         return self
+
+    # -- lookups (the hot path) ----------------------------------------------------------------
 
     def is_serial_revoked(self, serial: int, issuer: str) -> bool:
         """True when the certificate ``serial`` signed by the CA whose :func:`issuer_key_id` is
         ``issuer`` is revoked."""
-        return (issuer, serial) in self._serials or serial in self._any_issuer
+        line, stamp = self._line, self._stamp
+        h = line.serials.get((issuer, serial))
+        if h is not None and (h[-1] if h[-2] <= stamp else _older(h, stamp)) is not None:
+            return True
+        h = line.any_issuer.get(serial)
+        return h is not None and (h[-1] if h[-2] <= stamp else _older(h, stamp)) is not None
 
     def is_serial_revoked_by_any_issuer(self, serial: int) -> bool:
         """True when ``serial`` is revoked under any issuer: for a CA or an agent checking the
         certificates of its own trust domain, whose CA draws serials at random across issuers."""
-        every = self._all_serials
-        if every is None:
-            every = self._all_serials = self._any_issuer | {s for _, s in self._serials}
-        return serial in every
+        h = self._line.every_serial.get(serial)
+        stamp = self._stamp
+        return h is not None and (h[-1] if h[-2] <= stamp else _older(h, stamp)) is not None
 
     def has_serials(self) -> bool:
         """Whether any serial is revoked (a chain check can skip its lookups otherwise)."""
-        return bool(self._serials or self._any_issuer)
+        h = self._line.serial_count
+        stamp = self._stamp
+        return bool(h[-1] if h[-2] <= stamp else _older(h, stamp))
 
     def is_jti_revoked(self, jti: str) -> bool:
-        return jti in self._jtis
+        h = self._line.jtis.get(jti)
+        stamp = self._stamp
+        return h is not None and (h[-1] if h[-2] <= stamp else _older(h, stamp)) is not None
 
     def is_spiffe_id_revoked(self, spiffe_id: SpiffeId | str, issued_at: datetime) -> bool:
         """True when a credential for ``spiffe_id`` issued at ``issued_at`` is revoked."""
         if issued_at.utcoffset() is None:
             raise ValueError("issued_at must be an aware datetime")
-        revoked_at = self._ids.get(str(spiffe_id))
+        revoked_at = self.revoked_at(spiffe_id)
         return revoked_at is not None and issued_at < revoked_at
 
     def revoked_at(self, spiffe_id: SpiffeId | str) -> datetime | None:
         """The instant before which everything issued to ``spiffe_id`` is revoked, if any."""
-        return self._ids.get(str(spiffe_id))
+        h = self._line.ids.get(str(spiffe_id))
+        if h is None:
+            return None
+        stamp = self._stamp
+        value = h[-1] if h[-2] <= stamp else _older(h, stamp)
+        return value if isinstance(value, datetime) else None
+
+    def get(self, key: tuple[RevocationKind, str, str]) -> RevocationRecord | None:
+        """The record for ``key`` (kind, value, issuer), if any."""
+        h = self._line.records.get(key)
+        if h is None:
+            return None
+        stamp = self._stamp
+        value = h[-1] if h[-2] <= stamp else _older(h, stamp)
+        return value if isinstance(value, RevocationRecord) else None
+
+    # -- derived sets --------------------------------------------------------------------------
 
     def pruned(self, now: datetime) -> RevocationSet:
         """The set without records whose ``expires_at`` is at or before ``now``."""
-        _aware("now", now)
-        kept = {k: r for k, r in self._records.items() if r.expires_at > now}
-        return self if len(kept) == len(self._records) else self._build(kept, self.version)
+        now = _aware("now", now)
+        line = self._line
+        with line.lock:
+            if line.tip != self._stamp:  # a branch: find the expired ones by a scan
+                gone = [k for k, r in self._record_map().items() if r.expires_at <= now]
+                return self._derive_locked(dict.fromkeys(gone), self.version)
+            expiry = line.expiry
+            gone_keys: dict[_Key, RevocationRecord | None] = {}
+            while expiry and expiry[0][0] <= now:
+                _, _, key = heapq.heappop(expiry)
+                record = self.get(key)
+                if record is not None and record.expires_at <= now:
+                    gone_keys[key] = None
+            if not gone_keys:
+                return self
+            return self._derive_locked(gone_keys, self.version)
 
     def with_records(
         self, records: Iterable[RevocationRecord], *, version: int | None = None
     ) -> RevocationSet:
         """A new set with ``records`` added (merged with existing ones)."""
+        changes: dict[_Key, RevocationRecord | None] = {}
+        for record in records:
+            if not isinstance(record, RevocationRecord):
+                raise InvalidRequest("a revocation set holds RevocationRecord values")
+            key = record.key
+            known = changes.get(key) or self.get(key)
+            changes[key] = record if known is None else known.merged(record)
+        return self._derive(changes, version)
+
+    def without(
+        self, keys: Iterable[tuple[RevocationKind, str, str]], *, version: int | None = None
+    ) -> RevocationSet:
+        """A new set without the records of ``keys`` (absent keys are ignored)."""
+        return self._derive(dict.fromkeys(keys), version)
+
+    def with_changes(
+        self,
+        put: Iterable[RevocationRecord],
+        removed: Iterable[tuple[RevocationKind, str, str]] = (),
+        *,
+        version: int | None = None,
+    ) -> RevocationSet:
+        """A new set where ``put`` replaces the records of the same keys (no merge) and the
+        records of ``removed`` are gone: a delta received from a feed, applied as is."""
+        changes: dict[_Key, RevocationRecord | None] = dict.fromkeys(removed)
+        for record in put:
+            if not isinstance(record, RevocationRecord):
+                raise InvalidRequest("a revocation set holds RevocationRecord values")
+            changes[record.key] = record
+        return self._derive(changes, version)
+
+    def _derive(
+        self, changes: dict[_Key, RevocationRecord | None], version: int | None
+    ) -> RevocationSet:
         next_version = self.version if version is None else version
-        return RevocationSet.of([*self._records.values(), *records], version=next_version)
+        _check_version(next_version)
+        with self._line.lock:
+            return self._derive_locked(changes, next_version)
+
+    def _derive_locked(
+        self, changes: dict[_Key, RevocationRecord | None], version: int
+    ) -> RevocationSet:
+        line = self._line
+        count = self._count
+        for key, record in changes.items():
+            count += (record is not None) - (self.get(key) is not None)
+        if line.tip != self._stamp or line.garbage > max(_MIN_GARBAGE, count):
+            records = self._record_map()  # a branch, or time to drop superseded values
+            for key, record in changes.items():
+                if record is None:
+                    records.pop(key, None)
+                else:
+                    records[key] = record
+            return self._fresh(records, version)
+        stamp = line.tip + 1
+        for key, record in changes.items():
+            line.put(key, record, stamp)
+        line.tip = stamp
+        return self._at(line, stamp, count, version)
+
+    # -- whole-set views -----------------------------------------------------------------------
+
+    def _record_map(self) -> dict[_Key, RevocationRecord]:
+        stamp, out = self._stamp, {}
+        for key, h in self._line.records.items():
+            value = h[-1] if h[-2] <= stamp else _older(h, stamp)
+            if isinstance(value, RevocationRecord):
+                out[key] = value
+        return out
 
     def records(self) -> tuple[RevocationRecord, ...]:
         """All records, ordered by (kind, value)."""
-        return tuple(self._records[k] for k in sorted(self._records))
+        records = self._record_map()
+        return tuple(records[k] for k in sorted(records))
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RevocationSet):
             return NotImplemented
-        return self.version == other.version and self._records == other._records
+        return (
+            self.version == other.version
+            and self._count == other._count
+            and self._record_map() == other._record_map()
+        )
 
     def __hash__(self) -> int:
-        return hash((self.version, frozenset(self._records.values())))
+        return hash((self.version, frozenset(self._record_map().values())))
 
     def __repr__(self) -> str:
-        return f"RevocationSet(version={self.version}, records={len(self._records)})"
+        return f"RevocationSet(version={self.version}, records={self._count})"
 
 
-RevocationSet.EMPTY = RevocationSet.of(())
+_Key = tuple[RevocationKind, str, str]
+_History = list[Any]  # [stamp, value, stamp, value, ...]; value None = absent from that stamp on
+_MIN_GARBAGE = 1024  # superseded values tolerated before a derived set is built afresh
+
+
+def _older(h: _History, stamp: int) -> Any:
+    """The value of history ``h`` at ``stamp`` when its newest entry is later (a reader of an
+    older set while newer ones exist)."""
+    i = len(h) - 4
+    while i >= 0:
+        if h[i] <= stamp:
+            return h[i + 1]
+        i -= 2
+    return None
+
+
+class _Line:
+    """The indexes shared by the sets of one line of derivation: per key, its history of values
+    by stamp. Histories only grow, so a reader never sees an index shrink under it; ``tip`` is
+    the stamp of the newest set, the only one derived without a rebuild."""
+
+    __slots__ = (
+        "any_issuer",
+        "every_serial",
+        "expiry",
+        "garbage",
+        "ids",
+        "jtis",
+        "lock",
+        "records",
+        "seq",
+        "serial_count",
+        "serials",
+        "tip",
+    )
+
+    def __init__(self) -> None:
+        self.tip = 0
+        self.garbage = 0  # superseded history entries
+        self.seq = 0
+        self.lock = threading.Lock()  # derivations of one line (feeds may build in a thread)
+        self.records: dict[_Key, _History] = {}
+        self.serials: dict[tuple[str, int], _History] = {}  # serial records with an issuer
+        self.any_issuer: dict[int, _History] = {}  # serial records without one
+        self.every_serial: dict[int, _History] = {}  # serial -> count of records, any issuer
+        self.serial_count: _History = [0, 0]
+        self.jtis: dict[str, _History] = {}
+        self.ids: dict[str, _History] = {}  # SPIFFE ID -> revoked_at
+        self.expiry: list[tuple[datetime, int, _Key]] = []  # heap: (expires_at, seq, key)
+
+    def put(self, key: _Key, record: RevocationRecord | None, stamp: int) -> None:
+        """Set ``key`` to ``record`` (None: remove it) from ``stamp`` on (stamp 0: the first
+        build, which heapifies afterwards)."""
+        old = _last(self.records.get(key))
+        if old is record:
+            return
+        self._set(self.records, key, record, stamp)
+        kind, value, issuer = key
+        if record is not None:
+            self.seq += 1
+            entry = (record.expires_at, self.seq, key)
+            if stamp:
+                heapq.heappush(self.expiry, entry)
+            else:
+                self.expiry.append(entry)
+        if kind is RevocationKind.JTI:
+            self._set(self.jtis, value, None if record is None else True, stamp)
+        elif kind is RevocationKind.SPIFFE_ID:
+            self._set(self.ids, value, None if record is None else record.revoked_at, stamp)
+        elif (old is None) != (record is None):  # a serial appears or disappears
+            serial = int(value, 16)
+            present = None if record is None else True
+            if issuer:
+                self._set(self.serials, (issuer, serial), present, stamp)
+            else:
+                self._set(self.any_issuer, serial, present, stamp)
+            step = 1 if record is not None else -1
+            n = (_last(self.every_serial.get(serial)) or 0) + step
+            self._set(self.every_serial, serial, n or None, stamp)
+            self._append(self.serial_count, _last(self.serial_count) + step, stamp)
+
+    def _set(self, index: dict[Any, _History], key: Any, value: Any, stamp: int) -> None:
+        h = index.get(key)
+        if h is None:
+            if value is not None:
+                index[key] = [stamp, value]
+            return
+        last = h[-1]
+        if last is value or (value is not None and last is not None and last == value):
+            return
+        self._append(h, value, stamp)
+
+    def _append(self, h: _History, value: Any, stamp: int) -> None:
+        if h[-2] == stamp:
+            h[-1] = value  # written earlier in this derivation: no set has seen it
+        else:
+            h.extend((stamp, value))  # one call: a reader sees both items or neither
+            self.garbage += 1
+
+
+def _last(h: _History | None) -> Any:
+    return None if h is None else h[-1]
+
+
+def _check_version(version: object) -> None:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise InvalidRequest("version must be a non-negative integer")
 
 
 class RevocationLookup(Protocol):
@@ -374,3 +593,6 @@ def _parse_time(name: str, text: str) -> datetime:
     if value.utcoffset() is None:
         raise InvalidRequest(f"{name} must include a UTC offset")
     return value.astimezone(UTC)
+
+
+RevocationSet.EMPTY = RevocationSet.of(())
