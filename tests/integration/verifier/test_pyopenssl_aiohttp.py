@@ -4,6 +4,7 @@ the other end; refused peers never reach the application."""
 
 from __future__ import annotations
 
+import io
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -107,7 +108,9 @@ async def test_handler_reads_the_verified_peer_id(
                 assert await resp.text() == CLIENT
             assert server_spiffe_id(resp) == SpiffeId.parse(SERVER)
             body = b"x" * (3 * 1024 * 1024)
-            async with session.post(url, data=body) as resp:  # big request over the same pool
+            async with session.post(
+                url, data=io.BytesIO(body)
+            ) as resp:  # big request over the same pool
                 assert await resp.text() == f"{CLIENT} {len(body)}"
     assert seen == [CLIENT, CLIENT]
 

@@ -582,3 +582,29 @@ async def test_each_side_needs_its_own_context(ca: TestAuthority) -> None:
         pyopenssl_tls.server_context(
             source_of(ca.issue_x509_svid(LOCAL), ca.bundle()), authorize=authorize_any()
         )
+
+
+async def test_many_concurrent_handshakes_good_and_refused(
+    ca: TestAuthority, metrics: PeerMetrics
+) -> None:
+    """60 connections at once, a third of them refused: every good one is served, every bad one
+    refused in its handshake, each counted once."""
+    server_ctx = pyopenssl_tls.server_context(
+        source_of(ca.issue_x509_svid(LOCAL), ca.bundle()),
+        authorize=authorize_id(PEER),
+        revocations=no_revocation_check(),
+        metrics=metrics,
+    )
+    good = _context("pyopenssl", False, source_of(ca.issue_x509_svid(PEER), ca.bundle()))
+    bad = _context(
+        "pyopenssl", False, source_of(ca.issue_x509_svid("spiffe://example.org/x"), ca.bundle())
+    )
+    async with serving(server_ctx) as served:
+        answers = await asyncio.gather(
+            *(exchange(served.port, bad if i % 3 == 0 else good) for i in range(60))
+        )
+    assert answers.count(PEER.encode()) == 40
+    assert answers.count(b"") == 20
+    assert served.peers == [PEER] * 40
+    assert metrics.accepted_count() == 40
+    assert metrics.rejection_count("unauthorized") == 20
