@@ -199,13 +199,12 @@ class PeerTaggingProxy:
             yield
             return
         conn.calls += 1
-        conn.stop_idle_timer()
         try:
             yield
         finally:
             conn.calls -= 1
             if conn.calls == 0 and conn.tag in self._conns:
-                conn.start_idle_timer(self._limits.idle_timeout, self._idle)
+                conn.idle_from_now(self._limits.idle_timeout, self._idle)
 
     def _conn(self, grpc_peer: str) -> _Connection | None:
         if not grpc_peer.startswith(_GRPC_PEER_PREFIX):
@@ -232,7 +231,7 @@ class PeerTaggingProxy:
             return
         conn = _Connection(f"{_TAG_PREFIX}{secrets.token_hex(16)}", uid, transport)
         self._conns[conn.tag] = conn
-        conn.start_idle_timer(self._limits.idle_timeout, self._idle)
+        conn.idle_from_now(self._limits.idle_timeout, self._idle)
         task = asyncio.get_running_loop().create_task(self._serve(conn, front, ucred))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -281,6 +280,8 @@ class PeerTaggingProxy:
             self._counter.release(conn.uid)
 
     def _idle(self, conn: _Connection) -> None:
+        if not conn.idle_for(self._limits.idle_timeout, self._idle):
+            return
         if conn.calls == 0 and conn.tag in self._conns:
             log.debug("workload_api.idle_closed", extra={"uid": conn.uid})
             self._event("closed", "idle")
@@ -321,7 +322,12 @@ class PeerTaggingProxy:
 
 
 class _Connection:
-    """One workload connection: who it is, its calls in progress, its idle timer."""
+    """One workload connection: who it is, its calls in progress, its idle timer.
+
+    The timer is not moved on every call (a busy connection would create and cancel a timer
+    handle per call): it fires at the earliest time the connection could have been idle long
+    enough, and :meth:`idle_for` re-arms it for the rest when a call came in between.
+    """
 
     def __init__(self, tag: str, uid: int, transport: asyncio.Transport) -> None:
         self.tag = tag
@@ -330,11 +336,28 @@ class _Connection:
         self.peer: PeerCredentials | S2SError | None = None  # None until attested
         self.memo: object = None
         self.calls = 0
+        self.idle_since = 0.0  # loop time at which its last call ended (or it was accepted)
         self._timer: asyncio.TimerHandle | None = None
 
-    def start_idle_timer(self, timeout: float, fire: Callable[[_Connection], None]) -> None:
-        self.stop_idle_timer()
-        self._timer = asyncio.get_running_loop().call_later(timeout, fire, self)
+    def idle_from_now(self, timeout: float, fire: Callable[[_Connection], None]) -> None:
+        """No call in progress from now on; the timer is armed if it is not already."""
+        loop = asyncio.get_running_loop()
+        self.idle_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self.idle_since + timeout, fire, self)
+
+    def idle_for(self, timeout: float, fire: Callable[[_Connection], None]) -> bool:
+        """When the timer fires: True if the connection has been idle ``timeout`` seconds;
+        otherwise the timer is re-armed for when it could be (or left to the next call's end)."""
+        self._timer = None
+        if self.calls:
+            return False  # the end of the last call in progress arms it again
+        loop = asyncio.get_running_loop()
+        due = self.idle_since + timeout
+        if loop.time() < due:
+            self._timer = loop.call_at(due, fire, self)
+            return False
+        return True
 
     def stop_idle_timer(self) -> None:
         if self._timer is not None:

@@ -318,9 +318,12 @@ class WorkloadApiServer:
         chosen = msg.jwt_identities(svids, wanted)
         if not chosen:
             raise NotAuthorized(f"the caller is not entitled to {wanted}")
-        tokens = await asyncio.gather(
-            *(self._provider.fetch_jwt_svid(sid, audience) for sid, _ in chosen)
-        )
+        if len(chosen) == 1:  # the usual case: no task per token
+            tokens = [await self._provider.fetch_jwt_svid(chosen[0][0], audience)]
+        else:
+            tokens = await asyncio.gather(
+                *(self._provider.fetch_jwt_svid(sid, audience) for sid, _ in chosen)
+            )
         return msg.jwt_svid_response(chosen, tokens)
 
     async def _validate_jwt(self, req: Any, ctx: Ctx) -> pb.ValidateJWTSVIDResponse:

@@ -234,3 +234,27 @@ async def test_idle_connection_is_closed_but_open_stream_is_not(
                     "the client to see its connection closed",
                 )
     assert metric(metrics, "s2s_agent_workload_api_connections_closed_total", "idle")
+
+
+async def test_a_connection_with_calls_spread_over_the_timeout_is_not_idle(
+    entries: StaticIdentityProvider, socket_dir: Path
+) -> None:
+    # The idle timer is not moved by each call: when it fires after a call, it waits for the
+    # rest of the time since that call's end (here calls every 0.1 s for 4 timeouts of 0.25 s).
+    limits = WorkloadLimits(idle_timeout=0.25)
+    async with (
+        serving(entries, socket_dir, limits) as (srv, _metrics, events),
+        grpc.aio.insecure_channel(f"unix:{srv.socket_path}") as channel,
+    ):
+        bundles = channel.unary_stream(
+            "/SpiffeWorkloadAPI/FetchJWTBundles",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=pb.JWTBundlesResponse.FromString,
+        )
+        for _ in range(10):
+            call = bundles(pb.JWTBundlesRequest(), metadata=HEADER, timeout=10)
+            await call.read()
+            call.cancel()
+            await asyncio.sleep(0.1)  # pacing the calls, not waiting for an outcome
+        assert ("closed", "idle") not in events
+        await until(lambda: ("closed", "idle") in events, "the idle connection to be closed")
