@@ -48,6 +48,9 @@ from typing import Any
 from bench._harness import percentiles
 from bench.fleet_report import render, write_results
 from bench.fleet_system import FleetSystem, cpu_seconds, prom_sum, rss_mb
+from s2s.core.registration import RegistrationEntry
+from s2s.core.selectors import parse_selectors
+from s2s.core.spiffe_id import SpiffeId
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +67,10 @@ class Shape:
     jwt_interval: float
 
 
-QUICK = Shape(configs=((1000, 1), (10000, 3)), agents=60, entries=3, ttl=16, processes=2,
-              steady=8.0, changes=6, revocations=6, interval=0.5, jwt_interval=10.0)  # fmt: skip
-FULL = Shape(configs=((1000, 1), (1000, 3), (10000, 1), (10000, 3)), agents=240, entries=4,
-             ttl=40, processes=2, steady=20.0, changes=15, revocations=15, interval=0.7,
+QUICK = Shape(configs=((1000, 1), (1000, 3)), agents=40, entries=3, ttl=16, processes=2,
+              steady=6.0, changes=5, revocations=5, interval=1.0, jwt_interval=10.0)  # fmt: skip
+FULL = Shape(configs=((1000, 1), (1000, 3), (10000, 1), (10000, 3)), agents=200, entries=4,
+             ttl=40, processes=2, steady=20.0, changes=10, revocations=10, interval=2.0,
              jwt_interval=10.0)  # fmt: skip
 
 
@@ -264,7 +267,9 @@ async def _until(predicate: Any, timeout: float) -> bool:
     return True
 
 
-async def configuration(system: FleetSystem, shape: Shape, size: int, replicas: int) -> dict:
+async def configuration(
+    system: FleetSystem, shape: Shape, size: int, replicas: int
+) -> dict[str, Any]:
     live = shape.agents * shape.entries
     config = (f'[ttl]\nx509_svid = "{shape.ttl}s"\njwt_svid = "{shape.ttl}s"\n'
               f'max_svid = "{shape.ttl}s"\n')  # fmt: skip
@@ -276,17 +281,25 @@ async def configuration(system: FleetSystem, shape: Shape, size: int, replicas: 
     for replica in system.replicas:
         await system.start_replica(replica)
     say(f"{replicas} CA replica(s) up; {shape.agents} agents with {shape.entries} entries each")
-    agents: list[tuple[int, str]] = []  # (index, agent id)
-    tokens: list[tuple[int, str]] = []
-    for i in range(shape.agents):
-        token = await system.admin_call("POST", "/v1/tokens", {})
-        tokens.append((i, token["token"]))
-        agents.append((i, token["agent_id"]))
-        for e in range(shape.entries):
-            body = {"spiffe_id": f"spiffe://{system.td}/fleet/a{i}/w{e}",
-                    "parent_id": token["agent_id"], "selectors": [f"unix:uid:{1000 + e}"],
-                    "x509_svid_ttl": shape.ttl, "jwt_svid_ttl": shape.ttl}  # fmt: skip
-            await system.admin_call("POST", "/v1/entries", body)
+    gate = asyncio.Semaphore(8)
+
+    async def enrol(i: int) -> tuple[str, str]:
+        async with gate:
+            token = await system.admin_call("POST", "/v1/tokens", {})
+            return token["token"], token["agent_id"]
+
+    enrolled = await asyncio.gather(*(enrol(i) for i in range(shape.agents)))
+    tokens = [(i, token) for i, (token, _) in enumerate(enrolled)]
+    agents = [(i, agent_id) for i, (_, agent_id) in enumerate(enrolled)]
+    ttl = dt.timedelta(seconds=shape.ttl)
+    await system.add_entries([
+        RegistrationEntry(
+            id=f"live-{i:05d}-{e}", spiffe_id=SpiffeId.parse(f"spiffe://{system.td}/fleet/a{i}/w{e}"),
+            parent_id=SpiffeId.parse(agent_id), selectors=parse_selectors([f"unix:uid:{1000 + e}"]),
+            x509_svid_ttl=ttl, jwt_svid_ttl=ttl,
+        )
+        for i, agent_id in agents for e in range(shape.entries)
+    ])  # fmt: skip
     await system.replica_metrics(system.replicas[0])  # the bundle, for the agents and /metrics
     idle_rate = await idle(system, shape.steady / 2)
     started = time.monotonic()
@@ -317,6 +330,7 @@ async def configuration(system: FleetSystem, shape: Shape, size: int, replicas: 
             system, shape, shape.revocations, per, shape.agents
         )
     result["fleet_total"] = system.fleet_stats()
+    result["admin_retries"] = system.admin_retries
     result["worker_errors"] = {w.name: w.errors[-30:] for w in system.workers if w.errors}
     await system.stop_configuration()
     return result

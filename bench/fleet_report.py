@@ -71,24 +71,32 @@ def render(m: dict[str, Any]) -> str:
         " an entry for one random simulated agent; long-poll answers per change: how many"
         " agents the change woke, fleet-wide)",
         "",
-        "| registry | replicas | phase | entry change -> agent | long-poll answers/change |"
-        " revocation -> each subscriber | -> all N | etcd req/s | etcd KB/s |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| registry | replicas | phase | seconds | entry change -> agent |"
+        " long-poll answers/change | revocation -> each subscriber | -> all N | etcd req/s |"
+        " etcd KB/s | renewals failed / SVIDs expired |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for c in m["configs"]:
-        rows = [("steady", c["steady"], None, None)]
-        rows.append(("changes + revocations", c["changes"], c["changes"], c["revocations"]))
+        rows: list[tuple[str, Any, Any, Any]] = [("steady", c["steady"], None, None)]
+        rows.append(("entry changes", c["changes"], c["changes"], None))
+        rows.append(("revocations", c["revocations"], None, c["revocations"]))
         if "failover" in c:
-            rows.append(("after a replica was killed", c["after_changes"], c["after_changes"],
+            rows.append(("killed replica: one SVID lifetime", c["failover"], None, None))
+            rows.append(("killed replica: entry changes", c["after_changes"],
+                         c["after_changes"], None))  # fmt: skip
+            rows.append(("killed replica: revocations", c["after_revocations"], None,
                          c["after_revocations"]))  # fmt: skip
         for phase, d, ch, rv in rows:
             change = _lat(ch["latency"]) if ch else "-"
             answers = f"{ch['answers_per_change']:.0f}" if ch else "-"
             each = f"{_lat(rv['latency'])} (n={c['agents']})" if rv else "-"
             every = _lat(rv["to_all"]) if rv else "-"
+            fleet = d["fleet"]
             lines.append(
-                f"| {c['size']:,} | {c['replicas']} | {phase} | {change} | {answers} | {each} |"
-                f" {every} | {d['etcd_rps']:,.0f} | {d['etcd_bps'] / 1024:,.0f} |"
+                f"| {c['size']:,} | {c['replicas']} | {phase} | {d['seconds']:.0f} | {change} |"
+                f" {answers} | {each} | {every} | {d['etcd_rps']:,.0f} |"
+                f" {d['etcd_bps'] / 1024:,.0f} |"
+                f" {fleet.get('renew_failures', 0):.0f} / {fleet.get('expired', 0):.0f} |"
             )
     lines += [
         "",
@@ -109,7 +117,13 @@ def render(m: dict[str, Any]) -> str:
             f" {f.get('expired', 0):,.0f} | {c['jwt']['jwt_per_s']:.1f} |"
         )
     total_expired = sum(c["fleet_total"].get("expired", 0) for c in m["configs"])
-    lines += ["", f"SVIDs expired before their replacement, whole run: {total_expired:.0f}.", ""]
+    retries = sum(c.get("admin_retries", 0) for c in m["configs"])
+    lines += [
+        "",
+        f"SVIDs expired before their replacement, whole run: {total_expired:.0f}. Admin calls"
+        f" of the benchmark retried after an etcd timeout: {retries}.",
+        "",
+    ]
     return "\n".join(lines)
 
 

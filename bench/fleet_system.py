@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 
 from s2s.ca.client import ADMIN_SOCKET_NAME, AdminClient
+from s2s.core.errors import Conflict, StoreError, Unavailable
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationRecord
 from s2s.core.selectors import parse_selectors
@@ -67,6 +68,21 @@ def prom_sum(text: str, name: str, **labels: str) -> float:
             continue
         total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+async def _patiently(write: Callable[[], Awaitable[object]]) -> None:
+    """A bulk write on a loaded machine: etcd may time out; a retried create that had been
+    applied comes back as a conflict, which is the same outcome."""
+    for attempt in range(8):
+        try:
+            await write()
+            return
+        except Conflict:
+            return
+        except StoreError:
+            if attempt == 7:
+                raise
+            await asyncio.sleep(0.5 * (attempt + 1))
 
 
 @dataclass(slots=True)
@@ -138,6 +154,7 @@ class FleetSystem:
         self.workers: list[Worker] = []
         self._ssl: ssl.SSLContext | None = None
         self.bundle_json = ""
+        self.admin_retries = 0  # admin calls retried after an etcd timeout
 
     # -- etcd -------------------------------------------------------------------------------
 
@@ -178,7 +195,7 @@ class FleetSystem:
             shutil.copy2(base / "ca-0" / "kek.bin", replica.data_dir / "kek.bin")
         self._ssl = None
 
-    async def fill_registry(self, count: int, revoked: int, concurrency: int = 48) -> None:
+    async def fill_registry(self, count: int, revoked: int, concurrency: int = 8) -> None:
         """``count`` dormant entries (parents no simulated agent is) and ``revoked`` JWT ids
         revoked for an hour, straight into the store."""
         store = await EtcdStore.open(self.etcd.endpoints, trust_domain=self.td, timeout=30)
@@ -188,12 +205,14 @@ class FleetSystem:
 
         async def one(i: int) -> None:
             async with gate:
-                await store.create_entry(
-                    RegistrationEntry(
-                        id=f"dormant-{i:06d}",
-                        spiffe_id=SpiffeId.parse(f"spiffe://{self.td}/dormant/{i}"),
-                        parent_id=parent,
-                        selectors=selectors,
+                await _patiently(
+                    lambda: store.create_entry(
+                        RegistrationEntry(
+                            id=f"dormant-{i:06d}",
+                            spiffe_id=SpiffeId.parse(f"spiffe://{self.td}/dormant/{i}"),
+                            parent_id=parent,
+                            selectors=selectors,
+                        )
                     )
                 )
 
@@ -205,11 +224,26 @@ class FleetSystem:
                 record = RevocationRecord.for_jti(
                     f"fleet-{i:06d}", revoked_at=now, expires_at=until
                 )
-                await store.add_revocation(record)
+                await _patiently(lambda: store.add_revocation(record))
 
         try:
             await asyncio.gather(*(one(i) for i in range(count)))
             await asyncio.gather(*(revoke(i) for i in range(revoked)))
+        finally:
+            await store.close()
+
+    async def add_entries(self, entries: list[RegistrationEntry], concurrency: int = 8) -> None:
+        """Entries straight into the store (the admin API would wait, per entry, for the
+        registry's reload: see the entry-change figures)."""
+        store = await EtcdStore.open(self.etcd.endpoints, trust_domain=self.td, timeout=30)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(entry: RegistrationEntry) -> None:
+            async with gate:
+                await _patiently(lambda: store.create_entry(entry))
+
+        try:
+            await asyncio.gather(*(one(e) for e in entries))
         finally:
             await store.close()
 
@@ -234,8 +268,18 @@ class FleetSystem:
         return AdminClient(live.data_dir / ADMIN_SOCKET_NAME)
 
     async def admin_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        client = self.admin()
-        return await asyncio.to_thread(client.call, method, path, body=body)
+        """One admin call through a live replica; an etcd timeout on this shared machine is
+        retried (a create that had been applied then exists twice, which the figures allow)."""
+        for attempt in range(5):
+            client = self.admin()
+            try:
+                return await asyncio.to_thread(client.call, method, path, body=body)
+            except Unavailable:
+                if attempt == 4:
+                    raise
+                self.admin_retries += 1
+                await asyncio.sleep(1.0)
+        raise AssertionError("unreachable")
 
     async def replica_metrics(self, replica: Replica) -> str:
         if self._ssl is None:

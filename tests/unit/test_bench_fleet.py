@@ -69,11 +69,12 @@ def test_render_has_every_table_and_the_failover_row() -> None:
     text = render(_measured(failover=True))
     assert text.startswith(HEADING)
     assert "| 1,000 | 3 | ca-0 | 1.0 | 10.0 | 3.00 | 2.00 | 1.33 | 4.00 | - | 80 |" in text
-    assert "| 1,000 | 3 | changes + revocations | 50 / 200 | 10 | 60 / 300 (n=10) |" in text
+    assert "| 1,000 | 3 | entry changes | 10 | 50 / 200 | 10 | - | - | 50 | 4 | 0 / 0 |" in text
+    assert "| 1,000 | 3 | revocations | 10 | - | - | 60 / 300 (n=10) | 100 / 300 |" in text
     assert "| 1,000 | 3 | ca-2 | 100 | 0 | 0 | 2.0 |" in text
     assert "whole run: 0." in text
     without = render(_measured(failover=False))  # twin: one replica, no failover row
-    assert "after a replica was killed" not in without
+    assert "killed replica" not in without
     assert "| ca-2 |" not in without
 
 
