@@ -3,7 +3,8 @@
 ``s2s-ca init`` is ``bootstrap.init_data_dir``. ``CaServer.open``
 builds config, store, KEK, authority, registry, issuer, attestor and both servers (HTTPS with the
 CA's own SVID, ``server_tls``; the admin Unix socket); ``CaServer.run`` runs the loops (authority
-rotation and TLS reload, pruning, metrics) under one ``asyncio.TaskGroup`` (``loops``) until
+rotation and TLS reload, pruning on the replica holding the housekeeping lease (``housekeeping``),
+metrics) under one ``asyncio.TaskGroup`` (``loops``) until
 ``stop`` is set. ``serve_forever`` adds logging and signals.
 Nothing else in ``s2s.ca`` constructs its collaborators.
 """
