@@ -319,6 +319,8 @@ class TlsProtocol(asyncio.Protocol):
         self._closing = False
         self._eof = False
         self._eof_told = False
+        self._unflushed = 0
+        self._flush_handle: asyncio.Handle | None = None
 
     # -- from the socket transport ------------------------------------------------------------
 
@@ -420,7 +422,11 @@ class TlsProtocol(asyncio.Protocol):
             self._flush()  # the alert
             self._fail(self._handshake_error(exc))
             return
-        self._flush()
+        held = self._context.server_side and conn.get_protocol_version_name() == "TLSv1.3"
+        if not held:
+            self._flush()
+        # else: all that is left are TLS 1.3 tickets, which the client never waits for; they
+        # leave with the first reply (or close_notify) instead of in a send of their own.
         if self._peer is None:  # no full verification ran (a resumed session): refuse
             self._reject(
                 PeerRejected(
@@ -440,7 +446,8 @@ class TlsProtocol(asyncio.Protocol):
         if not self.done.done():
             self.done.set_result(app)
         if self._conn is not None and not self._read_paused:
-            self._deliver()  # application data that came with the last handshake flight
+            # application data that came with the last handshake flight
+            self._deliver(flush=not held)
 
     def _handshake_error(self, exc: SSL.Error) -> ssl.SSLError:
         if self._rejection is not None:
@@ -469,8 +476,9 @@ class TlsProtocol(asyncio.Protocol):
 
     # -- after the handshake ------------------------------------------------------------------
 
-    def _deliver(self) -> None:
-        """Decrypt everything buffered and hand it to the application."""
+    def _deliver(self, *, flush: bool = True) -> None:
+        """Decrypt everything buffered and hand it to the application (``flush=False``: send
+        what OpenSSL wrote only if a record was delivered)."""
         conn = self._conn
         while conn is not None and self.app is not None and not self._read_paused:
             try:
@@ -489,9 +497,11 @@ class TlsProtocol(asyncio.Protocol):
                 self._abort_app(TlsFailed(f"TLS error: {_describe(exc)}"))
                 return
             assert isinstance(self.app, asyncio.Protocol)
+            flush = True
             self.app.data_received(data)
             conn = self._conn
-        self._flush()
+        if flush:
+            self._flush()
         if self._eof and self._conn is not None and self.app is not None and not self._read_paused:
             self._app_eof()
 
@@ -522,6 +532,10 @@ class TlsProtocol(asyncio.Protocol):
         conn, transport = self._conn, self._transport
         if conn is None or transport is None:
             return
+        self._unflushed = 0
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         while True:
             try:
                 out = conn.bio_read(_READ_SIZE)
@@ -530,6 +544,8 @@ class TlsProtocol(asyncio.Protocol):
             if transport.is_closing():
                 return
             transport.write(out)
+            if len(out) < _READ_SIZE:  # a memory BIO hands over all it holds
+                return
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         conn = self._conn
@@ -539,7 +555,13 @@ class TlsProtocol(asyncio.Protocol):
         while view:
             sent = conn.send(view)
             view = view[sent:]
-        self._flush()
+        # Writes of one loop iteration (and a close right after them) leave in one send;
+        # past _READ_SIZE they leave at once, so a writer that never yields stays bounded.
+        self._unflushed += len(data)
+        if self._unflushed >= _READ_SIZE:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def close(self) -> None:
         if self._closing:

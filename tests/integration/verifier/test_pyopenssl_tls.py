@@ -214,7 +214,9 @@ async def test_injected_clock_expires_a_peer_openssl_still_accepts(
     assert metrics.rejection_count("expired") == 1
 
 
-@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
+)
 async def test_no_session_is_resumed(
     version: ssl.TLSVersion, ca: TestAuthority, metrics: PeerMetrics
 ) -> None:
@@ -608,3 +610,41 @@ async def test_many_concurrent_handshakes_good_and_refused(
     assert served.peers == [PEER] * 40
     assert metrics.accepted_count() == 40
     assert metrics.rejection_count("unauthorized") == 20
+
+
+@pytest.mark.parametrize(
+    "version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["TLSv1.2", "TLSv1.3"]
+)
+async def test_a_server_that_waits_for_the_client_first(
+    version: ssl.TLSVersion, ca: TestAuthority
+) -> None:
+    """The server's last handshake flight (TLS 1.2) leaves at once; held TLS 1.3 tickets never
+    stall a client that speaks first."""
+    server_ctx = _context("pyopenssl", True, source_of(ca.issue_x509_svid(LOCAL), ca.bundle()))
+    assert isinstance(server_ctx, PyOpenSSLContext)
+    svid = ca.issue_x509_svid(PEER)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname = False
+    client.minimum_version = client.maximum_version = version
+    client.load_verify_locations(cadata=ca.bundle_pem().decode())
+    load_cert_chain_from_memory(client, svid.chain_pem(), svid.key_pem())
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(4))
+        await writer.drain()
+        writer.close()
+
+    server = await pyopenssl_tls.start_server(echo, "127.0.0.1", 0, context=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+
+    def talk() -> bytes:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with raw, client.wrap_socket(raw) as conn:
+            conn.sendall(b"ping")
+            return conn.recv(100)
+
+    try:
+        assert await asyncio.to_thread(talk) == b"ping"
+    finally:
+        server.close()
+        await server.wait_closed()
