@@ -294,9 +294,14 @@ class CaClient:
             raise garbage("/v1/bundle", exc) from exc
 
     async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
-        """GET /v1/revocations: the whole revocation set, held up to ``wait`` s while the CA's
-        revision equals ``since`` (a :class:`RevocationPoller` for :class:`CaRevocationFeed`)."""
-        query = {"since": str(since), "wait": f"{max(wait, 0.0):g}"} if since >= 0 else None
+        """GET /v1/revocations: the revocation set (or what changed since ``since``), held up to
+        ``wait`` s while the CA's revision equals ``since`` (a :class:`RevocationPoller` for
+        :class:`CaRevocationFeed`)."""
+        query = (
+            {"since": str(since), "wait": f"{max(wait, 0.0):g}", "delta": "1"}
+            if since >= 0
+            else None
+        )
         data = await self._call("GET", "/v1/revocations", query=query, timeout=wait + self._timeout)
         try:
             return parse_revocation_page(data)

@@ -112,8 +112,9 @@ async def get_crl(request: web.Request) -> web.Response:
 
 
 async def get_revocations(request: web.Request) -> web.Response:
-    """GET /v1/revocations?since=R&wait=S: the full revocation set, long-polling past revision R
-    (public, like the bundle: revocation data is not secret)."""
+    """GET /v1/revocations?since=R&wait=S[&delta=1]: the full revocation set, long-polling past
+    revision R (public, like the bundle: revocation data is not secret). With ``delta=1`` only what
+    changed since R, when the CA's change log still covers R (else the full set)."""
     services = request.app[SERVICES]
     live = services.revocation_service().live
     since = query_number(request, "since", int, default=-1)
@@ -124,7 +125,9 @@ async def get_revocations(request: web.Request) -> web.Response:
     answer = live.current()
     if services.crls is not None:  # CRLs first: a client that saw revision N gets CRLs >= N
         await services.crls.cover(answer.version)
-    return web.Response(body=live.feed_json(answer), content_type="application/json")
+    delta = live.delta_json(since, answer) if request.query.get("delta") == "1" else None
+    body = live.feed_json(answer) if delta is None else delta
+    return web.Response(body=body, content_type="application/json")
 
 
 # ---- agent API ----------------------------------------------------------------------------

@@ -311,6 +311,14 @@ class RevocationSet:
         value = h[-1] if h[-2] <= stamp else _older(h, stamp)
         return value if isinstance(value, RevocationRecord) else None
 
+    def record_keys(self) -> list[tuple[RevocationKind, str, str]]:
+        """The keys (kind, value, issuer) of every record, unordered."""
+        stamp, out = self._stamp, []
+        for key, h in self._line.records.items():
+            if (h[-1] if h[-2] <= stamp else _older(h, stamp)) is not None:
+                out.append(key)
+        return out
+
     # -- derived sets --------------------------------------------------------------------------
 
     def pruned(self, now: datetime) -> RevocationSet:

@@ -2,7 +2,11 @@
 
 For a CA on its embedded (SQLite) store, where there is no etcd to watch. Each answer carries the
 whole current set and the store revision it reflects (``{"revision": N, "records": [...]}``); the
-CA holds a request while ``N == since`` for up to ``wait`` seconds. Every answer, changed or not,
+CA holds a request while ``N == since`` for up to ``wait`` seconds. A poller may ask for deltas
+(``&delta=1``, as :class:`HttpsRevocationPoller` does): the CA then answers only what changed
+since the feed's revision when it still knows (``{"delta": true, "base": since, ...}``), and the
+feed derives its new set from the last one in O(changes); a delta from another base is refused
+(the set is kept, the whole set asked for next). Every answer, changed or not,
 proves the set complete as of the instant the request was sent, so ``last_update`` moves on at
 least every ``wait`` seconds while the CA is reachable (``wait`` is kept below half the staleness
 limit). Failures are retried with capped exponential backoff and jitter; the last set is kept and
@@ -31,7 +35,7 @@ from s2s.core.backoff import Backoff, early_answer_pause
 from s2s.core.clock import Clock
 from s2s.core.errors import InvalidRequest, S2SError, Unavailable
 from s2s.core.reserved import is_ca_id
-from s2s.core.revocation import RevocationRecord, RevocationSet
+from s2s.core.revocation import RevocationKind, RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.verifier.authorize import authorize_if
 from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, RevocationFeed
@@ -69,10 +73,15 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | Non
 
 @dataclass(frozen=True, slots=True)
 class RevocationPage:
-    """One answer of the CA: the whole set at store ``revision``."""
+    """One answer of the CA: the whole set at store ``revision``; or, when ``delta``, what
+    changed from revision ``base`` to ``revision``: ``records`` put in (replacing a record of the
+    same key) and the records of ``removed`` gone."""
 
     revision: int
     records: tuple[RevocationRecord, ...]
+    delta: bool = False
+    base: int = -1
+    removed: tuple[tuple[RevocationKind, str, str], ...] = ()
 
 
 class RevocationPoller(Protocol):
@@ -83,15 +92,45 @@ class RevocationPoller(Protocol):
 
 
 def parse_revocation_page(data: object) -> RevocationPage:
-    """``{"revision": int >= 0, "records": [RevocationRecord JSON]}``; InvalidRequest if bad."""
+    """``{"revision": int >= 0, "records": [RevocationRecord JSON]}``, or a delta ``{"delta":
+    true, "base": int >= 0, "revision": int >= 0, "added": [RevocationRecord JSON], "removed":
+    [{"kind", "value", "issuer"?}]}``; InvalidRequest if bad."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("the revocations answer is not a JSON object")
-    revision, records = data.get("revision"), data.get("records")
-    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 0:
-        raise InvalidRequest("the revocations answer has no valid revision")
+    revision = _revision(data, "revision")
+    if "delta" in data:
+        if data["delta"] is not True:
+            raise InvalidRequest("the revocations answer has a delta field that is not true")
+        added, removed = data.get("added"), data.get("removed")
+        if not isinstance(added, list) or not isinstance(removed, list):
+            raise InvalidRequest("the revocations delta has no added and removed lists")
+        return RevocationPage(
+            revision,
+            tuple(RevocationRecord.from_json(r) for r in added),
+            delta=True,
+            base=_revision(data, "base"),
+            removed=tuple(_removed_key(k) for k in removed),
+        )
+    records = data.get("records")
     if not isinstance(records, list):
         raise InvalidRequest("the revocations answer has no records list")
     return RevocationPage(revision, tuple(RevocationRecord.from_json(r) for r in records))
+
+
+def _revision(data: Mapping[str, Any], name: str) -> int:
+    value = data.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidRequest(f"the revocations answer has no valid {name}")
+    return value
+
+
+def _removed_key(item: object) -> tuple[RevocationKind, str, str]:
+    """A removed record's key; checked like a record's (kind, value, issuer)."""
+    if not isinstance(item, Mapping):
+        raise InvalidRequest("a removed revocation must be a JSON object")
+    at = "1970-01-01T00:00:00+00:00"
+    probe = {**item, "revoked_at": at, "expires_at": at, "reason": ""}
+    return RevocationRecord.from_json(probe).key
 
 
 class CaRevocationFeed(RevocationFeed):
@@ -120,6 +159,7 @@ class CaRevocationFeed(RevocationFeed):
         self._rand = rand
         self._on_close = on_close
         self.revision = -1  # the CA store revision the set reflects (-1: none yet)
+        self._resync = False  # ask for the whole set next (after a delta that did not fit)
         self.polls = 0
 
     @property
@@ -148,8 +188,9 @@ class CaRevocationFeed(RevocationFeed):
             started = self._now()
             sent = loop.time()
             try:
-                wait = self.wait if self.revision >= 0 else 0.0
-                page = await self.poller.fetch_revocations(since=self.revision, wait=wait)
+                since = -1 if self._resync else self.revision
+                wait = self.wait if since >= 0 else 0.0
+                page = await self.poller.fetch_revocations(since=since, wait=wait)
             except S2SError as exc:
                 self._failed(str(exc))
                 failures += 1
@@ -159,7 +200,20 @@ class CaRevocationFeed(RevocationFeed):
             failures = 0
             self.polls += 1
             changed = page.revision != self.revision or not self.synced.is_set()
-            if changed:
+            if page.delta:
+                if page.base != self.revision or not self.synced.is_set():
+                    self._failed(f"a delta from revision {page.base}, not {self.revision}")
+                    self._resync = True  # next: the whole set
+                    failures += 1
+                    await asyncio.sleep(self._backoff.delay(failures, self._rand()))
+                    continue
+                if changed:
+                    new = self.snapshot().with_changes(
+                        page.records, page.removed, version=page.revision
+                    )
+                    self._publish(new)
+                    self.revision = page.revision
+            elif changed:
                 if len(page.records) > BIG_SET:
                     new = await asyncio.to_thread(
                         RevocationSet.of, page.records, version=page.revision
@@ -168,6 +222,7 @@ class CaRevocationFeed(RevocationFeed):
                     new = RevocationSet.of(page.records, version=page.revision)
                 self._publish(new)
                 self.revision = page.revision
+            self._resync = False
             self._confirm(started)
             pause = early_answer_pause(
                 asked=wait, took=loop.time() - sent, changed=changed, rand=self._rand()
@@ -227,7 +282,11 @@ class HttpsRevocationPoller:
         self._ssl = None
 
     async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
-        query = {"since": str(since), "wait": f"{wait:g}"} if since >= 0 else {"wait": "0"}
+        query = (
+            {"since": str(since), "wait": f"{wait:g}", "delta": "1"}
+            if since >= 0
+            else {"wait": "0"}
+        )
         failures: list[str] = []
         for step in range(len(self.urls)):
             index = (self._preferred + step) % len(self.urls)

@@ -120,3 +120,5 @@ def test_a_key_is_looked_up_by_its_kind_value_and_issuer() -> None:
     assert s.get((RevocationKind.JTI, "k", "")) is None
     assert s.without([rec.key]).get(rec.key) is None
     assert s.get(rec.key) == rec
+    assert s.record_keys() == [rec.key]
+    assert s.without([rec.key]).record_keys() == []
