@@ -28,6 +28,7 @@ from feed_support import TcpGate, eventually, id_record, serial_record
 from s2s.core.bundle import BundleSet
 from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidConfig, InvalidToken, StoreError, Unavailable
+from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.etcd.client import EtcdClient
 from s2s.etcd.values import put_op
@@ -133,6 +134,8 @@ async def test_pruned_and_merged_records_follow_the_store(
         await store.prune(datetime.now(UTC) + timedelta(hours=1.5))  # 0x11 expires before then
         await eventually(lambda: not feed.current().is_serial_revoked_by_any_issuer(0x11), "pruned")
         assert feed.current().is_serial_revoked_by_any_issuer(0x10)
+        derived = feed.current()  # from the last set by the changed records: equals a rebuild
+        assert derived == RevocationSet.of(await store.list_revocations(), version=derived.version)
     finally:
         await feed.stop()
 
