@@ -15,7 +15,8 @@ Each run starts every kind's server, then measures every (call, concurrency) poi
 in turn, so the kinds share the machine's conditions. Per point: p50 and p99 latency (channel
 already connected, one connection per client) and the server process's CPU time (user + system,
 all its threads) per call. The medians of the runs are printed as Markdown; ``--plot`` draws p50
-and p99 against concurrency (matplotlib, the ``bench`` extra).
+and p99 and the CPU per call against concurrency (matplotlib, the ``bench`` extra), with the s2s
+CPU of an earlier ``--save`` (``--before``, e.g. the code before a change) dashed.
 """
 
 from __future__ import annotations
@@ -105,7 +106,12 @@ def table(runs: list[dict[str, Point]], kinds: list[str]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: list[dict[str, Point]], kinds: list[str], png: Path) -> None:
+def plot(
+    runs: list[dict[str, Point]],
+    kinds: list[str],
+    png: Path,
+    before: list[dict[str, Point]] | None = None,
+) -> None:
     import matplotlib  # noqa: PLC0415 (the bench extra; nothing else needs it)
 
     matplotlib.use("Agg")
@@ -113,8 +119,27 @@ def plot(runs: list[dict[str, Point]], kinds: list[str], png: Path) -> None:
 
     med = medians(runs)
     colors = {"s2s": "#3366aa", "s2s-noattest": "#88aadd", "plain": "#aa3333", "grpclib": "#33aa66"}
-    fig, axes = plt.subplots(1, len(CALLS), figsize=(13, 5))
-    for ax, call in zip(axes, CALLS, strict=True):
+    fig, axes = plt.subplots(1, len(CALLS) + 1, figsize=(19, 5.5))
+    cpu_ax = axes[-1]
+    for call, marker in zip(CALLS, ("o", "s"), strict=True):
+        for kind in kinds:
+            xs = [c for c in CLIENTS if f"{call}/{c}/{kind}" in med]
+            ys = [med[f"{call}/{c}/{kind}"]["cpu_us"] for c in xs]
+            cpu_ax.plot(xs, ys, "-", marker=marker, color=colors.get(kind, "gray"),
+                        label=f"{kind}, {call}")  # fmt: skip
+        if before:
+            old = medians(before)
+            xs = [c for c in CLIENTS if f"{call}/{c}/s2s" in old]
+            ys = [old[f"{call}/{c}/s2s"]["cpu_us"] for c in xs]
+            cpu_ax.plot(xs, ys, "--", marker=marker, color="black",
+                        label=f"s2s before, {call}")  # fmt: skip
+    cpu_ax.set_xscale("log")
+    cpu_ax.set_ylim(bottom=0)
+    cpu_ax.set_xlabel("concurrent clients (one connection each)")
+    cpu_ax.set_ylabel("server CPU per call, us (all its threads)")
+    cpu_ax.set_title("server CPU per call")
+    cpu_ax.legend(fontsize=7)
+    for ax, call in zip(axes[:-1], CALLS, strict=True):
         for kind in kinds:
             xs = [c for c in CLIENTS if f"{call}/{c}/{kind}" in med]
             for metric, style in (("p50_ms", "-"), ("p99_ms", ":")):
@@ -140,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", type=Path)
     parser.add_argument("--load", type=Path, help="print/plot saved results instead of measuring")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--before", type=Path, help="a saved run of earlier code (drawn dashed)")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k != "grpclib" or _has_grpclib()]
     runs: list[dict[str, Any]]
@@ -156,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         args.save.write_text(json.dumps({"kinds": kinds, "runs": runs}, indent=1))
     print(table(runs, kinds))
     if args.plot:
-        plot(runs, kinds, args.plot)
+        before = json.loads(args.before.read_text())["runs"] if args.before else None
+        plot(runs, kinds, args.plot, before)
     return 0
 
 

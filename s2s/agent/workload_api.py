@@ -7,12 +7,13 @@ dependency (protobuf, the spiffe test client) while grpclib would add a second g
 implementation and still needs a private attribute (``stream.peer._transport``) to reach the
 socket. grpcio's one gap, that a servicer cannot learn who is on a Unix socket, is closed by the
 front proxy, which reads SO_PEERCRED on accept and tags the inner connection with a random
-abstract address. The price, measured by ``bench/workload_api.py`` against a bare grpc.aio server
-returning the same bytes: one client's FetchJWTSVID p50 0.9 ms instead of 0.5 ms and FetchX509SVID
-first response 1.0 ms instead of 0.8 ms (proxy hop plus per-call attestation), about 1.5x at 100
-concurrent clients. A Workload API is called once per rotation or token, so this is affordable.
-Holding each call to its connection's accept-time attestation adds about 0.1 ms to one client's
-p50 and about 0.3 ms to a push on one stream (--quick runs, same machine, before and after).
+abstract address. The price, measured by ``bench/workload_curve.py`` against a bare grpc.aio
+server returning the same bytes: 1.5-1.8x its CPU per call (430-700 us against 310-490 us), all
+but 0-140 us of the difference being the proxy's extra socket hop and the Python call frame, not
+attestation (bench/RESULTS.md). A bare grpclib server costs about what grpc.aio does, so serving
+on grpclib, with SO_PEERCRED read from each connection's transport, is the way to remove the
+proxy's share if that ever matters more than one gRPC stack; a Workload API is called once per
+rotation or token.
 
 Handlers are thin: check the security header, attest the caller, ask the
 :class:`IdentityProvider`, encode; :mod:`s2s.agent.workload_calls` maps errors to gRPC codes.
