@@ -112,6 +112,13 @@ async def _rotation(server: _Server, streams: int, rounds: int) -> list[float]:
         await asyncio.gather(*(ch.close(None) for ch in channels))
 
 
+def server_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far, all its threads (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rpartition(b")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class _Server:
     def __init__(self, kind: str) -> None:
         self.dir = tempfile.mkdtemp(prefix="s2s-bench-wl-")
@@ -150,12 +157,29 @@ def run(quick: bool) -> list[Figure]:
         }
         for label, call in calls.items():
             for clients in CONCURRENCY:
-                got = {
-                    kind: asyncio.run(_measure(srv.path, call, clients, per_client[clients]))
-                    for kind, srv in servers.items()
-                }
+                got: dict[str, list[float]] = {}
+                cpu: dict[str, float] = {}
+                calls_made = 0
+                for kind, srv in servers.items():
+                    start = server_cpu_seconds(srv.proc.pid)
+                    got[kind] = asyncio.run(_measure(srv.path, call, clients, per_client[clients]))
+                    # The warm-up calls (one per client) count too.
+                    calls_made = len(got[kind]) + clients
+                    cpu[kind] = (server_cpu_seconds(srv.proc.pid) - start) / calls_made
+                tick = 1e6 / os.sysconf("SC_CLK_TCK") / calls_made
                 figures += _latency_figures(
                     got, f"{label} {{p}}, {clients} client(s)", "plain grpc.aio, same call {p}"
+                )
+                figures.append(
+                    Figure(
+                        name=f"{label} server CPU per call, {clients} client(s)",
+                        value=cpu["s2s"] * 1e6,
+                        unit="us",
+                        baseline_name="plain grpc.aio, same call",
+                        baseline_value=cpu["plain"] * 1e6,
+                        higher_is_better=False,
+                        note=f"user+system, all threads; +-{tick:.0f} us (clock ticks)",
+                    )
                 )
         for streams in (1, 100):
             got = {

@@ -24,24 +24,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._harness import percentiles
-from bench.workload_api import _call_x509, _jwt_caller, _jwt_request, _measure, _Server
+from bench.workload_api import (
+    _call_x509,
+    _jwt_caller,
+    _jwt_request,
+    _measure,
+    _Server,
+    server_cpu_seconds,
+)
 
 CLIENTS = (1, 3, 10, 30, 100)
 CALLS = ("FetchX509SVID", "FetchJWTSVID")
 Point = dict[str, float]  # p50_ms, p99_ms, cpu_us
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rpartition(b")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _calls_per_client(clients: int, quick: bool) -> int:
@@ -58,9 +58,9 @@ def measure_run(kinds: list[str], quick: bool) -> dict[str, Point]:
             for clients in CLIENTS:
                 for kind, srv in servers.items():
                     n = _calls_per_client(clients, quick)
-                    cpu0 = _cpu_seconds(srv.proc.pid)
+                    cpu0 = server_cpu_seconds(srv.proc.pid)
                     samples = asyncio.run(_measure(srv.path, callers[call], clients, n))
-                    cpu = _cpu_seconds(srv.proc.pid) - cpu0
+                    cpu = server_cpu_seconds(srv.proc.pid) - cpu0
                     # The warm-up calls (one per client) are in the CPU time too.
                     per_call = cpu / (len(samples) + clients)
                     p50, p99 = percentiles(samples, 50, 99)
