@@ -314,7 +314,12 @@ class FleetSystem:
             await worker.child.send(json.dumps(spec))
             self.workers.append(worker)
         deadline = time.monotonic() + 300
+        shown = time.monotonic()
         while not all(w.ready for w in self.workers):
+            if time.monotonic() - shown > 15:
+                shown = time.monotonic()
+                ready = sum(w.stats.get("ready", 0) for w in self.workers)
+                self.say(f"{ready}/{len(agents)} simulated agents hold their SVIDs")
             for worker in self.workers:
                 assert worker.child is not None
                 if not worker.child.running:
