@@ -36,6 +36,7 @@ __all__ = [
 
 _PEERCRED = struct.Struct("3i")
 _START_TIME_FIELD = 22  # proc(5): (22) starttime, in clock ticks since boot
+_READ_SIZE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,12 +78,15 @@ def process_start_time(pid: int, *, proc_root: str = "/proc") -> int:
 
 
 def _read(path: str) -> bytes:
-    """The whole of a small ``/proc`` file (os.read: no buffered file object per call)."""
+    """The whole of a small ``/proc`` file (os.read: no buffered file object per call).
+
+    A read that returns less than asked for has reached the end: ``/proc/<pid>/stat`` and
+    ``status`` are generated whole and copied out as far as the buffer goes."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks = [os.read(fd, 4096)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 65536))
+        chunks = [os.read(fd, _READ_SIZE)]
+        while len(chunks[-1]) == _READ_SIZE:
+            chunks.append(os.read(fd, _READ_SIZE))
     finally:
         os.close(fd)
     return b"".join(chunks)

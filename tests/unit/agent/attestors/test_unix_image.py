@@ -164,3 +164,12 @@ def test_recheck_holds_the_caller_to_its_image_and_start_time(
     (proc.root / "7" / "stat").write_text(f"7 (x) {FIELDS.replace(' 22 ', ' 23 ')}\n")
     with pytest.raises(AttestationFailed, match="pid now names another process"):
         unix.recheck(admitted)  # the pid was reused
+
+
+def test_a_status_longer_than_one_read_is_read_whole(tmp_path: Path, proc: FakeProc) -> None:
+    groups = " ".join(str(g) for g in range(1000, 6000))  # about 25 KB of Groups line
+    proc.process(7, binary(tmp_path, "billing"), groups=groups)
+    unix = attestor(proc, sha256=False)
+    selectors = unix.attest(unix.admit(peer()))
+    assert Selector("unix", "supplementary_gid:5999") in selectors
+    assert len([s for s in selectors if s.value.startswith("supplementary_gid:")]) == 5000
