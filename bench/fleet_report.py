@@ -116,6 +116,7 @@ def render(m: dict[str, Any]) -> str:
             f" {f.get('renewals', 0):,.0f} | {f.get('renew_failures', 0):,.0f} |"
             f" {f.get('expired', 0):,.0f} | {c['jwt']['jwt_per_s']:.1f} |"
         )
+    lines += _growth(m["configs"])
     total_expired = sum(c["fleet_total"].get("expired", 0) for c in m["configs"])
     retries = sum(c.get("admin_retries", 0) for c in m["configs"])
     lines += [
@@ -125,6 +126,41 @@ def render(m: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _mean(values: Any) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _growth(configs: list[dict[str, Any]]) -> list[str]:
+    """How the per-event costs grow from the smallest to the largest registry, per replica
+    count (the mean over replicas): the input for incremental updates."""
+    out: list[str] = []
+    for replicas in sorted({c["replicas"] for c in configs}):
+        same = sorted((c for c in configs if c["replicas"] == replicas), key=lambda c: c["size"])
+        if len(same) < 2:
+            continue
+        small, large = same[0], same[-1]
+        figures = []
+        for label, phase, key in (
+            ("CPU per entry change", "changes", "cpu_per_change"),
+            ("CPU per revocation", "revocations", "cpu_per_revocation"),
+            ("marginal CPU per renewal", "steady", "cpu_per_renewal"),
+        ):
+            a = _mean(small[phase][key].values())
+            b = _mean(large[phase][key].values())
+            figures.append(f"{label} {_ms(a)} -> {_ms(b)} ms (x{b / a:.1f})")
+        lat = (small["changes"]["latency"][0], large["changes"]["latency"][0])
+        figures.append(f"entry change p50 {lat[0] * 1000:,.0f} -> {lat[1] * 1000:,.0f} ms")
+        out.append(
+            f"- {replicas} replica(s), registry {small['size']:,} -> {large['size']:,}: "
+            + "; ".join(figures)
+            + "."
+        )
+    if out:
+        out = ["", "**Growth with the registry size** (mean over replicas)", "", *out]
+    return out
 
 
 def write_results(text: str, path: Path = RESULTS) -> None:

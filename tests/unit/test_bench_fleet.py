@@ -3,6 +3,7 @@ and their section of RESULTS.md (replaced in place, appended when absent, other 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -90,3 +91,15 @@ def test_write_results_replaces_the_section_and_keeps_the_others(tmp_path: Path)
     assert text.count(HEADING) == 1
     assert "ca figures" in text
     assert text.endswith("## Soak\n\nsoak figures\n")
+
+
+def test_growth_compares_the_smallest_and_largest_registry() -> None:
+    measured = _measured(failover=False)
+    large = json.loads(json.dumps(measured["configs"][0]))
+    large["size"] = 10_000
+    large["changes"]["cpu_per_change"] = {"ca-0": 0.04}
+    measured["configs"].append(large)
+    text = render(measured)
+    assert "- 1 replica(s), registry 1,000 -> 10,000: CPU per entry change 4.00 -> 40.00" in text
+    assert "(x10.0)" in text
+    assert "Growth with the registry size" not in render(_measured(failover=False))  # one size
