@@ -24,6 +24,7 @@ import gc
 import json
 import multiprocessing as mp
 import os
+import statistics
 import subprocess
 import tempfile
 import time
@@ -40,15 +41,17 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from bench._harness import Figure, percentiles
 from bench.agent import CA_CLI, _stop, _wait_for_line
 from s2s.ca.client import AdminClient
+from s2s.ca.live_revocations import LiveRevocations
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid, spiffe_id_of
 from s2s.etcd.client import EtcdClient
 from s2s.etcd.values import put_op
+from s2s.store.sqlite import SqliteStore
 from s2s.testing_etcd import EtcdServer
 from s2s.verifier.feeds import RevocationFeed
-from s2s.verifier.feeds_ca import CaRevocationFeed
+from s2s.verifier.feeds_ca import CaRevocationFeed, parse_revocation_page
 from s2s.verifier.feeds_etcd import EtcdRevocationFeed
 from s2s.verifier.source_static import StaticX509Source
 from s2s.verifier.x509context import X509Context
@@ -396,3 +399,129 @@ def run(quick: bool) -> list[Figure]:
     size = 10_000 if quick else 100_000
     results, large = asyncio.run(_propagation_all(n, (1, 10), size))
     return _latency_figures(results, n) + _large_figures(large, size) + _memory(size)
+
+
+# -- deltas: the cost of one revocation and the bytes a subscriber receives -----------------------
+
+DELTA_SIZES = (1_000, 10_000, 100_000)
+DELTA_KEYS = ("set_old", "set_new", "ca_old", "ca_new", "ca_read", "sub_old", "sub_new")
+
+
+def _serial_at(serial: int, at: datetime) -> RevocationRecord:
+    return RevocationRecord.for_serial(serial, revoked_at=at, expires_at=at + HOUR, reason="bench")
+
+
+def _ms(t0: float, t1: float) -> float:
+    return (t1 - t0) * 1e3
+
+
+async def _deltas_at(size: int, samples: int, tmp: Path) -> dict[str, float]:
+    """One registry size: p50/p99 (ms) of each path over ``samples`` revocations, and the median
+    bytes a subscriber one revision behind receives (whole set / delta).
+
+    * ``set``: the set alone: ``RevocationSet.of`` of every record plus the new one (the old
+      ``with_records``, a whole rebuild) against ``with_records`` (derived, O(change));
+    * ``ca``: the CA after a store write: the store's whole-list read plus the rebuild (the old
+      ``LiveRevocations.refresh``) against the current refresh (the same read, then a diff and a
+      derived set); ``ca_read`` is the store read alone;
+    * ``sub``: a subscriber: parse the whole answer and build the set, against parse the delta
+      and derive its set from the one it holds.
+    """
+    now = datetime.now(UTC)
+    store = await SqliteStore.open(tmp / f"store-{size}.db")
+    try:
+        records = [_serial_at(0x100000 + i, now) for i in range(size)]
+        for start in range(0, size, 500):
+            await asyncio.gather(*(store.add_revocation(r) for r in records[start : start + 500]))
+        live = LiveRevocations(store=store)
+        held = await live.refresh()
+        subscriber = RevocationSet.of(
+            parse_revocation_page(json.loads(live.feed_json())).records, version=held.version
+        )
+        times: dict[str, list[float]] = {k: [] for k in DELTA_KEYS}
+        sizes: dict[str, list[int]] = {"full": [], "delta": []}
+        for n in range(samples):
+            new = _serial_at(0x900000 + n, now)
+            held = live.current()
+            t0 = time.perf_counter()
+            RevocationSet.of([*held.records(), new], version=held.version + 1)
+            t1 = time.perf_counter()
+            held.with_records([new], version=held.version + 1)
+            t2 = time.perf_counter()
+            times["set_old"].append(_ms(t0, t1))
+            times["set_new"].append(_ms(t1, t2))
+            await store.add_revocation(new)
+            t0 = time.perf_counter()
+            listed = await store.list_revocations()
+            t1 = time.perf_counter()
+            RevocationSet.of(listed, version=held.version + 1)
+            t2 = time.perf_counter()
+            await live.refresh()
+            t3 = time.perf_counter()
+            times["ca_read"].append(_ms(t0, t1))
+            times["ca_old"].append(_ms(t0, t2))
+            times["ca_new"].append(_ms(t2, t3))
+            full_body = live.feed_json()
+            delta_body = live.delta_json(held.version)
+            assert delta_body is not None, "the CA has the delta from the previous revision"
+            sizes["full"].append(len(full_body))
+            sizes["delta"].append(len(delta_body))
+            t0 = time.perf_counter()
+            page = parse_revocation_page(json.loads(full_body))
+            RevocationSet.of(page.records, version=page.revision)
+            t1 = time.perf_counter()
+            page = parse_revocation_page(json.loads(delta_body))
+            subscriber = subscriber.with_changes(page.records, page.removed, version=page.revision)
+            t2 = time.perf_counter()
+            times["sub_old"].append(_ms(t0, t1))
+            times["sub_new"].append(_ms(t1, t2))
+        assert subscriber == live.current(), "the subscriber's derived set equals the CA's"
+        out: dict[str, float] = {}
+        for key, values in times.items():
+            out[f"{key}_p50"], out[f"{key}_p99"] = percentiles(values, 50, 99)
+        out["bytes_full"] = statistics.median(sizes["full"])
+        out["bytes_delta"] = statistics.median(sizes["delta"])
+        return out
+    finally:
+        await store.close()
+
+
+def deltas(samples: int = 30, runs: int = 3, sizes: tuple[int, ...] = DELTA_SIZES) -> None:
+    """Print the "Revocation deltas" table: medians of ``runs`` runs, each over ``samples``
+    revocations per size (``python -m bench.revocation --deltas``)."""
+    results: dict[int, list[dict[str, float]]] = {size: [] for size in sizes}
+    for _ in range(runs):
+        for size in sizes:
+            with tempfile.TemporaryDirectory() as tmp:
+                results[size].append(asyncio.run(_deltas_at(size, samples, Path(tmp))))
+    rows = [
+        ("one revocation, the set alone (p50 / p99 ms)", "set_old", "set_new"),
+        ("the CA: store read + set (p50 / p99 ms)", "ca_old", "ca_new"),
+        ("a subscriber applies one change (p50 / p99 ms)", "sub_old", "sub_new"),
+    ]
+    head = " | ".join(f"{size:,} records: before -> after" for size in sizes)
+    print(f"| medians of {runs} runs, {samples} revocations each | {head} |")
+    print("|---|" + "---|" * len(sizes))
+
+    def med(size: int, key: str) -> float:
+        return statistics.median(r[key] for r in results[size])
+
+    for label, old, new in rows:
+        cells = [
+            f"{med(s, old + '_p50'):.2f} / {med(s, old + '_p99'):.2f} -> "
+            f"{med(s, new + '_p50'):.3f} / {med(s, new + '_p99'):.3f}"
+            for s in sizes
+        ]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    reads = [f"{med(s, 'ca_read_p50'):.2f} / {med(s, 'ca_read_p99'):.2f}" for s in sizes]
+    print("| of which the store's whole-list read (p50 / p99 ms) | " + " | ".join(reads) + " |")
+    sent = [f"{med(s, 'bytes_full'):,.0f} -> {med(s, 'bytes_delta'):,.0f}" for s in sizes]
+    print("| bytes to a subscriber one revision behind | " + " | ".join(sent) + " |")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--deltas" in sys.argv:
+        quick = "--quick" in sys.argv
+        deltas(samples=5 if quick else 20, runs=1 if quick else 3)

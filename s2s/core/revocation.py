@@ -17,8 +17,8 @@ before issuers were recorded) matches the serial under any issuer.
 from __future__ import annotations
 
 import heapq
+import itertools
 import re
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -325,20 +325,20 @@ class RevocationSet:
         """The set without records whose ``expires_at`` is at or before ``now``."""
         now = _aware("now", now)
         line = self._line
-        with line.lock:
-            if line.tip != self._stamp:  # a branch: find the expired ones by a scan
-                gone = [k for k, r in self._record_map().items() if r.expires_at <= now]
-                return self._derive_locked(dict.fromkeys(gone), self.version)
-            expiry = line.expiry
-            gone_keys: dict[_Key, RevocationRecord | None] = {}
-            while expiry and expiry[0][0] <= now:
-                _, _, key = heapq.heappop(expiry)
-                record = self.get(key)
-                if record is not None and record.expires_at <= now:
-                    gone_keys[key] = None
-            if not gone_keys:
-                return self
-            return self._derive_locked(gone_keys, self.version)
+        expiry = line.expiry
+        if line.tip == self._stamp:
+            if not expiry or expiry[0][0] > now:
+                return self  # nothing has expired
+            if line.claim(self._stamp):  # the heap is ours: the set at the next stamp
+                gone: dict[_Key, RevocationRecord | None] = {}
+                while expiry and expiry[0][0] <= now:
+                    _, _, key = heapq.heappop(expiry)
+                    record = self.get(key)
+                    if record is not None and record.expires_at <= now:
+                        gone[key] = None
+                return self._apply(gone, self.version, claimed=True)
+        expired = [k for k, r in self._record_map().items() if r.expires_at <= now]  # a branch
+        return self._derive(dict.fromkeys(expired), self.version) if expired else self
 
     def with_records(
         self, records: Iterable[RevocationRecord], *, version: int | None = None
@@ -380,17 +380,18 @@ class RevocationSet:
     ) -> RevocationSet:
         next_version = self.version if version is None else version
         _check_version(next_version)
-        with self._line.lock:
-            return self._derive_locked(changes, next_version)
+        return self._apply(changes, next_version, claimed=self._line.claim(self._stamp))
 
-    def _derive_locked(
-        self, changes: dict[_Key, RevocationRecord | None], version: int
+    def _apply(
+        self, changes: dict[_Key, RevocationRecord | None], version: int, *, claimed: bool
     ) -> RevocationSet:
+        """The set with ``changes``: written into the shared histories at the next stamp when
+        this set ``claimed`` it (it was the newest of its line), else built afresh."""
         line = self._line
         count = self._count
         for key, record in changes.items():
             count += (record is not None) - (self.get(key) is not None)
-        if line.tip != self._stamp or line.garbage > max(_MIN_GARBAGE, count):
+        if not claimed or line.garbage > max(_MIN_GARBAGE, count):
             records = self._record_map()  # a branch, or time to drop superseded values
             for key, record in changes.items():
                 if record is None:
@@ -398,7 +399,7 @@ class RevocationSet:
                 else:
                     records[key] = record
             return self._fresh(records, version)
-        stamp = line.tip + 1
+        stamp = self._stamp + 1
         for key, record in changes.items():
             line.put(key, record, stamp)
         line.tip = stamp
@@ -466,19 +467,19 @@ class _Line:
         "garbage",
         "ids",
         "jtis",
-        "lock",
         "records",
         "seq",
         "serial_count",
         "serials",
+        "stamps",
         "tip",
     )
 
     def __init__(self) -> None:
         self.tip = 0
+        self.stamps = itertools.count(1)  # next() is atomic: one claimer per stamp
         self.garbage = 0  # superseded history entries
         self.seq = 0
-        self.lock = threading.Lock()  # derivations of one line (feeds may build in a thread)
         self.records: dict[_Key, _History] = {}
         self.serials: dict[tuple[str, int], _History] = {}  # serial records with an issuer
         self.any_issuer: dict[int, _History] = {}  # serial records without one
@@ -487,6 +488,12 @@ class _Line:
         self.jtis: dict[str, _History] = {}
         self.ids: dict[str, _History] = {}  # SPIFFE ID -> revoked_at
         self.expiry: list[tuple[datetime, int, _Key]] = []  # heap: (expires_at, seq, key)
+
+    def claim(self, stamp: int) -> bool:
+        """Whether the set at ``stamp`` may write the next stamp: true for exactly one caller,
+        and only while ``stamp`` is the newest (two threads deriving from one set: one writes,
+        the other builds afresh)."""
+        return self.tip == stamp and next(self.stamps) == stamp + 1
 
     def put(self, key: _Key, record: RevocationRecord | None, stamp: int) -> None:
         """Set ``key`` to ``record`` (None: remove it) from ``stamp`` on (stamp 0: the first

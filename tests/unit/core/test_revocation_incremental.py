@@ -5,6 +5,7 @@ never change under their readers."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from typing import Any
 
 from hypothesis import given, settings
@@ -122,3 +123,33 @@ def test_a_key_is_looked_up_by_its_kind_value_and_issuer() -> None:
     assert s.get(rec.key) == rec
     assert s.record_keys() == [rec.key]
     assert s.without([rec.key]).record_keys() == []
+
+
+def _derive_at_once(
+    base: RevocationSet, barrier: threading.Barrier, out: dict[str, RevocationSet], jti: str
+) -> None:
+    barrier.wait()
+    rec = RevocationRecord.for_jti(jti, revoked_at=T0, expires_at=at(9))
+    out[jti] = base.with_records([rec], version=base.version + 1)
+
+
+def test_two_threads_deriving_from_one_set_both_get_their_own_set() -> None:
+    """One of them writes the shared histories, the other builds afresh; neither sees the
+    other's record and the set they came from is unchanged."""
+    names = ("base", "left", "right")
+    for _ in range(200):
+        base = RevocationSet.of([RevocationRecord.for_jti("base", revoked_at=T0, expires_at=at(9))])
+        barrier = threading.Barrier(2)
+        out: dict[str, RevocationSet] = {}
+        threads = [
+            threading.Thread(target=_derive_at_once, args=(base, barrier, out, j))
+            for j in ("left", "right")
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [out["left"].is_jti_revoked(j) for j in names] == [True, True, False]
+        assert [out["right"].is_jti_revoked(j) for j in names] == [True, False, True]
+        assert [base.is_jti_revoked(j) for j in names] == [True, False, False]
+        assert len(base) == 1
