@@ -32,7 +32,6 @@ from s2s.core.errors import InvalidRequest, InvalidSpiffeId, NotFound, S2SError
 from s2s.core.jwtsvid import MAX_LEEWAY
 from s2s.core.reserved import JOIN_TOKEN_AGENT_PATH_PREFIX
 from s2s.core.revocation import (
-    RevocationKind,
     RevocationRecord,
     RevocationSet,
     issuer_key_id,
@@ -339,8 +338,10 @@ class RevocationService:
             )
             for i in issued
         ]  # fmt: skip
-        known = {r.value for r in self._live.current().records() if r.kind is RevocationKind.SERIAL}
-        pending = [r for r in records if r.value not in known]
+        current = self._live.current()  # O(1) a serial, not a listing of the whole set
+        pending = [
+            r for r in records if not current.is_serial_revoked_by_any_issuer(int(r.value, 16))
+        ]
         written = 0
         for start in range(0, len(pending), _CONCURRENT_WRITES):  # etcd: round trips overlap
             chunk = pending[start : start + _CONCURRENT_WRITES]
