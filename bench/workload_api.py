@@ -218,6 +218,10 @@ async def _serve(kind: str, path: str) -> None:
         from bench.workload_grpclib import serve_grpclib  # noqa: PLC0415 (optional package)
 
         stop = await serve_grpclib(provider, path)
+    elif kind == "s2s-grpclib":
+        from bench.workload_grpclib import serve_s2s_grpclib  # noqa: PLC0415 (optional package)
+
+        stop = await serve_s2s_grpclib(provider, path)
     else:
         plain = await _plain_server(provider, path)
         stop = plain.stop

@@ -8,12 +8,11 @@ implementation and still needs a private attribute (``stream.peer._transport``) 
 socket. grpcio's one gap, that a servicer cannot learn who is on a Unix socket, is closed by the
 front proxy, which reads SO_PEERCRED on accept and tags the inner connection with a random
 abstract address. The price, measured by ``bench/workload_curve.py`` against a bare grpc.aio
-server returning the same bytes: 1.5-1.8x its CPU per call (430-700 us against 310-490 us), all
-but 0-140 us of the difference being the proxy's extra socket hop and the Python call frame, not
-attestation (bench/RESULTS.md). A bare grpclib server costs about what grpc.aio does, so serving
-on grpclib, with SO_PEERCRED read from each connection's transport, is the way to remove the
-proxy's share if that ever matters more than one gRPC stack; a Workload API is called once per
-rotation or token.
+server returning the same bytes: 1.5-1.8x its CPU per call (430-700 us against 310-490 us). The
+same handlers served on grpclib without the proxy (a bench prototype) cost about as much from 10
+clients on: what a call costs is its own Python work (the per-call attestation reading, header,
+bookkeeping, provider, encoding), and the proxy's hop shows only with a single client
+(bench/RESULTS.md). A Workload API is called once per rotation or token.
 
 Handlers are thin: check the security header, attest the caller, ask the
 :class:`IdentityProvider`, encode; :mod:`s2s.agent.workload_calls` maps errors to gRPC codes.
