@@ -2,7 +2,10 @@
 
 Every agent call is authorized against its agent record and most look an entry up; through the
 store that is one worker-thread hop each. :class:`RegistryCache` keeps both collections in memory
-as immutable snapshots, swapped whole when the store's revision for the topic moves
+in memory. Agents are an immutable snapshot swapped whole when the store's revision moves;
+entries follow the store change by change when it offers an entry feed (both backends do:
+:mod:`s2s.store.entry_changes`), each change applied in O(change), with a full listing only at
+start and when the store cannot say what changed (etcd compaction, SQLite log gap)
 (:meth:`follow`, run by the app in its TaskGroup). Changes made through this process's
 :class:`Registry` are applied to the snapshot at once (write-through), so an eviction or a ban
 here takes effect on the next call; changes made by another replica arrive when the store reports
@@ -18,8 +21,10 @@ in-process ban can never resurrect the unbanned record.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -27,6 +32,7 @@ from s2s.aio import wait_event
 from s2s.core.registration import RegistrationEntry
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.base import Store
+from s2s.store.entry_changes import EntryChangeFeed, EntryChanges
 from s2s.store.records import AgentRecord, Topic
 
 __all__ = ["EntrySnapshot", "RegistryCache"]
@@ -40,23 +46,62 @@ class EntrySnapshot:
     revision: int
 
 
-@dataclass(frozen=True, slots=True)
 class _Entries:
-    by_id: Mapping[str, RegistrationEntry]
-    by_parent: Mapping[SpiffeId, tuple[RegistrationEntry, ...]]
-    revision: int
+    """The entries snapshot: by id, and per parent as tuples in the store's order (by id).
+
+    Only this cache changes it, on the event loop, in O(change): an entry's change replaces the
+    entry in ``by_id`` and rebuilds only its parents' tuples. Readers get the tuples and entries,
+    which never change, so what they were given stays as it was.
+    """
+
+    __slots__ = ("by_id", "by_parent", "revision")
+
+    def __init__(
+        self,
+        by_id: dict[str, RegistrationEntry],
+        by_parent: dict[SpiffeId, tuple[RegistrationEntry, ...]],
+        revision: int,
+    ) -> None:
+        self.by_id = by_id
+        self.by_parent = by_parent
+        self.revision = revision
 
     @classmethod
-    def of(cls, entries: tuple[RegistrationEntry, ...], revision: int) -> _Entries:
-        entries = tuple(sorted(entries, key=lambda e: e.id))  # the store's order
+    def of(cls, entries: Iterable[RegistrationEntry], revision: int) -> _Entries:
+        ordered = sorted(entries, key=lambda e: e.id)  # the store's order
         by_parent: dict[SpiffeId, list[RegistrationEntry]] = {}
-        for entry in entries:
+        for entry in ordered:
             by_parent.setdefault(entry.parent_id, []).append(entry)
         return cls(
-            MappingProxyType({e.id: e for e in entries}),
-            MappingProxyType({p: tuple(es) for p, es in by_parent.items()}),
-            revision,
+            {e.id: e for e in ordered}, {p: tuple(es) for p, es in by_parent.items()}, revision
         )
+
+    def put(self, entry: RegistrationEntry) -> None:
+        old = self.by_id.get(entry.id)
+        self.by_id[entry.id] = entry
+        if old is not None and old.parent_id != entry.parent_id:
+            self._drop_from_parent(old)
+        siblings = self.by_parent.get(entry.parent_id, ())
+        if old is not None and old.parent_id == entry.parent_id:
+            self.by_parent[entry.parent_id] = tuple(
+                entry if e.id == entry.id else e for e in siblings
+            )
+        else:
+            ids = [e.id for e in siblings]
+            at = bisect.bisect_left(ids, entry.id)
+            self.by_parent[entry.parent_id] = (*siblings[:at], entry, *siblings[at:])
+
+    def remove(self, entry_id: str) -> None:
+        old = self.by_id.pop(entry_id, None)
+        if old is not None:
+            self._drop_from_parent(old)
+
+    def _drop_from_parent(self, old: RegistrationEntry) -> None:
+        kept = tuple(e for e in self.by_parent.get(old.parent_id, ()) if e.id != old.id)
+        if kept:
+            self.by_parent[old.parent_id] = kept
+        else:
+            self.by_parent.pop(old.parent_id, None)
 
 
 class RegistryCache:
@@ -72,6 +117,7 @@ class RegistryCache:
         # listings for agents go to the store until the next listing is installed, so that the
         # revision an agent is given is never older than the content it is given.
         self._entries_dirty = False
+        self._pending: set[str] = set()  # ids written through, not yet seen in the store's feed
 
     @property
     def loaded(self) -> bool:
@@ -84,7 +130,7 @@ class RegistryCache:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._follow(Topic.AGENTS, timeout))
-                group.create_task(self._follow(Topic.ENTRIES, timeout))
+                group.create_task(self._follow_entries(timeout))
         finally:
             self._agents = None  # not following any more: read the store again
             self._entries = None
@@ -107,6 +153,41 @@ class RegistryCache:
                     self._install_entries(_Entries.of(entries, revision))
                 seen = revision
             await self._store.wait_for_change(topic, seen, timeout)
+
+    async def _follow_entries(self, timeout: float) -> None:
+        store = self._store
+        if not isinstance(store, EntryChangeFeed):
+            await self._follow(Topic.ENTRIES, timeout)  # a store without a feed: full reloads
+            return
+        changes = store.follow_entries(poll=timeout)
+        async with contextlib.aclosing(changes):
+            async for change in changes:
+                self.apply_changes(change)
+
+    def apply_changes(self, change: EntryChanges) -> None:
+        """Bring the entries snapshot to ``change.revision``: a full listing replaces it, a
+        batch of changes is applied entry by entry (O(change), whatever the registry's size)."""
+        if change.full is not None:
+            # The listing was read after every write-through already committed, or is followed
+            # by a batch carrying those writes: either way the store's view wins.
+            self._pending.clear()
+            self._install_entries(_Entries.of(change.full, change.revision))
+            return
+        entries = self._entries
+        if entries is None:
+            return  # a feed starts with a full listing; nothing to apply changes to yet
+        for entry_id in change.deleted:
+            entries.remove(entry_id)
+            self._pending.discard(entry_id)
+        for entry in change.changed:
+            entries.put(entry)
+            self._pending.discard(entry.id)
+        # Content and revision agree again once no write-through is waiting for its change.
+        self._entries_dirty = bool(self._pending)
+        if change.revision != entries.revision:
+            entries.revision = change.revision
+            event, self._entries_moved = self._entries_moved, asyncio.Event()
+            event.set()
 
     def _install_entries(self, entries: _Entries) -> None:
         moved = self._entries is None or entries.revision != self._entries.revision
@@ -206,12 +287,17 @@ class RegistryCache:
         entries = self._entries
         if entries is None:
             return
-        self._entries_dirty = True
         current = entries.by_id.get(entry_id)
-        if entry is not None and current is not None and current.revision > entry.revision:
-            return  # never replace a newer entry with an older one
-        kept = tuple(e for e in entries.by_id.values() if e.id != entry_id)
-        # Same revision: the store's new revision arrives with the next listing (and wakes
-        # long-polls then); meanwhile lookups by id use the new content and listings for agents
-        # read the store (``_entries_dirty``).
-        self._entries = _Entries.of((*kept, entry) if entry is not None else kept, entries.revision)
+        if entry is None:
+            if current is None:
+                return  # the store's feed was first
+            entries.remove(entry_id)
+        else:
+            if current is not None and current.revision >= entry.revision:
+                return  # never replace a newer entry with an older one (or the feed was first)
+            entries.put(entry)
+        # Same revision: the store's new revision arrives with the change (and wakes long-polls
+        # then); meanwhile lookups by id use the new content and listings for agents read the
+        # store (``_entries_dirty``).
+        self._pending.add(entry_id)
+        self._entries_dirty = True

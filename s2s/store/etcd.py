@@ -18,9 +18,10 @@ on time. Lease deletions do not move topic revisions (watch the key prefix to se
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from s2s.core.clock import Clock, SystemClock
@@ -30,7 +31,8 @@ from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.etcd.channel import EtcdTls
 from s2s.etcd.client import EtcdClient
 from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, value_is, version_is
-from s2s.store.codec import check_revision, check_text, revised
+from s2s.store.codec import check_revision, check_text, decode_doc, revised
+from s2s.store.entry_changes import EntryChanges
 from s2s.store.etcd_expiring import EtcdExpiringRecords
 from s2s.store.etcd_keys import check_entry_key, doc
 from s2s.store.etcd_keyspace import Retry
@@ -264,6 +266,34 @@ class EtcdStore(EtcdExpiringRecords):
             )
         )
 
+    async def follow_entries(
+        self, *, since: int | None = None, poll: float = 30.0
+    ) -> AsyncGenerator[EntryChanges, None]:
+        """Every entry, then the entries the watch on ``entries/`` reports changed or deleted
+        (a full listing again when the watch's revision was compacted away)."""
+        prefix = self.key("entries", "")
+        start = None if since is None else since + 1
+        updates = self.c.follow_prefix(prefix, start_revision=start)
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if update.snapshot is not None:
+                    full = tuple(_entry(kv.value) for kv in update.snapshot)
+                    yield EntryChanges(update.revision, full=full)
+                    continue
+                changed: dict[str, RegistrationEntry] = {}
+                deleted: dict[str, None] = {}
+                for event in update.events:
+                    entry_id = event.kv.key[len(prefix) :].decode()
+                    if event.deleted:
+                        changed.pop(entry_id, None)
+                        deleted[entry_id] = None
+                    else:
+                        deleted.pop(entry_id, None)
+                        changed[entry_id] = _entry(event.kv.value)
+                yield EntryChanges(
+                    update.revision, changed=tuple(changed.values()), deleted=tuple(deleted)
+                )
+
     # -- agents --
 
     async def _get_agent(self, spiffe_id: SpiffeId) -> tuple[AgentRecord, KeyValue]:
@@ -297,8 +327,16 @@ class EtcdStore(EtcdExpiringRecords):
         return await self._remove(lambda: self._get_agent(spiffe_id), Topic.AGENTS)
 
 
+def _entry(value: bytes) -> RegistrationEntry:
+    return decode_doc(value, RegistrationEntry.from_json)
+
+
 if TYPE_CHECKING:
     from s2s.store.base import Store
+    from s2s.store.entry_changes import EntryChangeFeed
 
     def _conforms(store: EtcdStore) -> Store:  # mypy proves EtcdStore implements Store
+        return store
+
+    def _follows_entries(store: EtcdStore) -> EntryChangeFeed:
         return store

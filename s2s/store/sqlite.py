@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from s2s.core.errors import Conflict, NotFound
@@ -25,6 +26,7 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.codec import Revised, check_revision, check_text, decode_doc, encode_doc, revised
+from s2s.store.entry_changes import EntryChanges, log_entry_change, read_entry_changes
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -195,6 +197,7 @@ class SqliteStore(SqliteWorker):
                 raise Conflict(f"entry {entry.id} already exists")
             write_entry(tx.conn, stored)
             tx.bump(Topic.ENTRIES)
+            log_entry_change(tx.conn, entry.id)
             return stored
 
         return await self._write(run)
@@ -202,14 +205,15 @@ class SqliteStore(SqliteWorker):
     async def update_entry(
         self, entry: RegistrationEntry, *, expected_revision: int
     ) -> RegistrationEntry:
-        return await self._update(
-            f"entry {entry.id}",
-            entry,
-            expected_revision,
-            read=lambda c: read_entry(c, entry.id),
-            write=write_entry,
-            topic=Topic.ENTRIES,
-        )
+        def run(tx: Tx) -> RegistrationEntry:
+            current = read_entry(tx.conn, entry.id)
+            stored = revised(f"entry {entry.id}", current, entry, expected_revision)
+            write_entry(tx.conn, stored)
+            tx.bump(Topic.ENTRIES)
+            log_entry_change(tx.conn, entry.id)
+            return stored
+
+        return await self._write(run)
 
     async def delete_entry(
         self, entry_id: str, *, expected_revision: int | None = None
@@ -220,6 +224,7 @@ class SqliteStore(SqliteWorker):
                 check_revision(f"entry {entry_id}", current.revision, expected_revision)
             tx.conn.execute("DELETE FROM entries WHERE id=?", (entry_id,))
             tx.bump(Topic.ENTRIES)
+            log_entry_change(tx.conn, entry_id)
             return current
 
         return await self._write(run)
@@ -233,6 +238,34 @@ class SqliteStore(SqliteWorker):
         where, args = where_clause(parent_id=parent_id, spiffe_id=spiffe_id)
         query = f"SELECT doc FROM entries {where} ORDER BY id"  # noqa: S608 (fixed columns)
         return await self._read(lambda c: read_docs(c, query, args, RegistrationEntry.from_json))
+
+    async def follow_entries(
+        self, *, since: int | None = None, poll: float = 30.0
+    ) -> AsyncGenerator[EntryChanges, None]:
+        """Every entry, then each batch of changes read from the change log (a full listing
+        again when the log cannot say what changed)."""
+        while True:
+            if since is None:
+
+                def listing(c: sqlite3.Connection) -> EntryChanges:
+                    revision = int(scalar(c, "SELECT revision FROM topics WHERE topic='entries'"))
+                    query = "SELECT doc FROM entries ORDER BY id"
+                    return EntryChanges(
+                        revision, full=read_docs(c, query, (), RegistrationEntry.from_json)
+                    )
+
+                full = await self._read(listing)  # one read transaction: content == revision
+                since = full.revision
+                yield full
+                continue
+            if await self.wait_for_change(Topic.ENTRIES, since, poll) == since:
+                continue
+            changes = await self._read(functools.partial(_changes_since, since=since))
+            if changes is None:
+                since = None
+                continue
+            since = changes.revision
+            yield changes
 
     # -- agents --
 
@@ -396,8 +429,16 @@ class SqliteStore(SqliteWorker):
         return await self._write(run)
 
 
+def _changes_since(conn: sqlite3.Connection, *, since: int) -> EntryChanges | None:
+    return read_entry_changes(conn, since)
+
+
 if TYPE_CHECKING:
     from s2s.store.base import Store
+    from s2s.store.entry_changes import EntryChangeFeed
 
     def _conforms(store: SqliteStore) -> Store:  # mypy proves SqliteStore implements Store
+        return store
+
+    def _follows_entries(store: SqliteStore) -> EntryChangeFeed:
         return store

@@ -59,6 +59,8 @@ INSERT INTO topics VALUES ('entries', 0), ('agents', 0), ('revocations', 0), ('a
 _ADDED = """
 CREATE TABLE IF NOT EXISTS used_marks (key TEXT PRIMARY KEY, expires_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS used_marks_by_expiry ON used_marks (expires_at);
+CREATE TABLE IF NOT EXISTS entry_changes (revision INTEGER NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (revision, id));
 """
 
 
