@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 from s2s.ca.audit import AuditField, AuditLog
+from s2s.ca.state_document import StateDocument
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import Conflict, InvalidBundle, InvalidRequest, NotFound, Unavailable
+from s2s.core.errors import InvalidRequest, NotFound
 from s2s.core.spiffe_id import TrustDomain
 from s2s.store.base import Store
 from s2s.store.records import Topic
@@ -42,7 +43,7 @@ SOURCE_ENDPOINT: Final = "endpoint"
 _SOURCES: Final = frozenset({SOURCE_MANUAL, SOURCE_ENDPOINT})
 # The whole document is one store value; etcd refuses requests above 1.5 MiB by default.
 MAX_FEDERATED_BYTES: Final = 1 << 20
-_Doc = dict[TrustDomain, "FederatedBundleRecord"]
+_Doc = Mapping[TrustDomain, "FederatedBundleRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,19 +110,28 @@ class FederatedBundles:
         self._clock = clock
         self._td = trust_domain
         self._audit = audit
-        self._snapshot: tuple[str | None, _Doc] = (None, {})
+        self._doc = StateDocument[_Doc](
+            store=store,
+            key=BUNDLES_STATE,
+            name="federated bundles",
+            empty={},
+            decode=_decode,
+            encode=_encode,
+            topic=Topic.FEDERATED_BUNDLES,
+            max_bytes=MAX_FEDERATED_BYTES,
+        )
         self._at_revision: tuple[int, _Doc] = (-1, {})
 
     # -- reads -------------------------------------------------------------------------------
 
     async def list(self) -> tuple[FederatedBundleRecord, ...]:
         """Every federated bundle, ordered by trust domain name."""
-        _, doc = await self._read()
+        _, doc = await self._doc.read()
         return tuple(sorted(doc.values(), key=lambda r: str(r.trust_domain)))
 
     async def get(self, trust_domain: TrustDomain) -> FederatedBundleRecord | None:
         """The record of ``trust_domain``, or None when we hold no bundle for it."""
-        _, doc = await self._read()
+        _, doc = await self._doc.read()
         return doc.get(trust_domain)
 
     async def bundle_set(
@@ -136,7 +146,7 @@ class FederatedBundles:
         if revision is not None and self._at_revision[0] == revision:
             doc = self._at_revision[1]
         else:
-            _, doc = await self._read()
+            _, doc = await self._doc.read()
             if revision is not None:
                 self._at_revision = (revision, doc)
         wanted = None if only is None else frozenset(only)
@@ -171,9 +181,8 @@ class FederatedBundles:
         if source not in _SOURCES:
             raise InvalidRequest(f"a bundle source is one of {sorted(_SOURCES)}, not {source!r}")
         now = utc(self._clock.now())
-        done: list[tuple[FederatedBundleRecord, bool]] = []
 
-        def change(doc: _Doc) -> _Doc:
+        def change(doc: _Doc) -> tuple[_Doc, tuple[FederatedBundleRecord, bool]]:
             old = doc.get(td)
             changed = old is None or old.bundle != bundle
             record = FederatedBundleRecord(
@@ -182,31 +191,27 @@ class FederatedBundles:
                 updated_at=now if changed or old is None else old.updated_at,
                 refreshed_at=now if refreshed else (None if old is None else old.refreshed_at),
             )
-            doc[td] = record
-            done.append((record, changed))
-            return doc
+            return {**doc, td: record}, (record, changed)
 
-        await self._write(change, bump=lambda: done[-1][1])
-        record, changed = done[-1]
+        # only a content change wakes the agents' long-polls; a refresh moves refreshed_at alone
+        record, changed = await self._doc.update(change, bump=lambda done: done[1])
         if changed:
             self._audited("federated_bundle.set", record)
         return record
 
     async def delete(self, trust_domain: TrustDomain) -> FederatedBundleRecord:
         """Remove the bundle of ``trust_domain`` (:class:`NotFound` if there is none)."""
-        removed: list[FederatedBundleRecord] = []
 
-        def drop(doc: _Doc) -> _Doc:
+        def drop(doc: _Doc) -> tuple[_Doc, FederatedBundleRecord]:
             if trust_domain not in doc:
                 raise NotFound(f"no federated bundle for trust domain {trust_domain}")
-            removed.append(doc.pop(trust_domain))
-            return doc
+            return {td: r for td, r in doc.items() if td != trust_domain}, doc[trust_domain]
 
-        await self._write(drop, bump=lambda: True)
-        self._audited("federated_bundle.delete", removed[-1], actor="admin")
-        return removed[-1]
+        removed = await self._doc.update(drop)
+        self._audited("federated_bundle.delete", removed, actor="admin")
+        return removed
 
-    # -- the document ------------------------------------------------------------------------
+    # -- audit -------------------------------------------------------------------------------
 
     def _audited(
         self, action: str, record: FederatedBundleRecord, *, actor: str | None = None
@@ -226,40 +231,12 @@ class FederatedBundles:
                 },
             )
 
-    async def _read(self) -> tuple[str | None, _Doc]:
-        raw = await self._store.get_state(BUNDLES_STATE)
-        cached_raw, cached = self._snapshot
-        if raw == cached_raw:
-            return raw, cached
-        doc: _Doc = {}
-        if raw is not None:
-            try:
-                items = json.loads(raw)["bundles"]
-                for item in items:
-                    record = FederatedBundleRecord.from_json(item)
-                    doc[record.trust_domain] = record
-            except (KeyError, TypeError, ValueError, InvalidBundle) as exc:
-                raise Unavailable(f"the stored federated bundles are unreadable: {exc}") from exc
-        self._snapshot = (raw, doc)
-        return raw, doc
 
-    async def _write(self, change: Callable[[_Doc], _Doc], *, bump: Callable[[], bool]) -> None:
-        for _ in range(5):
-            raw, doc = await self._read()
-            new = change(dict(doc))
-            body = [new[td].to_json() for td in sorted(new, key=str)]
-            text = json.dumps({"bundles": body}, sort_keys=True)
-            if len(text) > MAX_FEDERATED_BYTES:
-                raise InvalidRequest(
-                    f"the federated bundles would take more than {MAX_FEDERATED_BYTES} bytes; "
-                    "delete bundles that are no longer needed"
-                )
-            if text == raw:
-                return
-            topic = Topic.FEDERATED_BUNDLES if bump() else None
-            try:
-                await self._store.cas_state(BUNDLES_STATE, raw, text, topic=topic)
-            except Conflict:
-                continue
-            return
-        raise Unavailable("the federated bundles changed too often to update; try again")
+def _decode(raw: str) -> _Doc:
+    records = (FederatedBundleRecord.from_json(item) for item in json.loads(raw)["bundles"])
+    return {record.trust_domain: record for record in records}
+
+
+def _encode(doc: _Doc) -> str:
+    body = [doc[td].to_json() for td in sorted(doc, key=str)]
+    return json.dumps({"bundles": body}, sort_keys=True)

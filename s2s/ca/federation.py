@@ -12,15 +12,16 @@ relationship stops the polling and keeps the bundle (``s2s-ca bundle delete`` dr
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Final
 
 from s2s.ca.audit import AuditLog
 from s2s.ca.federated_bundles import SOURCE_MANUAL, FederatedBundles
+from s2s.ca.state_document import StateDocument
 from s2s.core.bundle import Bundle
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from s2s.core.errors import Conflict, InvalidRequest, NotFound
 from s2s.core.federation import (
     EndpointProfile,
     FederationRelationship,
@@ -34,7 +35,7 @@ __all__ = ["MAX_RELATIONSHIPS", "RELATIONSHIPS_STATE", "FederationRelationships"
 
 RELATIONSHIPS_STATE: Final = "federation/relationships"
 MAX_RELATIONSHIPS: Final = 1000
-_Doc = dict[TrustDomain, FederationRelationship]
+_Doc = Mapping[TrustDomain, FederationRelationship]
 _UNSET: Final = object()
 
 
@@ -55,8 +56,16 @@ class FederationRelationships:
         self._td = trust_domain
         self._bundles = bundles
         self._audit = audit
-        self._snapshot: tuple[str | None, _Doc] = (None, {})
         self._listeners: list[Callable[[], None]] = []
+        self._doc = StateDocument[_Doc](
+            store=store,
+            key=RELATIONSHIPS_STATE,
+            name="federation relationships",
+            empty={},
+            decode=_decode,
+            encode=_encode,
+            on_write=self._notify,
+        )
 
     @property
     def trust_domain(self) -> TrustDomain:
@@ -70,11 +79,11 @@ class FederationRelationships:
     # -- reads -------------------------------------------------------------------------------
 
     async def list(self) -> tuple[FederationRelationship, ...]:
-        _, doc = await self._read()
+        _, doc = await self._doc.read()
         return tuple(sorted(doc.values(), key=lambda r: str(r.trust_domain)))
 
     async def find(self, trust_domain: TrustDomain) -> FederationRelationship | None:
-        _, doc = await self._read()
+        _, doc = await self._doc.read()
         return doc.get(trust_domain)
 
     async def get(self, trust_domain: TrustDomain) -> FederationRelationship:
@@ -105,15 +114,14 @@ class FederationRelationships:
             raise Conflict(f"a federation relationship with {trust_domain} already exists")
         await self._bootstrap(record, bundle)
 
-        def add(doc: _Doc) -> _Doc:
+        def add(doc: _Doc) -> tuple[_Doc, None]:
             if trust_domain in doc:
                 raise Conflict(f"a federation relationship with {trust_domain} already exists")
             if len(doc) >= MAX_RELATIONSHIPS:
                 raise Conflict(f"at most {MAX_RELATIONSHIPS} federation relationships")
-            doc[trust_domain] = record
-            return doc
+            return {**doc, trust_domain: record}, None
 
-        await self._write(add)
+        await self._doc.update(add)
         self._audited("federation.create", record)
         return record
 
@@ -143,30 +151,27 @@ class FederationRelationships:
         )
         await self._bootstrap(changed, bundle)
 
-        def apply(doc: _Doc) -> _Doc:
+        def apply(doc: _Doc) -> tuple[_Doc, None]:
             if trust_domain not in doc:
                 raise NotFound(f"no federation relationship with trust domain {trust_domain}")
             status = replace(doc[trust_domain].status, next_refresh_at=now)
-            doc[trust_domain] = replace(changed, status=status)
-            return doc
+            return {**doc, trust_domain: replace(changed, status=status)}, None
 
-        await self._write(apply)
+        await self._doc.update(apply)
         self._audited("federation.update", changed)
         return await self.get(trust_domain)
 
     async def delete(self, trust_domain: TrustDomain) -> FederationRelationship:
         """Stop polling ``trust_domain``'s endpoint; its bundle stays until ``bundle delete``."""
-        removed: list[FederationRelationship] = []
 
-        def drop(doc: _Doc) -> _Doc:
+        def drop(doc: _Doc) -> tuple[_Doc, FederationRelationship]:
             if trust_domain not in doc:
                 raise NotFound(f"no federation relationship with trust domain {trust_domain}")
-            removed.append(doc.pop(trust_domain))
-            return doc
+            return {td: r for td, r in doc.items() if td != trust_domain}, doc[trust_domain]
 
-        await self._write(drop)
-        self._audited("federation.delete", removed[-1])
-        return removed[-1]
+        removed = await self._doc.update(drop)
+        self._audited("federation.delete", removed)
+        return removed
 
     async def record_status(
         self, relationship: FederationRelationship, status: RefreshStatus
@@ -174,28 +179,26 @@ class FederationRelationships:
         """Store a refresh result, unless the relationship was changed or deleted meanwhile."""
         td = relationship.trust_domain
 
-        def apply(doc: _Doc) -> _Doc:
+        def apply(doc: _Doc) -> tuple[_Doc, None]:
             current = doc.get(td)
-            if current is not None and current.updated_at == relationship.updated_at:
-                doc[td] = replace(current, status=status)
-            return doc
+            if current is None or current.updated_at != relationship.updated_at:
+                return doc, None
+            return {**doc, td: replace(current, status=status)}, None
 
-        await self._write(apply)
+        await self._doc.update(apply)
 
     async def request_refresh(self, trust_domain: TrustDomain) -> None:
         """Make the relationship due now (the refresher of any replica picks it up)."""
         now = utc(self._clock.now())
 
-        def apply(doc: _Doc) -> _Doc:
+        def apply(doc: _Doc) -> tuple[_Doc, None]:
             current = doc.get(trust_domain)
             if current is None:
                 raise NotFound(f"no federation relationship with trust domain {trust_domain}")
-            doc[trust_domain] = replace(
-                current, status=replace(current.status, next_refresh_at=now)
-            )
-            return doc
+            status = replace(current.status, next_refresh_at=now)
+            return {**doc, trust_domain: replace(current, status=status)}, None
 
-        await self._write(apply)
+        await self._doc.update(apply)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -221,37 +224,16 @@ class FederationRelationships:
                 action, target=str(record.trust_domain), spiffe_id=record.endpoint_spiffe_id
             )
 
-    async def _read(self) -> tuple[str | None, _Doc]:
-        raw = await self._store.get_state(RELATIONSHIPS_STATE)
-        cached_raw, cached = self._snapshot
-        if raw == cached_raw:
-            return raw, cached
-        doc: _Doc = {}
-        if raw is not None:
-            try:
-                for item in json.loads(raw)["relationships"]:
-                    record = FederationRelationship.from_json(item)
-                    doc[record.trust_domain] = record
-            except (KeyError, TypeError, ValueError) as exc:
-                raise Unavailable(
-                    f"the stored federation relationships are unreadable: {exc}"
-                ) from exc
-        self._snapshot = (raw, doc)
-        return raw, doc
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
 
-    async def _write(self, change: Callable[[_Doc], _Doc]) -> None:
-        for _ in range(5):
-            raw, doc = await self._read()
-            new = change(dict(doc))
-            body = [new[td].to_json() for td in sorted(new, key=str)]
-            text = json.dumps({"relationships": body}, sort_keys=True)
-            if text == raw:
-                return
-            try:
-                await self._store.cas_state(RELATIONSHIPS_STATE, raw, text)
-            except Conflict:
-                continue
-            for listener in self._listeners:
-                listener()
-            return
-        raise Unavailable("the federation relationships changed too often to update; try again")
+
+def _decode(raw: str) -> _Doc:
+    records = (FederationRelationship.from_json(item) for item in json.loads(raw)["relationships"])
+    return {record.trust_domain: record for record in records}
+
+
+def _encode(doc: _Doc) -> str:
+    body = [doc[td].to_json() for td in sorted(doc, key=str)]
+    return json.dumps({"relationships": body}, sort_keys=True)

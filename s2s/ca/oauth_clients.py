@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Final
 
 from s2s.ca.audit import AuditLog
+from s2s.ca.state_document import StateDocument
 from s2s.core.clock import Clock, utc
-from s2s.core.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from s2s.core.errors import Conflict, InvalidRequest, NotFound
 from s2s.core.oauth import ClientRecord, hash_secret, new_secret, parse_scope
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.store.base import Store
@@ -33,7 +34,7 @@ __all__ = ["CLIENTS_STATE", "ClientRegistry"]
 
 CLIENTS_STATE: Final = "oauth/clients"
 MAX_CLIENTS: Final = 10_000
-_Doc = dict[str, ClientRecord]
+_Doc = Mapping[str, ClientRecord]
 
 
 class ClientRegistry:
@@ -53,9 +54,16 @@ class ClientRegistry:
         self._clock = clock
         self._td = trust_domain
         self._entropy = entropy
-        self._snapshot: tuple[str | None, _Doc] = (None, {})
+        self._doc = StateDocument[_Doc](
+            store=store,
+            key=CLIENTS_STATE,
+            name="OAuth clients",
+            empty={},
+            decode=_decode,
+            encode=_encode,
+            topic=Topic.OAUTH_CLIENTS,
+        )
         self._following = False  # the snapshot is current (follow() runs and has loaded it)
-        self._generation = 0  # moves on every write-through: a slower load must not undo it
 
     async def follow(self, *, timeout: float = 30.0) -> None:
         """Load the clients, then reload them whenever the store's revision for them moves, and
@@ -64,70 +72,29 @@ class ClientRegistry:
         Runs until cancelled; a store error propagates (reads go to the store meanwhile)."""
         try:
             while True:
-                generation = self._generation
+                generation = self._doc.generation
                 revision = await self._store.revision(Topic.OAUTH_CLIENTS)
-                await self._read()
-                if self._generation != generation:
+                await self._doc.read()
+                if self._doc.generation != generation:
                     continue  # a write-through raced this read: read again
                 self._following = True
                 await self._store.wait_for_change(Topic.OAUTH_CLIENTS, revision, timeout)
         finally:
             self._following = False
 
-    async def _read(self) -> tuple[str | None, _Doc]:
-        """The stored clients; they become the snapshot unless a write-through happened while
-        they were read (then the snapshot already holds something newer)."""
-        generation = self._generation
-        raw = await self._store.get_state(CLIENTS_STATE)
-        doc = self._parsed(raw)
-        if generation == self._generation:
-            self._snapshot = (raw, doc)
-        return raw, doc
-
-    def _parsed(self, raw: str | None) -> _Doc:
-        """The client set of ``raw``, parsed only when it differs from the snapshot's text."""
-        cached_raw, cached = self._snapshot
-        if raw == cached_raw:
-            return cached
-        doc: _Doc = {}
-        if raw is not None:
-            try:
-                items = json.loads(raw)["clients"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise Unavailable(f"the stored OAuth clients are unreadable: {exc}") from exc
-            for item in items:
-                record = ClientRecord.from_json(item)
-                doc[record.client_id] = record
-        return doc
-
-    async def _write(self, change: Callable[[_Doc], _Doc]) -> None:
-        for _ in range(5):
-            raw, doc = await self._read()
-            new = change(dict(doc))
-            body = [r.to_json(with_secrets=True) for r in new.values()]
-            new_raw = json.dumps({"clients": body}, sort_keys=True)
-            try:
-                await self._store.cas_state(CLIENTS_STATE, raw, new_raw, topic=Topic.OAUTH_CLIENTS)
-            except Conflict:
-                continue
-            self._generation += 1
-            self._snapshot = (new_raw, new)  # write-through: this replica sees it at once
-            return
-        raise Unavailable("the OAuth clients changed too often to update; try again")
-
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, client_id: str) -> ClientRecord:
-        record = self._snapshot[1].get(client_id) if self._following else None
+        record = self._doc.snapshot[1].get(client_id) if self._following else None
         if record is None:  # not following yet, or not in the snapshot: ask the store
-            _, doc = await self._read()
+            _, doc = await self._doc.read()
             record = doc.get(client_id)
         if record is None:
             raise NotFound(f"no OAuth client {client_id[:200]!r}")
         return record
 
     async def list(self) -> tuple[ClientRecord, ...]:
-        _, doc = await self._read()
+        _, doc = await self._doc.read()
         return tuple(sorted(doc.values(), key=lambda r: r.client_id))
 
     # -- writes ------------------------------------------------------------------------------
@@ -164,15 +131,14 @@ class ClientRegistry:
                 updated_at=now, scopes=_scopes(scopes), audiences=_audiences(audiences),
             )  # fmt: skip
 
-        def add(doc: _Doc) -> _Doc:
+        def add(doc: _Doc) -> tuple[_Doc, None]:
             if record.client_id in doc:
                 raise Conflict(f"OAuth client {record.client_id} already exists")
             if len(doc) >= MAX_CLIENTS:
                 raise Conflict(f"at most {MAX_CLIENTS} OAuth clients")
-            doc[record.client_id] = record
-            return doc
+            return {**doc, record.client_id: record}, None
 
-        await self._write(add)
+        await self._doc.update(add)
         self._audited("oauth_client.create", record)
         return record, secret
 
@@ -222,33 +188,37 @@ class ClientRegistry:
         return await self._change(action, client_id, rotate), secret
 
     async def delete(self, client_id: str) -> ClientRecord:
-        removed: list[ClientRecord] = []
-
-        def drop(doc: _Doc) -> _Doc:
+        def drop(doc: _Doc) -> tuple[_Doc, ClientRecord]:
             if client_id not in doc:
                 raise NotFound(f"no OAuth client {client_id[:200]!r}")
-            removed.append(doc.pop(client_id))
-            return doc
+            return {k: v for k, v in doc.items() if k != client_id}, doc[client_id]
 
-        await self._write(drop)
-        self._audited("oauth_client.delete", removed[-1])
-        return removed[-1]
+        removed = await self._doc.update(drop)
+        self._audited("oauth_client.delete", removed)
+        return removed
 
     async def _change(
         self, action: str, client_id: str, change: Callable[[ClientRecord], ClientRecord]
     ) -> ClientRecord:
-        done: list[ClientRecord] = []
-
-        def apply(doc: _Doc) -> _Doc:
+        def apply(doc: _Doc) -> tuple[_Doc, ClientRecord]:
             if client_id not in doc:
                 raise NotFound(f"no OAuth client {client_id[:200]!r}")
-            doc[client_id] = change(doc[client_id])
-            done.append(doc[client_id])
-            return doc
+            changed = change(doc[client_id])
+            return {**doc, client_id: changed}, changed
 
-        await self._write(apply)
-        self._audited(action, done[-1])
-        return done[-1]
+        changed = await self._doc.update(apply)
+        self._audited(action, changed)
+        return changed
+
+
+def _decode(raw: str) -> _Doc:
+    records = (ClientRecord.from_json(item) for item in json.loads(raw)["clients"])
+    return {record.client_id: record for record in records}
+
+
+def _encode(doc: _Doc) -> str:
+    body = [r.to_json(with_secrets=True) for r in doc.values()]
+    return json.dumps({"clients": body}, sort_keys=True)
 
 
 def _scopes(scopes: Iterable[str]) -> frozenset[str]:

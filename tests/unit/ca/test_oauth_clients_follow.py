@@ -63,7 +63,7 @@ async def test_the_client_set_follows_the_store(store: SqliteStore, clock: FakeC
 
 
 async def _holds(registry: ClientRegistry, client_id: str) -> bool:
-    return client_id in registry._snapshot[1]
+    return client_id in registry._doc.snapshot[1]
 
 
 async def _following(registry: ClientRegistry) -> bool:
