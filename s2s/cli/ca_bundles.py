@@ -4,8 +4,9 @@ the CA hands to the agents whose entries federate with them (``bundle show`` pri
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -17,6 +18,7 @@ from s2s.core.spiffe_id import TrustDomain
 __all__ = ["register"]
 
 _PATH = "/v1/federation/bundles"
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def register(bundle: click.Group) -> None:
@@ -40,6 +42,18 @@ def _read_bundle_file(path: Path) -> str:
         raise InvalidRequest(f"{path} is not UTF-8 text: not a SPIFFE bundle") from None
 
 
+def _format_option(help_text: str) -> Callable[[_F], _F]:
+    """``--format spiffe|pem`` (default spiffe), explained by ``help_text``."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["spiffe", "pem"]),
+        default="spiffe",
+        show_default=True,
+        help=help_text,
+    )
+
+
 def _show(record: dict[str, Any]) -> None:
     shown = {k: v for k, v in record.items() if k != "bundle"}
     key_values(shown)
@@ -54,14 +68,7 @@ def _show(record: dict[str, Any]) -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Its bundle, e.g. the output of `s2s-ca bundle show --format spiffe` over there.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["spiffe", "pem"]),
-    default="spiffe",
-    show_default=True,
-    help="spiffe: a SPIFFE bundle (JSON, X.509 and JWT keys); pem: X.509 roots only.",
-)
+@_format_option("spiffe: a SPIFFE bundle (JSON, X.509 and JWT keys); pem: X.509 roots only.")
 @json_option
 @pass_ctx
 def bundle_set(ctx: Ctx, trust_domain: str, path: Path, fmt: str, as_json: bool) -> None:
@@ -74,14 +81,7 @@ def bundle_set(ctx: Ctx, trust_domain: str, path: Path, fmt: str, as_json: bool)
 
 @click.command("list")
 @click.option("--trust-domain", help="Print this trust domain's bundle itself (exit 4: none).")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["spiffe", "pem"]),
-    default="spiffe",
-    show_default=True,
-    help="With --trust-domain: the SPIFFE bundle JSON, or its X.509 roots as PEM.",
-)
+@_format_option("With --trust-domain: the SPIFFE bundle JSON, or its X.509 roots as PEM.")
 @json_option
 @pass_ctx
 def bundle_list(ctx: Ctx, trust_domain: str | None, fmt: str, as_json: bool) -> None:
