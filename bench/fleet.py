@@ -48,6 +48,7 @@ from typing import Any
 from bench._harness import percentiles
 from bench.fleet_report import render, write_results
 from bench.fleet_system import FleetSystem, cpu_seconds, prom_sum, rss_mb
+from s2s.core.errors import Conflict
 from s2s.core.registration import RegistrationEntry
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
@@ -157,7 +158,13 @@ async def changes(
                 "parent_id": agent_id, "selectors": ["unix:uid:3000"],
                 "x509_svid_ttl": shape.ttl, "jwt_svid_ttl": shape.ttl}  # fmt: skip
         sent = time.time()
-        entry = await system.admin_call("POST", "/v1/entries", body)
+        try:
+            entry = await system.admin_call("POST", "/v1/entries", body)
+        except Conflict:  # a timed-out attempt had been applied: the entry is there
+            found = await system.admin_call(
+                "GET", "/v1/entries", None, {"spiffe_id": body["spiffe_id"]}
+            )
+            entry = found["entries"][0]
         made.append((entry["id"], sent))
         await asyncio.sleep(shape.interval)
     ids = {eid for eid, _ in made}
@@ -375,6 +382,8 @@ async def run(shape: Shape, root: Path) -> dict[str, Any]:
         for size, replicas in shape.configs:
             say(f"== registry {size} entries, {replicas} CA replica(s)")
             results.append(await configuration(system, shape, size, replicas))
+            partial = {"shape": asdict(shape), "configs": results}  # kept if a later one fails
+            (root / "fleet-partial.json").write_text(json.dumps(partial, default=str))
     finally:
         await system.stop_configuration()
         await asyncio.to_thread(system.stop_etcd)

@@ -267,13 +267,19 @@ class FleetSystem:
         live = next(r for r in self.replicas if r.alive)
         return AdminClient(live.data_dir / ADMIN_SOCKET_NAME)
 
-    async def admin_call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    async def admin_call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, str] | None = None,
+    ) -> Any:
         """One admin call through a live replica; an etcd timeout on this shared machine is
-        retried (a create that had been applied then exists twice, which the figures allow)."""
+        retried (a retried create that had been applied answers Conflict: callers look it up)."""
         for attempt in range(5):
             client = self.admin()
             try:
-                return await asyncio.to_thread(client.call, method, path, body=body)
+                return await asyncio.to_thread(client.call, method, path, body=body, query=query)
             except Unavailable:
                 if attempt == 4:
                     raise
