@@ -162,7 +162,7 @@ async def changes(
             entry = await system.admin_call("POST", "/v1/entries", body)
         except Conflict:  # a timed-out attempt had been applied: the entry is there
             found = await system.admin_call(
-                "GET", "/v1/entries", None, {"spiffe_id": body["spiffe_id"]}
+                "GET", "/v1/entries", None, {"spiffe_id": str(body["spiffe_id"])}
             )
             entry = found["entries"][0]
         made.append((entry["id"], sent))
