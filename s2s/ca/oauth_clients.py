@@ -34,6 +34,8 @@ __all__ = ["CLIENTS_STATE", "ClientRegistry"]
 
 CLIENTS_STATE: Final = "oauth/clients"
 MAX_CLIENTS: Final = 10_000
+# One etcd request carries at most 1.5 MiB by default: the whole document must fit in one.
+MAX_CLIENTS_BYTES: Final = 1 << 20
 _Doc = Mapping[str, ClientRecord]
 
 
@@ -48,6 +50,7 @@ class ClientRegistry:
         trust_domain: TrustDomain,
         entropy: Callable[[int], bytes] = os.urandom,
         audit: AuditLog | None = None,
+        max_bytes: int = MAX_CLIENTS_BYTES,
     ) -> None:
         self._audit = audit
         self._store = store
@@ -58,6 +61,7 @@ class ClientRegistry:
             store=store,
             key=CLIENTS_STATE,
             name="OAuth clients",
+            max_bytes=max_bytes,
             empty={},
             decode=_decode,
             encode=_encode,

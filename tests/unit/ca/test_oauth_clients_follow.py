@@ -10,9 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from s2s.ca.oauth_clients import CLIENTS_STATE, ClientRegistry
+from s2s.ca.oauth_clients import CLIENTS_STATE, MAX_CLIENTS_BYTES, ClientRegistry
 from s2s.core.clock import FakeClock
-from s2s.core.errors import NotFound
+from s2s.core.errors import InvalidRequest, NotFound
 from s2s.core.spiffe_id import TrustDomain
 from s2s.store.sqlite import SqliteStore
 
@@ -68,3 +68,26 @@ async def _holds(registry: ClientRegistry, client_id: str) -> bool:
 
 async def _following(registry: ClientRegistry) -> bool:
     return registry._following
+
+
+async def test_the_client_document_is_capped_to_fit_one_etcd_request(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    assert MAX_CLIENTS_BYTES <= 3 << 19  # etcd's default request limit is 1.5 MiB
+    registry = ClientRegistry(store=store, clock=clock, trust_domain=TD, max_bytes=2_000)
+    created = 0
+    refused: InvalidRequest | None = None
+    for n in range(100):
+        try:
+            await registry.create(client_id=f"client-{n}", scopes=["a"], audiences=[API])
+        except InvalidRequest as exc:
+            refused = exc
+            break
+        created += 1
+    assert refused is not None
+    assert "more than 2000 bytes" in str(refused)
+    assert 0 < created < 100
+    raw = await store.get_state(CLIENTS_STATE)
+    assert raw is not None
+    assert len(raw) <= 2_000
+    assert len(json.loads(raw)["clients"]) == created  # the refused one was not written
