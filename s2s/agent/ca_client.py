@@ -252,11 +252,13 @@ class CaClient:
         bundle_sequence: int | None = None,
         authorities: int | None = None,
         federated: int | None = None,
+        delta: bool = False,
     ) -> EntriesResponse:
         """GET /v1/agent/entries: returns at once if the revision is past ``since`` (or the
         authorities revision is not ``authorities``, or the federated bundles revision is not
         ``federated``), else after a change or ``wait`` seconds.
-        ``bundle_sequence`` reports the bundle this agent holds (root rotation waits for it)."""
+        ``bundle_sequence`` reports the bundle this agent holds (root rotation waits for it).
+        With ``delta`` (and ``since``) the CA may answer with only what changed since then."""
         query = {"wait": f"{max(wait, 0.0):g}"}
         if since >= 0:
             query["since"] = str(since)
@@ -266,6 +268,8 @@ class CaClient:
             query["authorities"] = str(authorities)
         if federated is not None and federated >= 0:
             query["federated"] = str(federated)
+        if delta and since >= 0:
+            query["delta"] = "1"
         data = await self._call(
             "GET", "/v1/agent/entries", query=query, timeout=wait + self._timeout
         )

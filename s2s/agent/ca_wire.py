@@ -87,6 +87,10 @@ class EntriesResponse:
     tainted_jwt: frozenset[str] = frozenset()
     federated_revision: int | None = None
     federated_bundles: BundleSet | None = None
+    # A delta answer (asked with delta=1): ``entries`` are only those created or changed since
+    # the revision the agent sent, ``removed`` the ids it must drop; the rest it keeps.
+    delta: bool = False
+    removed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +229,11 @@ def parse_entries(data: Any) -> EntriesResponse:
         if not isinstance(federated_revision, int | None):
             raise TypeError("federated_revision must be an integer")
         federated = _federated_bundles(data.get("federated_bundles"))
+        delta, removed = data.get("delta", False), data.get("removed", [])
+        if not isinstance(delta, bool) or not isinstance(removed, list):
+            raise TypeError("delta must be a boolean and removed a list")
+        if not all(isinstance(r, str) for r in removed) or (removed and not delta):
+            raise TypeError("removed must list entry ids, in a delta answer only")
     except (
         KeyError,
         TypeError,
@@ -243,6 +252,8 @@ def parse_entries(data: Any) -> EntriesResponse:
         tainted_jwt=frozenset(jwt_ids),
         federated_revision=federated_revision,
         federated_bundles=None if federated_revision is None else federated,
+        delta=delta,
+        removed=tuple(removed),
     )
 
 

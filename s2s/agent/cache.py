@@ -251,7 +251,12 @@ class SvidCache(Versioned):
             if answer is None:
                 continue  # our bundle changed: poll again, reporting the new sequence
             backoff.reset()
-            self.apply_entries(answer.entries, answer.revision)
+            if not answer.delta:
+                self.apply_entries(answer.entries, answer.revision)
+            elif self._state.revision == known[0]:  # the list the delta was asked against
+                self.apply_entry_delta(answer.entries, answer.removed, answer.revision)
+            else:
+                continue  # our list moved meanwhile: ask again
             self._follow_authorities(answer)
             self.apply_federated(answer.federated_bundles, answer.federated_revision)
             changed = (
@@ -276,6 +281,7 @@ class SvidCache(Versioned):
                 bundle_sequence=self._own_bundle_sequence(),
                 authorities=self._authorities_revision,
                 federated=self._federated_revision,
+                delta=self.synced.is_set(),
             )
         )
         moved = asyncio.ensure_future(self._bundle_moved.wait())
@@ -344,6 +350,17 @@ class SvidCache(Versioned):
         if changed or revision != self._state.revision:
             self._replace(dataclasses.replace(self._state, items=items, revision=revision))
             self._wake_rotation.set()
+
+    def apply_entry_delta(
+        self, changed: Iterable[RegistrationEntry], removed: Iterable[str], revision: int
+    ) -> None:
+        """Apply what changed since the list we hold: ``changed`` entries replace or join it,
+        ``removed`` ids leave it; then as :meth:`apply_entries`."""
+        entries = {item.entry.id: item.entry for item in self._state.items}
+        for entry_id in removed:
+            entries.pop(entry_id, None)
+        entries |= {entry.id: entry for entry in changed}
+        self.apply_entries(entries.values(), revision)
 
     async def _rotation_loop(self) -> None:
         backoff = RetryDelays(rand=self._rand)

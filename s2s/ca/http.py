@@ -168,10 +168,12 @@ async def _agent_svid_response(
 
 
 async def get_entries(request: web.Request) -> web.Response:
-    """GET /v1/agent/entries?since=R&wait=S[&bundle_sequence=N&authorities=A&federated=F]: the
-    caller's entries, long-polling past entries revision R, authorities revision A and federated
-    bundles revision F; records the bundle sequence N the agent holds; the answer adds the bundle
-    sequence, tainted authorities and the federated bundles its entries federate with."""
+    """GET /v1/agent/entries?since=R&wait=S[&bundle_sequence=N&authorities=A&federated=F&delta=1]:
+    the caller's entries, long-polling past entries revision R, authorities revision A and
+    federated bundles revision F; records the bundle sequence N the agent holds; the answer adds
+    the bundle sequence, tainted authorities and the federated bundles its entries federate with.
+    With delta=1 the answer may hold only the entries changed since R and the ids ``removed``
+    (``"delta": true``), when the CA still knows what changed; else the full list."""
     agent = await authenticate_agent(request)
     since = query_number(request, "since", int, default=-1)
     wait = min(query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
@@ -196,8 +198,14 @@ async def get_entries(request: web.Request) -> web.Response:
         await _long_poll(services, waiting)
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
         view = await sync.view(snapshot.entries) if sync is not None else None
-    entries = [entry.to_json() for entry in snapshot.entries]
     extra = view.to_json() if view is not None else {}
+    if since >= 0 and request.query.get("delta") == "1":
+        delta = registry.entry_delta(agent.spiffe_id, since, snapshot.revision)
+        if delta is not None:
+            changed = [entry.to_json() for entry in delta.changed]
+            body = {"revision": delta.revision, "delta": True, "entries": changed}
+            return json_response({**body, "removed": list(delta.removed), **extra})
+    entries = [entry.to_json() for entry in snapshot.entries]
     return json_response({"revision": snapshot.revision, "entries": entries, **extra})
 
 

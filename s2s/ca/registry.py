@@ -22,7 +22,7 @@ from typing import Any, Unpack
 
 from s2s.ca.agent_seen import AgentSeen, SeenRecord
 from s2s.ca.audit import AuditField, entry_details
-from s2s.ca.registry_cache import EntrySnapshot, RegistryCache
+from s2s.ca.registry_cache import EntryDelta, EntrySnapshot, RegistryCache
 from s2s.ca.service import CaService, ServiceArgs
 from s2s.core.b64 import b64url_encode
 from s2s.core.clock import utc
@@ -190,6 +190,11 @@ class Registry(CaService):
         """Entries whose parent is ``agent_id``, with the entries revision. Callers that use
         only the entries (not the revision) pass ``exact_revision=False``: never a store read."""
         return await self._cache.entries_for_parent(agent_id, exact_revision=exact_revision)
+
+    def entry_delta(self, agent_id: SpiffeId, since: int, revision: int) -> EntryDelta | None:
+        """The agent's entries changed or removed after ``since`` up to ``revision`` (the
+        revision of the entries just read for it), or None: send the full list."""
+        return self._cache.entry_delta(agent_id, since, revision)
 
     async def wait_for_entries(self, after_revision: int, timeout: float) -> int:
         """Wait until the entries revision exceeds ``after_revision`` or ``timeout`` seconds pass;

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
@@ -35,7 +36,7 @@ from s2s.store.base import Store
 from s2s.store.entry_changes import EntryChangeFeed, EntryChanges
 from s2s.store.records import AgentRecord, Topic
 
-__all__ = ["EntrySnapshot", "RegistryCache"]
+__all__ = ["CHANGE_LOG_LENGTH", "EntryDelta", "EntrySnapshot", "RegistryCache"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,20 @@ class EntrySnapshot:
 
     entries: tuple[RegistrationEntry, ...]
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryDelta:
+    """What changed for one parent since a revision: its entries created or updated, and the
+    ids of those deleted or moved to another parent, as of ``revision``."""
+
+    changed: tuple[RegistrationEntry, ...]
+    removed: tuple[str, ...]
+    revision: int
+
+
+# How many entry changes the cache remembers for long-polls that ask only for what changed.
+CHANGE_LOG_LENGTH = 10_000
 
 
 class _Entries:
@@ -117,7 +132,13 @@ class RegistryCache:
         # listings for agents go to the store until the next listing is installed, so that the
         # revision an agent is given is never older than the content it is given.
         self._entries_dirty = False
-        self._pending: set[str] = set()  # ids written through, not yet seen in the store's feed
+        # Ids written through, not yet seen in the store's feed, with the parents they had
+        # before (so the change, when it arrives, is logged for the parent they left).
+        self._pending: dict[str, set[SpiffeId]] = {}
+        # The entry changes applied since revision ``_log_floor``, oldest first: (revision, id,
+        # every parent it had or has), for answering "what changed since R" per agent.
+        self._log: collections.deque[tuple[int, str, frozenset[SpiffeId]]] = collections.deque()
+        self._log_floor = 0
 
     @property
     def loaded(self) -> bool:
@@ -176,12 +197,17 @@ class RegistryCache:
         entries = self._entries
         if entries is None:
             return  # a feed starts with a full listing; nothing to apply changes to yet
+        log = self._log
         for entry_id in change.deleted:
+            parents = self._parents_before(entries, entry_id)
             entries.remove(entry_id)
-            self._pending.discard(entry_id)
+            log.append((change.revision, entry_id, frozenset(parents)))
         for entry in change.changed:
+            parents = self._parents_before(entries, entry.id)
             entries.put(entry)
-            self._pending.discard(entry.id)
+            log.append((change.revision, entry.id, frozenset({*parents, entry.parent_id})))
+        while len(log) > CHANGE_LOG_LENGTH:
+            self._log_floor = log.popleft()[0]  # later revisions are all still held
         # Content and revision agree again once no write-through is waiting for its change.
         self._entries_dirty = bool(self._pending)
         if change.revision != entries.revision:
@@ -189,7 +215,16 @@ class RegistryCache:
             event, self._entries_moved = self._entries_moved, asyncio.Event()
             event.set()
 
+    def _parents_before(self, entries: _Entries, entry_id: str) -> set[SpiffeId]:
+        parents = self._pending.pop(entry_id, set())
+        old = entries.by_id.get(entry_id)
+        if old is not None:
+            parents.add(old.parent_id)
+        return parents
+
     def _install_entries(self, entries: _Entries) -> None:
+        self._log.clear()  # a new listing: what changed before it is not known any more
+        self._log_floor = entries.revision
         moved = self._entries is None or entries.revision != self._entries.revision
         self._entries = entries
         self._entries_dirty = False
@@ -258,6 +293,35 @@ class RegistryCache:
         revision = await self._store.revision(Topic.ENTRIES)  # read first: no missed change
         return EntrySnapshot(await self._store.list_entries(parent_id=parent_id), revision)
 
+    def entry_delta(self, parent_id: SpiffeId, since: int, revision: int) -> EntryDelta | None:
+        """What changed for ``parent_id`` after ``since`` up to ``revision``, the snapshot's
+        current revision; None when the cache cannot say (``since`` older than the changes it
+        remembers, from another store, the snapshot moved past ``revision``, or a write-through
+        not yet confirmed): then the caller sends the full list. O(changes since ``since``)."""
+        entries = self._entries
+        if (
+            entries is None
+            or self._entries_dirty
+            or entries.revision != revision
+            or not self._log_floor <= since <= revision
+        ):
+            return None
+        ids: dict[str, None] = {}
+        for at, entry_id, parents in reversed(self._log):
+            if at <= since:
+                break
+            if parent_id in parents:
+                ids[entry_id] = None
+        changed: list[RegistrationEntry] = []
+        removed: list[str] = []
+        for entry_id in sorted(ids):
+            entry = entries.by_id.get(entry_id)
+            if entry is not None and entry.parent_id == parent_id:
+                changed.append(entry)
+            else:
+                removed.append(entry_id)
+        return EntryDelta(tuple(changed), tuple(removed), revision)
+
     async def wait_for_entries(self, after: int, timeout: float) -> int:
         """Wait until the entries revision exceeds ``after`` (or ``timeout`` seconds pass)."""
         if self._entries is None:
@@ -296,8 +360,10 @@ class RegistryCache:
             if current is not None and current.revision >= entry.revision:
                 return  # never replace a newer entry with an older one (or the feed was first)
             entries.put(entry)
+        parents = self._pending.setdefault(entry_id, set())
+        if current is not None:
+            parents.add(current.parent_id)
         # Same revision: the store's new revision arrives with the change (and wakes long-polls
         # then); meanwhile lookups by id use the new content and listings for agents read the
         # store (``_entries_dirty``).
-        self._pending.add(entry_id)
         self._entries_dirty = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Mapping, Sequence
 from typing import TypeVar
 
 from s2s.ca.metrics import CaMetrics
@@ -21,6 +21,7 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.store.base import Store
+from s2s.store.entry_changes import EntryChangeFeed, EntryChanges, follow_by_listing
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -193,3 +194,12 @@ class MeteredStore:
     async def wait_for_change(self, topic: Topic, after: int, timeout: float) -> int:
         call = self._inner.wait_for_change(topic, after, timeout)
         return await self._run("wait_for_change", call, timed=False)
+
+    def follow_entries(
+        self, *, since: int | None = None, poll: float = 30.0
+    ) -> AsyncGenerator[EntryChanges, None]:
+        """The inner store's entry feed (not timed: it waits), or full listings without one."""
+        inner = self._inner
+        if isinstance(inner, EntryChangeFeed):
+            return inner.follow_entries(since=since, poll=poll)
+        return follow_by_listing(self, poll=poll)

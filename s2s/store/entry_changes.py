@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from typing import Final, Protocol, runtime_checkable
 
 from s2s.core.registration import RegistrationEntry
+from s2s.store.base import Store
 from s2s.store.codec import decode_doc
+from s2s.store.records import Topic
 
 __all__ = [
     "LOG_LENGTH",
     "EntryChangeFeed",
     "EntryChanges",
+    "follow_by_listing",
     "log_entry_change",
     "read_entry_changes",
 ]
@@ -58,6 +61,19 @@ class EntryChangeFeed(Protocol):
         forever (until the store closes). ``poll`` bounds one wait for a change (a backend that
         polls re-reads then)."""
         ...
+
+
+async def follow_by_listing(
+    store: Store, *, poll: float = 30.0
+) -> AsyncGenerator[EntryChanges, None]:
+    """An entry feed for a store without one: a full listing whenever the revision moves."""
+    seen = -1
+    while True:
+        revision = await store.revision(Topic.ENTRIES)  # read first: no missed change
+        if revision != seen:
+            yield EntryChanges(revision, full=await store.list_entries())
+            seen = revision
+        await store.wait_for_change(Topic.ENTRIES, seen, poll)
 
 
 # -- SQLite: the change log, run on the store's worker thread inside its transactions --
