@@ -154,3 +154,22 @@ def test_malformed_delta_answers_are_refused() -> None:
     ):
         with pytest.raises(Unavailable, match="malformed"):
             parse_entries(json.loads(json.dumps({**base, **bad})))
+
+
+async def test_changes_made_by_another_replica_arrive_as_deltas(harness: Any) -> None:
+    running, agent_id, recorded = await start(harness)
+    other = await harness.replica("b")  # a second CA on the same store file: its own writes
+    cache = harness.ca.server.registry._cache
+    floor = cache._log_floor  # moves only with a full listing
+    made = await other.entry(agent_id, "/from-b", [MY_UID])
+    await converged(harness, running, agent_id)
+    await other.server.registry.update_entry(made.id, hint="changed by b")
+    await converged(harness, running, agent_id)
+    await other.server.registry.delete_entry(made.id)
+    await converged(harness, running, agent_id)
+    assert made.id not in held(running)
+    assert cache._log_floor == floor  # the CA applied b's changes one by one, no full reload
+    later = [a for a in recorded.answers if a.entries or a.removed]
+    assert later
+    assert all(a.delta for a in later)
+    assert all(len(a.entries) <= 1 for a in later)
