@@ -1,21 +1,28 @@
 """In-memory snapshots of agents and entries, so agent calls make no store round trip.
 
 Every agent call is authorized against its agent record and most look an entry up; through the
-store that is one worker-thread hop each. :class:`RegistryCache` keeps both collections in memory
-in memory. Agents are an immutable snapshot swapped whole when the store's revision moves;
-entries follow the store change by change when it offers an entry feed (both backends do:
-:mod:`s2s.store.entry_changes`), each change applied in O(change), with a full listing only at
-start and when the store cannot say what changed (etcd compaction, SQLite log gap)
-(:meth:`follow`, run by the app in its TaskGroup). Changes made through this process's
-:class:`Registry` are applied to the snapshot at once (write-through), so an eviction or a ban
-here takes effect on the next call; changes made by another replica arrive when the store reports
-them (SQLite: its poll interval, about a second; etcd: its watch). A miss is read through from the
-store. Until the first load completes, or if :meth:`follow` is not running, every read goes to
-the store, exactly as without a cache.
+store that is one worker-thread hop each. :class:`RegistryCache` keeps both collections in
+memory. Agents are an immutable snapshot swapped whole when the store's revision moves. Entries
+follow the store change by change (both backends offer an entry feed,
+:mod:`s2s.store.entry_changes`): each change is applied in O(change), rebuilding only the
+tuples of the parents it touches, with a full listing only at start and when the store cannot
+say what changed (etcd compaction, a gap in SQLite's change log). :meth:`follow` runs it, in the
+app's TaskGroup. Changes made through this process's :class:`Registry` are applied to the
+snapshot at once (write-through), so an eviction or a ban here takes effect on the next call;
+changes made by another replica arrive when the store reports them (SQLite: its poll interval,
+about a second; etcd: its watch). A miss is read through from the store. Until the first load
+completes, or if :meth:`follow` is not running, every read goes to the store, exactly as
+without a cache.
 
-Consistency: a listing is installed only if no write-through happened while it was being read
-(a generation counter per topic); otherwise it is read again, so a listing taken before an
-in-process ban can never resurrect the unbanned record.
+The cache also remembers the last :data:`CHANGE_LOG_LENGTH` entry changes with the parents they
+touched, so an agent's long-poll can be answered with what changed for it since the revision it
+holds (:meth:`RegistryCache.entry_delta`).
+
+Consistency: an agents listing is installed only if no write-through happened while it was read
+(a generation counter); otherwise it is read again, so a listing taken before an in-process ban
+can never resurrect the unbanned record. An entry written through is served by id at once;
+agents' listings read the store until the store's change for it arrives (``_entries_dirty``),
+so the revision an agent is given is never older than its entries.
 """
 
 from __future__ import annotations
@@ -97,14 +104,9 @@ class _Entries:
         if old is not None and old.parent_id != entry.parent_id:
             self._drop_from_parent(old)
         siblings = self.by_parent.get(entry.parent_id, ())
-        if old is not None and old.parent_id == entry.parent_id:
-            self.by_parent[entry.parent_id] = tuple(
-                entry if e.id == entry.id else e for e in siblings
-            )
-        else:
-            ids = [e.id for e in siblings]
-            at = bisect.bisect_left(ids, entry.id)
-            self.by_parent[entry.parent_id] = (*siblings[:at], entry, *siblings[at:])
+        at = bisect.bisect_left(siblings, entry.id, key=_entry_id)
+        same = at < len(siblings) and siblings[at].id == entry.id
+        self.by_parent[entry.parent_id] = (*siblings[:at], entry, *siblings[at + same :])
 
     def remove(self, entry_id: str) -> None:
         old = self.by_id.pop(entry_id, None)
@@ -112,11 +114,19 @@ class _Entries:
             self._drop_from_parent(old)
 
     def _drop_from_parent(self, old: RegistrationEntry) -> None:
-        kept = tuple(e for e in self.by_parent.get(old.parent_id, ()) if e.id != old.id)
+        siblings = self.by_parent.get(old.parent_id, ())
+        at = bisect.bisect_left(siblings, old.id, key=_entry_id)
+        if at == len(siblings) or siblings[at].id != old.id:
+            return
+        kept = siblings[:at] + siblings[at + 1 :]
         if kept:
             self.by_parent[old.parent_id] = kept
         else:
-            self.by_parent.pop(old.parent_id, None)
+            del self.by_parent[old.parent_id]
+
+
+def _entry_id(entry: RegistrationEntry) -> str:
+    return entry.id
 
 
 class RegistryCache:
