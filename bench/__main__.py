@@ -23,6 +23,7 @@ MODULES: list[str] = [
     "crl",
     "federation",
     "federation_refresh",
+    "entries",
 ]
 
 
