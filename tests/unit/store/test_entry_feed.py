@@ -27,6 +27,7 @@ from s2s.core.registration import RegistrationEntry
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
 from s2s.etcd.client import EtcdClient
+from s2s.store import entry_changes
 from s2s.store.entry_changes import EntryChangeFeed, EntryChanges
 from s2s.store.etcd import EtcdStore
 from s2s.store.records import Topic
@@ -253,4 +254,29 @@ async def test_sqlite_change_missing_from_the_log_gets_a_full_load(tmp_path: Pat
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        await store.close()
+
+
+async def test_sqlite_revision_older_than_the_log_gets_a_full_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(entry_changes, "LOG_LENGTH", 2)
+    store = await SqliteStore.open(tmp_path / "store.db", poll_interval=0.05)
+    try:
+        since = await store.revision(Topic.ENTRIES)
+        for n in range(3):
+            await store.create_entry(entry(f"e{n}", f"/e{n}"))
+        too_old = store.follow_entries(since=since)
+        recent = store.follow_entries(since=since + 1)
+        try:
+            first = await asyncio.wait_for(anext(too_old), 5)
+            second = await asyncio.wait_for(anext(recent), 5)
+        finally:
+            await too_old.aclose()
+            await recent.aclose()
+        assert first.full is not None
+        assert [e.id for e in first.full] == ["e0", "e1", "e2"]
+        assert second.full is None  # the twin: the log still covers since + 1
+        assert [e.id for e in second.changed] == ["e1", "e2"]
+    finally:
         await store.close()
