@@ -180,6 +180,9 @@ async def get_entries(request: web.Request) -> web.Response:
     held = query_number(request, "bundle_sequence", int, default=-1)
     seen = query_number(request, "authorities", int, default=-1)
     fed_seen = query_number(request, "federated", int, default=-1)
+    delta = query_number(request, "delta", int, default=0)
+    if delta > 1:
+        raise InvalidRequest("query parameter 'delta' must be 0 or 1")
     services = request.app[SERVICES]
     registry, sync = services.registry, services.agent_sync
     if sync is not None and held >= 0:
@@ -199,12 +202,11 @@ async def get_entries(request: web.Request) -> web.Response:
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
         view = await sync.view(snapshot.entries) if sync is not None else None
     extra = view.to_json() if view is not None else {}
-    if since >= 0 and request.query.get("delta") == "1":
-        delta = registry.entry_delta(agent.spiffe_id, since, snapshot.revision)
-        if delta is not None:
-            changed = [entry.to_json() for entry in delta.changed]
-            body = {"revision": delta.revision, "delta": True, "entries": changed}
-            return json_response({**body, "removed": list(delta.removed), **extra})
+    changes = registry.entry_delta(agent.spiffe_id, since, snapshot.revision) if delta else None
+    if changes is not None:
+        changed = [entry.to_json() for entry in changes.changed]
+        body = {"revision": changes.revision, "delta": True, "entries": changed}
+        return json_response({**body, "removed": list(changes.removed), **extra})
     entries = [entry.to_json() for entry in snapshot.entries]
     return json_response({"revision": snapshot.revision, "entries": entries, **extra})
 

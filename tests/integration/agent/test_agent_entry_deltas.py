@@ -17,7 +17,7 @@ import pytest
 
 import s2s.ca.registry_cache as registry_cache
 from s2s.agent.ca_wire import EntriesResponse, parse_entries
-from s2s.core.errors import Unavailable
+from s2s.core.errors import InvalidRequest, Unavailable
 from s2s.core.spiffe_id import SpiffeId
 
 MY_UID = f"unix:uid:{os.getuid()}"
@@ -173,3 +173,13 @@ async def test_changes_made_by_another_replica_arrive_as_deltas(harness: Any) ->
     assert later
     assert all(a.delta for a in later)
     assert all(len(a.entries) <= 1 for a in later)
+
+
+@pytest.mark.parametrize("value", ["2", "yes", "-1", ""])
+async def test_a_bad_delta_parameter_is_refused(harness: Any, value: str) -> None:
+    running, _, _ = await start(harness)
+    client = running.agent.client
+    with pytest.raises(InvalidRequest, match="delta"):
+        await client._call("GET", "/v1/agent/entries", query={"since": "0", "delta": value})
+    for fine in ("0", "1"):  # the twins: both accepted
+        await client._call("GET", "/v1/agent/entries", query={"since": "0", "delta": fine})
