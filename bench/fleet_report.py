@@ -117,6 +117,20 @@ def render(m: dict[str, Any]) -> str:
             f" {f.get('expired', 0):,.0f} | {c['jwt']['jwt_per_s']:.1f} |"
         )
     lines += _growth(m["configs"])
+    lines += [
+        "",
+        "Reading: an entry change costs each replica a reload of its registry snapshot (the"
+        " whole entry list) and an answer to every agent's entries long-poll (answers/change is"
+        " about N: every agent is woken, affected or not); a revocation costs a reload of the"
+        " whole revocation set, resent whole to every subscriber. Both grow with the registry;"
+        " a renewal does not, but costs several times the in-process issuance (HTTPS, JSON, the"
+        " etcd index write, the audit line).",
+    ]
+    if max(c["size"] for c in m["configs"]) < 100_000:
+        lines.append(
+            "The 100k registry was not run here (`--sizes 1000,10000,100000`): at the per-change"
+            " cost above, the fill and every entry change would take minutes on this machine."
+        )
     total_expired = sum(c["fleet_total"].get("expired", 0) for c in m["configs"])
     retries = sum(c.get("admin_retries", 0) for c in m["configs"])
     lines += [
