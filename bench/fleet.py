@@ -38,6 +38,7 @@ import json
 import logging
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -390,6 +391,18 @@ async def run(shape: Shape, root: Path) -> dict[str, Any]:
     return {"shape": asdict(shape), "configs": results}
 
 
+def _commit() -> str:
+    """The commit of the code measured (empty outside a git checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+            cwd=Path(__file__).resolve().parent, check=False,
+        )  # fmt: skip
+    except OSError:
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a minute or two: small fleet")
@@ -421,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     measured["wall_seconds"] = time.monotonic() - started
     measured["quick"] = args.quick
     measured["date"] = dt.date.today().isoformat()
+    measured["commit"] = _commit()
     (root / "fleet.json").write_text(json.dumps(measured, indent=1, default=str))
     text = render(measured)
     print(text)

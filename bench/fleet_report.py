@@ -119,12 +119,13 @@ def render(m: dict[str, Any]) -> str:
     lines += _growth(m["configs"])
     lines += [
         "",
-        "Reading: an entry change costs each replica a reload of its registry snapshot (the"
-        " whole entry list) and an answer to every agent's entries long-poll (answers/change is"
-        " about N: every agent is woken, affected or not); a revocation costs a reload of the"
-        " whole revocation set, resent whole to every subscriber. Both grow with the registry;"
-        " a renewal does not, but costs several times the in-process issuance (HTTPS, JSON, the"
-        " etcd index write, the audit line).",
+        "Reading: every entry change answered every agent's entries long-poll (answers/change"
+        " is about N, affected or not) and its CPU per replica grew with the registry, as did"
+        " the CPU per revocation (the whole revocation set is resent to every subscriber); the"
+        " CPU per renewal did not grow, but is several times the in-process issuance (HTTPS,"
+        " JSON, the etcd index write, the audit line). Which part of the per-change cost is the"
+        " store listing, the snapshot and the long-poll answers is not profiled here."
+        + (f" Code measured: commit {m['commit']}." if m.get("commit") else ""),
     ]
     if max(c["size"] for c in m["configs"]) < 100_000:
         lines.append(
