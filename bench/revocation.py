@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from bench._harness import Figure, percentiles
 from bench.agent import CA_CLI, _stop, _wait_for_line
 from s2s.ca.client import AdminClient
-from s2s.ca.live_revocations import LiveRevocations
+from s2s.ca.live_revocations import LiveRevocations, encode_delta
 from s2s.core.bundle import Bundle, BundleSet
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.core.spiffe_id import TrustDomain
@@ -535,9 +535,39 @@ def deltas(samples: int = 30, runs: int = 3, sizes: tuple[int, ...] = DELTA_SIZE
     print("| bytes to a subscriber one revision behind | " + " | ".join(sent) + " |")
 
 
+def deltas_isolated(
+    samples: int = 300, runs: int = 3, sizes: tuple[int, ...] = DELTA_SIZES
+) -> None:
+    """Print a subscriber's cost of one delta (parse, then derive its set) measured alone: no
+    whole-set work in the same process between samples (medians of ``runs`` runs)."""
+    now = datetime.now(UTC)
+    cells = []
+    for size in sizes:
+        runs_p50: list[float] = []
+        runs_p99: list[float] = []
+        for _ in range(runs):
+            held = RevocationSet.of([_serial_at(0x100000 + i, now) for i in range(size)], version=1)
+            took = []
+            for n in range(samples):
+                new = _serial_at(0x900000 + n, now)
+                body = encode_delta(held.version, held.version + 1, [new], [])
+                t0 = time.perf_counter()
+                page = parse_revocation_page(json.loads(body))
+                held = held.with_changes(page.records, page.removed, version=page.revision)
+                took.append(_ms(t0, time.perf_counter()))
+            p50, p99 = percentiles(took, 50, 99)
+            runs_p50.append(p50)
+            runs_p99.append(p99)
+        cells.append(f"{statistics.median(runs_p50):.3f} / {statistics.median(runs_p99):.3f}")
+    print("| a subscriber applies one delta, measured alone (p50 / p99 ms) | " + " | ".join(cells))
+
+
 if __name__ == "__main__":
     import sys
 
     if "--deltas" in sys.argv:
         quick = "--quick" in sys.argv
         deltas(samples=5 if quick else 20, runs=1 if quick else 3)
+        deltas_isolated(samples=30 if quick else 300, runs=1 if quick else 3)
+    elif "--deltas-alone" in sys.argv:
+        deltas_isolated()
