@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 
 from s2s.core.clock import Clock
+from s2s.core.errors import InvalidConfig
 from s2s.core.revocation import RevocationLookup
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.metrics import PeerMetrics
@@ -26,7 +27,7 @@ from s2s.verifier.peer import PeerRejected, PeerVerifier, verify_chain
 from s2s.verifier.revocation_choice import resolve_revocations
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
-__all__ = ["PyOpenSSLTls"]
+__all__ = ["PyOpenSSLTls", "load_identity"]
 
 log = logging.getLogger(__name__)
 # X509_V_ERR_* -> reason, for chains OpenSSL itself refused (see peer._VERIFY_CODES).
@@ -131,17 +132,7 @@ class PyOpenSSLTls:
         ctx.set_options(SSL.OP_NO_TICKET)
         ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, self._verify)
-        svid = snapshot.default_svid
-        ctx.use_certificate(svid.leaf)
-        for ca in svid.cert_chain[1:]:
-            ctx.add_extra_chain_cert(ca)
-        ctx.use_privatekey(svid.private_key)  # type: ignore[arg-type]
-        ctx.check_privatekey()
-        store = ctx.get_cert_store()
-        assert store is not None
-        for bundle in snapshot.bundles:
-            for root in bundle.x509_authorities:
-                store.add_cert(crypto.X509.from_cryptography(root))
+        load_identity(ctx, snapshot)
         return ctx
 
     def _verify(
@@ -166,3 +157,22 @@ class PyOpenSSLTls:
             return False
         log.debug("tls.peer_verified", extra={"spiffe_id": str(sid)})
         return True
+
+
+def load_identity(ctx: SSL.Context, snapshot: X509Context) -> None:
+    """Present the snapshot's default SVID (chain and key, checked against each other) and give
+    OpenSSL every bundle's roots to build chains with; the SPIFFE checks (the peer's own trust
+    domain's bundle, never this merged pool) run in the verify callback."""
+    svid = snapshot.default_svid
+    if svid.private_key is None:
+        raise InvalidConfig("the SVID of a TLS endpoint needs its private key")
+    ctx.use_certificate(svid.leaf)
+    for ca in svid.cert_chain[1:]:
+        ctx.add_extra_chain_cert(ca)
+    ctx.use_privatekey(svid.private_key)  # type: ignore[arg-type]
+    ctx.check_privatekey()
+    store = ctx.get_cert_store()
+    assert store is not None
+    for bundle in snapshot.bundles:
+        for root in bundle.x509_authorities:
+            store.add_cert(crypto.X509.from_cryptography(root))

@@ -50,6 +50,7 @@ from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier.metrics import PeerMetrics
 from s2s.verifier.peer import PeerRejected, PeerVerifier
 from s2s.verifier.py_spiffe import x509_source_of
+from s2s.verifier.pyopenssl import load_identity
 from s2s.verifier.revocation_choice import resolve_revocations
 from s2s.verifier.x509context import X509Context, X509SourceLike
 
@@ -156,19 +157,7 @@ class PyOpenSSLContext:
         ctx.set_cipher_list(CIPHERS)
         set_stdlib_groups(ctx)
         ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, _verify_callback)
-        svid = snapshot.default_svid
-        if svid.private_key is None:
-            raise InvalidConfig("the SVID of a TLS endpoint needs its private key")
-        ctx.use_certificate(svid.leaf)
-        for ca in svid.cert_chain[1:]:
-            ctx.add_extra_chain_cert(ca)
-        ctx.use_privatekey(svid.private_key)  # type: ignore[arg-type]
-        ctx.check_privatekey()
-        store = ctx.get_cert_store()
-        assert store is not None
-        for bundle in snapshot.bundles:
-            for root in bundle.x509_authorities:
-                store.add_cert(crypto.X509.from_cryptography(root))
+        load_identity(ctx, snapshot)
         return ctx
 
 
