@@ -12,6 +12,13 @@ Federation: the answer carries the federated bundles of every trust domain the a
 federate with (``federated_bundles``, SPIFFE bundle JSON by trust domain name) as of
 ``federated_revision``; an agent passing that back (``federated=R``) is answered as soon as a
 federated bundle changes or goes away.
+
+Entries are answered from this replica's snapshot only while it is current enough to be
+honest: never while the replica cannot reach its store (503, the agent moves to another
+replica; a held long-poll is woken to say so), and never at a revision older than one the agent
+already holds from this store (an agent that moved here from a replica further ahead would be
+sent back in time: 503 until this replica has caught up). A revision the store itself has not
+reached (another store's, after a restore) still gets the full list.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from s2s.ca.authority import Authority
 from s2s.ca.federated_bundles import FederatedBundles
 from s2s.ca.lifecycle import AuthorityLifecycle, TaintedAuthorities
 from s2s.ca.registry import Registry
+from s2s.ca.store_health import StoreHealth
 from s2s.core.bundle import BundleSet
-from s2s.core.errors import Conflict, NotFound
+from s2s.core.errors import Conflict, NotFound, StoreError
 from s2s.core.registration import RegistrationEntry
 from s2s.log import F
 from s2s.store.base import Store
@@ -74,8 +82,10 @@ class AgentSync:
         registry: Registry,
         lifecycle: AuthorityLifecycle,
         federated: FederatedBundles | None = None,
+        health: StoreHealth | None = None,
     ) -> None:
         self._store = store
+        self._health = health
         self._federated = federated
         self._registry = registry
         self._authority = authority
@@ -111,6 +121,21 @@ class AgentSync:
         )
         return AgentView(self._authority.bundle.sequence, tainted, revision, federated)
 
+    async def check_current(self, revision: int, since: int) -> None:
+        """Refuse (:class:`StoreError`, 503) to answer with entries as of ``revision`` when they
+        may be stale: the store is unreachable, or the agent holds ``since``, a later revision
+        of this store than this replica has seen."""
+        if self._health is not None:
+            self._health.check()
+        if since <= revision:
+            return
+        stored = await self._store.revision(Topic.ENTRIES)  # only when the agent is ahead
+        if stored > revision:
+            raise StoreError(
+                f"this CA replica holds entries revision {revision}, behind the store "
+                f"({stored}) and the agent ({since}): retry, or use another CA replica"
+            )
+
     def moved(self, view: AgentView | None, authorities_seen: int, federated_seen: int) -> bool:
         """Whether ``view`` is newer than what the agent said it holds."""
         if view is None:
@@ -130,9 +155,12 @@ class AgentSync:
         timeout: float,
         federated_after: int = -1,
     ) -> None:
-        """Until ``entries`` completes, authorities move past ``authorities_after`` or the
-        federated bundles past ``federated_after`` (a negative revision: not waited on)."""
+        """Until ``entries`` completes, authorities move past ``authorities_after``, the
+        federated bundles past ``federated_after`` (a negative revision: not waited on) or the
+        store becomes unreachable."""
         waits = [entries]
+        if self._health is not None:
+            waits.append(self._health.went_down())
         if authorities_after >= 0:
             waits.append(self._store.wait_for_change(Topic.AUTHORITIES, authorities_after, timeout))
         if federated_after >= 0 and self._federated is not None:

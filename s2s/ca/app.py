@@ -57,6 +57,7 @@ from s2s.ca.revocations import RevocationService
 from s2s.ca.root_rotation import STATE_KEY, Phase, RootRotation, RotationState
 from s2s.ca.server_tls import ServerTls
 from s2s.ca.store_config import StoreSettings, open_ca_store
+from s2s.ca.store_health import StoreHealth
 from s2s.ca.store_metrics import MeteredStore
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError, Unavailable
@@ -151,6 +152,7 @@ class CaServer:
         self._issuer_hosts: tuple[str, ...] = ()
         self.bundle_endpoint: BundleEndpoint | None = None
         self.housekeeping: Housekeeping | None = None
+        self.store_health: StoreHealth | None = None
 
     @classmethod
     async def open(cls, options: ServeOptions, *, clock: Clock | None = None) -> CaServer:
@@ -170,6 +172,9 @@ class CaServer:
         backend = "etcd" if self.options.store.is_etcd else "sqlite"
         store = MeteredStore(opened, self.metrics, backend=backend)  # s2s_ca_store_*
         self._store = store
+        self.store_health = StoreHealth(
+            store=store, clock=self.clock, registry=self.metrics.registry
+        )
         self.housekeeping = self._housekeeping(opened)
         config = CaConfig(
             trust_domain=td,
@@ -230,6 +235,7 @@ class CaServer:
             oauth=self.oauth,
             federation=self.federation,
             federated_bundles=self.federated_bundles,
+            store_health=self.store_health,
             **self._authority_services(config, store, audit),
         )
         await self.reload_tls(force=True)
@@ -304,6 +310,7 @@ class CaServer:
                 registry=self.registry,
                 lifecycle=lifecycle,
                 federated=self.federated_bundles,
+                health=self.store_health,
             ),
             "root_rotation": RootRotation(
                 config=config,
@@ -370,6 +377,8 @@ class CaServer:
             return False, "shutting down"
         if not self.authority.ready:
             return False, "authority not started"
+        if self.store_health is not None and not self.store_health.up:
+            return False, self.store_health.problem()
         svid = self._tls.svid
         if svid is None or svid.not_after <= self.clock.now():
             return False, "no current server certificate"
@@ -400,6 +409,7 @@ class CaServer:
             "authority": self._authority_loop(),
             **self._housekeeping_loops(),
             "revocations": self._revocation_loop(),
+            "store_health": self._store_health_loop(),
             "metrics": every(self.options.metrics_interval, self.refresh_gauges),
             "registry": retrying("registry", self._follow_registry),
             "federation": retrying("federation", self.federation.run),
@@ -408,6 +418,10 @@ class CaServer:
         if self.oauth is not None:  # the OAuth client set in memory, following the store
             loops["oauth_clients"] = retrying("oauth_clients", self.oauth.clients.follow)
         await run_loops(loops, stop)
+
+    async def _store_health_loop(self) -> None:
+        assert self.store_health is not None
+        await self.store_health.run()
 
     def _housekeeping_loops(self) -> dict[str, Any]:
         assert self.housekeeping is not None

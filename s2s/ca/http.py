@@ -33,6 +33,7 @@ from s2s.ca.http_json import (
 )
 from s2s.ca.http_middleware import error_middleware
 from s2s.ca.http_services import SERVICES, ApiServices
+from s2s.ca.http_store_gate import store_gate
 from s2s.ca.issuance import MAX_BATCH, CsrRequest, X509SvidResult
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
@@ -188,6 +189,8 @@ async def get_entries(request: web.Request) -> web.Response:
     if sync is not None and held >= 0:
         await sync.report_bundle_sequence(agent, held)
     snapshot = await registry.entries_for_agent(agent.spiffe_id)
+    if sync is not None:
+        await sync.check_current(snapshot.revision, since)  # 503 when this replica is stale
     view = await sync.view(snapshot.entries) if sync is not None else None
     fresh = sync is not None and sync.moved(view, seen, fed_seen)
     if wait > 0 and snapshot.revision <= since and not fresh:
@@ -200,6 +203,8 @@ async def get_entries(request: web.Request) -> web.Response:
 
         await _long_poll(services, waiting)
         snapshot = await registry.entries_for_agent(agent.spiffe_id)
+        if sync is not None:
+            await sync.check_current(snapshot.revision, since)
         view = await sync.view(snapshot.entries) if sync is not None else None
     extra = view.to_json() if view is not None else {}
     changes = registry.entry_delta(agent.spiffe_id, since, snapshot.revision) if delta else None
@@ -310,6 +315,8 @@ def public_app(
     """The HTTPS application: public endpoints and the agent API (under ``guard``'s header and
     body deadlines when given)."""
     middlewares = [error_middleware(services.metrics)]
+    if services.store_health is not None:  # inside the error middleware: its 503 is JSON
+        middlewares.append(store_gate(services.store_health))
     if guard is not None:
         middlewares.insert(0, request_deadlines)
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_BODY_LIMIT",
     "DEFAULT_BODY_TIMEOUT",
     "MAX_SECONDS",
+    "RETRY_AFTER",
     "STATUS_BY_CODE",
     "RequestError",
     "error_response",
@@ -47,6 +48,7 @@ DEFAULT_BODY_LIMIT: Final = 64 * 1024
 DEFAULT_BODY_TIMEOUT: Final = 10.0  # seconds from the headers to the whole body
 BODY_TIMEOUT: Final = web.AppKey("body_timeout", float)
 BATCH_BODY_LIMIT: Final = 1024 * 1024
+RETRY_AFTER: Final = 1  # seconds a 503 tells the caller to wait (a replica may be cut off)
 # Longest duration a request may name (ten years); the registry applies the real caps, this
 # only keeps absurd numbers from overflowing a timedelta.
 MAX_SECONDS: Final = 10 * 366 * 24 * 3600
@@ -90,8 +92,12 @@ def json_response(body: Any, *, status: int = 200) -> web.Response:
 
 
 def error_response(code: str, message: str, *, status: int | None = None) -> web.Response:
-    """The JSON error body every endpoint uses."""
-    return json_response({"error": code, "message": message}, status=status or status_for(code))
+    """The JSON error body every endpoint uses; a 503 says when to retry (``Retry-After``)."""
+    status = status or status_for(code)
+    response = json_response({"error": code, "message": message}, status=status)
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER)
+    return response
 
 
 class RequestError(S2SError):

@@ -25,6 +25,7 @@ from s2s.ca.oauth_service import TokenService
 from s2s.ca.registry import Registry
 from s2s.ca.revocations import RevocationService
 from s2s.ca.root_rotation import RootRotation
+from s2s.ca.store_health import StoreHealth
 from s2s.core.errors import NotFound, Unavailable
 
 __all__ = ["SERVICES", "ApiServices"]
@@ -50,6 +51,7 @@ class ApiServices:
     oauth: TokenService | None = None  # the OAuth 2.0 token service (oauth_issuer set)
     federation: FederationRefresher | None = None  # relationships and their refresher
     federated_bundles: FederatedBundles | None = None  # other trust domains' bundles
+    store_health: StoreHealth | None = None  # None: always served (a store that cannot go away)
     long_polls: LongPollSlots = field_(
         default_factory=lambda: LongPollSlots(ServerLimits().max_long_polls)
     )
