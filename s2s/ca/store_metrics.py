@@ -33,6 +33,11 @@ from s2s.store.records import (
     Topic,
     UsedMark,
 )
+from s2s.store.revocation_changes import (
+    RevocationChangeFeed,
+    RevocationChanges,
+    follow_revocations_by_listing,
+)
 
 __all__ = ["MeteredStore"]
 
@@ -203,3 +208,19 @@ class MeteredStore:
         if isinstance(inner, EntryChangeFeed):
             return inner.follow_entries(since=since, poll=poll)
         return follow_by_listing(self, poll=poll)
+
+    def follow_revocations(
+        self, *, since: int | None = None, poll: float = 30.0
+    ) -> AsyncGenerator[RevocationChanges, None]:
+        """The inner store's revocation feed (not timed: it waits), or full listings."""
+        inner = self._inner
+        if isinstance(inner, RevocationChangeFeed):
+            return inner.follow_revocations(since=since, poll=poll)
+        return follow_revocations_by_listing(self, since=since, poll=poll)
+
+    async def store_epoch(self) -> str:
+        """The inner store's epoch ("" for a store that has none)."""
+        inner = self._inner
+        if isinstance(inner, RevocationChangeFeed):
+            return await self._run("store_epoch", inner.store_epoch())
+        return ""

@@ -334,9 +334,13 @@ def _entry(value: bytes) -> RegistrationEntry:
 if TYPE_CHECKING:
     from s2s.store.base import Store
     from s2s.store.entry_changes import EntryChangeFeed
+    from s2s.store.revocation_changes import RevocationChangeFeed
 
     def _conforms(store: EtcdStore) -> Store:  # mypy proves EtcdStore implements Store
         return store
 
     def _follows_entries(store: EtcdStore) -> EntryChangeFeed:
+        return store
+
+    def _follows_revocations(store: EtcdStore) -> RevocationChangeFeed:
         return store

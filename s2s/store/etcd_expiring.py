@@ -4,14 +4,17 @@
 These ride on leases shared per expiry bucket (:mod:`s2s.store.etcd_leases`), so etcd drops them
 about ``lease_grace`` after they expire even if no CA runs ``prune``; ``prune(now)`` still removes
 them (and expired agents and authorities) on time. Lease deletions do not move topic revisions
-(watch the key prefix to see them). Part of :class:`s2s.store.etcd.EtcdStore`.
+(watch the key prefix to see them, as ``follow_revocations`` does). The store's epoch (see
+:mod:`s2s.store.revocation_changes`) is the ``epoch`` key, created by the first handle that asks.
+Part of :class:`s2s.store.etcd.EtcdStore`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Sequence
+import secrets
+from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from s2s.core.errors import Conflict, InvalidRequest, NotFound, StoreError
@@ -31,12 +34,15 @@ from s2s.store.records import (
     Topic,
     UsedMark,
 )
+from s2s.store.revocation_changes import RevocationChanges, StoreKey
 
 __all__ = ["EtcdExpiringRecords"]
 
 
 class EtcdExpiringRecords(EtcdKeyspace):
     """The ``Store`` methods for lease-backed records, and ``prune``."""
+
+    _epoch: str | None = None  # the store's epoch, once read
 
     # -- join tokens: join-tokens/<hash hex> holds the record, join-token-ids/<id> the hash --
 
@@ -118,6 +124,46 @@ class EtcdExpiringRecords(EtcdKeyspace):
     async def list_revocations(self) -> tuple[RevocationRecord, ...]:
         found = await self._list("revoked", RevocationRecord.from_json)
         return tuple(sorted(found, key=lambda r: (str(r.kind), r.value)))
+
+    async def follow_revocations(
+        self, *, since: int | None = None, poll: float = 30.0
+    ) -> AsyncGenerator[RevocationChanges, None]:
+        """Every record, then the records the watch on ``revoked/`` reports written or deleted
+        (pruned, or dropped by etcd with their lease); a full listing again when the watch's
+        revision was compacted away."""
+        prefix = self.key("revoked", "")
+        start = None if since is None else since + 1
+        updates = self.c.follow_prefix(prefix, start_revision=start)
+        async with contextlib.aclosing(updates):
+            async for update in updates:
+                if update.snapshot is not None:
+                    full = tuple(_revocation(kv.value) for kv in update.snapshot)
+                    yield RevocationChanges(update.revision, full=full)
+                    continue
+                put: dict[StoreKey, RevocationRecord] = {}
+                removed: dict[StoreKey, None] = {}
+                for event in update.events:
+                    key = _store_key(event.kv.key[len(prefix) :])
+                    if event.deleted:
+                        put.pop(key, None)
+                        removed[key] = None
+                    else:
+                        removed.pop(key, None)
+                        put[key] = _revocation(event.kv.value)
+                yield RevocationChanges(
+                    update.revision, put=tuple(put.values()), removed=tuple(removed)
+                )
+
+    async def store_epoch(self) -> str:
+        """``epoch`` holds a random id, written by the first handle that asks for it."""
+        if self._epoch is None:
+            k = self.key("epoch")
+            fresh = secrets.token_hex(16).encode()
+            result = await self.c.txn([version_is(k, 0)], [put_op(k, fresh)], [get_op(k)])
+            kv = None if result.succeeded else result.ranged(0)
+            stored = fresh if kv is None else kv.value
+            self._epoch = stored.decode(errors="replace")
+        return self._epoch
 
     # -- issued serials: issued/<serial as 40 hex digits> --
 
@@ -222,3 +268,16 @@ class EtcdExpiringRecords(EtcdKeyspace):
                 result = await self._commit([mod_is(kv.key, kv.mod_revision)], ops, topics=topics)
                 deleted += result.succeeded
         return deleted
+
+
+def _revocation(value: bytes) -> RevocationRecord:
+    return decode_doc(value, RevocationRecord.from_json)
+
+
+def _store_key(tail: bytes) -> StoreKey:
+    """``<kind>/<value>`` (the part of a ``revoked/`` key after the prefix) as (kind, value)."""
+    kind, _, value = tail.decode(errors="replace").partition("/")
+    try:
+        return (RevocationKind(kind), value)
+    except ValueError:
+        raise StoreError(f"etcd holds a revocation under an unknown kind: {tail[:80]!r}") from None

@@ -38,6 +38,11 @@ from s2s.store.records import (
     Topic,
     UsedMark,
 )
+from s2s.store.revocation_changes import (
+    RevocationChanges,
+    log_revocation_changes,
+    read_revocation_changes,
+)
 from s2s.store.sqlite_rows import (
     issued_row,
     micros,
@@ -364,6 +369,7 @@ class SqliteStore(SqliteWorker):
             row = (*key, micros(merged.expires_at), encode_doc(merged))
             tx.conn.execute("INSERT OR REPLACE INTO revocations VALUES (?, ?, ?, ?)", row)
             tx.bump(Topic.REVOCATIONS)
+            log_revocation_changes(tx.conn, [key])
             return True
 
         return await self._write(run)
@@ -379,6 +385,30 @@ class SqliteStore(SqliteWorker):
     async def list_revocations(self) -> tuple[RevocationRecord, ...]:
         query = "SELECT doc FROM revocations ORDER BY kind, value"
         return await self._read(lambda c: read_docs(c, query, (), RevocationRecord.from_json))
+
+    async def follow_revocations(
+        self, *, since: int | None = None, poll: float = 30.0
+    ) -> AsyncGenerator[RevocationChanges, None]:
+        """Every record, then each batch of changes read from the change log (a full listing
+        again when the log cannot say what changed)."""
+        while True:
+            if since is None:
+                full = await self._read(_revocation_listing)  # content == revision
+                since = full.revision
+                yield full
+                continue
+            if await self.wait_for_change(Topic.REVOCATIONS, since, poll) == since:
+                continue
+            changes = await self._read(functools.partial(read_revocation_changes, since=since))
+            if changes is None:
+                since = None
+                continue
+            since = changes.revision
+            yield changes
+
+    async def store_epoch(self) -> str:
+        epoch = await self._read(lambda c: scalar(c, "SELECT value FROM meta WHERE key='epoch'"))
+        return str(epoch or "")
 
     # -- issued serials --
 
@@ -420,6 +450,14 @@ class SqliteStore(SqliteWorker):
         def run(tx: Tx) -> PruneResult:
             counts: dict[str, int] = {}
             for table, column, field, topic in _PRUNE:
+                if topic is Topic.REVOCATIONS:  # the removals reach the change log
+                    query = "DELETE FROM revocations WHERE expires_at <= ? RETURNING kind, value"
+                    gone = tx.conn.execute(query, (moment,)).fetchall()
+                    counts[field] = len(gone)
+                    if gone:
+                        tx.bump(topic)
+                        log_revocation_changes(tx.conn, gone)
+                    continue
                 query = f"DELETE FROM {table} WHERE {column} <= ?"  # noqa: S608 (fixed names)
                 counts[field] = tx.conn.execute(query, (moment,)).rowcount
                 if counts[field] and topic is not None:
@@ -433,12 +471,22 @@ def _changes_since(conn: sqlite3.Connection, *, since: int) -> EntryChanges | No
     return read_entry_changes(conn, since)
 
 
+def _revocation_listing(conn: sqlite3.Connection) -> RevocationChanges:
+    revision = int(scalar(conn, "SELECT revision FROM topics WHERE topic='revocations'") or 0)
+    query = "SELECT doc FROM revocations ORDER BY kind, value"
+    return RevocationChanges(revision, full=read_docs(conn, query, (), RevocationRecord.from_json))
+
+
 if TYPE_CHECKING:
     from s2s.store.base import Store
     from s2s.store.entry_changes import EntryChangeFeed
+    from s2s.store.revocation_changes import RevocationChangeFeed
 
     def _conforms(store: SqliteStore) -> Store:  # mypy proves SqliteStore implements Store
         return store
 
     def _follows_entries(store: SqliteStore) -> EntryChangeFeed:
+        return store
+
+    def _follows_revocations(store: SqliteStore) -> RevocationChangeFeed:
         return store

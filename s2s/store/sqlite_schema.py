@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import stat
 from pathlib import Path
@@ -61,6 +62,9 @@ CREATE TABLE IF NOT EXISTS used_marks (key TEXT PRIMARY KEY, expires_at INTEGER 
 CREATE INDEX IF NOT EXISTS used_marks_by_expiry ON used_marks (expires_at);
 CREATE TABLE IF NOT EXISTS entry_changes (revision INTEGER NOT NULL, id TEXT NOT NULL,
     PRIMARY KEY (revision, id));
+CREATE TABLE IF NOT EXISTS revocation_changes (revision INTEGER NOT NULL, kind TEXT NOT NULL,
+    value TEXT NOT NULL, PRIMARY KEY (revision, kind, value));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -131,6 +135,8 @@ def _initialise(conn: sqlite3.Connection, path: Path) -> None:
         for statement in _ADDED.split(";"):
             if statement.strip():
                 conn.execute(statement)
+        # The store's epoch: fixed once, so two stores are told apart even at equal revisions.
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('epoch', ?)", (secrets.token_hex(16),))
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
