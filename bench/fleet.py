@@ -47,7 +47,8 @@ from pathlib import Path
 from typing import Any
 
 from bench._harness import percentiles
-from bench.fleet_report import render, write_results
+from bench.fleet_faults import DELAYS_MS, herd, slow_etcd, start_proxies
+from bench.fleet_report import FAULTS_HEADING, render, render_faults, write_results
 from bench.fleet_system import FleetSystem, cpu_seconds, prom_sum, rss_mb
 from s2s.core.errors import Conflict
 from s2s.core.registration import RegistrationEntry
@@ -71,6 +72,8 @@ class Shape:
 
 QUICK = Shape(configs=((1000, 1), (1000, 3)), agents=40, entries=3, ttl=16, processes=2,
               steady=6.0, changes=5, revocations=5, interval=1.0, jwt_interval=10.0)  # fmt: skip
+SMOKE = Shape(configs=((200, 1),), agents=6, entries=2, ttl=10, processes=1, steady=6.0,
+              changes=3, revocations=3, interval=0.3, jwt_interval=2.0)  # fmt: skip
 FULL = Shape(configs=((1000, 1), (1000, 3), (10000, 1), (10000, 3)), agents=200, entries=4,
              ttl=40, processes=2, steady=20.0, changes=10, revocations=10, interval=2.0,
              jwt_interval=10.0)  # fmt: skip
@@ -190,6 +193,7 @@ async def revocations(
     for k in range(first, first + shape.revocations):
         value = f"spiffe://{system.td}/dormant/{k}"
         body = {"spiffe_id": value, "reason": "fleet benchmark"}
+        await system.tell(f"expect {value}")
         sent = time.time()
         await system.admin_call("POST", "/v1/revocations", body)
         made.append((value, sent))
@@ -220,9 +224,7 @@ async def revocations(
 
 
 async def jwt_phase(system: FleetSystem, shape: Shape) -> dict[str, Any]:
-    for worker in system.workers:
-        assert worker.child is not None
-        await worker.child.send("jwt on")
+    await system.tell("jwt on")
     before = await Snapshot.take(system)
     await asyncio.sleep(shape.steady / 2)
     d = delta(before, await Snapshot.take(system))
@@ -275,9 +277,11 @@ async def _until(predicate: Any, timeout: float) -> bool:
     return True
 
 
-async def configuration(
+async def prepare(
     system: FleetSystem, shape: Shape, size: int, replicas: int
-) -> dict[str, Any]:
+) -> tuple[list[tuple[int, str]], dict[str, Any]]:
+    """A trust domain with its registry and replicas, and the simulated agents holding their
+    SVIDs: the agents (index, agent ID) and the result so far (the idle CPU of each replica)."""
     live = shape.agents * shape.entries
     # Every simulated agent comes from 127.0.0.1: the per-address cap (256 connections, meant
     # for one node) would hold the fleet back, so it is raised to the process-wide cap.
@@ -313,14 +317,21 @@ async def configuration(
     await system.replica_metrics(system.replicas[0])  # the bundle, for the agents and /metrics
     idle_rate = await idle(system, shape.steady / 2)
     started = time.monotonic()
-    await system.start_workers(tokens, shape.processes, shape.jwt_interval,
-                               f"spiffe://{system.td}/dormant/")  # fmt: skip
+    await system.start_workers(tokens, shape.processes, shape.jwt_interval)
     say(f"every agent attested and holds its SVIDs ({time.monotonic() - started:.1f} s)")
     await asyncio.sleep(2.0)  # the first batch of renewals has settled
     result: dict[str, Any] = {"size": size, "replicas": replicas, "agents": shape.agents,
                               "live": live, "fill_seconds": fill,
                               "revoked": size // 10}  # fmt: skip
     result["idle"] = idle_rate
+    return agents, result
+
+
+async def configuration(
+    system: FleetSystem, shape: Shape, size: int, replicas: int
+) -> dict[str, Any]:
+    agents, result = await prepare(system, shape, size, replicas)
+    idle_rate = result["idle"]
     result["steady"] = s = await steady(system, shape, idle_rate)
     say("steady: " + ", ".join(f"{n} {v * 1000:.2f} ms/renewal" for n, v in
                                s["cpu_per_renewal"].items()))  # fmt: skip
@@ -391,6 +402,38 @@ async def run(shape: Shape, root: Path) -> dict[str, Any]:
     return {"shape": asdict(shape), "configs": results}
 
 
+async def run_faults(shape: Shape, root: Path) -> dict[str, Any]:
+    """The herd and etcd-slow runs (see ``bench.fleet_faults``) on the first configuration."""
+    system = FleetSystem(root, say)
+    say(f"starting a 3-member etcd cluster under {root / 'etcd'}")
+    await system.start_etcd()
+    proxies = await start_proxies(system)
+    size, replicas = shape.configs[0]
+    try:
+        say(f"== faults: registry {size} entries, {replicas} CA replica(s), etcd behind proxies")
+        agents, result = await prepare(system, shape, size, replicas)
+        result["herd"] = h = await herd(system, shape, say)
+        say(f"herd: every agent back {h['all_back_after']:.1f} s after the restart, peak"
+            f" {h['peak_connections']} connections, {h['expired']:.0f} SVIDs expired")  # fmt: skip
+        per = Cost(result["idle"], {})
+        result["slow"] = []
+        for delay in DELAYS_MS:
+            d = await slow_etcd(system, shape, proxies, delay,
+                                lambda: changes(system, shape, agents, per))  # fmt: skip
+            result["slow"].append(d)
+            p50, p99, _n = d["issue"]
+            say(f"etcd +{delay} ms: issuance p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms,"
+                f" burst {d['burst_per_s']:.0f} SVIDs/s")  # fmt: skip
+        result["fleet_total"] = system.fleet_stats()
+        result["worker_errors"] = {w.name: w.errors[-30:] for w in system.workers if w.errors}
+    finally:
+        await system.stop_configuration()
+        for proxy in proxies:
+            await proxy.close()
+        await asyncio.to_thread(system.stop_etcd)
+    return {"shape": asdict(shape), "configs": [result]}
+
+
 def _commit() -> str:
     """The commit of the code measured (empty outside a git checkout)."""
     try:
@@ -406,14 +449,18 @@ def _commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a minute or two: small fleet")
+    parser.add_argument("--smoke", action="store_true",
+                        help="under a minute: 6 agents, one replica")  # fmt: skip
     parser.add_argument("--sizes", help="registry sizes, e.g. 1000,10000 (with --replicas)")
     parser.add_argument("--replicas", help="CA replica counts, e.g. 1,3")
     parser.add_argument("--agents", type=int, help="simulated agents")
     parser.add_argument("--ttl", type=int, help="SVID lifetime in seconds")
+    parser.add_argument("--faults", action="store_true",
+                        help="thundering herd after a CA restart, then etcd made slow")  # fmt: skip
     parser.add_argument("--dir", type=Path, help="keep the run's files here")
     parser.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
     args = parser.parse_args(argv)
-    shape = QUICK if args.quick else FULL
+    shape = SMOKE if args.smoke else QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
     if args.sizes or args.replicas:
         sizes = [int(s) for s in (args.sizes or "1000").split(",")]
@@ -427,12 +474,15 @@ def main(argv: list[str] | None = None) -> int:
     root = args.dir or Path(tempfile.mkdtemp(prefix="s2s-fleet-", dir="/tmp"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    if args.faults:
+        return _faults(shape, root, args, started)
     measured = asyncio.run(run(shape, root))
     batches = sorted({max(1, round(c["steady"]["batch"])) for c in measured["configs"]} | {1})
     say(f"in-process baseline, batch sizes {batches}")
-    measured["baseline"] = baseline(batches, args.quick)
+    measured["baseline"] = baseline(batches, args.quick or args.smoke)
     measured["wall_seconds"] = time.monotonic() - started
-    measured["quick"] = args.quick
+    measured["quick"] = args.quick or args.smoke
+    measured["form"] = "--smoke" if args.smoke else "--quick" if args.quick else "full form"
     measured["date"] = dt.date.today().isoformat()
     measured["commit"] = _commit()
     (root / "fleet.json").write_text(json.dumps(measured, indent=1, default=str))
@@ -442,6 +492,24 @@ def main(argv: list[str] | None = None) -> int:
         write_results(text)
         say("tables written to bench/RESULTS.md (section Fleet)")
     say(f"raw figures: {root / 'fleet.json'}")
+    return 0
+
+
+def _faults(shape: Shape, root: Path, args: argparse.Namespace, started: float) -> int:
+    if not (args.sizes or args.replicas):
+        shape = Shape(**{**asdict(shape), "configs": ((1000, 1),)})
+    measured = asyncio.run(run_faults(shape, root))
+    measured["wall_seconds"] = time.monotonic() - started
+    measured["form"] = "--faults" + (" --smoke" if args.smoke else " --quick" if args.quick else "")
+    measured["date"] = dt.date.today().isoformat()
+    measured["commit"] = _commit()
+    (root / "fleet-faults.json").write_text(json.dumps(measured, indent=1, default=str))
+    text = render_faults(measured)
+    print(text)
+    if not args.no_write:
+        write_results(text, heading=FAULTS_HEADING)
+        say("tables written to bench/RESULTS.md (section Fleet faults)")
+    say(f"raw figures: {root / 'fleet-faults.json'}")
     return 0
 
 

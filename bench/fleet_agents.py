@@ -1,17 +1,23 @@
 """Simulated agents for the fleet benchmark: one process runs many of them on one event loop.
 
-Each simulated agent is a real client of the CA's agent API (``s2s.agent.ca_client.CaClient``:
-its own aiohttp session and connection pool, mTLS with its own agent SVID, fail-over across the
-CA URLs, which each agent gets in a rotated order so the replicas share the fleet). It attests
-with a join token, long-polls its entries, keeps an X509-SVID per entry (a fresh key and CSR each
-time, renewed at half-life +-10%, due renewals sent as one batch), mints a JWT-SVID now and then,
-and long-polls the CA's revocations. It holds no Workload API and no workloads: what a real agent
-does for its workloads costs the CA nothing.
+Each simulated agent is the real agent's CA side, built as ``s2s.agent.app`` builds it: a
+``CaClient`` (its own aiohttp session and connection pool, mTLS with its own agent SVID,
+fail-over across the CA URLs, which each agent gets in a rotated order so the replicas share the
+fleet), an ``SvidCache`` (entries long-poll asking for deltas once synced, a fresh key and CSR per
+entry, renewal at half-life +-10% in batches, the agent's capped jittered backoff when the CA is
+away), and a ``CaRevocationFeed`` over the same client (revocation long-poll asking for deltas)
+under a ``RevocationFollower`` (drops revoked SVIDs, re-fetches the CRLs after each change). It
+also mints a JWT-SVID now and then. It holds no Workload API and no workloads: what a real agent
+does for its workloads costs the CA nothing. The client is subclassed only to count and time its
+calls (:class:`CountingClient`); every request goes through the real code.
 
 Started by ``bench.fleet`` with a JSON spec on stdin (first line); writes JSON lines to stdout:
-``ready`` once every agent holds its SVIDs, ``entry`` the first time an agent sees an entry id,
-``revoked`` the first time it sees a revoked SPIFFE ID, ``stats`` every second (counters since
-the start). A ``stop`` line on stdin ends it.
+``ready`` once every agent holds its SVIDs and its revocation set, ``entry`` the first time an
+agent holds an entry id, ``revoked`` the first time an agent's revocation set holds a SPIFFE ID it
+was told to expect, ``x509`` per renewal call (latency), ``back`` the first successful call of an
+agent after a ``mark``, ``stats`` every second (counters since the start). Commands on stdin:
+``jwt on`` / ``jwt off``, ``expect <SPIFFE ID>``, ``mark``, ``burst <seconds> <agents>`` (each of
+that many agents signs one CSR after another, for issuance throughput), ``stop``.
 """
 
 from __future__ import annotations
@@ -19,163 +25,234 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from cryptography import x509
+
 from s2s.agent.ca_client import CaClient
+from s2s.agent.ca_wire import AgentSvidResponse, EntriesResponse, X509Result
+from s2s.agent.cache import SvidCache
 from s2s.agent.issuance import build_csr, new_key
+from s2s.agent.metrics import AgentMetrics
+from s2s.agent.revocations import RevocationFollower
+from s2s.aio import within
 from s2s.core.bundle import Bundle
 from s2s.core.clock import SystemClock
 from s2s.core.errors import S2SError
+from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid
-
-BATCH_WINDOW = 0.5  # renewals due within this many seconds go in one batch
-MAX_BATCH = 64
+from s2s.verifier.feeds_ca import CaRevocationFeed, RevocationPage
 
 
 @dataclass(slots=True)
 class Counters:
     renewals: int = 0  # SVIDs received
     batches: int = 0
-    renew_failures: int = 0
+    renew_failures: int = 0  # SVIDs asked for and not received (call failed or item refused)
     jwts: int = 0
     jwt_failures: int = 0
     entry_answers: int = 0  # entries long-poll answers (wake-ups)
+    entry_deltas: int = 0  # of which deltas
+    entry_failures: int = 0
     revocation_answers: int = 0
+    revocation_deltas: int = 0
+    revocation_failures: int = 0
+    crl_fetches: int = 0
     expired: int = 0  # SVIDs that reached notAfter before their replacement arrived
     ready: int = 0
     crashed: int = 0  # simulated agents that stopped on an unexpected error
     jwt_on: bool = False  # minting JWT-SVIDs (``jwt on`` / ``jwt off`` on stdin)
 
 
+class Writer:
+    def emit(self, record: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+class CountingClient(CaClient):
+    """The agent's CA client, counting and timing what it asks (the requests are the real
+    client's: only the bookkeeping is added)."""
+
+    def __init__(self, *, index: int, counters: Counters, out: Writer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.index = index
+        self.counters = counters
+        self.out = out
+        self.mark = 0.0  # wall time of the last ``mark``; 0: none pending
+        self.timed = True  # emit the latency of each renewal call
+
+    def _ok(self) -> None:
+        if self.mark:
+            self.mark = 0.0
+            self.out.emit({"k": "back", "a": self.index, "t": time.time()})
+
+    async def entries(self, **kwargs: Any) -> EntriesResponse:
+        try:
+            answer = await super().entries(**kwargs)
+        except S2SError:
+            self.counters.entry_failures += 1
+            raise
+        self.counters.entry_answers += 1
+        self.counters.entry_deltas += answer.delta
+        self._ok()
+        return answer
+
+    async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
+        try:
+            page = await super().fetch_revocations(since=since, wait=wait)
+        except S2SError:
+            self.counters.revocation_failures += 1
+            raise
+        self.counters.revocation_answers += 1
+        self.counters.revocation_deltas += page.delta
+        self._ok()
+        return page
+
+    async def fetch_crls(self) -> tuple[bytes, ...]:
+        crls = await super().fetch_crls()
+        self.counters.crl_fetches += 1
+        return crls
+
+    async def sign_x509(
+        self, requests: Sequence[tuple[str, x509.CertificateSigningRequest]]
+    ) -> tuple[tuple[X509Result, ...], int | None]:
+        started = time.monotonic()
+        try:
+            results, sequence = await super().sign_x509(requests)
+        except S2SError:
+            self.counters.renew_failures += len(requests)
+            raise
+        took = time.monotonic() - started
+        got = sum(1 for r in results if r.svid is not None)
+        self.counters.batches += 1
+        self.counters.renewals += got
+        self.counters.renew_failures += len(results) - got
+        if self.timed:
+            self.out.emit({"k": "x509", "t": time.time(), "d": round(took, 5), "n": len(results)})
+        self._ok()
+        return results, sequence
+
+
 @dataclass(slots=True)
 class SimAgent:
     index: int
-    client: CaClient
+    client: CountingClient
     out: Writer
     counters: Counters
     jwt_interval: float
-    marker: str
-    due: dict[str, float] = field(default_factory=dict)  # entry id -> monotonic due time
-    expires: dict[str, float] = field(default_factory=dict)  # entry id -> wall notAfter
-    counted: set[str] = field(default_factory=set)  # entries whose expiry was counted
-    revoked: set[str] = field(default_factory=set)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: AgentMetrics
+    cache: SvidCache | None = None
+    feed: CaRevocationFeed | None = None
+    expected: set[str] = field(default_factory=set)  # SPIFFE IDs to report when revoked
+    held: set[str] = field(default_factory=set)  # entry ids seen
+    counted: set[int] = field(default_factory=set)  # serials whose expiry was counted
 
     async def run(self, token: str, bundle: Bundle, started: asyncio.Event) -> None:
         key = new_key()
         self.client.set_trust(bundle, None)
-        answer = await _retry(lambda: self.client.attest(token, build_csr(key)))
+        answer: AgentSvidResponse = await _retry(lambda: self.client.attest(token, build_csr(key)))
         svid = X509Svid(
             spiffe_id=answer.svid.spiffe_id, cert_chain=answer.svid.cert_chain, private_key=key
         )
         self.client.set_trust(answer.bundle, svid)
-        first = await _retry(lambda: self.client.entries(since=-1, wait=0))
-        for entry in first.entries:
-            self.due[entry.id] = 0.0
-        await self._renew_due()
-        self.counters.ready += 1
-        started.set()
+        clock = SystemClock()
+        feed = CaRevocationFeed(self.client, wait=30.0, clock=clock)
+        cache = SvidCache(
+            client=self.client, bundle=answer.bundle, clock=clock, metrics=self.metrics,
+            revocations=feed,
+        )  # fmt: skip
+        follower = RevocationFollower(feed=feed, cache=cache, client=self.client)
+        self.cache, self.feed = cache, feed
+        feed.subscribe(self._revoked)
         async with asyncio.TaskGroup() as group:
-            group.create_task(self._follow_entries(first.revision))
-            group.create_task(self._renewals())
+            group.create_task(cache.run())
+            group.create_task(follower.run())
             group.create_task(self._jwts())
-            group.create_task(self._follow_revocations())
+            await cache.synced.wait()
+            while not cache.health()[0] or not feed.synced.is_set():
+                await _update_or(cache, 0.2)
+            self.held = {item.entry.id for item in cache.state.items}
+            self.counters.ready += 1
+            started.set()
+            group.create_task(self._watch(cache))
 
-    async def _follow_entries(self, revision: int) -> None:
+    async def _watch(self, cache: SvidCache) -> None:
+        """Report new entries; count SVIDs that expired before their replacement came."""
         while True:
-            try:
-                answer = await self.client.entries(since=revision, wait=30)
-            except S2SError:
-                await asyncio.sleep(random.uniform(0.25, 1.0))
-                continue
+            version = cache.version
             now = time.time()
-            self.counters.entry_answers += 1
-            revision = answer.revision
-            for entry in answer.entries:
-                if entry.id not in self.due:
-                    self.due[entry.id] = 0.0
-                    self.out.emit({"k": "entry", "a": self.index, "id": entry.id, "t": now})
-                    self.wake.set()
+            nearest = now + 5.0
+            for item in cache.state.items:
+                if item.entry.id not in self.held:
+                    self.held.add(item.entry.id)
+                    self.out.emit({"k": "entry", "a": self.index, "id": item.entry.id, "t": now})
+                svid = item.svid
+                if svid is None:
+                    continue
+                ends = svid.not_after.timestamp()
+                serial = svid.leaf.serial_number
+                if ends <= now and serial not in self.counted:
+                    self.counted.add(serial)
+                    self.counters.expired += 1
+                elif ends > now:
+                    nearest = min(nearest, ends)
+            await _update_or(cache, max(0.01, nearest - time.time()), version)
 
-    async def _renewals(self) -> None:
-        while True:
-            self._count_expired()
-            await self._renew_due()
-            nearest = min(self.due.values(), default=time.monotonic() + 5)
-            self.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.05, nearest - time.monotonic())):
-                    await self.wake.wait()
-
-    async def _renew_due(self) -> None:
-        now = time.monotonic()
-        due = [eid for eid, at in self.due.items() if at <= now + BATCH_WINDOW][:MAX_BATCH]
-        if not due:
-            return
-        requests = [(eid, build_csr(new_key())) for eid in due]
-        try:
-            results, _sequence = await self.client.sign_x509(requests)
-        except S2SError:
-            self.counters.renew_failures += len(due)
-            for eid in due:  # retry soon, jittered
-                self.due[eid] = time.monotonic() + random.uniform(0.5, 2.0)
-            return
-        self.counters.batches += 1
-        received = time.monotonic()
-        for result in results:
-            if result.svid is None:
-                self.counters.renew_failures += 1
-                self.due[result.entry_id] = received + random.uniform(1.0, 3.0)
-                continue
-            self.counters.renewals += 1
-            life = (result.svid.not_after - datetime.now(UTC)).total_seconds()
-            self.due[result.entry_id] = received + life / 2 * random.uniform(0.9, 1.1)
-            self.expires[result.entry_id] = result.svid.not_after.timestamp()
-            self.counted.discard(result.entry_id)
-
-    def _count_expired(self) -> None:
+    def _revoked(self, revoked: RevocationSet) -> None:
         now = time.time()
-        for eid, not_after in self.expires.items():
-            if not_after <= now and eid not in self.counted:
-                self.counted.add(eid)
-                self.counters.expired += 1
+        for value in [v for v in self.expected if revoked.revoked_at(v) is not None]:
+            self.expected.discard(value)
+            self.out.emit({"k": "revoked", "a": self.index, "v": value, "t": now})
+
+    def expect(self, value: str) -> None:
+        self.expected.add(value)
+        if self.feed is not None:
+            self._revoked(self.feed.snapshot())
 
     async def _jwts(self) -> None:
         while True:
             await asyncio.sleep(self.jwt_interval * random.uniform(0.5, 1.5))
-            if not self.due or not self.counters.jwt_on:
+            if self.cache is None or not self.counters.jwt_on:
+                continue
+            items = self.cache.state.items
+            if not items:
                 continue
             try:
-                await self.client.mint_jwt(random.choice(list(self.due)), ["spiffe://fleet/api"])
+                await self.client.mint_jwt(random.choice(items).entry.id, ["spiffe://fleet/api"])
                 self.counters.jwts += 1
             except S2SError:
                 self.counters.jwt_failures += 1
 
-    async def _follow_revocations(self) -> None:
-        revision = -1
-        while True:
-            try:
-                page = await self.client.fetch_revocations(since=revision, wait=30)
-            except S2SError:
-                await asyncio.sleep(random.uniform(0.25, 1.0))
-                continue
-            now = time.time()
-            self.counters.revocation_answers += 1
-            first = revision < 0
-            revision = page.revision
-            for record in page.records:
-                if record.value.startswith(self.marker) and record.value not in self.revoked:
-                    self.revoked.add(record.value)
-                    if not first:
-                        self.out.emit({"k": "revoked", "a": self.index, "v": record.value,
-                                       "t": now})  # fmt: skip
+    async def burst(self, seconds: float, done: list[int]) -> None:
+        """Sign one CSR after another for ``seconds`` (issuance throughput, real client)."""
+        if self.cache is None or not self.cache.state.items:
+            return
+        entry = self.cache.state.items[0].entry.id
+        csr = build_csr(new_key())
+        self.client.timed = False
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    results, _ = await self.client.sign_x509([(entry, csr)])
+                except S2SError:
+                    continue
+                done[0] += sum(1 for r in results if r.svid is not None)
+        finally:
+            self.client.timed = True
+
+
+async def _update_or(cache: SvidCache, timeout: float, version: int | None = None) -> None:
+    with contextlib.suppress(TimeoutError):
+        await within(cache.wait_for_update(cache.version if version is None else version), timeout)
 
 
 async def _retry(call: Any) -> Any:
@@ -189,37 +266,57 @@ async def _retry(call: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-class Writer:
-    def emit(self, record: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(record, separators=(",", ":")) + "\n")
-
-
 async def main() -> None:
+    logging.getLogger("s2s").setLevel(logging.ERROR)  # a CA restart would flood stderr
     spec = json.loads(sys.stdin.readline())
     td = TrustDomain.parse(spec["trust_domain"])
     bundle = Bundle.decode(td, spec["bundle"])
     urls: list[str] = spec["ca_urls"]
     out, counters = Writer(), Counters()
+    metrics = AgentMetrics()  # one registry for the process: the cache reports into it
     agents: list[SimAgent] = []
     runs = []
     for index, token in spec["agents"]:
         k = index % len(urls)
-        client = CaClient(urls=urls[k:] + urls[:k], trust_domain=td, clock=SystemClock())
-        agent = SimAgent(index, client, out, counters, spec["jwt_interval"], spec["marker"])
+        client = CountingClient(
+            index=index, counters=counters, out=out, urls=urls[k:] + urls[:k], trust_domain=td,
+            clock=SystemClock(),
+        )  # fmt: skip
+        agent = SimAgent(index, client, out, counters, spec["jwt_interval"], metrics)
         agents.append(agent)
-        started = asyncio.Event()
-        runs.append((agent, token, started))
+        runs.append((agent, token, asyncio.Event()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def burst(seconds: float, count: int) -> None:
+        done = [0]
+        started = time.monotonic()
+        await asyncio.gather(*(a.burst(seconds, done) for a in agents[:count]))
+        took = time.monotonic() - started
+        out.emit({"k": "burst", "t": time.time(), "svids": done[0], "seconds": took})
+        sys.stdout.flush()
 
     async def commands() -> None:
         while line := await reader.readline():
-            command = line.strip()
-            if command == b"stop":
+            command = line.decode().strip()
+            word, _, rest = command.partition(" ")
+            if command == "stop":
                 break
-            counters.jwt_on = {b"jwt on": True, b"jwt off": False}.get(command, counters.jwt_on)
+            if word == "jwt":
+                counters.jwt_on = rest == "on"
+            elif word == "expect":
+                for agent in agents:
+                    agent.expect(rest)
+            elif word == "mark":
+                now = time.time()
+                for agent in agents:
+                    agent.client.mark = now
+            elif word == "burst":
+                seconds, count = rest.split()
+                tasks.append(asyncio.create_task(burst(float(seconds), int(count))))
         stop.set()
 
     async def stats() -> None:
@@ -228,7 +325,7 @@ async def main() -> None:
             sys.stdout.flush()
             await asyncio.sleep(1.0)
 
-    tasks = [asyncio.create_task(commands()), asyncio.create_task(stats())]
+    tasks += [asyncio.create_task(commands()), asyncio.create_task(stats())]
     gate = asyncio.Semaphore(spec.get("attest_concurrency", 16))
 
     async def one(agent: SimAgent, token: str, started: asyncio.Event) -> None:

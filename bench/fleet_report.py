@@ -9,6 +9,7 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## Fleet (`python -m bench.fleet`)"
+FAULTS_HEADING = "## Fleet faults (`python -m bench.fleet --faults`)"
 
 
 def _ms(seconds: float) -> str:
@@ -25,7 +26,8 @@ def render(m: dict[str, Any]) -> str:
     lines = [
         HEADING,
         "",
-        f"Run {m['date']}, {'--quick' if m['quick'] else 'full form'}, {m['wall_seconds']:.0f} s"
+        f"Run {m['date']}, {m.get('form') or ('--quick' if m['quick'] else 'full form')},"
+        f" {m['wall_seconds']:.0f} s"
         f" wall. {shape['agents']} simulated agents ({shape['processes']} processes, one aiohttp"
         f" session and agent SVID each, real mTLS to the agent API) with {shape['entries']} live"
         f" entries each; the rest of the registry is dormant entries (a parent nobody runs),"
@@ -178,10 +180,85 @@ def _growth(configs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def write_results(text: str, path: Path = RESULTS) -> None:
-    """Replace the Fleet section of RESULTS.md (or append it)."""
+def render_faults(m: dict[str, Any]) -> str:
+    """The herd and etcd-slow tables (``python -m bench.fleet --faults``)."""
+    shape, c = m["shape"], m["configs"][0]
+    h = c["herd"]
+    limits = h["limits"]
+    failed = h["failed"]
+    lines = [
+        FAULTS_HEADING,
+        "",
+        f"Run {m['date']}, {m['form']}, {m['wall_seconds']:.0f} s wall, registry {c['size']:,},"
+        f" {c['replicas']} CA replica(s), {shape['agents']} simulated agents (the real agent's"
+        f" `SvidCache`, `CaRevocationFeed` and `RevocationFollower` over `CaClient`) with"
+        f" {shape['entries']} entries each, SVID lifetime {shape['ttl']} s. The replicas reach"
+        " the 3-member etcd cluster through a delay proxy (`bench/delay_proxy.py`, one per"
+        " member)." + (f" Code measured: commit {m['commit']}." if m.get("commit") else ""),
+        "",
+        "**Thundering herd**: every replica killed (SIGKILL) and started again at once on its"
+        " port; every agent's long-polls break together and its loops retry under the agent's"
+        " own backoff (entries, renewals, CRLs: 0.5 s doubling to 30 s, full jitter; revocation"
+        " feed: 0.05 s doubling to 2 s, equal jitter). Connections: the CA side of established"
+        " TCP connections, sampled every 50 ms; long-polls: `s2s_ca_entry_long_polls`, every"
+        " 0.5 s. Times are counted from the replica being up again.",
+        "",
+        "| connections open before | peak after (limit) | long-polls peak (limit) | CA down s |"
+        " every agent back, p50 / p99 / last s | CA error answers | failed calls: entries /"
+        " revocations / renewals | full answers: entries / revocations | CA CPU s until all"
+        " back | SVIDs expired |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {h['open_before']} | {h['peak_connections']} ({limits['max_connections']:,};"
+        f" per address {limits['max_connections_per_ip']:,}) | {h['peak_long_polls']:.0f}"
+        f" ({limits['max_long_polls']:,}) | {h['down_seconds']:.1f} |"
+        f" {_sec(h['back_after'][0])} / {_sec(h['back_after'][1])} /"
+        f" {_sec(h['all_back_after'])} ({h['back']}/{h['agents']}) |"
+        f" {h['ca_error_answers']:.0f} | {failed['entry_failures']:.0f} /"
+        f" {failed['revocation_failures']:.0f} / {failed['renew_failures']:.0f} |"
+        f" {h['entry_full_answers']:.0f} / {h['revocation_full_answers']:.0f} |"
+        f" {h['cpu_until_all_back']:.1f} | {h['expired']:.0f} |",
+        "",
+        "**etcd slow**: each chunk between the replicas and etcd held D ms each way (a round"
+        " trip gains 2D). Renewal latency is the agents' `POST /v1/agent/x509` calls as they"
+        " see them during the steady phase; the burst is"
+        f" {BURST_AGENTS_NOTE} signing one CSR after another for 5 s; entry changes as in the"
+        " Fleet table.",
+        "",
+        "| etcd +D ms | renewal call p50 / p99 ms (n) | renewals/s (asked) | burst SVIDs/s |"
+        " entry change -> agent p50 / p99 ms | changes missed | renewals failed | SVIDs"
+        " expired |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    asked = shape["agents"] * shape["entries"] / (shape["ttl"] / 2)
+    for d in c["slow"]:
+        issue = d["issue"]
+        lines.append(
+            f"| {d['delay_ms']} | {_lat(issue)} ({issue[2]}) | {d['renewals_per_s']:.1f}"
+            f" ({asked:.1f}) | {d['burst_per_s']:.0f} | {_lat(d['change_latency'])} |"
+            f" {d['changes_missed']} | {d['renew_failures']:.0f} | {d['expired']:.0f} |"
+        )
+    total = c["fleet_total"]
+    lines += [
+        "",
+        f"Whole run: {total.get('renewals', 0):,.0f} SVIDs renewed, {total.get('expired', 0):.0f}"
+        f" expired before their replacement, {total.get('crashed', 0):.0f} simulated agents"
+        " stopped.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+BURST_AGENTS_NOTE = "8 agents per worker process"
+
+
+def _sec(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds:.1f}"
+
+
+def write_results(text: str, path: Path = RESULTS, heading: str = HEADING) -> None:
+    """Replace the section ``heading`` of RESULTS.md (or append it)."""
     current = path.read_text()
-    pattern = re.compile(re.escape(HEADING) + r".*?(?=\n## |\Z)", re.S)
+    pattern = re.compile(re.escape(heading) + r".*?(?=\n## |\Z)", re.S)
     if pattern.search(current):
         updated = pattern.sub(lambda _m: text.rstrip("\n") + "\n", current, count=1)
     else:

@@ -155,6 +155,7 @@ class FleetSystem:
         self._ssl: ssl.SSLContext | None = None
         self.bundle_json = ""
         self.admin_retries = 0  # admin calls retried after an etcd timeout
+        self.store_endpoints = ""  # the replicas reach etcd here ("": the members themselves)
 
     # -- etcd -------------------------------------------------------------------------------
 
@@ -248,12 +249,15 @@ class FleetSystem:
             await store.close()
 
     async def start_replica(self, replica: Replica) -> None:
+        """Start ``replica`` (again: on the port it had, as a restarted service would)."""
         base = self.root / self.td
+        endpoints = self.store_endpoints or self.etcd.endpoints
         argv = self._cli(
-            replica.data_dir, "serve", "--store", f"etcd://{self.etcd.endpoints}/{self.td}",
-            "--name", replica.name, "--listen", "127.0.0.1:0", "--log-format", "json",
-            "--config", str(base / "ca.toml"),
+            replica.data_dir, "serve", "--store", f"etcd://{endpoints}/{self.td}",
+            "--name", replica.name, "--listen", f"127.0.0.1:{replica.port}", "--log-format",
+            "json", "--config", str(base / "ca.toml"),
         )  # fmt: skip
+        replica.ready = False
         replica.child = Child(replica.name, argv, self.env, replica.on_line)
         await replica.child.start()
         deadline = time.monotonic() + 90
@@ -304,7 +308,7 @@ class FleetSystem:
             return await resp.text()
 
     async def start_workers(
-        self, agents: list[tuple[int, str]], processes: int, jwt_interval: float, marker: str
+        self, agents: list[tuple[int, str]], processes: int, jwt_interval: float
     ) -> None:
         urls = [r.url for r in self.replicas if r.alive]
         self.workers = []
@@ -312,7 +316,7 @@ class FleetSystem:
             worker = Worker(f"agents-{w}")
             spec = {
                 "trust_domain": self.td, "bundle": self.bundle_json, "ca_urls": urls,
-                "agents": agents[w::processes], "jwt_interval": jwt_interval, "marker": marker,
+                "agents": agents[w::processes], "jwt_interval": jwt_interval,
             }  # fmt: skip
             argv = [sys.executable, "-m", "bench.fleet_agents"]
             worker.child = Child(worker.name, argv, self.env, worker.on_line)
@@ -333,6 +337,12 @@ class FleetSystem:
             if time.monotonic() > deadline:
                 raise FleetFailed("the simulated agents did not all attest within 300 s")
             await asyncio.sleep(0.1)
+
+    async def tell(self, command: str) -> None:
+        """Send ``command`` to every simulated-agent worker (see ``bench.fleet_agents``)."""
+        for worker in self.workers:
+            assert worker.child is not None
+            await worker.child.send(command)
 
     def fleet_stats(self) -> dict[str, float]:
         out: dict[str, float] = {}
