@@ -6,7 +6,9 @@ CA holds a request while ``N == since`` for up to ``wait`` seconds. A poller may
 (``&delta=1``, as :class:`HttpsRevocationPoller` does): the CA then answers only what changed
 since the feed's revision when it still knows (``{"delta": true, "base": since, ...}``), and the
 feed derives its new set from the last one in O(changes); a delta from another base is refused
-(the set is kept, the whole set asked for next). Every answer, changed or not,
+(the set is kept, the whole set asked for next), and so is a delta that names another store
+epoch than the set held (``"epoch"``: revisions of two stores can be equal, so a CA moved to
+another store could otherwise answer a delta against the wrong base). Every answer, changed or not,
 proves the set complete as of the instant the request was sent, so ``last_update`` moves on at
 least every ``wait`` seconds while the CA is reachable (``wait`` is kept below half the staleness
 limit). Failures are retried with capped exponential backoff and jitter; the last set is kept and
@@ -24,6 +26,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +60,7 @@ MAX_WAIT = 60.0  # the CA caps a long-poll at 60 s
 MAX_ANSWER_BYTES = 64 * 1024 * 1024  # ~300k records
 BIG = 1024 * 1024  # answers above this are decoded in a thread
 BIG_SET = 5000  # records; above this, parsing and building run in a thread
+_EPOCH = re.compile(r"([0-9a-f]{1,64})?")  # the store's epoch; absent from older CAs
 
 
 async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | None:
@@ -75,13 +79,15 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes | Non
 class RevocationPage:
     """One answer of the CA: the whole set at store ``revision``; or, when ``delta``, what
     changed from revision ``base`` to ``revision``: ``records`` put in (replacing a record of the
-    same key) and the records of ``removed`` gone."""
+    same key) and the records of ``removed`` gone. ``epoch`` names the store the revisions are
+    of: a delta applies only to a set of the same epoch."""
 
     revision: int
     records: tuple[RevocationRecord, ...]
     delta: bool = False
     base: int = -1
     removed: tuple[tuple[RevocationKind, str, str], ...] = ()
+    epoch: str = ""  # the CA store's epoch ("" from a CA that names none)
 
 
 class RevocationPoller(Protocol):
@@ -94,10 +100,12 @@ class RevocationPoller(Protocol):
 def parse_revocation_page(data: object) -> RevocationPage:
     """``{"revision": int >= 0, "records": [RevocationRecord JSON]}``, or a delta ``{"delta":
     true, "base": int >= 0, "revision": int >= 0, "added": [RevocationRecord JSON], "removed":
-    [{"kind", "value", "issuer"?}]}``; InvalidRequest if bad."""
+    [{"kind", "value", "issuer"?}]}``, either with an optional ``"epoch"`` (the store's id);
+    InvalidRequest if bad."""
     if not isinstance(data, Mapping):
         raise InvalidRequest("the revocations answer is not a JSON object")
     revision = _revision(data, "revision")
+    epoch = _epoch(data)
     if "delta" in data:
         if data["delta"] is not True:
             raise InvalidRequest("the revocations answer has a delta field that is not true")
@@ -110,11 +118,21 @@ def parse_revocation_page(data: object) -> RevocationPage:
             delta=True,
             base=_revision(data, "base"),
             removed=tuple(_removed_key(k) for k in removed),
+            epoch=epoch,
         )
     records = data.get("records")
     if not isinstance(records, list):
         raise InvalidRequest("the revocations answer has no records list")
-    return RevocationPage(revision, tuple(RevocationRecord.from_json(r) for r in records))
+    return RevocationPage(
+        revision, tuple(RevocationRecord.from_json(r) for r in records), epoch=epoch
+    )
+
+
+def _epoch(data: Mapping[str, Any]) -> str:
+    value = data.get("epoch", "")
+    if not isinstance(value, str) or _EPOCH.fullmatch(value) is None:
+        raise InvalidRequest("the revocations answer has an epoch that is not 1 to 64 hex digits")
+    return value
 
 
 def _revision(data: Mapping[str, Any], name: str) -> int:
@@ -159,6 +177,7 @@ class CaRevocationFeed(RevocationFeed):
         self._rand = rand
         self._on_close = on_close
         self.revision = -1  # the CA store revision the set reflects (-1: none yet)
+        self.epoch = ""  # the epoch of the store that revision is of ("": not named)
         self._resync = False  # ask for the whole set next (after a delta that did not fit)
         self.polls = 0
 
@@ -201,6 +220,13 @@ class CaRevocationFeed(RevocationFeed):
             self.polls += 1
             changed = page.revision != self.revision or not self.synced.is_set()
             if page.delta:
+                if page.epoch != self.epoch:  # equal revisions of two stores: not one set
+                    log.warning(
+                        "revocations.store_epoch_changed",
+                        extra={"feed": self.name, "epoch": page.epoch, "held": self.epoch},
+                    )
+                    self._resync = True  # next: the whole set
+                    continue
                 if page.base != self.revision or not self.synced.is_set():
                     self._failed(f"a delta from revision {page.base}, not {self.revision}")
                     self._resync = True  # next: the whole set
@@ -213,7 +239,7 @@ class CaRevocationFeed(RevocationFeed):
                     )
                     self._publish(new)
                     self.revision = page.revision
-            elif changed:
+            elif changed or page.epoch != self.epoch:
                 if len(page.records) > BIG_SET:
                     new = await asyncio.to_thread(
                         RevocationSet.of, page.records, version=page.revision
@@ -221,7 +247,7 @@ class CaRevocationFeed(RevocationFeed):
                 else:
                     new = RevocationSet.of(page.records, version=page.revision)
                 self._publish(new)
-                self.revision = page.revision
+                self.revision, self.epoch = page.revision, page.epoch
             self._resync = False
             self._confirm(started)
             pause = early_answer_pause(
