@@ -1,0 +1,188 @@
+"""CA replicas on a real 3-member etcd when a replica loses etcd, with real ``s2s-ca serve``
+processes and a real agent given two CA URLs.
+
+A replica partitioned from etcd (TCP links to every member cut): within a probe it says so
+(``/readyz`` 503 naming the store, ``s2s_ca_store_up`` 0, ``/healthz`` still 200) and answers the
+agent API and the revocations long-poll with 503 ``store_error`` and ``Retry-After`` (twins: the
+same calls on the healthy replica succeed); an entries long-poll it was holding is answered so at
+once, not at the end of its wait. It serves no entries while cut. The real agent
+fails over to the other replica, follows the entry changes made there, renews there, and no SVID
+expires. Healed, the replica is ready again and serves the store's current entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ca_harness import Agent, csr_pem, new_key
+from etcd_replicas import Replica, Replicas, until
+from etcd_replicas import start_agent as start_real_agent
+
+from s2s.ca.store_health import PROBE_INTERVAL, PROBE_TIMEOUT
+from s2s.testing_etcd import EtcdCluster
+
+TTL = 10  # seconds: the agent renews at about half of it, several times while the link is cut
+
+
+@pytest.fixture
+async def fleet(short_dir: Path) -> AsyncIterator[Replicas]:
+    with EtcdCluster(short_dir / "etcd") as cluster:
+        replicas = Replicas(short_dir, cluster, f"t{uuid.uuid4().hex[:10]}.example.org")
+        await replicas.init()
+        try:
+            yield replicas
+        finally:
+            await replicas.close()
+
+
+async def create_entry(replica: Replica, parent: str, path: str, **extra: Any) -> dict[str, Any]:
+    assert replica.ca is not None
+    td = parent.split("/")[2]  # spiffe://<td>/s2s/agent/...
+    body = {
+        "spiffe_id": f"spiffe://{td}{path}",
+        "parent_id": parent,
+        "selectors": ["unix:uid:1000"],
+        "x509_svid_ttl": TTL,
+        **extra,
+    }
+    result: dict[str, Any] = await replica.ca.admin_call("POST", "/v1/entries", body)
+    return result
+
+
+async def agent_call(
+    agent: Agent, method: str, path: str, body: Any = None
+) -> tuple[int, Any, Any]:
+    """An agent API call over mTLS: (status, JSON body, headers)."""
+    async with agent.session().request(method, agent.ca.url + path, json=body) as resp:
+        return resp.status, await resp.json(content_type=None), resp.headers
+
+
+async def wait_ready(replica: Replica, want: bool, deadline: float) -> float:
+    start = time.monotonic()
+    while await replica.ready() != want:
+        if time.monotonic() - start > deadline:
+            raise AssertionError(f"{replica.name} not {'ready' if want else 'unready'} in time")
+    return time.monotonic() - start
+
+
+def agent_calls(entry_id: str, key_csr: str, agent_csr: str) -> list[tuple[str, str, Any]]:
+    return [
+        ("GET", "/v1/agent/entries", None),
+        ("GET", "/v1/agent/entries?since=0&wait=5&delta=1", None),
+        ("POST", "/v1/agent/x509", {"requests": [{"entry_id": entry_id, "csr": key_csr}]}),
+        ("POST", "/v1/agent/jwt", {"entry_id": entry_id, "audience": ["billing"]}),
+        ("POST", "/v1/agent/renew", {"csr": agent_csr}),
+    ]
+
+
+async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
+    fleet: Replicas, short_dir: Path
+) -> None:
+    a = await fleet.start("ca-0", through_links=True)
+    b = await fleet.start("ca-1")
+    assert a.ca is not None
+    assert b.ca is not None
+    raw = await a.ca.attest()  # an agent whose every answer the test sees
+    raw_b = Agent(raw.spiffe_id, raw.key, raw.chain_pem, raw.bundle, b.ca)
+    b.ca.agents.append(raw_b)
+    raw_entry = await create_entry(b, raw.spiffe_id, "/raw")
+    token = await a.ca.token()
+    first = await create_entry(b, token["agent_id"], "/first")
+    gone = await create_entry(b, token["agent_id"], "/gone")
+    agent = await start_real_agent(fleet, [a.url, b.url], token["token"], short_dir, short_dir)
+    try:
+        await until(
+            lambda: set(agent.held()) == {first["id"], gone["id"]} and all(agent.svids()),
+            "the agent to hold both entries with SVIDs",
+        )
+        assert agent.agent.client.urls[agent.agent.client._preferred] == a.url  # served by a
+        status, current, _ = await agent_call(raw, "GET", "/v1/agent/entries")
+        assert status == 200
+        holding = f"/v1/agent/entries?since={current['revision']}&wait=30&delta=1"
+        held = asyncio.create_task(agent_call(raw, "GET", holding))
+        deadline = time.monotonic() + 10
+        while await a.metric("s2s_ca_entry_long_polls") < 1:
+            assert time.monotonic() < deadline, "the long-poll was not held"
+
+        a.cut()
+        cut_at = time.monotonic()
+        detected = await wait_ready(a, False, PROBE_INTERVAL + PROBE_TIMEOUT + 3)
+        status, answer, headers = await held  # woken when the store went down, not after 30 s
+        woken = time.monotonic() - cut_at
+        assert status == 503, answer
+        assert answer["error"] == "store_error"
+        assert headers["Retry-After"] == "1"
+        assert woken < PROBE_INTERVAL + PROBE_TIMEOUT + 3
+        status, body, _ = await a.get("/readyz")
+        assert status == 503
+        assert "cannot reach its store" in body["message"]
+        assert (await a.get("/healthz"))[0] == 200  # alive: a restart would not bring etcd back
+        assert await a.metric("s2s_ca_store_up") == 0
+        assert await b.metric("s2s_ca_store_up") == 1
+        served = await a.metric(
+            "s2s_ca_http_requests_total", route="/v1/agent/entries", status="200"
+        )
+
+        csr = csr_pem(new_key())
+        for method, path, call_body in agent_calls(raw_entry["id"], csr, csr_pem(raw.key)):
+            status, answer, headers = await agent_call(raw, method, path, call_body)
+            assert status == 503, (path, answer)
+            assert answer["error"] == "store_error"
+            assert "another CA replica" in answer["message"]
+            assert headers["Retry-After"] == "1"
+            status, answer, _ = await agent_call(
+                raw_b, method, path.replace("wait=5", "wait=0"), call_body
+            )
+            assert status == 200, (path, answer)  # twin: the replica that reaches etcd serves it
+        status, answer, headers = await a.get("/v1/revocations?delta=1")
+        assert status == 503
+        assert headers["Retry-After"] == "1"
+        assert (await b.get("/v1/revocations?delta=1"))[0] == 200
+        assert (await a.get("/v1/bundle"))[0] == 200  # public data with its own validity
+
+        # Changes made through b while a is cut reach the agent through b.
+        added = await create_entry(b, token["agent_id"], "/added")
+        assert b.ca is not None
+        await b.ca.admin_call("DELETE", f"/v1/entries/{gone['id']}")
+        want = {first["id"], added["id"]}
+        await until(lambda: set(agent.held()) == want, "the agent to follow b", 20)
+        assert agent.agent.client.urls[agent.agent.client._preferred] == b.url
+
+        # Renewals go to b; no SVID expires while a is cut.
+        before = {s.serial for s in agent.svids() if s is not None}
+        renewed_by = time.monotonic() + 2 * TTL
+        while not (before.isdisjoint({s.serial for s in agent.svids() if s is not None})):
+            assert time.monotonic() < renewed_by, "the agent did not renew through b"
+            now = datetime.now(UTC)
+            assert all(s is not None and s.not_after > now for s in agent.svids())
+            await asyncio.sleep(0.1)  # sampling the SVIDs' expiry while polling
+        after = await a.metric(
+            "s2s_ca_http_requests_total", route="/v1/agent/entries", status="200"
+        )
+        assert after == served, "the cut replica answered an entries request"
+
+        # Healed: a is ready again and serves what b serves.
+        a.heal()
+        back = await wait_ready(a, True, 20)
+        status, on_b, _ = await agent_call(raw_b, "GET", "/v1/agent/entries")
+        assert status == 200
+        deadline = time.monotonic() + 20
+        while True:
+            status, on_a, _ = await agent_call(raw, "GET", "/v1/agent/entries")
+            if status == 200 and on_a["revision"] >= on_b["revision"]:
+                break
+            assert time.monotonic() < deadline, (status, on_a)
+        assert [e["id"] for e in on_a["entries"]] == [e["id"] for e in on_b["entries"]]
+        print(
+            f"\ncut noticed in {detected:.2f} s (held long-poll answered 503 after {woken:.2f} s);"
+            f" ready again {back:.2f} s after the heal"
+        )
+    finally:
+        await agent.stop()
