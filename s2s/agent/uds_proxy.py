@@ -187,6 +187,8 @@ class PeerTaggingProxy:
         """Every later call on this connection fails with ``reason`` (its caller changed)."""
         conn = self._conn(grpc_peer)
         if conn is not None and not isinstance(conn.peer, S2SError):
+            if conn.peer is not None:
+                conn.peer.close()
             conn.peer = reason
             conn.memo = None
             self._event("closed", "caller_changed")
@@ -278,6 +280,8 @@ class PeerTaggingProxy:
         if self._conns.pop(conn.tag, None) is not None:
             conn.stop_idle_timer()
             self._counter.release(conn.uid)
+            if isinstance(conn.peer, PeerCredentials):
+                conn.peer.close()  # the /proc entry it holds
 
     def _idle(self, conn: _Connection) -> None:
         if not conn.idle_for(self._limits.idle_timeout, self._idle):

@@ -47,7 +47,7 @@ import grpc
 from s2s.agent import workload_messages as msg
 from s2s.agent.attest_pool import AttestationPool
 from s2s.agent.attestors.base import Attestor
-from s2s.agent.attestors.peercred import PeerCredentials, process_start_time
+from s2s.agent.attestors.peercred import PeerCredentials, open_peer
 from s2s.agent.socket_path import prepare_socket_path
 from s2s.agent.uds_proxy import ConnectionEvent, PeerTaggingProxy
 from s2s.agent.workload_calls import CallGuard, Ctx, Observer, Unimplemented
@@ -347,8 +347,13 @@ class WorkloadApiServer:
         """Attest a caller as its connection is accepted (the proxy's ``admit``)."""
 
         def admit() -> PeerCredentials:
-            start_time = process_start_time(pid, proc_root=self._proc_root)
-            return self._attestor.admit(PeerCredentials(pid, uid, gid, start_time))
+            # /proc/<pid> stays open for the connection: every call re-reads it (recheck)
+            peer = open_peer(pid, uid, gid, proc_root=self._proc_root)
+            try:
+                return self._attestor.admit(peer)
+            except BaseException:
+                peer.close()
+                raise
 
         if self._pool is None:
             raise Unavailable("the Workload API is shutting down")

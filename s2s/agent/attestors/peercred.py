@@ -9,34 +9,56 @@ effective ids, supplementary groups and the binary it runs (path and device/inod
 :func:`process_reading` adds the binary's full file identity (device, inode, size, change times),
 which is what a remembered ``unix:sha256`` is keyed by.
 
-Everything here reads ``/proc`` (a few system calls, no file contents): attestors call it from
-worker threads, and the Workload API runs :func:`process_reading` on its event loop.
+Everything here reads ``/proc`` (a few system calls, no file contents). Attestors call the
+path-based functions from worker threads. The per-call check on the Workload API's event loop
+goes through a :class:`ProcHandle` instead: ``/proc/<pid>``, its ``status`` and its ``stat`` held
+open for the connection's life and re-read with ``pread`` (:func:`recheck_reading`). An open
+``/proc/<pid>`` entry stays bound to the process it was opened for: once that process is gone,
+every read through it fails (``ESRCH``) even if the pid number names another process by then,
+and the start time is compared as well. The binary is looked at with ``statx`` and
+``AT_STATX_DONT_SYNC`` where the C library has it, so that a binary on a network or FUSE
+filesystem is described from the attributes the kernel holds rather than by asking its server
+(which could block the loop); the full attestation, in a worker thread, opens the binary and
+sees fresh attributes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import socket
 import struct
-from dataclasses import dataclass
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from s2s.core.errors import AttestationFailed
 
 __all__ = [
     "PeerCredentials",
+    "ProcHandle",
     "ProcessImage",
     "check_same_process",
-    "peer_credentials",
     "file_key",
+    "open_peer",
+    "peer_credentials",
     "process_image",
     "process_reading",
     "process_start_time",
+    "recheck_reading",
     "socket_peer",
 ]
 
 _PEERCRED = struct.Struct("3i")
 _START_TIME_FIELD = 22  # proc(5): (22) starttime, in clock ticks since boot
 _READ_SIZE = 8192
+_AT_STATX_DONT_SYNC = 0x4000  # linux/fcntl.h: the attributes the kernel holds, no server round trip
+_STATX_BASIC_STATS = 0x7FF
+_STATX_SIZE = 256  # sizeof(struct statx)
+_STATX_INO_SIZE = struct.Struct("=QQ")  # stx_ino, stx_size at 32
+_STATX_TIME = struct.Struct("=qI")  # stx_ctime at 96, stx_mtime at 112
+_STATX_DEV = struct.Struct("=II")  # stx_dev_major, stx_dev_minor at 136
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +86,135 @@ class PeerCredentials:
     gid: int
     start_time: int  # /proc/<pid>/stat field 22, read when the connection was accepted
     image: ProcessImage | None = None
+    # /proc/<pid> held open for the connection (Workload API only; event loop only)
+    proc: ProcHandle | None = field(default=None, compare=False, repr=False)
+
+    def close(self) -> None:
+        """Release the held ``/proc`` entry, if any (when the connection closes)."""
+        if self.proc is not None:
+            self.proc.close()
+
+
+class ProcHandle:
+    """``/proc/<pid>`` of a connected caller and its ``status`` and ``stat``, held open.
+
+    Re-reading them costs a ``pread`` each instead of a path lookup, an open and a close, and
+    the entry cannot come to name another process: reads fail once the process it was opened
+    for is gone. Used and closed on one thread (the Workload API's event loop); fds that are
+    never closed are closed when the object is collected.
+    """
+
+    __slots__ = ("__weakref__", "_close", "_dir", "_stat", "_status", "pid")
+
+    def __init__(self, pid: int, *, proc_root: str = "/proc") -> None:
+        self.pid = pid
+        try:
+            self._dir = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise AttestationFailed(f"cannot open /proc of process {pid}: {exc}") from exc
+        opened = [self._dir]
+        try:
+            for name in ("status", "stat"):
+                opened.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir))
+        except OSError as exc:
+            _close_fds(opened)
+            raise AttestationFailed(f"cannot open /proc of process {pid}: {exc}") from exc
+        self._status, self._stat = opened[1], opened[2]
+        self._close = weakref.finalize(self, _close_fds, opened)
+
+    def close(self) -> None:
+        self._close()
+
+    @property
+    def closed(self) -> bool:
+        return not self._close.alive
+
+    def start_time(self) -> int:
+        """Field 22 of the process's ``stat`` (:class:`AttestationFailed` once it is gone)."""
+        try:
+            return _start_time(self._pread(self._stat))
+        except (OSError, ValueError, IndexError) as exc:
+            raise AttestationFailed(
+                f"cannot read the start time of process {self.pid}: {exc}"
+            ) from exc
+
+    def reading(
+        self, peer: PeerCredentials, *, with_binary: bool
+    ) -> tuple[ProcessImage, tuple[int, ...] | None]:
+        """:func:`process_reading` through the held entry."""
+        try:
+            status = b"\n" + self._pread(self._status)
+        except OSError as exc:
+            raise AttestationFailed(f"cannot read the status of process {self.pid}: {exc}") from exc
+        key: tuple[int, ...] | None = None
+        exe: str | None = None
+        if with_binary:
+            try:
+                exe = os.readlink("exe", dir_fd=self._dir)
+                key = _exe_key(self._dir, "exe")
+            except OSError as exc:
+                raise AttestationFailed(
+                    f"cannot read the binary path of process {self.pid}: {exc}"
+                ) from exc
+        return _image(peer, status, exe, key), key
+
+    def _pread(self, fd: int) -> bytes:
+        if not self._close.alive:
+            raise OSError(f"the /proc entry of process {self.pid} was released")
+        size = _READ_SIZE
+        while True:  # generated whole at offset 0; a full buffer may have been cut short
+            data = os.pread(fd, size, 0)
+            if len(data) < size:
+                return data
+            size *= 4
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def open_peer(pid: int, uid: int, gid: int, *, proc_root: str = "/proc") -> PeerCredentials:
+    """A caller's :class:`PeerCredentials` with its ``/proc`` entry held open (``proc``) and its
+    start time read through it; the caller closes it (:meth:`PeerCredentials.close`)."""
+    handle = ProcHandle(pid, proc_root=proc_root)
+    try:
+        return PeerCredentials(pid, uid, gid, handle.start_time(), proc=handle)
+    except BaseException:
+        handle.close()
+        raise
+
+
+def recheck_reading(
+    peer: PeerCredentials, *, proc_root: str = "/proc", with_binary: bool = True
+) -> tuple[ProcessImage, tuple[int, ...] | None]:
+    """:func:`process_reading` and then the pid-reuse guard (:func:`check_same_process`), through
+    ``peer.proc`` when it is held (the event loop's per-call check), else by path."""
+    handle = peer.proc
+    if handle is None:
+        reading = process_reading(peer, proc_root=proc_root, with_binary=with_binary)
+        check_same_process(peer, proc_root=proc_root)
+        return reading
+    reading = handle.reading(peer, with_binary=with_binary)
+    # Whatever was read above named the connecting process if its start time still matches.
+    if handle.start_time() != peer.start_time:
+        raise AttestationFailed(f"process {peer.pid} exited; its pid now names another process")
+    return reading
 
 
 def process_start_time(pid: int, *, proc_root: str = "/proc") -> int:
     """Field 22 of ``/proc/<pid>/stat``; :class:`AttestationFailed` if the process is gone."""
     try:
-        data = _read(f"{proc_root}/{pid}/stat")
-        # Field 2 (comm) is parenthesised and may hold spaces or ')': split after the last ')'.
-        rest = data[data.rindex(b")") + 2 :].split(None, _START_TIME_FIELD - 2)
-        return int(rest[_START_TIME_FIELD - 3])
+        return _start_time(_read(f"{proc_root}/{pid}/stat"))
     except (OSError, ValueError, IndexError) as exc:
         raise AttestationFailed(f"cannot read the start time of process {pid}: {exc}") from exc
+
+
+def _start_time(data: bytes) -> int:
+    # Field 2 (comm) is parenthesised and may hold spaces or ')': split after the last ')'.
+    rest = data[data.rindex(b")") + 2 :].split(None, _START_TIME_FIELD - 2)
+    return int(rest[_START_TIME_FIELD - 3])
 
 
 def _read(path: str) -> bytes:
@@ -124,15 +264,20 @@ def process_reading(
     """:func:`process_image` and the file identity of the binary (``st_dev``, ``st_ino``,
     ``st_size``, ``st_mtime_ns``, ``st_ctime_ns``; ``None`` without ``with_binary``)."""
     status = _status(peer.pid, proc_root)
-    if _effective(status, b"Uid") != peer.uid or _effective(status, b"Gid") != peer.gid:
-        raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
     exe: str | None = None
     key: tuple[int, ...] | None = None
     if with_binary:
         exe, key = _binary(peer.pid, proc_root)
+    return _image(peer, status, exe, key), key
+
+
+def _image(
+    peer: PeerCredentials, status: bytes, exe: str | None, key: tuple[int, ...] | None
+) -> ProcessImage:
+    if _effective(status, b"Uid") != peer.uid or _effective(status, b"Gid") != peer.gid:
+        raise AttestationFailed(f"process {peer.pid} changed its uid or gid after connecting")
     binary = (key[0], key[1]) if key is not None else None
-    image = ProcessImage(peer.uid, peer.gid, _groups(status), exe, binary)
-    return image, key
+    return ProcessImage(peer.uid, peer.gid, _groups(status), exe, binary)
 
 
 def check_same_process(peer: PeerCredentials, *, proc_root: str = "/proc") -> None:
@@ -169,11 +314,43 @@ def _binary(pid: int, proc_root: str) -> tuple[str, tuple[int, ...]]:
     """Path and :func:`file_key` of the binary process ``pid`` runs."""
     exe = f"{proc_root}/{pid}/exe"
     try:
-        path = os.readlink(exe)
-        st = os.stat(exe)
+        return os.readlink(exe), _exe_key(None, exe)
     except OSError as exc:
         raise AttestationFailed(f"cannot read the binary path of process {pid}: {exc}") from exc
-    return path, file_key(st)
+
+
+def _load_statx() -> Callable[..., int] | None:
+    try:
+        statx = ctypes.CDLL(None, use_errno=True).statx
+    except (AttributeError, OSError):
+        return None
+    statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
+    statx.restype = ctypes.c_int
+    fn: Callable[..., int] = statx
+    return fn
+
+
+_statx = _load_statx()
+_AT_FDCWD = -100
+
+
+def _exe_key(dir_fd: int | None, path: str) -> tuple[int, ...]:
+    """:func:`file_key` of what ``path`` (relative to ``dir_fd``) leads to, from the attributes
+    the kernel holds (``AT_STATX_DONT_SYNC``: no round trip to a network or FUSE filesystem's
+    server); ``os.stat`` where the C library has no ``statx``."""
+    if _statx is None:
+        return file_key(os.stat(path, dir_fd=dir_fd))
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    fd = _AT_FDCWD if dir_fd is None else dir_fd
+    if _statx(fd, os.fsencode(path), _AT_STATX_DONT_SYNC, _STATX_BASIC_STATS, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    ino, size = _STATX_INO_SIZE.unpack_from(buf, 32)
+    c_sec, c_nsec = _STATX_TIME.unpack_from(buf, 96)
+    m_sec, m_nsec = _STATX_TIME.unpack_from(buf, 112)
+    major, minor = _STATX_DEV.unpack_from(buf, 136)
+    ns = 1_000_000_000
+    return (os.makedev(major, minor), ino, size, m_sec * ns + m_nsec, c_sec * ns + c_nsec)
 
 
 def _effective(status: bytes, key: bytes) -> int:

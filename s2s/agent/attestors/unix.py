@@ -42,7 +42,7 @@ from s2s.agent.attestors.peercred import (
     check_same_process,
     file_key,
     process_image,
-    process_reading,
+    recheck_reading,
 )
 from s2s.core.errors import AttestationFailed, InvalidConfig, NotAuthorized
 from s2s.core.selectors import Selector
@@ -137,13 +137,12 @@ class UnixAttestor:
         still has its admitted image and start time (errors as :meth:`attest`). Returns the
         reading the selectors derive from (the image and the binary's file identity): selectors
         obtained for ``peer`` when an equal reading was taken before and after still hold (bar
-        renamed accounts, which the next :meth:`attest` picks up). A few ``/proc`` reads and no
-        hashing, cheap enough for every call."""
-        reading = process_reading(
-            peer, proc_root=self._proc, with_binary=self._config.discover_path
-        )
-        _held_to_admission(peer, reading[0])
-        self._check_same_process(peer)  # last: what was read above was this process
+        renamed accounts, which the next :meth:`attest` picks up). A few ``pread`` calls on the
+        ``/proc`` entry ``peer.proc`` holds open (path lookups without one) and no hashing,
+        cheap enough for every call."""
+        binaries = self._config.discover_path
+        reading = recheck_reading(peer, proc_root=self._proc, with_binary=binaries)
+        _held_to_admission(peer, reading[0])  # the pid-reuse guard passed: this process's image
         return reading
 
     def _image(self, peer: PeerCredentials) -> ProcessImage:
