@@ -21,12 +21,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol, Unpack, runtime_checkable
+from typing import Unpack
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from s2s.ca.authority import Authority
+from s2s.ca.issued_index import IssuedIndex
 from s2s.ca.registry import Registry
 from s2s.ca.service import CaService, ServiceArgs
 from s2s.ca.signers import (
@@ -81,13 +82,6 @@ class X509SvidResult:
     error: S2SError | None = None
 
 
-@runtime_checkable
-class _Refreshable(Protocol):
-    """A revocation lookup that can re-read the store (the CA's ``LiveRevocations``)."""
-
-    async def refresh(self) -> RevocationSet: ...
-
-
 class Issuer(CaService):
     """Signs SVIDs with the authority's active keys; the only place leaves are built."""
 
@@ -98,6 +92,7 @@ class Issuer(CaService):
         super().__init__(**kwargs)
         self._authority = authority
         self._registry = registry
+        self._issued = IssuedIndex(self._store, self._revocations)
 
     # -- agent API -------------------------------------------------------------------------
 
@@ -132,10 +127,11 @@ class Issuer(CaService):
                 continue
             results.append(X509SvidResult(request.entry_id, svid=svid))
             issued.append((svid, entry))
-        await self._index(
+        current = await self._index(
             [(svid, IssuedKind.X509_SVID, agent.spiffe_id) for svid, _ in issued], now
         )
-        withdrawn = await self._withdraw_revoked([svid for svid, _ in issued], now, agent=agent)
+        svids = [svid for svid, _ in issued]
+        withdrawn = await self._withdraw_revoked(svids, now, current, agent=agent)
         if withdrawn:
             results = [_withdrawn_result(r, withdrawn) for r in results]
             issued = [(svid, entry) for svid, entry in issued if svid.serial not in withdrawn]
@@ -208,17 +204,19 @@ class Issuer(CaService):
     # -- revocation checks ---------------------------------------------------------------------
 
     async def _withdraw_revoked(
-        self, svids: Sequence[X509Svid], now: datetime, *, agent: AgentRecord | None = None
+        self,
+        svids: Sequence[X509Svid],
+        now: datetime,
+        current: RevocationSet,
+        *,
+        agent: AgentRecord | None = None,
     ) -> dict[int, Revoked]:
-        """After indexing ``svids`` (issued at ``now``): re-read the revocations and name those
-        an ID revocation stored meanwhile covers (its instant is after ``now``), so they are
-        withdrawn rather than returned. :class:`Revoked` when ``agent`` was revoked meanwhile."""
+        """After indexing ``svids`` (issued at ``now``), with ``current`` the revocations read
+        after that write: name those an ID revocation stored meanwhile covers (its instant is
+        after ``now``), so they are withdrawn rather than returned. :class:`Revoked` when
+        ``agent`` was revoked meanwhile."""
         if not svids:
             return {}
-        if isinstance(self._revocations, _Refreshable):
-            current = await self._revocations.refresh()
-        else:
-            current = self._revocations.current()
         if agent is not None:
             await self._registry.check_agent_not_revoked(agent)
         withdrawn = {
@@ -300,8 +298,8 @@ class Issuer(CaService):
         Auditing is the caller's (attestation records attest vs renew)."""
         now = utc(self._clock.now())
         svid = self._issue(public_key, agent_id, self._config.agent_svid_ttl, (), now=now)
-        await self._index([(svid, IssuedKind.AGENT_SVID, agent_id)], now)
-        if withdrawn := await self._withdraw_revoked([svid], now):
+        current = await self._index([(svid, IssuedKind.AGENT_SVID, agent_id)], now)
+        if withdrawn := await self._withdraw_revoked([svid], now, current):
             raise withdrawn[svid.serial]
         return svid
 
@@ -352,8 +350,8 @@ class Issuer(CaService):
         """An SVID for a P-256 key generated here (returned with it), indexed and audited."""
         key = ec.generate_private_key(ec.SECP256R1())
         svid = self._issue(key.public_key(), spiffe_id, ttl, tuple(dns_names), now=now)
-        await self._index([(svid, kind, None)], now)
-        if withdrawn := await self._withdraw_revoked([svid], now):
+        current = await self._index([(svid, kind, None)], now)
+        if withdrawn := await self._withdraw_revoked([svid], now, current):
             raise withdrawn[svid.serial]
         self._audit.x509_issued(
             serial=svid.serial, spiffe_id=spiffe_id, not_after=svid.not_after, kind=audit_kind
@@ -424,11 +422,11 @@ class Issuer(CaService):
 
     async def _index(
         self, items: Sequence[tuple[X509Svid, IssuedKind, SpiffeId | None]], now: datetime
-    ) -> None:
-        if not items:
-            return
+    ) -> RevocationSet:
+        """Index ``items`` (grouped with concurrent issuances into one store write), then the
+        revocations as read after that write."""
         issuer_id = self._authority.x509_signer.authority_id
-        await self._store.add_issued(
+        return await self._issued.add(
             [
                 IssuedSerial(
                     serial=svid.serial,
