@@ -26,6 +26,7 @@ from etcd_replicas import Replica, Replicas, until
 from etcd_replicas import start_agent as start_real_agent
 
 from s2s.ca.store_health import PROBE_INTERVAL, PROBE_TIMEOUT
+from s2s.etcd.client import EtcdClient
 from s2s.testing_etcd import EtcdCluster
 
 TTL = 10  # seconds: the agent renews at about half of it, several times while the link is cut
@@ -184,5 +185,119 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
             f"\ncut noticed in {detected:.2f} s (held long-poll answered 503 after {woken:.2f} s);"
             f" ready again {back:.2f} s after the heal"
         )
+    finally:
+        await agent.stop()
+
+
+def by_key(records: list[dict[str, Any]]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["kind"], r["value"], r.get("issuer", "")): r for r in records}
+
+
+def applied(held: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
+    """The entries (by id) an agent holding ``held`` has after ``answer`` (a delta or a list)."""
+    if not answer.get("delta"):
+        return {e["id"]: e for e in answer["entries"]}
+    after = {k: v for k, v in held.items() if k not in set(answer["removed"])}
+    return after | {e["id"]: e for e in answer["entries"]}
+
+
+async def compact(cluster: EtcdCluster) -> int:
+    """Compact etcd at its current revision (history before it is gone); that revision."""
+    client = await EtcdClient.connect(cluster.endpoints)
+    try:
+        _, revision = await client.get_prefix(b"/")
+        await client.compact(revision)
+        return revision
+    finally:
+        await client.close()
+
+
+async def test_a_watch_cut_past_a_compaction_relists_and_old_revisions_get_full_answers(
+    fleet: Replicas, short_dir: Path
+) -> None:
+    """Item 1: a replica whose etcd watch was cut while etcd compacted past it re-lists and
+    serves the store's entries and revocations; an agent (the real one, and one whose answers the
+    test reads) long-polling from a revision older than the compaction gets a full answer from it
+    (the other replica, whose own change log still covers that revision, a correct delta)."""
+    a = await fleet.start("ca-0", through_links=True)
+    b = await fleet.start("ca-1")
+    assert a.ca is not None
+    assert b.ca is not None
+    raw = await b.ca.attest()
+    raw_a = Agent(raw.spiffe_id, raw.key, raw.chain_pem, raw.bundle, a.ca)
+    a.ca.agents.append(raw_a)
+    e1, e2 = [await create_entry(b, raw.spiffe_id, f"/e{n}") for n in (1, 2)]
+    token = await b.ca.token()
+    g1, g2 = [await create_entry(b, token["agent_id"], f"/g{n}") for n in (1, 2)]
+    await b.ca.admin_call("POST", "/v1/revocations", {"spiffe_id": e1["spiffe_id"]})
+    agent = await start_real_agent(fleet, [a.url], token["token"], short_dir, short_dir)
+    try:
+        await until(lambda: set(agent.held()) == {g1["id"], g2["id"]}, "the agent's entries")
+        status, before, _ = await agent_call(raw_a, "GET", "/v1/agent/entries")
+        assert status == 200
+        held = applied({}, before)
+        assert set(held) == {e1["id"], e2["id"]}
+        status, revoked_before, _ = await a.get("/v1/revocations")
+        assert status == 200
+
+        a.cut()
+        await wait_ready(a, False, PROBE_INTERVAL + PROBE_TIMEOUT + 3)
+        await b.ca.admin_call("DELETE", f"/v1/entries/{e1['id']}")
+        await b.ca.admin_call("PATCH", f"/v1/entries/{e2['id']}", {"hint": "changed"})
+        e3 = await create_entry(b, raw.spiffe_id, "/e3")
+        await b.ca.admin_call("DELETE", f"/v1/entries/{g1['id']}")
+        g3 = await create_entry(b, token["agent_id"], "/g3")
+        await b.ca.admin_call("POST", "/v1/revocations", {"spiffe_id": e3["spiffe_id"]})
+        compacted = await compact(fleet.cluster)
+        assert compacted > before["revision"]
+        status, on_b, _ = await agent_call(raw, "GET", "/v1/agent/entries")
+        assert status == 200
+        _, revoked_on_b, _ = await b.get("/v1/revocations")
+
+        a.heal()
+        await wait_ready(a, True, 20)
+        deadline = time.monotonic() + 20
+        since = f"/v1/agent/entries?since={before['revision']}&delta=1"
+        while True:  # a may take a moment to re-list after the heal
+            status, answer, _ = await agent_call(raw_a, "GET", since)
+            if status == 200 and answer["revision"] >= on_b["revision"]:
+                break
+            assert time.monotonic() < deadline, (status, answer)
+            await asyncio.sleep(0.1)
+        assert not answer.get("delta")  # a's re-list forgot what changed before it: full list
+        want = {e["id"]: e for e in on_b["entries"]}
+        assert applied(held, answer) == want
+        assert set(want) == {e2["id"], e3["id"]}
+        assert want[e2["id"]]["hint"] == "changed"
+        assert a.logged("etcd.watch_compacted"), "a did not see its watch compacted"
+        status, from_b, _ = await agent_call(raw, "GET", since)  # twin: b's log still covers it
+        assert status == 200
+        assert from_b.get("delta")
+        assert applied(held, from_b) == want
+
+        # the real agent, which only knows a, ends with exactly its entries
+        await until(lambda: set(agent.held()) == {g2["id"], g3["id"]}, "the agent to follow", 20)
+
+        # revocations: from the revision held before the cut, a answers the store's set
+        deadline = time.monotonic() + 20
+        while True:
+            path = f"/v1/revocations?since={revoked_before['revision']}&delta=1"
+            status, answer, _ = await a.get(path)
+            if status == 200 and answer["revision"] >= revoked_on_b["revision"]:
+                break
+            assert time.monotonic() < deadline, (status, answer)
+            await asyncio.sleep(0.1)
+        records = by_key(revoked_before["records"])
+        if answer.get("delta"):
+            assert answer["base"] == revoked_before["revision"]
+            for gone in answer["removed"]:
+                records.pop((gone["kind"], gone["value"], gone.get("issuer", "")), None)
+            records |= by_key(answer["added"])
+        else:
+            records = by_key(answer["records"])
+        assert records == by_key(revoked_on_b["records"])
+        assert any(r["value"] == e3["spiffe_id"] for r in records.values())
+        kind = "a delta" if answer.get("delta") else "the full set"
+        print(f"\nrevocations since a revision before the compaction: {kind}")
     finally:
         await agent.stop()
