@@ -21,11 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def server_context() -> ssl.SSLContext:
-    """A fresh server context: TLS 1.2+, strict X.509, client certificate optional."""
+    """A fresh server context: TLS 1.2+, strict X.509, client certificate optional, no session
+    tickets."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_OPTIONAL  # attest comes without a client SVID
     context.verify_flags |= ssl.VERIFY_X509_STRICT
+    # The agent API refuses a resumed session (it has no verified chain to check), so tickets
+    # would be built, encrypted and sent on every handshake for nothing.
+    context.options |= ssl.OP_NO_TICKET
+    context.num_tickets = 0
     return context
 
 
