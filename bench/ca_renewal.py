@@ -289,7 +289,7 @@ class Shape:
 
 
 QUICK = Shape(agents=10, per_agent=10, batch=10, batches_per_agent=2, rounds=1)
-FULL = Shape(agents=50, per_agent=40, batch=10, batches_per_agent=8, rounds=3)
+FULL = Shape(agents=24, per_agent=40, batch=10, batches_per_agent=8, rounds=3)
 
 
 async def measure_ca(ca: Ca, shape: Shape, profiler: Profiler | None) -> dict[str, float]:
