@@ -56,9 +56,9 @@ _READ_SIZE = 8192
 _AT_STATX_DONT_SYNC = 0x4000  # linux/fcntl.h: the attributes the kernel holds, no server round trip
 _STATX_BASIC_STATS = 0x7FF
 _STATX_SIZE = 256  # sizeof(struct statx)
-_STATX_INO_SIZE = struct.Struct("=QQ")  # stx_ino, stx_size at 32
-_STATX_TIME = struct.Struct("=qI")  # stx_ctime at 96, stx_mtime at 112
-_STATX_DEV = struct.Struct("=II")  # stx_dev_major, stx_dev_minor at 136
+# From offset 32: stx_ino, stx_size, (blocks, attributes_mask, atime, btime), stx_ctime (sec,
+# nsec, pad), stx_mtime, (rdev), stx_dev_major, stx_dev_minor.
+_STATX_FIELDS = struct.Struct("=QQ48xqI4xqI4x8xII")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +104,7 @@ class ProcHandle:
     never closed are closed when the object is collected.
     """
 
-    __slots__ = ("__weakref__", "_close", "_dir", "_stat", "_status", "pid")
+    __slots__ = ("__weakref__", "_buf", "_close", "_dir", "_stat", "_status", "pid")
 
     def __init__(self, pid: int, *, proc_root: str = "/proc") -> None:
         self.pid = pid
@@ -120,6 +120,7 @@ class ProcHandle:
             _close_fds(opened)
             raise AttestationFailed(f"cannot open /proc of process {pid}: {exc}") from exc
         self._status, self._stat = opened[1], opened[2]
+        self._buf = ctypes.create_string_buffer(_STATX_SIZE)
         self._close = weakref.finalize(self, _close_fds, opened)
 
     def close(self) -> None:
@@ -151,12 +152,27 @@ class ProcHandle:
         if with_binary:
             try:
                 exe = os.readlink("exe", dir_fd=self._dir)
-                key = _exe_key(self._dir, "exe")
+                key = self._binary_key()
             except OSError as exc:
                 raise AttestationFailed(
                     f"cannot read the binary path of process {self.pid}: {exc}"
                 ) from exc
         return _image(peer, status, exe, key), key
+
+    def _binary_key(self) -> tuple[int, ...]:
+        """:func:`file_key` of the binary, from the attributes the kernel holds
+        (``AT_STATX_DONT_SYNC``: a network or FUSE filesystem is not asked; ``os.stat`` where
+        the C library has no ``statx``)."""
+        if _statx is None:
+            return file_key(os.stat("exe", dir_fd=self._dir))
+        if _statx(self._dir, b"exe", _AT_STATX_DONT_SYNC, _STATX_BASIC_STATS, self._buf):
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), "exe")
+        ino, size, c_sec, c_nsec, m_sec, m_nsec, major, minor = _STATX_FIELDS.unpack_from(
+            self._buf, 32
+        )
+        ns = 1_000_000_000
+        return (os.makedev(major, minor), ino, size, m_sec * ns + m_nsec, c_sec * ns + c_nsec)
 
     def _pread(self, fd: int) -> bytes:
         if not self._close.alive:
@@ -314,43 +330,21 @@ def _binary(pid: int, proc_root: str) -> tuple[str, tuple[int, ...]]:
     """Path and :func:`file_key` of the binary process ``pid`` runs."""
     exe = f"{proc_root}/{pid}/exe"
     try:
-        return os.readlink(exe), _exe_key(None, exe)
+        return os.readlink(exe), file_key(os.stat(exe))  # a worker thread: fresh attributes
     except OSError as exc:
         raise AttestationFailed(f"cannot read the binary path of process {pid}: {exc}") from exc
 
 
 def _load_statx() -> Callable[..., int] | None:
+    """libc's ``statx`` (arguments: int, bytes, int, int, a 256-byte buffer), if it has one."""
     try:
-        statx = ctypes.CDLL(None, use_errno=True).statx
+        statx: Callable[..., int] = ctypes.CDLL(None, use_errno=True).statx
     except (AttributeError, OSError):
         return None
-    statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p)
-    statx.restype = ctypes.c_int
-    fn: Callable[..., int] = statx
-    return fn
+    return statx
 
 
 _statx = _load_statx()
-_AT_FDCWD = -100
-
-
-def _exe_key(dir_fd: int | None, path: str) -> tuple[int, ...]:
-    """:func:`file_key` of what ``path`` (relative to ``dir_fd``) leads to, from the attributes
-    the kernel holds (``AT_STATX_DONT_SYNC``: no round trip to a network or FUSE filesystem's
-    server); ``os.stat`` where the C library has no ``statx``."""
-    if _statx is None:
-        return file_key(os.stat(path, dir_fd=dir_fd))
-    buf = ctypes.create_string_buffer(_STATX_SIZE)
-    fd = _AT_FDCWD if dir_fd is None else dir_fd
-    if _statx(fd, os.fsencode(path), _AT_STATX_DONT_SYNC, _STATX_BASIC_STATS, buf) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    ino, size = _STATX_INO_SIZE.unpack_from(buf, 32)
-    c_sec, c_nsec = _STATX_TIME.unpack_from(buf, 96)
-    m_sec, m_nsec = _STATX_TIME.unpack_from(buf, 112)
-    major, minor = _STATX_DEV.unpack_from(buf, 136)
-    ns = 1_000_000_000
-    return (os.makedev(major, minor), ino, size, m_sec * ns + m_nsec, c_sec * ns + c_nsec)
 
 
 def _effective(status: bytes, key: bytes) -> int:

@@ -18,7 +18,6 @@ import pytest
 from s2s.agent.attestors.peercred import (
     PeerCredentials,
     ProcHandle,
-    _exe_key,
     file_key,
     open_peer,
     process_reading,
@@ -118,16 +117,31 @@ def test_a_missing_process_fails_and_leaves_no_fd(tmp_path: Path) -> None:
     assert proc_fds() == before
 
 
-def test_the_statx_key_is_the_stat_key(tmp_path: Path) -> None:
-    path = tmp_path / "binary"
-    path.write_bytes(b"\x7fELF one")
-    assert _exe_key(None, str(path)) == file_key(os.stat(path))
-    assert _exe_key(None, "/proc/self/exe") == file_key(os.stat("/proc/self/exe"))
-    first = _exe_key(None, str(path))
-    path.write_bytes(b"\x7fELF two, longer")  # rewritten in place: another key
-    assert _exe_key(None, str(path)) != first
-    with pytest.raises(FileNotFoundError):
-        _exe_key(None, str(tmp_path / "missing"))
+def test_the_binary_key_is_the_stat_key(child: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    handle = ProcHandle(child.pid)
+    try:
+        assert handle._binary_key() == file_key(os.stat(f"/proc/{child.pid}/exe"))
+    finally:
+        handle.close()
+    d = tmp_path / "7"
+    d.mkdir()
+    (d / "stat").write_text("7 (x) " + " ".join(str(n) for n in range(3, 30)) + "\n")
+    (d / "status").write_text("Uid:\t0\t0\t0\t0\n")
+    binary = tmp_path / "binary"
+    binary.write_bytes(b"\x7fELF one")
+    (d / "exe").symlink_to(binary)
+    handle = ProcHandle(7, proc_root=str(tmp_path))
+    try:
+        first = handle._binary_key()
+        assert first == file_key(os.stat(binary))
+        binary.write_bytes(b"\x7fELF two, longer")  # rewritten in place: another key
+        assert handle._binary_key() != first
+        assert handle._binary_key() == file_key(os.stat(binary))
+        binary.unlink()
+        with pytest.raises(FileNotFoundError):
+            handle._binary_key()
+    finally:
+        handle.close()
 
 
 def test_a_status_longer_than_one_read_is_read_whole(tmp_path: Path) -> None:
