@@ -120,14 +120,20 @@ def server_cpu_seconds(pid: int) -> float:
 
 
 class _Server:
-    def __init__(self, kind: str) -> None:
+    """One kind's server in a process of its own; ``tree``: run that kind from another checkout
+    of the repository (``git archive <commit>`` unpacked there), e.g. the code before a change."""
+
+    def __init__(self, kind: str, tree: str | None = None) -> None:
         self.dir = tempfile.mkdtemp(prefix="s2s-bench-wl-")
         self.path = os.path.join(self.dir, "agent.sock")
+        env = None if tree is None else {**os.environ, "PYTHONPATH": tree}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.workload_api", "serve", kind, self.path],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            cwd=tree,
+            env=env,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":

@@ -9,7 +9,9 @@ Kinds (each server in its own process, the clients in this one, as ``bench.workl
 * ``s2s-noattest``: the same server with an attestor that looks at nothing: what the front proxy
   and the gRPC call frame cost without attestation (a diagnostic, never a product setting);
 * ``plain``: a bare grpc.aio server sending the same bytes, pre-built (the baseline);
-* ``grpclib``: a bare grpclib server sending the same bytes (only if grpclib is installed).
+* ``grpclib``: a bare grpclib server sending the same bytes (only if grpclib is installed);
+* ``s2s-before`` (with ``--before-tree DIR``): the ``s2s`` server of another checkout (the code
+  before a change), measured in the same runs.
 
 Each run starts every kind's server, then measures every (call, concurrency) point on each kind
 in turn, so the kinds share the machine's conditions. Per point: p50 and p99 latency (channel
@@ -49,8 +51,13 @@ def _calls_per_client(clients: int, quick: bool) -> int:
     return max(total // clients, 3)
 
 
-def measure_run(kinds: list[str], quick: bool) -> dict[str, Point]:
-    servers = {kind: _Server(kind) for kind in kinds}
+BEFORE = "s2s-before"  # the s2s server run from --before-tree
+
+
+def measure_run(kinds: list[str], quick: bool, before_tree: str | None = None) -> dict[str, Point]:
+    servers = {
+        kind: _Server("s2s", before_tree) if kind == BEFORE else _Server(kind) for kind in kinds
+    }
     callers = {"FetchX509SVID": _call_x509, "FetchJWTSVID": _jwt_caller(_jwt_request())}
     out: dict[str, Point] = {}
     try:
@@ -84,10 +91,25 @@ def medians(runs: list[dict[str, Point]]) -> dict[str, Point]:
     }
 
 
+def cpu_ratio(runs: list[dict[str, Point]], kind: str, base: str, point: str) -> float | None:
+    """Median over the runs of each run's CPU per call of ``kind`` over ``base`` at ``point``."""
+    ratios = [
+        r[f"{point}/{kind}"]["cpu_us"] / r[f"{point}/{base}"]["cpu_us"]
+        for r in runs
+        if f"{point}/{kind}" in r and f"{point}/{base}" in r
+    ]
+    return statistics.median(ratios) if ratios else None
+
+
 def table(runs: list[dict[str, Point]], kinds: list[str]) -> str:
     med = medians(runs)
     head = " | ".join(f"{k} p50 / p99 ms, CPU us/call" for k in kinds)
-    lines = [f"| call | clients | {head} | s2s / plain p50, p99 |", "|---" * (len(kinds) + 3) + "|"]
+    cpu_kinds = [k for k in ("s2s", BEFORE) if k in kinds and "plain" in kinds]
+    cpu_head = "".join(f" {k} / plain CPU (median of run ratios) |" for k in cpu_kinds)
+    lines = [
+        f"| call | clients | {head} | s2s / plain p50, p99 |{cpu_head}",
+        "|---" * (len(kinds) + 3 + len(cpu_kinds)) + "|",
+    ]
     for call in CALLS:
         for clients in CLIENTS:
             cells = []
@@ -102,6 +124,10 @@ def table(runs: list[dict[str, Point]], kinds: list[str]) -> str:
                 if s2s and plain
                 else "-"
             )
+            for kind in cpu_kinds:
+                r = cpu_ratio(runs, kind, "plain", f"{call}/{clients}")
+                cells_r = f"{r:.2f}" if r is not None else "-"
+                ratio += f" | {cells_r}"
             lines.append(f"| {call} | {clients} | {' | '.join(cells)} | {ratio} |")
     return "\n".join(lines)
 
@@ -118,7 +144,13 @@ def plot(
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     med = medians(runs)
-    colors = {"s2s": "#3366aa", "s2s-noattest": "#88aadd", "plain": "#aa3333", "grpclib": "#33aa66"}
+    colors = {
+        "s2s": "#3366aa",
+        BEFORE: "#222222",
+        "s2s-noattest": "#88aadd",
+        "plain": "#aa3333",
+        "grpclib": "#33aa66",
+    }
     fig, axes = plt.subplots(1, len(CALLS) + 1, figsize=(19, 5.5))
     cpu_ax = axes[-1]
     for call, marker in zip(CALLS, ("o", "s"), strict=True):
@@ -166,8 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--load", type=Path, help="print/plot saved results instead of measuring")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--before", type=Path, help="a saved run of earlier code (drawn dashed)")
+    parser.add_argument(
+        "--before-tree",
+        help="a checkout of earlier code (git archive <commit> | tar -x -C DIR): its s2s server "
+        "is measured in the same runs as the kind s2s-before",
+    )
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k != "grpclib" or _has_grpclib()]
+    if args.before_tree and BEFORE not in kinds:
+        kinds.insert(1, BEFORE)
     runs: list[dict[str, Any]]
     if args.load:
         saved = json.loads(args.load.read_text())
@@ -176,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for i in range(args.runs):
             start = time.monotonic()
-            runs.append(measure_run(kinds, args.quick))
+            runs.append(measure_run(kinds, args.quick, args.before_tree))
             print(f"run {i + 1}: {time.monotonic() - start:.0f} s", flush=True)
     if args.save:
         args.save.write_text(json.dumps({"kinds": kinds, "runs": runs}, indent=1))
