@@ -104,7 +104,7 @@ class ProcHandle:
     never closed are closed when the object is collected.
     """
 
-    __slots__ = ("__weakref__", "_buf", "_close", "_dir", "_stat", "_status", "pid")
+    __slots__ = ("__weakref__", "_buf", "_close", "_dir", "_stat", "_status", "bound", "pid")
 
     def __init__(self, pid: int, *, proc_root: str = "/proc") -> None:
         self.pid = pid
@@ -121,6 +121,9 @@ class ProcHandle:
             raise AttestationFailed(f"cannot open /proc of process {pid}: {exc}") from exc
         self._status, self._stat = opened[1], opened[2]
         self._buf = ctypes.create_string_buffer(_STATX_SIZE)
+        # On procfs the entry is bound to the process it was opened for (reads fail with ESRCH
+        # once it is gone), so a pid that names another process is caught without the start time.
+        self.bound = _is_procfs(self._dir)
         self._close = weakref.finalize(self, _close_fds, opened)
 
     def close(self) -> None:
@@ -213,8 +216,9 @@ def recheck_reading(
         check_same_process(peer, proc_root=proc_root)
         return reading
     reading = handle.reading(peer, with_binary=with_binary)
-    # Whatever was read above named the connecting process if its start time still matches.
-    if handle.start_time() != peer.start_time:
+    # On procfs the reads above fail once the process is gone, whatever its pid names by then;
+    # elsewhere (a /proc laid out by tests) what was read named it if its start time matches.
+    if not handle.bound and handle.start_time() != peer.start_time:
         raise AttestationFailed(f"process {peer.pid} exited; its pid now names another process")
     return reading
 
@@ -345,6 +349,19 @@ def _load_statx() -> Callable[..., int] | None:
 
 
 _statx = _load_statx()
+_PROC_SUPER_MAGIC = 0x9FA0  # linux/magic.h
+
+
+def _is_procfs(fd: int) -> bool:
+    """Whether ``fd`` is on a procfs (``fstatfs``'s ``f_type``; False when it cannot tell)."""
+    try:
+        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+    except (AttributeError, OSError):
+        return False
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    if fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value == _PROC_SUPER_MAGIC
 
 
 def _effective(status: bytes, key: bytes) -> int:

@@ -64,6 +64,8 @@ def test_the_held_entry_reads_what_the_paths_read(child: subprocess.Popen[bytes]
 def test_the_held_entry_fails_once_its_process_is_gone(child: subprocess.Popen[bytes]) -> None:
     peer = open_peer(child.pid, os.getuid(), os.getgid())
     try:
+        assert peer.proc is not None
+        assert peer.proc.bound  # procfs: the start time need not be read on every call
         recheck_reading(peer)  # twin: alive, it passes
         child.kill()
         child.wait()  # reaped: the pid is free for another process
@@ -156,6 +158,8 @@ def test_a_status_longer_than_one_read_is_read_whole(tmp_path: Path) -> None:
     )
     peer = open_peer(7, 5, 6, proc_root=str(tmp_path))
     try:
+        assert peer.proc is not None
+        assert not peer.proc.bound  # not procfs: the start time is compared on every call
         image, key = recheck_reading(peer, proc_root=str(tmp_path), with_binary=False)
         assert key is None
         assert image.groups == tuple(range(1, 5000))
