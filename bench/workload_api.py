@@ -228,6 +228,8 @@ async def _serve(kind: str, path: str) -> None:
         from bench.workload_grpclib import serve_s2s_grpclib  # noqa: PLC0415 (optional package)
 
         stop = await serve_s2s_grpclib(provider, path)
+    elif kind == "plain-proxy":
+        stop = await _proxied_plain_server(provider, path)
     else:
         plain = await _plain_server(provider, path)
         stop = plain.stop
@@ -291,6 +293,30 @@ async def _plain_server(provider: Any, path: str) -> grpc.aio.Server:
     server.add_insecure_port(f"unix:{path}")
     await server.start()
     return server
+
+
+async def _proxied_plain_server(provider: Any, path: str) -> Any:
+    """Diagnostic kind ``plain-proxy``: the bare server behind the agent's SO_PEERCRED front
+    proxy (no attestation): what the proxy's extra hop costs on its own."""
+    from s2s.agent.attestors.peercred import PeerCredentials  # noqa: PLC0415
+    from s2s.agent.uds_proxy import PeerTaggingProxy  # noqa: PLC0415
+
+    inner = f"{path}.inner"
+    plain = await _plain_server(provider, inner)
+
+    async def admit(pid: int, uid: int, gid: int) -> PeerCredentials:
+        return PeerCredentials(pid, uid, gid, 0)
+
+    proxy = PeerTaggingProxy(path, inner, admit=admit)
+    await proxy.start()
+
+    async def stop(grace: float | None) -> None:
+        await proxy.close()
+        await plain.stop(grace)
+        if os.path.exists(inner):
+            os.unlink(inner)
+
+    return stop
 
 
 if __name__ == "__main__":

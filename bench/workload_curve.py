@@ -10,6 +10,8 @@ Kinds (each server in its own process, the clients in this one, as ``bench.workl
   and the gRPC call frame cost without attestation (a diagnostic, never a product setting);
 * ``plain``: a bare grpc.aio server sending the same bytes, pre-built (the baseline);
 * ``grpclib``: a bare grpclib server sending the same bytes (only if grpclib is installed);
+* ``plain-proxy``: the bare grpc.aio server behind the agent's front proxy (no attestation): the
+  proxy's own cost (a diagnostic);
 * ``s2s-before`` (with ``--before-tree DIR``): the ``s2s`` server of another checkout (the code
   before a change), measured in the same runs.
 
@@ -149,6 +151,7 @@ def plot(
         BEFORE: "#222222",
         "s2s-noattest": "#88aadd",
         "plain": "#aa3333",
+        "plain-proxy": "#dd8888",
         "grpclib": "#33aa66",
     }
     fig, axes = plt.subplots(1, len(CALLS) + 1, figsize=(19, 5.5))
