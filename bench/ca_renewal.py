@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,7 +220,7 @@ async def _inprocess_setup(
 ) -> tuple[Store, Issuer, AgentRecord, str]:
     """A CA in this process on SQLite (``data_dir``) or on etcd (its own trust domain's keys):
     one attested agent with one entry."""
-    td = TrustDomain.parse("inprocess.example.org")
+    td = TrustDomain.parse(f"inprocess{uuid.uuid4().hex[:8]}.example.org")  # one etcd, many runs
     config = CaConfig(trust_domain=td, data_dir=data_dir)
     clock = SystemClock()
     kek = KeyEncryptionKey.create(config.kek_path)
@@ -258,7 +259,7 @@ def inprocess_costs(quick: bool, batch: int, etcd: str | None) -> dict[str, floa
                 _inprocess_setup(Path(tmp), etcd)
             )
             csr = build_csr(new_key()).public_bytes(Encoding.DER)
-            spiffe_id = SpiffeId.parse("spiffe://inprocess.example.org/ns/x/sa/y")
+            spiffe_id = SpiffeId.parse(f"spiffe://{issuer.trust_domain}/ns/x/sa/y")
             ttl = dt.timedelta(minutes=5)
             out["sign_csr"] = time_per_op(
                 lambda: issuer.sign_csr(csr, spiffe_id=spiffe_id, ttl=ttl),
@@ -289,7 +290,7 @@ class Shape:
 
 
 QUICK = Shape(agents=10, per_agent=10, batch=10, batches_per_agent=2, rounds=1)
-FULL = Shape(agents=24, per_agent=40, batch=10, batches_per_agent=8, rounds=3)
+FULL = Shape(agents=24, per_agent=40, batch=10, batches_per_agent=8, rounds=1)
 
 
 async def measure_ca(ca: Ca, shape: Shape, profiler: Profiler | None) -> dict[str, float]:
