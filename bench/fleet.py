@@ -36,245 +36,36 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench._harness import percentiles
 from bench.fleet_faults import DELAYS_MS, herd, slow_etcd, start_proxies
+from bench.fleet_phases import (
+    FULL,
+    QUICK,
+    SMOKE,
+    Cost,
+    Shape,
+    changes,
+    failover,
+    idle,
+    jwt_phase,
+    revocations,
+    say,
+    steady,
+)
+from bench.fleet_plot import draw
 from bench.fleet_report import FAULTS_HEADING, render, render_faults, write_results
-from bench.fleet_system import FleetSystem, cpu_seconds, prom_sum, rss_mb
-from s2s.core.errors import Conflict
+from bench.fleet_system import FleetSystem
 from s2s.core.registration import RegistrationEntry
 from s2s.core.selectors import parse_selectors
 from s2s.core.spiffe_id import SpiffeId
-
-
-@dataclass(frozen=True, slots=True)
-class Shape:
-    configs: tuple[tuple[int, int], ...]  # (registry size, CA replicas)
-    agents: int
-    entries: int  # live entries per simulated agent
-    ttl: int  # X509-SVID and JWT-SVID lifetime, seconds
-    processes: int  # simulated-agent worker processes
-    steady: float  # seconds of the steady phase
-    changes: int
-    revocations: int
-    interval: float  # seconds between two changes (or revocations)
-    jwt_interval: float
-
-
-QUICK = Shape(configs=((1000, 1), (1000, 3)), agents=40, entries=3, ttl=16, processes=2,
-              steady=6.0, changes=5, revocations=5, interval=1.0, jwt_interval=10.0)  # fmt: skip
-SMOKE = Shape(configs=((200, 1),), agents=6, entries=2, ttl=10, processes=1, steady=6.0,
-              changes=3, revocations=3, interval=0.3, jwt_interval=2.0)  # fmt: skip
-FULL = Shape(configs=((1000, 1), (1000, 3), (10000, 1), (10000, 3)), agents=200, entries=4,
-             ttl=40, processes=2, steady=20.0, changes=10, revocations=10, interval=2.0,
-             jwt_interval=10.0)  # fmt: skip
-
-
-def say(text: str) -> None:
-    print(f"[fleet {time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-class Snapshot:
-    """Counters of every live replica, the fleet and etcd at one instant."""
-
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.cpu: dict[str, float] = {}
-        self.x509: dict[str, float] = {}
-        self.jwt: dict[str, float] = {}
-        self.fleet: dict[str, float] = {}
-        self.etcd: dict[str, float] = {}
-
-    @classmethod
-    async def take(cls, system: FleetSystem) -> Snapshot:
-        snap = cls()
-        snap.t = time.monotonic()
-        for replica in system.replicas:
-            if not replica.alive:
-                continue
-            snap.cpu[replica.name] = cpu_seconds(replica.pid)
-            text = await system.replica_metrics(replica)
-            snap.x509[replica.name] = prom_sum(text, "s2s_ca_svids_issued_total", kind="x509")
-            snap.jwt[replica.name] = prom_sum(text, "s2s_ca_svids_issued_total", kind="jwt")
-        snap.fleet = system.fleet_stats()
-        snap.etcd = await asyncio.to_thread(system.etcd_counters)
-        return snap
-
-
-def delta(a: Snapshot, b: Snapshot) -> dict[str, Any]:
-    seconds = b.t - a.t
-    names = [n for n in b.cpu if n in a.cpu]
-    return {
-        "seconds": seconds,
-        "cpu": {n: b.cpu[n] - a.cpu[n] for n in names},
-        "x509": {n: b.x509[n] - a.x509[n] for n in names},
-        "jwt": {n: b.jwt[n] - a.jwt[n] for n in names},
-        "fleet": {k: b.fleet.get(k, 0) - a.fleet.get(k, 0) for k in b.fleet},
-        "etcd_rps": (b.etcd["requests"] - a.etcd["requests"]) / seconds,
-        "etcd_bps": (b.etcd["received"] + b.etcd["sent"] - a.etcd["received"] - a.etcd["sent"])
-        / seconds,
-    }
-
-
-async def idle(system: FleetSystem, seconds: float) -> dict[str, float]:
-    """CPU-seconds per second of each replica with no agent connected (its own loops, etcd
-    watches, and the benchmark's /metrics scrapes)."""
-    before = await Snapshot.take(system)
-    await asyncio.sleep(seconds)
-    d = delta(before, await Snapshot.take(system))
-    return {n: cpu / d["seconds"] for n, cpu in d["cpu"].items()}
-
-
-async def steady(system: FleetSystem, shape: Shape, idle_rate: dict[str, float]) -> dict[str, Any]:
-    before = await Snapshot.take(system)
-    await asyncio.sleep(shape.steady)
-    d = delta(before, await Snapshot.take(system))
-    nan = float("nan")
-    d["cpu_per_renewal_all"] = {n: d["cpu"][n] / d["x509"][n] if d["x509"][n] else nan
-                                for n in d["cpu"]}  # fmt: skip
-    d["cpu_per_renewal"] = {
-        n: (d["cpu"][n] - idle_rate[n] * d["seconds"]) / d["x509"][n] if d["x509"][n] else nan
-        for n in d["cpu"]
-    }
-    d["rss_mb"] = {r.name: rss_mb(r.pid) for r in system.replicas if r.alive}
-    fleet = d["fleet"]
-    d["batch"] = fleet.get("renewals", 0) / max(1, fleet.get("batches", 0))
-    return d
-
-
-async def changes(
-    system: FleetSystem, shape: Shape, agents: list[tuple[int, str]], cost: Cost
-) -> dict[str, Any]:
-    before = await Snapshot.take(system)
-    made: list[tuple[str, float]] = []
-    for _ in range(shape.changes):
-        _index, agent_id = random.choice(agents)
-        body = {"spiffe_id": f"spiffe://{system.td}/fleet/new/{random.getrandbits(48):x}",
-                "parent_id": agent_id, "selectors": ["unix:uid:3000"],
-                "x509_svid_ttl": shape.ttl, "jwt_svid_ttl": shape.ttl}  # fmt: skip
-        sent = time.time()
-        try:
-            entry = await system.admin_call("POST", "/v1/entries", body)
-        except Conflict:  # a timed-out attempt had been applied: the entry is there
-            found = await system.admin_call(
-                "GET", "/v1/entries", None, {"spiffe_id": str(body["spiffe_id"])}
-            )
-            entry = found["entries"][0]
-        made.append((entry["id"], sent))
-        await asyncio.sleep(shape.interval)
-    ids = {eid for eid, _ in made}
-    await _until(lambda: ids <= {e["id"] for e in system.events("entry")}, 15)
-    after = await Snapshot.take(system)
-    d = delta(before, after)
-    first = {e["id"]: e["t"] for e in system.events("entry") if e["id"] in ids}
-    lat = [first[eid] - t for eid, t in made if eid in first]
-    d["latency"] = _p(lat)
-    d["missed"] = len(made) - len(lat)
-    d["answers_per_change"] = d["fleet"].get("entry_answers", 0) / len(made)
-    d["cpu_per_change"] = _beyond(d, cost, len(made))
-    return d
-
-
-async def revocations(
-    system: FleetSystem, shape: Shape, first: int, cost: Cost, agents: int
-) -> dict[str, Any]:
-    before = await Snapshot.take(system)
-    values: set[str] = set()
-    made: list[tuple[str, float]] = []
-    for k in range(first, first + shape.revocations):
-        value = f"spiffe://{system.td}/dormant/{k}"
-        body = {"spiffe_id": value, "reason": "fleet benchmark"}
-        await system.tell(f"expect {value}")
-        sent = time.time()
-        await system.admin_call("POST", "/v1/revocations", body)
-        made.append((value, sent))
-        values.add(value)
-        await asyncio.sleep(shape.interval)
-    want = len(made) * agents
-
-    def arrived() -> int:
-        return sum(1 for e in system.events("revoked") if e["v"] in values)
-
-    await _until(lambda: arrived() >= want, 20)
-    d = delta(before, await Snapshot.take(system))
-    at = dict(made)
-    arrivals = [e for e in system.events("revoked") if e["v"] in values]
-    per_subscriber = [e["t"] - at[e["v"]] for e in arrivals]
-    to_all = []
-    for value, t in made:
-        times = [e["t"] for e in arrivals if e["v"] == value]
-        if len(times) >= agents:
-            to_all.append(max(times) - t)
-    d["latency"] = _p(per_subscriber)
-    d["to_all"] = _p(to_all)
-    d["delivered"] = f"{len(per_subscriber)}/{want}"
-    got = {(e["a"], e["v"]) for e in arrivals}
-    d["missing"] = sorted({a for a in range(agents) for v, _t in made if (a, v) not in got})[:50]
-    d["cpu_per_revocation"] = _beyond(d, cost, len(made))
-    return d
-
-
-async def jwt_phase(system: FleetSystem, shape: Shape) -> dict[str, Any]:
-    await system.tell("jwt on")
-    before = await Snapshot.take(system)
-    await asyncio.sleep(shape.steady / 2)
-    d = delta(before, await Snapshot.take(system))
-    d["jwt_per_s"] = sum(d["jwt"].values()) / d["seconds"]
-    return d
-
-
-async def failover(system: FleetSystem, shape: Shape) -> dict[str, Any]:
-    victim = system.replicas[-1]
-    before = await Snapshot.take(system)
-    await system.kill(victim)
-    say(f"killed {victim.name} (SIGKILL); running a whole SVID lifetime ({shape.ttl} s)")
-    await asyncio.sleep(shape.ttl)
-    d = delta(before, await Snapshot.take(system))
-    d["killed"] = victim.name
-    return d
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    idle: dict[str, float]  # CPU-seconds per second with no agent connected
-    per_renewal: dict[str, float]  # marginal CPU-seconds per X509-SVID renewal
-
-
-def _beyond(d: dict[str, Any], cost: Cost, count: int) -> dict[str, float]:
-    """CPU per event on each replica, beyond its idle loops and the renewals it signed
-    meanwhile."""
-    out = {}
-    nan = float("nan")
-    for name, cpu in d["cpu"].items():
-        rest = cost.idle.get(name, nan) * d["seconds"]
-        rest += d["x509"][name] * cost.per_renewal.get(name, nan)
-        out[name] = (cpu - rest) / count
-    return out
-
-
-def _p(samples: list[float]) -> tuple[float, float, int]:
-    if not samples:
-        return (float("nan"), float("nan"), 0)
-    p50, p99 = percentiles(samples, 50, 99)
-    return (p50, p99, len(samples))
-
-
-async def _until(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
 
 
 async def prepare(
@@ -446,36 +237,72 @@ def _commit() -> str:
     return done.stdout.strip() if done.returncode == 0 else ""
 
 
+# The shortest SVID lifetime for --faults: renewal at half-life must leave more slack than a
+# restart of every replica takes on a loaded machine (about 6 s seen).
+FAULTS_MIN_TTL = 20
+
+# The longest run directory: <dir>/fleetXXXXXXXX.example.org/ca-N/admin.sock fits in 107 bytes.
+MAX_DIR = 107 - len("/fleet12345678.example.org/ca-0/admin.sock")
+
+
+def _count(text: str) -> int:
+    """A whole number above 0; anything else is a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return value
+
+
+def _counts(text: str) -> list[int]:
+    """A comma-separated list of whole numbers above 0, e.g. ``1000,10000``."""
+    return [_count(part) for part in text.split(",")]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a minute or two: small fleet")
     parser.add_argument("--smoke", action="store_true",
                         help="under a minute: 6 agents, one replica")  # fmt: skip
-    parser.add_argument("--sizes", help="registry sizes, e.g. 1000,10000 (with --replicas)")
-    parser.add_argument("--replicas", help="CA replica counts, e.g. 1,3")
-    parser.add_argument("--agents", type=int, help="simulated agents")
-    parser.add_argument("--ttl", type=int, help="SVID lifetime in seconds")
+    parser.add_argument("--sizes", type=_counts, help="registry sizes, e.g. 1000,10000")
+    parser.add_argument("--replicas", type=_counts, help="CA replica counts, e.g. 1,3")
+    parser.add_argument("--agents", type=_count, help="simulated agents")
+    parser.add_argument("--ttl", type=_count, help="SVID lifetime in seconds (at least 6)")
     parser.add_argument("--faults", action="store_true",
                         help="thundering herd after a CA restart, then etcd made slow")  # fmt: skip
     parser.add_argument("--dir", type=Path, help="keep the run's files here")
     parser.add_argument("--no-write", action="store_true", help="do not touch bench/RESULTS.md")
+    parser.add_argument("--commit", help="the commit measured, when run from an exported tree")
+    parser.add_argument("--from-json", type=Path, nargs="+", metavar="FLEET_JSON",
+                        help="no run: the tables (and plot) of earlier runs' fleet.json files,"
+                        " their configurations side by side")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.from_json:
+        return _from_json(args.from_json, parser, write=not args.no_write)
     shape = SMOKE if args.smoke else QUICK if args.quick else FULL
     overrides: dict[str, Any] = {}
     if args.sizes or args.replicas:
-        sizes = [int(s) for s in (args.sizes or "1000").split(",")]
-        counts = [int(r) for r in (args.replicas or "1,3").split(",")]
+        sizes = args.sizes or [1000]
+        counts = args.replicas or [1, 3]
         overrides["configs"] = tuple((s, r) for s in sizes for r in counts)
     if args.agents:
         overrides["agents"] = args.agents
     if args.ttl:
+        if args.ttl < 6:
+            parser.error("--ttl must be at least 6 seconds (agents renew at half-life)")
         overrides["ttl"] = args.ttl
     shape = Shape(**{**asdict(shape), **overrides})
+    if args.dir is not None and len(str(args.dir.resolve())) > MAX_DIR:
+        parser.error(f"--dir must be at most {MAX_DIR} characters long: the CA's admin socket"
+                     " goes under it, and a Unix socket path has at most 107")  # fmt: skip
     root = args.dir or Path(tempfile.mkdtemp(prefix="s2s-fleet-", dir="/tmp"))
     root.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    commit = args.commit or _commit()  # HEAD may move while a long run goes on
     if args.faults:
-        return _faults(shape, root, args, started)
+        return _faults(shape, root, args, started, commit)
     measured = asyncio.run(run(shape, root))
     batches = sorted({max(1, round(c["steady"]["batch"])) for c in measured["configs"]} | {1})
     say(f"in-process baseline, batch sizes {batches}")
@@ -484,25 +311,64 @@ def main(argv: list[str] | None = None) -> int:
     measured["quick"] = args.quick or args.smoke
     measured["form"] = "--smoke" if args.smoke else "--quick" if args.quick else "full form"
     measured["date"] = dt.date.today().isoformat()
-    measured["commit"] = _commit()
+    measured["commit"] = commit
+    for config in measured["configs"]:
+        config["commit"] = commit
     (root / "fleet.json").write_text(json.dumps(measured, indent=1, default=str))
     text = render(measured)
     print(text)
     if not args.no_write:
         write_results(text)
         say("tables written to bench/RESULTS.md (section Fleet)")
+        if len({c["size"] for c in measured["configs"]}) > 1:
+            say(f"plot: {draw(measured)}")
     say(f"raw figures: {root / 'fleet.json'}")
     return 0
 
 
-def _faults(shape: Shape, root: Path, args: argparse.Namespace, started: float) -> int:
+def _from_json(paths: list[Path], parser: argparse.ArgumentParser, *, write: bool) -> int:
+    """Render (and write) the tables of earlier runs, their configurations side by side; the
+    first file gives the shape and the in-process baseline."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            parser.error(f"cannot read the fleet figures {path}: {exc}")
+    for run_ in runs:
+        if not isinstance(run_, dict) or not run_.get("configs") or "baseline" not in run_:
+            parser.error("a --from-json file is not the fleet.json of a fleet run")
+        for config in run_["configs"]:
+            config.setdefault("commit", run_.get("commit", ""))
+    measured = dict(runs[0])
+    measured["configs"] = [c for run_ in runs for c in run_["configs"]]
+    measured["wall_seconds"] = sum(r["wall_seconds"] for r in runs)
+    if "herd" in measured["configs"][0]:  # a --faults run
+        text = render_faults(measured)
+        print(text)
+        if write:
+            write_results(text, heading=FAULTS_HEADING)
+        return 0
+    text = render(measured)
+    print(text)
+    if write:
+        write_results(text)
+        say("tables written to bench/RESULTS.md (section Fleet)")
+        if len({c["size"] for c in measured["configs"]}) > 1:
+            say(f"plot: {draw(measured)}")
+    return 0
+
+
+def _faults(shape: Shape, root: Path, args: argparse.Namespace, started: float, commit: str) -> int:
     if not (args.sizes or args.replicas):
         shape = Shape(**{**asdict(shape), "configs": ((1000, 1),)})
+    if shape.ttl < FAULTS_MIN_TTL:  # a restart on this machine takes seconds: SVIDs need slack
+        shape = Shape(**{**asdict(shape), "ttl": FAULTS_MIN_TTL})
     measured = asyncio.run(run_faults(shape, root))
     measured["wall_seconds"] = time.monotonic() - started
     measured["form"] = "--faults" + (" --smoke" if args.smoke else " --quick" if args.quick else "")
     measured["date"] = dt.date.today().isoformat()
-    measured["commit"] = _commit()
+    measured["commit"] = commit
     (root / "fleet-faults.json").write_text(json.dumps(measured, indent=1, default=str))
     text = render_faults(measured)
     print(text)

@@ -21,13 +21,14 @@ until the slow phases):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._harness import percentiles
 from bench.delay_proxy import DelayProxy
-from bench.fleet_system import FleetSystem, cpu_seconds, prom_sum
+from bench.fleet_system import FleetSystem, Replica, cpu_seconds, prom_sum
 
 DELAYS_MS = (0, 5, 20, 50)
 BURST_SECONDS = 5.0
@@ -40,6 +41,14 @@ def _p(samples: list[float]) -> tuple[float, float, int]:
         return (float("nan"), float("nan"), 0)
     p50, p99 = percentiles(samples, 50, 99)
     return (p50, p99, len(samples))
+
+
+async def _requests(system: FleetSystem, replicas: list[Replica]) -> float:
+    """HTTPS requests the replicas answered so far (``s2s_ca_http_requests_total``)."""
+    total = 0.0
+    for replica in replicas:
+        total += prom_sum(await system.replica_metrics(replica), "s2s_ca_http_requests_total")
+    return total
 
 
 def established(ports: set[int]) -> int:
@@ -86,6 +95,9 @@ async def herd(system: FleetSystem, shape: Any, say: Any) -> dict[str, Any]:
             await asyncio.sleep(0.05)
 
     sampler = asyncio.create_task(sample_connections())
+    first, t_first = await _requests(system, replicas), time.monotonic()
+    await asyncio.sleep(3.0)
+    steady_rate = (await _requests(system, replicas) - first) / (time.monotonic() - t_first)
     before_kill = await asyncio.to_thread(established, ports)
     killed_at = time.time()
     for replica in replicas:
@@ -96,8 +108,11 @@ async def herd(system: FleetSystem, shape: Any, say: Any) -> dict[str, Any]:
     up_at = time.time()
     say(f"replica(s) up again after {up_at - killed_at:.1f} s")
 
+    requests: list[tuple[float, float]] = []  # (seconds after up, requests answered so far)
+
     async def sample_long_polls() -> None:
         while sampling:
+            total = 0.0
             for replica in replicas:
                 try:
                     text = await system.replica_metrics(replica)
@@ -105,6 +120,8 @@ async def herd(system: FleetSystem, shape: Any, say: Any) -> dict[str, Any]:
                     continue
                 held = prom_sum(text, "s2s_ca_entry_long_polls")
                 peak["long_polls"] = max(peak["long_polls"], held)
+                total += prom_sum(text, "s2s_ca_http_requests_total")
+            requests.append((time.time() - up_at, total))
             await asyncio.sleep(0.5)
 
     poller = asyncio.create_task(sample_long_polls())
@@ -135,7 +152,16 @@ async def herd(system: FleetSystem, shape: Any, say: Any) -> dict[str, Any]:
     for event in back():
         firsts.setdefault(event["a"], event["t"])
     delays = [t - up_at for t in firsts.values()]
+    rates = [
+        (t1, (n1 - n0) / (t1 - t0))
+        for (t0, n0), (t1, n1) in itertools.pairwise(requests)
+        if t1 > t0
+    ]
     return {
+        "steady_requests_per_s": steady_rate,
+        "peak_requests_per_s": max((r for _t, r in rates), default=float("nan")),
+        "peak_requests_first_10s": max((r for t, r in rates if t <= 10), default=float("nan")),
+        "request_rates": rates,
         "replicas": len(replicas),
         "agents": agents,
         "open_before": before_kill,

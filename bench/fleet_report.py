@@ -100,18 +100,18 @@ def render(m: dict[str, Any]) -> str:
                 f" {d['etcd_bps'] / 1024:,.0f} |"
                 f" {fleet.get('renew_failures', 0):.0f} / {fleet.get('expired', 0):.0f} |"
             )
-    lines += [
-        "",
-        "**Replica killed mid-run** (SIGKILL of the last replica, then one whole SVID lifetime"
-        " on the survivors; JWT-SVIDs minted throughout)",
-        "",
-        "| registry | replicas | killed | renewals | failed attempts (retried) | SVIDs expired |"
-        " JWT-SVIDs/s before |",
-        "|---:|---:|---|---:|---:|---:|---:|",
-    ]
-    for c in m["configs"]:
-        if "failover" not in c:
-            continue
+    killed = [c for c in m["configs"] if "failover" in c]
+    if killed:
+        lines += [
+            "",
+            "**Replica killed mid-run** (SIGKILL of the last replica, then one whole SVID lifetime"
+            " on the survivors; JWT-SVIDs minted throughout)",
+            "",
+            "| registry | replicas | killed | renewals | failed attempts (retried) |"
+            " SVIDs expired | JWT-SVIDs/s before |",
+            "|---:|---:|---|---:|---:|---:|---:|",
+        ]
+    for c in killed:
         f = c["failover"]["fleet"]
         lines.append(
             f"| {c['size']:,} | {c['replicas']} | {c['failover']['killed']} |"
@@ -119,21 +119,13 @@ def render(m: dict[str, Any]) -> str:
             f" {f.get('expired', 0):,.0f} | {c['jwt']['jwt_per_s']:.1f} |"
         )
     lines += _growth(m["configs"])
-    lines += [
-        "",
-        "Reading: every entry change answered every agent's entries long-poll (answers/change"
-        " is about N, affected or not) and its CPU per replica grew with the registry, as did"
-        " the CPU per revocation (the whole revocation set is resent to every subscriber); the"
-        " CPU per renewal did not grow, but is several times the in-process issuance (HTTPS,"
-        " JSON, the etcd index write, the audit line). Which part of the per-change cost is the"
-        " store listing, the snapshot and the long-poll answers is not profiled here."
-        + (f" Code measured: commit {m['commit']}." if m.get("commit") else ""),
-    ]
+    lines += ["", _reading(m)]
     if max(c["size"] for c in m["configs"]) < 100_000:
-        lines.append(
-            "The 100k registry was not run here (`--sizes 1000,10000,100000`): at the per-change"
-            " cost above, the fill and every entry change would take minutes on this machine."
-        )
+        lines.append("The 100k registry was not run here (`--sizes 1000,10000,100000`).")
+    fills = ", ".join(
+        f"{c['size']:,}: {c['fill_seconds']:.0f} s" for c in m["configs"] if c["replicas"] == 1
+    )
+    lines += ["", f"Registry fill (straight into etcd, 8 writes at a time): {fills}."]
     total_expired = sum(c["fleet_total"].get("expired", 0) for c in m["configs"])
     retries = sum(c.get("admin_retries", 0) for c in m["configs"])
     lines += [
@@ -143,6 +135,54 @@ def render(m: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _reading(m: dict[str, Any]) -> str:
+    """What the run shows, from its own figures."""
+    configs = m["configs"]
+    agents = m["shape"]["agents"]
+    answers = [c["changes"]["answers_per_change"] for c in configs]
+    base = {int(k): v for k, v in m["baseline"].items()}
+    ratios = []
+    for c in configs:
+        ref = base.get(max(1, round(c["steady"]["batch"])), base[1])
+        ratios += [v / ref for v in c["steady"]["cpu_per_renewal"].values() if not math.isnan(v)]
+    total = {k: sum(c["fleet_total"].get(k, 0) for c in configs)
+             for k in ("entry_answers", "entry_deltas", "revocation_answers",
+                       "revocation_deltas", "crl_fetches")}  # fmt: skip
+    text = (
+        "Reading: the simulated agents ask as the real agent does (`delta=1` on both"
+        f" long-polls once synced): {_share(total['entry_deltas'], total['entry_answers'])} of"
+        " the entries answers and"
+        f" {_share(total['revocation_deltas'], total['revocation_answers'])} of the revocation"
+        f" answers were deltas. An entry change woke {min(answers):.1f}-{max(answers):.1f}"
+        f" entries long-polls of the {agents} agents: a held poll wakes on any entry change,"
+        " and the agents the change does not concern get an empty delta. Each revocation also"
+        " makes every agent fetch the CRLs once"
+        f" ({total['crl_fetches']:,.0f} CRL fetches in the run), as the real agent does."
+    )
+    if ratios:
+        text += (
+            f" Marginal CPU per renewal: {min(ratios):.1f}-{max(ratios):.1f}x the in-process"
+            " issuance."
+        )
+    commits: dict[str, list[str]] = {}
+    for c in configs:
+        where = f"{c['size']:,} x {c['replicas']}"
+        commits.setdefault(c.get("commit") or m.get("commit", ""), []).append(where)
+    if len(commits) > 1:
+        text += (
+            " Code measured: "
+            + "; ".join(f"commit {k or '?'} ({', '.join(v)})" for k, v in commits.items())
+            + "."
+        )
+    elif m.get("commit"):
+        text += f" Code measured: commit {m['commit']}."
+    return text
+
+
+def _share(part: float, whole: float) -> str:
+    return "-" if not whole else f"{part / whole:.0%}"
 
 
 def _mean(values: Any) -> float:
@@ -201,14 +241,18 @@ def render_faults(m: dict[str, Any]) -> str:
         " own backoff (entries, renewals, CRLs: 0.5 s doubling to 30 s, full jitter; revocation"
         " feed: 0.05 s doubling to 2 s, equal jitter). Connections: the CA side of established"
         " TCP connections, sampled every 50 ms; long-polls: `s2s_ca_entry_long_polls`, every"
-        " 0.5 s. Times are counted from the replica being up again.",
+        " 0.5 s; requests/s: `s2s_ca_http_requests_total` over 3 s before the kill and per"
+        " 0.5 s after it. Times are counted from the replica being up again.",
         "",
-        "| connections open before | peak after (limit) | long-polls peak (limit) | CA down s |"
+        "| requests/s before | peak, first 10 s / whole lifetime | connections open before |"
+        " peak after (limit) | long-polls peak (limit) | CA down s |"
         " every agent back, p50 / p99 / last s | CA error answers | failed calls: entries /"
         " revocations / renewals | full answers: entries / revocations | CA CPU s until all"
         " back | SVIDs expired |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {h['open_before']} | {h['peak_connections']} ({limits['max_connections']:,};"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {h['steady_requests_per_s']:.0f} | {h['peak_requests_first_10s']:.0f} /"
+        f" {h['peak_requests_per_s']:.0f} | {h['open_before']} | {h['peak_connections']}"
+        f" ({limits['max_connections']:,};"
         f" per address {limits['max_connections_per_ip']:,}) | {h['peak_long_polls']:.0f}"
         f" ({limits['max_long_polls']:,}) | {h['down_seconds']:.1f} |"
         f" {_sec(h['back_after'][0])} / {_sec(h['back_after'][1])} /"

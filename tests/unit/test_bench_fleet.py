@@ -43,6 +43,7 @@ def _phase(**extra: Any) -> dict[str, Any]:
 def _measured(failover: bool) -> dict[str, Any]:
     config: dict[str, Any] = {
         "size": 1000, "replicas": 3 if failover else 1, "agents": 10, "live": 30,
+        "fill_seconds": 4.0,
         "idle": {"ca-0": 0.01},
         "steady": _phase(cpu_per_renewal={"ca-0": 0.002}, cpu_per_renewal_all={"ca-0": 0.003},
                          rss_mb={"ca-0": 80.0}, batch=1.4),
@@ -50,7 +51,9 @@ def _measured(failover: bool) -> dict[str, Any]:
                           cpu_per_change={"ca-0": 0.004}),
         "revocations": _phase(latency=(0.06, 0.3, 50), to_all=(0.1, 0.3, 5),
                               cpu_per_revocation={"ca-0": math.nan}),
-        "jwt": _phase(jwt_per_s=2.0), "fleet_total": {"expired": 0},
+        "jwt": _phase(jwt_per_s=2.0),
+        "fleet_total": {"expired": 0, "entry_answers": 40, "entry_deltas": 30,
+                        "revocation_answers": 20, "revocation_deltas": 5, "crl_fetches": 50},
     }  # fmt: skip
     if failover:
         config["failover"] = {**_phase(), "killed": "ca-2"}
