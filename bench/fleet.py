@@ -336,7 +336,9 @@ def _from_json(paths: list[Path], parser: argparse.ArgumentParser, *, write: boo
         except (OSError, ValueError) as exc:
             parser.error(f"cannot read the fleet figures {path}: {exc}")
     for run_ in runs:
-        if not isinstance(run_, dict) or not run_.get("configs") or "baseline" not in run_:
+        if not isinstance(run_, dict) or not run_.get("configs"):
+            parser.error("a --from-json file is not the fleet.json of a fleet run")
+        if "herd" not in run_["configs"][0] and "baseline" not in run_:
             parser.error("a --from-json file is not the fleet.json of a fleet run")
         for config in run_["configs"]:
             config.setdefault("commit", run_.get("commit", ""))
