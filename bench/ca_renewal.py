@@ -259,7 +259,7 @@ def inprocess_costs(quick: bool, batch: int, etcd: str | None) -> dict[str, floa
                 _inprocess_setup(Path(tmp), etcd)
             )
             csr = build_csr(new_key()).public_bytes(Encoding.DER)
-            spiffe_id = SpiffeId.parse(f"spiffe://{issuer.trust_domain}/ns/x/sa/y")
+            spiffe_id = SpiffeId.parse(f"spiffe://{agent.spiffe_id.trust_domain}/ns/x/sa/y")
             ttl = dt.timedelta(minutes=5)
             out["sign_csr"] = time_per_op(
                 lambda: issuer.sign_csr(csr, spiffe_id=spiffe_id, ttl=ttl),
@@ -289,7 +289,7 @@ class Shape:
     rounds: int
 
 
-QUICK = Shape(agents=10, per_agent=10, batch=10, batches_per_agent=2, rounds=1)
+QUICK = Shape(agents=10, per_agent=10, batch=10, batches_per_agent=2, rounds=2)
 FULL = Shape(agents=24, per_agent=40, batch=10, batches_per_agent=8, rounds=1)
 
 
