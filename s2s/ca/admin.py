@@ -85,6 +85,9 @@ def ensure_admin_socket_free(path: Path) -> None:
         raise InvalidConfig(f"{path} exists and is not a socket; refusing to replace it")
 
 
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes on Linux, one for the terminating NUL
+
+
 def bind_admin_socket(path: Path) -> socket.socket:
     """A listening Unix socket at ``path``, 0600, created race-free.
 
@@ -99,7 +102,10 @@ def bind_admin_socket(path: Path) -> socket.socket:
         sock.listen(128)
     except OSError as exc:
         sock.close()
-        raise InvalidConfig(f"cannot listen on admin socket {path}: {exc.strerror}") from exc
+        reason = exc.strerror or str(exc)  # "AF_UNIX path too long" comes without an errno
+        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+            reason += f" (at most {MAX_SOCKET_PATH} bytes: use a shorter --data-dir)"
+        raise InvalidConfig(f"cannot listen on admin socket {path}: {reason}") from exc
     sock.setblocking(False)
     return sock
 
