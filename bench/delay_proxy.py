@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import sys
 
 
 class DelayProxy:
@@ -95,3 +97,51 @@ class DelayProxy:
             await sender
         finally:
             sender.cancel()
+
+
+async def serve(targets: list[tuple[str, int]]) -> None:
+    """Proxies for ``targets`` in this process: prints ``{"ports": [...]}`` once listening, then
+    takes ``delay SECONDS`` lines on stdin (answered ``{"delay": SECONDS}``) until EOF."""
+    proxies = [await DelayProxy(target).start() for target in targets]
+    print(json.dumps({"ports": [p.port for p in proxies]}), flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while line := await reader.readline():
+            word, _, value = line.decode().strip().partition(" ")
+            try:
+                delay = float(value) if word == "delay" else -1.0
+            except ValueError:
+                delay = -1.0
+            if delay < 0:
+                wrong = line.decode().strip()
+                print(json.dumps({"error": f"not a command: {wrong!r}"}), flush=True)
+                continue
+            for proxy in proxies:
+                proxy.delay = delay
+            print(json.dumps({"delay": delay}), flush=True)
+    finally:
+        for proxy in proxies:
+            await proxy.close()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m bench.delay_proxy HOST:PORT...``: one delay proxy per target, in a process of
+    its own (a benchmark's own work must not delay the traffic it forwards)."""
+    targets = []
+    for arg in argv:
+        host, _, port = arg.rpartition(":")
+        if not host or not port.isdigit():
+            print(f"not HOST:PORT: {arg!r}", file=sys.stderr)
+            return 2
+        targets.append((host, int(port)))
+    if not targets:
+        print("usage: python -m bench.delay_proxy HOST:PORT [HOST:PORT...]", file=sys.stderr)
+        return 2
+    asyncio.run(serve(targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -219,8 +219,7 @@ async def run_faults(shape: Shape, root: Path) -> dict[str, Any]:
         result["worker_errors"] = {w.name: w.errors[-30:] for w in system.workers if w.errors}
     finally:
         await system.stop_configuration()
-        for proxy in proxies:
-            await proxy.close()
+        await proxies.stop()
         await asyncio.to_thread(system.stop_etcd)
     return {"shape": asdict(shape), "configs": [result]}
 

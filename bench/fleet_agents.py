@@ -45,7 +45,7 @@ from s2s.agent.revocations import RevocationFollower
 from s2s.aio import within
 from s2s.core.bundle import Bundle
 from s2s.core.clock import SystemClock
-from s2s.core.errors import S2SError
+from s2s.core.errors import S2SError, Unavailable
 from s2s.core.revocation import RevocationSet
 from s2s.core.spiffe_id import TrustDomain
 from s2s.core.x509svid import X509Svid
@@ -68,6 +68,7 @@ class Counters:
     crl_fetches: int = 0
     expired: int = 0  # SVIDs that reached notAfter before their replacement arrived
     ready: int = 0
+    unattested: int = 0  # agents whose attestation was refused (their join token was spent)
     crashed: int = 0  # simulated agents that stopped on an unexpected error
     jwt_on: bool = False  # minting JWT-SVIDs (``jwt on`` / ``jwt off`` on stdin)
 
@@ -158,7 +159,15 @@ class SimAgent:
     async def run(self, token: str, bundle: Bundle, started: asyncio.Event) -> None:
         key = new_key()
         self.client.set_trust(bundle, None)
-        answer: AgentSvidResponse = await _retry(lambda: self.client.attest(token, build_csr(key)))
+        try:
+            answer: AgentSvidResponse = await _retry(
+                lambda: self.client.attest(token, build_csr(key))
+            )
+        except S2SError as exc:  # e.g. the token was used by an attempt whose answer was lost
+            self.counters.unattested += 1
+            self.out.emit({"k": "unattested", "a": self.index, "error": f"{exc.code}: {exc}"})
+            started.set()
+            return
         svid = X509Svid(
             spiffe_id=answer.svid.spiffe_id, cert_chain=answer.svid.cert_chain, private_key=key
         )
@@ -256,10 +265,11 @@ async def _update_or(cache: SvidCache, timeout: float, version: int | None = Non
 
 
 async def _retry(call: Any) -> Any:
+    """Retry while no CA answers (an answer that refuses is final)."""
     for attempt in range(40):
         try:
             return await call()
-        except S2SError:
+        except Unavailable:
             if attempt == 39:
                 raise
             await asyncio.sleep(random.uniform(0.2, 1.0))

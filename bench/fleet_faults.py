@@ -2,8 +2,8 @@
 CA restart, and etcd made slow.
 
 One configuration (registry ``--sizes``, replicas ``--replicas``; 1,000 and 1 unless told) whose
-replicas reach etcd through :class:`bench.delay_proxy.DelayProxy` (one per member, no delay
-until the slow phases):
+replicas reach etcd through :class:`bench.delay_proxy.DelayProxy` (one per member, in a process
+of their own, no delay until the slow phases):
 
 * **herd**: every replica is killed (SIGKILL) at once and started again at once on its port,
   as a restarted service comes back; every simulated agent's long-polls break together and
@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from bench._harness import percentiles
-from bench.delay_proxy import DelayProxy
-from bench.fleet_system import FleetSystem, Replica, cpu_seconds, prom_sum
+from bench.fleet_system import FleetFailed, FleetSystem, Replica, cpu_seconds, prom_sum
+from s2s.demo.procs import Child
 
 DELAYS_MS = (0, 5, 20, 50)
 BURST_SECONDS = 5.0
@@ -67,19 +69,49 @@ def established(ports: set[int]) -> int:
     return count
 
 
-async def start_proxies(system: FleetSystem) -> list[DelayProxy]:
-    """One delay proxy per etcd member; the replicas started from now on reach etcd through
-    them."""
-    proxies = []
-    for member in system.etcd.members:
-        host, port = member.endpoint.rsplit(":", 1)
-        proxies.append(await DelayProxy((host, int(port))).start())
-    system.store_endpoints = ",".join(p.address for p in proxies)
+class ProxyProcess:
+    """The delay proxies (one per etcd member) in a process of their own (``python -m
+    bench.delay_proxy``), so that the benchmark's own work never delays etcd traffic."""
+
+    def __init__(self, system: FleetSystem) -> None:
+        self.system = system
+        self.ports: list[int] = []
+        self.delay = 0.0
+        self._acks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        targets = [m.endpoint for m in system.etcd.members]
+        argv = [sys.executable, "-m", "bench.delay_proxy", *targets]
+        self.child = Child("delay-proxy", argv, system.env, self._line)
+
+    def _line(self, stream: str, line: str) -> None:
+        if stream == "stdout":
+            self._acks.put_nowait(json.loads(line))
+
+    async def start(self) -> None:
+        await self.child.start()
+        first = await asyncio.wait_for(self._acks.get(), 30)
+        self.ports = first["ports"]
+        self.system.store_endpoints = ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    async def set_delay(self, seconds: float) -> None:
+        await self.child.send(f"delay {seconds:g}")
+        ack = await asyncio.wait_for(self._acks.get(), 30)
+        if ack.get("delay") != seconds:
+            raise FleetFailed(f"the delay proxy did not take delay {seconds:g}: {ack}")
+        self.delay = seconds
+
+    async def stop(self) -> None:
+        await self.child.stop()
+
+
+async def start_proxies(system: FleetSystem) -> ProxyProcess:
+    """The delay proxies; the replicas started from now on reach etcd through them."""
+    proxies = ProxyProcess(system)
+    await proxies.start()
     return proxies
 
 
 async def herd(system: FleetSystem, shape: Any, say: Any) -> dict[str, Any]:
-    agents = shape.agents
+    agents = int(system.fleet_stats().get("ready", shape.agents))  # the agents that attested
     replicas = list(system.replicas)
     ports = {r.port for r in replicas}
     stats_before = system.fleet_stats()
@@ -206,13 +238,12 @@ async def burst(system: FleetSystem, seconds: float, per_worker: int) -> float:
 async def slow_etcd(
     system: FleetSystem,
     shape: Any,
-    proxies: list[DelayProxy],
+    proxies: ProxyProcess,
     delay_ms: int,
     changes: Any,
 ) -> dict[str, Any]:
     """One D: the steady fleet, a burst and entry changes with etcd ``delay_ms`` away."""
-    for proxy in proxies:
-        proxy.delay = delay_ms / 1000
+    await proxies.set_delay(delay_ms / 1000)
     await asyncio.sleep(2.0)  # requests under the old delay have drained
     stats_before = system.fleet_stats()
     started = time.time()

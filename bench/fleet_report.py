@@ -128,9 +128,11 @@ def render(m: dict[str, Any]) -> str:
     lines += ["", f"Registry fill (straight into etcd, 8 writes at a time): {fills}."]
     total_expired = sum(c["fleet_total"].get("expired", 0) for c in m["configs"])
     retries = sum(c.get("admin_retries", 0) for c in m["configs"])
+    unattested = sum(c["fleet_total"].get("unattested", 0) for c in m["configs"])
     lines += [
         "",
-        f"SVIDs expired before their replacement, whole run: {total_expired:.0f}. Admin calls"
+        f"Simulated agents that could not attest: {unattested:.0f}."
+        f" SVIDs expired before their replacement, whole run: {total_expired:.0f}. Admin calls"
         f" of the benchmark retried after an etcd timeout: {retries}.",
         "",
     ]
@@ -286,7 +288,8 @@ def render_faults(m: dict[str, Any]) -> str:
         "",
         f"Whole run: {total.get('renewals', 0):,.0f} SVIDs renewed, {total.get('expired', 0):.0f}"
         f" expired before their replacement, {total.get('crashed', 0):.0f} simulated agents"
-        " stopped.",
+        f" stopped, {total.get('unattested', 0):.0f} could not attest (their join token spent"
+        " by an attempt whose answer was lost).",
         "",
     ]
     return "\n".join(lines)

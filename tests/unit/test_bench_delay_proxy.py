@@ -100,3 +100,13 @@ async def test_an_unreachable_target_closes_the_client() -> None:
         writer.close()
     finally:
         await proxy.close()
+
+
+@pytest.mark.parametrize("argv", [[], ["nohost"], ["127.0.0.1:port"]])
+def test_the_command_refuses_a_target_that_is_not_host_port(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.delay_proxy import main  # noqa: PLC0415
+
+    assert main(argv) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
