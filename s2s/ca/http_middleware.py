@@ -80,6 +80,8 @@ def _count(metrics: CaMetrics, admin: bool, route: str, status: int, code: str) 
 
 def _log(request: web.Request, status: int, code: str, start: float) -> None:
     level = logging.DEBUG if status < 400 else logging.INFO if status < 500 else logging.WARNING
+    if not log.isEnabledFor(level):  # a served request is logged at debug: mostly off
+        return
     log.log(
         level,
         "http.request",
