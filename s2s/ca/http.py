@@ -9,11 +9,14 @@ API in ``admin.py`` reuses).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from s2s.ca.attestation import AgentAttestor, AgentSvidResult
 from s2s.ca.crl_values import render_crls
@@ -61,12 +64,20 @@ MAX_LONG_POLL: Final = 60.0
 
 def svid_json(svid: X509Svid) -> dict[str, Any]:
     """An issued SVID as JSON: chain PEM (leaf first, no key), serial (hex) and expiry."""
+    leaf, *issuers = svid.cert_chain
+    chain = leaf.public_bytes(Encoding.PEM).decode("ascii") + "".join(map(_ca_pem, issuers))
     return {
         "spiffe_id": str(svid.spiffe_id),
-        "svid_chain": svid.chain_pem().decode("ascii"),
+        "svid_chain": chain,
         "serial": format(svid.serial, "x"),
         "expires_at": svid.not_after.isoformat(),
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _ca_pem(certificate: x509.Certificate) -> str:
+    """A CA certificate's PEM, encoded once: every SVID it signs carries it."""
+    return certificate.public_bytes(Encoding.PEM).decode("ascii")
 
 
 def bundle_json(bundle: Bundle) -> Any:
