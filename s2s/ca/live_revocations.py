@@ -114,6 +114,7 @@ class LiveRevocations:
         store: Store,
         log_changes: int = DEFAULT_LOG_CHANGES,
         catch_up_timeout: float = 5.0,
+        listing_timeout: float = 30.0,
     ) -> None:
         self._store = store
         self._current = RevocationSet.EMPTY
@@ -134,6 +135,7 @@ class LiveRevocations:
         self._pending: dict[_Key, RevocationRecord | None] = {}  # changes not yet published
         self._issuers: dict[str, str] = {}  # serial value -> issuer of its stored record
         self.catch_up_timeout = catch_up_timeout  # a feed this late is replaced by a listing
+        self.listing_timeout = listing_timeout  # a listing this late fails the refresh
         self.epoch = ""  # the store's epoch ("" when it has none), put in every answer
         self.full_loads = 0  # full listings taken (the first one included)
 
@@ -179,14 +181,18 @@ class LiveRevocations:
                 follower = follow_revocations_by_listing(store, since=since, poll=30.0)
             self._follower, self._relist = follower, False
         try:
-            async with asyncio.timeout(None if listing else self.catch_up_timeout):
+            async with asyncio.timeout(self.listing_timeout if listing else self.catch_up_timeout):
                 batch = await anext(follower)
         except StopAsyncIteration:
             self._follower = None
             raise StoreError("the store's revocation feed ended (the store was closed)") from None
         except TimeoutError:
-            # The revision moved but the feed says nothing: take a full listing instead.
             self._follower, self._relist = None, True
+            if listing:  # a feed retries an unreachable store forever: the caller must know
+                raise StoreError(
+                    f"the store's revocations could not be listed in {self.listing_timeout:g}s"
+                ) from None
+            # The revision moved but the feed says nothing: take a full listing instead.
             log.warning("revocations.feed_late", extra={F.REVISION: self._applied})
             return
         except BaseException:

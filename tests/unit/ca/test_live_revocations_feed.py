@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from s2s.ca.live_revocations import LiveRevocations
+from s2s.core.errors import StoreError
 from s2s.core.revocation import RevocationRecord, RevocationSet
 from s2s.store.revocation_changes import RevocationChanges
 from s2s.store.sqlite import SqliteStore
@@ -36,6 +37,7 @@ class GatedStore:
         self.gate = asyncio.Event()
         self.gate.set()
         self.held = asyncio.Event()  # a batch is waiting at the gate
+        self.hold_listings = False  # hold full listings too (a store that cannot be reached)
         self.opened: list[int | None] = []  # the ``since`` of every feed opened
 
     def __getattr__(self, name: str) -> Any:
@@ -46,7 +48,7 @@ class GatedStore:
     ) -> AsyncGenerator[RevocationChanges, None]:
         self.opened.append(since)
         async for batch in self._inner.follow_revocations(since=since, poll=poll):
-            if batch.full is None and not self.gate.is_set():
+            if (batch.full is None or self.hold_listings) and not self.gate.is_set():
                 self.held.set()
                 await self.gate.wait()
             yield batch
@@ -113,6 +115,25 @@ async def test_a_silent_feed_is_replaced_by_a_full_listing(sqlite: SqliteStore) 
     assert current.is_serial_revoked_by_any_issuer(1)
     assert live.full_loads == 2
     assert gated.opened == [None, None]
+
+
+async def test_a_listing_that_never_comes_fails_the_refresh_then_recovers(
+    sqlite: SqliteStore,
+) -> None:
+    """A feed retries an unreachable store forever; the refresh must not wait forever."""
+    gated = GatedStore(sqlite)
+    live = LiveRevocations(  # type: ignore[arg-type]
+        store=gated, catch_up_timeout=0.1, listing_timeout=0.2
+    )
+    await live.refresh()
+    gated.gate.clear()
+    gated.hold_listings = True
+    await sqlite.add_revocation(serial(1))
+    with pytest.raises(StoreError, match="could not be listed"):
+        await asyncio.wait_for(live.refresh(), 5)
+    assert not live.current().is_serial_revoked_by_any_issuer(1)  # the last good set kept
+    gated.gate.set()  # the store answers again
+    assert (await asyncio.wait_for(live.refresh(), 5)).is_serial_revoked_by_any_issuer(1)
 
 
 async def test_an_open_feed_needs_no_listing(sqlite: SqliteStore) -> None:
