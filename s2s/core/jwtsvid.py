@@ -143,7 +143,7 @@ class JwtClaimsChecker:
     s2s.core.errors.InvalidToken: the token has expired
     """
 
-    __slots__ = ("_ids", "_memo_size", "_slack", "audience", "leeway")
+    __slots__ = ("_ids", "_memo_size", "_slack", "_times", "audience", "leeway")
 
     def __init__(
         self, audience: str, leeway: timedelta = DEFAULT_LEEWAY, *, memo_size: int = 4096
@@ -153,6 +153,10 @@ class JwtClaimsChecker:
         self.leeway = leeway
         self._slack = leeway.total_seconds()
         self._ids: dict[str, SpiffeId] = {}
+        # exp and iat as datetimes, by their integer seconds: the tokens a verifier sees at one
+        # time share a few thousand of them at most (their lifetimes), and a datetime costs ten
+        # times the lookup to build.
+        self._times: dict[int, datetime] = {}
         self._memo_size = memo_size
 
     def check(self, claims: dict[str, Any], *, now: float) -> JwtSvidClaims:
@@ -185,15 +189,28 @@ class JwtClaimsChecker:
             raise InvalidToken("the jti claim must be a non-empty string", reason="malformed")
         agent = None if claims.get(AGENT_CLAIM) is None else _agent(claims, spiffe_id, self._parse)
         # Built field by field through the slots: the frozen __init__ costs twice as much.
+        times = self._times
+        expiry, issued_at = times.get(exp), times.get(iat)
+        if expiry is None or issued_at is None:
+            expiry, issued_at = self._time(exp), self._time(iat)
         value = _NEW(JwtSvidClaims)
         _SET_ID(value, spiffe_id)
         _SET_AUD(value, (aud,))
-        _SET_EXP(value, datetime.fromtimestamp(exp, UTC))
-        _SET_IAT(value, datetime.fromtimestamp(iat, UTC))
+        _SET_EXP(value, expiry)
+        _SET_IAT(value, issued_at)
         _SET_JTI(value, jti)
         _SET_CLAIMS(value, MappingProxyType(claims))
         _SET_AGENT(value, agent)
         return value
+
+    def _time(self, seconds: int) -> datetime:
+        times = self._times
+        found = times.get(seconds)
+        if found is None:
+            if len(times) >= self._memo_size:
+                times.clear()  # a burst of new instants: start again rather than track order
+            found = times[seconds] = datetime.fromtimestamp(seconds, UTC)
+        return found
 
     def _parse(self, text: object) -> SpiffeId:
         ids = self._ids

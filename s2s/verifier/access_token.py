@@ -229,12 +229,13 @@ class AccessTokenValidator:
             revocations = self._revocations.current()
         except Unavailable as exc:
             raise stale_revocations(exc) from None
-        result = self._cache.hit(token, keys, revocations, now)
+        now_ts = now.timestamp()
+        result = self._cache.hit(token, keys, revocations, now_ts)
         if result is None:
             self._cache.begin_miss(token, keys, revocations)
             result = self._validate_uncached(token, now, keys, revocations)
-            self._metrics.accepted.inc()
-            self._cache.keep(token, result, result.expiry, keys, revocations, now)
+            self._metrics.accepted.count()
+            self._cache.keep(token, result, result.expiry.timestamp(), keys, revocations, now_ts)
         self._check_binding(result, peer_certificate)
         return result
 

@@ -11,14 +11,15 @@ misses clear, pop and insert under one lock. Least recently used entries go firs
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
-from datetime import datetime
 from typing import Generic, TypeVar
 
+from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidToken, Unavailable
 
-__all__ = ["TokenCache", "check_token_text", "stale_revocations"]
+__all__ = ["TokenCache", "check_token_text", "posix_clock", "stale_revocations"]
 
 _V = TypeVar("_V")
 _K = TypeVar("_K")
@@ -29,11 +30,12 @@ class TokenCache(Generic[_V]):
 
     ``entries`` maps a token to ``(value, keys, revocations, expiry)``; a caller with a hotter
     path than :meth:`hit` may read it directly with the same rule (and count its own hits).
+    Times are POSIX seconds (:func:`posix_clock`).
     """
 
     def __init__(self, size: int, lock: threading.Lock | None = None) -> None:
         self.size = size
-        self.entries: OrderedDict[str, tuple[_V, object, object, datetime]] = OrderedDict()
+        self.entries: OrderedDict[str, tuple[_V, object, object, float]] = OrderedDict()
         self.lock = lock if lock is not None else threading.Lock()
         self._seen: tuple[object, object] = (None, None)
         self.hits = 0
@@ -42,7 +44,7 @@ class TokenCache(Generic[_V]):
     def __len__(self) -> int:
         return len(self.entries)
 
-    def hit(self, token: str, keys: object, revocations: object, now: datetime) -> _V | None:
+    def hit(self, token: str, keys: object, revocations: object, now: float) -> _V | None:
         """The value kept for ``token`` if it was checked against these snapshots and is
         unexpired at ``now``; None (a miss) otherwise."""
         entry = self.entries.get(token)
@@ -84,10 +86,10 @@ class TokenCache(Generic[_V]):
         self,
         token: str,
         value: _V,
-        expiry: datetime,
+        expiry: float,
         keys: object,
         revocations: object,
-        now: datetime,
+        now: float,
     ) -> None:
         """Keep a freshly validated token, if it is unexpired and its snapshots still current
         (a newer snapshot has cleared the cache already and must not get an old entry)."""
@@ -98,6 +100,15 @@ class TokenCache(Generic[_V]):
                 self.entries[token] = (value, keys, revocations, expiry)
                 while len(self.entries) > self.size:
                     self.entries.popitem(last=False)
+
+
+def posix_clock(clock: Clock) -> Callable[[], float]:
+    """``clock`` read as POSIX seconds. The system clock is read with ``time.time`` itself (the
+    source of ``datetime.now``), without building a datetime and taking it apart again on every
+    token; any other clock (a test's fake one) through its ``now()``."""
+    if type(clock) is SystemClock:
+        return time.time
+    return lambda: clock.now().timestamp()
 
 
 def check_token_text(token: object, max_bytes: int) -> None:

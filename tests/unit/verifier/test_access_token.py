@@ -339,7 +339,8 @@ def test_require_scopes(validator: AccessTokenValidator, keys: TestTokenIssuer) 
 def test_rejections_and_acceptances_are_counted(
     keys: TestTokenIssuer, fake_clock: FakeClock
 ) -> None:
-    metrics = AccessTokenMetrics(CollectorRegistry())
+    registry = CollectorRegistry()
+    metrics = AccessTokenMetrics(registry)
     validator = AccessTokenValidator(
         keys.key_set(),
         issuer=ISSUER,
@@ -353,7 +354,8 @@ def test_rejections_and_acceptances_are_counted(
     validator.validate(token)  # a cache hit is not counted again
     reason_of(validator, keys.mint(aud="https://other.example"))
     reason_of(validator, keys.mint(headers={"typ": "JWT"}))
-    assert metrics.accepted._value.get() == 1
+    assert metrics.accepted.value() == 1
+    assert registry.get_sample_value("s2s_verifier_access_tokens_accepted_total") == 1
     assert metrics.rejection_count("aud") == 1
     assert metrics.rejection_count("typ") == 1
     assert metrics.rejection_count("cnf") == 0

@@ -21,7 +21,7 @@ from s2s.core.bundle import Bundle, JwtAuthority
 from s2s.core.errors import InvalidToken
 from s2s.core.jwtsvid import algorithms_for_key, check_jwt_header
 from s2s.core.spiffe_id import SpiffeId
-from s2s.verifier.jws import parse_compact, verify_signature
+from s2s.verifier.jws import parse_compact, signature_checks, verify_signature
 
 # --- Wycheproof JWS vectors ---------------------------------------------------------------------
 #
@@ -79,6 +79,17 @@ def _verify_jws(token: Any, key: Any, pinned: frozenset[str] | None = None) -> N
     verify_signature(alg, key, jws.signing_input, jws.signature, pinned=pinned)
 
 
+def _verify_bound(token: Any, key: Any, pinned: frozenset[str] | None = None) -> None:
+    """The same through the checks a validator keeps per key (``signature_checks``)."""
+    jws = parse_compact(token)
+    alg = check_jwt_header(jws.header)
+    allowed = algorithms_for_key(key) if pinned is None else algorithms_for_key(key) & pinned
+    check = signature_checks(key, allowed).get(alg)
+    if check is None:
+        raise InvalidToken("the algorithm does not match the key", reason="alg")
+    check(jws.signing_input, jws.signature)
+
+
 def test_wycheproof_vectors_are_present() -> None:
     assert len(_vector_cases(True)) > 300, "the Wycheproof JWS vectors are missing"
 
@@ -86,18 +97,19 @@ def test_wycheproof_vectors_are_present() -> None:
 @pytest.mark.parametrize(("public", "vector"), _vector_cases(True))
 def test_wycheproof_signature_vectors(public: dict[str, Any], vector: dict[str, Any]) -> None:
     key = _jwk_key(public)
-    if vector["result"] == "valid":
-        _verify_jws(vector["jws"], key)
-    elif "WrongPrimitive" in vector["flags"]:
-        # A valid RS*/PS* signature by a key whose JWK says "alg": "PS512". SPIFFE bundle keys
-        # carry no alg, so a bundle RSA key verifies every RS*/PS* algorithm (as go-spiffe does);
-        # a key pinned to its JWK alg rejects the vector.
-        with pytest.raises(InvalidToken) as info:
-            _verify_jws(vector["jws"], key, pinned=frozenset({public["alg"]}))
-        assert info.value.reason in ("alg", "signature")
-    else:
-        with pytest.raises(InvalidToken):
-            _verify_jws(vector["jws"], key)
+    for verify in (_verify_jws, _verify_bound):
+        if vector["result"] == "valid":
+            verify(vector["jws"], key)
+        elif "WrongPrimitive" in vector["flags"]:
+            # A valid RS*/PS* signature by a key whose JWK says "alg": "PS512". SPIFFE bundle
+            # keys carry no alg, so a bundle RSA key verifies every RS*/PS* algorithm (as
+            # go-spiffe does); a key pinned to its JWK alg rejects the vector.
+            with pytest.raises(InvalidToken) as info:
+                verify(vector["jws"], key, pinned=frozenset({public["alg"]}))
+            assert info.value.reason in ("alg", "signature")
+        else:
+            with pytest.raises(InvalidToken):
+                verify(vector["jws"], key)
 
 
 @pytest.mark.parametrize(("group", "vector"), _vector_cases(False))

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError, replace
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
@@ -19,14 +22,24 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jwt_support import AUD, WORKLOAD, Harness, b64, sign_token
+from prometheus_client import CollectorRegistry
 
 from s2s.core.b64 import b64url_decode
 from s2s.core.bundle import BundleSet
+from s2s.core.clock import FakeClock
 from s2s.core.errors import InvalidToken
-from s2s.core.jwtsvid import check_jwt_claims, check_jwt_header
+from s2s.core.jwtsvid import (
+    JwtClaimsChecker,
+    algorithms_for_key,
+    check_jwt_claims,
+    check_jwt_header,
+)
 from s2s.core.spiffe_id import TrustDomain
+from s2s.testing import TestAuthority
 from s2s.verifier import jwt as jwt_module
-from s2s.verifier.jws import ecdsa_der, verify_signature
+from s2s.verifier.jws import ecdsa_der, signature_checks, verify_signature
+from s2s.verifier.jwt import JwtMetrics, JwtValidator
+from s2s.verifier.revocation_choice import no_revocation_check
 
 
 def _strict_json(raw: bytes) -> Any:
@@ -265,3 +278,98 @@ def test_the_result_equals_the_reference_claims_and_stays_frozen(h: Harness) -> 
                 result.spiffe_id = expected.spiffe_id  # type: ignore[misc]
             with pytest.raises(TypeError):
                 result.claims.claims["sub"] = "x"  # type: ignore[index]
+
+
+def test_acceptances_are_counted_exactly_across_threads_and_exposed(
+    fake_clock: FakeClock, authority: TestAuthority
+) -> None:
+    registry = CollectorRegistry()
+    metrics = JwtMetrics(registry)
+    validator = JwtValidator(
+        BundleSet.of(authority.bundle()),
+        AUD,
+        revocations=no_revocation_check(),
+        clock=fake_clock,
+        cache_size=0,
+        metrics=metrics,
+    )
+    tokens = [authority.issue_jwt_svid(WORKLOAD, AUD, jti=f"c-{i}") for i in range(50)]
+    start = threading.Barrier(4)
+
+    def run() -> None:
+        start.wait()
+        for token in tokens:
+            validator.validate(token)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert metrics.accepted.value() == 200
+    # twins: a rejection is not an acceptance
+    with pytest.raises(InvalidToken):
+        validator.validate(authority.issue_jwt_svid(WORKLOAD, "spiffe://example.org/other"))
+    assert metrics.accepted.value() == 200
+    assert registry.get_sample_value("s2s_verifier_jwts_accepted_total") == 200
+    assert registry.get_sample_value("s2s_verifier_jwt_rejections_total", {"reason": "aud"}) == 1
+
+
+def test_the_time_memo_is_bounded_and_gives_the_instant_itself(h: Harness) -> None:
+    checker = JwtClaimsChecker(AUD, memo_size=8)
+    now = int(h.clock.now().timestamp())
+    checker.check({"sub": WORKLOAD, "aud": AUD, "exp": now + 9, "iat": now}, now=now)  # sub known
+    for i in range(40):
+        claims = {"sub": WORKLOAD, "aud": AUD, "exp": now + 300 + i, "iat": now - i}
+        checked = checker.check(claims, now=now)
+        assert checked.expiry == datetime.fromtimestamp(now + 300 + i, UTC)
+        assert checked.issued_at == datetime.fromtimestamp(now - i, UTC)
+        assert checked.expiry.tzinfo is UTC
+        assert len(checker._times) <= 8
+
+
+@pytest.mark.parametrize("curve", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1()])
+def test_a_kept_signature_check_gives_the_verdict_of_verify_signature(
+    curve: ec.EllipticCurve,
+) -> None:
+    key = ec.generate_private_key(curve)
+    public, size = key.public_key(), (curve.key_size + 7) // 8
+    (alg,) = algorithms_for_key(public)
+    check = signature_checks(public, algorithms_for_key(public))[alg]
+    digest = {32: hashes.SHA256(), 48: hashes.SHA384(), 66: hashes.SHA512()}[size]
+    seen_zero = False
+    for i in range(4000):  # until a leading zero byte came up (1 in ~128 signatures)
+        if seen_zero and i >= 40:
+            break
+        message = b"m-%d" % i
+        r, s = decode_dss_signature(key.sign(message, ec.ECDSA(digest)))
+        raw = r.to_bytes(size, "big") + s.to_bytes(size, "big")
+        seen_zero |= raw[0] == 0 or raw[size] == 0
+        cases = [raw, raw[:-1], raw + b"\x00", bytes(2 * size), raw[size:] + raw[:size]]
+        cases.append(raw[:5] + bytes([raw[5] ^ 1]) + raw[6:])
+        for sig in cases if i < 40 else cases[:1]:
+            expected = _signature_verdict(verify_signature, alg, public, message, sig)
+            assert _signature_verdict(check, message, sig) == expected, sig.hex()
+    assert seen_zero  # an R or S with a leading zero byte went through the general path
+
+
+def _signature_verdict(verify: Callable[..., None], *args: Any) -> str:
+    try:
+        verify(*args)
+    except InvalidToken as exc:
+        return exc.reason
+    return "ok"
+
+
+def test_a_key_keeps_checks_only_for_the_algorithms_it_is_bound_to(h: Harness) -> None:
+    public = h.ca.jwt_key.public_key()
+    assert set(signature_checks(public, algorithms_for_key(public))) == {"ES256"}
+    assert signature_checks(public, frozenset({"ES256", "HS256", "none"})).keys() == {"ES256"}
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    checks = signature_checks(rsa_key, algorithms_for_key(rsa_key))
+    assert set(checks) == {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    token = sign_token(h.header(), h.claims(), h.ca.jwt_key, "ES256")
+    head, body, sig = token.split(".")
+    with pytest.raises(InvalidToken) as info:  # an ES256 signature given to an RSA check
+        checks["RS256"](f"{head}.{body}".encode(), b64url_decode(sig))
+    assert info.value.reason == "signature"

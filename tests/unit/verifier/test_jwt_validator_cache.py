@@ -158,7 +158,7 @@ def test_a_dropped_key_never_validates_when_snapshots_interleave(h: Harness) -> 
     old = h.bundles
     new = old.with_bundle(Bundle(h.ca.trust_domain, x509_authorities=(h.ca.root,)))
     other = h.other.issue_jwt_svid("spiffe://other.org/w", AUD)
-    now = h.clock.now()
+    now = h.clock.now().timestamp()
     revocations = h.revocations
 
     h.bundles = new
@@ -187,7 +187,7 @@ def test_interleaved_snapshots_with_threads_never_accept_a_dropped_key(h: Harnes
     def run(snapshot: BundleSet, expect_ok: bool) -> None:
         start.wait()
         for n in range(300):
-            now = h.clock.now()
+            now = h.clock.now().timestamp()
             h.validator._validate_miss(others[n % len(others)], now, snapshot, revocations)
             try:
                 h.validator._validate_miss(token, now, snapshot, revocations)

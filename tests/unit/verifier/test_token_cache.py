@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from s2s.verifier.token_cache import TokenCache
+from s2s.core.clock import FakeClock, SystemClock
+from s2s.verifier.token_cache import TokenCache, posix_clock
 
-T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-LATER = T0 + dt.timedelta(minutes=5)
+T0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC).timestamp()
+LATER = T0 + 300
 
 
 def _filled(size: int = 10) -> tuple[TokenCache[str], object, object]:
@@ -68,3 +69,13 @@ def test_least_recently_used_goes_first() -> None:
     assert cache.hit("b", keys, revocations, T0) is None
     assert cache.hit("a", keys, revocations, T0) == "a"
     assert cache.hit("c", keys, revocations, T0) == "c"
+
+
+def test_posix_clock_reads_the_clock_it_is_given() -> None:
+    fake = FakeClock(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    read = posix_clock(fake)
+    assert read() == T0
+    fake.advance(seconds=90)
+    assert read() == T0 + 90  # twin: a fake clock is followed, not the wall clock
+    system = posix_clock(SystemClock())()
+    assert abs(system - dt.datetime.now(dt.UTC).timestamp()) < 60
