@@ -105,6 +105,10 @@ class RetryDelays:
     def reset(self) -> None:
         self._attempt = 0
 
+    def fraction(self) -> float:
+        """A number in [0, 1) from this loop's jitter source."""
+        return self._rand()
+
 
 def csr_pem(csr: x509.CertificateSigningRequest) -> str:
     """A CSR as the PEM text the CA API takes."""
@@ -399,12 +403,32 @@ class CaClient:
         return Unavailable(f"{base} failed TLS verification: {error}")
 
 
+def retry_delay(backoff: RetryDelays, remaining: float | None) -> float:
+    """The next wait of ``backoff`` before retrying to renew credentials that have ``remaining``
+    seconds of life left (None: nothing held yet).
+
+    The wait is cut to a quarter of the remaining lifetime (a backoff grown during an outage must
+    not outlast what it renews) and jittered below that cut (equal jitter): agents whose SVIDs
+    end together must not retry in step. Once they have expired (``remaining`` 0) it is the
+    policy's own delay again: nothing is left to save, and a fixed quarter-second retry from
+    every agent of a fleet kept a CA that came back from a restart overloaded (the fleet
+    benchmark's thundering herd).
+    """
+    delay = backoff.next_delay()
+    if remaining is None or remaining <= 0:
+        return delay
+    cut = within_lifetime(delay, remaining)
+    if cut >= delay:
+        return delay
+    return cut * (0.5 + 0.5 * backoff.fraction())
+
+
 async def sleep_backoff(
     backoff: RetryDelays, stop: asyncio.Event | None = None, *, remaining: float | None = None
 ) -> None:
-    """Sleep the next backoff delay, at most a quarter of the ``remaining`` lifetime of what is
-    being renewed (returns early when ``stop`` is set)."""
-    delay = within_lifetime(backoff.next_delay(), remaining)
+    """Sleep the next backoff delay (see :func:`retry_delay`; returns early when ``stop`` is
+    set)."""
+    delay = retry_delay(backoff, remaining)
     if stop is None:
         await asyncio.sleep(delay)
         return
