@@ -339,27 +339,26 @@ def _binary(pid: int, proc_root: str) -> tuple[str, tuple[int, ...]]:
         raise AttestationFailed(f"cannot read the binary path of process {pid}: {exc}") from exc
 
 
-def _load_statx() -> Callable[..., int] | None:
-    """libc's ``statx`` (arguments: int, bytes, int, int, a 256-byte buffer), if it has one."""
+def _libc(name: str) -> Callable[..., int] | None:
+    """A function of the C library (ints, bytes and buffers as arguments), if it has it."""
     try:
-        statx: Callable[..., int] = ctypes.CDLL(None, use_errno=True).statx
+        fn: Callable[..., int] = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (AttributeError, OSError):
         return None
-    return statx
+    return fn
 
 
-_statx = _load_statx()
+_statx = _libc("statx")  # (dirfd, path, flags, mask, 256-byte buffer)
+_fstatfs = _libc("fstatfs")  # (fd, buffer of a struct statfs)
 _PROC_SUPER_MAGIC = 0x9FA0  # linux/magic.h
 
 
 def _is_procfs(fd: int) -> bool:
     """Whether ``fd`` is on a procfs (``fstatfs``'s ``f_type``; False when it cannot tell)."""
-    try:
-        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
-    except (AttributeError, OSError):
+    if _fstatfs is None:
         return False
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
-    if fstatfs(fd, buf) != 0:
+    if _fstatfs(fd, buf) != 0:
         return False
     return ctypes.c_long.from_buffer(buf).value == _PROC_SUPER_MAGIC
 
