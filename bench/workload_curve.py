@@ -84,6 +84,47 @@ def measure_run(kinds: list[str], quick: bool, before_tree: str | None = None) -
     return out
 
 
+def interleaved(
+    kinds: list[str], points: list[str], rounds: int, before_tree: str | None = None
+) -> str:
+    """Server CPU per call at a few points (``FetchJWTSVID/100``), the kinds measured in turn in
+    each of ``rounds`` rounds (order rotated every round), so that each round's ratios to
+    ``plain`` share the machine's conditions; Markdown with the medians of the rounds."""
+    servers = {
+        kind: _Server("s2s", before_tree) if kind == BEFORE else _Server(kind) for kind in kinds
+    }
+    callers = {"FetchX509SVID": _call_x509, "FetchJWTSVID": _jwt_caller(_jwt_request())}
+    cpu: dict[str, dict[str, list[float]]] = {p: {k: [] for k in kinds} for p in points}
+    try:
+        for r in range(rounds):
+            for point in points:
+                call, clients = point.split("/")
+                order = kinds[r % len(kinds) :] + kinds[: r % len(kinds)]
+                for kind in order:
+                    srv = servers[kind]
+                    n = _calls_per_client(int(clients), quick=False)
+                    cpu0 = server_cpu_seconds(srv.proc.pid)
+                    samples = asyncio.run(_measure(srv.path, callers[call], int(clients), n))
+                    used = server_cpu_seconds(srv.proc.pid) - cpu0
+                    cpu[point][kind].append(used / (len(samples) + int(clients)) * 1e6)
+    finally:
+        for srv in servers.values():
+            srv.close()
+    head = " | ".join(f"{k} us/call" for k in kinds)
+    ratio_head = " | ".join(f"{k} / plain" for k in kinds if k != "plain")
+    lines = [f"| point | {head} | {ratio_head} |", "|---" * (2 * len(kinds)) + "|"]
+    for point in points:
+        med = [f"{statistics.median(cpu[point][k]):.0f}" for k in kinds]
+        base = cpu[point]["plain"]
+        ratios = [
+            f"{statistics.median(a / b for a, b in zip(cpu[point][k], base, strict=True)):.2f}"
+            for k in kinds
+            if k != "plain"
+        ]
+        lines.append(f"| {point} | {' | '.join(med)} | {' | '.join(ratios)} |")
+    return f"{rounds} rounds, medians\n" + "\n".join(lines)
+
+
 def medians(runs: list[dict[str, Point]]) -> dict[str, Point]:
     keys = runs[0].keys()
     return {
@@ -206,10 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         help="a checkout of earlier code (git archive <commit> | tar -x -C DIR): its s2s server "
         "is measured in the same runs as the kind s2s-before",
     )
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        metavar="ROUNDS",
+        help="only the server CPU per call at --points, the kinds in turn in each round",
+    )
+    parser.add_argument("--points", default="FetchX509SVID/10,FetchJWTSVID/100")
     args = parser.parse_args(argv)
     kinds = [k for k in args.kinds.split(",") if k != "grpclib" or _has_grpclib()]
     if args.before_tree and BEFORE not in kinds:
         kinds.insert(1, BEFORE)
+    if args.interleave:
+        if "plain" not in kinds:
+            parser.error("--interleave needs the plain kind (the ratios' baseline)")
+        print(interleaved(kinds, args.points.split(","), args.interleave, args.before_tree))
+        return 0
     runs: list[dict[str, Any]]
     if args.load:
         saved = json.loads(args.load.read_text())
