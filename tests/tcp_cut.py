@@ -1,5 +1,7 @@
 """A loopback TCP forwarder that a test can cut (a network partition between a client and one
-server) and heal again. While cut, open connections are aborted and new ones are closed at once."""
+server) and heal again. While cut, open connections are aborted and new ones are closed at once.
+While stalled (a silent partition: packets dropped, nothing reset), nothing is forwarded and new
+connections get no answer; on heal the held bytes flow again, as TCP retransmission would."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ class TcpCut:
         self.target = target
         self.port = 0
         self.is_cut = False
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -33,11 +37,17 @@ class TcpCut:
             writer.transport.abort()
         self._writers.clear()
 
+    def stall(self) -> None:
+        """Forward nothing until :meth:`heal`; keep every connection open."""
+        self._flowing.clear()
+
     def heal(self) -> None:
         self.is_cut = False
+        self._flowing.set()
 
     async def close(self) -> None:
         self.cut()
+        self._flowing.set()  # release what a stall holds: everything ends as cut
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -46,6 +56,10 @@ class TcpCut:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.is_cut:
+            writer.transport.abort()
+            return
+        await self._flowing.wait()
         if self.is_cut:
             writer.transport.abort()
             return
@@ -63,6 +77,7 @@ class TcpCut:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
+                await self._flowing.wait()  # stalled: hold the bytes (the sender backs off)
                 if self.is_cut:
                     break
                 dst.write(data)

@@ -15,10 +15,10 @@ federated bundle changes or goes away.
 
 Entries are answered from this replica's snapshot only while it is current enough to be
 honest: never while the replica cannot reach its store (503, the agent moves to another
-replica; a held long-poll is woken to say so), and never at a revision older than one the agent
-already holds from this store (an agent that moved here from a replica further ahead would be
-sent back in time: 503 until this replica has caught up). A revision the store itself has not
-reached (another store's, after a restore) still gets the full list.
+replica; the HTTP adapter wakes a held long-poll to say so), and never at a revision older than
+one the agent already holds from this store (an agent that moved here from a replica further
+ahead would be sent back in time: 503 until this replica has caught up). A revision the store
+itself has not reached (another store's, after a restore) still gets the full list.
 """
 
 from __future__ import annotations
@@ -155,12 +155,9 @@ class AgentSync:
         timeout: float,
         federated_after: int = -1,
     ) -> None:
-        """Until ``entries`` completes, authorities move past ``authorities_after``, the
-        federated bundles past ``federated_after`` (a negative revision: not waited on) or the
-        store becomes unreachable."""
+        """Until ``entries`` completes, authorities move past ``authorities_after`` or the
+        federated bundles past ``federated_after`` (a negative revision: not waited on)."""
         waits = [entries]
-        if self._health is not None:
-            waits.append(self._health.went_down())
         if authorities_after >= 0:
             waits.append(self._store.wait_for_change(Topic.AUTHORITIES, authorities_after, timeout))
         if federated_after >= 0 and self._federated is not None:

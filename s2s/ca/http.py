@@ -42,6 +42,7 @@ from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.oauth_http import add_oauth_routes
 from s2s.ca.signers import JwtSvid
+from s2s.ca.store_health import StoreHealth
 from s2s.core.bundle import Bundle
 from s2s.core.errors import InvalidRequest, S2SError
 from s2s.core.oauth_metadata import signing_jwks
@@ -272,16 +273,25 @@ def jwt_json(svid: JwtSvid) -> dict[str, Any]:
 
 async def _long_poll(services: ApiServices, waiting: Callable[[], Awaitable[object]]) -> None:
     """Wait for ``waiting()``, unless ``max_long_polls`` requests already wait: then answer at
-    once (each held request costs a connection for up to ``MAX_LONG_POLL`` seconds)."""
+    once (each held request costs a connection for up to ``MAX_LONG_POLL`` seconds). A store
+    that becomes unreachable meanwhile ends the wait with 503 (what is held may be stale)."""
+    health = services.store_health
     with services.long_polls.hold() as held:
         if held:
             with services.metrics.long_polls.track_inprogress():
-                await _wait_unless_closing(waiting(), services.closing)
+                await _wait_unless_closing(waiting(), services.closing, health)
+    if health is not None:
+        health.check()
 
 
-async def _wait_unless_closing(waiting: Awaitable[object], closing: asyncio.Event) -> None:
-    """Await ``waiting`` but give up when the CA shuts down (long-polls must not delay it)."""
+async def _wait_unless_closing(
+    waiting: Awaitable[object], closing: asyncio.Event, health: StoreHealth | None = None
+) -> None:
+    """Await ``waiting`` but give up when the CA shuts down (long-polls must not delay it) or
+    the store becomes unreachable."""
     tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(closing.wait())}
+    if health is not None:
+        tasks.add(asyncio.ensure_future(health.went_down()))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -82,9 +82,13 @@ class Replica:
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def cut(self) -> None:
+    def cut(self, *, silent: bool = False) -> None:
+        """Partition the replica from etcd: connections reset, or (``silent``) packets dropped."""
         for link in self.cuts:
-            link.cut()
+            if silent:
+                link.stall()
+            else:
+                link.cut()
 
     def heal(self) -> None:
         for link in self.cuts:
@@ -198,8 +202,11 @@ class RunningAgent:
         """The entries the agent holds, by id."""
         return {item.entry.id: item.entry for item in self.agent.cache._state.items}
 
+    def items(self) -> tuple[Any, ...]:
+        return self.agent.cache._state.items
+
     def svids(self) -> list[Any]:
-        return [item.svid for item in self.agent.cache._state.items]
+        return [item.svid for item in self.items()]
 
     async def stop(self) -> None:
         self._stop.set()

@@ -1,13 +1,14 @@
 """CA replicas on a real 3-member etcd when a replica loses etcd, with real ``s2s-ca serve``
 processes and a real agent given two CA URLs.
 
-A replica partitioned from etcd (TCP links to every member cut): within a probe it says so
+A replica partitioned from etcd (TCP links to every member reset, or silently dropping every
+packet, so that only the replica's own probe notices): within a probe it says so
 (``/readyz`` 503 naming the store, ``s2s_ca_store_up`` 0, ``/healthz`` still 200) and answers the
 agent API and the revocations long-poll with 503 ``store_error`` and ``Retry-After`` (twins: the
-same calls on the healthy replica succeed); an entries long-poll it was holding is answered so at
-once, not at the end of its wait. It serves no entries while cut. The real agent
-fails over to the other replica, follows the entry changes made there, renews there, and no SVID
-expires. Healed, the replica is ready again and serves the store's current entries.
+same calls on the healthy replica succeed); the entries and revocations long-polls it was holding
+are answered so at once, not at the end of their wait. It serves no entries while cut. The real
+agent fails over to the other replica, follows the entry changes made there, renews there, and no
+SVID expires. Healed, the replica is ready again and serves the store's current entries.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def agent_calls(entry_id: str, key_csr: str, agent_csr: str) -> list[tuple[str, 
     ]
 
 
+@pytest.mark.parametrize("silent", [False, True], ids=["reset", "silent"])
 async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
-    fleet: Replicas, short_dir: Path
+    fleet: Replicas, short_dir: Path, silent: bool
 ) -> None:
     a = await fleet.start("ca-0", through_links=True)
     b = await fleet.start("ca-1")
@@ -108,11 +110,14 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
         assert status == 200
         holding = f"/v1/agent/entries?since={current['revision']}&wait=30&delta=1"
         held = asyncio.create_task(agent_call(raw, "GET", holding))
+        revoked = (await a.get("/v1/revocations"))[1]["revision"]
+        held_feed = asyncio.create_task(a.get(f"/v1/revocations?since={revoked}&wait=30&delta=1"))
         deadline = time.monotonic() + 10
-        while await a.metric("s2s_ca_entry_long_polls") < 1:
-            assert time.monotonic() < deadline, "the long-poll was not held"
+        # held: these two and the real agent's own entries long-poll (one gauge for them all)
+        while await a.metric("s2s_ca_entry_long_polls") < 3:
+            assert time.monotonic() < deadline, "the long-polls were not held"
 
-        a.cut()
+        a.cut(silent=silent)
         cut_at = time.monotonic()
         detected = await wait_ready(a, False, PROBE_INTERVAL + PROBE_TIMEOUT + 3)
         status, answer, headers = await held  # woken when the store went down, not after 30 s
@@ -121,6 +126,10 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
         assert answer["error"] == "store_error"
         assert headers["Retry-After"] == "1"
         assert woken < PROBE_INTERVAL + PROBE_TIMEOUT + 3
+        status, answer, headers = await held_feed  # the revocations long-poll likewise
+        assert status == 503, answer
+        assert headers["Retry-After"] == "1"
+        assert time.monotonic() - cut_at < PROBE_INTERVAL + PROBE_TIMEOUT + 3
         status, body, _ = await a.get("/readyz")
         assert status == 503
         assert "cannot reach its store" in body["message"]
@@ -153,17 +162,22 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
         assert b.ca is not None
         await b.ca.admin_call("DELETE", f"/v1/entries/{gone['id']}")
         want = {first["id"], added["id"]}
-        await until(lambda: set(agent.held()) == want, "the agent to follow b", 20)
+        followed = await until(
+            lambda: set(agent.held()) == want and all(agent.svids()), "the agent to follow b", 20
+        )
         assert agent.agent.client.urls[agent.agent.client._preferred] == b.url
 
         # Renewals go to b; no SVID expires while a is cut.
         before = {s.serial for s in agent.svids() if s is not None}
-        renewed_by = time.monotonic() + 2 * TTL
+        renewing = time.monotonic()
+        renewed_by = renewing + 2 * TTL
         while not (before.isdisjoint({s.serial for s in agent.svids() if s is not None})):
             assert time.monotonic() < renewed_by, "the agent did not renew through b"
             now = datetime.now(UTC)
-            assert all(s is not None and s.not_after > now for s in agent.svids())
+            state = [(i.entry.spiffe_id, i.svid and i.svid.not_after) for i in agent.items()]
+            assert all(s is not None and s.not_after > now for s in agent.svids()), (now, state)
             await asyncio.sleep(0.1)  # sampling the SVIDs' expiry while polling
+        renewed = time.monotonic() - renewing
         after = await a.metric(
             "s2s_ca_http_requests_total", route="/v1/agent/entries", status="200"
         )
@@ -183,7 +197,8 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
         assert [e["id"] for e in on_a["entries"]] == [e["id"] for e in on_b["entries"]]
         print(
             f"\ncut noticed in {detected:.2f} s (held long-poll answered 503 after {woken:.2f} s);"
-            f" ready again {back:.2f} s after the heal"
+            f" ready again {back:.2f} s after the heal; agent followed b in {followed:.2f} s,"
+            f" renewed every SVID through b in {renewed:.2f} s"
         )
     finally:
         await agent.stop()
