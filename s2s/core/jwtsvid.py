@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_LEEWAY",
     "FORBIDDEN_HEADERS",
     "MAX_LEEWAY",
+    "MAX_TIMESTAMP",
     "JwtClaimsChecker",
     "JwtSvidClaims",
     "algorithms_for_key",
@@ -35,6 +36,7 @@ __all__ = [
     "check_jwt_claims",
     "check_jwt_header",
     "check_jwt_times",
+    "check_jwt_times_at",
 ]
 
 # JWT-SVID.md 2.1: RFC 7518 3.3-3.5 only; "none", HS*, EdDSA must be rejected.
@@ -54,7 +56,8 @@ MAX_LEEWAY = timedelta(minutes=1)
 _EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 _RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 # datetime cannot hold instants after 9999-12-31; such a claim is malformed, not "valid forever".
-_MAX_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+MAX_TIMESTAMP = datetime(9999, 12, 31, tzinfo=UTC).timestamp()
+_MAX_TIMESTAMP = MAX_TIMESTAMP
 _ABSENT = object()
 
 
@@ -347,6 +350,13 @@ def check_jwt_times(
     ``now`` plus ``leeway``) as POSIX times; ``nbf``, if present, not after ``now`` plus ``leeway``.
     """
     return _times(claims, now.timestamp(), leeway.total_seconds())
+
+
+def check_jwt_times_at(
+    claims: Mapping[str, Any], now: float, slack: float
+) -> tuple[float, float | None]:
+    """:func:`check_jwt_times` at POSIX time ``now`` with a leeway of ``slack`` seconds."""
+    return _times(claims, now, slack)
 
 
 def _times(claims: Mapping[str, Any], now_ts: float, slack: float) -> tuple[float, float | None]:

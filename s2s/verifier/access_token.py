@@ -21,14 +21,11 @@ at ``exp``, the whole cache cleared when either snapshot changes.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from types import MappingProxyType
+from datetime import timedelta
 from typing import Any
 
 from cryptography import x509
@@ -36,40 +33,33 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from s2s.core.b64 import b64url_encode
 from s2s.core.clock import Clock, SystemClock
-from s2s.core.errors import (
-    InsufficientScope,
-    InvalidConfig,
-    InvalidSpiffeId,
-    InvalidToken,
-    Unavailable,
-)
-from s2s.core.jwtsvid import (
-    ALLOWED_ALGORITHMS,
-    DEFAULT_LEEWAY,
-    FORBIDDEN_HEADERS,
-    MAX_LEEWAY,
-    check_audience,
-    check_jwt_times,
-)
+from s2s.core.errors import InsufficientScope, InvalidConfig, InvalidToken, Unavailable
+from s2s.core.jwtsvid import ALLOWED_ALGORITHMS, DEFAULT_LEEWAY, FORBIDDEN_HEADERS, MAX_LEEWAY
 from s2s.core.revocation import RevocationLookup, RevocationSet
-from s2s.core.spiffe_id import SpiffeId
+from s2s.verifier.access_token_claims import THUMBPRINT, AccessToken, AccessTokenClaimsChecker
 from s2s.verifier.access_token_keys import AccessTokenKeys, SigningKeySet, StaticJwks
 from s2s.verifier.jws import (
     DEFAULT_MAX_TOKEN_BYTES,
+    SignatureCheck,
     b64decode,
-    check_alg,
     json_object,
-    split_compact,
-    verify_checked,
+    signature_checks,
+    split_parts,
 )
 from s2s.verifier.jwt import JwtMetrics
 from s2s.verifier.revocation_choice import resolve_revocations
-from s2s.verifier.token_cache import TokenCache, check_token_text, stale_revocations
+from s2s.verifier.token_cache import (
+    TokenCache,
+    check_token_text,
+    posix_clock,
+    stale_revocations,
+)
 
 __all__ = [
     "ACCESS_TOKEN_TYPES",
     "DEFAULT_CACHE_SIZE",
     "REJECTION_REASONS",
+    "THUMBPRINT",
     "AccessToken",
     "AccessTokenMetrics",
     "AccessTokenValidator",
@@ -81,7 +71,6 @@ __all__ = [
 DEFAULT_CACHE_SIZE = 10_000
 # RFC 9068 2.1: "at+jwt"; the full media type "application/at+jwt" is equivalent (RFC 7515 4.1.9).
 ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-THUMBPRINT = "x5t#S256"
 REJECTION_REASONS = (
     "malformed", "alg", "typ", "header", "kid", "iss", "aud", "exp", "sub", "client-id", "jti",
     "scope", "cnf", "signature", "revoked", "too-large", "revocations-stale",
@@ -94,26 +83,6 @@ def certificate_thumbprint(certificate: bytes | x509.Certificate) -> str:
     """RFC 8705 section 3.1: base64url(SHA-256(DER of the certificate)), unpadded."""
     der = certificate if isinstance(certificate, bytes) else certificate.public_bytes(Encoding.DER)
     return b64url_encode(hashlib.sha256(der).digest())
-
-
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    """An access token that passed every check; ``scopes`` from its space-separated ``scope``."""
-
-    subject: str
-    client_id: str
-    issuer: str
-    audience: tuple[str, ...]
-    scopes: frozenset[str]
-    expiry: datetime
-    issued_at: datetime
-    jti: str
-    thumbprint: str | None  # cnf x5t#S256: the token is bound to that client certificate
-    spiffe_id: SpiffeId | None  # the subject, when it is a SPIFFE ID (an SVID client)
-    claims: Mapping[str, Any] = field(hash=False, repr=False)
-
-    def has_scopes(self, *scopes: str) -> bool:
-        return self.scopes.issuperset(scopes)
 
 
 class AccessTokenMetrics(JwtMetrics):
@@ -195,10 +164,17 @@ class AccessTokenValidator:
         self.require_binding = require_binding
         self.leeway = leeway
         self._clock = clock if clock is not None else SystemClock()
+        self._now = posix_clock(self._clock)
         self._max_bytes = max_token_bytes
         self._metrics = metrics if metrics is not None else default_access_token_metrics()
+        self._count_accepted = self._metrics.accepted.count
         self._cache: TokenCache[AccessToken] = TokenCache(cache_size)
         self._headers: dict[str, tuple[str, str]] = {}
+        self._check_claims = AccessTokenClaimsChecker(issuer, audience, leeway).check
+        # The signature checks of the keys by kid, and the key set they were made from, read
+        # and replaced as one tuple: a lookup uses them only for that very key set.
+        self._checks: tuple[object, dict[str, dict[str, SignatureCheck]]] = (None, {})
+        self._forget = self._forget_checks
 
     @property
     def cache_hits(self) -> int:
@@ -223,20 +199,21 @@ class AccessTokenValidator:
     def _validate(self, token: str, peer_certificate: _Certificate) -> AccessToken:
         if not isinstance(token, str) or len(token) > self._max_bytes:
             check_token_text(token, self._max_bytes)  # says which
-        now = self._clock.now()
+        now = self._now()
         keys = self.keys.current()
         try:
             revocations = self._revocations.current()
         except Unavailable as exc:
             raise stale_revocations(exc) from None
-        now_ts = now.timestamp()
-        result = self._cache.hit(token, keys, revocations, now_ts)
+        cache = self._cache
+        result = cache.hit(token, keys, revocations, now)
         if result is None:
-            self._cache.begin_miss(token, keys, revocations)
+            cache.begin_miss(token, keys, revocations, self._forget)
             result = self._validate_uncached(token, now, keys, revocations)
-            self._metrics.accepted.count()
-            self._cache.keep(token, result, result.expiry.timestamp(), keys, revocations, now_ts)
-        self._check_binding(result, peer_certificate)
+            self._count_accepted()
+            cache.keep(token, result, result.claims["exp"], keys, revocations, now)
+        if result.thumbprint is not None or self.require_binding:
+            self._check_binding(result, peer_certificate)
         return result
 
     async def validate_async(
@@ -258,9 +235,11 @@ class AccessTokenValidator:
         return len(self._cache)
 
     def _validate_uncached(
-        self, token: str, now: datetime, keys: SigningKeySet, revocations: RevocationSet
+        self, token: str, now: float, keys: SigningKeySet, revocations: RevocationSet
     ) -> AccessToken:
-        head, body, sig = split_compact(token)
+        head, body, sig = split_parts(token)
+        # Every part is decoded (alphabet, canonical form) before anything is read from it.
+        payload, signature = b64decode(body), b64decode(sig)
         alg_kid = self._headers.get(head)
         if alg_kid is None:  # the result depends on the segment alone; only a pass is kept
             alg_kid = _check_header(json_object(b64decode(head), "header"))
@@ -268,37 +247,32 @@ class AccessTokenValidator:
                 self._headers.clear()
             self._headers[head] = alg_kid
         alg, kid = alg_kid
-        claims = json_object(b64decode(body), "claims")
-        checked = self._check_claims(claims, now)
-        key = keys.get(kid)
-        if key is None:
-            raise InvalidToken(f"no key {kid[:64]!r} in the issuer's key set", reason="kid")
-        check_alg(alg, key.algorithms)
-        verify_checked(alg, key.public_key, f"{head}.{body}".encode("ascii"), b64decode(sig))
+        checked = self._check_claims(json_object(payload, "claims"), now)
+        # The algorithm is bound to the key (its type, and its JWKS alg if any).
+        check = self._checks_for(keys, kid).get(alg)
+        if check is None:
+            raise InvalidToken(f"the token algorithm {alg} does not match the key", reason="alg")
+        check(token[: len(head) + 1 + len(body)].encode("ascii"), signature)
         _check_revocation(revocations, checked)
         return checked
 
-    def _check_claims(self, claims: Mapping[str, Any], now: datetime) -> AccessToken:
-        if claims.get("iss") != self.issuer:
-            raise InvalidToken("the token was not issued by the expected issuer", reason="iss")
-        audience = check_audience(claims, self.audience)
-        exp, iat = check_jwt_times(claims, now=now, leeway=self.leeway)
-        if iat is None:  # RFC 9068 2.2: iat is REQUIRED
-            raise InvalidToken("the token has no iat claim", reason="exp")
-        subject, client_id, jti = (_text(claims, name) for name in ("sub", "client_id", "jti"))
-        return AccessToken(
-            subject=subject,
-            client_id=client_id,
-            issuer=self.issuer,
-            audience=audience,
-            scopes=_scopes(claims),
-            expiry=datetime.fromtimestamp(exp, UTC),
-            issued_at=datetime.fromtimestamp(iat, UTC),
-            jti=jti,
-            thumbprint=_confirmation(claims),
-            spiffe_id=_spiffe_id(subject),
-            claims=MappingProxyType(claims),  # a fresh dict from the token, referenced nowhere else
-        )
+    def _checks_for(self, keys: SigningKeySet, kid: str) -> dict[str, SignatureCheck]:
+        owner, table = self._checks  # one read: the table and the key set it belongs to
+        checks = table.get(kid) if owner is keys else None
+        if checks is None:
+            key = keys.get(kid)
+            if key is None:
+                raise InvalidToken(f"no key {kid[:64]!r} in the issuer's key set", reason="kid")
+            checks = signature_checks(key.public_key, key.algorithms)
+            with self._cache.lock:
+                if self._checks[0] is keys:
+                    self._checks[1][kid] = checks
+        return checks
+
+    def _forget_checks(self, keys: SigningKeySet) -> None:
+        """A new key set (under the cache's lock): the checks of the old one go."""
+        if self._checks[0] is not keys:
+            self._checks = (keys, {})
 
     def _check_binding(self, token: AccessToken, peer_certificate: _Certificate) -> None:
         if token.thumbprint is None:
@@ -332,54 +306,15 @@ def _check_header(header: Mapping[str, Any]) -> tuple[str, str]:
     return alg, kid
 
 
-def _text(claims: Mapping[str, Any], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str) or not value:
-        raise InvalidToken(f"the token has no {name} claim", reason=name.replace("_", "-"))
-    return value
-
-
-def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
-    scope = claims.get("scope")
-    if scope is None:
-        return frozenset()
-    if not isinstance(scope, str):  # RFC 9068 2.2.3: a space-delimited string (RFC 6749 3.3)
-        raise InvalidToken("the scope claim must be a string", reason="scope")
-    return frozenset(scope.split(" ")) - {""}
-
-
-def _confirmation(claims: Mapping[str, Any]) -> str | None:
-    if "cnf" not in claims:
-        return None
-    cnf = claims["cnf"]
-    value = cnf.get(THUMBPRINT) if isinstance(cnf, Mapping) else None
-    if not isinstance(value, str) or len(value) != 43:  # 32 bytes of base64url
-        # A confirmation method we cannot check (a DPoP jkt, ...) must not turn into a bearer.
-        raise InvalidToken("the cnf claim has no x5t#S256 thumbprint", reason="cnf")
-    return value
-
-
-def _spiffe_id(subject: str) -> SpiffeId | None:
-    if not subject.startswith("spiffe://"):
-        return None
-    try:
-        return _parse_spiffe_id(subject)
-    except InvalidSpiffeId:
-        raise InvalidToken("the token subject is not a valid SPIFFE ID", reason="sub") from None
-
-
-@functools.lru_cache(maxsize=1024)  # a resource server sees a few clients again and again
-def _parse_spiffe_id(subject: str) -> SpiffeId:
-    return SpiffeId.parse(subject)
-
-
 def _check_revocation(revocations: RevocationSet, token: AccessToken) -> None:
     if revocations.is_jti_revoked(token.jti):
         raise InvalidToken("the token (jti) has been revoked", reason="revoked")
-    if token.spiffe_id is not None and revocations.is_spiffe_id_revoked(
-        token.spiffe_id, token.issued_at
-    ):
-        raise InvalidToken(f"the SPIFFE ID {token.spiffe_id} has been revoked", reason="revoked")
+    if token.spiffe_id is not None:
+        revoked_at = revocations.revoked_at(token.spiffe_id)
+        if revoked_at is not None and token.issued_at < revoked_at:
+            raise InvalidToken(
+                f"the SPIFFE ID {token.spiffe_id} has been revoked", reason="revoked"
+            )
 
 
 def scopes_text(scopes: Iterable[str]) -> str:
