@@ -1,7 +1,9 @@
 """A loopback TCP forwarder that a test can cut (a network partition between a client and one
 server) and heal again. While cut, open connections are aborted and new ones are closed at once.
 While stalled (a silent partition: packets dropped, nothing reset), nothing is forwarded and new
-connections get no answer; on heal the held bytes flow again, as TCP retransmission would."""
+connections get no answer; on heal the held bytes flow again, as TCP retransmission would.
+``delay`` (seconds, settable at any time) holds every chunk that long before passing it on: a
+slow link, in both directions."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ class TcpCut:
         self.target = target
         self.port = 0
         self.is_cut = False
+        self.delay = 0.0
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._server: asyncio.Server | None = None
@@ -78,6 +81,8 @@ class TcpCut:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await src.read(65536):
                 await self._flowing.wait()  # stalled: hold the bytes (the sender backs off)
+                if self.delay:
+                    await asyncio.sleep(self.delay)  # the link's latency, not a wait for an event
                 if self.is_cut:
                     break
                 dst.write(data)

@@ -8,16 +8,19 @@ revocation written through another replica should have stopped.
 
 :class:`StoreHealth` probes the store every ``interval`` seconds with one read of the entries
 revision (on etcd a linearizable read, which only a quorum answers) and calls the store down when
-a probe fails or takes longer than ``timeout``. While it is down:
+a probe fails or takes longer than ``timeout`` (5 s, the etcd client's deadline). While it is
+down:
 
 * the agent API and the revocations long-poll answer 503 ``store_error`` with ``Retry-After``
   (``http_store_gate.py``), so agents and verifiers move to another replica instead of taking
-  stale data as current; an entries long-poll already held is woken and answered so;
+  stale data as current; the long-polls already held are woken and answered so;
 * ``/readyz`` says not ready, naming the store (``/healthz`` stays a liveness check: restarting
   a replica does not bring its store back);
 * ``s2s_ca_store_up`` is 0.
 
-The first probe that succeeds again ends it. Detection takes up to ``interval + timeout``.
+The first probe that succeeds again ends it. Detection takes up to ``interval + timeout``; a
+connection refused or reset is noticed at the next probe. A slow store (reads under ``timeout``)
+is not down: the replica goes on serving, slower.
 """
 
 from __future__ import annotations
@@ -40,7 +43,10 @@ __all__ = ["PROBE_INTERVAL", "PROBE_TIMEOUT", "StoreHealth"]
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL: Final = 1.0  # seconds between two probes
-PROBE_TIMEOUT: Final = 2.0  # a probe slower than this counts as a failure
+# A probe slower than this counts as a failure. It is the etcd client's own default deadline:
+# a store that answers slower fails the CA's other calls anyway, and a store that is merely slow
+# must not be called down (every replica would then refuse, turning slowness into an outage).
+PROBE_TIMEOUT: Final = 5.0
 
 
 class StoreHealth:

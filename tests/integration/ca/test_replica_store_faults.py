@@ -316,3 +316,29 @@ async def test_a_watch_cut_past_a_compaction_relists_and_old_revisions_get_full_
         print(f"\nrevocations since a revision before the compaction: {kind}")
     finally:
         await agent.stop()
+
+
+async def test_a_slow_etcd_is_not_called_down(fleet: Replicas) -> None:
+    """etcd slow (every chunk on the replica's links held 1.2 s each way: a read takes about
+    2.5 s): the replica stays ready and issues, slower. A probe deadline shorter than the store's
+    own would call every replica down at once and turn slowness into an outage."""
+    a = await fleet.start("ca-0", through_links=True)
+    assert a.ca is not None
+    raw = await a.ca.attest()
+    entry = await create_entry(a, raw.spiffe_id, "/slow")
+    request = {"requests": [{"entry_id": entry["id"], "csr": csr_pem(new_key())}]}
+    status, _, _ = await agent_call(raw, "POST", "/v1/agent/x509", request)
+    assert status == 200
+    for link in a.cuts:
+        link.delay = 1.2
+    start = time.monotonic()
+    status, answer, _ = await agent_call(raw, "POST", "/v1/agent/x509", request)
+    issued_in = time.monotonic() - start
+    assert status == 200, answer
+    assert "svid_chain" in answer["results"][0], answer
+    sampled_until = time.monotonic() + 2 * PROBE_INTERVAL + PROBE_TIMEOUT
+    while time.monotonic() < sampled_until:
+        assert await a.ready(), (await a.get("/readyz"))[1]
+        await asyncio.sleep(0.2)  # sampling readiness over two probes and more
+    assert not a.logged("ca.store_down")
+    print(f"\nX509-SVID issued through a slow etcd link in {issued_in:.1f} s")
