@@ -16,7 +16,8 @@ Started by ``bench.fleet`` with a JSON spec on stdin (first line); writes JSON l
 agent holds an entry id, ``revoked`` the first time an agent's revocation set holds a SPIFFE ID it
 was told to expect, ``x509`` per renewal call (latency), ``back`` the first successful call of an
 agent after a ``mark``, ``stats`` every second (counters since the start). Commands on stdin:
-``jwt on`` / ``jwt off``, ``expect <SPIFFE ID>``, ``mark``, ``burst <seconds> <agents>`` (each of
+``jwt on`` / ``jwt off``, ``expect <SPIFFE ID>``, ``mark``, ``dump`` (on stderr: each agent not back
+since the mark and the last call it failed), ``burst <seconds> <agents>`` (each of
 that many agents signs one CSR after another, for issuance throughput), ``stop``.
 """
 
@@ -89,6 +90,10 @@ class CountingClient(CaClient):
         self.out = out
         self.mark = 0.0  # wall time of the last ``mark``; 0: none pending
         self.timed = True  # emit the latency of each renewal call
+        self.last_error = ""  # the last failed call, for ``dump``
+
+    def _failed(self, op: str, exc: S2SError) -> None:
+        self.last_error = f"{op}: {exc.code}: {str(exc)[:300]}"
 
     def _ok(self) -> None:
         if self.mark:
@@ -98,8 +103,9 @@ class CountingClient(CaClient):
     async def entries(self, **kwargs: Any) -> EntriesResponse:
         try:
             answer = await super().entries(**kwargs)
-        except S2SError:
+        except S2SError as exc:
             self.counters.entry_failures += 1
+            self._failed("entries", exc)
             raise
         self.counters.entry_answers += 1
         self.counters.entry_deltas += answer.delta
@@ -109,8 +115,9 @@ class CountingClient(CaClient):
     async def fetch_revocations(self, *, since: int, wait: float) -> RevocationPage:
         try:
             page = await super().fetch_revocations(since=since, wait=wait)
-        except S2SError:
+        except S2SError as exc:
             self.counters.revocation_failures += 1
+            self._failed("revocations", exc)
             raise
         self.counters.revocation_answers += 1
         self.counters.revocation_deltas += page.delta
@@ -128,8 +135,9 @@ class CountingClient(CaClient):
         started = time.monotonic()
         try:
             results, sequence = await super().sign_x509(requests)
-        except S2SError:
+        except S2SError as exc:
             self.counters.renew_failures += len(requests)
+            self._failed("x509", exc)
             raise
         took = time.monotonic() - started
         got = sum(1 for r in results if r.svid is not None)
@@ -320,6 +328,11 @@ async def main() -> None:
             elif word == "expect":
                 for agent in agents:
                     agent.expect(rest)
+            elif word == "dump":  # agents not back since the mark: what they last failed on
+                for agent in agents:
+                    if agent.client.mark:
+                        print(f"agent {agent.index} not back: {agent.client.last_error}",
+                              file=sys.stderr, flush=True)  # fmt: skip
             elif word == "mark":
                 now = time.time()
                 for agent in agents:

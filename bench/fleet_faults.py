@@ -165,6 +165,7 @@ async def herd(system: FleetSystem, shape: Any, say: Any) -> dict[str, Any]:
     while len({e["a"] for e in back()}) < agents and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     all_back = time.time()
+    await system.tell("dump")  # the agents still away say what they last failed on
     cpu_to_back = sum(cpu_seconds(r.pid) for r in replicas if r.alive)
     say(f"{len({e['a'] for e in back()})}/{agents} agents back {all_back - up_at:.1f} s after up")
     rest = killed_at + shape.ttl + 2 - time.time()  # a whole SVID lifetime from the kill
