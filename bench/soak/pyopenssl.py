@@ -27,8 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
+import gc
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -221,7 +224,13 @@ def _serials(source: Any, counts: Counter[str]) -> None:
     source.subscribe(lambda _ctx: counts.update(("reloads",)))
 
 
-def _emit(role: str, counts: Counter[str], extra: dict[str, Any]) -> None:
+def _emit(role: str, counts: Counter[str], extra: dict[str, Any], trim: bool = False) -> None:
+    """One report line; with ``trim``, after a GC and ``malloc_trim(0)``, this process's RSS
+    then (``rss_trimmed_mib``): what the heap still holds once freed memory is given back."""
+    if trim:
+        gc.collect()
+        ctypes.CDLL(None).malloc_trim(0)
+        extra["rss_trimmed_mib"] = round(sample(os.getpid())[0], 2)
     print(json.dumps({"role": role, "counts": dict(counts), **extra}), flush=True)
 
 
@@ -290,7 +299,7 @@ async def serve(args: argparse.Namespace) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), REPORT_EVERY)
         rejections = {k: v for k, v in metrics.rejection_counts().items() if v}
-        _emit("server", counts, {"rejections": rejections})
+        _emit("server", counts, {"rejections": rejections}, args.malloc_trim)
     server.close()
     await runner.cleanup()
     await source.close()
@@ -444,7 +453,7 @@ async def call(args: argparse.Namespace) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(client.stop.wait(), REPORT_EVERY)
             rejections = {k: v for k, v in metrics.rejection_counts().items() if v}
-            _emit("client", client.counts, {"rejections": rejections})
+            _emit("client", client.counts, {"rejections": rejections}, args.malloc_trim)
         await running
     await source.close()
 
@@ -491,6 +500,8 @@ async def spawn(role: str, args: argparse.Namespace, log: Path, cpu: int | None)
     argv += ["--http-port", str(args.http_port), "--raw-rate", str(args.raw_rate)]
     argv += ["--raw-workers", str(args.raw_workers), "--http-rate", str(args.http_rate)]
     argv += ["--long-lived", str(args.long_lived)]
+    if args.malloc_trim:
+        argv.append("--malloc-trim")
     if cpu is not None:
         argv = ["taskset", "-c", str(cpu), *argv]
     proc = await asyncio.create_subprocess_exec(
@@ -547,6 +558,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 rss, fds = sample(child.proc.pid)
                 point[child.role] = {"rss_mib": round(rss, 2), "fds": fds}
             point["handshakes"] = _handshakes(client.last)
+            for child in children:
+                if "rss_trimmed_mib" in child.last:
+                    point[child.role]["rss_trimmed_mib"] = child.last["rss_trimmed_mib"]
             timeline.append(point)
             if len(timeline) % 6 == 0:
                 say(json.dumps(point))
@@ -594,6 +608,13 @@ def judge(
             failures.append(f"no samples of the {role}")
             continue
         memory[role] = {"rss_mib": _growth(rss, WARMUP), "fds": _growth(fds, WARMUP)}
+        trimmed = [
+            (p["t"], p[role]["rss_trimmed_mib"])
+            for p in timeline
+            if "rss_trimmed_mib" in p.get(role, {})
+        ]
+        if trimmed:
+            memory[role]["rss_trimmed_mib"] = _growth(trimmed, WARMUP)
         if memory[role]["rss_mib"]["growth"] > RSS_BOUND_MB:
             failures.append(f"{role} RSS grew {memory[role]['rss_mib']['growth']} MiB")
         if memory[role]["fds"]["max"] - memory[role]["fds"]["first"] > FD_BOUND:
@@ -642,6 +663,11 @@ def summary(report: dict[str, Any]) -> str:
             f"{rss['slope_per_hour']:+} MiB/h); fds {fds['first']:.0f} -> {fds['last']:.0f} "
             f"(max {fds['max']:.0f})"
         )
+        if (trim := figures.get("rss_trimmed_mib")) is not None:
+            lines.append(
+                f"{role}: RSS after malloc_trim {trim['first']} -> {trim['last']} MiB "
+                f"({trim['slope_per_hour']:+} MiB/h)"
+            )
     lines += [f"failure: {f}" for f in report["failures"]]
     return "\n".join(lines)
 
@@ -658,6 +684,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw-workers", type=int, default=4)
     p.add_argument("--http-rate", type=float, default=20.0, help="new aiohttp requests per second")
     p.add_argument("--long-lived", type=int, default=16)
+    p.add_argument(
+        "--malloc-trim",
+        action="store_true",
+        help="both processes give freed heap back (malloc_trim) before each report and report "
+        "their RSS then: tells memory still held from a heap that only grew",
+    )
     p.add_argument("--server-cpu", type=int, default=None, help="pin the server to this CPU")
     p.add_argument("--client-cpu", type=int, default=None, help="pin the client to this CPU")
     p.add_argument("--dir", default=None)
@@ -679,16 +711,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.duration <= 0 or args.svid_every <= 0 or args.svid_ttl <= args.svid_every:
         print("--duration and --svid-every must be positive, --svid-ttl above --svid-every")
         return 2
-    with contextlib.ExitStack() as stack:
-        if args.dir is None:
-            args.dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="s2s-soak-tls-"))
-        args.raw_port, args.http_port = free_port(), free_port()
-        report = asyncio.run(run(args))
-        if args.report:
-            Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
-        print(summary(report))
-        if not report["passed"]:
-            print(f"logs: {Path(args.dir) / 'children.log'}")
+    made = args.dir is None
+    if made:
+        args.dir = tempfile.mkdtemp(prefix="s2s-soak-tls-")
+    args.raw_port, args.http_port = free_port(), free_port()
+    report = asyncio.run(run(args))
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1) + "\n")
+    print(summary(report))
+    if not report["passed"]:
+        print(f"logs: {Path(args.dir) / 'children.log'}")
+    elif made:
+        shutil.rmtree(args.dir, ignore_errors=True)  # kept when the run failed
     return 0 if report["passed"] else 1
 
 
