@@ -138,10 +138,11 @@ class PeerTaggingProxy:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_refusal_log: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         prepare_socket_path(self.public_path)
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(self._accept, path=self.public_path)
         # Any local process may connect; who it is decides what it gets (Workload Endpoint 2).
         os.chmod(self.public_path, 0o777)  # noqa: S103
@@ -231,10 +232,11 @@ class PeerTaggingProxy:
             transport.close()
             self._refused(uid, refused)
             return
-        conn = _Connection(f"{_TAG_PREFIX}{secrets.token_hex(16)}", uid, transport)
+        loop = self._loop or asyncio.get_running_loop()
+        conn = _Connection(f"{_TAG_PREFIX}{secrets.token_hex(16)}", uid, transport, loop)
         self._conns[conn.tag] = conn
         conn.idle_from_now(self._limits.idle_timeout, self._idle)
-        task = asyncio.get_running_loop().create_task(self._serve(conn, front, ucred))
+        task = loop.create_task(self._serve(conn, front, ucred))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -333,8 +335,11 @@ class _Connection:
     enough, and :meth:`idle_for` re-arms it for the rest when a call came in between.
     """
 
-    def __init__(self, tag: str, uid: int, transport: asyncio.Transport) -> None:
+    def __init__(
+        self, tag: str, uid: int, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.tag = tag
+        self.loop = loop  # kept: asking asyncio for the running loop costs a getpid() each time
         self.uid = uid
         self.transport = transport
         self.peer: PeerCredentials | S2SError | None = None  # None until attested
@@ -345,7 +350,7 @@ class _Connection:
 
     def idle_from_now(self, timeout: float, fire: Callable[[_Connection], None]) -> None:
         """No call in progress from now on; the timer is armed if it is not already."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         self.idle_since = loop.time()
         if self._timer is None:
             self._timer = loop.call_at(self.idle_since + timeout, fire, self)
@@ -356,7 +361,7 @@ class _Connection:
         self._timer = None
         if self.calls:
             return False  # the end of the last call in progress arms it again
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         due = self.idle_since + timeout
         if loop.time() < due:
             self._timer = loop.call_at(due, fire, self)

@@ -142,6 +142,7 @@ class WorkloadApiServer:
         self._proxy: PeerTaggingProxy | None = None
         self._server: grpc.aio.Server | None = None
         self._rechecks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() costs a getpid()
         self._memo = msg.ResponseMemo()
 
     @property
@@ -156,6 +157,7 @@ class WorkloadApiServer:
     async def start(self) -> None:
         """Bind and serve; :class:`InvalidConfig` for an unusable socket path."""
         prepare_socket_path(self._socket_path)  # fail before creating anything
+        self._loop = asyncio.get_running_loop()
         self._private_dir = tempfile.mkdtemp(prefix="s2s-wlapi-")  # 0700: only we reach grpc
         inner = os.path.join(self._private_dir, "grpc.sock")
         try:
@@ -284,7 +286,7 @@ class WorkloadApiServer:
         Before every message the caller is checked to still be the process that connected
         (:meth:`Attestor.recheck`: ids, binary, start time; the selectors derive from those), and
         at least every ``reattest_interval`` it is attested in full (fresh selectors)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         interval = self._limits.reattest_interval
         if selectors is None:
             selectors = await self._attest(ctx)
@@ -365,7 +367,7 @@ class WorkloadApiServer:
         attestation yet, its reading changed, or the last is ``reattest_interval`` old."""
         if self._proxy is None:
             raise Unavailable("the Workload API is shutting down")
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         peer_name = ctx.peer()
         reading = self._check_now(ctx, self._attestor.recheck)
         memo = self._proxy.memo(peer_name)
