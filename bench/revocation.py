@@ -49,6 +49,7 @@ from s2s.core.x509svid import X509Svid, spiffe_id_of
 from s2s.etcd.client import EtcdClient
 from s2s.etcd.values import put_op
 from s2s.store.codec import encode_doc
+from s2s.store.etcd import EtcdStore
 from s2s.store.records import Topic
 from s2s.store.sqlite import SqliteStore
 from s2s.store.sqlite_rows import micros
@@ -616,6 +617,70 @@ def deltas_isolated(
     print("| a subscriber applies one delta, measured alone (p50 / p99 ms) | " + " | ".join(cells))
 
 
+async def _etcd_refresh_at(endpoint: str, size: int, samples: int) -> dict[str, float]:
+    """One revocation on the etcd store with ``size`` records: the CA's whole-list read plus a
+    rebuild (the old path) against ``LiveRevocations.refresh`` on the watch (process CPU, the
+    write included; and wall time from the write to the refreshed set)."""
+    now = datetime.now(UTC)
+    store = await EtcdStore.open(endpoint, trust_domain=f"b{uuid.uuid4().hex[:10]}.example")
+    try:
+        records = [_serial_at(0x100000 + i, now) for i in range(size)]
+        for at in range(0, size, 100):
+            ops = [
+                put_op(store.key("revoked", "serial", r.value), encode_doc(r).encode())
+                for r in records[at : at + 100]
+            ]
+            await store.c.txn([], ops)
+        live = LiveRevocations(store=store)
+        await live.refresh()
+        gc.collect()
+        before: list[float] = []
+        cpu: list[float] = []
+        wall: list[float] = []
+        serials = iter(range(0x900000, 0xA00000))
+        for n in range(samples + 2):
+            new = _serial_at(next(serials), now)
+            start, began = time.process_time(), time.perf_counter()
+            await store.add_revocation(new)
+            current = await live.refresh()
+            cpu_took, wall_took = time.process_time() - start, time.perf_counter() - began
+            assert current.is_serial_revoked_by_any_issuer(int(new.value, 16))
+            if n >= 2:
+                cpu.append(cpu_took * 1e3)
+                wall.append(wall_took * 1e3)
+        for _ in range(max(3, samples // 4)):
+            start = time.process_time()
+            RevocationSet.of(await store.list_revocations())
+            before.append((time.process_time() - start) * 1e3)
+        assert live.full_loads == 1, "the CA applied every change from the watch"
+        return {
+            "before": statistics.median(before),
+            "cpu": statistics.median(cpu),
+            "wall": statistics.median(wall),
+        }
+    finally:
+        await store.close()
+
+
+def etcd_refresh(samples: int = 20, runs: int = 3, sizes: tuple[int, ...] = DELTA_SIZES) -> None:
+    """Print the CA's cost of one revocation on etcd, whole read against the watch (medians of
+    ``runs`` runs; ``python -m bench.revocation --deltas-etcd``)."""
+
+    async def all_sizes(endpoint: str) -> None:  # one event loop: grpc's stays with it
+        for size in sizes:
+            results = [await _etcd_refresh_at(endpoint, size, samples) for _ in range(runs)]
+            med = {k: statistics.median(r[k] for r in results) for k in results[0]}
+            print(
+                f"| etcd, {size:,} records | whole read + rebuild {med['before']:.1f} ms CPU"
+                f" | write + refresh on the watch {med['cpu']:.2f} ms CPU,"
+                f" {med['wall']:.2f} ms wall |",
+                flush=True,
+            )
+
+    with tempfile.TemporaryDirectory() as tmp, EtcdServer(Path(tmp) / "etcd") as etcd:
+        asyncio.run(all_sizes(etcd.endpoint))
+
+
 if __name__ == "__main__":
     import sys
 
@@ -625,3 +690,5 @@ if __name__ == "__main__":
         deltas_isolated(samples=30 if quick else 300, runs=1 if quick else 3)
     elif "--deltas-alone" in sys.argv:
         deltas_isolated()
+    elif "--deltas-etcd" in sys.argv:
+        etcd_refresh(samples=5 if "--quick" in sys.argv else 20)
