@@ -566,10 +566,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 say(json.dumps(point))
         rotating.result()
     finally:
-        for child in children:
+        # The client first: a server that stopped first would refuse its last connections.
+        for child in reversed(children):
             if child.proc.returncode is None:
                 child.proc.send_signal(signal.SIGTERM)
-        for child in children:
             try:
                 await asyncio.wait_for(child.proc.wait(), 30)
             except TimeoutError:
