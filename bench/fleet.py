@@ -341,15 +341,15 @@ def _from_json(paths: list[Path], parser: argparse.ArgumentParser, *, write: boo
             parser.error("a --from-json file is not the fleet.json of a fleet run")
         for config in run_["configs"]:
             config.setdefault("commit", run_.get("commit", ""))
-    measured = dict(runs[0])
-    measured["configs"] = [c for run_ in runs for c in run_["configs"]]
-    measured["wall_seconds"] = sum(r["wall_seconds"] for r in runs)
-    if "herd" in measured["configs"][0]:  # a --faults run
-        text = render_faults(measured)
+    if "herd" in runs[0]["configs"][0]:  # --faults runs: one after the other
+        text = "\n".join(render_faults(r, heading=i == 0) for i, r in enumerate(runs))
         print(text)
         if write:
             write_results(text, heading=FAULTS_HEADING)
         return 0
+    measured = dict(runs[0])
+    measured["configs"] = [c for run_ in runs for c in run_["configs"]]
+    measured["wall_seconds"] = sum(r["wall_seconds"] for r in runs)
     text = render(measured)
     print(text)
     if write:

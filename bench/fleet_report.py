@@ -222,15 +222,19 @@ def _growth(configs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def render_faults(m: dict[str, Any]) -> str:
-    """The herd and etcd-slow tables (``python -m bench.fleet --faults``)."""
+def render_faults(m: dict[str, Any], *, heading: bool = True) -> str:
+    """The herd and etcd-slow tables (``python -m bench.fleet --faults``); without ``heading``
+    a further run under the same section."""
     shape, c = m["shape"], m["configs"][0]
     h = c["herd"]
     limits = h["limits"]
     failed = h["failed"]
     lines = [
-        FAULTS_HEADING,
-        "",
+        *(
+            [FAULTS_HEADING, ""]
+            if heading
+            else ["### " + f"{shape['agents']} simulated agents", ""]
+        ),
         f"Run {m['date']}, {m['form']}, {m['wall_seconds']:.0f} s wall, registry {c['size']:,},"
         f" {c['replicas']} CA replica(s), {shape['agents']} simulated agents (the real agent's"
         f" `SvidCache`, `CaRevocationFeed` and `RevocationFollower` over `CaClient`) with"
