@@ -8,11 +8,11 @@ implementation and still needs a private attribute (``stream.peer._transport``) 
 socket. grpcio's one gap, that a servicer cannot learn who is on a Unix socket, is closed by the
 front proxy, which reads SO_PEERCRED on accept and tags the inner connection with a random
 abstract address. The price, measured by ``bench/workload_curve.py`` against a bare grpc.aio
-server returning the same bytes: 1.5-1.8x its CPU per call (430-700 us against 310-490 us). The
-same handlers served on grpclib without the proxy (a bench prototype) cost about as much from 10
-clients on: what a call costs is its own Python work (the per-call attestation reading, header,
-bookkeeping, provider, encoding), and the proxy's hop shows only with a single client
-(bench/RESULTS.md). A Workload API is called once per rotation or token.
+server returning the same bytes: 1.4-1.9x its CPU per call, of which the proxy's extra hop alone
+is 1.1-1.3x (the bare server behind it), the call frame 40-90 us and the per-call caller check
+50-100 us on a loaded machine (bench/RESULTS.md). The same handlers on grpclib without the proxy
+(a bench prototype) cost about as much from 10 clients on. A Workload API is called once per
+rotation or token.
 
 Handlers are thin: check the security header, attest the caller, ask the
 :class:`IdentityProvider`, encode; :mod:`s2s.agent.workload_calls` maps errors to gRPC codes.
@@ -22,13 +22,13 @@ call (:meth:`Attestor.attest`), which refuses the call (PERMISSION_DENIED, and e
 that connection) when the process behind the connection has exec'd another binary or changed its
 ids since: a process that connects, forks and execs a registered binary does not lend that
 binary's identity to the child that keeps the connection. Every call and every message an open
-stream is sent first checks the caller on the event loop (:meth:`Attestor.recheck`: start time,
-ids, groups, binary path and file identity, a few ``/proc`` reads); a connection's full
-attestation (selectors, binary hash) is reused while that reading stays equal to the one taken
-around it, and made again at least every ``reattest_interval``; a stream ends when its caller no
-longer passes. Attestation runs on an
-:class:`AttestationPool` of its own; connections are bounded per uid and in total and closed when
-idle (:class:`WorkloadLimits`).
+stream is sent first checks the caller on the event loop (:meth:`Attestor.recheck`: ids, groups,
+binary path and file identity, the process still the one admitted; a few ``pread`` calls on the
+caller's ``/proc`` entry, held open from the connection's admission to its close); a connection's
+full attestation (selectors, binary hash) is reused while that reading stays equal to the one
+taken around it, and made again at least every ``reattest_interval``; a stream ends when its
+caller no longer passes. Attestation runs on an :class:`AttestationPool` of its own;
+connections are bounded per uid and in total and closed when idle (:class:`WorkloadLimits`).
 """
 
 from __future__ import annotations
