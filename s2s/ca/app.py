@@ -353,7 +353,8 @@ class CaServer:
         sock = bind_admin_socket(self.options.admin_socket)
         self._admin_bound = True
         await web.SockSite(admin, sock).start()
-        self.metrics.ready.set(1)
+        # s2s_ca_ready says what /readyz says, at every scrape (a store lost, a shutdown)
+        self.metrics.ready.set_function(lambda: 1.0 if self.readiness()[0] else 0.0)
         log.info(
             "ca.started",
             extra={

@@ -104,8 +104,8 @@ class CaMetrics:
         )
         self.ready = Gauge(
             "s2s_ca_ready",
-            "1 while this replica serves (its authority can sign and its HTTPS certificate is "
-            "current), 0 while it starts or stops",
+            "1 while this replica serves (its authority can sign, its HTTPS certificate is "
+            "current and it reaches its store: what /readyz says), 0 otherwise",
             registry=r,
         )
         self.rotation_phase = Gauge(

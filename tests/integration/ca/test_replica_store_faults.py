@@ -3,7 +3,8 @@ processes and a real agent given two CA URLs.
 
 A replica partitioned from etcd (TCP links to every member reset, or silently dropping every
 packet, so that only the replica's own probe notices): within a probe it says so
-(``/readyz`` 503 naming the store, ``s2s_ca_store_up`` 0, ``/healthz`` still 200) and answers the
+(``/readyz`` 503 naming the store, ``s2s_ca_store_up`` and ``s2s_ca_ready`` 0, ``/healthz``
+still 200) and answers the
 agent API and the revocations long-poll with 503 ``store_error`` and ``Retry-After`` (twins: the
 same calls on the healthy replica succeed); the entries and revocations long-polls it was holding
 are answered so at once, not at the end of their wait. It serves no entries while cut. The real
@@ -135,6 +136,7 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
         assert "cannot reach its store" in body["message"]
         assert (await a.get("/healthz"))[0] == 200  # alive: a restart would not bring etcd back
         assert await a.metric("s2s_ca_store_up") == 0
+        assert await a.metric("s2s_ca_ready") == 0  # what /readyz says, for the alert
         assert await b.metric("s2s_ca_store_up") == 1
         served = await a.metric(
             "s2s_ca_http_requests_total", route="/v1/agent/entries", status="200"
@@ -186,6 +188,8 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
         # Healed: a is ready again and serves what b serves.
         a.heal()
         back = await wait_ready(a, True, 20)
+        assert await a.metric("s2s_ca_ready") == 1
+        assert await a.metric("s2s_ca_store_up") == 1
         status, on_b, _ = await agent_call(raw_b, "GET", "/v1/agent/entries")
         assert status == 200
         deadline = time.monotonic() + 20
