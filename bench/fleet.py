@@ -1,12 +1,18 @@
 """Fleet simulator: simulated agents against real CA replicas on a 3-member etcd cluster.
 
-``python -m bench.fleet [--quick] [--sizes 1000,10000] [--replicas 1,3] [--agents N]``
+``python -m bench.fleet [--smoke | --quick] [--sizes 1000,10000] [--replicas 1,3] [--agents N]
+[--faults] [--from-json RUN/fleet.json ...]``
+
+``--smoke`` (6 agents, one replica, under a minute on a quiet machine) checks that it runs;
+``--faults`` runs the thundering herd and etcd-slow measurements instead (``bench.fleet_faults``);
+``--from-json`` renders (and writes) the tables of earlier runs, side by side.
 
 Per configuration (registry size x CA replicas) it starts the replicas (``s2s-ca serve``
 processes on one trust domain in a 3-member etcd cluster on loopback), fills the registry with
 dormant entries (parented to an agent nobody runs: they cost the CA what a big registry costs,
 not renewals), gives each simulated agent ``--entries`` live entries, starts the simulated agents
-(``bench.fleet_agents``: real agent-API clients over mTLS, see there) and measures, phase by phase:
+(``bench.fleet_agents``: the real agent's CA client, SVID cache and revocation feed, asking for
+deltas as the agent does, see there) and measures, phase by phase:
 
 * steady: CPU-seconds per X509-SVID renewal on each replica (``/proc/PID/stat`` over the
   replica's own ``s2s_ca_svids_issued_total{kind="x509"}``), RSS, etcd requests/s and bytes/s
@@ -26,7 +32,9 @@ not renewals), gives each simulated agent ``--entries`` live entries, starts the
 SVID lifetimes are short (``--ttl`` s) to compress time: an agent renews at half-life +-10%, so
 a fleet of A agents with E entries asks for A*E/(ttl/2) renewals per second, as a fleet with
 5-minute SVIDs and ttl/300 times as many workloads would. Writes its tables to bench/RESULTS.md
-(section "Fleet") unless ``--no-write``.
+(section "Fleet") and, with several registry sizes, bench/plots/fleet_entry_changes.png, unless
+``--no-write``. Run it from an exported tree (``git archive HEAD``) with ``--commit`` to measure a
+commit without others' uncommitted edits.
 """
 
 from __future__ import annotations
