@@ -92,7 +92,7 @@ def _oauth_errors(handler: _Handler, endpoint: str | None = None) -> _Handler:
         except Unavailable as exc:
             result = "temporarily_unavailable"
             body = {"error": "temporarily_unavailable", "error_description": str(exc)}
-            return _json(body, status=503)
+            return _json(body, status=503, headers={"Retry-After": "1"})
         except asyncio.CancelledError:
             result = ""  # the client went away: nothing was answered, nothing is counted
             raise
@@ -208,9 +208,18 @@ async def _authenticate(
     return await service.authenticate(credentials)
 
 
+def _store_current(request: web.Request) -> None:
+    """Refuse (503 ``temporarily_unavailable``) while this replica cannot reach its store: its
+    client set and revocations may miss changes made through other replicas."""
+    health = request.app[SERVICES].store_health
+    if health is not None:
+        health.check()
+
+
 @_counted("token")
 async def post_token(request: web.Request) -> web.StreamResponse:
     """POST /oauth/token: the client-credentials grant (RFC 6749 section 4.4)."""
+    _store_current(request)
     service = _service(request)
     form = await _form(request)
     client = await _authenticate(request, service, form)
@@ -224,6 +233,7 @@ async def post_token(request: web.Request) -> web.StreamResponse:
 @_counted("introspect")
 async def post_introspect(request: web.Request) -> web.StreamResponse:
     """POST /oauth/introspect (RFC 7662) for an authenticated client."""
+    _store_current(request)
     service = _service(request)
     form = await _form(request)
     client = await _authenticate(request, service, form)

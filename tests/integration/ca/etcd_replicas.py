@@ -142,7 +142,9 @@ class Replicas:
         )
         assert code == 0
 
-    async def start(self, name: str, *, through_links: bool = False) -> Replica:
+    async def start(
+        self, name: str, *, through_links: bool = False, extra_args: tuple[str, ...] = ()
+    ) -> Replica:
         data_dir = self.root / name
         if not data_dir.exists():
             data_dir.mkdir(mode=0o700)
@@ -158,7 +160,7 @@ class Replicas:
         argv = [
             sys.executable, "-m", "s2s.cli.ca", "--data-dir", str(data_dir), "serve",
             "--store", self.store_url(endpoints), "--name", name, "--listen", "127.0.0.1:0",
-            "--log-format", "json",
+            "--log-format", "json", *extra_args,
         ]  # fmt: skip
         replica = Replica(name, data_dir, argv, cuts)
         self.replicas.append(replica)
