@@ -206,12 +206,16 @@ async def renew_round(
     return sum(await asyncio.gather(*(one(a) for a in agents)))
 
 
-async def ca_cost(ca: Ca, work: Callable[[], Awaitable[int]], idle_rate: float) -> float:
-    """CA CPU-seconds per SVID of ``work`` (its idle rate over the same wall time removed)."""
+async def ca_cost(
+    ca: Ca, work: Callable[[], Awaitable[int]], idle_rate: float
+) -> tuple[float, float]:
+    """CA CPU-seconds per SVID of ``work`` (its idle rate over the same wall time removed), and
+    the share of its core the CA was busy meanwhile (near 1: the CA was the bottleneck; well
+    below: the agents were, and requests seldom overlapped)."""
     cpu0, wall0 = ca.cpu(), time.perf_counter()
     count = await work()
     cpu, wall = ca.cpu() - cpu0, time.perf_counter() - wall0
-    return max(0.0, cpu - idle_rate * wall) / count
+    return max(0.0, cpu - idle_rate * wall) / count, cpu / wall
 
 
 async def idle_rate(ca: Ca, seconds: float) -> float:
@@ -250,6 +254,22 @@ async def _inprocess_setup(
     return store, issuer, agent, entry.id
 
 
+CALLERS = 24  # in-process callers at once (as many as the simulated agents)
+
+
+async def _concurrent_cost(issuer: Issuer, agent: AgentRecord, request: CsrRequest) -> float:
+    """Process CPU-seconds per SVID when ``CALLERS`` callers renew one CSR at a time, 20 times
+    each, all at once (what a loaded CA does; index writes can then be shared)."""
+
+    async def caller() -> None:
+        for _ in range(20):
+            await issuer.sign_x509_svids(agent, [request])
+
+    start = time.process_time()
+    await asyncio.gather(*(caller() for _ in range(CALLERS)))
+    return (time.process_time() - start) / (20 * CALLERS)
+
+
 def inprocess_costs(quick: bool, batch: int, etcd: str | None) -> dict[str, float]:
     """Seconds per SVID in this process on CPU ``CA_CPU``: ``sign_csr`` (CPU clock of this
     thread) and ``sign_x509_svids`` for 1 and ``batch`` CSRs, one call at a time (process CPU
@@ -279,6 +299,9 @@ def inprocess_costs(quick: bool, batch: int, etcd: str | None) -> dict[str, floa
                 per_call = time_per_op(call, min_time=min_time, repeats=repeats,
                                        timer=time.process_time)  # fmt: skip
                 out[f"sign_x509_svids/{size}"] = per_call / size
+            out[f"sign_x509_svids/1, {CALLERS} callers at once"] = loop.run_until_complete(
+                _concurrent_cost(issuer, agent, CsrRequest(entry_id, csr))
+            )
             loop.run_until_complete(store.close())
         finally:
             loop.close()
@@ -321,13 +344,17 @@ async def measure_ca(ca: Ca, shape: Shape, profiler: Profiler | None) -> dict[st
                             await work()
                 return {}
             samples: dict[str, list[float]] = {name: [] for name in forms}
+            busy_shares: dict[str, list[float]] = {name: [] for name in forms}
             idle = []
             for _ in range(shape.rounds):
                 rate = await idle_rate(ca, 1.0)
                 idle.append(rate)
                 for name, work in forms.items():
-                    samples[name].append(await ca_cost(ca, work, rate))
+                    per_svid, busy = await ca_cost(ca, work, rate)
+                    samples[name].append(per_svid)
+                    busy_shares[name].append(busy)
             result = {name: statistics.median(v) for name, v in samples.items()}
+            result.update({f"{n}: busy": statistics.median(v) for n, v in busy_shares.items()})
             result["idle CPU share"] = statistics.median(idle)
             return result
         finally:
@@ -450,12 +477,13 @@ def figures(measured: dict[str, Any]) -> list[Figure]:
                 label = f"{kind}: in-process {name} per SVID"
                 out.append(Figure(label, value * 1000, "ms", "in-process sign_csr", floor,
                                   higher_is_better=False))  # fmt: skip
-        note = f"CA idle {ca['idle CPU share']:.1%} of a core removed"
+        idle = f"CA idle {ca['idle CPU share']:.1%} of a core removed"
         for name, value in ca.items():
-            if name == "idle CPU share":
+            if name == "idle CPU share" or name.endswith(": busy"):
                 continue
             size = name.removeprefix("batch of ").split(",")[0] if name.startswith("batch") else "1"
             base = inproc[f"sign_x509_svids/{size}"] * 1000
+            note = f"CA busy {ca[name + ': busy']:.0%} of its core; {idle}"
             out.append(Figure(f"{kind}: CA CPU per renewal, {name}", value * 1000, "ms",
                               f"in-process sign_x509_svids/{size}", base, higher_is_better=False,
                               note=note))  # fmt: skip
