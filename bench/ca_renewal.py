@@ -7,18 +7,26 @@ with a join token) over mTLS, renewing through ``POST /v1/agent/x509`` as the ag
 runs as its own process on SQLite or on a real etcd (one member, ``s2s.testing_etcd``), with its
 audit lines on (written to a file), pinned to CPU 1; the agents run in this process on CPU 0.
 CA CPU-seconds come from ``/proc/PID/stat`` (utime + stime, all its threads), less its idle rate
-measured in the same run. Forms, in interleaved rounds (medians of 3):
+measured in the same run. Forms, one after the other in each round (the full form is one round;
+take medians over runs):
 
 * ``single, kept-alive``: one CSR per request on the agent's kept-alive connection;
-* ``single, new connection``: one CSR per request on a fresh mTLS connection, which is what an
-  agent pays when its renewals are further apart than the keep-alive (aiohttp's client closes an
-  idle connection after 15 s; a 5-minute SVID is renewed every ~150 s);
+* ``single, new connection``: one CSR per request on a fresh mTLS connection (at most 4 agents
+  connecting at once), which is what an agent pays when its renewals are further apart than the
+  keep-alive (aiohttp's client closes an idle connection after 15 s; a 5-minute SVID is renewed
+  every 135-165 s);
 * ``batch of B, kept-alive``: B CSRs per request (an agent whose renewals fall due together).
 
-Beside them, measured in this run on the same core, the in-process costs: ``Issuer.sign_csr``
-(the issuance's own work: CSR parse and check, build, sign, profile check) per SVID, and
-``Issuer.sign_x509_svids`` per SVID (adds entry lookup, the serial index write and the audit).
-The ratio is CA CPU per renewal over ``sign_csr``.
+Each form also says how busy the CA's core was: the agents share one process, so the CA runs
+well below saturation and concurrent requests are few.
+
+Beside them, measured in this run on the same store and core, the in-process costs:
+``Issuer.sign_csr`` (the issuance's own work: CSR parse and check, build, sign, profile check)
+per SVID, and ``Issuer.sign_x509_svids`` per SVID, one call at a time (adds the entry lookup, the
+serial index write and the revocation re-read; audit off) at 1 and B CSRs per call, and with 24
+callers at once. A form's ratio is its CA CPU per renewal over ``sign_x509_svids`` at the same
+batch size. ``--profile DIR`` instead records the CA with py-spy per form (raw stacks in DIR) and
+prints the functions with the most samples.
 """
 
 from __future__ import annotations
