@@ -402,8 +402,32 @@ class RevocationSet:
         stamp = self._stamp + 1
         for key, record in changes.items():
             line.put(key, record, stamp)
+        line.changed.append(tuple(changes))  # at index ``stamp``: what changes_since reads
         line.tip = stamp
         return self._at(line, stamp, count, version)
+
+    def changes_since(
+        self, older: RevocationSet
+    ) -> tuple[list[RevocationRecord], list[tuple[RevocationKind, str, str]]] | None:
+        """What turns ``older`` into this set: (records put, keys removed), in O(changes), when
+        both are of one line of derivation and ``older`` is not newer; None when this set was
+        built afresh since (a full load, a branch, a rebuild that dropped superseded values)."""
+        line = self._line
+        if older._line is not line or older._stamp > self._stamp:
+            return None
+        keys: dict[_Key, None] = {}
+        for stamp in range(older._stamp + 1, self._stamp + 1):
+            keys.update(dict.fromkeys(line.changed[stamp]))
+        put: list[RevocationRecord] = []
+        removed: list[_Key] = []
+        for key in keys:
+            record, before = self.get(key), older.get(key)
+            if record is None:
+                if before is not None:
+                    removed.append(key)
+            elif record != before:
+                put.append(record)
+        return put, removed
 
     # -- whole-set views -----------------------------------------------------------------------
 
@@ -462,6 +486,7 @@ class _Line:
 
     __slots__ = (
         "any_issuer",
+        "changed",
         "every_serial",
         "expiry",
         "garbage",
@@ -480,6 +505,7 @@ class _Line:
         self.stamps = itertools.count(1)  # next() is atomic: one claimer per stamp
         self.garbage = 0  # superseded history entries
         self.seq = 0
+        self.changed: list[tuple[_Key, ...]] = [()]  # per stamp: the keys its derivation set
         self.records: dict[_Key, _History] = {}
         self.serials: dict[tuple[str, int], _History] = {}  # serial records with an issuer
         self.any_issuer: dict[int, _History] = {}  # serial records without one

@@ -1,9 +1,14 @@
 """A revocation feed that follows the agent: ``s2s.agent.v1.Revocations/WatchRevocations``.
 
-The agent already follows the CA's revocations; this feed takes its whole set (serials, JWT
+The agent already follows the CA's revocations; this feed takes its set (serials, JWT
 ``jti``\\ s and SPIFFE IDs) from the agent's socket, through the :class:`WorkloadApiClient` of a
-:class:`~s2s.verifier.source.JwtSource` (``JwtSource.revocations``). The agent sends the set at
-once and on every change, and a heartbeat every few seconds; each message says how old the
+:class:`~s2s.verifier.source.JwtSource` (``JwtSource.revocations``). The feed asks for deltas: the
+agent sends the whole set at once, then on every change only what changed since its previous
+message (an agent that predates deltas sends the whole set again, which is taken as it comes),
+and a heartbeat every few seconds. A delta is applied in O(change) (the new set is derived from the
+one held); a delta whose base is not the revision held, or that names another store epoch than the
+set held, is refused: the set is kept and the stream reopened, whose first message is the whole
+set. A malformed message is refused the same way. Each message says how old the
 agent's own knowledge is (``age``), so the set is confirmed complete as of ``now - age``: if the
 agent's feed lags (its CA or etcd is unreachable), this one lags with it, and if the stream
 breaks, this one ages from its last message. The staleness policy is :class:`RevocationFeed`'s:
@@ -64,11 +69,16 @@ class AgentRevocationFeed(RevocationFeed):
         self._delay = delay
         self._agent_lag = _ASSUMED_AGENT_LAG
         self._heartbeat = _ASSUMED_HEARTBEAT
-        self._revision: int | None = None  # the agent revision of the records held
-        self._pending: RevocationSet | None = None  # received before the agent had synced
+        self._revision: int | None = None  # the agent revision of the records held (this stream)
+        self._epoch = ""  # the store epoch the agent named with them
+        self._received: RevocationSet | None = None  # the newest set received on this stream
+        self._pending: RevocationSet | None = None  # received, not yet published
+        self._pending_whole = False  # it came whole (it may equal the published set)
         self.not_served: str | None = None  # why the agent does not serve the stream
         self.settled = asyncio.Event()  # first set, a refusal or an error: start() may go on
         self.messages = 0
+        self.deltas = 0  # deltas applied
+        self.wholes = 0  # whole sets taken
         self.reconnects = 0
 
     @property
@@ -102,8 +112,9 @@ class AgentRevocationFeed(RevocationFeed):
             client = self._client()
             if client is None:
                 raise Unavailable("the agent revocation feed has no Workload API client")
+            self._revision = self._received = None  # a new stream starts with a whole set
             try:
-                async for update in client.watch_revocations():
+                async for update in client.watch_revocations(deltas=True):
                     await self._apply(update)
                     attempt = 0
                 raise Unavailable("the agent closed the revocations stream")
@@ -128,12 +139,19 @@ class AgentRevocationFeed(RevocationFeed):
         if self.not_served is not None:
             log.warning("revocations.agent_served", extra={"feed": self.name})
             self.not_served = None
-        if update.records is not None:
+        if update.base is not None:
+            new = await self._derive(update)
+            self._revision, self._received, self._pending = update.revision, new, new
+            self._pending_whole = False
+            self.deltas += 1
+        elif update.records is not None:
             if len(update.records) > BIG_SET:
                 new = await asyncio.to_thread(RevocationSet.of, update.records)
             else:
                 new = RevocationSet.of(update.records)
-            self._revision, self._pending = update.revision, new
+            self._revision, self._received, self._pending = update.revision, new, new
+            self._epoch, self._pending_whole = update.epoch, True
+            self.wholes += 1
         elif update.revision != self._revision:
             raise Unavailable(
                 f"the agent's heartbeat names revision {update.revision}, but its set "
@@ -144,11 +162,29 @@ class AgentRevocationFeed(RevocationFeed):
             self.settled.set()  # an answer all the same: start() need not wait for the agent
             return
         if self._pending is not None:
-            if self._pending != self.snapshot():
+            if not self._pending_whole or self._pending != self.snapshot():
                 self._publish(self._pending)
             self._pending = None
         self._confirm(received - timedelta(seconds=update.age))
         self.settled.set()
+
+    async def _derive(self, update: RevocationsUpdate) -> RevocationSet:
+        """The set held with the delta ``update`` applied (refused when it is not for it)."""
+        held = self._received
+        if held is None or update.base != self._revision:
+            raise Unavailable(
+                f"the agent sent a delta from revision {update.base}, but revision "
+                f"{self._revision} is held: the whole set is asked for again"
+            )
+        if update.epoch != self._epoch:
+            raise Unavailable(
+                f"the agent sent a delta for store epoch {update.epoch!r}, but the set held is of "
+                f"epoch {self._epoch!r}: the whole set is asked for again"
+            )
+        put = update.records or ()
+        if len(put) + len(update.removed) > BIG_SET:
+            return await asyncio.to_thread(held.with_changes, put, update.removed)
+        return held.with_changes(put, update.removed)
 
     def _not_served(self, message: str) -> None:
         if self.not_served is None:

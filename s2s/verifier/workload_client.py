@@ -43,7 +43,7 @@ from s2s.core.errors import (
     S2SError,
     Unavailable,
 )
-from s2s.core.revocation import RevocationRecord
+from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId
 from s2s.verifier import workload_parse as parse
 from s2s.verifier.x509context import X509Context
@@ -94,14 +94,19 @@ class NotServed(Unavailable):
 @dataclass(frozen=True, slots=True)
 class RevocationsUpdate:
     """One WatchRevocations message. ``records`` is the whole set at ``revision`` (None: a
-    heartbeat); ``age`` the seconds since the agent last confirmed its set complete (None: it
-    has not synced yet); ``lag_after`` and ``heartbeat`` are the agent's own timings."""
+    heartbeat), or, when ``base`` is not None (a delta), the records put into the set at
+    ``base`` after dropping the keys of ``removed``; ``age`` the seconds since the agent last
+    confirmed its set complete (None: it has not synced yet); ``lag_after`` and ``heartbeat``
+    are the agent's own timings; ``epoch`` the store its set comes from ("": not named)."""
 
     revision: int
     records: tuple[RevocationRecord, ...] | None
     age: float | None
     lag_after: float
     heartbeat: float
+    base: int | None = None
+    removed: tuple[tuple[RevocationKind, str, str], ...] = ()
+    epoch: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +248,13 @@ class WorkloadApiClient:
 
     # -- s2s extension: revocations -----------------------------------------------------------
 
-    async def watch_revocations(self) -> AsyncIterator[RevocationsUpdate]:
-        """The agent's revocation set, then every change and a heartbeat every few seconds.
+    async def watch_revocations(self, *, deltas: bool = False) -> AsyncIterator[RevocationsUpdate]:
+        """The agent's revocation set, then every change and a heartbeat every few seconds;
+        with ``deltas``, a change may carry only what changed since the previous message.
 
         Raises :class:`NotServed` when the agent does not serve the s2s extension."""
-        async for message in self._watch("WatchRevocations", rpb.WatchRevocationsRequest()):
+        request = rpb.WatchRevocationsRequest(deltas=deltas)
+        async for message in self._watch("WatchRevocations", request):
             if len(message.records_json) > _BIG_RECORDS:  # thousands of records: off the loop
                 yield await asyncio.to_thread(_revocations_update, message)
             else:
@@ -377,13 +384,27 @@ def _revocations_update(message: Any) -> RevocationsUpdate:
             f"the agent sent revocation timings that make no sense (age {age}, lag_after "
             f"{lag_after}, heartbeat {heartbeat})"
         )
+    if message.full and message.delta:
+        raise Unavailable("the agent sent a revocations message that is both whole and a delta")
+    epoch = str(message.epoch)
+    if len(epoch) > 64:
+        raise Unavailable("the agent sent a revocations epoch longer than 64 characters")
     records = parse.revocation_records(message.records_json) if message.full else None
+    base: int | None = None
+    removed: tuple[tuple[RevocationKind, str, str], ...] = ()
+    if message.delta:
+        base = int(message.base_revision)
+        records = parse.revocation_records(message.records_json)
+        removed = parse.revocation_keys(message.removed_json)
     return RevocationsUpdate(
         revision=int(message.revision),
         records=records,
         age=age if message.synced else None,
         lag_after=lag_after,
         heartbeat=heartbeat,
+        base=base,
+        removed=removed,
+        epoch=epoch,
     )
 
 

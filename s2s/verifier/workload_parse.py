@@ -18,13 +18,14 @@ from google.protobuf import json_format
 
 from s2s.core.bundle import MAX_BUNDLE_BYTES, USE_JWT_SVID, Bundle, BundleSet
 from s2s.core.errors import InvalidBundle, InvalidRequest, InvalidSpiffeId, InvalidSvid, Unavailable
-from s2s.core.revocation import RevocationRecord
+from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.core.x509svid import X509Svid, check_x509_svid
 
 __all__ = [
     "claims",
     "jwt_bundles",
+    "revocation_keys",
     "revocation_records",
     "spiffe_id",
     "split_der",
@@ -147,6 +148,29 @@ def revocation_records(data: bytes) -> tuple[RevocationRecord, ...]:
         return tuple(RevocationRecord.from_json(r) for r in doc)
     except InvalidRequest as exc:
         raise Unavailable(f"the agent sent a bad revocation record: {exc}") from exc
+
+
+def revocation_keys(data: bytes) -> tuple[tuple[RevocationKind, str, str], ...]:
+    """The removed keys of a delta ``RevocationsUpdate`` (a JSON array of ``{"kind", "value",
+    "issuer"?}``). A malformed answer is :class:`Unavailable`, as for the records."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise Unavailable(f"the agent sent removed revocations that are not JSON: {exc}") from exc
+    if not isinstance(doc, list):
+        raise Unavailable("the agent sent removed revocations that are not a JSON array")
+    keys = []
+    for item in doc:
+        if not isinstance(item, dict) or set(item) - {"kind", "value", "issuer"}:
+            raise Unavailable("the agent sent a removed revocation that is not {kind, value}")
+        kind, value, issuer = item.get("kind"), item.get("value"), item.get("issuer", "")
+        if not (isinstance(kind, str) and isinstance(value, str) and isinstance(issuer, str)):
+            raise Unavailable("the agent sent a removed revocation whose fields are not text")
+        try:
+            keys.append((RevocationKind(kind), value, issuer))
+        except ValueError:
+            raise Unavailable(f"the agent sent an unknown revocation kind {kind[:20]!r}") from None
+    return tuple(keys)
 
 
 def claims(struct: Any) -> Mapping[str, Any]:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(s2s/workload_proto/s2s_revocations.proto\x12\x0cs2s.agent.v1\"\x19\n\x17WatchRevocationsRequest\"\xa4\x01\n\x11RevocationsUpdate\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12\x14\n\x0crecords_json\x18\x03 \x01(\x0c\x12\x0e\n\x06synced\x18\x04 \x01(\x08\x12\x13\n\x0b\x61ge_seconds\x18\x05 \x01(\x01\x12\x19\n\x11lag_after_seconds\x18\x06 \x01(\x01\x12\x19\n\x11heartbeat_seconds\x18\x07 \x01(\x01\x32k\n\x0bRevocations\x12\\\n\x10WatchRevocations\x12%.s2s.agent.v1.WatchRevocationsRequest\x1a\x1f.s2s.agent.v1.RevocationsUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(s2s/workload_proto/s2s_revocations.proto\x12\x0cs2s.agent.v1\")\n\x17WatchRevocationsRequest\x12\x0e\n\x06\x64\x65ltas\x18\x01 \x01(\x08\"\xef\x01\n\x11RevocationsUpdate\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\x0c\n\x04\x66ull\x18\x02 \x01(\x08\x12\x14\n\x0crecords_json\x18\x03 \x01(\x0c\x12\x0e\n\x06synced\x18\x04 \x01(\x08\x12\x13\n\x0b\x61ge_seconds\x18\x05 \x01(\x01\x12\x19\n\x11lag_after_seconds\x18\x06 \x01(\x01\x12\x19\n\x11heartbeat_seconds\x18\x07 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x08 \x01(\x08\x12\x15\n\rbase_revision\x18\t \x01(\x03\x12\x14\n\x0cremoved_json\x18\n \x01(\x0c\x12\r\n\x05\x65poch\x18\x0b \x01(\t2k\n\x0bRevocations\x12\\\n\x10WatchRevocations\x12%.s2s.agent.v1.WatchRevocationsRequest\x1a\x1f.s2s.agent.v1.RevocationsUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 's2s.workload_proto.s2s_revo
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=58
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=83
-  _globals['_REVOCATIONSUPDATE']._serialized_start=86
-  _globals['_REVOCATIONSUPDATE']._serialized_end=250
-  _globals['_REVOCATIONS']._serialized_start=252
-  _globals['_REVOCATIONS']._serialized_end=359
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=99
+  _globals['_REVOCATIONSUPDATE']._serialized_start=102
+  _globals['_REVOCATIONSUPDATE']._serialized_end=341
+  _globals['_REVOCATIONS']._serialized_start=343
+  _globals['_REVOCATIONS']._serialized_end=450
 # @@protoc_insertion_point(module_scope)
