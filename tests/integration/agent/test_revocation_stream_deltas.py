@@ -455,3 +455,42 @@ async def test_a_bad_delta_is_refused_the_set_kept_and_the_whole_set_taken_again
             finally:
                 await verifier.stop()
     assert scripted.requests[:2] == [True, True]  # the feed asks for deltas on every stream
+
+
+# --- a real CA and agent --------------------------------------------------------------------------
+
+
+async def test_a_real_agent_sends_a_ca_revocation_as_a_delta(harness: Any) -> None:
+    """The agent's CA feed derives its sets from the CA's delta answers, so a revocation made at
+    the CA reaches a workload's stream as a delta; the verifier's set equals the agent's."""
+    token, agent_id = await harness.ca.join_token()
+    await harness.ca.entry(agent_id, "/billing", [f"unix:uid:{os.getuid()}"])
+    running = await harness.start_agent(harness.config(token=token))
+    agent = running.agent
+    revocations = harness.ca.server.revocations
+    await revocations.revoke_jti("before")
+    agent_feed = agent.revocations.feed
+    await harness.wait_until(lambda: agent_feed.snapshot().is_jti_revoked("before"), what="sync")
+    async with WorkloadApiClient(str(agent.config.socket)) as client:
+        verifier = AgentRevocationFeed(lambda: client, delay=lambda _n: 0.01)
+        await verifier.start()
+        try:
+            stream = client.watch_revocations(deltas=True)
+            first = await next_change(stream)
+            assert "before" in values(first.records)
+            assert first.epoch == agent_feed.epoch
+            assert first.epoch  # a CA on SQLite names its store
+            await revocations.revoke_jti("after")
+            change = await next_change(stream)
+            assert change.base == first.revision
+            assert values(change.records) == ["after"]
+            assert change.removed == ()
+            await stream.aclose()
+            await harness.wait_until(
+                lambda: verifier.snapshot().records() == agent_feed.snapshot().records(),
+                what="the verifier's set equals the agent's",
+            )
+            assert verifier.deltas >= 1
+            assert verifier.wholes == 1
+        finally:
+            await verifier.stop()
