@@ -11,15 +11,15 @@ which is what a remembered ``unix:sha256`` is keyed by.
 
 Everything here reads ``/proc`` (a few system calls, no file contents). Attestors call the
 path-based functions from worker threads. The per-call check on the Workload API's event loop
-goes through a :class:`ProcHandle` instead: ``/proc/<pid>``, its ``status`` and its ``stat`` held
-open for the connection's life and re-read with ``pread`` (:func:`recheck_reading`). An open
+goes through a :class:`ProcHandle` instead: ``/proc/<pid>`` and its ``status`` held open for the
+connection's life, ``status`` re-read with ``pread`` (:func:`recheck_reading`). An open
 ``/proc/<pid>`` entry stays bound to the process it was opened for: once that process is gone,
-every read through it fails (``ESRCH``) even if the pid number names another process by then,
-and the start time is compared as well. The binary is looked at with ``statx`` and
-``AT_STATX_DONT_SYNC`` where the C library has it, so that a binary on a network or FUSE
-filesystem is described from the attributes the kernel holds rather than by asking its server
-(which could block the loop); the full attestation, in a worker thread, opens the binary and
-sees fresh attributes.
+every read through it fails (``ESRCH``) even if the pid number names another process by then;
+off procfs (a ``/proc`` laid out by tests) the start time is compared as well. The binary is
+looked at with ``statx`` and ``AT_STATX_DONT_SYNC`` where the C library has it, so that a binary
+on a network or FUSE filesystem is described from the attributes the kernel holds rather than by
+asking its server (which could block the loop); the full attestation, in a worker thread, opens
+the binary and sees fresh attributes.
 """
 
 from __future__ import annotations
@@ -96,15 +96,15 @@ class PeerCredentials:
 
 
 class ProcHandle:
-    """``/proc/<pid>`` of a connected caller and its ``status`` and ``stat``, held open.
+    """``/proc/<pid>`` of a connected caller and its ``status``, held open (two fds).
 
-    Re-reading them costs a ``pread`` each instead of a path lookup, an open and a close, and
-    the entry cannot come to name another process: reads fail once the process it was opened
-    for is gone. Used and closed on one thread (the Workload API's event loop); fds that are
-    never closed are closed when the object is collected.
+    Re-reading ``status`` costs a ``pread`` instead of a path lookup, an open and a close, and
+    the entry cannot come to name another process: on procfs, reads through it fail once the
+    process it was opened for is gone. Used and closed on one thread (the Workload API's event
+    loop); fds that are never closed are closed when the object is collected.
     """
 
-    __slots__ = ("__weakref__", "_buf", "_close", "_dir", "_stat", "_status", "bound", "pid")
+    __slots__ = ("__weakref__", "_buf", "_close", "_dir", "_status", "bound", "pid")
 
     def __init__(self, pid: int, *, proc_root: str = "/proc") -> None:
         self.pid = pid
@@ -112,19 +112,16 @@ class ProcHandle:
             self._dir = os.open(f"{proc_root}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise AttestationFailed(f"cannot open /proc of process {pid}: {exc}") from exc
-        opened = [self._dir]
         try:
-            for name in ("status", "stat"):
-                opened.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir))
+            self._status = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
         except OSError as exc:
-            _close_fds(opened)
+            _close_fds([self._dir])
             raise AttestationFailed(f"cannot open /proc of process {pid}: {exc}") from exc
-        self._status, self._stat = opened[1], opened[2]
         self._buf = ctypes.create_string_buffer(_STATX_SIZE)
         # On procfs the entry is bound to the process it was opened for (reads fail with ESRCH
         # once it is gone), so a pid that names another process is caught without the start time.
         self.bound = _is_procfs(self._dir)
-        self._close = weakref.finalize(self, _close_fds, opened)
+        self._close = weakref.finalize(self, _close_fds, [self._dir, self._status])
 
     def close(self) -> None:
         self._close()
@@ -134,9 +131,18 @@ class ProcHandle:
         return not self._close.alive
 
     def start_time(self) -> int:
-        """Field 22 of the process's ``stat`` (:class:`AttestationFailed` once it is gone)."""
+        """Field 22 of the process's ``stat``, read through the held entry (opened and closed:
+        needed at admission, and per call only off procfs); :class:`AttestationFailed` once the
+        process is gone."""
         try:
-            return _start_time(self._pread(self._stat))
+            if not self._close.alive:
+                raise OSError(f"the /proc entry of process {self.pid} was released")
+            fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
+            try:
+                data = os.read(fd, _READ_SIZE)
+            finally:
+                os.close(fd)
+            return _start_time(data)
         except (OSError, ValueError, IndexError) as exc:
             raise AttestationFailed(
                 f"cannot read the start time of process {self.pid}: {exc}"

@@ -1,6 +1,6 @@
 """Each Workload API connection holds its caller's /proc entry open, and only while it lasts.
 
-A real server on a real Unix socket: the entry (three fds: /proc/<pid>, its status and stat)
+A real server on a real Unix socket: the entry (two fds: /proc/<pid> and its status)
 is opened when a connection is accepted, read on every call, and released when the connection
 closes or once its caller was found to have changed (its calls are refused from then on).
 """
@@ -77,7 +77,7 @@ async def test_each_connection_holds_the_entry_until_it_closes(
         for ch in channels:
             assert await fetch_jwt(ch) == grpc.StatusCode.OK
             assert await fetch_jwt(ch) == grpc.StatusCode.OK  # the same connection again
-        assert held_under(f"/proc/{PID}") == baseline + 3 * 3
+        assert held_under(f"/proc/{PID}") == baseline + 3 * 2
         for ch in channels:
             await ch.close()
         await until(lambda: held_under(f"/proc/{PID}") == baseline)
@@ -108,7 +108,7 @@ async def test_a_caller_found_changed_releases_the_entry_at_once(
         channel(sock) as ch,
     ):
         assert await fetch_jwt(ch) == grpc.StatusCode.OK
-        assert held_under(str(d)) == 3  # twin: a caller that stays holds it
+        assert held_under(str(d)) == 2  # twin: a caller that stays holds it
         (d / "status").write_text(status.replace("\t10\n", "\t10 20\n"))  # new groups
         assert await fetch_jwt(ch) == grpc.StatusCode.PERMISSION_DENIED
         assert held_under(str(d)) == 0  # the connection is still open
