@@ -157,7 +157,9 @@ class ServerLimits:
     tls_handshake_timeout: float = 10.0  # accept -> handshake done
     header_timeout: float = 10.0  # connection ready or first byte of a request -> its headers
     body_timeout: float = 10.0  # headers -> the whole JSON body read
-    keepalive_timeout: float = 30.0  # idle between requests (agents' clients keep 15 s)
+    # idle between requests: longer than agents keep an idle connection (170 s, past the 165 s
+    # between two renewals of a 5-minute SVID), so renewals reuse it instead of a new handshake
+    keepalive_timeout: float = 180.0
     max_connections: int = 4096  # open at once, all clients
     max_connections_per_ip: int = 256  # open at once from one address
     max_long_polls: int = 2048  # requests held waiting for a change; more are answered at once

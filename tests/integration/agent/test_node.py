@@ -365,3 +365,24 @@ async def test_a_large_answer_is_read_whole(fake_client: Any) -> None:
     client = await fake_client("spiffe://example.org/s2s/ca/ca-1", handler)
     answer = await client.entries(since=-1, wait=0)
     assert answer.revision == 3
+
+
+async def test_an_idle_connection_to_the_ca_outlives_aiohttps_default_keepalive(
+    fake_client: Any,
+) -> None:
+    """Renewals are minutes apart: the agent keeps its connection to the CA across a gap longer
+    than aiohttp's default idle limit (15 s), so a renewal pays no new mTLS handshake."""
+    peers: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response({})
+
+    client = await fake_client("spiffe://example.org/s2s/ca/ca-1", handler)
+    for pause in (0.0, 16.0):  # 16 s: past aiohttp's 15 s default
+        await asyncio.sleep(pause)
+        with pytest.raises(Unavailable, match="malformed"):
+            await client.attest("secret-token", build_csr(new_key()))
+    assert len(peers) == 2
+    assert peers[0] == peers[1]  # the same client address and port: the same connection

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s2s.ca.config import ServerLimits
+from s2s.agent.ca_client import KEEPALIVE
+from s2s.ca.config import DEFAULT_MAX_SVID_TTL, ServerLimits
 from s2s.core.errors import InvalidConfig
 
 
@@ -13,6 +14,12 @@ def test_defaults_are_consistent() -> None:
     assert limits.max_connections_per_ip <= limits.max_connections
     assert limits.max_long_polls <= limits.max_connections
     assert limits.keepalive_timeout > 15  # longer than aiohttp clients keep idle connections
+
+
+def test_agents_keep_a_connection_between_renewals_and_close_it_before_the_ca() -> None:
+    # the longest gap between two renewals of one SVID at the largest lifetime the CA grants
+    longest_gap = DEFAULT_MAX_SVID_TTL.total_seconds() / 2 * 1.1
+    assert longest_gap < KEEPALIVE < ServerLimits().keepalive_timeout
 
 
 @pytest.mark.parametrize(
