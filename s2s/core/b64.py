@@ -55,4 +55,3 @@ def b64url_decode(text: str, *, canonical: bool = False) -> bytes:
     if canonical and rem and _VALUE[text[-1]] & (0x0F if rem == 2 else 0x03):
         raise ValueError("not canonical base64url")
     return value
-
