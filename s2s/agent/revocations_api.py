@@ -63,7 +63,6 @@ class RevocationsService:
         self.heartbeat = float(heartbeat)
         self._set = feed.snapshot()
         self._revision = 1
-        self._epoch = _epoch_of(feed)
         self._records: bytes | None = None  # the whole set's JSON, encoded when first needed
         self._deltas: dict[int, bytes | None] = {}  # base revision -> delta records, this set
         self._changed = asyncio.Event()
@@ -96,12 +95,11 @@ class RevocationsService:
         old = self._set
         changes = new.changes_since(old)
         if changes is None:  # replaced: compare whole (it was built whole anyway)
-            if new == old and _epoch_of(self._feed) == self._epoch:
+            if new == old:  # the same records (a store epoch change shows at the next one)
                 return
         elif not changes[0] and not changes[1]:
             return
         self._set, self._records, self._deltas = new, None, {}
-        self._epoch = _epoch_of(self._feed)
         self._revision += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -115,14 +113,17 @@ class RevocationsService:
         while True:
             await check_caller(ctx)  # before every message, as the Workload API's streams
             changed, revision, current = self._changed, self._revision, self._set
+            # Read here, not when the set changes: a feed names its new epoch after publishing.
+            now_epoch = _epoch_of(self._feed)
             if revision == sent:
                 message = self._message(revision, kind=_HEARTBEAT)
-            elif deltas and held is not None and epoch == self._epoch:
+            elif deltas and held is not None and epoch == now_epoch:
                 message = self._delta_message(revision, current, sent, held)
             else:
                 message = self._message(revision, kind=_WHOLE)
             yield message
-            sent, held, epoch = revision, current, self._epoch
+            if revision != sent:
+                sent, held, epoch = revision, current, now_epoch
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
             # arrives as the event is set, and this loop would then outlive its call.
             with contextlib.suppress(TimeoutError):
@@ -147,7 +148,7 @@ class RevocationsService:
             age_seconds=age or 0.0,
             lag_after_seconds=self._feed.lag_after,
             heartbeat_seconds=self.heartbeat,
-            epoch=self._epoch,
+            epoch=_epoch_of(self._feed),
         )
         if kind == _WHOLE:
             if self._records is None:

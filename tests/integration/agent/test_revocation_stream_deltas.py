@@ -67,6 +67,13 @@ class DerivingFeed(RevocationFeed):
         self._publish(RevocationSet.of(records))
         self._confirm(self._now())
 
+    def move_store(self, epoch: str, *records: RevocationRecord) -> None:
+        """A set from another store (default: the same records), its epoch named after
+        publishing, as the CA feed does."""
+        self._publish(RevocationSet.of(records or self.snapshot().records()))
+        self.epoch = epoch
+        self._confirm(self._now())
+
     async def _run(self) -> None:
         await asyncio.Event().wait()
 
@@ -282,6 +289,42 @@ async def test_the_verifier_follows_by_deltas_and_takes_a_reload_whole(
             await verifier.stop()
 
 
+async def test_a_store_named_after_its_set_is_published_comes_whole_at_the_next_change(
+    agent: WorkloadApiServer, feed: DerivingFeed, fake_clock: FakeClock
+) -> None:
+    """The CA feed names a new store epoch just after it publishes the set (same records): the
+    next change must come as a whole set of the new epoch, not as a delta the client refuses."""
+    feed.revoke(jti("a"))
+    verifier, client = follower(agent, fake_clock)
+    async with client:
+        await verifier.start()
+        try:
+            stream = client.watch_revocations(deltas=True)
+            await next_change(stream)
+            feed.move_store("e2")
+            feed.revoke(jti("b"))
+            change = await next_change(stream)
+            assert change.base is None
+            assert change.epoch == "e2"
+            assert values(change.records) == ["a", "b"]
+            feed.revoke(jti("c"))  # twin: within the new epoch, deltas again
+            again = await next_change(stream)
+            assert again.base == change.revision
+            assert again.epoch == "e2"
+            feed.move_store("e3", jti("d"))  # other records: the whole set names its epoch
+            moved = await next_change(stream)
+            assert moved.base is None
+            assert (moved.epoch, values(moved.records)) == ("e3", ["d"])
+            feed.revoke(jti("e"))
+            last = await next_change(stream)
+            assert (last.base, last.epoch) == (moved.revision, "e3")
+            await stream.aclose()
+            await until(lambda: values(verifier.snapshot().records()) == ["d", "e"], "e")
+            assert verifier.reconnects == 0  # nothing refused on the way
+        finally:
+            await verifier.stop()
+
+
 @pytest.mark.parametrize("seed", range(6))
 async def test_the_verifier_set_equals_the_agent_set_after_random_changes(
     agent: WorkloadApiServer, feed: DerivingFeed, fake_clock: FakeClock, seed: int
@@ -325,8 +368,10 @@ def step(feed: DerivingFeed, rng: random.Random) -> None:
         feed.prune(T0 + dt.timedelta(seconds=rng.randrange(100)))
     elif pick < 0.95:
         feed.reload(*(jti(f"r{rng.randrange(30)}") for _ in range(rng.randrange(4))))
-    else:
+    elif pick < 0.97:
         feed.reload(*(jti(f"x{i}") for i in range(3)), epoch=rng.choice(("e1", "e2", "")))
+    else:
+        feed.move_store(rng.choice(("e1", "e2", "")))
 
 
 # --- a scripted agent: deltas refused -------------------------------------------------------------
