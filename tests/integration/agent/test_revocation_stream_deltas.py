@@ -539,3 +539,26 @@ async def test_a_real_agent_sends_a_ca_revocation_as_a_delta(harness: Any) -> No
             assert verifier.wholes == 1
         finally:
             await verifier.stop()
+
+
+async def test_an_agent_that_predates_deltas_is_followed_by_whole_sets(
+    provider: StaticIdentityProvider,
+    socket_dir: Path,
+    authority: TestAuthority,
+    fake_clock: FakeClock,
+) -> None:
+    """An older agent ignores the request's ``deltas`` and sends the whole set on every change:
+    the feed takes each as it comes, without reopening the stream."""
+    older = ScriptedRevocations(
+        [[whole(1, jti("a"), epoch=""), whole(2, jti("a"), jti("b"), epoch="")]]
+    )
+    async with await serve(provider, socket_dir, authority, older) as server:
+        verifier, client = follower(server, fake_clock)
+        async with client:
+            await verifier.start()
+            try:
+                await until(lambda: verifier.wholes == 2, "both whole sets taken")
+                assert values(verifier.current().records()) == ["a", "b"]
+                assert (verifier.deltas, verifier.reconnects) == (0, 0)
+            finally:
+                await verifier.stop()

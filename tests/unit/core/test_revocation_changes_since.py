@@ -70,3 +70,18 @@ def test_a_set_built_afresh_or_a_newer_base_says_nothing() -> None:
     branch = base.with_records([jti("c")])  # derived from an older set: built afresh
     assert branch.changes_since(base) is None
     assert derived.changes_since(derived) == ([], [])
+
+
+def test_after_the_rebuild_that_drops_superseded_values_it_says_nothing() -> None:
+    """Past max(1024, records) superseded values a derivation builds afresh: a consumer then
+    takes the new set whole (amortised O(1) per change)."""
+    base = RevocationSet.of([jti("a")])
+    s = base
+    for i in range(1100):
+        s = s.with_records([jti("b", expires=60 + i)])  # each replaces b: one superseded value
+        if s.changes_since(base) is None:
+            break
+    else:
+        raise AssertionError("no rebuild within 1100 replacements")
+    assert 1000 < i < 1100
+    assert s.records() == (jti("a"), jti("b", expires=60 + i))
