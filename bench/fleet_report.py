@@ -47,8 +47,11 @@ def render(m: dict[str, Any]) -> str:
         "**Cost per CA replica** (CPU from /proc/PID/stat; renewals = that replica's"
         ' `s2s_ca_svids_issued_total{kind="x509"}`; idle = CPU with no agent connected (its'
         " loops, etcd watches, our /metrics scrapes); all-in = CPU / renewals; marginal = (CPU -"
-        " idle) / renewals, compared with the in-process cost at the fleet's batch size; per"
-        " change / revocation: CPU beyond idle and the renewals signed meanwhile)",
+        " idle) / renewals, compared with the in-process cost at the fleet's batch size. The"
+        " simulated agents run the real agent's loops, so marginal also carries every agent's"
+        " background calls (the entries and revocation long-polls answered at least every 30 s,"
+        " the bundle fetched every 30 s): an upper bound of a renewal's own cost. Per change /"
+        " revocation: CPU beyond idle and the renewals signed meanwhile)",
         "",
         "| registry | replicas | replica | idle CPU % | renewals/s | CPU ms/renewal all-in |"
         " marginal | x in-process | CPU ms/entry change | CPU ms/revocation | RSS MB |",
