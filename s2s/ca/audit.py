@@ -93,6 +93,8 @@ class AuditEvent(StrEnum):
     JWT_ISSUED = "audit.jwt_svid.issued"
     AGENT_ATTESTED = "audit.agent.attested"
     AGENT_RENEWED = "audit.agent.renewed"
+    AGENT_REATTESTED = "audit.agent.reattested"  # a join token retried by the key that used it
+    AGENT_REFUSED = "audit.agent.refused"
     ADMIN_CHANGE = "audit.admin.change"
     ADMIN_REFUSED = "audit.admin.refused"
 
@@ -194,6 +196,18 @@ class AuditLog:
                 AuditField.AGENT: str(agent_id),
                 AuditField.SPIFFE_ID: str(agent_id),
                 AuditField.SERIAL: serial_hex(serial),
+                AuditField.KIND: "agent",
+            },
+        )
+
+    def agent_refused(self, *, agent_id: SpiffeId, reason: str) -> None:
+        """An agent attestation was refused (``reason`` never holds a token or key)."""
+        self._emit(
+            AuditEvent.AGENT_REFUSED,
+            {
+                AuditField.AGENT: str(agent_id),
+                AuditField.SPIFFE_ID: str(agent_id),
+                AuditField.REASON: reason,
                 AuditField.KIND: "agent",
             },
         )

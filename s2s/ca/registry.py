@@ -3,7 +3,9 @@
 Rules (issue 3, item 3): an entry's SPIFFE ID is in the trust domain, has a path, and is outside
 the reserved ``/s2s/`` path; its parent is in the trust domain; TTLs are positive and at most the
 configured cap. Join tokens are random, only their SHA-256 is stored, and consuming one is a
-compare-and-swap. An agent attested with a join token gets
+compare-and-swap that marks it used by the SHA-256 of the attesting key (the record stays until
+the token expires, so that key alone may retry an attestation whose answer was lost). An agent
+attested with a join token gets
 ``spiffe://<td>/s2s/agent/join_token/<id>`` where ``<id>`` is a random public id stored with the
 token's hash, so the operator learns the agent ID (the parent ID of its entries) when the token is
 generated. Every agent call is authorized against
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -43,6 +46,7 @@ from s2s.store.records import AgentRecord, JoinTokenRecord, Topic
 __all__ = [
     "AgentDetail",
     "JoinToken",
+    "JoinTokenUse",
     "Registry",
     "agent_to_json",
 ]
@@ -50,6 +54,16 @@ __all__ = [
 JOIN_TOKEN_ATTESTATION = "join_token"  # noqa: S105 - a type name, not a secret
 MAX_JOIN_TOKEN_TTL = timedelta(days=7)
 _MAX_TOKEN_CHARS = 256
+_USED_BY_ANOTHER_KEY = "was already used by another key"
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTokenUse:
+    """A join token accepted for a key: the agent ID it grants, and whether this is a retry by
+    the key that used it first (an earlier attestation's answer was lost)."""
+
+    agent_id: SpiffeId
+    retry: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,20 +287,44 @@ class Registry(CaService):
         )
         return JoinToken(token=token, agent_id=agent_id, expires_at=record.expires_at)
 
-    async def consume_join_token(self, token: str) -> SpiffeId:
-        """Burn ``token`` (compare-and-swap) and return the agent ID it grants.
+    async def consume_join_token(self, token: str, *, key_hash: bytes) -> JoinTokenUse:
+        """Use ``token`` for the key whose SubjectPublicKeyInfo has SHA-256 ``key_hash`` (the
+        CSR's signature proved the caller holds that key) and return the agent ID it grants.
 
-        :class:`AttestationFailed` if it is unknown, already used or expired.
+        The first use marks the token used by that key (compare-and-swap). A later use by the
+        same key within the token's lifetime is a retry (an attestation whose answer was lost);
+        :class:`AttestationFailed` if the token is unknown, expired, or used by another key.
         """
         if not isinstance(token, str) or not 0 < len(token) <= _MAX_TOKEN_CHARS:
             raise AttestationFailed("the join token is missing or malformed")
         try:
             record = await self._store.consume_join_token(
-                _token_hash(token), now=utc(self._clock.now())
+                _token_hash(token), now=utc(self._clock.now()), key_hash=key_hash
             )
         except NotFound as exc:
             raise AttestationFailed(str(exc)) from exc
-        return join_token_agent_id(self._config.trust_domain, record.id)
+        agent_id = join_token_agent_id(self._config.trust_domain, record.id)
+        if record.used_by is None:
+            return JoinTokenUse(agent_id, retry=False)
+        if hmac.compare_digest(record.used_by, key_hash):
+            return JoinTokenUse(agent_id, retry=True)
+        self._audit.agent_refused(agent_id=agent_id, reason=_USED_BY_ANOTHER_KEY)
+        raise AttestationFailed(f"the join token {_USED_BY_ANOTHER_KEY}")
+
+    async def check_reattest_allowed(self, agent_id: SpiffeId) -> None:
+        """Before a join token retry issues anything: :class:`Revoked` if the agent ID is
+        revoked (by ID or as an agent), :class:`NotAuthorized` if the agent is banned."""
+        if self._revocations.current().revoked_at(agent_id) is not None:
+            raise Revoked(
+                f"agent {agent_id} is revoked; it cannot attest again with its join token",
+                spiffe_id=str(agent_id),
+            )
+        try:
+            record = await self._store.get_agent(agent_id)
+        except NotFound:
+            return  # the first attempt never registered it
+        if record.banned:
+            raise NotAuthorized(f"agent {agent_id} is banned")
 
     # -- agents ----------------------------------------------------------------------------
 
@@ -297,8 +335,13 @@ class Registry(CaService):
         serial: int,
         not_after: datetime,
         attestation_type: str = JOIN_TOKEN_ATTESTATION,
+        again: bool = False,
     ) -> AgentRecord:
-        """Create an agent's record; :class:`NotAuthorized` if one exists and is banned."""
+        """Create an agent's record; :class:`NotAuthorized` if one exists and is banned.
+
+        ``again`` (a join token retry by the key that used the token) makes an existing record
+        take the new SVID (compare-and-swap) instead of raising :class:`Conflict`.
+        """
         now = utc(self._clock.now())
         record = AgentRecord(
             spiffe_id=agent_id,
@@ -308,15 +351,30 @@ class Registry(CaService):
             created_at=now,
             updated_at=now,
         )
-        try:
-            stored = await self._store.create_agent(record)
-        except Conflict:
-            existing = await self._store.get_agent(agent_id)
-            if existing.banned:
-                raise NotAuthorized(f"agent {agent_id} is banned") from None
-            raise
-        self._cache.agent_written(stored)
-        return stored
+        for _ in range(3):
+            try:
+                stored = await self._store.create_agent(record)
+            except Conflict as exc:
+                try:
+                    existing = await self._store.get_agent(agent_id)
+                except NotFound:
+                    continue  # evicted meanwhile: create it again
+                if existing.banned:
+                    raise NotAuthorized(f"agent {agent_id} is banned") from None
+                if not again:
+                    raise exc from None
+                updated = dataclasses.replace(
+                    existing, serial=serial, next_serial=None, not_after=not_after, updated_at=now
+                )
+                try:
+                    stored = await self._store.update_agent(
+                        updated, expected_revision=existing.revision
+                    )
+                except (Conflict, NotFound):
+                    continue  # it changed meanwhile: look again
+            self._cache.agent_written(stored)
+            return stored
+        raise Conflict(f"agent {agent_id} kept changing while being registered; attest again")
 
     async def stage_agent_serial(
         self, agent: AgentRecord, *, next_serial: int, not_after: datetime

@@ -158,8 +158,10 @@ class MeteredStore:
     async def create_join_token(self, record: JoinTokenRecord) -> None:
         await self._run("create_join_token", self._inner.create_join_token(record))
 
-    async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
-        call = self._inner.consume_join_token(token_hash, now=now)
+    async def consume_join_token(
+        self, token_hash: bytes, *, now: dt.datetime, key_hash: bytes
+    ) -> JoinTokenRecord:
+        call = self._inner.consume_join_token(token_hash, now=now, key_hash=key_hash)
         return await self._run("consume_join_token", call)
 
     async def claim_once(self, mark: UsedMark) -> None:

@@ -136,10 +136,15 @@ class Store(Protocol):
         """Store a token (by hash); ``Conflict`` if the id or hash exists."""
         ...
 
-    async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
-        """Atomically remove and return the token with this hash. Of concurrent consumers exactly
-        one wins; the others, and anyone after, get ``NotFound``. An expired token
-        (``expires_at <= now``) is removed too and raises ``NotFound`` saying it expired."""
+    async def consume_join_token(
+        self, token_hash: bytes, *, now: dt.datetime, key_hash: bytes
+    ) -> JoinTokenRecord:
+        """Use the token with this hash for the key whose SPKI SHA-256 is ``key_hash`` and return
+        the record as it was before. An unused token is marked ``used_by=key_hash``
+        (compare-and-swap: of concurrent consumers exactly one sees it unused) and stays until
+        its expiry; a used one is returned unchanged, its ``used_by`` naming the key that used
+        it (the caller decides). ``NotFound`` if unknown; an expired token (``expires_at <=
+        now``) is removed and raises ``NotFound`` saying it expired."""
         ...
 
     # -- single-use marks (spent client assertions), shared by every replica --

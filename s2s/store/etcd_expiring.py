@@ -12,6 +12,7 @@ Part of :class:`s2s.store.etcd.EtcdStore`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import secrets
 from collections.abc import AsyncGenerator, Sequence
@@ -33,6 +34,7 @@ from s2s.store.records import (
     PruneResult,
     Topic,
     UsedMark,
+    check_key_hash,
 )
 from s2s.store.revocation_changes import RevocationChanges, StoreKey
 
@@ -63,21 +65,29 @@ class EtcdExpiringRecords(EtcdKeyspace):
 
         await self._retrying(attempt)
 
-    async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
+    async def consume_join_token(
+        self, token_hash: bytes, *, now: dt.datetime, key_hash: bytes
+    ) -> JoinTokenRecord:
         check_aware("time", now)
         if not isinstance(token_hash, bytes):
             raise InvalidRequest("a join token hash must be bytes")
+        check_key_hash(key_hash)
         k = self.key("join-tokens", token_hash.hex())
 
         async def attempt() -> JoinTokenRecord:
             record, kv = await self._read(
                 k, JoinTokenRecord.from_json, "join token is unknown or was already used"
             )
-            ops = [delete_op(k), delete_op(self.key("join-token-ids", record.id))]
-            await self._unchanged(kv, ops)
+            if record.expires_at <= now:  # an expired token is removed
+                ops = [delete_op(k), delete_op(self.key("join-token-ids", record.id))]
+                await self._unchanged(kv, ops)
+            elif record.used_by is None:  # marked by compare-and-swap: one consumer wins
+                used = dataclasses.replace(record, used_by=key_hash)
+                lease = await self._leases.lease_for(record.expires_at)
+                await self._unchanged(kv, [put_op(k, doc(used), lease=lease)])
             return record
 
-        record = await self._retrying(attempt)  # an expired token is used up as well
+        record = await self._retrying(attempt)
         if record.expires_at <= now:
             raise NotFound(f"join token {record.id} expired at {record.expires_at.isoformat()}")
         return record

@@ -13,6 +13,7 @@ lowercase hex. ``from_json`` raises :class:`InvalidRequest` naming the field
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -46,6 +47,7 @@ __all__ = [
     "Setting",
     "Topic",
     "UsedMark",
+    "check_key_hash",
 ]
 
 MAX_SERIAL = 2**160 - 1
@@ -253,12 +255,17 @@ class JoinTokenRecord:
 
     ``id`` is public: it names the agent that attests with the token
     (``spiffe://<td>/s2s/agent/join_token/<id>``); the token itself is never stored.
+    ``used_by`` is None until the token is used; then it is the SHA-256 of the
+    SubjectPublicKeyInfo of the key whose CSR used it, and the record stays until the token's
+    own expiry so that the same key may retry an attestation whose answer was lost. Records
+    written before ``used_by`` existed read as unused (used tokens were deleted then).
     """
 
     id: str
     token_hash: bytes
     expires_at: dt.datetime
     created_at: dt.datetime
+    used_by: bytes | None = None
 
     def __post_init__(self) -> None:
         _check_name("join token id", self.id)
@@ -266,28 +273,43 @@ class JoinTokenRecord:
             raise InvalidRequest("join token hash must be 16-64 bytes")
         check_aware("join token expires_at", self.expires_at)
         check_aware("join token created_at", self.created_at)
+        if self.used_by is not None:
+            check_key_hash(self.used_by)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "id": self.id,
             "token_hash": self.token_hash.hex(),
             "expires_at": iso_text(self.expires_at),
             "created_at": iso_text(self.created_at),
         }
+        if self.used_by is not None:  # an unused token keeps the shape older CAs wrote
+            out["used_by"] = self.used_by.hex()
+        return out
 
     @classmethod
     def from_json(cls, d: object) -> JoinTokenRecord:
         d = read_object(d, "a join token record")
-        try:
-            token_hash = bytes.fromhex(read_field(d, "token_hash", str))
-        except ValueError:
-            raise InvalidRequest("field 'token_hash' is not hex") from None
         return cls(
             id=read_field(d, "id", str),
-            token_hash=token_hash,
+            token_hash=_read_hex(d, "token_hash"),
             expires_at=read_time(d, "expires_at"),
             created_at=read_time(d, "created_at"),
+            used_by=_read_hex(d, "used_by") if d.get("used_by") is not None else None,
         )
+
+
+def check_key_hash(key_hash: object) -> None:
+    """:class:`InvalidRequest` unless ``key_hash`` is a SHA-256 (32 bytes) of a public key."""
+    if not isinstance(key_hash, bytes) or len(key_hash) != 32:
+        raise InvalidRequest("a join token's key hash must be a 32-byte SHA-256")
+
+
+def _read_hex(d: Mapping[str, Any], key: str) -> bytes:
+    try:
+        return bytes.fromhex(read_field(d, key, str))
+    except ValueError:
+        raise InvalidRequest(f"field {key!r} is not hex") from None
 
 
 @dataclass(frozen=True, slots=True)

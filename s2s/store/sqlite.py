@@ -37,6 +37,7 @@ from s2s.store.records import (
     PruneResult,
     Topic,
     UsedMark,
+    check_key_hash,
 )
 from s2s.store.revocation_changes import (
     RevocationChanges,
@@ -325,18 +326,29 @@ class SqliteStore(SqliteWorker):
 
         await self._write(run)
 
-    async def consume_join_token(self, token_hash: bytes, *, now: dt.datetime) -> JoinTokenRecord:
+    async def consume_join_token(
+        self, token_hash: bytes, *, now: dt.datetime, key_hash: bytes
+    ) -> JoinTokenRecord:
         moment = micros(now)
+        check_key_hash(key_hash)
 
         def run(tx: Tx) -> JoinTokenRecord:
-            # DELETE ... RETURNING under BEGIN IMMEDIATE: the row goes to exactly one consumer.
-            query = "DELETE FROM join_tokens WHERE token_hash=? RETURNING doc"
+            # Read and mark under BEGIN IMMEDIATE: exactly one consumer sees the token unused.
+            query = "SELECT doc FROM join_tokens WHERE token_hash=?"
             row = tx.conn.execute(query, (bytes(token_hash),)).fetchone()
             if row is None:
                 raise NotFound("join token is unknown or was already used")
-            return decode_doc(row[0], JoinTokenRecord.from_json)
+            record = decode_doc(row[0], JoinTokenRecord.from_json)
+            if micros(record.expires_at) <= moment:  # an expired token is removed
+                tx.conn.execute("DELETE FROM join_tokens WHERE id=?", (record.id,))
+            elif record.used_by is None:
+                used = dataclasses.replace(record, used_by=bytes(key_hash))
+                tx.conn.execute(
+                    "UPDATE join_tokens SET doc=? WHERE id=?", (encode_doc(used), record.id)
+                )
+            return record
 
-        record = await self._write(run)  # an expired token is used up as well
+        record = await self._write(run)
         if micros(record.expires_at) <= moment:
             raise NotFound(f"join token {record.id} expired at {record.expires_at.isoformat()}")
         return record

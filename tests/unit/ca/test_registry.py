@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import hashlib
 import logging
 
 import pytest
 from ca_helpers import Ca, build_ca
 
 from s2s.ca.audit import AUDIT_LOGGER
+from s2s.ca.registry import JoinTokenUse
 from s2s.core.errors import AttestationFailed, Conflict, InvalidRequest, NotAuthorized, NotFound
 from s2s.core.registration import RegistrationEntry
 from s2s.core.reserved import (
@@ -171,6 +173,10 @@ async def test_wait_for_entries_wakes_on_change_and_times_out(ca: Ca) -> None:
     assert await asyncio.wait_for(waiter, 5) > rev
 
 
+KEY_A = hashlib.sha256(b"spki-a").digest()
+KEY_B = hashlib.sha256(b"spki-b").digest()
+
+
 # -- join tokens -----------------------------------------------------------------------------
 
 
@@ -178,22 +184,35 @@ async def test_join_token_grants_its_agent_id_once(ca: Ca) -> None:
     token = await ca.registry.generate_join_token()
     assert token.agent_id.path.startswith(JOIN_TOKEN_AGENT_PATH_PREFIX)
     assert token.expires_at == ca.clock.now() + dt.timedelta(minutes=10)
-    assert await ca.registry.consume_join_token(token.token) == token.agent_id
-    with pytest.raises(AttestationFailed, match="already used"):
-        await ca.registry.consume_join_token(token.token)
+    first = await ca.registry.consume_join_token(token.token, key_hash=KEY_A)
+    assert first == JoinTokenUse(token.agent_id, retry=False)
+    with pytest.raises(AttestationFailed, match="already used by another key"):
+        await ca.registry.consume_join_token(token.token, key_hash=KEY_B)
+
+
+async def test_join_token_retry_by_the_same_key(ca: Ca) -> None:
+    token = await ca.registry.generate_join_token()
+    await ca.registry.consume_join_token(token.token, key_hash=KEY_A)
+    ca.clock.advance(dt.timedelta(minutes=9, seconds=59))
+    again = await ca.registry.consume_join_token(token.token, key_hash=KEY_A)
+    assert again == JoinTokenUse(token.agent_id, retry=True)
+    ca.clock.advance(dt.timedelta(seconds=1))  # the token's own expiry ends the retries
+    with pytest.raises(AttestationFailed, match="expired"):
+        await ca.registry.consume_join_token(token.token, key_hash=KEY_A)
 
 
 async def test_expired_join_token_is_refused(ca: Ca) -> None:
     token = await ca.registry.generate_join_token()
     ca.clock.advance(dt.timedelta(minutes=10))
     with pytest.raises(AttestationFailed, match="expired"):
-        await ca.registry.consume_join_token(token.token)
+        await ca.registry.consume_join_token(token.token, key_hash=KEY_A)
 
 
 async def test_custom_ttl_and_bad_ttls(ca: Ca) -> None:
     token = await ca.registry.generate_join_token(ttl=dt.timedelta(hours=1))
     ca.clock.advance(dt.timedelta(minutes=59))
-    assert await ca.registry.consume_join_token(token.token) == token.agent_id
+    use = await ca.registry.consume_join_token(token.token, key_hash=KEY_A)
+    assert use.agent_id == token.agent_id
     for bad in (dt.timedelta(0), dt.timedelta(days=8)):
         with pytest.raises(InvalidRequest):
             await ca.registry.generate_join_token(ttl=bad)
@@ -202,16 +221,19 @@ async def test_custom_ttl_and_bad_ttls(ca: Ca) -> None:
 @pytest.mark.parametrize("bad", ["", "x" * 300, "unknown-token"])
 async def test_unknown_or_malformed_join_token(ca: Ca, bad: str) -> None:
     with pytest.raises(AttestationFailed):
-        await ca.registry.consume_join_token(bad)
+        await ca.registry.consume_join_token(bad, key_hash=KEY_A)
 
 
 async def test_concurrent_consumers_one_wins(ca: Ca) -> None:
     token = await ca.registry.generate_join_token()
+    keys = [hashlib.sha256(bytes([i])).digest() for i in range(5)]
     results = await asyncio.gather(
-        *(ca.registry.consume_join_token(token.token) for _ in range(5)), return_exceptions=True
+        *(ca.registry.consume_join_token(token.token, key_hash=k) for k in keys),
+        return_exceptions=True,
     )
-    assert sum(1 for r in results if r == token.agent_id) == 1
-    assert all(isinstance(r, AttestationFailed) for r in results if r != token.agent_id)
+    wins = [r for r in results if isinstance(r, JoinTokenUse)]
+    assert wins == [JoinTokenUse(token.agent_id, retry=False)]
+    assert all(isinstance(r, AttestationFailed) for r in results if r not in wins)
 
 
 async def test_join_token_is_not_stored_in_clear(ca: Ca) -> None:
@@ -294,7 +316,7 @@ async def test_admin_changes_are_audited_without_secrets(
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         token = await ca.registry.generate_join_token()
-        agent_id = await ca.registry.consume_join_token(token.token)
+        agent_id = (await ca.registry.consume_join_token(token.token, key_hash=KEY_A)).agent_id
         await ca.registry.register_agent(
             agent_id, serial=7, not_after=ca.clock.now() + dt.timedelta(hours=1)
         )

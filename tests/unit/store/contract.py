@@ -98,6 +98,10 @@ def authority(
     )
 
 
+KEY_A = hashlib.sha256(b"spki-a").digest()  # stand-ins for the SHA-256 of a key's SPKI
+KEY_B = hashlib.sha256(b"spki-b").digest()
+
+
 def token(tid: str, *, minutes: float = 10) -> tuple[bytes, JoinTokenRecord]:
     token_hash = hashlib.sha256(f"secret-{tid}".encode()).digest()
     expires = T0 + dt.timedelta(minutes=minutes)
@@ -377,33 +381,60 @@ class StoreContract:
 
     # -- join tokens --
 
-    async def test_join_token_is_single_use(self, store: Store) -> None:
+    async def test_join_token_first_use_marks_it_used_by_the_key(self, store: Store) -> None:
         token_hash, record = token("t1")
         await store.create_join_token(record)
-        assert await store.consume_join_token(token_hash, now=T0) == record
-        with pytest.raises(NotFound, match="already used"):
-            await store.consume_join_token(token_hash, now=T0)
+        assert await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A) == record
+        used = dataclasses.replace(record, used_by=KEY_A)
+        # a used token is returned unchanged, naming the key that used it: the caller decides
+        assert await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A) == used
+        assert await store.consume_join_token(token_hash, now=T0, key_hash=KEY_B) == used
 
     async def test_unknown_join_token(self, store: Store) -> None:
         with pytest.raises(NotFound, match="unknown"):
-            await store.consume_join_token(hashlib.sha256(b"never").digest(), now=T0)
+            await store.consume_join_token(
+                hashlib.sha256(b"never").digest(), now=T0, key_hash=KEY_A
+            )
 
     @pytest.mark.parametrize("offset", [dt.timedelta(0), dt.timedelta(microseconds=1)])
-    async def test_expired_join_token_fails_and_is_used_up(
-        self, store: Store, offset: dt.timedelta
+    @pytest.mark.parametrize("used_first", [False, True])
+    async def test_expired_join_token_fails_and_is_removed(
+        self, store: Store, offset: dt.timedelta, used_first: bool
     ) -> None:
         token_hash, record = token("t1", minutes=10)
         await store.create_join_token(record)
+        if used_first:
+            await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A)
         with pytest.raises(NotFound, match="expired"):
-            await store.consume_join_token(token_hash, now=record.expires_at + offset)
-        with pytest.raises(NotFound, match="already used"):
-            await store.consume_join_token(token_hash, now=T0)
+            await store.consume_join_token(
+                token_hash, now=record.expires_at + offset, key_hash=KEY_A
+            )
+        with pytest.raises(NotFound, match="unknown"):
+            await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A)
 
     async def test_join_token_just_before_expiry_works(self, store: Store) -> None:
         token_hash, record = token("t1")
         await store.create_join_token(record)
         now = record.expires_at - dt.timedelta(microseconds=1)
-        assert await store.consume_join_token(token_hash, now=now) == record
+        assert await store.consume_join_token(token_hash, now=now, key_hash=KEY_A) == record
+
+    async def test_used_join_token_stays_until_pruned_at_expiry(self, store: Store) -> None:
+        token_hash, record = token("t1", minutes=10)
+        await store.create_join_token(record)
+        await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A)
+        assert await store.prune(record.expires_at - dt.timedelta(seconds=1)) == PruneResult()
+        assert (await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A)).used_by == KEY_A
+        assert await store.prune(record.expires_at) == PruneResult(join_tokens=1)
+        with pytest.raises(NotFound, match="unknown"):
+            await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A)
+
+    async def test_consume_refuses_a_bad_key_hash(self, store: Store) -> None:
+        token_hash, record = token("t1")
+        await store.create_join_token(record)
+        for bad in (b"", KEY_A[:31], KEY_A + b"x", "ab" * 32):
+            with pytest.raises(InvalidRequest, match="SHA-256"):
+                await store.consume_join_token(token_hash, now=T0, key_hash=bad)  # type: ignore[arg-type]
+        assert await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A) == record
 
     async def test_duplicate_join_token(self, store: Store) -> None:
         _, record = token("t1")
@@ -418,19 +449,25 @@ class StoreContract:
         tokens = [token(f"t{i}") for i in range(5)]
         for _, record in tokens:
             await handles[0].create_join_token(record)
+        keys = [hashlib.sha256(f"key-{i}".encode()).digest() for i in range(6)]
         for token_hash, record in tokens:
-            calls = [h.consume_join_token(token_hash, now=T0) for h in handles for _ in range(2)]
-            wins, losses = await race(*calls)
-            assert wins == [record]
-            assert len(losses) == 5
-            assert all(isinstance(e, NotFound) for e in losses)
+            calls = [
+                h.consume_join_token(token_hash, now=T0, key_hash=keys[2 * i + j])
+                for i, h in enumerate(handles)
+                for j in range(2)
+            ]
+            seen = await asyncio.gather(*calls)
+            first = [r for r in seen if r.used_by is None]
+            assert first == [record]  # exactly one call saw it unused
+            winner = keys[seen.index(record)]
+            assert all(r.used_by == winner for r in seen if r.used_by is not None)
 
     async def test_consume_needs_an_aware_now(self, store: Store) -> None:
         token_hash, record = token("t1")
         await store.create_join_token(record)
         with pytest.raises(InvalidRequest, match="aware"):
-            await store.consume_join_token(token_hash, now=dt.datetime(2030, 1, 1))
-        assert await store.consume_join_token(token_hash, now=T0) == record  # not used up
+            await store.consume_join_token(token_hash, now=dt.datetime(2030, 1, 1), key_hash=KEY_A)
+        assert await store.consume_join_token(token_hash, now=T0, key_hash=KEY_A) == record
 
     # -- single-use marks --
 
@@ -556,8 +593,10 @@ class StoreContract:
         assert [a.id for a in await store.list_authorities()] == ["new"]
         assert len(await store.list_entries()) == 1
         with pytest.raises(NotFound):
-            await store.consume_join_token(tok_gone.token_hash, now=T0)
-        assert await store.consume_join_token(tok_kept.token_hash, now=T0) == tok_kept
+            await store.consume_join_token(tok_gone.token_hash, now=T0, key_hash=KEY_A)
+        assert (
+            await store.consume_join_token(tok_kept.token_hash, now=T0, key_hash=KEY_A) == tok_kept
+        )
         for topic in (Topic.REVOCATIONS, Topic.AGENTS, Topic.AUTHORITIES):
             assert await store.revision(topic) > before[topic], topic
         assert await store.prune(now) == PruneResult()
@@ -681,7 +720,7 @@ class StoreContract:
         assert await again.list_agents() == (a,)
         assert await again.list_revocations() == (r,)
         assert await again.list_issued() == (issued(7),)
-        assert await again.consume_join_token(token_hash, now=T0) == tok
+        assert await again.consume_join_token(token_hash, now=T0, key_hash=KEY_A) == tok
         for topic, rev in revisions.items():
             assert await again.revision(topic) >= rev
 
