@@ -2,6 +2,8 @@
 
 The agent attests once with its join token and keeps the key and SVID in the data dir (one PEM
 file, 0600, written atomically), so a restart does not re-attest and does not need the token.
+Retries of one join token use one key (kept in memory): the CA lets only the key that first used
+a token use it again, so an attestation whose answer was lost is retried with the same token.
 It renews at half-life with +-10% jitter (``s2s.core.rotation``), with a fresh key each time, and
 attests again only when the CA says it does not know the agent (evicted). The lifetime used for
 renewal starts when the SVID was received, not at its ``notBefore``, which the CA backdates for
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import os
 import random
@@ -96,6 +99,7 @@ class NodeAttestor:
         self._backoff = backoff or RetryDelays(rand=rand)
         self._keygen = keygen
         self._identity: AgentIdentity | None = None
+        self._token_key: tuple[str, ec.EllipticCurvePrivateKey] | None = None  # in memory only
         self._jitter = jitter_from(rand)
         self._subscribers: list[IdentityCallback] = []
         self._lock = asyncio.Lock()
@@ -168,18 +172,29 @@ class NodeAttestor:
                 "pass --join-token (or S2S_AGENT_JOIN_TOKEN) with a token from "
                 "'s2s-ca token generate'"
             )
-        key = self._keygen()
+        key = self._join_token_key(token)
         try:
             response = await self._client.attest(token, build_csr(key))
         except AttestationFailed as exc:
             raise AttestationFailed(
                 f"the CA refused the join token ({exc}); generate a new one with "
-                "'s2s-ca token generate'"
+                "'s2s-ca token generate' (a token is single-use: only the key of its first "
+                "attempt may retry it, and that key is kept in memory, so an agent restarted "
+                "after its first attempt needs a new token)"
             ) from None
         identity = self._accept(response, key)
         self.attestations += 1
         log.info("agent.attested", extra={F.SPIFFE_ID: str(identity.svid.spiffe_id)})
         return identity
+
+    def _join_token_key(self, token: str) -> ec.EllipticCurvePrivateKey:
+        """The key for attesting with ``token``: the same across retries of one token, since the
+        CA lets only the key of the token's first use retry it (the first answer may be lost)."""
+        if self._token_key is not None and hmac.compare_digest(self._token_key[0], token):
+            return self._token_key[1]
+        key = self._keygen()
+        self._token_key = (token, key)
+        return key
 
     async def renew(self) -> AgentIdentity:
         """Renew the agent SVID (one try); re-attest if the CA says the agent is unknown."""
