@@ -190,7 +190,9 @@ class NodeAttestor:
     def _join_token_key(self, token: str) -> ec.EllipticCurvePrivateKey:
         """The key for attesting with ``token``: the same across retries of one token, since the
         CA lets only the key of the token's first use retry it (the first answer may be lost)."""
-        if self._token_key is not None and hmac.compare_digest(self._token_key[0], token):
+        if self._token_key is not None and hmac.compare_digest(
+            self._token_key[0].encode(), token.encode()
+        ):
             return self._token_key[1]
         key = self._keygen()
         self._token_key = (token, key)

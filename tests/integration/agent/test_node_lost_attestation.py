@@ -9,7 +9,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from s2s.agent.ca_client import CaClient
+from s2s.agent.issuance import new_key
+from s2s.agent.node import NodeAttestor
+from s2s.core.clock import SystemClock
 from s2s.core.errors import AttestationFailed, Unavailable
 
 
@@ -66,3 +71,24 @@ async def test_the_real_agent_recovers_by_itself(harness: Any, stage: str, how: 
     running = await harness.start_agent(harness.config(token=token))
     assert running.agent.node.identity.svid.spiffe_id == agent_id
     assert seen.count(stage) == 2
+
+
+async def test_retries_of_a_token_reuse_one_key_whatever_the_token_text(harness: Any) -> None:
+    made: list[ec.EllipticCurvePrivateKey] = []
+
+    def keygen() -> ec.EllipticCurvePrivateKey:
+        made.append(new_key())
+        return made[-1]
+
+    config = harness.config(token="tök-ünicode")  # not ASCII: compared as bytes
+    clock = SystemClock()
+    client = CaClient(urls=config.ca_urls, trust_domain=config.trust_domain, clock=clock)
+    node = NodeAttestor(config=config, client=client, clock=clock, keygen=keygen)
+    await harness.ca.stop()  # every try fails as unreachable, as a lost answer would
+    try:
+        for _ in range(3):
+            with pytest.raises(Unavailable):
+                await node.attest()
+    finally:
+        await client.close()
+    assert len(made) == 1
