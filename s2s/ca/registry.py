@@ -492,7 +492,9 @@ class Registry(CaService):
         await self._seen.saw(agent.spiffe_id, address)
 
     async def evict_agent(self, spiffe_id: SpiffeId) -> None:
-        """Forget an agent: its SVID stops working at once; it may re-attest with a new token."""
+        """Forget an agent: its SVID stops working at once; it may re-attest with a new token
+        (or, until its join token expires, with that token and the key that first used it: ban
+        it to keep it out)."""
         await self._store.delete_agent(spiffe_id)
         self._cache.agent_deleted(spiffe_id)
         await self._seen.forget(spiffe_id)

@@ -233,3 +233,20 @@ def test_a_token_record_written_before_used_by_reads_as_unused() -> None:
     for bad in ("zz" * 32, "cd" * 31, 7):
         with pytest.raises(Exception, match=r"used_by|SHA-256|hex|str"):
             JoinTokenRecord.from_json({**old, "used_by": bad})
+
+
+async def test_an_evicted_agent_may_come_back_only_with_its_key_within_the_lifetime(
+    rca: Ca,
+) -> None:
+    token = await rca.registry.generate_join_token()
+    key = ec.generate_private_key(ec.SECP256R1())
+    await rca.attestor.attest_join_token(token.token, make_csr(key))
+    await rca.registry.evict_agent(token.agent_id)
+    with pytest.raises(AttestationFailed, match="another key"):
+        await rca.attestor.attest_join_token(token.token, make_csr())
+    back = await rca.attestor.attest_join_token(token.token, make_csr(key))
+    assert back.agent.spiffe_id == token.agent_id
+    await rca.registry.evict_agent(token.agent_id)
+    rca.clock.advance(dt.timedelta(minutes=10))
+    with pytest.raises(AttestationFailed, match="expired"):
+        await rca.attestor.attest_join_token(token.token, make_csr(key))
