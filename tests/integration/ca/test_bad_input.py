@@ -125,8 +125,11 @@ async def test_join_token_is_single_use(ca: RunningCa) -> None:
     token = await ca.token()
     first = {"join_token": token["token"], "csr": csr_pem(new_key())}
     assert (await ca.public("POST", "/v1/agent/attest", json=first))[0] == 200
-    status, body = await ca.public("POST", "/v1/agent/attest", json=first)
+    other = {"join_token": token["token"], "csr": csr_pem(new_key())}
+    status, body = await ca.public("POST", "/v1/agent/attest", json=other)
     assert (status, body["error"]) == (401, "attestation_failed")
+    # the first key may repeat it (its answer may have been lost), and only that key
+    assert (await ca.public("POST", "/v1/agent/attest", json=first))[0] == 200
 
 
 async def test_unknown_join_token_is_refused(ca: RunningCa) -> None:
