@@ -46,7 +46,9 @@ class EtcdExpiringRecords(EtcdKeyspace):
 
     _epoch: str | None = None  # the store's epoch, once read
 
-    # -- join tokens: join-tokens/<hash hex> holds the record, join-token-ids/<id> the hash --
+    # -- join tokens: join-tokens/<hash hex> holds an unused token, join-tokens-used/<hash hex> a
+    # used one (with used_by) until it expires, join-token-ids/<id> the hash. A used token moves
+    # to its own prefix so that a CA that predates retries finds nothing and refuses it. --
 
     async def create_join_token(self, record: JoinTokenRecord) -> None:
         by_hash = self.key("join-tokens", record.token_hash.hex())
@@ -58,9 +60,9 @@ class EtcdExpiringRecords(EtcdKeyspace):
                 put_op(by_hash, doc(record), lease=lease),
                 put_op(by_id, record.token_hash.hex().encode(), lease=lease),
             ]
-            if not (
-                await self._commit([version_is(by_hash, 0), version_is(by_id, 0)], ops)
-            ).succeeded:
+            used = self.key("join-tokens-used", record.token_hash.hex())
+            compares = [version_is(by_hash, 0), version_is(by_id, 0), version_is(used, 0)]
+            if not (await self._commit(compares, ops)).succeeded:
                 raise Conflict(f"join token {record.id} (or its hash) already exists")
 
         await self._retrying(attempt)
@@ -73,18 +75,33 @@ class EtcdExpiringRecords(EtcdKeyspace):
             raise InvalidRequest("a join token hash must be bytes")
         check_key_hash(key_hash)
         k = self.key("join-tokens", token_hash.hex())
+        used_k = self.key("join-tokens-used", token_hash.hex())
 
         async def attempt() -> JoinTokenRecord:
-            record, kv = await self._read(
-                k, JoinTokenRecord.from_json, "join token is unknown or was already used"
-            )
-            if record.expires_at <= now:  # an expired token is removed
+            used_kv = await self.c.get(used_k)
+            if used_kv is not None:
+                record = decode_doc(used_kv.value, JoinTokenRecord.from_json)
+                if record.expires_at <= now:
+                    ids = self.key("join-token-ids", record.id)
+                    await self._unchanged(used_kv, [delete_op(used_k), delete_op(ids)])
+                return record
+            try:
+                record, kv = await self._read(
+                    k, JoinTokenRecord.from_json, "join token is unknown or was already used"
+                )
+            except NotFound:
+                if await self.c.get(used_k) is not None:
+                    raise Retry from None  # another consumer moved it meanwhile: read it there
+                raise
+            if record.expires_at <= now:  # an expired token is only removed
                 ops = [delete_op(k), delete_op(self.key("join-token-ids", record.id))]
-                await self._unchanged(kv, ops)
-            elif record.used_by is None:  # marked by compare-and-swap: one consumer wins
+            else:  # moved to join-tokens-used/ by compare-and-swap: one consumer wins
                 used = dataclasses.replace(record, used_by=key_hash)
                 lease = await self._leases.lease_for(record.expires_at)
-                await self._unchanged(kv, [put_op(k, doc(used), lease=lease)])
+                ops = [delete_op(k), put_op(used_k, doc(used), lease=lease)]
+            compares = [mod_is(k, kv.mod_revision), version_is(used_k, 0)]
+            if not (await self._commit(compares, ops)).succeeded:
+                raise Retry
             return record
 
         record = await self._retrying(attempt)
@@ -237,10 +254,12 @@ class EtcdExpiringRecords(EtcdKeyspace):
     async def prune(self, now: dt.datetime) -> PruneResult:
         check_aware("time", now)
         counts: dict[str, int] = {}
-        tokens = await self._expired("join-tokens", JoinTokenRecord.from_json, now)
-        counts["join_tokens"] = await self._delete_unchanged(
-            [(kv, [self.key("join-token-ids", r.id)]) for r, kv in tokens], None
-        )
+        counts["join_tokens"] = 0
+        for prefix in ("join-tokens", "join-tokens-used"):
+            tokens = await self._expired(prefix, JoinTokenRecord.from_json, now)
+            counts["join_tokens"] += await self._delete_unchanged(
+                [(kv, [self.key("join-token-ids", r.id)]) for r, kv in tokens], None
+            )
         for prefix, field, parse, topic in (
             ("revoked", "revocations", RevocationRecord.from_json, Topic.REVOCATIONS),
             ("issued", "issued", IssuedSerial.from_json, None),

@@ -70,6 +70,7 @@ _V = TypeVar("_V", bound=Revised)
 # (table, expiry column, PruneResult field, topic bumped when rows go)
 _PRUNE: tuple[tuple[str, str, str, Topic | None], ...] = (
     ("join_tokens", "expires_at", "join_tokens", None),
+    ("join_tokens_used", "expires_at", "join_tokens", None),
     ("revocations", "expires_at", "revocations", Topic.REVOCATIONS),
     ("issued", "not_after", "issued", None),
     ("agents", "not_after", "agents", Topic.AGENTS),
@@ -319,7 +320,10 @@ class SqliteStore(SqliteWorker):
         row = (record.id, record.token_hash, micros(record.expires_at), encode_doc(record))
 
         def run(tx: Tx) -> None:
-            query = "SELECT 1 FROM join_tokens WHERE id=? OR token_hash=?"
+            query = (
+                "SELECT 1 FROM join_tokens WHERE id=?1 OR token_hash=?2 UNION ALL "
+                "SELECT 1 FROM join_tokens_used WHERE id=?1 OR token_hash=?2"
+            )
             if scalar(tx.conn, query, record.id, record.token_hash):
                 raise Conflict(f"join token {record.id} (or its hash) already exists")
             tx.conn.execute("INSERT INTO join_tokens VALUES (?, ?, ?, ?)", row)
@@ -331,21 +335,28 @@ class SqliteStore(SqliteWorker):
     ) -> JoinTokenRecord:
         moment = micros(now)
         check_key_hash(key_hash)
+        token_hash = bytes(token_hash)
 
         def run(tx: Tx) -> JoinTokenRecord:
-            # Read and mark under BEGIN IMMEDIATE: exactly one consumer sees the token unused.
-            query = "SELECT doc FROM join_tokens WHERE token_hash=?"
-            row = tx.conn.execute(query, (bytes(token_hash),)).fetchone()
+            # Under BEGIN IMMEDIATE: exactly one consumer moves the token to the used table.
+            # A used token lives in its own table, so a CA that predates retries finds no
+            # token there and refuses it, whatever the key.
+            query = "SELECT doc FROM join_tokens_used WHERE token_hash=?"
+            row = tx.conn.execute(query, (token_hash,)).fetchone()
+            if row is not None:
+                record = decode_doc(row[0], JoinTokenRecord.from_json)
+                if micros(record.expires_at) <= moment:
+                    tx.conn.execute("DELETE FROM join_tokens_used WHERE id=?", (record.id,))
+                return record
+            query = "DELETE FROM join_tokens WHERE token_hash=? RETURNING doc"
+            row = tx.conn.execute(query, (token_hash,)).fetchone()
             if row is None:
                 raise NotFound("join token is unknown or was already used")
             record = decode_doc(row[0], JoinTokenRecord.from_json)
-            if micros(record.expires_at) <= moment:  # an expired token is removed
-                tx.conn.execute("DELETE FROM join_tokens WHERE id=?", (record.id,))
-            elif record.used_by is None:
-                used = dataclasses.replace(record, used_by=bytes(key_hash))
-                tx.conn.execute(
-                    "UPDATE join_tokens SET doc=? WHERE id=?", (encode_doc(used), record.id)
-                )
+            if micros(record.expires_at) > moment:  # an expired token is only removed
+                used = dataclasses.replace(record, used_by=key_hash)
+                values = (record.id, token_hash, micros(record.expires_at), encode_doc(used))
+                tx.conn.execute("INSERT INTO join_tokens_used VALUES (?, ?, ?, ?)", values)
             return record
 
         record = await self._write(run)
@@ -471,8 +482,9 @@ class SqliteStore(SqliteWorker):
                         log_revocation_changes(tx.conn, gone)
                     continue
                 query = f"DELETE FROM {table} WHERE {column} <= ?"  # noqa: S608 (fixed names)
-                counts[field] = tx.conn.execute(query, (moment,)).rowcount
-                if counts[field] and topic is not None:
+                removed = tx.conn.execute(query, (moment,)).rowcount
+                counts[field] = counts.get(field, 0) + removed
+                if removed and topic is not None:
                     tx.bump(topic)
             return PruneResult(**counts)
 

@@ -65,6 +65,9 @@ CREATE TABLE IF NOT EXISTS entry_changes (revision INTEGER NOT NULL, id TEXT NOT
 CREATE TABLE IF NOT EXISTS revocation_changes (revision INTEGER NOT NULL, kind TEXT NOT NULL,
     value TEXT NOT NULL, PRIMARY KEY (revision, kind, value));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS join_tokens_used (id TEXT PRIMARY KEY,
+    token_hash BLOB NOT NULL UNIQUE, expires_at INTEGER NOT NULL, doc TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS join_tokens_used_by_expiry ON join_tokens_used (expires_at);
 """
 
 

@@ -25,7 +25,7 @@ from s2s.etcd.client import EtcdClient
 from s2s.store.etcd import EtcdStore
 from s2s.store.etcd_keys import SCHEMA_VERSION
 from s2s.store.factory import open_store
-from s2s.store.records import Topic
+from s2s.store.records import JoinTokenRecord, Topic
 from s2s.store.sqlite import SqliteStore
 from s2s.testing_etcd import EtcdMissing, EtcdServer, OpenEtcd, etcd_store_opener
 
@@ -72,6 +72,27 @@ async def test_revocations_live_under_the_revoked_prefix(
     assert kv is not None
     assert RevocationRecord.from_json(json.loads(kv.value)) == record
     assert kv.lease != 0  # rides on a lease
+
+
+async def test_a_used_join_token_moves_to_its_own_prefix(
+    open_etcd: OpenEtcd, raw: EtcdClient, trust_domain: str
+) -> None:
+    """A CA that predates retries reads join-tokens/ only: a used token is not there, so it
+    refuses the token whatever the key."""
+    store = await open_etcd()
+    token_hash, record = token("t1")
+    await store.create_join_token(record)
+    key = bytes(range(32))
+    await store.consume_join_token(token_hash, now=T0, key_hash=key)
+    prefix = f"/s2s/{trust_domain}/"
+    assert await raw.get(f"{prefix}join-tokens/{token_hash.hex()}".encode()) is None
+    kv = await raw.get(f"{prefix}join-tokens-used/{token_hash.hex()}".encode())
+    assert kv is not None
+    assert kv.lease != 0  # rides on a lease
+    assert JoinTokenRecord.from_json(json.loads(kv.value)).used_by == key
+    assert await raw.get(f"{prefix}join-token-ids/t1".encode()) is not None  # id stays taken
+    with pytest.raises(Conflict):
+        await store.create_join_token(record)
 
 
 async def test_each_topic_has_its_own_revision_key(

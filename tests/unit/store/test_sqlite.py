@@ -164,6 +164,29 @@ async def test_a_store_made_before_used_marks_gets_their_table(tmp_path: Path) -
             await store.claim_once(UsedMark("assertion/1", T0))
 
 
+async def test_a_store_made_before_join_token_retries_gets_the_used_table(tmp_path: Path) -> None:
+    """A store from a build where a used token was deleted (no join_tokens_used table) gains the
+    table; its unused tokens work, and a used token leaves join_tokens, where a CA of that build
+    looks (so it refuses the token whatever the key)."""
+    path = tmp_path / "store.db"
+    await _filled(path)
+    token_hash, record = token("t1")
+    async with await SqliteStore.open(path) as store:
+        await store.create_join_token(record)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE join_tokens_used")
+    key = bytes(range(32))
+    async with await SqliteStore.open(path) as store:
+        assert await store.consume_join_token(token_hash, now=T0, key_hash=key) == record
+        again = await store.consume_join_token(token_hash, now=T0, key_hash=key)
+        assert again == dataclasses.replace(record, used_by=key)
+        with pytest.raises(Conflict):  # the id and hash stay taken while it is kept
+            await store.create_join_token(dataclasses.replace(record, id="t2"))
+    with sqlite3.connect(path) as conn:
+        query = "DELETE FROM join_tokens WHERE token_hash=? RETURNING doc"  # the older consume
+        assert conn.execute(query, (token_hash,)).fetchone() is None
+
+
 # -- run time --
 
 
