@@ -10,7 +10,8 @@ handshake), ``s2s.verifier.feeds_etcd`` and ``s2s.verifier.feeds_ca`` (revocatio
 
 from __future__ import annotations
 
-from s2s.verifier.access_token import AccessToken, AccessTokenValidator, require_scopes
+from s2s.verifier.access_token import AccessTokenValidator, require_scopes
+from s2s.verifier.access_token_claims import AccessToken
 from s2s.verifier.authorize import (
     Authorizer,
     authorize_any,

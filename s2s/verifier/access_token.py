@@ -36,7 +36,7 @@ from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InsufficientScope, InvalidConfig, InvalidToken, Unavailable
 from s2s.core.jwtsvid import ALLOWED_ALGORITHMS, DEFAULT_LEEWAY, FORBIDDEN_HEADERS, MAX_LEEWAY
 from s2s.core.revocation import RevocationLookup, RevocationSet
-from s2s.verifier.access_token_claims import THUMBPRINT, AccessToken, AccessTokenClaimsChecker
+from s2s.verifier.access_token_claims import AccessToken, AccessTokenClaimsChecker
 from s2s.verifier.access_token_keys import AccessTokenKeys, SigningKeySet, StaticJwks
 from s2s.verifier.jws import (
     DEFAULT_MAX_TOKEN_BYTES,
@@ -59,8 +59,6 @@ __all__ = [
     "ACCESS_TOKEN_TYPES",
     "DEFAULT_CACHE_SIZE",
     "REJECTION_REASONS",
-    "THUMBPRINT",
-    "AccessToken",
     "AccessTokenMetrics",
     "AccessTokenValidator",
     "certificate_thumbprint",

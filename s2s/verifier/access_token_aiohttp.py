@@ -32,7 +32,8 @@ from aiohttp import hdrs, web
 
 from s2s.core.errors import InsufficientScope, InvalidToken, NotAuthorized, Unavailable
 from s2s.log import F
-from s2s.verifier.access_token import AccessToken, AccessTokenValidator, require_scopes
+from s2s.verifier.access_token import AccessTokenValidator, require_scopes
+from s2s.verifier.access_token_claims import AccessToken
 from s2s.verifier.jwt_aiohttp import bearer_token, quoted_string
 
 __all__ = ["ACCESS_TOKEN_KEY", "access_token_middleware", "access_token_of", "peer_certificate_of"]
