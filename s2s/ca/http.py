@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -41,6 +42,7 @@ from s2s.ca.issuance import MAX_BATCH, CsrRequest, X509SvidResult
 from s2s.ca.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from s2s.ca.metrics import CaMetrics
 from s2s.ca.oauth_http import add_oauth_routes
+from s2s.ca.registry_cache import EntryDelta
 from s2s.ca.signers import JwtSvid
 from s2s.ca.store_health import StoreHealth
 from s2s.core.bundle import Bundle
@@ -206,18 +208,33 @@ async def get_entries(request: web.Request) -> web.Response:
     view = await sync.view(snapshot.entries) if sync is not None else None
     fresh = sync is not None and sync.moved(view, seen, fed_seen)
     if wait > 0 and snapshot.revision <= since and not fresh:
+        deadline = time.monotonic() + wait
+        after = since
+        while True:
+            left = max(0.0, deadline - time.monotonic())
 
-        def waiting() -> Awaitable[object]:
-            change: Awaitable[object] = registry.wait_for_entries(since, wait)
+            def waiting(after: int = after, left: float = left) -> Awaitable[object]:
+                change: Awaitable[object] = registry.wait_for_entries(after, left)
+                if sync is not None:  # or authorities/federated move
+                    change = sync.wait(change, seen, left, fed_seen)
+                return change
+
+            await _long_poll(services, waiting)
+            snapshot = await registry.entries_for_agent(agent.spiffe_id)
             if sync is not None:
-                change = sync.wait(change, seen, wait, fed_seen)  # or authorities/federated move
-            return change
-
-        await _long_poll(services, waiting)
-        snapshot = await registry.entries_for_agent(agent.spiffe_id)
-        if sync is not None:
-            await sync.check_current(snapshot.revision, since)
-        view = await sync.view(snapshot.entries) if sync is not None else None
+                await sync.check_current(snapshot.revision, since)
+            view = await sync.view(snapshot.entries) if sync is not None else None
+            # A change to other agents' entries moves the revision but is nothing to this one:
+            # go on waiting rather than answer every held long-poll of the fleet per change.
+            if (
+                snapshot.revision <= after
+                or time.monotonic() >= deadline
+                or services.closing.is_set()
+                or (sync is not None and sync.moved(view, seen, fed_seen))
+                or not _untouched(registry.entry_delta(agent.spiffe_id, after, snapshot.revision))
+            ):
+                break
+            after = snapshot.revision
     extra = view.to_json() if view is not None else {}
     changes = registry.entry_delta(agent.spiffe_id, since, snapshot.revision) if delta else None
     if changes is not None:
@@ -269,6 +286,11 @@ def jwt_json(svid: JwtSvid) -> dict[str, Any]:
         "audience": list(svid.audience),
         "expires_at": svid.expires_at.isoformat(),
     }
+
+
+def _untouched(changes: EntryDelta | None) -> bool:
+    """Whether a delta says for certain that nothing of the agent's changed (None: unknown)."""
+    return changes is not None and not changes.changed and not changes.removed
 
 
 async def _long_poll(services: ApiServices, waiting: Callable[[], Awaitable[object]]) -> None:

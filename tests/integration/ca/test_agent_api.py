@@ -151,6 +151,32 @@ async def test_entries_long_poll_wakes_on_a_change(ca: RunningCa, agent: Agent) 
     assert woke["revision"] > first["revision"]
 
 
+@pytest.mark.parametrize("delta", ["", "&delta=1"])
+async def test_a_change_to_another_agents_entries_does_not_answer_this_long_poll(
+    ca: RunningCa, agent: Agent, delta: str
+) -> None:
+    other = await ca.attest()
+    status, first = await agent.call("GET", "/v1/agent/entries")
+    assert status == 200
+    query = f"/v1/agent/entries?since={first['revision']}&wait=20{delta}"
+    poll = asyncio.create_task(agent.call("GET", query))
+    status, theirs = await other.call("GET", "/v1/agent/entries")
+    watch = asyncio.create_task(
+        other.call("GET", f"/v1/agent/entries?since={theirs['revision']}&wait=20")
+    )
+    await asyncio.sleep(0.2)  # both polls are held (the assertions below do not depend on it)
+    await ca.entry(other, "/theirs")
+    status, woke = await asyncio.wait_for(watch, 10)  # the agent it concerns is answered
+    assert (status, len(woke["entries"])) == (200, 1)
+    await asyncio.sleep(0.3)
+    assert not poll.done()  # this agent is not: nothing of its own changed
+    created = await ca.entry(agent, "/mine")  # twin: its own change answers it
+    status, answer = await asyncio.wait_for(poll, 10)
+    assert status == 200
+    assert [e["id"] for e in answer["entries"]] == [created["id"]]
+    assert answer["revision"] > woke["revision"]
+
+
 async def test_long_poll_without_change_returns_after_wait(ca: RunningCa, agent: Agent) -> None:
     status, first = await agent.call("GET", "/v1/agent/entries")
     status, again = await agent.call("GET", f"/v1/agent/entries?since={first['revision']}&wait=0.2")
