@@ -169,8 +169,13 @@ def _reading(m: dict[str, Any]) -> str:
         " the entries answers and"
         f" {_share(total['revocation_deltas'], total['revocation_answers'])} of the revocation"
         f" answers were deltas. An entry change woke {min(answers):.1f}-{max(answers):.1f}"
-        f" entries long-polls of the {agents} agents: a held poll wakes on any entry change,"
-        " and the agents the change does not concern get an empty delta. Each revocation also"
+        f" entries long-polls of the {agents} agents"
+        + (
+            ": every held poll, the agents the change does not concern with an empty delta."
+            if max(answers) > 0.5 * agents and agents > 2
+            else " (the agent it concerns; a held poll goes on waiting through others' changes)."
+        )
+        + " Each revocation also"
         " makes every agent fetch the CRLs once"
         f" ({total['crl_fetches']:,.0f} CRL fetches in the run), as the real agent does."
     )
