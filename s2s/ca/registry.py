@@ -198,6 +198,11 @@ class Registry(CaService):
             found = tuple(e for e in found if tds <= e.federates_with)
         return EntrySnapshot(found, revision)
 
+    async def has_entry_for(self, spiffe_id: SpiffeId) -> bool:
+        """Whether any entry names ``spiffe_id`` (from the snapshot when following; the store
+        otherwise, or when the snapshot has none)."""
+        return await self._cache.has_entry_for(spiffe_id)
+
     async def entries_for_agent(
         self, agent_id: SpiffeId, *, exact_revision: bool = True
     ) -> EntrySnapshot:

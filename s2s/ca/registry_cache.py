@@ -69,14 +69,15 @@ CHANGE_LOG_LENGTH = 10_000
 
 
 class _Entries:
-    """The entries snapshot: by id, and per parent as tuples in the store's order (by id).
+    """The entries snapshot: by id, per parent as tuples in the store's order (by id), and how
+    many entries name each SPIFFE ID (so "is there an entry for this ID" reads no listing).
 
     Only this cache changes it, on the event loop, in O(change): an entry's change replaces the
     entry in ``by_id`` and rebuilds only its parents' tuples. Readers get the tuples and entries,
     which never change, so what they were given stays as it was.
     """
 
-    __slots__ = ("by_id", "by_parent", "revision")
+    __slots__ = ("by_id", "by_parent", "per_spiffe_id", "revision")
 
     def __init__(
         self,
@@ -87,6 +88,7 @@ class _Entries:
         self.by_id = by_id
         self.by_parent = by_parent
         self.revision = revision
+        self.per_spiffe_id = collections.Counter(e.spiffe_id for e in by_id.values())
 
     @classmethod
     def of(cls, entries: Iterable[RegistrationEntry], revision: int) -> _Entries:
@@ -101,6 +103,10 @@ class _Entries:
     def put(self, entry: RegistrationEntry) -> None:
         old = self.by_id.get(entry.id)
         self.by_id[entry.id] = entry
+        if old is None or old.spiffe_id != entry.spiffe_id:
+            self.per_spiffe_id[entry.spiffe_id] += 1
+            if old is not None:
+                self._uncount(old)
         if old is not None and old.parent_id != entry.parent_id:
             self._drop_from_parent(old)
         siblings = self.by_parent.get(entry.parent_id, ())
@@ -111,7 +117,15 @@ class _Entries:
     def remove(self, entry_id: str) -> None:
         old = self.by_id.pop(entry_id, None)
         if old is not None:
+            self._uncount(old)
             self._drop_from_parent(old)
+
+    def _uncount(self, old: RegistrationEntry) -> None:
+        left = self.per_spiffe_id[old.spiffe_id] - 1
+        if left > 0:
+            self.per_spiffe_id[old.spiffe_id] = left
+        else:
+            del self.per_spiffe_id[old.spiffe_id]
 
     def _drop_from_parent(self, old: RegistrationEntry) -> None:
         siblings = self.by_parent.get(old.parent_id, ())
@@ -288,6 +302,14 @@ class RegistryCache:
             if found is not None:
                 return found
         return await self._store.get_entry(entry_id)
+
+    async def has_entry_for(self, spiffe_id: SpiffeId) -> bool:
+        """Whether an entry names ``spiffe_id``: O(1) from the snapshot when it has one; a miss
+        (or no snapshot) asks the store, so an entry another replica just created is found."""
+        entries = self._entries
+        if entries is not None and spiffe_id in entries.per_spiffe_id:
+            return True
+        return bool(await self._store.list_entries(spiffe_id=spiffe_id))
 
     async def entries_for_parent(
         self, parent_id: SpiffeId, *, exact_revision: bool = True

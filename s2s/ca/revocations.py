@@ -271,7 +271,7 @@ class RevocationService:
                                 previous, banned=ban)  # fmt: skip
 
     async def _known_id(self, spiffe_id: SpiffeId) -> bool:
-        if await self._store.list_entries(spiffe_id=spiffe_id):
+        if await self._registry.has_entry_for(spiffe_id):  # not a listing of every entry (etcd)
             return True
         try:
             await self._store.get_agent(spiffe_id)
