@@ -198,6 +198,12 @@ class Registry(CaService):
             found = tuple(e for e in found if tds <= e.federates_with)
         return EntrySnapshot(found, revision)
 
+    async def count_entries(self) -> int:
+        """How many entries there are: the snapshot's size when following (no listing), else
+        the store's listing."""
+        count = self._cache.entry_count()
+        return len(await self._store.list_entries()) if count is None else count
+
     async def has_entry_for(self, spiffe_id: SpiffeId) -> bool:
         """Whether any entry names ``spiffe_id`` (from the snapshot when following; the store
         otherwise, or when the snapshot has none)."""

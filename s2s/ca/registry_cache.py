@@ -303,6 +303,11 @@ class RegistryCache:
                 return found
         return await self._store.get_entry(entry_id)
 
+    def entry_count(self) -> int | None:
+        """How many entries the snapshot holds; None without a snapshot."""
+        entries = self._entries
+        return None if entries is None else len(entries.by_id)
+
     async def has_entry_for(self, spiffe_id: SpiffeId) -> bool:
         """Whether an entry names ``spiffe_id``: O(1) from the snapshot when it has one; a miss
         (or no snapshot) asks the store, so an entry another replica just created is found."""
