@@ -9,30 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from etcd_replicas import Replica, Replicas
-
-from s2s.testing_etcd import EtcdCluster
 
 ISSUER = "https://ca.example.test"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 API = "https://billing.example.org"
-
-
-@pytest.fixture
-async def fleet(short_dir: Path) -> AsyncIterator[Replicas]:
-    with EtcdCluster(short_dir / "etcd") as cluster:
-        replicas = Replicas(short_dir, cluster, f"t{uuid.uuid4().hex[:10]}.example.org")
-        await replicas.init()
-        try:
-            yield replicas
-        finally:
-            await replicas.close()
 
 
 async def _assertion(replica: Replica, client: str) -> str:
@@ -74,12 +57,12 @@ def _unavailable(answer: tuple[int, dict[str, Any], str | None]) -> bool:
     )
 
 
-async def test_a_cut_replica_issues_and_introspects_no_tokens(fleet: Replicas) -> None:
+async def test_a_cut_replica_issues_and_introspects_no_tokens(etcd_fleet: Replicas) -> None:
     issuer = ("--jwt-issuer", ISSUER)
-    cut = await fleet.start("ca-0", through_links=True, extra_args=issuer)
-    healthy = await fleet.start("ca-1", extra_args=issuer)
+    cut = await etcd_fleet.start("ca-0", through_links=True, extra_args=issuer)
+    healthy = await etcd_fleet.start("ca-1", extra_args=issuer)
     assert healthy.ca is not None
-    client = f"spiffe://{fleet.td}/ns/shop/sa/checkout"
+    client = f"spiffe://{etcd_fleet.td}/ns/shop/sa/checkout"
     body = {"spiffe_id": client, "scopes": ["billing.read"], "audiences": [API]}
     await healthy.ca.admin_call("POST", "/v1/oauth/clients", body)
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,17 +30,6 @@ from s2s.etcd.client import EtcdClient
 from s2s.testing_etcd import EtcdCluster
 
 TTL = 10  # seconds: the agent renews at about half of it, several times while the link is cut
-
-
-@pytest.fixture
-async def fleet(short_dir: Path) -> AsyncIterator[Replicas]:
-    with EtcdCluster(short_dir / "etcd") as cluster:
-        replicas = Replicas(short_dir, cluster, f"t{uuid.uuid4().hex[:10]}.example.org")
-        await replicas.init()
-        try:
-            yield replicas
-        finally:
-            await replicas.close()
 
 
 async def create_entry(replica: Replica, parent: str, path: str, **extra: Any) -> dict[str, Any]:
@@ -87,10 +74,10 @@ def agent_calls(entry_id: str, key_csr: str, agent_csr: str) -> list[tuple[str, 
 
 @pytest.mark.parametrize("silent", [False, True], ids=["reset", "silent"])
 async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
-    fleet: Replicas, short_dir: Path, silent: bool
+    etcd_fleet: Replicas, short_dir: Path, silent: bool
 ) -> None:
-    a = await fleet.start("ca-0", through_links=True)
-    b = await fleet.start("ca-1")
+    a = await etcd_fleet.start("ca-0", through_links=True)
+    b = await etcd_fleet.start("ca-1")
     assert a.ca is not None
     assert b.ca is not None
     raw = await a.ca.attest()  # an agent whose every answer the test sees
@@ -100,7 +87,7 @@ async def test_a_replica_cut_off_from_etcd_stops_and_agents_fail_over(
     token = await a.ca.token()
     first = await create_entry(b, token["agent_id"], "/first")
     gone = await create_entry(b, token["agent_id"], "/gone")
-    agent = await start_real_agent(fleet, [a.url, b.url], token["token"], short_dir, short_dir)
+    agent = await start_real_agent(etcd_fleet, [a.url, b.url], token["token"], short_dir, short_dir)
     try:
         await until(
             lambda: set(agent.held()) == {first["id"], gone["id"]} and all(agent.svids()),
@@ -232,14 +219,14 @@ async def compact(cluster: EtcdCluster) -> int:
 
 
 async def test_a_watch_cut_past_a_compaction_relists_and_old_revisions_get_full_answers(
-    fleet: Replicas, short_dir: Path
+    etcd_fleet: Replicas, short_dir: Path
 ) -> None:
     """Item 1: a replica whose etcd watch was cut while etcd compacted past it re-lists and
     serves the store's entries and revocations; an agent (the real one, and one whose answers the
     test reads) long-polling from a revision older than the compaction gets a full answer from it
     (the other replica, whose own change log still covers that revision, a correct delta)."""
-    a = await fleet.start("ca-0", through_links=True)
-    b = await fleet.start("ca-1")
+    a = await etcd_fleet.start("ca-0", through_links=True)
+    b = await etcd_fleet.start("ca-1")
     assert a.ca is not None
     assert b.ca is not None
     raw = await b.ca.attest()
@@ -249,7 +236,7 @@ async def test_a_watch_cut_past_a_compaction_relists_and_old_revisions_get_full_
     token = await b.ca.token()
     g1, g2 = [await create_entry(b, token["agent_id"], f"/g{n}") for n in (1, 2)]
     await b.ca.admin_call("POST", "/v1/revocations", {"spiffe_id": e1["spiffe_id"]})
-    agent = await start_real_agent(fleet, [a.url], token["token"], short_dir, short_dir)
+    agent = await start_real_agent(etcd_fleet, [a.url], token["token"], short_dir, short_dir)
     try:
         await until(lambda: set(agent.held()) == {g1["id"], g2["id"]}, "the agent's entries")
         status, before, _ = await agent_call(raw_a, "GET", "/v1/agent/entries")
@@ -267,7 +254,7 @@ async def test_a_watch_cut_past_a_compaction_relists_and_old_revisions_get_full_
         await b.ca.admin_call("DELETE", f"/v1/entries/{g1['id']}")
         g3 = await create_entry(b, token["agent_id"], "/g3")
         await b.ca.admin_call("POST", "/v1/revocations", {"spiffe_id": e3["spiffe_id"]})
-        compacted = await compact(fleet.cluster)
+        compacted = await compact(etcd_fleet.cluster)
         assert compacted > before["revision"]
         status, on_b, _ = await agent_call(raw, "GET", "/v1/agent/entries")
         assert status == 200
@@ -322,11 +309,11 @@ async def test_a_watch_cut_past_a_compaction_relists_and_old_revisions_get_full_
         await agent.stop()
 
 
-async def test_a_slow_etcd_is_not_called_down(fleet: Replicas) -> None:
+async def test_a_slow_etcd_is_not_called_down(etcd_fleet: Replicas) -> None:
     """etcd slow (every chunk on the replica's links held 1.2 s each way: a read takes about
     2.5 s): the replica stays ready and issues, slower. A probe deadline shorter than the store's
     own would call every replica down at once and turn slowness into an outage."""
-    a = await fleet.start("ca-0", through_links=True)
+    a = await etcd_fleet.start("ca-0", through_links=True)
     assert a.ca is not None
     raw = await a.ca.attest()
     entry = await create_entry(a, raw.spiffe_id, "/slow")
