@@ -66,14 +66,18 @@ _REQUIRED = ("id", "spiffe_id", "parent_id", "selectors")
 
 
 def new_entry_id(entropy: bytes) -> str:
-    """A url-safe entry id from random bytes (pass ``os.urandom(16)``).
+    """A url-safe entry id from random bytes (pass ``os.urandom(16)``). It never starts with
+    ``-`` or ``_``: the top bit of the first byte is cleared, so that a command line does not take
+    the id for an option (``s2s-ca entry update -afs...``).
 
     >>> new_entry_id(bytes(16))
     'AAAAAAAAAAAAAAAAAAAAAA'
+    >>> new_entry_id(bytes([0xF8]) + bytes(15))[0]  # '-' without the cleared bit
+    'e'
     """
     if len(entropy) < 16:
         raise InvalidRequest("an entry id needs at least 16 random bytes")
-    return b64url_encode(entropy[:48])
+    return b64url_encode(bytes([entropy[0] & 0x7F]) + entropy[1:48])
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,13 @@ def test_key_is_spiffe_id_parent_and_selectors() -> None:
     assert a.key != c.key
 
 
+@pytest.mark.parametrize("first", range(256))
+def test_a_new_entry_id_never_starts_like_a_command_line_option(first: int) -> None:
+    eid = new_entry_id(bytes([first]) + bytes(range(15)))
+    assert eid[0] not in "-_"
+    assert len(eid) == 22
+
+
 def test_new_entry_id_is_url_safe_and_usable() -> None:
     eid = new_entry_id(bytes(range(16)))
     assert len(eid) == 22
