@@ -102,7 +102,9 @@ def test_client_cli_and_authlib_with_a_secret(served: Served) -> None:
                         issuer=served.issuer)  # fmt: skip
     assert claims["client_id"] == "reports"
 
-    wrong = _session(served, client_id="reports", client_secret=secret[:-1] + "A")
+    # The last character changed (a secret that already ends in "A" gets "B").
+    other = "B" if secret.endswith("A") else "A"
+    wrong = _session(served, client_id="reports", client_secret=secret[:-1] + other)
     with pytest.raises(OAuthError, match="invalid_client"):
         wrong.fetch_token(
             served.issuer + "/oauth/token",
