@@ -47,6 +47,15 @@ def quiet_grpc() -> Iterator[None]:
     logger.setLevel(level)
 
 
+def tampered(token: str) -> str:
+    """The token with one character in the middle of its signature changed. Every such character
+    carries six bits of the signature, so the decoded signature differs for certain; the last
+    four characters, set to 'AAAA', left it as it was once in 2**20 (they carry 20 bits)."""
+    head, body, sig = token.split(".")
+    i = len(sig) // 2
+    return f"{head}.{body}.{sig[:i]}{'B' if sig[i] == 'A' else 'A'}{sig[i + 1 :]}"
+
+
 async def attested(harness: Any, *, ttl: timedelta | None = None, **kw: Any) -> tuple[Any, Any]:
     """An agent with one entry for this process's uid, ready and serving."""
     token, agent_id = await harness.ca.join_token()
@@ -74,7 +83,7 @@ async def test_spiffe_client_fetches_svids_bundles_and_jwts(harness: Any) -> Non
             rejected = []
             for token, audience in (
                 (jwt_svid.token, "someone-else"),
-                (jwt_svid.token[:-4] + "AAAA", "payments"),
+                (tampered(jwt_svid.token), "payments"),
             ):
                 try:
                     client.validate_jwt_svid(token, audience)
