@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2s.core.b64 import b64url_decode, b64url_encode
@@ -83,6 +83,7 @@ def _reference(text: str, canonical: bool) -> bytes | None:
     return binascii.a2b_base64(std.encode())
 
 
+@settings(deadline=None)
 @given(
     st.text(alphabet=st.sampled_from("AQgw_-09az+/= .\n\x00Ä"), max_size=12),
     st.booleans(),

@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2s.core.errors import InvalidRequest
@@ -211,6 +211,7 @@ _entries = st.builds(
 )
 
 
+@settings(deadline=None)
 @given(_entries)
 def test_any_valid_entry_survives_json_text(e: RegistrationEntry) -> None:
     assert RegistrationEntry.from_json(json.loads(json.dumps(e.to_json()))) == e

@@ -6,7 +6,7 @@ import datetime as dt
 import random
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2s.core.clock import FakeClock
@@ -78,6 +78,7 @@ def test_bad_validity_windows_are_rejected() -> None:
         time_until_renewal(NB, NA, dt.datetime(2030, 1, 1), jitter=0.0)
 
 
+@settings(deadline=None)
 @given(
     lifetime=st.integers(1, 10**10),  # microseconds, up to ~3 hours
     jitter=st.floats(-1.0, 1.0),

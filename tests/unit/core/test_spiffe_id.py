@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s2s.core.errors import InvalidSpiffeId
@@ -151,6 +151,7 @@ _segment = st.from_regex(r"[A-Za-z0-9._-]{1,20}", fullmatch=True).filter(
 )
 
 
+@settings(deadline=None)
 @given(_td, st.lists(_segment, max_size=8))
 def test_property_parse_of_str_round_trips(td: str, segments: list[str]) -> None:
     sid = TrustDomain.parse(td).child(*segments)
@@ -158,6 +159,7 @@ def test_property_parse_of_str_round_trips(td: str, segments: list[str]) -> None
     assert sid.segments == tuple(segments)
 
 
+@settings(deadline=None)
 @given(st.text(max_size=300))
 def test_property_parser_raises_only_invalid_spiffe_id(text: str) -> None:
     try:
@@ -167,6 +169,7 @@ def test_property_parser_raises_only_invalid_spiffe_id(text: str) -> None:
     assert str(sid) == text
 
 
+@settings(deadline=None)
 @given(st.text(alphabet="spife:/.%?#@-_aZ09\n ", max_size=40))
 def test_property_parser_on_near_miss_text(text: str) -> None:
     try:
