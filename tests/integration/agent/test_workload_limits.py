@@ -240,8 +240,10 @@ async def test_a_connection_with_calls_spread_over_the_timeout_is_not_idle(
     entries: StaticIdentityProvider, socket_dir: Path
 ) -> None:
     # The idle timer is not moved by each call: when it fires after a call, it waits for the
-    # rest of the time since that call's end (here calls every 0.1 s for 4 timeouts of 0.25 s).
-    limits = WorkloadLimits(idle_timeout=0.25)
+    # rest of the time since that call's end (here calls every 0.1 s for 2.5 timeouts of 1 s).
+    # The timeout is well above the pacing: a gap between two calls longer than the timeout (a
+    # loaded machine stalling the loop) would close the connection as idle, rightly.
+    limits = WorkloadLimits(idle_timeout=1.0)
     async with (
         serving(entries, socket_dir, limits) as (srv, _metrics, events),
         grpc.aio.insecure_channel(f"unix:{srv.socket_path}") as channel,
@@ -251,7 +253,7 @@ async def test_a_connection_with_calls_spread_over_the_timeout_is_not_idle(
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=pb.JWTBundlesResponse.FromString,
         )
-        for _ in range(10):
+        for _ in range(25):
             call = bundles(pb.JWTBundlesRequest(), metadata=HEADER, timeout=10)
             await call.read()
             call.cancel()
