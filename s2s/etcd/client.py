@@ -147,6 +147,15 @@ class EtcdClient:
                 return tuple(kvs), revision
             start = kvs[-1].key + b"\x00"
 
+    async def get_many(self, keys: Sequence[bytes]) -> tuple[KeyValue | None, ...]:
+        """The keys' values (None where absent), read in one read-only transaction: one
+        consistent view, one round trip. ``keys`` must not exceed etcd's ``--max-txn-ops``."""
+        ops = [rpc.RequestOp(request_range=rpc.RangeRequest(key=k)) for k in keys]
+        reply = await self._call("get", self._kv.Txn, rpc.TxnRequest(success=ops), write=False)
+        responses = tuple(reply.responses)
+        result = TxnResult(bool(reply.succeeded), int(reply.header.revision), responses)
+        return tuple(result.ranged(i) for i in range(len(keys)))
+
     async def put(self, key: bytes, value: bytes, *, lease: int = 0) -> int:
         request = rpc.PutRequest(key=key, value=value, lease=lease)
         reply = await self._call("put", self._kv.Put, request, write=True)

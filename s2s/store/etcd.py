@@ -73,7 +73,8 @@ class EtcdStore(EtcdExpiringRecords):
         """Connect to ``endpoints`` (``"h:p,h:p"``) and open the store of ``trust_domain``.
 
         Raises ``StoreError`` if etcd cannot be reached, ``InvalidConfig`` if the prefix holds
-        another application's data or a newer schema. ``max_txn_ops`` must not exceed etcd's
+        another application's data or a newer schema. An older schema is upgraded
+        (:mod:`s2s.store.etcd_issued`). ``max_txn_ops`` must not exceed etcd's
         ``--max-txn-ops`` (128 by default)."""
         try:
             td = (
@@ -94,7 +95,7 @@ class EtcdStore(EtcdExpiringRecords):
             max_txn_ops=max(4, max_txn_ops),
         )
         try:
-            await store._check_schema()
+            await store._open_schema()
         except BaseException:
             await client.close()
             raise

@@ -1,12 +1,11 @@
-"""The etcd store's expiring records: join tokens, used marks, revocations, issued serials; and
-``prune``.
+"""The etcd store's expiring records: join tokens, used marks, revocations; and ``prune``.
 
 These ride on leases shared per expiry bucket (:mod:`s2s.store.etcd_leases`), so etcd drops them
 about ``lease_grace`` after they expire even if no CA runs ``prune``; ``prune(now)`` still removes
 them (and expired agents and authorities) on time. Lease deletions do not move topic revisions
 (watch the key prefix to see them, as ``follow_revocations`` does). The store's epoch (see
 :mod:`s2s.store.revocation_changes`) is the ``epoch`` key, created by the first handle that asks.
-Part of :class:`s2s.store.etcd.EtcdStore`.
+The issued serials are in :mod:`s2s.store.etcd_issued`. Part of :class:`s2s.store.etcd.EtcdStore`.
 """
 
 from __future__ import annotations
@@ -15,16 +14,16 @@ import contextlib
 import dataclasses
 import datetime as dt
 import secrets
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from s2s.core.errors import Conflict, InvalidRequest, NotFound, StoreError
 from s2s.core.revocation import RevocationKind, RevocationRecord
-from s2s.core.spiffe_id import SpiffeId
 from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, version_is
 from s2s.store.codec import FromJson, decode_doc
+from s2s.store.etcd_issued import EtcdIssuedIndex, chunks_by_ops
 from s2s.store.etcd_keys import doc, expiry
-from s2s.store.etcd_keyspace import EtcdKeyspace, Retry
+from s2s.store.etcd_keyspace import Retry
 from s2s.store.record_json import check_aware
 from s2s.store.records import (
     AgentRecord,
@@ -41,7 +40,7 @@ from s2s.store.revocation_changes import RevocationChanges, StoreKey
 __all__ = ["EtcdExpiringRecords"]
 
 
-class EtcdExpiringRecords(EtcdKeyspace):
+class EtcdExpiringRecords(EtcdIssuedIndex):
     """The ``Store`` methods for lease-backed records, and ``prune``."""
 
     _epoch: str | None = None  # the store's epoch, once read
@@ -192,63 +191,6 @@ class EtcdExpiringRecords(EtcdKeyspace):
             self._epoch = stored.decode(errors="replace")
         return self._epoch
 
-    # -- issued serials: issued/<serial as 40 hex digits> --
-
-    async def add_issued(self, records: Sequence[IssuedSerial]) -> None:
-        serials = [r.serial for r in records]
-        if len(set(serials)) != len(serials):
-            raise Conflict("a serial appears twice in one batch for the issued index")
-        size = self._max_ops
-        written: list[bytes] = []
-        try:
-            for start in range(0, len(records), size):
-                written += await self._add_issued_chunk(records[start : start + size])
-        except BaseException:
-            for start in range(0, len(written), size):  # undo earlier chunks: all or nothing
-                with contextlib.suppress(StoreError):
-                    await self.c.txn([], [delete_op(k) for k in written[start : start + size]])
-            raise
-
-    async def _add_issued_chunk(self, chunk: Sequence[IssuedSerial]) -> list[bytes]:
-        keys = [self._keys.issued(r.serial) for r in chunk]
-
-        async def attempt() -> list[bytes]:
-            ops = [
-                put_op(k, doc(r), lease=await self._leases.lease_for(r.not_after))
-                for k, r in zip(keys, chunk, strict=True)
-            ]
-            compare = [version_is(k, 0) for k in keys]
-            result = await self._commit(compare, ops, [get_op(k) for k in keys])
-            if result.succeeded:
-                return keys
-            for i, r in enumerate(chunk):
-                if result.ranged(i) is not None:
-                    raise Conflict(f"serial {r.serial:x} is already in the issued index")
-            raise Retry
-
-        return await self._retrying(attempt)
-
-    async def get_issued(self, serial: int) -> IssuedSerial:
-        k = self._keys.issued(serial)
-        missing = f"serial {serial:x} is not in the issued index"
-        return (await self._read(k, IssuedSerial.from_json, missing))[0]
-
-    async def list_issued(
-        self,
-        *,
-        spiffe_id: SpiffeId | None = None,
-        agent_id: SpiffeId | None = None,
-        issuer_id: str | None = None,
-    ) -> tuple[IssuedSerial, ...]:
-        found = await self._list("issued", IssuedSerial.from_json)  # keys are in serial order
-        return tuple(
-            r
-            for r in found
-            if (spiffe_id is None or r.spiffe_id == spiffe_id)
-            and (agent_id is None or r.agent_id == agent_id)
-            and (issuer_id is None or r.issuer_id == issuer_id)
-        )
-
     # -- maintenance and change notification --
 
     async def prune(self, now: dt.datetime) -> PruneResult:
@@ -260,9 +202,12 @@ class EtcdExpiringRecords(EtcdKeyspace):
             counts["join_tokens"] += await self._delete_unchanged(
                 [(kv, [self.key("join-token-ids", r.id)]) for r, kv in tokens], None
             )
+        issued = await self._expired("issued", IssuedSerial.from_json, now)
+        counts["issued"] = await self._delete_unchanged(
+            [(kv, self._keys.issued_index_keys(r)) for r, kv in issued], None
+        )
         for prefix, field, parse, topic in (
             ("revoked", "revocations", RevocationRecord.from_json, Topic.REVOCATIONS),
-            ("issued", "issued", IssuedSerial.from_json, None),
             ("agents", "agents", AgentRecord.from_json, Topic.AGENTS),
             ("authorities", "authorities", AuthorityRecord.from_json, Topic.AUTHORITIES),
             ("used", "used_marks", UsedMark.from_json, None),
@@ -283,10 +228,8 @@ class EtcdExpiringRecords(EtcdKeyspace):
     ) -> int:
         """Delete each record (and its extra keys) unless it changed since read; count them."""
         topics = [] if topic is None else [topic]
-        per_chunk = max(1, (self._max_ops - 1) // 2)
         deleted = 0
-        for start in range(0, len(groups), per_chunk):
-            chunk = groups[start : start + per_chunk]
+        for chunk in chunks_by_ops(groups, lambda g: 1 + len(g[1]), self._max_ops - len(topics)):
             compare = [mod_is(kv.key, kv.mod_revision) for kv, _ in chunk]
             ops = [delete_op(k) for kv, extra in chunk for k in (kv.key, *extra)]
             if (await self._commit(compare, ops, topics=topics)).succeeded:

@@ -3,7 +3,10 @@
 Everything of one trust domain lives under ``/s2s/<trust-domain>/``; values are the records' JSON
 (:func:`s2s.store.codec.encode_doc`) as bytes. ``meta`` marks the prefix as ours and holds the
 schema version; ``entry-keys/<sha256>`` makes (SPIFFE ID, parent ID, selectors) unique; issued
-serials are 40 hex digits so that key order is serial order. Used by :mod:`s2s.store.etcd`.
+serials are 40 hex digits so that key order is serial order. ``issued-ids/<sha256 of the SPIFFE
+ID>/<serial>`` and ``issued-agents/<sha256 of the agent ID>/<serial>`` (schema 2) index the issued
+serials by ID: the hash, because a raw ID prefix ``.../a/`` would also cover ``.../a/b``. Used by
+:mod:`s2s.store.etcd`.
 """
 
 from __future__ import annotations
@@ -17,10 +20,10 @@ from typing import Any
 from s2s.core.errors import Conflict, InvalidConfig
 from s2s.core.registration import RegistrationEntry
 from s2s.core.revocation import RevocationRecord
-from s2s.core.spiffe_id import TrustDomain
+from s2s.core.spiffe_id import SpiffeId, TrustDomain
 from s2s.etcd.values import KeyValue
 from s2s.store.codec import encode_doc
-from s2s.store.records import JoinTokenRecord, Topic, UsedMark
+from s2s.store.records import IssuedSerial, JoinTokenRecord, Topic, UsedMark
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -32,7 +35,7 @@ __all__ = [
     "meta_doc",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: issued serials are also indexed by SPIFFE ID and by agent
 _APP = "s2s-ca-store"
 
 
@@ -57,6 +60,28 @@ class EtcdKeys:
     def issued(self, serial: int) -> bytes:
         return self.key("issued", f"{serial:040x}")
 
+    def issued_by_id(self, spiffe_id: SpiffeId | None = None, serial: int | None = None) -> bytes:
+        """``issued-ids/<sha256 hex of spiffe_id>/<serial>``: without ``serial``, the prefix of
+        one ID's serials; without either, the prefix of the whole index."""
+        return self._issued_by("issued-ids", spiffe_id, serial)
+
+    def issued_by_agent(self, agent_id: SpiffeId | None = None, serial: int | None = None) -> bytes:
+        """``issued-agents/<sha256 hex of agent_id>/<serial>`` (prefixes as ``issued_by_id``)."""
+        return self._issued_by("issued-agents", agent_id, serial)
+
+    def issued_index_keys(self, record: IssuedSerial) -> list[bytes]:
+        """``record``'s keys by ID: written, leased and deleted with its ``issued/<serial>``."""
+        keys = [self.issued_by_id(record.spiffe_id, record.serial)]
+        if record.agent_id is not None:
+            keys.append(self.issued_by_agent(record.agent_id, record.serial))
+        return keys
+
+    def _issued_by(self, name: str, spiffe_id: SpiffeId | None, serial: int | None) -> bytes:
+        if spiffe_id is None:
+            return self.key(name, "")
+        digest = hashlib.sha256(str(spiffe_id).encode()).hexdigest()
+        return self.key(name, digest, "" if serial is None else f"{serial:040x}")
+
     def entry_index(self, entry: RegistrationEntry) -> bytes:
         """``entry-keys/<sha256 of [spiffe_id, parent_id, selectors]>``, holding the entry id."""
         d = entry.to_json()
@@ -69,12 +94,13 @@ def doc(record: Any) -> bytes:
     return encode_doc(record).encode()
 
 
-def meta_doc() -> bytes:
-    return json.dumps({"app": _APP, "schema": SCHEMA_VERSION}, sort_keys=True).encode()
+def meta_doc(schema: int = SCHEMA_VERSION) -> bytes:
+    return json.dumps({"app": _APP, "schema": schema}, sort_keys=True).encode()
 
 
-def check_meta(found: KeyValue | None, where: str) -> None:
-    """``InvalidConfig`` unless ``meta`` says s2s data of a schema this build understands."""
+def check_meta(found: KeyValue | None, where: str) -> int:
+    """The schema version ``meta`` names; ``InvalidConfig`` unless it says s2s data of a schema
+    this build understands."""
     try:
         info = json.loads(found.value) if found else {}
     except ValueError:
@@ -87,6 +113,7 @@ def check_meta(found: KeyValue | None, where: str) -> None:
             f"the store {where} has schema version {schema}, newer than this s2s "
             f"understands ({SCHEMA_VERSION}): run a newer s2s"
         )
+    return schema
 
 
 def check_entry_key(entry: RegistrationEntry, holder: KeyValue | None) -> None:

@@ -23,7 +23,7 @@ from s2s.etcd.client import EtcdClient, LeaseNotFound
 from s2s.etcd.values import KeyValue, TxnResult, delete_op, get_op, mod_is, put_op, version_is
 from s2s.store.base import ChangeNotifier, wait_for_revision
 from s2s.store.codec import FromJson, decode_doc
-from s2s.store.etcd_keys import EtcdKeys, check_meta, doc, meta_doc
+from s2s.store.etcd_keys import SCHEMA_VERSION, EtcdKeys, check_meta, doc, meta_doc
 from s2s.store.etcd_leases import LeaseBuckets
 from s2s.store.records import Topic
 
@@ -86,11 +86,12 @@ class EtcdKeyspace:
         """The etcd key of ``parts`` under this trust domain's prefix."""
         return self._keys.key(*parts)
 
-    async def _check_schema(self) -> None:
+    async def _check_schema(self) -> int:
+        """The prefix's schema version (a new prefix gets this build's); ``InvalidConfig`` for
+        another application's data or a newer schema."""
         meta = self.key("meta")
         result = await self.c.txn([version_is(meta, 0)], [put_op(meta, meta_doc())], [get_op(meta)])
-        if not result.succeeded:
-            check_meta(result.ranged(0), self._where)
+        return SCHEMA_VERSION if result.succeeded else check_meta(result.ranged(0), self._where)
 
     # -- transactions --
 
