@@ -45,7 +45,12 @@ from s2s.core.errors import (
     S2SError,
     Unavailable,
 )
-from s2s.core.revocation import RevocationKind, RevocationLookup, RevocationRecord
+from s2s.core.revocation import (
+    RevocationKind,
+    RevocationLookup,
+    RevocationRecord,
+    issuer_key_id,
+)
 from s2s.log import F
 from s2s.store.base import Store
 from s2s.store.records import AuthorityKind, AuthorityRecord, AuthorityState
@@ -62,7 +67,7 @@ DEFAULT_CRL_VALIDITY: Final = timedelta(hours=1)
 CRL_NUMBER_KEY: Final = "crl.number.{authority_id}"
 _THREAD_ABOVE: Final = 2000  # build larger CRLs off the event loop
 _EMPTY_RETRY: Final = timedelta(seconds=30)  # no CRL could be built: try again after this
-_BULK_LOOKUP_ABOVE: Final = 256  # more unknown serials than this: one index scan
+_CONCURRENT_LOOKUPS: Final = 32  # index reads in flight while learning new serials' issuers
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +140,7 @@ class CrlPublisher:
                 return False
             serials = [(int(r.value, 16), r) for r in revoked.records()
                        if r.kind is RevocationKind.SERIAL]  # fmt: skip
-            await self._learn_issuers([s for s, _ in serials], issuers)
+            await self._learn_issuers(serials, issuers)
             by_issuer: dict[str | None, list[RevocationRecord]] = {}
             for serial, record in serials:
                 by_issuer.setdefault(self._issuer_of.get(serial), []).append(record)
@@ -157,22 +162,38 @@ class CrlPublisher:
             out.append(_Issuer(record, x509.load_der_x509_certificate(record.public_der)))
         return out
 
-    async def _learn_issuers(self, serials: Iterable[int], issuers: Sequence[_Issuer]) -> None:
-        """Fill ``_issuer_of`` for serials not seen before (index, then CA certificates)."""
-        unknown = [s for s in serials if s not in self._issuer_of]
+    async def _learn_issuers(
+        self, serials: Iterable[tuple[int, RevocationRecord]], issuers: Sequence[_Issuer]
+    ) -> None:
+        """Fill ``_issuer_of`` for serials not seen before: the issuer a record names (its key
+        id, when exactly one issuer has that key), else the serial's index record, else the CA
+        certificates. Reads the index for those serials only, never the whole index: a big
+        revocation costs O(its serials), not O(live certificates)."""
+        unknown = [(s, r) for s, r in serials if s not in self._issuer_of]
         if not unknown:
             return
         cas = {i.cert.serial_number: i.record.issuer_id or _root_of(issuers) for i in issuers}
-        if len(unknown) > _BULK_LOOKUP_ABOVE:
-            index = {i.serial: i.issuer_id for i in await self._store.list_issued()}
-            for serial in unknown:
-                self._issuer_of[serial] = index.get(serial) or cas.get(serial)
-            return
-        for serial in unknown:
-            try:
-                self._issuer_of[serial] = (await self._store.get_issued(serial)).issuer_id
-            except NotFound:
-                self._issuer_of[serial] = cas.get(serial)  # None: expired and pruned
+        keys: dict[str, list[str]] = {}
+        for i in issuers:
+            keys.setdefault(issuer_key_id(i.cert), []).append(i.record.id)
+        lookup = []
+        for serial, record in unknown:
+            named = keys.get(record.issuer, [])
+            if len(named) == 1:
+                self._issuer_of[serial] = named[0]
+            else:
+                lookup.append(serial)
+        for start in range(0, len(lookup), _CONCURRENT_LOOKUPS):
+            chunk = lookup[start : start + _CONCURRENT_LOOKUPS]
+            found = await asyncio.gather(*(self._indexed_issuer(s) for s in chunk))
+            for serial, issuer_id in zip(chunk, found, strict=True):
+                self._issuer_of[serial] = issuer_id or cas.get(serial)  # None: expired, pruned
+
+    async def _indexed_issuer(self, serial: int) -> str | None:
+        try:
+            return (await self._store.get_issued(serial)).issuer_id
+        except NotFound:
+            return None
 
     async def _try_build(
         self, issuer: _Issuer, by_issuer: dict[str | None, list[RevocationRecord]], now: datetime
