@@ -22,7 +22,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from s2s.ca.attestation import AgentAttestor, AgentSvidResult
 from s2s.ca.crl_values import render_crls
 from s2s.ca.http_agent_auth import authenticate_agent
-from s2s.ca.http_guard import GUARD, ConnectionGuard, request_deadlines
+from s2s.ca.http_guard import (
+    GUARD,
+    ClientGone,
+    ConnectionGuard,
+    client_gone,
+    connection_lost,
+    request_deadlines,
+)
 from s2s.ca.http_json import (
     BATCH_BODY_LIMIT,
     BODY_TIMEOUT,
@@ -136,7 +143,7 @@ async def get_revocations(request: web.Request) -> web.Response:
     wait = min(query_number(request, "wait", float, default=0.0), MAX_LONG_POLL)
     current = await live.refresh()
     if wait > 0 and current.version <= since:
-        await _long_poll(services, lambda: live.wait(since, wait))
+        await _long_poll(request, lambda: live.wait(since, wait))
     answer = live.current()
     if services.crls is not None:  # CRLs first: a client that saw revision N gets CRLs >= N
         await services.crls.cover(answer.version)
@@ -219,7 +226,7 @@ async def get_entries(request: web.Request) -> web.Response:
                     change = sync.wait(change, seen, left, fed_seen)
                 return change
 
-            await _long_poll(services, waiting)
+            await _long_poll(request, waiting)
             snapshot = await registry.entries_for_agent(agent.spiffe_id)
             if sync is not None:
                 await sync.check_current(snapshot.revision, since)
@@ -293,27 +300,38 @@ def _untouched(changes: EntryDelta | None) -> bool:
     return changes is not None and not changes.changed and not changes.removed
 
 
-async def _long_poll(services: ApiServices, waiting: Callable[[], Awaitable[object]]) -> None:
+async def _long_poll(request: web.Request, waiting: Callable[[], Awaitable[object]]) -> None:
     """Wait for ``waiting()``, unless ``max_long_polls`` requests already wait: then answer at
     once (each held request costs a connection for up to ``MAX_LONG_POLL`` seconds). A store
-    that becomes unreachable meanwhile ends the wait with 503 (what is held may be stale)."""
+    that becomes unreachable meanwhile ends the wait with 503 (what is held may be stale); a
+    client that goes away ends it with :class:`ClientGone` (its slot is free at once)."""
+    services = request.app[SERVICES]
     health = services.store_health
-    with services.long_polls.hold() as held:
-        if held:
-            with services.metrics.long_polls.track_inprogress():
-                await _wait_unless_closing(waiting(), services.closing, health)
+    lost = connection_lost(request)
+    if not client_gone(request):
+        with services.long_polls.hold() as held:
+            if held:
+                with services.metrics.long_polls.track_inprogress():
+                    await _wait_unless_closing(waiting(), services.closing, health, lost)
+    if client_gone(request):
+        raise ClientGone("the client closed the connection during a long-poll")
     if health is not None:
         health.check()
 
 
 async def _wait_unless_closing(
-    waiting: Awaitable[object], closing: asyncio.Event, health: StoreHealth | None = None
+    waiting: Awaitable[object],
+    closing: asyncio.Event,
+    health: StoreHealth | None = None,
+    lost: asyncio.Event | None = None,
 ) -> None:
-    """Await ``waiting`` but give up when the CA shuts down (long-polls must not delay it) or
-    the store becomes unreachable."""
+    """Await ``waiting`` but give up when the CA shuts down (long-polls must not delay it),
+    the store becomes unreachable or the connection is ``lost``."""
     tasks = {asyncio.ensure_future(waiting), asyncio.ensure_future(closing.wait())}
     if health is not None:
         tasks.add(asyncio.ensure_future(health.went_down()))
+    if lost is not None:
+        tasks.add(asyncio.ensure_future(lost.wait()))
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:

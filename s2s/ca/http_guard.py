@@ -28,7 +28,15 @@ from aiohttp import web
 from s2s.ca.config import ServerLimits
 from s2s.log import F
 
-__all__ = ["ConnectionGuard", "GuardedSite", "LongPollSlots", "request_deadlines"]
+__all__ = [
+    "ClientGone",
+    "ConnectionGuard",
+    "GuardedSite",
+    "LongPollSlots",
+    "client_gone",
+    "connection_lost",
+    "request_deadlines",
+]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,7 @@ class _GuardedConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._in_request = False
+        self.lost = asyncio.Event()  # set when the connection ends (a held request stops)
 
     # -- what the middleware reports ------------------------------------------------------
 
@@ -142,6 +151,7 @@ class _GuardedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self.lost.set()
         self._guard._connections.pop(self._inner, None)
         self._guard.release(self._ip)
         self._inner.connection_lost(exc)
@@ -185,6 +195,25 @@ async def request_deadlines(
 
 
 GUARD: Final = web.AppKey("connection_guard", ConnectionGuard)
+
+
+class ClientGone(ConnectionResetError):
+    """The client closed its connection while its request was held (a long-poll): there is
+    no one left to answer."""
+
+
+def client_gone(request: web.Request) -> bool:
+    """Whether ``request``'s connection has ended or is being closed (its client went away)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def connection_lost(request: web.Request) -> asyncio.Event | None:
+    """An event set when ``request``'s connection ends, for a request that waits; None when
+    the connection is not watched (an application without a guard)."""
+    guard = request.app.get(GUARD)
+    connection = None if guard is None else guard.connection_of(request.protocol)
+    return None if connection is None else connection.lost
 
 
 class _Listener:
