@@ -20,6 +20,7 @@ MODULES: list[str] = [
     "oauth_validation",
     "oauth_http",
     "revocation",
+    "issued_index",
     "crl",
     "federation",
     "federation_refresh",

@@ -210,6 +210,11 @@ async def test_a_record_an_old_replica_writes_after_the_upgrade_is_not_found_by_
     await raw.put(f"/s2s/{trust_domain}/issued/{2:040x}".encode(), doc(late))
     assert await store.list_issued(spiffe_id=sid("/a")) == (issued(1, "/a"),)
     assert await store.list_issued() == (issued(1, "/a"), late)
+    # the remedy once the last old replica has stopped: meta back to schema 1, open once more
+    await _schema_1_prefix(raw, trust_domain, [])
+    await open_etcd()
+    assert await _schema(raw, trust_domain) == 2
+    assert await store.list_issued(spiffe_id=sid("/a")) == (issued(1, "/a"), late)
 
 
 async def test_two_replicas_upgrading_at_once(
