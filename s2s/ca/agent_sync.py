@@ -13,6 +13,13 @@ federate with (``federated_bundles``, SPIFFE bundle JSON by trust domain name) a
 ``federated_revision``; an agent passing that back (``federated=R``) is answered as soon as a
 federated bundle changes or goes away.
 
+The long-poll itself (``wait_for_entries``) is decided here: the agent is answered at once when
+its entries, the authorities or its federated bundles moved past what it holds; else the wait
+goes on until one of them does. A change to other agents' entries moves the revision but is
+nothing to this agent: the wait goes on (one held long-poll per agent of the fleet would
+otherwise be answered per change). How one wait is held (a long-poll slot, shutdown, the client
+going away) is the caller's (``hold``, ``stop``).
+
 Entries are answered from this replica's snapshot only while it is current enough to be
 honest: never while the replica cannot reach its store (503, the agent moves to another
 replica; the HTTP adapter wakes a held long-poll to say so), and never at a revision older than
@@ -27,7 +34,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,17 +43,27 @@ from s2s.ca.authority import Authority
 from s2s.ca.federated_bundles import FederatedBundles
 from s2s.ca.lifecycle import AuthorityLifecycle, TaintedAuthorities
 from s2s.ca.registry import Registry
+from s2s.ca.registry_cache import EntryDelta, EntrySnapshot
 from s2s.ca.store_health import StoreHealth
 from s2s.core.bundle import BundleSet
 from s2s.core.errors import Conflict, NotFound, StoreError
 from s2s.core.registration import RegistrationEntry
+from s2s.core.spiffe_id import SpiffeId
 from s2s.log import F
 from s2s.store.base import Store
 from s2s.store.records import AgentRecord, Topic
 
-__all__ = ["AgentSync", "AgentView"]
+__all__ = ["AgentSync", "AgentView", "EntriesAnswer", "Hold"]
 
 log = logging.getLogger(__name__)
+
+Hold = Callable[[Callable[[], Awaitable[object]]], Awaitable[None]]
+"""How a caller holds one wait: it awaits ``waiting()`` or gives up sooner (at once when it
+holds too many waits already; on shutdown)."""
+
+
+async def _wait_directly(waiting: Callable[[], Awaitable[object]]) -> None:
+    await waiting()
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +89,17 @@ class AgentView:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class EntriesAnswer:
+    """What an entries long-poll answers with: the agent's entries and the authority view."""
+
+    snapshot: EntrySnapshot
+    view: AgentView
+
+
 class AgentSync:
-    """Records agents' bundle sequences and builds the authority view of entries answers."""
+    """Records agents' bundle sequences, builds the authority view of entries answers and holds
+    an agent's entries long-poll until something of its own changed."""
 
     def __init__(
         self,
@@ -83,8 +110,10 @@ class AgentSync:
         lifecycle: AuthorityLifecycle,
         federated: FederatedBundles | None = None,
         health: StoreHealth | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._monotonic = monotonic
         self._health = health
         self._federated = federated
         self._registry = registry
@@ -174,3 +203,57 @@ class AgentSync:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def wait_for_entries(
+        self,
+        agent_id: SpiffeId,
+        *,
+        since: int,
+        timeout: float,
+        authorities_seen: int = -1,
+        federated_seen: int = -1,
+        hold: Hold = _wait_directly,
+        stop: asyncio.Event | None = None,
+    ) -> EntriesAnswer:
+        """The entries of agent ``agent_id`` and the authority view, once they are news to it:
+        at once when its entries moved past ``since`` (or ``timeout`` is 0), the authorities
+        past ``authorities_seen`` or its federated bundles past ``federated_seen``; else when
+        one of them does, ``timeout`` seconds pass, ``stop`` is set or a wait ends without a
+        change (``hold`` gave up). :class:`StoreError` when this replica's entries may be stale
+        (see :meth:`check_current`)."""
+        answer = await self._answer(agent_id, since)
+        if timeout <= 0 or answer.snapshot.revision > since:
+            return answer
+        if self.moved(answer.view, authorities_seen, federated_seen):
+            return answer
+        deadline = self._monotonic() + timeout
+        after = since
+        while True:
+            left = max(0.0, deadline - self._monotonic())
+
+            def waiting(after: int = after, left: float = left) -> Awaitable[object]:
+                entries = self._registry.wait_for_entries(after, left)
+                return self.wait(entries, authorities_seen, left, federated_seen)
+
+            await hold(waiting)
+            answer = await self._answer(agent_id, since)
+            revision = answer.snapshot.revision
+            if (
+                revision <= after
+                or self._monotonic() >= deadline
+                or (stop is not None and stop.is_set())
+                or self.moved(answer.view, authorities_seen, federated_seen)
+                or not _untouched(self._registry.entry_delta(agent_id, after, revision))
+            ):
+                return answer
+            after = revision
+
+    async def _answer(self, agent_id: SpiffeId, since: int) -> EntriesAnswer:
+        snapshot = await self._registry.entries_for_agent(agent_id)
+        await self.check_current(snapshot.revision, since)  # 503 when this replica is stale
+        return EntriesAnswer(snapshot, await self.view(snapshot.entries))
+
+
+def _untouched(changes: EntryDelta | None) -> bool:
+    """Whether a delta says for certain that nothing of the agent's changed (None: unknown)."""
+    return changes is not None and not changes.changed and not changes.removed

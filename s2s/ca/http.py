@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
@@ -19,6 +18,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from s2s.ca.agent_sync import EntriesAnswer
 from s2s.ca.attestation import AgentAttestor, AgentSvidResult
 from s2s.ca.crl_values import render_crls
 from s2s.ca.http_agent_auth import authenticate_agent
@@ -53,7 +53,7 @@ from s2s.ca.registry_cache import EntryDelta
 from s2s.ca.signers import JwtSvid
 from s2s.ca.store_health import StoreHealth
 from s2s.core.bundle import Bundle
-from s2s.core.errors import InvalidRequest, S2SError
+from s2s.core.errors import InvalidRequest, S2SError, Unavailable
 from s2s.core.oauth_metadata import signing_jwks
 from s2s.core.x509svid import X509Svid
 
@@ -206,50 +206,37 @@ async def get_entries(request: web.Request) -> web.Response:
     if delta > 1:
         raise InvalidRequest("query parameter 'delta' must be 0 or 1")
     services = request.app[SERVICES]
-    registry, sync = services.registry, services.agent_sync
-    if sync is not None and held >= 0:
+    sync = services.agent_sync
+    if sync is None:
+        raise Unavailable("this CA serves no agent entries")
+    if held >= 0:
         await sync.report_bundle_sequence(agent, held)
-    snapshot = await registry.entries_for_agent(agent.spiffe_id)
-    if sync is not None:
-        await sync.check_current(snapshot.revision, since)  # 503 when this replica is stale
-    view = await sync.view(snapshot.entries) if sync is not None else None
-    fresh = sync is not None and sync.moved(view, seen, fed_seen)
-    if wait > 0 and snapshot.revision <= since and not fresh:
-        deadline = time.monotonic() + wait
-        after = since
-        while True:
-            left = max(0.0, deadline - time.monotonic())
+    answer = await sync.wait_for_entries(
+        agent.spiffe_id,
+        since=since,
+        timeout=wait,
+        authorities_seen=seen,
+        federated_seen=fed_seen,
+        hold=lambda waiting: _long_poll(request, waiting),
+        stop=services.closing,
+    )
+    changes = (
+        services.registry.entry_delta(agent.spiffe_id, since, answer.snapshot.revision)
+        if delta
+        else None
+    )
+    return json_response(_entries_json(answer, changes))
 
-            def waiting(after: int = after, left: float = left) -> Awaitable[object]:
-                change: Awaitable[object] = registry.wait_for_entries(after, left)
-                if sync is not None:  # or authorities/federated move
-                    change = sync.wait(change, seen, left, fed_seen)
-                return change
 
-            await _long_poll(request, waiting)
-            snapshot = await registry.entries_for_agent(agent.spiffe_id)
-            if sync is not None:
-                await sync.check_current(snapshot.revision, since)
-            view = await sync.view(snapshot.entries) if sync is not None else None
-            # A change to other agents' entries moves the revision but is nothing to this one:
-            # go on waiting rather than answer every held long-poll of the fleet per change.
-            if (
-                snapshot.revision <= after
-                or time.monotonic() >= deadline
-                or services.closing.is_set()
-                or (sync is not None and sync.moved(view, seen, fed_seen))
-                or not _untouched(registry.entry_delta(agent.spiffe_id, after, snapshot.revision))
-            ):
-                break
-            after = snapshot.revision
-    extra = view.to_json() if view is not None else {}
-    changes = registry.entry_delta(agent.spiffe_id, since, snapshot.revision) if delta else None
+def _entries_json(answer: EntriesAnswer, changes: EntryDelta | None) -> dict[str, Any]:
+    """The entries answer: only what changed (``"delta": true``) when ``changes`` is known."""
+    extra = answer.view.to_json()
     if changes is not None:
         changed = [entry.to_json() for entry in changes.changed]
         body = {"revision": changes.revision, "delta": True, "entries": changed}
-        return json_response({**body, "removed": list(changes.removed), **extra})
-    entries = [entry.to_json() for entry in snapshot.entries]
-    return json_response({"revision": snapshot.revision, "entries": entries, **extra})
+        return {**body, "removed": list(changes.removed), **extra}
+    entries = [entry.to_json() for entry in answer.snapshot.entries]
+    return {"revision": answer.snapshot.revision, "entries": entries, **extra}
 
 
 async def post_x509(request: web.Request) -> web.Response:
@@ -293,11 +280,6 @@ def jwt_json(svid: JwtSvid) -> dict[str, Any]:
         "audience": list(svid.audience),
         "expires_at": svid.expires_at.isoformat(),
     }
-
-
-def _untouched(changes: EntryDelta | None) -> bool:
-    """Whether a delta says for certain that nothing of the agent's changed (None: unknown)."""
-    return changes is not None and not changes.changed and not changes.removed
 
 
 async def _long_poll(request: web.Request, waiting: Callable[[], Awaitable[object]]) -> None:
