@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _CONCURRENT_READS = 8  # read-only transactions of one list_issued in flight at a time
+_CONCURRENT_WRITES = 8  # transactions of the schema upgrade's backfill in flight at a time
 
 
 def chunks_by_ops(items: Sequence[_T], ops: Callable[[_T], int], limit: int) -> list[list[_T]]:
@@ -183,13 +184,19 @@ class EtcdIssuedIndex(EtcdKeyspace):
             (kv, self._keys.issued_index_keys(decode_doc(kv.value, IssuedSerial.from_json)))
             for kv in kvs
         ]
+        chunks = chunks_by_ops(groups, lambda g: len(g[1]), self._max_ops)
         done = 0
-        for chunk in chunks_by_ops(groups, lambda g: len(g[1]), self._max_ops):
-            if await self._index_unchanged(chunk):
-                done += len(chunk)
-                continue
-            for group in chunk:  # one is gone: the others one by one
-                done += await self._index_unchanged([group])
+        for start in range(0, len(chunks), _CONCURRENT_WRITES):  # round trips overlap
+            batch = chunks[start : start + _CONCURRENT_WRITES]
+            done += sum(await asyncio.gather(*(self._backfill_chunk(c) for c in batch)))
+        return done
+
+    async def _backfill_chunk(self, chunk: Sequence[tuple[KeyValue, list[bytes]]]) -> int:
+        if await self._index_unchanged(chunk):
+            return len(chunk)
+        done = 0
+        for group in chunk:  # one is gone: the others one by one
+            done += await self._index_unchanged([group])
         return done
 
     async def _index_unchanged(self, groups: Sequence[tuple[KeyValue, list[bytes]]]) -> bool:
