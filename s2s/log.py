@@ -75,6 +75,9 @@ class F:
     SOURCE: Final = "source"
     REPLICA: Final = "replica"
     LEADER: Final = "leader"
+    BEFORE: Final = "before"
+    AFTER: Final = "after"
+    LIMIT: Final = "limit"
 
 
 FIELDS: Final[tuple[str, ...]] = tuple(

@@ -34,6 +34,7 @@ from s2s.core.backoff import Backoff
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError
 from s2s.etcd.channel import EtcdTls
+from s2s.fd_limit import AcceptFailures, log_fd_limit, raise_fd_limit
 from s2s.log import F, configure_logging
 from s2s.verifier.feeds import DEFAULT_MAX_STALENESS, FeedMetrics, RevocationFeed
 from s2s.verifier.feeds_ca import CaRevocationFeed
@@ -293,12 +294,14 @@ def serve_forever(config: AgentConfig) -> None:
     configure_logging(level=config.log_level, json_format=config.log_format == "json")
     for name, value, source in config.settings():  # the join token only as set/unset
         log.info("agent.setting", extra={F.SETTING: name, F.VALUE: value, F.SOURCE: source})
+    log_fd_limit(log, "agent.fd_limit", raise_fd_limit())  # a few fds per workload connection
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.set_exception_handler(AcceptFailures(log, "agent.accept_failed"))
         await run_agent(Agent(config), stop)
 
     try:

@@ -62,6 +62,7 @@ from s2s.ca.store_metrics import MeteredStore
 from s2s.core.clock import Clock, SystemClock
 from s2s.core.errors import InvalidConfig, S2SError, Unavailable
 from s2s.core.x509svid import X509Svid
+from s2s.fd_limit import AcceptFailures, log_fd_limit, raise_fd_limit
 from s2s.log import F, configure_logging
 from s2s.store.base import Store
 from s2s.store.etcd_election import etcd_election
@@ -119,13 +120,12 @@ class ServeOptions:
 
 
 def fit_descriptors(limits: ServerLimits) -> ServerLimits:
-    """``limits`` within this process's descriptor limit, first raised to its hard limit
-    (``ServerLimits.within``): past it the CA could not even accept its operator."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
+    """``limits`` within this process's descriptor limit, first raised towards its hard limit
+    (``raise_fd_limit``, logged as ``ca.fd_limit``; ``ServerLimits.within``): past it the CA
+    could not even accept its operator."""
+    raised = raise_fd_limit()
+    log_fd_limit(log, "ca.fd_limit", raised)
+    soft = raised.after
     if soft == resource.RLIM_INFINITY:
         return limits
     fitted = limits.within(soft)
@@ -575,6 +575,7 @@ def serve_forever(options: ServeOptions) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.set_exception_handler(AcceptFailures(log, "ca.accept_failed"))  # the admin socket
         await run(options, stop)
 
     try:
