@@ -224,9 +224,11 @@ class RunningAgent:
             await asyncio.wait_for(self.task, 10)
 
 
-async def start_agent(config: AgentConfig, *, wait_ready: bool = True) -> RunningAgent:
+async def start_agent(
+    config: AgentConfig, *, wait_ready: bool = True, tuning: AgentTuning = FAST
+) -> RunningAgent:
     """Run an agent in a task; wait until its Workload API serves (or its task fails)."""
-    agent = Agent(config, tuning=FAST)
+    agent = Agent(config, tuning=tuning)
     stop = asyncio.Event()
     running = RunningAgent(agent, asyncio.create_task(run_agent(agent, stop)), stop)
     if wait_ready:
@@ -264,8 +266,10 @@ class Harness:
     def config(self, *, token: str | None, **kw: Any) -> AgentConfig:
         return agent_config(self.ca, self.tmp_path, self.socket_dir, token=token, **kw)
 
-    async def start_agent(self, config: AgentConfig, *, wait_ready: bool = True) -> RunningAgent:
-        running = await start_agent(config, wait_ready=False)
+    async def start_agent(
+        self, config: AgentConfig, *, wait_ready: bool = True, tuning: AgentTuning = FAST
+    ) -> RunningAgent:
+        running = await start_agent(config, wait_ready=False, tuning=tuning)
         self.agents.append(running)
         if wait_ready:
             await _wait_ready(running)

@@ -25,13 +25,21 @@ import pytest
 import spiffe
 from click.testing import CliRunner
 
-from s2s.agent.app import Agent, run_agent
+from s2s.agent.app import Agent, AgentTuning, run_agent
 from s2s.cli.agent import cli
 from s2s.core.errors import InvalidConfig, NotAuthorized, Unavailable
 from s2s.verifier.workload_client import WorkloadApiClient
 
 MY_UID = f"unix:uid:{os.getuid()}"
 SHORT = timedelta(seconds=6)
+PRODUCTION_WAIT = AgentTuning(  # the harness's tuning with the default entries long-poll (30 s)
+    entries_wait=30.0,
+    bundle_interval=5.0,
+    backoff_initial=0.05,
+    backoff_cap=0.5,
+    health_interval=0.1,
+    first_sync_timeout=5.0,
+)
 
 
 def spiffe_socket(config: Any) -> str:
@@ -210,8 +218,13 @@ async def test_restarted_agent_keeps_its_identity_without_a_token(harness: Any) 
     assert str(context.default_svid.spiffe_id) == "spiffe://example.org/billing"
 
 
-async def test_entry_changes_reach_the_stream_within_a_second(harness: Any) -> None:
-    running, billing = await attested(harness)
+async def test_entry_changes_wake_the_held_poll_and_reach_the_stream(harness: Any) -> None:
+    # The production long-poll length (the harness's is 2 s): a change that failed to wake the
+    # held poll would come only when the poll ends, up to 30 s later (2 s: half the time within
+    # a 1 s bound), so the bound can leave a loaded machine room (0.02-0.4 s seen here).
+    token, agent_id = await harness.ca.join_token()
+    billing = await harness.ca.entry(agent_id, "/billing", [MY_UID])
+    running = await harness.start_agent(harness.config(token=token), tuning=PRODUCTION_WAIT)
     agent_id = running.agent.node.identity.svid.spiffe_id
     registry = harness.ca.server.registry
     async with WorkloadApiClient(str(running.agent.config.socket)) as client:
@@ -232,8 +245,8 @@ async def test_entry_changes_reach_the_stream_within_a_second(harness: Any) -> N
         "spiffe://example.org/billing",
     ]
     assert [str(s.spiffe_id) for s in removed.svids] == ["spiffe://example.org/audit"]
-    assert added_after < 1.0
-    assert removed_after < 1.0
+    assert added_after < 2.0, added_after
+    assert removed_after < 2.0, removed_after
 
 
 async def test_ca_down_at_start_is_retried_with_backoff(
