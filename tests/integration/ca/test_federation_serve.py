@@ -38,7 +38,9 @@ def free_port() -> int:
 @contextmanager
 def serving(data_dir: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [*CLI, "--data-dir", str(data_dir), "serve", "--listen", f"127.0.0.1:{free_port()}", *args],
+        # Port 0: the CA binds a free port itself (a port found free and released here could be
+        # taken by another process before the CA binds it); it is reached by its admin socket.
+        [*CLI, "--data-dir", str(data_dir), "serve", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
