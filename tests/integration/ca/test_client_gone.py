@@ -210,3 +210,39 @@ async def test_a_connection_reset_of_the_handlers_own_is_a_500(
     assert events(caplog, "http.client_gone") == []
     assert count(metrics, "/bug", "500") == 1
     assert count(metrics, "/bug", "499") == 0
+
+
+async def test_a_handler_cancelled_because_its_client_left_is_a_client_gone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A runner that cancels handlers on disconnect (aiohttp's ``handler_cancellation``): the
+    cancelled request is counted as 499 and logged as a client gone; its ``finally`` runs."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    metrics = CaMetrics()
+    started, released = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            released.set()
+        raise AssertionError("not reached")
+
+    app = web.Application(middlewares=[error_middleware(metrics)])
+    app.router.add_get("/hold", hold)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", runner.addresses[0][1])
+        writer.write(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(started.wait(), 5)
+        writer.close()
+        await asyncio.wait_for(released.wait(), 5)
+        await until(lambda: bool(events(caplog, "http.client_gone")), "an http.client_gone line")
+    finally:
+        await runner.cleanup()
+    assert count(metrics, "/hold", "499") == 1
+    assert events(caplog, "http.internal_error") == []
