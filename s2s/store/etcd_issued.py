@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 _CONCURRENT_READS = 8  # read-only transactions of one list_issued in flight at a time
-_CONCURRENT_WRITES = 8  # transactions of the schema upgrade's backfill in flight at a time
+_CONCURRENT_WRITES = 8  # transactions of one add_issued or of the backfill in flight at a time
 
 
 def chunks_by_ops(items: Sequence[_T], ops: Callable[[_T], int], limit: int) -> list[list[_T]]:
@@ -80,12 +80,22 @@ class EtcdIssuedIndex(EtcdKeyspace):
         if len(set(serials)) != len(serials):
             raise Conflict("a serial appears twice in one batch for the issued index")
         written: list[bytes] = []
+
+        async def write(chunk: Sequence[IssuedSerial]) -> None:
+            written.extend(await self._add_issued_chunk(chunk))
+
+        # A record is 2-3 keys, so a big group is several transactions: their round trips overlap.
+        chunks = chunks_by_ops(records, self._issued_ops, self._max_ops)
         try:
-            for chunk in chunks_by_ops(records, self._issued_ops, self._max_ops):
-                written += await self._add_issued_chunk(chunk)
+            for start in range(0, len(chunks), _CONCURRENT_WRITES):
+                batch = chunks[start : start + _CONCURRENT_WRITES]
+                results = await asyncio.gather(*map(write, batch), return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    raise failed[0]
         except BaseException:
             size = self._max_ops
-            for start in range(0, len(written), size):  # undo earlier chunks: all or nothing
+            for start in range(0, len(written), size):  # undo the chunks written: all or nothing
                 with contextlib.suppress(StoreError):
                     await self.c.txn([], [delete_op(k) for k in written[start : start + size]])
             raise
