@@ -177,12 +177,14 @@ class EtcdIssuedIndex(EtcdKeyspace):
         meta = self.key("meta")
         for _ in range(4):
             meta_kv = await self.c.get(meta)
-            if check_meta(meta_kv, self._where) >= SCHEMA_VERSION or meta_kv is None:
+            found = check_meta(meta_kv, self._where)
+            if found >= SCHEMA_VERSION or meta_kv is None:
                 return
             count = await self._backfill_issued_index()
             put = [put_op(meta, meta_doc(SCHEMA_VERSION))]
             if (await self.c.txn([mod_is(meta, meta_kv.mod_revision)], put)).succeeded:
-                log.info("store.schema_upgraded", extra={F.COUNT: count, "schema": SCHEMA_VERSION})
+                extra = {F.BEFORE: found, F.AFTER: SCHEMA_VERSION, F.COUNT: count}
+                log.info("store.schema_upgraded", extra=extra)
                 return
         raise Conflict(f"the schema of the store {self._where} kept changing during its upgrade")
 

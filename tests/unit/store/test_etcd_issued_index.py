@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import doctest
 import hashlib
 import itertools
 import json
@@ -22,6 +23,7 @@ from contract import AGENT_A, AGENT_B, T0, issued, sid
 from s2s.core.errors import Conflict
 from s2s.core.spiffe_id import SpiffeId
 from s2s.etcd.client import EtcdClient
+from s2s.store import etcd_issued
 from s2s.store.etcd import EtcdStore
 from s2s.store.etcd_keys import doc
 from s2s.store.records import IssuedSerial
@@ -158,6 +160,11 @@ async def test_a_key_by_id_is_only_a_pointer(
     assert await store.list_issued(spiffe_id=sid("/a")) == (issued(1, "/a"),)
     assert await store.list_issued(agent_id=AGENT_A) == (issued(1, "/a"),)
     assert await store.list_issued(agent_id=AGENT_B) == (issued(2, "/other", agent_id=AGENT_B),)
+
+
+def test_doctests_of_the_index_module() -> None:
+    result = doctest.testmod(etcd_issued)
+    assert (result.failed, result.attempted > 0) == (0, True)
 
 
 # -- schema 1 -> 2 --
