@@ -21,6 +21,7 @@ MODULES: list[str] = [
     "oauth_http",
     "revocation",
     "issued_index",
+    "prune",
     "crl",
     "federation",
     "federation_refresh",

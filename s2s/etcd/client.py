@@ -131,15 +131,18 @@ class EtcdClient:
         return KeyValue.of(reply.kvs[0]) if reply.kvs else None
 
     async def get_prefix(
-        self, prefix: bytes, *, page: int = 5000
+        self, prefix: bytes, *, page: int = 5000, keys_only: bool = False
     ) -> tuple[tuple[KeyValue, ...], int]:
         """Every key under ``prefix`` (sorted by key) and the revision of that snapshot.
 
-        Read in pages of ``page`` keys, all at the first page's revision (one consistent view)."""
+        Read in pages of ``page`` keys, all at the first page's revision (one consistent view).
+        ``keys_only``: etcd leaves the values out (empty here); revisions and lease ids stay."""
         end, start, revision = prefix_end(prefix), prefix, 0
         kvs: list[KeyValue] = []
         while True:
-            request = rpc.RangeRequest(key=start, range_end=end, limit=page, revision=revision)
+            request = rpc.RangeRequest(
+                key=start, range_end=end, limit=page, revision=revision, keys_only=keys_only
+            )
             reply = await self._call("range", self._kv.Range, request, write=False)
             revision = revision or int(reply.header.revision)
             kvs += [KeyValue.of(kv) for kv in reply.kvs]

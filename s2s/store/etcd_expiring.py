@@ -1,8 +1,9 @@
 """The etcd store's expiring records: join tokens, used marks, revocations; and ``prune``.
 
 These ride on leases shared per expiry bucket (:mod:`s2s.store.etcd_leases`), so etcd drops them
-about ``lease_grace`` after they expire even if no CA runs ``prune``; ``prune(now)`` still removes
-them (and expired agents and authorities) on time. Lease deletions do not move topic revisions
+about ``lease_grace`` after they expire even if no CA runs ``prune``. ``prune(now)`` removes
+expired join tokens, revocations, agents and authorities on time; issued serials and used marks
+are left to their leases (see ``prune``). Lease deletions do not move topic revisions
 (watch the key prefix to see them, as ``follow_revocations`` does). The store's epoch (see
 :mod:`s2s.store.revocation_changes`) is the ``epoch`` key, created by the first handle that asks.
 The issued serials are in :mod:`s2s.store.etcd_issued`. Part of :class:`s2s.store.etcd.EtcdStore`.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import secrets
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 from s2s.core.errors import Conflict, InvalidRequest, NotFound, StoreError
 from s2s.core.revocation import RevocationKind, RevocationRecord
 from s2s.etcd.values import KeyValue, delete_op, get_op, mod_is, put_op, version_is
+from s2s.log import F
 from s2s.store.codec import FromJson, decode_doc
 from s2s.store.etcd_issued import EtcdIssuedIndex, chunks_by_ops
 from s2s.store.etcd_keys import doc, expiry
@@ -39,11 +42,14 @@ from s2s.store.revocation_changes import RevocationChanges, StoreKey
 
 __all__ = ["EtcdExpiringRecords"]
 
+log = logging.getLogger(__name__)
+
 
 class EtcdExpiringRecords(EtcdIssuedIndex):
     """The ``Store`` methods for lease-backed records, and ``prune``."""
 
     _epoch: str | None = None  # the store's epoch, once read
+    _leased_checked = False  # this handle's prune has found no issued serial or mark unleased
 
     # -- join tokens: join-tokens/<hash hex> holds an unused token, join-tokens-used/<hash hex> a
     # used one (with used_by) until it expires, join-token-ids/<id> the hash. A used token moves
@@ -194,27 +200,74 @@ class EtcdExpiringRecords(EtcdIssuedIndex):
     # -- maintenance and change notification --
 
     async def prune(self, now: dt.datetime) -> PruneResult:
+        """Expired join tokens, revocations (the change feed reports them at once), agents and
+        authorities. Issued serials and used marks are left to their leases (etcd drops them
+        about ``lease_grace`` after expiry, and no reader's answer depends on them going
+        sooner): reading them all every run would cost O(live certificates). The first run of
+        each handle still removes or leases any of them written without a lease."""
         check_aware("time", now)
-        counts: dict[str, int] = {}
+        counts: dict[str, int] = {"issued": 0, "used_marks": 0}
+        if not self._leased_checked:
+            counts["issued"], counts["used_marks"] = await self._prune_unleased(now)
+            self._leased_checked = True
         counts["join_tokens"] = 0
         for prefix in ("join-tokens", "join-tokens-used"):
             tokens = await self._expired(prefix, JoinTokenRecord.from_json, now)
             counts["join_tokens"] += await self._delete_unchanged(
                 [(kv, [self.key("join-token-ids", r.id)]) for r, kv in tokens], None
             )
-        issued = await self._expired("issued", IssuedSerial.from_json, now)
-        counts["issued"] = await self._delete_unchanged(
-            [(kv, self._keys.issued_index_keys(r)) for r, kv in issued], None
-        )
         for prefix, field, parse, topic in (
             ("revoked", "revocations", RevocationRecord.from_json, Topic.REVOCATIONS),
             ("agents", "agents", AgentRecord.from_json, Topic.AGENTS),
             ("authorities", "authorities", AuthorityRecord.from_json, Topic.AUTHORITIES),
-            ("used", "used_marks", UsedMark.from_json, None),
         ):
             expired = await self._expired(prefix, parse, now)
             counts[field] = await self._delete_unchanged([(kv, []) for _, kv in expired], topic)
         return PruneResult(**counts)
+
+    async def _prune_unleased(self, now: dt.datetime) -> tuple[int, int]:
+        """Issued serials and used marks without a lease (every s2s writes them on one; a lease
+        id of 0 means none): the expired ones are deleted, the others put again, unchanged, on
+        their expiry bucket's lease. A keys-only listing finds them (etcd cannot filter by
+        lease); returns how many issued serials and used marks were deleted."""
+        issued = await self._unleased("issued", IssuedSerial.from_json)
+        used = await self._unleased("used", UsedMark.from_json)
+        groups = [(r, kv, self._keys.issued_index_keys(r)) for r, kv in issued]
+        groups += [(r, kv, []) for r, kv in used]
+        live = [(r, kv, extra) for r, kv, extra in groups if expiry(r) > now]
+        for r, kv, extra in live:
+            await self._lease_again(expiry(r), kv, extra)
+        if live:
+            log.warning("store.unleased_records_leased", extra={F.COUNT: len(live)})
+        gone = [(r, kv, extra) for r, kv, extra in groups if expiry(r) <= now]
+        issued_gone = [(kv, extra) for r, kv, extra in gone if isinstance(r, IssuedSerial)]
+        used_gone = [(kv, extra) for r, kv, extra in gone if isinstance(r, UsedMark)]
+        return (
+            await self._delete_unchanged(issued_gone, None),
+            await self._delete_unchanged(used_gone, None),
+        )
+
+    async def _lease_again(self, expires_at: dt.datetime, kv: KeyValue, extra: list[bytes]) -> None:
+        """Put ``kv`` and its ``extra`` keys again on the lease for ``expires_at``, unless it
+        changed since read (then it was rewritten, and every write has a lease)."""
+
+        async def attempt() -> None:
+            lease = await self._leases.lease_for(expires_at)
+            ops = [put_op(kv.key, kv.value, lease=lease)]
+            ops += [put_op(k, b"", lease=lease) for k in extra]
+            await self._commit([mod_is(kv.key, kv.mod_revision)], ops)
+
+        await self._retrying(attempt)
+
+    async def _unleased(self, prefix: str, parse: FromJson[Any]) -> list[tuple[Any, KeyValue]]:
+        keys, _ = await self.c.get_prefix(self.key(prefix, ""), keys_only=True)
+        bare = [kv.key for kv in keys if kv.lease == 0]
+        found: list[tuple[Any, KeyValue]] = []
+        for start in range(0, len(bare), self._max_ops):
+            for kv in await self.c.get_many(bare[start : start + self._max_ops]):
+                if kv is not None and kv.lease == 0:
+                    found.append((decode_doc(kv.value, parse), kv))
+        return found
 
     async def _expired(
         self, prefix: str, parse: FromJson[Any], now: dt.datetime

@@ -8,7 +8,6 @@ queries as the reference.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import doctest
 import hashlib
 import itertools
@@ -18,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from contract import AGENT_A, AGENT_B, T0, issued, sid
+from contract import AGENT_A, AGENT_B, issued, sid
 
 from s2s.core.errors import Conflict
 from s2s.core.spiffe_id import SpiffeId
@@ -114,14 +113,17 @@ async def test_every_record_has_its_keys_by_id_on_its_own_lease(
         assert by_id.mod_revision == primary.mod_revision  # one transaction
 
 
-async def test_prune_deletes_the_keys_by_id_with_the_record(
+async def test_the_keys_by_id_end_with_the_records_lease(
     open_etcd: OpenEtcd, raw: EtcdClient, trust_domain: str
 ) -> None:
+    """Expired records leave with their lease (prune leaves them: test_etcd_prune.py); the
+    keys by ID ride on the same lease and go in the same instant."""
     store = await open_etcd()
-    gone = [issued(i, f"/p{i % 3}", minutes=5) for i in range(1, 201)]  # 3 deletes each
+    gone = [issued(i, f"/p{i % 3}", minutes=5) for i in range(1, 201)]
     await store.add_issued([*gone, issued(500, "/p1", minutes=60)])
-    result = await store.prune(T0 + dt.timedelta(minutes=10))
-    assert result.issued == 200
+    kv = await raw.get(f"/s2s/{trust_domain}/issued/{1:040x}".encode())
+    assert kv is not None
+    await raw.revoke_lease(kv.lease)  # as etcd does when the lease's TTL runs out
     assert await _keys(raw, trust_domain, "issued-ids") == [f"{_hash(sid('/p1'))}/{500:040x}"]
     assert await _keys(raw, trust_domain, "issued-agents") == [f"{_hash(AGENT_A)}/{500:040x}"]
     assert [r.serial for r in await store.list_issued(spiffe_id=sid("/p1"))] == [500]
