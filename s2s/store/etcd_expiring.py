@@ -117,12 +117,21 @@ class EtcdExpiringRecords(EtcdIssuedIndex):
     # -- single-use marks: used/<key> --
 
     async def claim_once(self, mark: UsedMark) -> None:
+        """A mark held past its expiry (prune leaves marks to their leases, which end about
+        ``lease_grace`` later) is taken over by compare-and-swap: the key is free from then."""
         k = self.key("used", mark.key)
 
         async def attempt() -> None:
             put = put_op(k, doc(mark), lease=await self._leases.lease_for(mark.expires_at))
-            if not (await self._commit([version_is(k, 0)], [put])).succeeded:
+            result = await self._commit([version_is(k, 0)], [put], [get_op(k)])
+            if result.succeeded:
+                return
+            held = result.ranged(0)
+            if held is None:
+                raise Retry  # its lease ended meanwhile
+            if decode_doc(held.value, UsedMark.from_json).expires_at > self._clock.now():
                 raise Conflict(f"{mark.key!r} was already used")
+            await self._unchanged(held, [put])
 
         await self._retrying(attempt)
 

@@ -54,6 +54,7 @@ class EtcdKeyspace:
         self._client: EtcdClient | None = client
         self._keys = EtcdKeys.under(trust_domain)
         self._where = f"{client.where} {self._keys.prefix.decode()}"
+        self._clock = clock
         self._leases = LeaseBuckets(
             self._grant_lease, clock=clock, grace=lease_grace, bucket=lease_bucket
         )

@@ -9,6 +9,7 @@ A real etcd (one per module); each test has its own trust domain prefix.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 from contract import AGENT_A, sid
 
+from s2s.core.clock import FakeClock
 from s2s.core.errors import Conflict
 from s2s.core.spiffe_id import TrustDomain
 from s2s.etcd.client import EtcdClient
@@ -159,6 +161,38 @@ async def test_a_bare_record_rewritten_meanwhile_is_left_as_written(
     kept = await raw.get(keys.key("used", "m/x"))
     assert kept is not None
     assert (kept.value, kept.lease) == (doc(newer), lease)
+
+
+async def test_an_expired_mark_still_held_by_its_lease_frees_its_key(
+    open_etcd: OpenEtcd, raw: EtcdClient, keys: EtcdKeys
+) -> None:
+    """A key is held until the mark's expiry, not until its lease ends: the expired mark is
+    taken over (one winner among concurrent claims); a live one still refuses."""
+    start = _now()
+    clock = FakeClock(start)
+    store, other = await open_etcd(clock=clock), await open_etcd(clock=clock)
+    first = UsedMark("assertion/j", clock.now() + dt.timedelta(minutes=2))
+    await store.claim_once(first)
+    with pytest.raises(Conflict):
+        await store.claim_once(first)
+    clock.advance(seconds=119)
+    with pytest.raises(Conflict):  # one second before its expiry
+        await other.claim_once(UsedMark("assertion/j", clock.now() + dt.timedelta(minutes=5)))
+
+    clock.set(first.expires_at)  # expired; etcd keeps it until its lease ends
+    assert await raw.get(keys.key("used", "assertion/j")) is not None
+    second = UsedMark("assertion/j", clock.now() + dt.timedelta(minutes=5))
+    results = await asyncio.gather(
+        *(h.claim_once(second) for h in (store, other, store, other)), return_exceptions=True
+    )
+    assert results.count(None) == 1, results
+    assert all(isinstance(r, Conflict) for r in results if r is not None)
+    kv = await raw.get(keys.key("used", "assertion/j"))
+    assert kv is not None
+    assert kv.value == doc(second)
+    ahead = (clock.now() - start).total_seconds()  # the store's clock runs ahead of etcd's
+    expiry = second.expires_at.timestamp() - ahead
+    await _assert_lease_ends_within_grace(raw, keys.key("used", "assertion/j"), expiry)
 
 
 async def test_keys_only_listing_keeps_lease_ids_and_drops_values(raw: EtcdClient) -> None:
