@@ -108,11 +108,14 @@ class RevocationService:
         """Revoke one certificate the CA issued (a leaf or an intermediate; not a root).
 
         :class:`NotFound` when the serial is neither in the issued-serial index nor one of the
-        trust domain's CA certificates (it was never issued here, or it expired and was pruned).
+        trust domain's CA certificates (it was never issued here), or it has expired (its
+        ``notAfter`` plus the skew has passed: a record would be born expired).
         Revoking an intermediate also marks its authority revoked, so the CA stops signing with it.
         """
         now = utc(self._clock.now())
         issued = await self._find_issued(serial)
+        if issued is not None and issued.not_after + self.skew <= now:
+            issued = None  # expired: its record may outlive it (etcd drops it with its lease)
         authority = None if issued is not None else await self._find_authority(serial)
         if issued is not None:
             not_after, spiffe_id, issuer_authority = (
@@ -124,8 +127,8 @@ class RevocationService:
             not_after, spiffe_id, issuer_authority = authority.not_after, None, authority.issuer_id
         else:
             raise NotFound(
-                f"serial {serial_value(serial)} was not issued by this CA, or it expired and was"
-                " pruned (check `s2s-ca revocations list` and the audit log)"
+                f"serial {serial_value(serial)} was not issued by this CA, or it has expired"
+                " (check `s2s-ca revocations list` and the audit log)"
             )
         if authority is not None and authority.kind is AuthorityKind.X509_ROOT:
             raise InvalidRequest(

@@ -132,6 +132,20 @@ async def test_unknown_serial_is_not_found_with_a_clear_message(rig: Rig) -> Non
     assert len(rig.live.current()) == 0
 
 
+async def test_an_expired_serial_is_not_found_though_its_record_lingers(rig: Rig) -> None:
+    """The index record outlives the certificate until pruned (on etcd until its lease ends):
+    past notAfter plus the skew a revocation would be born expired, so the answer is NotFound."""
+    svid = await rig.issuer.mint_x509_svid(BILLING)
+    other = await rig.issuer.mint_x509_svid(BILLING)
+    rig.clock.set(other.not_after + rig.service.skew - SEC)  # one second before: revocable
+    assert (await rig.service.revoke_serial(other.serial)).changed == 1
+    rig.clock.set(svid.not_after + rig.service.skew)
+    assert (await rig.store.get_issued(svid.serial)).serial == svid.serial  # not pruned
+    with pytest.raises(NotFound, match="or it has expired"):
+        await rig.service.revoke_serial(svid.serial)
+    assert not rig.live.current().is_serial_revoked_by_any_issuer(svid.serial)
+
+
 @pytest.mark.parametrize("text", ["", "xyz", "0", "12 34", "1" * 41, "-5"])
 def test_bad_serial_text_is_invalid(text: str) -> None:
     with pytest.raises(InvalidRequest):
