@@ -9,7 +9,10 @@ SQLite (embedded, ``s2s.store.sqlite``) and etcd (clusters). Rules every backend
 * Foreign errors (sqlite3, grpc) are translated once, in the backend, into ``s2s.core.errors``.
 * Datetimes come back aware UTC and equal to what was stored (microsecond precision).
 * Records with an expiry (join tokens, revocations, issued serials, agents and authorities by
-  ``not_after``) are removed by ``prune(now)`` once ``expiry <= now``; nothing else removes them.
+  ``not_after``) are removed by ``prune(now)`` once ``expiry <= now``; nothing else removes them,
+  except that a backend may leave issued serials and used marks to expire by themselves (etcd
+  leases, about ``lease_grace`` later; its ``prune`` counts 0 for them). Readers of those records
+  filter by expiry where it matters.
 * Each :class:`Topic` has a revision that never decreases, survives a reopen, and grows with every
   committed change to that topic. It may also grow without a visible change (a backend may share a
   counter between topics), so a waiter must re-read after waking. To follow a topic without a gap,
@@ -149,8 +152,9 @@ class Store(Protocol):
 
     # -- single-use marks (spent client assertions), shared by every replica --
     async def claim_once(self, mark: UsedMark) -> None:
-        """Hold ``mark.key`` until ``mark.expires_at`` (``prune`` removes it then). ``Conflict``
-        if the key is held already: of concurrent claims of one key exactly one succeeds."""
+        """Hold ``mark.key`` until ``mark.expires_at`` (``prune`` or, on etcd, its lease removes
+        it after). ``Conflict`` if the key is held already: of concurrent claims of one key
+        exactly one succeeds."""
         ...
 
     # -- revocation records (topic REVOCATIONS) --

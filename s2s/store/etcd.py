@@ -10,10 +10,12 @@ A topic's revision is the etcd ``mod_revision`` of ``topics/<topic>``, which eve
 that changes the topic also writes: it never decreases and survives restarts. ``wait_for_change``
 is woken by a watch on ``topics/`` (resumed after disconnects) plus a slow re-read.
 
-Expiring records (join tokens, revocations, issued serials) ride on leases grouped by expiry
-bucket (one lease per ``lease_bucket`` of expiry instants): etcd itself drops them about
-``lease_grace`` after they expire, even if no CA runs ``prune``. ``prune(now)`` still removes them
-on time. Lease deletions do not move topic revisions (watch the key prefix to see them).
+Expiring records (join tokens, revocations, issued serials, used marks) ride on leases grouped by
+expiry bucket (one lease per ``lease_bucket`` of expiry instants): etcd itself drops them about
+``lease_grace`` after they expire, even if no CA runs ``prune``. ``prune(now)`` removes join tokens
+and revocations on time and leaves issued serials and used marks to their leases (reading them
+every run cost O(live certificates)). Lease deletions do not move topic revisions (watch the key
+prefix to see them).
 """
 
 from __future__ import annotations
