@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -62,6 +63,9 @@ class EtcdKeyspace:
         self._max_ops = max_txn_ops
         self._notifier = ChangeNotifier()
         self._watch: asyncio.Task[None] | None = None
+        # topic -> (the topic's event when the read began, when it began, the read): see
+        # _shared_revision
+        self._reads: dict[Topic, tuple[asyncio.Event, float, asyncio.Future[int]]] = {}
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -177,7 +181,7 @@ class EtcdKeyspace:
         async def read() -> int:
             nonlocal last
             try:
-                last = await self.revision(topic)
+                last = await self._shared_revision(topic)
             except StoreError:
                 if self._client is None:
                     raise
@@ -187,6 +191,26 @@ class EtcdKeyspace:
         return await wait_for_revision(
             read, self._notifier, topic, after, timeout, poll_interval=self._poll
         )
+
+    async def _shared_revision(self, topic: Topic) -> int:
+        """``revision(topic)`` for the waiters of ``wait_for_change``, one etcd read for them all.
+
+        Every held long-poll re-reads its topic's revision each poll interval, in case the watch
+        missed a change; one read each would be a read per waiter per interval (three a second per
+        agent a replica holds). A read is shared by every waiter that asks within half a poll
+        interval after it began, unless the topic was notified since it began: a change the watch
+        reports is always read afresh, so sharing delays only what the slow re-read is for."""
+        event = self._notifier.event(topic)
+        now = time.monotonic()
+        held = self._reads.get(topic)
+        if held is not None:
+            seen, began, read = held
+            if seen is event and now - began < self._poll / 2:
+                return await asyncio.shield(read)
+        read = asyncio.ensure_future(self.revision(topic))
+        read.add_done_callback(_retrieved)
+        self._reads[topic] = (event, now, read)
+        return await asyncio.shield(read)
 
     def _follow_topics(self, client: EtcdClient) -> None:
         if self._watch is None or self._watch.done():
@@ -202,3 +226,9 @@ class EtcdKeyspace:
                     continue
                 names = {e.kv.key[len(prefix) :].decode() for e in update.events}
                 self._notifier.notify([t for t in Topic if t.value in names])
+
+
+def _retrieved(read: asyncio.Future[int]) -> None:
+    """Mark a shared read's failure as seen (its waiters may all have been cancelled)."""
+    if not read.cancelled():
+        read.exception()
