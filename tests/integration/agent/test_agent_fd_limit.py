@@ -6,7 +6,6 @@ descriptors are free again, without spinning."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import socket
 import subprocess
@@ -17,29 +16,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from process_limits import events, open_files_limit, with_limit
 from test_agent_end_to_end import MY_UID
 from test_agent_workload_limits import fetch_status
 
 RUN = [sys.executable, "-m", "s2s.cli.agent", "run"]
-
-
-def open_files_limit(pid: int) -> tuple[int, int]:
-    """(soft, hard) ``Max open files`` of process ``pid``, from /proc/<pid>/limits."""
-    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-        if line.startswith("Max open files"):
-            soft, hard = line.split()[3:5]
-            return int(soft), int(hard)
-    raise AssertionError(f"no open-files line in /proc/{pid}/limits")
-
-
-def with_limit(soft: int, hard: int) -> list[str]:
-    """The command prefix that runs a program under an open-files limit of (soft, hard)."""
-    return ["prlimit", f"--nofile={soft}:{hard}", "--"]
-
-
-def events(text: str, event: str) -> list[dict[str, Any]]:
-    lines = (json.loads(line) for line in text.splitlines() if line.startswith("{"))
-    return [line for line in lines if line.get("event") == event]
 
 
 @asynccontextmanager
