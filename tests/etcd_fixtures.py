@@ -2,15 +2,18 @@
 
 A test module that needs them says ``pytest_plugins = ("etcd_fixtures",)``: ``etcd_server`` is
 one etcd per test module; ``etcd`` is that etcd, running again after each test whatever the test
-did to it.
+did to it; ``trust_domain`` a fresh trust domain name (its own prefix in the shared etcd); ``raw`` a
+plain etcd client, to look at (and tamper with) what a store wrote.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from s2s.etcd.client import EtcdClient
 from s2s.testing_etcd import EtcdServer
 
 
@@ -26,3 +29,17 @@ def etcd(etcd_server: EtcdServer) -> Iterator[EtcdServer]:
     etcd_server.start()
     yield etcd_server
     etcd_server.start()
+
+
+@pytest.fixture
+def trust_domain() -> str:
+    """A trust domain of its own for each test: its own prefix in the module's etcd."""
+    return f"t{uuid.uuid4().hex[:12]}.example"
+
+
+@pytest.fixture
+async def raw(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
+    """A plain etcd client, to look at (and tamper with) what the store wrote."""
+    client = await EtcdClient.connect(etcd_server.endpoint)
+    yield client
+    await client.close()

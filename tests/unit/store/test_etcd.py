@@ -33,24 +33,11 @@ pytest_plugins = ("etcd_fixtures",)
 
 
 @pytest.fixture
-def trust_domain() -> str:
-    return f"t{uuid.uuid4().hex[:12]}.example"
-
-
-@pytest.fixture
 async def open_etcd(etcd_server: EtcdServer, trust_domain: str) -> AsyncIterator[OpenEtcd]:
     """Open handles on one trust domain's prefix (keyword arguments go to ``EtcdStore.open``)."""
     endpoint = etcd_server.endpoint
     async with etcd_store_opener(endpoint, trust_domain=trust_domain, poll_interval=0.05) as opener:
         yield opener
-
-
-@pytest.fixture
-async def raw(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
-    """A plain etcd client, to look at (and tamper with) what the store wrote."""
-    client = await EtcdClient.connect(etcd_server.endpoint)
-    yield client
-    await client.close()
 
 
 class TestEtcdContract(StoreContract):

@@ -12,7 +12,6 @@ import doctest
 import hashlib
 import itertools
 import json
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -36,21 +35,9 @@ PATHS = ("/a", "/a/b", "/ab", "/a/b/c")  # each a prefix of another's text
 
 
 @pytest.fixture
-def trust_domain() -> str:
-    return f"t{uuid.uuid4().hex[:12]}.example"
-
-
-@pytest.fixture
 async def open_etcd(etcd_server: EtcdServer, trust_domain: str) -> AsyncIterator[OpenEtcd]:
     async with etcd_store_opener(etcd_server.endpoint, trust_domain=trust_domain) as opener:
         yield opener
-
-
-@pytest.fixture
-async def raw(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
-    client = await EtcdClient.connect(etcd_server.endpoint)
-    yield client
-    await client.close()
 
 
 def _hash(spiffe_id: SpiffeId) -> str:

@@ -31,11 +31,6 @@ GRACE = dt.timedelta(hours=1)
 
 
 @pytest.fixture
-def trust_domain() -> str:
-    return f"t{uuid.uuid4().hex[:12]}.example"
-
-
-@pytest.fixture
 def keys(trust_domain: str) -> EtcdKeys:
     return EtcdKeys.under(TrustDomain(trust_domain))
 
@@ -45,13 +40,6 @@ async def open_etcd(etcd_server: EtcdServer, trust_domain: str) -> AsyncIterator
     endpoint = etcd_server.endpoint
     async with etcd_store_opener(endpoint, trust_domain=trust_domain, lease_grace=GRACE) as opener:
         yield opener
-
-
-@pytest.fixture
-async def raw(etcd_server: EtcdServer) -> AsyncIterator[EtcdClient]:
-    client = await EtcdClient.connect(etcd_server.endpoint)
-    yield client
-    await client.close()
 
 
 def _now() -> dt.datetime:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
-import pytest
 from contract import entry
 
 from s2s.store.etcd import EtcdStore
@@ -27,9 +25,10 @@ pytest_plugins = ("etcd_fixtures",)
 WAITERS = 40
 
 
-@pytest.fixture
-def td() -> str:
-    return f"t{uuid.uuid4().hex[:12]}.example"
+async def opened(server: EtcdServer, trust_domain: str, poll_interval: float) -> EtcdStore:
+    return await EtcdStore.open(
+        server.endpoint, trust_domain=trust_domain, poll_interval=poll_interval
+    )
 
 
 def count_topic_reads(store: EtcdStore, topic: Topic) -> list[int]:
@@ -48,8 +47,10 @@ def count_topic_reads(store: EtcdStore, topic: Topic) -> list[int]:
     return count
 
 
-async def test_held_waiters_share_their_re_reads(etcd_server: EtcdServer, td: str) -> None:
-    store = await EtcdStore.open(etcd_server.endpoint, trust_domain=td, poll_interval=0.2)
+async def test_held_waiters_share_their_re_reads(
+    etcd_server: EtcdServer, trust_domain: str
+) -> None:
+    store = await opened(etcd_server, trust_domain, 0.2)
     try:
         after = await store.revision(Topic.ENTRIES)
         reads = count_topic_reads(store, Topic.ENTRIES)
@@ -62,12 +63,16 @@ async def test_held_waiters_share_their_re_reads(etcd_server: EtcdServer, td: st
 
 
 async def test_a_change_through_another_handle_wakes_every_waiter_at_once(
-    etcd_server: EtcdServer, td: str
+    etcd_server: EtcdServer, trust_domain: str
 ) -> None:
     # A long poll interval: a waiter that took a shared read from before the change (it is
     # young for 5 s) would wait up to 10 s more; the watch's notification forces a fresh read.
-    store = await EtcdStore.open(etcd_server.endpoint, trust_domain=td, poll_interval=10.0)
-    other = await EtcdStore.open(etcd_server.endpoint, trust_domain=td, poll_interval=10.0)
+    store = await EtcdStore.open(
+        etcd_server.endpoint, trust_domain=trust_domain, poll_interval=10.0
+    )
+    other = await EtcdStore.open(
+        etcd_server.endpoint, trust_domain=trust_domain, poll_interval=10.0
+    )
     try:
         after = await store.revision(Topic.ENTRIES)
         waits = [
@@ -88,10 +93,10 @@ async def test_a_change_through_another_handle_wakes_every_waiter_at_once(
 
 
 async def test_a_change_the_watch_never_reported_is_seen_by_the_re_read(
-    etcd_server: EtcdServer, td: str
+    etcd_server: EtcdServer, trust_domain: str
 ) -> None:
-    store = await EtcdStore.open(etcd_server.endpoint, trust_domain=td, poll_interval=0.2)
-    other = await EtcdStore.open(etcd_server.endpoint, trust_domain=td, poll_interval=0.2)
+    store = await opened(etcd_server, trust_domain, 0.2)
+    other = await opened(etcd_server, trust_domain, 0.2)
     try:
         after = await store.revision(Topic.ENTRIES)
         store._notifier.notify = lambda topics: None  # type: ignore[method-assign]
