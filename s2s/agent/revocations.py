@@ -6,8 +6,10 @@ own mTLS :class:`CaClient`; or etcd, :class:`~s2s.verifier.feeds_etcd.EtcdRevoca
 configured). On every new set it drops each SVID whose leaf or CA certificate is revoked, so the
 rotation loop re-issues it at once, and it re-fetches the CA's signed CRLs (DER, one per issuing
 CA) for the Workload API ``crl`` fields, so a verifier whose source is the agent takes
-revocations from there. CRLs are also re-fetched every ``crl_interval`` seconds (the CA
-regenerates them before their nextUpdate).
+revocations from there. Only a set with a newly revoked serial wakes a CRL fetch (a revoked JWT id
+or SPIFFE ID changes no CRL; the serials of a SPIFFE ID's certificates follow its record). CRLs
+are also re-fetched every ``crl_interval`` seconds (the CA regenerates them before their
+nextUpdate).
 """
 
 from __future__ import annotations
@@ -70,12 +72,14 @@ class RevocationFollower:
         serials = frozenset(
             int(r.value, 16) for r in revoked.records() if r.kind is RevocationKind.SERIAL
         )
-        self._wanted = (self._wanted | (serials - self._listed)) & serials
+        new = serials - self._listed
+        self._wanted = (self._wanted | new) & serials
         self._listed = serials
         dropped = self.cache.drop_revoked(revoked)
         if dropped:
             log.warning("agent.revoked_svids_replaced", extra={F.COUNT: dropped})
-        self._crl_wake.set()
+        if new:  # a JWT id, a SPIFFE ID or an expired record changes no CRL the agent needs now
+            self._crl_wake.set()
 
     async def _crl_loop(self) -> None:
         expect_change = False

@@ -1,7 +1,10 @@
-"""The agent's revocation follower keeps fetching CRLs after a revocation until they list it."""
+"""The agent's revocation follower keeps fetching CRLs after a revocation until they list it,
+and fetches them only for a newly revoked serial."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -114,3 +117,46 @@ async def test_a_serial_that_never_appears_is_given_up_after_the_retries() -> No
 
 def test_listed_serials_skips_what_does_not_parse() -> None:
     assert listed_serials([crl(3, 4), b"not a crl"]) == {3, 4}
+
+
+class Pushed(RevocationFeed):
+    """A feed that publishes the sets a test puts in its queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queue: asyncio.Queue[RevocationSet] = asyncio.Queue()
+
+    async def _run(self) -> None:
+        while True:
+            self._publish(await self.queue.get())
+
+
+async def fetched(client: Answers, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while client.fetches < count:
+        assert asyncio.get_running_loop().time() < deadline, client.fetches
+        await asyncio.sleep(0.005)
+
+
+async def test_only_a_newly_revoked_serial_wakes_a_crl_fetch() -> None:
+    cache = Cache()
+    client = Answers((crl(1, 7),))
+    feed = Pushed()
+    f = RevocationFollower(feed=feed, cache=cache, client=client)  # type: ignore[arg-type]
+    task = asyncio.create_task(f.run())
+    try:
+        await fetched(client, 1)  # the first fetch, at start
+        await feed.queue.put(revoked(1))
+        await fetched(client, 2)  # serial 1 is new
+        until = NOW + timedelta(hours=1)
+        jti = RevocationRecord.for_jti("a-jwt-id", revoked_at=NOW, expires_at=until)
+        await feed.queue.put(RevocationSet.of([*revoked(1).records(), jti]))
+        await feed.queue.put(RevocationSet.of([jti]))  # serial 1's record expired: no new serial
+        await asyncio.sleep(0.3)
+        assert client.fetches == 2
+        await feed.queue.put(revoked(1, 7))
+        await fetched(client, 3)  # serial 7 is new
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
