@@ -8,18 +8,27 @@ dir: every replica of one trust domain needs a copy of the same ``kek.bin``.
 An etcd store keeps each trust domain under its own prefix, so it needs the trust domain: from
 the URL path or ``--trust-domain`` (they must agree), else the only one ``s2s-ca init`` registered
 in that etcd (key ``/s2s-trust-domains/<name>``, written after the root).
+
+On etcd, expiring records (issued serials, single-use marks, join tokens, revocations) ride on
+leases that end ``etcd_lease_grace`` (ca.toml; 5 minutes by default) after the record's expiry
+bucket, so that long decides how much expired data etcd holds. It is at least
+:data:`MIN_LEASE_GRACE`: ``s2s-ca revoke`` still finds an issued serial until its notAfter plus
+the revocation skew (the larger of the backdate and the verifiers' JWT leeway), and the grace
+also absorbs the difference between the CA's clock and etcd's lease clock.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from s2s.ca.config import CaConfig
+from s2s.ca.config import DEFAULT_BACKDATE, CaConfig
 from s2s.ca.keys import KeyEncryptionKey
 from s2s.core.errors import InvalidConfig, InvalidSpiffeId
+from s2s.core.jwtsvid import MAX_LEEWAY
 from s2s.core.spiffe_id import TrustDomain
 from s2s.etcd.channel import EtcdTls
 from s2s.etcd.client import EtcdClient
@@ -28,8 +37,11 @@ from s2s.store.factory import open_store, sqlite_url
 from s2s.store.records import Setting
 
 __all__ = [
+    "MAX_LEASE_GRACE",
+    "MIN_LEASE_GRACE",
     "TRUST_DOMAIN_INDEX",
     "StoreSettings",
+    "check_lease_grace",
     "open_ca_store",
     "open_init_store",
     "register_trust_domain",
@@ -37,24 +49,37 @@ __all__ = [
 ]
 
 TRUST_DOMAIN_INDEX: Final = b"/s2s-trust-domains/"
+# The revocation skew (RevocationService.skew with the backdate ca.toml cannot change), and never
+# under 30 s of CA-to-etcd clock difference.
+MIN_LEASE_GRACE: Final = max(dt.timedelta(seconds=30), DEFAULT_BACKDATE, MAX_LEEWAY)
+MAX_LEASE_GRACE: Final = dt.timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """``--store`` and its TLS options (None: the SQLite store in the data dir)."""
+    """``--store``, its TLS options and ``etcd_lease_grace`` (None: the SQLite store in the data
+    dir; the store's default grace)."""
 
     url: str | None = None
     trust_domain: str | None = None
     etcd_ca: Path | None = None
     etcd_cert: Path | None = None
     etcd_key: Path | None = None
+    lease_grace: dt.timedelta | None = None
 
     def __post_init__(self) -> None:
         tls_given = any(p is not None for p in (self.etcd_ca, self.etcd_cert, self.etcd_key))
         if self.url is None:
             if tls_given:
                 raise InvalidConfig("--etcd-ca/--etcd-cert/--etcd-key need --store etcd://...")
+            if self.lease_grace is not None:
+                raise InvalidConfig(
+                    "etcd_lease_grace applies to an etcd store (--store etcd://...); the SQLite"
+                    " store removes expired records when the CA prunes"
+                )
             return
+        if self.lease_grace is not None:
+            check_lease_grace(self.lease_grace)
         if not self.url.startswith("etcd://"):
             raise InvalidConfig(
                 f"--store takes etcd://host:port[,host:port][/<trust-domain>], not {self.url!r}"
@@ -113,6 +138,21 @@ class StoreSettings:
         return f"etcd://{self.endpoints}/{trust_domain.name}"
 
 
+def check_lease_grace(grace: dt.timedelta) -> dt.timedelta:
+    """``grace`` if it is within the bounds of ``etcd_lease_grace``, else ``InvalidConfig``."""
+    if not MIN_LEASE_GRACE <= grace <= MAX_LEASE_GRACE:
+        raise InvalidConfig(
+            f"etcd_lease_grace must be from {_seconds(MIN_LEASE_GRACE)} (the revocation skew:"
+            f" s2s-ca revoke finds a serial until its notAfter plus that) to"
+            f" {_seconds(MAX_LEASE_GRACE)}, got {_seconds(grace)}"
+        )
+    return grace
+
+
+def _seconds(value: dt.timedelta) -> str:
+    return f"{int(value.total_seconds())} s"
+
+
 async def registered_trust_domains(endpoints: str, tls: EtcdTls | None) -> list[str]:
     """Names under ``/s2s-trust-domains/`` (``StoreError`` if etcd cannot be reached)."""
     client = await EtcdClient.connect(endpoints, tls=tls)
@@ -151,7 +191,9 @@ async def open_ca_store(
             )
         kek = KeyEncryptionKey.load(probe.kek_path)
         td = await settings.etcd_trust_domain()
-        store = await open_store(settings.etcd_url(td), tls=settings.etcd_tls())
+        store = await open_store(
+            settings.etcd_url(td), tls=settings.etcd_tls(), lease_grace=settings.lease_grace
+        )
         where = f"the etcd store {settings.url}"
     else:
         if not probe.store_path.exists():
@@ -188,7 +230,11 @@ async def open_init_store(
         else KeyEncryptionKey.load(config.kek_path)
     )
     try:
-        store = await open_store(settings.etcd_url(trust_domain), tls=settings.etcd_tls())
+        store = await open_store(
+            settings.etcd_url(trust_domain),
+            tls=settings.etcd_tls(),
+            lease_grace=settings.lease_grace,
+        )
     except BaseException:
         if created:
             with contextlib.suppress(OSError):

@@ -55,8 +55,11 @@ def store_settings(values: dict[str, Any], trust_domain: str | None = None) -> A
     from s2s.ca.store_config import StoreSettings  # noqa: PLC0415
 
     paths = {k: Path(values[k]) if values.get(k) else None for k in _ETCD_KEYS}
+    grace = values.get(_LEASE_GRACE_KEY)
     return call(
-        lambda: StoreSettings(url=values.get("store") or None, trust_domain=trust_domain, **paths)
+        lambda: StoreSettings(
+            url=values.get("store") or None, trust_domain=trust_domain, lease_grace=grace, **paths
+        )
     )
 
 
@@ -92,13 +95,15 @@ _TTL_KEYS = ("x509_svid", "jwt_svid", "max_svid", "agent_svid", "server_svid", "
 
 
 _ISSUER_KEYS = ("jwt_issuer", "oauth_issuer")  # https URLs (docs/oauth.md)
+_LEASE_GRACE_KEY = "etcd_lease_grace"  # file only: a duration (the etcd store's lease grace)
 _FILE_KEYS = ("data_dir", "socket", "listen", "name", "log_level", "log_format", "store",
               "etcd_ca", "etcd_cert", "etcd_key", "trust_domain", *_ISSUER_KEYS)  # fmt: skip
 
 
 def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timedelta]]:
     """The TOML file of ``serve --config`` (deploy/ca.toml): keys named like the flags
-    (``_FILE_KEYS``, text), a ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``), a
+    (``_FILE_KEYS``, text), ``etcd_lease_grace`` (a duration, returned as a timedelta), a
+    ``[ttl]`` table of ``_TTL_KEYS`` (seconds or ``5m``/``1h``), a
     ``[limits]`` table of :class:`~s2s.ca.config.ServerLimits` fields (durations or counts) and a
     ``[federation]`` table (``s2s.ca.federation_config.FEDERATION_KEYS``, passed on unparsed).
 
@@ -117,6 +122,7 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
     limits = doc.pop("limits", None)
     federation = doc.pop("federation", None)
     housekeeping = doc.pop("housekeeping", None)
+    lease_grace = doc.pop(_LEASE_GRACE_KEY, None)
     unknown = sorted(set(doc) - set(_FILE_KEYS))
     unknown += sorted(f"ttl.{k}" for k in set(ttl) - set(_TTL_KEYS))
     if unknown:
@@ -135,7 +141,25 @@ def load_config_file(path: Path | None) -> tuple[dict[str, Any], dict[str, timed
         doc["federation"] = federation  # parsed by serve (with --bundle-endpoint)
     if housekeeping is not None:
         doc["housekeeping"] = _housekeeping(path, housekeeping)
+    if lease_grace is not None:
+        doc[_LEASE_GRACE_KEY] = _lease_grace(path, lease_grace)
     return doc, ttls
+
+
+def _lease_grace(path: Path, value: object) -> timedelta:
+    """``etcd_lease_grace`` (seconds or ``90s``/``5m``/``1h``), within its bounds."""
+    from s2s.ca.store_config import check_lease_grace  # noqa: PLC0415
+
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise errors.InvalidConfig(f"{path}: {_LEASE_GRACE_KEY} must be a duration like 5m")
+    try:
+        grace = timedelta(seconds=parse_duration(str(value)))
+    except click.BadParameter as exc:
+        raise errors.InvalidConfig(f"{path}: {_LEASE_GRACE_KEY}: {exc.message}") from exc
+    try:
+        return check_lease_grace(grace)
+    except errors.InvalidConfig as exc:
+        raise errors.InvalidConfig(f"{path}: {exc}") from exc
 
 
 def _housekeeping(path: Path, table: object) -> Any:
@@ -307,6 +331,7 @@ def _serve_settings(
         ("name", options.replica_name, source("name", "replica_name")),
         ("store", store.url or "sqlite (data dir)", source("store", "store_url")),
         *((k, str(getattr(store, k) or ""), source(k, k)) for k in _ETCD_KEYS),
+        (_LEASE_GRACE_KEY, _grace_text(store), source(_LEASE_GRACE_KEY)),
         ("trust_domain", str(opts["trust_domain"] or file.get("trust_domain") or ""),
          source("trust_domain", "trust_domain")),
         ("log_level", options.log_level, source("log_level", "log_level")),
@@ -331,9 +356,18 @@ def _serve_settings(
     return tuple(rows)
 
 
+def _grace_text(store: Any) -> str:
+    """The etcd store's lease grace for the start-up log ("" for SQLite)."""
+    from s2s.store.etcd_leases import DEFAULT_LEASE_GRACE  # noqa: PLC0415
+
+    if not store.is_etcd:
+        return ""
+    return f"{int((store.lease_grace or DEFAULT_LEASE_GRACE).total_seconds())}s"
+
+
 def _serve_store(opts: dict[str, Any], file: dict[str, Any]) -> Any:
     """The store settings of ``serve``: flags win over the config file, key by key."""
-    values = {k: file.get(k) for k in ("store", *_ETCD_KEYS)}
+    values = {k: file.get(k) for k in ("store", *_ETCD_KEYS, _LEASE_GRACE_KEY)}
     values.update({k: opts[k] for k in _ETCD_KEYS if opts[k] is not None})
     if opts["store_url"]:
         values["store"] = opts["store_url"]

@@ -38,6 +38,7 @@ from s2s.store.entry_changes import EntryChanges
 from s2s.store.etcd_expiring import EtcdExpiringRecords
 from s2s.store.etcd_keys import check_entry_key, doc
 from s2s.store.etcd_keyspace import Retry
+from s2s.store.etcd_leases import DEFAULT_LEASE_GRACE
 from s2s.store.records import (
     AgentRecord,
     AuthorityKind,
@@ -67,7 +68,7 @@ class EtcdStore(EtcdExpiringRecords):
         tls: EtcdTls | None = None,
         timeout: float = 5.0,
         clock: Clock | None = None,
-        lease_grace: dt.timedelta = dt.timedelta(minutes=5),
+        lease_grace: dt.timedelta = DEFAULT_LEASE_GRACE,
         lease_bucket: dt.timedelta = dt.timedelta(minutes=1),
         poll_interval: float = 1.0,
         max_txn_ops: int = 128,
@@ -77,7 +78,9 @@ class EtcdStore(EtcdExpiringRecords):
         Raises ``StoreError`` if etcd cannot be reached, ``InvalidConfig`` if the prefix holds
         another application's data or a newer schema. An older schema is upgraded
         (:mod:`s2s.store.etcd_issued`). ``max_txn_ops`` must not exceed etcd's
-        ``--max-txn-ops`` (128 by default)."""
+        ``--max-txn-ops`` (128 by default). ``lease_grace``: how long expiring records stay
+        after they expire (their lease ends that long after the end of their expiry bucket);
+        the CA bounds it (``etcd_lease_grace`` in s2s.ca.store_config)."""
         try:
             td = (
                 trust_domain

@@ -16,9 +16,11 @@ from typing import Any
 
 from s2s.core.clock import Clock
 
-__all__ = ["MAX_LEASE_TTL", "LeaseBuckets"]
+__all__ = ["DEFAULT_LEASE_GRACE", "MAX_LEASE_TTL", "LeaseBuckets"]
 
 MAX_LEASE_TTL = 9_000_000_000  # etcd's MaxLeaseTTL
+# How long an expired record stays before its lease ends (the CA's ``etcd_lease_grace``).
+DEFAULT_LEASE_GRACE = dt.timedelta(minutes=5)
 
 
 class LeaseBuckets:
@@ -40,6 +42,10 @@ class LeaseBuckets:
 
     async def lease_for(self, expires_at: dt.datetime) -> int:
         """A lease that outlives ``expires_at`` by about ``grace``, shared per bucket.
+
+        The lease ends ``grace`` after the end of the bucket holding ``expires_at``, never before
+        ``expires_at + grace``, whatever the grace and bucket sizes (a grace shorter than the
+        bucket only shortens the time the record stays past its expiry).
 
         Concurrent callers for one bucket share one grant (a future), so a burst makes one lease."""
         bucket_end = math.ceil(expires_at.timestamp() / self._bucket) * self._bucket

@@ -8,6 +8,7 @@ This is the one module that names a backend; everyone else opens a store through
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import urllib.parse
 from pathlib import Path
@@ -16,6 +17,7 @@ from s2s.core.errors import InvalidConfig
 from s2s.etcd.channel import EtcdTls
 from s2s.store.base import Store
 from s2s.store.etcd import EtcdStore
+from s2s.store.etcd_leases import DEFAULT_LEASE_GRACE
 from s2s.store.sqlite import SqliteStore
 
 __all__ = ["open_store", "sqlite_url"]
@@ -36,11 +38,13 @@ async def open_store(
     trust_domain: str | None = None,
     tls: EtcdTls | None = None,
     create: bool = True,
+    lease_grace: dt.timedelta | None = None,
 ) -> Store:
     """Open the store named by ``url``; ``InvalidConfig`` for a URL that names no usable store.
 
     ``create`` applies to SQLite (a missing file is created); an etcd prefix is always created on
-    first use. ``tls`` is refused for SQLite, where it would be silently meaningless.
+    first use. ``tls`` and ``lease_grace`` (how long etcd keeps an expired record; None: the
+    store's default) are refused for SQLite, where they would be silently meaningless.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -48,6 +52,8 @@ async def open_store(
     if scheme == "sqlite":
         if tls is not None:
             raise InvalidConfig("TLS options apply to an etcd store, not to sqlite")
+        if lease_grace is not None:
+            raise InvalidConfig("a lease grace applies to an etcd store, not to sqlite")
         path = urllib.parse.unquote(rest)
         if not path.startswith("/"):
             raise InvalidConfig(
@@ -66,5 +72,6 @@ async def open_store(
             raise InvalidConfig(
                 "an etcd store needs the trust domain: etcd://host:port/<trust-domain>"
             )
-        return await EtcdStore.open(hosts, trust_domain=domain, tls=tls)
+        grace = DEFAULT_LEASE_GRACE if lease_grace is None else lease_grace
+        return await EtcdStore.open(hosts, trust_domain=domain, tls=tls, lease_grace=grace)
     raise InvalidConfig(f"unknown store scheme {scheme!r}: use sqlite:///path or etcd://host:port")
