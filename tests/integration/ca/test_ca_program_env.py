@@ -79,6 +79,7 @@ def test_serve_logs_each_setting_and_its_source(served: Served) -> None:
     assert settings["config"][1] == "flag --config"
     assert settings["log_format"] == ("json", "default")
     assert settings["store"][1] == "default"
+    assert settings["etcd_lease_grace"] == ("", "default")  # SQLite: no lease grace
 
 
 def _agent_data_dir(tmp_path: Path) -> Path:
