@@ -168,13 +168,18 @@ def test_ca_toml_twin_with_a_typo_is_refused(tmp_path: Path) -> None:
 
 def test_ca_toml_with_etcd_uncommented_is_a_valid_store(tmp_path: Path) -> None:
     text = (DEPLOY / "ca.toml").read_text()
-    for key in ("store", "trust_domain"):
+    for key in ("store", "trust_domain", "etcd_lease_grace"):
         text = text.replace(f"# {key} = ", f"{key} = ")
     path = tmp_path / "ca.toml"
     path.write_text(text)
     flags, _ = load_ca_config_file(path)
-    settings = StoreSettings(url=flags["store"], trust_domain=flags["trust_domain"])
+    settings = StoreSettings(
+        url=flags["store"],
+        trust_domain=flags["trust_domain"],
+        lease_grace=flags["etcd_lease_grace"],
+    )
     assert settings.is_etcd
+    assert settings.lease_grace == timedelta(minutes=5)  # the example states the default
 
 
 def _s2s_flags(words: list[str]) -> tuple[str, list[str]]:
