@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import polling
 import pytest
 
 from s2s.agent.attestors.unix import UnixAttestor
@@ -90,13 +92,7 @@ def serial(value: int, issuer: str = "a" * 64) -> RevocationRecord:
     )
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.005)
+until = functools.partial(polling.until, timeout=DEADLINE)  # this module's deadline
 
 
 async def next_change(stream: AsyncIterator[RevocationsUpdate]) -> RevocationsUpdate:

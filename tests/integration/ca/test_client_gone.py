@@ -6,12 +6,14 @@ while its client is still there is a 500 ``http.internal_error``, whatever it ra
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
+import polling
 import pytest
 from aiohttp import web
 from ca_harness import Agent, RunningCa, key_pem
@@ -39,17 +41,7 @@ async def requests_by_status(ca: RunningCa, route: str) -> dict[str, float]:
     }
 
 
-async def until(check: Callable[[], Awaitable[bool] | bool], what: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.02)
+until = functools.partial(polling.until, timeout=5)  # this module's deadline
 
 
 async def send(

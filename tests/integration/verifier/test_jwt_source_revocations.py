@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import polling
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -90,13 +92,7 @@ def validator_over(source: Any, **kw: Any) -> JwtValidator:
     return JwtValidator(source, AUD, metrics=JwtMetrics(CollectorRegistry()), **kw)
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        await asyncio.sleep(0.005)
+until = functools.partial(polling.until, timeout=DEADLINE)  # this module's deadline
 
 
 def outcome(validator: JwtValidator, token: str) -> str:

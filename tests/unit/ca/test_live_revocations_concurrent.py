@@ -11,12 +11,13 @@ the set it returns, with concurrent refreshes held at the gate; the first refres
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import polling
 import pytest
 
 from s2s.ca.live_revocations import LiveRevocations
@@ -61,12 +62,7 @@ async def sqlite(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     await store.close()
 
 
-async def until(check: Callable[[], bool], what: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        await asyncio.sleep(0.01)
+until = functools.partial(polling.until, timeout=5)  # this module's deadline
 
 
 async def all_done(tasks: list[asyncio.Task[Any]]) -> list[Any]:
